@@ -1,0 +1,324 @@
+//! Command-line options (clap) and the subcommands. Raw options are resolved here into a
+//! cache, a checked pipeline and a DAG; the library does the rest.
+
+use crate::cache::{Cache, Lookup};
+use crate::error::CliError;
+use crate::exec::{resolve, ExecOptions, Executor, Outcome};
+use crate::graph::Dag;
+use crate::spec::{self, DataCheck, Pipeline};
+use crate::stages::{self, DeviceChoice};
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(name = "cfpipe", version, about = "Cached, content-hashed continual-learning pipelines")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Cache directory [default: $CFPIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PipelineArgs {
+    /// Pipeline YAML file.
+    pub pipeline: PathBuf,
+    /// Override a value: `--set strategies.rnf.prune.threshold=0.05` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline: compute what is not cached.
+    Run {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Stages run in parallel [default: number of CPUs].
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// `cpu`, or `cuda[:N]` with a CUDA build.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// No progress bars.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show, per stage, whether it is cached and why not.
+    Status {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage graph (no data needed).
+    Dag {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Graphviz output.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Print accuracy matrices from the cache.
+    Show {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and maintain the cache.
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
+    },
+    /// Run one stage by key from its request file (for cluster executors).
+    ExecStage {
+        key: String,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCmd {
+    /// List entries.
+    Ls,
+    /// Disk usage per stage kind.
+    Du,
+    /// Check every entry against its manifest; exit 3 if any fails.
+    Verify,
+    /// Delete entries that none of the given pipelines can reach.
+    Gc {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// `--set` overrides applied to every pipeline.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+fn open_cache(cache: &Option<PathBuf>) -> Result<Cache, CliError> {
+    let dir = cache
+        .clone()
+        .or_else(|| std::env::var_os("CFPIPE_CACHE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("cache"));
+    Ok(Cache::open(dir)?)
+}
+
+/// Load, validate and compile a pipeline into its DAG.
+pub fn load(path: &Path, set: &[String], data: DataCheck) -> Result<(Pipeline, Dag), CliError> {
+    let p = spec::load(path, set, data)?;
+    let dag = Dag::build(stages::plan::compile(&p))?;
+    Ok((p, dag))
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let c = &cli.cache;
+    match cli.command {
+        Command::Run { p, jobs, device, quiet } => {
+            DeviceChoice::parse(&device)?.check_available(&device)?;
+            let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+            let cache = open_cache(c)?;
+            let cancel = Arc::new(AtomicBool::new(false));
+            install_ctrlc(cancel.clone());
+            let opts = ExecOptions {
+                jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+                device,
+                show_progress: !quiet,
+                cancel,
+            };
+            let registry = stages::registry();
+            let report = Executor::new(&cache, &registry, opts).run(&dag);
+            for e in &report.events {
+                match &e.outcome {
+                    Outcome::Failed { error } => eprintln!("FAILED {}: {error}", e.id),
+                    Outcome::Skipped { failed_input } => {
+                        eprintln!("skipped {} (input `{failed_input}` failed)", e.id)
+                    }
+                    Outcome::Ran { replaced_corrupt: Some(f), .. } => {
+                        eprintln!("recomputed {} (its cache entry was corrupt: {f})", e.id)
+                    }
+                    _ => {}
+                }
+            }
+            println!("{}", report.summary_line());
+            if report.interrupted {
+                return Err(CliError::Interrupted);
+            }
+            let failed = report.failed();
+            if !failed.is_empty() {
+                return Err(CliError::StagesFailed {
+                    failed: failed.len(),
+                    names: failed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", "),
+                });
+            }
+            Ok(())
+        }
+        Command::Status { p, json } => {
+            let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+            let cache = open_cache(c)?;
+            let res = resolve::resolve(&dag, &cache);
+            if json {
+                let stages: Vec<_> = res
+                    .iter()
+                    .map(|r| {
+                        let n = dag.node(r.node);
+                        serde_json::json!({
+                            "id": n.id,
+                            "aliases": n.aliases,
+                            "kind": n.kind,
+                            "key": r.key.map(|k| k.to_hex()),
+                            "cached": r.cached(),
+                            "reason": r.reason.describe(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "stages": stages }));
+            } else {
+                let w = res.iter().map(|r| dag.node(r.node).id.len()).max().unwrap_or(10);
+                for r in &res {
+                    let n = dag.node(r.node);
+                    let key = r.key.map(|k| k.short()).unwrap_or_else(|| "-".repeat(12));
+                    let state = if r.cached() { "cached".into() } else { format!("will run: {}", r.reason.describe()) };
+                    println!("{:<w$}  {:<8}  {}  {}", n.id, n.kind, key, state);
+                }
+                let cached = res.iter().filter(|r| r.cached()).count();
+                println!("{} stages: {} cached, {} to run", res.len(), cached, res.len() - cached);
+            }
+            Ok(())
+        }
+        Command::Dag { p, dot } => {
+            let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Skip)?;
+            print!("{}", if dot { dag.render_dot() } else { dag.render_text() });
+            Ok(())
+        }
+        Command::Show { p, json } => {
+            let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+            let cache = open_cache(c)?;
+            let res = resolve::resolve(&dag, &cache);
+            let results = crate::report::collect(&pipe, &dag, &res);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results).expect("plain data"));
+                return Ok(());
+            }
+            for r in &results {
+                print!("{}", crate::report::render_matrix(r));
+                if !r.complete() {
+                    println!(
+                        "  missing from the cache: {} (compute with `cfpipe run {}`)",
+                        r.missing.join(", "),
+                        p.pipeline.display()
+                    );
+                }
+                println!();
+            }
+            Ok(())
+        }
+        Command::Cache { cmd } => cache_cmd(cmd, &open_cache(c)?),
+        Command::ExecStage { key, device } => {
+            DeviceChoice::parse(&device)?.check_available(&device)?;
+            let cache = open_cache(c)?;
+            let registry = stages::registry();
+            let opts = ExecOptions { device, ..ExecOptions::default() };
+            let (entry, outcome) = Executor::new(&cache, &registry, opts).exec_request(&key)?;
+            let what = if matches!(outcome, Outcome::Cached) { "cached" } else { "ran" };
+            println!("{} {what}: {}", entry.manifest.stage_id, entry.content_hash());
+            Ok(())
+        }
+    }
+}
+
+fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
+    match cmd {
+        CacheCmd::Ls => {
+            for k in cache.keys()? {
+                match cache.read_manifest(&k) {
+                    Some(m) => println!(
+                        "{}  {:<8}  {:>10}  {:>8.2}s  {}",
+                        k.short(),
+                        m.kind,
+                        human_bytes(cache.entry_size(&k)),
+                        m.run.wall_s,
+                        m.stage_id
+                    ),
+                    None => println!("{}  (unreadable manifest)", k.short()),
+                }
+            }
+            Ok(())
+        }
+        CacheCmd::Du => {
+            let mut by_kind: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+            let mut total = 0;
+            for k in cache.keys()? {
+                let size = cache.entry_size(&k);
+                total += size;
+                let kind = cache.read_manifest(&k).map(|m| m.kind).unwrap_or_else(|| "?".into());
+                let e = by_kind.entry(kind).or_default();
+                e.0 += 1;
+                e.1 += size;
+            }
+            for (kind, (n, size)) in &by_kind {
+                println!("{kind:<10} {n:>5} entries  {:>10}", human_bytes(*size));
+            }
+            println!("{:<10} {:>5} entries  {:>10}", "total", by_kind.values().map(|v| v.0).sum::<usize>(), human_bytes(total));
+            Ok(())
+        }
+        CacheCmd::Verify => {
+            let keys = cache.keys()?;
+            let mut bad = 0;
+            for k in &keys {
+                if let Lookup::Corrupt { file, reason } = cache.lookup(k) {
+                    bad += 1;
+                    let id = cache.read_manifest(k).map(|m| m.stage_id).unwrap_or_default();
+                    println!("CORRUPT {} {id}: {file}: {reason}", k.short());
+                }
+            }
+            println!("{} entries verified, {} corrupt", keys.len(), bad);
+            if bad > 0 {
+                return Err(CliError::VerifyFailed(bad));
+            }
+            Ok(())
+        }
+        CacheCmd::Gc { pipelines, set } => {
+            let mut keep = BTreeSet::new();
+            for p in &pipelines {
+                let (_, dag) = load(p, &set, DataCheck::Required)?;
+                for r in resolve::resolve(&dag, cache) {
+                    if let (Some(k), true) = (r.key, r.entry.is_some()) {
+                        keep.insert(k);
+                    }
+                }
+            }
+            let (removed, freed) = cache.gc(&keep)?;
+            println!("removed {} entries ({}), kept {}", removed.len(), human_bytes(freed), keep.len());
+            Ok(())
+        }
+    }
+}
+
+fn install_ctrlc(cancel: Arc<AtomicBool>) {
+    // First Ctrl-C: stop starting stages and let running ones bail out at their next batch;
+    // nothing partial is published. Second: exit at once (the cache is still consistent,
+    // since entries only appear by atomic rename).
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing up (press Ctrl-C again to exit now)");
+    });
+}
+
+fn human_bytes(b: u64) -> String {
+    let mut v = b as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} TiB")
+}

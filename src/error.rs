@@ -1,0 +1,50 @@
+//! Errors at the command-line boundary and their exit codes.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0    | success |
+//! | 1    | a stage failed (the run finished every independent branch) or a runtime error |
+//! | 2    | bad input: pipeline file, `--set`, command-line arguments, unknown device |
+//! | 3    | `cache verify` found corrupt entries |
+//! | 130  | interrupted (Ctrl-C); the cache is consistent |
+
+use crate::cache::CacheError;
+use crate::exec::ExecError;
+use crate::graph::GraphError;
+use crate::spec::SpecErrors;
+use crate::stages::DeviceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Spec(#[from] SpecErrors),
+    #[error("pipeline graph: {0}")]
+    Graph(#[from] GraphError),
+    #[error("{0}")]
+    Device(#[from] DeviceError),
+    #[error("{0}")]
+    Cache(#[from] CacheError),
+    #[error("{0}")]
+    Exec(#[from] ExecError),
+    #[error("{failed} stage(s) failed: {names}")]
+    StagesFailed { failed: usize, names: String },
+    #[error("{0} cache entries failed verification")]
+    VerifyFailed(usize),
+    #[error("interrupted; completed stages are cached, nothing partial was stored")]
+    Interrupted,
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Spec(_) | CliError::Graph(_) | CliError::Device(_) | CliError::Usage(_) => 2,
+            CliError::VerifyFailed(_) => 3,
+            CliError::Interrupted => 130,
+            CliError::Cache(_) | CliError::Exec(_) | CliError::StagesFailed { .. } | CliError::Io(_) => 1,
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The executor: for each stage in dependency order, derive its key from the content of its
+//! inputs, serve it from the cache or run it, and publish the result. Independent stages run
+//! in parallel on `jobs` worker threads. A failed stage publishes nothing; stages downstream of
+//! it are skipped, everything else still finishes.
+//!
+//! The same `run_one` path serves `cfpipe exec-stage KEY`: before running, the executor writes a
+//! request file naming the stage and the entries of its inputs, so another process (a Slurm job,
+//! say) can run exactly that stage against the shared cache.
+
+pub mod progress;
+pub mod resolve;
+pub mod stage;
+
+use crate::cache::{filehash::FileHasher, Cache, Entry, Lookup, NewEntry, RunInfo, StageRecord};
+use crate::digest::{ContentHash, KeyMaterial, StageKey, KEY_SCHEME};
+use crate::graph::Dag;
+use petgraph::graph::NodeIndex;
+use serde::{Deserialize, Serialize};
+pub use stage::{Artifact, NoProgress, Progress, Registry, Stage, StageContext, StageError};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+
+/// What happened to one stage.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Cached,
+    Ran { wall_s: f64, replaced_corrupt: Option<String> },
+    Failed { error: String },
+    /// Not attempted because an input failed.
+    Skipped { failed_input: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct StageEvent {
+    pub id: String,
+    pub aliases: Vec<String>,
+    pub kind: String,
+    pub key: Option<StageKey>,
+    pub outcome: Outcome,
+}
+
+/// The result of executing a DAG.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub events: Vec<StageEvent>,
+    pub wall_s: f64,
+    pub interrupted: bool,
+    pub entries: HashMap<NodeIndex, Entry>,
+}
+
+impl RunReport {
+    fn ids_where(&self, f: impl Fn(&Outcome) -> bool) -> BTreeSet<String> {
+        self.events.iter().filter(|e| f(&e.outcome)).map(|e| e.id.clone()).collect()
+    }
+    /// Primary ids of the stages that actually computed.
+    pub fn ran(&self) -> BTreeSet<String> {
+        self.ids_where(|o| matches!(o, Outcome::Ran { .. }))
+    }
+    /// Every id (aliases included) of the stages that actually computed.
+    pub fn ran_all_ids(&self) -> BTreeSet<String> {
+        self.events
+            .iter()
+            .filter(|e| matches!(e.outcome, Outcome::Ran { .. }))
+            .flat_map(|e| std::iter::once(e.id.clone()).chain(e.aliases.iter().cloned()))
+            .collect()
+    }
+    pub fn cached(&self) -> BTreeSet<String> {
+        self.ids_where(|o| matches!(o, Outcome::Cached))
+    }
+    pub fn failed(&self) -> Vec<&StageEvent> {
+        self.events.iter().filter(|e| matches!(e.outcome, Outcome::Failed { .. })).collect()
+    }
+    pub fn skipped(&self) -> BTreeSet<String> {
+        self.ids_where(|o| matches!(o, Outcome::Skipped { .. }))
+    }
+    pub fn ok(&self) -> bool {
+        !self.interrupted
+            && self
+                .events
+                .iter()
+                .all(|e| matches!(e.outcome, Outcome::Cached | Outcome::Ran { .. }))
+    }
+    /// The last line `run` prints, in exactly this form.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "{} stages: {} ran, {} cached ({:.2} s)",
+            self.events.len(),
+            self.ran().len(),
+            self.cached().len(),
+            self.wall_s
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct ExecOptions {
+    pub jobs: usize,
+    pub device: String,
+    pub show_progress: bool,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            jobs: 1,
+            device: "cpu".into(),
+            show_progress: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Everything needed to run one stage in any process: written to `requests/<key>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRequest {
+    pub key: StageKey,
+    pub id: String,
+    pub kind: String,
+    pub version: u32,
+    pub params: serde_json::Value,
+    /// Input slot → (key of the producing entry, its content hash).
+    pub inputs: BTreeMap<String, (StageKey, ContentHash)>,
+    /// File role → (path, content hash).
+    pub files: BTreeMap<String, (PathBuf, ContentHash)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("no stage implementation registered for kind `{0}`")]
+    UnknownKind(String),
+    #[error("stage `{id}`: reading input file `{role}` at {path}: {source}")]
+    InputFile { id: String, role: String, path: PathBuf, source: std::io::Error },
+    #[error("stage `{id}`: {source}")]
+    Cache { id: String, source: crate::cache::CacheError },
+    #[error("stage `{id}` ({kind}) failed: {source}")]
+    Stage { id: String, kind: String, source: StageError },
+    #[error("stage `{id}`: input `{slot}` ({key}) is not in the cache or does not verify")]
+    InputMissing { id: String, slot: String, key: StageKey },
+    #[error("no request for key {0} in this cache (run `cfpipe run` with the same cache first)")]
+    NoRequest(String),
+}
+
+/// Compute a stage's key from its resolved inputs and files.
+pub fn stage_key(
+    kind: &str,
+    version: u32,
+    params: &serde_json::Value,
+    inputs: &BTreeMap<String, ContentHash>,
+    files: &BTreeMap<String, ContentHash>,
+) -> StageKey {
+    KeyMaterial {
+        scheme: KEY_SCHEME,
+        kind,
+        version,
+        params,
+        inputs: inputs.clone(),
+        files: files.clone(),
+    }
+    .key()
+}
+
+pub(crate) fn hash_files(
+    hasher: &FileHasher,
+    id: &str,
+    files: &BTreeMap<String, PathBuf>,
+) -> Result<BTreeMap<String, ContentHash>, ExecError> {
+    files
+        .iter()
+        .map(|(role, path)| {
+            hasher.hash(path).map(|h| (role.clone(), h)).map_err(|source| ExecError::InputFile {
+                id: id.to_string(),
+                role: role.clone(),
+                path: path.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+pub struct Executor<'a> {
+    pub cache: &'a Cache,
+    pub registry: &'a Registry,
+    pub opts: ExecOptions,
+    hasher: FileHasher,
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(cache: &'a Cache, registry: &'a Registry, opts: ExecOptions) -> Self {
+        let hasher = cache.file_hasher();
+        Executor { cache, registry, opts, hasher }
+    }
+
+    /// Execute every stage of the DAG.
+    pub fn run(&self, dag: &Dag) -> RunReport {
+        let t0 = Instant::now();
+        let total = dag.len();
+        let bars = progress::Bars::new(self.opts.show_progress, total as u64);
+        let mut report = RunReport::default();
+        let mut remaining: HashMap<NodeIndex, usize> =
+            dag.topo_order().iter().map(|&n| (n, dag.node(n).inputs.len())).collect();
+        let mut failed_root: HashMap<NodeIndex, String> = HashMap::new();
+        let mut entries: HashMap<NodeIndex, Entry> = HashMap::new();
+        let jobs = self.opts.jobs.max(1);
+
+        type Done = (NodeIndex, Option<StageKey>, Result<(Entry, Outcome), ExecError>);
+        let (work_tx, work_rx) = mpsc::channel::<(NodeIndex, BTreeMap<String, Entry>)>();
+        let work_rx = Mutex::new(work_rx);
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.min(total.max(1)) {
+                let done_tx = done_tx.clone();
+                let work_rx = &work_rx;
+                let bars = &bars;
+                scope.spawn(move || loop {
+                    let msg = work_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((n, inputs)) = msg else { break };
+                    let node = dag.node(n);
+                    let sink = bars.stage(&node.id);
+                    let mut key = None;
+                    let res = self.process(dag, n, &inputs, &sink, &mut key);
+                    sink.finish();
+                    if done_tx.send((n, key, res)).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(done_tx);
+
+            let dispatch = |n: NodeIndex, entries: &HashMap<NodeIndex, Entry>| {
+                let inputs = dag
+                    .node(n)
+                    .inputs
+                    .iter()
+                    .map(|(slot, from)| (slot.clone(), entries[from].clone()))
+                    .collect();
+                let _ = work_tx.send((n, inputs));
+            };
+            for &n in dag.topo_order() {
+                if remaining[&n] == 0 {
+                    dispatch(n, &entries);
+                }
+            }
+            let mut finished = 0;
+            while finished < total {
+                let Ok((n, key, res)) = done_rx.recv() else { break };
+                let node = dag.node(n);
+                finished += 1;
+                bars.stage_done();
+                let outcome = match res {
+                    Ok((entry, outcome)) => {
+                        entries.insert(n, entry);
+                        outcome
+                    }
+                    Err(e) => {
+                        failed_root.insert(n, node.id.clone());
+                        if matches!(&e, ExecError::Stage { source: StageError::Cancelled, .. }) {
+                            report.interrupted = true;
+                        }
+                        Outcome::Failed { error: e.to_string() }
+                    }
+                };
+                report.events.push(StageEvent {
+                    id: node.id.clone(),
+                    aliases: node.aliases.clone(),
+                    kind: node.kind.clone(),
+                    key,
+                    outcome,
+                });
+                // Release consumers; those with a failed input are skipped, transitively.
+                let mut worklist = vec![n];
+                while let Some(x) = worklist.pop() {
+                    for c in dag.consumers(x) {
+                        // A consumer may read the same producer through two slots.
+                        let edges = dag.node(c).inputs.values().filter(|&&f| f == x).count();
+                        let cnt = remaining.get_mut(&c).expect("every node is counted");
+                        *cnt -= edges.min(*cnt);
+                        if *cnt > 0 {
+                            continue;
+                        }
+                        let cn = dag.node(c);
+                        match cn.inputs.values().find_map(|f| failed_root.get(f).cloned()) {
+                            None => dispatch(c, &entries),
+                            Some(root) => {
+                                finished += 1;
+                                bars.stage_done();
+                                failed_root.insert(c, root.clone());
+                                report.events.push(StageEvent {
+                                    id: cn.id.clone(),
+                                    aliases: cn.aliases.clone(),
+                                    kind: cn.kind.clone(),
+                                    key: None,
+                                    outcome: Outcome::Skipped { failed_input: root },
+                                });
+                                worklist.push(c);
+                            }
+                        }
+                    }
+                }
+            }
+            drop(work_tx);
+        });
+        bars.finish();
+        let _ = self.hasher.save();
+        report.entries = entries;
+        report.wall_s = t0.elapsed().as_secs_f64();
+        report
+    }
+
+    fn process(
+        &self,
+        dag: &Dag,
+        n: NodeIndex,
+        inputs: &BTreeMap<String, Entry>,
+        progress: &dyn Progress,
+        key_out: &mut Option<StageKey>,
+    ) -> Result<(Entry, Outcome), ExecError> {
+        let node = dag.node(n);
+        let files = hash_files(&self.hasher, &node.id, &node.files)?;
+        let req = StageRequest {
+            key: stage_key(
+                &node.kind,
+                node.version,
+                &node.params,
+                &inputs.iter().map(|(s, e)| (s.clone(), e.content_hash())).collect(),
+                &files,
+            ),
+            id: node.id.clone(),
+            kind: node.kind.clone(),
+            version: node.version,
+            params: node.params.clone(),
+            inputs: inputs
+                .iter()
+                .map(|(s, e)| (s.clone(), (e.manifest.key, e.content_hash())))
+                .collect(),
+            files: node
+                .files
+                .iter()
+                .map(|(r, p)| (r.clone(), (p.clone(), files[r])))
+                .collect(),
+        };
+        *key_out = Some(req.key);
+        let res = self.run_one(&req, inputs, progress);
+        if res.is_ok() {
+            for id in node.all_ids() {
+                let _ = self.cache.put_stage_record(&StageRecord {
+                    id: id.to_string(),
+                    key: req.key,
+                    params: req.params.clone(),
+                    inputs: req.inputs.iter().map(|(s, (_, h))| (s.clone(), *h)).collect(),
+                    files: files.clone(),
+                });
+            }
+        }
+        res
+    }
+
+    /// Serve one stage from the cache or compute and publish it. Holds the key's lock while
+    /// computing so concurrent processes compute each key once.
+    pub fn run_one(
+        &self,
+        req: &StageRequest,
+        inputs: &BTreeMap<String, Entry>,
+        progress: &dyn Progress,
+    ) -> Result<(Entry, Outcome), ExecError> {
+        let cache_err = |source| ExecError::Cache { id: req.id.clone(), source };
+        let mut replaced_corrupt = None;
+        match self.cache.lookup(&req.key) {
+            Lookup::Hit(e) => return Ok((e, Outcome::Cached)),
+            Lookup::Missing => {}
+            Lookup::Corrupt { .. } => {}
+        }
+        let _lock = self.cache.lock_key(&req.key).map_err(cache_err)?;
+        match self.cache.lookup(&req.key) {
+            Lookup::Hit(e) => return Ok((e, Outcome::Cached)),
+            Lookup::Missing => {}
+            Lookup::Corrupt { file, reason } => {
+                eprintln!(
+                    "warning: cache entry of `{}` is corrupt ({file}: {reason}); recomputing",
+                    req.id
+                );
+                self.cache.evict(&req.key).map_err(cache_err)?;
+                replaced_corrupt = Some(file);
+            }
+        }
+        if self.opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ExecError::Stage {
+                id: req.id.clone(),
+                kind: req.kind.clone(),
+                source: StageError::Cancelled,
+            });
+        }
+        let stage = self
+            .registry
+            .get(&req.kind)
+            .ok_or_else(|| ExecError::UnknownKind(req.kind.clone()))?;
+        let _ = crate::cache::atomic_write(
+            &self.cache.root().join("requests").join(format!("{}.json", req.key.to_hex())),
+            &serde_json::to_vec_pretty(req).expect("request is plain data"),
+        );
+        let files: BTreeMap<String, PathBuf> =
+            req.files.iter().map(|(r, (p, _))| (r.clone(), p.clone())).collect();
+        let ctx = StageContext::new(
+            &req.id,
+            &req.params,
+            inputs,
+            &files,
+            &self.opts.device,
+            progress,
+            &self.opts.cancel,
+        );
+        let t = Instant::now();
+        let started_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        // A panic inside a stage is a bug, but it must fail that stage, not the whole run.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)))
+            .unwrap_or_else(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(StageError::failed(format!("internal error (panic): {msg}")))
+            });
+        let artifact = result.map_err(|source| ExecError::Stage {
+            id: req.id.clone(),
+            kind: req.kind.clone(),
+            source,
+        })?;
+        let wall_s = t.elapsed().as_secs_f64();
+        let entry = self
+            .cache
+            .publish(NewEntry {
+                key: req.key,
+                stage_id: req.id.clone(),
+                kind: req.kind.clone(),
+                version: req.version,
+                params: req.params.clone(),
+                inputs: req.inputs.iter().map(|(s, (_, h))| (s.clone(), *h)).collect(),
+                files: req.files.iter().map(|(r, (_, h))| (r.clone(), *h)).collect(),
+                outputs: artifact.files,
+                aux: [("log.txt".to_string(), ctx.take_log().into_bytes())].into(),
+                run: RunInfo {
+                    wall_s,
+                    device: self.opts.device.clone(),
+                    started_unix_ms,
+                    host: hostname(),
+                    pid: std::process::id(),
+                    cfpipe_version: env!("CARGO_PKG_VERSION").to_string(),
+                },
+            })
+            .map_err(cache_err)?;
+        Ok((entry, Outcome::Ran { wall_s, replaced_corrupt }))
+    }
+
+    /// Run one stage from its request file (`cfpipe exec-stage KEY`).
+    pub fn exec_request(&self, key_hex: &str) -> Result<(Entry, Outcome), ExecError> {
+        let path = self.cache.root().join("requests").join(format!("{key_hex}.json"));
+        let req: StageRequest = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ExecError::NoRequest(key_hex.to_string()))?;
+        let mut inputs = BTreeMap::new();
+        for (slot, (key, hash)) in &req.inputs {
+            match self.cache.lookup(key) {
+                Lookup::Hit(e) if e.content_hash() == *hash => {
+                    inputs.insert(slot.clone(), e);
+                }
+                _ => {
+                    return Err(ExecError::InputMissing {
+                        id: req.id.clone(),
+                        slot: slot.clone(),
+                        key: *key,
+                    })
+                }
+            }
+        }
+        for (role, (path, hash)) in &req.files {
+            let h = self.hasher.hash(path).map_err(|source| ExecError::InputFile {
+                id: req.id.clone(),
+                role: role.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            if h != *hash {
+                return Err(ExecError::InputFile {
+                    id: req.id.clone(),
+                    role: role.clone(),
+                    path: path.clone(),
+                    source: std::io::Error::other("file changed since the request was written"),
+                });
+            }
+        }
+        self.run_one(&req, &inputs, &NoProgress)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,340 @@
+//! The stage DAG: declarations by readable id are resolved into a petgraph graph, checked for
+//! missing inputs and cycles, and structurally identical stages (same kind, version, params,
+//! files and identical inputs) are merged into one node. That merge is what lets two strategies
+//! or two seeds share a split or a task-1 training: they declare it twice and it runs once.
+//!
+//! Like the rest of the engine, this module knows nothing about what a stage computes.
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+/// One stage as a pipeline compiler declares it.
+#[derive(Debug, Clone)]
+pub struct StageDecl {
+    /// Readable, unique id such as `rnf/seed0/task2/prune`.
+    pub id: String,
+    pub kind: String,
+    /// Implementation version of the kind; bumping it invalidates cached results.
+    pub version: u32,
+    /// Canonicalisable parameters; everything that changes the result must be in here.
+    pub params: serde_json::Value,
+    /// Input slot → id of the producing stage.
+    pub inputs: BTreeMap<String, String>,
+    /// File role → path of an external input file (hashed into the key by content).
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+/// A resolved stage.
+#[derive(Debug, Clone)]
+pub struct StageNode {
+    pub id: String,
+    /// Ids of identical declarations merged into this node.
+    pub aliases: Vec<String>,
+    pub kind: String,
+    pub version: u32,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, NodeIndex>,
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+impl StageNode {
+    /// The primary id followed by aliases.
+    pub fn all_ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str()).chain(self.aliases.iter().map(|s| s.as_str()))
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GraphError {
+    #[error("stage id `{0}` is declared twice")]
+    DuplicateId(String),
+    #[error("stage `{stage}`: input `{slot}` refers to stage `{missing}`, which is not declared")]
+    MissingInput { stage: String, slot: String, missing: String },
+    #[error("stage `{stage}` depends on itself through a cycle: {}", path.join(" -> "))]
+    Cycle { stage: String, path: Vec<String> },
+}
+
+/// A checked, deduplicated DAG of stages. Edges point from producer to consumer.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    graph: DiGraph<StageNode, String>,
+    order: Vec<NodeIndex>,
+    by_id: HashMap<String, NodeIndex>,
+}
+
+impl Dag {
+    pub fn build(decls: Vec<StageDecl>) -> Result<Dag, GraphError> {
+        // 1. Graph over declarations, to find missing inputs and cycles by id.
+        let mut g: DiGraph<usize, ()> = DiGraph::new();
+        let mut idx: HashMap<&str, NodeIndex> = HashMap::new();
+        for (i, d) in decls.iter().enumerate() {
+            if idx.insert(d.id.as_str(), g.add_node(i)).is_some() {
+                return Err(GraphError::DuplicateId(d.id.clone()));
+            }
+        }
+        for d in &decls {
+            for (slot, src) in &d.inputs {
+                let Some(&from) = idx.get(src.as_str()) else {
+                    return Err(GraphError::MissingInput {
+                        stage: d.id.clone(),
+                        slot: slot.clone(),
+                        missing: src.clone(),
+                    });
+                };
+                g.add_edge(from, idx[d.id.as_str()], ());
+            }
+        }
+        petgraph::algo::toposort(&g, None).map_err(|c| {
+            let start = c.node_id();
+            let stage = decls[g[start]].id.clone();
+            GraphError::Cycle { path: cycle_path(&g, start, &decls), stage }
+        })?;
+        let topo = stable_topo(&g);
+
+        // 2. Merge structurally identical declarations, in dependency order.
+        let mut out: DiGraph<StageNode, String> = DiGraph::new();
+        let mut by_struct: HashMap<[u8; 32], NodeIndex> = HashMap::new();
+        let mut struct_of: HashMap<&str, [u8; 32]> = HashMap::new();
+        let mut by_id = HashMap::new();
+        for n in topo {
+            let d = &decls[g[n]];
+            let inputs: BTreeMap<&str, [u8; 32]> =
+                d.inputs.iter().map(|(s, src)| (s.as_str(), struct_of[src.as_str()])).collect();
+            let ident = serde_json::json!({
+                "kind": d.kind, "version": d.version, "params": d.params,
+                "inputs": inputs.iter().map(|(s, h)| (s.to_string(), blake3::Hash::from_bytes(*h).to_hex().to_string())).collect::<BTreeMap<_,_>>(),
+                "files": d.files,
+            });
+            let h = *blake3::hash(&crate::digest::canonical_json(&ident)).as_bytes();
+            struct_of.insert(d.id.as_str(), h);
+            let node = match by_struct.get(&h) {
+                Some(&existing) => {
+                    out[existing].aliases.push(d.id.clone());
+                    existing
+                }
+                None => {
+                    let inputs: BTreeMap<String, NodeIndex> =
+                        d.inputs.iter().map(|(s, src)| (s.clone(), by_id[src])).collect();
+                    let ni = out.add_node(StageNode {
+                        id: d.id.clone(),
+                        aliases: vec![],
+                        kind: d.kind.clone(),
+                        version: d.version,
+                        params: d.params.clone(),
+                        inputs: inputs.clone(),
+                        files: d.files.clone(),
+                    });
+                    for (slot, from) in inputs {
+                        out.add_edge(from, ni, slot);
+                    }
+                    by_struct.insert(h, ni);
+                    ni
+                }
+            };
+            by_id.insert(d.id.clone(), node);
+        }
+        let order = stable_topo(&out);
+        Ok(Dag { graph: out, order, by_id })
+    }
+
+    /// Nodes in a dependency-respecting order.
+    pub fn topo_order(&self) -> &[NodeIndex] {
+        &self.order
+    }
+    pub fn node(&self, n: NodeIndex) -> &StageNode {
+        &self.graph[n]
+    }
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+    /// Resolve any id (primary or alias).
+    pub fn find(&self, id: &str) -> Option<NodeIndex> {
+        self.by_id.get(id).copied()
+    }
+    /// Stages that consume `n`'s output.
+    pub fn consumers(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        let mut v: Vec<_> = self.graph.neighbors_directed(n, Direction::Outgoing).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+    /// `n` and everything downstream of it.
+    pub fn downstream(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        let mut seen = vec![false; self.graph.node_count()];
+        let mut stack = vec![n];
+        let mut out = vec![];
+        while let Some(x) = stack.pop() {
+            if std::mem::replace(&mut seen[x.index()], true) {
+                continue;
+            }
+            out.push(x);
+            stack.extend(self.graph.neighbors_directed(x, Direction::Outgoing));
+        }
+        out
+    }
+
+    /// A readable listing: each stage in dependency order with its kind and inputs.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        for &n in &self.order {
+            let node = &self.graph[n];
+            s.push_str(&format!("{}  [{}]\n", node.id, node.kind));
+            for alias in &node.aliases {
+                s.push_str(&format!("  = {alias}\n"));
+            }
+            let ins: Vec<_> = node.inputs.iter().collect();
+            for (i, (slot, from)) in ins.iter().enumerate() {
+                let branch = if i + 1 == ins.len() { "└─" } else { "├─" };
+                s.push_str(&format!("  {branch} {slot} <- {}\n", self.graph[**from].id));
+            }
+        }
+        s
+    }
+
+    /// Graphviz source.
+    pub fn render_dot(&self) -> String {
+        let mut s = String::from("digraph cfpipe {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+        for &n in &self.order {
+            let node = &self.graph[n];
+            let mut label = format!("{}\\n[{}]", node.id, node.kind);
+            for a in &node.aliases {
+                label.push_str(&format!("\\n= {a}"));
+            }
+            s.push_str(&format!("  n{} [label=\"{}\"];\n", n.index(), label.replace('"', "'")));
+        }
+        for e in self.graph.edge_references() {
+            s.push_str(&format!(
+                "  n{} -> n{} [label=\"{}\"];\n",
+                e.source().index(),
+                e.target().index(),
+                e.weight()
+            ));
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+/// Kahn's algorithm that always takes the earliest-declared ready node, so ids, listings and
+/// the choice of a merged node's primary id follow the order the pipeline declared them in.
+fn stable_topo<N, E>(g: &DiGraph<N, E>) -> Vec<NodeIndex> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indeg: Vec<usize> =
+        g.node_indices().map(|n| g.neighbors_directed(n, Direction::Incoming).count()).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        g.node_indices().filter(|n| indeg[n.index()] == 0).map(|n| Reverse(n.index())).collect();
+    let mut out = Vec::with_capacity(g.node_count());
+    while let Some(Reverse(i)) = ready.pop() {
+        let n = NodeIndex::new(i);
+        out.push(n);
+        for m in g.neighbors_directed(n, Direction::Outgoing) {
+            indeg[m.index()] -= 1;
+            if indeg[m.index()] == 0 {
+                ready.push(Reverse(m.index()));
+            }
+        }
+    }
+    out
+}
+
+fn cycle_path(g: &DiGraph<usize, ()>, start: NodeIndex, decls: &[StageDecl]) -> Vec<String> {
+    // Walk successors that can reach `start` again; a DFS over a small graph is plenty.
+    fn dfs(
+        g: &DiGraph<usize, ()>,
+        at: NodeIndex,
+        goal: NodeIndex,
+        seen: &mut Vec<bool>,
+        path: &mut Vec<NodeIndex>,
+    ) -> bool {
+        for nx in g.neighbors_directed(at, Direction::Outgoing) {
+            if nx == goal {
+                return true;
+            }
+            if !std::mem::replace(&mut seen[nx.index()], true) {
+                path.push(nx);
+                if dfs(g, nx, goal, seen, path) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut seen = vec![false; g.node_count()];
+    let mut path = vec![start];
+    dfs(g, start, start, &mut seen, &mut path);
+    path.push(start);
+    path.into_iter().map(|n| decls[g[n]].id.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decl(id: &str, kind: &str, params: serde_json::Value, inputs: &[(&str, &str)]) -> StageDecl {
+        StageDecl {
+            id: id.into(),
+            kind: kind.into(),
+            version: 1,
+            params,
+            inputs: inputs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            files: Default::default(),
+        }
+    }
+
+    #[test]
+    fn identical_stages_merge_and_different_ones_do_not() {
+        let dag = Dag::build(vec![
+            decl("a/split", "split", json!({}), &[]),
+            decl("b/split", "split", json!({}), &[]),
+            decl("a/train", "train", json!({"lr": 1}), &[("data", "a/split")]),
+            decl("b/train", "train", json!({"lr": 1}), &[("data", "b/split")]),
+            decl("c/train", "train", json!({"lr": 2}), &[("data", "b/split")]),
+        ])
+        .unwrap();
+        assert_eq!(dag.len(), 3);
+        assert_eq!(dag.find("a/train"), dag.find("b/train"));
+        assert_ne!(dag.find("a/train"), dag.find("c/train"));
+        assert_eq!(dag.node(dag.find("b/split").unwrap()).id, "a/split");
+    }
+
+    #[test]
+    fn missing_input_is_named() {
+        let err = Dag::build(vec![decl("t", "train", json!({}), &[("data", "nope")])]).unwrap_err();
+        assert_eq!(
+            err,
+            GraphError::MissingInput { stage: "t".into(), slot: "data".into(), missing: "nope".into() }
+        );
+    }
+
+    #[test]
+    fn cycle_is_reported_by_stage_id() {
+        let err = Dag::build(vec![
+            decl("x", "k", json!({}), &[("in", "y")]),
+            decl("y", "k", json!({}), &[("in", "x")]),
+        ])
+        .unwrap_err();
+        match err {
+            GraphError::Cycle { stage, path } => {
+                assert!(stage == "x" || stage == "y");
+                assert_eq!(path.first(), path.last());
+                assert_eq!(path.len(), 3);
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_are_rejected() {
+        let err = Dag::build(vec![decl("x", "k", json!({}), &[]), decl("x", "k", json!({}), &[])]);
+        assert_eq!(err.unwrap_err(), GraphError::DuplicateId("x".into()));
+    }
+}

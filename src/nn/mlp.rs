@@ -1,0 +1,376 @@
+//! The multi-head MLP: a shared trunk of dense ReLU layers and one linear head per task
+//! (task-incremental learning). Sizes come from the pipeline at run time, so layers are plain
+//! dfdx tensors with `usize` dims rather than `nn::Linear`.
+//!
+//! Parameters live on the host as [`MlpParams`] (PyTorch layout: weight `[out, in]`) for
+//! storage, and on the device as flat 1-D tensors for training. The device forward pass computes
+//! in transposed form, `zᵀ = W · xᵀ`, so that parameters are always the left operand: dfdx
+//! merges gradient tapes left to right, and this way the input needs no gradient of its own.
+
+use super::tensorio::{HostTensor, TensorIoError, TensorMapExt};
+use dfdx::prelude::*;
+use rand::Rng;
+use std::collections::BTreeMap;
+
+/// One dense layer on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseParams {
+    pub out_dim: usize,
+    pub in_dim: usize,
+    /// Row-major `[out_dim, in_dim]`: row `j` holds unit `j`'s incoming weights.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl DenseParams {
+    /// PyTorch's `nn.Linear` default: weights and biases uniform in ±1/√in.
+    pub fn init(in_dim: usize, out_dim: usize, rng: &mut impl Rng) -> Self {
+        let bound = 1.0 / (in_dim as f32).sqrt();
+        let mut u = |n: usize| (0..n).map(|_| rng.gen_range(-bound..bound)).collect::<Vec<f32>>();
+        let weight = u(in_dim * out_dim);
+        let bias = u(out_dim);
+        DenseParams { out_dim, in_dim, weight, bias }
+    }
+}
+
+/// Host-side parameters of the whole model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpParams {
+    pub trunk: Vec<DenseParams>,
+    pub heads: Vec<DenseParams>,
+}
+
+impl MlpParams {
+    pub fn init(input_dim: usize, hidden: &[usize], rng: &mut impl Rng) -> Self {
+        let mut trunk = Vec::new();
+        let mut prev = input_dim;
+        for &h in hidden {
+            trunk.push(DenseParams::init(prev, h, rng));
+            prev = h;
+        }
+        MlpParams { trunk, heads: vec![] }
+    }
+
+    pub fn input_dim(&self) -> usize {
+        self.trunk.first().map(|l| l.in_dim).unwrap_or(0)
+    }
+
+    /// Units per hidden layer.
+    pub fn hidden_sizes(&self) -> Vec<usize> {
+        self.trunk.iter().map(|l| l.out_dim).collect()
+    }
+
+    pub fn push_head(&mut self, classes: usize, rng: &mut impl Rng) {
+        let last = self.trunk.last().map(|l| l.out_dim).unwrap_or(0);
+        self.heads.push(DenseParams::init(last, classes, rng));
+    }
+
+    /// Trunk layers then heads, in the flat order used on the device.
+    pub fn layers(&self) -> impl Iterator<Item = &DenseParams> {
+        self.trunk.iter().chain(self.heads.iter())
+    }
+
+    pub fn to_tensors(&self) -> BTreeMap<String, HostTensor> {
+        let mut m = BTreeMap::new();
+        for (prefix, layers) in [("trunk", &self.trunk), ("heads", &self.heads)] {
+            for (i, l) in layers.iter().enumerate() {
+                m.insert(
+                    format!("{prefix}.{i}.weight"),
+                    HostTensor::f32(vec![l.out_dim, l.in_dim], l.weight.clone()),
+                );
+                m.insert(format!("{prefix}.{i}.bias"), HostTensor::f32(vec![l.out_dim], l.bias.clone()));
+            }
+        }
+        m
+    }
+
+    pub fn from_tensors(mut m: BTreeMap<String, HostTensor>) -> Result<Self, TensorIoError> {
+        let mut take = |prefix: &str| -> Result<Vec<DenseParams>, TensorIoError> {
+            let mut out = Vec::new();
+            for i in 0.. {
+                let wname = format!("{prefix}.{i}.weight");
+                if !m.contains_key(&wname) {
+                    break;
+                }
+                let (ws, weight) = m.take_f32(&wname)?;
+                let bname = format!("{prefix}.{i}.bias");
+                let (bs, bias) = m.take_f32(&bname)?;
+                if ws.len() != 2 || bs != [ws[0]] {
+                    return Err(TensorIoError::Shape { name: bname, found: bs, expected: vec![ws[0]] });
+                }
+                out.push(DenseParams { out_dim: ws[0], in_dim: ws[1], weight, bias });
+            }
+            Ok(out)
+        };
+        let trunk = take("trunk")?;
+        let heads = take("heads")?;
+        let mut prev = trunk.first().map(|l| l.in_dim).unwrap_or(0);
+        for (i, l) in trunk.iter().enumerate() {
+            if l.in_dim != prev {
+                return Err(TensorIoError::Shape {
+                    name: format!("trunk.{i}.weight"),
+                    found: vec![l.out_dim, l.in_dim],
+                    expected: vec![l.out_dim, prev],
+                });
+            }
+            prev = l.out_dim;
+        }
+        for (i, h) in heads.iter().enumerate() {
+            if h.in_dim != prev {
+                return Err(TensorIoError::Shape {
+                    name: format!("heads.{i}.weight"),
+                    found: vec![h.out_dim, h.in_dim],
+                    expected: vec![h.out_dim, prev],
+                });
+            }
+        }
+        Ok(MlpParams { trunk, heads })
+    }
+}
+
+pub type Vector<D, T = NoneTape> = Tensor<(usize,), f32, D, T>;
+pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
+
+/// Parameters on a device: `[w0, b0, w1, b1, …]` for the trunk, then the heads likewise.
+pub struct DeviceMlp<D: Device<f32>> {
+    pub dev: D,
+    pub params: Vec<Vector<D>>,
+    /// `(out, in)` per layer, trunk then heads.
+    pub shapes: Vec<(usize, usize)>,
+    pub n_trunk: usize,
+}
+
+impl<D: Device<f32>> DeviceMlp<D> {
+    pub fn from_host(dev: &D, p: &MlpParams) -> Self {
+        let mut params = Vec::new();
+        let mut shapes = Vec::new();
+        for l in p.layers() {
+            params.push(dev.tensor_from_vec(l.weight.clone(), (l.weight.len(),)));
+            params.push(dev.tensor_from_vec(l.bias.clone(), (l.bias.len(),)));
+            shapes.push((l.out_dim, l.in_dim));
+        }
+        DeviceMlp { dev: dev.clone(), params, shapes, n_trunk: p.trunk.len() }
+    }
+
+    pub fn to_host(&self) -> MlpParams {
+        let mut layers = self.shapes.iter().enumerate().map(|(i, &(o, n))| DenseParams {
+            out_dim: o,
+            in_dim: n,
+            weight: self.params[2 * i].as_vec(),
+            bias: self.params[2 * i + 1].as_vec(),
+        });
+        let trunk = layers.by_ref().take(self.n_trunk).collect();
+        let heads = layers.collect();
+        MlpParams { trunk, heads }
+    }
+
+    /// Flat parameter indices (weight, bias) of the layers a forward pass through `head` uses.
+    pub fn path(&self, head: usize) -> Vec<usize> {
+        let mut layers: Vec<usize> = (0..self.n_trunk).collect();
+        layers.push(self.n_trunk + head);
+        layers.iter().flat_map(|&l| [2 * l, 2 * l + 1]).collect()
+    }
+
+    /// Logits `[batch, classes]` of `head` for `x: [batch, in]`, without gradients. With
+    /// `unit_masks`, hidden layer `l`'s activations are multiplied by `unit_masks[l]`
+    /// (0 = pruned), which equals zeroing the unit's outgoing connections.
+    pub fn logits(&self, x: &Matrix<D>, head: usize, unit_masks: Option<&[Vector<D>]>) -> Matrix<D> {
+        let params: Vec<Vector<D>> = self.path(head).iter().map(|&i| self.params[i].clone()).collect();
+        let shapes = self.layer_shapes(head);
+        forward_t(params, &shapes, x, unit_masks).permute::<_, Axes2<1, 0>>()
+    }
+
+    fn layer_shapes(&self, head: usize) -> Vec<(usize, usize)> {
+        let mut s: Vec<_> = self.shapes[..self.n_trunk].to_vec();
+        s.push(self.shapes[self.n_trunk + head]);
+        s
+    }
+
+    /// Mean cross-entropy of `head` on a batch, with a gradient tape over the parameters of
+    /// that path. Returns the loss and, in `path` order, the traced parameter ids' gradients.
+    pub fn loss_and_grads(
+        &self,
+        x: &Matrix<D>,
+        labels: &[u8],
+        head: usize,
+    ) -> (f32, Vec<(usize, Vector<D>)>) {
+        let path = self.path(head);
+        let traced: Vec<Vector<D, OwnedTape<f32, D>>> =
+            path.iter().map(|&i| self.params[i].leaky_trace()).collect();
+        let shapes = self.layer_shapes(head);
+        let logits_t = forward_t(traced, &shapes, x, None);
+        // Cross-entropy on `logitsᵀ` [classes, batch] directly: dfdx 0.13's log_softmax
+        // backward mishandles permuted (non-contiguous) inputs, so nothing taped is permuted.
+        let batch = x.shape().0 as f32;
+        let classes = self.shapes[self.n_trunk + head].0;
+        let targets_t = one_hot_t(&self.dev, labels, classes);
+        let loss = (logits_t.log_softmax::<Axis<0>>() * targets_t).sum::<(), _>().negate() / batch;
+        let value = loss.as_vec()[0];
+        let grads = loss.backward();
+        let out = path.iter().map(|&i| (i, grads.get(&self.params[i]))).collect();
+        (value, out)
+    }
+}
+
+/// Transposed forward: returns `logitsᵀ` `[classes, batch]`.
+fn forward_t<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
+    params: Vec<Vector<D, T>>,
+    shapes: &[(usize, usize)],
+    x: &Matrix<D>,
+    unit_masks: Option<&[Vector<D>]>,
+) -> Matrix<D, T> {
+    let batch = x.shape().0;
+    let mut h: Option<Matrix<D, T>> = None;
+    let xt: Matrix<D> = x.clone().permute::<_, Axes2<1, 0>>();
+    let mut it = params.into_iter();
+    let n = shapes.len();
+    for (l, &(out, inp)) in shapes.iter().enumerate() {
+        let w = it.next().expect("weight per layer").reshape_like(&(out, inp));
+        let b = it.next().expect("bias per layer");
+        let z = match h.take() {
+            None => w.matmul(xt.clone()),
+            Some(prev) => w.matmul(prev),
+        };
+        let z = z + b.broadcast_like::<_, Axis<1>>(&(out, batch));
+        let last = l + 1 == n;
+        h = Some(if last {
+            z
+        } else {
+            let a = z.relu();
+            match unit_masks {
+                Some(m) => a * m[l].clone().broadcast_like::<_, Axis<1>>(&(out, batch)),
+                None => a,
+            }
+        });
+    }
+    h.expect("at least one layer")
+}
+
+/// `[batch, in]` f32 tensor from byte images scaled to k/255.
+pub fn images_to_tensor<D: Device<f32>>(dev: &D, pixels: &[u8], dim: usize) -> Matrix<D> {
+    let data: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
+    dev.tensor_from_vec(data, (pixels.len() / dim.max(1), dim))
+}
+
+/// One-hot targets, transposed: `[classes, batch]`.
+pub fn one_hot_t<D: Device<f32>>(dev: &D, labels: &[u8], classes: usize) -> Matrix<D> {
+    let n = labels.len();
+    let mut data = vec![0f32; n * classes];
+    for (i, &y) in labels.iter().enumerate() {
+        data[y as usize * n + i] = 1.0;
+    }
+    dev.tensor_from_vec(data, (classes, n))
+}
+
+/// Index of the largest logit per row (first wins on ties, like `torch.argmax`).
+pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
+    logits
+        .chunks_exact(classes)
+        .map(|row| {
+            let mut best = 0;
+            for (j, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = j;
+                }
+            }
+            best
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn tiny() -> MlpParams {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut p = MlpParams::init(5, &[4, 3], &mut rng);
+        p.push_head(2, &mut rng);
+        p.push_head(3, &mut rng);
+        p
+    }
+
+    /// Reference forward on the host in f64.
+    fn host_logits(p: &MlpParams, x: &[f32], head: usize) -> Vec<f64> {
+        let mut a: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let layers: Vec<&DenseParams> = p.trunk.iter().chain(std::iter::once(&p.heads[head])).collect();
+        for (li, l) in layers.iter().enumerate() {
+            let mut z = vec![0f64; l.out_dim];
+            for j in 0..l.out_dim {
+                z[j] = l.bias[j] as f64
+                    + (0..l.in_dim).map(|i| l.weight[j * l.in_dim + i] as f64 * a[i]).sum::<f64>();
+            }
+            a = if li + 1 < layers.len() { z.iter().map(|v| v.max(0.0)).collect() } else { z };
+        }
+        a
+    }
+
+    #[test]
+    fn forward_matches_a_host_reference() {
+        let p = tiny();
+        let dev = Cpu::default();
+        let m = DeviceMlp::from_host(&dev, &p);
+        let x: Vec<f32> = (0..10).map(|i| (i as f32 * 0.37).sin()).collect();
+        let xt = dev.tensor_from_vec(x.clone(), (2, 5));
+        for head in 0..2 {
+            let got = m.logits(&xt, head, None).as_vec();
+            let classes = p.heads[head].out_dim;
+            for s in 0..2 {
+                let want = host_logits(&p, &x[s * 5..(s + 1) * 5], head);
+                for c in 0..classes {
+                    assert!((got[s * classes + c] as f64 - want[c]).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let p = tiny();
+        let dev = Cpu::default();
+        let m = DeviceMlp::from_host(&dev, &p);
+        let x: Vec<f32> = (0..15).map(|i| (i as f32 * 0.71).cos()).collect();
+        let xt = dev.tensor_from_vec(x.clone(), (3, 5));
+        let (loss, grads) = m.loss_and_grads(&xt, &[0, 2, 1], 1);
+        let host_loss = |p: &MlpParams| -> f64 {
+            let mut l = 0.0;
+            for (s, &t) in [0usize, 2, 1].iter().enumerate() {
+                let z = host_logits(p, &x[s * 5..(s + 1) * 5], 1);
+                let mx = z.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = mx + z.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+                l += lse - z[t];
+            }
+            l / 3.0
+        };
+        assert!((host_loss(&p) - loss as f64).abs() < 1e-5, "loss {loss} vs {}", host_loss(&p));
+        for (flat, g) in grads {
+            let g = g.as_vec();
+            let layer = flat / 2;
+            for k in 0..g.len() {
+                let mut plus = p.clone();
+                let mut minus = p.clone();
+                let h = 1e-3f32;
+                let get = |q: &mut MlpParams| -> *mut f32 {
+                    let l = if layer < q.trunk.len() { &mut q.trunk[layer] } else { &mut q.heads[layer - 2] };
+                    if flat % 2 == 0 { &mut l.weight[k] } else { &mut l.bias[k] }
+                };
+                unsafe {
+                    *get(&mut plus) += h;
+                    *get(&mut minus) -= h;
+                }
+                let fd = (host_loss(&plus) - host_loss(&minus)) / (2.0 * h as f64);
+                assert!((fd - g[k] as f64).abs() < 2e-3, "param {flat}[{k}]: fd {fd} vs {}", g[k]);
+            }
+        }
+    }
+
+    #[test]
+    fn tensors_round_trip() {
+        let p = tiny();
+        let back = MlpParams::from_tensors(p.to_tensors()).unwrap();
+        assert_eq!(back, p);
+        let dev = Cpu::default();
+        assert_eq!(DeviceMlp::from_host(&dev, &p).to_host(), p);
+    }
+}

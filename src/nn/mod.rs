@@ -1,0 +1,5 @@
+//! dfdx glue: run-time-sized layers, the multi-head MLP, masked optimizers and tensor I/O.
+
+pub mod mlp;
+pub mod optim;
+pub mod tensorio;

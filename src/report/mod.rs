@@ -1,0 +1,107 @@
+//! Results read back from the cache: accuracy matrices and free capacity per strategy and
+//! seed. `show` prints them; the reporting issue adds metrics, tables and figures on top.
+
+use crate::cache::Entry;
+use crate::exec::resolve::Resolved;
+use crate::graph::Dag;
+use crate::spec::{FreezeSpec, Pipeline};
+use crate::stages::evaluate::{EvalReport, EVAL_JSON};
+use crate::stages::mask::{MaskReport, MASK_JSON};
+use crate::stages::plan::stage_id;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// One (strategy, seed) run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub strategy: String,
+    pub seed: u64,
+    /// `accuracy[i][j]`: accuracy on task j+1 after training task i+1 (`None` if not cached).
+    pub accuracy: Vec<Option<Vec<f64>>>,
+    /// Free capacity after each task (RNF strategies only).
+    pub free_capacity: Vec<Option<f64>>,
+    /// Stage ids whose results are not in the cache.
+    pub missing: Vec<String>,
+}
+
+impl RunResult {
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(e: &Entry, file: &str) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(e.output_path(file)).ok()?).ok()
+}
+
+pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult> {
+    let by_node: HashMap<_, _> = resolved.iter().map(|r| (r.node, r)).collect();
+    let entry = |id: &str| dag.find(id).and_then(|n| by_node.get(&n)).and_then(|r| r.entry.as_ref());
+    let mut out = Vec::new();
+    for s in &p.strategies {
+        for &seed in &p.seeds {
+            let mut r = RunResult {
+                strategy: s.name.clone(),
+                seed,
+                accuracy: vec![],
+                free_capacity: vec![],
+                missing: vec![],
+            };
+            for t in 0..p.tasks.len() {
+                let eid = stage_id(&s.name, seed, t, "evaluate");
+                let acc = entry(&eid).and_then(|e| read_json::<EvalReport>(e, EVAL_JSON)).map(|e| e.accuracy);
+                if acc.is_none() {
+                    r.missing.push(eid);
+                }
+                r.accuracy.push(acc);
+                let cap = match s.freeze {
+                    FreezeSpec::None => Some(1.0),
+                    FreezeSpec::UntilThreshold { .. } => {
+                        let mid = stage_id(&s.name, seed, t, "mask");
+                        let c = entry(&mid).and_then(|e| read_json::<MaskReport>(e, MASK_JSON)).map(|m| m.free_capacity);
+                        if c.is_none() {
+                            r.missing.push(mid);
+                        }
+                        c
+                    }
+                };
+                r.free_capacity.push(cap);
+            }
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// The accuracy matrix as a text table, in percent.
+pub fn render_matrix(r: &RunResult) -> String {
+    let n = r.accuracy.len();
+    let mut s = format!("{} / seed {}\n", r.strategy, r.seed);
+    s.push_str("after   ");
+    for j in 0..n {
+        s.push_str(&format!("{:>8}", format!("T{}", j + 1)));
+    }
+    s.push_str(&format!("{:>8}{:>8}\n", "mean", "free"));
+    for (i, row) in r.accuracy.iter().enumerate() {
+        s.push_str(&format!("task {:<3}", i + 1));
+        match row {
+            Some(row) => {
+                for j in 0..n {
+                    match row.get(j) {
+                        Some(a) => s.push_str(&format!("{:>8.2}", a * 100.0)),
+                        None => s.push_str(&format!("{:>8}", "")),
+                    }
+                }
+                let mean = row.iter().sum::<f64>() / row.len().max(1) as f64;
+                s.push_str(&format!("{:>8.2}", mean * 100.0));
+            }
+            None => s.push_str(&format!("{:>w$}", "(not computed)", w = 8 * (n + 1))),
+        }
+        match r.free_capacity.get(i).copied().flatten() {
+            Some(c) => s.push_str(&format!("{:>7.1}%", c * 100.0)),
+            None => s.push_str(&format!("{:>8}", "?")),
+        }
+        s.push('\n');
+    }
+    s
+}

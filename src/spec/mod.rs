@@ -1,0 +1,174 @@
+//! Pipeline specifications: YAML in, checked [`Pipeline`] out.
+//!
+//! Two phases, as in ripgrep's low/high args: `raw` deserializes with no logic (unknown keys
+//! rejected), then `validate` checks ranges, class groups and data files. Every problem is
+//! reported with the file, line and column (found by `locate`) and its key path, or with the
+//! `--set` override that introduced it.
+
+mod locate;
+pub mod raw;
+mod validate;
+
+pub use locate::{Locator, Pos};
+pub use validate::*;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub pos: Option<Pos>,
+    /// Dotted key path, e.g. `strategies.rnf.prune.threshold`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+    /// Set when the offending value came from `--set`.
+    pub from_override: Option<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(p) = self.pos {
+            write!(f, ":{}:{}", p.line, p.col)?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(o) = &self.from_override {
+            write!(f, " (value from --set {o})")?;
+        }
+        Ok(())
+    }
+}
+
+/// All problems found; validation keeps going so a user sees every mistake at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+impl std::error::Error for SpecErrors {}
+
+/// What to check beyond the file itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataCheck {
+    /// Data files must exist and hold the classes the tasks name (`run`, `status`).
+    Required,
+    /// Structure only (`dag` works without the data).
+    Skip,
+}
+
+/// Load, apply `--set` overrides, and validate a pipeline file.
+pub fn load(path: &Path, overrides: &[String], data: DataCheck) -> Result<Pipeline, SpecErrors> {
+    let err = |pos, p: &str, m: String| {
+        SpecErrors(vec![SpecError {
+            file: path.to_path_buf(),
+            pos,
+            path: p.to_string(),
+            message: m,
+            from_override: None,
+        }])
+    };
+    let src = std::fs::read_to_string(path)
+        .map_err(|e| err(None, "", format!("cannot read pipeline file: {e}")))?;
+    let mut value: serde_yaml::Value = serde_yaml::from_str(&src).map_err(|e| {
+        let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() });
+        err(pos, "", format!("invalid YAML: {}", strip_location(&e.to_string())))
+    })?;
+    let locator = Locator::new(&src);
+    let mut overridden = Vec::new();
+    for o in overrides {
+        let key = apply_override(&mut value, o).map_err(|m| {
+            SpecErrors(vec![SpecError {
+                file: path.to_path_buf(),
+                pos: None,
+                path: o.split('=').next().unwrap_or("").to_string(),
+                message: m,
+                from_override: Some(o.clone()),
+            }])
+        })?;
+        overridden.push((key, o.clone()));
+    }
+    let ctx = validate::Ctx { file: path.to_path_buf(), locator, overridden };
+    let raw: raw::RawPipeline = serde_path_to_error::deserialize(value).map_err(|e| {
+        let p = path_string(e.path());
+        let msg = strip_location(&e.inner().to_string());
+        SpecErrors(vec![ctx.error(&p, msg)])
+    })?;
+    validate::validate(raw, &ctx, data)
+}
+
+fn path_string(p: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    p.iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// serde_yaml appends "at line X column Y"; we print positions ourselves.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Apply `dotted.key=value` to the YAML tree; returns the key path. The last key may be new
+/// (an optional setting not written in the file); every parent must exist.
+pub fn apply_override(root: &mut serde_yaml::Value, spec: &str) -> Result<String, String> {
+    let Some((key, val)) = spec.split_once('=') else {
+        return Err("expected `dotted.key=value`".into());
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("empty key before `=`".into());
+    }
+    let new: serde_yaml::Value = serde_yaml::from_str(val)
+        .map_err(|e| format!("value `{val}` is not valid YAML: {e}"))?;
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let here = parts[..=i].join(".");
+        cur = match cur {
+            serde_yaml::Value::Mapping(m) => {
+                let k = serde_yaml::Value::String(part.to_string());
+                if last && !m.contains_key(&k) {
+                    m.insert(k.clone(), serde_yaml::Value::Null);
+                }
+                m.get_mut(&k).ok_or_else(|| format!("no key `{here}` in the pipeline"))?
+            }
+            serde_yaml::Value::Sequence(s) => {
+                let idx: usize =
+                    part.parse().map_err(|_| format!("`{here}`: expected a list index"))?;
+                let len = s.len();
+                s.get_mut(idx)
+                    .ok_or_else(|| format!("`{here}`: index {idx} out of range (list has {len})"))?
+            }
+            _ => return Err(format!("`{}` is a scalar, cannot descend into it", parts[..i].join("."))),
+        };
+    }
+    if matches!(cur, serde_yaml::Value::Mapping(_)) && !matches!(new, serde_yaml::Value::Mapping(_)) {
+        return Err(format!("`{key}` is a section; --set overrides scalars and lists"));
+    }
+    *cur = new;
+    Ok(key.to_string())
+}

@@ -1,0 +1,198 @@
+//! The pipeline file as written: serde types with no logic beyond defaults. Unknown keys are
+//! rejected everywhere. `validate` turns these into a checked `Pipeline`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// Free text for humans; not part of any key.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub dataset: RawDataset,
+    /// Class groups, one per task, e.g. `[[0, 1], [2, 3]]`.
+    pub tasks: Vec<Vec<i64>>,
+    pub model: RawModel,
+    pub training: RawTraining,
+    pub seeds: Vec<i64>,
+    pub strategies: BTreeMap<String, RawStrategy>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    Idx,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataset {
+    pub format: DataFormat,
+    /// Images file (IDX, raw or gzipped). Without `test_images`, the test set is carved out of
+    /// this one by `test_fraction`.
+    pub images: PathBuf,
+    pub labels: PathBuf,
+    #[serde(default)]
+    pub test_images: Option<PathBuf>,
+    #[serde(default)]
+    pub test_labels: Option<PathBuf>,
+    #[serde(default)]
+    pub test_fraction: Option<f64>,
+    #[serde(default)]
+    pub split_seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Mlp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub kind: ModelKind,
+    pub hidden: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Adam,
+    Sgd,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraining {
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub batch_size: i64,
+    pub epochs: i64,
+    /// L2 penalty added to the gradient (PyTorch `weight_decay` semantics).
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_adam_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub momentum: f64,
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FreezeKind {
+    /// Naive finetuning: nothing is frozen.
+    None,
+    /// RNF: score, prune until the threshold, freeze what is left.
+    UntilThreshold,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStrategy {
+    pub freeze: FreezeKind,
+    #[serde(default)]
+    pub score: Option<RawScore>,
+    #[serde(default)]
+    pub prune: Option<RawPrune>,
+    /// Learning-rate multiplier of frozen units; 0 freezes them exactly.
+    #[serde(default)]
+    pub lr_frozen: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreMethod {
+    Lrp,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrpRule {
+    Epsilon,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScore {
+    pub method: ScoreMethod,
+    #[serde(default = "default_rule")]
+    pub rule: LrpRule,
+    #[serde(default = "default_lrp_eps")]
+    pub epsilon: f64,
+    /// Reference samples per task, drawn from the task's test split.
+    pub reference_size: i64,
+    #[serde(default)]
+    pub aggregate: RawAggregate,
+}
+
+fn default_rule() -> LrpRule {
+    LrpRule::Epsilon
+}
+fn default_lrp_eps() -> f64 {
+    1e-6
+}
+
+/// When the absolute value is taken relative to summing a unit's relevance over the reference
+/// samples (and, for conv filters, over positions).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AbsMode {
+    /// Signed sum: units whose relevance is negative rank lowest.
+    #[default]
+    None,
+    /// Sum of |R| over samples.
+    BeforeSum,
+    /// |sum of R| over samples.
+    AfterSum,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// Scores are compared across layers as they are.
+    #[default]
+    None,
+    /// Divide each layer's scores by that layer's largest |score|.
+    LayerMax,
+    /// Divide each layer's scores by the sum of that layer's |scores|.
+    LayerSum,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregate {
+    #[serde(default)]
+    pub abs: AbsMode,
+    #[serde(default)]
+    pub normalize: Normalize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchKind {
+    #[default]
+    Linear,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrune {
+    /// Largest accepted drop in test accuracy (absolute, as a fraction), in (0, 1).
+    pub threshold: f64,
+    /// Share of the prunable units removed per step, in (0, 1].
+    pub step_ratio: f64,
+    #[serde(default)]
+    pub search: SearchKind,
+}

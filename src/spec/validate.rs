@@ -1,0 +1,405 @@
+//! Raw pipeline → checked [`Pipeline`]. Collects every problem with its location instead of
+//! stopping at the first.
+
+use super::raw::*;
+use super::{DataCheck, Locator, SpecError, SpecErrors};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+pub(super) struct Ctx {
+    pub file: PathBuf,
+    pub locator: Locator,
+    /// (key path, the `--set` argument) of every override.
+    pub overridden: Vec<(String, String)>,
+}
+
+impl Ctx {
+    pub fn error(&self, path: &str, message: impl Into<String>) -> SpecError {
+        let from_override = self
+            .overridden
+            .iter()
+            .find(|(k, _)| path == k || path.starts_with(&format!("{k}.")))
+            .map(|(_, o)| o.clone());
+        SpecError {
+            file: self.file.clone(),
+            pos: if from_override.is_some() { None } else { self.locator.value(path) },
+            path: path.to_string(),
+            message: message.into(),
+            from_override,
+        }
+    }
+}
+
+/// A checked pipeline. Everything serialised from here into stage parameters is part of keys.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub source: PathBuf,
+    pub dataset: DatasetSpec,
+    /// Class groups per task (global dataset labels).
+    pub tasks: Vec<Vec<u8>>,
+    pub model: ModelSpec,
+    pub training: TrainingSpec,
+    pub seeds: Vec<u64>,
+    pub strategies: Vec<Strategy>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetSpec {
+    pub format: &'static str,
+    #[serde(skip)]
+    pub images: PathBuf,
+    #[serde(skip)]
+    pub labels: PathBuf,
+    #[serde(skip)]
+    pub test_files: Option<(PathBuf, PathBuf)>,
+    /// Share of the pooled data held out for testing, when no test files are given.
+    pub test_fraction: Option<f64>,
+    pub split_seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSpec {
+    pub kind: &'static str,
+    pub hidden: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "optimizer", rename_all = "snake_case")]
+pub enum OptimizerSpec {
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64 },
+    Sgd { lr: f64, momentum: f64 },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingSpec {
+    #[serde(flatten)]
+    pub optimizer: OptimizerSpec,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreSpec {
+    pub method: &'static str,
+    pub rule: LrpRule,
+    pub epsilon: f64,
+    pub reference_size: usize,
+    pub abs: AbsMode,
+    pub normalize: Normalize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneSpec {
+    pub threshold: f64,
+    pub step_ratio: f64,
+    pub search: SearchKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum FreezeSpec {
+    None,
+    UntilThreshold { score: ScoreSpec, prune: PruneSpec, lr_frozen: f64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Strategy {
+    pub name: String,
+    pub freeze: FreezeSpec,
+}
+
+pub(super) fn validate(
+    raw: RawPipeline,
+    ctx: &Ctx,
+    data: DataCheck,
+) -> Result<Pipeline, SpecErrors> {
+    let mut errs: Vec<SpecError> = Vec::new();
+    let mut e = |p: &str, m: String| errs.push(ctx.error(p, m));
+
+    // Dataset.
+    let d = &raw.dataset;
+    let test_files = match (&d.test_images, &d.test_labels) {
+        (Some(i), Some(l)) => Some((i.clone(), l.clone())),
+        (None, None) => None,
+        (Some(_), None) => {
+            e("dataset.test_labels", "required when `test_images` is given".into());
+            None
+        }
+        (None, Some(_)) => {
+            e("dataset.test_images", "required when `test_labels` is given".into());
+            None
+        }
+    };
+    let test_fraction = match (&test_files, d.test_fraction) {
+        (Some(_), Some(_)) => {
+            e("dataset.test_fraction", "not allowed with test files: the split is given".into());
+            None
+        }
+        (None, None) => {
+            e("dataset", "expected `test_fraction` (a number in (0, 1)) or `test_images` and `test_labels`".into());
+            None
+        }
+        (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
+            e("dataset.test_fraction", format!("expected a number in (0, 1), found {f}"));
+            None
+        }
+        (_, f) => f,
+    };
+
+    // Tasks.
+    let mut tasks: Vec<Vec<u8>> = Vec::new();
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    if raw.tasks.is_empty() {
+        e("tasks", "expected at least one class group, e.g. `[[0, 1], [2, 3]]`".into());
+    }
+    for (t, group) in raw.tasks.iter().enumerate() {
+        if group.len() < 2 {
+            e(
+                &format!("tasks.{t}"),
+                format!("a task needs at least two classes, found {}", group.len()),
+            );
+        }
+        let mut g = Vec::new();
+        for (i, &c) in group.iter().enumerate() {
+            let p = format!("tasks.{t}.{i}");
+            if !(0..=255).contains(&c) {
+                e(&p, format!("expected a class label in 0..=255, found {c}"));
+                continue;
+            }
+            if let Some(prev) = seen.insert(c, t) {
+                if prev == t {
+                    e(&p, format!("class {c} appears twice in task {t}"));
+                } else {
+                    e(&p, format!("class {c} is already in task {prev}; class groups must not overlap"));
+                }
+            }
+            g.push(c as u8);
+        }
+        tasks.push(g);
+    }
+
+    // Model.
+    let mut hidden = Vec::new();
+    if raw.model.hidden.is_empty() {
+        e("model.hidden", "expected at least one hidden layer size".into());
+    }
+    for (i, &h) in raw.model.hidden.iter().enumerate() {
+        if !(1..=1_000_000).contains(&h) {
+            e(&format!("model.hidden.{i}"), format!("expected a layer size in 1..=1000000, found {h}"));
+        }
+        hidden.push(h.max(1) as usize);
+    }
+
+    // Training.
+    let t = &raw.training;
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !positive(t.lr) {
+        e("training.lr", format!("expected a learning rate > 0, found {}", t.lr));
+    }
+    if t.batch_size < 1 {
+        e("training.batch_size", format!("expected an integer >= 1, found {}", t.batch_size));
+    }
+    if t.epochs < 1 {
+        e("training.epochs", format!("expected an integer >= 1, found {}", t.epochs));
+    }
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+        e("training.weight_decay", format!("expected a number >= 0, found {}", t.weight_decay));
+    }
+    let optimizer = match t.optimizer {
+        OptimizerKind::Adam => {
+            for (i, b) in t.betas.iter().enumerate() {
+                if !(*b >= 0.0 && *b < 1.0) {
+                    e(&format!("training.betas.{i}"), format!("expected a number in [0, 1), found {b}"));
+                }
+            }
+            if !positive(t.eps) {
+                e("training.eps", format!("expected a number > 0, found {}", t.eps));
+            }
+            if t.momentum != 0.0 {
+                e("training.momentum", "only used with `optimizer: sgd`".into());
+            }
+            OptimizerSpec::Adam { lr: t.lr, beta1: t.betas[0], beta2: t.betas[1], eps: t.eps }
+        }
+        OptimizerKind::Sgd => {
+            if !(t.momentum >= 0.0 && t.momentum < 1.0) {
+                e("training.momentum", format!("expected a number in [0, 1), found {}", t.momentum));
+            }
+            OptimizerSpec::Sgd { lr: t.lr, momentum: t.momentum }
+        }
+    };
+
+    // Seeds.
+    let mut seeds = Vec::new();
+    if raw.seeds.is_empty() {
+        e("seeds", "expected at least one seed, e.g. `[0]`".into());
+    }
+    for (i, &s) in raw.seeds.iter().enumerate() {
+        if s < 0 {
+            e(&format!("seeds.{i}"), format!("expected a seed >= 0, found {s}"));
+        } else if seeds.contains(&(s as u64)) {
+            e(&format!("seeds.{i}"), format!("seed {s} is listed twice"));
+        } else {
+            seeds.push(s as u64);
+        }
+    }
+
+    // Strategies.
+    let mut strategies = Vec::new();
+    if raw.strategies.is_empty() {
+        e("strategies", "expected at least one strategy, e.g. `naive: {freeze: none}`".into());
+    }
+    for (name, s) in &raw.strategies {
+        let base = format!("strategies.{name}");
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            e(&base, "strategy names may use letters, digits, '_' and '-' only".into());
+        }
+        let freeze = match s.freeze {
+            FreezeKind::None => {
+                for (field, set) in [
+                    ("score", s.score.is_some()),
+                    ("prune", s.prune.is_some()),
+                    ("lr_frozen", s.lr_frozen.is_some()),
+                ] {
+                    if set {
+                        e(&format!("{base}.{field}"), "only used with `freeze: until_threshold`".into());
+                    }
+                }
+                FreezeSpec::None
+            }
+            FreezeKind::UntilThreshold => {
+                let score = match &s.score {
+                    None => {
+                        e(&format!("{base}.score"), "required with `freeze: until_threshold`".into());
+                        None
+                    }
+                    Some(sc) => {
+                        if !positive(sc.epsilon) {
+                            e(&format!("{base}.score.epsilon"), format!("expected a number > 0, found {}", sc.epsilon));
+                        }
+                        if sc.reference_size < 1 {
+                            e(&format!("{base}.score.reference_size"), format!("expected an integer >= 1, found {}", sc.reference_size));
+                        }
+                        Some(ScoreSpec {
+                            method: match sc.method {
+                                ScoreMethod::Lrp => "lrp",
+                            },
+                            rule: sc.rule,
+                            epsilon: sc.epsilon,
+                            reference_size: sc.reference_size.max(1) as usize,
+                            abs: sc.aggregate.abs,
+                            normalize: sc.aggregate.normalize,
+                        })
+                    }
+                };
+                let prune = match &s.prune {
+                    None => {
+                        e(&format!("{base}.prune"), "required with `freeze: until_threshold`".into());
+                        None
+                    }
+                    Some(p) => {
+                        if !(p.threshold > 0.0 && p.threshold < 1.0) {
+                            e(&format!("{base}.prune.threshold"), format!("expected an accuracy drop in (0, 1), found {}", p.threshold));
+                        }
+                        if !(p.step_ratio > 0.0 && p.step_ratio <= 1.0) {
+                            e(&format!("{base}.prune.step_ratio"), format!("expected a share in (0, 1], found {}", p.step_ratio));
+                        }
+                        Some(PruneSpec { threshold: p.threshold, step_ratio: p.step_ratio, search: p.search })
+                    }
+                };
+                let lr_frozen = s.lr_frozen.unwrap_or(0.0);
+                if !(0.0..=1.0).contains(&lr_frozen) {
+                    e(&format!("{base}.lr_frozen"), format!("expected a multiplier in [0, 1], found {lr_frozen}"));
+                }
+                match (score, prune) {
+                    (Some(score), Some(prune)) => FreezeSpec::UntilThreshold { score, prune, lr_frozen },
+                    _ => FreezeSpec::None,
+                }
+            }
+        };
+        strategies.push(Strategy { name: name.clone(), freeze });
+    }
+
+    // Data files, and the classes the tasks name.
+    if data == DataCheck::Required {
+        let mut files = vec![("dataset.images", d.images.clone()), ("dataset.labels", d.labels.clone())];
+        if let Some((i, l)) = &test_files {
+            files.push(("dataset.test_images", i.clone()));
+            files.push(("dataset.test_labels", l.clone()));
+        }
+        let mut labels_ok = true;
+        for (p, f) in &files {
+            if !f.is_file() {
+                labels_ok = false;
+                e(p, format!(
+                    "data file {} does not exist (relative paths are resolved against the current directory; the bundled MNIST is regenerated by `python3 scripts/make_mnist.py`)",
+                    f.display()
+                ));
+            }
+        }
+        if labels_ok {
+            let mut present: Option<BTreeSet<u8>> = None;
+            for (p, f) in files.iter().filter(|(p, _)| p.ends_with("labels")) {
+                match crate::data::label_set(f) {
+                    Ok(s) => {
+                        present = Some(match present {
+                            None => s,
+                            Some(prev) => prev.intersection(&s).copied().collect(),
+                        })
+                    }
+                    Err(err) => e(p, format!("cannot read labels: {err}")),
+                }
+            }
+            if let Some(present) = present {
+                for (t, group) in raw.tasks.iter().enumerate() {
+                    for (i, &c) in group.iter().enumerate() {
+                        if (0..=255).contains(&c) && !present.contains(&(c as u8)) {
+                            e(&format!("tasks.{t}.{i}"), format!(
+                                "class {c} does not occur in the dataset (its classes are {:?})",
+                                present
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if !errs.is_empty() {
+        return Err(SpecErrors(errs));
+    }
+    Ok(Pipeline {
+        name: raw.name.unwrap_or_else(|| {
+            ctx.file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+        }),
+        source: ctx.file.clone(),
+        dataset: DatasetSpec {
+            format: match d.format {
+                DataFormat::Idx => "idx",
+            },
+            images: d.images.clone(),
+            labels: d.labels.clone(),
+            test_files,
+            test_fraction,
+            split_seed: d.split_seed,
+        },
+        tasks,
+        model: ModelSpec {
+            kind: match raw.model.kind {
+                ModelKind::Mlp => "mlp",
+            },
+            hidden,
+        },
+        training: TrainingSpec {
+            optimizer,
+            batch_size: t.batch_size as usize,
+            epochs: t.epochs as usize,
+            weight_decay: t.weight_decay,
+        },
+        seeds,
+        strategies,
+    })
+}

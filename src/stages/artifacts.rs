@@ -1,0 +1,172 @@
+//! The artifact formats stages exchange: split datasets, models, per-unit scores and masks.
+//! Tensors go in safetensors files (openable from PyTorch), small metadata in JSON. Each
+//! format has one encoder and one decoder here, so producers and consumers cannot drift.
+
+use crate::exec::{Artifact, StageContext, StageError};
+use crate::nn::mlp::MlpParams;
+use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const SPLIT_TENSORS: &str = "split.safetensors";
+pub const SPLIT_META: &str = "split.json";
+pub const MODEL_TENSORS: &str = "model.safetensors";
+pub const UNITS_TENSORS: &str = "units.safetensors";
+
+fn bad(what: &str, e: impl std::fmt::Display) -> StageError {
+    StageError::invalid(format!("{what}: {e}"))
+}
+
+/// Samples of one task, labels already local to the task's head (0..classes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    pub x: Vec<u8>,
+    pub y: Vec<u8>,
+}
+
+impl Samples {
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskData {
+    /// Global dataset labels of this task's classes, in head order.
+    pub classes: Vec<u8>,
+    pub train: Samples,
+    pub test: Samples,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitMeta {
+    pub sample_shape: Vec<usize>,
+    pub tasks: Vec<TaskMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMeta {
+    pub classes: Vec<u8>,
+    pub n_train: usize,
+    pub n_test: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitData {
+    pub sample_shape: Vec<usize>,
+    pub tasks: Vec<TaskData>,
+}
+
+impl SplitData {
+    pub fn dim(&self) -> usize {
+        self.sample_shape.iter().product()
+    }
+
+    pub fn task(&self, t: usize) -> Result<&TaskData, StageError> {
+        self.tasks
+            .get(t)
+            .ok_or_else(|| StageError::invalid(format!("split has {} tasks, task index {t} requested", self.tasks.len())))
+    }
+
+    pub fn to_artifact(&self, art: &mut Artifact) {
+        let d = self.dim();
+        let mut m = BTreeMap::new();
+        for (t, task) in self.tasks.iter().enumerate() {
+            for (part, s) in [("train", &task.train), ("test", &task.test)] {
+                m.insert(format!("task{t}.{part}.x"), HostTensor::u8(vec![s.len(), d], s.x.clone()));
+                m.insert(format!("task{t}.{part}.y"), HostTensor::u8(vec![s.len()], s.y.clone()));
+            }
+        }
+        art.insert(SPLIT_TENSORS, tensorio::encode(&m));
+        let meta = SplitMeta {
+            sample_shape: self.sample_shape.clone(),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|t| TaskMeta { classes: t.classes.clone(), n_train: t.train.len(), n_test: t.test.len() })
+                .collect(),
+        };
+        art.insert(SPLIT_META, json_bytes(&meta));
+    }
+
+    pub fn load(ctx: &StageContext, slot: &str) -> Result<SplitData, StageError> {
+        let meta: SplitMeta = read_json(ctx, slot, SPLIT_META)?;
+        let mut m = tensorio::decode(&ctx.read_input(slot, SPLIT_TENSORS)?).map_err(|e| bad(SPLIT_TENSORS, e))?;
+        let mut tasks = Vec::new();
+        for (t, tm) in meta.tasks.iter().enumerate() {
+            let mut take = |part: &str| -> Result<Samples, StageError> {
+                let (_, x) = m.take_u8(&format!("task{t}.{part}.x")).map_err(|e| bad(SPLIT_TENSORS, e))?;
+                let (_, y) = m.take_u8(&format!("task{t}.{part}.y")).map_err(|e| bad(SPLIT_TENSORS, e))?;
+                Ok(Samples { x, y })
+            };
+            let train = take("train")?;
+            let test = take("test")?;
+            tasks.push(TaskData { classes: tm.classes.clone(), train, test });
+        }
+        Ok(SplitData { sample_shape: meta.sample_shape, tasks })
+    }
+}
+
+pub fn save_model(art: &mut Artifact, p: &MlpParams) {
+    art.insert(MODEL_TENSORS, tensorio::encode(&p.to_tensors()));
+}
+
+pub fn load_model(ctx: &StageContext, slot: &str) -> Result<MlpParams, StageError> {
+    let m = tensorio::decode(&ctx.read_input(slot, MODEL_TENSORS)?).map_err(|e| bad(MODEL_TENSORS, e))?;
+    MlpParams::from_tensors(m).map_err(|e| bad(MODEL_TENSORS, e))
+}
+
+/// Per-hidden-layer, per-unit values: `layer{l}` tensors (f32 scores or u8 flags).
+pub fn save_unit_f32(art: &mut Artifact, layers: &[Vec<f32>]) {
+    let m = layers
+        .iter()
+        .enumerate()
+        .map(|(l, v)| (format!("layer{l}"), HostTensor::f32(vec![v.len()], v.clone())))
+        .collect();
+    art.insert(UNITS_TENSORS, tensorio::encode(&m));
+}
+
+pub fn save_unit_flags(art: &mut Artifact, layers: &[Vec<bool>]) {
+    let m = layers
+        .iter()
+        .enumerate()
+        .map(|(l, v)| (format!("layer{l}"), HostTensor::u8(vec![v.len()], v.iter().map(|&b| b as u8).collect())))
+        .collect();
+    art.insert(UNITS_TENSORS, tensorio::encode(&m));
+}
+
+fn load_units(ctx: &StageContext, slot: &str) -> Result<BTreeMap<String, HostTensor>, StageError> {
+    tensorio::decode(&ctx.read_input(slot, UNITS_TENSORS)?).map_err(|e| bad(UNITS_TENSORS, e))
+}
+
+pub fn load_unit_f32(ctx: &StageContext, slot: &str, layers: usize) -> Result<Vec<Vec<f32>>, StageError> {
+    let mut m = load_units(ctx, slot)?;
+    (0..layers)
+        .map(|l| m.take_f32(&format!("layer{l}")).map(|(_, v)| v).map_err(|e| bad(UNITS_TENSORS, e)))
+        .collect()
+}
+
+pub fn load_unit_flags(ctx: &StageContext, slot: &str, layers: usize) -> Result<Vec<Vec<bool>>, StageError> {
+    let mut m = load_units(ctx, slot)?;
+    (0..layers)
+        .map(|l| {
+            m.take_u8(&format!("layer{l}"))
+                .map(|(_, v)| v.into_iter().map(|b| b != 0).collect())
+                .map_err(|e| bad(UNITS_TENSORS, e))
+        })
+        .collect()
+}
+
+/// Pretty, deterministic JSON (struct field order is fixed; maps are ordered).
+pub fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).expect("artifact metadata is plain data");
+    b.push(b'\n');
+    b
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(ctx: &StageContext, slot: &str, file: &str) -> Result<T, StageError> {
+    serde_json::from_slice(&ctx.read_input(slot, file)?).map_err(|e| bad(file, e))
+}

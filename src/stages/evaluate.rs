@@ -1,0 +1,67 @@
+//! `evaluate`: test accuracy of every task seen so far, each with its own head (task-IL).
+
+use super::artifacts::{self, json_bytes, SplitData};
+use super::{accuracy, on_device};
+use crate::exec::{Artifact, Stage, StageContext, StageError};
+use crate::nn::mlp::DeviceMlp;
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub struct Evaluate;
+
+#[derive(Debug, Deserialize)]
+struct Params {
+    /// Tasks `0..tasks_seen` are evaluated.
+    tasks_seen: usize,
+}
+
+/// The `eval.json` artifact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalReport {
+    pub tasks_seen: usize,
+    /// Test accuracy per task, in [0, 1].
+    pub accuracy: Vec<f64>,
+    pub n_test: Vec<usize>,
+}
+
+pub const EVAL_JSON: &str = "eval.json";
+
+impl Stage for Evaluate {
+    fn kind(&self) -> &'static str {
+        "evaluate"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
+        on_device!(ctx, run_on)
+    }
+}
+
+fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
+    let p: Params = ctx.params()?;
+    let split = SplitData::load(ctx, "split")?;
+    let host = artifacts::load_model(ctx, "model")?;
+    if p.tasks_seen > host.heads.len() || p.tasks_seen > split.tasks.len() {
+        return Err(StageError::invalid(format!(
+            "cannot evaluate {} tasks: model has {} heads, split {} tasks",
+            p.tasks_seen,
+            host.heads.len(),
+            split.tasks.len()
+        )));
+    }
+    let model = DeviceMlp::from_host(dev, &host);
+    let dim = split.dim();
+    let mut acc = Vec::new();
+    let mut n_test = Vec::new();
+    for t in 0..p.tasks_seen {
+        ctx.check_cancel()?;
+        let task = split.task(t)?;
+        let a = accuracy(&model, &task.test, dim, t, None);
+        ctx.log(format!("task {}: accuracy {:.4} on {} test samples", t + 1, a, task.test.len()));
+        acc.push(a);
+        n_test.push(task.test.len());
+    }
+    let report = EvalReport { tasks_seen: p.tasks_seen, accuracy: acc, n_test };
+    Ok(Artifact::new().with(EVAL_JSON, json_bytes(&report)))
+}

@@ -1,0 +1,149 @@
+//! Stage kinds, one file each. Every stage is a pure function of its parameters, input
+//! artifacts and input files (see `exec::Stage`); none of them touches the cache.
+//!
+//! `plan` compiles a checked pipeline into stage declarations for the engine.
+
+pub mod artifacts;
+pub mod evaluate;
+pub mod mask;
+pub mod plan;
+pub mod prune;
+pub mod score;
+pub mod split;
+pub mod train;
+
+use crate::exec::{Registry, StageError};
+use crate::nn::mlp::{argmax_rows, images_to_tensor, DeviceMlp, Vector};
+use artifacts::Samples;
+use dfdx::prelude::*;
+use std::sync::Arc;
+
+/// All stage kinds cfpipe knows.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(Arc::new(split::Split));
+    r.register(Arc::new(train::Train));
+    r.register(Arc::new(score::Score));
+    r.register(Arc::new(prune::Prune));
+    r.register(Arc::new(mask::Mask));
+    r.register(Arc::new(evaluate::Evaluate));
+    r
+}
+
+/// Where a stage computes. Parsed from `--device`; not part of any key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda(usize),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DeviceError {
+    #[error("unknown device `{0}`: expected `cpu`, `cuda` or `cuda:N`")]
+    Unknown(String),
+    #[error("device `{0}` needs a cfpipe built with `--features cuda`; this build runs on the CPU only (use `--device cpu`)")]
+    NoCudaSupport(String),
+}
+
+impl DeviceChoice {
+    pub fn parse(s: &str) -> Result<DeviceChoice, DeviceError> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+                _ => Err(DeviceError::Unknown(s.to_string())),
+            },
+        }
+    }
+
+    /// Whether this build can run on the device (checked before any work starts).
+    pub fn check_available(self, raw: &str) -> Result<(), DeviceError> {
+        match self {
+            DeviceChoice::Cpu => Ok(()),
+            DeviceChoice::Cuda(_) => Err(DeviceError::NoCudaSupport(raw.to_string())),
+        }
+    }
+}
+
+/// Run a device-generic stage body on the context's device.
+macro_rules! on_device {
+    ($ctx:expr, $body:ident) => {{
+        match $crate::stages::DeviceChoice::parse($ctx.device)
+            .map_err(|e| $crate::exec::StageError::invalid(e.to_string()))?
+        {
+            $crate::stages::DeviceChoice::Cpu => $body(&dfdx::tensor::Cpu::seed_from_u64(0), $ctx),
+            $crate::stages::DeviceChoice::Cuda(_) => Err($crate::exec::StageError::invalid(
+                $crate::stages::DeviceError::NoCudaSupport($ctx.device.to_string()).to_string(),
+            )),
+        }
+    }};
+}
+pub(crate) use on_device;
+
+/// Evaluation batch size; large because there is no tape.
+const EVAL_BATCH: usize = 1000;
+
+/// Accuracy of `head` on `samples`, optionally with hidden units masked out.
+pub fn accuracy<D: Device<f32>>(
+    model: &DeviceMlp<D>,
+    samples: &Samples,
+    dim: usize,
+    head: usize,
+    unit_masks: Option<&[Vector<D>]>,
+) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let classes = model.shapes[model.n_trunk + head].0;
+    let mut correct = 0usize;
+    for start in (0..samples.len()).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(samples.len());
+        let x = images_to_tensor(&model.dev, &samples.x[start * dim..end * dim], dim);
+        let logits = model.logits(&x, head, unit_masks).as_vec();
+        correct += argmax_rows(&logits, classes)
+            .iter()
+            .zip(&samples.y[start..end])
+            .filter(|(p, y)| **p == **y as usize)
+            .count();
+    }
+    correct as f64 / samples.len() as f64
+}
+
+/// A stage-parameter helper: the task index must exist in the split.
+pub(crate) fn check_task(t: usize, n: usize) -> Result<(), StageError> {
+    if t >= n {
+        return Err(StageError::invalid(format!("task index {t} out of range ({n} tasks)")));
+    }
+    Ok(())
+}
+
+/// Seeded RNG for one purpose of one stage: distinct streams per (seed, task, purpose), so
+/// adding a use of randomness in one place never shifts another.
+pub fn rng_for(seed: u64, task: usize, purpose: &str) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(&(task as u64).to_le_bytes());
+    h.update(purpose.as_bytes());
+    rand_chacha::ChaCha8Rng::from_seed(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_parsing_and_availability() {
+        assert_eq!(DeviceChoice::parse("cpu"), Ok(DeviceChoice::Cpu));
+        assert_eq!(DeviceChoice::parse("cuda"), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!(DeviceChoice::parse("cuda:3"), Ok(DeviceChoice::Cuda(3)));
+        assert!(matches!(DeviceChoice::parse("gpu"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(DeviceChoice::parse("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert!(DeviceChoice::Cpu.check_available("cpu").is_ok());
+        assert!(matches!(
+            DeviceChoice::Cuda(0).check_available("cuda"),
+            Err(DeviceError::NoCudaSupport(_))
+        ));
+    }
+}

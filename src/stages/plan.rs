@@ -1,0 +1,117 @@
+//! Compile a checked pipeline into stage declarations.
+//!
+//! Per strategy and seed: `split` → for each task t: `train` (from the previous task's model
+//! and, for RNF, the previous mask) → `evaluate` on tasks 1..t; RNF adds `score` → `prune` →
+//! `mask` after each training. Ids read `rnf/seed0/task2/prune`. Every declaration carries only
+//! the parameters its result depends on, so the engine merges identical ones: the split is
+//! shared by everything, and task-1 training (and its evaluation) is shared by every strategy
+//! with the same seed and training settings.
+
+use super::{evaluate, mask, prune, score, split, train};
+use crate::exec::Stage;
+use crate::graph::StageDecl;
+use crate::spec::{FreezeSpec, Pipeline};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+pub const SPLIT_ID: &str = "split";
+
+pub fn stage_id(strategy: &str, seed: u64, task: usize, kind: &str) -> String {
+    format!("{strategy}/seed{seed}/task{}/{kind}", task + 1)
+}
+
+fn decl(
+    id: String,
+    stage: &dyn Stage,
+    params: serde_json::Value,
+    inputs: Vec<(&str, String)>,
+) -> StageDecl {
+    StageDecl {
+        id,
+        kind: stage.kind().to_string(),
+        version: stage.version(),
+        params,
+        inputs: inputs.into_iter().map(|(s, i)| (s.to_string(), i)).collect(),
+        files: BTreeMap::new(),
+    }
+}
+
+pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
+    let mut out = Vec::new();
+    let d = &p.dataset;
+    let mut split_decl = decl(
+        SPLIT_ID.into(),
+        &split::Split,
+        json!({
+            "format": d.format,
+            "tasks": p.tasks,
+            "test_fraction": d.test_fraction,
+            "split_seed": d.split_seed,
+        }),
+        vec![],
+    );
+    split_decl.files.insert("images".into(), d.images.clone());
+    split_decl.files.insert("labels".into(), d.labels.clone());
+    if let Some((i, l)) = &d.test_files {
+        split_decl.files.insert("test_images".into(), i.clone());
+        split_decl.files.insert("test_labels".into(), l.clone());
+    }
+    out.push(split_decl);
+
+    for s in &p.strategies {
+        for &seed in &p.seeds {
+            let mut prev_model: Option<String> = None;
+            let mut prev_mask: Option<String> = None;
+            for t in 0..p.tasks.len() {
+                let id = |kind: &str| stage_id(&s.name, seed, t, kind);
+                let mut params = json!({
+                    "task_index": t,
+                    "seed": seed,
+                    "model": p.model,
+                    "training": p.training,
+                });
+                let split_in = ("split", SPLIT_ID.to_string());
+                let mut inputs = vec![split_in.clone()];
+                if let Some(m) = &prev_model {
+                    inputs.push(("model", m.clone()));
+                }
+                if let (Some(m), FreezeSpec::UntilThreshold { lr_frozen, .. }) = (&prev_mask, &s.freeze) {
+                    inputs.push(("mask", m.clone()));
+                    params["lr_frozen"] = json!(lr_frozen);
+                }
+                let trained = ("model", id("train"));
+                out.push(decl(id("train"), &train::Train, params, inputs));
+                out.push(decl(
+                    id("evaluate"),
+                    &evaluate::Evaluate,
+                    json!({"tasks_seen": t + 1}),
+                    vec![split_in.clone(), trained.clone()],
+                ));
+                if let FreezeSpec::UntilThreshold { score: sc, prune: pr, .. } = &s.freeze {
+                    let mut sp = serde_json::to_value(sc).expect("plain data");
+                    sp["task_index"] = json!(t);
+                    sp["seed"] = json!(seed);
+                    out.push(decl(id("score"), &score::Score, sp, vec![split_in.clone(), trained.clone()]));
+                    let mut pp = serde_json::to_value(pr).expect("plain data");
+                    pp["task_index"] = json!(t);
+                    let mut pin = vec![split_in.clone(), trained.clone(), ("score", id("score"))];
+                    let mut min = vec![("prune", id("prune"))];
+                    if let Some(m) = &prev_mask {
+                        pin.push(("mask", m.clone()));
+                        min.push(("mask", m.clone()));
+                    }
+                    out.push(decl(id("prune"), &prune::Prune, pp, pin));
+                    out.push(decl(
+                        id("mask"),
+                        &mask::Mask,
+                        json!({"task_index": t, "hidden": p.model.hidden}),
+                        min,
+                    ));
+                    prev_mask = Some(id("mask"));
+                }
+                prev_model = Some(id("train"));
+            }
+        }
+    }
+    out
+}

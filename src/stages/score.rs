@@ -1,0 +1,166 @@
+//! `score`: importance of every hidden unit for one task, by LRP on a reference set.
+//!
+//! The reference set is `reference_size` samples drawn (seeded, without replacement) from the
+//! task's *test* split, as in the RNF paper. Relevance is taken w.r.t. the ground-truth logit
+//! of the task's head. A unit's score aggregates its per-sample relevance by the explicit,
+//! keyed choices `abs` (signed sum, sum of |R|, or |sum R|) and `normalize` (none, or per layer
+//! by max |score| or sum |score|).
+
+use super::artifacts::{self, json_bytes, SplitData};
+use super::{check_task, on_device, rng_for};
+use crate::exec::{Artifact, Stage, StageContext, StageError};
+use crate::nn::mlp::{images_to_tensor, DeviceMlp};
+use crate::spec::raw::{AbsMode, Normalize};
+use dfdx::prelude::*;
+use rand::seq::index::sample;
+use serde::{Deserialize, Serialize};
+
+pub struct Score;
+
+#[derive(Debug, Deserialize)]
+struct Params {
+    task_index: usize,
+    seed: u64,
+    method: String,
+    rule: String,
+    epsilon: f64,
+    reference_size: usize,
+    abs: AbsMode,
+    normalize: Normalize,
+}
+
+#[derive(Debug, Serialize)]
+struct ScoreReport {
+    task_index: usize,
+    method: String,
+    reference_samples: usize,
+    /// Mean explained logit over the reference set.
+    mean_explained: f64,
+    /// Per layer: sum of the unit scores before normalisation.
+    layer_totals: Vec<f64>,
+}
+
+pub const SCORE_JSON: &str = "score.json";
+const LRP_BATCH: usize = 256;
+
+impl Stage for Score {
+    fn kind(&self) -> &'static str {
+        "score"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
+        on_device!(ctx, run_on)
+    }
+}
+
+/// Aggregate per-sample relevance `[batch, units]` into per-unit sums, by `abs`.
+pub fn aggregate(per_sample: &[f32], units: usize, abs: AbsMode, acc: &mut [f64]) {
+    for row in per_sample.chunks_exact(units) {
+        for (a, &r) in acc.iter_mut().zip(row) {
+            *a += match abs {
+                AbsMode::BeforeSum => (r as f64).abs(),
+                AbsMode::None | AbsMode::AfterSum => r as f64,
+            };
+        }
+    }
+}
+
+/// Finish aggregation: `abs: after_sum` and per-layer normalisation.
+pub fn finish(mut layer: Vec<f64>, abs: AbsMode, normalize: Normalize) -> Vec<f32> {
+    if abs == AbsMode::AfterSum {
+        layer.iter_mut().for_each(|v| *v = v.abs());
+    }
+    let denom = match normalize {
+        Normalize::None => 1.0,
+        Normalize::LayerMax => layer.iter().fold(0f64, |m, v| m.max(v.abs())),
+        Normalize::LayerSum => layer.iter().map(|v| v.abs()).sum(),
+    };
+    let denom = if denom > 0.0 { denom } else { 1.0 };
+    layer.into_iter().map(|v| (v / denom) as f32).collect()
+}
+
+fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
+    let p: Params = ctx.params()?;
+    if p.method != "lrp" || p.rule != "epsilon" {
+        return Err(StageError::invalid(format!("unsupported score method {}/{}", p.method, p.rule)));
+    }
+    let split = SplitData::load(ctx, "split")?;
+    check_task(p.task_index, split.tasks.len())?;
+    let task = split.task(p.task_index)?;
+    let dim = split.dim();
+    let host = artifacts::load_model(ctx, "model")?;
+    if host.heads.len() <= p.task_index {
+        return Err(StageError::invalid(format!("model has no head for task index {}", p.task_index)));
+    }
+    let model = DeviceMlp::from_host(dev, &host);
+    let n_ref = p.reference_size.min(task.test.len());
+    let mut idx = sample(&mut rng_for(p.seed, p.task_index, "reference"), task.test.len(), n_ref).into_vec();
+    idx.sort_unstable();
+    let sizes = host.hidden_sizes();
+    let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
+    let mut explained = 0f64;
+    ctx.progress.phase("lrp", n_ref.div_ceil(LRP_BATCH) as u64);
+    for chunk in idx.chunks(LRP_BATCH) {
+        ctx.check_cancel()?;
+        let mut xb = Vec::with_capacity(chunk.len() * dim);
+        let mut yb = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            xb.extend_from_slice(&task.test.x[i * dim..(i + 1) * dim]);
+            yb.push(task.test.y[i]);
+        }
+        let x = images_to_tensor(dev, &xb, dim);
+        let r = crate::xai::lrp::lrp_epsilon(&model, &x, &yb, p.task_index, p.epsilon as f32);
+        for (l, h) in r.hidden.iter().enumerate() {
+            aggregate(h, sizes[l], p.abs, &mut sums[l]);
+        }
+        explained += r.explained.iter().map(|&v| v as f64).sum::<f64>();
+        ctx.progress.inc(1);
+    }
+    let layer_totals: Vec<f64> = sums.iter().map(|l| l.iter().sum()).collect();
+    let scores: Vec<Vec<f32>> = sums.into_iter().map(|l| finish(l, p.abs, p.normalize)).collect();
+    for (l, t) in layer_totals.iter().enumerate() {
+        ctx.log(format!("layer {l}: total relevance {t:.4}"));
+    }
+    let mut art = Artifact::new();
+    artifacts::save_unit_f32(&mut art, &scores);
+    art.insert(
+        SCORE_JSON,
+        json_bytes(&ScoreReport {
+            task_index: p.task_index,
+            method: "lrp-epsilon".into(),
+            reference_samples: n_ref,
+            mean_explained: explained / n_ref.max(1) as f64,
+            layer_totals,
+        }),
+    );
+    Ok(art)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abs_modes_differ_as_documented() {
+        // Two samples, one unit: relevance +2 then -3.
+        let rows = [2.0f32, -3.0];
+        let mut a = vec![0f64];
+        aggregate(&rows, 1, AbsMode::None, &mut a);
+        assert_eq!(finish(a, AbsMode::None, Normalize::None), vec![-1.0]);
+        let mut a = vec![0f64];
+        aggregate(&rows, 1, AbsMode::BeforeSum, &mut a);
+        assert_eq!(finish(a, AbsMode::BeforeSum, Normalize::None), vec![5.0]);
+        let mut a = vec![0f64];
+        aggregate(&rows, 1, AbsMode::AfterSum, &mut a);
+        assert_eq!(finish(a, AbsMode::AfterSum, Normalize::None), vec![1.0]);
+    }
+
+    #[test]
+    fn normalisation_per_layer() {
+        assert_eq!(finish(vec![1.0, -4.0, 2.0], AbsMode::None, Normalize::LayerMax), vec![0.25, -1.0, 0.5]);
+        assert_eq!(finish(vec![1.0, -1.0, 2.0], AbsMode::None, Normalize::LayerSum), vec![0.25, -0.25, 0.5]);
+        assert_eq!(finish(vec![0.0, 0.0], AbsMode::None, Normalize::LayerMax), vec![0.0, 0.0]);
+    }
+}
