@@ -14,7 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
-#[command(name = "cfpipe", version, about = "Cached, content-hashed continual-learning pipelines")]
+#[command(
+    name = "cfpipe",
+    version,
+    about = "Cached, content-hashed continual-learning pipelines"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -119,14 +123,23 @@ pub fn load(path: &Path, set: &[String], data: DataCheck) -> Result<(Pipeline, D
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let c = &cli.cache;
     match cli.command {
-        Command::Run { p, jobs, device, quiet } => {
+        Command::Run {
+            p,
+            jobs,
+            device,
+            quiet,
+        } => {
             DeviceChoice::parse(&device)?.check_available(&device)?;
             let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
             let cache = open_cache(c)?;
             let cancel = Arc::new(AtomicBool::new(false));
             install_ctrlc(cancel.clone());
             let opts = ExecOptions {
-                jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+                jobs: jobs.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                }),
                 device,
                 show_progress: !quiet,
                 cancel,
@@ -139,7 +152,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     Outcome::Skipped { failed_input } => {
                         eprintln!("skipped {} (input `{failed_input}` failed)", e.id)
                     }
-                    Outcome::Ran { replaced_corrupt: Some(f), .. } => {
+                    Outcome::Ran {
+                        replaced_corrupt: Some(f),
+                        ..
+                    } => {
                         eprintln!("recomputed {} (its cache entry was corrupt: {f})", e.id)
                     }
                     _ => {}
@@ -153,7 +169,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             if !failed.is_empty() {
                 return Err(CliError::StagesFailed {
                     failed: failed.len(),
-                    names: failed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", "),
+                    names: failed
+                        .iter()
+                        .map(|e| e.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
             Ok(())
@@ -179,21 +199,41 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .collect();
                 println!("{}", serde_json::json!({ "stages": stages }));
             } else {
-                let w = res.iter().map(|r| dag.node(r.node).id.len()).max().unwrap_or(10);
+                let w = res
+                    .iter()
+                    .map(|r| dag.node(r.node).id.len())
+                    .max()
+                    .unwrap_or(10);
                 for r in &res {
                     let n = dag.node(r.node);
                     let key = r.key.map(|k| k.short()).unwrap_or_else(|| "-".repeat(12));
-                    let state = if r.cached() { "cached".into() } else { format!("will run: {}", r.reason.describe()) };
+                    let state = if r.cached() {
+                        "cached".into()
+                    } else {
+                        format!("will run: {}", r.reason.describe())
+                    };
                     println!("{:<w$}  {:<8}  {}  {}", n.id, n.kind, key, state);
                 }
                 let cached = res.iter().filter(|r| r.cached()).count();
-                println!("{} stages: {} cached, {} to run", res.len(), cached, res.len() - cached);
+                println!(
+                    "{} stages: {} cached, {} to run",
+                    res.len(),
+                    cached,
+                    res.len() - cached
+                );
             }
             Ok(())
         }
         Command::Dag { p, dot } => {
             let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Skip)?;
-            print!("{}", if dot { dag.render_dot() } else { dag.render_text() });
+            print!(
+                "{}",
+                if dot {
+                    dag.render_dot()
+                } else {
+                    dag.render_text()
+                }
+            );
             Ok(())
         }
         Command::Show { p, json } => {
@@ -202,7 +242,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let res = resolve::resolve(&dag, &cache);
             let results = crate::report::collect(&pipe, &dag, &res);
             if json {
-                println!("{}", serde_json::to_string_pretty(&results).expect("plain data"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&results).expect("plain data")
+                );
                 return Ok(());
             }
             for r in &results {
@@ -223,10 +266,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             DeviceChoice::parse(&device)?.check_available(&device)?;
             let cache = open_cache(c)?;
             let registry = stages::registry();
-            let opts = ExecOptions { device, ..ExecOptions::default() };
+            let opts = ExecOptions {
+                device,
+                ..ExecOptions::default()
+            };
             let (entry, outcome) = Executor::new(&cache, &registry, opts).exec_request(&key)?;
-            let what = if matches!(outcome, Outcome::Cached) { "cached" } else { "ran" };
-            println!("{} {what}: {}", entry.manifest.stage_id, entry.content_hash());
+            let what = if matches!(outcome, Outcome::Cached) {
+                "cached"
+            } else {
+                "ran"
+            };
+            println!(
+                "{} {what}: {}",
+                entry.manifest.stage_id,
+                entry.content_hash()
+            );
             Ok(())
         }
     }
@@ -256,7 +310,10 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
             for k in cache.keys()? {
                 let size = cache.entry_size(&k);
                 total += size;
-                let kind = cache.read_manifest(&k).map(|m| m.kind).unwrap_or_else(|| "?".into());
+                let kind = cache
+                    .read_manifest(&k)
+                    .map(|m| m.kind)
+                    .unwrap_or_else(|| "?".into());
                 let e = by_kind.entry(kind).or_default();
                 e.0 += 1;
                 e.1 += size;
@@ -264,7 +321,12 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
             for (kind, (n, size)) in &by_kind {
                 println!("{kind:<10} {n:>5} entries  {:>10}", human_bytes(*size));
             }
-            println!("{:<10} {:>5} entries  {:>10}", "total", by_kind.values().map(|v| v.0).sum::<usize>(), human_bytes(total));
+            println!(
+                "{:<10} {:>5} entries  {:>10}",
+                "total",
+                by_kind.values().map(|v| v.0).sum::<usize>(),
+                human_bytes(total)
+            );
             Ok(())
         }
         CacheCmd::Verify => {
@@ -273,7 +335,10 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
             for k in &keys {
                 if let Lookup::Corrupt { file, reason } = cache.lookup(k) {
                     bad += 1;
-                    let id = cache.read_manifest(k).map(|m| m.stage_id).unwrap_or_default();
+                    let id = cache
+                        .read_manifest(k)
+                        .map(|m| m.stage_id)
+                        .unwrap_or_default();
                     println!("CORRUPT {} {id}: {file}: {reason}", k.short());
                 }
             }
@@ -294,7 +359,12 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
                 }
             }
             let (removed, freed) = cache.gc(&keep)?;
-            println!("removed {} entries ({}), kept {}", removed.len(), human_bytes(freed), keep.len());
+            println!(
+                "removed {} entries ({}), kept {}",
+                removed.len(),
+                human_bytes(freed),
+                keep.len()
+            );
             Ok(())
         }
     }

@@ -39,7 +39,10 @@ pub type ContentHash = Digest<ContentKind>;
 
 impl<K: DigestKind> Digest<K> {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Digest { bytes, _kind: PhantomData }
+        Digest {
+            bytes,
+            _kind: PhantomData,
+        }
     }
     pub fn of(data: &[u8]) -> Self {
         Self::from_bytes(*blake3::hash(data).as_bytes())
@@ -55,7 +58,9 @@ impl<K: DigestKind> Digest<K> {
         self.to_hex()[..12].to_string()
     }
     pub fn from_hex(s: &str) -> Option<Self> {
-        blake3::Hash::from_hex(s).ok().map(|h| Self::from_bytes(*h.as_bytes()))
+        blake3::Hash::from_hex(s)
+            .ok()
+            .map(|h| Self::from_bytes(*h.as_bytes()))
     }
 }
 

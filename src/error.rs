@@ -44,7 +44,10 @@ impl CliError {
             CliError::Spec(_) | CliError::Graph(_) | CliError::Device(_) | CliError::Usage(_) => 2,
             CliError::VerifyFailed(_) => 3,
             CliError::Interrupted => 130,
-            CliError::Cache(_) | CliError::Exec(_) | CliError::StagesFailed { .. } | CliError::Io(_) => 1,
+            CliError::Cache(_)
+            | CliError::Exec(_)
+            | CliError::StagesFailed { .. }
+            | CliError::Io(_) => 1,
         }
     }
 }

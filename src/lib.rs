@@ -7,14 +7,14 @@
 //! kind), `nn` (dfdx layers, optimizers, masks), `xai` (LRP) and `data` (IDX datasets).
 
 pub mod cache;
+pub mod cli;
+pub mod data;
 pub mod digest;
+pub mod error;
 pub mod exec;
 pub mod graph;
-pub mod data;
-pub mod spec;
 pub mod nn;
-pub mod xai;
-pub mod stages;
 pub mod report;
-pub mod error;
-pub mod cli;
+pub mod spec;
+pub mod stages;
+pub mod xai;

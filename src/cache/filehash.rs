@@ -28,7 +28,11 @@ impl FileHasher {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        FileHasher { memo_path, memo: Mutex::new(memo), dirty: Mutex::new(false) }
+        FileHasher {
+            memo_path,
+            memo: Mutex::new(memo),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// blake3 of the file's bytes; reads the file only if its size or mtime changed.
@@ -47,7 +51,14 @@ impl FileHasher {
             }
         }
         let blake3 = hash_file(&abs)?;
-        lock(&self.memo).insert(abs, Stamp { size, mtime_ns, blake3 });
+        lock(&self.memo).insert(
+            abs,
+            Stamp {
+                size,
+                mtime_ns,
+                blake3,
+            },
+        );
         *lock(&self.dirty) = true;
         Ok(blake3)
     }

@@ -28,13 +28,19 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache I/O error at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("artifact file name `{0}` is not allowed (use letters, digits, '.', '_', '-')")]
     BadFileName(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io { path: path.to_path_buf(), source }
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What a lookup found.
@@ -43,7 +49,10 @@ pub enum Lookup {
     Hit(Entry),
     Missing,
     /// The entry exists but does not match its manifest; `file` says which part.
-    Corrupt { file: String, reason: String },
+    Corrupt {
+        file: String,
+        reason: String,
+    },
 }
 
 /// A verified, published entry.
@@ -143,19 +152,28 @@ impl Cache {
                 return Lookup::Missing
             }
             Err(e) => {
-                return Lookup::Corrupt { file: MANIFEST_FILE.into(), reason: e.to_string() }
+                return Lookup::Corrupt {
+                    file: MANIFEST_FILE.into(),
+                    reason: e.to_string(),
+                }
             }
         };
         let manifest: Manifest = match serde_json::from_slice(&bytes) {
             Ok(m) => m,
             Err(e) => {
-                return Lookup::Corrupt { file: MANIFEST_FILE.into(), reason: e.to_string() }
+                return Lookup::Corrupt {
+                    file: MANIFEST_FILE.into(),
+                    reason: e.to_string(),
+                }
             }
         };
         if manifest.key != *key {
             return Lookup::Corrupt {
                 file: MANIFEST_FILE.into(),
-                reason: format!("manifest names key {} but lives under {}", manifest.key, key),
+                reason: format!(
+                    "manifest names key {} but lives under {}",
+                    manifest.key, key
+                ),
             };
         }
         if manifest::content_hash_of(&manifest.outputs) != manifest.content_hash {
@@ -180,14 +198,27 @@ impl Cache {
                         reason: format!("size {} != manifest {}", m.len(), rec.size),
                     }
                 }
-                Err(e) => return Lookup::Corrupt { file: rel, reason: e.to_string() },
+                Err(e) => {
+                    return Lookup::Corrupt {
+                        file: rel,
+                        reason: e.to_string(),
+                    }
+                }
             }
             match filehash::hash_file(&p) {
                 Ok(h) if h == rec.blake3 => {}
                 Ok(_) => {
-                    return Lookup::Corrupt { file: rel, reason: "blake3 does not match".into() }
+                    return Lookup::Corrupt {
+                        file: rel,
+                        reason: "blake3 does not match".into(),
+                    }
                 }
-                Err(e) => return Lookup::Corrupt { file: rel, reason: e.to_string() },
+                Err(e) => {
+                    return Lookup::Corrupt {
+                        file: rel,
+                        reason: e.to_string(),
+                    }
+                }
             }
         }
         Lookup::Hit(Entry { dir, manifest })
@@ -199,7 +230,10 @@ impl Cache {
         if !dir.exists() {
             return Ok(());
         }
-        let trash = self.root.join("trash").join(format!("{}.{}", key.to_hex(), nonce()));
+        let trash = self
+            .root
+            .join("trash")
+            .join(format!("{}.{}", key.to_hex(), nonce()));
         fs::rename(&dir, &trash).map_err(io(&dir))?;
         fs::remove_dir_all(&trash).map_err(io(&trash))
     }
@@ -235,7 +269,10 @@ impl Cache {
                 write_synced(&p, bytes).map_err(io(&p))?;
                 recs.insert(
                     name.clone(),
-                    FileRecord { blake3: ContentHash::of(bytes), size: bytes.len() as u64 },
+                    FileRecord {
+                        blake3: ContentHash::of(bytes),
+                        size: bytes.len() as u64,
+                    },
                 );
             }
             sync_dir(&d).map_err(io(&d))?;
@@ -268,7 +305,10 @@ impl Cache {
         match fs::rename(tmp, &dest) {
             Ok(()) => {
                 sync_dir(parent).map_err(io(parent))?;
-                Ok(Entry { dir: dest, manifest })
+                Ok(Entry {
+                    dir: dest,
+                    manifest,
+                })
             }
             // Someone else won the race; an existing entry is never replaced in place.
             Err(_) if dest.join(MANIFEST_FILE).exists() => match self.lookup(&new.key) {
@@ -278,13 +318,19 @@ impl Cache {
                     source: std::io::Error::other("a concurrent entry exists but does not verify"),
                 }),
             },
-            Err(e) => Err(CacheError::Io { path: dest, source: e }),
+            Err(e) => Err(CacheError::Io {
+                path: dest,
+                source: e,
+            }),
         }
     }
 
     /// Block until this process holds the key's lock.
     pub fn lock_key(&self, key: &StageKey) -> Result<KeyLock, CacheError> {
-        let p = self.root.join("locks").join(format!("{}.lock", key.to_hex()));
+        let p = self
+            .root
+            .join("locks")
+            .join(format!("{}.lock", key.to_hex()));
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -297,7 +343,10 @@ impl Cache {
 
     fn record_path(&self, stage_id: &str) -> PathBuf {
         let h = blake3::hash(stage_id.as_bytes()).to_hex();
-        self.root.join("index").join("stages").join(format!("{}.json", &h[..32]))
+        self.root
+            .join("index")
+            .join("stages")
+            .join(format!("{}.json", &h[..32]))
     }
 
     pub fn stage_record(&self, stage_id: &str) -> Option<StageRecord> {
@@ -357,8 +406,15 @@ impl Cache {
                 continue;
             }
             // Never delete what another process is computing or publishing right now.
-            let p = self.root.join("locks").join(format!("{}.lock", key.to_hex()));
-            if let Ok(f) = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p)
+            let p = self
+                .root
+                .join("locks")
+                .join(format!("{}.lock", key.to_hex()));
+            if let Ok(f) = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&p)
             {
                 if f.try_lock().is_err() {
                     continue;
@@ -462,7 +518,9 @@ mod tests {
         let key = StageKey::of(b"k1");
         assert!(matches!(c.lookup(&key), Lookup::Missing));
         let e = c.publish(new_entry(key, b"hello")).unwrap();
-        let Lookup::Hit(hit) = c.lookup(&key) else { panic!("expected hit") };
+        let Lookup::Hit(hit) = c.lookup(&key) else {
+            panic!("expected hit")
+        };
         assert_eq!(hit.content_hash(), e.content_hash());
         let p = hit.output_path("a.json");
         let mut b = fs::read(&p).unwrap();

@@ -37,7 +37,12 @@ pub enum DataError {
     #[error(transparent)]
     Idx(#[from] IdxError),
     #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels")]
-    CountMismatch { images: String, labels: String, n_images: usize, n_labels: usize },
+    CountMismatch {
+        images: String,
+        labels: String,
+        n_images: usize,
+        n_labels: usize,
+    },
     #[error("{0}: expected a 1-D label file")]
     NotLabels(String),
 }
@@ -58,7 +63,11 @@ pub fn load_idx_pair(images: &Path, labels: &Path) -> Result<LabeledImages, Data
             n_labels: lb.dims[0],
         });
     }
-    Ok(LabeledImages { sample_shape: im.dims[1..].to_vec(), pixels: im.data, labels: lb.data })
+    Ok(LabeledImages {
+        sample_shape: im.dims[1..].to_vec(),
+        pixels: im.data,
+        labels: lb.data,
+    })
 }
 
 /// The set of labels present in an IDX label file.

@@ -27,10 +27,17 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Cached,
-    Ran { wall_s: f64, replaced_corrupt: Option<String> },
-    Failed { error: String },
+    Ran {
+        wall_s: f64,
+        replaced_corrupt: Option<String>,
+    },
+    Failed {
+        error: String,
+    },
     /// Not attempted because an input failed.
-    Skipped { failed_input: String },
+    Skipped {
+        failed_input: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +60,11 @@ pub struct RunReport {
 
 impl RunReport {
     fn ids_where(&self, f: impl Fn(&Outcome) -> bool) -> BTreeSet<String> {
-        self.events.iter().filter(|e| f(&e.outcome)).map(|e| e.id.clone()).collect()
+        self.events
+            .iter()
+            .filter(|e| f(&e.outcome))
+            .map(|e| e.id.clone())
+            .collect()
     }
     /// Primary ids of the stages that actually computed.
     pub fn ran(&self) -> BTreeSet<String> {
@@ -71,7 +82,10 @@ impl RunReport {
         self.ids_where(|o| matches!(o, Outcome::Cached))
     }
     pub fn failed(&self) -> Vec<&StageEvent> {
-        self.events.iter().filter(|e| matches!(e.outcome, Outcome::Failed { .. })).collect()
+        self.events
+            .iter()
+            .filter(|e| matches!(e.outcome, Outcome::Failed { .. }))
+            .collect()
     }
     pub fn skipped(&self) -> BTreeSet<String> {
         self.ids_where(|o| matches!(o, Outcome::Skipped { .. }))
@@ -133,13 +147,29 @@ pub enum ExecError {
     #[error("no stage implementation registered for kind `{0}`")]
     UnknownKind(String),
     #[error("stage `{id}`: reading input file `{role}` at {path}: {source}")]
-    InputFile { id: String, role: String, path: PathBuf, source: std::io::Error },
+    InputFile {
+        id: String,
+        role: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("stage `{id}`: {source}")]
-    Cache { id: String, source: crate::cache::CacheError },
+    Cache {
+        id: String,
+        source: crate::cache::CacheError,
+    },
     #[error("stage `{id}` ({kind}) failed: {source}")]
-    Stage { id: String, kind: String, source: StageError },
+    Stage {
+        id: String,
+        kind: String,
+        source: StageError,
+    },
     #[error("stage `{id}`: input `{slot}` ({key}) is not in the cache or does not verify")]
-    InputMissing { id: String, slot: String, key: StageKey },
+    InputMissing {
+        id: String,
+        slot: String,
+        key: StageKey,
+    },
     #[error("no request for key {0} in this cache (run `cfpipe run` with the same cache first)")]
     NoRequest(String),
 }
@@ -171,12 +201,15 @@ pub(crate) fn hash_files(
     files
         .iter()
         .map(|(role, path)| {
-            hasher.hash(path).map(|h| (role.clone(), h)).map_err(|source| ExecError::InputFile {
-                id: id.to_string(),
-                role: role.clone(),
-                path: path.clone(),
-                source,
-            })
+            hasher
+                .hash(path)
+                .map(|h| (role.clone(), h))
+                .map_err(|source| ExecError::InputFile {
+                    id: id.to_string(),
+                    role: role.clone(),
+                    path: path.clone(),
+                    source,
+                })
         })
         .collect()
 }
@@ -191,7 +224,12 @@ pub struct Executor<'a> {
 impl<'a> Executor<'a> {
     pub fn new(cache: &'a Cache, registry: &'a Registry, opts: ExecOptions) -> Self {
         let hasher = cache.file_hasher();
-        Executor { cache, registry, opts, hasher }
+        Executor {
+            cache,
+            registry,
+            opts,
+            hasher,
+        }
     }
 
     /// Execute every stage of the DAG.
@@ -200,13 +238,20 @@ impl<'a> Executor<'a> {
         let total = dag.len();
         let bars = progress::Bars::new(self.opts.show_progress, total as u64);
         let mut report = RunReport::default();
-        let mut remaining: HashMap<NodeIndex, usize> =
-            dag.topo_order().iter().map(|&n| (n, dag.node(n).inputs.len())).collect();
+        let mut remaining: HashMap<NodeIndex, usize> = dag
+            .topo_order()
+            .iter()
+            .map(|&n| (n, dag.node(n).inputs.len()))
+            .collect();
         let mut failed_root: HashMap<NodeIndex, String> = HashMap::new();
         let mut entries: HashMap<NodeIndex, Entry> = HashMap::new();
         let jobs = self.opts.jobs.max(1);
 
-        type Done = (NodeIndex, Option<StageKey>, Result<(Entry, Outcome), ExecError>);
+        type Done = (
+            NodeIndex,
+            Option<StageKey>,
+            Result<(Entry, Outcome), ExecError>,
+        );
         let (work_tx, work_rx) = mpsc::channel::<(NodeIndex, BTreeMap<String, Entry>)>();
         let work_rx = Mutex::new(work_rx);
         let (done_tx, done_rx) = mpsc::channel::<Done>();
@@ -247,7 +292,9 @@ impl<'a> Executor<'a> {
             }
             let mut finished = 0;
             while finished < total {
-                let Ok((n, key, res)) = done_rx.recv() else { break };
+                let Ok((n, key, res)) = done_rx.recv() else {
+                    break;
+                };
                 let node = dag.node(n);
                 finished += 1;
                 bars.stage_done();
@@ -258,10 +305,18 @@ impl<'a> Executor<'a> {
                     }
                     Err(e) => {
                         failed_root.insert(n, node.id.clone());
-                        if matches!(&e, ExecError::Stage { source: StageError::Cancelled, .. }) {
+                        if matches!(
+                            &e,
+                            ExecError::Stage {
+                                source: StageError::Cancelled,
+                                ..
+                            }
+                        ) {
                             report.interrupted = true;
                         }
-                        Outcome::Failed { error: e.to_string() }
+                        Outcome::Failed {
+                            error: e.to_string(),
+                        }
                     }
                 };
                 report.events.push(StageEvent {
@@ -326,7 +381,10 @@ impl<'a> Executor<'a> {
                 &node.kind,
                 node.version,
                 &node.params,
-                &inputs.iter().map(|(s, e)| (s.clone(), e.content_hash())).collect(),
+                &inputs
+                    .iter()
+                    .map(|(s, e)| (s.clone(), e.content_hash()))
+                    .collect(),
                 &files,
             ),
             id: node.id.clone(),
@@ -351,7 +409,11 @@ impl<'a> Executor<'a> {
                     id: id.to_string(),
                     key: req.key,
                     params: req.params.clone(),
-                    inputs: req.inputs.iter().map(|(s, (_, h))| (s.clone(), *h)).collect(),
+                    inputs: req
+                        .inputs
+                        .iter()
+                        .map(|(s, (_, h))| (s.clone(), *h))
+                        .collect(),
                     files: files.clone(),
                 });
             }
@@ -367,7 +429,10 @@ impl<'a> Executor<'a> {
         inputs: &BTreeMap<String, Entry>,
         progress: &dyn Progress,
     ) -> Result<(Entry, Outcome), ExecError> {
-        let cache_err = |source| ExecError::Cache { id: req.id.clone(), source };
+        let cache_err = |source| ExecError::Cache {
+            id: req.id.clone(),
+            source,
+        };
         let mut replaced_corrupt = None;
         match self.cache.lookup(&req.key) {
             Lookup::Hit(e) => return Ok((e, Outcome::Cached)),
@@ -399,11 +464,18 @@ impl<'a> Executor<'a> {
             .get(&req.kind)
             .ok_or_else(|| ExecError::UnknownKind(req.kind.clone()))?;
         let _ = crate::cache::atomic_write(
-            &self.cache.root().join("requests").join(format!("{}.json", req.key.to_hex())),
+            &self
+                .cache
+                .root()
+                .join("requests")
+                .join(format!("{}.json", req.key.to_hex())),
             &serde_json::to_vec_pretty(req).expect("request is plain data"),
         );
-        let files: BTreeMap<String, PathBuf> =
-            req.files.iter().map(|(r, (p, _))| (r.clone(), p.clone())).collect();
+        let files: BTreeMap<String, PathBuf> = req
+            .files
+            .iter()
+            .map(|(r, (p, _))| (r.clone(), p.clone()))
+            .collect();
         let ctx = StageContext::new(
             &req.id,
             &req.params,
@@ -442,8 +514,16 @@ impl<'a> Executor<'a> {
                 kind: req.kind.clone(),
                 version: req.version,
                 params: req.params.clone(),
-                inputs: req.inputs.iter().map(|(s, (_, h))| (s.clone(), *h)).collect(),
-                files: req.files.iter().map(|(r, (_, h))| (r.clone(), *h)).collect(),
+                inputs: req
+                    .inputs
+                    .iter()
+                    .map(|(s, (_, h))| (s.clone(), *h))
+                    .collect(),
+                files: req
+                    .files
+                    .iter()
+                    .map(|(r, (_, h))| (r.clone(), *h))
+                    .collect(),
                 outputs: artifact.files,
                 aux: [("log.txt".to_string(), ctx.take_log().into_bytes())].into(),
                 run: RunInfo {
@@ -456,12 +536,22 @@ impl<'a> Executor<'a> {
                 },
             })
             .map_err(cache_err)?;
-        Ok((entry, Outcome::Ran { wall_s, replaced_corrupt }))
+        Ok((
+            entry,
+            Outcome::Ran {
+                wall_s,
+                replaced_corrupt,
+            },
+        ))
     }
 
     /// Run one stage from its request file (`cfpipe exec-stage KEY`).
     pub fn exec_request(&self, key_hex: &str) -> Result<(Entry, Outcome), ExecError> {
-        let path = self.cache.root().join("requests").join(format!("{key_hex}.json"));
+        let path = self
+            .cache
+            .root()
+            .join("requests")
+            .join(format!("{key_hex}.json"));
         let req: StageRequest = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -482,12 +572,15 @@ impl<'a> Executor<'a> {
             }
         }
         for (role, (path, hash)) in &req.files {
-            let h = self.hasher.hash(path).map_err(|source| ExecError::InputFile {
-                id: req.id.clone(),
-                role: role.clone(),
-                path: path.clone(),
-                source,
-            })?;
+            let h = self
+                .hasher
+                .hash(path)
+                .map_err(|source| ExecError::InputFile {
+                    id: req.id.clone(),
+                    role: role.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
             if h != *hash {
                 return Err(ExecError::InputFile {
                     id: req.id.clone(),

@@ -13,7 +13,10 @@ pub struct Bars {
 impl Bars {
     pub fn new(enabled: bool, total: u64) -> Bars {
         if !enabled || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            return Bars { multi: None, overall: None };
+            return Bars {
+                multi: None,
+                overall: None,
+            };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = multi.add(ProgressBar::new(total));
@@ -23,7 +26,10 @@ impl Bars {
                 .progress_chars("=> "),
         );
         overall.set_prefix("cfpipe");
-        Bars { multi: Some(multi), overall: Some(overall) }
+        Bars {
+            multi: Some(multi),
+            overall: Some(overall),
+        }
     }
 
     pub fn stage(&self, id: &str) -> StageBar {

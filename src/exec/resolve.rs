@@ -25,7 +25,10 @@ pub enum Reason {
     /// implementation version changed).
     EntryMissing,
     /// The entry exists and fails verification.
-    Corrupt { file: String, reason: String },
+    Corrupt {
+        file: String,
+        reason: String,
+    },
     /// Its key cannot be known until this input is computed.
     WaitingOn(String),
     /// An input data file could not be read.
@@ -84,7 +87,12 @@ pub fn resolve(dag: &Dag, cache: &Cache) -> Vec<Resolved> {
             }
         }
         let resolved = if let Some(w) = waiting {
-            Resolved { node: n, key: None, entry: None, reason: Reason::WaitingOn(w) }
+            Resolved {
+                node: n,
+                key: None,
+                entry: None,
+                reason: Reason::WaitingOn(w),
+            }
         } else {
             match hash_files(&hasher, &node.id, &node.files) {
                 Err(ExecError::InputFile { path, source, .. }) => Resolved {
@@ -103,17 +111,29 @@ pub fn resolve(dag: &Dag, cache: &Cache) -> Vec<Resolved> {
                     let key = stage_key(&node.kind, node.version, &node.params, &inputs, &files);
                     let (entry, reason) = match cache.lookup(&key) {
                         Lookup::Hit(e) => (Some(e), Reason::Hit),
-                        Lookup::Corrupt { file, reason } => (None, Reason::Corrupt { file, reason }),
-                        Lookup::Missing => (None, why_missing(cache, &node.id, node, &inputs, &files)),
+                        Lookup::Corrupt { file, reason } => {
+                            (None, Reason::Corrupt { file, reason })
+                        }
+                        Lookup::Missing => {
+                            (None, why_missing(cache, &node.id, node, &inputs, &files))
+                        }
                     };
-                    Resolved { node: n, key: Some(key), entry, reason }
+                    Resolved {
+                        node: n,
+                        key: Some(key),
+                        entry,
+                        reason,
+                    }
                 }
             }
         };
         out.insert(n, resolved);
     }
     let _ = hasher.save();
-    order.into_iter().map(|n| out.remove(&n).expect("resolved every node")).collect()
+    order
+        .into_iter()
+        .map(|n| out.remove(&n).expect("resolved every node"))
+        .collect()
 }
 
 fn why_missing(
@@ -123,13 +143,18 @@ fn why_missing(
     inputs: &BTreeMap<String, ContentHash>,
     files: &BTreeMap<String, ContentHash>,
 ) -> Reason {
-    let Some(rec) = cache.stage_record(id) else { return Reason::NeverRun };
+    let Some(rec) = cache.stage_record(id) else {
+        return Reason::NeverRun;
+    };
     let params = json_diff(&rec.params, &node.params, "");
     if !params.is_empty() {
         return Reason::ParamChanged(params);
     }
     let changed = |a: &BTreeMap<String, ContentHash>, b: &BTreeMap<String, ContentHash>| {
-        b.iter().filter(|(k, v)| a.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect::<Vec<_>>()
+        b.iter()
+            .filter(|(k, v)| a.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect::<Vec<_>>()
     };
     let ins = changed(&rec.inputs, inputs);
     if !ins.is_empty() {
@@ -145,7 +170,13 @@ fn why_missing(
 /// Key paths whose values differ, rendered as `path: old -> new`.
 pub fn json_diff(old: &serde_json::Value, new: &serde_json::Value, prefix: &str) -> Vec<String> {
     use serde_json::Value;
-    let join = |k: &str| if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+    let join = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -154,12 +185,21 @@ pub fn json_diff(old: &serde_json::Value, new: &serde_json::Value, prefix: &str)
             keys.into_iter()
                 .flat_map(|k| {
                     let null = Value::Null;
-                    json_diff(a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null), &join(k))
+                    json_diff(
+                        a.get(k).unwrap_or(&null),
+                        b.get(k).unwrap_or(&null),
+                        &join(k),
+                    )
                 })
                 .collect()
         }
         (a, b) if a == b => vec![],
-        (a, b) => vec![format!("{}: {} -> {}", if prefix.is_empty() { "(root)" } else { prefix }, a, b)],
+        (a, b) => vec![format!(
+            "{}: {} -> {}",
+            if prefix.is_empty() { "(root)" } else { prefix },
+            a,
+            b
+        )],
     }
 }
 

@@ -39,7 +39,10 @@ pub enum StageError {
     #[error("interrupted")]
     Cancelled,
     #[error("reading input `{name}`: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 impl StageError {
@@ -136,8 +139,10 @@ impl<'a> StageContext<'a> {
     /// Read one file of an input artifact.
     pub fn read_input(&self, slot: &str, file: &str) -> Result<Vec<u8>, StageError> {
         let e = self.input(slot)?;
-        std::fs::read(e.output_path(file))
-            .map_err(|source| StageError::Io { name: format!("{slot}/{file}"), source })
+        std::fs::read(e.output_path(file)).map_err(|source| StageError::Io {
+            name: format!("{slot}/{file}"),
+            source,
+        })
     }
 
     pub fn file(&self, role: &str) -> Result<&PathBuf, StageError> {

@@ -52,7 +52,11 @@ pub enum GraphError {
     #[error("stage id `{0}` is declared twice")]
     DuplicateId(String),
     #[error("stage `{stage}`: input `{slot}` refers to stage `{missing}`, which is not declared")]
-    MissingInput { stage: String, slot: String, missing: String },
+    MissingInput {
+        stage: String,
+        slot: String,
+        missing: String,
+    },
     #[error("stage `{stage}` depends on itself through a cycle: {}", path.join(" -> "))]
     Cycle { stage: String, path: Vec<String> },
 }
@@ -90,7 +94,10 @@ impl Dag {
         petgraph::algo::toposort(&g, None).map_err(|c| {
             let start = c.node_id();
             let stage = decls[g[start]].id.clone();
-            GraphError::Cycle { path: cycle_path(&g, start, &decls), stage }
+            GraphError::Cycle {
+                path: cycle_path(&g, start, &decls),
+                stage,
+            }
         })?;
         let topo = stable_topo(&g);
 
@@ -101,8 +108,11 @@ impl Dag {
         let mut by_id = HashMap::new();
         for n in topo {
             let d = &decls[g[n]];
-            let inputs: BTreeMap<&str, [u8; 32]> =
-                d.inputs.iter().map(|(s, src)| (s.as_str(), struct_of[src.as_str()])).collect();
+            let inputs: BTreeMap<&str, [u8; 32]> = d
+                .inputs
+                .iter()
+                .map(|(s, src)| (s.as_str(), struct_of[src.as_str()]))
+                .collect();
             let ident = serde_json::json!({
                 "kind": d.kind, "version": d.version, "params": d.params,
                 "inputs": inputs.iter().map(|(s, h)| (s.to_string(), blake3::Hash::from_bytes(*h).to_hex().to_string())).collect::<BTreeMap<_,_>>(),
@@ -116,8 +126,11 @@ impl Dag {
                     existing
                 }
                 None => {
-                    let inputs: BTreeMap<String, NodeIndex> =
-                        d.inputs.iter().map(|(s, src)| (s.clone(), by_id[src])).collect();
+                    let inputs: BTreeMap<String, NodeIndex> = d
+                        .inputs
+                        .iter()
+                        .map(|(s, src)| (s.clone(), by_id[src]))
+                        .collect();
                     let ni = out.add_node(StageNode {
                         id: d.id.clone(),
                         aliases: vec![],
@@ -137,7 +150,11 @@ impl Dag {
             by_id.insert(d.id.clone(), node);
         }
         let order = stable_topo(&out);
-        Ok(Dag { graph: out, order, by_id })
+        Ok(Dag {
+            graph: out,
+            order,
+            by_id,
+        })
     }
 
     /// Nodes in a dependency-respecting order.
@@ -159,7 +176,10 @@ impl Dag {
     }
     /// Stages that consume `n`'s output.
     pub fn consumers(&self, n: NodeIndex) -> Vec<NodeIndex> {
-        let mut v: Vec<_> = self.graph.neighbors_directed(n, Direction::Outgoing).collect();
+        let mut v: Vec<_> = self
+            .graph
+            .neighbors_directed(n, Direction::Outgoing)
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -190,7 +210,11 @@ impl Dag {
             }
             let ins: Vec<_> = node.inputs.iter().collect();
             for (i, (slot, from)) in ins.iter().enumerate() {
-                let branch = if i + 1 == ins.len() { "└─" } else { "├─" };
+                let branch = if i + 1 == ins.len() {
+                    "└─"
+                } else {
+                    "├─"
+                };
                 s.push_str(&format!("  {branch} {slot} <- {}\n", self.graph[**from].id));
             }
         }
@@ -199,14 +223,20 @@ impl Dag {
 
     /// Graphviz source.
     pub fn render_dot(&self) -> String {
-        let mut s = String::from("digraph cfpipe {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+        let mut s = String::from(
+            "digraph cfpipe {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
         for &n in &self.order {
             let node = &self.graph[n];
             let mut label = format!("{}\\n[{}]", node.id, node.kind);
             for a in &node.aliases {
                 label.push_str(&format!("\\n= {a}"));
             }
-            s.push_str(&format!("  n{} [label=\"{}\"];\n", n.index(), label.replace('"', "'")));
+            s.push_str(&format!(
+                "  n{} [label=\"{}\"];\n",
+                n.index(),
+                label.replace('"', "'")
+            ));
         }
         for e in self.graph.edge_references() {
             s.push_str(&format!(
@@ -226,10 +256,15 @@ impl Dag {
 fn stable_topo<N, E>(g: &DiGraph<N, E>) -> Vec<NodeIndex> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let mut indeg: Vec<usize> =
-        g.node_indices().map(|n| g.neighbors_directed(n, Direction::Incoming).count()).collect();
-    let mut ready: BinaryHeap<Reverse<usize>> =
-        g.node_indices().filter(|n| indeg[n.index()] == 0).map(|n| Reverse(n.index())).collect();
+    let mut indeg: Vec<usize> = g
+        .node_indices()
+        .map(|n| g.neighbors_directed(n, Direction::Incoming).count())
+        .collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = g
+        .node_indices()
+        .filter(|n| indeg[n.index()] == 0)
+        .map(|n| Reverse(n.index()))
+        .collect();
     let mut out = Vec::with_capacity(g.node_count());
     while let Some(Reverse(i)) = ready.pop() {
         let n = NodeIndex::new(i);
@@ -285,7 +320,10 @@ mod tests {
             kind: kind.into(),
             version: 1,
             params,
-            inputs: inputs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            inputs: inputs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             files: Default::default(),
         }
     }
@@ -311,7 +349,11 @@ mod tests {
         let err = Dag::build(vec![decl("t", "train", json!({}), &[("data", "nope")])]).unwrap_err();
         assert_eq!(
             err,
-            GraphError::MissingInput { stage: "t".into(), slot: "data".into(), missing: "nope".into() }
+            GraphError::MissingInput {
+                stage: "t".into(),
+                slot: "data".into(),
+                missing: "nope".into()
+            }
         );
     }
 
@@ -334,7 +376,10 @@ mod tests {
 
     #[test]
     fn duplicate_ids_are_rejected() {
-        let err = Dag::build(vec![decl("x", "k", json!({}), &[]), decl("x", "k", json!({}), &[])]);
+        let err = Dag::build(vec![
+            decl("x", "k", json!({}), &[]),
+            decl("x", "k", json!({}), &[]),
+        ]);
         assert_eq!(err.unwrap_err(), GraphError::DuplicateId("x".into()));
     }
 }

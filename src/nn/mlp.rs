@@ -26,10 +26,19 @@ impl DenseParams {
     /// PyTorch's `nn.Linear` default: weights and biases uniform in ±1/√in.
     pub fn init(in_dim: usize, out_dim: usize, rng: &mut impl Rng) -> Self {
         let bound = 1.0 / (in_dim as f32).sqrt();
-        let mut u = |n: usize| (0..n).map(|_| rng.gen_range(-bound..bound)).collect::<Vec<f32>>();
+        let mut u = |n: usize| {
+            (0..n)
+                .map(|_| rng.gen_range(-bound..bound))
+                .collect::<Vec<f32>>()
+        };
         let weight = u(in_dim * out_dim);
         let bias = u(out_dim);
-        DenseParams { out_dim, in_dim, weight, bias }
+        DenseParams {
+            out_dim,
+            in_dim,
+            weight,
+            bias,
+        }
     }
 }
 
@@ -48,7 +57,10 @@ impl MlpParams {
             trunk.push(DenseParams::init(prev, h, rng));
             prev = h;
         }
-        MlpParams { trunk, heads: vec![] }
+        MlpParams {
+            trunk,
+            heads: vec![],
+        }
     }
 
     pub fn input_dim(&self) -> usize {
@@ -78,7 +90,10 @@ impl MlpParams {
                     format!("{prefix}.{i}.weight"),
                     HostTensor::f32(vec![l.out_dim, l.in_dim], l.weight.clone()),
                 );
-                m.insert(format!("{prefix}.{i}.bias"), HostTensor::f32(vec![l.out_dim], l.bias.clone()));
+                m.insert(
+                    format!("{prefix}.{i}.bias"),
+                    HostTensor::f32(vec![l.out_dim], l.bias.clone()),
+                );
             }
         }
         m
@@ -96,9 +111,18 @@ impl MlpParams {
                 let bname = format!("{prefix}.{i}.bias");
                 let (bs, bias) = m.take_f32(&bname)?;
                 if ws.len() != 2 || bs != [ws[0]] {
-                    return Err(TensorIoError::Shape { name: bname, found: bs, expected: vec![ws[0]] });
+                    return Err(TensorIoError::Shape {
+                        name: bname,
+                        found: bs,
+                        expected: vec![ws[0]],
+                    });
                 }
-                out.push(DenseParams { out_dim: ws[0], in_dim: ws[1], weight, bias });
+                out.push(DenseParams {
+                    out_dim: ws[0],
+                    in_dim: ws[1],
+                    weight,
+                    bias,
+                });
             }
             Ok(out)
         };
@@ -149,16 +173,25 @@ impl<D: Device<f32>> DeviceMlp<D> {
             params.push(dev.tensor_from_vec(l.bias.clone(), (l.bias.len(),)));
             shapes.push((l.out_dim, l.in_dim));
         }
-        DeviceMlp { dev: dev.clone(), params, shapes, n_trunk: p.trunk.len() }
+        DeviceMlp {
+            dev: dev.clone(),
+            params,
+            shapes,
+            n_trunk: p.trunk.len(),
+        }
     }
 
     pub fn to_host(&self) -> MlpParams {
-        let mut layers = self.shapes.iter().enumerate().map(|(i, &(o, n))| DenseParams {
-            out_dim: o,
-            in_dim: n,
-            weight: self.params[2 * i].as_vec(),
-            bias: self.params[2 * i + 1].as_vec(),
-        });
+        let mut layers = self
+            .shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(o, n))| DenseParams {
+                out_dim: o,
+                in_dim: n,
+                weight: self.params[2 * i].as_vec(),
+                bias: self.params[2 * i + 1].as_vec(),
+            });
         let trunk = layers.by_ref().take(self.n_trunk).collect();
         let heads = layers.collect();
         MlpParams { trunk, heads }
@@ -174,8 +207,17 @@ impl<D: Device<f32>> DeviceMlp<D> {
     /// Logits `[batch, classes]` of `head` for `x: [batch, in]`, without gradients. With
     /// `unit_masks`, hidden layer `l`'s activations are multiplied by `unit_masks[l]`
     /// (0 = pruned), which equals zeroing the unit's outgoing connections.
-    pub fn logits(&self, x: &Matrix<D>, head: usize, unit_masks: Option<&[Vector<D>]>) -> Matrix<D> {
-        let params: Vec<Vector<D>> = self.path(head).iter().map(|&i| self.params[i].clone()).collect();
+    pub fn logits(
+        &self,
+        x: &Matrix<D>,
+        head: usize,
+        unit_masks: Option<&[Vector<D>]>,
+    ) -> Matrix<D> {
+        let params: Vec<Vector<D>> = self
+            .path(head)
+            .iter()
+            .map(|&i| self.params[i].clone())
+            .collect();
         let shapes = self.layer_shapes(head);
         forward_t(params, &shapes, x, unit_masks).permute::<_, Axes2<1, 0>>()
     }
@@ -204,10 +246,16 @@ impl<D: Device<f32>> DeviceMlp<D> {
         let batch = x.shape().0 as f32;
         let classes = self.shapes[self.n_trunk + head].0;
         let targets_t = one_hot_t(&self.dev, labels, classes);
-        let loss = (logits_t.log_softmax::<Axis<0>>() * targets_t).sum::<(), _>().negate() / batch;
+        let loss = (logits_t.log_softmax::<Axis<0>>() * targets_t)
+            .sum::<(), _>()
+            .negate()
+            / batch;
         let value = loss.as_vec()[0];
         let grads = loss.backward();
-        let out = path.iter().map(|&i| (i, grads.get(&self.params[i]))).collect();
+        let out = path
+            .iter()
+            .map(|&i| (i, grads.get(&self.params[i])))
+            .collect();
         (value, out)
     }
 }
@@ -225,7 +273,10 @@ fn forward_t<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     let mut it = params.into_iter();
     let n = shapes.len();
     for (l, &(out, inp)) in shapes.iter().enumerate() {
-        let w = it.next().expect("weight per layer").reshape_like(&(out, inp));
+        let w = it
+            .next()
+            .expect("weight per layer")
+            .reshape_like(&(out, inp));
         let b = it.next().expect("bias per layer");
         let z = match h.take() {
             None => w.matmul(xt.clone()),
@@ -294,14 +345,24 @@ mod tests {
     /// Reference forward on the host in f64.
     fn host_logits(p: &MlpParams, x: &[f32], head: usize) -> Vec<f64> {
         let mut a: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-        let layers: Vec<&DenseParams> = p.trunk.iter().chain(std::iter::once(&p.heads[head])).collect();
+        let layers: Vec<&DenseParams> = p
+            .trunk
+            .iter()
+            .chain(std::iter::once(&p.heads[head]))
+            .collect();
         for (li, l) in layers.iter().enumerate() {
             let mut z = vec![0f64; l.out_dim];
             for j in 0..l.out_dim {
                 z[j] = l.bias[j] as f64
-                    + (0..l.in_dim).map(|i| l.weight[j * l.in_dim + i] as f64 * a[i]).sum::<f64>();
+                    + (0..l.in_dim)
+                        .map(|i| l.weight[j * l.in_dim + i] as f64 * a[i])
+                        .sum::<f64>();
             }
-            a = if li + 1 < layers.len() { z.iter().map(|v| v.max(0.0)).collect() } else { z };
+            a = if li + 1 < layers.len() {
+                z.iter().map(|v| v.max(0.0)).collect()
+            } else {
+                z
+            };
         }
         a
     }
@@ -343,7 +404,11 @@ mod tests {
             }
             l / 3.0
         };
-        assert!((host_loss(&p) - loss as f64).abs() < 1e-5, "loss {loss} vs {}", host_loss(&p));
+        assert!(
+            (host_loss(&p) - loss as f64).abs() < 1e-5,
+            "loss {loss} vs {}",
+            host_loss(&p)
+        );
         for (flat, g) in grads {
             let g = g.as_vec();
             let layer = flat / 2;
@@ -352,15 +417,27 @@ mod tests {
                 let mut minus = p.clone();
                 let h = 1e-3f32;
                 let get = |q: &mut MlpParams| -> *mut f32 {
-                    let l = if layer < q.trunk.len() { &mut q.trunk[layer] } else { &mut q.heads[layer - 2] };
-                    if flat % 2 == 0 { &mut l.weight[k] } else { &mut l.bias[k] }
+                    let l = if layer < q.trunk.len() {
+                        &mut q.trunk[layer]
+                    } else {
+                        &mut q.heads[layer - 2]
+                    };
+                    if flat % 2 == 0 {
+                        &mut l.weight[k]
+                    } else {
+                        &mut l.bias[k]
+                    }
                 };
                 unsafe {
                     *get(&mut plus) += h;
                     *get(&mut minus) -= h;
                 }
                 let fd = (host_loss(&plus) - host_loss(&minus)) / (2.0 * h as f64);
-                assert!((fd - g[k] as f64).abs() < 2e-3, "param {flat}[{k}]: fd {fd} vs {}", g[k]);
+                assert!(
+                    (fd - g[k] as f64).abs() < 2e-3,
+                    "param {flat}[{k}]: fd {fd} vs {}",
+                    g[k]
+                );
             }
         }
     }

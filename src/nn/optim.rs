@@ -13,8 +13,18 @@ use dfdx::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptimizerConfig {
-    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32 },
-    Sgd { lr: f32, momentum: f32, weight_decay: f32 },
+    Adam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    },
+    Sgd {
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    },
 }
 
 /// Per-parameter state.
@@ -36,7 +46,12 @@ pub struct MaskedOptimizer<D: Device<f32>> {
 impl<D: Device<f32>> MaskedOptimizer<D> {
     /// `params` fixes the number and sizes of parameters; `scales[i]` is an optional
     /// per-element multiplier for parameter `i`.
-    pub fn new(dev: &D, cfg: OptimizerConfig, params: &[Vector<D>], scales: Vec<Option<Vec<f32>>>) -> Self {
+    pub fn new(
+        dev: &D,
+        cfg: OptimizerConfig,
+        params: &[Vector<D>],
+        scales: Vec<Option<Vec<f32>>>,
+    ) -> Self {
         let slots = params
             .iter()
             .zip(scales)
@@ -44,7 +59,12 @@ impl<D: Device<f32>> MaskedOptimizer<D> {
                 let n = p.shape().0;
                 let scale = s.map(|s| dev.tensor_from_vec(s, (n,)));
                 let movable = scale.as_ref().map(|s: &Vector<D>| s.gt(0.0));
-                Some(Slot { m: dev.zeros_like(&(n,)), v: dev.zeros_like(&(n,)), scale, movable })
+                Some(Slot {
+                    m: dev.zeros_like(&(n,)),
+                    v: dev.zeros_like(&(n,)),
+                    scale,
+                    movable,
+                })
             })
             .collect();
         MaskedOptimizer { cfg, slots, t: 0 }
@@ -54,11 +74,23 @@ impl<D: Device<f32>> MaskedOptimizer<D> {
     pub fn step(&mut self, params: &mut [Vector<D>], grads: Vec<(usize, Vector<D>)>) {
         self.t += 1;
         for (i, g) in grads {
-            let Some(slot) = self.slots[i].as_mut() else { continue };
+            let Some(slot) = self.slots[i].as_mut() else {
+                continue;
+            };
             let p = params[i].clone();
             let (new_p, new_m, new_v) = match self.cfg {
-                OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay } => {
-                    let g = if weight_decay > 0.0 { g + p.clone() * weight_decay } else { g };
+                OptimizerConfig::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => {
+                    let g = if weight_decay > 0.0 {
+                        g + p.clone() * weight_decay
+                    } else {
+                        g
+                    };
                     let m = slot.m.clone() * beta1 + g.clone() * (1.0 - beta1);
                     let v = slot.v.clone() * beta2 + g.square() * (1.0 - beta2);
                     let mhat = m.clone() / (1.0 - beta1.powi(self.t));
@@ -69,10 +101,22 @@ impl<D: Device<f32>> MaskedOptimizer<D> {
                     }
                     (p - step, m, v)
                 }
-                OptimizerConfig::Sgd { lr, momentum, weight_decay } => {
-                    let g = if weight_decay > 0.0 { g + p.clone() * weight_decay } else { g };
+                OptimizerConfig::Sgd {
+                    lr,
+                    momentum,
+                    weight_decay,
+                } => {
+                    let g = if weight_decay > 0.0 {
+                        g + p.clone() * weight_decay
+                    } else {
+                        g
+                    };
                     let buf = if momentum > 0.0 {
-                        if self.t == 1 { g } else { slot.m.clone() * momentum + g }
+                        if self.t == 1 {
+                            g
+                        } else {
+                            slot.m.clone() * momentum + g
+                        }
                     } else {
                         g
                     };
@@ -117,7 +161,13 @@ mod tests {
 
     #[test]
     fn frozen_elements_keep_exact_bits_under_adam_with_weight_decay() {
-        let cfg = OptimizerConfig::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let cfg = OptimizerConfig::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
         let out = run(cfg, Some(vec![0.0, 1.0, 0.0]));
         assert_eq!(out[0].to_bits(), 1.0f32.to_bits());
         assert_eq!(out[2].to_bits(), 0.5f32.to_bits());
@@ -128,7 +178,13 @@ mod tests {
 
     #[test]
     fn adam_matches_the_reference_formula() {
-        let cfg = OptimizerConfig::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let cfg = OptimizerConfig::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
         let out = run(cfg, None);
         // Reference in f64 for element 0 (constant gradient 0.3): Adam moves by ~lr per step.
         let (mut p, mut m, mut v) = (1.0f64, 0.0f64, 0.0f64);
@@ -136,14 +192,19 @@ mod tests {
             let g = 0.3;
             m = 0.9 * m + 0.1 * g;
             v = 0.999 * v + 0.001 * g * g;
-            p -= 0.1 * (m / (1.0 - 0.9f64.powi(t))) / ((v / (1.0 - 0.999f64.powi(t))).sqrt() + 1e-8);
+            p -=
+                0.1 * (m / (1.0 - 0.9f64.powi(t))) / ((v / (1.0 - 0.999f64.powi(t))).sqrt() + 1e-8);
         }
         assert!((out[0] as f64 - p).abs() < 1e-5, "{} vs {p}", out[0]);
     }
 
     #[test]
     fn partial_scale_slows_the_update() {
-        let cfg = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 };
+        let cfg = OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
         let full = run(cfg, None);
         let half = run(cfg, Some(vec![0.5, 0.5, 0.5]));
         assert!(((1.0 - half[0]) * 2.0 - (1.0 - full[0])).abs() < 1e-6);

@@ -35,9 +35,17 @@ pub enum TensorIoError {
     #[error("tensor `{0}` is missing")]
     Missing(String),
     #[error("tensor `{name}` has dtype {found}, expected {expected}")]
-    Dtype { name: String, found: String, expected: &'static str },
+    Dtype {
+        name: String,
+        found: String,
+        expected: &'static str,
+    },
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    Shape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
 }
 
 pub fn encode(tensors: &BTreeMap<String, HostTensor>) -> Vec<u8> {
@@ -56,7 +64,10 @@ pub fn encode(tensors: &BTreeMap<String, HostTensor>) -> Vec<u8> {
     let views: Vec<(String, TensorView)> = bytes
         .iter()
         .map(|(n, d, s, b)| {
-            (n.clone(), TensorView::new(*d, s.clone(), b).expect("shape matches data length"))
+            (
+                n.clone(),
+                TensorView::new(*d, s.clone(), b).expect("shape matches data length"),
+            )
         })
         .collect();
     safetensors::serialize(views, &None).expect("serialising in-memory tensors cannot fail")
@@ -76,7 +87,10 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, TensorIoErro
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect(),
             },
-            Dtype::U8 => HostTensor::U8 { shape, data: view.data().to_vec() },
+            Dtype::U8 => HostTensor::U8 {
+                shape,
+                data: view.data().to_vec(),
+            },
             other => {
                 return Err(TensorIoError::Dtype {
                     name,
@@ -100,14 +114,22 @@ impl TensorMapExt for BTreeMap<String, HostTensor> {
     fn take_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), TensorIoError> {
         match self.remove(name) {
             Some(HostTensor::F32 { shape, data }) => Ok((shape, data)),
-            Some(_) => Err(TensorIoError::Dtype { name: name.into(), found: "U8".into(), expected: "F32" }),
+            Some(_) => Err(TensorIoError::Dtype {
+                name: name.into(),
+                found: "U8".into(),
+                expected: "F32",
+            }),
             None => Err(TensorIoError::Missing(name.into())),
         }
     }
     fn take_u8(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), TensorIoError> {
         match self.remove(name) {
             Some(HostTensor::U8 { shape, data }) => Ok((shape, data)),
-            Some(_) => Err(TensorIoError::Dtype { name: name.into(), found: "F32".into(), expected: "U8" }),
+            Some(_) => Err(TensorIoError::Dtype {
+                name: name.into(),
+                found: "F32".into(),
+                expected: "U8",
+            }),
             None => Err(TensorIoError::Missing(name.into())),
         }
     }
@@ -120,7 +142,10 @@ mod tests {
     #[test]
     fn round_trip_is_exact_and_deterministic() {
         let mut m = BTreeMap::new();
-        m.insert("w".to_string(), HostTensor::f32(vec![2, 2], vec![1.0, -0.0, f32::MIN_POSITIVE, 3.5]));
+        m.insert(
+            "w".to_string(),
+            HostTensor::f32(vec![2, 2], vec![1.0, -0.0, f32::MIN_POSITIVE, 3.5]),
+        );
         m.insert("y".to_string(), HostTensor::u8(vec![3], vec![0, 7, 255]));
         let a = encode(&m);
         assert_eq!(a, encode(&m));

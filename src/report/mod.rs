@@ -36,7 +36,11 @@ fn read_json<T: serde::de::DeserializeOwned>(e: &Entry, file: &str) -> Option<T>
 
 pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult> {
     let by_node: HashMap<_, _> = resolved.iter().map(|r| (r.node, r)).collect();
-    let entry = |id: &str| dag.find(id).and_then(|n| by_node.get(&n)).and_then(|r| r.entry.as_ref());
+    let entry = |id: &str| {
+        dag.find(id)
+            .and_then(|n| by_node.get(&n))
+            .and_then(|r| r.entry.as_ref())
+    };
     let mut out = Vec::new();
     for s in &p.strategies {
         for &seed in &p.seeds {
@@ -49,7 +53,9 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
             };
             for t in 0..p.tasks.len() {
                 let eid = stage_id(&s.name, seed, t, "evaluate");
-                let acc = entry(&eid).and_then(|e| read_json::<EvalReport>(e, EVAL_JSON)).map(|e| e.accuracy);
+                let acc = entry(&eid)
+                    .and_then(|e| read_json::<EvalReport>(e, EVAL_JSON))
+                    .map(|e| e.accuracy);
                 if acc.is_none() {
                     r.missing.push(eid);
                 }
@@ -58,7 +64,9 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                     FreezeSpec::None => Some(1.0),
                     FreezeSpec::UntilThreshold { .. } => {
                         let mid = stage_id(&s.name, seed, t, "mask");
-                        let c = entry(&mid).and_then(|e| read_json::<MaskReport>(e, MASK_JSON)).map(|m| m.free_capacity);
+                        let c = entry(&mid)
+                            .and_then(|e| read_json::<MaskReport>(e, MASK_JSON))
+                            .map(|m| m.free_capacity);
                         if c.is_none() {
                             r.missing.push(mid);
                         }

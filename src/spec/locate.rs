@@ -23,7 +23,10 @@ impl Locator {
     /// Build from YAML text; unparsable text yields an empty locator (serde_yaml reports the
     /// syntax error with its own location).
     pub fn new(src: &str) -> Locator {
-        let mut b = Builder { stack: vec![], loc: Locator::default() };
+        let mut b = Builder {
+            stack: vec![],
+            loc: Locator::default(),
+        };
         let mut p = Parser::new_from_str(src);
         if p.load(&mut b, false).is_err() {
             return Locator::default();
@@ -96,7 +99,10 @@ impl Builder {
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = Pos { line: mark.line(), col: mark.col() + 1 };
+        let pos = Pos {
+            line: mark.line(),
+            col: mark.col() + 1,
+        };
         match ev {
             Event::Scalar(s, ..) => {
                 if let Some(Frame::Map { path, key }) = self.stack.last_mut() {

@@ -84,8 +84,15 @@ pub fn load(path: &Path, overrides: &[String], data: DataCheck) -> Result<Pipeli
     let src = std::fs::read_to_string(path)
         .map_err(|e| err(None, "", format!("cannot read pipeline file: {e}")))?;
     let mut value: serde_yaml::Value = serde_yaml::from_str(&src).map_err(|e| {
-        let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() });
-        err(pos, "", format!("invalid YAML: {}", strip_location(&e.to_string())))
+        let pos = e.location().map(|l| Pos {
+            line: l.line(),
+            col: l.column(),
+        });
+        err(
+            pos,
+            "",
+            format!("invalid YAML: {}", strip_location(&e.to_string())),
+        )
     })?;
     let locator = Locator::new(&src);
     let mut overridden = Vec::new();
@@ -101,11 +108,16 @@ pub fn load(path: &Path, overrides: &[String], data: DataCheck) -> Result<Pipeli
         })?;
         overridden.push((key, o.clone()));
     }
-    let ctx = validate::Ctx { file: path.to_path_buf(), locator, overridden };
+    let ctx = validate::Ctx {
+        file: path.to_path_buf(),
+        locator,
+        overridden,
+    };
     let raw: raw::RawPipeline = serde_path_to_error::deserialize(value).map_err(|e| {
         let p = path_string(e.path());
         let msg = strip_location(&e.inner().to_string());
-        SpecErrors(vec![ctx.error(&p, msg)])
+        let at_key = msg.starts_with("unknown field");
+        SpecErrors(vec![ctx.error_at(&p, msg, at_key)])
     })?;
     validate::validate(raw, &ctx, data)
 }
@@ -141,8 +153,8 @@ pub fn apply_override(root: &mut serde_yaml::Value, spec: &str) -> Result<String
     if key.is_empty() {
         return Err("empty key before `=`".into());
     }
-    let new: serde_yaml::Value = serde_yaml::from_str(val)
-        .map_err(|e| format!("value `{val}` is not valid YAML: {e}"))?;
+    let new: serde_yaml::Value =
+        serde_yaml::from_str(val).map_err(|e| format!("value `{val}` is not valid YAML: {e}"))?;
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = root;
     for (i, part) in parts.iter().enumerate() {
@@ -154,20 +166,30 @@ pub fn apply_override(root: &mut serde_yaml::Value, spec: &str) -> Result<String
                 if last && !m.contains_key(&k) {
                     m.insert(k.clone(), serde_yaml::Value::Null);
                 }
-                m.get_mut(&k).ok_or_else(|| format!("no key `{here}` in the pipeline"))?
+                m.get_mut(&k)
+                    .ok_or_else(|| format!("no key `{here}` in the pipeline"))?
             }
             serde_yaml::Value::Sequence(s) => {
-                let idx: usize =
-                    part.parse().map_err(|_| format!("`{here}`: expected a list index"))?;
+                let idx: usize = part
+                    .parse()
+                    .map_err(|_| format!("`{here}`: expected a list index"))?;
                 let len = s.len();
                 s.get_mut(idx)
                     .ok_or_else(|| format!("`{here}`: index {idx} out of range (list has {len})"))?
             }
-            _ => return Err(format!("`{}` is a scalar, cannot descend into it", parts[..i].join("."))),
+            _ => {
+                return Err(format!(
+                    "`{}` is a scalar, cannot descend into it",
+                    parts[..i].join(".")
+                ))
+            }
         };
     }
-    if matches!(cur, serde_yaml::Value::Mapping(_)) && !matches!(new, serde_yaml::Value::Mapping(_)) {
-        return Err(format!("`{key}` is a section; --set overrides scalars and lists"));
+    if matches!(cur, serde_yaml::Value::Mapping(_)) && !matches!(new, serde_yaml::Value::Mapping(_))
+    {
+        return Err(format!(
+            "`{key}` is a section; --set overrides scalars and lists"
+        ));
     }
     *cur = new;
     Ok(key.to_string())

@@ -16,6 +16,11 @@ pub(super) struct Ctx {
 
 impl Ctx {
     pub fn error(&self, path: &str, message: impl Into<String>) -> SpecError {
+        self.error_at(path, message, false)
+    }
+
+    /// Like `error`, but points at the key rather than its value (for unknown keys).
+    pub fn error_at(&self, path: &str, message: impl Into<String>, at_key: bool) -> SpecError {
         let from_override = self
             .overridden
             .iter()
@@ -23,7 +28,11 @@ impl Ctx {
             .map(|(_, o)| o.clone());
         SpecError {
             file: self.file.clone(),
-            pos: if from_override.is_some() { None } else { self.locator.value(path) },
+            pos: match (&from_override, at_key) {
+                (Some(_), _) => None,
+                (None, true) => self.locator.key(path),
+                (None, false) => self.locator.value(path),
+            },
             path: path.to_string(),
             message: message.into(),
             from_override,
@@ -68,8 +77,16 @@ pub struct ModelSpec {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "optimizer", rename_all = "snake_case")]
 pub enum OptimizerSpec {
-    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64 },
-    Sgd { lr: f64, momentum: f64 },
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+    Sgd {
+        lr: f64,
+        momentum: f64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +118,11 @@ pub struct PruneSpec {
 #[derive(Debug, Clone)]
 pub enum FreezeSpec {
     None,
-    UntilThreshold { score: ScoreSpec, prune: PruneSpec, lr_frozen: f64 },
+    UntilThreshold {
+        score: ScoreSpec,
+        prune: PruneSpec,
+        lr_frozen: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -124,25 +145,41 @@ pub(super) fn validate(
         (Some(i), Some(l)) => Some((i.clone(), l.clone())),
         (None, None) => None,
         (Some(_), None) => {
-            e("dataset.test_labels", "required when `test_images` is given".into());
+            e(
+                "dataset.test_labels",
+                "required when `test_images` is given".into(),
+            );
             None
         }
         (None, Some(_)) => {
-            e("dataset.test_images", "required when `test_labels` is given".into());
+            e(
+                "dataset.test_images",
+                "required when `test_labels` is given".into(),
+            );
             None
         }
     };
     let test_fraction = match (&test_files, d.test_fraction) {
         (Some(_), Some(_)) => {
-            e("dataset.test_fraction", "not allowed with test files: the split is given".into());
+            e(
+                "dataset.test_fraction",
+                "not allowed with test files: the split is given".into(),
+            );
             None
         }
         (None, None) => {
-            e("dataset", "expected `test_fraction` (a number in (0, 1)) or `test_images` and `test_labels`".into());
+            e(
+                "dataset",
+                "expected `test_fraction` (a number in (0, 1)) or `test_images` and `test_labels`"
+                    .into(),
+            );
             None
         }
         (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
-            e("dataset.test_fraction", format!("expected a number in (0, 1), found {f}"));
+            e(
+                "dataset.test_fraction",
+                format!("expected a number in (0, 1), found {f}"),
+            );
             None
         }
         (_, f) => f,
@@ -152,7 +189,10 @@ pub(super) fn validate(
     let mut tasks: Vec<Vec<u8>> = Vec::new();
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     if raw.tasks.is_empty() {
-        e("tasks", "expected at least one class group, e.g. `[[0, 1], [2, 3]]`".into());
+        e(
+            "tasks",
+            "expected at least one class group, e.g. `[[0, 1], [2, 3]]`".into(),
+        );
     }
     for (t, group) in raw.tasks.iter().enumerate() {
         if group.len() < 2 {
@@ -172,7 +212,12 @@ pub(super) fn validate(
                 if prev == t {
                     e(&p, format!("class {c} appears twice in task {t}"));
                 } else {
-                    e(&p, format!("class {c} is already in task {prev}; class groups must not overlap"));
+                    e(
+                        &p,
+                        format!(
+                            "class {c} is already in task {prev}; class groups must not overlap"
+                        ),
+                    );
                 }
             }
             g.push(c as u8);
@@ -183,11 +228,17 @@ pub(super) fn validate(
     // Model.
     let mut hidden = Vec::new();
     if raw.model.hidden.is_empty() {
-        e("model.hidden", "expected at least one hidden layer size".into());
+        e(
+            "model.hidden",
+            "expected at least one hidden layer size".into(),
+        );
     }
     for (i, &h) in raw.model.hidden.iter().enumerate() {
         if !(1..=1_000_000).contains(&h) {
-            e(&format!("model.hidden.{i}"), format!("expected a layer size in 1..=1000000, found {h}"));
+            e(
+                &format!("model.hidden.{i}"),
+                format!("expected a layer size in 1..=1000000, found {h}"),
+            );
         }
         hidden.push(h.max(1) as usize);
     }
@@ -196,37 +247,69 @@ pub(super) fn validate(
     let t = &raw.training;
     let positive = |v: f64| v.is_finite() && v > 0.0;
     if !positive(t.lr) {
-        e("training.lr", format!("expected a learning rate > 0, found {}", t.lr));
+        e(
+            "training.lr",
+            format!("expected a learning rate > 0, found {}", t.lr),
+        );
     }
     if t.batch_size < 1 {
-        e("training.batch_size", format!("expected an integer >= 1, found {}", t.batch_size));
+        e(
+            "training.batch_size",
+            format!("expected an integer >= 1, found {}", t.batch_size),
+        );
     }
     if t.epochs < 1 {
-        e("training.epochs", format!("expected an integer >= 1, found {}", t.epochs));
+        e(
+            "training.epochs",
+            format!("expected an integer >= 1, found {}", t.epochs),
+        );
     }
     if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-        e("training.weight_decay", format!("expected a number >= 0, found {}", t.weight_decay));
+        e(
+            "training.weight_decay",
+            format!("expected a number >= 0, found {}", t.weight_decay),
+        );
     }
     let optimizer = match t.optimizer {
         OptimizerKind::Adam => {
             for (i, b) in t.betas.iter().enumerate() {
                 if !(*b >= 0.0 && *b < 1.0) {
-                    e(&format!("training.betas.{i}"), format!("expected a number in [0, 1), found {b}"));
+                    e(
+                        &format!("training.betas.{i}"),
+                        format!("expected a number in [0, 1), found {b}"),
+                    );
                 }
             }
             if !positive(t.eps) {
-                e("training.eps", format!("expected a number > 0, found {}", t.eps));
+                e(
+                    "training.eps",
+                    format!("expected a number > 0, found {}", t.eps),
+                );
             }
             if t.momentum != 0.0 {
-                e("training.momentum", "only used with `optimizer: sgd`".into());
+                e(
+                    "training.momentum",
+                    "only used with `optimizer: sgd`".into(),
+                );
             }
-            OptimizerSpec::Adam { lr: t.lr, beta1: t.betas[0], beta2: t.betas[1], eps: t.eps }
+            OptimizerSpec::Adam {
+                lr: t.lr,
+                beta1: t.betas[0],
+                beta2: t.betas[1],
+                eps: t.eps,
+            }
         }
         OptimizerKind::Sgd => {
             if !(t.momentum >= 0.0 && t.momentum < 1.0) {
-                e("training.momentum", format!("expected a number in [0, 1), found {}", t.momentum));
+                e(
+                    "training.momentum",
+                    format!("expected a number in [0, 1), found {}", t.momentum),
+                );
             }
-            OptimizerSpec::Sgd { lr: t.lr, momentum: t.momentum }
+            OptimizerSpec::Sgd {
+                lr: t.lr,
+                momentum: t.momentum,
+            }
         }
     };
 
@@ -237,7 +320,10 @@ pub(super) fn validate(
     }
     for (i, &s) in raw.seeds.iter().enumerate() {
         if s < 0 {
-            e(&format!("seeds.{i}"), format!("expected a seed >= 0, found {s}"));
+            e(
+                &format!("seeds.{i}"),
+                format!("expected a seed >= 0, found {s}"),
+            );
         } else if seeds.contains(&(s as u64)) {
             e(&format!("seeds.{i}"), format!("seed {s} is listed twice"));
         } else {
@@ -248,14 +334,22 @@ pub(super) fn validate(
     // Strategies.
     let mut strategies = Vec::new();
     if raw.strategies.is_empty() {
-        e("strategies", "expected at least one strategy, e.g. `naive: {freeze: none}`".into());
+        e(
+            "strategies",
+            "expected at least one strategy, e.g. `naive: {freeze: none}`".into(),
+        );
     }
     for (name, s) in &raw.strategies {
         let base = format!("strategies.{name}");
         if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            e(&base, "strategy names may use letters, digits, '_' and '-' only".into());
+            e(
+                &base,
+                "strategy names may use letters, digits, '_' and '-' only".into(),
+            );
         }
         let freeze = match s.freeze {
             FreezeKind::None => {
@@ -265,7 +359,10 @@ pub(super) fn validate(
                     ("lr_frozen", s.lr_frozen.is_some()),
                 ] {
                     if set {
-                        e(&format!("{base}.{field}"), "only used with `freeze: until_threshold`".into());
+                        e(
+                            &format!("{base}.{field}"),
+                            "only used with `freeze: until_threshold`".into(),
+                        );
                     }
                 }
                 FreezeSpec::None
@@ -273,15 +370,24 @@ pub(super) fn validate(
             FreezeKind::UntilThreshold => {
                 let score = match &s.score {
                     None => {
-                        e(&format!("{base}.score"), "required with `freeze: until_threshold`".into());
+                        e(
+                            &format!("{base}.score"),
+                            "required with `freeze: until_threshold`".into(),
+                        );
                         None
                     }
                     Some(sc) => {
                         if !positive(sc.epsilon) {
-                            e(&format!("{base}.score.epsilon"), format!("expected a number > 0, found {}", sc.epsilon));
+                            e(
+                                &format!("{base}.score.epsilon"),
+                                format!("expected a number > 0, found {}", sc.epsilon),
+                            );
                         }
                         if sc.reference_size < 1 {
-                            e(&format!("{base}.score.reference_size"), format!("expected an integer >= 1, found {}", sc.reference_size));
+                            e(
+                                &format!("{base}.score.reference_size"),
+                                format!("expected an integer >= 1, found {}", sc.reference_size),
+                            );
                         }
                         Some(ScoreSpec {
                             method: match sc.method {
@@ -297,35 +403,64 @@ pub(super) fn validate(
                 };
                 let prune = match &s.prune {
                     None => {
-                        e(&format!("{base}.prune"), "required with `freeze: until_threshold`".into());
+                        e(
+                            &format!("{base}.prune"),
+                            "required with `freeze: until_threshold`".into(),
+                        );
                         None
                     }
                     Some(p) => {
                         if !(p.threshold > 0.0 && p.threshold < 1.0) {
-                            e(&format!("{base}.prune.threshold"), format!("expected an accuracy drop in (0, 1), found {}", p.threshold));
+                            e(
+                                &format!("{base}.prune.threshold"),
+                                format!(
+                                    "expected an accuracy drop in (0, 1), found {}",
+                                    p.threshold
+                                ),
+                            );
                         }
                         if !(p.step_ratio > 0.0 && p.step_ratio <= 1.0) {
-                            e(&format!("{base}.prune.step_ratio"), format!("expected a share in (0, 1], found {}", p.step_ratio));
+                            e(
+                                &format!("{base}.prune.step_ratio"),
+                                format!("expected a share in (0, 1], found {}", p.step_ratio),
+                            );
                         }
-                        Some(PruneSpec { threshold: p.threshold, step_ratio: p.step_ratio, search: p.search })
+                        Some(PruneSpec {
+                            threshold: p.threshold,
+                            step_ratio: p.step_ratio,
+                            search: p.search,
+                        })
                     }
                 };
                 let lr_frozen = s.lr_frozen.unwrap_or(0.0);
                 if !(0.0..=1.0).contains(&lr_frozen) {
-                    e(&format!("{base}.lr_frozen"), format!("expected a multiplier in [0, 1], found {lr_frozen}"));
+                    e(
+                        &format!("{base}.lr_frozen"),
+                        format!("expected a multiplier in [0, 1], found {lr_frozen}"),
+                    );
                 }
                 match (score, prune) {
-                    (Some(score), Some(prune)) => FreezeSpec::UntilThreshold { score, prune, lr_frozen },
+                    (Some(score), Some(prune)) => FreezeSpec::UntilThreshold {
+                        score,
+                        prune,
+                        lr_frozen,
+                    },
                     _ => FreezeSpec::None,
                 }
             }
         };
-        strategies.push(Strategy { name: name.clone(), freeze });
+        strategies.push(Strategy {
+            name: name.clone(),
+            freeze,
+        });
     }
 
     // Data files, and the classes the tasks name.
     if data == DataCheck::Required {
-        let mut files = vec![("dataset.images", d.images.clone()), ("dataset.labels", d.labels.clone())];
+        let mut files = vec![
+            ("dataset.images", d.images.clone()),
+            ("dataset.labels", d.labels.clone()),
+        ];
         if let Some((i, l)) = &test_files {
             files.push(("dataset.test_images", i.clone()));
             files.push(("dataset.test_labels", l.clone()));
@@ -357,10 +492,13 @@ pub(super) fn validate(
                 for (t, group) in raw.tasks.iter().enumerate() {
                     for (i, &c) in group.iter().enumerate() {
                         if (0..=255).contains(&c) && !present.contains(&(c as u8)) {
-                            e(&format!("tasks.{t}.{i}"), format!(
+                            e(
+                                &format!("tasks.{t}.{i}"),
+                                format!(
                                 "class {c} does not occur in the dataset (its classes are {:?})",
                                 present
-                            ));
+                            ),
+                            );
                         }
                     }
                 }
@@ -373,7 +511,10 @@ pub(super) fn validate(
     }
     Ok(Pipeline {
         name: raw.name.unwrap_or_else(|| {
-            ctx.file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+            ctx.file
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
         }),
         source: ctx.file.clone(),
         dataset: DatasetSpec {

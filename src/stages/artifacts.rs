@@ -66,9 +66,12 @@ impl SplitData {
     }
 
     pub fn task(&self, t: usize) -> Result<&TaskData, StageError> {
-        self.tasks
-            .get(t)
-            .ok_or_else(|| StageError::invalid(format!("split has {} tasks, task index {t} requested", self.tasks.len())))
+        self.tasks.get(t).ok_or_else(|| {
+            StageError::invalid(format!(
+                "split has {} tasks, task index {t} requested",
+                self.tasks.len()
+            ))
+        })
     }
 
     pub fn to_artifact(&self, art: &mut Artifact) {
@@ -76,8 +79,14 @@ impl SplitData {
         let mut m = BTreeMap::new();
         for (t, task) in self.tasks.iter().enumerate() {
             for (part, s) in [("train", &task.train), ("test", &task.test)] {
-                m.insert(format!("task{t}.{part}.x"), HostTensor::u8(vec![s.len(), d], s.x.clone()));
-                m.insert(format!("task{t}.{part}.y"), HostTensor::u8(vec![s.len()], s.y.clone()));
+                m.insert(
+                    format!("task{t}.{part}.x"),
+                    HostTensor::u8(vec![s.len(), d], s.x.clone()),
+                );
+                m.insert(
+                    format!("task{t}.{part}.y"),
+                    HostTensor::u8(vec![s.len()], s.y.clone()),
+                );
             }
         }
         art.insert(SPLIT_TENSORS, tensorio::encode(&m));
@@ -86,7 +95,11 @@ impl SplitData {
             tasks: self
                 .tasks
                 .iter()
-                .map(|t| TaskMeta { classes: t.classes.clone(), n_train: t.train.len(), n_test: t.test.len() })
+                .map(|t| TaskMeta {
+                    classes: t.classes.clone(),
+                    n_train: t.train.len(),
+                    n_test: t.test.len(),
+                })
                 .collect(),
         };
         art.insert(SPLIT_META, json_bytes(&meta));
@@ -94,19 +107,31 @@ impl SplitData {
 
     pub fn load(ctx: &StageContext, slot: &str) -> Result<SplitData, StageError> {
         let meta: SplitMeta = read_json(ctx, slot, SPLIT_META)?;
-        let mut m = tensorio::decode(&ctx.read_input(slot, SPLIT_TENSORS)?).map_err(|e| bad(SPLIT_TENSORS, e))?;
+        let mut m = tensorio::decode(&ctx.read_input(slot, SPLIT_TENSORS)?)
+            .map_err(|e| bad(SPLIT_TENSORS, e))?;
         let mut tasks = Vec::new();
         for (t, tm) in meta.tasks.iter().enumerate() {
             let mut take = |part: &str| -> Result<Samples, StageError> {
-                let (_, x) = m.take_u8(&format!("task{t}.{part}.x")).map_err(|e| bad(SPLIT_TENSORS, e))?;
-                let (_, y) = m.take_u8(&format!("task{t}.{part}.y")).map_err(|e| bad(SPLIT_TENSORS, e))?;
+                let (_, x) = m
+                    .take_u8(&format!("task{t}.{part}.x"))
+                    .map_err(|e| bad(SPLIT_TENSORS, e))?;
+                let (_, y) = m
+                    .take_u8(&format!("task{t}.{part}.y"))
+                    .map_err(|e| bad(SPLIT_TENSORS, e))?;
                 Ok(Samples { x, y })
             };
             let train = take("train")?;
             let test = take("test")?;
-            tasks.push(TaskData { classes: tm.classes.clone(), train, test });
+            tasks.push(TaskData {
+                classes: tm.classes.clone(),
+                train,
+                test,
+            });
         }
-        Ok(SplitData { sample_shape: meta.sample_shape, tasks })
+        Ok(SplitData {
+            sample_shape: meta.sample_shape,
+            tasks,
+        })
     }
 }
 
@@ -115,7 +140,8 @@ pub fn save_model(art: &mut Artifact, p: &MlpParams) {
 }
 
 pub fn load_model(ctx: &StageContext, slot: &str) -> Result<MlpParams, StageError> {
-    let m = tensorio::decode(&ctx.read_input(slot, MODEL_TENSORS)?).map_err(|e| bad(MODEL_TENSORS, e))?;
+    let m = tensorio::decode(&ctx.read_input(slot, MODEL_TENSORS)?)
+        .map_err(|e| bad(MODEL_TENSORS, e))?;
     MlpParams::from_tensors(m).map_err(|e| bad(MODEL_TENSORS, e))
 }
 
@@ -124,7 +150,12 @@ pub fn save_unit_f32(art: &mut Artifact, layers: &[Vec<f32>]) {
     let m = layers
         .iter()
         .enumerate()
-        .map(|(l, v)| (format!("layer{l}"), HostTensor::f32(vec![v.len()], v.clone())))
+        .map(|(l, v)| {
+            (
+                format!("layer{l}"),
+                HostTensor::f32(vec![v.len()], v.clone()),
+            )
+        })
         .collect();
     art.insert(UNITS_TENSORS, tensorio::encode(&m));
 }
@@ -133,7 +164,12 @@ pub fn save_unit_flags(art: &mut Artifact, layers: &[Vec<bool>]) {
     let m = layers
         .iter()
         .enumerate()
-        .map(|(l, v)| (format!("layer{l}"), HostTensor::u8(vec![v.len()], v.iter().map(|&b| b as u8).collect())))
+        .map(|(l, v)| {
+            (
+                format!("layer{l}"),
+                HostTensor::u8(vec![v.len()], v.iter().map(|&b| b as u8).collect()),
+            )
+        })
         .collect();
     art.insert(UNITS_TENSORS, tensorio::encode(&m));
 }
@@ -142,14 +178,26 @@ fn load_units(ctx: &StageContext, slot: &str) -> Result<BTreeMap<String, HostTen
     tensorio::decode(&ctx.read_input(slot, UNITS_TENSORS)?).map_err(|e| bad(UNITS_TENSORS, e))
 }
 
-pub fn load_unit_f32(ctx: &StageContext, slot: &str, layers: usize) -> Result<Vec<Vec<f32>>, StageError> {
+pub fn load_unit_f32(
+    ctx: &StageContext,
+    slot: &str,
+    layers: usize,
+) -> Result<Vec<Vec<f32>>, StageError> {
     let mut m = load_units(ctx, slot)?;
     (0..layers)
-        .map(|l| m.take_f32(&format!("layer{l}")).map(|(_, v)| v).map_err(|e| bad(UNITS_TENSORS, e)))
+        .map(|l| {
+            m.take_f32(&format!("layer{l}"))
+                .map(|(_, v)| v)
+                .map_err(|e| bad(UNITS_TENSORS, e))
+        })
         .collect()
 }
 
-pub fn load_unit_flags(ctx: &StageContext, slot: &str, layers: usize) -> Result<Vec<Vec<bool>>, StageError> {
+pub fn load_unit_flags(
+    ctx: &StageContext,
+    slot: &str,
+    layers: usize,
+) -> Result<Vec<Vec<bool>>, StageError> {
     let mut m = load_units(ctx, slot)?;
     (0..layers)
         .map(|l| {
@@ -167,6 +215,10 @@ pub fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
     b
 }
 
-pub fn read_json<T: serde::de::DeserializeOwned>(ctx: &StageContext, slot: &str, file: &str) -> Result<T, StageError> {
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    ctx: &StageContext,
+    slot: &str,
+    file: &str,
+) -> Result<T, StageError> {
     serde_json::from_slice(&ctx.read_input(slot, file)?).map_err(|e| bad(file, e))
 }

@@ -58,10 +58,19 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         ctx.check_cancel()?;
         let task = split.task(t)?;
         let a = accuracy(&model, &task.test, dim, t, None);
-        ctx.log(format!("task {}: accuracy {:.4} on {} test samples", t + 1, a, task.test.len()));
+        ctx.log(format!(
+            "task {}: accuracy {:.4} on {} test samples",
+            t + 1,
+            a,
+            task.test.len()
+        ));
         acc.push(a);
         n_test.push(task.test.len());
     }
-    let report = EvalReport { tasks_seen: p.tasks_seen, accuracy: acc, n_test };
+    let report = EvalReport {
+        tasks_seen: p.tasks_seen,
+        accuracy: acc,
+        n_test,
+    };
     Ok(Artifact::new().with(EVAL_JSON, json_bytes(&report)))
 }

@@ -47,14 +47,28 @@ impl Stage for Mask {
         let mut newly = Vec::new();
         for l in 0..layers {
             if pruned[l].len() != p.hidden[l] || prev[l].len() != p.hidden[l] {
-                return Err(StageError::invalid(format!("layer {l}: unit counts disagree")));
+                return Err(StageError::invalid(format!(
+                    "layer {l}: unit counts disagree"
+                )));
             }
-            let f: Vec<bool> = pruned[l].iter().zip(&prev[l]).map(|(&pr, &was)| was || !pr).collect();
-            newly.push(f.iter().zip(&prev[l]).filter(|(&now, &was)| now && !was).count());
+            let f: Vec<bool> = pruned[l]
+                .iter()
+                .zip(&prev[l])
+                .map(|(&pr, &was)| was || !pr)
+                .collect();
+            newly.push(
+                f.iter()
+                    .zip(&prev[l])
+                    .filter(|(&now, &was)| now && !was)
+                    .count(),
+            );
             frozen.push(f);
         }
         let total: usize = p.hidden.iter().sum();
-        let frozen_per_layer: Vec<usize> = frozen.iter().map(|l| l.iter().filter(|&&b| b).count()).collect();
+        let frozen_per_layer: Vec<usize> = frozen
+            .iter()
+            .map(|l| l.iter().filter(|&&b| b).count())
+            .collect();
         let n_frozen: usize = frozen_per_layer.iter().sum();
         let report = MaskReport {
             task_index: p.task_index,
@@ -63,7 +77,10 @@ impl Stage for Mask {
             units_per_layer: p.hidden.clone(),
             free_capacity: 1.0 - n_frozen as f64 / total.max(1) as f64,
         };
-        ctx.log(format!("frozen {n_frozen}/{total}, free capacity {:.4}", report.free_capacity));
+        ctx.log(format!(
+            "frozen {n_frozen}/{total}, free capacity {:.4}",
+            report.free_capacity
+        ));
         let mut art = Artifact::new();
         artifacts::save_unit_flags(&mut art, &frozen);
         art.insert(MASK_JSON, json_bytes(&report));

@@ -113,7 +113,9 @@ pub fn accuracy<D: Device<f32>>(
 /// A stage-parameter helper: the task index must exist in the split.
 pub(crate) fn check_task(t: usize, n: usize) -> Result<(), StageError> {
     if t >= n {
-        return Err(StageError::invalid(format!("task index {t} out of range ({n} tasks)")));
+        return Err(StageError::invalid(format!(
+            "task index {t} out of range ({n} tasks)"
+        )));
     }
     Ok(())
 }
@@ -138,8 +140,14 @@ mod tests {
         assert_eq!(DeviceChoice::parse("cpu"), Ok(DeviceChoice::Cpu));
         assert_eq!(DeviceChoice::parse("cuda"), Ok(DeviceChoice::Cuda(0)));
         assert_eq!(DeviceChoice::parse("cuda:3"), Ok(DeviceChoice::Cuda(3)));
-        assert!(matches!(DeviceChoice::parse("gpu"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(DeviceChoice::parse("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(
+            DeviceChoice::parse("gpu"),
+            Err(DeviceError::Unknown(_))
+        ));
+        assert!(matches!(
+            DeviceChoice::parse("cuda:x"),
+            Err(DeviceError::Unknown(_))
+        ));
         assert!(DeviceChoice::Cpu.check_available("cpu").is_ok());
         assert!(matches!(
             DeviceChoice::Cuda(0).check_available("cuda"),

@@ -31,7 +31,10 @@ fn decl(
         kind: stage.kind().to_string(),
         version: stage.version(),
         params,
-        inputs: inputs.into_iter().map(|(s, i)| (s.to_string(), i)).collect(),
+        inputs: inputs
+            .into_iter()
+            .map(|(s, i)| (s.to_string(), i))
+            .collect(),
         files: BTreeMap::new(),
     }
 }
@@ -75,7 +78,9 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 if let Some(m) = &prev_model {
                     inputs.push(("model", m.clone()));
                 }
-                if let (Some(m), FreezeSpec::UntilThreshold { lr_frozen, .. }) = (&prev_mask, &s.freeze) {
+                if let (Some(m), FreezeSpec::UntilThreshold { lr_frozen, .. }) =
+                    (&prev_mask, &s.freeze)
+                {
                     inputs.push(("mask", m.clone()));
                     params["lr_frozen"] = json!(lr_frozen);
                 }
@@ -87,11 +92,21 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     json!({"tasks_seen": t + 1}),
                     vec![split_in.clone(), trained.clone()],
                 ));
-                if let FreezeSpec::UntilThreshold { score: sc, prune: pr, .. } = &s.freeze {
+                if let FreezeSpec::UntilThreshold {
+                    score: sc,
+                    prune: pr,
+                    ..
+                } = &s.freeze
+                {
                     let mut sp = serde_json::to_value(sc).expect("plain data");
                     sp["task_index"] = json!(t);
                     sp["seed"] = json!(seed);
-                    out.push(decl(id("score"), &score::Score, sp, vec![split_in.clone(), trained.clone()]));
+                    out.push(decl(
+                        id("score"),
+                        &score::Score,
+                        sp,
+                        vec![split_in.clone(), trained.clone()],
+                    ));
                     let mut pp = serde_json::to_value(pr).expect("plain data");
                     pp["task_index"] = json!(t);
                     let mut pin = vec![split_in.clone(), trained.clone(), ("score", id("score"))];

@@ -82,14 +82,28 @@ pub fn linear_search(
     mut eval: impl FnMut(usize) -> Result<f64, StageError>,
 ) -> Result<(f64, Vec<CurvePoint>, usize), StageError> {
     let base = eval(0)?;
-    let share = |k: usize| if candidates == 0 { 0.0 } else { k as f64 / candidates as f64 };
-    let mut curve = vec![CurvePoint { pruned: 0, share: 0.0, accuracy: base }];
+    let share = |k: usize| {
+        if candidates == 0 {
+            0.0
+        } else {
+            k as f64 / candidates as f64
+        }
+    };
+    let mut curve = vec![CurvePoint {
+        pruned: 0,
+        share: 0.0,
+        accuracy: base,
+    }];
     let mut accepted = 0;
     let mut k = 0;
     while k < candidates {
         k = (k + step).min(candidates);
         let acc = eval(k)?;
-        curve.push(CurvePoint { pruned: k, share: share(k), accuracy: acc });
+        curve.push(CurvePoint {
+            pruned: k,
+            share: share(k),
+            accuracy: acc,
+        });
         if base - acc > threshold {
             break;
         }
@@ -101,7 +115,10 @@ pub fn linear_search(
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
     if p.search != "linear" {
-        return Err(StageError::invalid(format!("unsupported search `{}`", p.search)));
+        return Err(StageError::invalid(format!(
+            "unsupported search `{}`",
+            p.search
+        )));
     }
     let split = SplitData::load(ctx, "split")?;
     check_task(p.task_index, split.tasks.len())?;
@@ -115,7 +132,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     };
     for (l, s) in scores.iter().enumerate() {
         if s.len() != sizes[l] {
-            return Err(StageError::invalid(format!("score layer {l} has {} units, model {}", s.len(), sizes[l])));
+            return Err(StageError::invalid(format!(
+                "score layer {l} has {} units, model {}",
+                s.len(),
+                sizes[l]
+            )));
         }
     }
     let order = rank_candidates(&scores, frozen.as_deref());
@@ -127,19 +148,31 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         for &(l, j) in &order[..k] {
             m[l][j] = 0.0;
         }
-        m.into_iter().map(|v| dev.tensor_from_vec(v.clone(), (v.len(),))).collect()
+        m.into_iter()
+            .map(|v| dev.tensor_from_vec(v.clone(), (v.len(),)))
+            .collect()
     };
-    ctx.progress.phase("prune", order.len().div_ceil(step) as u64 + 1);
+    ctx.progress
+        .phase("prune", order.len().div_ceil(step) as u64 + 1);
     let mut evaluations = 0;
     let (base, curve, accepted) = linear_search(order.len(), step, p.threshold, |k| {
         ctx.check_cancel()?;
         evaluations += 1;
         ctx.progress.inc(1);
         let masks = masks_for(k);
-        Ok(accuracy(&model, &task.test, dim, p.task_index, if k == 0 { None } else { Some(&masks) }))
+        Ok(accuracy(
+            &model,
+            &task.test,
+            dim,
+            p.task_index,
+            if k == 0 { None } else { Some(&masks) },
+        ))
     })?;
-    let accepted_accuracy =
-        curve.iter().find(|c| c.pruned == accepted).map(|c| c.accuracy).unwrap_or(base);
+    let accepted_accuracy = curve
+        .iter()
+        .find(|c| c.pruned == accepted)
+        .map(|c| c.accuracy)
+        .unwrap_or(base);
     ctx.log(format!(
         "baseline {base:.4}; accepted {accepted}/{} pruned at accuracy {accepted_accuracy:.4} after {evaluations} evaluations",
         order.len()
@@ -173,7 +206,10 @@ mod tests {
     fn ranking_skips_frozen_units_and_breaks_ties_by_position() {
         let scores = vec![vec![0.5, 0.1, 0.1], vec![0.0, 0.3]];
         let frozen = vec![vec![false, false, true], vec![false, false]];
-        assert_eq!(rank_candidates(&scores, Some(&frozen)), vec![(1, 0), (0, 1), (1, 1), (0, 0)]);
+        assert_eq!(
+            rank_candidates(&scores, Some(&frozen)),
+            vec![(1, 0), (0, 1), (1, 1), (0, 0)]
+        );
     }
 
     #[test]
@@ -184,7 +220,10 @@ mod tests {
         assert_eq!(base, 0.9);
         // k=2 (drop .02) ok, k=4 (drop .04) exceeds: accept 2.
         assert_eq!(accepted, 2);
-        assert_eq!(curve.iter().map(|c| c.pruned).collect::<Vec<_>>(), vec![0, 2, 4]);
+        assert_eq!(
+            curve.iter().map(|c| c.pruned).collect::<Vec<_>>(),
+            vec![0, 2, 4]
+        );
         // Never exceeding: everything is pruned.
         let (_, _, all) = linear_search(5, 2, 0.5, |_| Ok(0.9)).unwrap();
         assert_eq!(all, 5);

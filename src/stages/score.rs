@@ -84,7 +84,10 @@ pub fn finish(mut layer: Vec<f64>, abs: AbsMode, normalize: Normalize) -> Vec<f3
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
     if p.method != "lrp" || p.rule != "epsilon" {
-        return Err(StageError::invalid(format!("unsupported score method {}/{}", p.method, p.rule)));
+        return Err(StageError::invalid(format!(
+            "unsupported score method {}/{}",
+            p.method, p.rule
+        )));
     }
     let split = SplitData::load(ctx, "split")?;
     check_task(p.task_index, split.tasks.len())?;
@@ -92,11 +95,19 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let dim = split.dim();
     let host = artifacts::load_model(ctx, "model")?;
     if host.heads.len() <= p.task_index {
-        return Err(StageError::invalid(format!("model has no head for task index {}", p.task_index)));
+        return Err(StageError::invalid(format!(
+            "model has no head for task index {}",
+            p.task_index
+        )));
     }
     let model = DeviceMlp::from_host(dev, &host);
     let n_ref = p.reference_size.min(task.test.len());
-    let mut idx = sample(&mut rng_for(p.seed, p.task_index, "reference"), task.test.len(), n_ref).into_vec();
+    let mut idx = sample(
+        &mut rng_for(p.seed, p.task_index, "reference"),
+        task.test.len(),
+        n_ref,
+    )
+    .into_vec();
     idx.sort_unstable();
     let sizes = host.hidden_sizes();
     let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
@@ -119,7 +130,10 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         ctx.progress.inc(1);
     }
     let layer_totals: Vec<f64> = sums.iter().map(|l| l.iter().sum()).collect();
-    let scores: Vec<Vec<f32>> = sums.into_iter().map(|l| finish(l, p.abs, p.normalize)).collect();
+    let scores: Vec<Vec<f32>> = sums
+        .into_iter()
+        .map(|l| finish(l, p.abs, p.normalize))
+        .collect();
     for (l, t) in layer_totals.iter().enumerate() {
         ctx.log(format!("layer {l}: total relevance {t:.4}"));
     }
@@ -159,8 +173,17 @@ mod tests {
 
     #[test]
     fn normalisation_per_layer() {
-        assert_eq!(finish(vec![1.0, -4.0, 2.0], AbsMode::None, Normalize::LayerMax), vec![0.25, -1.0, 0.5]);
-        assert_eq!(finish(vec![1.0, -1.0, 2.0], AbsMode::None, Normalize::LayerSum), vec![0.25, -0.25, 0.5]);
-        assert_eq!(finish(vec![0.0, 0.0], AbsMode::None, Normalize::LayerMax), vec![0.0, 0.0]);
+        assert_eq!(
+            finish(vec![1.0, -4.0, 2.0], AbsMode::None, Normalize::LayerMax),
+            vec![0.25, -1.0, 0.5]
+        );
+        assert_eq!(
+            finish(vec![1.0, -1.0, 2.0], AbsMode::None, Normalize::LayerSum),
+            vec![0.25, -0.25, 0.5]
+        );
+        assert_eq!(
+            finish(vec![0.0, 0.0], AbsMode::None, Normalize::LayerMax),
+            vec![0.0, 0.0]
+        );
     }
 }

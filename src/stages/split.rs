@@ -33,23 +33,33 @@ impl Stage for Split {
             load_idx_pair(ctx.file(i)?, ctx.file(l)?).map_err(|e| StageError::failed(e.to_string()))
         };
         let pool = load("images", "labels")?;
-        let (train_idx, test_idx, train, test) = match (&p.test_fraction, ctx.files.contains_key("test_images")) {
-            (None, true) => {
-                let test = load("test_images", "test_labels")?;
-                if test.sample_shape != pool.sample_shape {
-                    return Err(StageError::failed(format!(
-                        "test images have shape {:?}, training images {:?}",
-                        test.sample_shape, pool.sample_shape
-                    )));
+        let (train_idx, test_idx, train, test) =
+            match (&p.test_fraction, ctx.files.contains_key("test_images")) {
+                (None, true) => {
+                    let test = load("test_images", "test_labels")?;
+                    if test.sample_shape != pool.sample_shape {
+                        return Err(StageError::failed(format!(
+                            "test images have shape {:?}, training images {:?}",
+                            test.sample_shape, pool.sample_shape
+                        )));
+                    }
+                    (
+                        (0..pool.len()).collect(),
+                        (0..test.len()).collect(),
+                        &pool,
+                        Some(test),
+                    )
                 }
-                ((0..pool.len()).collect(), (0..test.len()).collect(), &pool, Some(test))
-            }
-            (Some(f), false) => {
-                let (tr, te) = stratified_split(&pool.labels, *f, p.split_seed);
-                (tr, te, &pool, None)
-            }
-            _ => return Err(StageError::invalid("give either test_fraction or test files")),
-        };
+                (Some(f), false) => {
+                    let (tr, te) = stratified_split(&pool.labels, *f, p.split_seed);
+                    (tr, te, &pool, None)
+                }
+                _ => {
+                    return Err(StageError::invalid(
+                        "give either test_fraction or test files",
+                    ))
+                }
+            };
         let test_set = test.as_ref().unwrap_or(&pool);
         let tasks = p
             .tasks
@@ -61,7 +71,12 @@ impl Stage for Split {
             })
             .collect::<Vec<_>>();
         for (t, task) in tasks.iter().enumerate() {
-            ctx.log(format!("task {t}: classes {:?}, {} train, {} test", task.classes, task.train.len(), task.test.len()));
+            ctx.log(format!(
+                "task {t}: classes {:?}, {} train, {} test",
+                task.classes,
+                task.train.len(),
+                task.test.len()
+            ));
             if task.train.is_empty() || task.test.is_empty() {
                 return Err(StageError::failed(format!(
                     "task {} (classes {:?}) has {} training and {} test samples; both must be non-empty",
@@ -73,7 +88,11 @@ impl Stage for Split {
             }
         }
         let mut art = Artifact::new();
-        SplitData { sample_shape: pool.sample_shape.clone(), tasks }.to_artifact(&mut art);
+        SplitData {
+            sample_shape: pool.sample_shape.clone(),
+            tasks,
+        }
+        .to_artifact(&mut art);
         Ok(art)
     }
 }

@@ -21,8 +21,16 @@ pub struct Train;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "optimizer", rename_all = "snake_case")]
 pub enum OptParams {
-    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64 },
-    Sgd { lr: f64, momentum: f64 },
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+    Sgd {
+        lr: f64,
+        momentum: f64,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,13 +98,19 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         Some(_) => artifacts::load_model(ctx, "model")?,
         None => {
             if p.model.kind != "mlp" {
-                return Err(StageError::invalid(format!("unknown model kind `{}`", p.model.kind)));
+                return Err(StageError::invalid(format!(
+                    "unknown model kind `{}`",
+                    p.model.kind
+                )));
             }
             MlpParams::init(dim, &p.model.hidden, &mut rng_for(p.seed, 0, "init"))
         }
     };
     if host.input_dim() != dim {
-        return Err(StageError::invalid(format!("model takes {} inputs, data has {dim}", host.input_dim())));
+        return Err(StageError::invalid(format!(
+            "model takes {} inputs, data has {dim}",
+            host.input_dim()
+        )));
     }
     if host.heads.len() != p.task_index {
         return Err(StageError::invalid(format!(
@@ -105,7 +119,10 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             p.task_index
         )));
     }
-    host.push_head(task.classes.len(), &mut rng_for(p.seed, p.task_index, "head"));
+    host.push_head(
+        task.classes.len(),
+        &mut rng_for(p.seed, p.task_index, "head"),
+    );
 
     // Per-element learning-rate multipliers for frozen units' incoming weights and biases.
     let hidden = host.hidden_sizes();
@@ -120,10 +137,18 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         match flags {
             Some(f) if l < hidden.len() && f.iter().any(|&b| b) => {
                 if f.len() != layer.out_dim {
-                    return Err(StageError::invalid(format!("mask layer {l} has {} units, model {}", f.len(), layer.out_dim)));
+                    return Err(StageError::invalid(format!(
+                        "mask layer {l} has {} units, model {}",
+                        f.len(),
+                        layer.out_dim
+                    )));
                 }
                 let row = |j: usize| if f[j] { lr_frozen } else { 1.0 };
-                scales.push(Some((0..layer.out_dim * layer.in_dim).map(|k| row(k / layer.in_dim)).collect()));
+                scales.push(Some(
+                    (0..layer.out_dim * layer.in_dim)
+                        .map(|k| row(k / layer.in_dim))
+                        .collect(),
+                ));
                 scales.push(Some((0..layer.out_dim).map(row).collect()));
             }
             _ => {
@@ -139,16 +164,23 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
 
     let t = &p.training;
     let cfg = match t.optimizer {
-        OptParams::Adam { lr, beta1, beta2, eps } => OptimizerConfig::Adam {
+        OptParams::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => OptimizerConfig::Adam {
             lr: lr as f32,
             beta1: beta1 as f32,
             beta2: beta2 as f32,
             eps: eps as f32,
             weight_decay: t.weight_decay as f32,
         },
-        OptParams::Sgd { lr, momentum } => {
-            OptimizerConfig::Sgd { lr: lr as f32, momentum: momentum as f32, weight_decay: t.weight_decay as f32 }
-        }
+        OptParams::Sgd { lr, momentum } => OptimizerConfig::Sgd {
+            lr: lr as f32,
+            momentum: momentum as f32,
+            weight_decay: t.weight_decay as f32,
+        },
     };
     let mut model = DeviceMlp::from_host(dev, &host);
     let mut opt = MaskedOptimizer::new(dev, cfg, &model.params, scales);
@@ -161,7 +193,8 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let mut steps = 0;
     let batches = n.div_ceil(t.batch_size.max(1));
     for epoch in 0..t.epochs {
-        ctx.progress.phase(&format!("epoch {}/{}", epoch + 1, t.epochs), batches as u64);
+        ctx.progress
+            .phase(&format!("epoch {}/{}", epoch + 1, t.epochs), batches as u64);
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for (b, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
@@ -193,12 +226,27 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 .count();
             ctx.progress.inc(1);
         }
-        let log = EpochLog { epoch: epoch + 1, mean_loss: loss_sum / n as f64, train_accuracy: correct as f64 / n as f64 };
-        ctx.log(format!("epoch {}: loss {:.5}, train accuracy {:.4}", log.epoch, log.mean_loss, log.train_accuracy));
+        let log = EpochLog {
+            epoch: epoch + 1,
+            mean_loss: loss_sum / n as f64,
+            train_accuracy: correct as f64 / n as f64,
+        };
+        ctx.log(format!(
+            "epoch {}: loss {:.5}, train accuracy {:.4}",
+            log.epoch, log.mean_loss, log.train_accuracy
+        ));
         epochs.push(log);
     }
     let mut art = Artifact::new();
     artifacts::save_model(&mut art, &model.to_host());
-    art.insert(TRAIN_JSON, json_bytes(&TrainReport { task_index: p.task_index, steps, frozen_units, epochs }));
+    art.insert(
+        TRAIN_JSON,
+        json_bytes(&TrainReport {
+            task_index: p.task_index,
+            steps,
+            frozen_units,
+            epochs,
+        }),
+    );
     Ok(art)
 }

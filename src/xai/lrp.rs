@@ -41,7 +41,9 @@ pub fn lrp_epsilon<D: Device<f32>>(
         .enumerate()
         .map(|(l, &(o, i))| model.params[path[2 * l]].clone().reshape_like(&(o, i)))
         .collect();
-    let biases: Vec<_> = (0..shapes.len()).map(|l| model.params[path[2 * l + 1]].clone()).collect();
+    let biases: Vec<_> = (0..shapes.len())
+        .map(|l| model.params[path[2 * l + 1]].clone())
+        .collect();
 
     // Forward, keeping each layer's input activation and pre-activation.
     let mut acts: Vec<Matrix<D>> = vec![x.clone()];
@@ -84,7 +86,12 @@ pub fn lrp_epsilon<D: Device<f32>>(
             hidden[l - 1] = r.as_vec();
         }
     }
-    Relevance { batch, hidden, input: r.as_vec(), explained }
+    Relevance {
+        batch,
+        hidden,
+        input: r.as_vec(),
+        explained,
+    }
 }
 
 #[cfg(test)]
@@ -109,12 +116,21 @@ mod tests {
         let r = lrp_epsilon(&m, &xt, &labels, 0, 1e-9);
         for i in 0..4 {
             let f = r.explained[i] as f64;
-            let sum_in: f64 = r.input[i * 12..(i + 1) * 12].iter().map(|&v| v as f64).sum();
-            assert!((sum_in - f).abs() <= 1e-3 * f.abs().max(1e-6), "sample {i}: {sum_in} vs {f}");
+            let sum_in: f64 = r.input[i * 12..(i + 1) * 12]
+                .iter()
+                .map(|&v| v as f64)
+                .sum();
+            assert!(
+                (sum_in - f).abs() <= 1e-3 * f.abs().max(1e-6),
+                "sample {i}: {sum_in} vs {f}"
+            );
             for (l, h) in r.hidden.iter().enumerate() {
                 let u = h.len() / 4;
                 let s: f64 = h[i * u..(i + 1) * u].iter().map(|&v| v as f64).sum();
-                assert!((s - f).abs() <= 1e-3 * f.abs().max(1e-6), "layer {l}: {s} vs {f}");
+                assert!(
+                    (s - f).abs() <= 1e-3 * f.abs().max(1e-6),
+                    "layer {l}: {s} vs {f}"
+                );
             }
         }
     }

@@ -1,0 +1,122 @@
+//! The engine on its own, with toy stages: failure isolation, skipping, and parallel order.
+
+use cfpipe::cache::Cache;
+use cfpipe::exec::{
+    Artifact, ExecOptions, Executor, Outcome, Registry, Stage, StageContext, StageError,
+};
+use cfpipe::graph::{Dag, StageDecl};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Concatenates its inputs' `out` files and its `text` parameter; fails if `fail` is set.
+struct Concat;
+impl Stage for Concat {
+    fn kind(&self) -> &'static str {
+        "concat"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
+        if ctx.params["fail"].as_bool() == Some(true) {
+            return Err(StageError::failed("asked to fail"));
+        }
+        let mut out = Vec::new();
+        for slot in ctx.inputs.keys() {
+            out.extend(ctx.read_input(slot, "out")?);
+        }
+        out.extend(ctx.params["text"].as_str().unwrap_or("").bytes());
+        Ok(Artifact::new().with("out", out))
+    }
+}
+
+fn decl(id: &str, text: &str, fail: bool, inputs: &[&str]) -> StageDecl {
+    StageDecl {
+        id: id.into(),
+        kind: "concat".into(),
+        version: 1,
+        params: json!({"text": text, "fail": fail}),
+        inputs: inputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("in{i}"), s.to_string()))
+            .collect(),
+        files: Default::default(),
+    }
+}
+
+fn run(dag: &Dag, cache: &Cache, jobs: usize) -> cfpipe::exec::RunReport {
+    let mut reg = Registry::new();
+    reg.register(Arc::new(Concat));
+    Executor::new(
+        cache,
+        &reg,
+        ExecOptions {
+            jobs,
+            ..Default::default()
+        },
+    )
+    .run(dag)
+}
+
+#[test]
+fn a_failure_skips_its_dependents_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let dag = Dag::build(vec![
+        decl("a", "a", false, &[]),
+        decl("bad", "b", true, &[]),
+        decl("after_bad", "c", false, &["bad"]),
+        decl("after_after", "d", false, &["after_bad", "a"]),
+        decl("ok", "e", false, &["a"]),
+    ])
+    .unwrap();
+    let r = run(&dag, &cache, 2);
+    assert!(!r.ok());
+    assert_eq!(r.ran(), ["a", "ok"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        r.failed().iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["bad"]
+    );
+    assert_eq!(
+        r.skipped(),
+        ["after_bad", "after_after"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    let failed = r.failed()[0];
+    assert!(
+        matches!(&failed.outcome, Outcome::Failed { error } if error.contains("asked to fail") && error.contains("`bad`"))
+    );
+    // Nothing of the failed stage is in the cache: 2 entries only.
+    assert_eq!(cache.keys().unwrap().len(), 2);
+    assert_eq!(
+        r.summary_line().split(" (").next().unwrap(),
+        "5 stages: 2 ran, 0 cached"
+    );
+}
+
+#[test]
+fn results_are_independent_of_parallelism() {
+    let decls = || {
+        let mut v = vec![decl("root", "r", false, &[])];
+        for i in 0..12 {
+            v.push(decl(&format!("mid{i}"), &i.to_string(), false, &["root"]));
+        }
+        let mids: Vec<String> = (0..12).map(|i| format!("mid{i}")).collect();
+        let refs: Vec<&str> = mids.iter().map(|s| s.as_str()).collect();
+        v.push(decl("sink", "s", false, &refs));
+        v
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (c1, c2) = (
+        Cache::open(d1.path()).unwrap(),
+        Cache::open(d2.path()).unwrap(),
+    );
+    let r1 = run(&Dag::build(decls()).unwrap(), &c1, 1);
+    let r8 = run(&Dag::build(decls()).unwrap(), &c2, 8);
+    assert!(r1.ok() && r8.ok());
+    assert_eq!(c1.keys().unwrap(), c2.keys().unwrap());
+    assert_eq!(r1.ran().len(), 14);
+}
