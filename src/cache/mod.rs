@@ -46,7 +46,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
-    Hit(Entry),
+    Hit(Box<Entry>),
     Missing,
     /// The entry exists but does not match its manifest; `file` says which part.
     Corrupt {
@@ -221,7 +221,7 @@ impl Cache {
                 }
             }
         }
-        Lookup::Hit(Entry { dir, manifest })
+        Lookup::Hit(Box::new(Entry { dir, manifest }))
     }
 
     /// Move an entry out of the way (used for corrupt entries); later lookups see `Missing`.
@@ -312,7 +312,7 @@ impl Cache {
             }
             // Someone else won the race; an existing entry is never replaced in place.
             Err(_) if dest.join(MANIFEST_FILE).exists() => match self.lookup(&new.key) {
-                Lookup::Hit(e) => Ok(e),
+                Lookup::Hit(e) => Ok(*e),
                 _ => Err(CacheError::Io {
                     path: dest,
                     source: std::io::Error::other("a concurrent entry exists but does not verify"),

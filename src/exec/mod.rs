@@ -435,13 +435,13 @@ impl<'a> Executor<'a> {
         };
         let mut replaced_corrupt = None;
         match self.cache.lookup(&req.key) {
-            Lookup::Hit(e) => return Ok((e, Outcome::Cached)),
+            Lookup::Hit(e) => return Ok((*e, Outcome::Cached)),
             Lookup::Missing => {}
             Lookup::Corrupt { .. } => {}
         }
         let _lock = self.cache.lock_key(&req.key).map_err(cache_err)?;
         match self.cache.lookup(&req.key) {
-            Lookup::Hit(e) => return Ok((e, Outcome::Cached)),
+            Lookup::Hit(e) => return Ok((*e, Outcome::Cached)),
             Lookup::Missing => {}
             Lookup::Corrupt { file, reason } => {
                 eprintln!(
@@ -560,7 +560,7 @@ impl<'a> Executor<'a> {
         for (slot, (key, hash)) in &req.inputs {
             match self.cache.lookup(key) {
                 Lookup::Hit(e) if e.content_hash() == *hash => {
-                    inputs.insert(slot.clone(), e);
+                    inputs.insert(slot.clone(), *e);
                 }
                 _ => {
                     return Err(ExecError::InputMissing {

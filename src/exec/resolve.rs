@@ -110,7 +110,7 @@ pub fn resolve(dag: &Dag, cache: &Cache) -> Vec<Resolved> {
                 Ok(files) => {
                     let key = stage_key(&node.kind, node.version, &node.params, &inputs, &files);
                     let (entry, reason) = match cache.lookup(&key) {
-                        Lookup::Hit(e) => (Some(e), Reason::Hit),
+                        Lookup::Hit(e) => (Some(*e), Reason::Hit),
                         Lookup::Corrupt { file, reason } => {
                             (None, Reason::Corrupt { file, reason })
                         }

@@ -351,13 +351,14 @@ mod tests {
             .chain(std::iter::once(&p.heads[head]))
             .collect();
         for (li, l) in layers.iter().enumerate() {
-            let mut z = vec![0f64; l.out_dim];
-            for j in 0..l.out_dim {
-                z[j] = l.bias[j] as f64
-                    + (0..l.in_dim)
-                        .map(|i| l.weight[j * l.in_dim + i] as f64 * a[i])
-                        .sum::<f64>();
-            }
+            let z: Vec<f64> = l
+                .weight
+                .chunks_exact(l.in_dim)
+                .zip(&l.bias)
+                .map(|(row, &b)| {
+                    b as f64 + row.iter().zip(&a).map(|(&w, &x)| w as f64 * x).sum::<f64>()
+                })
+                .collect();
             a = if li + 1 < layers.len() {
                 z.iter().map(|v| v.max(0.0)).collect()
             } else {
@@ -412,31 +413,29 @@ mod tests {
         for (flat, g) in grads {
             let g = g.as_vec();
             let layer = flat / 2;
-            for k in 0..g.len() {
+            for (k, &gk) in g.iter().enumerate() {
                 let mut plus = p.clone();
                 let mut minus = p.clone();
                 let h = 1e-3f32;
-                let get = |q: &mut MlpParams| -> *mut f32 {
+                let bump = |q: &mut MlpParams, d: f32| {
                     let l = if layer < q.trunk.len() {
                         &mut q.trunk[layer]
                     } else {
                         &mut q.heads[layer - 2]
                     };
-                    if flat % 2 == 0 {
+                    let v = if flat % 2 == 0 {
                         &mut l.weight[k]
                     } else {
                         &mut l.bias[k]
-                    }
+                    };
+                    *v += d;
                 };
-                unsafe {
-                    *get(&mut plus) += h;
-                    *get(&mut minus) -= h;
-                }
+                bump(&mut plus, h);
+                bump(&mut minus, -h);
                 let fd = (host_loss(&plus) - host_loss(&minus)) / (2.0 * h as f64);
                 assert!(
-                    (fd - g[k] as f64).abs() < 2e-3,
-                    "param {flat}[{k}]: fd {fd} vs {}",
-                    g[k]
+                    (fd - gk as f64).abs() < 2e-3,
+                    "param {flat}[{k}]: fd {fd} vs {gk}"
                 );
             }
         }

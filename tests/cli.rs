@@ -1,0 +1,171 @@
+//! The commands as a user types them: status explains reruns, show prints the accuracy
+//! matrices, cache ls/du/gc maintain the store, Ctrl-C leaves a consistent cache.
+
+mod common;
+use common::{stderr, stdout, Fixture};
+
+#[test]
+fn status_reports_cached_stages_and_why_others_would_run() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    let fresh = stdout(&f.cli(&["status", p]));
+    assert!(
+        fresh.contains("split") && fresh.contains("never run"),
+        "{fresh}"
+    );
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&f.cli(&["status", p, "--json"]))).unwrap();
+    let stages = json["stages"].as_array().unwrap();
+    assert!(!stages.is_empty());
+    for s in stages {
+        assert!(
+            s["id"].is_string() && s["kind"].is_string() && s["key"].as_str().unwrap().len() == 64
+        );
+        assert_eq!(s["cached"], serde_json::Value::Bool(true));
+    }
+
+    let changed = stdout(&f.cli(&["status", p, "--set", "strategies.rnf.prune.threshold=0.05"]));
+    let line = changed
+        .lines()
+        .find(|l| l.starts_with("rnf/seed0/task1/prune"))
+        .unwrap();
+    assert!(
+        line.contains("parameter changed: threshold: 0.3 -> 0.05"),
+        "{line}"
+    );
+    let line = changed
+        .lines()
+        .find(|l| l.starts_with("rnf/seed0/task1/mask"))
+        .unwrap();
+    assert!(line.contains("waits on `rnf/seed0/task1/prune`"), "{line}");
+    let line = changed
+        .lines()
+        .find(|l| l.starts_with("rnf/seed0/task1/score"))
+        .unwrap();
+    assert!(line.contains("cached"), "{line}");
+
+    let lr = stdout(&f.cli(&["status", p, "--set", "training.lr=0.02"]));
+    let line = lr
+        .lines()
+        .find(|l| l.starts_with("naive/seed0/task1/train"))
+        .unwrap();
+    assert!(line.contains("training.lr: 0.01 -> 0.02"), "{line}");
+}
+
+#[test]
+fn run_prints_the_summary_line_last_and_show_prints_matrices() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    let out = f.cli(&["run", p, "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last = stdout(&out).lines().last().unwrap().to_string();
+    let re_ok = last.starts_with("13 stages: 13 ran, 0 cached (") && last.ends_with(" s)");
+    assert!(re_ok, "{last}");
+    let again = stdout(&f.cli(&["run", p, "--quiet"]));
+    assert!(
+        again
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("13 stages: 0 ran, 13 cached ("),
+        "{again}"
+    );
+
+    let show = stdout(&f.cli(&["show", p]));
+    assert!(
+        show.contains("naive / seed 0") && show.contains("rnf / seed 0"),
+        "{show}"
+    );
+    assert!(show.contains("task 2"), "{show}");
+    assert!(!show.contains("missing"), "{show}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&f.cli(&["show", p, "--json"]))).unwrap();
+    let rnf = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["strategy"] == "rnf")
+        .unwrap();
+    let row2 = rnf["accuracy"][1].as_array().unwrap();
+    assert_eq!(row2.len(), 2);
+    assert!(row2
+        .iter()
+        .all(|a| (0.0..=1.0).contains(&a.as_f64().unwrap())));
+    let cap = rnf["free_capacity"][0].as_f64().unwrap();
+    assert!(cap > 0.0 && cap < 1.0, "{cap}");
+}
+
+#[test]
+fn show_names_missing_stages_and_the_command_that_computes_them() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let show = stdout(&f.cli(&["show", p.to_str().unwrap()]));
+    assert!(
+        show.contains("missing from the cache: naive/seed0/task1/evaluate"),
+        "{show}"
+    );
+    assert!(show.contains("cfpipe run"), "{show}");
+}
+
+#[test]
+fn gc_keeps_what_the_named_pipelines_reach() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    assert!(f
+        .cli(&[
+            "run",
+            p,
+            "--quiet",
+            "--set",
+            "strategies.rnf.prune.threshold=0.02"
+        ])
+        .status
+        .success());
+    let count = |f: &Fixture| stdout(&f.cli(&["cache", "ls"])).lines().count();
+    let before = count(&f);
+    let gc = f.cli(&["cache", "gc", p]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(stdout(&gc).contains("removed"));
+    let after = count(&f);
+    assert!(after < before && after == 13, "{before} -> {after}");
+    let again = stdout(&f.cli(&["run", p, "--quiet"]));
+    assert!(again.contains("0 ran, 13 cached"), "{again}");
+    let du = stdout(&f.cli(&["cache", "du"]));
+    assert!(du.contains("train") && du.contains("total"), "{du}");
+}
+
+#[test]
+fn ctrl_c_stops_the_run_with_130_and_a_consistent_cache() {
+    let f = Fixture::new();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        .args([
+            "run",
+            f.pipeline().to_str().unwrap(),
+            "--quiet",
+            "--set",
+            "training.epochs=5000",
+        ])
+        .arg("--cache")
+        .arg(f.cache_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_eq!(f.cli(&["cache", "verify"]).status.code(), Some(0));
+}
