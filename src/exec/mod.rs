@@ -256,6 +256,9 @@ impl<'a> Executor<'a> {
         let work_rx = Mutex::new(work_rx);
         let (done_tx, done_rx) = mpsc::channel::<Done>();
 
+        // Stages run on plain scoped threads, not rayon tasks: stage internals (dfdx's gemm)
+        // use rayon, and a rayon worker waiting in a `join` may steal a queued *stage* and run
+        // it to completion inside another stage's matmul, serialising unrelated work.
         std::thread::scope(|scope| {
             for _ in 0..jobs.min(total.max(1)) {
                 let done_tx = done_tx.clone();
