@@ -2,6 +2,7 @@
 //! - one training step of the paper's MLP (784-400-400, batch 128, Adam) on the CPU,
 //! - the whole bundled `mnist_split` pipeline from an empty cache (wall time, peak RSS),
 //! - a fully cached rerun of it (the goal is under 25 ms).
+//!
 //! Figures go in the issue notes; tests never depend on timing.
 
 use cfpipe::nn::mlp::{images_to_tensor, DeviceMlp, MlpParams};
