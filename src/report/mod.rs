@@ -1,6 +1,8 @@
 //! Results read back from the cache: accuracy matrices and free capacity per strategy and
 //! seed. `show` prints them; the reporting issue adds metrics, tables and figures on top.
 
+pub mod metrics;
+
 use crate::cache::Entry;
 use crate::exec::resolve::Resolved;
 use crate::graph::Dag;
