@@ -74,6 +74,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write report.md, CSV/JSON exports and figures from the cache (never trains).
+    Report {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Output directory [default: reports/<pipeline name>].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Inspect and maintain the cache.
     Cache {
         #[command(subcommand)]
@@ -248,17 +256,71 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 );
                 return Ok(());
             }
+            let summaries = crate::report::summary::summarize(&results);
             for r in &results {
                 print!("{}", crate::report::render_matrix(r));
                 if !r.complete() {
                     println!(
-                        "  missing from the cache: {} (compute with `cfpipe run {}`)",
+                        "  missing from the cache: {} (compute with `cfpipe run {}{}`)",
                         r.missing.join(", "),
-                        p.pipeline.display()
+                        p.pipeline.display(),
+                        set_args(&p.set)
                     );
                 }
                 println!();
             }
+            if pipe.seeds.len() > 1 {
+                println!("over seeds (mean ± std):");
+                for x in &summaries {
+                    println!(
+                        "  {:<12} final mean accuracy {:>14}   task 1 {:>14}   free capacity {:>14}",
+                        x.strategy,
+                        x.final_mean_accuracy.fmt(100.0),
+                        x.final_task1_accuracy.fmt(100.0),
+                        x.free_capacity.last().map(|m| m.fmt(100.0)).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Report { p, out } => {
+            let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+            let cache = open_cache(c)?;
+            let res = resolve::resolve(&dag, &cache);
+            let results = crate::report::collect(&pipe, &dag, &res);
+            let missing: Vec<String> = results.iter().flat_map(|r| r.missing.clone()).collect();
+            if !missing.is_empty() {
+                let shown: Vec<&str> = missing.iter().take(8).map(|s| s.as_str()).collect();
+                let more = missing.len().saturating_sub(shown.len());
+                return Err(CliError::MissingResults {
+                    stages: if more > 0 {
+                        format!("{} and {more} more", shown.join(", "))
+                    } else {
+                        shown.join(", ")
+                    },
+                    command: format!("cfpipe run {}{}", p.pipeline.display(), set_args(&p.set)),
+                });
+            }
+            let summaries = crate::report::summary::summarize(&results);
+            let times: Vec<_> = res
+                .iter()
+                .filter_map(|r| {
+                    let e = r.entry.as_ref()?;
+                    let n = dag.node(r.node);
+                    Some(crate::report::write::StageTime {
+                        id: n.id.clone(),
+                        kind: n.kind.clone(),
+                        key: e.manifest.key.to_hex(),
+                        wall_s: e.manifest.run.wall_s,
+                        device: e.manifest.run.device.clone(),
+                    })
+                })
+                .collect();
+            let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&pipe.name));
+            let files =
+                crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+            println!("wrote {} files to {}", files.len(), out.display());
             Ok(())
         }
         Command::Cache { cmd } => cache_cmd(cmd, &open_cache(c)?),
@@ -368,6 +430,10 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+fn set_args(set: &[String]) -> String {
+    set.iter().map(|s| format!(" --set '{s}'")).collect()
 }
 
 fn install_ctrlc(cancel: Arc<AtomicBool>) {

@@ -28,6 +28,8 @@ pub enum CliError {
     Exec(#[from] ExecError),
     #[error("{failed} stage(s) failed: {names}")]
     StagesFailed { failed: usize, names: String },
+    #[error("results missing from the cache: {stages}; compute them with `{command}`")]
+    MissingResults { stages: String, command: String },
     #[error("{0} cache entries failed verification")]
     VerifyFailed(usize),
     #[error("interrupted; completed stages are cached, nothing partial was stored")]
@@ -47,6 +49,7 @@ impl CliError {
             CliError::Cache(_)
             | CliError::Exec(_)
             | CliError::StagesFailed { .. }
+            | CliError::MissingResults { .. }
             | CliError::Io(_) => 1,
         }
     }

@@ -6,39 +6,16 @@ mod common;
 #[test]
 fn the_bundled_mnist_split_pipeline_runs_and_rnf_freezes_units() {
     let dir = tempfile::tempdir().unwrap();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
-        .current_dir(root)
-        .args([
-            "run",
-            "pipelines/mnist_split.yaml",
-            "--quiet",
-            "--set",
-            "training.epochs=1",
-        ])
-        .arg("--cache")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let small = ["--set", "training.epochs=1", "--set", "seeds=[0]"];
+    let mut args = vec!["run", "pipelines/mnist_split.yaml", "--quiet"];
+    args.extend_from_slice(&small);
+    let out = run_repo(&args, dir.path());
     assert!(out.status.success(), "{}", common::stderr(&out));
-    assert!(
-        common::stdout(&out).contains("34 stages: 34 ran, 0 cached"),
-        "{}",
-        common::stdout(&out)
-    );
-    let show = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
-        .current_dir(root)
-        .args([
-            "show",
-            "pipelines/mnist_split.yaml",
-            "--json",
-            "--set",
-            "training.epochs=1",
-        ])
-        .arg("--cache")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let summary = common::stdout(&out);
+    assert!(summary.contains("34 stages: 34 ran, 0 cached"), "{summary}");
+    let mut args = vec!["show", "pipelines/mnist_split.yaml", "--json"];
+    args.extend_from_slice(&small);
+    let show = run_repo(&args, dir.path());
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     for run in v.as_array().unwrap() {
         let first = run["accuracy"][0][0].as_f64().unwrap();
@@ -63,4 +40,89 @@ fn the_bundled_mnist_split_pipeline_runs_and_rnf_freezes_units() {
         "frozen units accumulate: {caps:?}"
     );
     assert!(caps[0] < 1.0 && caps[4] > 0.0, "{caps:?}");
+}
+
+fn run_repo(args: &[&str], cache: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .arg("--cache")
+        .arg(cache)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_permuted_pipeline_runs_with_ten_way_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = [
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "model.hidden=[64, 64]",
+        "--set",
+        "tasks.permuted.count=3",
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "strategies.rnf.prune.step_ratio=0.1",
+        "--set",
+        "training.lr=1e-3",
+    ];
+    let mut args = vec!["run", "pipelines/mnist_permuted.yaml", "--quiet"];
+    args.extend_from_slice(&small);
+    let out = run_repo(&args, dir.path());
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let mut args = vec!["show", "pipelines/mnist_permuted.yaml", "--json"];
+    args.extend_from_slice(&small);
+    let v: serde_json::Value = serde_json::from_slice(&run_repo(&args, dir.path()).stdout).unwrap();
+    let naive = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["strategy"] == "naive")
+        .unwrap();
+    // Every task is 10-way digit classification: far above chance (10%) right after training.
+    for t in 0..3 {
+        let a = naive["accuracy"][t][t].as_f64().unwrap();
+        assert!(a > 0.6, "task {} accuracy {a}", t + 1);
+    }
+}
+
+#[test]
+fn the_fashion_pipeline_runs_on_the_debian_dataset() {
+    if !std::path::Path::new("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists()
+    {
+        // CI installs the package; elsewhere this is optional (apt-get install dataset-fashion-mnist).
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install dataset-fashion-mnist"
+        );
+        eprintln!("skipped: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let small = [
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "tasks=[[0, 1], [8, 9]]",
+    ];
+    let mut args = vec!["run", "pipelines/fashion_split.yaml", "--quiet"];
+    args.extend_from_slice(&small);
+    let out = run_repo(&args, dir.path());
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let mut args = vec!["show", "pipelines/fashion_split.yaml", "--json"];
+    args.extend_from_slice(&small);
+    let v: serde_json::Value = serde_json::from_slice(&run_repo(&args, dir.path()).stdout).unwrap();
+    let naive = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["strategy"] == "naive")
+        .unwrap();
+    // 10,000 official test images, 1,000 per class: T-shirt vs trouser is easy.
+    assert!(naive["accuracy"][0][0].as_f64().unwrap() > 0.9);
 }

@@ -31,7 +31,11 @@ pub enum MetricsError {
     #[error("accuracy matrix is empty")]
     Empty,
     #[error("row {row} has {found} entries, expected {expected}")]
-    Ragged { row: usize, found: usize, expected: usize },
+    Ragged {
+        row: usize,
+        found: usize,
+        expected: usize,
+    },
 }
 
 pub fn check(a: &AccMatrix) -> Result<(), MetricsError> {
@@ -40,14 +44,20 @@ pub fn check(a: &AccMatrix) -> Result<(), MetricsError> {
     }
     for (i, row) in a.iter().enumerate() {
         if row.len() != i + 1 {
-            return Err(MetricsError::Ragged { row: i, found: row.len(), expected: i + 1 });
+            return Err(MetricsError::Ragged {
+                row: i,
+                found: row.len(),
+                expected: i + 1,
+            });
         }
     }
     Ok(())
 }
 
 pub fn mean_accuracy(a: &AccMatrix) -> Vec<f64> {
-    a.iter().map(|row| row.iter().sum::<f64>() / row.len() as f64).collect()
+    a.iter()
+        .map(|row| row.iter().sum::<f64>() / row.len() as f64)
+        .collect()
 }
 
 fn over_old_tasks(a: &AccMatrix, f: impl Fn(usize) -> f64) -> f64 {
@@ -145,7 +155,11 @@ mod tests {
         assert_eq!(compute(&vec![]), Err(MetricsError::Empty));
         assert_eq!(
             compute(&vec![vec![0.5], vec![0.5]]),
-            Err(MetricsError::Ragged { row: 1, found: 1, expected: 2 })
+            Err(MetricsError::Ragged {
+                row: 1,
+                found: 1,
+                expected: 2
+            })
         );
     }
 

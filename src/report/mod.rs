@@ -1,7 +1,12 @@
-//! Results read back from the cache: accuracy matrices and free capacity per strategy and
-//! seed. `show` prints them; the reporting issue adds metrics, tables and figures on top.
+//! Results read back from the cache (never computed here): accuracy matrices, free capacity
+//! and pruning searches per strategy and seed. `show` prints them; `summary` aggregates them
+//! over seeds with the metrics of `metrics`; `write` renders `cfpipe report` (markdown, CSV,
+//! JSON, and figures via `figures`).
 
+pub mod figures;
 pub mod metrics;
+pub mod summary;
+pub mod write;
 
 use crate::cache::Entry;
 use crate::exec::resolve::Resolved;
@@ -10,6 +15,7 @@ use crate::spec::{FreezeSpec, Pipeline};
 use crate::stages::evaluate::{EvalReport, EVAL_JSON};
 use crate::stages::mask::{MaskReport, MASK_JSON};
 use crate::stages::plan::stage_id;
+use crate::stages::prune::{PruneReport, PRUNE_JSON};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -24,6 +30,10 @@ pub struct RunResult {
     pub free_capacity: Vec<Option<f64>>,
     /// Stage ids whose results are not in the cache.
     pub missing: Vec<String>,
+    /// Trained on all tasks at once: only the last row of `accuracy` exists.
+    pub joint: bool,
+    /// The pruning search after each task (RNF-style strategies only).
+    pub prune: Vec<Option<PruneReport>>,
 }
 
 impl RunResult {
@@ -52,7 +62,23 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 accuracy: vec![],
                 free_capacity: vec![],
                 missing: vec![],
+                joint: s.joint,
+                prune: vec![],
             };
+            if s.joint {
+                let eid = format!("{}/seed{seed}/evaluate", s.name);
+                let acc = entry(&eid)
+                    .and_then(|e| read_json::<EvalReport>(e, EVAL_JSON))
+                    .map(|e| e.accuracy);
+                if acc.is_none() {
+                    r.missing.push(eid);
+                }
+                r.accuracy = vec![None; p.tasks.len()];
+                r.accuracy[p.tasks.len() - 1] = acc;
+                r.free_capacity = vec![Some(1.0); p.tasks.len()];
+                out.push(r);
+                continue;
+            }
             for t in 0..p.tasks.len() {
                 let eid = stage_id(&s.name, seed, t, "evaluate");
                 let acc = entry(&eid)
@@ -64,7 +90,7 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 r.accuracy.push(acc);
                 let cap = match s.freeze {
                     FreezeSpec::None => Some(1.0),
-                    FreezeSpec::UntilThreshold { .. } => {
+                    FreezeSpec::UntilThreshold { .. } | FreezeSpec::Random { .. } => {
                         let mid = stage_id(&s.name, seed, t, "mask");
                         let c = entry(&mid)
                             .and_then(|e| read_json::<MaskReport>(e, MASK_JSON))
@@ -76,6 +102,18 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                     }
                 };
                 r.free_capacity.push(cap);
+                let prune = match s.freeze {
+                    FreezeSpec::UntilThreshold { .. } => {
+                        let pid = stage_id(&s.name, seed, t, "prune");
+                        let pr = entry(&pid).and_then(|e| read_json::<PruneReport>(e, PRUNE_JSON));
+                        if pr.is_none() {
+                            r.missing.push(pid);
+                        }
+                        pr
+                    }
+                    _ => None,
+                };
+                r.prune.push(prune);
             }
             out.push(r);
         }
@@ -93,7 +131,14 @@ pub fn render_matrix(r: &RunResult) -> String {
     }
     s.push_str(&format!("{:>8}{:>8}\n", "mean", "free"));
     for (i, row) in r.accuracy.iter().enumerate() {
-        s.push_str(&format!("task {:<3}", i + 1));
+        if r.joint && row.is_none() {
+            continue;
+        }
+        s.push_str(&if r.joint {
+            "joint   ".to_string()
+        } else {
+            format!("task {:<3}", i + 1)
+        });
         match row {
             Some(row) => {
                 for j in 0..n {

@@ -12,12 +12,55 @@ pub struct RawPipeline {
     #[serde(default)]
     pub name: Option<String>,
     pub dataset: RawDataset,
-    /// Class groups, one per task, e.g. `[[0, 1], [2, 3]]`.
-    pub tasks: Vec<Vec<i64>>,
+    /// Class groups, one per task, e.g. `[[0, 1], [2, 3]]`, or `permuted: {…}`.
+    pub tasks: RawTasks,
     pub model: RawModel,
     pub training: RawTraining,
     pub seeds: Vec<i64>,
     pub strategies: BTreeMap<String, RawStrategy>,
+}
+
+/// How the data is cut into tasks.
+#[derive(Debug)]
+pub enum RawTasks {
+    /// One class group per task (split MNIST).
+    Groups(Vec<Vec<i64>>),
+    /// The same classes in every task; task 1 as is, tasks 2.. with a fixed, seeded
+    /// permutation of the input pixels each (permuted MNIST).
+    Permuted(RawPermuted),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPermuted {
+    pub count: i64,
+    pub classes: Vec<i64>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermutedWrapper {
+    permuted: RawPermuted,
+}
+
+impl<'de> Deserialize<'de> for RawTasks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_yaml::Value::deserialize(d)?;
+        match v {
+            serde_yaml::Value::Sequence(_) => serde_yaml::from_value(v).map(RawTasks::Groups).map_err(|e| {
+                D::Error::custom(format!("expected a list of class groups like [[0, 1], [2, 3]]: {e}"))
+            }),
+            serde_yaml::Value::Mapping(_) => serde_yaml::from_value::<PermutedWrapper>(v)
+                .map(|w| RawTasks::Permuted(w.permuted))
+                .map_err(|e| D::Error::custom(format!("expected `permuted: {{count: N, classes: [..], seed: S}}`: {e}"))),
+            _ => Err(D::Error::custom(
+                "expected a list of class groups like [[0, 1], [2, 3]], or `permuted: {count: N, classes: [..], seed: S}`",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -96,6 +139,19 @@ pub enum FreezeKind {
     None,
     /// RNF: score, prune until the threshold, freeze what is left.
     UntilThreshold,
+    /// Baseline: freeze as many units per layer as the strategy named by `like` froze at each
+    /// task, chosen at random among the free ones.
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// One task after another (continual learning).
+    #[default]
+    Sequential,
+    /// Upper baseline: one training on all tasks at once (each sample through its task's head).
+    Joint,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,18 +159,26 @@ pub enum FreezeKind {
 pub struct RawStrategy {
     pub freeze: FreezeKind,
     #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
     pub score: Option<RawScore>,
     #[serde(default)]
     pub prune: Option<RawPrune>,
     /// Learning-rate multiplier of frozen units; 0 freezes them exactly.
     #[serde(default)]
     pub lr_frozen: Option<f64>,
+    /// For `freeze: random`: whose per-layer frozen counts to match.
+    #[serde(default)]
+    pub like: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ScoreMethod {
+    /// Layer-wise relevance propagation on a reference set (RNF).
     Lrp,
+    /// L2 norm of each unit's incoming weights (and bias).
+    Magnitude,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -127,21 +191,15 @@ pub enum LrpRule {
 #[serde(deny_unknown_fields)]
 pub struct RawScore {
     pub method: ScoreMethod,
-    #[serde(default = "default_rule")]
-    pub rule: LrpRule,
-    #[serde(default = "default_lrp_eps")]
-    pub epsilon: f64,
-    /// Reference samples per task, drawn from the task's test split.
-    pub reference_size: i64,
+    #[serde(default)]
+    pub rule: Option<LrpRule>,
+    #[serde(default)]
+    pub epsilon: Option<f64>,
+    /// Reference samples per task, drawn from the task's test split (LRP only).
+    #[serde(default)]
+    pub reference_size: Option<i64>,
     #[serde(default)]
     pub aggregate: RawAggregate,
-}
-
-fn default_rule() -> LrpRule {
-    LrpRule::Epsilon
-}
-fn default_lrp_eps() -> f64 {
-    1e-6
 }
 
 /// When the absolute value is taken relative to summing a unit's relevance over the reference
@@ -182,8 +240,11 @@ pub struct RawAggregate {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SearchKind {
+    /// Steps of `step_ratio` until the threshold is exceeded (the paper).
     #[default]
     Linear,
+    /// Binary search over the same steps; equal to `linear` on monotone curves.
+    Bisect,
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,6 +48,8 @@ pub struct Pipeline {
     pub dataset: DatasetSpec,
     /// Class groups per task (global dataset labels).
     pub tasks: Vec<Vec<u8>>,
+    /// Seed of the per-task pixel permutations (permuted tasks), if any.
+    pub permute_seed: Option<u64>,
     pub model: ModelSpec,
     pub training: TrainingSpec,
     pub seeds: Vec<u64>,
@@ -98,14 +100,20 @@ pub struct TrainingSpec {
     pub weight_decay: f64,
 }
 
+/// How units are scored; serialised (tagged by `method`) into the score stage's parameters.
 #[derive(Debug, Clone, Serialize)]
-pub struct ScoreSpec {
-    pub method: &'static str,
-    pub rule: LrpRule,
-    pub epsilon: f64,
-    pub reference_size: usize,
-    pub abs: AbsMode,
-    pub normalize: Normalize,
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum ScoreSpec {
+    Lrp {
+        rule: LrpRule,
+        epsilon: f64,
+        reference_size: usize,
+        abs: AbsMode,
+        normalize: Normalize,
+    },
+    Magnitude {
+        normalize: Normalize,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,12 +131,81 @@ pub enum FreezeSpec {
         prune: PruneSpec,
         lr_frozen: f64,
     },
+    /// Match `like`'s per-layer frozen counts at each task, with units drawn at random.
+    Random {
+        like: String,
+        lr_frozen: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct Strategy {
     pub name: String,
     pub freeze: FreezeSpec,
+    /// Train on all tasks at once instead of in sequence.
+    pub joint: bool,
+}
+
+fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Option<ScoreSpec> {
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    match sc.method {
+        ScoreMethod::Lrp => {
+            let epsilon = sc.epsilon.unwrap_or(1e-6);
+            if !positive(epsilon) {
+                e(
+                    &format!("{base}.epsilon"),
+                    format!("expected a number > 0, found {epsilon}"),
+                );
+            }
+            let reference_size = match sc.reference_size {
+                None => {
+                    e(
+                        &format!("{base}.reference_size"),
+                        "required with `method: lrp`: samples per task, e.g. 100".into(),
+                    );
+                    1
+                }
+                Some(r) if r < 1 => {
+                    e(
+                        &format!("{base}.reference_size"),
+                        format!("expected an integer >= 1, found {r}"),
+                    );
+                    1
+                }
+                Some(r) => r as usize,
+            };
+            Some(ScoreSpec::Lrp {
+                rule: sc.rule.unwrap_or(LrpRule::Epsilon),
+                epsilon,
+                reference_size,
+                abs: sc.aggregate.abs,
+                normalize: sc.aggregate.normalize,
+            })
+        }
+        ScoreMethod::Magnitude => {
+            for (field, set) in [
+                ("rule", sc.rule.is_some()),
+                ("epsilon", sc.epsilon.is_some()),
+                ("reference_size", sc.reference_size.is_some()),
+            ] {
+                if set {
+                    e(
+                        &format!("{base}.{field}"),
+                        "only used with `method: lrp`".into(),
+                    );
+                }
+            }
+            if sc.aggregate.abs != AbsMode::None {
+                e(
+                    &format!("{base}.aggregate.abs"),
+                    "only used with `method: lrp` (norms are never negative)".into(),
+                );
+            }
+            Some(ScoreSpec::Magnitude {
+                normalize: sc.aggregate.normalize,
+            })
+        }
+    }
 }
 
 pub(super) fn validate(
@@ -188,22 +265,48 @@ pub(super) fn validate(
     // Tasks.
     let mut tasks: Vec<Vec<u8>> = Vec::new();
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
-    if raw.tasks.is_empty() {
+    let (groups, permute_seed, group_path): (Vec<Vec<i64>>, Option<u64>, &str) = match &raw.tasks {
+        RawTasks::Groups(g) => (g.clone(), None, "tasks"),
+        RawTasks::Permuted(p) => {
+            if !(1..=1000).contains(&p.count) {
+                e(
+                    "tasks.permuted.count",
+                    format!("expected a task count in 1..=1000, found {}", p.count),
+                );
+            }
+            (
+                vec![p.classes.clone(); p.count.clamp(1, 1000) as usize],
+                Some(p.seed),
+                "tasks.permuted.classes",
+            )
+        }
+    };
+    if groups.is_empty() {
         e(
             "tasks",
             "expected at least one class group, e.g. `[[0, 1], [2, 3]]`".into(),
         );
     }
-    for (t, group) in raw.tasks.iter().enumerate() {
+    for (t, group) in groups.iter().enumerate() {
+        let gpath = if permute_seed.is_some() {
+            group_path.to_string()
+        } else {
+            format!("tasks.{t}")
+        };
+        if permute_seed.is_some() && t > 0 {
+            // Permuted tasks repeat one class group by construction.
+            tasks.push(tasks[0].clone());
+            continue;
+        }
         if group.len() < 2 {
             e(
-                &format!("tasks.{t}"),
+                &gpath,
                 format!("a task needs at least two classes, found {}", group.len()),
             );
         }
         let mut g = Vec::new();
         for (i, &c) in group.iter().enumerate() {
-            let p = format!("tasks.{t}.{i}");
+            let p = format!("{gpath}.{i}");
             if !(0..=255).contains(&c) {
                 e(&p, format!("expected a class label in 0..=255, found {c}"));
                 continue;
@@ -351,23 +454,72 @@ pub(super) fn validate(
                 "strategy names may use letters, digits, '_' and '-' only".into(),
             );
         }
+        let only_with = |field: &str, set: bool, kind: &str, e: &mut dyn FnMut(&str, String)| {
+            if set {
+                e(
+                    &format!("{base}.{field}"),
+                    format!("only used with `freeze: {kind}`"),
+                );
+            }
+        };
+        let lr_frozen = s.lr_frozen.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&lr_frozen) {
+            e(
+                &format!("{base}.lr_frozen"),
+                format!("expected a multiplier in [0, 1], found {lr_frozen}"),
+            );
+        }
+        if s.schedule == Schedule::Joint && s.freeze != FreezeKind::None {
+            e(
+                &format!("{base}.freeze"),
+                "a joint schedule trains once on all tasks; use `freeze: none`".into(),
+            );
+        }
         let freeze = match s.freeze {
             FreezeKind::None => {
-                for (field, set) in [
-                    ("score", s.score.is_some()),
-                    ("prune", s.prune.is_some()),
-                    ("lr_frozen", s.lr_frozen.is_some()),
-                ] {
-                    if set {
-                        e(
-                            &format!("{base}.{field}"),
-                            "only used with `freeze: until_threshold`".into(),
-                        );
-                    }
-                }
+                only_with("score", s.score.is_some(), "until_threshold", &mut e);
+                only_with("prune", s.prune.is_some(), "until_threshold", &mut e);
+                only_with(
+                    "lr_frozen",
+                    s.lr_frozen.is_some(),
+                    "until_threshold` or `freeze: random",
+                    &mut e,
+                );
+                only_with("like", s.like.is_some(), "random", &mut e);
                 FreezeSpec::None
             }
+            FreezeKind::Random => {
+                only_with("score", s.score.is_some(), "until_threshold", &mut e);
+                only_with("prune", s.prune.is_some(), "until_threshold", &mut e);
+                match &s.like {
+                    None => {
+                        e(&format!("{base}.like"), "required with `freeze: random`: the strategy whose frozen counts to match".into());
+                        FreezeSpec::None
+                    }
+                    Some(like) => {
+                        match raw.strategies.get(like) {
+                            Some(o) if o.freeze == FreezeKind::UntilThreshold => {}
+                            Some(_) => e(
+                                &format!("{base}.like"),
+                                format!("strategy `{like}` must use `freeze: until_threshold`"),
+                            ),
+                            None => e(
+                                &format!("{base}.like"),
+                                format!(
+                                    "no strategy `{like}`; expected one of {:?}",
+                                    raw.strategies.keys().collect::<Vec<_>>()
+                                ),
+                            ),
+                        }
+                        FreezeSpec::Random {
+                            like: like.clone(),
+                            lr_frozen,
+                        }
+                    }
+                }
+            }
             FreezeKind::UntilThreshold => {
+                only_with("like", s.like.is_some(), "random", &mut e);
                 let score = match &s.score {
                     None => {
                         e(
@@ -376,30 +528,7 @@ pub(super) fn validate(
                         );
                         None
                     }
-                    Some(sc) => {
-                        if !positive(sc.epsilon) {
-                            e(
-                                &format!("{base}.score.epsilon"),
-                                format!("expected a number > 0, found {}", sc.epsilon),
-                            );
-                        }
-                        if sc.reference_size < 1 {
-                            e(
-                                &format!("{base}.score.reference_size"),
-                                format!("expected an integer >= 1, found {}", sc.reference_size),
-                            );
-                        }
-                        Some(ScoreSpec {
-                            method: match sc.method {
-                                ScoreMethod::Lrp => "lrp",
-                            },
-                            rule: sc.rule,
-                            epsilon: sc.epsilon,
-                            reference_size: sc.reference_size.max(1) as usize,
-                            abs: sc.aggregate.abs,
-                            normalize: sc.aggregate.normalize,
-                        })
-                    }
+                    Some(sc) => score_spec(sc, &format!("{base}.score"), &mut e),
                 };
                 let prune = match &s.prune {
                     None => {
@@ -432,13 +561,6 @@ pub(super) fn validate(
                         })
                     }
                 };
-                let lr_frozen = s.lr_frozen.unwrap_or(0.0);
-                if !(0.0..=1.0).contains(&lr_frozen) {
-                    e(
-                        &format!("{base}.lr_frozen"),
-                        format!("expected a multiplier in [0, 1], found {lr_frozen}"),
-                    );
-                }
                 match (score, prune) {
                     (Some(score), Some(prune)) => FreezeSpec::UntilThreshold {
                         score,
@@ -452,6 +574,7 @@ pub(super) fn validate(
         strategies.push(Strategy {
             name: name.clone(),
             freeze,
+            joint: s.schedule == Schedule::Joint,
         });
     }
 
@@ -489,11 +612,20 @@ pub(super) fn validate(
                 }
             }
             if let Some(present) = present {
-                for (t, group) in raw.tasks.iter().enumerate() {
+                for (t, group) in groups.iter().enumerate().take(if permute_seed.is_some() {
+                    1
+                } else {
+                    usize::MAX
+                }) {
+                    let gpath = if permute_seed.is_some() {
+                        group_path.to_string()
+                    } else {
+                        format!("tasks.{t}")
+                    };
                     for (i, &c) in group.iter().enumerate() {
                         if (0..=255).contains(&c) && !present.contains(&(c as u8)) {
                             e(
-                                &format!("tasks.{t}.{i}"),
+                                &format!("{gpath}.{i}"),
                                 format!(
                                 "class {c} does not occur in the dataset (its classes are {:?})",
                                 present
@@ -528,6 +660,7 @@ pub(super) fn validate(
             split_seed: d.split_seed,
         },
         tasks,
+        permute_seed,
         model: ModelSpec {
             kind: match raw.model.kind {
                 ModelKind::Mlp => "mlp",

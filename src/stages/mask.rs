@@ -1,9 +1,15 @@
-//! `mask`: after task t's pruning search, every unit that was not pruned is frozen for all
-//! later tasks (units frozen by earlier tasks were never candidates, so they stay frozen).
+//! `mask`: which hidden units are frozen for all later tasks, accumulated across tasks.
+//!
+//! - `policy: keep_unpruned` (RNF): after task t's pruning search, every unit that was not
+//!   pruned is frozen (units frozen by earlier tasks were never candidates, so they stay frozen).
+//! - `policy: random` (baseline): freeze, in each layer, as many units as the `like` mask newly
+//!   froze at this task, drawn uniformly (seeded) from this strategy's own free units.
+//!
 //! Free capacity is the share of hidden units never frozen.
 
 use super::artifacts::{self, json_bytes};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 pub struct Mask;
@@ -13,6 +19,14 @@ struct Params {
     task_index: usize,
     /// Hidden layer sizes (for shape checks).
     hidden: Vec<usize>,
+    policy: Policy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Policy {
+    KeepUnpruned,
+    Random { seed: u64 },
 }
 
 /// The `mask.json` artifact.
@@ -33,37 +47,65 @@ impl Stage for Mask {
         "mask"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         let p: Params = ctx.params()?;
         let layers = p.hidden.len();
-        let pruned = artifacts::load_unit_flags(ctx, "prune", layers)?;
         let prev = match ctx.input_opt("mask") {
             Some(_) => artifacts::load_unit_flags(ctx, "mask", layers)?,
             None => p.hidden.iter().map(|&u| vec![false; u]).collect(),
         };
-        let mut frozen = Vec::new();
-        let mut newly = Vec::new();
-        for l in 0..layers {
-            if pruned[l].len() != p.hidden[l] || prev[l].len() != p.hidden[l] {
-                return Err(StageError::invalid(format!(
-                    "layer {l}: unit counts disagree"
-                )));
+        let frozen: Vec<Vec<bool>> = match p.policy {
+            Policy::KeepUnpruned => {
+                let pruned = artifacts::load_unit_flags(ctx, "prune", layers)?;
+                (0..layers)
+                    .map(|l| {
+                        if pruned[l].len() != p.hidden[l] || prev[l].len() != p.hidden[l] {
+                            return Err(StageError::invalid(format!(
+                                "layer {l}: unit counts disagree"
+                            )));
+                        }
+                        Ok(pruned[l]
+                            .iter()
+                            .zip(&prev[l])
+                            .map(|(&pr, &was)| was || !pr)
+                            .collect())
+                    })
+                    .collect::<Result<_, _>>()?
             }
-            let f: Vec<bool> = pruned[l]
-                .iter()
-                .zip(&prev[l])
-                .map(|(&pr, &was)| was || !pr)
-                .collect();
-            newly.push(
-                f.iter()
-                    .zip(&prev[l])
-                    .filter(|(&now, &was)| now && !was)
-                    .count(),
-            );
-            frozen.push(f);
-        }
+            Policy::Random { seed } => {
+                let like: MaskReport = artifacts::read_json(ctx, "like", MASK_JSON)?;
+                if like.newly_frozen_per_layer.len() != layers {
+                    return Err(StageError::invalid(
+                        "`like` mask has a different number of layers",
+                    ));
+                }
+                let mut rng = super::rng_for(seed, p.task_index, "random_freeze");
+                (0..layers)
+                    .map(|l| {
+                        let free: Vec<usize> = (0..p.hidden[l]).filter(|&j| !prev[l][j]).collect();
+                        let want = like.newly_frozen_per_layer[l];
+                        if want > free.len() {
+                            ctx.log(format!(
+                                "layer {l}: {want} to freeze but only {} free; freezing all",
+                                free.len()
+                            ));
+                        }
+                        let mut f = prev[l].clone();
+                        for &j in free.choose_multiple(&mut rng, want.min(free.len())) {
+                            f[j] = true;
+                        }
+                        f
+                    })
+                    .collect()
+            }
+        };
+        let newly: Vec<usize> = frozen
+            .iter()
+            .zip(&prev)
+            .map(|(f, p)| f.iter().zip(p).filter(|(&now, &was)| now && !was).count())
+            .collect();
         let total: usize = p.hidden.iter().sum();
         let frozen_per_layer: Vec<usize> = frozen
             .iter()

@@ -39,6 +39,15 @@ fn decl(
     }
 }
 
+fn lr_frozen(f: &FreezeSpec) -> f64 {
+    match f {
+        FreezeSpec::None => 1.0,
+        FreezeSpec::UntilThreshold { lr_frozen, .. } | FreezeSpec::Random { lr_frozen, .. } => {
+            *lr_frozen
+        }
+    }
+}
+
 pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
     let mut out = Vec::new();
     let d = &p.dataset;
@@ -50,6 +59,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             "tasks": p.tasks,
             "test_fraction": d.test_fraction,
             "split_seed": d.split_seed,
+            "permute_seed": p.permute_seed,
         }),
         vec![],
     );
@@ -61,28 +71,37 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
     }
     out.push(split_decl);
 
+    let split_in = || ("split", SPLIT_ID.to_string());
+    let base_params = |t: usize, seed: u64| json!({"task_index": t, "seed": seed, "model": p.model, "training": p.training});
     for s in &p.strategies {
         for &seed in &p.seeds {
+            if s.joint {
+                // One training on every task, evaluated on every task.
+                let last = p.tasks.len() - 1;
+                let id = |kind: &str| format!("{}/seed{seed}/{kind}", s.name);
+                let mut params = base_params(last, seed);
+                params["joint"] = json!(true);
+                out.push(decl(id("train"), &train::Train, params, vec![split_in()]));
+                out.push(decl(
+                    id("evaluate"),
+                    &evaluate::Evaluate,
+                    json!({"tasks_seen": p.tasks.len()}),
+                    vec![split_in(), ("model", id("train"))],
+                ));
+                continue;
+            }
             let mut prev_model: Option<String> = None;
             let mut prev_mask: Option<String> = None;
             for t in 0..p.tasks.len() {
                 let id = |kind: &str| stage_id(&s.name, seed, t, kind);
-                let mut params = json!({
-                    "task_index": t,
-                    "seed": seed,
-                    "model": p.model,
-                    "training": p.training,
-                });
-                let split_in = ("split", SPLIT_ID.to_string());
-                let mut inputs = vec![split_in.clone()];
+                let mut params = base_params(t, seed);
+                let mut inputs = vec![split_in()];
                 if let Some(m) = &prev_model {
                     inputs.push(("model", m.clone()));
                 }
-                if let (Some(m), FreezeSpec::UntilThreshold { lr_frozen, .. }) =
-                    (&prev_mask, &s.freeze)
-                {
+                if let Some(m) = &prev_mask {
                     inputs.push(("mask", m.clone()));
-                    params["lr_frozen"] = json!(lr_frozen);
+                    params["lr_frozen"] = json!(lr_frozen(&s.freeze));
                 }
                 let trained = ("model", id("train"));
                 out.push(decl(id("train"), &train::Train, params, inputs));
@@ -90,40 +109,49 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     id("evaluate"),
                     &evaluate::Evaluate,
                     json!({"tasks_seen": t + 1}),
-                    vec![split_in.clone(), trained.clone()],
+                    vec![split_in(), trained.clone()],
                 ));
-                if let FreezeSpec::UntilThreshold {
-                    score: sc,
-                    prune: pr,
-                    ..
-                } = &s.freeze
-                {
-                    let mut sp = serde_json::to_value(sc).expect("plain data");
-                    sp["task_index"] = json!(t);
-                    sp["seed"] = json!(seed);
-                    out.push(decl(
-                        id("score"),
-                        &score::Score,
-                        sp,
-                        vec![split_in.clone(), trained.clone()],
-                    ));
-                    let mut pp = serde_json::to_value(pr).expect("plain data");
-                    pp["task_index"] = json!(t);
-                    let mut pin = vec![split_in.clone(), trained.clone(), ("score", id("score"))];
-                    let mut min = vec![("prune", id("prune"))];
-                    if let Some(m) = &prev_mask {
-                        pin.push(("mask", m.clone()));
-                        min.push(("mask", m.clone()));
+                let mut mask_params = json!({"task_index": t, "hidden": p.model.hidden});
+                let mut mask_in = Vec::new();
+                match &s.freeze {
+                    FreezeSpec::None => {
+                        prev_model = Some(id("train"));
+                        continue;
                     }
-                    out.push(decl(id("prune"), &prune::Prune, pp, pin));
-                    out.push(decl(
-                        id("mask"),
-                        &mask::Mask,
-                        json!({"task_index": t, "hidden": p.model.hidden}),
-                        min,
-                    ));
-                    prev_mask = Some(id("mask"));
+                    FreezeSpec::UntilThreshold {
+                        score: sc,
+                        prune: pr,
+                        ..
+                    } => {
+                        let mut sp = serde_json::to_value(sc).expect("plain data");
+                        sp["task_index"] = json!(t);
+                        sp["seed"] = json!(seed);
+                        out.push(decl(
+                            id("score"),
+                            &score::Score,
+                            sp,
+                            vec![split_in(), trained.clone()],
+                        ));
+                        let mut pp = serde_json::to_value(pr).expect("plain data");
+                        pp["task_index"] = json!(t);
+                        let mut pin = vec![split_in(), trained.clone(), ("score", id("score"))];
+                        if let Some(m) = &prev_mask {
+                            pin.push(("mask", m.clone()));
+                        }
+                        out.push(decl(id("prune"), &prune::Prune, pp, pin));
+                        mask_params["policy"] = json!({"kind": "keep_unpruned"});
+                        mask_in.push(("prune", id("prune")));
+                    }
+                    FreezeSpec::Random { like, .. } => {
+                        mask_params["policy"] = json!({"kind": "random", "seed": seed});
+                        mask_in.push(("like", stage_id(like, seed, t, "mask")));
+                    }
                 }
+                if let Some(m) = &prev_mask {
+                    mask_in.push(("mask", m.clone()));
+                }
+                out.push(decl(id("mask"), &mask::Mask, mask_params, mask_in));
+                prev_mask = Some(id("mask"));
                 prev_model = Some(id("train"));
             }
         }

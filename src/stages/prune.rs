@@ -12,6 +12,7 @@ use super::artifacts::{self, json_bytes, SplitData};
 use super::{accuracy, check_task, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{DeviceMlp, Vector};
+use crate::spec::raw::SearchKind;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +23,7 @@ struct Params {
     task_index: usize,
     threshold: f64,
     step_ratio: f64,
-    search: String,
+    search: SearchKind,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,6 +45,9 @@ pub struct PruneReport {
     pub accepted_pruned: usize,
     pub accepted_accuracy: f64,
     pub evaluations: usize,
+    pub search: SearchKind,
+    /// Accuracy rose somewhere along the evaluated points.
+    pub non_monotone: bool,
     pub curve: Vec<CurvePoint>,
 }
 
@@ -54,7 +58,7 @@ impl Stage for Prune {
         "prune"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)
@@ -73,15 +77,25 @@ pub fn rank_candidates(scores: &[Vec<f32>], frozen: Option<&[Vec<bool>]>) -> Vec
     c
 }
 
-/// Linear search: returns the curve and the accepted number of pruned candidates. `eval(k)`
-/// gives the accuracy with the first `k` candidates pruned.
-pub fn linear_search(
+/// The accepted number of pruned candidates, found by `kind`, with every evaluated point
+/// (sorted by share). `eval(k)` is the accuracy with the first `k` candidates pruned; steps are
+/// `k = min(m · step, candidates)` for `m = 0, 1, …`.
+///
+/// - `linear` (the paper): walk the steps until the first one that drops more than `threshold`
+///   below the unpruned accuracy; accept the step before it.
+/// - `bisect`: binary search for the last step within the threshold. It returns the same step as
+///   `linear` whenever accuracy does not increase with more pruning, in O(log steps)
+///   evaluations; on a non-monotone curve it may stop elsewhere (the report flags the curve).
+pub fn search(
+    kind: SearchKind,
     candidates: usize,
     step: usize,
     threshold: f64,
     mut eval: impl FnMut(usize) -> Result<f64, StageError>,
 ) -> Result<(f64, Vec<CurvePoint>, usize), StageError> {
-    let base = eval(0)?;
+    let step = step.max(1);
+    let steps = candidates.div_ceil(step);
+    let k_of = |m: usize| (m * step).min(candidates);
     let share = |k: usize| {
         if candidates == 0 {
             0.0
@@ -89,37 +103,59 @@ pub fn linear_search(
             k as f64 / candidates as f64
         }
     };
+    let base = eval(0)?;
     let mut curve = vec![CurvePoint {
         pruned: 0,
         share: 0.0,
         accuracy: base,
     }];
-    let mut accepted = 0;
-    let mut k = 0;
-    while k < candidates {
-        k = (k + step).min(candidates);
+    let mut point = |m: usize, curve: &mut Vec<CurvePoint>| -> Result<bool, StageError> {
+        let k = k_of(m);
         let acc = eval(k)?;
         curve.push(CurvePoint {
             pruned: k,
             share: share(k),
             accuracy: acc,
         });
-        if base - acc > threshold {
-            break;
+        Ok(base - acc <= threshold)
+    };
+    let accepted_step = match kind {
+        SearchKind::Linear => {
+            let mut last_ok = 0;
+            for m in 1..=steps {
+                if !point(m, &mut curve)? {
+                    break;
+                }
+                last_ok = m;
+            }
+            last_ok
         }
-        accepted = k;
-    }
-    Ok((base, curve, accepted))
+        SearchKind::Bisect => {
+            // Invariant: step `lo` is within the threshold, step `hi` is not (or is past the end).
+            let (mut lo, mut hi) = (0, steps + 1);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if point(mid, &mut curve)? {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        }
+    };
+    curve.sort_by_key(|c| c.pruned);
+    Ok((base, curve, k_of(accepted_step)))
+}
+
+/// Whether accuracy ever rises as more units are pruned (then `bisect` may disagree with
+/// `linear`, and the prune-curve figure shows it).
+pub fn non_monotone(curve: &[CurvePoint]) -> bool {
+    curve.windows(2).any(|w| w[1].accuracy > w[0].accuracy)
 }
 
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
-    if p.search != "linear" {
-        return Err(StageError::invalid(format!(
-            "unsupported search `{}`",
-            p.search
-        )));
-    }
     let split = SplitData::load(ctx, "split")?;
     check_task(p.task_index, split.tasks.len())?;
     let task = split.task(p.task_index)?;
@@ -155,7 +191,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     ctx.progress
         .phase("prune", order.len().div_ceil(step) as u64 + 1);
     let mut evaluations = 0;
-    let (base, curve, accepted) = linear_search(order.len(), step, p.threshold, |k| {
+    let (base, curve, accepted) = search(p.search, order.len(), step, p.threshold, |k| {
         ctx.check_cancel()?;
         evaluations += 1;
         ctx.progress.inc(1);
@@ -190,6 +226,8 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         accepted_pruned: accepted,
         accepted_accuracy,
         evaluations,
+        search: p.search,
+        non_monotone: non_monotone(&curve),
         curve,
     };
     let mut art = Artifact::new();
@@ -212,20 +250,67 @@ mod tests {
         );
     }
 
+    fn run(
+        kind: SearchKind,
+        n: usize,
+        step: usize,
+        t: f64,
+        f: impl Fn(usize) -> f64,
+    ) -> (Vec<CurvePoint>, usize, usize) {
+        let mut evals = 0;
+        let (_, curve, acc) = search(kind, n, step, t, |k| {
+            evals += 1;
+            Ok(f(k))
+        })
+        .unwrap();
+        (curve, acc, evals)
+    }
+
     #[test]
     fn linear_search_stops_before_the_threshold_is_exceeded() {
         // Accuracy falls by 0.01 per pruned unit from 0.9.
-        let acc = |k: usize| Ok(0.9 - 0.01 * k as f64);
-        let (base, curve, accepted) = linear_search(10, 2, 0.035, acc).unwrap();
-        assert_eq!(base, 0.9);
+        let (curve, accepted, _) = run(SearchKind::Linear, 10, 2, 0.035, |k| 0.9 - 0.01 * k as f64);
         // k=2 (drop .02) ok, k=4 (drop .04) exceeds: accept 2.
         assert_eq!(accepted, 2);
         assert_eq!(
             curve.iter().map(|c| c.pruned).collect::<Vec<_>>(),
             vec![0, 2, 4]
         );
-        // Never exceeding: everything is pruned.
-        let (_, _, all) = linear_search(5, 2, 0.5, |_| Ok(0.9)).unwrap();
+        // Never exceeding: everything is pruned, the last step clipped to the candidate count.
+        let (curve, all, _) = run(SearchKind::Linear, 5, 2, 0.5, |_| 0.9);
         assert_eq!(all, 5);
+        assert_eq!(curve.last().unwrap().pruned, 5);
+    }
+
+    #[test]
+    fn bisect_agrees_with_linear_on_monotone_curves_in_fewer_evaluations() {
+        // A smooth monotone curve: accuracy holds, then falls off a cliff around 70% pruned.
+        let f = |k: usize| 0.98 - 0.3 / (1.0 + (-(k as f64 - 700.0) / 40.0).exp());
+        for t in [0.005, 0.02, 0.1, 0.25, 0.5] {
+            for step in [1, 7, 50] {
+                let (_, lin, lin_evals) = run(SearchKind::Linear, 1000, step, t, f);
+                let (curve, bis, bis_evals) = run(SearchKind::Bisect, 1000, step, t, f);
+                assert_eq!(lin, bis, "t={t} step={step}");
+                assert!(!non_monotone(&curve));
+                if step == 1 {
+                    assert!(bis_evals <= 12, "bisect used {bis_evals} evaluations");
+                    assert!(lin_evals > 100, "linear used {lin_evals}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_monotone_curves_are_flagged_and_may_split_the_searches() {
+        // A dip within the threshold that recovers: the linear curve shows the rise.
+        let shallow = |k: usize| if (3..5).contains(&k) { 0.85 } else { 0.9 };
+        let (curve, lin, _) = run(SearchKind::Linear, 10, 1, 0.1, shallow);
+        assert_eq!(lin, 10);
+        assert!(non_monotone(&curve));
+        // A dip beyond the threshold: linear stops before it, bisect jumps past it.
+        let deep = |k: usize| if (3..5).contains(&k) { 0.5 } else { 0.9 };
+        let (_, lin, _) = run(SearchKind::Linear, 10, 1, 0.1, deep);
+        let (_, bis, _) = run(SearchKind::Bisect, 10, 1, 0.1, deep);
+        assert_eq!((lin, bis), (2, 10));
     }
 }

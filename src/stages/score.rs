@@ -1,6 +1,7 @@
-//! `score`: importance of every hidden unit for one task, by LRP on a reference set.
+//! `score`: importance of every hidden unit for one task.
 //!
-//! The reference set is `reference_size` samples drawn (seeded, without replacement) from the
+//! `method: magnitude` scores a unit by the L2 norm of its incoming weights and bias (the
+//! classic pruning baseline). `method: lrp` uses LRP on a reference set: the reference set is `reference_size` samples drawn (seeded, without replacement) from the
 //! task's *test* split, as in the RNF paper. Relevance is taken w.r.t. the ground-truth logit
 //! of the task's head. A unit's score aggregates its per-sample relevance by the explicit,
 //! keyed choices `abs` (signed sum, sum of |R|, or |sum R|) and `normalize` (none, or per layer
@@ -9,8 +10,9 @@
 use super::artifacts::{self, json_bytes, SplitData};
 use super::{check_task, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
+use crate::nn::mlp::MlpParams;
 use crate::nn::mlp::{images_to_tensor, DeviceMlp};
-use crate::spec::raw::{AbsMode, Normalize};
+use crate::spec::raw::{AbsMode, LrpRule, Normalize};
 use dfdx::prelude::*;
 use rand::seq::index::sample;
 use serde::{Deserialize, Serialize};
@@ -21,12 +23,23 @@ pub struct Score;
 struct Params {
     task_index: usize,
     seed: u64,
-    method: String,
-    rule: String,
-    epsilon: f64,
-    reference_size: usize,
-    abs: AbsMode,
-    normalize: Normalize,
+    #[serde(flatten)]
+    method: Method,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+enum Method {
+    Lrp {
+        rule: LrpRule,
+        epsilon: f64,
+        reference_size: usize,
+        abs: AbsMode,
+        normalize: Normalize,
+    },
+    Magnitude {
+        normalize: Normalize,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -34,7 +47,7 @@ struct ScoreReport {
     task_index: usize,
     method: String,
     reference_samples: usize,
-    /// Mean explained logit over the reference set.
+    /// Mean explained logit over the reference set (LRP only).
     mean_explained: f64,
     /// Per layer: sum of the unit scores before normalisation.
     layer_totals: Vec<f64>,
@@ -81,14 +94,25 @@ pub fn finish(mut layer: Vec<f64>, abs: AbsMode, normalize: Normalize) -> Vec<f3
     layer.into_iter().map(|v| (v / denom) as f32).collect()
 }
 
+/// L2 norm of each hidden unit's incoming weights and bias, per layer.
+pub fn magnitude_scores(host: &MlpParams) -> Vec<Vec<f64>> {
+    host.trunk
+        .iter()
+        .map(|l| {
+            l.weight
+                .chunks_exact(l.in_dim)
+                .zip(&l.bias)
+                .map(|(row, &b)| {
+                    (row.iter().map(|&w| (w as f64).powi(2)).sum::<f64>() + (b as f64).powi(2))
+                        .sqrt()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
-    if p.method != "lrp" || p.rule != "epsilon" {
-        return Err(StageError::invalid(format!(
-            "unsupported score method {}/{}",
-            p.method, p.rule
-        )));
-    }
     let split = SplitData::load(ctx, "split")?;
     check_task(p.task_index, split.tasks.len())?;
     let task = split.task(p.task_index)?;
@@ -100,42 +124,68 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             p.task_index
         )));
     }
-    let model = DeviceMlp::from_host(dev, &host);
-    let n_ref = p.reference_size.min(task.test.len());
-    let mut idx = sample(
-        &mut rng_for(p.seed, p.task_index, "reference"),
-        task.test.len(),
-        n_ref,
-    )
-    .into_vec();
-    idx.sort_unstable();
-    let sizes = host.hidden_sizes();
-    let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
-    let mut explained = 0f64;
-    ctx.progress.phase("lrp", n_ref.div_ceil(LRP_BATCH) as u64);
-    for chunk in idx.chunks(LRP_BATCH) {
-        ctx.check_cancel()?;
-        let mut xb = Vec::with_capacity(chunk.len() * dim);
-        let mut yb = Vec::with_capacity(chunk.len());
-        for &i in chunk {
-            xb.extend_from_slice(&task.test.x[i * dim..(i + 1) * dim]);
-            yb.push(task.test.y[i]);
+    let (sums, abs, normalize, n_ref, explained, method) = match p.method {
+        Method::Magnitude { normalize } => (
+            magnitude_scores(&host),
+            AbsMode::None,
+            normalize,
+            0,
+            0.0,
+            "magnitude-l2-incoming",
+        ),
+        Method::Lrp {
+            rule: LrpRule::Epsilon,
+            epsilon,
+            reference_size,
+            abs,
+            normalize,
+        } => {
+            let model = DeviceMlp::from_host(dev, &host);
+            let n_ref = reference_size.min(task.test.len());
+            let mut idx = sample(
+                &mut rng_for(p.seed, p.task_index, "reference"),
+                task.test.len(),
+                n_ref,
+            )
+            .into_vec();
+            idx.sort_unstable();
+            let sizes = host.hidden_sizes();
+            let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
+            let mut explained = 0f64;
+            ctx.progress.phase("lrp", n_ref.div_ceil(LRP_BATCH) as u64);
+            for chunk in idx.chunks(LRP_BATCH) {
+                ctx.check_cancel()?;
+                let mut xb = Vec::with_capacity(chunk.len() * dim);
+                let mut yb = Vec::with_capacity(chunk.len());
+                for &i in chunk {
+                    xb.extend_from_slice(&task.test.x[i * dim..(i + 1) * dim]);
+                    yb.push(task.test.y[i]);
+                }
+                let x = images_to_tensor(dev, &xb, dim);
+                let r = crate::xai::lrp::lrp_epsilon(&model, &x, &yb, p.task_index, epsilon as f32);
+                for (l, h) in r.hidden.iter().enumerate() {
+                    aggregate(h, sizes[l], abs, &mut sums[l]);
+                }
+                explained += r.explained.iter().map(|&v| v as f64).sum::<f64>();
+                ctx.progress.inc(1);
+            }
+            (
+                sums,
+                abs,
+                normalize,
+                n_ref,
+                explained / n_ref.max(1) as f64,
+                "lrp-epsilon",
+            )
         }
-        let x = images_to_tensor(dev, &xb, dim);
-        let r = crate::xai::lrp::lrp_epsilon(&model, &x, &yb, p.task_index, p.epsilon as f32);
-        for (l, h) in r.hidden.iter().enumerate() {
-            aggregate(h, sizes[l], p.abs, &mut sums[l]);
-        }
-        explained += r.explained.iter().map(|&v| v as f64).sum::<f64>();
-        ctx.progress.inc(1);
-    }
+    };
     let layer_totals: Vec<f64> = sums.iter().map(|l| l.iter().sum()).collect();
     let scores: Vec<Vec<f32>> = sums
         .into_iter()
-        .map(|l| finish(l, p.abs, p.normalize))
+        .map(|l| finish(l, abs, normalize))
         .collect();
     for (l, t) in layer_totals.iter().enumerate() {
-        ctx.log(format!("layer {l}: total relevance {t:.4}"));
+        ctx.log(format!("layer {l}: total score {t:.4}"));
     }
     let mut art = Artifact::new();
     artifacts::save_unit_f32(&mut art, &scores);
@@ -143,9 +193,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         SCORE_JSON,
         json_bytes(&ScoreReport {
             task_index: p.task_index,
-            method: "lrp-epsilon".into(),
+            method: method.into(),
             reference_samples: n_ref,
-            mean_explained: explained / n_ref.max(1) as f64,
+            mean_explained: explained,
             layer_totals,
         }),
     );

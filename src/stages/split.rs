@@ -4,6 +4,10 @@
 //! with `split_seed` and the first `round(test_fraction · n_c)` go to the test set. The split is
 //! therefore deterministic, stratified, and keyed on `split_seed` and `test_fraction`. Labels
 //! are stored local to each task's head (the position of the class in its group).
+//!
+//! With `permute_seed`, task 1 keeps the original pixels and every later task applies its own
+//! fixed permutation of the pixel positions (drawn from `permute_seed` and the task index), to
+//! its training and test images alike.
 
 use super::artifacts::{Samples, SplitData, TaskData};
 use crate::data::{load_idx_pair, LabeledImages};
@@ -18,6 +22,9 @@ struct Params {
     tasks: Vec<Vec<u8>>,
     test_fraction: Option<f64>,
     split_seed: u64,
+    /// Tasks 2.. get a fixed pixel permutation each, seeded by this (permuted MNIST).
+    #[serde(default)]
+    permute_seed: Option<u64>,
 }
 
 impl Stage for Split {
@@ -61,13 +68,23 @@ impl Stage for Split {
                 }
             };
         let test_set = test.as_ref().unwrap_or(&pool);
+        let dim = pool.dim();
         let tasks = p
             .tasks
             .iter()
-            .map(|classes| TaskData {
-                classes: classes.clone(),
-                train: select(train, &train_idx, classes),
-                test: select(test_set, &test_idx, classes),
+            .enumerate()
+            .map(|(t, classes)| {
+                let mut task = TaskData {
+                    classes: classes.clone(),
+                    train: select(train, &train_idx, classes),
+                    test: select(test_set, &test_idx, classes),
+                };
+                if let (Some(seed), true) = (p.permute_seed, t > 0) {
+                    let perm = pixel_permutation(seed, t, dim);
+                    permute(&mut task.train.x, &perm);
+                    permute(&mut task.test.x, &perm);
+                }
+                task
             })
             .collect::<Vec<_>>();
         for (t, task) in tasks.iter().enumerate() {
@@ -117,6 +134,24 @@ pub fn stratified_split(labels: &[u8], test_fraction: f64, seed: u64) -> (Vec<us
     (train, test)
 }
 
+/// The fixed pixel permutation of task `t`: output pixel `i` is input pixel `perm[i]`.
+pub fn pixel_permutation(seed: u64, t: usize, dim: usize) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..dim).collect();
+    perm.shuffle(&mut super::rng_for(seed, t, "pixels"));
+    perm
+}
+
+fn permute(x: &mut [u8], perm: &[usize]) {
+    let dim = perm.len();
+    let mut row = vec![0u8; dim];
+    for sample in x.chunks_exact_mut(dim) {
+        for (o, &i) in row.iter_mut().zip(perm) {
+            *o = sample[i];
+        }
+        sample.copy_from_slice(&row);
+    }
+}
+
 fn select(data: &LabeledImages, idx: &[usize], classes: &[u8]) -> Samples {
     let mut x = Vec::new();
     let mut y = Vec::new();
@@ -132,6 +167,19 @@ fn select(data: &LabeledImages, idx: &[usize], classes: &[u8]) -> Samples {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permutations_are_fixed_per_task_and_bijective() {
+        let a = pixel_permutation(3, 1, 784);
+        assert_eq!(a, pixel_permutation(3, 1, 784));
+        assert_ne!(a, pixel_permutation(3, 2, 784));
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..784).collect::<Vec<_>>());
+        let mut x: Vec<u8> = (0..8).collect();
+        permute(&mut x, &[3, 0, 2, 1]);
+        assert_eq!(x, vec![3, 0, 2, 1, 7, 4, 6, 5]);
+    }
 
     #[test]
     fn stratified_split_is_deterministic_disjoint_and_proportional() {

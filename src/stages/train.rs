@@ -6,6 +6,10 @@
 //! bias of every frozen unit get learning rate × `lr_frozen`; the optimizer masks the *update*
 //! (see `nn::optim`), so Adam's moments and L2 cannot move them. Only the current task's head
 //! and the trunk receive updates: other heads are left bit-identical.
+//!
+//! With `joint: true` (the upper baseline), tasks `0..=task_index` are trained at once from a
+//! fresh model: each batch is drawn from the union of their training sets, every sample goes
+//! through its own task's head, and the loss is the sample-weighted mean over the batch.
 
 use super::artifacts::{self, json_bytes, SplitData};
 use super::{check_task, on_device, rng_for};
@@ -15,6 +19,7 @@ use crate::nn::optim::{MaskedOptimizer, OptimizerConfig};
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 pub struct Train;
 
@@ -56,6 +61,9 @@ struct Params {
     training: TrainingParams,
     #[serde(default)]
     lr_frozen: Option<f64>,
+    /// Train tasks `0..=task_index` at once (the joint upper baseline).
+    #[serde(default)]
+    joint: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,7 +99,6 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let p: Params = ctx.params()?;
     let split = SplitData::load(ctx, "split")?;
     check_task(p.task_index, split.tasks.len())?;
-    let task = split.task(p.task_index)?;
     let dim = split.dim();
 
     let mut host = match ctx.input_opt("model") {
@@ -112,17 +119,20 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             host.input_dim()
         )));
     }
-    if host.heads.len() != p.task_index {
+    let first_new_head = if p.joint { 0 } else { p.task_index };
+    if host.heads.len() != first_new_head {
         return Err(StageError::invalid(format!(
-            "model has {} heads; training task index {} needs exactly that many earlier heads",
+            "model has {} heads; training task index {} needs exactly {first_new_head} earlier heads",
             host.heads.len(),
             p.task_index
         )));
     }
-    host.push_head(
-        task.classes.len(),
-        &mut rng_for(p.seed, p.task_index, "head"),
-    );
+    for t in first_new_head..=p.task_index {
+        host.push_head(
+            split.task(t)?.classes.len(),
+            &mut rng_for(p.seed, t, "head"),
+        );
+    }
 
     // Per-element learning-rate multipliers for frozen units' incoming weights and biases.
     let hidden = host.hidden_sizes();
@@ -184,32 +194,71 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     };
     let mut model = DeviceMlp::from_host(dev, &host);
     let mut opt = MaskedOptimizer::new(dev, cfg, &model.params, scales);
-    let head = p.task_index;
-    let classes = task.classes.len();
-    let n = task.train.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = rng_for(p.seed, p.task_index, "shuffle");
+    // Training samples as (task, index) pairs: one task normally, all of them when joint.
+    let tasks: Vec<usize> = if p.joint {
+        (0..=p.task_index).collect()
+    } else {
+        vec![p.task_index]
+    };
+    let mut order: Vec<(usize, usize)> = Vec::new();
+    for &t in &tasks {
+        order.extend((0..split.task(t)?.train.len()).map(|i| (t, i)));
+    }
+    let n = order.len();
+    let mut rng = rng_for(
+        p.seed,
+        p.task_index,
+        if p.joint { "shuffle_joint" } else { "shuffle" },
+    );
     let mut epochs = Vec::new();
     let mut steps = 0;
-    let batches = n.div_ceil(t.batch_size.max(1));
+    let batch_size = t.batch_size.max(1);
+    let batches = n.div_ceil(batch_size);
     for epoch in 0..t.epochs {
         ctx.progress
             .phase(&format!("epoch {}/{}", epoch + 1, t.epochs), batches as u64);
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0f64, 0usize);
-        for (b, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
+        for (b, chunk) in order.chunks(batch_size).enumerate() {
             ctx.check_cancel()?;
-            let mut xb = Vec::with_capacity(chunk.len() * dim);
-            let mut yb = Vec::with_capacity(chunk.len());
-            for &i in chunk {
-                xb.extend_from_slice(&task.train.x[i * dim..(i + 1) * dim]);
-                yb.push(task.train.y[i]);
+            let mut grads: Vec<(usize, crate::nn::mlp::Vector<D>)> = Vec::new();
+            let mut batch_loss = 0f64;
+            for &head in &tasks {
+                let data = &split.task(head)?.train;
+                let idx: Vec<usize> = chunk
+                    .iter()
+                    .filter(|(t, _)| *t == head)
+                    .map(|&(_, i)| i)
+                    .collect();
+                if idx.is_empty() {
+                    continue;
+                }
+                let mut xb = Vec::with_capacity(idx.len() * dim);
+                let mut yb = Vec::with_capacity(idx.len());
+                for &i in &idx {
+                    xb.extend_from_slice(&data.x[i * dim..(i + 1) * dim]);
+                    yb.push(data.y[i]);
+                }
+                let x = images_to_tensor(dev, &xb, dim);
+                let (loss, g) = model.loss_and_grads(&x, &yb, head);
+                let w = idx.len() as f32 / chunk.len() as f32;
+                batch_loss += loss as f64 * w as f64;
+                grads = if tasks.len() == 1 {
+                    g
+                } else {
+                    accumulate(grads, g, w)
+                };
+                let logits = model.logits(&x, head, None).as_vec();
+                let classes = split.task(head)?.classes.len();
+                correct += crate::nn::mlp::argmax_rows(&logits, classes)
+                    .iter()
+                    .zip(&yb)
+                    .filter(|(a, y)| **a == **y as usize)
+                    .count();
             }
-            let x = images_to_tensor(dev, &xb, dim);
-            let (loss, grads) = model.loss_and_grads(&x, &yb, head);
-            if !loss.is_finite() {
+            if !batch_loss.is_finite() {
                 return Err(StageError::failed(format!(
-                    "loss is {loss} at epoch {}, batch {} of task {}; lower training.lr or check the data",
+                    "loss is {batch_loss} at epoch {}, batch {} of task {}; lower training.lr or check the data",
                     epoch + 1,
                     b + 1,
                     p.task_index + 1
@@ -217,13 +266,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             }
             opt.step(&mut model.params, grads);
             steps += 1;
-            loss_sum += loss as f64 * chunk.len() as f64;
-            let logits = model.logits(&x, head, None).as_vec();
-            correct += crate::nn::mlp::argmax_rows(&logits, classes)
-                .iter()
-                .zip(&yb)
-                .filter(|(a, y)| **a == **y as usize)
-                .count();
+            loss_sum += batch_loss * chunk.len() as f64;
             ctx.progress.inc(1);
         }
         let log = EpochLog {
@@ -249,4 +292,22 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         }),
     );
     Ok(art)
+}
+
+/// Sum per-head gradients, each weighted by its share of the batch.
+fn accumulate<D: Device<f32>>(
+    acc: Vec<(usize, crate::nn::mlp::Vector<D>)>,
+    g: Vec<(usize, crate::nn::mlp::Vector<D>)>,
+    w: f32,
+) -> Vec<(usize, crate::nn::mlp::Vector<D>)> {
+    let mut m: BTreeMap<usize, crate::nn::mlp::Vector<D>> = acc.into_iter().collect();
+    for (i, gi) in g {
+        let gi = gi * w;
+        let sum = match m.remove(&i) {
+            Some(prev) => prev + gi,
+            None => gi,
+        };
+        m.insert(i, sum);
+    }
+    m.into_iter().collect()
 }

@@ -1,0 +1,1468 @@
+//! Publication figures for `cfpipe report`: mean accuracy with free capacity (Fig. 2a of the
+//! RNF paper), per-task accuracy curves (Fig. 2b) and prune curves. Every figure is written
+//! twice, as `<stem>.svg` (vector, for papers) and `<stem>.png` (raster, for quick viewing),
+//! with `plotters`. Text is laid out with the DejaVu Sans font embedded in the binary
+//! (`assets/fonts/`, registered once through `ab_glyph`), so rendering needs neither a system
+//! font nor fontconfig and works unchanged on headless CI. The functions only draw what they
+//! are given: non-finite points leave gaps, empty inputs give an empty chart with a note, and
+//! inconsistent inputs (mismatched lengths) are reported as [`FigureError::InvalidData`].
+
+use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{register_font, FontStyle};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+
+/// One line with an optional ±std band.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Series {
+    pub label: String,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    pub std: Option<Vec<f64>>,
+}
+
+/// One prune curve: accuracy (percent) after pruning a share (percent) of the candidate units.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PruneCurve {
+    pub label: String,
+    pub share: Vec<f64>,
+    pub accuracy: Vec<f64>,
+    /// Accuracy below which pruning is rejected (`baseline - threshold`), in percent.
+    pub threshold_line: f64,
+    /// Share of units (percent) that was finally accepted; marked on the curve.
+    pub accepted_share: f64,
+}
+
+/// Why a figure could not be written; every variant names the file (or stem) concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum FigureError {
+    #[error("cannot create the directory for figure {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the embedded figure font could not be loaded")]
+    Font,
+    #[error("invalid data for figure {path}: {message}")]
+    InvalidData { path: PathBuf, message: String },
+    #[error("drawing figure {path}: {message}")]
+    Draw { path: PathBuf, message: String },
+}
+
+const FONT_FAMILY: &str = "sans-serif";
+static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static FONT_INIT: Once = Once::new();
+static FONT_OK: AtomicBool = AtomicBool::new(false);
+
+/// Registers the embedded font as `sans-serif` (once per process).
+fn ensure_font() -> Result<(), FigureError> {
+    FONT_INIT.call_once(|| {
+        let ok = register_font(FONT_FAMILY, FontStyle::Normal, FONT_BYTES).is_ok();
+        FONT_OK.store(ok, Ordering::SeqCst);
+    });
+    if FONT_OK.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(FigureError::Font)
+    }
+}
+
+/// Okabe–Ito colour-blind-safe palette (yellow last: it is faint on white).
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),   // blue
+    RGBColor(213, 94, 0),    // vermillion
+    RGBColor(0, 158, 115),   // bluish green
+    RGBColor(204, 121, 167), // reddish purple
+    RGBColor(230, 159, 0),   // orange
+    RGBColor(86, 180, 233),  // sky blue
+    RGBColor(0, 0, 0),       // black
+    RGBColor(240, 228, 66),  // yellow
+];
+const GREY: RGBColor = RGBColor(90, 90, 90);
+const GRID: RGBColor = RGBColor(225, 225, 225);
+
+/// Colour of the i-th line, and whether it is dashed (second round through the palette).
+fn line_style(i: usize) -> (RGBColor, bool) {
+    (PALETTE[i % PALETTE.len()], (i / PALETTE.len()) % 2 == 1)
+}
+
+const SIZE: (u32, u32) = (900, 600);
+const TITLE_PT: u32 = 26;
+const CAPTION_PT: u32 = 20;
+const DESC_PT: u32 = 19;
+const LABEL_PT: u32 = 16;
+const LEGEND_PT: u32 = 16;
+const LINE_W: u32 = 2;
+const DASH: (u32, u32) = (9, 5);
+const NO_DATA: &str = "no data to plot";
+
+type DrawResult<T, DB> = Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+fn text(pt: u32) -> TextStyle<'static> {
+    TextStyle::from((FONT_FAMILY, pt).into_font()).color(&BLACK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public entry points
+
+/// (a) Mean accuracy over seen tasks vs task, one series per strategy (y in percent, 0..100),
+/// plus free capacity per strategy on a second y-axis (percent), dashed. Like Fig. 2a of the RNF paper.
+///
+/// A capacity series takes the colour of the accuracy series with the same label, otherwise
+/// the next free colour; its legend entry reads "<label> (free capacity)" unless the label
+/// already mentions capacity. Writes `<path_stem>.svg` and `<path_stem>.png` (900x600).
+pub fn mean_accuracy_figure(
+    path_stem: &Path,
+    title: &str,
+    accuracy: &[Series],
+    capacity: &[Series],
+) -> Result<Vec<PathBuf>, FigureError> {
+    for s in accuracy.iter().chain(capacity) {
+        check_series(path_stem, s)?;
+    }
+    let fig = Fig::MeanAccuracy {
+        title,
+        accuracy,
+        capacity,
+    };
+    render(path_stem, SIZE, &fig)
+}
+
+/// (b) Per-task accuracy curves over the task sequence: one panel per strategy, one line per task
+/// (task j's line starts at x = j). Like Fig. 2b.
+///
+/// Lines with the same label get the same colour in every panel; one legend is shared.
+/// Panels are laid out up to three per row (the PNG grows in height with more rows).
+pub fn per_task_figure(
+    path_stem: &Path,
+    title: &str,
+    panels: &[(String, Vec<Series>)],
+) -> Result<Vec<PathBuf>, FigureError> {
+    for (_, series) in panels {
+        for s in series {
+            check_series(path_stem, s)?;
+        }
+    }
+    let (rows, cols) = panel_grid(panels.len());
+    let fig = Fig::PerTask {
+        title,
+        panels,
+        grid: (rows, cols),
+    };
+    render(path_stem, per_task_size(rows), &fig)
+}
+
+/// (c) Prune curves: accuracy (percent) vs share of candidate units pruned (percent), one line per
+/// curve, each with a horizontal dashed threshold line at `baseline - threshold` in the same colour
+/// and a marker at the accepted point. Non-monotone curves are drawn as given (no smoothing,
+/// no sorting); the accepted point is placed on the curve by linear interpolation.
+pub fn prune_figure(
+    path_stem: &Path,
+    title: &str,
+    curves: &[PruneCurve],
+) -> Result<Vec<PathBuf>, FigureError> {
+    for c in curves {
+        if c.share.len() != c.accuracy.len() {
+            return Err(invalid(
+                path_stem,
+                format!(
+                    "prune curve {:?}: {} shares but {} accuracies",
+                    c.label,
+                    c.share.len(),
+                    c.accuracy.len()
+                ),
+            ));
+        }
+    }
+    render(path_stem, SIZE, &Fig::Prune { title, curves })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering to both backends
+
+/// What to draw; one drawing routine serves both backends.
+enum Fig<'a> {
+    MeanAccuracy {
+        title: &'a str,
+        accuracy: &'a [Series],
+        capacity: &'a [Series],
+    },
+    PerTask {
+        title: &'a str,
+        panels: &'a [(String, Vec<Series>)],
+        grid: (usize, usize),
+    },
+    Prune {
+        title: &'a str,
+        curves: &'a [PruneCurve],
+    },
+}
+
+impl Fig<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<(), DB> {
+        root.fill(&WHITE)?;
+        match *self {
+            Fig::MeanAccuracy {
+                title,
+                accuracy,
+                capacity,
+            } => draw_mean_accuracy(root, title, accuracy, capacity),
+            Fig::PerTask {
+                title,
+                panels,
+                grid,
+            } => draw_per_task(root, title, panels, grid),
+            Fig::Prune { title, curves } => draw_prune(root, title, curves),
+        }
+    }
+}
+
+/// Writes `<stem>.svg` and `<stem>.png` and returns both paths.
+fn render(stem: &Path, size: (u32, u32), fig: &Fig<'_>) -> Result<Vec<PathBuf>, FigureError> {
+    ensure_font()?;
+    if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| FigureError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let svg = with_suffix(stem, "svg");
+    let png = with_suffix(stem, "png");
+    {
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        fig.draw(&root)
+            .and_then(|_| root.present())
+            .map_err(|e| draw_err(&svg, e))?;
+    }
+    {
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
+        fig.draw(&root)
+            .and_then(|_| root.present())
+            .map_err(|e| draw_err(&png, e))?;
+    }
+    Ok(vec![svg, png])
+}
+
+/// `stem` + `.ext`, keeping any dots already in the stem (`fig.v1` → `fig.v1.svg`).
+fn with_suffix(stem: &Path, ext: &str) -> PathBuf {
+    let mut s = stem.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn draw_err(path: &Path, e: impl std::fmt::Display) -> FigureError {
+    FigureError::Draw {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn invalid(stem: &Path, message: String) -> FigureError {
+    FigureError::InvalidData {
+        path: stem.to_path_buf(),
+        message,
+    }
+}
+
+fn check_series(stem: &Path, s: &Series) -> Result<(), FigureError> {
+    if s.x.len() != s.y.len() {
+        return Err(invalid(
+            stem,
+            format!(
+                "series {:?}: {} x values but {} y values",
+                s.label,
+                s.x.len(),
+                s.y.len()
+            ),
+        ));
+    }
+    if let Some(std) = &s.std {
+        if std.len() != s.y.len() {
+            return Err(invalid(
+                stem,
+                format!(
+                    "series {:?}: {} std values but {} y values",
+                    s.label,
+                    std.len(),
+                    s.y.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data helpers
+
+/// The axis ranges of a chart. Points are clamped into it before drawing: values far outside
+/// the axes would overflow plotters' pixel arithmetic (a panic in debug builds).
+struct Frame {
+    x: Range<f64>,
+    y: Range<f64>,
+}
+
+impl Frame {
+    fn clip(&self, (x, y): (f64, f64)) -> (f64, f64) {
+        (
+            x.clamp(self.x.start, self.x.end),
+            y.clamp(self.y.start, self.y.end),
+        )
+    }
+}
+
+/// Runs of consecutive finite points, clamped to `frame`; a non-finite x or y ends a run
+/// (drawn as a gap).
+fn finite_runs(x: &[f64], y: &[f64], frame: &Frame) -> Vec<Vec<(f64, f64)>> {
+    let mut runs = Vec::new();
+    let mut cur = Vec::new();
+    for (&a, &b) in x.iter().zip(y) {
+        if a.is_finite() && b.is_finite() {
+            cur.push(frame.clip((a, b)));
+        } else if !cur.is_empty() {
+            runs.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        runs.push(cur);
+    }
+    runs
+}
+
+/// Polygons of the ±std band, clamped to `frame`; points with a missing or negative std split it.
+fn band_polygons(s: &Series, frame: &Frame) -> Vec<Vec<(f64, f64)>> {
+    let Some(std) = &s.std else {
+        return Vec::new();
+    };
+    let mut polys = Vec::new();
+    let mut cur: Vec<(f64, f64, f64)> = Vec::new();
+    let flush = |cur: &mut Vec<(f64, f64, f64)>, polys: &mut Vec<Vec<(f64, f64)>>| {
+        if cur.len() >= 2 {
+            let mut poly: Vec<(f64, f64)> = cur.iter().map(|&(x, _, hi)| (x, hi)).collect();
+            poly.extend(cur.iter().rev().map(|&(x, lo, _)| (x, lo)));
+            polys.push(poly);
+        }
+        cur.clear();
+    };
+    for ((&x, &y), &sd) in s.x.iter().zip(&s.y).zip(std) {
+        if x.is_finite() && y.is_finite() && sd.is_finite() && sd >= 0.0 {
+            let (x, lo) = frame.clip((x, y - sd));
+            let (_, hi) = frame.clip((x, y + sd));
+            cur.push((x, lo, hi));
+        } else {
+            flush(&mut cur, &mut polys);
+        }
+    }
+    flush(&mut cur, &mut polys);
+    polys
+}
+
+/// Min and max of the finite values, if any.
+fn finite_bounds(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
+    values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
+}
+
+/// A finite, non-empty axis range around `bounds` with a little padding.
+fn axis_range(bounds: Option<(f64, f64)>, pad_frac: f64) -> Range<f64> {
+    let r = match bounds {
+        None => 0.0..1.0,
+        Some((lo, hi)) if hi - lo <= f64::EPSILON * hi.abs().max(1.0) => (lo - 0.5)..(hi + 0.5),
+        Some((lo, hi)) => {
+            let pad = (hi - lo) * pad_frac;
+            (lo - pad)..(hi + pad)
+        }
+    };
+    // Absurd magnitudes (overflowing spans) would break tick computation: fall back.
+    if (r.end - r.start).is_finite() && r.end > r.start {
+        r
+    } else {
+        0.0..1.0
+    }
+}
+
+/// Finite x values of all series (only where y is finite too).
+fn series_x(series: &[&Series]) -> Vec<f64> {
+    series
+        .iter()
+        .flat_map(|s| s.x.iter().zip(&s.y))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .map(|(x, _)| *x)
+        .collect()
+}
+
+/// Tick count for a task axis: one tick per task when the x values are whole numbers.
+fn task_ticks(xs: &[f64], range: &Range<f64>) -> usize {
+    let whole = !xs.is_empty() && xs.iter().all(|x| x.fract() == 0.0);
+    let span = (range.end - range.start).floor();
+    if whole && span.is_finite() && span >= 1.0 {
+        span.min(11.0) as usize + 1
+    } else {
+        8
+    }
+}
+
+fn fmt_tick(v: &f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{:.1e}", v)
+    } else if v.fract().abs() < 1e-9 {
+        format!("{:.0}", v)
+    } else {
+        let s = format!("{:.2}", v);
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Accuracy of a curve at `share`, by linear interpolation along the points in the given order.
+fn accuracy_at(share: &[f64], accuracy: &[f64], at: f64) -> Option<f64> {
+    if !at.is_finite() {
+        return None;
+    }
+    let pts: Vec<(f64, f64)> = share
+        .iter()
+        .zip(accuracy)
+        .filter(|(s, a)| s.is_finite() && a.is_finite())
+        .map(|(&s, &a)| (s, a))
+        .collect();
+    if let Some(&(_, a)) = pts.iter().find(|(s, _)| *s == at) {
+        return Some(a);
+    }
+    pts.windows(2).find_map(|w| {
+        let ((s0, a0), (s1, a1)) = (w[0], w[1]);
+        let (lo, hi) = (s0.min(s1), s0.max(s1));
+        (lo < at && at < hi).then(|| a0 + (a1 - a0) * (at - s0) / (s1 - s0))
+    })
+}
+
+fn panel_grid(n: usize) -> (usize, usize) {
+    let cols = match n {
+        0 => 1,
+        1..=3 => n,
+        4 => 2,
+        _ => 3,
+    };
+    (n.max(1).div_ceil(cols), cols)
+}
+
+/// PNG/SVG size of the per-task figure: fixed width, about 400 px per row of panels.
+fn per_task_size(rows: usize) -> (u32, u32) {
+    let height = (160 + 400 * rows as u32).max(SIZE.1);
+    (SIZE.0, height)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drawing helpers
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    Dashed,
+    /// A line with point markers.
+    SolidDots,
+    /// A large filled marker with a black rim (accepted point).
+    Accepted,
+}
+
+struct LegendEntry {
+    label: String,
+    color: RGBColor,
+    mark: Mark,
+}
+
+const LEGEND_SAMPLE: i32 = 38;
+const LEGEND_GAP: i32 = 7;
+const LEGEND_SPACING: i32 = 26;
+const LEGEND_ROW: i32 = 26;
+const LEGEND_MARGIN: i32 = 14;
+
+/// Legend entries laid out in centred rows that fit `width`: (x offset, entry) per row.
+fn legend_layout<'e, DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &'e [LegendEntry],
+) -> DrawResult<Vec<Vec<(i32, &'e LegendEntry)>>, DB> {
+    let style = text(LEGEND_PT);
+    let width = area.dim_in_pixel().0 as i32 - 2 * LEGEND_MARGIN;
+    let mut rows: Vec<Vec<(i32, &LegendEntry)>> = Vec::new();
+    let mut row: Vec<(i32, &LegendEntry)> = Vec::new();
+    let mut used = 0;
+    for e in entries {
+        let (tw, _) = area.estimate_text_size(&e.label, &style)?;
+        let w = LEGEND_SAMPLE + LEGEND_GAP + tw as i32;
+        let need = if row.is_empty() {
+            w
+        } else {
+            LEGEND_SPACING + w
+        };
+        if !row.is_empty() && used + need > width {
+            rows.push(std::mem::take(&mut row));
+            used = 0;
+        }
+        let x = if row.is_empty() {
+            0
+        } else {
+            used + LEGEND_SPACING
+        };
+        used = x + w;
+        row.push((x, e));
+    }
+    if !row.is_empty() {
+        rows.push(row);
+    }
+    // Centre each row: shift by half the free space.
+    for row in &mut rows {
+        let (last_x, last) = *row.last().expect("rows are non-empty");
+        let (tw, _) = area.estimate_text_size(&last.label, &style)?;
+        let total = last_x + LEGEND_SAMPLE + LEGEND_GAP + tw as i32;
+        let shift = LEGEND_MARGIN + ((width - total) / 2).max(0);
+        for (x, _) in row.iter_mut() {
+            *x += shift;
+        }
+    }
+    Ok(rows)
+}
+
+fn legend_height(rows: usize) -> u32 {
+    if rows == 0 {
+        0
+    } else {
+        (rows as i32 * LEGEND_ROW + 12) as u32
+    }
+}
+
+/// Splits a legend strip off the bottom of `area`: (remaining area, legend area, layout).
+#[allow(clippy::type_complexity)]
+fn split_legend<'e, DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &'e [LegendEntry],
+) -> DrawResult<
+    (
+        DrawingArea<DB, Shift>,
+        DrawingArea<DB, Shift>,
+        Vec<Vec<(i32, &'e LegendEntry)>>,
+    ),
+    DB,
+> {
+    let rows = legend_layout(area, entries)?;
+    let h = area.dim_in_pixel().1 as i32;
+    let (upper, lower) = area.split_vertically(h - legend_height(rows.len()) as i32);
+    Ok((upper, lower, rows))
+}
+
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    rows: &[Vec<(i32, &LegendEntry)>],
+) -> DrawResult<(), DB> {
+    let style = text(LEGEND_PT).pos(Pos::new(HPos::Left, VPos::Center));
+    for (r, row) in rows.iter().enumerate() {
+        let y = 6 + r as i32 * LEGEND_ROW + LEGEND_ROW / 2;
+        for &(x, e) in row {
+            let line = ShapeStyle::from(&e.color).stroke_width(LINE_W + 1);
+            let ends = vec![(x, y), (x + LEGEND_SAMPLE, y)];
+            match e.mark {
+                Mark::SolidDots => {
+                    area.draw(&PathElement::new(ends, line))?;
+                    area.draw(&Circle::new(
+                        (x + LEGEND_SAMPLE / 2, y),
+                        4,
+                        e.color.filled(),
+                    ))?;
+                }
+                Mark::Dashed => {
+                    area.draw(&DashedPathElement::new(ends, DASH.0, DASH.1, line))?;
+                }
+                Mark::Accepted => draw_accepted(area, (x + LEGEND_SAMPLE / 2, y), e.color)?,
+            }
+            area.draw(&Text::new(
+                e.label.clone(),
+                (x + LEGEND_SAMPLE + LEGEND_GAP, y),
+                style.clone(),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// The accepted-point marker: a filled circle with a black rim.
+fn draw_accepted<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    at: (i32, i32),
+    color: RGBColor,
+) -> DrawResult<(), DB> {
+    area.draw(&Circle::new(at, 8, color.filled()))?;
+    area.draw(&Circle::new(at, 8, BLACK.stroke_width(2)))
+}
+
+/// Writes a note in the middle of a chart's plotting area (empty charts).
+fn draw_note<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, note: &str) -> DrawResult<(), DB> {
+    let (w, h) = area.dim_in_pixel();
+    area.draw(&Text::new(
+        note.to_string(),
+        (w as i32 / 2, h as i32 / 2),
+        text(DESC_PT)
+            .color(&GREY)
+            .pos(Pos::new(HPos::Center, VPos::Center)),
+    ))
+}
+
+/// Draws one series as solid line(s) with point markers, splitting at non-finite points.
+fn draw_line<DB, CT>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    s: &Series,
+    color: RGBColor,
+    dashed: bool,
+    frame: &Frame,
+) -> DrawResult<usize, DB>
+where
+    DB: DrawingBackend,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let style = ShapeStyle::from(&color).stroke_width(LINE_W);
+    let runs = finite_runs(&s.x, &s.y, frame);
+    let n = runs.iter().map(Vec::len).sum();
+    for run in runs {
+        if dashed {
+            chart.draw_series(DashedLineSeries::new(run.clone(), DASH.0, DASH.1, style))?;
+            chart.draw_series(run.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        } else {
+            chart.draw_series(LineSeries::new(run, style).point_size(3))?;
+        }
+    }
+    Ok(n)
+}
+
+fn draw_bands<DB, CT>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    s: &Series,
+    color: RGBColor,
+    frame: &Frame,
+) -> DrawResult<(), DB>
+where
+    DB: DrawingBackend,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let polys = band_polygons(s, frame);
+    chart.draw_series(
+        polys
+            .into_iter()
+            .map(|p| Polygon::new(p, color.mix(0.18).filled())),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The three figures
+
+fn draw_mean_accuracy<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    accuracy: &[Series],
+    capacity: &[Series],
+) -> DrawResult<(), DB> {
+    let area = root.titled(title, text(TITLE_PT))?;
+
+    // Colours: accuracy by index; capacity like the accuracy series of the same label.
+    let acc_colors: Vec<(RGBColor, bool)> = (0..accuracy.len()).map(line_style).collect();
+    let mut next = accuracy.len();
+    let cap_colors: Vec<RGBColor> = capacity
+        .iter()
+        .map(|c| match accuracy.iter().position(|a| a.label == c.label) {
+            Some(i) => acc_colors[i].0,
+            None => {
+                next += 1;
+                line_style(next - 1).0
+            }
+        })
+        .collect();
+
+    let mut entries: Vec<LegendEntry> = accuracy
+        .iter()
+        .zip(&acc_colors)
+        .map(|(s, &(color, dashed))| LegendEntry {
+            label: s.label.clone(),
+            color,
+            mark: if dashed {
+                Mark::Dashed
+            } else {
+                Mark::SolidDots
+            },
+        })
+        .collect();
+    entries.extend(capacity.iter().zip(&cap_colors).map(|(s, &color)| {
+        let label = if s.label.to_lowercase().contains("capacity") {
+            s.label.clone()
+        } else {
+            format!("{} (free capacity)", s.label)
+        };
+        LegendEntry {
+            label,
+            color,
+            mark: Mark::Dashed,
+        }
+    }));
+    let (area, legend_area, rows) = split_legend(&area, &entries)?;
+
+    let all: Vec<&Series> = accuracy.iter().chain(capacity).collect();
+    let xs = series_x(&all);
+    let x_range = axis_range(finite_bounds(xs.iter().copied()), 0.03);
+    let pct = 0.0..100.0;
+    let has_cap = !capacity.is_empty();
+    let mut chart = ChartBuilder::on(&area)
+        .margin(10)
+        .margin_right(if has_cap { 10 } else { 25 })
+        .x_label_area_size(55)
+        .y_label_area_size(75)
+        .right_y_label_area_size(if has_cap { 75 } else { 0 })
+        .build_cartesian_2d(x_range.clone(), pct.clone())?
+        .set_secondary_coord(x_range.clone(), pct.clone());
+    let frame = Frame {
+        x: x_range.clone(),
+        y: pct.clone(),
+    };
+    chart
+        .configure_mesh()
+        .x_desc("task")
+        .y_desc("mean accuracy over seen tasks (%)")
+        .x_labels(task_ticks(&xs, &x_range))
+        .y_labels(11)
+        .x_label_formatter(&fmt_tick)
+        .y_label_formatter(&fmt_tick)
+        .label_style(text(LABEL_PT))
+        .axis_desc_style(text(DESC_PT))
+        .max_light_lines(0)
+        .bold_line_style(GRID)
+        .draw()?;
+    if has_cap {
+        chart
+            .configure_secondary_axes()
+            .y_desc("free capacity (%)")
+            .y_labels(11)
+            .y_label_formatter(&fmt_tick)
+            .label_style(text(LABEL_PT))
+            .axis_desc_style(text(DESC_PT))
+            .draw()?;
+    }
+
+    for (s, &(color, _)) in accuracy.iter().zip(&acc_colors) {
+        draw_bands(&mut chart, s, color, &frame)?;
+    }
+    let mut drawn = 0;
+    for (s, &(color, dashed)) in accuracy.iter().zip(&acc_colors) {
+        drawn += draw_line(&mut chart, s, color, dashed, &frame)?;
+    }
+    for (s, &color) in capacity.iter().zip(&cap_colors) {
+        let style = ShapeStyle::from(&color).stroke_width(LINE_W);
+        for p in band_polygons(s, &frame) {
+            chart.draw_secondary_series(std::iter::once(Polygon::new(
+                p,
+                color.mix(0.12).filled(),
+            )))?;
+        }
+        for run in finite_runs(&s.x, &s.y, &frame) {
+            drawn += run.len();
+            chart.draw_secondary_series(DashedLineSeries::new(run, DASH.0, DASH.1, style))?;
+        }
+    }
+    if drawn == 0 {
+        draw_note(&chart.plotting_area().strip_coord_spec(), NO_DATA)?;
+    }
+    draw_legend(&legend_area, &rows)
+}
+
+fn draw_per_task<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    panels: &[(String, Vec<Series>)],
+    grid: (usize, usize),
+) -> DrawResult<(), DB> {
+    let area = root.titled(title, text(TITLE_PT))?;
+
+    // One colour per distinct line label, shared by all panels.
+    let mut labels: Vec<&str> = Vec::new();
+    for s in panels.iter().flat_map(|(_, series)| series) {
+        if !labels.contains(&s.label.as_str()) {
+            labels.push(&s.label);
+        }
+    }
+    let color_of = |label: &str| line_style(labels.iter().position(|l| *l == label).unwrap_or(0));
+    let entries: Vec<LegendEntry> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (color, dashed) = line_style(i);
+            LegendEntry {
+                label: l.to_string(),
+                color,
+                mark: if dashed {
+                    Mark::Dashed
+                } else {
+                    Mark::SolidDots
+                },
+            }
+        })
+        .collect();
+    let (area, legend_area, rows) = split_legend(&area, &entries)?;
+
+    let all: Vec<&Series> = panels.iter().flat_map(|(_, s)| s).collect();
+    let xs = series_x(&all);
+    let x_range = axis_range(finite_bounds(xs.iter().copied()), 0.04);
+    let pct = 0.0..100.0;
+    let ticks = task_ticks(&xs, &x_range).min(if grid.1 >= 3 { 6 } else { 11 });
+
+    let cells = area.split_evenly(grid);
+    let empty = [(String::new(), Vec::new())];
+    let panels = if panels.is_empty() {
+        &empty[..]
+    } else {
+        panels
+    };
+    for (cell, (name, series)) in cells.iter().zip(panels) {
+        let mut chart = ChartBuilder::on(cell)
+            .margin(10)
+            .margin_right(18)
+            .caption(name, text(CAPTION_PT))
+            .x_label_area_size(50)
+            .y_label_area_size(68)
+            .build_cartesian_2d(x_range.clone(), pct.clone())?;
+        let frame = Frame {
+            x: x_range.clone(),
+            y: pct.clone(),
+        };
+        chart
+            .configure_mesh()
+            .x_desc("task")
+            .y_desc("accuracy (%)")
+            .x_labels(ticks)
+            .y_labels(6)
+            .x_label_formatter(&fmt_tick)
+            .y_label_formatter(&fmt_tick)
+            .label_style(text(LABEL_PT))
+            .axis_desc_style(text(DESC_PT))
+            .max_light_lines(0)
+            .bold_line_style(GRID)
+            .draw()?;
+        for s in series {
+            draw_bands(&mut chart, s, color_of(&s.label).0, &frame)?;
+        }
+        let mut drawn = 0;
+        for s in series {
+            let (color, dashed) = color_of(&s.label);
+            drawn += draw_line(&mut chart, s, color, dashed, &frame)?;
+        }
+        if drawn == 0 {
+            draw_note(&chart.plotting_area().strip_coord_spec(), NO_DATA)?;
+        }
+    }
+    draw_legend(&legend_area, &rows)
+}
+
+fn draw_prune<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    curves: &[PruneCurve],
+) -> DrawResult<(), DB> {
+    let area = root.titled(title, text(TITLE_PT))?;
+
+    let mut entries: Vec<LegendEntry> = curves
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (color, dashed) = line_style(i);
+            LegendEntry {
+                label: c.label.clone(),
+                color,
+                mark: if dashed {
+                    Mark::Dashed
+                } else {
+                    Mark::SolidDots
+                },
+            }
+        })
+        .collect();
+    if !curves.is_empty() {
+        entries.push(LegendEntry {
+            label: "threshold".into(),
+            color: GREY,
+            mark: Mark::Dashed,
+        });
+        entries.push(LegendEntry {
+            label: "accepted".into(),
+            color: GREY,
+            mark: Mark::Accepted,
+        });
+    }
+    let (area, legend_area, rows) = split_legend(&area, &entries)?;
+
+    // x: at least 0..100 (the whole possible range); y: fitted to the curves and thresholds
+    // so that small non-monotone steps stay visible.
+    let xb = finite_bounds(
+        curves
+            .iter()
+            .flat_map(|c| c.share.iter().copied().chain([c.accepted_share]))
+            .chain([0.0, 100.0]),
+    );
+    let x_range = axis_range(xb, 0.02);
+    let yb = finite_bounds(
+        curves
+            .iter()
+            .flat_map(|c| c.accuracy.iter().copied().chain([c.threshold_line])),
+    );
+    let mut y_range = axis_range(yb.or(Some((0.0, 100.0))), 0.08);
+    if let Some((lo, hi)) = yb {
+        if lo >= 0.0 {
+            y_range.start = y_range.start.max(0.0);
+        }
+        if hi <= 100.0 {
+            y_range.end = y_range.end.min(100.0);
+        }
+    }
+
+    let mut chart = ChartBuilder::on(&area)
+        .margin(10)
+        .margin_right(25)
+        .x_label_area_size(55)
+        .y_label_area_size(75)
+        .build_cartesian_2d(x_range.clone(), y_range.clone())?;
+    let frame = Frame {
+        x: x_range.clone(),
+        y: y_range.clone(),
+    };
+    chart
+        .configure_mesh()
+        .x_desc("share of units pruned (%)")
+        .y_desc("accuracy (%)")
+        .x_labels(11)
+        .y_labels(10)
+        .x_label_formatter(&fmt_tick)
+        .y_label_formatter(&fmt_tick)
+        .label_style(text(LABEL_PT))
+        .axis_desc_style(text(DESC_PT))
+        .max_light_lines(0)
+        .bold_line_style(GRID)
+        .draw()?;
+
+    let mut drawn = 0;
+    let mut accepted = Vec::new();
+    for (i, c) in curves.iter().enumerate() {
+        let (color, dashed) = line_style(i);
+        if c.threshold_line.is_finite() {
+            chart.draw_series(DashedLineSeries::new(
+                [
+                    frame.clip((x_range.start, c.threshold_line)),
+                    frame.clip((x_range.end, c.threshold_line)),
+                ],
+                DASH.0,
+                DASH.1,
+                ShapeStyle::from(&color.mix(0.9)).stroke_width(LINE_W),
+            ))?;
+        }
+        let s = Series {
+            label: c.label.clone(),
+            x: c.share.clone(),
+            y: c.accuracy.clone(),
+            std: None,
+        };
+        drawn += draw_line(&mut chart, &s, color, dashed, &frame)?;
+        if let Some(a) = accuracy_at(&c.share, &c.accuracy, c.accepted_share) {
+            let at = frame.clip((c.accepted_share, a));
+            accepted.push((chart.backend_coord(&at), color));
+        }
+    }
+    // Markers last, on top of all lines; drawn in pixel space so the rim is exact.
+    let plot = chart.plotting_area();
+    let (ox, oy) = plot.get_base_pixel();
+    let plot = plot.strip_coord_spec();
+    for ((x, y), color) in accepted {
+        draw_accepted(&plot, (x - ox, y - oy), color)?;
+    }
+    if drawn == 0 {
+        draw_note(&plot, NO_DATA)?;
+    }
+    draw_legend(&legend_area, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+
+    /// Output directory: `CFPIPE_FIGURE_DIR` if set (to look at the figures), else a tempdir.
+    fn out_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+        match std::env::var_os("CFPIPE_FIGURE_DIR") {
+            Some(d) => (None, PathBuf::from(d)),
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        }
+    }
+
+    /// Decodes an 8-bit, non-interlaced RGB(A) PNG (what the bitmap backend writes) into RGB
+    /// pixels, so tests can check that lines were really drawn.
+    fn decode_png(png: &[u8]) -> (u32, u32, Vec<[u8; 3]>) {
+        use std::io::Read;
+        assert_eq!(png[..8], PNG_SIGNATURE, "not a PNG");
+        let (mut pos, mut idat) = (8, Vec::new());
+        let (mut w, mut h, mut bpp) = (0, 0, 0);
+        while pos + 8 <= png.len() {
+            let len = u32::from_be_bytes(png[pos..pos + 4].try_into().unwrap()) as usize;
+            let kind = &png[pos + 4..pos + 8];
+            let data = &png[pos + 8..pos + 8 + len];
+            match kind {
+                b"IHDR" => {
+                    w = u32::from_be_bytes(data[0..4].try_into().unwrap());
+                    h = u32::from_be_bytes(data[4..8].try_into().unwrap());
+                    assert_eq!((data[8], data[12]), (8, 0), "bit depth 8, no interlace");
+                    bpp = match data[9] {
+                        2 => 3,
+                        6 => 4,
+                        t => panic!("unexpected PNG colour type {t}"),
+                    };
+                }
+                b"IDAT" => idat.extend_from_slice(data),
+                _ => {}
+            }
+            pos += 12 + len;
+        }
+        let mut raw = Vec::new();
+        flate2::read::ZlibDecoder::new(&idat[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        let stride = w as usize * bpp;
+        assert_eq!(raw.len(), h as usize * (stride + 1), "IDAT size");
+        let mut prev = vec![0u8; stride];
+        let mut pixels = Vec::with_capacity((w * h) as usize);
+        for row in raw.chunks(stride + 1) {
+            let (filter, line) = (row[0], &row[1..]);
+            let mut cur = vec![0u8; stride];
+            for i in 0..stride {
+                let a = if i >= bpp { cur[i - bpp] as i16 } else { 0 };
+                let b = prev[i] as i16;
+                let c = if i >= bpp { prev[i - bpp] as i16 } else { 0 };
+                let pred = match filter {
+                    0 => 0,
+                    1 => a,
+                    2 => b,
+                    3 => (a + b) / 2,
+                    4 => {
+                        let p = a + b - c;
+                        let (pa, pb, pc) = ((p - a).abs(), (p - b).abs(), (p - c).abs());
+                        if pa <= pb && pa <= pc {
+                            a
+                        } else if pb <= pc {
+                            b
+                        } else {
+                            c
+                        }
+                    }
+                    f => panic!("bad PNG filter {f}"),
+                };
+                cur[i] = line[i].wrapping_add(pred as u8);
+            }
+            pixels.extend(cur.chunks(bpp).map(|p| [p[0], p[1], p[2]]));
+            prev = cur;
+        }
+        (w, h, pixels)
+    }
+
+    /// Number of pixels of exactly `color`.
+    fn count_color(pixels: &[[u8; 3]], color: RGBColor) -> usize {
+        pixels
+            .iter()
+            .filter(|p| **p == [color.0, color.1, color.2])
+            .count()
+    }
+
+    /// Checks both files and returns the SVG text and the PNG's pixels.
+    fn check_outputs(
+        paths: &[PathBuf],
+        stem: &Path,
+        size: (u32, u32),
+        labels: &[&str],
+    ) -> (String, Vec<[u8; 3]>) {
+        assert_eq!(paths, &[with_suffix(stem, "svg"), with_suffix(stem, "png")]);
+        let svg = std::fs::read_to_string(&paths[0]).unwrap();
+        assert!(svg.trim_start().starts_with("<svg"), "not an SVG");
+        assert!(svg.trim_end().ends_with("</svg>"), "truncated SVG");
+        assert!(svg.len() > 4096, "SVG too small: {} bytes", svg.len());
+        for l in labels {
+            assert!(svg.contains(l), "SVG lacks legend/axis text {l:?}");
+        }
+        let png = std::fs::read(&paths[1]).unwrap();
+        assert!(png.len() > 8192, "PNG too small: {} bytes", png.len());
+        assert_eq!(png[..8], PNG_SIGNATURE, "not a PNG");
+        assert_eq!(&png[12..16], b"IHDR");
+        let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+        let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+        assert_eq!((w, h), size, "PNG size");
+        let (dw, dh, pixels) = decode_png(&png);
+        assert_eq!((dw, dh), size);
+        assert_eq!(pixels.len(), (w * h) as usize);
+        (svg, pixels)
+    }
+
+    /// Plausible fake results: accuracy decays with the number of tasks, capacity shrinks.
+    fn fake_mean(n_tasks: usize, strategies: &[&str]) -> (Vec<Series>, Vec<Series>) {
+        let x: Vec<f64> = (1..=n_tasks).map(|t| t as f64).collect();
+        let mut acc = Vec::new();
+        let mut cap = Vec::new();
+        for (k, name) in strategies.iter().enumerate() {
+            let forget = 0.02 + 0.05 * k as f64;
+            let y = x
+                .iter()
+                .map(|t| 97.0 * (1.0 - forget).powf(t - 1.0))
+                .collect();
+            let std = x.iter().map(|t| 0.8 + 0.3 * t).collect();
+            acc.push(Series {
+                label: name.to_string(),
+                x: x.clone(),
+                y,
+                std: Some(std),
+            });
+            if k < 2 {
+                let c = x
+                    .iter()
+                    .map(|t| 100.0 * (1.0 - (0.12 + 0.04 * k as f64) * t).max(0.0))
+                    .collect();
+                cap.push(Series {
+                    label: name.to_string(),
+                    x: x.clone(),
+                    y: c,
+                    std: None,
+                });
+            }
+        }
+        (acc, cap)
+    }
+
+    fn fake_per_task(n_tasks: usize, forget: f64) -> Vec<Series> {
+        (1..=n_tasks)
+            .map(|j| {
+                let x: Vec<f64> = (j..=n_tasks).map(|t| t as f64).collect();
+                let y = x
+                    .iter()
+                    .map(|t| (96.0 - j as f64) * (1.0 - forget).powf(t - j as f64))
+                    .collect();
+                Series {
+                    label: format!("task {j}"),
+                    x,
+                    y,
+                    std: None,
+                }
+            })
+            .collect()
+    }
+
+    fn fake_prune() -> Vec<PruneCurve> {
+        (0..3)
+            .map(|k| {
+                let share: Vec<f64> = (0..=18).map(|i| i as f64 * 5.0).collect();
+                // Slow decay with a wiggle (non-monotone), then a cliff.
+                let accuracy = share
+                    .iter()
+                    .map(|s| {
+                        let cliff = 55.0 + 10.0 * k as f64;
+                        let wiggle = 0.6 * (s / 7.0).sin();
+                        let drop = if *s > cliff { (s - cliff) * 1.2 } else { 0.0 };
+                        97.0 - 2.0 * k as f64 - 0.02 * s + wiggle - drop
+                    })
+                    .collect::<Vec<f64>>();
+                let threshold_line = accuracy[0] - 2.0;
+                let accepted_share = share
+                    .iter()
+                    .zip(&accuracy)
+                    .take_while(|(_, a)| **a >= threshold_line)
+                    .last()
+                    .map(|(s, _)| *s)
+                    .unwrap();
+                PruneCurve {
+                    label: format!("task {} (layer fc{})", k + 1, k + 1),
+                    share,
+                    accuracy,
+                    threshold_line,
+                    accepted_share,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mean_accuracy_writes_svg_and_png() {
+        let (_t, dir) = out_dir();
+        let stem = dir.join("mean_accuracy");
+        let (acc, cap) = fake_mean(10, &["RNF", "RNF + LRP", "fine-tune"]);
+        let paths = mean_accuracy_figure(&stem, "Split MNIST", &acc, &cap).unwrap();
+        let (svg, pixels) = check_outputs(
+            &paths,
+            &stem,
+            SIZE,
+            &[
+                "RNF + LRP",
+                "fine-tune",
+                "RNF (free capacity)",
+                "mean accuracy over seen tasks (%)",
+                "free capacity (%)",
+                "task",
+                "Split MNIST",
+            ],
+        );
+        // One ±std band per accuracy series; every strategy's colour really drawn in the PNG.
+        assert_eq!(svg.matches("<polygon").count(), acc.len());
+        for i in 0..acc.len() {
+            let n = count_color(&pixels, line_style(i).0);
+            assert!(n > 1000, "colour {i}: only {n} pixels");
+        }
+        assert_eq!(count_color(&pixels, line_style(acc.len()).0), 0);
+    }
+
+    #[test]
+    fn per_task_writes_one_panel_per_strategy() {
+        let (_t, dir) = out_dir();
+        let stem = dir.join("per_task");
+        let panels = vec![
+            ("RNF".to_string(), fake_per_task(5, 0.01)),
+            ("RNF + LRP".to_string(), fake_per_task(5, 0.005)),
+            ("fine-tune".to_string(), fake_per_task(5, 0.25)),
+        ];
+        let paths = per_task_figure(&stem, "Per-task accuracy", &panels).unwrap();
+        let (svg, pixels) = check_outputs(
+            &paths,
+            &stem,
+            per_task_size(1),
+            &["RNF + LRP", "fine-tune", "task 1", "task 5", "accuracy (%)"],
+        );
+        // One y-axis description per panel; one colour per task, shared by the panels.
+        assert_eq!(svg.matches("accuracy (%)").count(), 3);
+        // Count above the legend strip only; task 5 is a single point per panel.
+        let plot = &pixels[..(SIZE.0 * (SIZE.1 - 60)) as usize];
+        for i in 0..5 {
+            let n = count_color(plot, line_style(i).0);
+            let min = if i == 4 { 50 } else { 300 };
+            assert!(n > min, "task {}: only {n} pixels", i + 1);
+        }
+        assert_eq!(count_color(&pixels, line_style(5).0), 0);
+    }
+
+    #[test]
+    fn per_task_grows_with_rows() {
+        assert_eq!(panel_grid(4), (2, 2));
+        assert_eq!(panel_grid(7), (3, 3));
+        assert_eq!(panel_grid(0), (1, 1));
+        let (_t, dir) = out_dir();
+        let stem = dir.join("per_task_rows");
+        let panels: Vec<(String, Vec<Series>)> = (0..4)
+            .map(|k| (format!("strategy {k}"), fake_per_task(4, 0.05 * k as f64)))
+            .collect();
+        let paths = per_task_figure(&stem, "", &panels).unwrap();
+        let size = per_task_size(2);
+        assert!(size.1 > SIZE.1);
+        check_outputs(&paths, &stem, size, &["strategy 3", "task 4"]);
+    }
+
+    #[test]
+    fn prune_writes_thresholds_and_accepted_points() {
+        let (_t, dir) = out_dir();
+        let stem = dir.join("prune");
+        let curves = fake_prune();
+        let paths = prune_figure(&stem, "Prune curves", &curves).unwrap();
+        let (svg, pixels) = check_outputs(
+            &paths,
+            &stem,
+            SIZE,
+            &[
+                "task 1 (layer fc1)",
+                "task 3 (layer fc3)",
+                "share of units pruned (%)",
+                "accuracy (%)",
+                "accepted",
+            ],
+        );
+        // One accepted marker per curve plus the legend sample, each a filled circle + rim.
+        let markers = svg.matches("r=\"8\"").count();
+        assert_eq!(markers, 2 * (curves.len() + 1));
+        // Threshold lines are dashed: many short segments in each curve's colour in the SVG.
+        for i in 0..curves.len() {
+            let c = line_style(i).0;
+            let stroke = format!("stroke=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
+            let n = svg.matches(&stroke).count();
+            assert!(n > 50, "curve {i}: only {n} strokes");
+            assert!(count_color(&pixels, line_style(i).0) > 500, "curve {i}");
+        }
+    }
+
+    #[test]
+    fn accepted_point_is_interpolated_on_the_curve() {
+        let share = [0.0, 10.0, 20.0, 30.0];
+        let acc = [90.0, 92.0, 88.0, f64::NAN];
+        assert_eq!(accuracy_at(&share, &acc, 10.0), Some(92.0));
+        assert_eq!(accuracy_at(&share, &acc, 15.0), Some(90.0));
+        assert_eq!(accuracy_at(&share, &acc, 25.0), None);
+        assert_eq!(accuracy_at(&share, &acc, f64::NAN), None);
+    }
+
+    #[test]
+    fn nan_splits_lines_and_bands() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let y = [1.0, f64::NAN, 3.0, 4.0, 5.0];
+        let wide = Frame {
+            x: -1e9..1e9,
+            y: -1e9..1e9,
+        };
+        let runs = finite_runs(&x, &y, &wide);
+        assert_eq!(
+            runs,
+            vec![vec![(1.0, 1.0)], vec![(3.0, 3.0), (4.0, 4.0), (5.0, 5.0)]]
+        );
+        let s = Series {
+            label: "s".into(),
+            x: x.to_vec(),
+            y: y.to_vec(),
+            std: Some(vec![1.0, 1.0, 1.0, f64::INFINITY, 200.0]),
+        };
+        let frame = Frame {
+            x: 0.0..10.0,
+            y: 0.0..100.0,
+        };
+        // Only [3] is a lone point between gaps; [5] alone: no polygon has < 2 points.
+        assert!(band_polygons(&s, &frame).is_empty());
+        let s = Series {
+            std: Some(vec![1.0; 5]),
+            ..s
+        };
+        let polys = band_polygons(&s, &frame);
+        assert_eq!(polys.len(), 1);
+        assert_eq!(polys[0].len(), 6);
+        // Bands (and lines) are clamped into the frame.
+        let wide = Series {
+            label: "w".into(),
+            x: vec![1.0, 20.0],
+            y: vec![50.0, 50.0],
+            std: Some(vec![200.0, 200.0]),
+        };
+        let polys = band_polygons(&wide, &frame);
+        assert_eq!(
+            polys,
+            vec![vec![(1.0, 100.0), (10.0, 100.0), (10.0, 0.0), (1.0, 0.0)]]
+        );
+        assert_eq!(
+            finite_runs(&wide.x, &[1e300, -5.0], &frame),
+            vec![vec![(1.0, 100.0), (10.0, 0.0)]]
+        );
+    }
+
+    #[test]
+    fn empty_and_nan_inputs_draw_a_note_instead_of_panicking() {
+        let (_t, dir) = out_dir();
+        let nan = Series {
+            label: "all NaN".into(),
+            x: vec![1.0, 2.0],
+            y: vec![f64::NAN, f64::NAN],
+            std: Some(vec![f64::NAN, 1.0]),
+        };
+        for (name, acc) in [("empty_mean", vec![]), ("nan_mean", vec![nan.clone()])] {
+            let stem = dir.join(name);
+            let paths = mean_accuracy_figure(&stem, "empty", &acc, &[]).unwrap();
+            let svg = std::fs::read_to_string(&paths[0]).unwrap();
+            assert!(svg.contains(NO_DATA), "{name}: no note");
+            assert!(paths[1].exists());
+        }
+        let stem = dir.join("empty_per_task");
+        let paths = per_task_figure(&stem, "empty", &[]).unwrap();
+        assert!(std::fs::read_to_string(&paths[0])
+            .unwrap()
+            .contains(NO_DATA));
+        let stem = dir.join("empty_prune");
+        let paths = prune_figure(&stem, "empty", &[]).unwrap();
+        assert!(std::fs::read_to_string(&paths[0])
+            .unwrap()
+            .contains(NO_DATA));
+        let stem = dir.join("nan_prune");
+        let curve = PruneCurve {
+            label: "nan".into(),
+            share: vec![f64::NAN, 1.0],
+            accuracy: vec![1.0, f64::INFINITY],
+            threshold_line: f64::NAN,
+            accepted_share: f64::NAN,
+        };
+        let paths = prune_figure(&stem, "nan", &[curve]).unwrap();
+        assert!(std::fs::read_to_string(&paths[0])
+            .unwrap()
+            .contains(NO_DATA));
+    }
+
+    #[test]
+    fn extreme_values_do_not_break_the_axes() {
+        assert_eq!(axis_range(Some((-f64::MAX, f64::MAX)), 0.1), 0.0..1.0);
+        let (_t, dir) = out_dir();
+        let curve = PruneCurve {
+            label: "huge".into(),
+            share: vec![-f64::MAX, 0.0, f64::MAX],
+            accuracy: vec![f64::MAX, 1.0, -f64::MAX],
+            threshold_line: f64::MAX,
+            accepted_share: 0.0,
+        };
+        prune_figure(&dir.join("huge_prune"), "huge", &[curve]).unwrap();
+        let s = Series {
+            label: "huge".into(),
+            x: vec![1.0, 1e300, -1e300],
+            y: vec![1e300, 0.0, -1e300],
+            std: Some(vec![f64::MAX, 0.0, 1.0]),
+        };
+        let stem = dir.join("huge_per_task");
+        per_task_figure(&stem, "huge", &[("p".into(), vec![s.clone()])]).unwrap();
+        mean_accuracy_figure(
+            &dir.join("huge_mean"),
+            "huge",
+            std::slice::from_ref(&s),
+            std::slice::from_ref(&s),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn mismatched_lengths_are_an_error_naming_the_figure() {
+        let (_t, dir) = out_dir();
+        let stem = dir.join("bad");
+        let bad = Series {
+            label: "bad".into(),
+            x: vec![1.0, 2.0],
+            y: vec![1.0],
+            std: None,
+        };
+        let err = mean_accuracy_figure(&stem, "", &[bad], &[]).unwrap_err();
+        assert!(matches!(&err, FigureError::InvalidData { path, .. } if path == &stem));
+        assert!(err.to_string().contains("bad"));
+        assert!(!with_suffix(&stem, "svg").exists());
+        let curve = PruneCurve {
+            label: "c".into(),
+            share: vec![1.0],
+            accuracy: vec![],
+            threshold_line: 0.0,
+            accepted_share: 0.0,
+        };
+        assert!(matches!(
+            prune_figure(&stem, "", &[curve]),
+            Err(FigureError::InvalidData { .. })
+        ));
+    }
+
+    #[test]
+    fn stem_with_dots_keeps_them() {
+        assert_eq!(
+            with_suffix(Path::new("out/fig.v1"), "svg"),
+            PathBuf::from("out/fig.v1.svg")
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! `cfpipe report`: tables (markdown), exports (CSV and JSON that pandas reads) and figures,
+//! from the cache alone.
+
+use super::figures::{self, PruneCurve, Series};
+use super::summary::{MeanStd, StrategySummary};
+use super::RunResult;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Wall time of one cached stage, from its manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTime {
+    pub id: String,
+    pub kind: String,
+    pub key: String,
+    pub wall_s: f64,
+    pub device: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Figure(#[from] figures::FigureError),
+}
+
+fn write(path: &Path, text: &str) -> Result<(), ReportError> {
+    std::fs::write(path, text).map_err(|source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Write everything into `out`; returns the files written.
+pub fn write_report(
+    out: &Path,
+    name: &str,
+    results: &[RunResult],
+    summaries: &[StrategySummary],
+    times: &[StageTime],
+) -> Result<Vec<PathBuf>, ReportError> {
+    std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    let mut put = |file: &str, text: String| -> Result<(), ReportError> {
+        let p = out.join(file);
+        write(&p, &text)?;
+        files.push(p);
+        Ok(())
+    };
+    put("accuracy.csv", accuracy_csv(results))?;
+    put("metrics.csv", metrics_csv(results))?;
+    put("summary.csv", summary_csv(summaries))?;
+    put("stages.csv", stages_csv(times))?;
+    let json = serde_json::json!({"pipeline": name, "runs": results, "summaries": summaries, "stages": times});
+    put(
+        "report.json",
+        serde_json::to_string_pretty(&json).expect("plain data"),
+    )?;
+
+    let mut figs = Vec::new();
+    let tasks = summaries.first().map(|s| s.tasks).unwrap_or(0);
+    let xs: Vec<f64> = (1..=tasks).map(|t| t as f64).collect();
+    let seq: Vec<&StrategySummary> = summaries.iter().filter(|s| !s.joint).collect();
+    let acc_series: Vec<Series> = seq
+        .iter()
+        .map(|s| Series {
+            label: s.strategy.clone(),
+            x: xs.clone(),
+            y: s.mean_accuracy
+                .iter()
+                .map(|m| m.map(|m| m.mean * 100.0).unwrap_or(f64::NAN))
+                .collect(),
+            std: Some(
+                s.mean_accuracy
+                    .iter()
+                    .map(|m| m.map(|m| m.std * 100.0).unwrap_or(0.0))
+                    .collect(),
+            ),
+        })
+        .collect();
+    let cap_series: Vec<Series> = seq
+        .iter()
+        .filter(|s| s.free_capacity.iter().any(|c| c.mean < 1.0))
+        .map(|s| Series {
+            label: format!("{} capacity", s.strategy),
+            x: xs.clone(),
+            y: s.free_capacity.iter().map(|c| c.mean * 100.0).collect(),
+            std: None,
+        })
+        .collect();
+    if !acc_series.is_empty() {
+        figs.extend(figures::mean_accuracy_figure(
+            &out.join("mean_accuracy"),
+            &format!("{name}: mean accuracy over seen tasks"),
+            &acc_series,
+            &cap_series,
+        )?);
+        let panels: Vec<(String, Vec<Series>)> = seq
+            .iter()
+            .map(|s| {
+                let lines = (0..tasks)
+                    .map(|j| Series {
+                        label: format!("task {}", j + 1),
+                        x: (j + 1..=tasks).map(|t| t as f64).collect(),
+                        y: (j..tasks)
+                            .map(|i| {
+                                s.accuracy[i]
+                                    .get(j)
+                                    .map(|m| m.mean * 100.0)
+                                    .unwrap_or(f64::NAN)
+                            })
+                            .collect(),
+                        std: Some(
+                            (j..tasks)
+                                .map(|i| s.accuracy[i].get(j).map(|m| m.std * 100.0).unwrap_or(0.0))
+                                .collect(),
+                        ),
+                    })
+                    .collect();
+                (s.strategy.clone(), lines)
+            })
+            .collect();
+        figs.extend(figures::per_task_figure(
+            &out.join("per_task"),
+            &format!("{name}: accuracy per task"),
+            &panels,
+        )?);
+    }
+    let mut pruning: Vec<&str> = Vec::new();
+    for r in results {
+        if r.prune.iter().any(|p| p.is_some()) && !pruning.contains(&r.strategy.as_str()) {
+            pruning.push(&r.strategy);
+        }
+    }
+    for strat in pruning {
+        let Some(r) = results.iter().find(|r| r.strategy == strat && r.complete()) else {
+            continue;
+        };
+        let curves: Vec<PruneCurve> = r
+            .prune
+            .iter()
+            .enumerate()
+            .filter_map(|(t, p)| p.as_ref().map(|p| (t, p)))
+            .map(|(t, p)| PruneCurve {
+                label: format!("task {}", t + 1),
+                share: p.curve.iter().map(|c| c.share * 100.0).collect(),
+                accuracy: p.curve.iter().map(|c| c.accuracy * 100.0).collect(),
+                threshold_line: (p.baseline_accuracy - p.threshold) * 100.0,
+                accepted_share: if p.candidates == 0 {
+                    0.0
+                } else {
+                    p.accepted_pruned as f64 / p.candidates as f64 * 100.0
+                },
+            })
+            .collect();
+        figs.extend(figures::prune_figure(
+            &out.join(format!("prune_{strat}")),
+            &format!("{name}: pruning search of {strat} (seed {})", r.seed),
+            &curves,
+        )?);
+    }
+    put(
+        "report.md",
+        markdown(name, results, summaries, times, &figs),
+    )?;
+    files.extend(figs);
+    Ok(files)
+}
+
+fn pct(m: &MeanStd) -> String {
+    m.fmt(100.0)
+}
+
+fn markdown(
+    name: &str,
+    results: &[RunResult],
+    sums: &[StrategySummary],
+    times: &[StageTime],
+    figs: &[PathBuf],
+) -> String {
+    let mut s = String::new();
+    let seeds = sums.iter().map(|x| x.seeds.len()).max().unwrap_or(0);
+    let _ = writeln!(s, "# Report: {name}\n");
+    let _ = writeln!(s, "Read from the cache; values are percentages, mean ± sample std over {seeds} seed(s). Definitions at the end.\n");
+    let _ = writeln!(s, "## Final results\n");
+    let _ = writeln!(s, "| strategy | seeds | final mean accuracy | task-1 accuracy | forgetting (max) | forgetting (first) | BWT | free capacity |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for x in sums {
+        let opt = |m: &Option<MeanStd>| m.as_ref().map(pct).unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            x.strategy,
+            x.seeds.len(),
+            pct(&x.final_mean_accuracy),
+            pct(&x.final_task1_accuracy),
+            opt(&x.forgetting_max),
+            opt(&x.forgetting_first),
+            opt(&x.backward_transfer),
+            x.free_capacity.last().map(pct).unwrap_or_default()
+        );
+    }
+    let tasks = sums.first().map(|x| x.tasks).unwrap_or(0);
+    let header = |s: &mut String, first: &str| {
+        let _ = write!(s, "| {first} |");
+        for t in 1..=tasks {
+            let _ = write!(s, " T{t} |");
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in 0..tasks {
+            let _ = write!(s, "---|");
+        }
+        s.push('\n');
+    };
+    let _ = writeln!(s, "\n## Mean accuracy over seen tasks, after each task\n");
+    header(&mut s, "strategy");
+    for x in sums {
+        let _ = write!(s, "| {} |", x.strategy);
+        for m in &x.mean_accuracy {
+            let _ = write!(
+                s,
+                " {} |",
+                m.as_ref().map(pct).unwrap_or_else(|| "–".into())
+            );
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "\n## Free capacity after each task\n");
+    header(&mut s, "strategy");
+    for x in sums {
+        let _ = write!(s, "| {} |", x.strategy);
+        for m in &x.free_capacity {
+            let _ = write!(s, " {} |", pct(m));
+        }
+        s.push('\n');
+    }
+    if sums.iter().any(|x| !x.prune_evaluations.is_empty()) {
+        let _ = writeln!(s, "\n## Pruning-search evaluations per task\n");
+        header(&mut s, "strategy");
+        for x in sums.iter().filter(|x| !x.prune_evaluations.is_empty()) {
+            let _ = write!(s, "| {} |", x.strategy);
+            for m in &x.prune_evaluations {
+                let _ = write!(s, " {} |", m.fmt(1.0));
+            }
+            s.push('\n');
+        }
+        let flagged: Vec<String> = results
+            .iter()
+            .flat_map(|r| {
+                r.prune.iter().enumerate().filter_map(move |(t, p)| {
+                    p.as_ref()
+                        .filter(|p| p.non_monotone)
+                        .map(|_| format!("{}/seed{}/task{}", r.strategy, r.seed, t + 1))
+                })
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nNon-monotone pruning curves (accuracy rose with more pruning): {}.",
+            if flagged.is_empty() {
+                "none".to_string()
+            } else {
+                flagged.join(", ")
+            }
+        );
+    }
+    let _ = writeln!(s, "\n## Accuracy matrices\n");
+    for x in sums {
+        let _ = writeln!(
+            s,
+            "**{}** (row: after training task i; column: task j)\n",
+            x.strategy
+        );
+        header(&mut s, "after");
+        for (i, row) in x.accuracy.iter().enumerate() {
+            if row.is_empty() {
+                continue;
+            }
+            let _ = write!(
+                s,
+                "| {} |",
+                if x.joint {
+                    "joint".to_string()
+                } else {
+                    format!("task {}", i + 1)
+                }
+            );
+            for j in 0..tasks {
+                let _ = write!(s, " {} |", row.get(j).map(pct).unwrap_or_default());
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "## Stage wall time\n");
+    let _ = writeln!(
+        s,
+        "As recorded when each stage was computed (a cached stage keeps its original time).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| kind | stages | total (s) | mean (s) |\n|---|---|---|---|"
+    );
+    let mut by_kind: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+    for t in times {
+        let e = by_kind.entry(&t.kind).or_default();
+        e.0 += 1;
+        e.1 += t.wall_s;
+    }
+    for (k, (n, tot)) in &by_kind {
+        let _ = writeln!(s, "| {k} | {n} | {tot:.2} | {:.3} |", tot / *n as f64);
+    }
+    let total: f64 = times.iter().map(|t| t.wall_s).sum();
+    let _ = writeln!(s, "| all | {} | {total:.2} | |", times.len());
+    let _ = writeln!(s, "\n## Figures\n");
+    for f in figs
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "png"))
+    {
+        let file = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(s, "![{file}]({file})\n");
+    }
+    let _ = writeln!(s, "## Definitions\n");
+    let _ = writeln!(
+        s,
+        "A[i][j] is test accuracy on task j after training task i (tasks 1..T).\n\n\
+         - mean accuracy after task i: (1/i) Σ_{{j≤i}} A[i][j]\n\
+         - forgetting (max), as in FACIL: (1/(T−1)) Σ_{{j<T}} (max_{{j≤i<T}} A[i][j] − A[T][j])\n\
+         - forgetting (first), as in Avalanche: (1/(T−1)) Σ_{{j<T}} (A[j][j] − A[T][j])\n\
+         - backward transfer: (1/(T−1)) Σ_{{j<T}} (A[T][j] − A[j][j])\n\
+         - free capacity: share of hidden units not frozen after the task\n\
+         - joint: one training on all tasks; only its final row exists and forgetting is undefined\n"
+    );
+    s
+}
+
+fn accuracy_csv(results: &[RunResult]) -> String {
+    let mut s = String::from("strategy,seed,after_task,task,accuracy\n");
+    for r in results {
+        for (i, row) in r.accuracy.iter().enumerate() {
+            for (j, a) in row.iter().flatten().enumerate() {
+                let _ = writeln!(s, "{},{},{},{},{}", r.strategy, r.seed, i + 1, j + 1, a);
+            }
+        }
+    }
+    s
+}
+
+fn metrics_csv(results: &[RunResult]) -> String {
+    let mut s = String::from("strategy,seed,metric,task,value\n");
+    for r in results {
+        let mut row = |metric: &str, task: Option<usize>, v: f64| {
+            let t = task.map(|t| t.to_string()).unwrap_or_default();
+            let _ = writeln!(s, "{},{},{metric},{t},{v}", r.strategy, r.seed);
+        };
+        for (i, a) in r.accuracy.iter().enumerate() {
+            if let Some(a) = a {
+                row(
+                    "mean_accuracy",
+                    Some(i + 1),
+                    a.iter().sum::<f64>() / a.len() as f64,
+                );
+            }
+        }
+        for (i, c) in r.free_capacity.iter().enumerate() {
+            if let Some(c) = c {
+                row("free_capacity", Some(i + 1), *c);
+            }
+        }
+        for (i, p) in r.prune.iter().enumerate() {
+            if let Some(p) = p {
+                row("prune_evaluations", Some(i + 1), p.evaluations as f64);
+            }
+        }
+        if let (false, Some(m)) = (
+            r.joint,
+            r.accuracy.iter().cloned().collect::<Option<Vec<_>>>(),
+        ) {
+            if let Ok(m) = super::metrics::compute(&m) {
+                row("forgetting_max", None, m.forgetting_max);
+                row("forgetting_first", None, m.forgetting_first);
+                row("backward_transfer", None, m.backward_transfer);
+            }
+        }
+    }
+    s
+}
+
+fn summary_csv(sums: &[StrategySummary]) -> String {
+    let mut s = String::from("strategy,metric,task,mean,std,n\n");
+    for x in sums {
+        let mut row = |metric: &str, task: Option<usize>, m: &MeanStd| {
+            let t = task.map(|t| t.to_string()).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "{},{metric},{t},{},{},{}",
+                x.strategy, m.mean, m.std, m.n
+            );
+        };
+        row("final_mean_accuracy", None, &x.final_mean_accuracy);
+        row("final_task1_accuracy", None, &x.final_task1_accuracy);
+        for (name, m) in [
+            ("forgetting_max", &x.forgetting_max),
+            ("forgetting_first", &x.forgetting_first),
+            ("backward_transfer", &x.backward_transfer),
+        ] {
+            if let Some(m) = m {
+                row(name, None, m);
+            }
+        }
+        for (i, m) in x.mean_accuracy.iter().enumerate() {
+            if let Some(m) = m {
+                row("mean_accuracy", Some(i + 1), m);
+            }
+        }
+        for (i, m) in x.free_capacity.iter().enumerate() {
+            row("free_capacity", Some(i + 1), m);
+        }
+    }
+    s
+}
+
+fn stages_csv(times: &[StageTime]) -> String {
+    let mut s = String::from("id,kind,key,wall_s,device\n");
+    for t in times {
+        let _ = writeln!(s, "{},{},{},{},{}", t.id, t.kind, t.key, t.wall_s, t.device);
+    }
+    s
+}

@@ -1,0 +1,78 @@
+//! `cfpipe report` on a tiny cached pipeline: tables, exports and figures, from the cache only.
+
+mod common;
+use common::{stderr, stdout, Fixture};
+
+#[test]
+fn report_writes_tables_exports_and_figures_from_the_cache() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    let out_dir = f.path().join("rep");
+    let out_s = out_dir.to_str().unwrap();
+    // Nothing cached yet: the report names what is missing and how to compute it.
+    let missing = f.cli(&["report", p, "--out", out_s, "--set", "seeds=[0, 1]"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("results missing from the cache"),
+        "{}",
+        stderr(&missing)
+    );
+    assert!(
+        stderr(&missing).contains("cfpipe run"),
+        "{}",
+        stderr(&missing)
+    );
+
+    assert!(f
+        .cli(&["run", p, "--quiet", "--set", "seeds=[0, 1]"])
+        .status
+        .success());
+    let rep = f.cli(&["report", p, "--out", out_s, "--set", "seeds=[0, 1]"]);
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    assert!(stdout(&rep).contains("wrote"));
+    // The report never trains: a rerun afterwards still has everything cached.
+    assert!(stdout(&f.cli(&["run", p, "--quiet", "--set", "seeds=[0, 1]"])).contains(" 0 ran"));
+
+    let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    for needle in [
+        "## Final results",
+        "| strategy | seeds | final mean accuracy | task-1 accuracy | forgetting (max) | forgetting (first) | BWT | free capacity |",
+        "| naive | 2 |",
+        "| rnf | 2 |",
+        "## Mean accuracy over seen tasks, after each task",
+        "## Free capacity after each task",
+        "## Pruning-search evaluations per task",
+        "## Accuracy matrices",
+        "## Stage wall time",
+        "![mean_accuracy.png](mean_accuracy.png)",
+    ] {
+        assert!(md.contains(needle), "report.md lacks `{needle}`:\n{md}");
+    }
+    assert!(md.contains(" ± "), "two seeds give mean ± std");
+
+    let acc = std::fs::read_to_string(out_dir.join("accuracy.csv")).unwrap();
+    let mut lines = acc.lines();
+    assert_eq!(lines.next(), Some("strategy,seed,after_task,task,accuracy"));
+    // 2 strategies × 2 seeds × (1 + 2) matrix entries.
+    assert_eq!(lines.count(), 12);
+    let metrics = std::fs::read_to_string(out_dir.join("metrics.csv")).unwrap();
+    assert!(metrics.starts_with("strategy,seed,metric,task,value\n"));
+    assert!(metrics.contains(",forgetting_max,,") && metrics.contains(",prune_evaluations,1,"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["summaries"].as_array().unwrap().len(), 2);
+
+    for stem in ["mean_accuracy", "per_task", "prune_rnf"] {
+        let svg = std::fs::read_to_string(out_dir.join(format!("{stem}.svg"))).unwrap();
+        assert!(
+            svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{stem}.svg"
+        );
+        assert!(svg.len() > 5_000, "{stem}.svg is trivial");
+        let png = std::fs::read(out_dir.join(format!("{stem}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{stem}.png signature");
+        assert!(png.len() > 10_000, "{stem}.png is trivial");
+    }
+}
