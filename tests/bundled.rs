@@ -7,28 +7,18 @@ mod common;
 fn the_bundled_mnist_split_pipeline_runs_and_rnf_freezes_units() {
     let dir = tempfile::tempdir().unwrap();
     let small = ["--set", "training.epochs=1", "--set", "seeds=[0]"];
-    let mut args = vec!["run", "pipelines/mnist_split.yaml", "--quiet"];
-    args.extend_from_slice(&small);
-    let out = run_repo(&args, dir.path());
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let summary = common::stdout(&out);
-    assert!(summary.contains("34 stages: 34 ran, 0 cached"), "{summary}");
-    let mut args = vec!["show", "pipelines/mnist_split.yaml", "--json"];
-    args.extend_from_slice(&small);
-    let show = run_repo(&args, dir.path());
-    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let v = run_then_show("pipelines/mnist_split.yaml", &small, dir.path());
+    let mut rerun = vec!["run", "pipelines/mnist_split.yaml", "--quiet"];
+    rerun.extend_from_slice(&small);
+    let rerun = common::stdout(&run_repo(&rerun, dir.path()));
+    assert!(rerun.contains("34 stages: 0 ran, 34 cached"), "{rerun}");
     for run in v.as_array().unwrap() {
         let first = run["accuracy"][0][0].as_f64().unwrap();
         assert!(first > 0.95, "task 1 (0 vs 1) is easy: {first}");
         let rows = run["accuracy"].as_array().unwrap();
         assert_eq!(rows.len(), 5);
     }
-    let rnf = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["strategy"] == "rnf")
-        .unwrap();
+    let rnf = run_of(&v, "rnf");
     let caps: Vec<f64> = rnf["free_capacity"]
         .as_array()
         .unwrap()
@@ -40,6 +30,28 @@ fn the_bundled_mnist_split_pipeline_runs_and_rnf_freezes_units() {
         "frozen units accumulate: {caps:?}"
     );
     assert!(caps[0] < 1.0 && caps[4] > 0.0, "{caps:?}");
+}
+
+/// The result of `strategy` in a `show --json` listing.
+fn run_of<'a>(v: &'a serde_json::Value, strategy: &str) -> &'a serde_json::Value {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["strategy"] == strategy)
+        .unwrap()
+}
+
+/// Run a pipeline file of the repo with `overrides`, then return `show --json`.
+fn run_then_show(pipeline: &str, overrides: &[&str], cache: &std::path::Path) -> serde_json::Value {
+    let with = |cmd: &str, extra: &[&str]| {
+        let mut args = vec![cmd, pipeline];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(overrides);
+        run_repo(&args, cache)
+    };
+    let out = with("run", &["--quiet"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    serde_json::from_slice(&with("show", &["--json"]).stdout).unwrap()
 }
 
 fn run_repo(args: &[&str], cache: &std::path::Path) -> std::process::Output {
@@ -69,19 +81,8 @@ fn the_permuted_pipeline_runs_with_ten_way_tasks() {
         "--set",
         "training.lr=1e-3",
     ];
-    let mut args = vec!["run", "pipelines/mnist_permuted.yaml", "--quiet"];
-    args.extend_from_slice(&small);
-    let out = run_repo(&args, dir.path());
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let mut args = vec!["show", "pipelines/mnist_permuted.yaml", "--json"];
-    args.extend_from_slice(&small);
-    let v: serde_json::Value = serde_json::from_slice(&run_repo(&args, dir.path()).stdout).unwrap();
-    let naive = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["strategy"] == "naive")
-        .unwrap();
+    let v = run_then_show("pipelines/mnist_permuted.yaml", &small, dir.path());
+    let naive = run_of(&v, "naive");
     // Every task is 10-way digit classification: far above chance (10%) right after training.
     for t in 0..3 {
         let a = naive["accuracy"][t][t].as_f64().unwrap();
@@ -110,19 +111,8 @@ fn the_fashion_pipeline_runs_on_the_debian_dataset() {
         "--set",
         "tasks=[[0, 1], [8, 9]]",
     ];
-    let mut args = vec!["run", "pipelines/fashion_split.yaml", "--quiet"];
-    args.extend_from_slice(&small);
-    let out = run_repo(&args, dir.path());
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let mut args = vec!["show", "pipelines/fashion_split.yaml", "--json"];
-    args.extend_from_slice(&small);
-    let v: serde_json::Value = serde_json::from_slice(&run_repo(&args, dir.path()).stdout).unwrap();
-    let naive = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["strategy"] == "naive")
-        .unwrap();
+    let v = run_then_show("pipelines/fashion_split.yaml", &small, dir.path());
+    let naive = run_of(&v, "naive");
     // 10,000 official test images, 1,000 per class: T-shirt vs trouser is easy.
     assert!(naive["accuracy"][0][0].as_f64().unwrap() > 0.9);
 }

@@ -100,8 +100,9 @@ pub struct TrainingSpec {
     pub weight_decay: f64,
 }
 
-/// How units are scored; serialised (tagged by `method`) into the score stage's parameters.
-#[derive(Debug, Clone, Serialize)]
+/// How units are scored; serialised (tagged by `method`) into the score stage's parameters,
+/// which deserialises it back.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum ScoreSpec {
     Lrp {

@@ -13,6 +13,7 @@ use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::MlpParams;
 use crate::nn::mlp::{images_to_tensor, DeviceMlp};
 use crate::spec::raw::{AbsMode, LrpRule, Normalize};
+use crate::spec::ScoreSpec;
 use dfdx::prelude::*;
 use rand::seq::index::sample;
 use serde::{Deserialize, Serialize};
@@ -24,22 +25,7 @@ struct Params {
     task_index: usize,
     seed: u64,
     #[serde(flatten)]
-    method: Method,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-enum Method {
-    Lrp {
-        rule: LrpRule,
-        epsilon: f64,
-        reference_size: usize,
-        abs: AbsMode,
-        normalize: Normalize,
-    },
-    Magnitude {
-        normalize: Normalize,
-    },
+    method: ScoreSpec,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,7 +111,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         )));
     }
     let (sums, abs, normalize, n_ref, explained, method) = match p.method {
-        Method::Magnitude { normalize } => (
+        ScoreSpec::Magnitude { normalize } => (
             magnitude_scores(&host),
             AbsMode::None,
             normalize,
@@ -133,7 +119,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             0.0,
             "magnitude-l2-incoming",
         ),
-        Method::Lrp {
+        ScoreSpec::Lrp {
             rule: LrpRule::Epsilon,
             epsilon,
             reference_size,
