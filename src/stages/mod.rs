@@ -43,6 +43,8 @@ pub enum DeviceError {
     Unknown(String),
     #[error("device `{0}` needs a cfpipe built with `--features cuda`; this build runs on the CPU only (use `--device cpu`)")]
     NoCudaSupport(String),
+    #[error("device `{device}` is not usable: {cause} (use `--device cpu`, or check the driver with `nvidia-smi`)")]
+    CudaUnavailable { device: String, cause: String },
 }
 
 impl DeviceChoice {
@@ -57,13 +59,34 @@ impl DeviceChoice {
         }
     }
 
-    /// Whether this build can run on the device (checked before any work starts).
+    /// Whether this build can run on the device (checked before any work starts): a CPU-only
+    /// build refuses CUDA; a CUDA build opens the device once, so a missing driver or GPU is a
+    /// clear error instead of a panic inside a stage.
     pub fn check_available(self, raw: &str) -> Result<(), DeviceError> {
         match self {
             DeviceChoice::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda(n) => {
+                open_cuda(n)
+                    .map(|_| ())
+                    .map_err(|cause| DeviceError::CudaUnavailable {
+                        device: raw.to_string(),
+                        cause,
+                    })
+            }
+            #[cfg(not(feature = "cuda"))]
             DeviceChoice::Cuda(_) => Err(DeviceError::NoCudaSupport(raw.to_string())),
         }
     }
+}
+
+/// Open CUDA device `n`. cudarc panics when the driver library is missing, so the attempt is
+/// fenced off and turned into an error.
+#[cfg(feature = "cuda")]
+pub fn open_cuda(n: usize) -> Result<dfdx::tensor::Cuda, String> {
+    std::panic::catch_unwind(|| dfdx::tensor::Cuda::try_build(n, 0))
+        .map_err(|_| "the CUDA driver library could not be loaded".to_string())?
+        .map_err(|e| format!("{e:?}"))
 }
 
 /// Run a device-generic stage body on the context's device.
@@ -73,6 +96,12 @@ macro_rules! on_device {
             .map_err(|e| $crate::exec::StageError::invalid(e.to_string()))?
         {
             $crate::stages::DeviceChoice::Cpu => $body(&dfdx::tensor::Cpu::seed_from_u64(0), $ctx),
+            #[cfg(feature = "cuda")]
+            $crate::stages::DeviceChoice::Cuda(n) => {
+                let dev = $crate::stages::open_cuda(n).map_err($crate::exec::StageError::failed)?;
+                $body(&dev, $ctx)
+            }
+            #[cfg(not(feature = "cuda"))]
             $crate::stages::DeviceChoice::Cuda(_) => Err($crate::exec::StageError::invalid(
                 $crate::stages::DeviceError::NoCudaSupport($ctx.device.to_string()).to_string(),
             )),
@@ -149,6 +178,7 @@ mod tests {
             Err(DeviceError::Unknown(_))
         ));
         assert!(DeviceChoice::Cpu.check_available("cpu").is_ok());
+        #[cfg(not(feature = "cuda"))]
         assert!(matches!(
             DeviceChoice::Cuda(0).check_available("cuda"),
             Err(DeviceError::NoCudaSupport(_))
