@@ -236,20 +236,35 @@ impl<D: Device<f32>> DeviceMlp<D> {
         labels: &[u8],
         head: usize,
     ) -> (f32, Vec<(usize, Vector<D>)>) {
+        self.grads_of(x, head, Objective::CrossEntropy(labels))
+    }
+
+    /// Value and parameter gradients of a scalar `objective` of `head`'s logits on a batch.
+    pub fn grads_of(
+        &self,
+        x: &Matrix<D>,
+        head: usize,
+        objective: Objective,
+    ) -> (f32, Vec<(usize, Vector<D>)>) {
         let path = self.path(head);
         let traced: Vec<Vector<D, OwnedTape<f32, D>>> =
             path.iter().map(|&i| self.params[i].leaky_trace()).collect();
         let shapes = self.layer_shapes(head);
         let logits_t = forward_t(traced, &shapes, x, None);
-        // Cross-entropy on `logitsᵀ` [classes, batch] directly: dfdx 0.13's log_softmax
+        // Objectives work on `logitsᵀ` [classes, batch] directly: dfdx 0.13's log_softmax
         // backward mishandles permuted (non-contiguous) inputs, so nothing taped is permuted.
         let batch = x.shape().0 as f32;
-        let classes = self.shapes[self.n_trunk + head].0;
-        let targets_t = one_hot_t(&self.dev, labels, classes);
-        let loss = (logits_t.log_softmax::<Axis<0>>() * targets_t)
-            .sum::<(), _>()
-            .negate()
-            / batch;
+        let loss = match objective {
+            Objective::CrossEntropy(labels) => {
+                let classes = self.shapes[self.n_trunk + head].0;
+                let targets_t = one_hot_t(&self.dev, labels, classes);
+                (logits_t.log_softmax::<Axis<0>>() * targets_t)
+                    .sum::<(), _>()
+                    .negate()
+                    / batch
+            }
+            Objective::SquaredNorm => logits_t.square().sum::<(), _>() / batch,
+        };
         let value = loss.as_vec()[0];
         let grads = loss.backward();
         let out = path
@@ -258,6 +273,33 @@ impl<D: Device<f32>> DeviceMlp<D> {
             .collect();
         (value, out)
     }
+
+    /// Each layer's input activations for `x` (the input itself, then every hidden layer's
+    /// ReLU output), row-major `[batch, width]`.
+    pub fn activations(&self, x: &Matrix<D>) -> Vec<Vec<f32>> {
+        let batch = x.shape().0;
+        let mut out = vec![x.as_vec()];
+        let mut a = x.clone();
+        for l in 0..self.n_trunk {
+            let (o, i) = self.shapes[l];
+            let w = self.params[2 * l].clone().reshape_like(&(o, i));
+            let b = self.params[2 * l + 1]
+                .clone()
+                .broadcast_like::<_, Axis<0>>(&(batch, o));
+            a = (a.matmul(w.permute::<_, Axes2<1, 0>>()) + b).relu();
+            out.push(a.as_vec());
+        }
+        out
+    }
+}
+
+/// A scalar function of a head's logits whose parameter gradients are wanted.
+#[derive(Debug, Clone, Copy)]
+pub enum Objective<'a> {
+    /// Mean cross-entropy against these labels (local to the head).
+    CrossEntropy(&'a [u8]),
+    /// Mean over samples of the squared L2 norm of the logits (MAS).
+    SquaredNorm,
 }
 
 /// Transposed forward: returns `logitsᵀ` `[classes, batch]`.

@@ -90,7 +90,9 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 r.accuracy.push(acc);
                 let cap = match s.freeze {
                     FreezeSpec::None => Some(1.0),
-                    FreezeSpec::UntilThreshold { .. } | FreezeSpec::Random { .. } => {
+                    FreezeSpec::UntilThreshold { .. }
+                    | FreezeSpec::Random { .. }
+                    | FreezeSpec::TopShare { .. } => {
                         let mid = stage_id(&s.name, seed, t, "mask");
                         let c = entry(&mid)
                             .and_then(|e| read_json::<MaskReport>(e, MASK_JSON))

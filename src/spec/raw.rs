@@ -142,6 +142,9 @@ pub enum FreezeKind {
     /// Baseline: freeze as many units per layer as the strategy named by `like` froze at each
     /// task, chosen at random among the free ones.
     Random,
+    /// Freeze a fixed `share` of each layer's units per task, the highest-scoring free ones
+    /// (the saliency paper's policy).
+    TopShare,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -170,6 +173,9 @@ pub struct RawStrategy {
     /// For `freeze: random`: whose per-layer frozen counts to match.
     #[serde(default)]
     pub like: Option<String>,
+    /// For `freeze: top_share`: share of each layer's units frozen per task, in (0, 1].
+    #[serde(default)]
+    pub share: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -179,6 +185,31 @@ pub enum ScoreMethod {
     Lrp,
     /// L2 norm of each unit's incoming weights (and bias).
     Magnitude,
+    /// Diagonal Fisher information (EWC), aggregated to units.
+    Fisher,
+    /// Memory-aware synapses: gradient of the squared output norm, aggregated to units.
+    Mas,
+    /// Signal passed, |w|·mean|a| (Kutalev), aggregated to units.
+    Sig,
+    /// Uniformly random scores (seeded): a sanity baseline.
+    Random,
+}
+
+/// Which split of the task the reference samples come from.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceSplit {
+    /// The task's test split, as in the RNF paper.
+    #[default]
+    Test,
+    /// The task's training split, as EWC-style methods usually do.
+    Train,
+}
+
+impl ReferenceSplit {
+    pub fn is_test(&self) -> bool {
+        *self == ReferenceSplit::Test
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -195,9 +226,23 @@ pub struct RawScore {
     pub rule: Option<LrpRule>,
     #[serde(default)]
     pub epsilon: Option<f64>,
-    /// Reference samples per task, drawn from the task's test split (LRP only).
+    /// Reference samples per task (all methods but magnitude and random).
     #[serde(default)]
     pub reference_size: Option<i64>,
+    #[serde(default)]
+    pub reference_split: Option<ReferenceSplit>,
+    /// Fisher: ground-truth or predicted labels.
+    #[serde(default)]
+    pub labels: Option<crate::xai::importance::FisherLabels>,
+    /// Fisher: per-sample or per-batch gradients.
+    #[serde(default)]
+    pub gradients: Option<crate::xai::importance::GradientMode>,
+    /// Fisher with per-batch gradients: the batch size.
+    #[serde(default)]
+    pub batch_size: Option<i64>,
+    /// Weight-level methods: how weight importances become unit scores.
+    #[serde(default)]
+    pub unit_rule: Option<crate::xai::importance::UnitRule>,
     #[serde(default)]
     pub aggregate: RawAggregate,
 }

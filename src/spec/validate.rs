@@ -3,6 +3,7 @@
 
 use super::raw::*;
 use super::{DataCheck, Locator, SpecError, SpecErrors};
+use crate::xai::importance::{FisherLabels, GradientMode, UnitRule};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -109,12 +110,37 @@ pub enum ScoreSpec {
         rule: LrpRule,
         epsilon: f64,
         reference_size: usize,
+        // Absent means `test` (the paper's choice), so keys of earlier runs stay valid.
+        #[serde(default, skip_serializing_if = "ReferenceSplit::is_test")]
+        reference_split: ReferenceSplit,
         abs: AbsMode,
         normalize: Normalize,
     },
     Magnitude {
         normalize: Normalize,
     },
+    Fisher {
+        labels: FisherLabels,
+        gradients: GradientMode,
+        batch_size: usize,
+        reference_size: usize,
+        reference_split: ReferenceSplit,
+        unit_rule: UnitRule,
+        normalize: Normalize,
+    },
+    Mas {
+        reference_size: usize,
+        reference_split: ReferenceSplit,
+        unit_rule: UnitRule,
+        normalize: Normalize,
+    },
+    Sig {
+        reference_size: usize,
+        reference_split: ReferenceSplit,
+        unit_rule: UnitRule,
+        normalize: Normalize,
+    },
+    Random {},
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +163,12 @@ pub enum FreezeSpec {
         like: String,
         lr_frozen: f64,
     },
+    /// Freeze the top `share` of each layer's units (by score) among the free ones, per task.
+    TopShare {
+        score: ScoreSpec,
+        share: f64,
+        lr_frozen: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -149,7 +181,80 @@ pub struct Strategy {
 
 fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Option<ScoreSpec> {
     let positive = |v: f64| v.is_finite() && v > 0.0;
-    match sc.method {
+    let m = sc.method;
+    let mut only = |field: &str, set: bool, methods: &str| {
+        if set {
+            e(
+                &format!("{base}.{field}"),
+                format!("only used with `method: {methods}`"),
+            );
+        }
+    };
+    only("rule", sc.rule.is_some() && m != ScoreMethod::Lrp, "lrp");
+    only(
+        "epsilon",
+        sc.epsilon.is_some() && m != ScoreMethod::Lrp,
+        "lrp",
+    );
+    only(
+        "aggregate.abs",
+        sc.aggregate.abs != AbsMode::None && m != ScoreMethod::Lrp,
+        "lrp",
+    );
+    only(
+        "labels",
+        sc.labels.is_some() && m != ScoreMethod::Fisher,
+        "fisher",
+    );
+    only(
+        "gradients",
+        sc.gradients.is_some() && m != ScoreMethod::Fisher,
+        "fisher",
+    );
+    only(
+        "batch_size",
+        sc.batch_size.is_some() && sc.gradients != Some(GradientMode::PerBatch),
+        "fisher` with `gradients: per_batch",
+    );
+    let weight_level = matches!(m, ScoreMethod::Fisher | ScoreMethod::Mas | ScoreMethod::Sig);
+    only(
+        "unit_rule",
+        sc.unit_rule.is_some() && !weight_level,
+        "fisher`, `mas` or `sig",
+    );
+    let uses_reference = !matches!(m, ScoreMethod::Magnitude | ScoreMethod::Random);
+    only(
+        "reference_size",
+        sc.reference_size.is_some() && !uses_reference,
+        "lrp`, `fisher`, `mas` or `sig",
+    );
+    only(
+        "reference_split",
+        sc.reference_split.is_some() && !uses_reference,
+        "lrp`, `fisher`, `mas` or `sig",
+    );
+    let reference_size = match sc.reference_size {
+        None if uses_reference => {
+            e(
+                &format!("{base}.reference_size"),
+                "required: reference samples per task, e.g. 100".into(),
+            );
+            1
+        }
+        Some(r) if r < 1 => {
+            e(
+                &format!("{base}.reference_size"),
+                format!("expected an integer >= 1, found {r}"),
+            );
+            1
+        }
+        Some(r) => r as usize,
+        None => 0,
+    };
+    let reference_split = sc.reference_split.unwrap_or_default();
+    let unit_rule = sc.unit_rule.unwrap_or_default();
+    let normalize = sc.aggregate.normalize;
+    Some(match m {
         ScoreMethod::Lrp => {
             let epsilon = sc.epsilon.unwrap_or(1e-6);
             if !positive(epsilon) {
@@ -158,55 +263,68 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
                     format!("expected a number > 0, found {epsilon}"),
                 );
             }
-            let reference_size = match sc.reference_size {
-                None => {
-                    e(
-                        &format!("{base}.reference_size"),
-                        "required with `method: lrp`: samples per task, e.g. 100".into(),
-                    );
-                    1
-                }
-                Some(r) if r < 1 => {
-                    e(
-                        &format!("{base}.reference_size"),
-                        format!("expected an integer >= 1, found {r}"),
-                    );
-                    1
-                }
-                Some(r) => r as usize,
-            };
-            Some(ScoreSpec::Lrp {
+            ScoreSpec::Lrp {
                 rule: sc.rule.unwrap_or(LrpRule::Epsilon),
                 epsilon,
                 reference_size,
+                reference_split,
                 abs: sc.aggregate.abs,
-                normalize: sc.aggregate.normalize,
-            })
-        }
-        ScoreMethod::Magnitude => {
-            for (field, set) in [
-                ("rule", sc.rule.is_some()),
-                ("epsilon", sc.epsilon.is_some()),
-                ("reference_size", sc.reference_size.is_some()),
-            ] {
-                if set {
-                    e(
-                        &format!("{base}.{field}"),
-                        "only used with `method: lrp`".into(),
-                    );
-                }
+                normalize,
             }
-            if sc.aggregate.abs != AbsMode::None {
+        }
+        ScoreMethod::Magnitude => ScoreSpec::Magnitude { normalize },
+        ScoreMethod::Fisher => {
+            let gradients = sc.gradients.unwrap_or(GradientMode::PerSample);
+            let batch_size = match (gradients, sc.batch_size) {
+                (GradientMode::PerSample, _) => 1,
+                (GradientMode::PerBatch, None) => {
+                    e(
+                        &format!("{base}.batch_size"),
+                        "required with `gradients: per_batch`".into(),
+                    );
+                    1
+                }
+                (GradientMode::PerBatch, Some(b)) if b < 1 => {
+                    e(
+                        &format!("{base}.batch_size"),
+                        format!("expected an integer >= 1, found {b}"),
+                    );
+                    1
+                }
+                (GradientMode::PerBatch, Some(b)) => b as usize,
+            };
+            ScoreSpec::Fisher {
+                labels: sc.labels.unwrap_or(FisherLabels::GroundTruth),
+                gradients,
+                batch_size,
+                reference_size,
+                reference_split,
+                unit_rule,
+                normalize,
+            }
+        }
+        ScoreMethod::Mas => ScoreSpec::Mas {
+            reference_size,
+            reference_split,
+            unit_rule,
+            normalize,
+        },
+        ScoreMethod::Sig => ScoreSpec::Sig {
+            reference_size,
+            reference_split,
+            unit_rule,
+            normalize,
+        },
+        ScoreMethod::Random => {
+            if normalize != Normalize::None {
                 e(
-                    &format!("{base}.aggregate.abs"),
-                    "only used with `method: lrp` (norms are never negative)".into(),
+                    &format!("{base}.aggregate.normalize"),
+                    "random scores are not normalised".into(),
                 );
             }
-            Some(ScoreSpec::Magnitude {
-                normalize: sc.aggregate.normalize,
-            })
+            ScoreSpec::Random {}
         }
-    }
+    })
 }
 
 pub(super) fn validate(
@@ -476,7 +594,49 @@ pub(super) fn validate(
                 "a joint schedule trains once on all tasks; use `freeze: none`".into(),
             );
         }
+        if s.freeze != FreezeKind::TopShare {
+            only_with("share", s.share.is_some(), "top_share", &mut e);
+        }
         let freeze = match s.freeze {
+            FreezeKind::TopShare => {
+                only_with("prune", s.prune.is_some(), "until_threshold", &mut e);
+                only_with("like", s.like.is_some(), "random", &mut e);
+                let share = match s.share {
+                    Some(v) if v > 0.0 && v <= 1.0 => v,
+                    Some(v) => {
+                        e(
+                            &format!("{base}.share"),
+                            format!("expected a share in (0, 1], found {v}"),
+                        );
+                        1.0
+                    }
+                    None => {
+                        e(
+                            &format!("{base}.share"),
+                            "required with `freeze: top_share`, e.g. 0.5".into(),
+                        );
+                        1.0
+                    }
+                };
+                let score = match &s.score {
+                    None => {
+                        e(
+                            &format!("{base}.score"),
+                            "required with `freeze: top_share`".into(),
+                        );
+                        None
+                    }
+                    Some(sc) => score_spec(sc, &format!("{base}.score"), &mut e),
+                };
+                match score {
+                    Some(score) => FreezeSpec::TopShare {
+                        score,
+                        share,
+                        lr_frozen,
+                    },
+                    None => FreezeSpec::None,
+                }
+            }
             FreezeKind::None => {
                 only_with("score", s.score.is_some(), "until_threshold", &mut e);
                 only_with("prune", s.prune.is_some(), "until_threshold", &mut e);

@@ -2,6 +2,8 @@
 //!
 //! - `policy: keep_unpruned` (RNF): after task t's pruning search, every unit that was not
 //!   pruned is frozen (units frozen by earlier tasks were never candidates, so they stay frozen).
+//! - `policy: top_share`: in each layer, freeze the `round(share · units)` highest-scoring
+//!   units that are still free (fewer if fewer are free; ties go to the lower index).
 //! - `policy: random` (baseline): freeze, in each layer, as many units as the `like` mask newly
 //!   froze at this task, drawn uniformly (seeded) from this strategy's own free units.
 //!
@@ -13,6 +15,18 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 pub struct Mask;
+
+/// Freeze the `round(share · units)` highest-scoring free units of one layer.
+pub fn freeze_top(scores: &[f32], prev: &[bool], share: f64) -> Vec<bool> {
+    let want = (share * scores.len() as f64).round() as usize;
+    let mut free: Vec<usize> = (0..scores.len()).filter(|&j| !prev[j]).collect();
+    free.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut f = prev.to_vec();
+    for &j in free.iter().take(want) {
+        f[j] = true;
+    }
+    f
+}
 
 #[derive(Debug, Deserialize)]
 struct Params {
@@ -27,6 +41,7 @@ struct Params {
 enum Policy {
     KeepUnpruned,
     Random { seed: u64 },
+    TopShare { share: f64 },
 }
 
 /// The `mask.json` artifact.
@@ -71,6 +86,19 @@ impl Stage for Mask {
                             .zip(&prev[l])
                             .map(|(&pr, &was)| was || !pr)
                             .collect())
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            Policy::TopShare { share } => {
+                let scores = artifacts::load_unit_f32(ctx, "score", layers)?;
+                (0..layers)
+                    .map(|l| {
+                        if scores[l].len() != p.hidden[l] {
+                            return Err(StageError::invalid(format!(
+                                "score layer {l} has the wrong size"
+                            )));
+                        }
+                        Ok(freeze_top(&scores[l], &prev[l], share))
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -127,5 +155,27 @@ impl Stage for Mask {
         artifacts::save_unit_flags(&mut art, &frozen);
         art.insert(MASK_JSON, json_bytes(&report));
         Ok(art)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::freeze_top;
+
+    #[test]
+    fn top_share_half_freezes_exactly_half_of_a_layer_by_score() {
+        let scores = [0.1, 0.9, 0.5, 0.3, 0.8, 0.2];
+        let f = freeze_top(&scores, &[false; 6], 0.5);
+        assert_eq!(f, vec![false, true, true, false, true, false]);
+        // Later tasks freeze among the free units only; frozen ones stay frozen.
+        let g = freeze_top(&scores, &f, 0.5);
+        assert_eq!(g, vec![true; 6]);
+        assert_eq!(
+            freeze_top(&scores, &[false; 6], 0.25)
+                .iter()
+                .filter(|&&b| b)
+                .count(),
+            2
+        );
     }
 }

@@ -42,9 +42,9 @@ fn decl(
 fn lr_frozen(f: &FreezeSpec) -> f64 {
     match f {
         FreezeSpec::None => 1.0,
-        FreezeSpec::UntilThreshold { lr_frozen, .. } | FreezeSpec::Random { lr_frozen, .. } => {
-            *lr_frozen
-        }
+        FreezeSpec::UntilThreshold { lr_frozen, .. }
+        | FreezeSpec::Random { lr_frozen, .. }
+        | FreezeSpec::TopShare { lr_frozen, .. } => *lr_frozen,
     }
 }
 
@@ -141,6 +141,21 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         out.push(decl(id("prune"), &prune::Prune, pp, pin));
                         mask_params["policy"] = json!({"kind": "keep_unpruned"});
                         mask_in.push(("prune", id("prune")));
+                    }
+                    FreezeSpec::TopShare {
+                        score: sc, share, ..
+                    } => {
+                        let mut sp = serde_json::to_value(sc).expect("plain data");
+                        sp["task_index"] = json!(t);
+                        sp["seed"] = json!(seed);
+                        out.push(decl(
+                            id("score"),
+                            &score::Score,
+                            sp,
+                            vec![split_in(), trained.clone()],
+                        ));
+                        mask_params["policy"] = json!({"kind": "top_share", "share": share});
+                        mask_in.push(("score", id("score")));
                     }
                     FreezeSpec::Random { like, .. } => {
                         mask_params["policy"] = json!({"kind": "random", "seed": seed});

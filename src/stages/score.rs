@@ -12,10 +12,12 @@ use super::{check_task, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::MlpParams;
 use crate::nn::mlp::{images_to_tensor, DeviceMlp};
-use crate::spec::raw::{AbsMode, LrpRule, Normalize};
+use crate::spec::raw::{AbsMode, LrpRule, Normalize, ReferenceSplit};
 use crate::spec::ScoreSpec;
+use crate::xai::importance;
 use dfdx::prelude::*;
 use rand::seq::index::sample;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 pub struct Score;
@@ -110,6 +112,32 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             p.task_index
         )));
     }
+    // The reference samples: seeded, without replacement, from the chosen split.
+    let reference = |size: usize, from: ReferenceSplit| -> (Vec<u8>, Vec<u8>) {
+        let samples = match from {
+            ReferenceSplit::Test => &task.test,
+            ReferenceSplit::Train => &task.train,
+        };
+        let n = size.min(samples.len());
+        let mut idx = sample(
+            &mut rng_for(p.seed, p.task_index, "reference"),
+            samples.len(),
+            n,
+        )
+        .into_vec();
+        idx.sort_unstable();
+        let mut xb = Vec::with_capacity(n * dim);
+        let mut yb = Vec::with_capacity(n);
+        for &i in &idx {
+            xb.extend_from_slice(&samples.x[i * dim..(i + 1) * dim]);
+            yb.push(samples.y[i]);
+        }
+        (xb, yb)
+    };
+    let head = p.task_index;
+    let weight_level = |imp: importance::WeightImportance, rule: importance::UnitRule| {
+        importance::to_units(&imp, rule)
+    };
     let (sums, abs, normalize, n_ref, explained, method) = match p.method {
         ScoreSpec::Magnitude { normalize } => (
             magnitude_scores(&host),
@@ -119,36 +147,98 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             0.0,
             "magnitude-l2-incoming",
         ),
+        ScoreSpec::Random {} => {
+            let mut rng = rng_for(p.seed, p.task_index, "random_scores");
+            let s = host
+                .hidden_sizes()
+                .iter()
+                .map(|&u| (0..u).map(|_| rng.gen::<f64>()).collect())
+                .collect();
+            (s, AbsMode::None, Normalize::None, 0, 0.0, "random")
+        }
+        ScoreSpec::Fisher {
+            labels,
+            gradients,
+            batch_size,
+            reference_size,
+            reference_split,
+            unit_rule,
+            normalize,
+        } => {
+            let (x, y) = reference(reference_size, reference_split);
+            let model = DeviceMlp::from_host(dev, &host);
+            let imp = importance::fisher(
+                &model,
+                &importance::Batch { x: &x, y: &y, dim },
+                head,
+                labels,
+                gradients,
+                batch_size,
+            );
+            (
+                weight_level(imp, unit_rule),
+                AbsMode::None,
+                normalize,
+                y.len(),
+                0.0,
+                "fisher",
+            )
+        }
+        ScoreSpec::Mas {
+            reference_size,
+            reference_split,
+            unit_rule,
+            normalize,
+        } => {
+            let (x, y) = reference(reference_size, reference_split);
+            let model = DeviceMlp::from_host(dev, &host);
+            let imp = importance::mas(&model, &importance::Batch { x: &x, y: &y, dim }, head);
+            (
+                weight_level(imp, unit_rule),
+                AbsMode::None,
+                normalize,
+                y.len(),
+                0.0,
+                "mas",
+            )
+        }
+        ScoreSpec::Sig {
+            reference_size,
+            reference_split,
+            unit_rule,
+            normalize,
+        } => {
+            let (x, y) = reference(reference_size, reference_split);
+            let model = DeviceMlp::from_host(dev, &host);
+            let imp = importance::sig(&model, &importance::Batch { x: &x, y: &y, dim }, head);
+            (
+                weight_level(imp, unit_rule),
+                AbsMode::None,
+                normalize,
+                y.len(),
+                0.0,
+                "sig",
+            )
+        }
         ScoreSpec::Lrp {
             rule: LrpRule::Epsilon,
             epsilon,
             reference_size,
+            reference_split,
             abs,
             normalize,
         } => {
             let model = DeviceMlp::from_host(dev, &host);
-            let n_ref = reference_size.min(task.test.len());
-            let mut idx = sample(
-                &mut rng_for(p.seed, p.task_index, "reference"),
-                task.test.len(),
-                n_ref,
-            )
-            .into_vec();
-            idx.sort_unstable();
+            let (x_all, y_all) = reference(reference_size, reference_split);
+            let n_ref = y_all.len();
             let sizes = host.hidden_sizes();
             let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
             let mut explained = 0f64;
             ctx.progress.phase("lrp", n_ref.div_ceil(LRP_BATCH) as u64);
-            for chunk in idx.chunks(LRP_BATCH) {
+            for (xb, yb) in x_all.chunks(LRP_BATCH * dim).zip(y_all.chunks(LRP_BATCH)) {
                 ctx.check_cancel()?;
-                let mut xb = Vec::with_capacity(chunk.len() * dim);
-                let mut yb = Vec::with_capacity(chunk.len());
-                for &i in chunk {
-                    xb.extend_from_slice(&task.test.x[i * dim..(i + 1) * dim]);
-                    yb.push(task.test.y[i]);
-                }
-                let x = images_to_tensor(dev, &xb, dim);
-                let r = crate::xai::lrp::lrp_epsilon(&model, &x, &yb, p.task_index, epsilon as f32);
+                let x = images_to_tensor(dev, xb, dim);
+                let r = crate::xai::lrp::lrp_epsilon(&model, &x, yb, p.task_index, epsilon as f32);
                 for (l, h) in r.hidden.iter().enumerate() {
                     aggregate(h, sizes[l], abs, &mut sums[l]);
                 }

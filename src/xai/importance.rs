@@ -1,0 +1,348 @@
+//! Weight-level importance measures (the EWC family) and their aggregation to units.
+//!
+//! Each method gives one non-negative number per parameter on the path of a task's head
+//! (every trunk layer and that head), from samples of the task:
+//!
+//! - `fisher`: the diagonal of the empirical Fisher information, `E[(∂ log p(y|x)/∂θ)²]`.
+//!   `labels: ground_truth` uses the dataset label, `predicted` the model's argmax (the "true
+//!   Fisher" of EWC's original formulation samples from the model; argmax is its common
+//!   deterministic stand-in). `gradients: per_sample` squares each sample's gradient (the
+//!   definition); `per_batch` squares mini-batch mean gradients, which is cheaper but
+//!   smaller by about the batch size for uncorrelated samples.
+//! - `mas` (Aljundi et al.): `E[|∂ ‖f(x)‖² / ∂θ|]`, per sample, over the head's logits.
+//! - `sig` (Kutalev): `|w_ij| · E[|a_j|]`, the signal a weight passes (bias: `|b_i|`).
+//!
+//! `to_units` sums |importance| over each hidden unit's incoming weights and bias, or over its
+//! outgoing weights (into the next layer, or the task's head after the last hidden layer).
+
+use crate::nn::mlp::{argmax_rows, images_to_tensor, DeviceMlp, Objective};
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FisherLabels {
+    GroundTruth,
+    Predicted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradientMode {
+    PerSample,
+    PerBatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitRule {
+    /// Sum of |importance| of the unit's incoming weights and bias.
+    #[default]
+    Incoming,
+    /// Sum of |importance| of the unit's outgoing weights.
+    Outgoing,
+}
+
+/// Importance per parameter of the path, as `(weight [out·in], bias [out])` per layer:
+/// trunk layers first, then the head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightImportance {
+    pub shapes: Vec<(usize, usize)>,
+    pub layers: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+impl WeightImportance {
+    fn zeros(shapes: &[(usize, usize)]) -> Self {
+        WeightImportance {
+            shapes: shapes.to_vec(),
+            layers: shapes
+                .iter()
+                .map(|&(o, i)| (vec![0.0; o * i], vec![0.0; o]))
+                .collect(),
+        }
+    }
+    fn add(&mut self, grads: &[Vec<f32>], f: impl Fn(f64) -> f64, scale: f64) {
+        for (l, (w, b)) in self.layers.iter_mut().enumerate() {
+            for (acc, &g) in w.iter_mut().zip(&grads[2 * l]) {
+                *acc += f(g as f64) * scale;
+            }
+            for (acc, &g) in b.iter_mut().zip(&grads[2 * l + 1]) {
+                *acc += f(g as f64) * scale;
+            }
+        }
+    }
+}
+
+fn path_shapes<D: Device<f32>>(m: &DeviceMlp<D>, head: usize) -> Vec<(usize, usize)> {
+    let mut s = m.shapes[..m.n_trunk].to_vec();
+    s.push(m.shapes[m.n_trunk + head]);
+    s
+}
+
+/// Samples as `(pixels [n·dim], local labels [n])`.
+pub struct Batch<'a> {
+    pub x: &'a [u8],
+    pub y: &'a [u8],
+    pub dim: usize,
+}
+
+impl Batch<'_> {
+    fn len(&self) -> usize {
+        self.y.len()
+    }
+    fn range(&self, a: usize, b: usize) -> (&[u8], &[u8]) {
+        (&self.x[a * self.dim..b * self.dim], &self.y[a..b])
+    }
+}
+
+pub fn fisher<D: Device<f32>>(
+    m: &DeviceMlp<D>,
+    data: &Batch,
+    head: usize,
+    labels: FisherLabels,
+    mode: GradientMode,
+    batch_size: usize,
+) -> WeightImportance {
+    let shapes = path_shapes(m, head);
+    let classes = shapes.last().expect("head").0;
+    let mut imp = WeightImportance::zeros(&shapes);
+    let step = match mode {
+        GradientMode::PerSample => 1,
+        GradientMode::PerBatch => batch_size.max(1),
+    };
+    let n_chunks = data.len().div_ceil(step);
+    for c in 0..n_chunks {
+        let (xs, ys) = data.range(c * step, ((c + 1) * step).min(data.len()));
+        let x = images_to_tensor(&m.dev, xs, data.dim);
+        let y: Vec<u8> = match labels {
+            FisherLabels::GroundTruth => ys.to_vec(),
+            FisherLabels::Predicted => argmax_rows(&m.logits(&x, head, None).as_vec(), classes)
+                .into_iter()
+                .map(|c| c as u8)
+                .collect(),
+        };
+        let (_, g) = m.grads_of(&x, head, Objective::CrossEntropy(&y));
+        let g: Vec<Vec<f32>> = g.into_iter().map(|(_, t)| t.as_vec()).collect();
+        imp.add(&g, |v| v * v, 1.0 / n_chunks as f64);
+    }
+    imp
+}
+
+pub fn mas<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> WeightImportance {
+    let shapes = path_shapes(m, head);
+    let mut imp = WeightImportance::zeros(&shapes);
+    let n = data.len();
+    for i in 0..n {
+        let (xs, _) = data.range(i, i + 1);
+        let x = images_to_tensor(&m.dev, xs, data.dim);
+        let (_, g) = m.grads_of(&x, head, Objective::SquaredNorm);
+        let g: Vec<Vec<f32>> = g.into_iter().map(|(_, t)| t.as_vec()).collect();
+        imp.add(&g, f64::abs, 1.0 / n as f64);
+    }
+    imp
+}
+
+pub fn sig<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> WeightImportance {
+    let shapes = path_shapes(m, head);
+    let x = images_to_tensor(&m.dev, data.x, data.dim);
+    let acts = m.activations(&x);
+    let n = data.len().max(1) as f64;
+    let path = m.path(head);
+    let layers = shapes
+        .iter()
+        .enumerate()
+        .map(|(l, &(o, i))| {
+            let mut mean_abs = vec![0f64; i];
+            for row in acts[l].chunks_exact(i) {
+                for (acc, &a) in mean_abs.iter_mut().zip(row) {
+                    *acc += (a as f64).abs() / n;
+                }
+            }
+            let w = m.params[path[2 * l]].as_vec();
+            let b = m.params[path[2 * l + 1]].as_vec();
+            let wi = (0..o * i)
+                .map(|k| (w[k] as f64).abs() * mean_abs[k % i])
+                .collect();
+            let bi = b.iter().map(|&v| (v as f64).abs()).collect();
+            (wi, bi)
+        })
+        .collect();
+    WeightImportance { shapes, layers }
+}
+
+/// Per hidden layer, per unit: the sum of |importance| by `rule`.
+pub fn to_units(imp: &WeightImportance, rule: UnitRule) -> Vec<Vec<f64>> {
+    let hidden = imp.shapes.len() - 1;
+    (0..hidden)
+        .map(|l| match rule {
+            UnitRule::Incoming => {
+                let (o, i) = imp.shapes[l];
+                let (w, b) = &imp.layers[l];
+                (0..o)
+                    .map(|j| {
+                        w[j * i..(j + 1) * i].iter().map(|v| v.abs()).sum::<f64>() + b[j].abs()
+                    })
+                    .collect()
+            }
+            UnitRule::Outgoing => {
+                let (o, i) = imp.shapes[l + 1];
+                let (w, _) = &imp.layers[l + 1];
+                (0..i)
+                    .map(|j| (0..o).map(|k| w[k * i + j].abs()).sum())
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::mlp::MlpParams;
+    use rand::SeedableRng;
+
+    fn model() -> (MlpParams, DeviceMlp<Cpu>) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut p = MlpParams::init(6, &[5], &mut rng);
+        p.push_head(3, &mut rng);
+        let dev = Cpu::default();
+        let m = DeviceMlp::from_host(&dev, &p);
+        (p, m)
+    }
+
+    fn data() -> (Vec<u8>, Vec<u8>) {
+        (
+            (0..24).map(|i| (i * 53 % 256) as u8).collect(),
+            vec![0, 2, 1, 2],
+        )
+    }
+
+    /// Host softmax of the head's logits for sample `s`.
+    fn probs(m: &DeviceMlp<Cpu>, x: &[u8], s: usize) -> Vec<f64> {
+        let xt = images_to_tensor(&m.dev, &x[s * 6..(s + 1) * 6], 6);
+        let z: Vec<f64> = m
+            .logits(&xt, 0, None)
+            .as_vec()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let mx = z.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| (v - mx).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        e.iter().map(|v| v / sum).collect()
+    }
+
+    #[test]
+    fn fisher_of_the_head_bias_is_the_mean_squared_softmax_residual() {
+        // ∂(−log p_y)/∂b_c = p_c − [c = y] exactly, so the per-sample Fisher of the head bias
+        // is mean_s (p_c − y_c)².
+        let (_, m) = model();
+        let (x, y) = data();
+        let f = fisher(
+            &m,
+            &Batch {
+                x: &x,
+                y: &y,
+                dim: 6,
+            },
+            0,
+            FisherLabels::GroundTruth,
+            GradientMode::PerSample,
+            1,
+        );
+        let bias = &f.layers[1].1;
+        for c in 0..3 {
+            let want: f64 = (0..4)
+                .map(|s| {
+                    let p = probs(&m, &x, s);
+                    (p[c] - if y[s] as usize == c { 1.0 } else { 0.0 }).powi(2)
+                })
+                .sum::<f64>()
+                / 4.0;
+            assert!(
+                (bias[c] - want).abs() < 1e-6,
+                "class {c}: {} vs {want}",
+                bias[c]
+            );
+        }
+        // Predicted labels give a different Fisher here (so the option matters).
+        let fp = fisher(
+            &m,
+            &Batch {
+                x: &x,
+                y: &y,
+                dim: 6,
+            },
+            0,
+            FisherLabels::Predicted,
+            GradientMode::PerSample,
+            1,
+        );
+        assert_ne!(fp.layers[1].1, f.layers[1].1);
+    }
+
+    #[test]
+    fn mas_is_the_mean_abs_gradient_of_the_squared_output_norm() {
+        let (p, m) = model();
+        let (x, y) = data();
+        let imp = mas(
+            &m,
+            &Batch {
+                x: &x,
+                y: &y,
+                dim: 6,
+            },
+            0,
+        );
+        // Finite differences of ‖f(x)‖² per sample, on the first trunk weights.
+        let norm2 = |p: &MlpParams, s: usize| -> f64 {
+            let mm = DeviceMlp::from_host(&Cpu::default(), p);
+            let xt = images_to_tensor(&mm.dev, &x[s * 6..(s + 1) * 6], 6);
+            mm.logits(&xt, 0, None)
+                .as_vec()
+                .iter()
+                .map(|&v| (v as f64).powi(2))
+                .sum()
+        };
+        for k in 0..6 {
+            let h = 1e-3f32;
+            let mut want = 0.0;
+            for s in 0..4 {
+                let (mut a, mut b) = (p.clone(), p.clone());
+                a.trunk[0].weight[k] += h;
+                b.trunk[0].weight[k] -= h;
+                want += ((norm2(&a, s) - norm2(&b, s)) / (2.0 * h as f64)).abs() / 4.0;
+            }
+            let got = imp.layers[0].0[k];
+            assert!(
+                (got - want).abs() < 2e-3 * want.max(1.0),
+                "weight {k}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn sig_and_unit_rules() {
+        let (p, m) = model();
+        let (x, y) = data();
+        let s = sig(
+            &m,
+            &Batch {
+                x: &x,
+                y: &y,
+                dim: 6,
+            },
+            0,
+        );
+        // Input layer: |w_ji| · mean |x_i|.
+        let mean0: f64 = (0..4).map(|r| x[r * 6] as f64 / 255.0).sum::<f64>() / 4.0;
+        assert!((s.layers[0].0[0] - (p.trunk[0].weight[0] as f64).abs() * mean0).abs() < 1e-6);
+        let inc = to_units(&s, UnitRule::Incoming);
+        let out = to_units(&s, UnitRule::Outgoing);
+        assert_eq!((inc.len(), inc[0].len(), out[0].len()), (1, 5, 5));
+        let want_in: f64 = s.layers[0].0[..6].iter().sum::<f64>() + s.layers[0].1[0];
+        assert!((inc[0][0] - want_in).abs() < 1e-12);
+        let want_out: f64 = (0..3).map(|k| s.layers[1].0[k * 5]).sum();
+        assert!((out[0][0] - want_out).abs() < 1e-12);
+    }
+}
