@@ -1,9 +1,6 @@
 //! Every score method behind the one `score` stage, and the `top_share` freeze policy.
 
 mod common;
-use cfpipe::cache::Cache;
-use cfpipe::exec::resolve::resolve;
-use cfpipe::spec::DataCheck;
 use common::{Fixture, PIPELINE};
 
 const METHODS: &str = r#"  fisher:
@@ -44,19 +41,6 @@ const METHODS: &str = r#"  fisher:
       method: random
 "#;
 
-fn json_of(f: &Fixture, id: &str, file: &str) -> serde_json::Value {
-    let (_, dag) = cfpipe::cli::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
-    let cache = Cache::open(f.cache_dir()).unwrap();
-    let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
-    let e = resolve(&dag, &cache)
-        .into_iter()
-        .find(|r| r.node == n)
-        .unwrap()
-        .entry
-        .expect("cached");
-    serde_json::from_slice(&std::fs::read(e.output_path(file)).unwrap()).unwrap()
-}
-
 #[test]
 fn every_method_scores_and_top_share_half_freezes_half_of_each_layer() {
     let f = Fixture::with_pipeline(&format!("{PIPELINE}{METHODS}"));
@@ -67,17 +51,17 @@ fn every_method_scores_and_top_share_half_freezes_half_of_each_layer() {
         ("sig", "sig"),
         ("half", "random"),
     ] {
-        let s = json_of(&f, &format!("{strategy}/seed0/task1/score"), "score.json");
+        let s = f.json_of(&format!("{strategy}/seed0/task1/score"), "score.json");
         assert_eq!(s["method"], method);
     }
-    let m1 = json_of(&f, "half/seed0/task1/mask", "mask.json");
+    let m1 = f.json_of("half/seed0/task1/mask", "mask.json");
     assert_eq!(
         m1["frozen_per_layer"],
         serde_json::json!([8, 6]),
         "hidden [16, 12]"
     );
     // Frozen units accumulate: task 2 freezes half of each layer again, of what is free.
-    let m2 = json_of(&f, "half/seed0/task2/mask", "mask.json");
+    let m2 = f.json_of("half/seed0/task2/mask", "mask.json");
     assert_eq!(m2["frozen_per_layer"], serde_json::json!([16, 12]));
     assert_eq!(m2["free_capacity"], 0.0);
 }
@@ -105,4 +89,75 @@ fn method_specific_fields_are_checked() {
         "{}",
         common::stderr(&o)
     );
+}
+
+const LRP_RULES: &str = r#"  flat_first:
+    freeze: until_threshold
+    score: {method: lrp, reference_size: 20, composite: EpsilonPlusFlat}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+  spelled_out:
+    freeze: until_threshold
+    score: {method: lrp, reference_size: 20, rule: epsilon, conv_rule: zplus, first_layer: flat}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+  alpha_beta:
+    freeze: until_threshold
+    score: {method: lrp, reference_size: 20, rule: alpha_beta, alpha: 2, beta: 1}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+"#;
+
+#[test]
+fn lrp_rules_and_composites_are_keyed_choices() {
+    let f = Fixture::with_pipeline(&format!("{PIPELINE}{LRP_RULES}"));
+    let report = f.run(&[]);
+    // A composite and the same rules spelled out are one stage.
+    let ran = report.ran_all_ids();
+    assert!(ran.contains("flat_first/seed0/task1/score"));
+    assert!(ran.contains("spelled_out/seed0/task1/score"));
+    let (_, dag) =
+        cfpipe::cli::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
+    assert_eq!(
+        dag.find("flat_first/seed0/task1/score"),
+        dag.find("spelled_out/seed0/task1/score")
+    );
+    // Different rules give different scores; the ε-only strategy keeps its plain method name.
+    let scores = |s: &str| f.json_of(&format!("{s}/seed0/task1/score"), "score.json");
+    assert_eq!(scores("rnf")["method"], "lrp-epsilon");
+    assert_eq!(scores("alpha_beta")["method"], "lrp");
+    let totals = |s: &str| scores(s)["layer_totals"].clone();
+    assert_ne!(totals("rnf"), totals("alpha_beta"));
+    // The first layer's rule only shapes the input's relevance, which an MLP's unit scores
+    // never see: they are computed above it.
+    assert_eq!(totals("rnf"), totals("flat_first"));
+}
+
+#[test]
+fn lrp_rule_parameters_are_checked() {
+    for (extra, expect) in [
+        (
+            "composite: EpsilonPlus, rule: zplus",
+            "strategies.x.score.rule: `composite: EpsilonPlus` already sets the rules",
+        ),
+        (
+            "rule: alpha_beta, alpha: 2, beta: 2",
+            "strategies.x.score.alpha: αβ needs β >= 0 and α − β = 1",
+        ),
+        (
+            "rule: zplus, gamma: 0.5",
+            "strategies.x.score.gamma: only used when",
+        ),
+        (
+            "first_layer: z_box, low: 1, high: 0",
+            "strategies.x.score.low: expected low < high",
+        ),
+        ("composite: Epsilon", "strategies.x.score.composite"),
+    ] {
+        let f = Fixture::with_pipeline(&format!(
+            "{PIPELINE}  x:\n    freeze: until_threshold\n    score: {{method: lrp, reference_size: 5, {extra}}}\n    prune: {{threshold: 0.3, step_ratio: 0.1}}\n"
+        ));
+        let o = f.cli(&["dag", f.pipeline().to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{extra}");
+        let err = common::stderr(&o);
+        assert!(err.contains(expect), "{extra}: {err}");
+        assert!(err.contains("pipeline.yaml:"), "{extra}: {err}");
+    }
 }

@@ -176,6 +176,10 @@ pub struct RawStrategy {
     /// For `freeze: top_share`: share of each layer's units frozen per task, in (0, 1].
     #[serde(default)]
     pub share: Option<f64>,
+    /// Evaluate (and serve) each old task with only the units frozen up to and including it,
+    /// so later training cannot reach it (PackNet-style). Requires a freezing policy.
+    #[serde(default)]
+    pub isolate: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -212,20 +216,54 @@ impl ReferenceSplit {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LrpRule {
-    Epsilon,
+pub use crate::xai::lrp::LrpRule;
+
+/// Named LRP composites, spelled as in zennit. Each fixes the dense, conv and first-layer rules.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum Composite {
+    /// ε for dense layers, z⁺ for conv layers (RNF's choice).
+    EpsilonPlus,
+    /// `EpsilonPlus` with the flat rule on the first layer.
+    EpsilonPlusFlat,
+    /// ε for dense layers, α2β1 for conv layers.
+    EpsilonAlpha2Beta1,
+    /// `EpsilonAlpha2Beta1` with the flat rule on the first layer.
+    EpsilonAlpha2Beta1Flat,
+    /// ε for dense layers, γ for conv layers, zᴮ on the first layer.
+    EpsilonGammaBox,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawScore {
     pub method: ScoreMethod,
+    /// LRP: the rule of dense layers.
     #[serde(default)]
     pub rule: Option<LrpRule>,
+    /// LRP: the rule of conv layers.
+    #[serde(default)]
+    pub conv_rule: Option<LrpRule>,
+    /// LRP: the rule of the layer that reads the input, overriding `rule`/`conv_rule`.
+    #[serde(default)]
+    pub first_layer: Option<LrpRule>,
+    /// LRP: a named composite instead of `rule`, `conv_rule` and `first_layer`.
+    #[serde(default)]
+    pub composite: Option<Composite>,
     #[serde(default)]
     pub epsilon: Option<f64>,
+    /// LRP αβ: α − β = 1.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    #[serde(default)]
+    pub beta: Option<f64>,
+    /// LRP γ.
+    #[serde(default)]
+    pub gamma: Option<f64>,
+    /// LRP zᴮ: the input's lower and upper bound.
+    #[serde(default)]
+    pub low: Option<f64>,
+    #[serde(default)]
+    pub high: Option<f64>,
     /// Reference samples per task (all methods but magnitude and random).
     #[serde(default)]
     pub reference_size: Option<i64>,

@@ -109,6 +109,22 @@ pub enum ScoreSpec {
     Lrp {
         rule: LrpRule,
         epsilon: f64,
+        // Rule choices and parameters beyond the original ε-only form are keyed only when in
+        // use, so earlier keys stay valid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conv_rule: Option<LrpRule>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_layer: Option<LrpRule>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alpha: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        beta: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gamma: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        low: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        high: Option<f64>,
         reference_size: usize,
         // Absent means `test` (the paper's choice), so keys of earlier runs stay valid.
         #[serde(default, skip_serializing_if = "ReferenceSplit::is_test")]
@@ -177,6 +193,114 @@ pub struct Strategy {
     pub freeze: FreezeSpec,
     /// Train on all tasks at once instead of in sequence.
     pub joint: bool,
+    /// Evaluate old task `j` with only the units frozen after task `j` (the rest masked out).
+    pub isolate: bool,
+}
+
+/// The LRP rule choice of a score spec, with only the parameters of the rules in use.
+struct ChosenRules {
+    dense: LrpRule,
+    conv: Option<LrpRule>,
+    first: Option<LrpRule>,
+    alpha: Option<f64>,
+    beta: Option<f64>,
+    gamma: Option<f64>,
+    low: Option<f64>,
+    high: Option<f64>,
+}
+
+fn lrp_rules(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> ChosenRules {
+    use crate::spec::raw::Composite as C;
+    let (dense, conv, first) = match sc.composite {
+        None => (
+            sc.rule.unwrap_or(LrpRule::Epsilon),
+            sc.conv_rule,
+            sc.first_layer,
+        ),
+        Some(c) => {
+            for (field, set) in [
+                ("rule", sc.rule.is_some()),
+                ("conv_rule", sc.conv_rule.is_some()),
+                ("first_layer", sc.first_layer.is_some()),
+            ] {
+                if set {
+                    e(
+                        &format!("{base}.{field}"),
+                        format!("`composite: {c:?}` already sets the rules; drop `{field}` or the composite"),
+                    );
+                }
+            }
+            let (conv, first) = match c {
+                C::EpsilonPlus => (LrpRule::Zplus, None),
+                C::EpsilonPlusFlat => (LrpRule::Zplus, Some(LrpRule::Flat)),
+                C::EpsilonAlpha2Beta1 => (LrpRule::AlphaBeta, None),
+                C::EpsilonAlpha2Beta1Flat => (LrpRule::AlphaBeta, Some(LrpRule::Flat)),
+                C::EpsilonGammaBox => (LrpRule::Gamma, Some(LrpRule::ZBox)),
+            };
+            (LrpRule::Epsilon, Some(conv), first)
+        }
+    };
+    let used = |r: LrpRule| dense == r || conv == Some(r) || first == Some(r);
+    let mut param = |name: &str, v: Option<f64>, rule: LrpRule, default: f64| -> Option<f64> {
+        if !used(rule) {
+            if v.is_some() {
+                e(
+                    &format!("{base}.{name}"),
+                    format!("only used when a layer's rule is `{rule:?}`"),
+                );
+            }
+            return None;
+        }
+        let v = v.unwrap_or(default);
+        if !v.is_finite() {
+            e(
+                &format!("{base}.{name}"),
+                format!("expected a finite number, found {v}"),
+            );
+        }
+        Some(v)
+    };
+    let alpha = param("alpha", sc.alpha, LrpRule::AlphaBeta, 2.0);
+    let beta = param("beta", sc.beta, LrpRule::AlphaBeta, 1.0);
+    let gamma = param("gamma", sc.gamma, LrpRule::Gamma, 0.25);
+    let low = param("low", sc.low, LrpRule::ZBox, 0.0);
+    let high = param("high", sc.high, LrpRule::ZBox, 1.0);
+    if let (Some(a), Some(b)) = (alpha, beta) {
+        if b < 0.0 || (a - b - 1.0).abs() > 1e-9 {
+            e(
+                &format!("{base}.alpha"),
+                format!(
+                    "αβ needs β >= 0 and α − β = 1 to conserve relevance, found α = {a}, β = {b}"
+                ),
+            );
+        }
+    }
+    if let Some(g) = gamma {
+        if g <= 0.0 {
+            e(
+                &format!("{base}.gamma"),
+                format!("expected γ > 0, found {g}"),
+            );
+        }
+    }
+    if let (Some(l), Some(h)) = (low, high) {
+        if l >= h {
+            e(
+                &format!("{base}.low"),
+                format!("expected low < high, found {l} >= {h}"),
+            );
+        }
+    }
+    ChosenRules {
+        dense,
+        conv,
+        first,
+        alpha,
+        beta,
+        gamma,
+        low,
+        high,
+    }
 }
 
 fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Option<ScoreSpec> {
@@ -190,7 +314,19 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
             );
         }
     };
-    only("rule", sc.rule.is_some() && m != ScoreMethod::Lrp, "lrp");
+    for (field, set) in [
+        ("rule", sc.rule.is_some()),
+        ("conv_rule", sc.conv_rule.is_some()),
+        ("first_layer", sc.first_layer.is_some()),
+        ("composite", sc.composite.is_some()),
+        ("alpha", sc.alpha.is_some()),
+        ("beta", sc.beta.is_some()),
+        ("gamma", sc.gamma.is_some()),
+        ("low", sc.low.is_some()),
+        ("high", sc.high.is_some()),
+    ] {
+        only(field, set && m != ScoreMethod::Lrp, "lrp");
+    }
     only(
         "epsilon",
         sc.epsilon.is_some() && m != ScoreMethod::Lrp,
@@ -263,8 +399,16 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
                     format!("expected a number > 0, found {epsilon}"),
                 );
             }
+            let r = lrp_rules(sc, base, e);
             ScoreSpec::Lrp {
-                rule: sc.rule.unwrap_or(LrpRule::Epsilon),
+                rule: r.dense,
+                conv_rule: r.conv,
+                first_layer: r.first,
+                alpha: r.alpha,
+                beta: r.beta,
+                gamma: r.gamma,
+                low: r.low,
+                high: r.high,
                 epsilon,
                 reference_size,
                 reference_split,
@@ -594,6 +738,12 @@ pub(super) fn validate(
                 "a joint schedule trains once on all tasks; use `freeze: none`".into(),
             );
         }
+        if s.isolate && s.freeze == FreezeKind::None {
+            e(
+                &format!("{base}.isolate"),
+                "isolation masks old tasks down to their frozen units; it needs `freeze: until_threshold`, `top_share` or `random`".into(),
+            );
+        }
         if s.freeze != FreezeKind::TopShare {
             only_with("share", s.share.is_some(), "top_share", &mut e);
         }
@@ -736,6 +886,7 @@ pub(super) fn validate(
             name: name.clone(),
             freeze,
             joint: s.schedule == Schedule::Joint,
+            isolate: s.isolate,
         });
     }
 

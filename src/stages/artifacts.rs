@@ -208,6 +208,30 @@ pub fn load_unit_flags(
         .collect()
 }
 
+/// Per-unit data must match the model's hidden layer sizes.
+pub fn check_unit_counts<T>(
+    what: &str,
+    layers: &[Vec<T>],
+    sizes: &[usize],
+) -> Result<(), StageError> {
+    if layers.len() != sizes.len() {
+        return Err(StageError::invalid(format!(
+            "{what} has {} layers, the model {}",
+            layers.len(),
+            sizes.len()
+        )));
+    }
+    for (l, (v, &n)) in layers.iter().zip(sizes).enumerate() {
+        if v.len() != n {
+            return Err(StageError::invalid(format!(
+                "{what} layer {l} has {} units, the model {n}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Pretty, deterministic JSON (struct field order is fixed; maps are ordered).
 pub fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
     let mut b = serde_json::to_vec_pretty(v).expect("artifact metadata is plain data");

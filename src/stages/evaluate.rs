@@ -1,9 +1,15 @@
 //! `evaluate`: test accuracy of every task seen so far, each with its own head (task-IL).
+//!
+//! With `isolate`, old task `j` is evaluated with only the units frozen after task `j` (its
+//! mask arrives in slot `isolate{j}`); every other unit's activation is zeroed, which removes
+//! exactly the connections that were pruned at task `j` or trained later. With frozen units at
+//! `lr_frozen: 0`, nothing the old task still uses can change, so its accuracy stays at the
+//! value the prune search accepted. The current task is always evaluated whole.
 
 use super::artifacts::{self, json_bytes, SplitData};
-use super::{accuracy, on_device};
+use super::{accuracy, flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::mlp::DeviceMlp;
+use crate::nn::mlp::{DeviceMlp, Vector};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +19,13 @@ pub struct Evaluate;
 struct Params {
     /// Tasks `0..tasks_seen` are evaluated.
     tasks_seen: usize,
+    #[serde(default)]
+    isolate: bool,
+}
+
+/// The input slot holding the mask that isolates old task `j`.
+pub fn isolate_slot(j: usize) -> String {
+    format!("isolate{j}")
 }
 
 /// The `eval.json` artifact.
@@ -51,13 +64,31 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         )));
     }
     let model = DeviceMlp::from_host(dev, &host);
+    let isolation: Vec<Vec<Vector<D>>> = if p.isolate {
+        let hidden = host.hidden_sizes();
+        (0..p.tasks_seen.saturating_sub(1))
+            .map(|j| {
+                let flags = artifacts::load_unit_flags(ctx, &isolate_slot(j), hidden.len())?;
+                artifacts::check_unit_counts("isolation mask", &flags, &hidden)?;
+                Ok(flags_to_masks(dev, &flags))
+            })
+            .collect::<Result<_, StageError>>()?
+    } else {
+        Vec::new()
+    };
     let dim = split.dim();
     let mut acc = Vec::new();
     let mut n_test = Vec::new();
     for t in 0..p.tasks_seen {
         ctx.check_cancel()?;
         let task = split.task(t)?;
-        let a = accuracy(&model, &task.test, dim, t, None);
+        let a = accuracy(
+            &model,
+            &task.test,
+            dim,
+            t,
+            isolation.get(t).map(Vec::as_slice),
+        );
         ctx.log(format!(
             "task {}: accuracy {:.4} on {} test samples",
             t + 1,

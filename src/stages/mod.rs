@@ -139,6 +139,16 @@ pub fn accuracy<D: Device<f32>>(
     correct as f64 / samples.len() as f64
 }
 
+/// 0/1 activation masks on the device: 1 where `keep` is set.
+pub fn flags_to_masks<D: Device<f32>>(dev: &D, keep: &[Vec<bool>]) -> Vec<Vector<D>> {
+    keep.iter()
+        .map(|l| {
+            let v: Vec<f32> = l.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+            dev.tensor_from_vec(v, (l.len(),))
+        })
+        .collect()
+}
+
 /// A stage-parameter helper: the task index must exist in the split.
 pub(crate) fn check_task(t: usize, n: usize) -> Result<(), StageError> {
     if t >= n {

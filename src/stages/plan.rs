@@ -20,21 +20,18 @@ pub fn stage_id(strategy: &str, seed: u64, task: usize, kind: &str) -> String {
     format!("{strategy}/seed{seed}/task{}/{kind}", task + 1)
 }
 
-fn decl(
+fn decl<S: Into<String>>(
     id: String,
     stage: &dyn Stage,
     params: serde_json::Value,
-    inputs: Vec<(&str, String)>,
+    inputs: Vec<(S, String)>,
 ) -> StageDecl {
     StageDecl {
         id,
         kind: stage.kind().to_string(),
         version: stage.version(),
         params,
-        inputs: inputs
-            .into_iter()
-            .map(|(s, i)| (s.to_string(), i))
-            .collect(),
+        inputs: inputs.into_iter().map(|(s, i)| (s.into(), i)).collect(),
         files: BTreeMap::new(),
     }
 }
@@ -61,7 +58,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             "split_seed": d.split_seed,
             "permute_seed": p.permute_seed,
         }),
-        vec![],
+        Vec::<(&str, String)>::new(),
     );
     split_decl.files.insert("images".into(), d.images.clone());
     split_decl.files.insert("labels".into(), d.labels.clone());
@@ -105,11 +102,26 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 }
                 let trained = ("model", id("train"));
                 out.push(decl(id("train"), &train::Train, params, inputs));
+                let mut eval_params = json!({"tasks_seen": t + 1});
+                let mut eval_in: Vec<(String, String)> = [split_in(), trained.clone()]
+                    .map(|(slot, i)| (slot.to_string(), i))
+                    .into();
+                if s.isolate && t > 0 {
+                    // Only set when some old task is isolated, so every other evaluation keeps
+                    // its key and is shared with the non-isolated strategy.
+                    eval_params["isolate"] = json!(true);
+                    eval_in.extend((0..t).map(|j| {
+                        (
+                            evaluate::isolate_slot(j),
+                            stage_id(&s.name, seed, j, "mask"),
+                        )
+                    }));
+                }
                 out.push(decl(
                     id("evaluate"),
                     &evaluate::Evaluate,
-                    json!({"tasks_seen": t + 1}),
-                    vec![split_in(), trained.clone()],
+                    eval_params,
+                    eval_in,
                 ));
                 let mut mask_params = json!({"task_index": t, "hidden": p.model.hidden});
                 let mut mask_in = Vec::new();

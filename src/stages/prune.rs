@@ -9,7 +9,7 @@
 //! accuracy; the last accepted step defines the pruned set. Every evaluated point is recorded.
 
 use super::artifacts::{self, json_bytes, SplitData};
-use super::{accuracy, check_task, on_device};
+use super::{accuracy, check_task, flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{DeviceMlp, Vector};
 use crate::spec::raw::SearchKind;
@@ -166,27 +166,17 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         Some(_) => Some(artifacts::load_unit_flags(ctx, "mask", sizes.len())?),
         None => None,
     };
-    for (l, s) in scores.iter().enumerate() {
-        if s.len() != sizes[l] {
-            return Err(StageError::invalid(format!(
-                "score layer {l} has {} units, model {}",
-                s.len(),
-                sizes[l]
-            )));
-        }
-    }
+    artifacts::check_unit_counts("score", &scores, &sizes)?;
     let order = rank_candidates(&scores, frozen.as_deref());
     let step = ((p.step_ratio * order.len() as f64).ceil() as usize).max(1);
     let model = DeviceMlp::from_host(dev, &host);
     let dim = split.dim();
     let masks_for = |k: usize| -> Vec<Vector<D>> {
-        let mut m: Vec<Vec<f32>> = sizes.iter().map(|&u| vec![1f32; u]).collect();
+        let mut keep: Vec<Vec<bool>> = sizes.iter().map(|&u| vec![true; u]).collect();
         for &(l, j) in &order[..k] {
-            m[l][j] = 0.0;
+            keep[l][j] = false;
         }
-        m.into_iter()
-            .map(|v| dev.tensor_from_vec(v.clone(), (v.len(),)))
-            .collect()
+        flags_to_masks(dev, &keep)
     };
     ctx.progress
         .phase("prune", order.len().div_ceil(step) as u64 + 1);

@@ -15,6 +15,7 @@ use crate::nn::mlp::{images_to_tensor, DeviceMlp};
 use crate::spec::raw::{AbsMode, LrpRule, Normalize, ReferenceSplit};
 use crate::spec::ScoreSpec;
 use crate::xai::importance;
+use crate::xai::lrp::LrpRules;
 use dfdx::prelude::*;
 use rand::seq::index::sample;
 use rand::Rng;
@@ -221,13 +222,34 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             )
         }
         ScoreSpec::Lrp {
-            rule: LrpRule::Epsilon,
+            rule,
+            conv_rule,
+            first_layer,
+            alpha,
+            beta,
+            gamma,
+            low,
+            high,
             epsilon,
             reference_size,
             reference_split,
             abs,
             normalize,
         } => {
+            let mut rules = LrpRules::epsilon(epsilon as f32);
+            rules.dense = rule;
+            rules.conv = conv_rule.unwrap_or(LrpRule::Zplus);
+            rules.first = first_layer;
+            let set = |slot: &mut f32, v: Option<f64>| {
+                if let Some(v) = v {
+                    *slot = v as f32;
+                }
+            };
+            set(&mut rules.alpha, alpha);
+            set(&mut rules.beta, beta);
+            set(&mut rules.gamma, gamma);
+            set(&mut rules.low, low);
+            set(&mut rules.high, high);
             let model = DeviceMlp::from_host(dev, &host);
             let (x_all, y_all) = reference(reference_size, reference_split);
             let n_ref = y_all.len();
@@ -238,7 +260,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             for (xb, yb) in x_all.chunks(LRP_BATCH * dim).zip(y_all.chunks(LRP_BATCH)) {
                 ctx.check_cancel()?;
                 let x = images_to_tensor(dev, xb, dim);
-                let r = crate::xai::lrp::lrp_epsilon(&model, &x, yb, p.task_index, epsilon as f32);
+                let r = crate::xai::lrp::lrp(&model, &x, yb, p.task_index, &rules);
                 for (l, h) in r.hidden.iter().enumerate() {
                     aggregate(h, sizes[l], abs, &mut sums[l]);
                 }
@@ -251,7 +273,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 normalize,
                 n_ref,
                 explained / n_ref.max(1) as f64,
-                "lrp-epsilon",
+                if rules == LrpRules::epsilon(epsilon as f32) {
+                    "lrp-epsilon"
+                } else {
+                    "lrp"
+                },
             )
         }
     };

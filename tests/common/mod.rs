@@ -129,6 +129,19 @@ impl Fixture {
         report
     }
 
+    /// A JSON file from the cached output of stage `id` (which must be cached).
+    pub fn json_of(&self, id: &str, file: &str) -> serde_json::Value {
+        let (_, dag) = cfpipe::cli::load(&self.pipeline(), &[], DataCheck::Required).unwrap();
+        let cache = Cache::open(self.cache_dir()).unwrap();
+        let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
+        let r = cfpipe::exec::resolve::resolve(&dag, &cache)
+            .into_iter()
+            .find(|r| r.node == n)
+            .unwrap();
+        let e = r.entry.unwrap_or_else(|| panic!("{id} is not cached"));
+        serde_json::from_slice(&std::fs::read(e.output_path(file)).unwrap()).unwrap()
+    }
+
     /// Run the real binary with `args`, cache in the fixture.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_cfpipe"));
