@@ -34,6 +34,15 @@ const METHODS: &str = r#"  fisher:
     prune:
       threshold: 0.3
       step_ratio: 0.1
+  gxi:
+    freeze: until_threshold
+    score:
+      method: gradient_x_input
+      reference_size: 20
+      aggregate: {abs: before_sum}
+    prune:
+      threshold: 0.3
+      step_ratio: 0.1
   half:
     freeze: top_share
     share: 0.5
@@ -49,6 +58,7 @@ fn every_method_scores_and_top_share_half_freezes_half_of_each_layer() {
         ("fisher", "fisher"),
         ("mas", "mas"),
         ("sig", "sig"),
+        ("gxi", "gradient_x_input"),
         ("half", "random"),
     ] {
         let s = f.json_of(&format!("{strategy}/seed0/task1/score"), "score.json");

@@ -26,6 +26,13 @@ impl HostTensor {
             HostTensor::F32 { shape, .. } | HostTensor::U8 { shape, .. } => shape,
         }
     }
+    /// The data, if the tensor is f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            HostTensor::F32 { data, .. } => Some(data),
+            HostTensor::U8 { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

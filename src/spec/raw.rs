@@ -180,6 +180,23 @@ pub struct RawStrategy {
     /// so later training cannot reach it (PackNet-style). Requires a freezing policy.
     #[serde(default)]
     pub isolate: bool,
+    /// EWC-regularised training: a quadratic penalty from earlier tasks' importances.
+    #[serde(default)]
+    pub ewc: Option<RawEwc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEwc {
+    /// Penalty strength λ >= 0.
+    pub lambda: f64,
+    #[serde(default)]
+    pub mode: crate::stages::consolidate::EwcMode,
+    /// Online mode: decay γ of earlier importance, in (0, 1].
+    #[serde(default)]
+    pub decay: Option<f64>,
+    /// The weight-level importance Ω: `fisher`, `mas` or `sig`, with its options.
+    pub importance: RawScore,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -197,6 +214,8 @@ pub enum ScoreMethod {
     Sig,
     /// Uniformly random scores (seeded): a sanity baseline.
     Random,
+    /// Activation times the gradient of the true-class logit w.r.t. it, per unit.
+    GradientXInput,
 }
 
 /// Which split of the task the reference samples come from.

@@ -157,6 +157,12 @@ pub enum ScoreSpec {
         normalize: Normalize,
     },
     Random {},
+    GradientXInput {
+        reference_size: usize,
+        reference_split: ReferenceSplit,
+        abs: AbsMode,
+        normalize: Normalize,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -195,6 +201,17 @@ pub struct Strategy {
     pub joint: bool,
     /// Evaluate old task `j` with only the units frozen after task `j` (the rest masked out).
     pub isolate: bool,
+    pub ewc: Option<EwcSpec>,
+}
+
+/// EWC-regularised training (see `stages::consolidate`).
+#[derive(Debug, Clone)]
+pub struct EwcSpec {
+    pub lambda: f64,
+    pub mode: crate::stages::consolidate::EwcMode,
+    /// Only for online mode.
+    pub decay: Option<f64>,
+    pub importance: ScoreSpec,
 }
 
 /// The LRP rule choice of a score spec, with only the parameters of the rules in use.
@@ -334,8 +351,9 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
     );
     only(
         "aggregate.abs",
-        sc.aggregate.abs != AbsMode::None && m != ScoreMethod::Lrp,
-        "lrp",
+        sc.aggregate.abs != AbsMode::None
+            && !matches!(m, ScoreMethod::Lrp | ScoreMethod::GradientXInput),
+        "lrp` or `gradient_x_input",
     );
     only(
         "labels",
@@ -362,12 +380,12 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
     only(
         "reference_size",
         sc.reference_size.is_some() && !uses_reference,
-        "lrp`, `fisher`, `mas` or `sig",
+        "lrp`, `gradient_x_input`, `fisher`, `mas` or `sig",
     );
     only(
         "reference_split",
         sc.reference_split.is_some() && !uses_reference,
-        "lrp`, `fisher`, `mas` or `sig",
+        "lrp`, `gradient_x_input`, `fisher`, `mas` or `sig",
     );
     let reference_size = match sc.reference_size {
         None if uses_reference => {
@@ -468,6 +486,12 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
             }
             ScoreSpec::Random {}
         }
+        ScoreMethod::GradientXInput => ScoreSpec::GradientXInput {
+            reference_size,
+            reference_split,
+            abs: sc.aggregate.abs,
+            normalize,
+        },
     })
 }
 
@@ -738,6 +762,60 @@ pub(super) fn validate(
                 "a joint schedule trains once on all tasks; use `freeze: none`".into(),
             );
         }
+        let ewc = s.ewc.as_ref().and_then(|w| {
+            use crate::stages::consolidate::EwcMode;
+            let eb = format!("{base}.ewc");
+            if s.schedule == Schedule::Joint {
+                e(
+                    &eb,
+                    "a joint schedule has no earlier tasks to consolidate".into(),
+                );
+            }
+            if !(w.lambda.is_finite() && w.lambda >= 0.0) {
+                e(
+                    &format!("{eb}.lambda"),
+                    format!("expected a penalty strength >= 0, found {}", w.lambda),
+                );
+            }
+            let decay = match (w.mode, w.decay) {
+                (EwcMode::Separate, Some(_)) => {
+                    e(
+                        &format!("{eb}.decay"),
+                        "only used with `mode: online`".into(),
+                    );
+                    None
+                }
+                (EwcMode::Separate, None) => None,
+                (EwcMode::Online, d) => {
+                    let d = d.unwrap_or(1.0);
+                    if !(d > 0.0 && d <= 1.0) {
+                        e(
+                            &format!("{eb}.decay"),
+                            format!("expected a decay in (0, 1], found {d}"),
+                        );
+                    }
+                    Some(d)
+                }
+            };
+            let ib = format!("{eb}.importance");
+            if !matches!(
+                w.importance.method,
+                ScoreMethod::Fisher | ScoreMethod::Mas | ScoreMethod::Sig
+            ) {
+                e(
+                    &format!("{ib}.method"),
+                    "EWC needs a weight-level importance: `fisher`, `mas` or `sig`".into(),
+                );
+                return None;
+            }
+            let importance = score_spec(&w.importance, &ib, &mut e)?;
+            Some(EwcSpec {
+                lambda: w.lambda,
+                mode: w.mode,
+                decay,
+                importance,
+            })
+        });
         if s.isolate && s.freeze == FreezeKind::None {
             e(
                 &format!("{base}.isolate"),
@@ -887,6 +965,7 @@ pub(super) fn validate(
             freeze,
             joint: s.schedule == Schedule::Joint,
             isolate: s.isolate,
+            ewc,
         });
     }
 

@@ -4,6 +4,7 @@
 //! `plan` compiles a checked pipeline into stage declarations for the engine.
 
 pub mod artifacts;
+pub mod consolidate;
 pub mod evaluate;
 pub mod mask;
 pub mod plan;
@@ -27,6 +28,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(prune::Prune));
     r.register(Arc::new(mask::Mask));
     r.register(Arc::new(evaluate::Evaluate));
+    r.register(Arc::new(consolidate::Consolidate));
     r
 }
 

@@ -7,7 +7,7 @@
 //! shared by everything, and task-1 training (and its evaluation) is shared by every strategy
 //! with the same seed and training settings.
 
-use super::{evaluate, mask, prune, score, split, train};
+use super::{consolidate, evaluate, mask, prune, score, split, train};
 use crate::exec::Stage;
 use crate::graph::StageDecl;
 use crate::spec::{FreezeSpec, Pipeline};
@@ -89,6 +89,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             }
             let mut prev_model: Option<String> = None;
             let mut prev_mask: Option<String> = None;
+            let mut prev_penalty: Option<String> = None;
             for t in 0..p.tasks.len() {
                 let id = |kind: &str| stage_id(&s.name, seed, t, kind);
                 let mut params = base_params(t, seed);
@@ -100,8 +101,27 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     inputs.push(("mask", m.clone()));
                     params["lr_frozen"] = json!(lr_frozen(&s.freeze));
                 }
+                if let (Some(w), Some(c)) = (&s.ewc, &prev_penalty) {
+                    inputs.push(("penalty", c.clone()));
+                    params["ewc_lambda"] = json!(w.lambda);
+                }
                 let trained = ("model", id("train"));
                 out.push(decl(id("train"), &train::Train, params, inputs));
+                if let Some(w) = s.ewc.as_ref().filter(|_| t + 1 < p.tasks.len()) {
+                    let mut cp = json!({
+                        "task_index": t,
+                        "seed": seed,
+                        "mode": w.mode,
+                        "importance": w.importance,
+                    });
+                    cp["decay"] = json!(w.decay.unwrap_or(1.0));
+                    let mut cin = vec![split_in(), trained.clone()];
+                    if let Some(c) = &prev_penalty {
+                        cin.push(("penalty", c.clone()));
+                    }
+                    out.push(decl(id("consolidate"), &consolidate::Consolidate, cp, cin));
+                    prev_penalty = Some(id("consolidate"));
+                }
                 let mut eval_params = json!({"tasks_seen": t + 1});
                 let mut eval_in: Vec<(String, String)> = [split_in(), trained.clone()]
                     .map(|(slot, i)| (slot.to_string(), i))

@@ -7,15 +7,15 @@
 //! keyed choices `abs` (signed sum, sum of |R|, or |sum R|) and `normalize` (none, or per layer
 //! by max |score| or sum |score|).
 
-use super::artifacts::{self, json_bytes, SplitData};
+use super::artifacts::{self, json_bytes, SplitData, TaskData};
 use super::{check_task, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::MlpParams;
-use crate::nn::mlp::{images_to_tensor, DeviceMlp};
+use crate::nn::mlp::{images_to_tensor, DeviceMlp, Matrix};
 use crate::spec::raw::{AbsMode, LrpRule, Normalize, ReferenceSplit};
 use crate::spec::ScoreSpec;
 use crate::xai::importance;
-use crate::xai::lrp::LrpRules;
+use crate::xai::lrp::{LrpRules, Relevance};
 use dfdx::prelude::*;
 use rand::seq::index::sample;
 use rand::Rng;
@@ -100,6 +100,120 @@ pub fn magnitude_scores(host: &MlpParams) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// Per-unit sums (by `abs`) of a per-sample attribution over the reference set, in batches,
+/// and the mean explained logit.
+#[allow(clippy::too_many_arguments)]
+fn per_sample_units<D: Device<f32>>(
+    dev: &D,
+    ctx: &StageContext,
+    host: &MlpParams,
+    x_all: &[u8],
+    y_all: &[u8],
+    dim: usize,
+    abs: AbsMode,
+    phase: &str,
+    attribute: impl Fn(&DeviceMlp<D>, &Matrix<D>, &[u8]) -> Relevance,
+) -> Result<(Vec<Vec<f64>>, f64), StageError> {
+    let model = DeviceMlp::from_host(dev, host);
+    let sizes = host.hidden_sizes();
+    let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
+    let mut explained = 0f64;
+    ctx.progress
+        .phase(phase, y_all.len().div_ceil(LRP_BATCH) as u64);
+    for (xb, yb) in x_all.chunks(LRP_BATCH * dim).zip(y_all.chunks(LRP_BATCH)) {
+        ctx.check_cancel()?;
+        let x = images_to_tensor(dev, xb, dim);
+        let r = attribute(&model, &x, yb);
+        for (l, h) in r.hidden.iter().enumerate() {
+            aggregate(h, sizes[l], abs, &mut sums[l]);
+        }
+        explained += r.explained.iter().map(|&v| v as f64).sum::<f64>();
+        ctx.progress.inc(1);
+    }
+    Ok((sums, explained / y_all.len().max(1) as f64))
+}
+
+/// The reference samples of a task: `size` drawn seeded, without replacement, from the chosen
+/// split, in index order, as `(pixels, local labels)`.
+pub fn reference_samples(
+    task: &TaskData,
+    dim: usize,
+    size: usize,
+    from: ReferenceSplit,
+    seed: u64,
+    task_index: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let samples = match from {
+        ReferenceSplit::Test => &task.test,
+        ReferenceSplit::Train => &task.train,
+    };
+    let n = size.min(samples.len());
+    let mut idx = sample(
+        &mut rng_for(seed, task_index, "reference"),
+        samples.len(),
+        n,
+    )
+    .into_vec();
+    idx.sort_unstable();
+    let mut xb = Vec::with_capacity(n * dim);
+    let mut yb = Vec::with_capacity(n);
+    for &i in &idx {
+        xb.extend_from_slice(&samples.x[i * dim..(i + 1) * dim]);
+        yb.push(samples.y[i]);
+    }
+    (xb, yb)
+}
+
+/// Weight-level importance of the path of `head` by a weight-level method (`fisher`, `mas`,
+/// `sig`), on the method's reference samples; `None` for unit-level methods.
+pub fn weight_importance<D: Device<f32>>(
+    dev: &D,
+    spec: &ScoreSpec,
+    host: &MlpParams,
+    task: &TaskData,
+    dim: usize,
+    seed: u64,
+    head: usize,
+) -> Option<(importance::WeightImportance, usize)> {
+    let reference = |size, from| reference_samples(task, dim, size, from, seed, head);
+    let model = || DeviceMlp::from_host(dev, host);
+    let (imp, n) = match *spec {
+        ScoreSpec::Fisher {
+            labels,
+            gradients,
+            batch_size,
+            reference_size,
+            reference_split,
+            ..
+        } => {
+            let (x, y) = reference(reference_size, reference_split);
+            let b = importance::Batch { x: &x, y: &y, dim };
+            let imp = importance::fisher(&model(), &b, head, labels, gradients, batch_size);
+            (imp, y.len())
+        }
+        ScoreSpec::Mas {
+            reference_size,
+            reference_split,
+            ..
+        } => {
+            let (x, y) = reference(reference_size, reference_split);
+            let imp = importance::mas(&model(), &importance::Batch { x: &x, y: &y, dim }, head);
+            (imp, y.len())
+        }
+        ScoreSpec::Sig {
+            reference_size,
+            reference_split,
+            ..
+        } => {
+            let (x, y) = reference(reference_size, reference_split);
+            let imp = importance::sig(&model(), &importance::Batch { x: &x, y: &y, dim }, head);
+            (imp, y.len())
+        }
+        _ => return None,
+    };
+    Some((imp, n))
+}
+
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
     let split = SplitData::load(ctx, "split")?;
@@ -113,32 +227,10 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             p.task_index
         )));
     }
-    // The reference samples: seeded, without replacement, from the chosen split.
-    let reference = |size: usize, from: ReferenceSplit| -> (Vec<u8>, Vec<u8>) {
-        let samples = match from {
-            ReferenceSplit::Test => &task.test,
-            ReferenceSplit::Train => &task.train,
-        };
-        let n = size.min(samples.len());
-        let mut idx = sample(
-            &mut rng_for(p.seed, p.task_index, "reference"),
-            samples.len(),
-            n,
-        )
-        .into_vec();
-        idx.sort_unstable();
-        let mut xb = Vec::with_capacity(n * dim);
-        let mut yb = Vec::with_capacity(n);
-        for &i in &idx {
-            xb.extend_from_slice(&samples.x[i * dim..(i + 1) * dim]);
-            yb.push(samples.y[i]);
-        }
-        (xb, yb)
+    let reference = |size: usize, from: ReferenceSplit| {
+        reference_samples(task, dim, size, from, p.seed, p.task_index)
     };
     let head = p.task_index;
-    let weight_level = |imp: importance::WeightImportance, rule: importance::UnitRule| {
-        importance::to_units(&imp, rule)
-    };
     let (sums, abs, normalize, n_ref, explained, method) = match p.method {
         ScoreSpec::Magnitude { normalize } => (
             magnitude_scores(&host),
@@ -158,67 +250,34 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             (s, AbsMode::None, Normalize::None, 0, 0.0, "random")
         }
         ScoreSpec::Fisher {
-            labels,
-            gradients,
-            batch_size,
-            reference_size,
-            reference_split,
             unit_rule,
             normalize,
-        } => {
-            let (x, y) = reference(reference_size, reference_split);
-            let model = DeviceMlp::from_host(dev, &host);
-            let imp = importance::fisher(
-                &model,
-                &importance::Batch { x: &x, y: &y, dim },
-                head,
-                labels,
-                gradients,
-                batch_size,
-            );
-            (
-                weight_level(imp, unit_rule),
-                AbsMode::None,
-                normalize,
-                y.len(),
-                0.0,
-                "fisher",
-            )
+            ..
         }
-        ScoreSpec::Mas {
-            reference_size,
-            reference_split,
+        | ScoreSpec::Mas {
             unit_rule,
             normalize,
-        } => {
-            let (x, y) = reference(reference_size, reference_split);
-            let model = DeviceMlp::from_host(dev, &host);
-            let imp = importance::mas(&model, &importance::Batch { x: &x, y: &y, dim }, head);
-            (
-                weight_level(imp, unit_rule),
-                AbsMode::None,
-                normalize,
-                y.len(),
-                0.0,
-                "mas",
-            )
+            ..
         }
-        ScoreSpec::Sig {
-            reference_size,
-            reference_split,
+        | ScoreSpec::Sig {
             unit_rule,
             normalize,
+            ..
         } => {
-            let (x, y) = reference(reference_size, reference_split);
-            let model = DeviceMlp::from_host(dev, &host);
-            let imp = importance::sig(&model, &importance::Batch { x: &x, y: &y, dim }, head);
+            let (imp, n) = weight_importance(dev, &p.method, &host, task, dim, p.seed, head)
+                .expect("a weight-level method");
+            let name = match p.method {
+                ScoreSpec::Fisher { .. } => "fisher",
+                ScoreSpec::Mas { .. } => "mas",
+                _ => "sig",
+            };
             (
-                weight_level(imp, unit_rule),
+                importance::to_units(&imp, unit_rule),
                 AbsMode::None,
                 normalize,
-                y.len(),
+                n,
                 0.0,
-                "sig",
+                name,
             )
         }
         ScoreSpec::Lrp {
@@ -250,35 +309,37 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             set(&mut rules.gamma, gamma);
             set(&mut rules.low, low);
             set(&mut rules.high, high);
-            let model = DeviceMlp::from_host(dev, &host);
-            let (x_all, y_all) = reference(reference_size, reference_split);
-            let n_ref = y_all.len();
-            let sizes = host.hidden_sizes();
-            let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
-            let mut explained = 0f64;
-            ctx.progress.phase("lrp", n_ref.div_ceil(LRP_BATCH) as u64);
-            for (xb, yb) in x_all.chunks(LRP_BATCH * dim).zip(y_all.chunks(LRP_BATCH)) {
-                ctx.check_cancel()?;
-                let x = images_to_tensor(dev, xb, dim);
-                let r = crate::xai::lrp::lrp(&model, &x, yb, p.task_index, &rules);
-                for (l, h) in r.hidden.iter().enumerate() {
-                    aggregate(h, sizes[l], abs, &mut sums[l]);
-                }
-                explained += r.explained.iter().map(|&v| v as f64).sum::<f64>();
-                ctx.progress.inc(1);
-            }
-            (
-                sums,
+            let name = if rules == LrpRules::epsilon(epsilon as f32) {
+                "lrp-epsilon"
+            } else {
+                "lrp"
+            };
+            let (x, y) = reference(reference_size, reference_split);
+            let (sums, explained) =
+                per_sample_units(dev, ctx, &host, &x, &y, dim, abs, "lrp", |m, xb, yb| {
+                    crate::xai::lrp::lrp(m, xb, yb, head, &rules)
+                })?;
+            (sums, abs, normalize, y.len(), explained, name)
+        }
+        ScoreSpec::GradientXInput {
+            reference_size,
+            reference_split,
+            abs,
+            normalize,
+        } => {
+            let (x, y) = reference(reference_size, reference_split);
+            let (sums, explained) = per_sample_units(
+                dev,
+                ctx,
+                &host,
+                &x,
+                &y,
+                dim,
                 abs,
-                normalize,
-                n_ref,
-                explained / n_ref.max(1) as f64,
-                if rules == LrpRules::epsilon(epsilon as f32) {
-                    "lrp-epsilon"
-                } else {
-                    "lrp"
-                },
-            )
+                "gradient_x_input",
+                |m, xb, yb| crate::xai::lrp::gradient_x_input(m, xb, yb, head),
+            )?;
+            (sums, abs, normalize, y.len(), explained, "gradient_x_input")
         }
     };
     let layer_totals: Vec<f64> = sums.iter().map(|l| l.iter().sum()).collect();

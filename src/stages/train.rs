@@ -7,14 +7,19 @@
 //! (see `nn::optim`), so Adam's moments and L2 cannot move them. Only the current task's head
 //! and the trunk receive updates: other heads are left bit-identical.
 //!
+//! With `ewc_lambda` and a `penalty` input (EWC), the gradient of `λ Σ A (θ − θ̂)²` over the
+//! trunk is added to the task loss's gradient before the optimizer step, so frozen units (if
+//! any) stay masked as usual. λ = 0 adds exact zeros and trains bit-identically to no penalty.
+//!
 //! With `joint: true` (the upper baseline), tasks `0..=task_index` are trained at once from a
 //! fresh model: each batch is drawn from the union of their training sets, every sample goes
 //! through its own task's head, and the loss is the sample-weighted mean over the batch.
 
 use super::artifacts::{self, json_bytes, SplitData};
+use super::consolidate::Penalty;
 use super::{check_task, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::mlp::{images_to_tensor, DeviceMlp, MlpParams};
+use crate::nn::mlp::{images_to_tensor, DeviceMlp, MlpParams, Vector};
 use crate::nn::optim::{MaskedOptimizer, OptimizerConfig};
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
@@ -64,13 +69,20 @@ struct Params {
     /// Train tasks `0..=task_index` at once (the joint upper baseline).
     #[serde(default)]
     joint: bool,
+    /// EWC strength λ; the quadratic comes from the `penalty` input (see `consolidate`).
+    #[serde(default)]
+    ewc_lambda: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 struct EpochLog {
     epoch: usize,
+    /// Mean task loss (cross-entropy), without the EWC penalty.
     mean_loss: f64,
     train_accuracy: f64,
+    /// λ times the EWC penalty at the end of the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ewc_penalty: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -194,6 +206,33 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     };
     let mut model = DeviceMlp::from_host(dev, &host);
     let mut opt = MaskedOptimizer::new(dev, cfg, &model.params, scales);
+    let n_trunk_tensors = 2 * host.trunk.len();
+    let ewc = match (ctx.input_opt("penalty"), p.ewc_lambda) {
+        (Some(_), Some(lambda)) => {
+            let sizes: Vec<usize> = model.params[..n_trunk_tensors]
+                .iter()
+                .map(|t| t.shape().0)
+                .collect();
+            let pen = Penalty::load(ctx, "penalty", &sizes)?;
+            let a: Vec<Vector<D>> = pen
+                .a
+                .iter()
+                .map(|v| dev.tensor_from_vec(v.clone(), (v.len(),)))
+                .collect();
+            let b: Vec<Vector<D>> = pen
+                .b
+                .iter()
+                .map(|v| dev.tensor_from_vec(v.clone(), (v.len(),)))
+                .collect();
+            Some((lambda, pen, a, b))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(StageError::invalid(
+                "EWC needs both `ewc_lambda` and a `penalty` input",
+            ))
+        }
+    };
     // Training samples as (task, index) pairs: one task normally, all of them when joint.
     let tasks: Vec<usize> = if p.joint {
         (0..=p.task_index).collect()
@@ -264,6 +303,20 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     p.task_index + 1
                 )));
             }
+            if let Some((lambda, _, a, b)) = &ewc {
+                // ∂/∂θ λ(Aθ² − 2Bθ + C) = 2λ(Aθ − B), on the trunk only.
+                grads = grads
+                    .into_iter()
+                    .map(|(i, g)| {
+                        if i < n_trunk_tensors {
+                            let pull = a[i].clone() * model.params[i].clone() - b[i].clone();
+                            (i, g + pull * (2.0 * *lambda as f32))
+                        } else {
+                            (i, g)
+                        }
+                    })
+                    .collect();
+            }
             opt.step(&mut model.params, grads);
             steps += 1;
             loss_sum += batch_loss * chunk.len() as f64;
@@ -273,10 +326,22 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             epoch: epoch + 1,
             mean_loss: loss_sum / n as f64,
             train_accuracy: correct as f64 / n as f64,
+            ewc_penalty: ewc.as_ref().map(|(lambda, pen, _, _)| {
+                let theta: Vec<Vec<f32>> = model.params[..n_trunk_tensors]
+                    .iter()
+                    .map(|t| t.as_vec())
+                    .collect();
+                lambda * pen.value(&theta)
+            }),
         };
         ctx.log(format!(
-            "epoch {}: loss {:.5}, train accuracy {:.4}",
-            log.epoch, log.mean_loss, log.train_accuracy
+            "epoch {}: loss {:.5}, train accuracy {:.4}{}",
+            log.epoch,
+            log.mean_loss,
+            log.train_accuracy,
+            log.ewc_penalty
+                .map(|v| format!(", EWC penalty {v:.5}"))
+                .unwrap_or_default()
         ));
         epochs.push(log);
     }

@@ -222,14 +222,24 @@ fn dense_backward<D: Device<f32>>(
     }
 }
 
-/// Relevance of `x: [batch, in]` w.r.t. the logit of class `labels[i]` in `head`, by `rules`.
-pub fn lrp<D: Device<f32>>(
+/// One forward pass kept for a backward sweep: each layer's input activation and
+/// pre-activation, its weights and bias, and the start signal (the true-class logit only).
+struct Forward<D: Device<f32>> {
+    acts: Vec<Matrix<D>>,
+    zs: Vec<Matrix<D>>,
+    weights: Vec<Matrix<D>>,
+    biases: Vec<Tensor<(usize,), f32, D>>,
+    start: Matrix<D>,
+    explained: Vec<f32>,
+}
+
+fn forward<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
     labels: &[u8],
     head: usize,
-    rules: &LrpRules,
-) -> Relevance {
+    start_with_logit: bool,
+) -> Forward<D> {
     let batch = x.shape().0;
     let path = model.path(head);
     let mut shapes: Vec<(usize, usize)> = model.shapes[..model.n_trunk].to_vec();
@@ -243,7 +253,6 @@ pub fn lrp<D: Device<f32>>(
         .map(|l| model.params[path[2 * l + 1]].clone())
         .collect();
 
-    // Forward, keeping each layer's input activation and pre-activation.
     let mut acts: Vec<Matrix<D>> = vec![x.clone()];
     let mut zs: Vec<Matrix<D>> = Vec::new();
     for (l, &(o, _)) in shapes.iter().enumerate() {
@@ -256,27 +265,47 @@ pub fn lrp<D: Device<f32>>(
         zs.push(z);
     }
 
-    // Start: only the true-class logit carries relevance.
+    // Only the true-class logit is explained: relevance starts as its value, a gradient as 1.
     let classes = shapes.last().expect("head").0;
     let logits = zs.last().expect("head").as_vec();
     let mut start = vec![0f32; batch * classes];
     let mut explained = Vec::with_capacity(batch);
     for (i, &y) in labels.iter().enumerate() {
         let v = logits[i * classes + y as usize];
-        start[i * classes + y as usize] = v;
+        start[i * classes + y as usize] = if start_with_logit { v } else { 1.0 };
         explained.push(v);
     }
-    let mut r: Matrix<D> = model.dev.tensor_from_vec(start, (batch, classes));
+    let start = model.dev.tensor_from_vec(start, (batch, classes));
+    Forward {
+        acts,
+        zs,
+        weights,
+        biases,
+        start,
+        explained,
+    }
+}
 
-    let mut hidden = vec![Vec::new(); shapes.len() - 1];
-    for l in (0..shapes.len()).rev() {
+/// Relevance of `x: [batch, in]` w.r.t. the logit of class `labels[i]` in `head`, by `rules`.
+pub fn lrp<D: Device<f32>>(
+    model: &DeviceMlp<D>,
+    x: &Matrix<D>,
+    labels: &[u8],
+    head: usize,
+    rules: &LrpRules,
+) -> Relevance {
+    let f = forward(model, x, labels, head, true);
+    let layers = f.weights.len();
+    let mut r = f.start;
+    let mut hidden = vec![Vec::new(); layers - 1];
+    for l in (0..layers).rev() {
         r = dense_backward(
             rules.for_dense(l),
             rules,
-            &acts[l],
-            &zs[l],
-            &weights[l],
-            &biases[l],
+            &f.acts[l],
+            &f.zs[l],
+            &f.weights[l],
+            &f.biases[l],
             r,
         );
         if l > 0 {
@@ -284,10 +313,44 @@ pub fn lrp<D: Device<f32>>(
         }
     }
     Relevance {
-        batch,
+        batch: x.shape().0,
         hidden,
         input: r.as_vec(),
-        explained,
+        explained: f.explained,
+    }
+}
+
+/// Gradient × input: each hidden unit's (and input feature's) activation times the gradient of
+/// the true-class logit w.r.t. it, per sample. Same layout as [`lrp`]; not conservative.
+pub fn gradient_x_input<D: Device<f32>>(
+    model: &DeviceMlp<D>,
+    x: &Matrix<D>,
+    labels: &[u8],
+    head: usize,
+) -> Relevance {
+    let f = forward(model, x, labels, head, false);
+    let layers = f.weights.len();
+    // `g` is the gradient w.r.t. layer l's pre-activation; below it, w.r.t. its input.
+    let mut g = f.start;
+    let mut hidden = vec![Vec::new(); layers - 1];
+    let mut input = Vec::new();
+    for l in (0..layers).rev() {
+        let g_in = g.clone().matmul(f.weights[l].clone());
+        let gxi = (f.acts[l].clone() * g_in.clone()).as_vec();
+        if l > 0 {
+            hidden[l - 1] = gxi;
+            // ReLU passes the gradient where its pre-activation was positive.
+            let on = f.zs[l - 1].clone().gt(0.0);
+            g = on.choose(g_in, f.acts[l].device().zeros_like(f.zs[l - 1].shape()));
+        } else {
+            input = gxi;
+        }
+    }
+    Relevance {
+        batch: x.shape().0,
+        hidden,
+        input,
+        explained: f.explained,
     }
 }
 
@@ -439,6 +502,44 @@ mod tests {
         let r = lrp(&m, &xt, &[0], 0, &cfg);
         assert_eq!(r.input[1], 0.0);
         assert!((r.input[0] as f64 - 3.0 / pos * f).abs() < 1e-5);
+    }
+
+    #[test]
+    fn gradient_x_input_matches_finite_differences_and_euler() {
+        let dev = Cpu::default();
+        let x: Vec<f32> = (0..24).map(|i| ((i * 29 % 13) as f32) / 12.0).collect();
+        let labels = [2u8, 0];
+        // With biases: compare the input's gradient × input with central differences.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut p = MlpParams::init(12, &[10, 8], &mut rng);
+        p.push_head(3, &mut rng);
+        let m = DeviceMlp::from_host(&dev, &p);
+        let r = gradient_x_input(&m, &dev.tensor_from_vec(x.clone(), (2, 12)), &labels, 0);
+        let logit = |xs: &[f32], i: usize| -> f64 {
+            let t = dev.tensor_from_vec(xs.to_vec(), (1, 12));
+            m.logits(&t, 0, None).as_vec()[labels[i] as usize] as f64
+        };
+        for i in 0..2 {
+            for j in 0..12 {
+                let h = 1e-2f32;
+                let mut up = x[i * 12..(i + 1) * 12].to_vec();
+                let mut down = up.clone();
+                up[j] += h;
+                down[j] -= h;
+                let grad = (logit(&up, i) - logit(&down, i)) / (2.0 * h as f64);
+                let want = x[i * 12 + j] as f64 * grad;
+                let got = r.input[i * 12 + j] as f64;
+                assert!(
+                    (got - want).abs() < 1e-3,
+                    "sample {i} input {j}: {got} vs {want}"
+                );
+            }
+        }
+        // Bias-free ReLU nets are positively homogeneous, so by Euler's theorem every layer's
+        // Σ a·∂f/∂a equals f.
+        let m = DeviceMlp::from_host(&dev, &bias_free(12, &[10, 8], 3, 5));
+        let r = gradient_x_input(&m, &dev.tensor_from_vec(x, (2, 12)), &labels, 0);
+        assert_conserved(&r, 12, "gradient x input");
     }
 
     #[test]
