@@ -16,6 +16,12 @@ const EWC: &str = r#"  ewc_zero:
     ewc:
       lambda: 1000.0
       importance: {method: mas, reference_size: 20, reference_split: train}
+  ewc_si:
+    freeze: none
+    ewc:
+      lambda: 10.0
+      mode: online
+      importance: {method: si}
   ewc_online:
     freeze: none
     ewc:
@@ -76,6 +82,9 @@ fn ewc_with_zero_lambda_trains_bit_identically_to_naive_and_a_strong_one_holds_t
     assert_eq!(zero, 0.0);
     assert!(strong > 0.0);
     assert!(log("naive")["epochs"][2].get("ewc_penalty").is_none());
+    let si = f.json_of("ewc_si/seed0/task1/consolidate", "consolidate.json");
+    assert_eq!(si["reference_samples"], 0, "SI needs no reference set");
+    assert!(si["importance_totals"][0].as_f64().unwrap() > 0.0);
     let c = f.json_of("ewc_online/seed0/task1/consolidate", "consolidate.json");
     assert_eq!(c["mode"], "online");
     assert!(c["importance_totals"][0].as_f64().unwrap() > 0.0);

@@ -34,6 +34,10 @@ const METHODS: &str = r#"  fisher:
     prune:
       threshold: 0.3
       step_ratio: 0.1
+  si:
+    freeze: until_threshold
+    score: {method: si, damping: 0.01, unit_rule: outgoing}
+    prune: {threshold: 0.3, step_ratio: 0.1}
   gxi:
     freeze: until_threshold
     score:
@@ -59,6 +63,7 @@ fn every_method_scores_and_top_share_half_freezes_half_of_each_layer() {
         ("mas", "mas"),
         ("sig", "sig"),
         ("gxi", "gradient_x_input"),
+        ("si", "si"),
         ("half", "random"),
     ] {
         let s = f.json_of(&format!("{strategy}/seed0/task1/score"), "score.json");

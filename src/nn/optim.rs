@@ -144,6 +144,41 @@ impl<D: Device<f32>> MaskedOptimizer<D> {
     }
 }
 
+/// Synaptic intelligence's path integral (Zenke et al. 2017): per parameter,
+/// `ω = −Σ_steps g · Δθ`, where `g` is the gradient of the task loss at the step and `Δθ` the
+/// update the optimizer actually applied (zero for frozen elements).
+pub struct PathIntegral<D: Device<f32>> {
+    pub omega: std::collections::BTreeMap<usize, Vector<D>>,
+}
+
+impl<D: Device<f32>> Default for PathIntegral<D> {
+    fn default() -> Self {
+        PathIntegral {
+            omega: Default::default(),
+        }
+    }
+}
+
+impl<D: Device<f32>> PathIntegral<D> {
+    /// Record one step: `grads` as given to the optimizer (before any regulariser), `before`
+    /// the values of those parameters before the step (same order), `params` after it.
+    pub fn record(
+        &mut self,
+        grads: Vec<(usize, Vector<D>)>,
+        before: Vec<Vector<D>>,
+        params: &[Vector<D>],
+    ) {
+        for ((i, g), old) in grads.into_iter().zip(before) {
+            let path = g * (params[i].clone() - old);
+            let acc = match self.omega.remove(&i) {
+                Some(w) => w - path,
+                None => path.negate(),
+            };
+            self.omega.insert(i, acc);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +192,41 @@ mod tests {
             opt.step(&mut params, vec![(0, g)]);
         }
         params[0].as_vec()
+    }
+
+    #[test]
+    fn si_path_integral_on_a_1d_quadratic_matches_the_closed_form() {
+        // L(θ) = a/2 (θ − θ*)², plain gradient descent with step η: the error shrinks by
+        // q = 1 − ηa per step, and −Σ g·Δθ = η Σ g_k² = η a² e₀² (1 − q^{2K}) / (1 − q²).
+        let (a, target, theta0, lr, steps) = (2.0f32, 0.5f32, 3.0f32, 0.05f32, 40);
+        let dev = Cpu::default();
+        let mut params = vec![dev.tensor_from_vec(vec![theta0], (1,))];
+        let cfg = OptimizerConfig::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
+        let mut opt = MaskedOptimizer::new(&dev, cfg, &params, vec![None]);
+        let mut si = PathIntegral::default();
+        for _ in 0..steps {
+            let theta = params[0].as_vec()[0];
+            let g = dev.tensor_from_vec(vec![a * (theta - target)], (1,));
+            let before = vec![params[0].clone()];
+            opt.step(&mut params, vec![(0, g.clone())]);
+            si.record(vec![(0, g)], before, &params);
+        }
+        let q = 1.0 - (lr * a) as f64;
+        let e0 = (theta0 - target) as f64;
+        let want =
+            lr as f64 * (a as f64).powi(2) * e0 * e0 * (1.0 - q.powi(2 * steps)) / (1.0 - q * q);
+        let got = si.omega[&0].as_vec()[0] as f64;
+        assert!((got - want).abs() < 1e-4 * want, "{got} vs {want}");
+        // In the small-step limit it is the loss that training removed.
+        let drop = a as f64 / 2.0 * e0 * e0 * (1.0 - q.powi(2 * steps));
+        assert!(
+            (got - drop).abs() < 0.06 * drop,
+            "{got} vs loss drop {drop}"
+        );
     }
 
     #[test]

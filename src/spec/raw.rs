@@ -216,6 +216,8 @@ pub enum ScoreMethod {
     Random,
     /// Activation times the gradient of the true-class logit w.r.t. it, per unit.
     GradientXInput,
+    /// Synaptic intelligence (Zenke et al.): the path integral recorded while training.
+    Si,
 }
 
 /// Which split of the task the reference samples come from.
@@ -297,6 +299,9 @@ pub struct RawScore {
     /// Fisher with per-batch gradients: the batch size.
     #[serde(default)]
     pub batch_size: Option<i64>,
+    /// SI: the damping ξ in ω / (Δθ² + ξ).
+    #[serde(default)]
+    pub damping: Option<f64>,
     /// Weight-level methods: how weight importances become unit scores.
     #[serde(default)]
     pub unit_rule: Option<crate::xai::importance::UnitRule>,

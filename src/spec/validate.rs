@@ -157,6 +157,11 @@ pub enum ScoreSpec {
         normalize: Normalize,
     },
     Random {},
+    Si {
+        damping: f64,
+        unit_rule: UnitRule,
+        normalize: Normalize,
+    },
     GradientXInput {
         reference_size: usize,
         reference_split: ReferenceSplit,
@@ -370,13 +375,24 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
         sc.batch_size.is_some() && sc.gradients != Some(GradientMode::PerBatch),
         "fisher` with `gradients: per_batch",
     );
-    let weight_level = matches!(m, ScoreMethod::Fisher | ScoreMethod::Mas | ScoreMethod::Sig);
+    let weight_level = matches!(
+        m,
+        ScoreMethod::Fisher | ScoreMethod::Mas | ScoreMethod::Sig | ScoreMethod::Si
+    );
     only(
         "unit_rule",
         sc.unit_rule.is_some() && !weight_level,
-        "fisher`, `mas` or `sig",
+        "fisher`, `mas`, `sig` or `si",
     );
-    let uses_reference = !matches!(m, ScoreMethod::Magnitude | ScoreMethod::Random);
+    only(
+        "damping",
+        sc.damping.is_some() && m != ScoreMethod::Si,
+        "si",
+    );
+    let uses_reference = !matches!(
+        m,
+        ScoreMethod::Magnitude | ScoreMethod::Random | ScoreMethod::Si
+    );
     only(
         "reference_size",
         sc.reference_size.is_some() && !uses_reference,
@@ -485,6 +501,20 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
                 );
             }
             ScoreSpec::Random {}
+        }
+        ScoreMethod::Si => {
+            let damping = sc.damping.unwrap_or(1e-3);
+            if !positive(damping) {
+                e(
+                    &format!("{base}.damping"),
+                    format!("expected a damping ξ > 0, found {damping}"),
+                );
+            }
+            ScoreSpec::Si {
+                damping,
+                unit_rule,
+                normalize,
+            }
         }
         ScoreMethod::GradientXInput => ScoreSpec::GradientXInput {
             reference_size,
@@ -800,11 +830,11 @@ pub(super) fn validate(
             let ib = format!("{eb}.importance");
             if !matches!(
                 w.importance.method,
-                ScoreMethod::Fisher | ScoreMethod::Mas | ScoreMethod::Sig
+                ScoreMethod::Fisher | ScoreMethod::Mas | ScoreMethod::Sig | ScoreMethod::Si
             ) {
                 e(
                     &format!("{ib}.method"),
-                    "EWC needs a weight-level importance: `fisher`, `mas` or `sig`".into(),
+                    "EWC needs a weight-level importance: `fisher`, `mas`, `sig` or `si`".into(),
                 );
                 return None;
             }

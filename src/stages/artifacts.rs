@@ -145,6 +145,42 @@ pub fn load_model(ctx: &StageContext, slot: &str) -> Result<MlpParams, StageErro
     MlpParams::from_tensors(m).map_err(|e| bad(MODEL_TENSORS, e))
 }
 
+pub const SI_TENSORS: &str = "si.safetensors";
+
+/// The name of device parameter `i` (`[w0, b0, w1, b1, …]`, trunk then heads) in model files.
+pub fn param_name(i: usize, n_trunk: usize) -> String {
+    let l = i / 2;
+    let part = if i.is_multiple_of(2) { "weight" } else { "bias" };
+    if l < n_trunk {
+        format!("trunk.{l}.{part}")
+    } else {
+        format!("heads.{}.{part}", l - n_trunk)
+    }
+}
+
+/// Synaptic-intelligence path integrals of one training stage: per trained parameter tensor,
+/// `omega/<name>` = −Σ_steps g·Δθ and `delta/<name>` = θ_end − θ_start.
+pub fn save_si(art: &mut Artifact, n_trunk: usize, tensors: &[(usize, Vec<f32>, Vec<f32>)]) {
+    let mut m = BTreeMap::new();
+    for (i, omega, delta) in tensors {
+        let name = param_name(*i, n_trunk);
+        m.insert(
+            format!("omega/{name}"),
+            HostTensor::f32(vec![omega.len()], omega.clone()),
+        );
+        m.insert(
+            format!("delta/{name}"),
+            HostTensor::f32(vec![delta.len()], delta.clone()),
+        );
+    }
+    art.insert(SI_TENSORS, tensorio::encode(&m));
+}
+
+/// `(omega, delta)` of parameter `name`, if that parameter was trained.
+pub fn load_si(ctx: &StageContext, slot: &str) -> Result<BTreeMap<String, HostTensor>, StageError> {
+    tensorio::decode(&ctx.read_input(slot, SI_TENSORS)?).map_err(|e| bad(SI_TENSORS, e))
+}
+
 /// Per-hidden-layer, per-unit values: `layer{l}` tensors (f32 scores or u8 flags).
 pub fn save_unit_f32(art: &mut Artifact, layers: &[Vec<f32>]) {
     let m = layers

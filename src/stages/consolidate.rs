@@ -1,7 +1,8 @@
 //! `consolidate`: the EWC penalty that later tasks train against, accumulated across tasks.
 //!
-//! After task t, a weight-level importance Ω_t (any of `fisher`, `mas`, `sig`) is computed on
-//! the task's reference samples at the trained parameters θ_t. The penalty on later training
+//! After task t, a weight-level importance Ω_t (any of `fisher`, `mas`, `sig` on the task's
+//! reference samples at the trained parameters θ_t, or `si` from task t's training path).
+//! Zenke et al.'s SI surrogate is `mode: online` with `decay: 1` and `method: si`. The penalty on later training
 //! is `λ Σ_i A_i (θ_i − θ̂_i)²` over the trunk's parameters, stored in expanded form as per
 //! parameter `A`, `B = A·θ̂` and the constant `C = Σ A θ̂²`, so both modes cost the same:
 //!
@@ -175,6 +176,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         )));
     }
     let (omega, n_ref) = score::weight_importance(
+        ctx,
         dev,
         &p.importance,
         &host,
@@ -182,9 +184,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         split.dim(),
         p.seed,
         p.task_index,
-    )
+    )?
     .ok_or_else(|| {
-        StageError::invalid("EWC importance needs a weight-level method: fisher, mas or sig")
+        StageError::invalid("EWC importance needs a weight-level method: fisher, mas, sig or si")
     })?;
     // Trunk tensors only, in device order; the path's last layer is the head.
     let trunk = host.trunk.len();

@@ -165,8 +165,11 @@ pub fn reference_samples(
 }
 
 /// Weight-level importance of the path of `head` by a weight-level method (`fisher`, `mas`,
-/// `sig`), on the method's reference samples; `None` for unit-level methods.
+/// `sig` on the method's reference samples; `si` from the path integral that trained the model
+/// in input slot `model`), with the number of reference samples; `None` for unit-level methods.
+#[allow(clippy::too_many_arguments)]
 pub fn weight_importance<D: Device<f32>>(
+    ctx: &StageContext,
     dev: &D,
     spec: &ScoreSpec,
     host: &MlpParams,
@@ -174,7 +177,7 @@ pub fn weight_importance<D: Device<f32>>(
     dim: usize,
     seed: u64,
     head: usize,
-) -> Option<(importance::WeightImportance, usize)> {
+) -> Result<Option<(importance::WeightImportance, usize)>, StageError> {
     let reference = |size, from| reference_samples(task, dim, size, from, seed, head);
     let model = || DeviceMlp::from_host(dev, host);
     let (imp, n) = match *spec {
@@ -209,9 +212,61 @@ pub fn weight_importance<D: Device<f32>>(
             let imp = importance::sig(&model(), &importance::Batch { x: &x, y: &y, dim }, head);
             (imp, y.len())
         }
-        _ => return None,
+        ScoreSpec::Si { damping, .. } => {
+            let si = artifacts::load_si(ctx, "model")?;
+            (si_importance(&si, host, head, damping)?, 0)
+        }
+        _ => return Ok(None),
     };
-    Some((imp, n))
+    Ok(Some((imp, n)))
+}
+
+/// SI importance `max(ω, 0) / (Δθ² + ξ)` of the path of `head`, from the training that produced
+/// the model. A parameter that training never touched (another task's head) has none; the path
+/// integral is only ever negative through noise, and a negative importance would make an EWC
+/// penalty concave, so it is clipped at 0.
+pub fn si_importance(
+    si: &std::collections::BTreeMap<String, crate::nn::tensorio::HostTensor>,
+    host: &MlpParams,
+    head: usize,
+    damping: f64,
+) -> Result<importance::WeightImportance, StageError> {
+    let n_trunk = host.trunk.len();
+    let path: Vec<usize> = (0..n_trunk).chain([n_trunk + head]).collect();
+    let layers_all: Vec<&crate::nn::mlp::DenseParams> = host.layers().collect();
+    let mut shapes = Vec::new();
+    let mut layers = Vec::new();
+    for &l in &path {
+        let layer = layers_all.get(l).ok_or_else(|| {
+            StageError::invalid(format!("model has no layer {l} for head {head}"))
+        })?;
+        shapes.push((layer.out_dim, layer.in_dim));
+        let part = |i: usize, n: usize| -> Result<Vec<f64>, StageError> {
+            let name = artifacts::param_name(i, n_trunk);
+            let get = |k: &str| {
+                si.get(&format!("{k}/{name}"))
+                    .and_then(|t| t.as_f32())
+                    .filter(|v| v.len() == n)
+                    .ok_or_else(|| {
+                        StageError::invalid(format!(
+                            "{}: no {k} of {n} values for `{name}` (the model was not trained on task {})",
+                            artifacts::SI_TENSORS,
+                            head + 1
+                        ))
+                    })
+            };
+            let (omega, delta) = (get("omega")?, get("delta")?);
+            Ok(omega
+                .iter()
+                .zip(delta)
+                .map(|(&w, &d)| (w as f64).max(0.0) / ((d as f64).powi(2) + damping))
+                .collect())
+        };
+        let w = part(2 * l, layer.out_dim * layer.in_dim)?;
+        let b = part(2 * l + 1, layer.out_dim)?;
+        layers.push((w, b));
+    }
+    Ok(importance::WeightImportance { shapes, layers })
 }
 
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
@@ -263,12 +318,18 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             unit_rule,
             normalize,
             ..
+        }
+        | ScoreSpec::Si {
+            unit_rule,
+            normalize,
+            ..
         } => {
-            let (imp, n) = weight_importance(dev, &p.method, &host, task, dim, p.seed, head)
+            let (imp, n) = weight_importance(ctx, dev, &p.method, &host, task, dim, p.seed, head)?
                 .expect("a weight-level method");
             let name = match p.method {
                 ScoreSpec::Fisher { .. } => "fisher",
                 ScoreSpec::Mas { .. } => "mas",
+                ScoreSpec::Si { .. } => "si",
                 _ => "sig",
             };
             (

@@ -7,6 +7,9 @@
 //! (see `nn::optim`), so Adam's moments and L2 cannot move them. Only the current task's head
 //! and the trunk receive updates: other heads are left bit-identical.
 //!
+//! Every training also records synaptic intelligence's path integral per trained parameter
+//! (`si.safetensors`), so `score.method: si` and EWC with SI importance need no second pass.
+//!
 //! With `ewc_lambda` and a `penalty` input (EWC), the gradient of `λ Σ A (θ − θ̂)²` over the
 //! trunk is added to the task loss's gradient before the optimizer step, so frozen units (if
 //! any) stay masked as usual. λ = 0 adds exact zeros and trains bit-identically to no penalty.
@@ -20,7 +23,7 @@ use super::consolidate::Penalty;
 use super::{check_task, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{images_to_tensor, DeviceMlp, MlpParams, Vector};
-use crate::nn::optim::{MaskedOptimizer, OptimizerConfig};
+use crate::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -100,7 +103,8 @@ impl Stage for Train {
         "train"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: also emits the SI path integrals (`si.safetensors`).
+        2
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)
@@ -249,6 +253,10 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         p.task_index,
         if p.joint { "shuffle_joint" } else { "shuffle" },
     );
+    // Synaptic intelligence (Zenke et al. 2017): ω = −Σ g·Δθ over the steps, with g the task
+    // loss's gradient (without any EWC term) and Δθ the update actually applied.
+    let theta_start = model.params.clone();
+    let mut si = PathIntegral::default();
     let mut epochs = Vec::new();
     let mut steps = 0;
     let batch_size = t.batch_size.max(1);
@@ -303,6 +311,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     p.task_index + 1
                 )));
             }
+            let task_grads = grads.clone();
+            let before: Vec<Vector<D>> = grads
+                .iter()
+                .map(|(i, _)| model.params[*i].clone())
+                .collect();
             if let Some((lambda, _, a, b)) = &ewc {
                 // ∂/∂θ λ(Aθ² − 2Bθ + C) = 2λ(Aθ − B), on the trunk only.
                 grads = grads
@@ -318,6 +331,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     .collect();
             }
             opt.step(&mut model.params, grads);
+            si.record(task_grads, before, &model.params);
             steps += 1;
             loss_sum += batch_loss * chunk.len() as f64;
             ctx.progress.inc(1);
@@ -347,6 +361,15 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     }
     let mut art = Artifact::new();
     artifacts::save_model(&mut art, &model.to_host());
+    let si: Vec<(usize, Vec<f32>, Vec<f32>)> = si
+        .omega
+        .into_iter()
+        .map(|(i, w)| {
+            let delta = (model.params[i].clone() - theta_start[i].clone()).as_vec();
+            (i, w.as_vec(), delta)
+        })
+        .collect();
+    artifacts::save_si(&mut art, host.trunk.len(), &si);
     art.insert(
         TRAIN_JSON,
         json_bytes(&TrainReport {
