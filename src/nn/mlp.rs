@@ -47,6 +47,24 @@ impl DenseParams {
 pub struct MlpParams {
     pub trunk: Vec<DenseParams>,
     pub heads: Vec<DenseParams>,
+    /// Hidden activation: 0 is ReLU, anything else leaky ReLU with this negative slope.
+    pub negative_slope: f32,
+}
+
+/// Name of the scalar tensor that stores a leaky ReLU's slope in model files; absent for ReLU,
+/// so ReLU models keep their exact bytes.
+pub const SLOPE_TENSOR: &str = "activation.negative_slope";
+
+/// The hidden activation: ReLU, or leaky ReLU with `slope` for negative inputs.
+pub fn activation<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
+    z: Tensor<S, f32, D, T>,
+    slope: f32,
+) -> Tensor<S, f32, D, T> {
+    if slope == 0.0 {
+        z.relu()
+    } else {
+        z.prelu(slope)
+    }
 }
 
 impl MlpParams {
@@ -60,6 +78,7 @@ impl MlpParams {
         MlpParams {
             trunk,
             heads: vec![],
+            negative_slope: 0.0,
         }
     }
 
@@ -96,10 +115,29 @@ impl MlpParams {
                 );
             }
         }
+        if self.negative_slope != 0.0 {
+            m.insert(
+                SLOPE_TENSOR.into(),
+                HostTensor::f32(vec![1], vec![self.negative_slope]),
+            );
+        }
         m
     }
 
     pub fn from_tensors(mut m: BTreeMap<String, HostTensor>) -> Result<Self, TensorIoError> {
+        let negative_slope = if m.contains_key(SLOPE_TENSOR) {
+            let (shape, v) = m.take_f32(SLOPE_TENSOR)?;
+            if v.len() != 1 {
+                return Err(TensorIoError::Shape {
+                    name: SLOPE_TENSOR.into(),
+                    found: shape,
+                    expected: vec![1],
+                });
+            }
+            v[0]
+        } else {
+            0.0
+        };
         let mut take = |prefix: &str| -> Result<Vec<DenseParams>, TensorIoError> {
             let mut out = Vec::new();
             for i in 0.. {
@@ -148,7 +186,11 @@ impl MlpParams {
                 });
             }
         }
-        Ok(MlpParams { trunk, heads })
+        Ok(MlpParams {
+            trunk,
+            heads,
+            negative_slope,
+        })
     }
 }
 
@@ -162,6 +204,7 @@ pub struct DeviceMlp<D: Device<f32>> {
     /// `(out, in)` per layer, trunk then heads.
     pub shapes: Vec<(usize, usize)>,
     pub n_trunk: usize,
+    pub negative_slope: f32,
 }
 
 impl<D: Device<f32>> DeviceMlp<D> {
@@ -178,6 +221,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
             params,
             shapes,
             n_trunk: p.trunk.len(),
+            negative_slope: p.negative_slope,
         }
     }
 
@@ -194,7 +238,11 @@ impl<D: Device<f32>> DeviceMlp<D> {
             });
         let trunk = layers.by_ref().take(self.n_trunk).collect();
         let heads = layers.collect();
-        MlpParams { trunk, heads }
+        MlpParams {
+            trunk,
+            heads,
+            negative_slope: self.negative_slope,
+        }
     }
 
     /// Flat parameter indices (weight, bias) of the layers a forward pass through `head` uses.
@@ -219,7 +267,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
             .map(|&i| self.params[i].clone())
             .collect();
         let shapes = self.layer_shapes(head);
-        forward_t(params, &shapes, x, unit_masks).permute::<_, Axes2<1, 0>>()
+        forward_t(params, &shapes, x, unit_masks, self.negative_slope).permute::<_, Axes2<1, 0>>()
     }
 
     fn layer_shapes(&self, head: usize) -> Vec<(usize, usize)> {
@@ -250,7 +298,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
         let traced: Vec<Vector<D, OwnedTape<f32, D>>> =
             path.iter().map(|&i| self.params[i].leaky_trace()).collect();
         let shapes = self.layer_shapes(head);
-        let logits_t = forward_t(traced, &shapes, x, None);
+        let logits_t = forward_t(traced, &shapes, x, None, self.negative_slope);
         // Objectives work on `logitsᵀ` [classes, batch] directly: dfdx 0.13's log_softmax
         // backward mishandles permuted (non-contiguous) inputs, so nothing taped is permuted.
         let batch = x.shape().0 as f32;
@@ -286,7 +334,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
             let b = self.params[2 * l + 1]
                 .clone()
                 .broadcast_like::<_, Axis<0>>(&(batch, o));
-            a = (a.matmul(w.permute::<_, Axes2<1, 0>>()) + b).relu();
+            a = activation(a.matmul(w.permute::<_, Axes2<1, 0>>()) + b, self.negative_slope);
             out.push(a.as_vec());
         }
         out
@@ -308,6 +356,7 @@ fn forward_t<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     shapes: &[(usize, usize)],
     x: &Matrix<D>,
     unit_masks: Option<&[Vector<D>]>,
+    negative_slope: f32,
 ) -> Matrix<D, T> {
     let batch = x.shape().0;
     let mut h: Option<Matrix<D, T>> = None;
@@ -329,7 +378,7 @@ fn forward_t<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
         h = Some(if last {
             z
         } else {
-            let a = z.relu();
+            let a = activation(z, negative_slope);
             match unit_masks {
                 Some(m) => a * m[l].clone().broadcast_like::<_, Axis<1>>(&(out, batch)),
                 None => a,

@@ -98,6 +98,20 @@ pub enum ModelKind {
 pub struct RawModel {
     pub kind: ModelKind,
     pub hidden: Vec<i64>,
+    /// Hidden activation.
+    #[serde(default)]
+    pub activation: Activation,
+    /// Leaky ReLU's slope for negative inputs (default 0.01, as PyTorch).
+    #[serde(default)]
+    pub negative_slope: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Relu,
+    LeakyRelu,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -183,6 +197,26 @@ pub struct RawStrategy {
     /// EWC-regularised training: a quadratic penalty from earlier tasks' importances.
     #[serde(default)]
     pub ewc: Option<RawEwc>,
+    /// After every task, correlate the weight importances of several methods (Kutalev).
+    #[serde(default)]
+    pub correlate: Option<RawCorrelate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCorrelate {
+    /// Named weight-level methods (`fisher`, `mas`, `sig`, `si`, `random`) with their options.
+    pub methods: std::collections::BTreeMap<String, RawScore>,
+    /// Methods whose element-wise square joins as another method (`mas^2`).
+    #[serde(default)]
+    pub squared: Vec<String>,
+    /// Sum each method's trunk importances over the tasks so far (Kutalev) or not.
+    #[serde(default = "yes")]
+    pub accumulate: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]

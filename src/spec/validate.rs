@@ -75,6 +75,13 @@ pub struct DatasetSpec {
 pub struct ModelSpec {
     pub kind: &'static str,
     pub hidden: Vec<usize>,
+    /// 0 = ReLU (then not keyed), else leaky ReLU's negative slope.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub negative_slope: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,6 +214,15 @@ pub struct Strategy {
     /// Evaluate old task `j` with only the units frozen after task `j` (the rest masked out).
     pub isolate: bool,
     pub ewc: Option<EwcSpec>,
+    pub correlate: Option<CorrelateSpec>,
+}
+
+/// Importance correlations after every task (see `stages::correlate`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CorrelateSpec {
+    pub methods: std::collections::BTreeMap<String, ScoreSpec>,
+    pub squared: Vec<String>,
+    pub accumulate: bool,
 }
 
 /// EWC-regularised training (see `stages::consolidate`).
@@ -662,6 +678,26 @@ pub(super) fn validate(
         }
         hidden.push(h.max(1) as usize);
     }
+    let negative_slope = match (raw.model.activation, raw.model.negative_slope) {
+        (crate::spec::raw::Activation::Relu, Some(_)) => {
+            e(
+                "model.negative_slope",
+                "only used with `activation: leaky_relu`".into(),
+            );
+            0.0
+        }
+        (crate::spec::raw::Activation::Relu, None) => 0.0,
+        (crate::spec::raw::Activation::LeakyRelu, s) => {
+            let s = s.unwrap_or(0.01);
+            if !(s.is_finite() && s > 0.0 && s < 1.0) {
+                e(
+                    "model.negative_slope",
+                    format!("expected a slope in (0, 1), found {s}"),
+                );
+            }
+            s
+        }
+    };
 
     // Training.
     let t = &raw.training;
@@ -846,6 +882,58 @@ pub(super) fn validate(
                 importance,
             })
         });
+        let correlate = s.correlate.as_ref().map(|c| {
+            let cb = format!("{base}.correlate");
+            if s.schedule == Schedule::Joint {
+                e(&cb, "correlations are taken after each task; a joint schedule has one".into());
+            }
+            if c.methods.len() + c.squared.len() < 2 {
+                e(
+                    &format!("{cb}.methods"),
+                    "expected at least two methods to correlate".into(),
+                );
+            }
+            let mut methods = std::collections::BTreeMap::new();
+            for (name, m) in &c.methods {
+                let mb = format!("{cb}.methods.{name}");
+                if name.contains('^') || name.contains('/') {
+                    e(&mb, "method names may not contain '^' or '/'".into());
+                }
+                if !matches!(
+                    m.method,
+                    ScoreMethod::Fisher
+                        | ScoreMethod::Mas
+                        | ScoreMethod::Sig
+                        | ScoreMethod::Si
+                        | ScoreMethod::Random
+                ) {
+                    e(
+                        &format!("{mb}.method"),
+                        "expected a weight-level method: fisher, mas, sig, si or random".into(),
+                    );
+                    continue;
+                }
+                if let Some(spec) = score_spec(m, &mb, &mut e) {
+                    methods.insert(name.clone(), spec);
+                }
+            }
+            for (i, q) in c.squared.iter().enumerate() {
+                if !c.methods.contains_key(q) {
+                    e(
+                        &format!("{cb}.squared.{i}"),
+                        format!(
+                            "no method `{q}`; expected one of {:?}",
+                            c.methods.keys().collect::<Vec<_>>()
+                        ),
+                    );
+                }
+            }
+            CorrelateSpec {
+                methods,
+                squared: c.squared.clone(),
+                accumulate: c.accumulate,
+            }
+        });
         if s.isolate && s.freeze == FreezeKind::None {
             e(
                 &format!("{base}.isolate"),
@@ -996,6 +1084,7 @@ pub(super) fn validate(
             joint: s.schedule == Schedule::Joint,
             isolate: s.isolate,
             ewc,
+            correlate,
         });
     }
 
@@ -1087,6 +1176,7 @@ pub(super) fn validate(
                 ModelKind::Mlp => "mlp",
             },
             hidden,
+            negative_slope,
         },
         training: TrainingSpec {
             optimizer,

@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod consolidate;
+pub mod correlate;
 pub mod evaluate;
 pub mod mask;
 pub mod plan;
@@ -29,6 +30,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(mask::Mask));
     r.register(Arc::new(evaluate::Evaluate));
     r.register(Arc::new(consolidate::Consolidate));
+    r.register(Arc::new(correlate::Correlate));
     r
 }
 

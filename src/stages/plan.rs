@@ -7,7 +7,7 @@
 //! shared by everything, and task-1 training (and its evaluation) is shared by every strategy
 //! with the same seed and training settings.
 
-use super::{consolidate, evaluate, mask, prune, score, split, train};
+use super::{consolidate, correlate, evaluate, mask, prune, score, split, train};
 use crate::exec::Stage;
 use crate::graph::StageDecl;
 use crate::spec::{FreezeSpec, Pipeline};
@@ -90,6 +90,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             let mut prev_model: Option<String> = None;
             let mut prev_mask: Option<String> = None;
             let mut prev_penalty: Option<String> = None;
+            let mut prev_correlate: Option<String> = None;
             for t in 0..p.tasks.len() {
                 let id = |kind: &str| stage_id(&s.name, seed, t, kind);
                 let mut params = base_params(t, seed);
@@ -107,6 +108,21 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 }
                 let trained = ("model", id("train"));
                 out.push(decl(id("train"), &train::Train, params, inputs));
+                if let Some(c) = &s.correlate {
+                    let cp = json!({
+                        "task_index": t,
+                        "seed": seed,
+                        "methods": c.methods,
+                        "squared": c.squared,
+                        "accumulate": c.accumulate,
+                    });
+                    let mut cin = vec![split_in(), trained.clone()];
+                    if let Some(prev) = prev_correlate.as_ref().filter(|_| c.accumulate) {
+                        cin.push(("previous", prev.clone()));
+                    }
+                    out.push(decl(id("correlate"), &correlate::Correlate, cp, cin));
+                    prev_correlate = Some(id("correlate"));
+                }
                 if let Some(w) = s.ewc.as_ref().filter(|_| t + 1 < p.tasks.len()) {
                     let mut cp = json!({
                         "task_index": t,

@@ -59,6 +59,9 @@ pub struct TrainingParams {
 pub struct ModelParams {
     pub kind: String,
     pub hidden: Vec<usize>,
+    /// 0 = ReLU; else leaky ReLU's negative slope.
+    #[serde(default)]
+    pub negative_slope: f32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +129,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     p.model.kind
                 )));
             }
-            MlpParams::init(dim, &p.model.hidden, &mut rng_for(p.seed, 0, "init"))
+            let mut m = MlpParams::init(dim, &p.model.hidden, &mut rng_for(p.seed, 0, "init"));
+            m.negative_slope = p.model.negative_slope;
+            m
         }
     };
     if host.input_dim() != dim {

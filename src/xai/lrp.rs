@@ -260,7 +260,7 @@ fn forward<D: Device<f32>>(
         let z = a.matmul(weights[l].clone().permute::<_, Axes2<1, 0>>())
             + biases[l].clone().broadcast_like::<_, Axis<0>>(&(batch, o));
         if l + 1 < shapes.len() {
-            acts.push(z.clone().relu());
+            acts.push(crate::nn::mlp::activation(z.clone(), model.negative_slope));
         }
         zs.push(z);
     }
@@ -329,6 +329,7 @@ pub fn gradient_x_input<D: Device<f32>>(
     head: usize,
 ) -> Relevance {
     let f = forward(model, x, labels, head, false);
+    let slope = model.negative_slope;
     let layers = f.weights.len();
     // `g` is the gradient w.r.t. layer l's pre-activation; below it, w.r.t. its input.
     let mut g = f.start;
@@ -339,9 +340,10 @@ pub fn gradient_x_input<D: Device<f32>>(
         let gxi = (f.acts[l].clone() * g_in.clone()).as_vec();
         if l > 0 {
             hidden[l - 1] = gxi;
-            // ReLU passes the gradient where its pre-activation was positive.
+            // (Leaky) ReLU: slope 1 where the pre-activation was positive, else its negative slope.
             let on = f.zs[l - 1].clone().gt(0.0);
-            g = on.choose(g_in, f.acts[l].device().zeros_like(f.zs[l - 1].shape()));
+            let off = g_in.clone() * slope;
+            g = on.choose(g_in, off);
         } else {
             input = gxi;
         }
@@ -481,6 +483,7 @@ mod tests {
         let p = MlpParams {
             trunk: vec![dense(3, 3, vec![1., 0., 0., 0., 1., 0., 0., 0., 1.])],
             heads: vec![dense(1, 3, vec![1.5, -0.5, 0.25])],
+            negative_slope: 0.0,
         };
         let dev = Cpu::default();
         let m = DeviceMlp::from_host(&dev, &p);
@@ -538,8 +541,16 @@ mod tests {
         // Bias-free ReLU nets are positively homogeneous, so by Euler's theorem every layer's
         // Σ a·∂f/∂a equals f.
         let m = DeviceMlp::from_host(&dev, &bias_free(12, &[10, 8], 3, 5));
-        let r = gradient_x_input(&m, &dev.tensor_from_vec(x, (2, 12)), &labels, 0);
+        let r = gradient_x_input(&m, &dev.tensor_from_vec(x.clone(), (2, 12)), &labels, 0);
         assert_conserved(&r, 12, "gradient x input");
+        // Leaky ReLU is positively homogeneous too; its model file keeps the slope.
+        let mut leaky = bias_free(12, &[10, 8], 3, 5);
+        leaky.negative_slope = 0.2;
+        let back = MlpParams::from_tensors(leaky.to_tensors()).unwrap();
+        assert_eq!(back, leaky);
+        let m = DeviceMlp::from_host(&dev, &back);
+        let r = gradient_x_input(&m, &dev.tensor_from_vec(x, (2, 12)), &labels, 0);
+        assert_conserved(&r, 12, "gradient x input, leaky");
     }
 
     #[test]
