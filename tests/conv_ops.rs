@@ -1,0 +1,926 @@
+//! Convolution, pooling, flatten and dropout (`cfpipe::nn::conv`) against naive f64 reference
+//! loops written here: forwards on assorted shapes (odd sizes, strides, paddings, kernels
+//! 1/3/5, several channels and samples), gradients by central finite differences of the
+//! reference, and a few by finite differences of the ops themselves. Both the CPU fast path
+//! (`conv::*`) and the composed path (`conv::composed::*`) are checked.
+
+use cfpipe::nn::conv::{self, composed, Tensor4};
+use dfdx::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type Dims = (usize, usize, usize, usize);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    Fast,
+    Composed,
+}
+
+const PATHS: [Path; 2] = [Path::Fast, Path::Composed];
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn uniform(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+/// Distinct values 0.01 apart in random order, so that no max-pool window has a near-tie.
+fn distinct(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n).map(|i| i as f32 * 0.01 - n as f32 * 0.005).collect();
+    v.shuffle(rng);
+    v
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn numel((a, b, c, d): Dims) -> usize {
+    a * b * c * d
+}
+
+// ---------------------------------------------------------------- naive f64 references
+
+fn conv_ref(
+    x: &[f64],
+    (n, c, h, w): Dims,
+    wt: &[f64],
+    (o, kh, kw): (usize, usize, usize),
+    b: &[f64],
+    stride: usize,
+    pad: usize,
+) -> (Vec<f64>, Dims) {
+    let ho = (h + 2 * pad - kh) / stride + 1;
+    let wo = (w + 2 * pad - kw) / stride + 1;
+    let mut out = vec![0.0; n * o * ho * wo];
+    for s in 0..n {
+        for f in 0..o {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = b[f];
+                    for ch in 0..c {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let iy = (oy * stride + ki) as isize - pad as isize;
+                                let ix = (ox * stride + kj) as isize - pad as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xv = x[((s * c + ch) * h + iy as usize) * w + ix as usize];
+                                acc += xv * wt[((f * c + ch) * kh + ki) * kw + kj];
+                            }
+                        }
+                    }
+                    out[((s * o + f) * ho + oy) * wo + ox] = acc;
+                }
+            }
+        }
+    }
+    (out, (n, o, ho, wo))
+}
+
+/// Pools every plane over per-axis bins `(start, end)` with `reduce`.
+fn pool_ref(
+    x: &[f64],
+    (n, c, h, w): Dims,
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
+    reduce: fn(&[f64]) -> f64,
+) -> (Vec<f64>, Dims) {
+    let mut out = Vec::new();
+    for plane in 0..n * c {
+        for &(y0, y1) in rows {
+            for &(x0, x1) in cols {
+                let mut cell = Vec::new();
+                for y in y0..y1 {
+                    for xx in x0..x1 {
+                        cell.push(x[plane * h * w + y * w + xx]);
+                    }
+                }
+                out.push(reduce(&cell));
+            }
+        }
+    }
+    (out, (n, c, rows.len(), cols.len()))
+}
+
+fn max_of(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+}
+
+fn mean_of(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn window_bins(len: usize, k: usize, s: usize) -> Vec<(usize, usize)> {
+    (0..=(len - k) / s).map(|i| (i * s, i * s + k)).collect()
+}
+
+/// PyTorch's adaptive rule, written with float floor/ceil as in its documentation.
+fn adaptive_bins(len: usize, out: usize) -> Vec<(usize, usize)> {
+    (0..out)
+        .map(|i| {
+            let a = (i as f64 * len as f64 / out as f64).floor() as usize;
+            let b = ((i + 1) as f64 * len as f64 / out as f64).ceil() as usize;
+            (a, b)
+        })
+        .collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+// ---------------------------------------------------------------- checking helpers
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+/// Central differences of `f` at `x0`, coordinate by coordinate, against `analytic`.
+fn check_fd(what: &str, f: impl Fn(&[f64]) -> f64, x0: &[f64], analytic: &[f32], eps: f64) {
+    check_fd_every(what, f, x0, analytic, eps, 1);
+}
+
+/// [`check_fd`] on every `step`-th coordinate only, for large inputs.
+fn check_fd_every(
+    what: &str,
+    f: impl Fn(&[f64]) -> f64,
+    x0: &[f64],
+    analytic: &[f32],
+    eps: f64,
+    step: usize,
+) {
+    assert_eq!(x0.len(), analytic.len(), "{what}: gradient length");
+    let mut x = x0.to_vec();
+    for i in (0..x.len()).step_by(step) {
+        x[i] = x0[i] + eps;
+        let up = f(&x);
+        x[i] = x0[i] - eps;
+        let down = f(&x);
+        x[i] = x0[i];
+        let fd = (up - down) / (2.0 * eps);
+        let a = analytic[i] as f64;
+        assert!(
+            (fd - a).abs() <= 1e-3 * (1.0 + fd.abs()),
+            "{what}[{i}]: finite difference {fd}, backward {a}"
+        );
+    }
+}
+
+fn t4(dev: &Cpu, v: &[f32], d: Dims) -> Tensor4<Cpu> {
+    dev.tensor_from_vec(v.to_vec(), d)
+}
+
+fn t1(dev: &Cpu, v: &[f32]) -> Tensor<(usize,), f32, Cpu> {
+    dev.tensor_from_vec(v.to_vec(), (v.len(),))
+}
+
+fn conv_via<T, TX>(
+    path: Path,
+    x: Tensor4<Cpu, TX>,
+    w: Tensor4<Cpu, T>,
+    b: Tensor<(usize,), f32, Cpu, T>,
+    stride: usize,
+    pad: usize,
+) -> Tensor4<Cpu, T>
+where
+    T: Tape<f32, Cpu> + Merge<TX>,
+    TX: Tape<f32, Cpu>,
+{
+    match path {
+        Path::Fast => conv::conv2d(x, w, b, stride, pad),
+        Path::Composed => composed::conv2d(x, w, b, stride, pad),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pool {
+    Max(usize, usize),
+    Avg(usize, usize),
+    Adaptive(usize, usize),
+}
+
+fn pool_via<T: Tape<f32, Cpu>>(path: Path, pool: Pool, x: Tensor4<Cpu, T>) -> Tensor4<Cpu, T> {
+    match (path, pool) {
+        (Path::Fast, Pool::Max(k, s)) => conv::max_pool2d(x, k, s),
+        (Path::Fast, Pool::Avg(k, s)) => conv::avg_pool2d(x, k, s),
+        (Path::Fast, Pool::Adaptive(h, w)) => conv::adaptive_avg_pool2d(x, h, w),
+        (Path::Composed, Pool::Max(k, s)) => composed::max_pool2d(x, k, s),
+        (Path::Composed, Pool::Avg(k, s)) => composed::avg_pool2d(x, k, s),
+        (Path::Composed, Pool::Adaptive(h, w)) => composed::adaptive_avg_pool2d(x, h, w),
+    }
+}
+
+fn pool_reference(pool: Pool, x: &[f64], d: Dims) -> (Vec<f64>, Dims) {
+    match pool {
+        Pool::Max(k, s) => pool_ref(
+            x,
+            d,
+            &window_bins(d.2, k, s),
+            &window_bins(d.3, k, s),
+            max_of,
+        ),
+        Pool::Avg(k, s) => pool_ref(
+            x,
+            d,
+            &window_bins(d.2, k, s),
+            &window_bins(d.3, k, s),
+            mean_of,
+        ),
+        Pool::Adaptive(oh, ow) => pool_ref(
+            x,
+            d,
+            &adaptive_bins(d.2, oh),
+            &adaptive_bins(d.3, ow),
+            mean_of,
+        ),
+    }
+}
+
+/// `(N, C, H, W, O, kh, kw, stride, padding)`
+type ConvCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+const CONV_CASES: [ConvCase; 8] = [
+    (2, 3, 7, 6, 4, 3, 3, 1, 1),
+    (3, 2, 9, 8, 5, 5, 5, 2, 2),
+    (2, 4, 5, 5, 3, 1, 1, 1, 0),
+    (2, 3, 8, 7, 2, 3, 3, 2, 1),
+    (1, 2, 6, 9, 3, 3, 5, 1, 2),
+    (2, 1, 5, 4, 2, 5, 5, 1, 2),
+    (3, 2, 4, 4, 2, 3, 3, 3, 0),
+    (2, 2, 3, 3, 3, 5, 5, 2, 2),
+];
+
+// ---------------------------------------------------------------- convolution
+
+#[test]
+fn the_cpu_takes_the_fast_path() {
+    assert!(conv::uses_cpu_fast_path::<Cpu>());
+}
+
+#[test]
+fn conv2d_forward_matches_the_naive_reference() {
+    let dev = Cpu::default();
+    let mut r = rng(1);
+    for (case, &(n, c, h, w, o, kh, kw, s, p)) in CONV_CASES.iter().enumerate() {
+        let xd = (n, c, h, w);
+        let x = uniform(&mut r, numel(xd));
+        let wt = uniform(&mut r, o * c * kh * kw);
+        let b = uniform(&mut r, o);
+        let (want, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
+        for path in PATHS {
+            let out = conv_via(
+                path,
+                t4(&dev, &x, xd),
+                t4(&dev, &wt, (o, c, kh, kw)),
+                t1(&dev, &b),
+                s,
+                p,
+            );
+            assert_eq!(*out.shape(), od, "case {case} {path:?}: shape");
+            assert_close(&format!("case {case} {path:?}"), &out.as_vec(), &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences_of_the_reference() {
+    let dev = Cpu::default();
+    let mut r = rng(2);
+    for (case, &(n, c, h, w, o, kh, kw, s, p)) in CONV_CASES.iter().enumerate() {
+        let xd = (n, c, h, w);
+        let wd = (o, c, kh, kw);
+        let x = uniform(&mut r, numel(xd));
+        let wt = uniform(&mut r, numel(wd));
+        let b = uniform(&mut r, o);
+        let (_, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
+        let probe = uniform(&mut r, numel(od));
+        let (x64, w64, b64, r64) = (f64s(&x), f64s(&wt), f64s(&b), f64s(&probe));
+        let loss = |x: &[f64], wt: &[f64], b: &[f64]| {
+            dot(&conv_ref(x, xd, wt, (o, kh, kw), b, s, p).0, &r64)
+        };
+        for path in PATHS {
+            let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+            let out = conv_via(
+                path,
+                xt.leaky_trace(),
+                wt_t.leaky_trace(),
+                bt.leaky_trace(),
+                s,
+                p,
+            );
+            let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+            let tag = format!("case {case} {path:?}");
+            check_fd(
+                &format!("{tag} d/dx"),
+                |v| loss(v, &w64, &b64),
+                &x64,
+                &grads.get(&xt).as_vec(),
+                1e-3,
+            );
+            check_fd(
+                &format!("{tag} d/dweight"),
+                |v| loss(&x64, v, &b64),
+                &w64,
+                &grads.get(&wt_t).as_vec(),
+                1e-3,
+            );
+            check_fd(
+                &format!("{tag} d/dbias"),
+                |v| loss(&x64, &w64, v),
+                &b64,
+                &grads.get(&bt).as_vec(),
+                1e-3,
+            );
+        }
+    }
+}
+
+/// Finite differences through the ops themselves (f32 forward, f64 sum, eps = 1e-2) rather
+/// than through the reference: the backward must match the function actually computed.
+#[test]
+fn conv2d_gradients_match_finite_differences_of_the_op() {
+    let dev = Cpu::default();
+    let mut r = rng(3);
+    let (xd, wd, s, p) = ((2, 3, 6, 5), (4, 3, 3, 3), 2, 1);
+    let x = uniform(&mut r, numel(xd));
+    let wt = uniform(&mut r, numel(wd));
+    let b = uniform(&mut r, 4);
+    for path in PATHS {
+        let od = *conv_via(
+            path,
+            t4(&dev, &x, xd),
+            t4(&dev, &wt, wd),
+            t1(&dev, &b),
+            s,
+            p,
+        )
+        .shape();
+        let probe = uniform(&mut r, numel(od));
+        let loss = |x: &[f32], wt: &[f32], b: &[f32]| -> f64 {
+            let out = conv_via(path, t4(&dev, x, xd), t4(&dev, wt, wd), t1(&dev, b), s, p);
+            dot(&f64s(&out.as_vec()), &f64s(&probe))
+        };
+        let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+        let out = conv_via(
+            path,
+            xt.leaky_trace(),
+            wt_t.leaky_trace(),
+            bt.leaky_trace(),
+            s,
+            p,
+        );
+        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        let (gx, gw, gb) = (
+            grads.get(&xt).as_vec(),
+            grads.get(&wt_t).as_vec(),
+            grads.get(&bt).as_vec(),
+        );
+        let eps = 1e-2f32;
+        let fd = |f: &dyn Fn(f32) -> f64| (f(eps) - f(-eps)) / (2.0 * eps as f64);
+        let near = |what: String, fd: f64, a: f32| {
+            assert!(
+                (fd - a as f64).abs() <= 1e-2 * (1.0 + fd.abs()),
+                "{path:?} {what}: finite difference {fd}, backward {a}"
+            );
+        };
+        for i in (0..x.len()).step_by(7) {
+            let bump = |d: f32| {
+                let mut v = x.clone();
+                v[i] += d;
+                loss(&v, &wt, &b)
+            };
+            near(format!("d/dx[{i}]"), fd(&bump), gx[i]);
+        }
+        for i in (0..wt.len()).step_by(5) {
+            let bump = |d: f32| {
+                let mut v = wt.clone();
+                v[i] += d;
+                loss(&x, &v, &b)
+            };
+            near(format!("d/dw[{i}]"), fd(&bump), gw[i]);
+        }
+        for i in 0..b.len() {
+            let bump = |d: f32| {
+                let mut v = b.clone();
+                v[i] += d;
+                loss(&x, &wt, &v)
+            };
+            near(format!("d/db[{i}]"), fd(&bump), gb[i]);
+        }
+    }
+}
+
+/// The first layer's input is untraced: parameters still get their gradients, and flat 1-D
+/// parameters (as the MLP keeps them) reshaped on the way in find theirs by their own id.
+#[test]
+fn conv2d_with_an_untraced_input_and_flat_parameters() {
+    let dev = Cpu::default();
+    let mut r = rng(4);
+    let (xd, (o, c, kh, kw), s, p) = ((2, 3, 7, 7), (4, 3, 3, 3), 1, 1);
+    let x = uniform(&mut r, numel(xd));
+    let wt = uniform(&mut r, o * c * kh * kw);
+    let b = uniform(&mut r, o);
+    let (_, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
+    let probe = uniform(&mut r, numel(od));
+    let (x64, b64, r64) = (f64s(&x), f64s(&b), f64s(&probe));
+    for path in PATHS {
+        let (wf, bt) = (t1(&dev, &wt), t1(&dev, &b));
+        let w4 = wf.leaky_trace().reshape_like(&(o, c, kh, kw));
+        let out = conv_via(path, t4(&dev, &x, xd), w4, bt.leaky_trace(), s, p);
+        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        check_fd(
+            &format!("{path:?} flat d/dweight"),
+            |v| dot(&conv_ref(&x64, xd, v, (o, kh, kw), &b64, s, p).0, &r64),
+            &f64s(&wt),
+            &grads.get(&wf).as_vec(),
+            1e-3,
+        );
+    }
+}
+
+/// A permuted (non-contiguous) input: dfdx 0.13 has mishandled strides in some backward
+/// kernels, so the gradient must land on the original tensor correctly.
+#[test]
+fn conv2d_accepts_a_permuted_input() {
+    let dev = Cpu::default();
+    let mut r = rng(5);
+    let (n, c, h, w) = (2, 2, 5, 6);
+    let (o, k, s, p) = (3, 3, 1, 1);
+    // Stored as [N, C, W, H] and viewed as [N, C, H, W].
+    let stored = uniform(&mut r, n * c * w * h);
+    let mut x = vec![0.0; stored.len()];
+    for pl in 0..n * c {
+        for y in 0..h {
+            for xx in 0..w {
+                x[pl * h * w + y * w + xx] = stored[pl * w * h + xx * h + y];
+            }
+        }
+    }
+    let wt = uniform(&mut r, o * c * k * k);
+    let b = uniform(&mut r, o);
+    let (want, od) = conv_ref(
+        &f64s(&x),
+        (n, c, h, w),
+        &f64s(&wt),
+        (o, k, k),
+        &f64s(&b),
+        s,
+        p,
+    );
+    let probe = uniform(&mut r, numel(od));
+    for path in PATHS {
+        let xs = t4(&dev, &stored, (n, c, w, h));
+        let xv = xs.leaky_trace().permute::<_, Axes4<0, 1, 3, 2>>();
+        let (wt_t, bt) = (t4(&dev, &wt, (o, c, k, k)), t1(&dev, &b));
+        let out = conv_via(path, xv, wt_t.leaky_trace(), bt.leaky_trace(), s, p);
+        assert_close(&format!("{path:?} forward"), &out.as_vec(), &want, 1e-5);
+        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        let (w64, b64, r64) = (f64s(&wt), f64s(&b), f64s(&probe));
+        // The reference reads the stored layout through the same permutation.
+        let loss = |st: &[f64]| {
+            let mut v = vec![0.0; st.len()];
+            for pl in 0..n * c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        v[pl * h * w + y * w + xx] = st[pl * w * h + xx * h + y];
+                    }
+                }
+            }
+            dot(
+                &conv_ref(&v, (n, c, h, w), &w64, (o, k, k), &b64, s, p).0,
+                &r64,
+            )
+        };
+        check_fd(
+            &format!("{path:?} d/dstored"),
+            loss,
+            &f64s(&stored),
+            &grads.get(&xs).as_vec(),
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn fast_and_composed_convolutions_agree_on_a_wider_layer() {
+    let dev = Cpu::default();
+    let mut r = rng(6);
+    let (xd, wd) = ((3, 8, 12, 11), (6, 8, 3, 3));
+    let x = uniform(&mut r, numel(xd));
+    let wt = uniform(&mut r, numel(wd));
+    let b = uniform(&mut r, 6);
+    let mut results = Vec::new();
+    for path in PATHS {
+        let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+        let out = conv_via(
+            path,
+            xt.leaky_trace(),
+            wt_t.leaky_trace(),
+            bt.leaky_trace(),
+            1,
+            1,
+        );
+        let od = *out.shape();
+        let probe = uniform(&mut rng(7), numel(od));
+        let fwd = out.as_vec();
+        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        results.push((
+            fwd,
+            grads.get(&xt).as_vec(),
+            grads.get(&wt_t).as_vec(),
+            grads.get(&bt).as_vec(),
+        ));
+    }
+    let (a, b) = (&results[0], &results[1]);
+    assert_close("forward", &a.0, &f64s(&b.0), 1e-5);
+    assert_close("d/dx", &a.1, &f64s(&b.1), 1e-4);
+    assert_close("d/dw", &a.2, &f64s(&b.2), 1e-4);
+    assert_close("d/db", &a.3, &f64s(&b.3), 1e-4);
+}
+
+/// 32 channels × 3×3 makes receptive fields of 288, more than one block of the CPU kernel's
+/// inner dimension, and 5 samples split unevenly over threads and chunks.
+#[test]
+fn a_deep_layer_matches_the_reference_on_both_paths() {
+    let dev = Cpu::default();
+    let mut r = rng(8);
+    let (xd, wd, s, p) = ((5, 32, 6, 7), (10, 32, 3, 3), 1, 1);
+    let x = uniform(&mut r, numel(xd));
+    let wt = uniform(&mut r, numel(wd));
+    let b = uniform(&mut r, 10);
+    let (want, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (10, 3, 3), &f64s(&b), s, p);
+    let probe = uniform(&mut r, numel(od));
+    let (x64, w64, b64, r64) = (f64s(&x), f64s(&wt), f64s(&b), f64s(&probe));
+    for path in PATHS {
+        let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+        let out = conv_via(
+            path,
+            xt.leaky_trace(),
+            wt_t.leaky_trace(),
+            bt.leaky_trace(),
+            s,
+            p,
+        );
+        assert_close(&format!("{path:?} forward"), &out.as_vec(), &want, 1e-5);
+        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        let loss = |x: &[f64], w: &[f64]| dot(&conv_ref(x, xd, w, (10, 3, 3), &b64, s, p).0, &r64);
+        // A sample of coordinates: each costs two reference runs.
+        check_fd_every(
+            &format!("{path:?} d/dx"),
+            |v| loss(v, &w64),
+            &x64,
+            &grads.get(&xt).as_vec(),
+            1e-3,
+            29,
+        );
+        check_fd_every(
+            &format!("{path:?} d/dw"),
+            |v| loss(&x64, v),
+            &w64,
+            &grads.get(&wt_t).as_vec(),
+            1e-3,
+            37,
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "input has 2 channels")]
+fn conv2d_rejects_a_channel_mismatch() {
+    let dev = Cpu::default();
+    let x: Tensor4<Cpu> = dev.zeros_like(&(1, 2, 5, 5));
+    let w: Tensor4<Cpu> = dev.zeros_like(&(4, 3, 3, 3));
+    let b: Tensor<(usize,), f32, Cpu> = dev.zeros_like(&(4,));
+    let _ = conv::conv2d(x, w, b, 1, 0);
+}
+
+#[test]
+#[should_panic(expected = "larger than padded input")]
+fn conv2d_rejects_a_kernel_larger_than_the_input() {
+    let dev = Cpu::default();
+    let x: Tensor4<Cpu> = dev.zeros_like(&(1, 1, 3, 3));
+    let w: Tensor4<Cpu> = dev.zeros_like(&(1, 1, 5, 5));
+    let b: Tensor<(usize,), f32, Cpu> = dev.zeros_like(&(1,));
+    let _ = conv::conv2d(x, w, b, 1, 0);
+}
+
+// ---------------------------------------------------------------- pooling
+
+const POOL_CASES: [(Pool, Dims); 14] = [
+    (Pool::Max(2, 2), (2, 3, 7, 9)),
+    (Pool::Max(2, 2), (1, 2, 8, 8)),
+    (Pool::Max(3, 2), (2, 2, 9, 8)),
+    (Pool::Max(3, 1), (1, 3, 5, 6)),
+    (Pool::Max(1, 1), (2, 1, 3, 4)),
+    (Pool::Avg(2, 2), (2, 3, 7, 9)),
+    (Pool::Avg(3, 2), (2, 2, 9, 8)),
+    (Pool::Avg(3, 1), (1, 3, 5, 6)),
+    (Pool::Adaptive(3, 4), (2, 2, 7, 9)),
+    (Pool::Adaptive(7, 7), (1, 2, 5, 5)),
+    (Pool::Adaptive(1, 1), (2, 3, 6, 6)),
+    (Pool::Adaptive(4, 4), (1, 2, 4, 4)),
+    (Pool::Adaptive(3, 3), (2, 1, 8, 8)),
+    (Pool::Adaptive(2, 5), (1, 2, 7, 3)),
+];
+
+#[test]
+fn pooling_forward_matches_the_naive_reference() {
+    let dev = Cpu::default();
+    let mut r = rng(10);
+    for (case, &(pool, d)) in POOL_CASES.iter().enumerate() {
+        let x = uniform(&mut r, numel(d));
+        let (want, od) = pool_reference(pool, &f64s(&x), d);
+        for path in PATHS {
+            let out = pool_via(path, pool, t4(&dev, &x, d));
+            assert_eq!(*out.shape(), od, "case {case} {pool:?} {path:?}: shape");
+            assert_close(
+                &format!("case {case} {pool:?} {path:?}"),
+                &out.as_vec(),
+                &want,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn pooling_gradients_match_finite_differences() {
+    let dev = Cpu::default();
+    let mut r = rng(11);
+    for (case, &(pool, d)) in POOL_CASES.iter().enumerate() {
+        let x = distinct(&mut r, numel(d));
+        let (_, od) = pool_reference(pool, &f64s(&x), d);
+        let probe = uniform(&mut r, numel(od));
+        let r64 = f64s(&probe);
+        for path in PATHS {
+            let xt = t4(&dev, &x, d);
+            let out = pool_via(path, pool, xt.leaky_trace());
+            let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+            check_fd(
+                &format!("case {case} {pool:?} {path:?}"),
+                |v| dot(&pool_reference(pool, v, d).0, &r64),
+                &f64s(&x),
+                &grads.get(&xt).as_vec(),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn max_pool_gradients_match_finite_differences_of_the_op() {
+    let dev = Cpu::default();
+    let mut r = rng(12);
+    let d = (2, 2, 7, 9);
+    let x = distinct(&mut r, numel(d));
+    for path in PATHS {
+        let od = *pool_via(path, Pool::Max(2, 2), t4(&dev, &x, d)).shape();
+        let probe = uniform(&mut r, numel(od));
+        let xt = t4(&dev, &x, d);
+        let out = pool_via(path, Pool::Max(2, 2), xt.leaky_trace());
+        let g = (out * t4(&dev, &probe, od))
+            .sum::<(), _>()
+            .backward()
+            .get(&xt)
+            .as_vec();
+        let loss = |v: &[f32]| {
+            let out = pool_via(path, Pool::Max(2, 2), t4(&dev, v, d));
+            dot(&f64s(&out.as_vec()), &f64s(&probe))
+        };
+        let eps = 2e-3f32;
+        for i in 0..x.len() {
+            let (mut up, mut down) = (x.clone(), x.clone());
+            up[i] += eps;
+            down[i] -= eps;
+            let fd = (loss(&up) - loss(&down)) / (2.0 * eps as f64);
+            assert!(
+                (fd - g[i] as f64).abs() <= 1e-2 * (1.0 + fd.abs()),
+                "{path:?} d/dx[{i}]: finite difference {fd}, backward {}",
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn max_pool_passes_the_gradient_to_the_first_maximum_on_the_cpu() {
+    let dev = Cpu::default();
+    let x = t4(&dev, &[1.0, 3.0, 3.0, 2.0], (1, 1, 2, 2));
+    let out = conv::max_pool2d(x.leaky_trace(), 2, 2);
+    assert_eq!(out.as_vec(), vec![3.0]);
+    let g = out.sum::<(), _>().backward().get(&x).as_vec();
+    assert_eq!(g, vec![0.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn flatten_keeps_pytorch_order_and_passes_gradients_through() {
+    let dev = Cpu::default();
+    let mut r = rng(13);
+    let d = (3, 2, 4, 5);
+    let x = uniform(&mut r, numel(d));
+    let xt = t4(&dev, &x, d);
+    let flat = conv::flatten(xt.leaky_trace());
+    assert_eq!(*flat.shape(), (3, 40));
+    assert_eq!(flat.as_vec(), x);
+    let probe = uniform(&mut r, 120);
+    let grads = (flat * dev.tensor_from_vec(probe.clone(), (3, 40)))
+        .sum::<(), _>()
+        .backward();
+    check_fd(
+        "flatten",
+        |v| dot(v, &f64s(&probe)),
+        &f64s(&x),
+        &grads.get(&xt).as_vec(),
+        1e-3,
+    );
+    // A permuted input flattens in its logical order.
+    let xs = t4(&dev, &x, (3, 2, 5, 4));
+    let flat = conv::flatten(xs.permute::<_, Axes4<0, 1, 3, 2>>());
+    let v = flat.as_vec();
+    assert_eq!(
+        v[1], x[4],
+        "element (0,0,0,1) of the view is stored at (0,0,1,0)"
+    );
+}
+
+// ---------------------------------------------------------------- a small network
+
+/// conv(3→4, 3×3, pad 1) → ReLU → max-pool 2/2 → conv(4→5, 3×3, stride 2, pad 1) → flatten →
+/// linear(20→3): chained tapes through every op, checked against the reference end to end.
+#[test]
+fn a_small_network_backpropagates_through_every_layer() {
+    let dev = Cpu::default();
+    let mut r = rng(20);
+    let xd = (2, 3, 9, 9);
+    let (w1d, w2d) = ((4, 3, 3, 3), (5, 4, 3, 3));
+    let params: Vec<Vec<f32>> = vec![
+        uniform(&mut r, numel(xd)),
+        uniform(&mut r, numel(w1d)),
+        uniform(&mut r, 4),
+        uniform(&mut r, numel(w2d)),
+        uniform(&mut r, 5),
+        uniform(&mut r, 3 * 20),
+        uniform(&mut r, 3),
+    ];
+    let probe = uniform(&mut r, 2 * 3);
+    let r64 = f64s(&probe);
+    let reference = |p: &[Vec<f64>]| -> f64 {
+        let (h1, d1) = conv_ref(&p[0], xd, &p[1], (4, 3, 3), &p[2], 1, 1);
+        let h1: Vec<f64> = h1.iter().map(|v| v.max(0.0)).collect();
+        let (h2, d2) = pool_ref(
+            &h1,
+            d1,
+            &window_bins(9, 2, 2),
+            &window_bins(9, 2, 2),
+            max_of,
+        );
+        let (h3, d3) = conv_ref(&h2, d2, &p[3], (5, 3, 3), &p[4], 2, 1);
+        assert_eq!(d3, (2, 5, 2, 2));
+        let mut logits = Vec::new();
+        for s in 0..2 {
+            for k in 0..3 {
+                logits.push(p[6][k] + dot(&p[5][k * 20..(k + 1) * 20], &h3[s * 20..(s + 1) * 20]));
+            }
+        }
+        dot(&logits, &r64)
+    };
+    let p64: Vec<Vec<f64>> = params.iter().map(|v| f64s(v)).collect();
+    for path in PATHS {
+        let x = t4(&dev, &params[0], xd);
+        let w1 = t4(&dev, &params[1], w1d);
+        let b1 = t1(&dev, &params[2]);
+        let w2 = t4(&dev, &params[3], w2d);
+        let b2 = t1(&dev, &params[4]);
+        let wl = dev.tensor_from_vec(params[5].clone(), (3, 20));
+        let bl = t1(&dev, &params[6]);
+        let h = conv_via(
+            path,
+            x.leaky_trace(),
+            w1.leaky_trace(),
+            b1.leaky_trace(),
+            1,
+            1,
+        )
+        .relu();
+        let h = pool_via(path, Pool::Max(2, 2), h);
+        let h = conv_via(path, h, w2.leaky_trace(), b2.leaky_trace(), 2, 1);
+        let flat = conv::flatten(h);
+        let logits = flat.matmul(wl.leaky_trace().permute::<_, Axes2<1, 0>>())
+            + bl.leaky_trace().broadcast_like::<_, Axis<0>>(&(2, 3));
+        let value = dot(&f64s(&logits.as_vec()), &r64);
+        assert!(
+            (value - reference(&p64)).abs() < 1e-4,
+            "{path:?}: network output {value} vs reference {}",
+            reference(&p64)
+        );
+        let grads = (logits * dev.tensor_from_vec(probe.clone(), (2, 3)))
+            .sum::<(), _>()
+            .backward();
+        let analytic = [
+            grads.get(&x).as_vec(),
+            grads.get(&w1).as_vec(),
+            grads.get(&b1).as_vec(),
+            grads.get(&w2).as_vec(),
+            grads.get(&b2).as_vec(),
+            grads.get(&wl).as_vec(),
+            grads.get(&bl).as_vec(),
+        ];
+        for (i, a) in analytic.iter().enumerate() {
+            check_fd(
+                &format!("{path:?} parameter {i}"),
+                |v| {
+                    let mut p = p64.clone();
+                    p[i] = v.to_vec();
+                    reference(&p)
+                },
+                &p64[i],
+                a,
+                1e-5,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- dropout
+
+#[test]
+fn dropout_is_deterministic_per_seed() {
+    let dev = Cpu::default();
+    let x: Tensor<(usize, usize), f32, Cpu> = dev.ones_like(&(40, 50));
+    let a = conv::dropout(x.clone(), 0.5, 7, true).as_vec();
+    let b = conv::dropout(x.clone(), 0.5, 7, true).as_vec();
+    let c = conv::dropout(x, 0.5, 8, true).as_vec();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_eq!(a, conv::dropout_mask(2000, 0.5, 7));
+}
+
+#[test]
+fn dropout_preserves_the_expectation() {
+    let dev = Cpu::default();
+    let n = 200_000;
+    let x: Tensor<(usize,), f32, Cpu> = dev.ones_like(&(n,));
+    let out = conv::dropout(x, 0.3, 1, true).as_vec();
+    let zeros = out.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+    let mean = out.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    assert!((zeros - 0.3).abs() < 0.01, "dropped share {zeros}");
+    assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
+    assert!(out
+        .iter()
+        .all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+}
+
+#[test]
+fn dropout_is_the_identity_at_p_zero_and_outside_training() {
+    let dev = Cpu::default();
+    let v = uniform(&mut rng(30), 600);
+    let x = t4(&dev, &v, (2, 3, 10, 10));
+    assert_eq!(conv::dropout(x.clone(), 0.0, 3, true).as_vec(), v);
+    assert_eq!(conv::dropout(x.clone(), 0.5, 3, false).as_vec(), v);
+    let all = conv::dropout(x, 1.0, 3, true).as_vec();
+    assert!(
+        all.iter().all(|&v| v == 0.0),
+        "p = 1 drops everything, without NaN"
+    );
+}
+
+#[test]
+fn dropout_gradient_is_the_mask() {
+    let dev = Cpu::default();
+    let v = uniform(&mut rng(31), 300);
+    let probe = uniform(&mut rng(32), 300);
+    let x: Tensor<(usize, usize), f32, Cpu> = dev.tensor_from_vec(v, (10, 30));
+    let out = conv::dropout(x.leaky_trace(), 0.4, 9, true);
+    let g = (out * dev.tensor_from_vec(probe.clone(), (10, 30)))
+        .sum::<(), _>()
+        .backward()
+        .get(&x)
+        .as_vec();
+    let mask = conv::dropout_mask(300, 0.4, 9);
+    for i in 0..300 {
+        assert!((g[i] - mask[i] * probe[i]).abs() < 1e-6, "d/dx[{i}]");
+    }
+}
