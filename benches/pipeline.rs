@@ -1,12 +1,15 @@
 //! Speed and memory of the core paths, as a plain harness (`cargo bench`):
 //! - one training step of the paper's MLP (784-400-400, batch 128, Adam) on the CPU,
 //! - the whole bundled `mnist_split` pipeline from an empty cache (wall time, peak RSS),
-//! - a fully cached rerun of it (the goal is under 25 ms).
+//! - a fully cached rerun of it (the goal is under 25 ms),
+//! - the cost of every score method on 100 reference samples, relative to one training epoch
+//!   of a split-MNIST task (1,600 samples), and of SI's per-step bookkeeping.
 //!
 //! Figures go in the issue notes; tests never depend on timing.
 
 use cfpipe::nn::mlp::{images_to_tensor, DeviceMlp, MlpParams};
-use cfpipe::nn::optim::{MaskedOptimizer, OptimizerConfig};
+use cfpipe::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
+use cfpipe::xai::{importance, lrp};
 use dfdx::prelude::*;
 use rand::SeedableRng;
 use std::process::Command;
@@ -50,6 +53,98 @@ fn bench_train_step() {
     );
 }
 
+fn time_it(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed());
+    }
+    median(times).as_secs_f64()
+}
+
+fn bench_score_methods() {
+    let dev = Cpu::default();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut host = MlpParams::init(784, &[400, 400], &mut rng);
+    host.push_head(2, &mut rng);
+    let model = DeviceMlp::from_host(&dev, &host);
+    let cfg = OptimizerConfig::Adam {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let pixels: Vec<u8> = (0..1600 * 784).map(|i| (i * 31 % 251) as u8).collect();
+    let labels: Vec<u8> = (0..1600).map(|i| (i % 2) as u8).collect();
+    // One epoch: 13 Adam steps of batch 128 (the last one partial), with and without SI.
+    let epoch = |with_si: bool| {
+        let mut m = DeviceMlp::from_host(&dev, &host);
+        let mut opt = MaskedOptimizer::new(&dev, cfg, &m.params, vec![None; m.params.len()]);
+        let mut si = PathIntegral::default();
+        for (xb, yb) in pixels.chunks(128 * 784).zip(labels.chunks(128)) {
+            let x = images_to_tensor(&dev, xb, 784);
+            let (_, grads) = m.loss_and_grads(&x, yb, 0);
+            let before: Vec<_> = grads.iter().map(|(i, _)| m.params[*i].clone()).collect();
+            let kept = if with_si { grads.clone() } else { Vec::new() };
+            opt.step(&mut m.params, grads);
+            if with_si {
+                si.record(kept, before, &m.params);
+            }
+        }
+    };
+    let plain = time_it(5, || epoch(false));
+    let with_si = time_it(5, || epoch(true));
+    println!(
+        "one epoch (1,600 samples): {:.1} ms; with SI bookkeeping {:.1} ms (+{:.0}%)",
+        plain * 1e3,
+        with_si * 1e3,
+        (with_si / plain - 1.0) * 100.0
+    );
+    let (rx, ry) = (&pixels[..100 * 784], &labels[..100]);
+    let x = images_to_tensor(&dev, rx, 784);
+    let batch = importance::Batch {
+        x: rx,
+        y: ry,
+        dim: 784,
+    };
+    let methods: Vec<(&str, Box<dyn Fn()>)> = vec![
+        (
+            "lrp (epsilon)",
+            Box::new(|| drop(lrp::lrp_epsilon(&model, &x, ry, 0, 1e-6))),
+        ),
+        (
+            "gradient_x_input",
+            Box::new(|| drop(lrp::gradient_x_input(&model, &x, ry, 0))),
+        ),
+        (
+            "fisher (per sample)",
+            Box::new(|| {
+                drop(importance::fisher(
+                    &model,
+                    &batch,
+                    0,
+                    importance::FisherLabels::GroundTruth,
+                    importance::GradientMode::PerSample,
+                    1,
+                ))
+            }),
+        ),
+        ("mas", Box::new(|| drop(importance::mas(&model, &batch, 0)))),
+        ("sig", Box::new(|| drop(importance::sig(&model, &batch, 0)))),
+    ];
+    for (name, f) in methods {
+        let t = time_it(5, f);
+        println!(
+            "score {name} on 100 samples: {:.2} ms = {:.3} epochs",
+            t * 1e3,
+            t / plain
+        );
+    }
+}
+
 /// Run the cfpipe binary; returns (wall, peak RSS so far of any child, in KiB).
 fn run_cfpipe(bin: &str, cache: &std::path::Path, extra: &[&str]) -> (Duration, u64, String) {
     let t = Instant::now();
@@ -83,27 +178,37 @@ fn peak_rss_children_kib() -> u64 {
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     bench_train_step();
+    bench_score_methods();
     let bin = env!("CARGO_BIN_EXE_cfpipe");
     let dir = tempfile::tempdir().unwrap();
-    let (cold, rss, summary) = run_cfpipe(bin, dir.path(), &[]);
+    let one = ["--set", "seeds=[0]"];
+    let (cold, rss, summary) = run_cfpipe(bin, dir.path(), &one);
     println!(
-        "mnist_split from an empty cache [{summary}]: {:.2} s, peak RSS {:.1} MiB",
+        "mnist_split, seed 0, from an empty cache [{summary}]: {:.2} s, peak RSS {:.1} MiB",
         cold.as_secs_f64(),
         rss as f64 / 1024.0
     );
     let mut warm = Vec::new();
     for _ in 0..20 {
-        warm.push(run_cfpipe(bin, dir.path(), &[]).0);
+        warm.push(run_cfpipe(bin, dir.path(), &one).0);
     }
     println!(
-        "mnist_split fully cached rerun (process start to exit): median {:.1} ms",
+        "mnist_split, seed 0, fully cached rerun (process start to exit): median {:.1} ms",
         median(warm).as_secs_f64() * 1e3
     );
     let dir5 = tempfile::tempdir().unwrap();
-    let (five, rss5, summary) = run_cfpipe(bin, dir5.path(), &["--set", "seeds=[0,1,2,3,4]"]);
+    let (five, rss5, summary) = run_cfpipe(bin, dir5.path(), &[]);
     println!(
-        "mnist_split with 5 seeds [{summary}]: {:.2} s, peak RSS {:.1} MiB",
+        "mnist_split as shipped, 5 seeds, from an empty cache [{summary}]: {:.2} s, peak RSS {:.1} MiB",
         five.as_secs_f64(),
         rss5 as f64 / 1024.0
+    );
+    let mut warm5 = Vec::new();
+    for _ in 0..10 {
+        warm5.push(run_cfpipe(bin, dir5.path(), &[]).0);
+    }
+    println!(
+        "mnist_split as shipped, fully cached rerun: median {:.1} ms",
+        median(warm5).as_secs_f64() * 1e3
     );
 }
