@@ -52,11 +52,20 @@ fn a_method_correlates_with_itself_and_not_with_random() {
         assert_eq!(layers[2]["head"], true);
         for layer in layers {
             let same = pair(layer, "mas", "mas_again");
-            assert!((same["pearson"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{same}");
-            assert!((same["spearman"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{same}");
+            assert!(
+                (same["pearson"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+                "{same}"
+            );
+            assert!(
+                (same["spearman"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+                "{same}"
+            );
             // A square is a monotone map of non-negative importances: same ranks.
             let sq = pair(layer, "mas", "mas^2");
-            assert!((sq["spearman"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{sq}");
+            assert!(
+                (sq["spearman"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+                "{sq}"
+            );
         }
         // 16 × 64 weights in the first layer: a random importance is uncorrelated.
         let r = pair(&layers[0], "mas", "random");

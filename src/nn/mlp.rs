@@ -334,7 +334,10 @@ impl<D: Device<f32>> DeviceMlp<D> {
             let b = self.params[2 * l + 1]
                 .clone()
                 .broadcast_like::<_, Axis<0>>(&(batch, o));
-            a = activation(a.matmul(w.permute::<_, Axes2<1, 0>>()) + b, self.negative_slope);
+            a = activation(
+                a.matmul(w.permute::<_, Axes2<1, 0>>()) + b,
+                self.negative_slope,
+            );
             out.push(a.as_vec());
         }
         out

@@ -885,7 +885,10 @@ pub(super) fn validate(
         let correlate = s.correlate.as_ref().map(|c| {
             let cb = format!("{base}.correlate");
             if s.schedule == Schedule::Joint {
-                e(&cb, "correlations are taken after each task; a joint schedule has one".into());
+                e(
+                    &cb,
+                    "correlations are taken after each task; a joint schedule has one".into(),
+                );
             }
             if c.methods.len() + c.squared.len() < 2 {
                 e(

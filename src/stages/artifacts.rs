@@ -150,7 +150,11 @@ pub const SI_TENSORS: &str = "si.safetensors";
 /// The name of device parameter `i` (`[w0, b0, w1, b1, …]`, trunk then heads) in model files.
 pub fn param_name(i: usize, n_trunk: usize) -> String {
     let l = i / 2;
-    let part = if i.is_multiple_of(2) { "weight" } else { "bias" };
+    let part = if i.is_multiple_of(2) {
+        "weight"
+    } else {
+        "bias"
+    };
     if l < n_trunk {
         format!("trunk.{l}.{part}")
     } else {
