@@ -110,7 +110,8 @@ fn bench_score_methods() {
         y: ry,
         dim: 784,
     };
-    let methods: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Method<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let methods: Vec<Method> = vec![
         (
             "lrp (epsilon)",
             Box::new(|| drop(lrp::lrp_epsilon(&model, &x, ry, 0, 1e-6))),

@@ -173,26 +173,24 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         };
         imps.insert(name.clone(), layers);
     }
-    if p.accumulate {
-        if ctx.input_opt("previous").is_some() {
-            let mut prev = tensorio::decode(&ctx.read_input("previous", IMPORTANCES_TENSORS)?)
-                .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
-            for (name, layers) in imps.iter_mut() {
-                for (l, w) in layers.iter_mut().take(n_trunk).enumerate() {
-                    let key = format!("{name}/layer{l}");
-                    let (_, v) = prev
-                        .take_f32(&key)
-                        .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
-                    if v.len() != w.len() {
-                        return Err(StageError::invalid(format!(
-                            "{IMPORTANCES_TENSORS}: {key} has {} values, the model {}",
-                            v.len(),
-                            w.len()
-                        )));
-                    }
-                    for (a, b) in w.iter_mut().zip(v) {
-                        *a += b as f64;
-                    }
+    if p.accumulate && ctx.input_opt("previous").is_some() {
+        let mut prev = tensorio::decode(&ctx.read_input("previous", IMPORTANCES_TENSORS)?)
+            .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
+        for (name, layers) in imps.iter_mut() {
+            for (l, w) in layers.iter_mut().take(n_trunk).enumerate() {
+                let key = format!("{name}/layer{l}");
+                let (_, v) = prev
+                    .take_f32(&key)
+                    .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
+                if v.len() != w.len() {
+                    return Err(StageError::invalid(format!(
+                        "{IMPORTANCES_TENSORS}: {key} has {} values, the model {}",
+                        v.len(),
+                        w.len()
+                    )));
+                }
+                for (a, b) in w.iter_mut().zip(v) {
+                    *a += b as f64;
                 }
             }
         }

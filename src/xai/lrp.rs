@@ -150,7 +150,7 @@ fn signed_part<D: Device<f32>>(
 /// `z` is the layer's pre-activation (used by ε, which must stay bit-identical to its
 /// original form).
 #[allow(clippy::too_many_arguments)]
-fn dense_backward<D: Device<f32>>(
+pub(crate) fn dense_backward<D: Device<f32>>(
     rule: LrpRule,
     rules: &LrpRules,
     a: &Matrix<D>,

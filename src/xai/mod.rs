@@ -1,5 +1,7 @@
-//! Explanation methods used to score unit importance. LRP for now; the importance issue adds
-//! Fisher, MAS, SI and friends behind the same `score` stage.
+//! Explanation and importance methods behind the `score` stage: LRP rules and gradient × input
+//! for the MLP (`lrp`) and for sequential CNNs (`lrp_cnn`), and weight importances of the EWC
+//! family (`importance`).
 
 pub mod importance;
 pub mod lrp;
+pub mod lrp_cnn;
