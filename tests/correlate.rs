@@ -93,12 +93,9 @@ fn correlate_options_are_checked() {
             "strategies.x.correlate.squared.0: no method `c`",
         ),
     ] {
-        let f = Fixture::with_pipeline(&format!(
-            "{PIPELINE}  x:\n    freeze: none\n    correlate: {{{extra}}}\n"
-        ));
-        let o = f.cli(&["dag", f.pipeline().to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{extra}");
-        let err = common::stderr(&o);
-        assert!(err.contains(expect), "{extra}: {err}");
+        common::assert_rejected(
+            &format!("  x:\n    freeze: none\n    correlate: {{{extra}}}\n"),
+            expect,
+        );
     }
 }

@@ -145,12 +145,9 @@ fn ewc_options_are_checked() {
             "strategies.x.ewc.decay: expected a decay in (0, 1]",
         ),
     ] {
-        let f = Fixture::with_pipeline(&format!(
-            "{PIPELINE}  x:\n    freeze: none\n    ewc: {{{extra}}}\n"
-        ));
-        let o = f.cli(&["dag", f.pipeline().to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{extra}");
-        let err = common::stderr(&o);
-        assert!(err.contains(expect), "{extra}: {err}");
+        common::assert_rejected(
+            &format!("  x:\n    freeze: none\n    ewc: {{{extra}}}\n"),
+            expect,
+        );
     }
 }

@@ -166,13 +166,9 @@ fn lrp_rule_parameters_are_checked() {
         ),
         ("composite: Epsilon", "strategies.x.score.composite"),
     ] {
-        let f = Fixture::with_pipeline(&format!(
-            "{PIPELINE}  x:\n    freeze: until_threshold\n    score: {{method: lrp, reference_size: 5, {extra}}}\n    prune: {{threshold: 0.3, step_ratio: 0.1}}\n"
-        ));
-        let o = f.cli(&["dag", f.pipeline().to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{extra}");
-        let err = common::stderr(&o);
-        assert!(err.contains(expect), "{extra}: {err}");
-        assert!(err.contains("pipeline.yaml:"), "{extra}: {err}");
+        common::assert_rejected(
+            &format!("  x:\n    freeze: until_threshold\n    score: {{method: lrp, reference_size: 5, {extra}}}\n    prune: {{threshold: 0.3, step_ratio: 0.1}}\n"),
+            expect,
+        );
     }
 }

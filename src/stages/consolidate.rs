@@ -13,8 +13,8 @@
 //!
 //! Heads are not penalised: an old head never trains again, and the new head is new.
 
-use super::artifacts::{self, json_bytes, SplitData};
-use super::{check_task, on_device, score};
+use super::artifacts::json_bytes;
+use super::{on_device, split_and_model, score};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use crate::spec::ScoreSpec;
@@ -165,16 +165,8 @@ impl Stage for Consolidate {
 
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
-    let split = SplitData::load(ctx, "split")?;
-    check_task(p.task_index, split.tasks.len())?;
+    let (split, host) = split_and_model(ctx, p.task_index)?;
     let task = split.task(p.task_index)?;
-    let host = artifacts::load_model(ctx, "model")?;
-    if host.heads.len() <= p.task_index {
-        return Err(StageError::invalid(format!(
-            "model has no head for task index {}",
-            p.task_index
-        )));
-    }
     let (omega, n_ref) = score::weight_importance(
         ctx,
         dev,

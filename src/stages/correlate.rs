@@ -11,8 +11,8 @@
 //! methods, Pearson's r and Spearman's ρ (ties get their average rank) over the layer's weights
 //! (biases are left out, as in the paper).
 
-use super::artifacts::{self, json_bytes, SplitData};
-use super::{check_task, on_device, rng_for, score};
+use super::artifacts::json_bytes;
+use super::{on_device, split_and_model, rng_for, score};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use crate::spec::ScoreSpec;
@@ -124,16 +124,8 @@ impl Stage for Correlate {
 
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
-    let split = SplitData::load(ctx, "split")?;
-    check_task(p.task_index, split.tasks.len())?;
+    let (split, host) = split_and_model(ctx, p.task_index)?;
     let task = split.task(p.task_index)?;
-    let host = artifacts::load_model(ctx, "model")?;
-    if host.heads.len() <= p.task_index {
-        return Err(StageError::invalid(format!(
-            "model has no head for task index {}",
-            p.task_index
-        )));
-    }
     let n_trunk = host.trunk.len();
     let mut shapes: Vec<(usize, usize)> =
         host.trunk.iter().map(|l| (l.out_dim, l.in_dim)).collect();

@@ -153,6 +153,23 @@ pub fn flags_to_masks<D: Device<f32>>(dev: &D, keep: &[Vec<bool>]) -> Vec<Vector
         .collect()
 }
 
+/// The split and the trained model a per-task analysis stage reads (slots `split` and
+/// `model`), checked to hold task `t` and a head for it.
+pub(crate) fn split_and_model(
+    ctx: &crate::exec::StageContext,
+    t: usize,
+) -> Result<(artifacts::SplitData, crate::nn::mlp::MlpParams), StageError> {
+    let split = artifacts::SplitData::load(ctx, "split")?;
+    check_task(t, split.tasks.len())?;
+    let host = artifacts::load_model(ctx, "model")?;
+    if host.heads.len() <= t {
+        return Err(StageError::invalid(format!(
+            "model has no head for task index {t}"
+        )));
+    }
+    Ok((split, host))
+}
+
 /// A stage-parameter helper: the task index must exist in the split.
 pub(crate) fn check_task(t: usize, n: usize) -> Result<(), StageError> {
     if t >= n {

@@ -7,8 +7,8 @@
 //! keyed choices `abs` (signed sum, sum of |R|, or |sum R|) and `normalize` (none, or per layer
 //! by max |score| or sum |score|).
 
-use super::artifacts::{self, json_bytes, SplitData, TaskData};
-use super::{check_task, on_device, rng_for};
+use super::artifacts::{self, json_bytes, TaskData};
+use super::{on_device, split_and_model, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::MlpParams;
 use crate::nn::mlp::{images_to_tensor, DeviceMlp, Matrix};
@@ -271,17 +271,9 @@ pub fn si_importance(
 
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
-    let split = SplitData::load(ctx, "split")?;
-    check_task(p.task_index, split.tasks.len())?;
+    let (split, host) = split_and_model(ctx, p.task_index)?;
     let task = split.task(p.task_index)?;
     let dim = split.dim();
-    let host = artifacts::load_model(ctx, "model")?;
-    if host.heads.len() <= p.task_index {
-        return Err(StageError::invalid(format!(
-            "model has no head for task index {}",
-            p.task_index
-        )));
-    }
     let reference = |size: usize, from: ReferenceSplit| {
         reference_samples(task, dim, size, from, p.seed, p.task_index)
     };

@@ -107,7 +107,10 @@ pub fn lrp_epsilon<D: Device<f32>>(
 }
 
 /// `z ± s` with the sign of `z` (`sign(0) = +1`), so the result is never closer to zero.
-fn stabilise<D: Device<f32>>(z: Matrix<D>, s: f32) -> Matrix<D> {
+pub(crate) fn stabilise<S: Shape, D: Device<f32>>(
+    z: Tensor<S, f32, D>,
+    s: f32,
+) -> Tensor<S, f32, D> {
     let shape = *z.shape();
     let dev = z.device().clone();
     let stab = z

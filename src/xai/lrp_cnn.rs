@@ -19,7 +19,7 @@
 use crate::nn::conv::{self, Tensor4};
 use crate::nn::mlp::{Matrix, Vector};
 use crate::spec::raw::AbsMode;
-use crate::xai::lrp::{LrpRule, LrpRules, STABILIZER};
+use crate::xai::lrp::{stabilise, LrpRule, LrpRules, STABILIZER};
 use dfdx::prelude::*;
 
 /// One layer of a sequential CNN. Weights use PyTorch's layouts.
@@ -119,15 +119,6 @@ pub struct CnnRelevance {
     pub per_layer: Vec<Vec<f32>>,
     /// The explained logit per sample.
     pub explained: Vec<f32>,
-}
-
-fn stabilise<S: Shape, D: Device<f32>>(z: Tensor<S, f32, D>, s: f32) -> Tensor<S, f32, D> {
-    let shape = *z.shape();
-    let dev = z.device().clone();
-    let stab = z
-        .ge(0.0)
-        .choose(dev.ones_like(&shape) * s, dev.ones_like(&shape) * -s);
-    z + stab
 }
 
 /// `a ⊙ ∇_a ⟨f(a), R / f(a)⟩` for a conv response `f` with the given weight (bias in `z` only

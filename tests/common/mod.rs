@@ -153,6 +153,17 @@ impl Fixture {
     }
 }
 
+/// The fixture pipeline plus `strategy` (YAML under `strategies:`) must be rejected before any
+/// work (exit 2), with `expect` in the message and a file location.
+pub fn assert_rejected(strategy: &str, expect: &str) {
+    let f = Fixture::with_pipeline(&format!("{PIPELINE}{strategy}"));
+    let o = f.cli(&["dag", f.pipeline().to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{strategy}: {err}");
+    assert!(err.contains(expect), "{strategy}: {err}");
+    assert!(err.contains("pipeline.yaml:"), "{strategy}: {err}");
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
