@@ -20,12 +20,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn bench_train_step() {
-    let dev = Cpu::default();
+/// The split-MNIST MLP of the RNF paper (784-400-400, one 2-way head) and its Adam settings.
+fn paper_mlp() -> (MlpParams, OptimizerConfig) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut host = MlpParams::init(784, &[400, 400], &mut rng);
     host.push_head(2, &mut rng);
-    let mut model = DeviceMlp::from_host(&dev, &host);
     let cfg = OptimizerConfig::Adam {
         lr: 1e-3,
         beta1: 0.9,
@@ -33,6 +32,13 @@ fn bench_train_step() {
         eps: 1e-8,
         weight_decay: 0.0,
     };
+    (host, cfg)
+}
+
+fn bench_train_step() {
+    let dev = Cpu::default();
+    let (host, cfg) = paper_mlp();
+    let mut model = DeviceMlp::from_host(&dev, &host);
     let scales = vec![None; model.params.len()];
     let mut opt = MaskedOptimizer::new(&dev, cfg, &model.params, scales);
     let pixels: Vec<u8> = (0..128 * 784).map(|i| (i * 31 % 251) as u8).collect();
@@ -66,17 +72,8 @@ fn time_it(reps: usize, mut f: impl FnMut()) -> f64 {
 
 fn bench_score_methods() {
     let dev = Cpu::default();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut host = MlpParams::init(784, &[400, 400], &mut rng);
-    host.push_head(2, &mut rng);
+    let (host, cfg) = paper_mlp();
     let model = DeviceMlp::from_host(&dev, &host);
-    let cfg = OptimizerConfig::Adam {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
     let pixels: Vec<u8> = (0..1600 * 784).map(|i| (i * 31 % 251) as u8).collect();
     let labels: Vec<u8> = (0..1600).map(|i| (i % 2) as u8).collect();
     // One epoch: 13 Adam steps of batch 128 (the last one partial), with and without SI.
