@@ -4,6 +4,9 @@
 //! input; median over 10 runs after warm-up, for the CPU fast path and the composed path.
 //! The goal is at most 50 ms forward+backward on the fast path (PyTorch's CPU takes ~25 ms).
 //! `CFPIPE_CONV_NO_AVX512=1` times the fast path with dfdx's gemm, as on CPUs without AVX-512.
+//! Then a whole VGG-16 in its 32×32 (CIFAR) form — 13 conv layers with ReLU and 5 max-pools,
+//! then 512→512→512→10 — forward and backward on a batch of 32, extrapolated to one epoch of
+//! CIFAR's 50,000 training images (`cargo bench --bench conv -- vgg` runs only that).
 
 use cfpipe::nn::conv::{self, composed, Tensor4};
 use dfdx::prelude::*;
@@ -53,6 +56,84 @@ fn block<T: Tape<f32, Cpu> + Merge<TX>, TX: Tape<f32, Cpu>>(
     }
 }
 
+/// VGG-16's conv configuration (`M` = 2×2 max-pool).
+const VGG16: [Option<usize>; 18] = [
+    Some(64),
+    Some(64),
+    None,
+    Some(128),
+    Some(128),
+    None,
+    Some(256),
+    Some(256),
+    Some(256),
+    None,
+    Some(512),
+    Some(512),
+    Some(512),
+    None,
+    Some(512),
+    Some(512),
+    Some(512),
+    None,
+];
+
+/// Forward + backward of VGG-16 (32×32 form, 10 classes) on one batch; returns ms per batch.
+fn bench_vgg16(dev: &Cpu, batch: usize, runs: usize) -> f64 {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut uniform =
+        |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-a..a)).collect() };
+    let mut convs = Vec::new();
+    let mut c = 3;
+    for v in VGG16.iter().flatten() {
+        let bound = 1.0 / ((c * 9) as f32).sqrt();
+        let w: Tensor4<Cpu> = dev.tensor_from_vec(uniform(v * c * 9, bound), (*v, c, 3, 3));
+        let b = dev.tensor_from_vec(uniform(*v, bound), (*v,));
+        convs.push((w, b));
+        c = *v;
+    }
+    let dense: Vec<(Tensor<(usize, usize), f32, Cpu>, Tensor<(usize,), f32, Cpu>)> =
+        [(512, 512), (512, 512), (10, 512)]
+            .iter()
+            .map(|&(o, i)| {
+                let bound = 1.0 / (i as f32).sqrt();
+                (
+                    dev.tensor_from_vec(uniform(o * i, bound), (o, i)),
+                    dev.tensor_from_vec(uniform(o, bound), (o,)),
+                )
+            })
+            .collect();
+    let x: Tensor4<Cpu> =
+        dev.tensor_from_vec(uniform(batch * 3 * 32 * 32, 1.0), (batch, 3, 32, 32));
+    time(1, runs, || {
+        let mut it = convs.iter();
+        let mut h: Option<Tensor4<Cpu, OwnedTape<f32, Cpu>>> = None;
+        for layer in VGG16 {
+            h = Some(match (layer, h.take()) {
+                (Some(_), prev) => {
+                    let (w, b) = it.next().expect("a conv per entry");
+                    let y = match prev {
+                        None => conv::conv2d(x.clone(), w.leaky_trace(), b.leaky_trace(), 1, 1),
+                        Some(p) => conv::conv2d(p, w.leaky_trace(), b.leaky_trace(), 1, 1),
+                    };
+                    y.relu()
+                }
+                (None, Some(p)) => conv::max_pool2d(p, 2, 2),
+                (None, None) => unreachable!("VGG starts with a conv"),
+            });
+        }
+        let mut a = conv::flatten(h.expect("features"));
+        for (k, (w, b)) in dense.iter().enumerate() {
+            let (n, o) = (a.shape().0, w.shape().0);
+            let z = a.matmul(w.leaky_trace().permute::<_, Axes2<1, 0>>())
+                + b.leaky_trace().broadcast_like::<_, Axis<0>>(&(n, o));
+            a = if k + 1 < dense.len() { z.relu() } else { z };
+        }
+        let grads = a.sum::<(), _>().backward();
+        std::hint::black_box(grads);
+    })
+}
+
 fn main() {
     let dev = Cpu::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -82,6 +163,19 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    if only.iter().any(|o| o == "vgg") || only.is_empty() {
+        let batch = 32;
+        let ms = bench_vgg16(&dev, batch, 3);
+        let batches = 50_000f64 / batch as f64;
+        println!(
+            "VGG-16 (32x32 form) forward+backward, batch {batch}: median {ms:.0} ms; one CIFAR epoch \
+             (50,000 images) ≈ {:.1} min",
+            ms * batches / 60_000.0
+        );
+        if only.iter().any(|o| o == "vgg") {
+            return;
+        }
+    }
     for (path, name, runs) in [
         (Path::Fast, "cpu fast path", 10),
         (Path::Composed, "composed", 3),
