@@ -9,6 +9,7 @@
 //! CIFAR's 50,000 training images (`cargo bench --bench conv -- vgg` runs only that).
 
 use cfpipe::nn::conv::{self, composed, Tensor4};
+use cfpipe::nn::mlp::{Matrix, Vector};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
@@ -92,17 +93,16 @@ fn bench_vgg16(dev: &Cpu, batch: usize, runs: usize) -> f64 {
         convs.push((w, b));
         c = *v;
     }
-    let dense: Vec<(Tensor<(usize, usize), f32, Cpu>, Tensor<(usize,), f32, Cpu>)> =
-        [(512, 512), (512, 512), (10, 512)]
-            .iter()
-            .map(|&(o, i)| {
-                let bound = 1.0 / (i as f32).sqrt();
-                (
-                    dev.tensor_from_vec(uniform(o * i, bound), (o, i)),
-                    dev.tensor_from_vec(uniform(o, bound), (o,)),
-                )
-            })
-            .collect();
+    let dense: Vec<(Matrix<Cpu>, Vector<Cpu>)> = [(512, 512), (512, 512), (10, 512)]
+        .iter()
+        .map(|&(o, i)| {
+            let bound = 1.0 / (i as f32).sqrt();
+            (
+                dev.tensor_from_vec(uniform(o * i, bound), (o, i)),
+                dev.tensor_from_vec(uniform(o, bound), (o,)),
+            )
+        })
+        .collect();
     let x: Tensor4<Cpu> =
         dev.tensor_from_vec(uniform(batch * 3 * 32 * 32, 1.0), (batch, 3, 32, 32));
     time(1, runs, || {
