@@ -207,6 +207,13 @@ fn cifar10_reads_batches_in_order_with_exact_pixels() {
     let test = load_images(&s, Part::Test).unwrap();
     assert_eq!(test.labels, vec![9, 3]);
     assert_eq!(test.class_counts()[9], 1);
+    let sub = train.subset(&[3, 0]).unwrap();
+    assert_eq!(sub.labels, vec![3, 1]);
+    assert_eq!(sub.sample(0), train.sample(3));
+    assert!(matches!(
+        train.subset(&[10]),
+        Err(DataError::Invalid { .. })
+    ));
 
     // Names come from batches.meta.txt when it is there.
     let names: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();

@@ -343,7 +343,12 @@ fn decode_into(path: &Path, opts: &DecodeOptions, out: &mut [u8]) -> Result<(), 
         .map_err(|e| DataError::io(path, e))?
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
-    let rgb = reader.decode().map_err(decode_err)?.into_rgb8();
+    // The decoders are fuzzed, but a panic on a hostile file must not take down a whole run.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
+        .map_err(|_| DataError::DecoderPanic {
+            path: path.to_path_buf(),
+        })?;
+    let rgb = decoded.map_err(decode_err)?.into_rgb8();
     let fitted = fit(rgb, opts);
     let s = opts.size as usize;
     let plane = s * s;

@@ -77,6 +77,27 @@ impl ImageSet {
         let d = self.dim();
         &self.pixels[i * d..(i + 1) * d]
     }
+    /// The samples at `indices`, in that order; an index past the end is an error.
+    pub fn subset(&self, indices: &[usize]) -> Result<ImageSet, DataError> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(DataError::Invalid {
+                field: "indices",
+                msg: format!("sample {bad} requested from a set of {}", self.len()),
+            });
+        }
+        let mut pixels = Vec::with_capacity(indices.len() * self.dim());
+        for &i in indices {
+            pixels.extend_from_slice(self.sample(i));
+        }
+        Ok(ImageSet {
+            sample_shape: self.sample_shape,
+            pixels,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            class_names: self.class_names.clone(),
+            dropped: self.dropped.clone(),
+        })
+    }
+
     /// Samples per class, indexed by label.
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.class_names.len()];

@@ -98,6 +98,9 @@ pub enum DataError {
         #[source]
         source: image::ImageError,
     },
+    /// The image decoder panicked on this file (a decoder bug triggered by a malformed file).
+    #[error("{}: the image decoder failed on this file (malformed image)", path.display())]
+    DecoderPanic { path: PathBuf },
     #[error("{}: class folder holds no .jpg, .jpeg or .png file", path.display())]
     EmptyClass { path: PathBuf },
     #[error("{}: no class folders found (expected ROOT/<class_name>/<image>.jpg)", path.display())]
