@@ -9,7 +9,7 @@ use cfpipe::data::image_set::index_images;
 use cfpipe::data::resample::{resample_indices, ClassWeights, ResampleError};
 use cfpipe::data::transforms::{
     crop, hflip, mean_softmax, normalize, random_crop, random_hflip, resize_bilinear, ten_crop,
-    ten_crop_origins, Chw, CropOrigin, TransformError,
+    ten_crop_origins, ten_crop_views, train_view, Chw, CropOrigin, TransformError,
 };
 use cfpipe::data::{data_files, load_images, DataError, ImageDatasetSpec, Part};
 use image::{GrayImage, Luma, Rgb, RgbImage, Rgba, RgbaImage};
@@ -872,6 +872,33 @@ fn mean_softmax_over_crops() {
         assert!((g - w).abs() < 1e-6, "{p:?}");
     }
     assert!(mean_softmax(&logits, 3, 2).is_err());
+}
+
+#[test]
+fn training_and_test_views_compose_the_transforms() {
+    let img = coords(5, 7);
+    let (mean, std) = ([10.0], [2.0]);
+    let mut a = ChaCha8Rng::seed_from_u64(11);
+    let mut b = ChaCha8Rng::seed_from_u64(11);
+    let mut mirrored = 0;
+    for _ in 0..50 {
+        let view = train_view(&img, 3, 4, &mean, &std, &mut a).unwrap();
+        // The same draws by hand: crop, flip, normalise.
+        let mut want = random_hflip(&random_crop(&img, 3, 4, &mut b).unwrap(), &mut b);
+        normalize(&mut want, &mean, &std).unwrap();
+        assert_eq!(view, want);
+        // Undo the normalisation: a row of a crop ascends unless mirrored.
+        let row: Vec<f32> = (0..4).map(|x| view.at(0, 0, x) * 2.0 + 10.0).collect();
+        mirrored += usize::from(row[0] > row[3]);
+    }
+    assert!((10..40).contains(&mirrored), "{mirrored} of 50 mirrored");
+    let views = ten_crop_views(&img, 3, 4, &mean, &std).unwrap();
+    let plain = ten_crop(&img, 3, 4).unwrap();
+    for (v, p) in views.iter().zip(&plain) {
+        for (x, y) in v.data.iter().zip(&p.data) {
+            assert_eq!(*x, (*y - 10.0) / 2.0);
+        }
+    }
 }
 
 // ---------------------------------------------------------------- resampling

@@ -9,6 +9,8 @@
 //! bottom-left, bottom-right, centre) of the image, then the same five of the mirrored image;
 //! [`ten_crop_origins`] gives their positions in the original image, and [`mean_softmax`]
 //! averages the softmax of the crops' logits, the prediction the Adience protocol scores.
+//! [`train_view`] and [`ten_crop_views`] compose these into the paper's Adience protocol
+//! (A.5): random crop + mirror + normalisation for training, ten normalised crops for testing.
 //! Shape mistakes return a [`TransformError`] instead of panicking.
 
 use rand::Rng;
@@ -353,4 +355,41 @@ pub fn mean_softmax(
         out.extend(acc.iter().map(|&a| (a / crops as f64) as f32));
     }
     Ok(out)
+}
+
+/// torchvision's ImageNet channel means and standard deviations (for inputs in `[0, 1]`), the
+/// normalisation the model-zoo VGG-16 expects.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// One training view: a random `h`×`w` crop, a random mirror, then per-channel normalisation.
+/// Draws from `rng` in that order (top, left, flip), so a seeded stream is reproducible.
+pub fn train_view<R: Rng + ?Sized>(
+    img: &Chw,
+    h: usize,
+    w: usize,
+    mean: &[f32],
+    std: &[f32],
+    rng: &mut R,
+) -> Result<Chw, TransformError> {
+    let cropped = random_crop(img, h, w, rng)?;
+    let mut view = random_hflip(&cropped, rng);
+    normalize(&mut view, mean, std)?;
+    Ok(view)
+}
+
+/// The ten normalised test views of [`ten_crop`], in its order; score them with
+/// [`mean_softmax`] over 10 crops.
+pub fn ten_crop_views(
+    img: &Chw,
+    h: usize,
+    w: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> Result<Vec<Chw>, TransformError> {
+    let mut crops = ten_crop(img, h, w)?;
+    for c in &mut crops {
+        normalize(c, mean, std)?;
+    }
+    Ok(crops)
 }
