@@ -388,6 +388,38 @@ fn image_folder_index_classes_order_and_colours() {
 }
 
 #[test]
+fn nested_files_follow_torchvision_string_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for f in [
+        "k/b/d/z.png",
+        "k/b-c/y.png",
+        "k/b/x.png",
+        "k/a.png",
+        "k/B.png",
+    ] {
+        save_rgb(&root.join(f), 2, 2, [0; 3]);
+    }
+    let index = index_image_folder(root, None, 0).unwrap();
+    let rel: Vec<String> = index
+        .entries
+        .iter()
+        .map(|e| e.path.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    // Python: sorted roots "k" < "k/b" < "k/b-c" < "k/b/d" ('-' sorts before '/').
+    assert_eq!(
+        rel,
+        [
+            "k/B.png",
+            "k/a.png",
+            "k/b/x.png",
+            "k/b-c/y.png",
+            "k/b/d/z.png"
+        ]
+    );
+}
+
+#[test]
 fn center_crop_and_stretch_geometry() {
     let dir = tempfile::tempdir().unwrap();
     // 40×20: left half black, right half white (PNG, lossless).

@@ -212,8 +212,12 @@ pub fn index_image_folder(
         if files.is_empty() {
             return Err(DataError::EmptyClass { path: dir });
         }
-        // torchvision: sorted(os.walk(...)) then sorted(fnames), i.e. by (folder, file name).
-        files.sort();
+        // torchvision: sorted(os.walk(...)) then sorted(fnames), i.e. by (folder, file name)
+        // as strings; `Path`'s own order is per component and differs (`b/d` vs `b-c`).
+        files.sort_by(|a, b| {
+            (a.0.as_os_str().as_encoded_bytes(), a.1.as_encoded_bytes())
+                .cmp(&(b.0.as_os_str().as_encoded_bytes(), b.1.as_encoded_bytes()))
+        });
         let mut keep: Vec<usize> = (0..files.len()).collect();
         if let Some(k) = max_per_class {
             if k < files.len() {
