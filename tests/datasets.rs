@@ -482,6 +482,13 @@ fn subsample_per_class_is_seeded_and_ordered() {
         })
         .collect();
     assert!(picks.len() > 1, "every seed picked the same subsample");
+    // A new class does not change the other classes' subsamples.
+    save_rgb(&root.join("a/0.png"), 4, 4, [1; 3]);
+    let b = index_image_folder(root, Some(3), 7).unwrap();
+    let paths = |i: &cfpipe::data::image_folder::ImageIndex| -> Vec<std::path::PathBuf> {
+        i.entries.iter().map(|e| e.path.clone()).collect()
+    };
+    assert_eq!(paths(&b)[1..], paths(&a)[..]);
 }
 
 #[test]

@@ -196,8 +196,9 @@ impl ImageIndex {
 }
 
 /// Index `root` as an ImageFolder tree. `max_per_class` keeps at most that many files per
-/// class, drawn without replacement by a ChaCha8 stream seeded with `seed` and the class index
-/// (so one class's subsample does not depend on the others), kept in index order.
+/// class, drawn without replacement by a ChaCha8 stream seeded with `seed` and the class
+/// *name* (so a class's subsample depends only on its own files, not on which other classes
+/// exist), kept in index order.
 pub fn index_image_folder(
     root: &Path,
     max_per_class: Option<usize>,
@@ -221,8 +222,7 @@ pub fn index_image_folder(
         let mut keep: Vec<usize> = (0..files.len()).collect();
         if let Some(k) = max_per_class {
             if k < files.len() {
-                let class_seed = seed ^ (label as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let mut rng = ChaCha8Rng::seed_from_u64(class_seed);
+                let mut rng = ChaCha8Rng::from_seed(class_seed(seed, name));
                 keep = rand::seq::index::sample(&mut rng, files.len(), k).into_vec();
                 keep.sort_unstable();
             }
@@ -238,6 +238,15 @@ pub fn index_image_folder(
         entries,
         dropped: BTreeMap::new(),
     })
+}
+
+/// blake3 of (`seed`, class name): a per-class ChaCha8 seed.
+fn class_seed(seed: u64, class: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cfpipe image_folder subsample v1\0");
+    h.update(&seed.to_le_bytes());
+    h.update(class.as_bytes());
+    *h.finalize().as_bytes()
 }
 
 /// Index a test tree against the training tree's classes: the class folders must be the same.
