@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub const FOLDS: u8 = 5;
-pub const ADIENCE_HINT: &str = "Adience: get the aligned faces (aligned.tar.gz) and \
+pub const ADIENCE_HINT: &str = "get the aligned faces (aligned.tar.gz) and \
 fold_0_data.txt … fold_4_data.txt from the dataset authors \
 (https://talhassner.github.io/home/projects/Adience/Adience-data.html), put the fold files in \
 `dataset.root` and the faces in `dataset.root`/`dataset.faces_dir`";
