@@ -219,7 +219,10 @@ fn cfpipe(args: &[&str], env: &[(&str, String)]) -> Output {
     c.output().unwrap()
 }
 
-fn s3_env(s: &Server) -> Vec<(&'static str, String)> {
+/// Extra environment variables for a child process.
+type Env = Vec<(&'static str, String)>;
+
+fn s3_env(s: &Server) -> Env {
     vec![("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s.port))]
 }
 
@@ -572,7 +575,7 @@ fn credentials_never_appear_in_messages() {
     let b = f.path().join("b");
     let dead = free_port();
     let dav_password = "hunter2-SECRET-pw";
-    let mut attempts: Vec<(Vec<String>, Vec<(&str, String)>)> = vec![
+    let mut attempts: Vec<(Vec<String>, Env)> = vec![
         // S3 endpoint where nothing listens.
         (
             vec!["--remote".into(), format!("s3://{BUCKET}/x")],

@@ -13,8 +13,8 @@
 //! the cache's own atomic path; any mismatch is an error naming the key, the file, and the
 //! expected and found hashes, and nothing lands. A push only sends entries that verify locally.
 //!
-//! `object_store` is async; a small current-thread tokio runtime lives here, created on first
-//! use, so the engine stays synchronous and a run that never needs the remote never builds a
+//! `object_store` is async; a small tokio runtime (two worker threads) lives here, created on
+//! first use, so the engine stays synchronous and a run that never needs the remote never builds a
 //! client. Credentials come only from the backends' standard environment variables (or a URL's
 //! user info for HTTP); every message that leaves this module is scrubbed of them.
 
@@ -308,7 +308,11 @@ impl Remote {
                 )
             }
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Multi-threaded so that the stage threads of `run` and the workers of `cache pull`
+        // can all wait on transfers at once.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cfpipe-remote")
             .enable_all()
             .build()
             .map_err(|e| format!("starting the I/O runtime: {e}"))?;
@@ -575,20 +579,27 @@ impl Remote {
         } else {
             ObjPath::from(format!("{}/entries", self.prefix))
         };
-        let list = |p: ObjPath| {
-            c.rt.block_on(c.store.list_with_delimiter(Some(&p)))
-                .map_err(|e| self.store_err("LIST", &p, e))
-        };
         // A missing prefix lists as empty on every backend; a missing bucket is an error.
-        let shards = list(root)?.common_prefixes;
-        let mut keys = Vec::new();
-        for shard in shards {
-            for k in list(shard)?.common_prefixes {
-                if let Some(key) = k.filename().and_then(StageKey::from_hex) {
-                    keys.push(key);
-                }
-            }
-        }
+        let shards =
+            c.rt.block_on(c.store.list_with_delimiter(Some(&root)))
+                .map_err(|e| self.store_err("LIST", &root, e))?
+                .common_prefixes;
+        let listings = shards.iter().map(|shard| async move {
+            c.store
+                .list_with_delimiter(Some(shard))
+                .await
+                .map_err(|e| self.store_err("LIST", shard, e))
+        });
+        let listed: Vec<object_store::ListResult> = c.rt.block_on(
+            stream::iter(listings)
+                .buffer_unordered(PARALLEL_FILES)
+                .try_collect(),
+        )?;
+        let mut keys: Vec<StageKey> = listed
+            .iter()
+            .flat_map(|l| &l.common_prefixes)
+            .filter_map(|k| k.filename().and_then(StageKey::from_hex))
+            .collect();
         keys.sort();
         keys.dedup();
         Ok(keys)
