@@ -462,6 +462,30 @@ fn tampered_remote_objects_are_rejected_on_pull_and_nothing_lands() {
     assert_eq!(std::fs::read_dir(b.join("tmp")).unwrap().count(), 0);
     let out = ok(&cfpipe(&["cache", "verify", "--cache", path_str(&b)], &[]));
     assert!(out.contains(", 0 corrupt"), "{out}");
+
+    // `run` reading through the same remote computes exactly the two rejected stages, warns,
+    // and takes everything else from the remote (recomputed bytes are identical, so the keys
+    // downstream are unchanged).
+    let c = f.path().join("c");
+    let o = cfpipe(
+        &[
+            "run",
+            "-q",
+            path_str(&f.pipeline()),
+            "--cache",
+            path_str(&c),
+            "--remote",
+            &url,
+        ],
+        &env,
+    );
+    assert_eq!(summary(&ok(&o)), (n, 2, 0, n - 2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not match its manifest"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(local_keys(&a), local_keys(&c));
 }
 
 #[test]
