@@ -657,3 +657,52 @@ fn credentials_never_appear_in_messages() {
         let _ = std::fs::remove_dir_all(&c);
     }
 }
+
+#[test]
+fn config_mistakes_and_a_missing_remote_are_bad_input() {
+    let f = Fixture::with_pipeline(PIPELINE);
+    let pipe = f.pipeline();
+    let cache = f.path().join("a");
+    let push = || {
+        cfpipe(
+            &[
+                "cache",
+                "push",
+                path_str(&pipe),
+                "--cache",
+                path_str(&cache),
+            ],
+            &[],
+        )
+    };
+    let o = push();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no remote cache configured"),
+        "{}",
+        stderr(&o)
+    );
+
+    std::fs::write(
+        f.path().join("cfpipe.toml"),
+        "[remote]\nurl = \"s3://b/p\"\nregoin = \"eu\"\n",
+    )
+    .unwrap();
+    let o = push();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cfpipe.toml") && err.contains("line 3") && err.contains("regoin"));
+
+    std::fs::write(
+        f.path().join("cfpipe.toml"),
+        "[remote]\nurl = \"ftp://x/y\"\n",
+    )
+    .unwrap();
+    let o = push();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unsupported scheme `ftp`"),
+        "{}",
+        stderr(&o)
+    );
+}
