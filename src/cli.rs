@@ -1,8 +1,11 @@
 //! Command-line options (clap) and the subcommands. Raw options are resolved here into a
 //! cache, a checked pipeline and a DAG; the library does the rest.
 
+use crate::cache::remote::Remote;
 use crate::cache::{Cache, Lookup};
+use crate::config::{Config, RemoteConfig};
 use crate::error::CliError;
+use crate::exec::sync::{self, SyncReport};
 use crate::exec::{resolve, ExecOptions, Executor, Outcome};
 use crate::graph::Dag;
 use crate::spec::{self, DataCheck, Pipeline};
@@ -25,6 +28,10 @@ pub struct Cli {
     /// Cache directory [default: $CFPIPE_CACHE, else ./cache].
     #[arg(long, value_name = "DIR", global = true)]
     pub cache: Option<PathBuf>,
+    /// Remote cache (s3://BUCKET/PREFIX, http(s)://HOST/PATH for WebDAV, file:///DIR, DIR),
+    /// or `none` [default: $CFPIPE_REMOTE, else `[remote] url` in cfpipe.toml].
+    #[arg(long, value_name = "URL", global = true)]
+    pub remote: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -111,6 +118,94 @@ pub enum CacheCmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Upload verified entries to the remote cache: those the pipelines reach, else all.
+    Push {
+        pipelines: Vec<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Download, verify and store entries from the remote cache: those the pipelines need,
+    /// else all.
+    Pull {
+        pipelines: Vec<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+/// The remote for commands about `pipelines`: `--remote`, else `$CFPIPE_REMOTE`, else the config
+/// file's `[remote]`. A URL from the flag or variable keeps the config's other settings.
+/// `none` turns the remote off.
+pub fn open_remote(
+    flag: &Option<String>,
+    pipelines: &[PathBuf],
+) -> Result<Option<Remote>, CliError> {
+    let config = Config::for_pipelines(pipelines)?;
+    let url = flag.clone().or_else(|| {
+        std::env::var("CFPIPE_REMOTE")
+            .ok()
+            .filter(|u| !u.is_empty())
+    });
+    let cfg = match (url, config.remote) {
+        (Some(u), _) if u == "none" => return Ok(None),
+        (Some(u), Some(c)) => RemoteConfig { url: u, ..c },
+        (Some(u), None) => RemoteConfig::from_url(u),
+        (None, Some(c)) => c,
+        (None, None) => return Ok(None),
+    };
+    Remote::new(cfg).map(Some).map_err(CliError::Remote)
+}
+
+fn print_sync(op: &str, rep: &SyncReport, remote: &Remote) -> Result<(), CliError> {
+    for (id, e) in &rep.errors {
+        eprintln!("FAILED {op} {id}: {e}");
+    }
+    println!(
+        "{op}: {} entries ({}) {} {} in {:.2} s; {} already there, {} unavailable, {} failed",
+        rep.moved.len(),
+        human_bytes(rep.bytes()),
+        if op == "pull" { "from" } else { "to" },
+        remote.url(),
+        rep.wall_s,
+        rep.present,
+        rep.unavailable.len(),
+        rep.errors.len()
+    );
+    if rep.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::SyncFailed {
+            op: if op == "pull" { "pull" } else { "push" },
+            failed: rep.errors.len(),
+        })
+    }
+}
+
+fn sync_cmd(
+    push: bool,
+    pipelines: &[PathBuf],
+    set: &[String],
+    remote_flag: &Option<String>,
+    cache: &Option<PathBuf>,
+) -> Result<(), CliError> {
+    let remote = open_remote(remote_flag, pipelines)?.ok_or_else(|| {
+        CliError::Usage(
+            "no remote cache configured: pass --remote URL, set CFPIPE_REMOTE, or add              `[remote] url = ...` to cfpipe.toml"
+                .into(),
+        )
+    })?;
+    let cache = open_cache(cache)?;
+    let mut dags = Vec::new();
+    for p in pipelines {
+        dags.push(load(p, set, DataCheck::Required)?.1);
+    }
+    let rep = match (push, dags.is_empty()) {
+        (true, true) => sync::push_all(&cache, &remote).map_err(CliError::Remote)?,
+        (true, false) => sync::push_dags(&dags, &cache, &remote),
+        (false, true) => sync::pull_all(&cache, &remote).map_err(CliError::Remote)?,
+        (false, false) => sync::pull_dags(&dags, &cache, &remote),
+    };
+    print_sync(if push { "push" } else { "pull" }, &rep, &remote)
 }
 
 fn open_cache(cache: &Option<PathBuf>) -> Result<Cache, CliError> {
@@ -140,6 +235,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             DeviceChoice::parse(&device)?.check_available(&device)?;
             let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
             let cache = open_cache(c)?;
+            let remote = open_remote(&cli.remote, std::slice::from_ref(&p.pipeline))?;
             let cancel = Arc::new(AtomicBool::new(false));
             install_ctrlc(cancel.clone());
             let opts = ExecOptions {
@@ -153,7 +249,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 cancel,
             };
             let registry = stages::registry();
-            let report = Executor::new(&cache, &registry, opts).run(&dag);
+            let report = Executor::new(&cache, &registry, opts)
+                .with_remote(remote.as_ref())
+                .run(&dag);
             for e in &report.events {
                 match &e.outcome {
                     Outcome::Failed { error } => eprintln!("FAILED {}: {error}", e.id),
@@ -168,6 +266,22 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     }
                     _ => {}
                 }
+            }
+            if let Some(r) = remote.as_ref().filter(|_| !report.pulled().is_empty()) {
+                let bytes: u64 = report
+                    .events
+                    .iter()
+                    .map(|e| match e.outcome {
+                        Outcome::Pulled { bytes, .. } => bytes,
+                        _ => 0,
+                    })
+                    .sum();
+                println!(
+                    "pulled {} entries ({}) from {}",
+                    report.pulled().len(),
+                    human_bytes(bytes),
+                    r.url()
+                );
             }
             println!("{}", report.summary_line());
             if report.interrupted {
@@ -323,6 +437,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(())
         }
+        Command::Cache {
+            cmd: CacheCmd::Push { pipelines, set },
+        } => sync_cmd(true, &pipelines, &set, &cli.remote, c),
+        Command::Cache {
+            cmd: CacheCmd::Pull { pipelines, set },
+        } => sync_cmd(false, &pipelines, &set, &cli.remote, c),
         Command::Cache { cmd } => cache_cmd(cmd, &open_cache(c)?),
         Command::ExecStage { key, device } => {
             DeviceChoice::parse(&device)?.check_available(&device)?;
@@ -350,6 +470,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
     match cmd {
+        // Dispatched in `run`, which knows `--remote`.
+        CacheCmd::Push { .. } | CacheCmd::Pull { .. } => {
+            unreachable!("cache push/pull are dispatched in run")
+        }
         CacheCmd::Ls => {
             for k in cache.keys()? {
                 match cache.read_manifest(&k) {

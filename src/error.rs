@@ -4,7 +4,7 @@
 //! |------|---------|
 //! | 0    | success |
 //! | 1    | a stage failed (the run finished every independent branch) or a runtime error |
-//! | 2    | bad input: pipeline file, `--set`, command-line arguments, unknown device |
+//! | 2    | bad input: pipeline file, `--set`, command-line arguments, unknown device, config file, remote URL |
 //! | 3    | `cache verify` found corrupt entries |
 //! | 130  | interrupted (Ctrl-C); the cache is consistent |
 
@@ -37,19 +37,33 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Exit 2 for a remote URL or setting that cannot work, 1 for a failed transfer.
+    #[error("{0}")]
+    Remote(crate::cache::remote::RemoteError),
+    #[error("{failed} entr{} failed to {op} (nothing of them was stored)", if *failed == 1 { "y" } else { "ies" })]
+    SyncFailed { op: &'static str, failed: usize },
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Spec(_) | CliError::Graph(_) | CliError::Device(_) | CliError::Usage(_) => 2,
+            CliError::Spec(_)
+            | CliError::Graph(_)
+            | CliError::Device(_)
+            | CliError::Usage(_)
+            | CliError::Config(_)
+            | CliError::Remote(crate::cache::remote::RemoteError::Config { .. }) => 2,
             CliError::VerifyFailed(_) => 3,
             CliError::Interrupted => 130,
             CliError::Cache(_)
             | CliError::Exec(_)
             | CliError::StagesFailed { .. }
             | CliError::MissingResults { .. }
+            | CliError::SyncFailed { .. }
+            | CliError::Remote(_)
             | CliError::Io(_) => 1,
         }
     }

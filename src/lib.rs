@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod digest;
 pub mod error;

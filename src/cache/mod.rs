@@ -15,6 +15,7 @@
 
 pub mod filehash;
 pub mod manifest;
+pub mod remote;
 
 use crate::digest::{ContentHash, StageKey};
 pub use manifest::{FileRecord, Manifest, RunInfo};

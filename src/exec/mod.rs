@@ -10,7 +10,9 @@
 pub mod progress;
 pub mod resolve;
 pub mod stage;
+pub mod sync;
 
+use crate::cache::remote::{Pulled, Remote};
 use crate::cache::{filehash::FileHasher, Cache, Entry, Lookup, NewEntry, RunInfo, StageRecord};
 use crate::digest::{ContentHash, KeyMaterial, StageKey, KEY_SCHEME};
 use crate::graph::Dag;
@@ -27,6 +29,11 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Cached,
+    /// Missing locally; downloaded from the remote cache, verified and published.
+    Pulled {
+        bytes: u64,
+        wall_s: f64,
+    },
     Ran {
         wall_s: f64,
         replaced_corrupt: Option<String>,
@@ -81,6 +88,10 @@ impl RunReport {
     pub fn cached(&self) -> BTreeSet<String> {
         self.ids_where(|o| matches!(o, Outcome::Cached))
     }
+    /// Primary ids of the stages served by the remote cache.
+    pub fn pulled(&self) -> BTreeSet<String> {
+        self.ids_where(|o| matches!(o, Outcome::Pulled { .. }))
+    }
     pub fn failed(&self) -> Vec<&StageEvent> {
         self.events
             .iter()
@@ -92,18 +103,27 @@ impl RunReport {
     }
     pub fn ok(&self) -> bool {
         !self.interrupted
-            && self
-                .events
-                .iter()
-                .all(|e| matches!(e.outcome, Outcome::Cached | Outcome::Ran { .. }))
+            && self.events.iter().all(|e| {
+                matches!(
+                    e.outcome,
+                    Outcome::Cached | Outcome::Pulled { .. } | Outcome::Ran { .. }
+                )
+            })
     }
-    /// The last line `run` prints, in exactly this form.
+    /// The last line `run` prints, in exactly this form (`, N pulled` only when a remote
+    /// served stages).
     pub fn summary_line(&self) -> String {
+        let pulled = self.pulled().len();
         format!(
-            "{} stages: {} ran, {} cached ({:.2} s)",
+            "{} stages: {} ran, {} cached{} ({:.2} s)",
             self.events.len(),
             self.ran().len(),
             self.cached().len(),
+            if pulled > 0 {
+                format!(", {pulled} pulled")
+            } else {
+                String::new()
+            },
             self.wall_s
         )
     }
@@ -219,6 +239,10 @@ pub struct Executor<'a> {
     pub registry: &'a Registry,
     pub opts: ExecOptions,
     hasher: FileHasher,
+    remote: Option<&'a Remote>,
+    /// Set at the first transport failure: one unreachable remote costs one timeout, not one
+    /// per stage.
+    remote_down: AtomicBool,
 }
 
 impl<'a> Executor<'a> {
@@ -229,7 +253,16 @@ impl<'a> Executor<'a> {
             registry,
             opts,
             hasher,
+            remote: None,
+            remote_down: AtomicBool::new(false),
         }
+    }
+
+    /// Read through `remote` (pull a missing stage before computing it) and push what is
+    /// computed, as its settings say. Only stages missing locally ever contact it.
+    pub fn with_remote(mut self, remote: Option<&'a Remote>) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// Execute every stage of the DAG.
@@ -455,6 +488,19 @@ impl<'a> Executor<'a> {
                 replaced_corrupt = Some(file);
             }
         }
+        if let Some(r) = self.live_remote().filter(|r| r.read_through()) {
+            let t = Instant::now();
+            match r.pull(self.cache, &req.key) {
+                Ok(Pulled::Fetched { entry, bytes }) => {
+                    let wall_s = t.elapsed().as_secs_f64();
+                    return Ok((*entry, Outcome::Pulled { bytes, wall_s }));
+                }
+                Ok(Pulled::Local(entry)) => return Ok((*entry, Outcome::Cached)),
+                Ok(Pulled::Absent) => {}
+                // The remote only saves time: whatever went wrong, compute locally.
+                Err(e) => self.remote_failed(&req.id, "computing it locally", &e),
+            }
+        }
         if self.opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(ExecError::Stage {
                 id: req.id.clone(),
@@ -539,6 +585,11 @@ impl<'a> Executor<'a> {
                 },
             })
             .map_err(cache_err)?;
+        if let Some(r) = self.live_remote().filter(|r| r.push_on_run()) {
+            if let Err(e) = r.push_entry(&entry) {
+                self.remote_failed(&req.id, "not pushed", &e);
+            }
+        }
         Ok((
             entry,
             Outcome::Ran {
@@ -546,6 +597,26 @@ impl<'a> Executor<'a> {
                 replaced_corrupt,
             },
         ))
+    }
+
+    fn live_remote(&self) -> Option<&'a Remote> {
+        self.remote
+            .filter(|_| !self.remote_down.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn remote_failed(&self, id: &str, what: &str, e: &crate::cache::remote::RemoteError) {
+        use crate::cache::remote::RemoteError;
+        let down = matches!(e, RemoteError::Store { .. } | RemoteError::Config { .. });
+        let first = down
+            && !self
+                .remote_down
+                .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if !down || first {
+            eprintln!("warning: stage `{id}`: {what}: {e}");
+        }
+        if first {
+            eprintln!("warning: remote cache unusable; not using it for the rest of this run");
+        }
     }
 
     /// Run one stage from its request file (`cfpipe exec-stage KEY`).

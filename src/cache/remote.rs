@@ -1,0 +1,752 @@
+//! A remote copy of the cache that a team pushes entries to and pulls them from: an
+//! S3-compatible bucket, a WebDAV/HTTP server, or a directory (`object_store` does the talking).
+//!
+//! Layout under the remote prefix (documented in docs/team.md):
+//! - `entries/<k0k1>/<key>/blobs/<blake3>` — every file of the entry (`out/` and `aux/`), named
+//!   by its own blake3, so two pushers of one key never overwrite each other's bytes;
+//! - `entries/<k0k1>/<key>/manifest.json` — the entry's manifest, uploaded *last*: an entry
+//!   without one is an unfinished push and is invisible to pulls.
+//!
+//! Nothing from a remote is trusted. A pull re-derives the key from the manifest's kind,
+//! version, parameters and input hashes, recomputes the content hash from its file list, and
+//! re-hashes every downloaded file against the manifest before the entry is published through
+//! the cache's own atomic path; any mismatch is an error naming the key, the file, and the
+//! expected and found hashes, and nothing lands. A push only sends entries that verify locally.
+//!
+//! `object_store` is async; a small tokio runtime (two worker threads) lives here, created on
+//! first use, so the engine stays synchronous and a run that never needs the remote never builds a
+//! client. Credentials come only from the backends' standard environment variables (or a URL's
+//! user info for HTTP); every message that leaves this module is scrubbed of them.
+
+use super::manifest::{self, Manifest, AUX_DIR, MANIFEST_FILE, MANIFEST_FORMAT, OUT_DIR};
+use super::{Cache, CacheError, Entry, Lookup, NewEntry};
+use crate::config::RemoteConfig;
+use crate::digest::{ContentHash, KeyMaterial, StageKey, KEY_SCHEME};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Files transferred at once per entry.
+const PARALLEL_FILES: usize = 8;
+/// Environment variables whose values are secrets and must never be printed.
+const SECRET_VARS: [&str; 3] = [
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("remote cache `{url}`: {reason}")]
+    Config { url: String, reason: String },
+    #[error("remote cache {url}: {op} {path}: {message}")]
+    Store {
+        url: String,
+        op: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error(
+        "remote entry {key}: file `{file}` does not match its manifest: expected {expected}, \
+         found {found}; rejected, nothing was stored"
+    )]
+    Mismatch {
+        key: StageKey,
+        file: String,
+        expected: String,
+        found: String,
+    },
+    #[error("remote entry {key}: bad manifest: {reason}; rejected, nothing was stored")]
+    BadManifest { key: StageKey, reason: String },
+    #[error("entry {key} is not in the local cache or does not verify ({reason}); not pushed")]
+    NotLocal { key: StageKey, reason: String },
+    #[error("{0}")]
+    Cache(#[from] CacheError),
+}
+
+/// What a pull of one key did.
+#[derive(Debug)]
+pub enum Pulled {
+    /// Downloaded, verified and published; `bytes` transferred.
+    Fetched { entry: Box<Entry>, bytes: u64 },
+    /// Already in the local cache (verified); nothing transferred.
+    Local(Box<Entry>),
+    /// The remote has no complete entry for the key.
+    Absent,
+}
+
+/// What a push of one key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Uploaded {
+        bytes: u64,
+    },
+    /// A complete entry (a manifest) was already on the remote; first complete push wins.
+    AlreadyThere,
+}
+
+enum Backend {
+    S3 { bucket: String },
+    Http { origin: String },
+    Local { dir: std::path::PathBuf },
+}
+
+struct Connection {
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Runtime,
+}
+
+/// A configured remote; connects on first use.
+pub struct Remote {
+    cfg: RemoteConfig,
+    /// The URL with any user info replaced, for messages.
+    shown: String,
+    backend: Backend,
+    prefix: String,
+    secrets: Vec<String>,
+    conn: OnceLock<Result<Connection, String>>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Remote({})", self.shown)
+    }
+}
+
+/// `url` with user info (`user:password@`) replaced by `***@`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("***");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Unparsable: cut anything before an '@' in the authority, to be safe.
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
+            _ => url.to_string(),
+        },
+    }
+}
+
+impl Remote {
+    /// Check the URL and settings; does not touch the network.
+    pub fn new(cfg: RemoteConfig) -> Result<Remote, RemoteError> {
+        let shown = redact_url(&cfg.url);
+        let bad = |reason: String| RemoteError::Config {
+            url: shown.clone(),
+            reason,
+        };
+        let mut secrets: Vec<String> = SECRET_VARS
+            .iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .collect();
+        let (backend, prefix) = if cfg.url.contains("://") {
+            let u = url::Url::parse(&cfg.url).map_err(|e| bad(format!("not a URL: {e}")))?;
+            if let Some(p) = u.password() {
+                secrets.push(p.to_string());
+                // A password written `p%40ss` is scrubbed as `p@ss` too.
+                if let Ok(d) = percent_encoding::percent_decode_str(p).decode_utf8() {
+                    secrets.push(d.into_owned());
+                }
+            }
+            let path = u.path().trim_matches('/').to_string();
+            match u.scheme() {
+                "s3" | "s3a" => {
+                    let bucket = u
+                        .host_str()
+                        .filter(|b| !b.is_empty())
+                        .ok_or_else(|| bad("an S3 URL needs a bucket: s3://BUCKET/prefix".into()))?
+                        .to_string();
+                    (Backend::S3 { bucket }, path)
+                }
+                "http" | "https" => {
+                    let origin = u[..url::Position::BeforePath].to_string();
+                    (Backend::Http { origin }, path)
+                }
+                "file" => {
+                    let dir = u
+                        .to_file_path()
+                        .map_err(|_| bad("not a local file URL".into()))?;
+                    (Backend::Local { dir }, String::new())
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unsupported scheme `{other}` (use s3://, http(s):// for WebDAV, \
+                         file:// or a directory path)"
+                    )))
+                }
+            }
+        } else {
+            (
+                Backend::Local {
+                    dir: std::path::PathBuf::from(&cfg.url),
+                },
+                String::new(),
+            )
+        };
+        secrets.retain(|s| s.len() >= 4);
+        Ok(Remote {
+            cfg,
+            shown,
+            backend,
+            prefix,
+            secrets,
+            conn: OnceLock::new(),
+        })
+    }
+
+    /// The URL, safe to print.
+    pub fn url(&self) -> &str {
+        &self.shown
+    }
+    pub fn read_through(&self) -> bool {
+        self.cfg.read_through
+    }
+    pub fn push_on_run(&self) -> bool {
+        self.cfg.push
+    }
+
+    /// Scrub every known secret from a message.
+    pub fn redact(&self, msg: &str) -> String {
+        let mut m = msg.to_string();
+        for s in &self.secrets {
+            m = m.replace(s.as_str(), "***");
+        }
+        // URLs that carry user info (`scheme://user:pass@host`) in anything the client printed.
+        let mut out = String::with_capacity(m.len());
+        let mut rest = m.as_str();
+        while let Some(i) = rest.find("://") {
+            let (head, tail) = rest.split_at(i + 3);
+            out.push_str(head);
+            let end = tail
+                .find(|c: char| c == '/' || c.is_whitespace() || c == ')' || c == '"')
+                .unwrap_or(tail.len());
+            match tail[..end].rfind('@') {
+                Some(at) => {
+                    out.push_str("***");
+                    out.push_str(&tail[at..end]);
+                }
+                None => out.push_str(&tail[..end]),
+            }
+            rest = &tail[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn connect(&self) -> Result<&Connection, RemoteError> {
+        let c = self
+            .conn
+            .get_or_init(|| self.build().map_err(|e| self.redact(&e)));
+        c.as_ref().map_err(|reason| RemoteError::Config {
+            url: self.shown.clone(),
+            reason: reason.clone(),
+        })
+    }
+
+    fn build(&self) -> Result<Connection, String> {
+        let allow_http = self
+            .cfg
+            .allow_http
+            .unwrap_or_else(|| self.cfg.url.starts_with("http://"));
+        let client = ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(300));
+        // A remote is an optimisation: give up quickly rather than stall a run for minutes.
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+            ..RetryConfig::default()
+        };
+        let store: Arc<dyn ObjectStore> = match &self.backend {
+            Backend::S3 { bucket } => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                if let Some(e) = &self.cfg.endpoint {
+                    b = b.with_endpoint(e);
+                }
+                if let Some(r) = &self.cfg.region {
+                    b = b.with_region(r);
+                }
+                if let Some(a) = self.cfg.allow_http {
+                    b = b.with_allow_http(a);
+                } else if std::env::var("AWS_ENDPOINT_URL")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                    .is_ok_and(|e| e.starts_with("http://"))
+                    || self
+                        .cfg
+                        .endpoint
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("http://"))
+                {
+                    b = b.with_allow_http(true);
+                }
+                Arc::new(b.build().map_err(|e| e.to_string())?)
+            }
+            Backend::Http { origin } => Arc::new(
+                object_store::http::HttpBuilder::new()
+                    .with_url(origin)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ),
+            Backend::Local { dir } => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(dir)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+        };
+        // Multi-threaded so that the stage threads of `run` and the workers of `cache pull`
+        // can all wait on transfers at once.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cfpipe-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the I/O runtime: {e}"))?;
+        Ok(Connection { store, rt })
+    }
+
+    fn entry_prefix(&self, key: &StageKey) -> String {
+        let hex = key.to_hex();
+        let rel = format!("entries/{}/{hex}", &hex[..2]);
+        if self.prefix.is_empty() {
+            rel
+        } else {
+            format!("{}/{rel}", self.prefix)
+        }
+    }
+    fn manifest_path(&self, key: &StageKey) -> ObjPath {
+        ObjPath::from(format!("{}/{MANIFEST_FILE}", self.entry_prefix(key)))
+    }
+    fn blob_path(&self, key: &StageKey, hash: &ContentHash) -> ObjPath {
+        ObjPath::from(format!(
+            "{}/blobs/{}",
+            self.entry_prefix(key),
+            hash.to_hex()
+        ))
+    }
+
+    fn store_err(&self, op: &'static str, path: &ObjPath, e: object_store::Error) -> RemoteError {
+        RemoteError::Store {
+            url: self.shown.clone(),
+            op,
+            path: self.redact(path.as_ref()),
+            message: self.redact(&e.to_string()),
+        }
+    }
+
+    /// The bytes of one object, or `None` if it does not exist.
+    fn get(&self, c: &Connection, path: &ObjPath) -> Result<Option<Vec<u8>>, RemoteError> {
+        let r = c.rt.block_on(async {
+            match c.store.get(path).await {
+                Ok(g) => g.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        r.map(|b| b.map(|b| b.to_vec()))
+            .map_err(|e| self.store_err("GET", path, e))
+    }
+
+    /// Whether the remote holds a complete entry for `key` (its manifest exists).
+    pub fn has(&self, key: &StageKey) -> Result<bool, RemoteError> {
+        let c = self.connect()?;
+        let p = self.manifest_path(key);
+        match c.rt.block_on(c.store.head(&p)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.store_err("HEAD", &p, e)),
+        }
+    }
+
+    /// Upload a locally verified entry: blobs first, manifest last. Skipped when the remote
+    /// already has a complete entry for the key.
+    pub fn push(&self, cache: &Cache, key: &StageKey) -> Result<Pushed, RemoteError> {
+        let entry = match cache.lookup(key) {
+            Lookup::Hit(e) => e,
+            Lookup::Missing => {
+                return Err(RemoteError::NotLocal {
+                    key: *key,
+                    reason: "missing".into(),
+                })
+            }
+            Lookup::Corrupt { file, reason } => {
+                return Err(RemoteError::NotLocal {
+                    key: *key,
+                    reason: format!("{file}: {reason}"),
+                })
+            }
+        };
+        if self.has(key)? {
+            return Ok(Pushed::AlreadyThere);
+        }
+        self.upload(&entry)
+    }
+
+    /// Upload an entry the caller has just verified or published.
+    pub fn push_entry(&self, entry: &Entry) -> Result<Pushed, RemoteError> {
+        if self.has(&entry.manifest.key)? {
+            return Ok(Pushed::AlreadyThere);
+        }
+        self.upload(entry)
+    }
+
+    fn upload(&self, entry: &Entry) -> Result<Pushed, RemoteError> {
+        let c = self.connect()?;
+        let key = entry.manifest.key;
+        let manifest_bytes =
+            std::fs::read(entry.dir.join(MANIFEST_FILE)).map_err(|source| CacheError::Io {
+                path: entry.dir.join(MANIFEST_FILE),
+                source,
+            })?;
+        // Files are re-read and re-hashed here: what is uploaded is exactly what was checked.
+        let mut files: BTreeMap<ContentHash, (String, u64)> = BTreeMap::new();
+        for (sub, recs) in [
+            (OUT_DIR, &entry.manifest.outputs),
+            (AUX_DIR, &entry.manifest.aux),
+        ] {
+            for (name, rec) in recs {
+                files.insert(rec.blake3, (format!("{sub}/{name}"), rec.size));
+            }
+        }
+        let dir = entry.dir.clone();
+        let total: u64 = files.values().map(|(_, s)| *s).sum();
+        let uploads = files.into_iter().map(|(hash, (rel, _))| {
+            let dir = dir.clone();
+            let path = self.blob_path(&key, &hash);
+            async move {
+                let p = dir.join(&rel);
+                let bytes = std::fs::read(&p).map_err(|source| CacheError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                let found = ContentHash::of(&bytes);
+                if found != hash {
+                    return Err(RemoteError::NotLocal {
+                        key,
+                        reason: format!("{rel} changed while pushing"),
+                    });
+                }
+                c.store
+                    .put(&path, bytes.into())
+                    .await
+                    .map_err(|e| self.store_err("PUT", &path, e))?;
+                Ok(())
+            }
+        });
+        c.rt.block_on(
+            stream::iter(uploads)
+                .buffer_unordered(PARALLEL_FILES)
+                .try_collect::<Vec<()>>(),
+        )?;
+        let mp = self.manifest_path(&key);
+        let mlen = manifest_bytes.len() as u64;
+        c.rt.block_on(c.store.put(&mp, manifest_bytes.into()))
+            .map_err(|e| self.store_err("PUT", &mp, e))?;
+        Ok(Pushed::Uploaded {
+            bytes: total + mlen,
+        })
+    }
+
+    /// Download, verify and publish the entry of `key`. Nothing lands unless every check
+    /// passes.
+    pub fn pull(&self, cache: &Cache, key: &StageKey) -> Result<Pulled, RemoteError> {
+        if let Lookup::Hit(e) = cache.lookup(key) {
+            return Ok(Pulled::Local(e));
+        }
+        let c = self.connect()?;
+        let Some(mbytes) = self.get(c, &self.manifest_path(key))? else {
+            return Ok(Pulled::Absent);
+        };
+        let m = check_manifest(key, &mbytes)?;
+        let mut wanted: BTreeMap<ContentHash, Vec<(String, String, u64)>> = BTreeMap::new();
+        for (sub, recs) in [(OUT_DIR, &m.outputs), (AUX_DIR, &m.aux)] {
+            for (name, rec) in recs {
+                wanted.entry(rec.blake3).or_default().push((
+                    sub.to_string(),
+                    name.clone(),
+                    rec.size,
+                ));
+            }
+        }
+        let downloads = wanted.keys().map(|hash| {
+            let path = self.blob_path(key, hash);
+            let hash = *hash;
+            async move {
+                let got = match c.store.get(&path).await {
+                    Ok(g) => g
+                        .bytes()
+                        .await
+                        .map_err(|e| self.store_err("GET", &path, e))?,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(RemoteError::BadManifest {
+                            key: *key,
+                            reason: format!("blob {} is missing", hash.to_hex()),
+                        })
+                    }
+                    Err(e) => return Err(self.store_err("GET", &path, e)),
+                };
+                Ok((hash, got))
+            }
+        });
+        let blobs: Vec<(ContentHash, _)> = c.rt.block_on(
+            stream::iter(downloads)
+                .buffer_unordered(PARALLEL_FILES)
+                .try_collect(),
+        )?;
+        let mut outputs = BTreeMap::new();
+        let mut aux = BTreeMap::new();
+        let mut bytes_in = mbytes.len() as u64;
+        for (hash, data) in blobs {
+            bytes_in += data.len() as u64;
+            let found = ContentHash::of(&data);
+            for (sub, name, size) in &wanted[&hash] {
+                let file = format!("{sub}/{name}");
+                if data.len() as u64 != *size {
+                    return Err(RemoteError::Mismatch {
+                        key: *key,
+                        file,
+                        expected: format!("{size} bytes, blake3 {}", hash.to_hex()),
+                        found: format!("{} bytes, blake3 {}", data.len(), found.to_hex()),
+                    });
+                }
+                if found != hash {
+                    return Err(RemoteError::Mismatch {
+                        key: *key,
+                        file,
+                        expected: format!("blake3 {}", hash.to_hex()),
+                        found: format!("blake3 {}", found.to_hex()),
+                    });
+                }
+                let target = if sub == OUT_DIR {
+                    &mut outputs
+                } else {
+                    &mut aux
+                };
+                target.insert(name.clone(), data.to_vec());
+            }
+        }
+        let content_hash = m.content_hash;
+        let entry = cache.publish(NewEntry {
+            key: *key,
+            stage_id: m.stage_id,
+            kind: m.kind,
+            version: m.version,
+            params: m.params,
+            inputs: m.inputs,
+            files: m.files,
+            outputs,
+            aux,
+            run: m.run,
+        })?;
+        // `publish` keeps an entry another process published meanwhile; either way it must be
+        // the artifact the manifest promised.
+        if entry.content_hash() != content_hash {
+            return Err(RemoteError::Mismatch {
+                key: *key,
+                file: "out/".into(),
+                expected: format!("content hash {}", content_hash.to_hex()),
+                found: format!(
+                    "content hash {} (local entry)",
+                    entry.content_hash().to_hex()
+                ),
+            });
+        }
+        Ok(Pulled::Fetched {
+            entry: Box::new(entry),
+            bytes: bytes_in,
+        })
+    }
+
+    /// Every key with a complete entry on the remote.
+    pub fn keys(&self) -> Result<Vec<StageKey>, RemoteError> {
+        let c = self.connect()?;
+        let root = if self.prefix.is_empty() {
+            ObjPath::from("entries")
+        } else {
+            ObjPath::from(format!("{}/entries", self.prefix))
+        };
+        // A missing prefix lists as empty on every backend; a missing bucket is an error.
+        let shards =
+            c.rt.block_on(c.store.list_with_delimiter(Some(&root)))
+                .map_err(|e| self.store_err("LIST", &root, e))?
+                .common_prefixes;
+        let listings = shards.iter().map(|shard| async move {
+            c.store
+                .list_with_delimiter(Some(shard))
+                .await
+                .map_err(|e| self.store_err("LIST", shard, e))
+        });
+        let listed: Vec<object_store::ListResult> = c.rt.block_on(
+            stream::iter(listings)
+                .buffer_unordered(PARALLEL_FILES)
+                .try_collect(),
+        )?;
+        let mut keys: Vec<StageKey> = listed
+            .iter()
+            .flat_map(|l| &l.common_prefixes)
+            .filter_map(|k| k.filename().and_then(StageKey::from_hex))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+/// Parse a downloaded manifest and check it describes `key`: the key re-derived from its own
+/// kind, version, parameters and inputs, and the content hash from its file list.
+fn check_manifest(key: &StageKey, bytes: &[u8]) -> Result<Manifest, RemoteError> {
+    let bad = |reason: String| RemoteError::BadManifest { key: *key, reason };
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(bad(format!(
+            "format {} (this cfpipe reads {MANIFEST_FORMAT})",
+            m.format
+        )));
+    }
+    if m.key != *key {
+        return Err(bad(format!("it names key {}", m.key)));
+    }
+    let derived = KeyMaterial {
+        scheme: KEY_SCHEME,
+        kind: &m.kind,
+        version: m.version,
+        params: &m.params,
+        inputs: m.inputs.clone(),
+        files: m.files.clone(),
+    }
+    .key();
+    if derived != *key {
+        return Err(RemoteError::Mismatch {
+            key: *key,
+            file: MANIFEST_FILE.into(),
+            expected: format!("stage key {}", key.to_hex()),
+            found: format!(
+                "stage key {} (derived from its kind, params and inputs)",
+                derived.to_hex()
+            ),
+        });
+    }
+    let ch = manifest::content_hash_of(&m.outputs);
+    if ch != m.content_hash {
+        return Err(RemoteError::Mismatch {
+            key: *key,
+            file: MANIFEST_FILE.into(),
+            expected: format!("content hash {}", m.content_hash.to_hex()),
+            found: format!("content hash {} (of its output list)", ch.to_hex()),
+        });
+    }
+    for name in m.outputs.keys().chain(m.aux.keys()) {
+        if !manifest::valid_file_name(name) {
+            return Err(bad(format!("file name `{name}` is not allowed")));
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::RunInfo;
+
+    /// An entry whose key is derived from its contents, as the executor derives it.
+    fn entry(tag: &str) -> NewEntry {
+        let params = serde_json::json!({ "tag": tag });
+        let key = KeyMaterial {
+            scheme: KEY_SCHEME,
+            kind: "k",
+            version: 1,
+            params: &params,
+            inputs: Default::default(),
+            files: Default::default(),
+        }
+        .key();
+        NewEntry {
+            key,
+            stage_id: format!("s-{tag}"),
+            kind: "k".into(),
+            version: 1,
+            params,
+            inputs: Default::default(),
+            files: Default::default(),
+            outputs: [("a.json".to_string(), tag.as_bytes().to_vec())].into(),
+            aux: [("log.txt".to_string(), b"log".to_vec())].into(),
+            run: RunInfo::default(),
+        }
+    }
+
+    #[test]
+    fn user_info_and_secrets_are_scrubbed() {
+        assert_eq!(
+            redact_url("https://bob:pa%40ss@dav.lab/x"),
+            "https://***@dav.lab/x"
+        );
+        assert_eq!(redact_url("s3://bucket/p"), "s3://bucket/p");
+        let r = Remote::new(RemoteConfig::from_url("http://bob:pa%40ss@dav.lab/x")).unwrap();
+        assert_eq!(r.url(), "http://***@dav.lab/x");
+        let msg = r.redact("GET http://bob:pa%40ss@dav.lab/x/y failed; password pa@ss");
+        assert!(!msg.contains("pa%40ss") && !msg.contains("pa@ss"), "{msg}");
+        assert!(msg.contains("http://***@dav.lab/x/y"), "{msg}");
+    }
+
+    #[test]
+    fn unsupported_schemes_and_bucketless_urls_are_rejected() {
+        for url in ["ftp://host/x", "s3:///prefix"] {
+            let e = Remote::new(RemoteConfig::from_url(url)).unwrap_err();
+            assert!(matches!(e, RemoteError::Config { .. }), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn directory_remote_round_trip_and_a_tampered_blob_is_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Cache::open(d.path().join("a")).unwrap();
+        let n = entry("one");
+        let key = n.key;
+        a.publish(n).unwrap();
+        let remote_dir = d.path().join("remote");
+        let r = Remote::new(RemoteConfig::from_url(remote_dir.to_str().unwrap())).unwrap();
+        assert!(matches!(r.push(&a, &key), Ok(Pushed::Uploaded { .. })));
+        assert_eq!(r.push(&a, &key).unwrap(), Pushed::AlreadyThere);
+        assert_eq!(r.keys().unwrap(), vec![key]);
+
+        let b = Cache::open(d.path().join("b")).unwrap();
+        assert!(matches!(r.pull(&b, &key), Ok(Pulled::Fetched { .. })));
+        assert!(matches!(b.lookup(&key), Lookup::Hit(_)));
+        assert!(matches!(r.pull(&b, &key), Ok(Pulled::Local(_))));
+        let absent = entry("two").key;
+        assert!(matches!(r.pull(&b, &absent), Ok(Pulled::Absent)));
+
+        let blob = remote_dir.join(r.blob_path(&key, &ContentHash::of(b"one")).as_ref());
+        std::fs::write(&blob, b"two").unwrap();
+        let c = Cache::open(d.path().join("c")).unwrap();
+        match r.pull(&c, &key) {
+            Err(RemoteError::Mismatch {
+                file,
+                expected,
+                found,
+                ..
+            }) => {
+                assert_eq!(file, "out/a.json");
+                assert!(expected.contains(&ContentHash::of(b"one").to_hex()));
+                assert!(found.contains(&ContentHash::of(b"two").to_hex()));
+            }
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        assert!(matches!(c.lookup(&key), Lookup::Missing));
+        assert_eq!(std::fs::read_dir(c.root().join("tmp")).unwrap().count(), 0);
+    }
+}
