@@ -196,7 +196,7 @@ fn correlation_figures(
     let last = c.tasks.saturating_sub(1);
     let seeds = match c.seeds.len() {
         1 => format!("seed {}", c.seeds[0]),
-        n => format!("mean of {n} seeds"),
+        n => format!("{n} seeds"),
     };
     let maps: Vec<Heatmap> = (0..c.layers.len())
         .map(|l| Heatmap {
@@ -208,7 +208,7 @@ fn correlation_figures(
     figs.extend(figures::heatmap_figure(
         &out.join(format!("correlation_heatmap_{}", c.strategy)),
         &format!(
-            "{name}: Pearson r of {} after task {} ({seeds})",
+            "{name}, {}: Pearson r after task {} ({seeds})",
             c.strategy,
             last + 1
         ),
@@ -234,10 +234,7 @@ fn correlation_figures(
         .collect();
     figs.extend(figures::correlation_figure(
         &out.join(format!("correlation_vs_task_{}", c.strategy)),
-        &format!(
-            "{name}: Pearson r of {} after each task ({seeds})",
-            c.strategy
-        ),
+        &format!("{name}, {}: Pearson r vs task ({seeds})", c.strategy),
         &panels,
     )?);
     Ok(figs)
