@@ -194,6 +194,15 @@ pub fn csv(results: &[RunResult]) -> String {
     s
 }
 
+/// `0.63 ± 0.03`, without the sign of a value that rounds to zero.
+fn fmt(m: &MeanStd) -> String {
+    let s = m.fmt(1.0);
+    match s.strip_prefix("-0.00") {
+        Some(rest) => format!("0.00{rest}"),
+        None => s,
+    }
+}
+
 /// Widest table that is shown task by task; beyond it only the first and last task.
 const MAX_TASK_COLUMNS: usize = 10;
 
@@ -245,11 +254,7 @@ pub fn markdown(sums: &[CorrelationSummary]) -> String {
                 for (what, v) in [("Pearson", &p.pearson), ("Spearman", &p.spearman)] {
                     let _ = write!(s, "| {} ~ {} | {what} |", p.a, p.b);
                     for &t in &cols {
-                        let _ = write!(
-                            s,
-                            " {} |",
-                            v.get(t).map(|m| m.fmt(1.0)).unwrap_or_else(|| "–".into())
-                        );
+                        let _ = write!(s, " {} |", v.get(t).map(fmt).unwrap_or_else(|| "–".into()));
                     }
                     s.push('\n');
                 }
@@ -347,6 +352,22 @@ mod tests {
         let rows: Vec<&str> = csv.lines().collect();
         assert_eq!(rows.len(), 1 + 2 * 2 * 2 * 3);
         assert_eq!(rows[2], "s,0,1,1,false,a,\"c,d\",-0.2,-0.1");
+    }
+
+    #[test]
+    fn long_sequences_show_the_first_and_last_task() {
+        let reports: Vec<Option<CorrelateReport>> = (0..12)
+            .map(|t| Some(report(t, 0.01 * t as f64 - 0.001)))
+            .collect();
+        let md = markdown(&summarize(&[run(0, reports)]));
+        assert!(md.contains("| pair | | T1 | T12 |\n"), "{md}");
+        assert!(
+            md.contains("Only the first and the last of the 12 tasks"),
+            "{md}"
+        );
+        // -0.001 is shown as 0.00, not -0.00.
+        assert!(md.contains("| a ~ b | Pearson | 0.00 | 0.11 |"), "{md}");
+        assert!(md.contains("| a ~ c,d | Pearson | 0.00 | -0.11 |"), "{md}");
     }
 
     #[test]

@@ -1045,7 +1045,8 @@ fn draw_heatmap<DB: DrawingBackend>(
                 WHITE.stroke_width(1),
             ))?;
             let label = if v.is_finite() {
-                format!("{v:.2}")
+                // No "-0.00" for a value that rounds to zero.
+                format!("{:.2}", if v.abs() < 0.005 { 0.0 } else { v })
             } else {
                 "–".into()
             };
