@@ -77,6 +77,61 @@ fn joint_trains_every_head_once_and_magnitude_scores_are_weight_norms() {
     let score = f.json_of("magnitude/seed0/task1/score", "score.json");
     assert_eq!(score["method"], "magnitude-l2-incoming");
     assert_eq!(score["reference_samples"], 0);
+
+    // The unit scores are the L2 norms of each unit's incoming weights and bias in the
+    // trained task-1 model, divided by the layer's largest (`normalize: layer_max`).
+    let model = file_of(&f, "magnitude/seed0/task1/train", "model.safetensors");
+    let model = safetensors::SafeTensors::deserialize(&model).unwrap();
+    let units = file_of(&f, "magnitude/seed0/task1/score", "units.safetensors");
+    let units = safetensors::SafeTensors::deserialize(&units).unwrap();
+    for (l, (inputs, outputs)) in [(64, 16), (16, 12)].into_iter().enumerate() {
+        let w = f32s(&model, &format!("trunk.{l}.weight"), &[outputs, inputs]);
+        let b = f32s(&model, &format!("trunk.{l}.bias"), &[outputs]);
+        let norms: Vec<f64> = (0..outputs)
+            .map(|u| {
+                let row = &w[u * inputs..(u + 1) * inputs];
+                let sq: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+                (sq + (b[u] as f64) * (b[u] as f64)).sqrt()
+            })
+            .collect();
+        let max = norms.iter().cloned().fold(0.0, f64::max);
+        let got = f32s(&units, &format!("layer{l}"), &[outputs]);
+        for (u, (&g, n)) in got.iter().zip(&norms).enumerate() {
+            let want = n / max;
+            assert!(
+                (g as f64 - want).abs() < 1e-6,
+                "layer {l} unit {u}: score {g}, expected {want}"
+            );
+        }
+        // Not a degenerate layer: the scores really differ between units.
+        let min = got.iter().cloned().fold(f32::INFINITY, f32::min);
+        assert!(min < 0.99, "layer {l}: {got:?}");
+    }
+}
+
+/// A file from the cached output of stage `id`.
+fn file_of(f: &Fixture, id: &str, file: &str) -> Vec<u8> {
+    let (_, dag) =
+        cfpipe::cli::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
+    let cache = cfpipe::cache::Cache::open(f.cache_dir()).unwrap();
+    let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
+    let r = cfpipe::exec::resolve::resolve(&dag, &cache)
+        .into_iter()
+        .find(|r| r.node == n)
+        .unwrap();
+    let e = r.entry.unwrap_or_else(|| panic!("{id} is not cached"));
+    std::fs::read(e.output_path(file)).unwrap()
+}
+
+/// An f32 tensor of the given shape, decoded independently of cfpipe's own reader.
+fn f32s(st: &safetensors::SafeTensors, name: &str, shape: &[usize]) -> Vec<f32> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+    assert_eq!(t.shape(), shape, "{name}");
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]

@@ -143,7 +143,7 @@ fn gc_keeps_what_the_named_pipelines_reach() {
 #[test]
 fn ctrl_c_stops_the_run_with_130_and_a_consistent_cache() {
     let f = Fixture::new();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
         .args([
             "run",
             f.pipeline().to_str().unwrap(),
@@ -157,7 +157,21 @@ fn ctrl_c_stops_the_run_with_130_and_a_consistent_cache() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    // Interrupt only once the run is under way: the split is published (so the Ctrl-C
+    // handler, installed before any stage runs, is in place) and training, 5000 epochs long,
+    // has begun. However loaded the machine, no fixed delay is assumed.
+    let entries = f.cache_dir().join("entries");
+    let t0 = std::time::Instant::now();
+    while published_entries(&entries) == 0 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended before it was interrupted: {status}");
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(300),
+            "no stage was published within 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-INT", &pid])
@@ -168,4 +182,15 @@ fn ctrl_c_stops_the_run_with_130_and_a_consistent_cache() {
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert_eq!(f.cli(&["cache", "verify"]).status.code(), Some(0));
+}
+
+/// Entries in the cache's `entries/<shard>/` directories.
+fn published_entries(entries: &std::path::Path) -> usize {
+    std::fs::read_dir(entries)
+        .map(|rd| {
+            rd.flatten()
+                .map(|s| std::fs::read_dir(s.path()).map(|r| r.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -1,5 +1,6 @@
 //! Publication figures for `cfpipe report`: mean accuracy with free capacity (Fig. 2a of the
-//! RNF paper), per-task accuracy curves (Fig. 2b) and prune curves. Every figure is written
+//! RNF paper), per-task accuracy curves (Fig. 2b), prune curves, and for importance
+//! correlations a method × method heatmap per layer and correlation-vs-task panels. Every figure is written
 //! twice, as `<stem>.svg` (vector, for papers) and `<stem>.png` (raster, for quick viewing),
 //! with `plotters`. Text is laid out with the DejaVu Sans font embedded in the binary
 //! (`assets/fonts/`, registered once through `ab_glyph`), so rendering needs neither a system
@@ -36,6 +37,15 @@ pub struct PruneCurve {
     pub threshold_line: f64,
     /// Share of units (percent) that was finally accepted; marked on the curve.
     pub accepted_share: f64,
+}
+
+/// One square matrix drawn as a heatmap: `values[i][j]` in [-1, 1] (NaN: no value), rows and
+/// columns both named by `labels`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Heatmap {
+    pub title: String,
+    pub labels: Vec<String>,
+    pub values: Vec<Vec<f64>>,
 }
 
 /// Why a figure could not be written; every variant names the file (or stem) concerned.
@@ -154,8 +164,58 @@ pub fn per_task_figure(
         title,
         panels,
         grid: (rows, cols),
+        y: YAxis::ACCURACY,
     };
     render(path_stem, per_task_size(rows), &fig)
+}
+
+/// (d) Correlation vs task: one panel per layer, one line per pair of methods (y: Pearson r in
+/// [-1, 1], with the ±std band of each series). Laid out like the per-task figure.
+pub fn correlation_figure(
+    path_stem: &Path,
+    title: &str,
+    panels: &[(String, Vec<Series>)],
+) -> Result<Vec<PathBuf>, FigureError> {
+    for (_, series) in panels {
+        for s in series {
+            check_series(path_stem, s)?;
+        }
+    }
+    let (rows, cols) = panel_grid(panels.len());
+    let fig = Fig::PerTask {
+        title,
+        panels,
+        grid: (rows, cols),
+        y: YAxis::PEARSON,
+    };
+    render(path_stem, per_task_size(rows), &fig)
+}
+
+/// (e) Heatmaps of correlation matrices, one panel each (e.g. one per layer), on a diverging
+/// scale shared by all panels and shown as a colour bar: red positive, blue negative, white 0.
+/// Every cell has its value written in it.
+pub fn heatmap_figure(
+    path_stem: &Path,
+    title: &str,
+    maps: &[Heatmap],
+) -> Result<Vec<PathBuf>, FigureError> {
+    for m in maps {
+        let n = m.labels.len();
+        if m.values.len() != n || m.values.iter().any(|r| r.len() != n) {
+            return Err(invalid(
+                path_stem,
+                format!(
+                    "heatmap {:?}: {n} labels but a {}-row matrix with rows of {:?} values",
+                    m.title,
+                    m.values.len(),
+                    m.values.iter().map(Vec::len).collect::<Vec<_>>()
+                ),
+            ));
+        }
+    }
+    let grid = panel_grid(maps.len());
+    let size = heatmap_size(grid);
+    render(path_stem, size, &Fig::Heatmaps { title, maps, grid })
 }
 
 /// (c) Prune curves: accuracy (percent) vs share of candidate units pruned (percent), one line per
@@ -197,6 +257,12 @@ enum Fig<'a> {
         title: &'a str,
         panels: &'a [(String, Vec<Series>)],
         grid: (usize, usize),
+        y: YAxis,
+    },
+    Heatmaps {
+        title: &'a str,
+        maps: &'a [Heatmap],
+        grid: (usize, usize),
     },
     Prune {
         title: &'a str,
@@ -217,7 +283,9 @@ impl Fig<'_> {
                 title,
                 panels,
                 grid,
-            } => draw_per_task(root, title, panels, grid),
+                y,
+            } => draw_per_task(root, title, panels, grid, y),
+            Fig::Heatmaps { title, maps, grid } => draw_heatmaps(root, title, maps, grid),
             Fig::Prune { title, curves } => draw_prune(root, title, curves),
         }
     }
@@ -454,6 +522,34 @@ fn panel_grid(n: usize) -> (usize, usize) {
         _ => 3,
     };
     (n.max(1).div_ceil(cols), cols)
+}
+
+/// The y axis of a panel figure.
+#[derive(Clone, Copy)]
+struct YAxis {
+    lo: f64,
+    hi: f64,
+    desc: &'static str,
+}
+
+impl YAxis {
+    const ACCURACY: YAxis = YAxis {
+        lo: 0.0,
+        hi: 100.0,
+        desc: "accuracy (%)",
+    };
+    const PEARSON: YAxis = YAxis {
+        lo: -1.0,
+        hi: 1.0,
+        desc: "Pearson r",
+    };
+}
+
+/// PNG/SVG size of the heatmap figure: about 420 × 440 px per panel, plus the colour bar.
+fn heatmap_size((rows, cols): (usize, usize)) -> (u32, u32) {
+    let width = (COLOUR_BAR_W + 420 * cols as u32).max(SIZE.0);
+    let height = 60 + 440 * rows as u32;
+    (width, height)
 }
 
 /// PNG/SVG size of the per-task figure: fixed width, about 400 px per row of panels.
@@ -784,6 +880,7 @@ fn draw_per_task<DB: DrawingBackend>(
     title: &str,
     panels: &[(String, Vec<Series>)],
     grid: (usize, usize),
+    y: YAxis,
 ) -> DrawResult<(), DB> {
     let area = root.titled(title, text(TITLE_PT))?;
 
@@ -816,7 +913,7 @@ fn draw_per_task<DB: DrawingBackend>(
     let all: Vec<&Series> = panels.iter().flat_map(|(_, s)| s).collect();
     let xs = series_x(&all);
     let x_range = axis_range(finite_bounds(xs.iter().copied()), 0.04);
-    let pct = 0.0..100.0;
+    let pct = y.lo..y.hi;
     let ticks = task_ticks(&xs, &x_range).min(if grid.1 >= 3 { 6 } else { 11 });
 
     let cells = area.split_evenly(grid);
@@ -841,7 +938,7 @@ fn draw_per_task<DB: DrawingBackend>(
         chart
             .configure_mesh()
             .x_desc("task")
-            .y_desc("accuracy (%)")
+            .y_desc(y.desc)
             .x_labels(ticks)
             .y_labels(6)
             .x_label_formatter(&fmt_tick)
@@ -864,6 +961,164 @@ fn draw_per_task<DB: DrawingBackend>(
         }
     }
     draw_legend(&legend_area, &rows)
+}
+
+/// Width of the colour bar strip on the right of the heatmap figure.
+const COLOUR_BAR_W: u32 = 120;
+const HEAT_POS: RGBColor = RGBColor(178, 24, 43);
+const HEAT_NEG: RGBColor = RGBColor(33, 102, 172);
+const HEAT_NAN: RGBColor = RGBColor(200, 200, 200);
+
+/// Diverging colour of a correlation: white at 0, red towards +1, blue towards -1.
+fn diverging(v: f64) -> RGBColor {
+    if !v.is_finite() {
+        return HEAT_NAN;
+    }
+    let (end, t) = if v >= 0.0 {
+        (HEAT_POS, v.min(1.0))
+    } else {
+        (HEAT_NEG, (-v).min(1.0))
+    };
+    let mix = |e: u8| (255.0 + (e as f64 - 255.0) * t).round() as u8;
+    RGBColor(mix(end.0), mix(end.1), mix(end.2))
+}
+
+fn draw_heatmaps<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    maps: &[Heatmap],
+    grid: (usize, usize),
+) -> DrawResult<(), DB> {
+    let area = root.titled(title, text(TITLE_PT))?;
+    let w = area.dim_in_pixel().0;
+    let (main, bar) = area.split_horizontally(w.saturating_sub(COLOUR_BAR_W));
+    if maps.is_empty() {
+        draw_note(&main, NO_DATA)?;
+    }
+    for (cell, m) in main.split_evenly(grid).iter().zip(maps) {
+        draw_heatmap(cell, m)?;
+    }
+    draw_colour_bar(&bar)
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    m: &Heatmap,
+) -> DrawResult<(), DB> {
+    let (w, h) = area.dim_in_pixel();
+    let (w, h) = (w as i32, h as i32);
+    let caption_h = 40;
+    area.draw(&Text::new(
+        m.title.clone(),
+        (w / 2, caption_h / 2),
+        text(CAPTION_PT).pos(Pos::new(HPos::Center, VPos::Center)),
+    ))?;
+    let n = m.labels.len() as i32;
+    if n == 0 {
+        return draw_note(area, NO_DATA);
+    }
+    let label_style = text(LABEL_PT);
+    let mut label_w = 0;
+    for l in &m.labels {
+        label_w = label_w.max(area.estimate_text_size(l, &label_style)?.0 as i32);
+    }
+    let left = label_w + 14;
+    let side_w = w - left - 14;
+    // Column labels go under the matrix; turned upright when they would not fit side by side.
+    let upright = label_w + 6 > side_w / n;
+    let bottom = if upright { label_w + 14 } else { 30 };
+    let side = side_w.min(h - caption_h - bottom - 8).max(n);
+    let cell = side / n;
+    let side = cell * n;
+    let x0 = left + (side_w - side) / 2;
+    let y0 = caption_h;
+    let value_pt = ((cell as f64 / 3.4) as u32).clamp(8, LABEL_PT);
+    for (i, row) in m.values.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let (x, y) = (x0 + j as i32 * cell, y0 + i as i32 * cell);
+            area.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                diverging(v).filled(),
+            ))?;
+            area.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                WHITE.stroke_width(1),
+            ))?;
+            let label = if v.is_finite() {
+                // No "-0.00" for a value that rounds to zero.
+                format!("{:.2}", if v.abs() < 0.005 { 0.0 } else { v })
+            } else {
+                "–".into()
+            };
+            let ink = if v.is_finite() && v.abs() > 0.55 {
+                WHITE
+            } else {
+                BLACK
+            };
+            area.draw(&Text::new(
+                label,
+                (x + cell / 2, y + cell / 2),
+                text(value_pt)
+                    .color(&ink)
+                    .pos(Pos::new(HPos::Center, VPos::Center)),
+            ))?;
+        }
+    }
+    let right = label_style.pos(Pos::new(HPos::Right, VPos::Center));
+    for (i, l) in m.labels.iter().enumerate() {
+        let mid = i as i32 * cell + cell / 2;
+        area.draw(&Text::new(l.clone(), (x0 - 6, y0 + mid), right.clone()))?;
+        let under = (x0 + mid, y0 + side + 6);
+        if upright {
+            area.draw(&Text::new(
+                l.clone(),
+                under,
+                text(LABEL_PT)
+                    .transform(FontTransform::Rotate270)
+                    .pos(Pos::new(HPos::Right, VPos::Center)),
+            ))?;
+        } else {
+            area.draw(&Text::new(
+                l.clone(),
+                under,
+                text(LABEL_PT).pos(Pos::new(HPos::Center, VPos::Top)),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// The colour scale from -1 (bottom) to +1 (top), with ticks.
+fn draw_colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>) -> DrawResult<(), DB> {
+    let (_, h) = area.dim_in_pixel();
+    let (top, bottom) = (50, h as i32 - 50);
+    let (x0, x1) = (16, 44);
+    let steps = 100;
+    let span = (bottom - top) as f64;
+    for k in 0..steps {
+        let ya = top + (span * k as f64 / steps as f64) as i32;
+        let yb = top + (span * (k + 1) as f64 / steps as f64) as i32;
+        let v = 1.0 - 2.0 * (k as f64 + 0.5) / steps as f64;
+        area.draw(&Rectangle::new([(x0, ya), (x1, yb)], diverging(v).filled()))?;
+    }
+    area.draw(&Rectangle::new(
+        [(x0, top), (x1, bottom)],
+        GREY.stroke_width(1),
+    ))?;
+    for v in [1.0, 0.5, 0.0, -0.5, -1.0] {
+        let y = top + ((1.0 - v) / 2.0 * span) as i32;
+        area.draw(&PathElement::new(vec![(x1, y), (x1 + 5, y)], GREY))?;
+        area.draw(&Text::new(
+            fmt_tick(&v),
+            (x1 + 9, y),
+            text(LABEL_PT).pos(Pos::new(HPos::Left, VPos::Center)),
+        ))?;
+    }
+    area.draw(&Text::new(
+        "Pearson r",
+        (4, top - 14),
+        text(LABEL_PT).pos(Pos::new(HPos::Left, VPos::Bottom)),
+    ))
 }
 
 fn draw_prune<DB: DrawingBackend>(
@@ -1299,6 +1554,114 @@ mod tests {
             let n = svg.matches(&stroke).count();
             assert!(n > 50, "curve {i}: only {n} strokes");
             assert!(count_color(&pixels, line_style(i).0) > 500, "curve {i}");
+        }
+    }
+
+    fn fake_heatmaps() -> Vec<Heatmap> {
+        let labels: Vec<String> = ["FIS", "MAS", "MAS^2", "SI"].map(String::from).to_vec();
+        (0..3)
+            .map(|l| {
+                let values = (0..4)
+                    .map(|i| {
+                        (0..4)
+                            .map(|j| match (i, j) {
+                                _ if i == j => 1.0,
+                                (0, 3) | (3, 0) => -0.4 + 0.1 * l as f64,
+                                (1, 2) | (2, 1) => f64::NAN,
+                                _ => 0.85 - 0.1 * l as f64,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                Heatmap {
+                    title: format!("layer {}", l + 1),
+                    labels: labels.clone(),
+                    values,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heatmap_writes_cells_values_and_colour_bar() {
+        let (_t, dir) = out_dir();
+        let stem = dir.join("heatmap");
+        let maps = fake_heatmaps();
+        let paths = heatmap_figure(&stem, "Pearson after task 10", &maps).unwrap();
+        let (svg, pixels) = check_outputs(
+            &paths,
+            &stem,
+            heatmap_size((1, 3)),
+            &[
+                "layer 1",
+                "layer 3",
+                "MAS^2",
+                "Pearson r",
+                "0.85",
+                "-0.40",
+                "-0.20",
+                "1.00",
+            ],
+        );
+        // 16 cells per panel, each filled and outlined, plus the colour bar's 100 steps.
+        assert!(svg.matches("<rect").count() >= 3 * 16 * 2 + 100);
+        // Strong positive cells are red-ish, negative ones blue-ish, missing ones grey.
+        let red = count_color(&pixels, diverging(0.85));
+        let blue = count_color(&pixels, diverging(-0.4));
+        let grey = count_color(&pixels, HEAT_NAN);
+        assert!(
+            red > 2000 && blue > 500 && grey > 500,
+            "{red} {blue} {grey}"
+        );
+        assert_eq!(diverging(0.0), WHITE);
+        assert_eq!(diverging(1.0), HEAT_POS);
+        assert_eq!(diverging(-3.0), HEAT_NEG);
+        let bad = Heatmap {
+            title: "bad".into(),
+            labels: vec!["a".into()],
+            values: vec![vec![1.0, 0.0]],
+        };
+        assert!(matches!(
+            heatmap_figure(&dir.join("bad_heatmap"), "", &[bad]),
+            Err(FigureError::InvalidData { .. })
+        ));
+        let empty = heatmap_figure(&dir.join("empty_heatmap"), "", &[]).unwrap();
+        assert!(std::fs::read_to_string(&empty[0])
+            .unwrap()
+            .contains(NO_DATA));
+    }
+
+    #[test]
+    fn correlation_panels_span_minus_one_to_one() {
+        let (_t, dir) = out_dir();
+        let stem = dir.join("corr_vs_task");
+        let x: Vec<f64> = (1..=5).map(|t| t as f64).collect();
+        let panels: Vec<(String, Vec<Series>)> = (0..3)
+            .map(|l| {
+                let lines = (0..3)
+                    .map(|k| Series {
+                        label: format!("pair {k}"),
+                        x: x.clone(),
+                        y: x.iter()
+                            .map(|t| 0.9 - 0.3 * k as f64 - 0.05 * t - 0.1 * l as f64)
+                            .collect(),
+                        std: Some(vec![0.05; 5]),
+                    })
+                    .collect();
+                (format!("layer {}", l + 1), lines)
+            })
+            .collect();
+        let paths = correlation_figure(&stem, "Pearson vs task", &panels).unwrap();
+        let (svg, pixels) = check_outputs(
+            &paths,
+            &stem,
+            per_task_size(1),
+            &["Pearson r", "pair 2", "layer 3", "-0.5"],
+        );
+        assert_eq!(svg.matches("Pearson r").count(), 3);
+        assert_eq!(svg.matches("<polygon").count(), 9, "one ±std band per line");
+        for k in 0..3 {
+            assert!(count_color(&pixels, line_style(k).0) > 300, "pair {k}");
         }
     }
 

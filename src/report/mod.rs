@@ -1,8 +1,10 @@
 //! Results read back from the cache (never computed here): accuracy matrices, free capacity
 //! and pruning searches per strategy and seed. `show` prints them; `summary` aggregates them
-//! over seeds with the metrics of `metrics`; `write` renders `cfpipe report` (markdown, CSV,
-//! JSON, and figures via `figures`).
+//! over seeds with the metrics of `metrics`; `correlations` does the same for the importance
+//! correlations of `correlate` stages; `write` renders `cfpipe report` (markdown, CSV, JSON,
+//! and figures via `figures`).
 
+pub mod correlations;
 pub mod figures;
 pub mod metrics;
 pub mod summary;
@@ -12,6 +14,7 @@ use crate::cache::Entry;
 use crate::exec::resolve::Resolved;
 use crate::graph::Dag;
 use crate::spec::{FreezeSpec, Pipeline};
+use crate::stages::correlate::{CorrelateReport, CORRELATE_JSON};
 use crate::stages::evaluate::{EvalReport, EVAL_JSON};
 use crate::stages::mask::{MaskReport, MASK_JSON};
 use crate::stages::plan::stage_id;
@@ -34,6 +37,10 @@ pub struct RunResult {
     pub joint: bool,
     /// The pruning search after each task (RNF-style strategies only).
     pub prune: Vec<Option<PruneReport>>,
+    /// The importance correlations after each task (strategies with `correlate` only; empty
+    /// otherwise, and then left out of the JSON).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub correlate: Vec<Option<CorrelateReport>>,
 }
 
 impl RunResult {
@@ -64,6 +71,7 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 missing: vec![],
                 joint: s.joint,
                 prune: vec![],
+                correlate: vec![],
             };
             if s.joint {
                 let eid = format!("{}/seed{seed}/evaluate", s.name);
@@ -116,6 +124,15 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                     _ => None,
                 };
                 r.prune.push(prune);
+                if s.correlate.is_some() {
+                    let cid = stage_id(&s.name, seed, t, "correlate");
+                    let c =
+                        entry(&cid).and_then(|e| read_json::<CorrelateReport>(e, CORRELATE_JSON));
+                    if c.is_none() {
+                        r.missing.push(cid);
+                    }
+                    r.correlate.push(c);
+                }
             }
             out.push(r);
         }

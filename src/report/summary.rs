@@ -170,6 +170,7 @@ mod tests {
             seed,
             free_capacity: vec![Some(1.0); a.len()],
             prune: vec![None; a.len()],
+            correlate: vec![],
             accuracy: a.into_iter().map(Some).collect(),
             missing: vec![],
             joint: false,

@@ -1,7 +1,8 @@
 //! `cfpipe report`: tables (markdown), exports (CSV and JSON that pandas reads) and figures,
 //! from the cache alone.
 
-use super::figures::{self, PruneCurve, Series};
+use super::correlations::{self, CorrelationSummary};
+use super::figures::{self, Heatmap, PruneCurve, Series};
 use super::summary::{MeanStd, StrategySummary};
 use super::RunResult;
 use serde::Serialize;
@@ -60,7 +61,12 @@ pub fn write_report(
     put("metrics.csv", metrics_csv(results))?;
     put("summary.csv", summary_csv(summaries))?;
     put("stages.csv", stages_csv(times))?;
-    let json = serde_json::json!({"pipeline": name, "runs": results, "summaries": summaries, "stages": times});
+    let corr = correlations::summarize(results);
+    let mut json = serde_json::json!({"pipeline": name, "runs": results, "summaries": summaries, "stages": times});
+    if results.iter().any(|r| !r.correlate.is_empty()) {
+        put("correlations.csv", correlations::csv(results))?;
+        json["correlations"] = serde_json::to_value(&corr).expect("plain data");
+    }
     put(
         "report.json",
         serde_json::to_string_pretty(&json).expect("plain data"),
@@ -168,12 +174,70 @@ pub fn write_report(
             &curves,
         )?);
     }
+    for c in &corr {
+        figs.extend(correlation_figures(out, name, c)?);
+    }
     put(
         "report.md",
-        markdown(name, results, summaries, times, &figs),
+        markdown(name, results, summaries, &corr, times, &figs),
     )?;
     files.extend(figs);
     Ok(files)
+}
+
+/// The heatmap of the Pearson matrices after the last task (one panel per layer) and Pearson
+/// vs task (one panel per layer, one line per pair), for one strategy.
+fn correlation_figures(
+    out: &Path,
+    name: &str,
+    c: &CorrelationSummary,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let mut figs = Vec::new();
+    let last = c.tasks.saturating_sub(1);
+    let seeds = match c.seeds.len() {
+        1 => format!("seed {}", c.seeds[0]),
+        n => format!("{n} seeds"),
+    };
+    let maps: Vec<Heatmap> = (0..c.layers.len())
+        .map(|l| Heatmap {
+            title: c.layers[l].label(),
+            labels: c.methods.clone(),
+            values: c.pearson_matrix(l, last),
+        })
+        .collect();
+    figs.extend(figures::heatmap_figure(
+        &out.join(format!("correlation_heatmap_{}", c.strategy)),
+        &format!(
+            "{name}, {}: Pearson r after task {} ({seeds})",
+            c.strategy,
+            last + 1
+        ),
+        &maps,
+    )?);
+    let xs: Vec<f64> = (1..=c.tasks).map(|t| t as f64).collect();
+    let panels: Vec<(String, Vec<Series>)> = c
+        .layers
+        .iter()
+        .map(|l| {
+            let lines = l
+                .pairs
+                .iter()
+                .map(|p| Series {
+                    label: format!("{} ~ {}", p.a, p.b),
+                    x: xs.clone(),
+                    y: p.pearson.iter().map(|m| m.mean).collect(),
+                    std: Some(p.pearson.iter().map(|m| m.std).collect()),
+                })
+                .collect();
+            (l.label(), lines)
+        })
+        .collect();
+    figs.extend(figures::correlation_figure(
+        &out.join(format!("correlation_vs_task_{}", c.strategy)),
+        &format!("{name}, {}: Pearson r vs task ({seeds})", c.strategy),
+        &panels,
+    )?);
+    Ok(figs)
 }
 
 fn pct(m: &MeanStd) -> String {
@@ -184,6 +248,7 @@ fn markdown(
     name: &str,
     results: &[RunResult],
     sums: &[StrategySummary],
+    corr: &[CorrelationSummary],
     times: &[StageTime],
     figs: &[PathBuf],
 ) -> String {
@@ -301,6 +366,7 @@ fn markdown(
         }
         s.push('\n');
     }
+    s.push_str(correlations::markdown(corr).trim_start());
     let _ = writeln!(s, "## Stage wall time\n");
     let _ = writeln!(
         s,
