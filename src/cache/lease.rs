@@ -328,13 +328,36 @@ pub fn break_stale(path: &Path, stale: &LeaseInfo, perms: GroupPerms) -> io::Res
     remove_if_token(path, &stale.token)
 }
 
-/// Whether a lease file at `path` belongs to a live holder, judged without waiting (for gc):
-/// anything there counts as live unless it is this host's and its process is gone.
-pub fn looks_live(path: &Path) -> bool {
+/// Whether a lease file at `path` may belong to a live holder, judged without waiting (for
+/// gc): yes unless it is this host's and its process is gone, or nothing rewrote it for `quiet`
+/// (a live holder rewrites it every `timeout / 6`; `quiet` is far longer than any clock skew).
+pub fn looks_live(path: &Path, quiet: Duration) -> bool {
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    if meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|e| e > quiet)
+    {
+        return false;
+    }
     match read(path) {
         Ok((_, Some(i))) => !(i.host == host_id() && !pid_alive(i.pid)),
         Ok((_, None)) => true,
         Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+/// Remove the lease at `path` if it does not `looks_live`; true if removed.
+pub fn remove_if_dead(path: &Path, quiet: Duration, perms: GroupPerms) -> io::Result<bool> {
+    if looks_live(path, quiet) {
+        return Ok(false);
+    }
+    match read(path) {
+        Ok((_, Some(info))) => break_stale(path, &info, perms),
+        _ => Ok(false),
     }
 }
 
@@ -437,6 +460,8 @@ mod tests {
             .check(&p, Duration::from_secs(3600))
             .unwrap();
         assert!(matches!(why, Stale::ProcessGone));
-        assert!(!looks_live(&p));
+        assert!(!looks_live(&p, Duration::from_secs(3600)));
+        assert!(remove_if_dead(&p, Duration::from_secs(3600), GroupPerms::NONE).unwrap());
+        assert!(!p.exists());
     }
 }

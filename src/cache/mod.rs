@@ -549,7 +549,7 @@ impl Cache {
         }
         let p = self.record_path(&rec.id);
         let bytes = serde_json::to_vec_pretty(rec).expect("record is plain data");
-        atomic_write(&p, &bytes).map_err(io(&p))
+        self.write_atomic(&p, &bytes)
     }
 
     /// Every key with an entry directory (verified or not).
@@ -609,7 +609,7 @@ impl Cache {
                 rep.kept_reachable += 1;
                 continue;
             }
-            if lease::looks_live(&self.lease_path(&key)) {
+            if lease::looks_live(&self.lease_path(&key), grace) {
                 rep.kept_leased += 1;
                 continue;
             }
@@ -692,6 +692,9 @@ impl Cache {
                 let leftover = name.starts_with('.') || name.contains(".break.");
                 if leftover && old(&e.path()) {
                     let _ = fs::remove_file(e.path());
+                } else if !leftover {
+                    // Leases of holders killed after publishing, which nobody will contend for.
+                    let _ = lease::remove_if_dead(&e.path(), grace, self.perms);
                 }
             }
         }
