@@ -344,7 +344,7 @@ pub fn looks_live(path: &Path, quiet: Duration) -> bool {
         return false;
     }
     match read(path) {
-        Ok((_, Some(i))) => !(i.host == host_id() && !pid_alive(i.pid)),
+        Ok((_, Some(i))) => i.host != host_id() || pid_alive(i.pid),
         Ok((_, None)) => true,
         Err(e) => e.kind() != io::ErrorKind::NotFound,
     }

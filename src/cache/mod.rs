@@ -647,11 +647,12 @@ impl Cache {
             let used_after = fs::metadata(self.used_path(&key))
                 .and_then(|m| m.modified())
                 .ok();
-            if used_after.is_some() && used_after != used_before {
-                if fs::rename(&trash, &dir).is_ok() {
-                    rep.kept_recent += 1;
-                    continue;
-                }
+            if used_after.is_some()
+                && used_after != used_before
+                && fs::rename(&trash, &dir).is_ok()
+            {
+                rep.kept_recent += 1;
+                continue;
             }
             fs::remove_dir_all(&trash).map_err(io(&trash))?;
             let _ = fs::remove_file(self.used_path(&key));
