@@ -93,12 +93,14 @@ fn now_ms() -> u128 {
         .unwrap_or(0)
 }
 
+/// A name unique across processes and hosts: `<host>-<pid>-<ms>-<counter>`, the host with
+/// anything but ASCII letters and digits replaced by `_`.
 pub(crate) fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!(
         "{}-{}-{:x}-{:x}",
-        host_id().replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        sanitized_host(),
         std::process::id(),
         now_ms(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -319,13 +321,54 @@ impl Watch {
 
 /// Remove a stale lease, exclusively: of several waiters that judged the same lease stale, only
 /// the one that creates its breaker file removes it. True if this call removed it.
+///
+/// A breaker whose creator died before removing the lease would block everyone, so a breaker
+/// older than twice the lease's timeout (plus a minute for clock skew) is itself removed.
+/// Exclusivity is an economy, not what keeps takeover safe: `remove_if_token` only ever removes
+/// the stale token's file.
 pub fn break_stale(path: &Path, stale: &LeaseInfo, perms: GroupPerms) -> io::Result<bool> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("f");
     let breaker = path.with_file_name(format!("{name}.break.{}", stale.token));
     if create_exclusive(&breaker, stale.what.as_bytes(), perms)?.is_none() {
+        let limit = 2 * Duration::from_millis(stale.timeout_ms) + Duration::from_secs(60);
+        let abandoned = fs::metadata(&breaker)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > limit);
+        if abandoned {
+            let _ = fs::remove_file(&breaker);
+        }
         return Ok(false);
     }
     remove_if_token(path, &stale.token)
+}
+
+/// The host (as written by [`unique`]) and pid that a name made by [`unique`] carries.
+pub(crate) fn owner_of(unique_name: &str) -> Option<(&str, u32)> {
+    let mut parts = unique_name.split('-');
+    let host = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    Some((host, pid))
+}
+
+/// Whether the process that made a name with [`unique`] is alive: known for this host; for
+/// other hosts, presumed while `modified` is within `quiet`.
+pub(crate) fn maker_alive(
+    unique_name: &str,
+    modified: Option<SystemTime>,
+    quiet: Duration,
+) -> bool {
+    match owner_of(unique_name) {
+        Some((host, pid)) if host == sanitized_host() => pid_alive(pid),
+        _ => modified
+            .and_then(|m| m.elapsed().ok())
+            .is_none_or(|age| age < quiet),
+    }
+}
+
+fn sanitized_host() -> String {
+    host_id().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
 }
 
 /// Whether a lease file at `path` may belong to a live holder, judged without waiting (for
@@ -438,6 +481,47 @@ mod tests {
         assert!(p.exists(), "the old holder's release removed a newer lease");
         drop(fresh);
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn an_abandoned_breaker_does_not_block_takeover_forever() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        let _dead = try_acquire(&p, "a", Duration::from_millis(10), false, GroupPerms::NONE)
+            .unwrap()
+            .unwrap();
+        let (_, info) = read(&p).unwrap();
+        let info = info.unwrap();
+        // A waiter created the breaker, then died before removing the lease.
+        let breaker = d.path().join(format!("k.break.{}", info.token));
+        fs::write(&breaker, b"").unwrap();
+        assert!(!break_stale(&p, &info, GroupPerms::NONE).unwrap());
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let f = fs::File::options().write(true).open(&breaker).unwrap();
+        f.set_modified(old).unwrap();
+        assert!(!break_stale(&p, &info, GroupPerms::NONE).unwrap());
+        assert!(break_stale(&p, &info, GroupPerms::NONE).unwrap());
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn names_from_unique_tell_this_hosts_dead_makers() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let me = unique();
+        let dead = me.replacen(&std::process::id().to_string(), &pid.to_string(), 1);
+        let hour = Duration::from_secs(3600);
+        let now = Some(SystemTime::now());
+        assert!(maker_alive(&me, now, hour));
+        assert!(!maker_alive(&dead, now, hour));
+        // Another host's: alive while recent.
+        assert!(maker_alive("otherbox-1-0-0", now, hour));
+        assert!(!maker_alive(
+            "otherbox-1-0-0",
+            Some(SystemTime::now() - 2 * hour),
+            hour
+        ));
     }
 
     #[test]

@@ -361,12 +361,11 @@ impl Cache {
                 return Err(CacheError::BadFileName(name.clone()));
             }
         }
-        let tmp = self.root.join("tmp").join(format!(
-            "{}.{}.{}",
-            new.key.to_hex(),
-            std::process::id(),
-            nonce()
-        ));
+        // Named after host and pid, so gc on any machine can tell a dead writer's leftovers.
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{}", new.key.to_hex(), lease::unique()));
         let result = fs::create_dir(&tmp)
             .and_then(|()| self.perms.apply(&tmp))
             .map_err(io(&tmp))
@@ -482,8 +481,9 @@ impl Cache {
             if let Some((info, why)) = watch.check(&path, self.lease_timeout) {
                 if lease::break_stale(&path, &info, self.perms).map_err(io(&path))? {
                     eprintln!("note: took over `{what}` from {} ({why})", info.holder());
+                    continue;
                 }
-                continue;
+                // Another waiter is breaking it; compete for the fresh lease after a pause.
             }
             if !told {
                 if let Some(info) = watch.last() {
@@ -647,9 +647,7 @@ impl Cache {
             let used_after = fs::metadata(self.used_path(&key))
                 .and_then(|m| m.modified())
                 .ok();
-            if used_after.is_some()
-                && used_after != used_before
-                && fs::rename(&trash, &dir).is_ok()
+            if used_after.is_some() && used_after != used_before && fs::rename(&trash, &dir).is_ok()
             {
                 rep.kept_recent += 1;
                 continue;
@@ -659,7 +657,7 @@ impl Cache {
             rep.freed += size;
             rep.removed.push(key);
         }
-        self.clean_tmp()?;
+        self.clean_tmp(grace)?;
         self.clean_leftovers(grace);
         Ok(rep)
     }
@@ -701,14 +699,15 @@ impl Cache {
         }
     }
 
-    /// Remove temp dirs whose writing process no longer exists.
-    fn clean_tmp(&self) -> Result<(), CacheError> {
+    /// Remove temp dirs whose writing process no longer exists: known for this host; on other
+    /// hosts, presumed once the directory is older than `grace` (an entry is written in seconds).
+    fn clean_tmp(&self, grace: Duration) -> Result<(), CacheError> {
         let tmp = self.root.join("tmp");
         for e in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-            if !alive {
+            let maker = name.split_once('.').map(|(_, m)| m).unwrap_or("");
+            let modified = e.metadata().and_then(|m| m.modified()).ok();
+            if !lease::maker_alive(maker, modified, grace) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
