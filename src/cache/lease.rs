@@ -5,7 +5,8 @@
 //! mounts disable (`nolock`) and that silently degrades to a client-local lock, and a lock a
 //! dead client held lingers until the server reclaims it. A lease is a plain file instead:
 //!
-//! - **Creation** is `link(2)` of a fully written, fsynced private file onto `leases/<key>`.
+//! - **Creation** is `link(2)` of a fully written and closed (so flushed to the NFS server)
+//!   private file onto `leases/<key>`.
 //!   `link` is atomic on every NFS version, whereas `O_EXCL` was not on NFSv2 and on some older
 //!   servers. A lost reply to a retried `link` is resolved the classic way: the private file's
 //!   link count is 2 exactly when the link was made.
@@ -14,6 +15,7 @@
 //! - **Staleness** never compares clocks of two machines: a waiter remembers the bytes it last
 //!   saw and when (on its own monotonic clock); if they have not changed for the lease timeout,
 //!   the holder is dead. On the same host a holder whose pid no longer exists is dead at once.
+//!   A file that does not parse goes stale the same way, identified by a hash of its bytes.
 //! - **Takeover** is exclusive per stale lease: the waiter first `link`s a breaker file named
 //!   after the stale lease's unique token (only one waiter can), then removes the lease only if
 //!   it still carries that token, and competes for a fresh one like everybody else.
@@ -118,14 +120,17 @@ pub fn create_exclusive(
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("f");
     let tmp = dir.join(format!(".{name}.{}.tmp", unique()));
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .read(true)
+        let mut w = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        w.write_all(bytes)?;
+        // Closing flushes the bytes to an NFS server (close-to-open consistency) before the
+        // link makes them visible, without fsync's wait for a local disk, where the page cache
+        // is coherent anyway and a lease need not survive a reboot.
+        drop(w);
         perms.apply(&tmp)?;
+        let f = fs::OpenOptions::new().read(true).write(true).open(&tmp)?;
         let linked = fs::hard_link(&tmp, path);
         let won = match &linked {
             Ok(()) => true,
@@ -149,6 +154,30 @@ fn read(path: &Path) -> io::Result<(Vec<u8>, Option<LeaseInfo>)> {
     Ok((bytes, info))
 }
 
+/// What stands for a lease file that does not parse (a write lost to a full disk, a stray
+/// file): its token is derived from its bytes, so it can go stale and be broken like any other.
+fn garbage(bytes: &[u8]) -> LeaseInfo {
+    LeaseInfo {
+        host: "(unreadable lease)".into(),
+        pid: 0,
+        token: garbage_token(bytes),
+        heartbeat_unix_ms: String::new(),
+        timeout_ms: 0,
+        what: String::new(),
+    }
+}
+
+fn garbage_token(bytes: &[u8]) -> String {
+    format!("raw{}", &blake3::hash(bytes).to_hex()[..24])
+}
+
+/// The token of the lease file holding `bytes`.
+fn token_of(bytes: &[u8]) -> String {
+    serde_json::from_slice::<LeaseInfo>(bytes)
+        .map(|i| i.token)
+        .unwrap_or_else(|_| garbage_token(bytes))
+}
+
 /// Remove the lease at `path` only if it carries `token`. The file is first renamed aside (so
 /// what is inspected is exactly what was removed); a different lease found there is linked
 /// back, same inode, so its holder's heartbeat carries on.
@@ -161,7 +190,7 @@ fn remove_if_token(path: &Path, token: &str) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     }
-    let ours = matches!(read(&aside), Ok((_, Some(i))) if i.token == token);
+    let ours = fs::read(&aside).is_ok_and(|b| token_of(&b) == token);
     if !ours {
         let _ = fs::hard_link(&aside, path);
     }
@@ -301,9 +330,9 @@ impl Watch {
                 now
             }
         };
-        // A lease that does not parse is being rewritten; it is not stale.
-        let info = info?;
-        if info.host == host_id() && !pid_alive(info.pid) {
+        // A lease that does not parse goes stale like any other once it stops changing.
+        let info = info.unwrap_or_else(|| garbage(&self.seen.as_ref().expect("just set").0));
+        if info.pid != 0 && info.host == host_id() && !pid_alive(info.pid) {
             return Some((info, Stale::ProcessGone));
         }
         let limit = timeout.max(Duration::from_millis(info.timeout_ms));
@@ -400,7 +429,8 @@ pub fn remove_if_dead(path: &Path, quiet: Duration, perms: GroupPerms) -> io::Re
     }
     match read(path) {
         Ok((_, Some(info))) => break_stale(path, &info, perms),
-        _ => Ok(false),
+        Ok((bytes, None)) => break_stale(path, &garbage(&bytes), perms),
+        Err(_) => Ok(false),
     }
 }
 
@@ -522,6 +552,20 @@ mod tests {
             Some(SystemTime::now() - 2 * hour),
             hour
         ));
+    }
+
+    #[test]
+    fn an_unreadable_lease_goes_stale_and_is_broken() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        fs::write(&p, b"").unwrap();
+        let t = Duration::from_millis(50);
+        let mut w = Watch::default();
+        assert!(w.check(&p, t).is_none());
+        std::thread::sleep(Duration::from_millis(80));
+        let (info, _) = w.check(&p, t).expect("stale");
+        assert!(break_stale(&p, &info, GroupPerms::NONE).unwrap());
+        assert!(!p.exists());
     }
 
     #[test]
