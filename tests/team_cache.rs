@@ -434,3 +434,17 @@ fn a_shared_group_owns_everything_cfpipe_creates_group_writable_and_setgid() {
         stderr(&bad)
     );
 }
+
+#[test]
+fn ctrl_c_releases_the_lease_so_teammates_need_not_wait_for_the_timeout() {
+    let f = Fixture::new();
+    let args = run_args(&f, "training.epochs=400", &["-j", "1"]);
+    let mut a = spawn(cfpipe(&f, "machine-a", &args));
+    wait_for_a_training_lease(&f, &mut a);
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGINT) }, 0);
+    let a = finish(a, "interrupted run");
+    assert_eq!(a.status.code(), Some(130), "{}", stderr(&a));
+    assert!(leases(&f).is_empty(), "{:?}", leases(&f));
+    verify_ok(&f);
+}
