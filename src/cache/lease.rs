@@ -402,24 +402,26 @@ fn sanitized_host() -> String {
 
 /// Whether a lease file at `path` may belong to a live holder, judged without waiting (for
 /// gc): yes unless it is this host's and its process is gone, or nothing rewrote it for `quiet`
-/// (a live holder rewrites it every `timeout / 6`; `quiet` is far longer than any clock skew).
+/// and two of the holder's timeouts (a live holder rewrites it every `timeout / 6`; `quiet` is
+/// far longer than any clock skew).
 pub fn looks_live(path: &Path, quiet: Duration) -> bool {
     let Ok(meta) = fs::metadata(path) else {
         return false;
     };
-    if meta
-        .modified()
-        .ok()
-        .and_then(|m| m.elapsed().ok())
-        .is_some_and(|e| e > quiet)
-    {
+    let (bytes, info) = match read(path) {
+        Ok(r) => r,
+        Err(e) => return e.kind() != io::ErrorKind::NotFound,
+    };
+    let info = info.unwrap_or_else(|| garbage(&bytes));
+    if info.pid != 0 && info.host == host_id() && !pid_alive(info.pid) {
         return false;
     }
-    match read(path) {
-        Ok((_, Some(i))) => i.host != host_id() || pid_alive(i.pid),
-        Ok((_, None)) => true,
-        Err(e) => e.kind() != io::ErrorKind::NotFound,
-    }
+    // A holder with a long timeout beats rarely; never call it dead before two of its periods.
+    let quiet = quiet.max(2 * Duration::from_millis(info.timeout_ms));
+    meta.modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_none_or(|e| e <= quiet)
 }
 
 /// Remove the lease at `path` if it does not `looks_live`; true if removed.
@@ -589,6 +591,20 @@ mod tests {
             .unwrap();
         assert!(matches!(why, Stale::ProcessGone));
         assert!(!looks_live(&p, Duration::from_secs(3600)));
+        let mut live = info.clone();
+        live.pid = std::process::id();
+        let q = d.path().join("q");
+        fs::write(&q, live.encode()).unwrap();
+        let f = fs::File::options().write(true).open(&q).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(5400))
+            .unwrap();
+        // Quiet for 90 minutes with a one-hour timeout: not yet dead; with a 1 s timeout it is.
+        assert!(looks_live(&q, Duration::from_secs(120)));
+        live.timeout_ms = 1000;
+        fs::write(&q, live.encode()).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(5400))
+            .unwrap();
+        assert!(!looks_live(&q, Duration::from_secs(120)));
         assert!(remove_if_dead(&p, Duration::from_secs(3600), GroupPerms::NONE).unwrap());
         assert!(!p.exists());
     }
