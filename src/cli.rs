@@ -2,7 +2,8 @@
 //! cache, a checked pipeline and a DAG; the library does the rest.
 
 use crate::cache::remote::Remote;
-use crate::cache::{Cache, Lookup};
+use crate::cache::roots::{RootOwner, RootRecorder};
+use crate::cache::{Cache, CacheConfig, CacheError, GcOptions, Lookup};
 use crate::config::{Config, RemoteConfig};
 use crate::error::CliError;
 use crate::exec::sync::{self, SyncReport};
@@ -32,6 +33,14 @@ pub struct Cli {
     /// or `none` [default: $CFPIPE_REMOTE, else `[remote] url` in cfpipe.toml].
     #[arg(long, value_name = "URL", global = true)]
     pub remote: Option<String>,
+    /// Make what cfpipe creates in the cache owned by GROUP, group-writable, directories
+    /// setgid, for a team cache [default: $CFPIPE_SHARED_GROUP, else none].
+    #[arg(long, value_name = "GROUP", global = true)]
+    pub shared_group: Option<String>,
+    /// Seconds without a heartbeat before another process's lease on a stage is taken over
+    /// [default: $CFPIPE_LEASE_TIMEOUT, else 60].
+    #[arg(long, value_name = "SECS", global = true)]
+    pub lease_timeout: Option<f64>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -110,13 +119,24 @@ pub enum CacheCmd {
     Du,
     /// Check every entry against its manifest; exit 3 if any fails.
     Verify,
-    /// Delete entries that none of the given pipelines can reach.
+    /// Delete entries that no registered root (see `cache roots`) and none of the given
+    /// pipelines reach, unless used within the grace period or leased right now.
     Gc {
-        #[arg(required = true)]
         pipelines: Vec<PathBuf>,
         /// `--set` overrides applied to every pipeline.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Keep entries used within this many seconds (at least 120).
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        grace: u64,
+        /// Delete roots no run refreshed for this many days.
+        #[arg(long, value_name = "DAYS", default_value_t = 30.0)]
+        roots_max_age: f64,
+    },
+    /// Pipelines registered as gc roots (every `run` registers its own).
+    Roots {
+        #[command(subcommand)]
+        cmd: RootsCmd,
     },
     /// Upload verified entries to the remote cache: those the pipelines reach, else all.
     Push {
@@ -186,7 +206,7 @@ fn sync_cmd(
     pipelines: &[PathBuf],
     set: &[String],
     remote_flag: &Option<String>,
-    cache: &Option<PathBuf>,
+    cache: &CacheLoc,
 ) -> Result<(), CliError> {
     let remote = open_remote(remote_flag, pipelines)?.ok_or_else(|| {
         CliError::Usage(
@@ -208,12 +228,67 @@ fn sync_cmd(
     print_sync(if push { "push" } else { "pull" }, &rep, &remote)
 }
 
-fn open_cache(cache: &Option<PathBuf>) -> Result<Cache, CliError> {
-    let dir = cache
+#[derive(Debug, Subcommand)]
+pub enum RootsCmd {
+    /// List roots: id, age, keys, user, pipeline and overrides.
+    Ls,
+    /// Unregister roots by id (a unique prefix is enough).
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// Where the cache is and how it is shared, from flags and environment.
+pub struct CacheLoc {
+    pub dir: Option<PathBuf>,
+    pub config: CacheConfig,
+}
+
+impl CacheLoc {
+    fn from_cli(cli: &Cli) -> Result<CacheLoc, CliError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut config = CacheConfig {
+            shared_group: cli
+                .shared_group
+                .clone()
+                .or_else(|| env("CFPIPE_SHARED_GROUP")),
+            ..CacheConfig::default()
+        };
+        let timeout = match (cli.lease_timeout, env("CFPIPE_LEASE_TIMEOUT")) {
+            (Some(t), _) => Some(t),
+            (None, Some(v)) => Some(v.parse::<f64>().map_err(|_| {
+                CliError::Usage(format!(
+                    "CFPIPE_LEASE_TIMEOUT=`{v}` is not a number of seconds"
+                ))
+            })?),
+            (None, None) => None,
+        };
+        if let Some(t) = timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(CliError::Usage(format!(
+                    "lease timeout must be a positive number of seconds, got {t}"
+                )));
+            }
+            config.lease_timeout_s = t;
+        }
+        Ok(CacheLoc {
+            dir: cli.cache.clone(),
+            config,
+        })
+    }
+}
+
+fn open_cache(loc: &CacheLoc) -> Result<Cache, CliError> {
+    let dir = loc
+        .dir
         .clone()
         .or_else(|| std::env::var_os("CFPIPE_CACHE").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("cache"));
-    Ok(Cache::open(dir)?)
+    Cache::open_with(dir, &loc.config).map_err(|e| match e {
+        CacheError::Group(_) => CliError::Usage(e.to_string()),
+        e => e.into(),
+    })
 }
 
 /// Load, validate and compile a pipeline into its DAG.
@@ -224,7 +299,7 @@ pub fn load(path: &Path, set: &[String], data: DataCheck) -> Result<(Pipeline, D
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
-    let c = &cli.cache;
+    let c = &CacheLoc::from_cli(&cli)?;
     match cli.command {
         Command::Run {
             p,
@@ -233,9 +308,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             quiet,
         } => {
             DeviceChoice::parse(&device)?.check_available(&device)?;
-            let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+            let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
             let cache = open_cache(c)?;
             let remote = open_remote(&cli.remote, std::slice::from_ref(&p.pipeline))?;
+            let roots = RootRecorder::new(&cache, RootOwner::new(&pipe.name, &p.pipeline, &p.set));
             let cancel = Arc::new(AtomicBool::new(false));
             install_ctrlc(cancel.clone());
             let opts = ExecOptions {
@@ -247,6 +323,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 device,
                 show_progress: !quiet,
                 cancel,
+                roots: Some(Arc::new(roots)),
             };
             let registry = stages::registry();
             let report = Executor::new(&cache, &registry, opts)
@@ -534,7 +611,12 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
             }
             Ok(())
         }
-        CacheCmd::Gc { pipelines, set } => {
+        CacheCmd::Gc {
+            pipelines,
+            set,
+            grace,
+            roots_max_age,
+        } => {
             let mut keep = BTreeSet::new();
             for p in &pipelines {
                 let (_, dag) = load(p, &set, DataCheck::Required)?;
@@ -544,13 +626,70 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
                     }
                 }
             }
-            let (removed, freed) = cache.gc(&keep)?;
+            if !(roots_max_age.is_finite() && roots_max_age >= 0.0) {
+                return Err(CliError::Usage(format!(
+                    "--roots-max-age must be a non-negative number of days, got {roots_max_age}"
+                )));
+            }
+            let rep = cache.gc(&GcOptions {
+                keep,
+                grace: std::time::Duration::from_secs(grace),
+                roots_max_age: std::time::Duration::from_secs_f64(roots_max_age * 86400.0),
+            })?;
+            for id in &rep.expired_roots {
+                println!("expired root {id}");
+            }
             println!(
-                "removed {} entries ({}), kept {}",
-                removed.len(),
-                human_bytes(freed),
-                keep.len()
+                "removed {} entries ({}); kept {} reachable, {} recently used, {} leased",
+                rep.removed.len(),
+                human_bytes(rep.freed),
+                rep.kept_reachable,
+                rep.kept_recent,
+                rep.kept_leased
             );
+            Ok(())
+        }
+        CacheCmd::Roots { cmd: RootsCmd::Ls } => {
+            for r in cache.roots()? {
+                let age = r.modified.elapsed().unwrap_or_default().as_secs_f64();
+                println!(
+                    "{}  {:>7.1}d  {:>4} keys  {:<10} {}{}",
+                    r.id,
+                    age / 86400.0,
+                    r.set.keys.len(),
+                    r.set.owner.user,
+                    r.set.owner.pipeline.display(),
+                    set_args(&r.set.owner.set)
+                );
+            }
+            Ok(())
+        }
+        CacheCmd::Roots {
+            cmd: RootsCmd::Rm { ids },
+        } => {
+            let all = cache.roots()?;
+            for id in &ids {
+                let hits: Vec<_> = all
+                    .iter()
+                    .filter(|r| r.id.starts_with(id.as_str()))
+                    .collect();
+                match hits.as_slice() {
+                    [r] => {
+                        cache.remove_root(&r.id)?;
+                        println!("removed root {}", r.id);
+                    }
+                    [] => {
+                        return Err(CliError::Usage(format!(
+                            "no root with id `{id}` (see `cfpipe cache roots ls`)"
+                        )))
+                    }
+                    _ => {
+                        return Err(CliError::Usage(format!(
+                            "root id `{id}` is ambiguous; give more digits"
+                        )))
+                    }
+                }
+            }
             Ok(())
         }
     }
@@ -566,6 +705,8 @@ fn install_ctrlc(cancel: Arc<AtomicBool>) {
     // since entries only appear by atomic rename).
     let _ = ctrlc::set_handler(move || {
         if cancel.swap(true, Ordering::SeqCst) {
+            // Destructors will not run; release the leases so teammates need not wait them out.
+            crate::cache::lease::release_all_held();
             std::process::exit(130);
         }
         eprintln!("interrupt: finishing up (press Ctrl-C again to exit now)");

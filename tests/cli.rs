@@ -129,6 +129,20 @@ fn gc_keeps_what_the_named_pipelines_reach() {
         .success());
     let count = |f: &Fixture| stdout(&f.cli(&["cache", "ls"])).lines().count();
     let before = count(&f);
+    // Every run registers a gc root and entries used within the grace period are kept (see
+    // tests/team_cache.rs); unregister the variant and make the entries' last use old.
+    let roots = stdout(&f.cli(&["cache", "roots", "ls"]));
+    let variant = roots
+        .lines()
+        .find(|l| l.contains("threshold=0.02"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    assert!(f.cli(&["cache", "roots", "rm", variant]).status.success());
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for e in std::fs::read_dir(f.cache_dir().join("used")).unwrap() {
+        let stamp = std::fs::File::options().write(true).open(e.unwrap().path());
+        stamp.unwrap().set_modified(old).unwrap();
+    }
     let gc = f.cli(&["cache", "gc", p]);
     assert!(gc.status.success(), "{}", stderr(&gc));
     assert!(stdout(&gc).contains("removed"));

@@ -20,6 +20,7 @@ pub struct FileHasher {
     memo_path: PathBuf,
     memo: Mutex<BTreeMap<PathBuf, Stamp>>,
     dirty: Mutex<bool>,
+    perms: super::GroupPerms,
 }
 
 impl FileHasher {
@@ -32,7 +33,14 @@ impl FileHasher {
             memo_path,
             memo: Mutex::new(memo),
             dirty: Mutex::new(false),
+            perms: super::GroupPerms::NONE,
         }
+    }
+
+    /// Write the memo group-shared.
+    pub fn with_perms(mut self, perms: super::GroupPerms) -> Self {
+        self.perms = perms;
+        self
     }
 
     /// blake3 of the file's bytes; reads the file only if its size or mtime changed.
@@ -70,7 +78,7 @@ impl FileHasher {
             return Ok(());
         }
         let bytes = serde_json::to_vec(&*lock(&self.memo)).map_err(std::io::Error::other)?;
-        super::atomic_write(&self.memo_path, &bytes)
+        super::atomic_write_shared(&self.memo_path, &bytes, self.perms)
     }
 }
 

@@ -4,9 +4,13 @@
 //! - `entries/<k0k1>/<key>/` — one immutable entry per stage key: `manifest.json`, the
 //!   artifact files under `out/`, and the log under `aux/`.
 //! - `tmp/` — entries being written. An entry is built here, every file fsynced, then renamed
-//!   into `entries/` in one step, so a reader (or a SIGKILL) never sees half an entry.
-//! - `locks/<key>.lock` — advisory per-key locks (`flock`), so two processes sharing the cache
-//!   do not compute the same stage at once; the kernel drops them if the holder dies.
+//!   into `entries/` in one step, so a reader (or a SIGKILL) never sees half an entry. `tmp/`
+//!   must be on the same filesystem as `entries/` (checked at open) so the rename is atomic.
+//! - `leases/<key>` — who is computing a key right now (see [`lease`]): a link(2)-created file
+//!   with a heartbeat, safe across NFS clients where `flock` is not.
+//! - `used/<key>` — an empty stamp whose mtime is the entry's last use (hit or publish), so gc
+//!   spares recently used entries. Outside the entry, so it never touches hashed content.
+//! - `roots/<id>.json` — the keys each registered pipeline reaches (see [`roots`]); gc keeps them.
 //! - `index/` — advisory records of the last key seen per stage id (for `status` to explain
 //!   *why* a stage would rerun) and the data-file hash memo. Losing them costs nothing but
 //!   explanations and rehashing.
@@ -14,8 +18,11 @@
 //! Nothing here knows what a stage computes.
 
 pub mod filehash;
+pub mod lease;
 pub mod manifest;
+pub mod perms;
 pub mod remote;
+pub mod roots;
 
 use crate::digest::{ContentHash, StageKey};
 pub use manifest::{FileRecord, Manifest, RunInfo};
@@ -25,6 +32,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub use lease::Lease;
+pub use perms::GroupPerms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -35,6 +46,12 @@ pub enum CacheError {
     },
     #[error("artifact file name `{0}` is not allowed (use letters, digits, '.', '_', '-')")]
     BadFileName(String),
+    #[error(transparent)]
+    Group(#[from] perms::GroupError),
+    #[error("{tmp} and {entries} are on different filesystems, so publishing would not be atomic; keep the whole cache directory on one filesystem")]
+    SplitFilesystem { tmp: PathBuf, entries: PathBuf },
+    #[error("interrupted while waiting for another process computing this stage")]
+    Cancelled,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -99,30 +116,127 @@ pub struct StageRecord {
     pub files: BTreeMap<String, ContentHash>,
 }
 
+/// How this process shares the cache with others. Filled from the command line and
+/// environment today; a team config file can fill the same fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Make everything cfpipe creates in the cache owned by this group (name or gid), g+rw,
+    /// directories setgid. `None`: files get the umask's permissions.
+    pub shared_group: Option<String>,
+    /// Seconds without a heartbeat after which another process's lease is presumed dead.
+    pub lease_timeout_s: f64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            shared_group: None,
+            lease_timeout_s: lease::DEFAULT_TIMEOUT.as_secs_f64(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    perms: GroupPerms,
+    lease_timeout: Duration,
 }
 
-/// Held while computing a key; released on drop or when the process dies.
-pub struct KeyLock {
-    _file: fs::File,
+/// Held while computing a key; released on drop (the lease's holder also releases it on
+/// Ctrl-C); after a SIGKILL, others take it over once it goes stale.
+pub type KeyLock = Lease;
+
+/// An entry's last use is refreshed when older than this, so a cached rerun rarely writes.
+/// gc's grace period is never shorter than twice this.
+pub const USED_REFRESH: Duration = Duration::from_secs(60);
+
+/// What `gc` keeps besides registered roots.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Keys to keep in any case (e.g. those of pipelines named on the command line).
+    pub keep: BTreeSet<StageKey>,
+    /// Entries used (hit or published) more recently than this are kept.
+    pub grace: Duration,
+    /// Roots not refreshed for this long are deleted and no longer keep anything.
+    pub roots_max_age: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<StageKey>,
+    pub freed: u64,
+    /// Entries kept because a registered root or `keep` reaches them.
+    pub kept_reachable: usize,
+    /// Entries kept because they were used within the grace period.
+    pub kept_recent: usize,
+    /// Entries kept because a live lease holds their key.
+    pub kept_leased: usize,
+    /// Ids of the expired roots that were deleted.
+    pub expired_roots: Vec<String>,
 }
 
 impl Cache {
-    /// Open (creating if needed) a cache directory.
+    /// Open (creating if needed) a cache directory, private to this user.
     pub fn open(root: impl Into<PathBuf>) -> Result<Cache, CacheError> {
+        Self::open_with(root, &CacheConfig::default())
+    }
+
+    /// Open (creating if needed) a cache directory shared as `config` says.
+    pub fn open_with(root: impl Into<PathBuf>, config: &CacheConfig) -> Result<Cache, CacheError> {
         let root = root.into();
-        for sub in ["entries", "tmp", "locks", "index/stages", "trash"] {
+        let perms = match &config.shared_group {
+            Some(g) => GroupPerms::resolve(g)?,
+            None => GroupPerms::NONE,
+        };
+        perms.create_dir_all(&root).map_err(io(&root))?;
+        perms.apply_if_owned(&root).map_err(io(&root))?;
+        for sub in [
+            "entries",
+            "tmp",
+            "index",
+            "index/stages",
+            "trash",
+            lease::LEASE_DIR,
+            USED_DIR,
+            roots::ROOTS_DIR,
+        ] {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io(&p))?;
+            perms.create_dir_all(&p).map_err(io(&p))?;
         }
-        let tag = root.join("CACHEDIR.TAG");
+        let (tmp, entries) = (root.join("tmp"), root.join("entries"));
+        let dev = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(p).map(|m| m.dev()).map_err(io(p))
+        };
+        if dev(&tmp)? != dev(&entries)? {
+            return Err(CacheError::SplitFilesystem { tmp, entries });
+        }
+        let cache = Cache {
+            root,
+            perms,
+            lease_timeout: Duration::from_secs_f64(config.lease_timeout_s.max(0.05)),
+        };
+        let tag = cache.root.join("CACHEDIR.TAG");
         if !tag.exists() {
             let body = b"Signature: 8a477f597d28d172789f06886806bc55\n# cfpipe cache; see README\n";
-            atomic_write(&tag, body).map_err(io(&tag))?;
+            cache.write_atomic(&tag, body)?;
         }
-        Ok(Cache { root })
+        Ok(cache)
+    }
+
+    pub fn perms(&self) -> GroupPerms {
+        self.perms
+    }
+
+    pub fn lease_timeout(&self) -> Duration {
+        self.lease_timeout
+    }
+
+    /// Write a file atomically, group-shared as configured.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+        atomic_write_shared(path, bytes, self.perms).map_err(io(path))
     }
 
     pub fn root(&self) -> &Path {
@@ -131,6 +245,7 @@ impl Cache {
 
     pub fn file_hasher(&self) -> filehash::FileHasher {
         filehash::FileHasher::load(self.root.join("index").join("filehashes.json"))
+            .with_perms(self.perms)
     }
 
     pub fn entry_dir(&self, key: &StageKey) -> PathBuf {
@@ -247,13 +362,15 @@ impl Cache {
                 return Err(CacheError::BadFileName(name.clone()));
             }
         }
-        let tmp = self.root.join("tmp").join(format!(
-            "{}.{}.{}",
-            new.key.to_hex(),
-            std::process::id(),
-            nonce()
-        ));
-        let result = self.write_and_rename(&tmp, new);
+        // Named after host and pid, so gc on any machine can tell a dead writer's leftovers.
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{}", new.key.to_hex(), lease::unique()));
+        let result = fs::create_dir(&tmp)
+            .and_then(|()| self.perms.apply(&tmp))
+            .map_err(io(&tmp))
+            .and_then(|()| self.write_and_rename(&tmp, new));
         if tmp.exists() {
             let _ = fs::remove_dir_all(&tmp);
         }
@@ -263,11 +380,12 @@ impl Cache {
     fn write_and_rename(&self, tmp: &Path, new: NewEntry) -> Result<Entry, CacheError> {
         let write_all = |sub: &str, files: &BTreeMap<String, Vec<u8>>| {
             let d = tmp.join(sub);
-            fs::create_dir_all(&d).map_err(io(&d))?;
+            self.perms.create_dir_all(&d).map_err(io(&d))?;
             let mut recs = BTreeMap::new();
             for (name, bytes) in files {
                 let p = d.join(name);
                 write_synced(&p, bytes).map_err(io(&p))?;
+                self.perms.apply(&p).map_err(io(&p))?;
                 recs.insert(
                     name.clone(),
                     FileRecord {
@@ -298,22 +416,30 @@ impl Cache {
         let mbytes = serde_json::to_vec_pretty(&manifest).expect("manifest is plain data");
         let mp = tmp.join(MANIFEST_FILE);
         write_synced(&mp, &mbytes).map_err(io(&mp))?;
+        self.perms.apply(&mp).map_err(io(&mp))?;
         sync_dir(tmp).map_err(io(tmp))?;
 
         let dest = self.entry_dir(&new.key);
         let parent = dest.parent().expect("entry dir has a parent");
-        fs::create_dir_all(parent).map_err(io(parent))?;
+        self.perms.create_dir_all(parent).map_err(io(parent))?;
+        // rename(2) of a directory onto an existing non-empty one fails, on NFS too, so a
+        // second publisher of the same key can never replace the first's entry.
         match fs::rename(tmp, &dest) {
             Ok(()) => {
                 sync_dir(parent).map_err(io(parent))?;
+                self.mark_used(&new.key);
                 Ok(Entry {
                     dir: dest,
                     manifest,
                 })
             }
-            // Someone else won the race; an existing entry is never replaced in place.
+            // Someone else won the race (or, on NFS, our own rename's reply was lost and the
+            // retry found the entry already moved); an existing entry is never replaced.
             Err(_) if dest.join(MANIFEST_FILE).exists() => match self.lookup(&new.key) {
-                Lookup::Hit(e) => Ok(*e),
+                Lookup::Hit(e) => {
+                    self.mark_used(&new.key);
+                    Ok(*e)
+                }
                 _ => Err(CacheError::Io {
                     path: dest,
                     source: std::io::Error::other("a concurrent entry exists but does not verify"),
@@ -326,20 +452,81 @@ impl Cache {
         }
     }
 
-    /// Block until this process holds the key's lock.
-    pub fn lock_key(&self, key: &StageKey) -> Result<KeyLock, CacheError> {
-        let p = self
-            .root
-            .join("locks")
-            .join(format!("{}.lock", key.to_hex()));
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(io(&p))?;
-        f.lock().map_err(io(&p))?;
-        Ok(KeyLock { _file: f })
+    fn lease_path(&self, key: &StageKey) -> PathBuf {
+        self.root.join(lease::LEASE_DIR).join(key.to_hex())
+    }
+
+    /// Block until this process holds the key's lease, taking over a stale one. `what` names
+    /// the stage in the lease and in messages; `cancelled` is polled while waiting.
+    pub fn lock_key(
+        &self,
+        key: &StageKey,
+        what: &str,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<KeyLock, CacheError> {
+        let path = self.lease_path(key);
+        let mut watch = lease::Watch::default();
+        let mut pause = Duration::from_millis(10);
+        let max_pause =
+            (self.lease_timeout / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        let mut told = false;
+        loop {
+            if let Some(l) = lease::try_acquire(&path, what, self.lease_timeout, true, self.perms)
+                .map_err(io(&path))?
+            {
+                return Ok(l);
+            }
+            if cancelled() {
+                return Err(CacheError::Cancelled);
+            }
+            if let Some((info, why)) = watch.check(&path, self.lease_timeout) {
+                if lease::break_stale(&path, &info, self.perms).map_err(io(&path))? {
+                    eprintln!("note: took over `{what}` from {} ({why})", info.holder());
+                    continue;
+                }
+                // Another waiter is breaking it; compete for the fresh lease after a pause.
+            }
+            if !told {
+                if let Some(info) = watch.last() {
+                    eprintln!("waiting for `{what}`: {} is computing it", info.holder());
+                    told = true;
+                }
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(max_pause);
+        }
+    }
+
+    fn used_path(&self, key: &StageKey) -> PathBuf {
+        self.root.join(USED_DIR).join(key.to_hex())
+    }
+
+    /// Record that an entry is in use (call *before* reading it): gc spares entries used within
+    /// its grace period. One `stat` when the stamp is fresh; otherwise a touch.
+    pub fn mark_used(&self, key: &StageKey) {
+        let p = self.used_path(key);
+        match fs::metadata(&p).and_then(|m| m.modified()) {
+            Ok(m) if m.elapsed().map(|e| e < USED_REFRESH).unwrap_or(true) => {}
+            Ok(_) => {
+                let _ = fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+            }
+            Err(_) => {
+                if fs::File::create(&p).is_ok() {
+                    let _ = self.perms.apply(&p);
+                }
+            }
+        }
+    }
+
+    /// When an entry was last used: its stamp, else (entries older than stamps) its manifest.
+    fn last_used(&self, key: &StageKey) -> Option<SystemTime> {
+        fs::metadata(self.used_path(key))
+            .or_else(|_| fs::metadata(self.entry_dir(key).join(MANIFEST_FILE)))
+            .and_then(|m| m.modified())
+            .ok()
     }
 
     fn record_path(&self, stage_id: &str) -> PathBuf {
@@ -363,7 +550,7 @@ impl Cache {
         }
         let p = self.record_path(&rec.id);
         let bytes = serde_json::to_vec_pretty(rec).expect("record is plain data");
-        atomic_write(&p, &bytes).map_err(io(&p))
+        self.write_atomic(&p, &bytes)
     }
 
     /// Every key with an entry directory (verified or not).
@@ -397,54 +584,139 @@ impl Cache {
         serde_json::from_slice(&b).ok()
     }
 
-    /// Delete every entry whose key is not in `keep`, and leftovers of dead writers in `tmp/`.
-    /// Returns the deleted keys and bytes freed.
-    pub fn gc(&self, keep: &BTreeSet<StageKey>) -> Result<(Vec<StageKey>, u64), CacheError> {
-        let mut removed = Vec::new();
-        let mut freed = 0;
-        for key in self.keys()? {
-            if keep.contains(&key) {
-                continue;
-            }
-            // Never delete what another process is computing or publishing right now.
-            let p = self
-                .root
-                .join("locks")
-                .join(format!("{}.lock", key.to_hex()));
-            if let Ok(f) = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&p)
-            {
-                if f.try_lock().is_err() {
-                    continue;
-                }
-                freed += self.entry_size(&key);
-                self.evict(&key)?;
-                removed.push(key);
-                drop(f);
-                let _ = fs::remove_file(&p);
+    /// Delete entries that no registered root and no `opts.keep` reaches, that no live lease
+    /// holds, and that nobody used within the grace period; then leftovers of dead writers.
+    /// Safe while other processes use the cache: an entry is renamed aside first and restored
+    /// if it was used meanwhile.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport, CacheError> {
+        let mut rep = GcReport::default();
+        let grace = opts.grace.max(2 * USED_REFRESH);
+        let mut keep = opts.keep.clone();
+        for r in self.roots()? {
+            let age = r.modified.elapsed().unwrap_or_default();
+            if age > opts.roots_max_age {
+                self.remove_root(&r.id)?;
+                rep.expired_roots.push(r.id);
+            } else {
+                keep.extend(r.set.keys);
             }
         }
-        self.clean_tmp()?;
-        Ok((removed, freed))
+        let recent = |k: &StageKey| {
+            self.last_used(k)
+                .is_some_and(|t| t.elapsed().map(|e| e < grace).unwrap_or(true))
+        };
+        for key in self.keys()? {
+            if keep.contains(&key) {
+                rep.kept_reachable += 1;
+                continue;
+            }
+            if lease::looks_live(&self.lease_path(&key), grace) {
+                rep.kept_leased += 1;
+                continue;
+            }
+            if recent(&key) {
+                rep.kept_recent += 1;
+                continue;
+            }
+            // Hold the key's lease so nobody publishes it while it is moved.
+            let Some(_lease) = lease::try_acquire(
+                &self.lease_path(&key),
+                "gc",
+                self.lease_timeout,
+                false,
+                self.perms,
+            )
+            .map_err(io(&self.lease_path(&key)))?
+            else {
+                rep.kept_leased += 1;
+                continue;
+            };
+            let used_before = self.last_used(&key);
+            let size = self.entry_size(&key);
+            let dir = self.entry_dir(&key);
+            let trash = self
+                .root
+                .join("trash")
+                .join(format!("{}.{}", key.to_hex(), nonce()));
+            match fs::rename(&dir, &trash) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir)(e)),
+            }
+            // A run marks an entry used before reading it; if one did so since we looked,
+            // put the entry back (a reader that looked in between recomputes, nothing breaks).
+            let used_after = fs::metadata(self.used_path(&key))
+                .and_then(|m| m.modified())
+                .ok();
+            if used_after.is_some() && used_after != used_before && fs::rename(&trash, &dir).is_ok()
+            {
+                rep.kept_recent += 1;
+                continue;
+            }
+            fs::remove_dir_all(&trash).map_err(io(&trash))?;
+            let _ = fs::remove_file(self.used_path(&key));
+            rep.freed += size;
+            rep.removed.push(key);
+        }
+        self.clean_tmp(grace)?;
+        self.clean_leftovers(grace);
+        Ok(rep)
     }
 
-    /// Remove temp dirs whose writing process no longer exists.
-    fn clean_tmp(&self) -> Result<(), CacheError> {
+    /// Old stamps of entries that no longer exist, and lease breakers and temp files of
+    /// processes that died mid-way.
+    fn clean_leftovers(&self, grace: Duration) {
+        let old = |p: &Path| {
+            fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|e| e > grace)
+        };
+        if let Ok(rd) = fs::read_dir(self.root.join(USED_DIR)) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let gone = e
+                    .file_name()
+                    .to_str()
+                    .and_then(StageKey::from_hex)
+                    .is_none_or(|k| !self.entry_dir(&k).exists());
+                if gone && old(&p) {
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.root.join(lease::LEASE_DIR)) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let leftover = name.starts_with('.') || name.contains(".break.");
+                if leftover && old(&e.path()) {
+                    let _ = fs::remove_file(e.path());
+                } else if !leftover {
+                    // Leases of holders killed after publishing, which nobody will contend for.
+                    let _ = lease::remove_if_dead(&e.path(), grace, self.perms);
+                }
+            }
+        }
+    }
+
+    /// Remove temp dirs whose writing process no longer exists: known for this host; on other
+    /// hosts, presumed once the directory is older than `grace` (an entry is written in seconds).
+    fn clean_tmp(&self, grace: Duration) -> Result<(), CacheError> {
         let tmp = self.root.join("tmp");
         for e in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-            if !alive {
+            let maker = name.split_once('.').map(|(_, m)| m).unwrap_or("");
+            let modified = e.metadata().and_then(|m| m.modified()).ok();
+            if !lease::maker_alive(maker, modified, grace) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
         Ok(())
     }
 }
+
+const USED_DIR: &str = "used";
 
 fn nonce() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -468,15 +740,24 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Write a file so readers see the old or the new bytes, never a mix.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    atomic_write_shared(path, bytes, GroupPerms::NONE)
+}
+
+/// `atomic_write`, giving the file (and any directory it creates) to the shared group.
+pub fn atomic_write_shared(path: &Path, bytes: &[u8], perms: GroupPerms) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)?;
+    perms.create_dir_all(parent)?;
     let tmp = parent.join(format!(
         ".{}.{}.{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
         std::process::id(),
         nonce()
     ));
-    write_synced(&tmp, bytes)?;
+    write_synced(&tmp, bytes)
+        .and_then(|()| perms.apply(&tmp))
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
@@ -556,20 +837,97 @@ mod tests {
         let a = c.publish(new_entry(key, b"first")).unwrap();
         let b = c.publish(new_entry(key, b"second")).unwrap();
         assert_eq!(a.content_hash(), b.content_hash());
+        assert_eq!(
+            c.read_manifest(&key).unwrap().content_hash,
+            a.content_hash()
+        );
         assert!(fs::read_dir(d.path().join("tmp")).unwrap().next().is_none());
     }
 
+    fn opts(keep: &[StageKey]) -> GcOptions {
+        GcOptions {
+            keep: keep.iter().copied().collect(),
+            grace: Duration::from_secs(3600),
+            roots_max_age: Duration::from_secs(86400),
+        }
+    }
+
+    /// Pretend an entry was last used two hours ago.
+    fn age(c: &Cache, key: &StageKey) {
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        fs::File::options()
+            .write(true)
+            .open(c.used_path(key))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+
     #[test]
-    fn gc_keeps_only_roots() {
+    fn gc_keeps_what_is_reachable_recent_or_leased_and_deletes_the_rest() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path()).unwrap();
-        let k1 = StageKey::of(b"1");
-        let k2 = StageKey::of(b"2");
-        c.publish(new_entry(k1, b"a")).unwrap();
-        c.publish(new_entry(k2, b"b")).unwrap();
-        let (removed, _) = c.gc(&[k1].into()).unwrap();
-        assert_eq!(removed, vec![k2]);
-        assert_eq!(c.keys().unwrap(), vec![k1]);
+        let keys: Vec<_> = (0..5u8).map(|i| StageKey::of(&[i])).collect();
+        for k in &keys {
+            c.publish(new_entry(*k, k.as_bytes())).unwrap();
+        }
+        // 0: named; 1: recent; 2: leased; 3: in another pipeline's root; 4: garbage.
+        for k in [0, 2, 3, 4] {
+            age(&c, &keys[k]);
+        }
+        let _lease = c.lock_key(&keys[2], "x", &|| false).unwrap();
+        let rec = roots::RootRecorder::new(
+            &c,
+            roots::RootOwner::new("other", Path::new("/nonexistent.yaml"), &[]),
+        );
+        rec.record(keys[3], false);
+        rec.finish(true).unwrap();
+        let rep = c.gc(&opts(&keys[..1])).unwrap();
+        assert_eq!(rep.removed, vec![keys[4]]);
+        assert_eq!(
+            (rep.kept_reachable, rep.kept_recent, rep.kept_leased),
+            (2, 1, 1)
+        );
+        let mut left = c.keys().unwrap();
+        left.sort();
+        let mut want = keys[..4].to_vec();
+        want.sort();
+        assert_eq!(left, want);
+        assert!(!c.used_path(&keys[4]).exists());
+    }
+
+    #[test]
+    fn expired_roots_are_deleted_and_keep_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let k = StageKey::of(b"r");
+        c.publish(new_entry(k, b"r")).unwrap();
+        age(&c, &k);
+        let rec = roots::RootRecorder::new(
+            &c,
+            roots::RootOwner::new("p", Path::new("/nonexistent.yaml"), &[]),
+        );
+        rec.record(k, true);
+        rec.finish(true).unwrap();
+        assert_eq!(c.gc(&opts(&[])).unwrap().removed, vec![]);
+        let mut o = opts(&[]);
+        o.roots_max_age = Duration::ZERO;
+        let rep = c.gc(&o).unwrap();
+        assert_eq!(rep.removed, vec![k]);
+        assert_eq!(rep.expired_roots.len(), 1);
+        assert!(c.roots().unwrap().is_empty());
+    }
+
+    #[test]
+    fn marking_an_old_entry_used_protects_it_from_gc() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let k = StageKey::of(b"u");
+        c.publish(new_entry(k, b"u")).unwrap();
+        age(&c, &k);
+        c.mark_used(&k);
+        assert!(c.gc(&opts(&[])).unwrap().removed.is_empty());
+        assert!(matches!(c.lookup(&k), Lookup::Hit(_)));
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct ExecOptions {
     pub device: String,
     pub show_progress: bool,
     pub cancel: Arc<AtomicBool>,
+    /// Registers the keys this run reaches as a gc root, if set.
+    pub roots: Option<Arc<crate::cache::roots::RootRecorder>>,
 }
 
 impl Default for ExecOptions {
@@ -144,6 +146,7 @@ impl Default for ExecOptions {
             device: "cpu".into(),
             show_progress: false,
             cancel: Arc::new(AtomicBool::new(false)),
+            roots: None,
         }
     }
 }
@@ -336,6 +339,9 @@ impl<'a> Executor<'a> {
                 bars.stage_done();
                 let outcome = match res {
                     Ok((entry, outcome)) => {
+                        if let Some(r) = &self.opts.roots {
+                            r.record(entry.manifest.key, matches!(outcome, Outcome::Ran { .. }));
+                        }
                         entries.insert(n, entry);
                         outcome
                     }
@@ -397,6 +403,16 @@ impl<'a> Executor<'a> {
         });
         bars.finish();
         let _ = self.hasher.save();
+        if let Some(r) = &self.opts.roots {
+            let complete = !report.interrupted
+                && report
+                    .events
+                    .iter()
+                    .all(|e| matches!(e.outcome, Outcome::Cached | Outcome::Ran { .. }));
+            if let Err(e) = r.finish(complete) {
+                eprintln!("warning: could not register this pipeline's gc root: {e}");
+            }
+        }
         report.entries = entries;
         report.wall_s = t0.elapsed().as_secs_f64();
         report
@@ -457,8 +473,9 @@ impl<'a> Executor<'a> {
         res
     }
 
-    /// Serve one stage from the cache or compute and publish it. Holds the key's lock while
-    /// computing so concurrent processes compute each key once.
+    /// Serve one stage from the cache or compute and publish it. Holds the key's lease while
+    /// computing so concurrent processes (on any machine sharing the cache) compute each key
+    /// once; the others wait for the lease and then find the entry.
     pub fn run_one(
         &self,
         req: &StageRequest,
@@ -470,12 +487,27 @@ impl<'a> Executor<'a> {
             source,
         };
         let mut replaced_corrupt = None;
+        // Marked before the lookup, so a concurrent gc either sees the use or restores the entry.
+        self.cache.mark_used(&req.key);
         match self.cache.lookup(&req.key) {
             Lookup::Hit(e) => return Ok((*e, Outcome::Cached)),
             Lookup::Missing => {}
             Lookup::Corrupt { .. } => {}
         }
-        let _lock = self.cache.lock_key(&req.key).map_err(cache_err)?;
+        let cancel = &self.opts.cancel;
+        let _lease = self
+            .cache
+            .lock_key(&req.key, &req.id, &|| {
+                cancel.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .map_err(|e| match e {
+                crate::cache::CacheError::Cancelled => ExecError::Stage {
+                    id: req.id.clone(),
+                    kind: req.kind.clone(),
+                    source: StageError::Cancelled,
+                },
+                e => cache_err(e),
+            })?;
         match self.cache.lookup(&req.key) {
             Lookup::Hit(e) => return Ok((*e, Outcome::Cached)),
             Lookup::Missing => {}
@@ -512,7 +544,7 @@ impl<'a> Executor<'a> {
             .registry
             .get(&req.kind)
             .ok_or_else(|| ExecError::UnknownKind(req.kind.clone()))?;
-        let _ = crate::cache::atomic_write(
+        let _ = self.cache.write_atomic(
             &self
                 .cache
                 .root()
@@ -632,6 +664,7 @@ impl<'a> Executor<'a> {
             .ok_or_else(|| ExecError::NoRequest(key_hex.to_string()))?;
         let mut inputs = BTreeMap::new();
         for (slot, (key, hash)) in &req.inputs {
+            self.cache.mark_used(key);
             match self.cache.lookup(key) {
                 Lookup::Hit(e) if e.content_hash() == *hash => {
                     inputs.insert(slot.clone(), *e);
