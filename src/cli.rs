@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Cache directory [default: $CFPIPE_CACHE, else ./cache].
+    /// Cache directory [default: $CFPIPE_CACHE, else `[cache] dir` in cfpipe.toml, else ./cache].
     #[arg(long, value_name = "DIR", global = true)]
     pub cache: Option<PathBuf>,
     /// Remote cache (s3://BUCKET/PREFIX, http(s)://HOST/PATH for WebDAV, file:///DIR, DIR),
@@ -228,6 +228,26 @@ fn sync_cmd(
     print_sync(if push { "push" } else { "pull" }, &rep, &remote)
 }
 
+impl Command {
+    /// The pipeline files a command is about, where the config file is looked for first.
+    fn pipelines(&self) -> Vec<PathBuf> {
+        match self {
+            Command::Run { p, .. }
+            | Command::Status { p, .. }
+            | Command::Dag { p, .. }
+            | Command::Show { p, .. }
+            | Command::Report { p, .. } => vec![p.pipeline.clone()],
+            Command::Cache {
+                cmd:
+                    CacheCmd::Gc { pipelines, .. }
+                    | CacheCmd::Push { pipelines, .. }
+                    | CacheCmd::Pull { pipelines, .. },
+            } => pipelines.clone(),
+            _ => vec![],
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RootsCmd {
     /// List roots: id, age, keys, user, pipeline and overrides.
@@ -246,13 +266,17 @@ pub struct CacheLoc {
 }
 
 impl CacheLoc {
+    /// Each setting comes from its flag, else its environment variable, else the `[cache]`
+    /// table of the config file found for the command's pipelines (see `config`).
     fn from_cli(cli: &Cli) -> Result<CacheLoc, CliError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let file = Config::for_pipelines(&cli.command.pipelines())?.cache;
         let mut config = CacheConfig {
             shared_group: cli
                 .shared_group
                 .clone()
-                .or_else(|| env("CFPIPE_SHARED_GROUP")),
+                .or_else(|| env("CFPIPE_SHARED_GROUP"))
+                .or(file.shared_group),
             ..CacheConfig::default()
         };
         let timeout = match (cli.lease_timeout, env("CFPIPE_LEASE_TIMEOUT")) {
@@ -273,18 +297,18 @@ impl CacheLoc {
             config.lease_timeout_s = t;
         }
         Ok(CacheLoc {
-            dir: cli.cache.clone(),
+            dir: cli
+                .cache
+                .clone()
+                .or_else(|| env("CFPIPE_CACHE").map(PathBuf::from))
+                .or(file.dir),
             config,
         })
     }
 }
 
 fn open_cache(loc: &CacheLoc) -> Result<Cache, CliError> {
-    let dir = loc
-        .dir
-        .clone()
-        .or_else(|| std::env::var_os("CFPIPE_CACHE").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("cache"));
+    let dir = loc.dir.clone().unwrap_or_else(|| PathBuf::from("cache"));
     Cache::open_with(dir, &loc.config).map_err(|e| match e {
         CacheError::Group(_) => CliError::Usage(e.to_string()),
         e => e.into(),

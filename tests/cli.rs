@@ -208,3 +208,28 @@ fn published_entries(entries: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn the_config_files_cache_dir_is_used_unless_a_flag_or_the_environment_names_one() {
+    let f = Fixture::new();
+    std::fs::write(f.path().join("cfpipe.toml"), "[cache]\ndir = \"team-cache\"\n").unwrap();
+    let p = f.pipeline();
+    let run = |extra: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"));
+        c.args(["run", p.to_str().unwrap(), "--quiet"])
+            .args(extra)
+            .current_dir(f.path())
+            .env_remove("CFPIPE_CACHE");
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    // Resolved against the config file's directory, not the current one.
+    assert!(run(&[]).contains(" ran, 0 cached"));
+    assert!(f.path().join("team-cache/entries").is_dir());
+    assert!(run(&[]).contains(" 0 ran,"));
+    // The flag wins over the file.
+    let other = f.path().join("flag-cache");
+    assert!(run(&["--cache", other.to_str().unwrap()]).contains(" ran, 0 cached"));
+    assert!(other.join("entries").is_dir());
+}
