@@ -78,6 +78,13 @@ pub struct ModelSpec {
     /// 0 = ReLU (then not keyed), else leaky ReLU's negative slope.
     #[serde(skip_serializing_if = "is_zero")]
     pub negative_slope: f64,
+    /// A conv model's complete architecture; absent for the MLP, whose keys stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<crate::nn::arch::Arch>,
+    /// Torchvision weights for task 1 (`vgg16`); a data file of the task-1 training, keyed by
+    /// content, so its path is not a parameter.
+    #[serde(skip)]
+    pub pretrained: Option<PathBuf>,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -662,42 +669,7 @@ pub(super) fn validate(
     }
 
     // Model.
-    let mut hidden = Vec::new();
-    if raw.model.hidden.is_empty() {
-        e(
-            "model.hidden",
-            "expected at least one hidden layer size".into(),
-        );
-    }
-    for (i, &h) in raw.model.hidden.iter().enumerate() {
-        if !(1..=1_000_000).contains(&h) {
-            e(
-                &format!("model.hidden.{i}"),
-                format!("expected a layer size in 1..=1000000, found {h}"),
-            );
-        }
-        hidden.push(h.max(1) as usize);
-    }
-    let negative_slope = match (raw.model.activation, raw.model.negative_slope) {
-        (crate::spec::raw::Activation::Relu, Some(_)) => {
-            e(
-                "model.negative_slope",
-                "only used with `activation: leaky_relu`".into(),
-            );
-            0.0
-        }
-        (crate::spec::raw::Activation::Relu, None) => 0.0,
-        (crate::spec::raw::Activation::LeakyRelu, s) => {
-            let s = s.unwrap_or(0.01);
-            if !(s.is_finite() && s > 0.0 && s < 1.0) {
-                e(
-                    "model.negative_slope",
-                    format!("expected a slope in (0, 1), found {s}"),
-                );
-            }
-            s
-        }
-    };
+    let model = super::model::validate_model(&raw.model, &mut e);
 
     // Training.
     let t = &raw.training;
@@ -1174,13 +1146,7 @@ pub(super) fn validate(
         },
         tasks,
         permute_seed,
-        model: ModelSpec {
-            kind: match raw.model.kind {
-                ModelKind::Mlp => "mlp",
-            },
-            hidden,
-            negative_slope,
-        },
+        model,
         training: TrainingSpec {
             optimizer,
             batch_size: t.batch_size as usize,

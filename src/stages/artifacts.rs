@@ -3,6 +3,7 @@
 //! format has one encoder and one decoder here, so producers and consumers cannot drift.
 
 use crate::exec::{Artifact, StageContext, StageError};
+use crate::nn::arch::Arch;
 use crate::nn::mlp::MlpParams;
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use serde::{Deserialize, Serialize};
@@ -135,14 +136,28 @@ impl SplitData {
     }
 }
 
+/// A conv model's architecture, next to its weights (absent for the MLP, whose artifacts
+/// keep their bytes).
+pub const MODEL_ARCH: &str = "arch.json";
+
 pub fn save_model(art: &mut Artifact, p: &MlpParams) {
     art.insert(MODEL_TENSORS, tensorio::encode(&p.to_tensors()));
+    if let Some(a) = &p.arch {
+        art.insert(MODEL_ARCH, json_bytes(a));
+    }
 }
 
 pub fn load_model(ctx: &StageContext, slot: &str) -> Result<MlpParams, StageError> {
     let m = tensorio::decode(&ctx.read_input(slot, MODEL_TENSORS)?)
         .map_err(|e| bad(MODEL_TENSORS, e))?;
-    MlpParams::from_tensors(m).map_err(|e| bad(MODEL_TENSORS, e))
+    let arch: Option<Arch> = if ctx.input(slot)?.output_path(MODEL_ARCH).exists() {
+        let a: Arch = read_json(ctx, slot, MODEL_ARCH)?;
+        a.features().map_err(|e| bad(MODEL_ARCH, e))?;
+        Some(a)
+    } else {
+        None
+    };
+    MlpParams::from_tensors_arch(m, arch).map_err(|e| bad(MODEL_TENSORS, e))
 }
 
 pub const SI_TENSORS: &str = "si.safetensors";

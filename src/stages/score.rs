@@ -8,10 +8,10 @@
 //! by max |score| or sum |score|).
 
 use super::artifacts::{self, json_bytes, TaskData};
-use super::{on_device, split_and_model, rng_for};
+use super::{on_device, rng_for, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::MlpParams;
-use crate::nn::mlp::{images_to_tensor, DeviceMlp, Matrix};
+use crate::nn::mlp::{DeviceMlp, Matrix};
 use crate::spec::raw::{AbsMode, LrpRule, Normalize, ReferenceSplit};
 use crate::spec::ScoreSpec;
 use crate::xai::importance;
@@ -122,7 +122,7 @@ fn per_sample_units<D: Device<f32>>(
         .phase(phase, y_all.len().div_ceil(LRP_BATCH) as u64);
     for (xb, yb) in x_all.chunks(LRP_BATCH * dim).zip(y_all.chunks(LRP_BATCH)) {
         ctx.check_cancel()?;
-        let x = images_to_tensor(dev, xb, dim);
+        let x = model.input(xb);
         let r = attribute(&model, &x, yb);
         for (l, h) in r.hidden.iter().enumerate() {
             aggregate(h, sizes[l], abs, &mut sums[l]);
@@ -278,6 +278,25 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         reference_samples(task, dim, size, from, p.seed, p.task_index)
     };
     let head = p.task_index;
+    if host.arch.is_some() {
+        let unsupported = match p.method {
+            ScoreSpec::GradientXInput { .. } => Some("method gradient_x_input"),
+            ScoreSpec::Sig { .. } => Some("method sig"),
+            ScoreSpec::Fisher { unit_rule, .. }
+            | ScoreSpec::Mas { unit_rule, .. }
+            | ScoreSpec::Si { unit_rule, .. }
+                if unit_rule == importance::UnitRule::Outgoing =>
+            {
+                Some("unit_rule: outgoing")
+            }
+            _ => None,
+        };
+        if let Some(what) = unsupported {
+            return Err(StageError::invalid(format!(
+                "score: {what} is not implemented for conv models yet; use lrp, magnitude, random, fisher, mas or si (unit_rule: incoming)"
+            )));
+        }
+    }
     let (sums, abs, normalize, n_ref, explained, method) = match p.method {
         ScoreSpec::Magnitude { normalize } => (
             magnitude_scores(&host),

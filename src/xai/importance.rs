@@ -15,7 +15,7 @@
 //! `to_units` sums |importance| over each hidden unit's incoming weights and bias, or over its
 //! outgoing weights (into the next layer, or the task's head after the last hidden layer).
 
-use crate::nn::mlp::{argmax_rows, images_to_tensor, DeviceMlp, Objective};
+use crate::nn::mlp::{argmax_rows, DeviceMlp, Objective};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +113,7 @@ pub fn fisher<D: Device<f32>>(
     let n_chunks = data.len().div_ceil(step);
     for c in 0..n_chunks {
         let (xs, ys) = data.range(c * step, ((c + 1) * step).min(data.len()));
-        let x = images_to_tensor(&m.dev, xs, data.dim);
+        let x = m.input(xs);
         let y: Vec<u8> = match labels {
             FisherLabels::GroundTruth => ys.to_vec(),
             FisherLabels::Predicted => argmax_rows(&m.logits(&x, head, None).as_vec(), classes)
@@ -134,7 +134,7 @@ pub fn mas<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> Weigh
     let n = data.len();
     for i in 0..n {
         let (xs, _) = data.range(i, i + 1);
-        let x = images_to_tensor(&m.dev, xs, data.dim);
+        let x = m.input(xs);
         let (_, g) = m.grads_of(&x, head, Objective::SquaredNorm);
         let g: Vec<Vec<f32>> = g.into_iter().map(|(_, t)| t.as_vec()).collect();
         imp.add(&g, f64::abs, 1.0 / n as f64);
@@ -144,7 +144,7 @@ pub fn mas<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> Weigh
 
 pub fn sig<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> WeightImportance {
     let shapes = path_shapes(m, head);
-    let x = images_to_tensor(&m.dev, data.x, data.dim);
+    let x = m.input(data.x);
     let acts = m.activations(&x);
     let n = data.len().max(1) as f64;
     let path = m.path(head);
@@ -198,7 +198,7 @@ pub fn to_units(imp: &WeightImportance, rule: UnitRule) -> Vec<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::mlp::MlpParams;
+    use crate::nn::mlp::{images_to_tensor, MlpParams};
     use rand::SeedableRng;
 
     fn model() -> (MlpParams, DeviceMlp<Cpu>) {

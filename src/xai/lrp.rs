@@ -297,6 +297,9 @@ pub fn lrp<D: Device<f32>>(
     head: usize,
     rules: &LrpRules,
 ) -> Relevance {
+    if model.arch.is_some() {
+        return crate::xai::lrp_cnn::lrp_model(model, x, labels, head, rules);
+    }
     let f = forward(model, x, labels, head, true);
     let layers = f.weights.len();
     let mut r = f.start;
@@ -487,6 +490,7 @@ mod tests {
             trunk: vec![dense(3, 3, vec![1., 0., 0., 0., 1., 0., 0., 0., 1.])],
             heads: vec![dense(1, 3, vec![1.5, -0.5, 0.25])],
             negative_slope: 0.0,
+            arch: None,
         };
         let dev = Cpu::default();
         let m = DeviceMlp::from_host(&dev, &p);
