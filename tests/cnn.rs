@@ -398,3 +398,167 @@ fn a_model_input_that_does_not_fit_the_data_fails_the_training_stage() {
     assert!(err.contains("task1/train"), "{err}");
     assert!(err.contains("samples have shape [8, 8]"), "{err}");
 }
+
+#[test]
+fn every_supported_strategy_runs_on_a_conv_model() {
+    let extra = r#"  magnitude:
+    freeze: until_threshold
+    score: {method: magnitude, aggregate: {normalize: layer_max}}
+    prune: {threshold: 0.3, step_ratio: 0.1, search: bisect}
+  fisher:
+    freeze: until_threshold
+    score: {method: fisher, reference_size: 20}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+  mas:
+    freeze: top_share
+    score: {method: mas, reference_size: 10}
+    share: 0.5
+  si:
+    freeze: until_threshold
+    score: {method: si}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+  random:
+    freeze: random
+    like: rnf
+  rnf_isolated:
+    freeze: until_threshold
+    isolate: true
+    score: {method: lrp, reference_size: 20, aggregate: {abs: before_sum}}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+  ewc:
+    freeze: none
+    ewc:
+      lambda: 10.0
+      mode: separate
+      importance: {method: fisher, reference_size: 20}
+"#;
+    let p = common::PIPELINE
+        .replace("model:\n  kind: mlp\n  hidden: [16, 12]\n", CNN_MODEL)
+        .replace("epochs: 3", "epochs: 6");
+    let f = Fixture::with_pipeline(&format!("{p}{extra}"));
+    let report = f.run(&[]);
+    let ran = report.ran_all_ids();
+    for s in [
+        "magnitude",
+        "fisher",
+        "mas",
+        "si",
+        "random",
+        "rnf_isolated",
+        "ewc",
+    ] {
+        assert!(
+            ran.iter()
+                .any(|id| id.starts_with(&format!("{s}/")) && id.ends_with("task2/evaluate")),
+            "{s} did not finish: {ran:?}"
+        );
+    }
+    assert!(ran.contains("ewc/seed0/task1/consolidate"));
+    // Scores come per filter and per neuron: 4 and 6 filters, 8 neurons.
+    let e = entries(&f);
+    for s in ["magnitude", "fisher", "si", "rnf_isolated"] {
+        let mut m = decode(
+            &std::fs::read(e(&format!("{s}/seed0/task1/score")).output_path("units.safetensors"))
+                .unwrap(),
+        )
+        .unwrap();
+        let sizes: Vec<usize> = (0..3)
+            .map(|l| m.take_f32(&format!("layer{l}")).unwrap().1.len())
+            .collect();
+        assert_eq!(sizes, [4, 6, 8], "{s}");
+    }
+}
+
+#[test]
+fn a_pretrained_vgg16_file_starts_task_one_and_a_bad_one_fails_it_with_the_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    // 32×32 one-channel images of four classes (a bright quadrant each).
+    let n = 40;
+    let mut px = Vec::new();
+    let mut lb = Vec::new();
+    for i in 0..n {
+        let c = i % 4;
+        for r in 0..32 {
+            for col in 0..32 {
+                let q = (r / 16) * 2 + col / 16;
+                px.push(if q == c {
+                    200
+                } else {
+                    ((i * 7 + r * 3 + col) % 50) as u8
+                });
+            }
+        }
+        lb.push(c as u8);
+    }
+    let d = dir.path();
+    cfpipe::data::idx::write_idx(&d.join("img.gz"), &[n, 32, 32], &px, true).unwrap();
+    cfpipe::data::idx::write_idx(&d.join("lbl.gz"), &[n], &lb, true).unwrap();
+    let a = arch::vgg16(32, 16, 1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let mut p = MlpParams::init_arch(&a, &mut rng);
+    p.push_head(2, &mut rng);
+    let weights = d.join("vgg.safetensors");
+    std::fs::write(&weights, encode(&torchvision::vgg16_to_tensors(&p))).unwrap();
+    let yaml = format!(
+        r#"dataset: {{format: idx, images: {img}, labels: {lbl}, test_fraction: 0.25}}
+tasks: [[0, 1], [2, 3]]
+model: {{kind: vgg16, input_size: 32, input_channels: 1, width_divisor: 16, pretrained: {w}}}
+training: {{optimizer: sgd, lr: 1.0e-12, batch_size: 8, epochs: 1}}
+seeds: [0]
+strategies: {{naive: {{freeze: none}}}}
+"#,
+        img = d.join("img.gz").display(),
+        lbl = d.join("lbl.gz").display(),
+        w = weights.display()
+    );
+    let pipeline = d.join("p.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+            .args(args)
+            .arg(pipeline.to_str().unwrap())
+            .arg("--cache")
+            .arg(d.join("cache"))
+            .output()
+            .unwrap()
+    };
+    let o = run(&["run", "--quiet"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let (_, dag) = cfpipe::cli::load(&pipeline, &[], DataCheck::Required).unwrap();
+    let cache = Cache::open(d.join("cache")).unwrap();
+    let res = resolve(&dag, &cache);
+    let n1 = dag.find("naive/seed0/task1/train").unwrap();
+    let e1 = res
+        .iter()
+        .find(|r| r.node == n1)
+        .unwrap()
+        .entry
+        .clone()
+        .unwrap();
+    let trained = model(&e1);
+    // A learning rate of 1e-12 keeps the pretrained weights (a fresh init would differ).
+    for (t, q) in trained.trunk.iter().zip(&p.trunk) {
+        assert!(t
+            .weight
+            .iter()
+            .zip(&q.weight)
+            .all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+    assert_eq!(trained.heads.len(), 1);
+
+    // The same pipeline with a width-8 file: one stage fails, naming every tensor.
+    let wrong = MlpParams::init_arch(&arch::vgg16(32, 8, 1), &mut rng);
+    let mut wrong = wrong;
+    wrong.push_head(2, &mut rng);
+    std::fs::write(&weights, encode(&torchvision::vgg16_to_tensors(&wrong))).unwrap();
+    let o = run(&["run", "--quiet"]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("task1/train"), "{err}");
+    // Every tensor but the head's bias (2 classes either way).
+    assert!(err.contains("31 tensors disagree"), "{err}");
+    assert!(
+        err.contains("features.0.weight: found [8, 1, 3, 3], expected [4, 1, 3, 3]"),
+        "{err}"
+    );
+}
