@@ -1,6 +1,10 @@
-//! The multi-head MLP: a shared trunk of dense ReLU layers and one linear head per task
-//! (task-incremental learning). Sizes come from the pipeline at run time, so layers are plain
-//! dfdx tensors with `usize` dims rather than `nn::Linear`.
+//! The multi-head model: a shared trunk and one linear head per task (task-incremental
+//! learning). The trunk is either the MLP's dense ReLU layers on the flattened input, or, when
+//! the model carries an [`Arch`], a sequential conv trunk (conv, pooling, flatten, dense,
+//! dropout) on `[C, H, W]` images. Sizes come from the pipeline at run time, so layers are
+//! plain dfdx tensors with `usize` dims rather than `nn::Linear`. Every weighted layer (conv
+//! or dense) is one `(weight, bias)` pair with one weight row per unit, so the stages, the
+//! masked optimizer and the importance methods see conv filters and dense neurons alike.
 //!
 //! Parameters live on the host as [`MlpParams`] (PyTorch layout: weight `[out, in]`) for
 //! storage, and on the device as flat 1-D tensors for training. The device forward pass computes
@@ -44,7 +48,8 @@ impl DenseParams {
     }
 }
 
-/// Host-side parameters of the whole model.
+/// Host-side parameters of the whole model. A conv layer's `DenseParams` holds its
+/// `[O, C, kh, kw]` weight as `out_dim = O`, `in_dim = C·kh·kw`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MlpParams {
     pub trunk: Vec<DenseParams>,
