@@ -317,6 +317,31 @@ fn lrp_is_conservative_through_the_models_own_path() {
 }
 
 #[test]
+fn gradient_x_input_of_a_bias_free_relu_cnn_sums_to_the_logit_at_every_layer() {
+    // Bias-free ReLU + max-pool networks are positively homogeneous above every layer, so by
+    // Euler's theorem Σ a·∂f/∂a equals the logit at every layer, the input included.
+    let dev = Cpu::default();
+    let mut p = tiny_model(9);
+    for l in p.trunk.iter_mut().chain(p.heads.iter_mut()) {
+        l.bias.iter_mut().for_each(|b| *b = 0.0);
+    }
+    let m = DeviceMlp::from_host(&dev, &p);
+    let x = m.input(&pixels(4));
+    let r = cfpipe::xai::lrp::gradient_x_input(&m, &x, &[2, 1, 0, 2], 0);
+    assert_eq!(r.hidden[0].len(), 4 * 25 * 2);
+    for (l, h) in r.hidden.iter().chain(std::iter::once(&r.input)).enumerate() {
+        for (n, chunk) in h.chunks(h.len() / 4).enumerate() {
+            let s: f64 = chunk.iter().map(|&v| v as f64).sum();
+            let want = r.explained[n] as f64;
+            assert!(
+                (s - want).abs() < 1e-4 * want.abs().max(1e-2),
+                "layer {l}, sample {n}: {s} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_torchvision_vgg16_file_round_trips_and_a_mismatch_lists_every_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let a = arch::vgg16(32, 16, 3);
@@ -420,6 +445,10 @@ fn every_supported_strategy_runs_on_a_conv_model() {
   random:
     freeze: random
     like: rnf
+  gxi:
+    freeze: until_threshold
+    score: {method: gradient_x_input, reference_size: 20, aggregate: {abs: after_sum}}
+    prune: {threshold: 0.3, step_ratio: 0.1}
   rnf_isolated:
     freeze: until_threshold
     isolate: true
@@ -456,7 +485,7 @@ fn every_supported_strategy_runs_on_a_conv_model() {
     assert!(ran.contains("ewc/seed0/task1/consolidate"));
     // Scores come per filter and per neuron: 4 and 6 filters, 8 neurons.
     let e = entries(&f);
-    for s in ["magnitude", "fisher", "si", "rnf_isolated"] {
+    for s in ["magnitude", "fisher", "si", "gxi", "rnf_isolated"] {
         let mut m = decode(
             &std::fs::read(e(&format!("{s}/seed0/task1/score")).output_path("units.safetensors"))
                 .unwrap(),
