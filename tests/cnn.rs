@@ -591,3 +591,45 @@ strategies: {{naive: {{freeze: none}}}}
         "{err}"
     );
 }
+
+#[test]
+fn conv_model_mistakes_are_located_spec_errors() {
+    let cases = [
+        (
+            CNN_MODEL.replace("- flatten", "- flaten"),
+            "model.layers.3: unknown layer `flaten`",
+        ),
+        (
+            CNN_MODEL.replace("  kind: cnn\n", "  kind: cnn\n  hidden: [4]\n"),
+            "model.hidden: not used by `kind: cnn`",
+        ),
+        (
+            CNN_MODEL.replace("std: [0.25]", "std: [0.25, 0.5]"),
+            "model.normalize.std: expected one value per input channel (1), found 2",
+        ),
+        (
+            CNN_MODEL.replace(
+                "- dense: {units: 8}",
+                "- dense: {units: 8}\n    - conv: {out_channels: 2, kernel: 1}",
+            ),
+            "model.layers.5: conv needs image maps, but it follows `flatten`",
+        ),
+        (
+            "model: {kind: vgg16, input_size: 64}\n".to_string(),
+            "model.input_size: expected 224 (ImageNet) or 32 (CIFAR), found 64",
+        ),
+        (
+            CNN_MODEL.replace("    - flatten\n", ""),
+            "model.layers.3: dense needs flat features, but receives 6×4×4 maps",
+        ),
+    ];
+    for (model, expect) in cases {
+        let p = common::PIPELINE.replace("model:\n  kind: mlp\n  hidden: [16, 12]\n", &model);
+        let f = Fixture::with_pipeline(&p);
+        let o = f.cli(&["dag", f.pipeline().to_str().unwrap()]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{expect}: {err}");
+        assert!(err.contains(expect), "expected `{expect}` in: {err}");
+        assert!(err.contains("pipeline.yaml:"), "{err}");
+    }
+}
