@@ -579,6 +579,9 @@ fn dropout_layer_seed(step: u64, layer: usize) -> u64 {
     step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (layer as u64 + 1)
 }
 
+/// The input's probe and one probe per weighted trunk layer.
+type Probes<D, T> = (Tensor4<D, T>, Vec<Probe<D, T>>);
+
 /// A tensor of ones multiplied into an activation, so that its gradient is the activation
 /// times the gradient w.r.t. the activation (gradient × input, in one backward pass).
 pub enum Probe<D: Device<f32>, T> {
@@ -665,7 +668,7 @@ fn forward_seq<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     unit_masks: Option<&[Vector<D>]>,
     negative_slope: f32,
     dropout_seed: Option<u64>,
-    probes: Option<(Tensor4<D, T>, Vec<Probe<D, T>>)>,
+    probes: Option<Probes<D, T>>,
 ) -> Matrix<D, T> {
     let batch = x.shape().0;
     let [c, h, w] = arch.input;
