@@ -48,7 +48,7 @@ pub struct Pipeline {
     pub source: PathBuf,
     pub dataset: DatasetSpec,
     /// Class groups per task (global dataset labels).
-    pub tasks: Vec<Vec<u8>>,
+    pub tasks: Vec<Vec<u16>>,
     /// Seed of the per-task pixel permutations (permuted tasks), if any.
     pub permute_seed: Option<u64>,
     pub model: ModelSpec,
@@ -603,7 +603,7 @@ pub(super) fn validate(
     };
 
     // Tasks.
-    let mut tasks: Vec<Vec<u8>> = Vec::new();
+    let mut tasks: Vec<Vec<u16>> = Vec::new();
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     let (groups, permute_seed, group_path): (Vec<Vec<i64>>, Option<u64>, &str) = match &raw.tasks {
         RawTasks::Groups(g) => (g.clone(), None, "tasks"),
@@ -647,8 +647,11 @@ pub(super) fn validate(
         let mut g = Vec::new();
         for (i, &c) in group.iter().enumerate() {
             let p = format!("{gpath}.{i}");
-            if !(0..=255).contains(&c) {
-                e(&p, format!("expected a class label in 0..=255, found {c}"));
+            if !(0..=65535).contains(&c) {
+                e(
+                    &p,
+                    format!("expected a class label in 0..=65535, found {c}"),
+                );
                 continue;
             }
             if let Some(prev) = seen.insert(c, t) {
@@ -663,7 +666,7 @@ pub(super) fn validate(
                     );
                 }
             }
-            g.push(c as u8);
+            g.push(c as u16);
         }
         tasks.push(g);
     }
@@ -1108,7 +1111,7 @@ pub(super) fn validate(
                         format!("tasks.{t}")
                     };
                     for (i, &c) in group.iter().enumerate() {
-                        if (0..=255).contains(&c) && !present.contains(&(c as u8)) {
+                        if (0..=65535).contains(&c) && !present.iter().any(|&p| p as i64 == c) {
                             e(
                                 &format!("{gpath}.{i}"),
                                 format!(

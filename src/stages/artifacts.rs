@@ -4,7 +4,7 @@
 
 use crate::exec::{Artifact, StageContext, StageError};
 use crate::nn::arch::Arch;
-use crate::nn::mlp::MlpParams;
+use crate::nn::mlp::{Label, MlpParams};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ fn bad(what: &str, e: impl std::fmt::Display) -> StageError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Samples {
     pub x: Vec<u8>,
-    pub y: Vec<u8>,
+    pub y: Vec<Label>,
 }
 
 impl Samples {
@@ -37,7 +37,7 @@ impl Samples {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskData {
     /// Global dataset labels of this task's classes, in head order.
-    pub classes: Vec<u8>,
+    pub classes: Vec<Label>,
     pub train: Samples,
     pub test: Samples,
 }
@@ -50,7 +50,7 @@ pub struct SplitMeta {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMeta {
-    pub classes: Vec<u8>,
+    pub classes: Vec<Label>,
     pub n_train: usize,
     pub n_test: usize,
 }
@@ -84,10 +84,16 @@ impl SplitData {
                     format!("task{t}.{part}.x"),
                     HostTensor::u8(vec![s.len(), d], s.x.clone()),
                 );
-                m.insert(
-                    format!("task{t}.{part}.y"),
-                    HostTensor::u8(vec![s.len()], s.y.clone()),
-                );
+                // Bytes while every label fits (the format of data sets up to 256 classes).
+                let y = if s.y.iter().all(|&v| v < 256) {
+                    HostTensor::u8(vec![s.len()], s.y.iter().map(|&v| v as u8).collect())
+                } else {
+                    HostTensor::U16 {
+                        shape: vec![s.len()],
+                        data: s.y.clone(),
+                    }
+                };
+                m.insert(format!("task{t}.{part}.y"), y);
             }
         }
         art.insert(SPLIT_TENSORS, tensorio::encode(&m));
@@ -117,7 +123,7 @@ impl SplitData {
                     .take_u8(&format!("task{t}.{part}.x"))
                     .map_err(|e| bad(SPLIT_TENSORS, e))?;
                 let (_, y) = m
-                    .take_u8(&format!("task{t}.{part}.y"))
+                    .take_labels(&format!("task{t}.{part}.y"))
                     .map_err(|e| bad(SPLIT_TENSORS, e))?;
                 Ok(Samples { x, y })
             };
@@ -300,4 +306,36 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
     file: &str,
 ) -> Result<T, StageError> {
     serde_json::from_slice(&ctx.read_input(slot, file)?).map_err(|e| bad(file, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_with(y: Vec<Label>) -> SplitData {
+        let n = y.len();
+        SplitData {
+            sample_shape: vec![1],
+            tasks: vec![TaskData {
+                classes: (0..1000).collect(),
+                train: Samples {
+                    x: vec![0; n],
+                    y: y.clone(),
+                },
+                test: Samples { x: vec![0; n], y },
+            }],
+        }
+    }
+
+    #[test]
+    fn labels_are_bytes_while_they_fit_and_u16_beyond() {
+        for (y, wide) in [(vec![0, 255, 7], false), (vec![0, 999, 256], true)] {
+            let mut art = Artifact::new();
+            split_with(y.clone()).to_artifact(&mut art);
+            let mut m = tensorio::decode(&art.files[SPLIT_TENSORS]).unwrap();
+            let t = &m["task0.train.y"];
+            assert_eq!(matches!(t, HostTensor::U16 { .. }), wide);
+            assert_eq!(m.take_labels("task0.train.y").unwrap().1, y);
+        }
+    }
 }
