@@ -7,6 +7,9 @@
 //! Then a whole VGG-16 in its 32×32 (CIFAR) form — 13 conv layers with ReLU and 5 max-pools,
 //! then 512→512→512→10 — forward and backward on a batch of 32, extrapolated to one epoch of
 //! CIFAR's 50,000 training images (`cargo bench --bench conv -- vgg` runs only that).
+//! Finally a whole training step (forward, backward, masked Adam step) of the pipeline's own
+//! model type (`DeviceMlp` with a conv `Arch`): the `small_cnn` preset on 1×28×28, batch 64,
+//! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`).
 
 use cfpipe::nn::conv::{self, composed, Tensor4};
 use cfpipe::nn::mlp::{Matrix, Vector};
@@ -134,6 +137,32 @@ fn bench_vgg16(dev: &Cpu, batch: usize, runs: usize) -> f64 {
     })
 }
 
+/// One training step of the pipeline's model (`train`'s inner loop); ms per step.
+fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: usize) -> f64 {
+    use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
+    use cfpipe::nn::optim::{MaskedOptimizer, OptimizerConfig};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let mut p = MlpParams::init_arch(a, &mut rng);
+    p.push_head(10, &mut rng);
+    let mut m = DeviceMlp::from_host(dev, &p);
+    let cfg = OptimizerConfig::Adam {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut opt = MaskedOptimizer::new(dev, cfg, &m.params, vec![None; m.params.len()]);
+    let pixels: Vec<u8> = (0..batch * a.input_len()).map(|_| rng.gen()).collect();
+    let labels: Vec<u16> = (0..batch).map(|i| (i % 10) as u16).collect();
+    let x = m.input(&pixels);
+    time(1, runs, || {
+        m.dropout_seed = Some(1);
+        let (_, grads) = m.loss_and_grads(&x, &labels, 0);
+        opt.step(&mut m.params, grads);
+    })
+}
+
 fn main() {
     let dev = Cpu::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -163,6 +192,19 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    if only.iter().any(|o| o == "model") || only.is_empty() {
+        use cfpipe::nn::arch;
+        let small = bench_model_step(&dev, &arch::small_cnn([1, 28, 28]), 64, 10);
+        println!("small_cnn 1x28x28 training step, batch 64: median {small:.1} ms");
+        let vgg = bench_model_step(&dev, &arch::vgg16(32, 1, 3), 32, 3);
+        println!(
+            "vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms; one CIFAR epoch ≈ {:.1} min",
+            vgg * 50_000.0 / 32.0 / 60_000.0
+        );
+        if only.iter().any(|o| o == "model") {
+            return;
+        }
+    }
     if only.iter().any(|o| o == "vgg") || only.is_empty() {
         let batch = 32;
         let ms = bench_vgg16(&dev, batch, 3);

@@ -1,12 +1,18 @@
-//! The multi-head MLP: a shared trunk of dense ReLU layers and one linear head per task
-//! (task-incremental learning). Sizes come from the pipeline at run time, so layers are plain
-//! dfdx tensors with `usize` dims rather than `nn::Linear`.
+//! The multi-head model: a shared trunk and one linear head per task (task-incremental
+//! learning). The trunk is either the MLP's dense ReLU layers on the flattened input, or, when
+//! the model carries an [`Arch`], a sequential conv trunk (conv, pooling, flatten, dense,
+//! dropout) on `[C, H, W]` images. Sizes come from the pipeline at run time, so layers are
+//! plain dfdx tensors with `usize` dims rather than `nn::Linear`. Every weighted layer (conv
+//! or dense) is one `(weight, bias)` pair with one weight row per unit, so the stages, the
+//! masked optimizer and the importance methods see conv filters and dense neurons alike.
 //!
 //! Parameters live on the host as [`MlpParams`] (PyTorch layout: weight `[out, in]`) for
 //! storage, and on the device as flat 1-D tensors for training. The device forward pass computes
 //! in transposed form, `zᵀ = W · xᵀ`, so that parameters are always the left operand: dfdx
 //! merges gradient tapes left to right, and this way the input needs no gradient of its own.
 
+use super::arch::{Arch, Op};
+use super::conv::{self, Tensor4};
 use super::tensorio::{HostTensor, TensorIoError, TensorMapExt};
 use dfdx::prelude::*;
 use rand::Rng;
@@ -42,13 +48,22 @@ impl DenseParams {
     }
 }
 
-/// Host-side parameters of the whole model.
+/// A class label local to a task's head. 16 bits, so that a head can have more than 256
+/// classes (ImageNet's 1000); stored as U8 in split artifacts when every label fits, as U16
+/// otherwise.
+pub type Label = u16;
+
+/// Host-side parameters of the whole model. A conv layer's `DenseParams` holds its
+/// `[O, C, kh, kw]` weight as `out_dim = O`, `in_dim = C·kh·kw`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MlpParams {
     pub trunk: Vec<DenseParams>,
     pub heads: Vec<DenseParams>,
     /// Hidden activation: 0 is ReLU, anything else leaky ReLU with this negative slope.
     pub negative_slope: f32,
+    /// The trunk's layers for a conv model; `None` for the MLP (dense layers only, on the
+    /// flattened input), whose files then keep their exact bytes.
+    pub arch: Option<Arch>,
 }
 
 /// Name of the scalar tensor that stores a leaky ReLU's slope in model files; absent for ReLU,
@@ -79,11 +94,40 @@ impl MlpParams {
             trunk,
             heads: vec![],
             negative_slope: 0.0,
+            arch: None,
+        }
+    }
+
+    /// A conv model with PyTorch's default initialisation (uniform ±1/√fan_in for conv and
+    /// dense weights and biases), layer by layer in trunk order. `arch` must have passed
+    /// [`Arch::features`].
+    pub fn init_arch(arch: &Arch, rng: &mut impl Rng) -> Self {
+        let trunk = arch
+            .weighted()
+            .iter()
+            .map(|w| DenseParams::init(w.fan_in, w.units, rng))
+            .collect();
+        MlpParams {
+            trunk,
+            heads: vec![],
+            negative_slope: 0.0,
+            arch: Some(arch.clone()),
         }
     }
 
     pub fn input_dim(&self) -> usize {
-        self.trunk.first().map(|l| l.in_dim).unwrap_or(0)
+        match &self.arch {
+            Some(a) => a.input_len(),
+            None => self.trunk.first().map(|l| l.in_dim).unwrap_or(0),
+        }
+    }
+
+    /// Inputs of every task head.
+    pub fn head_inputs(&self) -> usize {
+        match &self.arch {
+            Some(a) => a.head_inputs(),
+            None => self.trunk.last().map(|l| l.out_dim).unwrap_or(0),
+        }
     }
 
     /// Units per hidden layer.
@@ -92,7 +136,7 @@ impl MlpParams {
     }
 
     pub fn push_head(&mut self, classes: usize, rng: &mut impl Rng) {
-        let last = self.trunk.last().map(|l| l.out_dim).unwrap_or(0);
+        let last = self.head_inputs();
         self.heads.push(DenseParams::init(last, classes, rng));
     }
 
@@ -101,13 +145,26 @@ impl MlpParams {
         self.trunk.iter().chain(self.heads.iter())
     }
 
+    /// Shape of trunk layer `i`'s weight as stored: `[O, C, kh, kw]` for conv layers,
+    /// `[out, in]` otherwise.
+    fn weight_shape(&self, prefix: &str, i: usize, l: &DenseParams) -> Vec<usize> {
+        let conv = match (&self.arch, prefix) {
+            (Some(a), "trunk") => a.weighted().get(i).and_then(|w| w.conv),
+            _ => None,
+        };
+        match conv {
+            Some((c, kh, kw)) => vec![l.out_dim, c, kh, kw],
+            None => vec![l.out_dim, l.in_dim],
+        }
+    }
+
     pub fn to_tensors(&self) -> BTreeMap<String, HostTensor> {
         let mut m = BTreeMap::new();
         for (prefix, layers) in [("trunk", &self.trunk), ("heads", &self.heads)] {
             for (i, l) in layers.iter().enumerate() {
                 m.insert(
                     format!("{prefix}.{i}.weight"),
-                    HostTensor::f32(vec![l.out_dim, l.in_dim], l.weight.clone()),
+                    HostTensor::f32(self.weight_shape(prefix, i, l), l.weight.clone()),
                 );
                 m.insert(
                     format!("{prefix}.{i}.bias"),
@@ -124,7 +181,16 @@ impl MlpParams {
         m
     }
 
-    pub fn from_tensors(mut m: BTreeMap<String, HostTensor>) -> Result<Self, TensorIoError> {
+    pub fn from_tensors(m: BTreeMap<String, HostTensor>) -> Result<Self, TensorIoError> {
+        Self::from_tensors_arch(m, None)
+    }
+
+    /// Decode a model file; a conv model's `arch` (from `arch.json`) gives the expected shape
+    /// of every trunk tensor, and any disagreement is an error naming the tensor.
+    pub fn from_tensors_arch(
+        mut m: BTreeMap<String, HostTensor>,
+        arch: Option<Arch>,
+    ) -> Result<Self, TensorIoError> {
         let negative_slope = if m.contains_key(SLOPE_TENSOR) {
             let (shape, v) = m.take_f32(SLOPE_TENSOR)?;
             if v.len() != 1 {
@@ -148,7 +214,7 @@ impl MlpParams {
                 let (ws, weight) = m.take_f32(&wname)?;
                 let bname = format!("{prefix}.{i}.bias");
                 let (bs, bias) = m.take_f32(&bname)?;
-                if ws.len() != 2 || bs != [ws[0]] {
+                if !(ws.len() == 2 || ws.len() == 4) || bs != [ws[0]] {
                     return Err(TensorIoError::Shape {
                         name: bname,
                         found: bs,
@@ -157,7 +223,7 @@ impl MlpParams {
                 }
                 out.push(DenseParams {
                     out_dim: ws[0],
-                    in_dim: ws[1],
+                    in_dim: ws[1..].iter().product(),
                     weight,
                     bias,
                 });
@@ -166,6 +232,41 @@ impl MlpParams {
         };
         let trunk = take("trunk")?;
         let heads = take("heads")?;
+        if let Some(a) = arch {
+            let w = a.weighted();
+            let expected = |i: usize| w.get(i).map(|w| (w.units, w.fan_in));
+            for (i, l) in trunk.iter().enumerate() {
+                if expected(i) != Some((l.out_dim, l.in_dim)) {
+                    return Err(TensorIoError::Shape {
+                        name: format!("trunk.{i}.weight"),
+                        found: vec![l.out_dim, l.in_dim],
+                        expected: expected(i).map(|(o, n)| vec![o, n]).unwrap_or_default(),
+                    });
+                }
+            }
+            if trunk.len() != w.len() {
+                return Err(TensorIoError::Missing(format!(
+                    "trunk.{}.weight",
+                    trunk.len()
+                )));
+            }
+            let prev = a.head_inputs();
+            for (i, h) in heads.iter().enumerate() {
+                if h.in_dim != prev {
+                    return Err(TensorIoError::Shape {
+                        name: format!("heads.{i}.weight"),
+                        found: vec![h.out_dim, h.in_dim],
+                        expected: vec![h.out_dim, prev],
+                    });
+                }
+            }
+            return Ok(MlpParams {
+                trunk,
+                heads,
+                negative_slope,
+                arch: Some(a),
+            });
+        }
         let mut prev = trunk.first().map(|l| l.in_dim).unwrap_or(0);
         for (i, l) in trunk.iter().enumerate() {
             if l.in_dim != prev {
@@ -190,6 +291,7 @@ impl MlpParams {
             trunk,
             heads,
             negative_slope,
+            arch: None,
         })
     }
 }
@@ -205,6 +307,11 @@ pub struct DeviceMlp<D: Device<f32>> {
     pub shapes: Vec<(usize, usize)>,
     pub n_trunk: usize,
     pub negative_slope: f32,
+    /// A conv model's layers; `None` for the MLP.
+    pub arch: Option<Arch>,
+    /// Seed of the current training step's dropout masks; `None` (evaluation, scoring)
+    /// disables dropout.
+    pub dropout_seed: Option<u64>,
 }
 
 impl<D: Device<f32>> DeviceMlp<D> {
@@ -222,6 +329,41 @@ impl<D: Device<f32>> DeviceMlp<D> {
             shapes,
             n_trunk: p.trunk.len(),
             negative_slope: p.negative_slope,
+            arch: p.arch.clone(),
+            dropout_seed: None,
+        }
+    }
+
+    /// Input values per sample.
+    pub fn input_dim(&self) -> usize {
+        match &self.arch {
+            Some(a) => a.input_len(),
+            None => self.shapes.first().map(|s| s.1).unwrap_or(0),
+        }
+    }
+
+    /// `[batch, input_dim]` model input from image bytes: `byte/255`, then a conv model's
+    /// per-channel normalisation if it has one.
+    pub fn input(&self, pixels: &[u8]) -> Matrix<D> {
+        let dim = self.input_dim();
+        let norm = self
+            .arch
+            .as_ref()
+            .and_then(|a| a.normalize.as_ref().map(|n| (n, a.input[1] * a.input[2])));
+        match norm {
+            None => images_to_tensor(&self.dev, pixels, dim),
+            Some((n, hw)) => {
+                let data: Vec<f32> = pixels
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &p)| {
+                        let c = (k % dim) / hw.max(1);
+                        (p as f32 / 255.0 - n.mean[c]) / n.std[c]
+                    })
+                    .collect();
+                self.dev
+                    .tensor_from_vec(data, (pixels.len() / dim.max(1), dim))
+            }
         }
     }
 
@@ -242,6 +384,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
             trunk,
             heads,
             negative_slope: self.negative_slope,
+            arch: self.arch.clone(),
         }
     }
 
@@ -266,6 +409,9 @@ impl<D: Device<f32>> DeviceMlp<D> {
             .iter()
             .map(|&i| self.params[i].clone())
             .collect();
+        if let Some(a) = &self.arch {
+            return forward_seq(params, a, x, unit_masks, self.negative_slope, None, None);
+        }
         let shapes = self.layer_shapes(head);
         forward_t(params, &shapes, x, unit_masks, self.negative_slope).permute::<_, Axes2<1, 0>>()
     }
@@ -281,7 +427,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
     pub fn loss_and_grads(
         &self,
         x: &Matrix<D>,
-        labels: &[u8],
+        labels: &[Label],
         head: usize,
     ) -> (f32, Vec<(usize, Vector<D>)>) {
         self.grads_of(x, head, Objective::CrossEntropy(labels))
@@ -297,11 +443,45 @@ impl<D: Device<f32>> DeviceMlp<D> {
         let path = self.path(head);
         let traced: Vec<Vector<D, OwnedTape<f32, D>>> =
             path.iter().map(|&i| self.params[i].leaky_trace()).collect();
+        let batch = x.shape().0 as f32;
+        if let Some(a) = &self.arch {
+            // Logits come out `[batch, classes]` and contiguous, so no transposition is needed.
+            let logits = forward_seq(
+                traced,
+                a,
+                x,
+                None,
+                self.negative_slope,
+                self.dropout_seed,
+                None,
+            );
+            let loss = match objective {
+                Objective::CrossEntropy(labels) => {
+                    let classes = self.shapes[self.n_trunk + head].0;
+                    let mut t = vec![0f32; labels.len() * classes];
+                    for (i, &y) in labels.iter().enumerate() {
+                        t[i * classes + y as usize] = 1.0;
+                    }
+                    let targets = self.dev.tensor_from_vec(t, (labels.len(), classes));
+                    (logits.log_softmax::<Axis<1>>() * targets)
+                        .sum::<(), _>()
+                        .negate()
+                        / batch
+                }
+                Objective::SquaredNorm => logits.square().sum::<(), _>() / batch,
+            };
+            let value = loss.as_vec()[0];
+            let grads = loss.backward();
+            let out = path
+                .iter()
+                .map(|&i| (i, grads.get(&self.params[i])))
+                .collect();
+            return (value, out);
+        }
         let shapes = self.layer_shapes(head);
         let logits_t = forward_t(traced, &shapes, x, None, self.negative_slope);
         // Objectives work on `logitsᵀ` [classes, batch] directly: dfdx 0.13's log_softmax
         // backward mishandles permuted (non-contiguous) inputs, so nothing taped is permuted.
-        let batch = x.shape().0 as f32;
         let loss = match objective {
             Objective::CrossEntropy(labels) => {
                 let classes = self.shapes[self.n_trunk + head].0;
@@ -348,7 +528,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
 #[derive(Debug, Clone, Copy)]
 pub enum Objective<'a> {
     /// Mean cross-entropy against these labels (local to the head).
-    CrossEntropy(&'a [u8]),
+    CrossEntropy(&'a [Label]),
     /// Mean over samples of the squared L2 norm of the logits (MAS).
     SquaredNorm,
 }
@@ -391,6 +571,218 @@ fn forward_t<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     h.expect("at least one layer")
 }
 
+/// The activation between layers of a conv model's forward pass.
+enum SeqAct<D: Device<f32>, T> {
+    /// The untraced input, so that the first convolution can skip its input gradient.
+    Input(Tensor4<D>),
+    Map(Tensor4<D, T>),
+    Flat(Matrix<D, T>),
+}
+
+/// Seed of dropout layer `layer`'s mask in the step seeded `step`.
+fn dropout_layer_seed(step: u64, layer: usize) -> u64 {
+    step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (layer as u64 + 1)
+}
+
+/// The input's probe and one probe per weighted trunk layer.
+type Probes<D, T> = (Tensor4<D, T>, Vec<Probe<D, T>>);
+
+/// A tensor of ones multiplied into an activation, so that its gradient is the activation
+/// times the gradient w.r.t. the activation (gradient × input, in one backward pass).
+pub enum Probe<D: Device<f32>, T> {
+    Map(Tensor4<D, T>),
+    Flat(Matrix<D, T>),
+}
+
+impl<D: Device<f32>> DeviceMlp<D> {
+    /// Gradient × input for a conv model: per weighted trunk layer, `a ⊙ ∂f_y/∂a` of its
+    /// activation (after the activation function), with `f_y` the logit of `labels[i]` in
+    /// `head`; then the same for the input. Maps come flattened NCHW per sample; also returns
+    /// the explained logits.
+    pub fn gradient_x_activations(
+        &self,
+        x: &Matrix<D>,
+        labels: &[Label],
+        head: usize,
+    ) -> (Vec<Vec<f32>>, Vec<f32>, Vec<f32>) {
+        let arch = self.arch.as_ref().expect("a conv model");
+        let batch = x.shape().0;
+        let feats = arch.features().expect("validated architecture");
+        let [c, h, w] = arch.input;
+        let input_probe: Tensor4<D> = self.dev.ones_like(&(batch, c, h, w));
+        let ones: Vec<Probe<D, NoneTape>> = arch
+            .weighted()
+            .iter()
+            .map(|spec| match feats[spec.op + 1] {
+                super::arch::Feature::Map(o, fh, fw) => {
+                    Probe::Map(self.dev.ones_like(&(batch, o, fh, fw)))
+                }
+                super::arch::Feature::Flat(n) => Probe::Flat(self.dev.ones_like(&(batch, n))),
+            })
+            .collect();
+        let traced_probes: Vec<Probe<D, OwnedTape<f32, D>>> = ones
+            .iter()
+            .map(|p| match p {
+                Probe::Map(t) => Probe::Map(t.leaky_trace()),
+                Probe::Flat(t) => Probe::Flat(t.leaky_trace()),
+            })
+            .collect();
+        let traced: Vec<Vector<D, OwnedTape<f32, D>>> = self
+            .path(head)
+            .iter()
+            .map(|&i| self.params[i].leaky_trace())
+            .collect();
+        let logits = forward_seq(
+            traced,
+            arch,
+            x,
+            None,
+            self.negative_slope,
+            None,
+            Some((input_probe.leaky_trace(), traced_probes)),
+        );
+        let classes = logits.shape().1;
+        let values = logits.as_vec();
+        let mut pick = vec![0f32; batch * classes];
+        let mut explained = Vec::with_capacity(batch);
+        for (i, &y) in labels.iter().enumerate() {
+            pick[i * classes + y as usize] = 1.0;
+            explained.push(values[i * classes + y as usize]);
+        }
+        let pick = self.dev.tensor_from_vec(pick, (batch, classes));
+        let grads = (logits * pick).sum::<(), _>().backward();
+        let hidden = ones
+            .iter()
+            .map(|p| match p {
+                Probe::Map(t) => grads.get(t).as_vec(),
+                Probe::Flat(t) => grads.get(t).as_vec(),
+            })
+            .collect();
+        (hidden, grads.get(&input_probe).as_vec(), explained)
+    }
+}
+
+/// A conv model's forward pass: `x: [batch, C·H·W]` (NCHW per sample) → logits
+/// `[batch, classes]` of the head whose weight and bias are the last two of `params` (the
+/// trunk's in order before them). With `unit_masks`, weighted trunk layer `l`'s activation
+/// (every position of a filter's map) is multiplied by `unit_masks[l]`.
+fn forward_seq<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
+    params: Vec<Vector<D, T>>,
+    arch: &Arch,
+    x: &Matrix<D>,
+    unit_masks: Option<&[Vector<D>]>,
+    negative_slope: f32,
+    dropout_seed: Option<u64>,
+    probes: Option<Probes<D, T>>,
+) -> Matrix<D, T> {
+    let batch = x.shape().0;
+    let [c, h, w] = arch.input;
+    let weighted = arch.weighted();
+    let mut it = params.into_iter();
+    let x4 = x.clone().reshape_like(&(batch, c, h, w));
+    let (mut act, mut probes): (SeqAct<D, T>, _) = match probes {
+        None => (SeqAct::Input(x4), None),
+        Some((input, layers)) => (
+            SeqAct::Map(x4.retaped::<T>() * input),
+            Some(layers.into_iter()),
+        ),
+    };
+    let mut wl = 0;
+    let into_map = |a: SeqAct<D, T>| -> Tensor4<D, T> {
+        match a {
+            SeqAct::Input(x) => x.retaped::<T>(),
+            SeqAct::Map(m) => m,
+            SeqAct::Flat(_) => unreachable!("validated: map layers precede flatten"),
+        }
+    };
+    for (i, op) in arch.layers.iter().enumerate() {
+        act = match *op {
+            Op::Conv {
+                stride, padding, ..
+            } => {
+                let spec = weighted[wl];
+                let (cin, kh, kw) = spec.conv.expect("a conv layer");
+                let wt = it
+                    .next()
+                    .expect("weight per layer")
+                    .reshape_like(&(spec.units, cin, kh, kw));
+                let b = it.next().expect("bias per layer");
+                let z = match act {
+                    SeqAct::Input(x) => conv::conv2d(x, wt, b, stride, padding),
+                    other => conv::conv2d(into_map(other), wt, b, stride, padding),
+                };
+                let a = activation(z, negative_slope);
+                let a = match unit_masks {
+                    Some(m) => {
+                        let shape = *a.shape();
+                        a * m[wl].clone().broadcast_like::<_, Axes3<0, 2, 3>>(&shape)
+                    }
+                    None => a,
+                };
+                let a = match probes.as_mut().and_then(|p| p.next()) {
+                    Some(Probe::Map(p)) => a * p,
+                    _ => a,
+                };
+                wl += 1;
+                SeqAct::Map(a)
+            }
+            Op::Dense { units } => {
+                let SeqAct::Flat(hf) = act else {
+                    unreachable!("validated: dense follows flatten")
+                };
+                let fan_in = hf.shape().1;
+                let wt = it
+                    .next()
+                    .expect("weight per layer")
+                    .reshape_like(&(units, fan_in));
+                let b = it.next().expect("bias per layer");
+                let z = hf.matmul(wt.permute::<_, Axes2<1, 0>>())
+                    + b.broadcast_like::<_, Axis<0>>(&(batch, units));
+                let a = activation(z, negative_slope);
+                let a = match unit_masks {
+                    Some(m) => a * m[wl].clone().broadcast_like::<_, Axis<0>>(&(batch, units)),
+                    None => a,
+                };
+                let a = match probes.as_mut().and_then(|p| p.next()) {
+                    Some(Probe::Flat(p)) => a * p,
+                    _ => a,
+                };
+                wl += 1;
+                SeqAct::Flat(a)
+            }
+            Op::MaxPool { kernel, stride } => {
+                SeqAct::Map(conv::max_pool2d(into_map(act), kernel, stride))
+            }
+            Op::AvgPool { kernel, stride } => {
+                SeqAct::Map(conv::avg_pool2d(into_map(act), kernel, stride))
+            }
+            Op::AdaptiveAvgPool { size: [sh, sw] } => {
+                SeqAct::Map(conv::adaptive_avg_pool2d(into_map(act), sh, sw))
+            }
+            Op::Flatten => SeqAct::Flat(conv::flatten(into_map(act))),
+            Op::Dropout { p } => match dropout_seed {
+                None => act,
+                Some(s) => {
+                    let seed = dropout_layer_seed(s, i);
+                    match act {
+                        SeqAct::Flat(f) => SeqAct::Flat(conv::dropout(f, p, seed, true)),
+                        other => SeqAct::Map(conv::dropout(into_map(other), p, seed, true)),
+                    }
+                }
+            },
+        };
+    }
+    let SeqAct::Flat(hf) = act else {
+        unreachable!("validated: the trunk ends in flat features")
+    };
+    let fan_in = hf.shape().1;
+    let wt = it.next().expect("head weight");
+    let classes = wt.shape().0 / fan_in.max(1);
+    let wt = wt.reshape_like(&(classes, fan_in));
+    let b = it.next().expect("head bias");
+    hf.matmul(wt.permute::<_, Axes2<1, 0>>()) + b.broadcast_like::<_, Axis<0>>(&(batch, classes))
+}
+
 /// `[batch, in]` f32 tensor from byte images scaled to k/255.
 pub fn images_to_tensor<D: Device<f32>>(dev: &D, pixels: &[u8], dim: usize) -> Matrix<D> {
     let data: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
@@ -398,7 +790,7 @@ pub fn images_to_tensor<D: Device<f32>>(dev: &D, pixels: &[u8], dim: usize) -> M
 }
 
 /// One-hot targets, transposed: `[classes, batch]`.
-pub fn one_hot_t<D: Device<f32>>(dev: &D, labels: &[u8], classes: usize) -> Matrix<D> {
+pub fn one_hot_t<D: Device<f32>>(dev: &D, labels: &[Label], classes: usize) -> Matrix<D> {
     let n = labels.len();
     let mut data = vec![0f32; n * classes];
     for (i, &y) in labels.iter().enumerate() {

@@ -8,8 +8,19 @@ use std::collections::BTreeMap;
 /// A host tensor: f32 or u8 data with a shape.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostTensor {
-    F32 { shape: Vec<usize>, data: Vec<f32> },
-    U8 { shape: Vec<usize>, data: Vec<u8> },
+    F32 {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
+    U8 {
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    },
+    /// Labels of data sets with more than 256 classes.
+    U16 {
+        shape: Vec<usize>,
+        data: Vec<u16>,
+    },
 }
 
 impl HostTensor {
@@ -23,14 +34,16 @@ impl HostTensor {
     }
     pub fn shape(&self) -> &[usize] {
         match self {
-            HostTensor::F32 { shape, .. } | HostTensor::U8 { shape, .. } => shape,
+            HostTensor::F32 { shape, .. }
+            | HostTensor::U8 { shape, .. }
+            | HostTensor::U16 { shape, .. } => shape,
         }
     }
     /// The data, if the tensor is f32.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
             HostTensor::F32 { data, .. } => Some(data),
-            HostTensor::U8 { .. } => None,
+            HostTensor::U8 { .. } | HostTensor::U16 { .. } => None,
         }
     }
 }
@@ -66,6 +79,12 @@ pub fn encode(tensors: &BTreeMap<String, HostTensor>) -> Vec<u8> {
                 data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ),
             HostTensor::U8 { shape, data } => (n.clone(), Dtype::U8, shape.clone(), data.clone()),
+            HostTensor::U16 { shape, data } => (
+                n.clone(),
+                Dtype::U16,
+                shape.clone(),
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
         })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
@@ -98,6 +117,14 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, TensorIoErro
                 shape,
                 data: view.data().to_vec(),
             },
+            Dtype::U16 => HostTensor::U16 {
+                shape,
+                data: view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            },
             other => {
                 return Err(TensorIoError::Dtype {
                     name,
@@ -115,6 +142,8 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, TensorIoErro
 pub trait TensorMapExt {
     fn take_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), TensorIoError>;
     fn take_u8(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), TensorIoError>;
+    /// Integer labels stored as U8 or U16, widened to u16.
+    fn take_labels(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u16>), TensorIoError>;
 }
 
 impl TensorMapExt for BTreeMap<String, HostTensor> {
@@ -123,7 +152,7 @@ impl TensorMapExt for BTreeMap<String, HostTensor> {
             Some(HostTensor::F32 { shape, data }) => Ok((shape, data)),
             Some(_) => Err(TensorIoError::Dtype {
                 name: name.into(),
-                found: "U8".into(),
+                found: "an integer type".into(),
                 expected: "F32",
             }),
             None => Err(TensorIoError::Missing(name.into())),
@@ -134,8 +163,22 @@ impl TensorMapExt for BTreeMap<String, HostTensor> {
             Some(HostTensor::U8 { shape, data }) => Ok((shape, data)),
             Some(_) => Err(TensorIoError::Dtype {
                 name: name.into(),
-                found: "F32".into(),
+                found: "F32 or U16".into(),
                 expected: "U8",
+            }),
+            None => Err(TensorIoError::Missing(name.into())),
+        }
+    }
+    fn take_labels(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u16>), TensorIoError> {
+        match self.remove(name) {
+            Some(HostTensor::U8 { shape, data }) => {
+                Ok((shape, data.into_iter().map(u16::from).collect()))
+            }
+            Some(HostTensor::U16 { shape, data }) => Ok((shape, data)),
+            Some(_) => Err(TensorIoError::Dtype {
+                name: name.into(),
+                found: "F32".into(),
+                expected: "U8 or U16",
             }),
             None => Err(TensorIoError::Missing(name.into())),
         }
@@ -154,6 +197,13 @@ mod tests {
             HostTensor::f32(vec![2, 2], vec![1.0, -0.0, f32::MIN_POSITIVE, 3.5]),
         );
         m.insert("y".to_string(), HostTensor::u8(vec![3], vec![0, 7, 255]));
+        m.insert(
+            "wide".to_string(),
+            HostTensor::U16 {
+                shape: vec![2],
+                data: vec![999, 65535],
+            },
+        );
         let a = encode(&m);
         assert_eq!(a, encode(&m));
         let back = decode(&a).unwrap();

@@ -6,6 +6,7 @@
 //! `--set` override that introduced it.
 
 mod locate;
+mod model;
 pub mod raw;
 mod validate;
 

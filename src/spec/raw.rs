@@ -91,19 +91,150 @@ pub struct RawDataset {
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
     Mlp,
+    /// Layers spelled out in `layers`.
+    Cnn,
+    /// [`crate::nn::arch::small_cnn`] on `input_shape`.
+    SmallCnn,
+    /// VGG-16 in torchvision's layout ([`crate::nn::arch::vgg16`]).
+    Vgg16,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub kind: ModelKind,
-    pub hidden: Vec<i64>,
+    /// MLP only: hidden layer sizes.
+    #[serde(default)]
+    pub hidden: Option<Vec<i64>>,
+    /// `cnn` only: the trunk's layers, e.g. `- conv: {out_channels: 8, kernel: 3}`,
+    /// `- max_pool: {kernel: 2}`, `- flatten`, `- dense: {units: 64}`.
+    #[serde(default)]
+    pub layers: Option<Vec<RawLayer>>,
+    /// `cnn` and `small_cnn`: `[C, H, W]` of one sample (default `[1, 28, 28]`, MNIST).
+    #[serde(default)]
+    pub input_shape: Option<Vec<i64>>,
+    /// `vgg16` only: 224 (torchvision's) or 32 (CIFAR form).
+    #[serde(default)]
+    pub input_size: Option<i64>,
+    /// `vgg16` only: input channels (default 3).
+    #[serde(default)]
+    pub input_channels: Option<i64>,
+    /// `vgg16` only: every width divided by this (default 1, the real VGG-16).
+    #[serde(default)]
+    pub width_divisor: Option<i64>,
+    /// `vgg16` only: a safetensors file with torchvision's state dict, loaded for task 1.
+    #[serde(default)]
+    pub pretrained: Option<PathBuf>,
+    /// Conv models: per-channel normalisation of the `[0, 1]` pixels.
+    #[serde(default)]
+    pub normalize: Option<RawNormalize>,
     /// Hidden activation.
     #[serde(default)]
     pub activation: Activation,
     /// Leaky ReLU's slope for negative inputs (default 0.01, as PyTorch).
     #[serde(default)]
     pub negative_slope: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNormalize {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// One trunk layer of a `cnn` model: a one-key map (`conv: {…}`) or a bare name (`flatten`).
+#[derive(Debug)]
+pub enum RawLayer {
+    Conv(RawConv),
+    Dense(RawDense),
+    MaxPool(RawPool),
+    AvgPool(RawPool),
+    AdaptiveAvgPool(RawAdaptive),
+    Flatten,
+    Dropout(RawDropout),
+}
+
+impl<'de> Deserialize<'de> for RawLayer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_yaml::Value;
+        const EXPECTED: &str = "expected one of `conv: {out_channels, kernel, stride, padding}`, `dense: {units}`, `max_pool: {kernel, stride}`, `avg_pool: {kernel, stride}`, `adaptive_avg_pool: {size: [h, w]}`, `dropout: {p}`, `flatten`";
+        let v = Value::deserialize(d)?;
+        let (name, body) = match v {
+            Value::String(s) => (s, None),
+            Value::Mapping(m) if m.len() == 1 => {
+                let (k, body) = m.into_iter().next().expect("one entry");
+                match k {
+                    Value::String(s) => (s, Some(body)),
+                    _ => return Err(D::Error::custom(EXPECTED)),
+                }
+            }
+            _ => return Err(D::Error::custom(EXPECTED)),
+        };
+        fn body_of<T: serde::de::DeserializeOwned, E: Error>(
+            name: &str,
+            body: Option<Value>,
+        ) -> Result<T, E> {
+            let body = body.ok_or_else(|| {
+                E::custom(format!("`{name}` needs its settings, e.g. `{name}: {{…}}`"))
+            })?;
+            serde_yaml::from_value(body).map_err(|e| E::custom(format!("{name}: {e}")))
+        }
+        Ok(match name.as_str() {
+            "conv" => RawLayer::Conv(body_of(&name, body)?),
+            "dense" => RawLayer::Dense(body_of(&name, body)?),
+            "max_pool" => RawLayer::MaxPool(body_of(&name, body)?),
+            "avg_pool" => RawLayer::AvgPool(body_of(&name, body)?),
+            "adaptive_avg_pool" => RawLayer::AdaptiveAvgPool(body_of(&name, body)?),
+            "dropout" => RawLayer::Dropout(body_of(&name, body)?),
+            "flatten" if matches!(body, None | Some(Value::Null)) => RawLayer::Flatten,
+            "flatten" => return Err(D::Error::custom("`flatten` takes no settings")),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown layer `{other}`; {EXPECTED}"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConv {
+    pub out_channels: i64,
+    pub kernel: i64,
+    #[serde(default)]
+    pub stride: Option<i64>,
+    #[serde(default)]
+    pub padding: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDense {
+    pub units: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub kernel: i64,
+    /// Default: the kernel size (PyTorch's default).
+    #[serde(default)]
+    pub stride: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    pub size: Vec<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDropout {
+    pub p: f64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

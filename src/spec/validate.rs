@@ -48,7 +48,7 @@ pub struct Pipeline {
     pub source: PathBuf,
     pub dataset: DatasetSpec,
     /// Class groups per task (global dataset labels).
-    pub tasks: Vec<Vec<u8>>,
+    pub tasks: Vec<Vec<u16>>,
     /// Seed of the per-task pixel permutations (permuted tasks), if any.
     pub permute_seed: Option<u64>,
     pub model: ModelSpec,
@@ -78,6 +78,13 @@ pub struct ModelSpec {
     /// 0 = ReLU (then not keyed), else leaky ReLU's negative slope.
     #[serde(skip_serializing_if = "is_zero")]
     pub negative_slope: f64,
+    /// A conv model's complete architecture; absent for the MLP, whose keys stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<crate::nn::arch::Arch>,
+    /// Torchvision weights for task 1 (`vgg16`); a data file of the task-1 training, keyed by
+    /// content, so its path is not a parameter.
+    #[serde(skip)]
+    pub pretrained: Option<PathBuf>,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -596,7 +603,7 @@ pub(super) fn validate(
     };
 
     // Tasks.
-    let mut tasks: Vec<Vec<u8>> = Vec::new();
+    let mut tasks: Vec<Vec<u16>> = Vec::new();
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     let (groups, permute_seed, group_path): (Vec<Vec<i64>>, Option<u64>, &str) = match &raw.tasks {
         RawTasks::Groups(g) => (g.clone(), None, "tasks"),
@@ -640,8 +647,11 @@ pub(super) fn validate(
         let mut g = Vec::new();
         for (i, &c) in group.iter().enumerate() {
             let p = format!("{gpath}.{i}");
-            if !(0..=255).contains(&c) {
-                e(&p, format!("expected a class label in 0..=255, found {c}"));
+            if !(0..=65535).contains(&c) {
+                e(
+                    &p,
+                    format!("expected a class label in 0..=65535, found {c}"),
+                );
                 continue;
             }
             if let Some(prev) = seen.insert(c, t) {
@@ -656,48 +666,13 @@ pub(super) fn validate(
                     );
                 }
             }
-            g.push(c as u8);
+            g.push(c as u16);
         }
         tasks.push(g);
     }
 
     // Model.
-    let mut hidden = Vec::new();
-    if raw.model.hidden.is_empty() {
-        e(
-            "model.hidden",
-            "expected at least one hidden layer size".into(),
-        );
-    }
-    for (i, &h) in raw.model.hidden.iter().enumerate() {
-        if !(1..=1_000_000).contains(&h) {
-            e(
-                &format!("model.hidden.{i}"),
-                format!("expected a layer size in 1..=1000000, found {h}"),
-            );
-        }
-        hidden.push(h.max(1) as usize);
-    }
-    let negative_slope = match (raw.model.activation, raw.model.negative_slope) {
-        (crate::spec::raw::Activation::Relu, Some(_)) => {
-            e(
-                "model.negative_slope",
-                "only used with `activation: leaky_relu`".into(),
-            );
-            0.0
-        }
-        (crate::spec::raw::Activation::Relu, None) => 0.0,
-        (crate::spec::raw::Activation::LeakyRelu, s) => {
-            let s = s.unwrap_or(0.01);
-            if !(s.is_finite() && s > 0.0 && s < 1.0) {
-                e(
-                    "model.negative_slope",
-                    format!("expected a slope in (0, 1), found {s}"),
-                );
-            }
-            s
-        }
-    };
+    let model = super::model::validate_model(&raw.model, &mut e);
 
     // Training.
     let t = &raw.training;
@@ -1136,7 +1111,7 @@ pub(super) fn validate(
                         format!("tasks.{t}")
                     };
                     for (i, &c) in group.iter().enumerate() {
-                        if (0..=255).contains(&c) && !present.contains(&(c as u8)) {
+                        if (0..=65535).contains(&c) && !present.iter().any(|&p| p as i64 == c) {
                             e(
                                 &format!("{gpath}.{i}"),
                                 format!(
@@ -1174,13 +1149,7 @@ pub(super) fn validate(
         },
         tasks,
         permute_seed,
-        model: ModelSpec {
-            kind: match raw.model.kind {
-                ModelKind::Mlp => "mlp",
-            },
-            hidden,
-            negative_slope,
-        },
+        model,
         training: TrainingSpec {
             optimizer,
             batch_size: t.batch_size as usize,

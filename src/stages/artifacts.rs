@@ -3,7 +3,8 @@
 //! format has one encoder and one decoder here, so producers and consumers cannot drift.
 
 use crate::exec::{Artifact, StageContext, StageError};
-use crate::nn::mlp::MlpParams;
+use crate::nn::arch::Arch;
+use crate::nn::mlp::{Label, MlpParams};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ fn bad(what: &str, e: impl std::fmt::Display) -> StageError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Samples {
     pub x: Vec<u8>,
-    pub y: Vec<u8>,
+    pub y: Vec<Label>,
 }
 
 impl Samples {
@@ -36,7 +37,7 @@ impl Samples {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskData {
     /// Global dataset labels of this task's classes, in head order.
-    pub classes: Vec<u8>,
+    pub classes: Vec<Label>,
     pub train: Samples,
     pub test: Samples,
 }
@@ -49,7 +50,7 @@ pub struct SplitMeta {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMeta {
-    pub classes: Vec<u8>,
+    pub classes: Vec<Label>,
     pub n_train: usize,
     pub n_test: usize,
 }
@@ -83,10 +84,16 @@ impl SplitData {
                     format!("task{t}.{part}.x"),
                     HostTensor::u8(vec![s.len(), d], s.x.clone()),
                 );
-                m.insert(
-                    format!("task{t}.{part}.y"),
-                    HostTensor::u8(vec![s.len()], s.y.clone()),
-                );
+                // Bytes while every label fits (the format of data sets up to 256 classes).
+                let y = if s.y.iter().all(|&v| v < 256) {
+                    HostTensor::u8(vec![s.len()], s.y.iter().map(|&v| v as u8).collect())
+                } else {
+                    HostTensor::U16 {
+                        shape: vec![s.len()],
+                        data: s.y.clone(),
+                    }
+                };
+                m.insert(format!("task{t}.{part}.y"), y);
             }
         }
         art.insert(SPLIT_TENSORS, tensorio::encode(&m));
@@ -116,7 +123,7 @@ impl SplitData {
                     .take_u8(&format!("task{t}.{part}.x"))
                     .map_err(|e| bad(SPLIT_TENSORS, e))?;
                 let (_, y) = m
-                    .take_u8(&format!("task{t}.{part}.y"))
+                    .take_labels(&format!("task{t}.{part}.y"))
                     .map_err(|e| bad(SPLIT_TENSORS, e))?;
                 Ok(Samples { x, y })
             };
@@ -135,14 +142,28 @@ impl SplitData {
     }
 }
 
+/// A conv model's architecture, next to its weights (absent for the MLP, whose artifacts
+/// keep their bytes).
+pub const MODEL_ARCH: &str = "arch.json";
+
 pub fn save_model(art: &mut Artifact, p: &MlpParams) {
     art.insert(MODEL_TENSORS, tensorio::encode(&p.to_tensors()));
+    if let Some(a) = &p.arch {
+        art.insert(MODEL_ARCH, json_bytes(a));
+    }
 }
 
 pub fn load_model(ctx: &StageContext, slot: &str) -> Result<MlpParams, StageError> {
     let m = tensorio::decode(&ctx.read_input(slot, MODEL_TENSORS)?)
         .map_err(|e| bad(MODEL_TENSORS, e))?;
-    MlpParams::from_tensors(m).map_err(|e| bad(MODEL_TENSORS, e))
+    let arch: Option<Arch> = if ctx.input(slot)?.output_path(MODEL_ARCH).exists() {
+        let a: Arch = read_json(ctx, slot, MODEL_ARCH)?;
+        a.features().map_err(|e| bad(MODEL_ARCH, e))?;
+        Some(a)
+    } else {
+        None
+    };
+    MlpParams::from_tensors_arch(m, arch).map_err(|e| bad(MODEL_TENSORS, e))
 }
 
 pub const SI_TENSORS: &str = "si.safetensors";
@@ -285,4 +306,36 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
     file: &str,
 ) -> Result<T, StageError> {
     serde_json::from_slice(&ctx.read_input(slot, file)?).map_err(|e| bad(file, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_with(y: Vec<Label>) -> SplitData {
+        let n = y.len();
+        SplitData {
+            sample_shape: vec![1],
+            tasks: vec![TaskData {
+                classes: (0..1000).collect(),
+                train: Samples {
+                    x: vec![0; n],
+                    y: y.clone(),
+                },
+                test: Samples { x: vec![0; n], y },
+            }],
+        }
+    }
+
+    #[test]
+    fn labels_are_bytes_while_they_fit_and_u16_beyond() {
+        for (y, wide) in [(vec![0, 255, 7], false), (vec![0, 999, 256], true)] {
+            let mut art = Artifact::new();
+            split_with(y.clone()).to_artifact(&mut art);
+            let mut m = tensorio::decode(&art.files[SPLIT_TENSORS]).unwrap();
+            let t = &m["task0.train.y"];
+            assert_eq!(matches!(t, HostTensor::U16 { .. }), wide);
+            assert_eq!(m.take_labels("task0.train.y").unwrap().1, y);
+        }
+    }
 }

@@ -14,7 +14,7 @@
 //! Heads are not penalised: an old head never trains again, and the new head is new.
 
 use super::artifacts::json_bytes;
-use super::{on_device, split_and_model, score};
+use super::{on_device, score, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use crate::spec::ScoreSpec;

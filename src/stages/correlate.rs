@@ -12,7 +12,7 @@
 //! (biases are left out, as in the paper).
 
 use super::artifacts::json_bytes;
-use super::{on_device, split_and_model, rng_for, score};
+use super::{on_device, rng_for, score, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use crate::spec::ScoreSpec;

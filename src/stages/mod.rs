@@ -15,7 +15,7 @@ pub mod split;
 pub mod train;
 
 use crate::exec::{Registry, StageError};
-use crate::nn::mlp::{argmax_rows, images_to_tensor, DeviceMlp, Vector};
+use crate::nn::mlp::{argmax_rows, DeviceMlp, Vector};
 use artifacts::Samples;
 use dfdx::prelude::*;
 use std::sync::Arc;
@@ -149,7 +149,7 @@ pub fn accuracy<D: Device<f32>>(
     let mut correct = 0usize;
     for start in (0..samples.len()).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(samples.len());
-        let x = images_to_tensor(&model.dev, &samples.x[start * dim..end * dim], dim);
+        let x = model.input(&samples.x[start * dim..end * dim]);
         let logits = model.logits(&x, head, unit_masks).as_vec();
         correct += argmax_rows(&logits, classes)
             .iter()

@@ -78,7 +78,11 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 let id = |kind: &str| format!("{}/seed{seed}/{kind}", s.name);
                 let mut params = base_params(last, seed);
                 params["joint"] = json!(true);
-                out.push(decl(id("train"), &train::Train, params, vec![split_in()]));
+                let mut d = decl(id("train"), &train::Train, params, vec![split_in()]);
+                if let Some(w) = &p.model.pretrained {
+                    d.files.insert(train::PRETRAINED_FILE.into(), w.clone());
+                }
+                out.push(d);
                 out.push(decl(
                     id("evaluate"),
                     &evaluate::Evaluate,
@@ -107,7 +111,11 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     params["ewc_lambda"] = json!(w.lambda);
                 }
                 let trained = ("model", id("train"));
-                out.push(decl(id("train"), &train::Train, params, inputs));
+                let mut d = decl(id("train"), &train::Train, params, inputs);
+                if let (0, Some(w)) = (t, &p.model.pretrained) {
+                    d.files.insert(train::PRETRAINED_FILE.into(), w.clone());
+                }
+                out.push(d);
                 if let Some(c) = &s.correlate {
                     let cp = json!({
                         "task_index": t,

@@ -8,10 +8,10 @@
 //! by max |score| or sum |score|).
 
 use super::artifacts::{self, json_bytes, TaskData};
-use super::{on_device, split_and_model, rng_for};
+use super::{on_device, rng_for, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::MlpParams;
-use crate::nn::mlp::{images_to_tensor, DeviceMlp, Matrix};
+use crate::nn::mlp::{DeviceMlp, Matrix};
 use crate::spec::raw::{AbsMode, LrpRule, Normalize, ReferenceSplit};
 use crate::spec::ScoreSpec;
 use crate::xai::importance;
@@ -108,11 +108,11 @@ fn per_sample_units<D: Device<f32>>(
     ctx: &StageContext,
     host: &MlpParams,
     x_all: &[u8],
-    y_all: &[u8],
+    y_all: &[crate::nn::mlp::Label],
     dim: usize,
     abs: AbsMode,
     phase: &str,
-    attribute: impl Fn(&DeviceMlp<D>, &Matrix<D>, &[u8]) -> Relevance,
+    attribute: impl Fn(&DeviceMlp<D>, &Matrix<D>, &[crate::nn::mlp::Label]) -> Relevance,
 ) -> Result<(Vec<Vec<f64>>, f64), StageError> {
     let model = DeviceMlp::from_host(dev, host);
     let sizes = host.hidden_sizes();
@@ -122,7 +122,7 @@ fn per_sample_units<D: Device<f32>>(
         .phase(phase, y_all.len().div_ceil(LRP_BATCH) as u64);
     for (xb, yb) in x_all.chunks(LRP_BATCH * dim).zip(y_all.chunks(LRP_BATCH)) {
         ctx.check_cancel()?;
-        let x = images_to_tensor(dev, xb, dim);
+        let x = model.input(xb);
         let r = attribute(&model, &x, yb);
         for (l, h) in r.hidden.iter().enumerate() {
             aggregate(h, sizes[l], abs, &mut sums[l]);
@@ -142,7 +142,7 @@ pub fn reference_samples(
     from: ReferenceSplit,
     seed: u64,
     task_index: usize,
-) -> (Vec<u8>, Vec<u8>) {
+) -> (Vec<u8>, Vec<crate::nn::mlp::Label>) {
     let samples = match from {
         ReferenceSplit::Test => &task.test,
         ReferenceSplit::Train => &task.train,
@@ -178,6 +178,12 @@ pub fn weight_importance<D: Device<f32>>(
     seed: u64,
     head: usize,
 ) -> Result<Option<(importance::WeightImportance, usize)>, StageError> {
+    if host.arch.is_some() && matches!(spec, ScoreSpec::Sig { .. }) {
+        // SIG needs every layer's input activations, which only the MLP path provides.
+        return Err(StageError::invalid(
+            "method sig is not implemented for conv models yet; use fisher, mas or si",
+        ));
+    }
     let reference = |size, from| reference_samples(task, dim, size, from, seed, head);
     let model = || DeviceMlp::from_host(dev, host);
     let (imp, n) = match *spec {
@@ -278,6 +284,24 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         reference_samples(task, dim, size, from, p.seed, p.task_index)
     };
     let head = p.task_index;
+    if host.arch.is_some() {
+        let unsupported = match p.method {
+            ScoreSpec::Sig { .. } => Some("method sig"),
+            ScoreSpec::Fisher { unit_rule, .. }
+            | ScoreSpec::Mas { unit_rule, .. }
+            | ScoreSpec::Si { unit_rule, .. }
+                if unit_rule == importance::UnitRule::Outgoing =>
+            {
+                Some("unit_rule: outgoing")
+            }
+            _ => None,
+        };
+        if let Some(what) = unsupported {
+            return Err(StageError::invalid(format!(
+                "score: {what} is not implemented for conv models yet; use lrp, gradient_x_input, magnitude, random, fisher, mas or si (unit_rule: incoming)"
+            )));
+        }
+    }
     let (sums, abs, normalize, n_ref, explained, method) = match p.method {
         ScoreSpec::Magnitude { normalize } => (
             magnitude_scores(&host),

@@ -15,11 +15,13 @@ use crate::exec::{Artifact, Stage, StageContext, StageError};
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 
+use crate::nn::mlp::Label;
+
 pub struct Split;
 
 #[derive(Debug, Deserialize)]
 struct Params {
-    tasks: Vec<Vec<u8>>,
+    tasks: Vec<Vec<Label>>,
     test_fraction: Option<f64>,
     split_seed: u64,
     /// Tasks 2.. get a fixed pixel permutation each, seeded by this (permuted MNIST).
@@ -152,13 +154,13 @@ fn permute(x: &mut [u8], perm: &[usize]) {
     }
 }
 
-fn select(data: &LabeledImages, idx: &[usize], classes: &[u8]) -> Samples {
+fn select(data: &LabeledImages, idx: &[usize], classes: &[Label]) -> Samples {
     let mut x = Vec::new();
     let mut y = Vec::new();
     for &i in idx {
-        if let Some(local) = classes.iter().position(|&c| c == data.labels[i]) {
+        if let Some(local) = classes.iter().position(|&c| c == data.labels[i] as Label) {
             x.extend_from_slice(data.sample(i));
-            y.push(local as u8);
+            y.push(local as Label);
         }
     }
     Samples { x, y }

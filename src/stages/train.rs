@@ -22,7 +22,8 @@ use super::artifacts::{self, json_bytes, SplitData};
 use super::consolidate::Penalty;
 use super::{check_task, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::mlp::{images_to_tensor, DeviceMlp, MlpParams, Vector};
+use crate::nn::arch::Arch;
+use crate::nn::mlp::{DeviceMlp, MlpParams, Vector};
 use crate::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
@@ -62,7 +63,13 @@ pub struct ModelParams {
     /// 0 = ReLU; else leaky ReLU's negative slope.
     #[serde(default)]
     pub negative_slope: f32,
+    /// A conv model's architecture (absent for the MLP).
+    #[serde(default)]
+    pub arch: Option<Arch>,
 }
+
+/// The data-file role of torchvision weights that replace task 1's initialisation.
+pub const PRETRAINED_FILE: &str = "pretrained";
 
 #[derive(Debug, Deserialize)]
 struct Params {
@@ -120,9 +127,10 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     check_task(p.task_index, split.tasks.len())?;
     let dim = split.dim();
 
-    let mut host = match ctx.input_opt("model") {
-        Some(_) => artifacts::load_model(ctx, "model")?,
-        None => {
+    let first_new_head = if p.joint { 0 } else { p.task_index };
+    let mut host = match (ctx.input_opt("model"), &p.model.arch) {
+        (Some(_), _) => artifacts::load_model(ctx, "model")?,
+        (None, None) => {
             if p.model.kind != "mlp" {
                 return Err(StageError::invalid(format!(
                     "unknown model kind `{}`",
@@ -133,22 +141,49 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             m.negative_slope = p.model.negative_slope;
             m
         }
+        (None, Some(arch)) => {
+            arch.features()
+                .map_err(|e| StageError::invalid(format!("model: {e}")))?;
+            let mut m = match ctx.file(PRETRAINED_FILE) {
+                Ok(path) => {
+                    let classes = split.task(0)?.classes.len();
+                    crate::nn::torchvision::load_vgg16(path, arch, Some(classes))
+                        .map_err(|e| StageError::invalid(format!("model.pretrained: {e}")))?
+                }
+                Err(_) => MlpParams::init_arch(arch, &mut rng_for(p.seed, 0, "init")),
+            };
+            m.negative_slope = p.model.negative_slope;
+            m
+        }
     };
+    if let Some(a) = &host.arch {
+        if !a.accepts(&split.sample_shape) {
+            return Err(StageError::invalid(format!(
+                "model input is {:?} ([channels, height, width]), but the data's samples have shape {:?}; set model.input_shape (or input_size) to match",
+                a.input, split.sample_shape
+            )));
+        }
+    }
     if host.input_dim() != dim {
         return Err(StageError::invalid(format!(
             "model takes {} inputs, data has {dim}",
             host.input_dim()
         )));
     }
-    let first_new_head = if p.joint { 0 } else { p.task_index };
-    if host.heads.len() != first_new_head {
+    // Pretrained weights bring task 1's head along.
+    let pretrained_heads = if ctx.input_opt("model").is_none() {
+        host.heads.len()
+    } else {
+        0
+    };
+    if host.heads.len() != first_new_head + pretrained_heads {
         return Err(StageError::invalid(format!(
             "model has {} heads; training task index {} needs exactly {first_new_head} earlier heads",
             host.heads.len(),
             p.task_index
         )));
     }
-    for t in first_new_head..=p.task_index {
+    for t in first_new_head + pretrained_heads..=p.task_index {
         host.push_head(
             split.task(t)?.classes.len(),
             &mut rng_for(p.seed, t, "head"),
@@ -291,7 +326,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     xb.extend_from_slice(&data.x[i * dim..(i + 1) * dim]);
                     yb.push(data.y[i]);
                 }
-                let x = images_to_tensor(dev, &xb, dim);
+                let x = model.input(&xb);
+                model.dropout_seed =
+                    Some(steps as u64 ^ (p.seed << 32) ^ ((p.task_index as u64) << 48));
                 let (loss, g) = model.loss_and_grads(&x, &yb, head);
                 let w = idx.len() as f32 / chunk.len() as f32;
                 batch_loss += loss as f64 * w as f64;
@@ -300,6 +337,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 } else {
                     accumulate(grads, g, w)
                 };
+                model.dropout_seed = None;
                 let logits = model.logits(&x, head, None).as_vec();
                 let classes = split.task(head)?.classes.len();
                 correct += crate::nn::mlp::argmax_rows(&logits, classes)

@@ -15,7 +15,7 @@
 //! `to_units` sums |importance| over each hidden unit's incoming weights and bias, or over its
 //! outgoing weights (into the next layer, or the task's head after the last hidden layer).
 
-use crate::nn::mlp::{argmax_rows, images_to_tensor, DeviceMlp, Objective};
+use crate::nn::mlp::{argmax_rows, DeviceMlp, Objective};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +82,7 @@ fn path_shapes<D: Device<f32>>(m: &DeviceMlp<D>, head: usize) -> Vec<(usize, usi
 /// Samples as `(pixels [n·dim], local labels [n])`.
 pub struct Batch<'a> {
     pub x: &'a [u8],
-    pub y: &'a [u8],
+    pub y: &'a [crate::nn::mlp::Label],
     pub dim: usize,
 }
 
@@ -90,7 +90,7 @@ impl Batch<'_> {
     fn len(&self) -> usize {
         self.y.len()
     }
-    fn range(&self, a: usize, b: usize) -> (&[u8], &[u8]) {
+    fn range(&self, a: usize, b: usize) -> (&[u8], &[crate::nn::mlp::Label]) {
         (&self.x[a * self.dim..b * self.dim], &self.y[a..b])
     }
 }
@@ -113,12 +113,12 @@ pub fn fisher<D: Device<f32>>(
     let n_chunks = data.len().div_ceil(step);
     for c in 0..n_chunks {
         let (xs, ys) = data.range(c * step, ((c + 1) * step).min(data.len()));
-        let x = images_to_tensor(&m.dev, xs, data.dim);
-        let y: Vec<u8> = match labels {
+        let x = m.input(xs);
+        let y: Vec<crate::nn::mlp::Label> = match labels {
             FisherLabels::GroundTruth => ys.to_vec(),
             FisherLabels::Predicted => argmax_rows(&m.logits(&x, head, None).as_vec(), classes)
                 .into_iter()
-                .map(|c| c as u8)
+                .map(|c| c as crate::nn::mlp::Label)
                 .collect(),
         };
         let (_, g) = m.grads_of(&x, head, Objective::CrossEntropy(&y));
@@ -134,7 +134,7 @@ pub fn mas<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> Weigh
     let n = data.len();
     for i in 0..n {
         let (xs, _) = data.range(i, i + 1);
-        let x = images_to_tensor(&m.dev, xs, data.dim);
+        let x = m.input(xs);
         let (_, g) = m.grads_of(&x, head, Objective::SquaredNorm);
         let g: Vec<Vec<f32>> = g.into_iter().map(|(_, t)| t.as_vec()).collect();
         imp.add(&g, f64::abs, 1.0 / n as f64);
@@ -144,7 +144,7 @@ pub fn mas<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> Weigh
 
 pub fn sig<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> WeightImportance {
     let shapes = path_shapes(m, head);
-    let x = images_to_tensor(&m.dev, data.x, data.dim);
+    let x = m.input(data.x);
     let acts = m.activations(&x);
     let n = data.len().max(1) as f64;
     let path = m.path(head);
@@ -198,7 +198,7 @@ pub fn to_units(imp: &WeightImportance, rule: UnitRule) -> Vec<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::mlp::MlpParams;
+    use crate::nn::mlp::{images_to_tensor, MlpParams};
     use rand::SeedableRng;
 
     fn model() -> (MlpParams, DeviceMlp<Cpu>) {
@@ -210,7 +210,7 @@ mod tests {
         (p, m)
     }
 
-    fn data() -> (Vec<u8>, Vec<u8>) {
+    fn data() -> (Vec<u8>, Vec<u16>) {
         (
             (0..24).map(|i| (i * 53 % 256) as u8).collect(),
             vec![0, 2, 1, 2],

@@ -16,8 +16,9 @@
 //! value taken per position and sample (`abs: before_sum`), after the whole sum
 //! (`after_sum`), or not at all (`none`) — the same keyed choice as for dense units.
 
+use crate::nn::arch::Op;
 use crate::nn::conv::{self, Tensor4};
-use crate::nn::mlp::{Matrix, Vector};
+use crate::nn::mlp::{DeviceMlp, Matrix, Vector};
 use crate::spec::raw::AbsMode;
 use crate::xai::lrp::{stabilise, LrpRule, LrpRules, STABILIZER};
 use dfdx::prelude::*;
@@ -33,6 +34,8 @@ pub enum Layer<D: Device<f32>> {
         padding: usize,
     },
     Relu,
+    /// Leaky ReLU with this negative slope; like ReLU, it passes relevance through.
+    LeakyRelu(f32),
     MaxPool {
         kernel: usize,
         stride: usize,
@@ -40,6 +43,11 @@ pub enum Layer<D: Device<f32>> {
     AvgPool {
         kernel: usize,
         stride: usize,
+    },
+    /// PyTorch's `AdaptiveAvgPool2d` to `[h, w]`.
+    AdaptiveAvgPool {
+        h: usize,
+        w: usize,
     },
     Flatten,
     /// `[out, in]`.
@@ -84,6 +92,11 @@ fn apply<D: Device<f32>>(layer: &Layer<D>, a: Act<D>) -> Act<D> {
         )),
         (Layer::Relu, Act::Map(x)) => Act::Map(x.relu()),
         (Layer::Relu, Act::Flat(x)) => Act::Flat(x.relu()),
+        (Layer::LeakyRelu(s), Act::Map(x)) => Act::Map(x.prelu(*s)),
+        (Layer::LeakyRelu(s), Act::Flat(x)) => Act::Flat(x.prelu(*s)),
+        (Layer::AdaptiveAvgPool { h, w }, Act::Map(x)) => {
+            Act::Map(conv::adaptive_avg_pool2d(x, *h, *w))
+        }
         (Layer::MaxPool { kernel, stride }, Act::Map(x)) => {
             Act::Map(conv::max_pool2d(x, *kernel, *stride))
         }
@@ -289,7 +302,7 @@ fn pool_backward<D: Device<f32>>(
 pub fn lrp_sequential<D: Device<f32>>(
     layers: &[Layer<D>],
     x: Tensor4<D>,
-    labels: &[u8],
+    labels: &[crate::nn::mlp::Label],
     rules: &LrpRules,
 ) -> CnnRelevance {
     let acts = forward(layers, x);
@@ -352,7 +365,11 @@ pub fn lrp_sequential<D: Device<f32>>(
                 rr,
             )),
             // ReLU passes relevance through unchanged (it is part of the next layer's input).
-            (Layer::Relu, _, rr) => rr,
+            (Layer::Relu | Layer::LeakyRelu(_), _, rr) => rr,
+            (Layer::AdaptiveAvgPool { h, w }, Act::Map(a), Act::Map(rr)) => {
+                let (h, w) = (*h, *w);
+                Act::Map(pool_backward(a, rr, |t| conv::adaptive_avg_pool2d(t, h, w)))
+            }
             (Layer::MaxPool { kernel, stride }, Act::Map(a), Act::Map(rr)) => {
                 let (k, s) = (*kernel, *stride);
                 Act::Map(pool_backward(a, rr, |t| conv::max_pool2d(t, k, s)))
@@ -397,4 +414,150 @@ pub fn filter_scores(
         out.iter_mut().for_each(|v| *v = v.abs());
     }
     out
+}
+
+/// A conv model's path through `head` as LRP layers (dropout, an identity outside training,
+/// is left out), and for each weighted trunk layer the index of its activation layer, whose
+/// input relevance is that layer's output relevance.
+pub fn model_layers<D: Device<f32>>(
+    model: &DeviceMlp<D>,
+    head: usize,
+) -> (Vec<Layer<D>>, Vec<usize>) {
+    let arch = model.arch.as_ref().expect("a conv model");
+    let weighted = arch.weighted();
+    let path = model.path(head);
+    let mut layers = Vec::new();
+    let mut act_at = Vec::new();
+    let mut wl = 0;
+    let param = |k: usize| model.params[path[k]].clone();
+    let activation = || {
+        if model.negative_slope == 0.0 {
+            Layer::Relu
+        } else {
+            Layer::LeakyRelu(model.negative_slope)
+        }
+    };
+    for op in &arch.layers {
+        match *op {
+            Op::Conv {
+                stride, padding, ..
+            } => {
+                let spec = weighted[wl];
+                let (c, kh, kw) = spec.conv.expect("conv");
+                layers.push(Layer::Conv {
+                    weight: param(2 * wl).reshape_like(&(spec.units, c, kh, kw)),
+                    bias: param(2 * wl + 1),
+                    stride,
+                    padding,
+                });
+                act_at.push(layers.len());
+                layers.push(activation());
+                wl += 1;
+            }
+            Op::Dense { units } => {
+                let spec = weighted[wl];
+                layers.push(Layer::Dense {
+                    weight: param(2 * wl).reshape_like(&(units, spec.fan_in)),
+                    bias: param(2 * wl + 1),
+                });
+                act_at.push(layers.len());
+                layers.push(activation());
+                wl += 1;
+            }
+            Op::MaxPool { kernel, stride } => layers.push(Layer::MaxPool { kernel, stride }),
+            Op::AvgPool { kernel, stride } => layers.push(Layer::AvgPool { kernel, stride }),
+            Op::AdaptiveAvgPool { size: [h, w] } => layers.push(Layer::AdaptiveAvgPool { h, w }),
+            Op::Flatten => layers.push(Layer::Flatten),
+            Op::Dropout { .. } => {}
+        }
+    }
+    let (classes, fan_in) = model.shapes[model.n_trunk + head];
+    layers.push(Layer::Dense {
+        weight: param(2 * wl).reshape_like(&(classes, fan_in)),
+        bias: param(2 * wl + 1),
+    });
+    (layers, act_at)
+}
+
+/// LRP of a conv model's `head` in the layout of the MLP's [`crate::xai::lrp::Relevance`]:
+/// a dense layer's relevance is `[batch, units]`; a conv layer's is `[batch·H·W, filters]`
+/// (one row per sample and position), so that the score stage's `abs` aggregation treats
+/// every position of a filter like one more sample: `before_sum` sums |R| over samples *and*
+/// positions, `after_sum` takes |·| of the total, `none` keeps the signed total.
+pub fn lrp_model<D: Device<f32>>(
+    model: &DeviceMlp<D>,
+    x: &Matrix<D>,
+    labels: &[crate::nn::mlp::Label],
+    head: usize,
+    rules: &LrpRules,
+) -> crate::xai::lrp::Relevance {
+    let arch = model.arch.as_ref().expect("a conv model");
+    let batch = x.shape().0;
+    let [c, h, w] = arch.input;
+    let (layers, act_at) = model_layers(model, head);
+    let feats = arch.features().expect("validated architecture");
+    let r = lrp_sequential(
+        &layers,
+        x.clone().reshape_like(&(batch, c, h, w)),
+        labels,
+        rules,
+    );
+    let hidden = arch
+        .weighted()
+        .iter()
+        .zip(&act_at)
+        .map(|(spec, &at)| unit_rows(&r.per_layer[at], feats[spec.op + 1], batch))
+        .collect();
+    crate::xai::lrp::Relevance {
+        batch,
+        hidden,
+        input: r.per_layer[0].clone(),
+        explained: r.explained,
+    }
+}
+
+/// Gradient × input of a conv model (see [`DeviceMlp::gradient_x_activations`]), in the
+/// layout of [`lrp_model`]: a conv layer's rows are (sample, position) × filters.
+pub fn gradient_x_input_model<D: Device<f32>>(
+    model: &DeviceMlp<D>,
+    x: &Matrix<D>,
+    labels: &[crate::nn::mlp::Label],
+    head: usize,
+) -> crate::xai::lrp::Relevance {
+    let arch = model.arch.as_ref().expect("a conv model");
+    let batch = x.shape().0;
+    let feats = arch.features().expect("validated architecture");
+    let (per_layer, input, explained) = model.gradient_x_activations(x, labels, head);
+    let hidden = arch
+        .weighted()
+        .iter()
+        .zip(&per_layer)
+        .map(|(spec, v)| unit_rows(v, feats[spec.op + 1], batch))
+        .collect();
+    crate::xai::lrp::Relevance {
+        batch,
+        hidden,
+        input,
+        explained,
+    }
+}
+
+/// A layer's per-sample values `[N, O, H, W]` (or `[N, units]`) as rows of units:
+/// `[N·H·W, O]` for maps, unchanged for flat layers.
+fn unit_rows(rel: &[f32], feature: crate::nn::arch::Feature, batch: usize) -> Vec<f32> {
+    match feature {
+        crate::nn::arch::Feature::Map(o, fh, fw) => {
+            let hw = fh * fw;
+            let mut rows = vec![0f32; batch * hw * o];
+            for n in 0..batch {
+                for f in 0..o {
+                    for p in 0..hw {
+                        rows[(n * hw + p) * o + f] = rel[(n * o + f) * hw + p];
+                    }
+                }
+            }
+            rows
+        }
+        crate::nn::arch::Feature::Flat(_) => rel.to_vec(),
+    }
 }
