@@ -163,27 +163,23 @@ pub fn push_dags(dags: &[Dag], cache: &Cache, remote: &Remote) -> SyncReport {
 
 /// Push every local entry.
 pub fn push_all(cache: &Cache, remote: &Remote) -> Result<SyncReport, RemoteError> {
-    let t = std::time::Instant::now();
-    let mut rep = SyncReport::default();
-    let keys = cache.keys()?;
-    let visits = in_parallel(&keys, |k| push_visit(cache, remote, *k));
-    for (key, v) in keys.into_iter().zip(visits) {
-        let id = cache
-            .read_manifest(&key)
-            .map(|m| m.stage_id)
-            .unwrap_or_else(|| key.short());
-        record(&mut rep, &id, key, v);
-    }
-    rep.wall_s = t.elapsed().as_secs_f64();
-    Ok(rep)
+    visit_keys(cache, cache.keys()?, |k| push_visit(cache, remote, k))
 }
 
 /// Pull every complete entry on the remote.
 pub fn pull_all(cache: &Cache, remote: &Remote) -> Result<SyncReport, RemoteError> {
+    visit_keys(cache, remote.keys()?, |k| pull_visit(cache, remote, k))
+}
+
+/// Visit `keys` in parallel, naming each by the stage id its local manifest records.
+fn visit_keys(
+    cache: &Cache,
+    keys: Vec<StageKey>,
+    visit: impl Fn(StageKey) -> Visit + Sync,
+) -> Result<SyncReport, RemoteError> {
     let t = std::time::Instant::now();
     let mut rep = SyncReport::default();
-    let keys = remote.keys()?;
-    let visits = in_parallel(&keys, |k| pull_visit(cache, remote, *k));
+    let visits = in_parallel(&keys, |k| visit(*k));
     for (key, v) in keys.into_iter().zip(visits) {
         let id = cache
             .read_manifest(&key)

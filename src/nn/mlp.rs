@@ -470,13 +470,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
                 }
                 Objective::SquaredNorm => logits.square().sum::<(), _>() / batch,
             };
-            let value = loss.as_vec()[0];
-            let grads = loss.backward();
-            let out = path
-                .iter()
-                .map(|&i| (i, grads.get(&self.params[i])))
-                .collect();
-            return (value, out);
+            return self.value_and_grads(loss, &path);
         }
         let shapes = self.layer_shapes(head);
         let logits_t = forward_t(traced, &shapes, x, None, self.negative_slope);
@@ -493,6 +487,15 @@ impl<D: Device<f32>> DeviceMlp<D> {
             }
             Objective::SquaredNorm => logits_t.square().sum::<(), _>() / batch,
         };
+        self.value_and_grads(loss, &path)
+    }
+
+    /// A taped scalar's value and the gradients of the parameters `path` names.
+    fn value_and_grads(
+        &self,
+        loss: Tensor<(), f32, D, OwnedTape<f32, D>>,
+        path: &[usize],
+    ) -> (f32, Vec<(usize, Vector<D>)>) {
         let value = loss.as_vec()[0];
         let grads = loss.backward();
         let out = path

@@ -154,19 +154,7 @@ pub fn per_task_figure(
     title: &str,
     panels: &[(String, Vec<Series>)],
 ) -> Result<Vec<PathBuf>, FigureError> {
-    for (_, series) in panels {
-        for s in series {
-            check_series(path_stem, s)?;
-        }
-    }
-    let (rows, cols) = panel_grid(panels.len());
-    let fig = Fig::PerTask {
-        title,
-        panels,
-        grid: (rows, cols),
-        y: YAxis::ACCURACY,
-    };
-    render(path_stem, per_task_size(rows), &fig)
+    panels_over_tasks(path_stem, title, panels, YAxis::ACCURACY)
 }
 
 /// (d) Correlation vs task: one panel per layer, one line per pair of methods (y: Pearson r in
@@ -175,6 +163,16 @@ pub fn correlation_figure(
     path_stem: &Path,
     title: &str,
     panels: &[(String, Vec<Series>)],
+) -> Result<Vec<PathBuf>, FigureError> {
+    panels_over_tasks(path_stem, title, panels, YAxis::PEARSON)
+}
+
+/// Panels of series over the task sequence, up to three per row, on the y axis `y`.
+fn panels_over_tasks(
+    path_stem: &Path,
+    title: &str,
+    panels: &[(String, Vec<Series>)],
+    y: YAxis,
 ) -> Result<Vec<PathBuf>, FigureError> {
     for (_, series) in panels {
         for s in series {
@@ -186,7 +184,7 @@ pub fn correlation_figure(
         title,
         panels,
         grid: (rows, cols),
-        y: YAxis::PEARSON,
+        y,
     };
     render(path_stem, per_task_size(rows), &fig)
 }
