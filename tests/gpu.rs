@@ -11,13 +11,15 @@ fn the_fixture_pipeline_gives_the_same_accuracies_on_cpu_and_gpu() {
     let f = Fixture::new();
     let p = f.pipeline();
     let p = p.to_str().unwrap();
+    // On the GPU machine the binary is carried, not built there: `CFPIPE_BIN` names it.
+    let bin = std::env::var("CFPIPE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cfpipe").into());
     let run = |device: &str, cache: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        let out = std::process::Command::new(&bin)
             .args(["run", p, "--quiet", "--device", device, "--cache", cache])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", common::stderr(&out));
-        let show = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        let show = std::process::Command::new(&bin)
             .args(["show", p, "--json", "--cache", cache])
             .output()
             .unwrap();

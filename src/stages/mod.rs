@@ -88,9 +88,26 @@ impl DeviceChoice {
 /// fenced off and turned into an error.
 #[cfg(feature = "cuda")]
 pub fn open_cuda(n: usize) -> Result<dfdx::tensor::Cuda, String> {
-    std::panic::catch_unwind(|| dfdx::tensor::Cuda::try_build(n, 0))
-        .map_err(|_| "the CUDA driver library could not be loaded".to_string())?
-        .map_err(|e| format!("{e:?}"))
+    // Formatting a driver error asks the driver for its text, so it is fenced off too. The
+    // default hook would print the panic as if cfpipe had crashed; it is silenced meanwhile.
+    // Stages open the device concurrently: one swap of the hook at a time, or a thread could
+    // restore another's silent hook for good.
+    static SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _swap = SWAP.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| {
+        dfdx::tensor::Cuda::try_build(n, 0).map_err(|e| format!("{e:?}"))
+    });
+    std::panic::set_hook(hook);
+    opened.map_err(|payload| {
+        let why = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no detail");
+        format!("the CUDA driver failed to initialise ({why})")
+    })?
 }
 
 /// Run a device-generic stage body on the context's device.
