@@ -37,7 +37,7 @@ impl Samples {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskData {
     /// Global dataset labels of this task's classes, in head order.
-    pub classes: Vec<u8>,
+    pub classes: Vec<u16>,
     pub train: Samples,
     pub test: Samples,
 }
@@ -50,7 +50,7 @@ pub struct SplitMeta {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMeta {
-    pub classes: Vec<u8>,
+    pub classes: Vec<u16>,
     pub n_train: usize,
     pub n_test: usize,
 }
