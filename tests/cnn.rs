@@ -317,6 +317,31 @@ fn lrp_is_conservative_through_the_models_own_path() {
 }
 
 #[test]
+fn gradient_x_input_of_a_bias_free_relu_cnn_sums_to_the_logit_at_every_layer() {
+    // Bias-free ReLU + max-pool networks are positively homogeneous above every layer, so by
+    // Euler's theorem Σ a·∂f/∂a equals the logit at every layer, the input included.
+    let dev = Cpu::default();
+    let mut p = tiny_model(9);
+    for l in p.trunk.iter_mut().chain(p.heads.iter_mut()) {
+        l.bias.iter_mut().for_each(|b| *b = 0.0);
+    }
+    let m = DeviceMlp::from_host(&dev, &p);
+    let x = m.input(&pixels(4));
+    let r = cfpipe::xai::lrp::gradient_x_input(&m, &x, &[2, 1, 0, 2], 0);
+    assert_eq!(r.hidden[0].len(), 4 * 25 * 2);
+    for (l, h) in r.hidden.iter().chain(std::iter::once(&r.input)).enumerate() {
+        for (n, chunk) in h.chunks(h.len() / 4).enumerate() {
+            let s: f64 = chunk.iter().map(|&v| v as f64).sum();
+            let want = r.explained[n] as f64;
+            assert!(
+                (s - want).abs() < 1e-4 * want.abs().max(1e-2),
+                "layer {l}, sample {n}: {s} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_torchvision_vgg16_file_round_trips_and_a_mismatch_lists_every_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let a = arch::vgg16(32, 16, 3);
@@ -420,6 +445,10 @@ fn every_supported_strategy_runs_on_a_conv_model() {
   random:
     freeze: random
     like: rnf
+  gxi:
+    freeze: until_threshold
+    score: {method: gradient_x_input, reference_size: 20, aggregate: {abs: after_sum}}
+    prune: {threshold: 0.3, step_ratio: 0.1}
   rnf_isolated:
     freeze: until_threshold
     isolate: true
@@ -456,7 +485,7 @@ fn every_supported_strategy_runs_on_a_conv_model() {
     assert!(ran.contains("ewc/seed0/task1/consolidate"));
     // Scores come per filter and per neuron: 4 and 6 filters, 8 neurons.
     let e = entries(&f);
-    for s in ["magnitude", "fisher", "si", "rnf_isolated"] {
+    for s in ["magnitude", "fisher", "si", "gxi", "rnf_isolated"] {
         let mut m = decode(
             &std::fs::read(e(&format!("{s}/seed0/task1/score")).output_path("units.safetensors"))
                 .unwrap(),
@@ -561,4 +590,46 @@ strategies: {{naive: {{freeze: none}}}}
         err.contains("features.0.weight: found [8, 1, 3, 3], expected [4, 1, 3, 3]"),
         "{err}"
     );
+}
+
+#[test]
+fn conv_model_mistakes_are_located_spec_errors() {
+    let cases = [
+        (
+            CNN_MODEL.replace("- flatten", "- flaten"),
+            "model.layers.3: unknown layer `flaten`",
+        ),
+        (
+            CNN_MODEL.replace("  kind: cnn\n", "  kind: cnn\n  hidden: [4]\n"),
+            "model.hidden: not used by `kind: cnn`",
+        ),
+        (
+            CNN_MODEL.replace("std: [0.25]", "std: [0.25, 0.5]"),
+            "model.normalize.std: expected one value per input channel (1), found 2",
+        ),
+        (
+            CNN_MODEL.replace(
+                "- dense: {units: 8}",
+                "- dense: {units: 8}\n    - conv: {out_channels: 2, kernel: 1}",
+            ),
+            "model.layers.5: conv needs image maps, but it follows `flatten`",
+        ),
+        (
+            "model: {kind: vgg16, input_size: 64}\n".to_string(),
+            "model.input_size: expected 224 (ImageNet) or 32 (CIFAR), found 64",
+        ),
+        (
+            CNN_MODEL.replace("    - flatten\n", ""),
+            "model.layers.3: dense needs flat features, but receives 6×4×4 maps",
+        ),
+    ];
+    for (model, expect) in cases {
+        let p = common::PIPELINE.replace("model:\n  kind: mlp\n  hidden: [16, 12]\n", &model);
+        let f = Fixture::with_pipeline(&p);
+        let o = f.cli(&["dag", f.pipeline().to_str().unwrap()]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{expect}: {err}");
+        assert!(err.contains(expect), "expected `{expect}` in: {err}");
+        assert!(err.contains("pipeline.yaml:"), "{err}");
+    }
 }

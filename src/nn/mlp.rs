@@ -405,7 +405,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
             .map(|&i| self.params[i].clone())
             .collect();
         if let Some(a) = &self.arch {
-            return forward_seq(params, a, x, unit_masks, self.negative_slope, None);
+            return forward_seq(params, a, x, unit_masks, self.negative_slope, None, None);
         }
         let shapes = self.layer_shapes(head);
         forward_t(params, &shapes, x, unit_masks, self.negative_slope).permute::<_, Axes2<1, 0>>()
@@ -441,7 +441,15 @@ impl<D: Device<f32>> DeviceMlp<D> {
         let batch = x.shape().0 as f32;
         if let Some(a) = &self.arch {
             // Logits come out `[batch, classes]` and contiguous, so no transposition is needed.
-            let logits = forward_seq(traced, a, x, None, self.negative_slope, self.dropout_seed);
+            let logits = forward_seq(
+                traced,
+                a,
+                x,
+                None,
+                self.negative_slope,
+                self.dropout_seed,
+                None,
+            );
             let loss = match objective {
                 Objective::CrossEntropy(labels) => {
                     let classes = self.shapes[self.n_trunk + head].0;
@@ -571,6 +579,84 @@ fn dropout_layer_seed(step: u64, layer: usize) -> u64 {
     step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (layer as u64 + 1)
 }
 
+/// The input's probe and one probe per weighted trunk layer.
+type Probes<D, T> = (Tensor4<D, T>, Vec<Probe<D, T>>);
+
+/// A tensor of ones multiplied into an activation, so that its gradient is the activation
+/// times the gradient w.r.t. the activation (gradient × input, in one backward pass).
+pub enum Probe<D: Device<f32>, T> {
+    Map(Tensor4<D, T>),
+    Flat(Matrix<D, T>),
+}
+
+impl<D: Device<f32>> DeviceMlp<D> {
+    /// Gradient × input for a conv model: per weighted trunk layer, `a ⊙ ∂f_y/∂a` of its
+    /// activation (after the activation function), with `f_y` the logit of `labels[i]` in
+    /// `head`; then the same for the input. Maps come flattened NCHW per sample; also returns
+    /// the explained logits.
+    pub fn gradient_x_activations(
+        &self,
+        x: &Matrix<D>,
+        labels: &[u8],
+        head: usize,
+    ) -> (Vec<Vec<f32>>, Vec<f32>, Vec<f32>) {
+        let arch = self.arch.as_ref().expect("a conv model");
+        let batch = x.shape().0;
+        let feats = arch.features().expect("validated architecture");
+        let [c, h, w] = arch.input;
+        let input_probe: Tensor4<D> = self.dev.ones_like(&(batch, c, h, w));
+        let ones: Vec<Probe<D, NoneTape>> = arch
+            .weighted()
+            .iter()
+            .map(|spec| match feats[spec.op + 1] {
+                super::arch::Feature::Map(o, fh, fw) => {
+                    Probe::Map(self.dev.ones_like(&(batch, o, fh, fw)))
+                }
+                super::arch::Feature::Flat(n) => Probe::Flat(self.dev.ones_like(&(batch, n))),
+            })
+            .collect();
+        let traced_probes: Vec<Probe<D, OwnedTape<f32, D>>> = ones
+            .iter()
+            .map(|p| match p {
+                Probe::Map(t) => Probe::Map(t.leaky_trace()),
+                Probe::Flat(t) => Probe::Flat(t.leaky_trace()),
+            })
+            .collect();
+        let traced: Vec<Vector<D, OwnedTape<f32, D>>> = self
+            .path(head)
+            .iter()
+            .map(|&i| self.params[i].leaky_trace())
+            .collect();
+        let logits = forward_seq(
+            traced,
+            arch,
+            x,
+            None,
+            self.negative_slope,
+            None,
+            Some((input_probe.leaky_trace(), traced_probes)),
+        );
+        let classes = logits.shape().1;
+        let values = logits.as_vec();
+        let mut pick = vec![0f32; batch * classes];
+        let mut explained = Vec::with_capacity(batch);
+        for (i, &y) in labels.iter().enumerate() {
+            pick[i * classes + y as usize] = 1.0;
+            explained.push(values[i * classes + y as usize]);
+        }
+        let pick = self.dev.tensor_from_vec(pick, (batch, classes));
+        let grads = (logits * pick).sum::<(), _>().backward();
+        let hidden = ones
+            .iter()
+            .map(|p| match p {
+                Probe::Map(t) => grads.get(t).as_vec(),
+                Probe::Flat(t) => grads.get(t).as_vec(),
+            })
+            .collect();
+        (hidden, grads.get(&input_probe).as_vec(), explained)
+    }
+}
+
 /// A conv model's forward pass: `x: [batch, C·H·W]` (NCHW per sample) → logits
 /// `[batch, classes]` of the head whose weight and bias are the last two of `params` (the
 /// trunk's in order before them). With `unit_masks`, weighted trunk layer `l`'s activation
@@ -582,12 +668,20 @@ fn forward_seq<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     unit_masks: Option<&[Vector<D>]>,
     negative_slope: f32,
     dropout_seed: Option<u64>,
+    probes: Option<Probes<D, T>>,
 ) -> Matrix<D, T> {
     let batch = x.shape().0;
     let [c, h, w] = arch.input;
     let weighted = arch.weighted();
     let mut it = params.into_iter();
-    let mut act: SeqAct<D, T> = SeqAct::Input(x.clone().reshape_like(&(batch, c, h, w)));
+    let x4 = x.clone().reshape_like(&(batch, c, h, w));
+    let (mut act, mut probes): (SeqAct<D, T>, _) = match probes {
+        None => (SeqAct::Input(x4), None),
+        Some((input, layers)) => (
+            SeqAct::Map(x4.retaped::<T>() * input),
+            Some(layers.into_iter()),
+        ),
+    };
     let mut wl = 0;
     let into_map = |a: SeqAct<D, T>| -> Tensor4<D, T> {
         match a {
@@ -620,6 +714,10 @@ fn forward_seq<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
                     }
                     None => a,
                 };
+                let a = match probes.as_mut().and_then(|p| p.next()) {
+                    Some(Probe::Map(p)) => a * p,
+                    _ => a,
+                };
                 wl += 1;
                 SeqAct::Map(a)
             }
@@ -639,6 +737,10 @@ fn forward_seq<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
                 let a = match unit_masks {
                     Some(m) => a * m[wl].clone().broadcast_like::<_, Axis<0>>(&(batch, units)),
                     None => a,
+                };
+                let a = match probes.as_mut().and_then(|p| p.next()) {
+                    Some(Probe::Flat(p)) => a * p,
+                    _ => a,
                 };
                 wl += 1;
                 SeqAct::Flat(a)

@@ -178,6 +178,12 @@ pub fn weight_importance<D: Device<f32>>(
     seed: u64,
     head: usize,
 ) -> Result<Option<(importance::WeightImportance, usize)>, StageError> {
+    if host.arch.is_some() && matches!(spec, ScoreSpec::Sig { .. }) {
+        // SIG needs every layer's input activations, which only the MLP path provides.
+        return Err(StageError::invalid(
+            "method sig is not implemented for conv models yet; use fisher, mas or si",
+        ));
+    }
     let reference = |size, from| reference_samples(task, dim, size, from, seed, head);
     let model = || DeviceMlp::from_host(dev, host);
     let (imp, n) = match *spec {
@@ -280,7 +286,6 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let head = p.task_index;
     if host.arch.is_some() {
         let unsupported = match p.method {
-            ScoreSpec::GradientXInput { .. } => Some("method gradient_x_input"),
             ScoreSpec::Sig { .. } => Some("method sig"),
             ScoreSpec::Fisher { unit_rule, .. }
             | ScoreSpec::Mas { unit_rule, .. }
@@ -293,7 +298,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         };
         if let Some(what) = unsupported {
             return Err(StageError::invalid(format!(
-                "score: {what} is not implemented for conv models yet; use lrp, magnitude, random, fisher, mas or si (unit_rule: incoming)"
+                "score: {what} is not implemented for conv models yet; use lrp, gradient_x_input, magnitude, random, fisher, mas or si (unit_rule: incoming)"
             )));
         }
     }

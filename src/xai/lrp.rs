@@ -334,6 +334,9 @@ pub fn gradient_x_input<D: Device<f32>>(
     labels: &[u8],
     head: usize,
 ) -> Relevance {
+    if model.arch.is_some() {
+        return crate::xai::lrp_cnn::gradient_x_input_model(model, x, labels, head);
+    }
     let f = forward(model, x, labels, head, false);
     let slope = model.negative_slope;
     let layers = f.weights.len();

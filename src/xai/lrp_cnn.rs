@@ -506,29 +506,58 @@ pub fn lrp_model<D: Device<f32>>(
         .weighted()
         .iter()
         .zip(&act_at)
-        .map(|(spec, &at)| {
-            let rel = &r.per_layer[at];
-            match feats[spec.op + 1] {
-                crate::nn::arch::Feature::Map(o, fh, fw) => {
-                    let hw = fh * fw;
-                    let mut rows = vec![0f32; batch * hw * o];
-                    for n in 0..batch {
-                        for f in 0..o {
-                            for p in 0..hw {
-                                rows[(n * hw + p) * o + f] = rel[(n * o + f) * hw + p];
-                            }
-                        }
-                    }
-                    rows
-                }
-                crate::nn::arch::Feature::Flat(_) => rel.clone(),
-            }
-        })
+        .map(|(spec, &at)| unit_rows(&r.per_layer[at], feats[spec.op + 1], batch))
         .collect();
     crate::xai::lrp::Relevance {
         batch,
         hidden,
         input: r.per_layer[0].clone(),
         explained: r.explained,
+    }
+}
+
+/// Gradient × input of a conv model (see [`DeviceMlp::gradient_x_activations`]), in the
+/// layout of [`lrp_model`]: a conv layer's rows are (sample, position) × filters.
+pub fn gradient_x_input_model<D: Device<f32>>(
+    model: &DeviceMlp<D>,
+    x: &Matrix<D>,
+    labels: &[u8],
+    head: usize,
+) -> crate::xai::lrp::Relevance {
+    let arch = model.arch.as_ref().expect("a conv model");
+    let batch = x.shape().0;
+    let feats = arch.features().expect("validated architecture");
+    let (per_layer, input, explained) = model.gradient_x_activations(x, labels, head);
+    let hidden = arch
+        .weighted()
+        .iter()
+        .zip(&per_layer)
+        .map(|(spec, v)| unit_rows(v, feats[spec.op + 1], batch))
+        .collect();
+    crate::xai::lrp::Relevance {
+        batch,
+        hidden,
+        input,
+        explained,
+    }
+}
+
+/// A layer's per-sample values `[N, O, H, W]` (or `[N, units]`) as rows of units:
+/// `[N·H·W, O]` for maps, unchanged for flat layers.
+fn unit_rows(rel: &[f32], feature: crate::nn::arch::Feature, batch: usize) -> Vec<f32> {
+    match feature {
+        crate::nn::arch::Feature::Map(o, fh, fw) => {
+            let hw = fh * fw;
+            let mut rows = vec![0f32; batch * hw * o];
+            for n in 0..batch {
+                for f in 0..o {
+                    for p in 0..hw {
+                        rows[(n * hw + p) * o + f] = rel[(n * o + f) * hw + p];
+                    }
+                }
+            }
+            rows
+        }
+        crate::nn::arch::Feature::Flat(_) => rel.to_vec(),
     }
 }
