@@ -26,6 +26,8 @@ pub struct ImageData {
     pub files: BTreeMap<String, PathBuf>,
     /// `[3, H, W]` of every sample.
     pub sample_shape: [usize; 3],
+    /// Per task: `epochs` overriding `training.epochs` (0 = keep the loaded weights).
+    pub epochs: Vec<Option<usize>>,
 }
 
 /// One task: a dataset and its classes (labels of that dataset, in head order).
@@ -105,12 +107,7 @@ pub fn with_roots(
         let root = path
             .to_str()
             .and_then(|p| p.strip_suffix(rel))
-            .ok_or_else(|| {
-                format!(
-                    "dataset {name}: {} does not end in {rel}",
-                    path.display()
-                )
-            })?;
+            .ok_or_else(|| format!("dataset {name}: {} does not end in {rel}", path.display()))?;
         v[*key] = serde_json::Value::String(root.to_string());
     }
     serde_json::from_value(v).map_err(|e| format!("dataset {name}: {e}"))
@@ -174,25 +171,56 @@ pub fn check_tasks(
                     e(path, format!("task {} already uses classes of dataset `{}`; `classes: all` must be the dataset's only task", prev + 1, task.dataset));
                 }
                 if let Some(n) = n.filter(|&n| n < 2) {
-                    e(path, format!("a task needs at least two classes, dataset `{}` has {n}", task.dataset));
+                    e(
+                        path,
+                        format!(
+                            "a task needs at least two classes, dataset `{}` has {n}",
+                            task.dataset
+                        ),
+                    );
                 }
             }
             TaskClasses::List(list) => {
                 if list.len() < 2 {
-                    e(path, format!("a task needs at least two classes, found {}", list.len()));
+                    e(
+                        path,
+                        format!("a task needs at least two classes, found {}", list.len()),
+                    );
                 }
                 for (i, &c) in list.iter().enumerate() {
                     let p = format!("{path}.{i}");
                     if let Some(n) = n.filter(|&n| c as usize >= n) {
-                        e(&p, format!("class {c} is out of range: dataset `{}` has {n} classes (0..={})", task.dataset, n - 1));
+                        e(
+                            &p,
+                            format!(
+                                "class {c} is out of range: dataset `{}` has {n} classes (0..={})",
+                                task.dataset,
+                                n - 1
+                            ),
+                        );
                         continue;
                     }
                     if let Some(&prev) = whole.get(&task.dataset) {
-                        e(&p, format!("task {} already takes every class of dataset `{}`", prev + 1, task.dataset));
+                        e(
+                            &p,
+                            format!(
+                                "task {} already takes every class of dataset `{}`",
+                                prev + 1,
+                                task.dataset
+                            ),
+                        );
                     }
                     match used.insert((task.dataset.clone(), c), t) {
-                        Some(prev) if prev == t => e(&p, format!("class {c} appears twice in task {}", t + 1)),
-                        Some(prev) => e(&p, format!("class {c} is already in task {}; class groups must not overlap", prev + 1)),
+                        Some(prev) if prev == t => {
+                            e(&p, format!("class {c} appears twice in task {}", t + 1))
+                        }
+                        Some(prev) => e(
+                            &p,
+                            format!(
+                                "class {c} is already in task {}; class groups must not overlap",
+                                prev + 1
+                            ),
+                        ),
                         None => {}
                     }
                 }
@@ -208,7 +236,10 @@ pub fn labels(list: &[i64], path: &str, e: &mut dyn FnMut(&str, String)) -> Vec<
         .filter_map(|(i, &c)| match u16::try_from(c) {
             Ok(c) => Some(c),
             Err(_) => {
-                e(&format!("{path}.{i}"), format!("expected a class label in 0..=65535, found {c}"));
+                e(
+                    &format!("{path}.{i}"),
+                    format!("expected a class label in 0..=65535, found {c}"),
+                );
                 None
             }
         })
@@ -216,7 +247,14 @@ pub fn labels(list: &[i64], path: &str, e: &mut dyn FnMut(&str, String)) -> Vec<
 }
 
 /// Datasets named but used by no task.
-pub fn unused(datasets: &BTreeMap<String, ImageDatasetSpec>, tasks: &[ImageTask]) -> BTreeSet<String> {
+pub fn unused(
+    datasets: &BTreeMap<String, ImageDatasetSpec>,
+    tasks: &[ImageTask],
+) -> BTreeSet<String> {
     let used: BTreeSet<&String> = tasks.iter().map(|t| &t.dataset).collect();
-    datasets.keys().filter(|k| !used.contains(k)).cloned().collect()
+    datasets
+        .keys()
+        .filter(|k| !used.contains(k))
+        .cloned()
+        .collect()
 }

@@ -11,8 +11,8 @@ mod model;
 pub mod raw;
 mod validate;
 
-pub use locate::{Locator, Pos};
 pub use images::{ImageData, ImageTask, TaskClasses};
+pub use locate::{Locator, Pos};
 pub use validate::*;
 
 use std::fmt;

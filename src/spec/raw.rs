@@ -45,6 +45,9 @@ pub enum RawTasks {
 pub struct RawDatasetTask {
     pub dataset: String,
     pub classes: RawClasses,
+    /// Overrides `training.epochs` for this task; 0 keeps a pretrained task 1 as loaded.
+    #[serde(default)]
+    pub epochs: Option<i64>,
 }
 
 /// `all` (every class of the dataset, in label order) or a list of labels.

@@ -1,8 +1,8 @@
 //! Raw pipeline → checked [`Pipeline`]. Collects every problem with its location instead of
 //! stopping at the first.
 
-use super::raw::*;
 use super::images::{self, ImageData, ImageTask, TaskClasses};
+use super::raw::*;
 use super::{DataCheck, Locator, SpecError, SpecErrors};
 use crate::data::ImageDatasetSpec;
 use crate::xai::importance::{FisherLabels, GradientMode, UnitRule};
@@ -630,6 +630,7 @@ pub(super) fn validate(
     let mut tasks: Vec<Vec<u16>> = Vec::new();
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     let mut image_tasks: Vec<(ImageTask, String)> = Vec::new();
+    let mut task_epochs: Vec<Option<usize>> = Vec::new();
     let (groups, permute_seed, group_path): (Vec<Vec<i64>>, Option<u64>, &str) = match &raw.tasks {
         RawTasks::Groups(g) => (g.clone(), None, "tasks"),
         RawTasks::Permuted(p) => {
@@ -662,7 +663,11 @@ pub(super) fn validate(
             }
             for (t, task) in list.iter().enumerate() {
                 let path = format!("tasks.{t}");
-                if let Some(ParsedData::Images { datasets, single: false }) = &source {
+                if let Some(ParsedData::Images {
+                    datasets,
+                    single: false,
+                }) = &source
+                {
                     if !datasets.contains_key(&task.dataset) {
                         e(
                             &format!("{path}.dataset"),
@@ -674,6 +679,21 @@ pub(super) fn validate(
                         );
                     }
                 }
+                task_epochs.push(match task.epochs {
+                    None => None,
+                    Some(0) if t > 0 || raw.model.pretrained.is_none() => {
+                        e(
+                            &format!("{path}.epochs"),
+                            "0 epochs only for task 1 with `model.pretrained` (keep the loaded weights)".into(),
+                        );
+                        None
+                    }
+                    Some(n) if n < 0 => {
+                        e(&format!("{path}.epochs"), format!("expected an integer >= 0, found {n}"));
+                        None
+                    }
+                    Some(n) => Some(n as usize),
+                });
                 let classes = match &task.classes {
                     RawClasses::All => TaskClasses::All,
                     RawClasses::List(l) => {
@@ -699,7 +719,9 @@ pub(super) fn validate(
     }
     let image_source = matches!(source, Some(ParsedData::Images { .. }));
     if image_source {
-        if let (RawTasks::Groups(g), Some(ParsedData::Images { single, .. })) = (&raw.tasks, &source) {
+        if let (RawTasks::Groups(g), Some(ParsedData::Images { single, .. })) =
+            (&raw.tasks, &source)
+        {
             if !*single {
                 e(
                     "tasks",
@@ -1216,7 +1238,10 @@ pub(super) fn validate(
 
     let image_data = match &source {
         Some(ParsedData::Images { datasets, single }) => {
-            Some(check_images(datasets, *single, &image_tasks, data, &mut e))
+            let mut d = check_images(datasets, *single, &image_tasks, data, &mut e);
+            d.epochs = task_epochs.clone();
+            d.epochs.resize(d.tasks.len(), None);
+            Some(d)
         }
         _ => None,
     };
@@ -1294,11 +1319,7 @@ fn is_idx(v: &serde_yaml::Value) -> bool {
     v.get("format").and_then(|f| f.as_str()) == Some("idx")
 }
 
-fn parse_data(
-    raw: &RawPipeline,
-    ctx: &Ctx,
-    e: &mut dyn FnMut(&str, String),
-) -> Option<ParsedData> {
+fn parse_data(raw: &RawPipeline, ctx: &Ctx, e: &mut dyn FnMut(&str, String)) -> Option<ParsedData> {
     let _ = ctx;
     match (&raw.dataset, &raw.datasets) {
         (Some(_), Some(_)) => {
@@ -1425,5 +1446,6 @@ fn check_images(
         tasks: plain,
         files,
         sample_shape: first.map_or([3, 0, 0], |(_, s)| s),
+        epochs: Vec::new(),
     }
 }

@@ -94,7 +94,18 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
     out.push(split_decl);
 
     let split_in = || ("split", SPLIT_ID.to_string());
-    let base_params = |t: usize, seed: u64| json!({"task_index": t, "seed": seed, "model": p.model, "training": p.training});
+    let task_epochs = |t: usize| match &p.data {
+        DataSource::Images(d) => d.epochs.get(t).copied().flatten(),
+        DataSource::Idx(_) => None,
+    };
+    let base_params = |t: usize, seed: u64| {
+        let mut v =
+            json!({"task_index": t, "seed": seed, "model": p.model, "training": p.training});
+        if let Some(n) = task_epochs(t) {
+            v["training"]["epochs"] = json!(n);
+        }
+        v
+    };
     for s in &p.strategies {
         for &seed in &p.seeds {
             if s.joint {

@@ -11,8 +11,8 @@
 
 use super::artifacts::{Samples, SplitData, TaskData};
 use crate::data::{load_idx_pair, LabeledImages};
-use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::data::{load_images, ImageSet, Part};
+use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::spec::{ImageTask, TaskClasses};
 use rand::seq::SliceRandom;
 use serde::Deserialize;
@@ -209,7 +209,12 @@ fn split_images(ctx: &StageContext, p: &Params) -> Result<Artifact, StageError> 
 }
 
 fn select_images(data: &ImageSet, classes: &[u16]) -> Samples {
-    let mut local = vec![None; data.class_names.len().max(1 + *classes.iter().max().unwrap_or(&0) as usize)];
+    let mut local = vec![
+        None;
+        data.class_names
+            .len()
+            .max(1 + *classes.iter().max().unwrap_or(&0) as usize)
+    ];
     for (i, &c) in classes.iter().enumerate() {
         local[c as usize] = Some(i as u8);
     }
