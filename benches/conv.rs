@@ -154,7 +154,7 @@ fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: u
     };
     let mut opt = MaskedOptimizer::new(dev, cfg, &m.params, vec![None; m.params.len()]);
     let pixels: Vec<u8> = (0..batch * a.input_len()).map(|_| rng.gen()).collect();
-    let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
+    let labels: Vec<u16> = (0..batch).map(|i| (i % 10) as u16).collect();
     let x = m.input(&pixels);
     time(1, runs, || {
         m.dropout_seed = Some(1);

@@ -42,7 +42,7 @@ fn bench_train_step() {
     let scales = vec![None; model.params.len()];
     let mut opt = MaskedOptimizer::new(&dev, cfg, &model.params, scales);
     let pixels: Vec<u8> = (0..128 * 784).map(|i| (i * 31 % 251) as u8).collect();
-    let labels: Vec<u8> = (0..128).map(|i| (i % 2) as u8).collect();
+    let labels: Vec<u16> = (0..128).map(|i| (i % 2) as u16).collect();
     let x = images_to_tensor(&dev, &pixels, 784);
     let mut times = Vec::new();
     for i in 0..60 {
@@ -75,7 +75,7 @@ fn bench_score_methods() {
     let (host, cfg) = paper_mlp();
     let model = DeviceMlp::from_host(&dev, &host);
     let pixels: Vec<u8> = (0..1600 * 784).map(|i| (i * 31 % 251) as u8).collect();
-    let labels: Vec<u8> = (0..1600).map(|i| (i % 2) as u8).collect();
+    let labels: Vec<u16> = (0..1600).map(|i| (i % 2) as u16).collect();
     // One epoch: 13 Adam steps of batch 128 (the last one partial), with and without SI.
     let epoch = |with_si: bool| {
         let mut m = DeviceMlp::from_host(&dev, &host);

@@ -218,7 +218,7 @@ fn cnn_gradients_match_finite_differences() {
     let p = tiny_model(3);
     let m = DeviceMlp::from_host(&dev, &p);
     let x = m.input(&pixels(3));
-    let labels = [0u8, 2, 1];
+    let labels = [0u16, 2, 1];
     let (loss, grads) = m.loss_and_grads(&x, &labels, 0);
     let loss_of = |q: &MlpParams| {
         DeviceMlp::from_host(&dev, q)
@@ -289,7 +289,7 @@ fn lrp_is_conservative_through_the_models_own_path() {
     }
     let m = DeviceMlp::from_host(&dev, &p);
     let x = m.input(&pixels(4));
-    let labels = [0u8, 1, 2, 0];
+    let labels = [0u16, 1, 2, 0];
     let mut rules = cfpipe::xai::lrp::LrpRules::epsilon(1e-9);
     rules.conv = cfpipe::spec::raw::LrpRule::Zplus;
     let r = cfpipe::xai::lrp::lrp(&m, &x, &labels, 0, &rules);

@@ -370,3 +370,44 @@ fn image_pipelines_compile_without_data_and_name_missing_data() {
         "{err}"
     );
 }
+
+#[test]
+fn image_dataset_mistakes_are_located_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"datasets:
+  c10: {format: cifar10, root: /nonexistent/c10}
+  c100: {format: cifar100, root: /nonexistent/c100, labels: coarse}
+  faces: {format: adience, root: /nonexistent/a, train_folds: [0, 1], test_folds: [1], size: 64}
+  spare: {format: cifar10, root: /nonexistent/c10}
+tasks:
+  - {dataset: c10, classes: all}
+  - {dataset: c100, classes: [3, 20]}
+  - {dataset: c100, classes: [3, 4]}
+  - {dataset: imagenet, classes: all}
+  - {dataset: faces, classes: all}
+model: {kind: small_cnn, input_shape: [3, 32, 32]}
+training: {optimizer: adam, lr: 0.001, batch_size: 8, epochs: 1}
+seeds: [0]
+strategies: {naive: {freeze: none}}
+"#;
+    let pipeline = dir.path().join("bad.yaml");
+    fs::write(&pipeline, yaml).unwrap();
+    let o = cfpipe(
+        "dag",
+        pipeline.to_str().unwrap(),
+        &dir.path().join("c"),
+        &[],
+    );
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for want in [
+        "bad.yaml:8:34: tasks.1.classes.1: class 20 is out of range: dataset `c100` has 20 classes",
+        "bad.yaml:9:31: tasks.2.classes.0: class 3 is already in task 2",
+        "bad.yaml:10:15: tasks.3.dataset: no dataset `imagenet` under `datasets:`",
+        "bad.yaml:4:83: datasets.faces.test_folds: fold 1 is also a training fold",
+        "bad.yaml:4:10: datasets.faces: decodes to samples of shape [3, 64, 64], but dataset `c10` to [3, 32, 32]",
+        "bad.yaml:5:10: datasets.spare: not used by any task",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+}

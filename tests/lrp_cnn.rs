@@ -56,7 +56,7 @@ fn input(dev: &Cpu) -> Tensor4<Cpu> {
 fn relevance_is_conserved_through_a_cnn_for_every_rule() {
     let dev = Cpu::default();
     let layers = network(&dev, 4);
-    let labels = [0u8, 2];
+    let labels = [0u16, 2];
     let cases: Vec<(&str, LrpRules)> = {
         let base = LrpRules::epsilon(1e-9);
         let with = |f: &dyn Fn(&mut LrpRules)| {
@@ -131,10 +131,10 @@ fn z_plus_relevance_of_a_positive_logit_is_non_negative_and_max_pool_is_winner_t
         .unwrap()
         .as_vec();
     // Explain, per sample, its largest logit if positive.
-    let labels: Vec<u8> = (0..2)
+    let labels: Vec<u16> = (0..2)
         .map(|i| {
             let row = &logits[i * 3..(i + 1) * 3];
-            (0..3).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u8
+            (0..3).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u16
         })
         .collect();
     let r = lrp_sequential(&layers, x, &labels, &rules);

@@ -422,7 +422,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
     pub fn loss_and_grads(
         &self,
         x: &Matrix<D>,
-        labels: &[u8],
+        labels: &[u16],
         head: usize,
     ) -> (f32, Vec<(usize, Vector<D>)>) {
         self.grads_of(x, head, Objective::CrossEntropy(labels))
@@ -523,7 +523,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
 #[derive(Debug, Clone, Copy)]
 pub enum Objective<'a> {
     /// Mean cross-entropy against these labels (local to the head).
-    CrossEntropy(&'a [u8]),
+    CrossEntropy(&'a [u16]),
     /// Mean over samples of the squared L2 norm of the logits (MAS).
     SquaredNorm,
 }
@@ -597,7 +597,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
     pub fn gradient_x_activations(
         &self,
         x: &Matrix<D>,
-        labels: &[u8],
+        labels: &[u16],
         head: usize,
     ) -> (Vec<Vec<f32>>, Vec<f32>, Vec<f32>) {
         let arch = self.arch.as_ref().expect("a conv model");
@@ -785,7 +785,7 @@ pub fn images_to_tensor<D: Device<f32>>(dev: &D, pixels: &[u8], dim: usize) -> M
 }
 
 /// One-hot targets, transposed: `[classes, batch]`.
-pub fn one_hot_t<D: Device<f32>>(dev: &D, labels: &[u8], classes: usize) -> Matrix<D> {
+pub fn one_hot_t<D: Device<f32>>(dev: &D, labels: &[u16], classes: usize) -> Matrix<D> {
     let n = labels.len();
     let mut data = vec![0f32; n * classes];
     for (i, &y) in labels.iter().enumerate() {

@@ -5,11 +5,12 @@
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::BTreeMap;
 
-/// A host tensor: f32 or u8 data with a shape.
+/// A host tensor: f32, u8 or u16 (labels of more than 256 classes) data with a shape.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostTensor {
     F32 { shape: Vec<usize>, data: Vec<f32> },
     U8 { shape: Vec<usize>, data: Vec<u8> },
+    U16 { shape: Vec<usize>, data: Vec<u16> },
 }
 
 impl HostTensor {
@@ -21,16 +22,29 @@ impl HostTensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         HostTensor::U8 { shape, data }
     }
+    pub fn u16(shape: Vec<usize>, data: Vec<u16>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        HostTensor::U16 { shape, data }
+    }
     pub fn shape(&self) -> &[usize] {
         match self {
-            HostTensor::F32 { shape, .. } | HostTensor::U8 { shape, .. } => shape,
+            HostTensor::F32 { shape, .. }
+            | HostTensor::U8 { shape, .. }
+            | HostTensor::U16 { shape, .. } => shape,
+        }
+    }
+    fn dtype_name(&self) -> &'static str {
+        match self {
+            HostTensor::F32 { .. } => "F32",
+            HostTensor::U8 { .. } => "U8",
+            HostTensor::U16 { .. } => "U16",
         }
     }
     /// The data, if the tensor is f32.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
             HostTensor::F32 { data, .. } => Some(data),
-            HostTensor::U8 { .. } => None,
+            _ => None,
         }
     }
 }
@@ -66,6 +80,12 @@ pub fn encode(tensors: &BTreeMap<String, HostTensor>) -> Vec<u8> {
                 data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ),
             HostTensor::U8 { shape, data } => (n.clone(), Dtype::U8, shape.clone(), data.clone()),
+            HostTensor::U16 { shape, data } => (
+                n.clone(),
+                Dtype::U16,
+                shape.clone(),
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
         })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
@@ -98,11 +118,19 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, TensorIoErro
                 shape,
                 data: view.data().to_vec(),
             },
+            Dtype::U16 => HostTensor::U16 {
+                shape,
+                data: view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            },
             other => {
                 return Err(TensorIoError::Dtype {
                     name,
                     found: format!("{other:?}"),
-                    expected: "F32 or U8",
+                    expected: "F32, U8 or U16",
                 })
             }
         };
@@ -115,15 +143,17 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, TensorIoErro
 pub trait TensorMapExt {
     fn take_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), TensorIoError>;
     fn take_u8(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), TensorIoError>;
+    /// Labels: a U16 tensor, or a U8 one widened (split artifacts of at most 256 classes).
+    fn take_labels(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u16>), TensorIoError>;
 }
 
 impl TensorMapExt for BTreeMap<String, HostTensor> {
     fn take_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), TensorIoError> {
         match self.remove(name) {
             Some(HostTensor::F32 { shape, data }) => Ok((shape, data)),
-            Some(_) => Err(TensorIoError::Dtype {
+            Some(t) => Err(TensorIoError::Dtype {
                 name: name.into(),
-                found: "U8".into(),
+                found: t.dtype_name().into(),
                 expected: "F32",
             }),
             None => Err(TensorIoError::Missing(name.into())),
@@ -132,10 +162,24 @@ impl TensorMapExt for BTreeMap<String, HostTensor> {
     fn take_u8(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), TensorIoError> {
         match self.remove(name) {
             Some(HostTensor::U8 { shape, data }) => Ok((shape, data)),
-            Some(_) => Err(TensorIoError::Dtype {
+            Some(t) => Err(TensorIoError::Dtype {
                 name: name.into(),
-                found: "F32".into(),
+                found: t.dtype_name().into(),
                 expected: "U8",
+            }),
+            None => Err(TensorIoError::Missing(name.into())),
+        }
+    }
+    fn take_labels(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u16>), TensorIoError> {
+        match self.remove(name) {
+            Some(HostTensor::U16 { shape, data }) => Ok((shape, data)),
+            Some(HostTensor::U8 { shape, data }) => {
+                Ok((shape, data.into_iter().map(u16::from).collect()))
+            }
+            Some(t) => Err(TensorIoError::Dtype {
+                name: name.into(),
+                found: t.dtype_name().into(),
+                expected: "U8 or U16",
             }),
             None => Err(TensorIoError::Missing(name.into())),
         }

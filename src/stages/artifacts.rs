@@ -22,7 +22,7 @@ fn bad(what: &str, e: impl std::fmt::Display) -> StageError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Samples {
     pub x: Vec<u8>,
-    pub y: Vec<u8>,
+    pub y: Vec<u16>,
 }
 
 impl Samples {
@@ -77,6 +77,9 @@ impl SplitData {
 
     pub fn to_artifact(&self, art: &mut Artifact) {
         let d = self.dim();
+        // Bytes while every head has at most 256 classes, so the artifacts of such splits
+        // (MNIST's) keep their bytes; u16 labels for larger heads (ImageNet's 1000).
+        let wide = self.tasks.iter().any(|t| t.classes.len() > 256);
         let mut m = BTreeMap::new();
         for (t, task) in self.tasks.iter().enumerate() {
             for (part, s) in [("train", &task.train), ("test", &task.test)] {
@@ -84,10 +87,12 @@ impl SplitData {
                     format!("task{t}.{part}.x"),
                     HostTensor::u8(vec![s.len(), d], s.x.clone()),
                 );
-                m.insert(
-                    format!("task{t}.{part}.y"),
-                    HostTensor::u8(vec![s.len()], s.y.clone()),
-                );
+                let y = if wide {
+                    HostTensor::u16(vec![s.len()], s.y.clone())
+                } else {
+                    HostTensor::u8(vec![s.len()], s.y.iter().map(|&v| v as u8).collect())
+                };
+                m.insert(format!("task{t}.{part}.y"), y);
             }
         }
         art.insert(SPLIT_TENSORS, tensorio::encode(&m));
@@ -117,7 +122,7 @@ impl SplitData {
                     .take_u8(&format!("task{t}.{part}.x"))
                     .map_err(|e| bad(SPLIT_TENSORS, e))?;
                 let (_, y) = m
-                    .take_u8(&format!("task{t}.{part}.y"))
+                    .take_labels(&format!("task{t}.{part}.y"))
                     .map_err(|e| bad(SPLIT_TENSORS, e))?;
                 Ok(Samples { x, y })
             };
@@ -300,4 +305,45 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
     file: &str,
 ) -> Result<T, StageError> {
     serde_json::from_slice(&ctx.read_input(slot, file)?).map_err(|e| bad(file, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::tensorio::{decode, TensorMapExt};
+
+    fn split(classes: usize) -> SplitData {
+        let y: Vec<u16> = (0..classes as u16).rev().collect();
+        SplitData {
+            sample_shape: vec![1],
+            tasks: vec![TaskData {
+                classes: (0..classes as u16).collect(),
+                train: Samples {
+                    x: vec![7; classes],
+                    y: y.clone(),
+                },
+                test: Samples {
+                    x: vec![9; classes],
+                    y,
+                },
+            }],
+        }
+    }
+
+    /// Heads of up to 256 classes keep byte labels (the bytes MNIST's splits always had);
+    /// ImageNet's 1000-way head gets u16 labels, and both read back as the same u16 values.
+    #[test]
+    fn labels_are_bytes_up_to_256_classes_and_u16_beyond() {
+        for (classes, dtype_u16) in [(256, false), (1000, true)] {
+            let s = split(classes);
+            let mut art = Artifact::new();
+            s.to_artifact(&mut art);
+            let mut m = decode(&art.files[SPLIT_TENSORS]).unwrap();
+            let is_u16 = matches!(m["task0.train.y"], HostTensor::U16 { .. });
+            assert_eq!(is_u16, dtype_u16, "{classes} classes");
+            let (_, y) = m.take_labels("task0.train.y").unwrap();
+            assert_eq!(y, s.tasks[0].train.y);
+            assert_eq!(y[0] as usize, classes - 1);
+        }
+    }
 }

@@ -192,13 +192,6 @@ fn split_images(ctx: &StageContext, p: &Params) -> Result<Artifact, StageError> 
                 task.dataset
             )));
         }
-        if classes.len() > 256 {
-            return Err(StageError::failed(format!(
-                "task {}: {} classes; split labels are bytes, at most 256 classes per task",
-                t + 1,
-                classes.len()
-            )));
-        }
         tasks.push(TaskData {
             train: select_images(train, &classes),
             test: select_images(test, &classes),
@@ -216,7 +209,7 @@ fn select_images(data: &ImageSet, classes: &[u16]) -> Samples {
             .max(1 + *classes.iter().max().unwrap_or(&0) as usize)
     ];
     for (i, &c) in classes.iter().enumerate() {
-        local[c as usize] = Some(i as u8);
+        local[c as usize] = Some(i as u16);
     }
     let mut x = Vec::new();
     let mut y = Vec::new();
@@ -273,7 +266,7 @@ fn select(data: &LabeledImages, idx: &[usize], classes: &[u16]) -> Samples {
     for &i in idx {
         if let Some(local) = classes.iter().position(|&c| c == data.labels[i] as u16) {
             x.extend_from_slice(data.sample(i));
-            y.push(local as u8);
+            y.push(local as u16);
         }
     }
     Samples { x, y }

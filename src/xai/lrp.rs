@@ -99,7 +99,7 @@ pub struct Relevance {
 pub fn lrp_epsilon<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u8],
+    labels: &[u16],
     head: usize,
     epsilon: f32,
 ) -> Relevance {
@@ -239,7 +239,7 @@ struct Forward<D: Device<f32>> {
 fn forward<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u8],
+    labels: &[u16],
     head: usize,
     start_with_logit: bool,
 ) -> Forward<D> {
@@ -293,7 +293,7 @@ fn forward<D: Device<f32>>(
 pub fn lrp<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u8],
+    labels: &[u16],
     head: usize,
     rules: &LrpRules,
 ) -> Relevance {
@@ -331,7 +331,7 @@ pub fn lrp<D: Device<f32>>(
 pub fn gradient_x_input<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u8],
+    labels: &[u16],
     head: usize,
 ) -> Relevance {
     if model.arch.is_some() {
@@ -383,7 +383,7 @@ mod tests {
         let m = DeviceMlp::from_host(&dev, &p);
         let x: Vec<f32> = (0..48).map(|i| ((i * 37 % 11) as f32) / 10.0).collect();
         let xt = dev.tensor_from_vec(x, (4, 12));
-        let labels = [0u8, 1, 2, 1];
+        let labels = [0u16, 1, 2, 1];
         let r = lrp_epsilon(&m, &xt, &labels, 0, 1e-9);
         for i in 0..4 {
             let f = r.explained[i] as f64;
@@ -446,7 +446,7 @@ mod tests {
         let m = DeviceMlp::from_host(&dev, &p);
         let x: Vec<f32> = (0..48).map(|i| ((i * 37 % 11) as f32) / 10.0).collect();
         let xt = dev.tensor_from_vec(x, (4, 12));
-        let labels = [0u8, 1, 2, 1];
+        let labels = [0u16, 1, 2, 1];
         let rules = [
             LrpRule::Epsilon,
             LrpRule::Zplus,
@@ -521,7 +521,7 @@ mod tests {
     fn gradient_x_input_matches_finite_differences_and_euler() {
         let dev = Cpu::default();
         let x: Vec<f32> = (0..24).map(|i| ((i * 29 % 13) as f32) / 12.0).collect();
-        let labels = [2u8, 0];
+        let labels = [2u16, 0];
         // With biases: compare the input's gradient × input with central differences.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mut p = MlpParams::init(12, &[10, 8], &mut rng);
