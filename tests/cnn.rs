@@ -633,3 +633,22 @@ fn conv_model_mistakes_are_located_spec_errors() {
         assert!(err.contains("pipeline.yaml:"), "{err}");
     }
 }
+
+#[test]
+fn normalisation_is_per_channel_on_byte_over_255() {
+    let a = Arch {
+        input: [2, 1, 2],
+        layers: vec![Op::Flatten],
+        normalize: Some(arch::Normalization {
+            mean: vec![0.5, 0.0],
+            std: vec![0.25, 2.0],
+        }),
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut p = MlpParams::init_arch(&a, &mut rng);
+    p.push_head(2, &mut rng);
+    let m = DeviceMlp::from_host(&Cpu::default(), &p);
+    // Two samples, channel-major: [c0 c0 c1 c1].
+    let x = m.input(&[255, 0, 255, 0, 0, 255, 0, 255]).as_vec();
+    assert_eq!(x, [2.0, -2.0, 0.5, 0.0, -2.0, 2.0, 0.0, 0.5]);
+}

@@ -48,6 +48,11 @@ impl DenseParams {
     }
 }
 
+/// A class label local to a task's head. 16 bits, so that a head can have more than 256
+/// classes (ImageNet's 1000); stored as U8 in split artifacts when every label fits, as U16
+/// otherwise.
+pub type Label = u16;
+
 /// Host-side parameters of the whole model. A conv layer's `DenseParams` holds its
 /// `[O, C, kh, kw]` weight as `out_dim = O`, `in_dim = C·kh·kw`.
 #[derive(Debug, Clone, PartialEq)]
@@ -422,7 +427,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
     pub fn loss_and_grads(
         &self,
         x: &Matrix<D>,
-        labels: &[u16],
+        labels: &[Label],
         head: usize,
     ) -> (f32, Vec<(usize, Vector<D>)>) {
         self.grads_of(x, head, Objective::CrossEntropy(labels))
@@ -523,7 +528,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
 #[derive(Debug, Clone, Copy)]
 pub enum Objective<'a> {
     /// Mean cross-entropy against these labels (local to the head).
-    CrossEntropy(&'a [u16]),
+    CrossEntropy(&'a [Label]),
     /// Mean over samples of the squared L2 norm of the logits (MAS).
     SquaredNorm,
 }
@@ -597,7 +602,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
     pub fn gradient_x_activations(
         &self,
         x: &Matrix<D>,
-        labels: &[u16],
+        labels: &[Label],
         head: usize,
     ) -> (Vec<Vec<f32>>, Vec<f32>, Vec<f32>) {
         let arch = self.arch.as_ref().expect("a conv model");
@@ -785,7 +790,7 @@ pub fn images_to_tensor<D: Device<f32>>(dev: &D, pixels: &[u8], dim: usize) -> M
 }
 
 /// One-hot targets, transposed: `[classes, batch]`.
-pub fn one_hot_t<D: Device<f32>>(dev: &D, labels: &[u16], classes: usize) -> Matrix<D> {
+pub fn one_hot_t<D: Device<f32>>(dev: &D, labels: &[Label], classes: usize) -> Matrix<D> {
     let n = labels.len();
     let mut data = vec![0f32; n * classes];
     for (i, &y) in labels.iter().enumerate() {

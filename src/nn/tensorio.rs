@@ -5,12 +5,22 @@
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::BTreeMap;
 
-/// A host tensor: f32, u8 or u16 (labels of more than 256 classes) data with a shape.
+/// A host tensor: f32 or u8 data with a shape.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostTensor {
-    F32 { shape: Vec<usize>, data: Vec<f32> },
-    U8 { shape: Vec<usize>, data: Vec<u8> },
-    U16 { shape: Vec<usize>, data: Vec<u16> },
+    F32 {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
+    U8 {
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    },
+    /// Labels of data sets with more than 256 classes.
+    U16 {
+        shape: Vec<usize>,
+        data: Vec<u16>,
+    },
 }
 
 impl HostTensor {
@@ -22,10 +32,6 @@ impl HostTensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         HostTensor::U8 { shape, data }
     }
-    pub fn u16(shape: Vec<usize>, data: Vec<u16>) -> Self {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        HostTensor::U16 { shape, data }
-    }
     pub fn shape(&self) -> &[usize] {
         match self {
             HostTensor::F32 { shape, .. }
@@ -33,18 +39,11 @@ impl HostTensor {
             | HostTensor::U16 { shape, .. } => shape,
         }
     }
-    fn dtype_name(&self) -> &'static str {
-        match self {
-            HostTensor::F32 { .. } => "F32",
-            HostTensor::U8 { .. } => "U8",
-            HostTensor::U16 { .. } => "U16",
-        }
-    }
     /// The data, if the tensor is f32.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
             HostTensor::F32 { data, .. } => Some(data),
-            _ => None,
+            HostTensor::U8 { .. } | HostTensor::U16 { .. } => None,
         }
     }
 }
@@ -130,7 +129,7 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, TensorIoErro
                 return Err(TensorIoError::Dtype {
                     name,
                     found: format!("{other:?}"),
-                    expected: "F32, U8 or U16",
+                    expected: "F32 or U8",
                 })
             }
         };
@@ -143,7 +142,7 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, TensorIoErro
 pub trait TensorMapExt {
     fn take_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), TensorIoError>;
     fn take_u8(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), TensorIoError>;
-    /// Labels: a U16 tensor, or a U8 one widened (split artifacts of at most 256 classes).
+    /// Integer labels stored as U8 or U16, widened to u16.
     fn take_labels(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u16>), TensorIoError>;
 }
 
@@ -151,9 +150,9 @@ impl TensorMapExt for BTreeMap<String, HostTensor> {
     fn take_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), TensorIoError> {
         match self.remove(name) {
             Some(HostTensor::F32 { shape, data }) => Ok((shape, data)),
-            Some(t) => Err(TensorIoError::Dtype {
+            Some(_) => Err(TensorIoError::Dtype {
                 name: name.into(),
-                found: t.dtype_name().into(),
+                found: "an integer type".into(),
                 expected: "F32",
             }),
             None => Err(TensorIoError::Missing(name.into())),
@@ -162,9 +161,9 @@ impl TensorMapExt for BTreeMap<String, HostTensor> {
     fn take_u8(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), TensorIoError> {
         match self.remove(name) {
             Some(HostTensor::U8 { shape, data }) => Ok((shape, data)),
-            Some(t) => Err(TensorIoError::Dtype {
+            Some(_) => Err(TensorIoError::Dtype {
                 name: name.into(),
-                found: t.dtype_name().into(),
+                found: "F32 or U16".into(),
                 expected: "U8",
             }),
             None => Err(TensorIoError::Missing(name.into())),
@@ -172,13 +171,13 @@ impl TensorMapExt for BTreeMap<String, HostTensor> {
     }
     fn take_labels(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u16>), TensorIoError> {
         match self.remove(name) {
-            Some(HostTensor::U16 { shape, data }) => Ok((shape, data)),
             Some(HostTensor::U8 { shape, data }) => {
                 Ok((shape, data.into_iter().map(u16::from).collect()))
             }
-            Some(t) => Err(TensorIoError::Dtype {
+            Some(HostTensor::U16 { shape, data }) => Ok((shape, data)),
+            Some(_) => Err(TensorIoError::Dtype {
                 name: name.into(),
-                found: t.dtype_name().into(),
+                found: "F32".into(),
                 expected: "U8 or U16",
             }),
             None => Err(TensorIoError::Missing(name.into())),
@@ -198,6 +197,13 @@ mod tests {
             HostTensor::f32(vec![2, 2], vec![1.0, -0.0, f32::MIN_POSITIVE, 3.5]),
         );
         m.insert("y".to_string(), HostTensor::u8(vec![3], vec![0, 7, 255]));
+        m.insert(
+            "wide".to_string(),
+            HostTensor::U16 {
+                shape: vec![2],
+                data: vec![999, 65535],
+            },
+        );
         let a = encode(&m);
         assert_eq!(a, encode(&m));
         let back = decode(&a).unwrap();

@@ -760,8 +760,11 @@ pub(super) fn validate(
         let mut g = Vec::new();
         for (i, &c) in group.iter().enumerate() {
             let p = format!("{gpath}.{i}");
-            if !(0..=255).contains(&c) {
-                e(&p, format!("expected a class label in 0..=255, found {c}"));
+            if !(0..=65535).contains(&c) {
+                e(
+                    &p,
+                    format!("expected a class label in 0..=65535, found {c}"),
+                );
                 continue;
             }
             if let Some(prev) = seen.insert(c, t) {
@@ -1221,7 +1224,7 @@ pub(super) fn validate(
                         format!("tasks.{t}")
                     };
                     for (i, &c) in group.iter().enumerate() {
-                        if (0..=255).contains(&c) && !present.contains(&(c as u8)) {
+                        if (0..=65535).contains(&c) && !present.iter().any(|&p| p as i64 == c) {
                             e(
                                 &format!("{gpath}.{i}"),
                                 format!(

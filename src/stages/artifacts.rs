@@ -4,7 +4,7 @@
 
 use crate::exec::{Artifact, StageContext, StageError};
 use crate::nn::arch::Arch;
-use crate::nn::mlp::MlpParams;
+use crate::nn::mlp::{Label, MlpParams};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ fn bad(what: &str, e: impl std::fmt::Display) -> StageError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Samples {
     pub x: Vec<u8>,
-    pub y: Vec<u16>,
+    pub y: Vec<Label>,
 }
 
 impl Samples {
@@ -37,7 +37,7 @@ impl Samples {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskData {
     /// Global dataset labels of this task's classes, in head order.
-    pub classes: Vec<u16>,
+    pub classes: Vec<Label>,
     pub train: Samples,
     pub test: Samples,
 }
@@ -50,7 +50,7 @@ pub struct SplitMeta {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMeta {
-    pub classes: Vec<u16>,
+    pub classes: Vec<Label>,
     pub n_train: usize,
     pub n_test: usize,
 }
@@ -77,9 +77,6 @@ impl SplitData {
 
     pub fn to_artifact(&self, art: &mut Artifact) {
         let d = self.dim();
-        // Bytes while every head has at most 256 classes, so the artifacts of such splits
-        // (MNIST's) keep their bytes; u16 labels for larger heads (ImageNet's 1000).
-        let wide = self.tasks.iter().any(|t| t.classes.len() > 256);
         let mut m = BTreeMap::new();
         for (t, task) in self.tasks.iter().enumerate() {
             for (part, s) in [("train", &task.train), ("test", &task.test)] {
@@ -87,10 +84,14 @@ impl SplitData {
                     format!("task{t}.{part}.x"),
                     HostTensor::u8(vec![s.len(), d], s.x.clone()),
                 );
-                let y = if wide {
-                    HostTensor::u16(vec![s.len()], s.y.clone())
-                } else {
+                // Bytes while every label fits (the format of data sets up to 256 classes).
+                let y = if s.y.iter().all(|&v| v < 256) {
                     HostTensor::u8(vec![s.len()], s.y.iter().map(|&v| v as u8).collect())
+                } else {
+                    HostTensor::U16 {
+                        shape: vec![s.len()],
+                        data: s.y.clone(),
+                    }
                 };
                 m.insert(format!("task{t}.{part}.y"), y);
             }
@@ -310,40 +311,31 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::tensorio::{decode, TensorMapExt};
 
-    fn split(classes: usize) -> SplitData {
-        let y: Vec<u16> = (0..classes as u16).rev().collect();
+    fn split_with(y: Vec<Label>) -> SplitData {
+        let n = y.len();
         SplitData {
             sample_shape: vec![1],
             tasks: vec![TaskData {
-                classes: (0..classes as u16).collect(),
+                classes: (0..1000).collect(),
                 train: Samples {
-                    x: vec![7; classes],
+                    x: vec![0; n],
                     y: y.clone(),
                 },
-                test: Samples {
-                    x: vec![9; classes],
-                    y,
-                },
+                test: Samples { x: vec![0; n], y },
             }],
         }
     }
 
-    /// Heads of up to 256 classes keep byte labels (the bytes MNIST's splits always had);
-    /// ImageNet's 1000-way head gets u16 labels, and both read back as the same u16 values.
     #[test]
-    fn labels_are_bytes_up_to_256_classes_and_u16_beyond() {
-        for (classes, dtype_u16) in [(256, false), (1000, true)] {
-            let s = split(classes);
+    fn labels_are_bytes_while_they_fit_and_u16_beyond() {
+        for (y, wide) in [(vec![0, 255, 7], false), (vec![0, 999, 256], true)] {
             let mut art = Artifact::new();
-            s.to_artifact(&mut art);
-            let mut m = decode(&art.files[SPLIT_TENSORS]).unwrap();
-            let is_u16 = matches!(m["task0.train.y"], HostTensor::U16 { .. });
-            assert_eq!(is_u16, dtype_u16, "{classes} classes");
-            let (_, y) = m.take_labels("task0.train.y").unwrap();
-            assert_eq!(y, s.tasks[0].train.y);
-            assert_eq!(y[0] as usize, classes - 1);
+            split_with(y.clone()).to_artifact(&mut art);
+            let mut m = tensorio::decode(&art.files[SPLIT_TENSORS]).unwrap();
+            let t = &m["task0.train.y"];
+            assert_eq!(matches!(t, HostTensor::U16 { .. }), wide);
+            assert_eq!(m.take_labels("task0.train.y").unwrap().1, y);
         }
     }
 }

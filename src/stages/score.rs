@@ -108,11 +108,11 @@ fn per_sample_units<D: Device<f32>>(
     ctx: &StageContext,
     host: &MlpParams,
     x_all: &[u8],
-    y_all: &[u16],
+    y_all: &[crate::nn::mlp::Label],
     dim: usize,
     abs: AbsMode,
     phase: &str,
-    attribute: impl Fn(&DeviceMlp<D>, &Matrix<D>, &[u16]) -> Relevance,
+    attribute: impl Fn(&DeviceMlp<D>, &Matrix<D>, &[crate::nn::mlp::Label]) -> Relevance,
 ) -> Result<(Vec<Vec<f64>>, f64), StageError> {
     let model = DeviceMlp::from_host(dev, host);
     let sizes = host.hidden_sizes();
@@ -142,7 +142,7 @@ pub fn reference_samples(
     from: ReferenceSplit,
     seed: u64,
     task_index: usize,
-) -> (Vec<u8>, Vec<u16>) {
+) -> (Vec<u8>, Vec<crate::nn::mlp::Label>) {
     let samples = match from {
         ReferenceSplit::Test => &task.test,
         ReferenceSplit::Train => &task.train,

@@ -18,12 +18,14 @@ use rand::seq::SliceRandom;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+use crate::nn::mlp::Label;
+
 pub struct Split;
 
 #[derive(Debug, Deserialize)]
 struct Params {
     #[serde(default)]
-    tasks: Vec<Vec<u16>>,
+    tasks: Vec<Vec<Label>>,
     #[serde(default)]
     test_fraction: Option<f64>,
     #[serde(default)]
@@ -260,13 +262,13 @@ fn permute(x: &mut [u8], perm: &[usize]) {
     }
 }
 
-fn select(data: &LabeledImages, idx: &[usize], classes: &[u16]) -> Samples {
+fn select(data: &LabeledImages, idx: &[usize], classes: &[Label]) -> Samples {
     let mut x = Vec::new();
     let mut y = Vec::new();
     for &i in idx {
-        if let Some(local) = classes.iter().position(|&c| c == data.labels[i] as u16) {
+        if let Some(local) = classes.iter().position(|&c| c == data.labels[i] as Label) {
             x.extend_from_slice(data.sample(i));
-            y.push(local as u16);
+            y.push(local as Label);
         }
     }
     Samples { x, y }

@@ -82,7 +82,7 @@ fn path_shapes<D: Device<f32>>(m: &DeviceMlp<D>, head: usize) -> Vec<(usize, usi
 /// Samples as `(pixels [n·dim], local labels [n])`.
 pub struct Batch<'a> {
     pub x: &'a [u8],
-    pub y: &'a [u16],
+    pub y: &'a [crate::nn::mlp::Label],
     pub dim: usize,
 }
 
@@ -90,7 +90,7 @@ impl Batch<'_> {
     fn len(&self) -> usize {
         self.y.len()
     }
-    fn range(&self, a: usize, b: usize) -> (&[u8], &[u16]) {
+    fn range(&self, a: usize, b: usize) -> (&[u8], &[crate::nn::mlp::Label]) {
         (&self.x[a * self.dim..b * self.dim], &self.y[a..b])
     }
 }
@@ -114,11 +114,11 @@ pub fn fisher<D: Device<f32>>(
     for c in 0..n_chunks {
         let (xs, ys) = data.range(c * step, ((c + 1) * step).min(data.len()));
         let x = m.input(xs);
-        let y: Vec<u16> = match labels {
+        let y: Vec<crate::nn::mlp::Label> = match labels {
             FisherLabels::GroundTruth => ys.to_vec(),
             FisherLabels::Predicted => argmax_rows(&m.logits(&x, head, None).as_vec(), classes)
                 .into_iter()
-                .map(|c| c as u16)
+                .map(|c| c as crate::nn::mlp::Label)
                 .collect(),
         };
         let (_, g) = m.grads_of(&x, head, Objective::CrossEntropy(&y));

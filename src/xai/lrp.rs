@@ -99,7 +99,7 @@ pub struct Relevance {
 pub fn lrp_epsilon<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u16],
+    labels: &[crate::nn::mlp::Label],
     head: usize,
     epsilon: f32,
 ) -> Relevance {
@@ -239,7 +239,7 @@ struct Forward<D: Device<f32>> {
 fn forward<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u16],
+    labels: &[crate::nn::mlp::Label],
     head: usize,
     start_with_logit: bool,
 ) -> Forward<D> {
@@ -293,7 +293,7 @@ fn forward<D: Device<f32>>(
 pub fn lrp<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u16],
+    labels: &[crate::nn::mlp::Label],
     head: usize,
     rules: &LrpRules,
 ) -> Relevance {
@@ -331,7 +331,7 @@ pub fn lrp<D: Device<f32>>(
 pub fn gradient_x_input<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u16],
+    labels: &[crate::nn::mlp::Label],
     head: usize,
 ) -> Relevance {
     if model.arch.is_some() {

@@ -302,7 +302,7 @@ fn pool_backward<D: Device<f32>>(
 pub fn lrp_sequential<D: Device<f32>>(
     layers: &[Layer<D>],
     x: Tensor4<D>,
-    labels: &[u16],
+    labels: &[crate::nn::mlp::Label],
     rules: &LrpRules,
 ) -> CnnRelevance {
     let acts = forward(layers, x);
@@ -487,7 +487,7 @@ pub fn model_layers<D: Device<f32>>(
 pub fn lrp_model<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u16],
+    labels: &[crate::nn::mlp::Label],
     head: usize,
     rules: &LrpRules,
 ) -> crate::xai::lrp::Relevance {
@@ -521,7 +521,7 @@ pub fn lrp_model<D: Device<f32>>(
 pub fn gradient_x_input_model<D: Device<f32>>(
     model: &DeviceMlp<D>,
     x: &Matrix<D>,
-    labels: &[u16],
+    labels: &[crate::nn::mlp::Label],
     head: usize,
 ) -> crate::xai::lrp::Relevance {
     let arch = model.arch.as_ref().expect("a conv model");
