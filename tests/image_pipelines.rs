@@ -9,7 +9,7 @@ mod common;
 
 use cfpipe::nn::arch;
 use cfpipe::nn::mlp::MlpParams;
-use cfpipe::nn::tensorio::encode;
+use cfpipe::nn::tensorio::{decode, encode};
 use cfpipe::nn::torchvision;
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
@@ -260,13 +260,18 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
     let out = ok(&cfpipe("show", &pipeline, &cache, &overrides(&moved)));
     assert_show_has_tasks(&out, &["naive", "rnf"], 2);
     // The split read both datasets (ImageNet training subsampled to `max_per_class: 2`).
-    let log = fs::read_dir(cache.join("entries"))
-        .unwrap()
-        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path().join("aux/log.txt"))
-        .filter_map(|p| fs::read_to_string(p).ok())
-        .find(|l| l.contains("dataset imagenet"))
-        .expect("the split's log");
+    let entry = |id: &str| {
+        fs::read_dir(cache.join("entries"))
+            .unwrap()
+            .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|e| e.unwrap().path())
+            .find(|e| {
+                fs::read_to_string(e.join("manifest.json"))
+                    .is_ok_and(|m| m.contains(&format!("\"stage_id\": \"{id}\"")))
+            })
+            .unwrap_or_else(|| panic!("no entry for {id}"))
+    };
+    let log = fs::read_to_string(entry("split").join("aux/log.txt")).unwrap();
     assert!(
         log.contains("dataset adience: 8 classes, 16 train, 16 test"),
         "{log}"
