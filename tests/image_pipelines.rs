@@ -9,7 +9,7 @@ mod common;
 
 use cfpipe::nn::arch;
 use cfpipe::nn::mlp::MlpParams;
-use cfpipe::nn::tensorio::{decode, encode};
+use cfpipe::nn::tensorio::{decode, encode, HostTensor};
 use cfpipe::nn::torchvision;
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
@@ -40,12 +40,12 @@ fn save_jpeg(path: &Path, class: usize, i: usize) {
     .unwrap();
 }
 
-/// ImageFolder trees `train/` and `val/` with three classes of `n` images each.
-fn imagenet_tree(root: &Path, n: usize) {
+/// ImageFolder trees `train/` and `val/` with `classes` classes of `n` images each.
+fn imagenet_tree(root: &Path, classes: usize, n: usize) {
     for part in ["train", "val"] {
-        for c in 0..3 {
+        for c in 0..classes {
             for i in 0..n {
-                save_jpeg(&root.join(format!("{part}/n0{c}/img{i}.JPEG")), c, i);
+                save_jpeg(&root.join(format!("{part}/n{c:04}/img{i}.JPEG")), c, i);
             }
         }
     }
@@ -212,12 +212,14 @@ fn assert_show_has_tasks(out: &str, strategies: &[&str], tasks: usize) {
 fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    imagenet_tree(&data.join("imagenet"), 3);
+    // More classes than a byte holds: task 1's labels travel as u16 (ImageNet has 1000).
+    let classes = 300;
+    imagenet_tree(&data.join("imagenet"), classes, 1);
     adience_tree(&data.join("adience"), 2, 2);
     let a = arch::vgg16(32, 16, 3);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let mut p = MlpParams::init_arch(&a, &mut rng);
-    p.push_head(3, &mut rng);
+    p.push_head(classes, &mut rng);
     fs::write(
         data.join("vgg.safetensors"),
         encode(&torchvision::vgg16_to_tensors(&p)),
@@ -259,7 +261,7 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
     assert_eq!(ran(&out), (13, 0), "{out}");
     let out = ok(&cfpipe("show", &pipeline, &cache, &overrides(&moved)));
     assert_show_has_tasks(&out, &["naive", "rnf"], 2);
-    // The split read both datasets (ImageNet training subsampled to `max_per_class: 2`).
+    // The split read both datasets.
     let entry = |id: &str| {
         fs::read_dir(cache.join("entries"))
             .unwrap()
@@ -277,7 +279,7 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
         "{log}"
     );
     assert!(
-        log.contains("dataset imagenet: 3 classes, 6 train, 9 test"),
+        log.contains("dataset imagenet: 300 classes, 300 train, 300 test"),
         "{log}"
     );
 }
