@@ -317,6 +317,19 @@ fn the_cifar_split_pipeline_runs_on_fixtures_and_reruns_nothing() {
     assert_eq!(ran(&out), (20, 0), "{out}");
     let out = ok(&cfpipe("show", &pipeline, &cache, &overrides));
     assert_show_has_tasks(&out, &["naive", "rnf"], 3);
+    // One changed pixel in CIFAR-100's test file: the split says why it reruns.
+    let test_bin = dir.path().join("cifar-100-binary/test.bin");
+    let mut bytes = fs::read(&test_bin).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    fs::write(&test_bin, bytes).unwrap();
+    let out = ok(&cfpipe("status", &pipeline, &cache, &overrides));
+    let split = out
+        .lines()
+        .find(|l| l.starts_with("split"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(split.contains("cifar100/0/test.bin"), "{out}");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides));
+    assert!(ran(&out).1 >= 1, "{out}");
 }
 
 #[test]
