@@ -282,6 +282,29 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
         log.contains("dataset imagenet: 300 classes, 300 train, 300 test"),
         "{log}"
     );
+    let split = decode(&fs::read(entry("split").join("out/split.safetensors")).unwrap()).unwrap();
+    match &split["task0.test.y"] {
+        HostTensor::U16 { data, .. } => {
+            assert_eq!(data.iter().max(), Some(&(classes as u16 - 1)))
+        }
+        other => panic!("task 1's 300 labels are not U16: {:?}", other.shape()),
+    }
+    assert!(matches!(split["task1.test.y"], HostTensor::U8 { .. }));
+    // `epochs: 0`: task 1 is the pretrained file, bit for bit.
+    let t1 = entry("naive/seed0/task1/train");
+    let arch: arch::Arch =
+        serde_json::from_slice(&fs::read(t1.join("out/arch.json")).unwrap()).unwrap();
+    let tensors = decode(&fs::read(t1.join("out/model.safetensors")).unwrap()).unwrap();
+    let trained = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    assert!(trained.trunk == p.trunk, "task 1's trunk moved");
+    assert!(trained.heads == p.heads, "task 1's head moved");
+    // ...and task 2 did train its shared trunk (naive finetuning).
+    let t2 = entry("naive/seed0/task2/train");
+    let tensors = decode(&fs::read(t2.join("out/model.safetensors")).unwrap()).unwrap();
+    let arch: arch::Arch =
+        serde_json::from_slice(&fs::read(t2.join("out/arch.json")).unwrap()).unwrap();
+    let after = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    assert!(after.trunk != p.trunk, "task 2 did not train the trunk");
 }
 
 #[test]
