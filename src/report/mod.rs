@@ -81,13 +81,13 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 if acc.is_none() {
                     r.missing.push(eid);
                 }
-                r.accuracy = vec![None; p.tasks.len()];
-                r.accuracy[p.tasks.len() - 1] = acc;
-                r.free_capacity = vec![Some(1.0); p.tasks.len()];
+                r.accuracy = vec![None; p.task_count()];
+                r.accuracy[p.task_count() - 1] = acc;
+                r.free_capacity = vec![Some(1.0); p.task_count()];
                 out.push(r);
                 continue;
             }
-            for t in 0..p.tasks.len() {
+            for t in 0..p.task_count() {
                 let eid = stage_id(&s.name, seed, t, "evaluate");
                 let acc = entry(&eid)
                     .and_then(|e| read_json::<EvalReport>(e, EVAL_JSON))

@@ -5,11 +5,13 @@
 //! reported with the file, line and column (found by `locate`) and its key path, or with the
 //! `--set` override that introduced it.
 
+pub mod images;
 mod locate;
 mod model;
 pub mod raw;
 mod validate;
 
+pub use images::{ImageData, ImageTask, TaskClasses};
 pub use locate::{Locator, Pos};
 pub use validate::*;
 

@@ -11,8 +11,16 @@ pub struct RawPipeline {
     /// Free text for humans; not part of any key.
     #[serde(default)]
     pub name: Option<String>,
-    pub dataset: RawDataset,
-    /// Class groups, one per task, e.g. `[[0, 1], [2, 3]]`, or `permuted: {…}`.
+    /// One dataset: IDX (`format: idx`, [`RawDataset`]) or a colour-image format
+    /// ([`crate::data::ImageDatasetSpec`]); parsed by `validate`, which knows the key paths.
+    #[serde(default)]
+    pub dataset: Option<serde_yaml::Value>,
+    /// Named colour-image datasets for tasks drawn from several datasets
+    /// (`tasks: [{dataset: NAME, classes: all}, …]`).
+    #[serde(default)]
+    pub datasets: Option<BTreeMap<String, serde_yaml::Value>>,
+    /// Class groups, one per task, e.g. `[[0, 1], [2, 3]]`, `permuted: {…}`, or one
+    /// `{dataset: NAME, classes: all | [..]}` per task.
     pub tasks: RawTasks,
     pub model: RawModel,
     pub training: RawTraining,
@@ -28,6 +36,40 @@ pub enum RawTasks {
     /// The same classes in every task; task 1 as is, tasks 2.. with a fixed, seeded
     /// permutation of the input pixels each (permuted MNIST).
     Permuted(RawPermuted),
+    /// One entry per task, each naming a dataset under `datasets:` and its classes.
+    FromDatasets(Vec<RawDatasetTask>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatasetTask {
+    pub dataset: String,
+    pub classes: RawClasses,
+    /// Overrides `training.epochs` for this task; 0 keeps a pretrained task 1 as loaded.
+    #[serde(default)]
+    pub epochs: Option<i64>,
+}
+
+/// `all` (every class of the dataset, in label order) or a list of labels.
+#[derive(Debug, Clone)]
+pub enum RawClasses {
+    All,
+    List(Vec<i64>),
+}
+
+impl<'de> Deserialize<'de> for RawClasses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) if s == "all" => Ok(RawClasses::All),
+            v @ serde_yaml::Value::Sequence(_) => serde_yaml::from_value(v)
+                .map(RawClasses::List)
+                .map_err(|e| D::Error::custom(format!("expected a list of class labels: {e}"))),
+            _ => Err(D::Error::custom(
+                "expected `all` or a list of class labels like [0, 2, 4]",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +92,15 @@ impl<'de> Deserialize<'de> for RawTasks {
         use serde::de::Error;
         let v = serde_yaml::Value::deserialize(d)?;
         match v {
+            serde_yaml::Value::Sequence(ref items)
+                if items.first().is_some_and(|i| i.is_mapping()) =>
+            {
+                serde_yaml::from_value(v).map(RawTasks::FromDatasets).map_err(|e| {
+                    D::Error::custom(format!(
+                        "expected one `{{dataset: NAME, classes: all | [..]}}` per task: {e}"
+                    ))
+                })
+            }
             serde_yaml::Value::Sequence(_) => serde_yaml::from_value(v).map(RawTasks::Groups).map_err(|e| {
                 D::Error::custom(format!("expected a list of class groups like [[0, 1], [2, 3]]: {e}"))
             }),

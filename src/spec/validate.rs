@@ -1,8 +1,10 @@
 //! Raw pipeline → checked [`Pipeline`]. Collects every problem with its location instead of
 //! stopping at the first.
 
+use super::images::{self, ImageData, ImageTask, TaskClasses};
 use super::raw::*;
 use super::{DataCheck, Locator, SpecError, SpecErrors};
+use crate::data::ImageDatasetSpec;
 use crate::xai::importance::{FisherLabels, GradientMode, UnitRule};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,8 +48,9 @@ impl Ctx {
 pub struct Pipeline {
     pub name: String,
     pub source: PathBuf,
-    pub dataset: DatasetSpec,
-    /// Class groups per task (global dataset labels).
+    pub data: DataSource,
+    /// Class groups per task (global dataset labels) of an IDX dataset; image tasks are in
+    /// [`DataSource::Images`].
     pub tasks: Vec<Vec<u16>>,
     /// Seed of the per-task pixel permutations (permuted tasks), if any.
     pub permute_seed: Option<u64>,
@@ -55,6 +58,22 @@ pub struct Pipeline {
     pub training: TrainingSpec,
     pub seeds: Vec<u64>,
     pub strategies: Vec<Strategy>,
+}
+
+/// Where the tasks' samples come from.
+#[derive(Debug, Clone)]
+pub enum DataSource {
+    Idx(DatasetSpec),
+    Images(ImageData),
+}
+
+impl Pipeline {
+    pub fn task_count(&self) -> usize {
+        match &self.data {
+            DataSource::Idx(_) => self.tasks.len(),
+            DataSource::Images(d) => d.tasks.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -556,19 +575,23 @@ pub(super) fn validate(
     let mut errs: Vec<SpecError> = Vec::new();
     let mut e = |p: &str, m: String| errs.push(ctx.error(p, m));
 
-    // Dataset.
-    let d = &raw.dataset;
-    let test_files = match (&d.test_images, &d.test_labels) {
-        (Some(i), Some(l)) => Some((i.clone(), l.clone())),
-        (None, None) => None,
-        (Some(_), None) => {
+    // Dataset: IDX, or colour images (one `dataset:` or named `datasets:`).
+    let source = parse_data(&raw, ctx, &mut e);
+    let idx = match &source {
+        Some(ParsedData::Idx(d)) => Some(d),
+        _ => None,
+    };
+    let test_files = match idx.map(|d| (&d.test_images, &d.test_labels)) {
+        None | Some((None, None)) => None,
+        Some((Some(i), Some(l))) => Some((i.clone(), l.clone())),
+        Some((Some(_), None)) => {
             e(
                 "dataset.test_labels",
                 "required when `test_images` is given".into(),
             );
             None
         }
-        (None, Some(_)) => {
+        Some((None, Some(_))) => {
             e(
                 "dataset.test_images",
                 "required when `test_labels` is given".into(),
@@ -576,15 +599,16 @@ pub(super) fn validate(
             None
         }
     };
-    let test_fraction = match (&test_files, d.test_fraction) {
-        (Some(_), Some(_)) => {
+    let test_fraction = match (idx, &test_files, idx.and_then(|d| d.test_fraction)) {
+        (None, _, _) => None,
+        (_, Some(_), Some(_)) => {
             e(
                 "dataset.test_fraction",
                 "not allowed with test files: the split is given".into(),
             );
             None
         }
-        (None, None) => {
+        (_, None, None) => {
             e(
                 "dataset",
                 "expected `test_fraction` (a number in (0, 1)) or `test_images` and `test_labels`"
@@ -592,19 +616,21 @@ pub(super) fn validate(
             );
             None
         }
-        (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
+        (_, None, Some(f)) if !(f > 0.0 && f < 1.0) => {
             e(
                 "dataset.test_fraction",
                 format!("expected a number in (0, 1), found {f}"),
             );
             None
         }
-        (_, f) => f,
+        (_, _, f) => f,
     };
 
     // Tasks.
     let mut tasks: Vec<Vec<u16>> = Vec::new();
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut image_tasks: Vec<(ImageTask, String)> = Vec::new();
+    let mut task_epochs: Vec<Option<usize>> = Vec::new();
     let (groups, permute_seed, group_path): (Vec<Vec<i64>>, Option<u64>, &str) = match &raw.tasks {
         RawTasks::Groups(g) => (g.clone(), None, "tasks"),
         RawTasks::Permuted(p) => {
@@ -614,20 +640,107 @@ pub(super) fn validate(
                     format!("expected a task count in 1..=1000, found {}", p.count),
                 );
             }
+            if matches!(source, Some(ParsedData::Images { .. })) {
+                e(
+                    "tasks.permuted",
+                    "permuted tasks need an IDX dataset (`format: idx`)".into(),
+                );
+            }
             (
                 vec![p.classes.clone(); p.count.clamp(1, 1000) as usize],
                 Some(p.seed),
                 "tasks.permuted.classes",
             )
         }
+        RawTasks::FromDatasets(list) => {
+            match &source {
+                Some(ParsedData::Images { single: false, .. }) => {}
+                Some(_) => e(
+                    "tasks",
+                    "tasks of the form `{dataset: NAME, classes: ..}` name datasets under `datasets:`; with one `dataset:`, give class groups like [[0, 1], [2, 3]]".into(),
+                ),
+                None => {}
+            }
+            for (t, task) in list.iter().enumerate() {
+                let path = format!("tasks.{t}");
+                if let Some(ParsedData::Images {
+                    datasets,
+                    single: false,
+                }) = &source
+                {
+                    if !datasets.contains_key(&task.dataset) {
+                        e(
+                            &format!("{path}.dataset"),
+                            format!(
+                                "no dataset `{}` under `datasets:` (named: {})",
+                                task.dataset,
+                                datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        );
+                    }
+                }
+                task_epochs.push(match task.epochs {
+                    None => None,
+                    Some(0) if t > 0 || raw.model.pretrained.is_none() => {
+                        e(
+                            &format!("{path}.epochs"),
+                            "0 epochs only for task 1 with `model.pretrained` (keep the loaded weights)".into(),
+                        );
+                        None
+                    }
+                    Some(n) if n < 0 => {
+                        e(&format!("{path}.epochs"), format!("expected an integer >= 0, found {n}"));
+                        None
+                    }
+                    Some(n) => Some(n as usize),
+                });
+                let classes = match &task.classes {
+                    RawClasses::All => TaskClasses::All,
+                    RawClasses::List(l) => {
+                        TaskClasses::List(images::labels(l, &format!("{path}.classes"), &mut e))
+                    }
+                };
+                image_tasks.push((
+                    ImageTask {
+                        dataset: task.dataset.clone(),
+                        classes,
+                    },
+                    format!("{path}.classes"),
+                ));
+            }
+            (Vec::new(), None, "tasks")
+        }
     };
-    if groups.is_empty() {
+    if groups.is_empty() && image_tasks.is_empty() {
         e(
             "tasks",
             "expected at least one class group, e.g. `[[0, 1], [2, 3]]`".into(),
         );
     }
-    for (t, group) in groups.iter().enumerate() {
+    let image_source = matches!(source, Some(ParsedData::Images { .. }));
+    if image_source {
+        if let (RawTasks::Groups(g), Some(ParsedData::Images { single, .. })) =
+            (&raw.tasks, &source)
+        {
+            if !*single {
+                e(
+                    "tasks",
+                    "with `datasets:`, each task names its dataset: `- {dataset: NAME, classes: all | [..]}`".into(),
+                );
+            }
+            for (t, group) in g.iter().enumerate() {
+                let path = format!("tasks.{t}");
+                image_tasks.push((
+                    ImageTask {
+                        dataset: images::SINGLE.to_string(),
+                        classes: TaskClasses::List(images::labels(group, &path, &mut e)),
+                    },
+                    path,
+                ));
+            }
+        }
+    }
+    for (t, group) in groups.iter().enumerate().filter(|_| !image_source) {
         let gpath = if permute_seed.is_some() {
             group_path.to_string()
         } else {
@@ -1067,7 +1180,7 @@ pub(super) fn validate(
     }
 
     // Data files, and the classes the tasks name.
-    if data == DataCheck::Required {
+    if let (DataCheck::Required, Some(d)) = (data, idx) {
         let mut files = vec![
             ("dataset.images", d.images.clone()),
             ("dataset.labels", d.labels.clone()),
@@ -1126,6 +1239,16 @@ pub(super) fn validate(
         }
     }
 
+    let image_data = match &source {
+        Some(ParsedData::Images { datasets, single }) => {
+            let mut d = check_images(datasets, *single, &image_tasks, data, &mut e);
+            d.epochs = task_epochs.clone();
+            d.epochs.resize(d.tasks.len(), None);
+            Some(d)
+        }
+        _ => None,
+    };
+
     if !errs.is_empty() {
         return Err(SpecErrors(errs));
     }
@@ -1137,15 +1260,19 @@ pub(super) fn validate(
                 .unwrap_or_default()
         }),
         source: ctx.file.clone(),
-        dataset: DatasetSpec {
-            format: match d.format {
-                DataFormat::Idx => "idx",
-            },
-            images: d.images.clone(),
-            labels: d.labels.clone(),
-            test_files,
-            test_fraction,
-            split_seed: d.split_seed,
+        data: match (image_data, idx) {
+            (Some(images), _) => DataSource::Images(images),
+            (None, Some(d)) => DataSource::Idx(DatasetSpec {
+                format: match d.format {
+                    DataFormat::Idx => "idx",
+                },
+                images: d.images.clone(),
+                labels: d.labels.clone(),
+                test_files,
+                test_fraction,
+                split_seed: d.split_seed,
+            }),
+            (None, None) => unreachable!("no errors means a dataset was parsed"),
         },
         tasks,
         permute_seed,
@@ -1159,4 +1286,169 @@ pub(super) fn validate(
         seeds,
         strategies,
     })
+}
+
+enum ParsedData {
+    Idx(RawDataset),
+    Images {
+        datasets: BTreeMap<String, ImageDatasetSpec>,
+        /// From one `dataset:` (named [`images::SINGLE`]) rather than `datasets:`.
+        single: bool,
+    },
+}
+
+/// Deserialize one dataset block; serde's path inside it is appended to `path`.
+fn parse_one<T: serde::de::DeserializeOwned>(
+    v: &serde_yaml::Value,
+    path: &str,
+    e: &mut dyn FnMut(&str, String),
+) -> Option<T> {
+    serde_path_to_error::deserialize(v.clone())
+        .map_err(|err| {
+            let inner = err.path().to_string();
+            let p = if inner.is_empty() || inner == "." {
+                path.to_string()
+            } else {
+                format!("{path}.{inner}")
+            };
+            let msg = err.inner().to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            e(&p, msg)
+        })
+        .ok()
+}
+
+fn is_idx(v: &serde_yaml::Value) -> bool {
+    v.get("format").and_then(|f| f.as_str()) == Some("idx")
+}
+
+fn parse_data(raw: &RawPipeline, ctx: &Ctx, e: &mut dyn FnMut(&str, String)) -> Option<ParsedData> {
+    let _ = ctx;
+    match (&raw.dataset, &raw.datasets) {
+        (Some(_), Some(_)) => {
+            e(
+                "datasets",
+                "give either one `dataset:` or named `datasets:`, not both".into(),
+            );
+            None
+        }
+        (None, None) => {
+            e(
+                "dataset",
+                "missing: expected `dataset:` (one dataset) or `datasets:` (named datasets, one per task)".into(),
+            );
+            None
+        }
+        (Some(v), None) if is_idx(v) => parse_one(v, "dataset", e).map(ParsedData::Idx),
+        (Some(v), None) => {
+            let spec: ImageDatasetSpec = parse_one(v, "dataset", e)?;
+            Some(ParsedData::Images {
+                datasets: [(images::SINGLE.to_string(), spec)].into(),
+                single: true,
+            })
+        }
+        (None, Some(map)) => {
+            let mut datasets = BTreeMap::new();
+            if map.is_empty() {
+                e("datasets", "expected at least one named dataset".into());
+            }
+            for (name, v) in map {
+                let path = format!("datasets.{name}");
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    e(&path, "dataset names use only [A-Za-z0-9_-]".into());
+                }
+                if is_idx(v) {
+                    e(
+                        &format!("{path}.format"),
+                        "IDX data is only supported as the single `dataset:`; named datasets are cifar10 | cifar100 | image_folder | adience".into(),
+                    );
+                    continue;
+                }
+                if let Some(spec) = parse_one(v, &path, e) {
+                    datasets.insert(name.clone(), spec);
+                }
+            }
+            Some(ParsedData::Images {
+                datasets,
+                single: false,
+            })
+        }
+    }
+}
+
+/// Options, classes, one sample shape, and (with data required) the files of image datasets.
+fn check_images(
+    datasets: &BTreeMap<String, ImageDatasetSpec>,
+    single: bool,
+    tasks: &[(ImageTask, String)],
+    data: DataCheck,
+    e: &mut dyn FnMut(&str, String),
+) -> ImageData {
+    let path = |name: &str| images::dataset_path(name, single);
+    let mut valid = BTreeSet::new();
+    for (name, spec) in datasets {
+        match spec.validate() {
+            Ok(()) => {
+                valid.insert(name.clone());
+            }
+            Err(crate::data::DataError::Invalid { field, msg }) => {
+                e(&format!("{}.{field}", path(name)), msg)
+            }
+            Err(err) => e(&path(name), err.to_string()),
+        }
+    }
+    let plain: Vec<ImageTask> = tasks.iter().map(|(t, _)| t.clone()).collect();
+    for name in images::unused(datasets, &plain) {
+        e(&path(&name), "not used by any task".into());
+    }
+    let mut shapes = datasets.iter().map(|(n, s)| (n, s.sample_shape()));
+    let first = shapes.next();
+    if let Some((n0, s0)) = first {
+        for (n, s) in shapes {
+            if s != s0 {
+                e(
+                    &path(n),
+                    format!(
+                        "decodes to samples of shape {s:?}, but dataset `{n0}` to {s0:?}; every task feeds one model, so give every dataset the same `size` (CIFAR is fixed at 32)"
+                    ),
+                );
+            }
+        }
+    }
+    let mut counts: BTreeMap<String, usize> = datasets
+        .iter()
+        .filter_map(|(n, s)| images::known_class_count(s).map(|c| (n.clone(), c)))
+        .collect();
+    let mut files = BTreeMap::new();
+    if data == DataCheck::Required {
+        for (name, spec) in datasets.iter().filter(|(n, _)| valid.contains(*n)) {
+            if let ImageDatasetSpec::ImageFolder { train, .. } = spec {
+                match crate::data::image_folder::class_folders(train) {
+                    Ok(c) => {
+                        counts.insert(name.clone(), c.len());
+                    }
+                    Err(err) => {
+                        e(&path(name), err.to_string());
+                        continue;
+                    }
+                }
+            }
+            match images::declared_files(name, spec) {
+                Ok(f) => files.extend(f),
+                Err(err) => e(&path(name), err.to_string()),
+            }
+        }
+    }
+    images::check_tasks(tasks, &|d| counts.get(d).copied(), e);
+    ImageData {
+        datasets: datasets.clone(),
+        tasks: plain,
+        files,
+        sample_shape: first.map_or([3, 0, 0], |(_, s)| s),
+        epochs: Vec::new(),
+    }
 }

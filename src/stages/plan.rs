@@ -10,7 +10,7 @@
 use super::{consolidate, correlate, evaluate, mask, prune, score, split, train};
 use crate::exec::Stage;
 use crate::graph::StageDecl;
-use crate::spec::{FreezeSpec, Pipeline};
+use crate::spec::{DataSource, FreezeSpec, Pipeline};
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -47,34 +47,70 @@ fn lr_frozen(f: &FreezeSpec) -> f64 {
 
 pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
     let mut out = Vec::new();
-    let d = &p.dataset;
-    let mut split_decl = decl(
-        SPLIT_ID.into(),
-        &split::Split,
-        json!({
-            "format": d.format,
-            "tasks": p.tasks,
-            "test_fraction": d.test_fraction,
-            "split_seed": d.split_seed,
-            "permute_seed": p.permute_seed,
-        }),
-        Vec::<(&str, String)>::new(),
-    );
-    split_decl.files.insert("images".into(), d.images.clone());
-    split_decl.files.insert("labels".into(), d.labels.clone());
-    if let Some((i, l)) = &d.test_files {
-        split_decl.files.insert("test_images".into(), i.clone());
-        split_decl.files.insert("test_labels".into(), l.clone());
-    }
+    let split_decl = match &p.data {
+        DataSource::Idx(d) => {
+            let mut split_decl = decl(
+                SPLIT_ID.into(),
+                &split::Split,
+                json!({
+                    "format": d.format,
+                    "tasks": p.tasks,
+                    "test_fraction": d.test_fraction,
+                    "split_seed": d.split_seed,
+                    "permute_seed": p.permute_seed,
+                }),
+                Vec::<(&str, String)>::new(),
+            );
+            split_decl.files.insert("images".into(), d.images.clone());
+            split_decl.files.insert("labels".into(), d.labels.clone());
+            if let Some((i, l)) = &d.test_files {
+                split_decl.files.insert("test_images".into(), i.clone());
+                split_decl.files.insert("test_labels".into(), l.clone());
+            }
+            split_decl
+        }
+        DataSource::Images(d) => {
+            // Paths stay out of the key: the declared files carry the data's relative layout
+            // and content, so a cache is shared by users who keep the data elsewhere.
+            let datasets: serde_json::Map<String, serde_json::Value> = d
+                .datasets
+                .iter()
+                .map(|(n, s)| (n.clone(), crate::spec::images::key_params(s)))
+                .collect();
+            let mut split_decl = decl(
+                SPLIT_ID.into(),
+                &split::Split,
+                json!({
+                    "format": "images",
+                    "datasets": datasets,
+                    "image_tasks": d.tasks,
+                }),
+                Vec::<(&str, String)>::new(),
+            );
+            split_decl.files = d.files.clone();
+            split_decl
+        }
+    };
     out.push(split_decl);
 
     let split_in = || ("split", SPLIT_ID.to_string());
-    let base_params = |t: usize, seed: u64| json!({"task_index": t, "seed": seed, "model": p.model, "training": p.training});
+    let task_epochs = |t: usize| match &p.data {
+        DataSource::Images(d) => d.epochs.get(t).copied().flatten(),
+        DataSource::Idx(_) => None,
+    };
+    let base_params = |t: usize, seed: u64| {
+        let mut v =
+            json!({"task_index": t, "seed": seed, "model": p.model, "training": p.training});
+        if let Some(n) = task_epochs(t) {
+            v["training"]["epochs"] = json!(n);
+        }
+        v
+    };
     for s in &p.strategies {
         for &seed in &p.seeds {
             if s.joint {
                 // One training on every task, evaluated on every task.
-                let last = p.tasks.len() - 1;
+                let last = p.task_count() - 1;
                 let id = |kind: &str| format!("{}/seed{seed}/{kind}", s.name);
                 let mut params = base_params(last, seed);
                 params["joint"] = json!(true);
@@ -86,7 +122,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 out.push(decl(
                     id("evaluate"),
                     &evaluate::Evaluate,
-                    json!({"tasks_seen": p.tasks.len()}),
+                    json!({"tasks_seen": p.task_count()}),
                     vec![split_in(), ("model", id("train"))],
                 ));
                 continue;
@@ -95,7 +131,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             let mut prev_mask: Option<String> = None;
             let mut prev_penalty: Option<String> = None;
             let mut prev_correlate: Option<String> = None;
-            for t in 0..p.tasks.len() {
+            for t in 0..p.task_count() {
                 let id = |kind: &str| stage_id(&s.name, seed, t, kind);
                 let mut params = base_params(t, seed);
                 let mut inputs = vec![split_in()];
@@ -131,7 +167,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     out.push(decl(id("correlate"), &correlate::Correlate, cp, cin));
                     prev_correlate = Some(id("correlate"));
                 }
-                if let Some(w) = s.ewc.as_ref().filter(|_| t + 1 < p.tasks.len()) {
+                if let Some(w) = s.ewc.as_ref().filter(|_| t + 1 < p.task_count()) {
                     let mut cp = json!({
                         "task_index": t,
                         "seed": seed,

@@ -11,9 +11,12 @@
 
 use super::artifacts::{Samples, SplitData, TaskData};
 use crate::data::{load_idx_pair, LabeledImages};
+use crate::data::{load_images, ImageSet, Part};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
+use crate::spec::{ImageTask, TaskClasses};
 use rand::seq::SliceRandom;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 use crate::nn::mlp::Label;
 
@@ -21,12 +24,21 @@ pub struct Split;
 
 #[derive(Debug, Deserialize)]
 struct Params {
+    #[serde(default)]
     tasks: Vec<Vec<Label>>,
+    #[serde(default)]
     test_fraction: Option<f64>,
+    #[serde(default)]
     split_seed: u64,
     /// Tasks 2.. get a fixed pixel permutation each, seeded by this (permuted MNIST).
     #[serde(default)]
     permute_seed: Option<u64>,
+    /// Colour-image datasets by name, as key parameters (paths stripped; see
+    /// [`crate::spec::images::with_roots`]).
+    #[serde(default)]
+    datasets: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    image_tasks: Vec<ImageTask>,
 }
 
 impl Stage for Split {
@@ -38,6 +50,9 @@ impl Stage for Split {
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         let p: Params = ctx.params()?;
+        if !p.image_tasks.is_empty() {
+            return split_images(ctx, &p);
+        }
         let load = |i: &str, l: &str| -> Result<LabeledImages, StageError> {
             load_idx_pair(ctx.file(i)?, ctx.file(l)?).map_err(|e| StageError::failed(e.to_string()))
         };
@@ -89,31 +104,124 @@ impl Stage for Split {
                 task
             })
             .collect::<Vec<_>>();
-        for (t, task) in tasks.iter().enumerate() {
-            ctx.log(format!(
-                "task {t}: classes {:?}, {} train, {} test",
+        finish(ctx, pool.sample_shape.clone(), tasks)
+    }
+}
+
+fn finish(
+    ctx: &StageContext,
+    sample_shape: Vec<usize>,
+    tasks: Vec<TaskData>,
+) -> Result<Artifact, StageError> {
+    for (t, task) in tasks.iter().enumerate() {
+        ctx.log(format!(
+            "task {t}: classes {:?}, {} train, {} test",
+            task.classes,
+            task.train.len(),
+            task.test.len()
+        ));
+        if task.train.is_empty() || task.test.is_empty() {
+            return Err(StageError::failed(format!(
+                "task {} (classes {:?}) has {} training and {} test samples; both must be non-empty",
+                t + 1,
                 task.classes,
                 task.train.len(),
                 task.test.len()
-            ));
-            if task.train.is_empty() || task.test.is_empty() {
-                return Err(StageError::failed(format!(
-                    "task {} (classes {:?}) has {} training and {} test samples; both must be non-empty",
-                    t + 1,
-                    task.classes,
-                    task.train.len(),
-                    task.test.len()
-                )));
+            )));
+        }
+    }
+    let mut art = Artifact::new();
+    SplitData {
+        sample_shape,
+        tasks,
+    }
+    .to_artifact(&mut art);
+    Ok(art)
+}
+
+/// Tasks from colour-image datasets: each dataset's training and test parts are read once
+/// (in name order), then every task takes its classes from its dataset, labels local to its
+/// head. Samples keep the dataset's order.
+fn split_images(ctx: &StageContext, p: &Params) -> Result<Artifact, StageError> {
+    let mut loaded: BTreeMap<&str, (ImageSet, ImageSet)> = BTreeMap::new();
+    for (name, params) in &p.datasets {
+        if !p.image_tasks.iter().any(|t| &t.dataset == name) {
+            continue;
+        }
+        let spec = crate::spec::images::with_roots(name, params, ctx.files)
+            .map_err(StageError::invalid)?;
+        let load = |part| {
+            load_images(&spec, part)
+                .map_err(|e| StageError::failed(format!("dataset `{name}`: {e}")))
+        };
+        let (train, test) = (load(Part::Train)?, load(Part::Test)?);
+        ctx.log(format!(
+            "dataset {name}: {} classes, {} train, {} test, shape {:?}, dropped {:?}",
+            train.class_names.len(),
+            train.len(),
+            test.len(),
+            train.sample_shape,
+            train.dropped
+        ));
+        loaded.insert(name, (train, test));
+    }
+    let mut shape: Option<[usize; 3]> = None;
+    let mut tasks = Vec::new();
+    for (t, task) in p.image_tasks.iter().enumerate() {
+        let (train, test) = loaded.get(task.dataset.as_str()).ok_or_else(|| {
+            StageError::invalid(format!("task {}: no dataset `{}`", t + 1, task.dataset))
+        })?;
+        for set in [train, test] {
+            match shape {
+                Some(s) if s != set.sample_shape => {
+                    return Err(StageError::failed(format!(
+                        "dataset `{}` has samples of shape {:?}, an earlier one {s:?}; every task must have one shape",
+                        task.dataset, set.sample_shape
+                    )))
+                }
+                _ => shape = Some(set.sample_shape),
             }
         }
-        let mut art = Artifact::new();
-        SplitData {
-            sample_shape: pool.sample_shape.clone(),
-            tasks,
+        let n = train.class_names.len();
+        let classes: Vec<u16> = match &task.classes {
+            TaskClasses::All => (0..n as u16).collect(),
+            TaskClasses::List(l) => l.clone(),
+        };
+        if let Some(&c) = classes.iter().find(|&&c| c as usize >= n) {
+            return Err(StageError::failed(format!(
+                "task {}: class {c} is out of range; dataset `{}` has {n} classes",
+                t + 1,
+                task.dataset
+            )));
         }
-        .to_artifact(&mut art);
-        Ok(art)
+        tasks.push(TaskData {
+            train: select_images(train, &classes),
+            test: select_images(test, &classes),
+            classes,
+        });
     }
+    finish(ctx, shape.unwrap_or_default().to_vec(), tasks)
+}
+
+fn select_images(data: &ImageSet, classes: &[u16]) -> Samples {
+    let mut local = vec![
+        None;
+        data.class_names
+            .len()
+            .max(1 + *classes.iter().max().unwrap_or(&0) as usize)
+    ];
+    for (i, &c) in classes.iter().enumerate() {
+        local[c as usize] = Some(i as u16);
+    }
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for (i, &l) in data.labels.iter().enumerate() {
+        if let Some(Some(h)) = local.get(l as usize) {
+            x.extend_from_slice(data.sample(i));
+            y.push(*h);
+        }
+    }
+    Samples { x, y }
 }
 
 /// Per-class shuffled hold-out; both index lists are returned sorted (dataset order).

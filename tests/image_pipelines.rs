@@ -1,0 +1,456 @@
+//! The repository's image pipelines themselves (`pipelines/imagenet_adience.yaml`,
+//! `cifar_split.yaml`, `adience_split.yaml`), run through `--set` overrides against tiny
+//! fixture datasets written here: an ImageFolder tree of JPEGs, a fake Adience tree with its
+//! fold files, CIFAR binaries with a few records, and a width-reduced torchvision-named VGG-16.
+//! Asserts the stages that ran, that a rerun runs none, that moving the data keeps every key,
+//! and that `show` prints every task's accuracy.
+
+mod common;
+
+use cfpipe::nn::arch;
+use cfpipe::nn::mlp::MlpParams;
+use cfpipe::nn::tensorio::{decode, encode, HostTensor};
+use cfpipe::nn::torchvision;
+use image::{Rgb, RgbImage};
+use rand::SeedableRng;
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+fn repo_pipeline(name: &str) -> String {
+    format!("{}/pipelines/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A JPEG whose colour depends on its class, with a little per-image variation.
+fn save_jpeg(path: &Path, class: usize, i: usize) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let base = [
+        (class * 80 % 256) as u8,
+        (255 - class * 60 % 256) as u8,
+        (i * 30) as u8,
+    ];
+    RgbImage::from_fn(40, 36, |x, y| {
+        Rgb([
+            base[0].wrapping_add((x / 8) as u8),
+            base[1],
+            base[2].wrapping_add((y / 8) as u8),
+        ])
+    })
+    .save(path)
+    .unwrap();
+}
+
+/// ImageFolder trees `train/` and `val/` with `classes` classes of `n` images each.
+fn imagenet_tree(root: &Path, classes: usize, n: usize) {
+    for part in ["train", "val"] {
+        for c in 0..classes {
+            for i in 0..n {
+                save_jpeg(&root.join(format!("{part}/n{c:04}/img{i}.JPEG")), c, i);
+            }
+        }
+    }
+}
+
+const ADIENCE_HEADER: &str = "user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\tfiducial_yaw_angle\tfiducial_score";
+const AGES: [&str; 8] = [
+    "(0, 2)",
+    "(4, 6)",
+    "(8, 12)",
+    "(15, 20)",
+    "(25, 32)",
+    "(38, 43)",
+    "(48, 53)",
+    "(60, 100)",
+];
+
+/// A fake Adience root with faces under `aligned/`: `folds` fold files, `per_class` faces of
+/// every age group in each.
+fn adience_tree(root: &Path, folds: usize, per_class: usize) {
+    for k in 0..folds {
+        let mut text = format!("{ADIENCE_HEADER}\n");
+        for (c, age) in AGES.iter().enumerate() {
+            for i in 0..per_class {
+                let user = format!("u{k}");
+                let face = 100 * k + 10 * c + i;
+                let image = format!("im{face}.jpg");
+                text.push_str(&format!(
+                    "{user}\t{image}\t{face}\t{age}\tf\t0\t0\t10\t10\t0\t0\t50\n"
+                ));
+                save_jpeg(
+                    &root.join(format!(
+                        "aligned/{user}/landmark_aligned_face.{face}.{image}"
+                    )),
+                    c,
+                    i,
+                );
+            }
+        }
+        fs::write(root.join(format!("fold_{k}_data.txt")), text).unwrap();
+    }
+}
+
+/// A CIFAR record: label byte(s), then 3072 pixel bytes depending on the first label.
+fn cifar_record(labels: &[u8], i: usize) -> Vec<u8> {
+    let mut r = labels.to_vec();
+    let c = *labels.last().unwrap() as usize;
+    for ch in 0..3 {
+        r.extend((0..1024).map(|p| ((c * 23 + ch * 50 + (p % 32) + i) % 256) as u8));
+    }
+    r
+}
+
+/// CIFAR-10 with `n` records of every class per batch file; CIFAR-100 likewise for classes
+/// 0..20 (coarse label 0).
+fn cifar_trees(root: &Path, n: usize) {
+    let c10 = root.join("cifar-10-batches-bin");
+    fs::create_dir_all(&c10).unwrap();
+    let batch = |classes: usize, two: bool| -> Vec<u8> {
+        (0..classes)
+            .flat_map(|c| (0..n).map(move |i| (c, i)))
+            .flat_map(|(c, i)| {
+                let labels: Vec<u8> = if two { vec![0, c as u8] } else { vec![c as u8] };
+                cifar_record(&labels, i)
+            })
+            .collect()
+    };
+    for b in 1..=5 {
+        fs::write(c10.join(format!("data_batch_{b}.bin")), batch(10, false)).unwrap();
+    }
+    fs::write(c10.join("test_batch.bin"), batch(10, false)).unwrap();
+    let c100 = root.join("cifar-100-binary");
+    fs::create_dir_all(&c100).unwrap();
+    fs::write(c100.join("train.bin"), batch(20, true)).unwrap();
+    fs::write(c100.join("test.bin"), batch(20, true)).unwrap();
+}
+
+fn cfpipe(cmd: &str, pipeline: &str, cache: &Path, sets: &[String]) -> Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"));
+    c.arg(cmd).arg(pipeline).arg("--cache").arg(cache);
+    if cmd == "run" {
+        c.arg("--quiet");
+    }
+    for s in sets {
+        c.arg("--set").arg(s);
+    }
+    c.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &common::stderr(o);
+    assert!(o.status.success(), "{out}");
+    out
+}
+
+/// `N stages: X ran, Y cached` → (N, X + Y) on a fresh run: every stage computed or met an
+/// identical key computed earlier in the same run (early cutoff: e.g. an evaluation whose
+/// model came out bit-identical in two strategies).
+fn fresh(out: &str) -> (usize, usize) {
+    let (n, x) = ran(out);
+    let y: usize = out
+        .lines()
+        .find(|l| l.contains(" stages: "))
+        .and_then(|l| l.split("ran, ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|y| y.parse().ok())
+        .unwrap();
+    assert!(x > 0, "{out}");
+    (n, x + y)
+}
+
+/// `N stages: X ran, Y cached` → (N, X).
+fn ran(out: &str) -> (usize, usize) {
+    let line = out
+        .lines()
+        .find(|l| l.contains(" stages: "))
+        .unwrap_or_else(|| panic!("no summary line in {out}"));
+    let n: usize = line.split(' ').next().unwrap().parse().unwrap();
+    let x: usize = line
+        .split("stages: ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (n, x)
+}
+
+fn sets(list: &[(&str, String)]) -> Vec<String> {
+    list.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// `show` lists each strategy's matrix with a row per task and a value in every cell seen.
+fn assert_show_has_tasks(out: &str, strategies: &[&str], tasks: usize) {
+    for s in strategies {
+        assert!(out.contains(&format!("{s} / seed 0")), "{out}");
+    }
+    let row = format!("task {tasks}");
+    let last = out
+        .lines()
+        .find(|l| l.starts_with(&row))
+        .unwrap_or_else(|| panic!("{out}"));
+    let numbers = last
+        .split_whitespace()
+        .filter(|w| w.trim_end_matches('%').parse::<f64>().is_ok())
+        .count();
+    // The last task's row: its accuracy, the mean and the free capacity.
+    assert!(numbers >= 3, "{last}\n{out}");
+    let first = out.lines().find(|l| l.starts_with("task 1")).unwrap();
+    assert!(
+        first
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse::<f64>()
+            .is_ok(),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // More classes than a byte holds: task 1's labels travel as u16 (ImageNet has 1000).
+    let classes = 300;
+    imagenet_tree(&data.join("imagenet"), classes, 1);
+    adience_tree(&data.join("adience"), 2, 2);
+    let a = arch::vgg16(32, 16, 3);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut p = MlpParams::init_arch(&a, &mut rng);
+    p.push_head(classes, &mut rng);
+    fs::write(
+        data.join("vgg.safetensors"),
+        encode(&torchvision::vgg16_to_tensors(&p)),
+    )
+    .unwrap();
+    let overrides = |data: &Path| {
+        let d = data.display();
+        sets(&[
+            ("datasets.imagenet.train", format!("{d}/imagenet/train")),
+            ("datasets.imagenet.test", format!("{d}/imagenet/val")),
+            ("datasets.imagenet.size", "32".into()),
+            ("datasets.imagenet.shorter_side", "36".into()),
+            ("datasets.adience.root", format!("{d}/adience")),
+            ("datasets.adience.train_folds", "[0]".into()),
+            ("datasets.adience.test_folds", "[1]".into()),
+            ("datasets.adience.size", "32".into()),
+            ("datasets.adience.shorter_side", "36".into()),
+            ("model.input_size", "32".into()),
+            ("model.width_divisor", "16".into()),
+            ("model.pretrained", format!("{d}/vgg.safetensors")),
+            ("training.epochs", "1".into()),
+            ("training.batch_size", "8".into()),
+            ("seeds", "[0]".into()),
+            ("strategies.rnf.score.reference_size", "4".into()),
+        ])
+    };
+    let pipeline = repo_pipeline("imagenet_adience.yaml");
+    let cache = dir.path().join("cache");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides(&data)));
+    assert_eq!(fresh(&out), (13, 13), "{out}");
+    // split; task 1 train + evaluate shared; naive task 2 train + evaluate; rnf score, prune,
+    // mask after both tasks and its own task-2 train + evaluate.
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides(&data)));
+    assert_eq!(ran(&out), (13, 0), "{out}");
+    // The key holds the data's relative layout and content, not where it lives.
+    let moved = dir.path().join("elsewhere");
+    fs::rename(&data, &moved).unwrap();
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides(&moved)));
+    assert_eq!(ran(&out), (13, 0), "{out}");
+    let out = ok(&cfpipe("show", &pipeline, &cache, &overrides(&moved)));
+    assert_show_has_tasks(&out, &["naive", "rnf"], 2);
+    // The split read both datasets.
+    let entry = |id: &str| {
+        fs::read_dir(cache.join("entries"))
+            .unwrap()
+            .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|e| e.unwrap().path())
+            .find(|e| {
+                fs::read_to_string(e.join("manifest.json"))
+                    .is_ok_and(|m| m.contains(&format!("\"stage_id\": \"{id}\"")))
+            })
+            .unwrap_or_else(|| panic!("no entry for {id}"))
+    };
+    let log = fs::read_to_string(entry("split").join("aux/log.txt")).unwrap();
+    assert!(
+        log.contains("dataset adience: 8 classes, 16 train, 16 test"),
+        "{log}"
+    );
+    assert!(
+        log.contains("dataset imagenet: 300 classes, 300 train, 300 test"),
+        "{log}"
+    );
+    let split = decode(&fs::read(entry("split").join("out/split.safetensors")).unwrap()).unwrap();
+    match &split["task0.test.y"] {
+        HostTensor::U16 { data, .. } => {
+            assert_eq!(data.iter().max(), Some(&(classes as u16 - 1)))
+        }
+        other => panic!("task 1's 300 labels are not U16: {:?}", other.shape()),
+    }
+    assert!(matches!(split["task1.test.y"], HostTensor::U8 { .. }));
+    // `epochs: 0`: task 1 is the pretrained file, bit for bit.
+    let t1 = entry("naive/seed0/task1/train");
+    let arch: arch::Arch =
+        serde_json::from_slice(&fs::read(t1.join("out/arch.json")).unwrap()).unwrap();
+    let tensors = decode(&fs::read(t1.join("out/model.safetensors")).unwrap()).unwrap();
+    let trained = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    assert!(trained.trunk == p.trunk, "task 1's trunk moved");
+    assert!(trained.heads == p.heads, "task 1's head moved");
+    // ...and task 2 did train its shared trunk (naive finetuning).
+    let t2 = entry("naive/seed0/task2/train");
+    let tensors = decode(&fs::read(t2.join("out/model.safetensors")).unwrap()).unwrap();
+    let arch: arch::Arch =
+        serde_json::from_slice(&fs::read(t2.join("out/arch.json")).unwrap()).unwrap();
+    let after = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    assert!(after.trunk != p.trunk, "task 2 did not train the trunk");
+}
+
+#[test]
+fn the_cifar_split_pipeline_runs_on_fixtures_and_reruns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    cifar_trees(dir.path(), 2);
+    let d = dir.path().display();
+    let overrides = sets(&[
+        ("datasets.cifar10.root", format!("{d}/cifar-10-batches-bin")),
+        ("datasets.cifar100.root", format!("{d}/cifar-100-binary")),
+        ("tasks.2.classes", "[10, 11, 12, 13, 14, 15, 16, 17, 18, 19]".into()),
+        (
+            "model.layers",
+            "[{conv: {out_channels: 4, kernel: 3, padding: 1}}, {max_pool: {kernel: 4}}, flatten, {dense: {units: 8}}]".into(),
+        ),
+        ("training.epochs", "1".into()),
+        ("seeds", "[0]".into()),
+        ("strategies.rnf.score.reference_size", "8".into()),
+    ]);
+    // Keep the two tasks the fixture's CIFAR-100 covers (classes 0..20).
+    let mut overrides = overrides;
+    overrides.push(
+        "tasks=[{dataset: cifar10, classes: all}, {dataset: cifar100, classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}, {dataset: cifar100, classes: [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]}]".into(),
+    );
+    overrides.retain(|s| !s.starts_with("tasks.2"));
+    let pipeline = repo_pipeline("cifar_split.yaml");
+    let cache = dir.path().join("cache");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides));
+    // split; task 1 train + evaluate shared; naive 2 × (train, evaluate); rnf 3 × (score,
+    // prune, mask) and 2 × (train, evaluate).
+    assert_eq!(fresh(&out), (20, 20), "{out}");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides));
+    assert_eq!(ran(&out), (20, 0), "{out}");
+    let out = ok(&cfpipe("show", &pipeline, &cache, &overrides));
+    assert_show_has_tasks(&out, &["naive", "rnf"], 3);
+    // One changed pixel in CIFAR-100's test file: the split says why it reruns.
+    let test_bin = dir.path().join("cifar-100-binary/test.bin");
+    let mut bytes = fs::read(&test_bin).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    fs::write(&test_bin, bytes).unwrap();
+    let out = ok(&cfpipe("status", &pipeline, &cache, &overrides));
+    let split = out
+        .lines()
+        .find(|l| l.starts_with("split"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(split.contains("cifar100/0/test.bin"), "{out}");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides));
+    assert!(ran(&out).1 >= 1, "{out}");
+}
+
+#[test]
+fn the_adience_split_pipeline_runs_mixed_and_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    adience_tree(&dir.path().join("adience"), 2, 2);
+    let d = dir.path().display();
+    let base = sets(&[
+        ("dataset.root", format!("{d}/adience")),
+        ("dataset.train_folds", "[0]".into()),
+        ("dataset.test_folds", "[1]".into()),
+        ("dataset.size", "32".into()),
+        ("dataset.shorter_side", "36".into()),
+        ("model.input_size", "32".into()),
+        ("model.width_divisor", "16".into()),
+        ("training.epochs", "1".into()),
+        ("training.batch_size", "8".into()),
+        ("seeds", "[0]".into()),
+        ("strategies.rnf.score.reference_size", "4".into()),
+    ]);
+    let pipeline = repo_pipeline("adience_split.yaml");
+    let cache = dir.path().join("cache");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &base));
+    assert_eq!(fresh(&out), (13, 13), "{out}");
+    let mut ordered = base.clone();
+    ordered.push("tasks=[[0, 1, 2, 3], [4, 5, 6, 7]]".into());
+    // Another split, so every stage is new.
+    let out = ok(&cfpipe("run", &pipeline, &cache, &ordered));
+    assert_eq!(fresh(&out), (13, 13), "{out}");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &base));
+    assert_eq!(ran(&out), (13, 0), "{out}");
+    let out = ok(&cfpipe("show", &pipeline, &cache, &ordered));
+    assert_show_has_tasks(&out, &["naive", "rnf"], 2);
+}
+
+#[test]
+fn image_pipelines_compile_without_data_and_name_missing_data() {
+    let cache = tempfile::tempdir().unwrap();
+    for p in [
+        "imagenet_adience.yaml",
+        "adience_split.yaml",
+        "cifar_split.yaml",
+    ] {
+        let o = cfpipe("dag", &repo_pipeline(p), cache.path(), &[]);
+        let out = ok(&o);
+        assert!(out.contains("split  [split]"), "{p}: {out}");
+    }
+    let o = cfpipe(
+        "status",
+        &repo_pipeline("cifar_split.yaml"),
+        cache.path(),
+        &["datasets.cifar10.root=/nonexistent/cifar10".into()],
+    );
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("datasets.cifar10: CIFAR-10: /nonexistent/cifar10 does not exist; download"),
+        "{err}"
+    );
+}
+
+#[test]
+fn image_dataset_mistakes_are_located_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"datasets:
+  c10: {format: cifar10, root: /nonexistent/c10}
+  c100: {format: cifar100, root: /nonexistent/c100, labels: coarse}
+  faces: {format: adience, root: /nonexistent/a, train_folds: [0, 1], test_folds: [1], size: 64}
+  spare: {format: cifar10, root: /nonexistent/c10}
+tasks:
+  - {dataset: c10, classes: all}
+  - {dataset: c100, classes: [3, 20]}
+  - {dataset: c100, classes: [3, 4]}
+  - {dataset: imagenet, classes: all}
+  - {dataset: faces, classes: all}
+model: {kind: small_cnn, input_shape: [3, 32, 32]}
+training: {optimizer: adam, lr: 0.001, batch_size: 8, epochs: 1}
+seeds: [0]
+strategies: {naive: {freeze: none}}
+"#;
+    let pipeline = dir.path().join("bad.yaml");
+    fs::write(&pipeline, yaml).unwrap();
+    let o = cfpipe(
+        "dag",
+        pipeline.to_str().unwrap(),
+        &dir.path().join("c"),
+        &[],
+    );
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for want in [
+        "bad.yaml:8:34: tasks.1.classes.1: class 20 is out of range: dataset `c100` has 20 classes",
+        "bad.yaml:9:31: tasks.2.classes.0: class 3 is already in task 2",
+        "bad.yaml:10:15: tasks.3.dataset: no dataset `imagenet` under `datasets:`",
+        "bad.yaml:4:83: datasets.faces.test_folds: fold 1 is also a training fold",
+        "bad.yaml:4:10: datasets.faces: decodes to samples of shape [3, 64, 64], but dataset `c10` to [3, 32, 32]",
+        "bad.yaml:5:10: datasets.spare: not used by any task",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+}
