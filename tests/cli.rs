@@ -212,7 +212,11 @@ fn published_entries(entries: &std::path::Path) -> usize {
 #[test]
 fn the_config_files_cache_dir_is_used_unless_a_flag_or_the_environment_names_one() {
     let f = Fixture::new();
-    std::fs::write(f.path().join("cfpipe.toml"), "[cache]\ndir = \"team-cache\"\n").unwrap();
+    std::fs::write(
+        f.path().join("cfpipe.toml"),
+        "[cache]\ndir = \"team-cache\"\n",
+    )
+    .unwrap();
     let p = f.pipeline();
     let run = |extra: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"));
