@@ -182,12 +182,38 @@ fn a_unit_level_importance_gives_every_weight_and_bias_of_a_unit_its_score() {
         "ewc_magnitude/seed0/task1/consolidate",
         "penalty.safetensors",
     );
-    let model = tensors("naive/seed0/task1/train", "model.safetensors");
-    // Separate mode after the first task: A = Ω. Magnitude: the L2 norm of a unit's incoming
-    // weights and bias, divided by the layer's largest, computed here from the task-1 model.
-    for l in 0..2 {
+    // Separate mode after the first task: A = Ω.
+    assert_magnitude_omega(
+        &pen,
+        &tensors("naive/seed0/task1/train", "model.safetensors"),
+        2,
+    );
+    // Heads are not penalised: the penalty covers exactly the trunk's four tensors.
+    let names: Vec<&String> = pen.keys().collect();
+    assert_eq!(
+        names,
+        ["a.0", "a.1", "a.2", "a.3", "b.0", "b.1", "b.2", "b.3", "c"]
+    );
+
+    // LRP relevance as Ω, end to end: a penalty that task 2's training feels.
+    let c = f.json_of("ewc_lrp/seed0/task1/consolidate", "consolidate.json");
+    assert_eq!(c["reference_samples"], 20);
+    assert!(c["importance_totals"][0].as_f64().unwrap() > 0.0);
+    let log = f.json_of("ewc_lrp/seed0/task2/train", "train.json");
+    let penalty = log["epochs"][2]["ewc_penalty"].as_f64().unwrap();
+    assert!(penalty > 0.0, "λ·penalty after task 1: {penalty}");
+}
+
+type Tensors = std::collections::BTreeMap<String, cfpipe::nn::tensorio::HostTensor>;
+
+/// Ω (= A after one task in separate mode) of each of the first `layers` trunk layers is, for
+/// every weight of unit j's row and its bias, unit j's magnitude score: the L2 norm of its
+/// incoming weights and bias divided by the layer's largest, computed here from the model.
+fn assert_magnitude_omega(pen: &Tensors, model: &Tensors, layers: usize) {
+    for l in 0..layers {
         let w = &model[&format!("trunk.{l}.weight")];
-        let (units, fan_in) = (w.shape()[0], w.shape()[1]);
+        // Conv weights are [O, C, kh, kw]: a filter's row is its C·kh·kw values.
+        let (units, fan_in) = (w.shape()[0], w.shape()[1..].iter().product::<usize>());
         let (w, b) = (
             w.as_f32().unwrap(),
             model[&format!("trunk.{l}.bias")].as_f32().unwrap(),
@@ -218,18 +244,34 @@ fn a_unit_level_importance_gives_every_weight_and_bias_of_a_unit_its_score() {
             }
         }
     }
-    // Heads are not penalised: the penalty covers exactly the trunk's four tensors.
-    let names: Vec<&String> = pen.keys().collect();
-    assert_eq!(
-        names,
-        ["a.0", "a.1", "a.2", "a.3", "b.0", "b.1", "b.2", "b.3", "c"]
-    );
+}
 
-    // LRP relevance as Ω, end to end: a penalty that task 2's training feels.
-    let c = f.json_of("ewc_lrp/seed0/task1/consolidate", "consolidate.json");
-    assert_eq!(c["reference_samples"], 20);
-    assert!(c["importance_totals"][0].as_f64().unwrap() > 0.0);
+#[test]
+fn a_unit_level_importance_on_a_cnn_gives_a_filters_whole_row_its_score() {
+    let cnn = r#"model:
+  kind: cnn
+  input_shape: [1, 8, 8]
+  layers:
+    - conv: {out_channels: 4, kernel: 3, padding: 1}
+    - max_pool: {kernel: 2}
+    - conv: {out_channels: 6, kernel: 3, padding: 1}
+    - flatten
+    - dense: {units: 8}
+"#;
+    let p =
+        format!("{PIPELINE}{UNIT_LEVEL}").replace("model:\n  kind: mlp\n  hidden: [16, 12]\n", cnn);
+    assert!(p.contains("kind: cnn"));
+    let f = Fixture::with_pipeline(&p);
+    f.run(&[]);
+    let tensors =
+        |id: &str, file: &str| cfpipe::nn::tensorio::decode(&file_of(&f, id, file)).unwrap();
+    let model = tensors("naive/seed0/task1/train", "model.safetensors");
+    assert_eq!(model["trunk.1.weight"].shape(), [6, 4, 3, 3]);
+    let pen = tensors(
+        "ewc_magnitude/seed0/task1/consolidate",
+        "penalty.safetensors",
+    );
+    assert_magnitude_omega(&pen, &model, 3);
     let log = f.json_of("ewc_lrp/seed0/task2/train", "train.json");
-    let penalty = log["epochs"][2]["ewc_penalty"].as_f64().unwrap();
-    assert!(penalty > 0.0, "λ·penalty after task 1: {penalty}");
+    assert!(log["epochs"][2]["ewc_penalty"].as_f64().unwrap() > 0.0);
 }
