@@ -137,8 +137,8 @@ fn ewc_options_are_checked() {
             "strategies.x.ewc.decay: only used with `mode: online`",
         ),
         (
-            "lambda: 1.0, importance: {method: lrp, reference_size: 5}",
-            "strategies.x.ewc.importance.method: EWC needs a weight-level importance",
+            "lambda: 1.0, importance: {method: random, aggregate: {normalize: layer_max}}",
+            "strategies.x.ewc.importance.aggregate.normalize: random scores are not normalised",
         ),
         (
             "lambda: 1.0, mode: online, decay: 2.0, importance: {method: fisher, reference_size: 5}",
@@ -150,4 +150,128 @@ fn ewc_options_are_checked() {
             expect,
         );
     }
+}
+
+const UNIT_LEVEL: &str = r#"  ewc_magnitude:
+    freeze: none
+    ewc:
+      lambda: 10.0
+      importance: {method: magnitude, aggregate: {normalize: layer_max}}
+  ewc_lrp:
+    freeze: none
+    ewc:
+      lambda: 10.0
+      importance: {method: lrp, reference_size: 20}
+"#;
+
+#[test]
+fn a_unit_level_importance_gives_every_weight_and_bias_of_a_unit_its_score() {
+    let f = Fixture::with_pipeline(&format!("{PIPELINE}{UNIT_LEVEL}"));
+    let ran = f.run(&[]).ran_all_ids();
+    assert!(ran.contains("ewc_magnitude/seed0/task1/consolidate"));
+    assert!(ran.contains("ewc_lrp/seed0/task2/train"));
+    let (_, dag) = cfpipe::cli::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
+    // The method is part of the consolidate stage's key: the two would otherwise be one node.
+    assert_ne!(
+        dag.find("ewc_magnitude/seed0/task1/consolidate"),
+        dag.find("ewc_lrp/seed0/task1/consolidate")
+    );
+    let tensors =
+        |id: &str, file: &str| cfpipe::nn::tensorio::decode(&file_of(&f, id, file)).unwrap();
+    let pen = tensors(
+        "ewc_magnitude/seed0/task1/consolidate",
+        "penalty.safetensors",
+    );
+    // Separate mode after the first task: A = Ω.
+    assert_magnitude_omega(
+        &pen,
+        &tensors("naive/seed0/task1/train", "model.safetensors"),
+        2,
+    );
+    // Heads are not penalised: the penalty covers exactly the trunk's four tensors.
+    let names: Vec<&String> = pen.keys().collect();
+    assert_eq!(
+        names,
+        ["a.0", "a.1", "a.2", "a.3", "b.0", "b.1", "b.2", "b.3", "c"]
+    );
+
+    // LRP relevance as Ω, end to end: a penalty that task 2's training feels.
+    let c = f.json_of("ewc_lrp/seed0/task1/consolidate", "consolidate.json");
+    assert_eq!(c["reference_samples"], 20);
+    assert!(c["importance_totals"][0].as_f64().unwrap() > 0.0);
+    let log = f.json_of("ewc_lrp/seed0/task2/train", "train.json");
+    let penalty = log["epochs"][2]["ewc_penalty"].as_f64().unwrap();
+    assert!(penalty > 0.0, "λ·penalty after task 1: {penalty}");
+}
+
+type Tensors = std::collections::BTreeMap<String, cfpipe::nn::tensorio::HostTensor>;
+
+/// Ω (= A after one task in separate mode) of each of the first `layers` trunk layers is, for
+/// every weight of unit j's row and its bias, unit j's magnitude score: the L2 norm of its
+/// incoming weights and bias divided by the layer's largest, computed here from the model.
+fn assert_magnitude_omega(pen: &Tensors, model: &Tensors, layers: usize) {
+    for l in 0..layers {
+        let w = &model[&format!("trunk.{l}.weight")];
+        // Conv weights are [O, C, kh, kw]: a filter's row is its C·kh·kw values.
+        let (units, fan_in) = (w.shape()[0], w.shape()[1..].iter().product::<usize>());
+        let (w, b) = (
+            w.as_f32().unwrap(),
+            model[&format!("trunk.{l}.bias")].as_f32().unwrap(),
+        );
+        let norms: Vec<f64> = (0..units)
+            .map(|j| {
+                let row = &w[j * fan_in..(j + 1) * fan_in];
+                (row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() + (b[j] as f64).powi(2))
+                    .sqrt()
+            })
+            .collect();
+        let max = norms.iter().cloned().fold(0.0, f64::max);
+        let (aw, ab) = (
+            pen[&format!("a.{}", 2 * l)].as_f32().unwrap(),
+            pen[&format!("a.{}", 2 * l + 1)].as_f32().unwrap(),
+        );
+        assert_eq!((aw.len(), ab.len()), (units * fan_in, units));
+        for j in 0..units {
+            let want = norms[j] / max;
+            let close = |v: f32| (v as f64 - want).abs() <= 1e-6 * want.max(1e-12);
+            assert!(
+                close(ab[j]),
+                "layer {l} unit {j}: bias Ω {} vs {want}",
+                ab[j]
+            );
+            for (k, &v) in aw[j * fan_in..(j + 1) * fan_in].iter().enumerate() {
+                assert!(close(v), "layer {l} unit {j} weight {k}: Ω {v} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_unit_level_importance_on_a_cnn_gives_a_filters_whole_row_its_score() {
+    let cnn = r#"model:
+  kind: cnn
+  input_shape: [1, 8, 8]
+  layers:
+    - conv: {out_channels: 4, kernel: 3, padding: 1}
+    - max_pool: {kernel: 2}
+    - conv: {out_channels: 6, kernel: 3, padding: 1}
+    - flatten
+    - dense: {units: 8}
+"#;
+    let p =
+        format!("{PIPELINE}{UNIT_LEVEL}").replace("model:\n  kind: mlp\n  hidden: [16, 12]\n", cnn);
+    assert!(p.contains("kind: cnn"));
+    let f = Fixture::with_pipeline(&p);
+    f.run(&[]);
+    let tensors =
+        |id: &str, file: &str| cfpipe::nn::tensorio::decode(&file_of(&f, id, file)).unwrap();
+    let model = tensors("naive/seed0/task1/train", "model.safetensors");
+    assert_eq!(model["trunk.1.weight"].shape(), [6, 4, 3, 3]);
+    let pen = tensors(
+        "ewc_magnitude/seed0/task1/consolidate",
+        "penalty.safetensors",
+    );
+    assert_magnitude_omega(&pen, &model, 3);
+    let log = f.json_of("ewc_lrp/seed0/task2/train", "train.json");
+    assert!(log["epochs"][2]["ewc_penalty"].as_f64().unwrap() > 0.0);
 }

@@ -411,7 +411,7 @@ pub struct RawEwc {
     /// Online mode: decay γ of earlier importance, in (0, 1].
     #[serde(default)]
     pub decay: Option<f64>,
-    /// The weight-level importance Ω: `fisher`, `mas` or `sig`, with its options.
+    /// The importance Ω: any score method, with its options (see `score::ewc_importance`).
     pub importance: RawScore,
 }
 

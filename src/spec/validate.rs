@@ -951,17 +951,9 @@ pub(super) fn validate(
                     Some(d)
                 }
             };
+            // Any method: unit-level scores become weight-level by the rule of
+            // `score::ewc_importance`.
             let ib = format!("{eb}.importance");
-            if !matches!(
-                w.importance.method,
-                ScoreMethod::Fisher | ScoreMethod::Mas | ScoreMethod::Sig | ScoreMethod::Si
-            ) {
-                e(
-                    &format!("{ib}.method"),
-                    "EWC needs a weight-level importance: `fisher`, `mas`, `sig` or `si`".into(),
-                );
-                return None;
-            }
             let importance = score_spec(&w.importance, &ib, &mut e)?;
             Some(EwcSpec {
                 lambda: w.lambda,

@@ -1,7 +1,11 @@
 //! `consolidate`: the EWC penalty that later tasks train against, accumulated across tasks.
 //!
-//! After task t, a weight-level importance Ω_t (any of `fisher`, `mas`, `sig` on the task's
-//! reference samples at the trained parameters θ_t, or `si` from task t's training path).
+//! After task t, a weight-level importance Ω_t by any score method (`score::ewc_importance`):
+//! `fisher`, `mas`, `sig` on the task's reference samples at the trained parameters θ_t, or
+//! `si` from task t's training path, as they are; a unit-level method (`lrp`,
+//! `gradient_x_input`, `magnitude`, `random`) gives each trunk parameter the |score| of its
+//! unit (a unit's incoming weights, a filter's whole `C·kh·kw` row, and its bias), with the
+//! method's `aggregate` applied as in the score stage.
 //! Zenke et al.'s SI surrogate is `mode: online` with `decay: 1` and `method: si`. The penalty on later training
 //! is `λ Σ_i A_i (θ_i − θ̂_i)²` over the trunk's parameters, stored in expanded form as per
 //! parameter `A`, `B = A·θ̂` and the constant `C = Σ A θ̂²`, so both modes cost the same:
@@ -167,7 +171,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let p: Params = ctx.params()?;
     let (split, host) = split_and_model(ctx, p.task_index)?;
     let task = split.task(p.task_index)?;
-    let (omega, n_ref) = score::weight_importance(
+    let (omega, n_ref) = score::ewc_importance(
         ctx,
         dev,
         &p.importance,
@@ -176,10 +180,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         split.dim(),
         p.seed,
         p.task_index,
-    )?
-    .ok_or_else(|| {
-        StageError::invalid("EWC importance needs a weight-level method: fisher, mas, sig or si")
-    })?;
+    )?;
     // Trunk tensors only, in device order; the path's last layer is the head.
     let trunk = host.trunk.len();
     let omega_t: Vec<Vec<f32>> = omega.layers[..trunk]

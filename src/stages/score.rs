@@ -227,6 +227,52 @@ pub fn weight_importance<D: Device<f32>>(
     Ok(Some((imp, n)))
 }
 
+/// Weight-level importance Ω of the path of `head` by any method, for EWC, with the number of
+/// reference samples. Weight-level methods give theirs (`weight_importance`). A unit-level
+/// method (`lrp`, `gradient_x_input`, `magnitude`, `random`) gives every trunk parameter the
+/// |score| of the unit it belongs to, the score as the score stage stores it (`aggregate`
+/// applied): all of unit j's incoming weights (its row; a filter's `C·kh·kw` values) and its
+/// bias get |s_j|. Absolute, because a negative Ω would make the penalty concave. The head
+/// gets 0: its units are the logits, which no unit score covers, and consolidation does not
+/// penalise heads.
+#[allow(clippy::too_many_arguments)]
+pub fn ewc_importance<D: Device<f32>>(
+    ctx: &StageContext,
+    dev: &D,
+    spec: &ScoreSpec,
+    host: &MlpParams,
+    task: &TaskData,
+    dim: usize,
+    seed: u64,
+    head: usize,
+) -> Result<(importance::WeightImportance, usize), StageError> {
+    if let Some(w) = weight_importance(ctx, dev, spec, host, task, dim, seed, head)? {
+        return Ok(w);
+    }
+    let u = unit_scores(ctx, dev, spec, host, task, dim, seed, head)?;
+    let h = host
+        .heads
+        .get(head)
+        .ok_or_else(|| StageError::invalid(format!("model has no head {head}")))?;
+    let mut shapes = Vec::new();
+    let mut layers = Vec::new();
+    for (l, s) in host.trunk.iter().zip(u.finished()) {
+        let s: Vec<f64> = s.iter().map(|&v| (v as f64).abs()).collect();
+        let w = s
+            .iter()
+            .flat_map(|&v| std::iter::repeat_n(v, l.in_dim))
+            .collect();
+        shapes.push((l.out_dim, l.in_dim));
+        layers.push((w, s));
+    }
+    shapes.push((h.out_dim, h.in_dim));
+    layers.push((vec![0.0; h.out_dim * h.in_dim], vec![0.0; h.out_dim]));
+    Ok((
+        importance::WeightImportance { shapes, layers },
+        u.reference_samples,
+    ))
+}
+
 /// SI importance `max(ω, 0) / (Δθ² + ξ)` of the path of `head`, from the training that produced
 /// the model. A parameter that training never touched (another task's head) has none; the path
 /// integral is only ever negative through noise, and a negative importance would make an EWC
@@ -275,17 +321,44 @@ pub fn si_importance(
     Ok(importance::WeightImportance { shapes, layers })
 }
 
-fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
-    let p: Params = ctx.params()?;
-    let (split, host) = split_and_model(ctx, p.task_index)?;
-    let task = split.task(p.task_index)?;
-    let dim = split.dim();
-    let reference = |size: usize, from: ReferenceSplit| {
-        reference_samples(task, dim, size, from, p.seed, p.task_index)
-    };
-    let head = p.task_index;
+/// Raw per-unit scores of one method, before `finish`: per hidden layer, the sums that the
+/// score stage aggregates, with the `abs` and `normalize` that finish them.
+pub struct UnitScores {
+    pub sums: Vec<Vec<f64>>,
+    pub abs: AbsMode,
+    pub normalize: Normalize,
+    pub reference_samples: usize,
+    /// Mean explained logit over the reference set (LRP and gradient × input).
+    pub explained: f64,
+    pub method: &'static str,
+}
+
+impl UnitScores {
+    /// The score stage's unit scores: `abs: after_sum` and normalisation applied per layer.
+    pub fn finished(&self) -> Vec<Vec<f32>> {
+        self.sums
+            .iter()
+            .map(|l| finish(l.clone(), self.abs, self.normalize))
+            .collect()
+    }
+}
+
+/// Unit scores of the path of `head` by any method, exactly as the score stage computes them.
+#[allow(clippy::too_many_arguments)]
+pub fn unit_scores<D: Device<f32>>(
+    ctx: &StageContext,
+    dev: &D,
+    spec: &ScoreSpec,
+    host: &MlpParams,
+    task: &TaskData,
+    dim: usize,
+    seed: u64,
+    head: usize,
+) -> Result<UnitScores, StageError> {
+    let reference =
+        |size: usize, from: ReferenceSplit| reference_samples(task, dim, size, from, seed, head);
     if host.arch.is_some() {
-        let unsupported = match p.method {
+        let unsupported = match *spec {
             ScoreSpec::Sig { .. } => Some("method sig"),
             ScoreSpec::Fisher { unit_rule, .. }
             | ScoreSpec::Mas { unit_rule, .. }
@@ -302,9 +375,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             )));
         }
     }
-    let (sums, abs, normalize, n_ref, explained, method) = match p.method {
+    let (sums, abs, normalize, n_ref, explained, method) = match *spec {
         ScoreSpec::Magnitude { normalize } => (
-            magnitude_scores(&host),
+            magnitude_scores(host),
             AbsMode::None,
             normalize,
             0,
@@ -312,7 +385,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             "magnitude-l2-incoming",
         ),
         ScoreSpec::Random {} => {
-            let mut rng = rng_for(p.seed, p.task_index, "random_scores");
+            let mut rng = rng_for(seed, head, "random_scores");
             let s = host
                 .hidden_sizes()
                 .iter()
@@ -340,9 +413,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             normalize,
             ..
         } => {
-            let (imp, n) = weight_importance(ctx, dev, &p.method, &host, task, dim, p.seed, head)?
+            let (imp, n) = weight_importance(ctx, dev, spec, host, task, dim, seed, head)?
                 .expect("a weight-level method");
-            let name = match p.method {
+            let name = match spec {
                 ScoreSpec::Fisher { .. } => "fisher",
                 ScoreSpec::Mas { .. } => "mas",
                 ScoreSpec::Si { .. } => "si",
@@ -393,7 +466,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             };
             let (x, y) = reference(reference_size, reference_split);
             let (sums, explained) =
-                per_sample_units(dev, ctx, &host, &x, &y, dim, abs, "lrp", |m, xb, yb| {
+                per_sample_units(dev, ctx, host, &x, &y, dim, abs, "lrp", |m, xb, yb| {
                     crate::xai::lrp::lrp(m, xb, yb, head, &rules)
                 })?;
             (sums, abs, normalize, y.len(), explained, name)
@@ -408,7 +481,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             let (sums, explained) = per_sample_units(
                 dev,
                 ctx,
-                &host,
+                host,
                 &x,
                 &y,
                 dim,
@@ -419,11 +492,39 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             (sums, abs, normalize, y.len(), explained, "gradient_x_input")
         }
     };
+    Ok(UnitScores {
+        sums,
+        abs,
+        normalize,
+        reference_samples: n_ref,
+        explained,
+        method,
+    })
+}
+
+fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
+    let p: Params = ctx.params()?;
+    let (split, host) = split_and_model(ctx, p.task_index)?;
+    let task = split.task(p.task_index)?;
+    let u = unit_scores(
+        ctx,
+        dev,
+        &p.method,
+        &host,
+        task,
+        split.dim(),
+        p.seed,
+        p.task_index,
+    )?;
+    let scores = u.finished();
+    let UnitScores {
+        sums,
+        reference_samples: n_ref,
+        explained,
+        method,
+        ..
+    } = u;
     let layer_totals: Vec<f64> = sums.iter().map(|l| l.iter().sum()).collect();
-    let scores: Vec<Vec<f32>> = sums
-        .into_iter()
-        .map(|l| finish(l, abs, normalize))
-        .collect();
     for (l, t) in layer_totals.iter().enumerate() {
         ctx.log(format!("layer {l}: total score {t:.4}"));
     }
