@@ -2,6 +2,7 @@
 //! for the MLP (`lrp`) and for sequential CNNs (`lrp_cnn`), and weight importances of the EWC
 //! family (`importance`).
 
+pub mod explain;
 pub mod importance;
 pub mod lrp;
 pub mod lrp_cnn;
