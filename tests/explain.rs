@@ -175,3 +175,75 @@ fn bad_stage_index_and_head_exit_2_saying_what_was_expected() {
         "nothing written on errors"
     );
 }
+
+/// A conv model goes through `lrp_cnn` (z⁺ on conv layers by default) and its input
+/// normalisation; the relevance written is still exactly what `xai::lrp::lrp` returns.
+#[test]
+fn conv_models_are_explained_through_the_same_lrp() {
+    let conv = "model:
+  kind: cnn
+  input_shape: [1, 8, 8]
+  layers:
+    - conv: {out_channels: 4, kernel: 3, padding: 1}
+    - max_pool: {kernel: 2}
+    - flatten
+    - dense: {units: 8}
+  normalize: {mean: [0.2], std: [0.25]}
+";
+    let text = common::PIPELINE.replace("model:\n  kind: mlp\n  hidden: [16, 12]\n", conv);
+    assert!(text.contains("kind: cnn"));
+    let f = Fixture::with_pipeline(&text);
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    let stage = "naive/seed0/task2/train";
+    let out = f.path().join("conv");
+    // Task 2's model explained by task 1's head, on task 1's test images.
+    let o = f.cli(&[
+        "explain",
+        p,
+        "--stage",
+        stage,
+        "--head",
+        "1",
+        "--images",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("relevance.json")).unwrap()).unwrap();
+    let img = &json["images"][0];
+
+    let arch: cfpipe::nn::arch::Arch =
+        serde_json::from_slice(&cached_file(&f, stage, "arch.json")).unwrap();
+    let host = MlpParams::from_tensors_arch(
+        tensorio::decode(&cached_file(&f, stage, "model.safetensors")).unwrap(),
+        Some(arch),
+    )
+    .unwrap();
+    let mut split = tensorio::decode(&cached_file(&f, "split", "split.safetensors")).unwrap();
+    let (_, x) = split.take_u8("task0.test.x").unwrap();
+    let (_, y) = split.take_labels("task0.test.y").unwrap();
+    let model = DeviceMlp::from_host(&Cpu::default(), &host);
+    let input = model.input(&x[5 * 64..6 * 64]);
+    let r = lrp(&model, &input, &y[5..6], 0, &LrpRules::epsilon(1e-6));
+    let got: Vec<f64> = img["relevance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), 64);
+    assert!(got.iter().any(|&v| v != 0.0));
+    for (g, e) in got.iter().zip(&r.input) {
+        assert!(
+            (g - *e as f64).abs() <= 1e-6 * (1.0 + e.abs() as f64),
+            "{g} vs {e}"
+        );
+    }
+    assert!((img["logit"].as_f64().unwrap() - r.explained[0] as f64).abs() < 1e-5);
+    let png = image::open(out.join("test5.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (2 * 128 + 4, 128));
+}
