@@ -98,6 +98,33 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Write PNG heatmaps of LRP input relevance for test images, from a cached train stage
+    /// (never trains).
+    Explain {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// A train stage id, e.g. `rnf/seed0/task2/train` (see `cfpipe dag`).
+        #[arg(long, value_name = "ID")]
+        stage: String,
+        /// Indices into the head task's test split, comma-separated [default: 0,1,2,3].
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        images: Vec<usize>,
+        /// The task (1-based) whose head explains [default: the stage's task].
+        #[arg(long, value_name = "T")]
+        head: Option<usize>,
+        /// LRP rule of dense layers: epsilon, zplus, alpha_beta, gamma, flat, w_square, z_box.
+        #[arg(long, default_value = "epsilon")]
+        rule: String,
+        /// LRP rule of conv layers.
+        #[arg(long, default_value = "zplus")]
+        conv_rule: String,
+        /// ε of the ε rule.
+        #[arg(long, default_value_t = 1e-6)]
+        epsilon: f64,
+        /// Output directory [default: reports/<pipeline name>/explain/<stage id, `/` → `-`>].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Inspect and maintain the cache.
     Cache {
         #[command(subcommand)]
@@ -236,7 +263,8 @@ impl Command {
             | Command::Status { p, .. }
             | Command::Dag { p, .. }
             | Command::Show { p, .. }
-            | Command::Report { p, .. } => vec![p.pipeline.clone()],
+            | Command::Report { p, .. }
+            | Command::Explain { p, .. } => vec![p.pipeline.clone()],
             Command::Cache {
                 cmd:
                     CacheCmd::Gc { pipelines, .. }
@@ -538,6 +566,41 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(())
         }
+        Command::Explain {
+            p,
+            stage,
+            images,
+            head,
+            rule,
+            conv_rule,
+            epsilon,
+            out,
+        } => {
+            let parse_rule = |flag: &str, v: &str| {
+                serde_json::from_value::<crate::xai::lrp::LrpRule>(serde_json::json!(v)).map_err(
+                    |_| {
+                        CliError::Usage(format!(
+                            "--{flag} `{v}`: expected one of epsilon, zplus, alpha_beta, gamma, flat, w_square, z_box"
+                        ))
+                    },
+                )
+            };
+            let mut rules = crate::xai::lrp::LrpRules::epsilon(epsilon as f32);
+            rules.dense = parse_rule("rule", &rule)?;
+            rules.conv = parse_rule("conv-rule", &conv_rule)?;
+            let opts = ExplainArgs {
+                stage,
+                images: if images.is_empty() {
+                    vec![0, 1, 2, 3]
+                } else {
+                    images
+                },
+                head,
+                rules,
+                out,
+            };
+            explain_cmd(&p, opts, c)
+        }
         Command::Cache {
             cmd: CacheCmd::Push { pipelines, set },
         } => sync_cmd(true, &pipelines, &set, &cli.remote, c),
@@ -567,6 +630,130 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+struct ExplainArgs {
+    stage: String,
+    images: Vec<usize>,
+    /// 1-based.
+    head: Option<usize>,
+    rules: crate::xai::lrp::LrpRules,
+    out: Option<PathBuf>,
+}
+
+/// `cfpipe explain`: the train stage's cached model and its split's test images, from the
+/// cache only.
+fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), CliError> {
+    use crate::xai::explain;
+    let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let trains = || {
+        let ids: Vec<&str> = dag
+            .topo_order()
+            .iter()
+            .map(|&n| dag.node(n))
+            .filter(|n| n.kind == "train")
+            .map(|n| n.id.as_str())
+            .collect();
+        let more = ids.len().saturating_sub(6);
+        let mut s = ids[..ids.len().min(6)].join(", ");
+        if more > 0 {
+            s.push_str(&format!(" and {more} more"));
+        }
+        s
+    };
+    let dag_cmd = format!("cfpipe dag {}{}", p.pipeline.display(), set_args(&p.set));
+    let node = dag.find(&a.stage).ok_or_else(|| {
+        CliError::Usage(format!(
+            "--stage `{}`: no such stage in pipeline `{}`; expected a train stage id such as {} (list them with `{dag_cmd}`)",
+            a.stage,
+            pipe.name,
+            trains()
+        ))
+    })?;
+    let n = dag.node(node);
+    if n.kind != "train" {
+        return Err(CliError::Usage(format!(
+            "--stage `{}` is a {} stage; expected a train stage id such as {}",
+            a.stage,
+            n.kind,
+            trains()
+        )));
+    }
+    let Some(&split_node) = n.inputs.get("split") else {
+        return Err(CliError::Usage(format!(
+            "--stage `{}` has no split input to take test images from",
+            a.stage
+        )));
+    };
+    let cache = open_cache(c)?;
+    let res = resolve::resolve(&dag, &cache);
+    let entry = |at| {
+        res.iter()
+            .find(|r| r.node == at)
+            .and_then(|r| r.entry.clone())
+    };
+    let missing = |id: &str| CliError::MissingResults {
+        stages: id.to_string(),
+        command: format!("cfpipe run {}{}", p.pipeline.display(), set_args(&p.set)),
+    };
+    let model_entry = entry(node).ok_or_else(|| missing(&a.stage))?;
+    let split_entry = entry(split_node).ok_or_else(|| missing(&dag.node(split_node).id))?;
+    let stage_task = n
+        .params
+        .get("task_index")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as usize;
+    let head = match a.head {
+        Some(0) => {
+            return Err(CliError::Usage(
+                "--head 0: tasks are numbered from 1".to_string(),
+            ))
+        }
+        Some(h) => h - 1,
+        None => stage_task,
+    };
+    let inputs: std::collections::BTreeMap<String, crate::cache::Entry> = [
+        ("split".to_string(), split_entry),
+        ("model".to_string(), model_entry),
+    ]
+    .into();
+    let (files, cancel) = (Default::default(), AtomicBool::new(false));
+    let ctx = crate::exec::StageContext::new(
+        &n.id,
+        &n.params,
+        &inputs,
+        &files,
+        "cpu",
+        &crate::exec::NoProgress,
+        &cancel,
+    );
+    let read_failed = |e: crate::exec::StageError| {
+        CliError::Exec(crate::exec::ExecError::Stage {
+            id: n.id.clone(),
+            kind: n.kind.clone(),
+            source: e,
+        })
+    };
+    let split = stages::artifacts::SplitData::load(&ctx, "split").map_err(read_failed)?;
+    let host = stages::artifacts::load_model(&ctx, "model").map_err(read_failed)?;
+    let usage = |e: explain::ExplainError| CliError::Usage(format!("explain: {e}"));
+    let shown = explain::explain(&split, &host, head, &a.images, &a.rules).map_err(usage)?;
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from("reports")
+            .join(&pipe.name)
+            .join("explain")
+            .join(a.stage.replace('/', "-"))
+    });
+    let written = explain::write(&out, &a.stage, head, &a.rules, &shown)
+        .map_err(|e| CliError::Io(std::io::Error::other(e.to_string())))?;
+    for e in &shown {
+        println!(
+            "test image {} (class {}): logit {:.4}, relevance sum {:.4}",
+            e.index, e.class, e.logit, e.relevance_sum
+        );
+    }
+    println!("wrote {} files to {}", written.len(), out.display());
+    Ok(())
 }
 
 fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {

@@ -1,7 +1,8 @@
 //! Explanation and importance methods behind the `score` stage: LRP rules and gradient × input
 //! for the MLP (`lrp`) and for sequential CNNs (`lrp_cnn`), and weight importances of the EWC
-//! family (`importance`).
+//! family (`importance`); `explain` draws input relevance as heatmaps for `cfpipe explain`.
 
+pub mod explain;
 pub mod importance;
 pub mod lrp;
 pub mod lrp_cnn;
