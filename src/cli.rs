@@ -845,7 +845,11 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
             let rep = cache.gc(&GcOptions {
                 keep,
                 grace: std::time::Duration::from_secs(grace),
-                roots_max_age: std::time::Duration::from_secs_f64(roots_max_age * 86400.0),
+                // At most ~100 years: beyond that an expiry means nothing, and a larger
+                // Duration would overflow.
+                roots_max_age: std::time::Duration::from_secs_f64(
+                    (roots_max_age * 86400.0).min(3.2e9),
+                ),
             })?;
             for id in &rep.expired_roots {
                 println!("expired root {id}");

@@ -223,7 +223,8 @@ fn the_config_files_cache_dir_is_used_unless_a_flag_or_the_environment_names_one
         c.args(["run", p.to_str().unwrap(), "--quiet"])
             .args(extra)
             .current_dir(f.path())
-            .env_remove("CFPIPE_CACHE");
+            .env_remove("CFPIPE_CACHE")
+            .env_remove("CFPIPE_REMOTE");
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
         stdout(&o)

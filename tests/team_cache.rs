@@ -25,6 +25,7 @@ fn cfpipe<S: AsRef<std::ffi::OsStr>>(f: &Fixture, host: &str, args: &[S]) -> Com
         "CFPIPE_CACHE",
         "CFPIPE_SHARED_GROUP",
         "CFPIPE_LEASE_TIMEOUT",
+        "CFPIPE_REMOTE",
     ] {
         c.env_remove(v);
     }

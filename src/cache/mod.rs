@@ -216,7 +216,9 @@ impl Cache {
         let cache = Cache {
             root,
             perms,
-            lease_timeout: Duration::from_secs_f64(config.lease_timeout_s.max(0.05)),
+            // Clamped: a day is already far past any useful heartbeat gap, and an overflowing
+            // Duration would panic.
+            lease_timeout: Duration::from_secs_f64(config.lease_timeout_s.clamp(0.05, 86_400.0)),
         };
         let tag = cache.root.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -508,10 +510,7 @@ impl Cache {
         match fs::metadata(&p).and_then(|m| m.modified()) {
             Ok(m) if m.elapsed().map(|e| e < USED_REFRESH).unwrap_or(true) => {}
             Ok(_) => {
-                let _ = fs::File::options()
-                    .write(true)
-                    .open(&p)
-                    .and_then(|f| f.set_modified(SystemTime::now()));
+                let _ = touch_now(&p);
             }
             Err(_) => {
                 if fs::File::create(&p).is_ok() {
@@ -631,6 +630,11 @@ impl Cache {
                 rep.kept_leased += 1;
                 continue;
             };
+            // A run may have marked the entry used between the check above and the lease.
+            if recent(&key) {
+                rep.kept_recent += 1;
+                continue;
+            }
             let used_before = self.last_used(&key);
             let size = self.entry_size(&key);
             let dir = self.entry_dir(&key);
@@ -774,6 +778,27 @@ fn dir_size(p: &Path) -> u64 {
         .sum()
 }
 
+/// Set a file's modification time to now. `UTIME_NOW` needs only write permission, where an
+/// explicit time (`File::set_modified`) needs ownership: in a group-shared cache a teammate's
+/// use must still refresh a stamp someone else created.
+pub(crate) fn touch_now(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    };
+    let times = [now, now];
+    // SAFETY: `c` is a valid NUL-terminated path and `times` two initialised timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,6 +816,20 @@ mod tests {
             aux: [("log.txt".to_string(), b"log".to_vec())].into(),
             run: RunInfo::default(),
         }
+    }
+
+    #[test]
+    fn touch_now_refreshes_an_old_stamp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("stamp");
+        let f = fs::File::create(&p).unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(7200);
+        f.set_modified(old).unwrap();
+        drop(f);
+        super::touch_now(&p).unwrap();
+        let m = fs::metadata(&p).unwrap().modified().unwrap();
+        assert!(m.elapsed().unwrap() < std::time::Duration::from_secs(60), "{m:?}");
+        assert!(super::touch_now(&d.path().join("missing")).is_err());
     }
 
     #[test]

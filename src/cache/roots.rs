@@ -196,10 +196,7 @@ impl RootRecorder {
             }
             Some((k, _)) if *k == keys => {
                 let p = self.cache.root_path(&s.owner.id());
-                let _ = fs::File::options()
-                    .write(true)
-                    .open(&p)
-                    .and_then(|f| f.set_modified(SystemTime::now()));
+                let _ = super::touch_now(&p);
                 Ok(())
             }
             _ => self.store(&mut s, keys),

@@ -148,7 +148,9 @@ impl Fixture {
         c.args(args)
             .arg("--cache")
             .arg(self.cache_dir())
-            .env_remove("CFPIPE_CACHE");
+            .env_remove("CFPIPE_CACHE")
+            // A caller's team remote must never receive (or serve) test entries.
+            .env_remove("CFPIPE_REMOTE");
         c.output().unwrap()
     }
 }
