@@ -828,7 +828,10 @@ mod tests {
         drop(f);
         super::touch_now(&p).unwrap();
         let m = fs::metadata(&p).unwrap().modified().unwrap();
-        assert!(m.elapsed().unwrap() < std::time::Duration::from_secs(60), "{m:?}");
+        assert!(
+            m.elapsed().unwrap() < std::time::Duration::from_secs(60),
+            "{m:?}"
+        );
         assert!(super::touch_now(&d.path().join("missing")).is_err());
     }
 
