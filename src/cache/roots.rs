@@ -169,12 +169,17 @@ impl RootRecorder {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A stage of the run resolved to `key`; `computed` if it was just published (then the root
-    /// is rewritten at once, so gc protects it while the run goes on).
+    /// A stage of the run resolved to `key`; `computed` if it was just published. The root is
+    /// rewritten at once for a computed key and for a cached or pulled key it did not hold yet,
+    /// so gc protects everything the run has used while it goes on (a first run over a
+    /// teammate's cache pays one small write per stage). A rerun of a registered pipeline
+    /// writes nothing here.
     pub fn record(&self, key: StageKey, computed: bool) {
         let mut s = self.lock();
         s.seen.insert(key);
-        if computed {
+        let unprotected = !s.previous.contains(&key)
+            && !s.on_disk.as_ref().is_some_and(|(k, _)| k.contains(&key));
+        if computed || unprotected {
             let keys: BTreeSet<_> = s.previous.union(&s.seen).copied().collect();
             // Best effort mid-run; `finish` reports a failure to write.
             let _ = self.store(&mut s, keys);

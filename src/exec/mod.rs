@@ -405,10 +405,12 @@ impl<'a> Executor<'a> {
         let _ = self.hasher.save();
         if let Some(r) = &self.opts.roots {
             let complete = !report.interrupted
-                && report
-                    .events
-                    .iter()
-                    .all(|e| matches!(e.outcome, Outcome::Cached | Outcome::Ran { .. }));
+                && report.events.iter().all(|e| {
+                    matches!(
+                        e.outcome,
+                        Outcome::Cached | Outcome::Ran { .. } | Outcome::Pulled { .. }
+                    )
+                });
             if let Err(e) = r.finish(complete) {
                 eprintln!("warning: could not register this pipeline's gc root: {e}");
             }
