@@ -97,7 +97,7 @@ fn sigkill_mid_stage_leaves_a_verifiable_cache_and_the_next_run_completes() {
     let entries = f.cache_dir().join("entries");
     let t0 = Instant::now();
     loop {
-        let n = walk_count(&entries);
+        let n = common::published_entries(&entries);
         if n >= 1 || t0.elapsed() > Duration::from_secs(60) {
             break;
         }
@@ -120,16 +120,6 @@ fn sigkill_mid_stage_leaves_a_verifiable_cache_and_the_next_run_completes() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("stages:"));
     assert_eq!(f.cli(&["cache", "verify"]).status.code(), Some(0));
-}
-
-fn walk_count(entries: &std::path::Path) -> usize {
-    std::fs::read_dir(entries)
-        .map(|rd| {
-            rd.flatten()
-                .map(|s| std::fs::read_dir(s.path()).map(|r| r.count()).unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[test]
@@ -159,22 +149,8 @@ fn two_processes_on_one_fresh_cache_compute_each_stage_once() {
         stderr(&a),
         stderr(&b)
     );
-    let parse = |o: &std::process::Output| -> (usize, usize) {
-        let line = stdout(o).lines().last().unwrap().to_string();
-        let n: usize = line.split(" stages:").next().unwrap().parse().unwrap();
-        let ran: usize = line
-            .split("stages: ")
-            .nth(1)
-            .unwrap()
-            .split(" ran")
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        (n, ran)
-    };
-    let (n, ran_a) = parse(&a);
-    let (_, ran_b) = parse(&b);
+    let (n, ran_a) = common::summary(&a);
+    let (_, ran_b) = common::summary(&b);
     assert_eq!(
         ran_a + ran_b,
         n,

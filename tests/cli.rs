@@ -2,7 +2,7 @@
 //! matrices, cache ls/du/gc maintain the store, Ctrl-C leaves a consistent cache.
 
 mod common;
-use common::{stderr, stdout, Fixture};
+use common::{published_entries, stderr, stdout, Fixture};
 
 #[test]
 fn status_reports_cached_stages_and_why_others_would_run() {
@@ -196,17 +196,6 @@ fn ctrl_c_stops_the_run_with_130_and_a_consistent_cache() {
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert_eq!(f.cli(&["cache", "verify"]).status.code(), Some(0));
-}
-
-/// Entries in the cache's `entries/<shard>/` directories.
-fn published_entries(entries: &std::path::Path) -> usize {
-    std::fs::read_dir(entries)
-        .map(|rd| {
-            rd.flatten()
-                .map(|s| std::fs::read_dir(s.path()).map(|r| r.count()).unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[test]

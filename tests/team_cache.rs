@@ -5,7 +5,7 @@
 //! timeout knob, not sleeps, decides what the tests observe.
 
 mod common;
-use common::{stderr, stdout, Fixture};
+use common::{stderr, stdout, summary, Fixture};
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -59,26 +59,6 @@ fn spawn(mut c: Command) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// (stages, ran) from the summary line `N stages: R ran, C cached (…)`.
-fn summary(o: &Output) -> (usize, usize) {
-    let out = stdout(o);
-    let line = out
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no summary: {out}{}", stderr(o)));
-    let n = line.split(" stages:").next().unwrap().parse().unwrap();
-    let ran = line
-        .split("stages: ")
-        .nth(1)
-        .unwrap()
-        .split(" ran")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (n, ran)
 }
 
 /// Lease files (not breakers or temp files) present in the cache.

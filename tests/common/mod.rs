@@ -177,3 +177,36 @@ pub fn stderr(o: &Output) -> String {
 pub fn set(items: &[&str]) -> std::collections::BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
+
+/// Published entries in a cache's `entries/<shard>/` directories (0 if there are none yet).
+#[allow(dead_code)]
+pub fn published_entries(entries: &Path) -> usize {
+    std::fs::read_dir(entries)
+        .map(|rd| {
+            rd.flatten()
+                .map(|s| std::fs::read_dir(s.path()).map(|r| r.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// (stages, ran) from the summary line `N stages: R ran, C cached (…)`.
+#[allow(dead_code)]
+pub fn summary(o: &Output) -> (usize, usize) {
+    let out = stdout(o);
+    let line = out
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no summary: {out}{}", stderr(o)));
+    let n = line.split(" stages:").next().unwrap().parse().unwrap();
+    let ran = line
+        .split("stages: ")
+        .nth(1)
+        .unwrap()
+        .split(" ran")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (n, ran)
+}
