@@ -355,7 +355,7 @@ fn a_torchvision_vgg16_file_round_trips_and_a_mismatch_lists_every_tensor() {
     assert_eq!(named.len(), 32);
     let file = dir.path().join("vgg.safetensors");
     std::fs::write(&file, encode(&named)).unwrap();
-    let back = torchvision::load_vgg16(&file, &a, Some(10)).unwrap();
+    let back = torchvision::load_vgg16(&file, &a, Some(10), torchvision::PretrainedHead::Task1).unwrap();
     assert_eq!(back, p);
 
     let mut bad = named.clone();
@@ -373,7 +373,7 @@ fn a_torchvision_vgg16_file_round_trips_and_a_mismatch_lists_every_tensor() {
         cfpipe::nn::tensorio::HostTensor::f32(vec![1], vec![0.0]),
     );
     std::fs::write(&file, encode(&bad)).unwrap();
-    let err = torchvision::load_vgg16(&file, &a, Some(10))
+    let err = torchvision::load_vgg16(&file, &a, Some(10), torchvision::PretrainedHead::Task1)
         .unwrap_err()
         .to_string();
     assert!(err.contains("3 tensors disagree"), "{err}");
@@ -621,6 +621,19 @@ fn conv_model_mistakes_are_located_spec_errors() {
         (
             CNN_MODEL.replace("    - flatten\n", ""),
             "model.layers.3: dense needs flat features, but receives 6×4×4 maps",
+        ),
+        (
+            "model: {kind: vgg16, input_size: 32, pretrained_head: drop}\n".to_string(),
+            "model.pretrained_head: only with `model.pretrained`",
+        ),
+        (
+            "model: {kind: vgg16, input_size: 32, pretrained: w.safetensors, pretrained_head: keep}\n"
+                .to_string(),
+            "unknown variant `keep`, expected `task1` or `drop`",
+        ),
+        (
+            "model: {kind: mlp, hidden: [4], pretrained_head: drop}\n".to_string(),
+            "model.pretrained_head: not used by `kind: mlp`",
         ),
     ];
     for (model, expect) in cases {

@@ -176,6 +176,19 @@ fn ran(out: &str) -> (usize, usize) {
     (n, x)
 }
 
+/// The cache entry directory of stage `id` (the cache holds one run of it).
+fn entry_dir(cache: &Path, id: &str) -> std::path::PathBuf {
+    fs::read_dir(cache.join("entries"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|e| {
+            fs::read_to_string(e.join("manifest.json"))
+                .is_ok_and(|m| m.contains(&format!("\"stage_id\": \"{id}\"")))
+        })
+        .unwrap_or_else(|| panic!("no entry for {id}"))
+}
+
 fn sets(list: &[(&str, String)]) -> Vec<String> {
     list.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
@@ -262,17 +275,7 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
     let out = ok(&cfpipe("show", &pipeline, &cache, &overrides(&moved)));
     assert_show_has_tasks(&out, &["naive", "rnf"], 2);
     // The split read both datasets.
-    let entry = |id: &str| {
-        fs::read_dir(cache.join("entries"))
-            .unwrap()
-            .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
-            .map(|e| e.unwrap().path())
-            .find(|e| {
-                fs::read_to_string(e.join("manifest.json"))
-                    .is_ok_and(|m| m.contains(&format!("\"stage_id\": \"{id}\"")))
-            })
-            .unwrap_or_else(|| panic!("no entry for {id}"))
-    };
+    let entry = |id: &str| entry_dir(&cache, id);
     let log = fs::read_to_string(entry("split").join("aux/log.txt")).unwrap();
     assert!(
         log.contains("dataset adience: 8 classes, 16 train, 16 test"),
@@ -359,8 +362,19 @@ fn the_cifar_split_pipeline_runs_on_fixtures_and_reruns_nothing() {
 fn the_adience_split_pipeline_runs_mixed_and_ordered() {
     let dir = tempfile::tempdir().unwrap();
     adience_tree(&dir.path().join("adience"), 2, 2);
+    // ImageNet weights with a 1000-way classifier.6 that `pretrained_head: drop` ignores.
+    let a = arch::vgg16(32, 16, 3);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut p = MlpParams::init_arch(&a, &mut rng);
+    p.push_head(1000, &mut rng);
+    fs::write(
+        dir.path().join("vgg.safetensors"),
+        encode(&torchvision::vgg16_to_tensors(&p)),
+    )
+    .unwrap();
     let d = dir.path().display();
     let base = sets(&[
+        ("model.pretrained", format!("{d}/vgg.safetensors")),
         ("dataset.root", format!("{d}/adience")),
         ("dataset.train_folds", "[0]".into()),
         ("dataset.test_folds", "[1]".into()),
@@ -386,6 +400,20 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
     assert_eq!(ran(&out), (13, 0), "{out}");
     let out = ok(&cfpipe("show", &pipeline, &cache, &ordered));
     assert_show_has_tasks(&out, &["naive", "rnf"], 2);
+    // With a learning rate too small to move a weight, task 1's model is the ImageNet trunk bit
+    // for bit under a fresh four-way head: the pretrained trunk was loaded, its head dropped.
+    let mut still = base.clone();
+    still.push("training.lr=1.0e-30".into());
+    let still_cache = dir.path().join("still");
+    ok(&cfpipe("run", &pipeline, &still_cache, &still));
+    let t1 = entry_dir(&still_cache, "naive/seed0/task1/train");
+    let arch: arch::Arch =
+        serde_json::from_slice(&fs::read(t1.join("out/arch.json")).unwrap()).unwrap();
+    let tensors = decode(&fs::read(t1.join("out/model.safetensors")).unwrap()).unwrap();
+    let trained = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    assert!(trained.trunk == p.trunk, "task 1 did not start from the pretrained trunk");
+    assert_eq!(trained.heads.len(), 1);
+    assert_eq!(trained.heads[0].out_dim, 4, "task 1's head is its own, not ImageNet's");
 }
 
 #[test]
@@ -400,6 +428,19 @@ fn image_pipelines_compile_without_data_and_name_missing_data() {
         let out = ok(&o);
         assert!(out.contains("split  [split]"), "{p}: {out}");
     }
+    // Task 1 of imagenet_adience is ImageNet's own head; without it there is nothing to keep.
+    let o = cfpipe(
+        "dag",
+        &repo_pipeline("imagenet_adience.yaml"),
+        cache.path(),
+        &["model.pretrained_head=drop".into()],
+    );
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tasks.0.epochs: 0 epochs only for task 1 with `model.pretrained` and its head kept"),
+        "{err}"
+    );
     let o = cfpipe(
         "status",
         &repo_pipeline("cifar_split.yaml"),

@@ -29,6 +29,19 @@ pub const VGG16_CONV_INDICES: [usize; 13] = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21,
 /// torchvision's `classifier.N` index of the three linear layers; the last one is a head.
 pub const VGG16_CLASSIFIER_INDICES: [usize; 3] = [0, 3, 6];
 
+/// What becomes of torchvision's 1000-way `classifier.6` (`model.pretrained_head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PretrainedHead {
+    /// It is task 1's head (task 1 is the pretraining task itself, e.g. ImageNet).
+    #[default]
+    Task1,
+    /// Only the trunk is kept: every task, task 1 included, gets a fresh head (transfer to
+    /// new tasks, e.g. Adience split from ImageNet weights). `classifier.6` is ignored,
+    /// whatever its shape.
+    Drop,
+}
+
 /// One tensor that does not fit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
@@ -112,18 +125,25 @@ fn expected(
     Ok(out)
 }
 
-/// Decode torchvision VGG-16 tensors into a model with `arch` and one head (task 1) of
-/// `classes` outputs (`None`: whatever the file holds, 1000 for ImageNet).
+/// Decode torchvision VGG-16 tensors into a model with `arch` and, with
+/// [`PretrainedHead::Task1`], one head (task 1) of `classes` outputs (`None`: whatever the file
+/// holds, 1000 for ImageNet); with [`PretrainedHead::Drop`], no head.
 pub fn vgg16_from_tensors(
     path: &str,
     mut m: BTreeMap<String, HostTensor>,
     arch: &Arch,
     classes: Option<usize>,
+    head: PretrainedHead,
 ) -> Result<MlpParams, TorchvisionError> {
     let file_classes = m
         .get("classifier.6.bias")
         .and_then(|t| t.shape().first().copied());
-    let want = expected(arch, classes.or(file_classes))?;
+    let mut want = expected(arch, classes.or(file_classes))?;
+    if head == PretrainedHead::Drop {
+        m.remove("classifier.6.weight");
+        m.remove("classifier.6.bias");
+        want.truncate(want.len() - 2);
+    }
     let mut mismatches = Vec::new();
     for (name, shape) in &want {
         match m.get(name) {
@@ -177,10 +197,13 @@ pub fn vgg16_from_tensors(
             bias,
         });
     }
-    let head = layers.pop().expect("a head");
+    let heads = match head {
+        PretrainedHead::Task1 => vec![layers.pop().expect("a head")],
+        PretrainedHead::Drop => Vec::new(),
+    };
     Ok(MlpParams {
         trunk: layers,
-        heads: vec![head],
+        heads,
         negative_slope: 0.0,
         arch: Some(arch.clone()),
     })
@@ -191,6 +214,7 @@ pub fn load_vgg16(
     path: &std::path::Path,
     arch: &Arch,
     classes: Option<usize>,
+    head: PretrainedHead,
 ) -> Result<MlpParams, TorchvisionError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| TorchvisionError::Read {
@@ -201,7 +225,7 @@ pub fn load_vgg16(
         path: shown.clone(),
         source,
     })?;
-    vgg16_from_tensors(&shown, m, arch, classes)
+    vgg16_from_tensors(&shown, m, arch, classes, head)
 }
 
 /// The inverse mapping: a VGG-16 model's trunk and first head under torchvision's names

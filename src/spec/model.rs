@@ -6,6 +6,7 @@
 use super::raw::{Activation, ModelKind, RawLayer, RawModel};
 use super::validate::ModelSpec;
 use crate::nn::arch::{self, Arch, Normalization, Op};
+use crate::nn::torchvision::PretrainedHead;
 
 /// Check the model section; report problems through `e(key_path, message)`.
 pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) -> ModelSpec {
@@ -65,9 +66,16 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
             ("input_channels", raw.input_channels.is_some()),
             ("width_divisor", raw.width_divisor.is_some()),
             ("pretrained", raw.pretrained.is_some()),
+            ("pretrained_head", raw.pretrained_head.is_some()),
         ] {
             only(e, key, present, "`vgg16`");
         }
+    }
+    if raw.pretrained_head.is_some() && raw.pretrained.is_none() && is(ModelKind::Vgg16) {
+        e(
+            "model.pretrained_head",
+            "only with `model.pretrained` (the torchvision file whose classifier.6 it keeps or drops)".into(),
+        );
     }
     if is(ModelKind::Mlp) {
         only(
@@ -106,6 +114,7 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
             negative_slope,
             arch: None,
             pretrained: None,
+            pretrained_head: None,
         };
     }
 
@@ -245,6 +254,7 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
         negative_slope,
         arch: Some(a),
         pretrained: raw.pretrained.clone(),
+        pretrained_head: raw.pretrained_head.filter(|h| *h != PretrainedHead::Task1),
     }
 }
 

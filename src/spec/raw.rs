@@ -176,6 +176,9 @@ pub struct RawModel {
     /// `vgg16` only: a safetensors file with torchvision's state dict, loaded for task 1.
     #[serde(default)]
     pub pretrained: Option<PathBuf>,
+    /// With `pretrained`: what becomes of torchvision's 1000-way `classifier.6` (default `task1`).
+    #[serde(default)]
+    pub pretrained_head: Option<crate::nn::torchvision::PretrainedHead>,
     /// Conv models: per-channel normalisation of the `[0, 1]` pixels.
     #[serde(default)]
     pub normalize: Option<RawNormalize>,

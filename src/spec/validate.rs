@@ -6,6 +6,7 @@ use super::raw::*;
 use super::{DataCheck, Locator, SpecError, SpecErrors};
 use crate::data::ImageDatasetSpec;
 use crate::xai::importance::{FisherLabels, GradientMode, UnitRule};
+use crate::nn::torchvision::PretrainedHead;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -104,6 +105,10 @@ pub struct ModelSpec {
     /// content, so its path is not a parameter.
     #[serde(skip)]
     pub pretrained: Option<PathBuf>,
+    /// `drop`: only the trunk is loaded and every task gets a fresh head; absent for the
+    /// default (`task1`, classifier.6 is task 1's head), so older keys stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained_head: Option<crate::nn::torchvision::PretrainedHead>,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -681,10 +686,14 @@ pub(super) fn validate(
                 }
                 task_epochs.push(match task.epochs {
                     None => None,
-                    Some(0) if t > 0 || raw.model.pretrained.is_none() => {
+                    Some(0)
+                        if t > 0
+                            || raw.model.pretrained.is_none()
+                            || raw.model.pretrained_head == Some(PretrainedHead::Drop) =>
+                    {
                         e(
                             &format!("{path}.epochs"),
-                            "0 epochs only for task 1 with `model.pretrained` (keep the loaded weights)".into(),
+                            "0 epochs only for task 1 with `model.pretrained` and its head kept (`pretrained_head: task1`): keep the loaded weights".into(),
                         );
                         None
                     }

@@ -23,6 +23,7 @@ use super::consolidate::Penalty;
 use super::{check_task, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::arch::Arch;
+use crate::nn::torchvision::PretrainedHead;
 use crate::nn::mlp::{DeviceMlp, MlpParams, Vector};
 use crate::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
 use dfdx::prelude::*;
@@ -66,6 +67,9 @@ pub struct ModelParams {
     /// A conv model's architecture (absent for the MLP).
     #[serde(default)]
     pub arch: Option<Arch>,
+    /// With pretrained weights: whether torchvision's classifier.6 is task 1's head.
+    #[serde(default)]
+    pub pretrained_head: Option<PretrainedHead>,
 }
 
 /// The data-file role of torchvision weights that replace task 1's initialisation.
@@ -147,7 +151,12 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             let mut m = match ctx.file(PRETRAINED_FILE) {
                 Ok(path) => {
                     let classes = split.task(0)?.classes.len();
-                    crate::nn::torchvision::load_vgg16(path, arch, Some(classes))
+                    crate::nn::torchvision::load_vgg16(
+                        path,
+                        arch,
+                        Some(classes),
+                        p.model.pretrained_head.unwrap_or_default(),
+                    )
                         .map_err(|e| StageError::invalid(format!("model.pretrained: {e}")))?
                 }
                 Err(_) => MlpParams::init_arch(arch, &mut rng_for(p.seed, 0, "init")),
