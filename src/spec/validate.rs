@@ -1180,6 +1180,18 @@ pub(super) fn validate(
         });
     }
 
+    if let (DataCheck::Required, Some(w)) = (data, &raw.model.pretrained) {
+        if !w.is_file() {
+            e(
+                "model.pretrained",
+                format!(
+                    "weights file {} does not exist; convert torchvision's VGG-16 with the one-line Python command in README.md (\"VGG-16\")",
+                    w.display()
+                ),
+            );
+        }
+    }
+
     // Data files, and the classes the tasks name.
     if let (DataCheck::Required, Some(d)) = (data, idx) {
         let mut files = vec![
