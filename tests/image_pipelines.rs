@@ -389,12 +389,14 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
     ]);
     let pipeline = repo_pipeline("adience_split.yaml");
     let cache = dir.path().join("cache");
-    // Without the weights (the repo's path has none), nothing runs and the error says how.
-    let o = cfpipe("run", &pipeline, &cache, &base[1..]);
+    // Without the weights, nothing runs and the error says how to make them.
+    let mut missing = base.clone();
+    missing[0] = "model.pretrained=/nonexistent/vgg16.safetensors".into();
+    let o = cfpipe("run", &pipeline, &cache, &missing);
     let err = common::stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("model.pretrained: weights file data/vgg16.safetensors does not exist; convert"),
+        err.contains("model.pretrained: weights file /nonexistent/vgg16.safetensors does not exist; convert"),
         "{err}"
     );
     let out = ok(&cfpipe("run", &pipeline, &cache, &base));
