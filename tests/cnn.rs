@@ -355,7 +355,8 @@ fn a_torchvision_vgg16_file_round_trips_and_a_mismatch_lists_every_tensor() {
     assert_eq!(named.len(), 32);
     let file = dir.path().join("vgg.safetensors");
     std::fs::write(&file, encode(&named)).unwrap();
-    let back = torchvision::load_vgg16(&file, &a, Some(10), torchvision::PretrainedHead::Task1).unwrap();
+    let back =
+        torchvision::load_vgg16(&file, &a, Some(10), torchvision::PretrainedHead::Task1).unwrap();
     assert_eq!(back, p);
 
     let mut bad = named.clone();
@@ -460,6 +461,14 @@ fn every_supported_strategy_runs_on_a_conv_model() {
       lambda: 10.0
       mode: separate
       importance: {method: fisher, reference_size: 20}
+  sig:
+    freeze: top_share
+    score: {method: sig, reference_size: 10}
+    share: 0.5
+  mas_out:
+    freeze: until_threshold
+    score: {method: mas, reference_size: 10, unit_rule: outgoing}
+    prune: {threshold: 0.3, step_ratio: 0.1}
 "#;
     let p = common::PIPELINE
         .replace("model:\n  kind: mlp\n  hidden: [16, 12]\n", CNN_MODEL)
@@ -475,6 +484,8 @@ fn every_supported_strategy_runs_on_a_conv_model() {
         "random",
         "rnf_isolated",
         "ewc",
+        "sig",
+        "mas_out",
     ] {
         assert!(
             ran.iter()
@@ -485,7 +496,15 @@ fn every_supported_strategy_runs_on_a_conv_model() {
     assert!(ran.contains("ewc/seed0/task1/consolidate"));
     // Scores come per filter and per neuron: 4 and 6 filters, 8 neurons.
     let e = entries(&f);
-    for s in ["magnitude", "fisher", "si", "gxi", "rnf_isolated"] {
+    for s in [
+        "magnitude",
+        "fisher",
+        "si",
+        "gxi",
+        "rnf_isolated",
+        "sig",
+        "mas_out",
+    ] {
         let mut m = decode(
             &std::fs::read(e(&format!("{s}/seed0/task1/score")).output_path("units.safetensors"))
                 .unwrap(),
@@ -664,4 +683,77 @@ fn normalisation_is_per_channel_on_byte_over_255() {
     // Two samples, channel-major: [c0 c0 c1 c1].
     let x = m.input(&[255, 0, 255, 0, 0, 255, 0, 255]).as_vec();
     assert_eq!(x, [2.0, -2.0, 0.5, 0.0, -2.0, 2.0, 0.0, 0.5]);
+}
+
+#[test]
+fn sig_and_outgoing_units_follow_the_conv_windows() {
+    use cfpipe::xai::importance::{self, UnitRule};
+    let p = tiny_model(8);
+    let m = DeviceMlp::from_host(&Cpu::default(), &p);
+    let n = 6;
+    let x = pixels(n);
+    let y = vec![0u16; n];
+    let s = importance::sig(
+        &m,
+        &importance::Batch {
+            x: &x,
+            y: &y,
+            dim: 25,
+        },
+        0,
+    );
+    // Layer 0 is a 3×3 conv with padding 1 on 5×5 one-channel images: the centre tap reads
+    // every pixel once, the top-left tap every pixel but the last row and column.
+    let mean = |keep: &dyn Fn(usize, usize) -> bool| {
+        let mut acc = 0f64;
+        for img in x.chunks(25) {
+            for r in 0..5 {
+                for c in 0..5 {
+                    if keep(r, c) {
+                        acc += img[r * 5 + c] as f64 / 255.0;
+                    }
+                }
+            }
+        }
+        acc / (n * 25) as f64
+    };
+    let w0 = &p.trunk[0].weight;
+    let centre = (w0[4] as f64).abs() * mean(&|_, _| true);
+    let corner = (w0[0] as f64).abs() * mean(&|r, c| r < 4 && c < 4);
+    assert!(
+        (s.layers[0].0[4] - centre).abs() < 1e-6,
+        "{} vs {centre}",
+        s.layers[0].0[4]
+    );
+    assert!(
+        (s.layers[0].0[0] - corner).abs() < 1e-6,
+        "{} vs {corner}",
+        s.layers[0].0[0]
+    );
+    assert!(s.layers[0].0[0] < s.layers[0].0[4] * (w0[0] / w0[4]).abs() as f64);
+    // Outgoing: filter j of layer 0 is read by layer 1's [:, j, :, :] (a 2×2 kernel).
+    let out = importance::to_units(&s, UnitRule::Outgoing);
+    assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), [2, 3, 4]);
+    let (o1, i1) = s.shapes[1];
+    assert_eq!((o1, i1), (3, 8));
+    for (j, got) in out[0].iter().enumerate() {
+        let want: f64 = (0..o1)
+            .flat_map(|k| (0..4).map(move |t| k * i1 + j * 4 + t))
+            .map(|ix| s.layers[1].0[ix])
+            .sum();
+        assert!((got - want).abs() < 1e-12);
+    }
+    // Layer 1's maps are 1×1, so the dense layer reads each filter through one column.
+    let (o2, i2) = s.shapes[2];
+    assert_eq!(i2, 3);
+    for (j, got) in out[1].iter().enumerate() {
+        let want: f64 = (0..o2).map(|k| s.layers[2].0[k * i2 + j]).sum();
+        assert!((got - want).abs() < 1e-12);
+    }
+    // Every weight of the next layer is counted exactly once.
+    for (l, units) in out.iter().enumerate() {
+        let total: f64 = s.layers[l + 1].0.iter().sum();
+        let units: f64 = units.iter().sum();
+        assert!((total - units).abs() < 1e-9 * total.max(1.0), "layer {l}");
+    }
 }

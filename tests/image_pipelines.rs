@@ -396,7 +396,9 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
     let err = common::stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("model.pretrained: weights file /nonexistent/vgg16.safetensors does not exist; convert"),
+        err.contains(
+            "model.pretrained: weights file /nonexistent/vgg16.safetensors does not exist; convert"
+        ),
         "{err}"
     );
     let out = ok(&cfpipe("run", &pipeline, &cache, &base));
@@ -421,9 +423,15 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
         serde_json::from_slice(&fs::read(t1.join("out/arch.json")).unwrap()).unwrap();
     let tensors = decode(&fs::read(t1.join("out/model.safetensors")).unwrap()).unwrap();
     let trained = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
-    assert!(trained.trunk == p.trunk, "task 1 did not start from the pretrained trunk");
+    assert!(
+        trained.trunk == p.trunk,
+        "task 1 did not start from the pretrained trunk"
+    );
     assert_eq!(trained.heads.len(), 1);
-    assert_eq!(trained.heads[0].out_dim, 4, "task 1's head is its own, not ImageNet's");
+    assert_eq!(
+        trained.heads[0].out_dim, 4,
+        "task 1's head is its own, not ImageNet's"
+    );
 }
 
 #[test]
@@ -448,7 +456,9 @@ fn image_pipelines_compile_without_data_and_name_missing_data() {
     let err = common::stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("tasks.0.epochs: 0 epochs only for task 1 with `model.pretrained` and its head kept"),
+        err.contains(
+            "tasks.0.epochs: 0 epochs only for task 1 with `model.pretrained` and its head kept"
+        ),
         "{err}"
     );
     let o = cfpipe(

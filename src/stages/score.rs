@@ -178,12 +178,6 @@ pub fn weight_importance<D: Device<f32>>(
     seed: u64,
     head: usize,
 ) -> Result<Option<(importance::WeightImportance, usize)>, StageError> {
-    if host.arch.is_some() && matches!(spec, ScoreSpec::Sig { .. }) {
-        // SIG needs every layer's input activations, which only the MLP path provides.
-        return Err(StageError::invalid(
-            "method sig is not implemented for conv models yet; use fisher, mas or si",
-        ));
-    }
     let reference = |size, from| reference_samples(task, dim, size, from, seed, head);
     let model = || DeviceMlp::from_host(dev, host);
     let (imp, n) = match *spec {
@@ -357,24 +351,6 @@ pub fn unit_scores<D: Device<f32>>(
 ) -> Result<UnitScores, StageError> {
     let reference =
         |size: usize, from: ReferenceSplit| reference_samples(task, dim, size, from, seed, head);
-    if host.arch.is_some() {
-        let unsupported = match *spec {
-            ScoreSpec::Sig { .. } => Some("method sig"),
-            ScoreSpec::Fisher { unit_rule, .. }
-            | ScoreSpec::Mas { unit_rule, .. }
-            | ScoreSpec::Si { unit_rule, .. }
-                if unit_rule == importance::UnitRule::Outgoing =>
-            {
-                Some("unit_rule: outgoing")
-            }
-            _ => None,
-        };
-        if let Some(what) = unsupported {
-            return Err(StageError::invalid(format!(
-                "score: {what} is not implemented for conv models yet; use lrp, gradient_x_input, magnitude, random, fisher, mas or si (unit_rule: incoming)"
-            )));
-        }
-    }
     let (sums, abs, normalize, n_ref, explained, method) = match *spec {
         ScoreSpec::Magnitude { normalize } => (
             magnitude_scores(host),

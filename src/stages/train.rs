@@ -23,9 +23,9 @@ use super::consolidate::Penalty;
 use super::{check_task, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::arch::Arch;
-use crate::nn::torchvision::PretrainedHead;
 use crate::nn::mlp::{DeviceMlp, MlpParams, Vector};
 use crate::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
+use crate::nn::torchvision::PretrainedHead;
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -157,7 +157,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                         Some(classes),
                         p.model.pretrained_head.unwrap_or_default(),
                     )
-                        .map_err(|e| StageError::invalid(format!("model.pretrained: {e}")))?
+                    .map_err(|e| StageError::invalid(format!("model.pretrained: {e}")))?
                 }
                 Err(_) => MlpParams::init_arch(arch, &mut rng_for(p.seed, 0, "init")),
             };

@@ -14,8 +14,13 @@
 //!
 //! `to_units` sums |importance| over each hidden unit's incoming weights and bias, or over its
 //! outgoing weights (into the next layer, or the task's head after the last hidden layer).
+//! Conv models need no special case there: weights are stored channel-major (`[O, C·kh·kw]`,
+//! flatten in NCHW order), so the next layer reads unit `j` through one contiguous block of
+//! columns per output row. Only `sig`'s mean input magnitude looks at a conv layer's geometry
+//! (the window taps, with padding).
 
 use crate::nn::mlp::{argmax_rows, DeviceMlp, Objective};
+use crate::xai::lrp_cnn;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -144,30 +149,140 @@ pub fn mas<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> Weigh
 
 pub fn sig<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> WeightImportance {
     let shapes = path_shapes(m, head);
-    let x = m.input(data.x);
-    let acts = m.activations(&x);
-    let n = data.len().max(1) as f64;
+    let mean_abs = mean_abs_inputs(m, data, head);
     let path = m.path(head);
     let layers = shapes
         .iter()
         .enumerate()
         .map(|(l, &(o, i))| {
-            let mut mean_abs = vec![0f64; i];
-            for row in acts[l].chunks_exact(i) {
-                for (acc, &a) in mean_abs.iter_mut().zip(row) {
-                    *acc += (a as f64).abs() / n;
-                }
-            }
             let w = m.params[path[2 * l]].as_vec();
             let b = m.params[path[2 * l + 1]].as_vec();
             let wi = (0..o * i)
-                .map(|k| (w[k] as f64).abs() * mean_abs[k % i])
+                .map(|k| (w[k] as f64).abs() * mean_abs[l][k % i])
                 .collect();
             let bi = b.iter().map(|&v| (v as f64).abs()).collect();
             (wi, bi)
         })
         .collect();
     WeightImportance { shapes, layers }
+}
+
+/// Samples per forward pass of [`mean_abs_inputs`]: bounds the memory of a conv model's
+/// activations (a 224×224 VGG-16 holds ~60 MB per image) without changing the result, since
+/// the running sums add samples in order either way.
+const SIG_CHUNK: usize = 32;
+
+/// For every layer of the path (trunk, then head), the mean over samples of |the input each
+/// weight multiplies|, one value per weight column (`in_dim` of the layer). A dense layer's
+/// column is an input unit. A conv layer's column `(c, ky, kx)` reads input channel `c` at
+/// offset `(ky, kx)` of every output position's window, so its mean runs over samples and
+/// output positions, with zero padding counted as the zero it is.
+fn mean_abs_inputs<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> Vec<Vec<f64>> {
+    let shapes = path_shapes(m, head);
+    let mut sums: Vec<Vec<f64>> = shapes.iter().map(|&(_, i)| vec![0.0; i]).collect();
+    let n = data.len().max(1) as f64;
+    for start in (0..data.len()).step_by(SIG_CHUNK) {
+        let (xs, _) = data.range(start, (start + SIG_CHUNK).min(data.len()));
+        let x = m.input(xs);
+        match &m.arch {
+            None => {
+                let acts = m.activations(&x);
+                for (l, sum) in sums.iter_mut().enumerate() {
+                    for row in acts[l].chunks_exact(sum.len()) {
+                        for (acc, &a) in sum.iter_mut().zip(row) {
+                            *acc += (a as f64).abs() / n;
+                        }
+                    }
+                }
+            }
+            Some(arch) => {
+                let batch = x.shape().0;
+                let [c, h, w] = arch.input;
+                let (layers, act_at) = lrp_cnn::model_layers(m, head);
+                let acts = lrp_cnn::forward(&layers, x.reshape_like(&(batch, c, h, w)));
+                // The weighted layer precedes its activation; the head is the last layer.
+                let weighted = act_at
+                    .iter()
+                    .map(|&a| a - 1)
+                    .chain(std::iter::once(layers.len() - 1));
+                for (sum, li) in sums.iter_mut().zip(weighted) {
+                    match (&layers[li], &acts[li]) {
+                        (
+                            lrp_cnn::Layer::Conv {
+                                weight,
+                                stride,
+                                padding,
+                                ..
+                            },
+                            lrp_cnn::Act::Map(input),
+                        ) => {
+                            let (_, _, kh, kw) = weight.shape();
+                            let dims = *input.shape();
+                            add_window_means(
+                                sum,
+                                &input.as_vec(),
+                                dims,
+                                (*kh, *kw),
+                                *stride,
+                                *padding,
+                                n,
+                            );
+                        }
+                        (_, act) => {
+                            for row in act.as_vec().chunks_exact(sum.len()) {
+                                for (acc, &a) in sum.iter_mut().zip(row) {
+                                    *acc += (a as f64).abs() / n;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    sums
+}
+
+/// Adds to `sum[(c·kh + ky)·kw + kx]` the mean over output positions of |x[n, c, y·s+ky−p,
+/// x·s+kx−p]| (0 outside the image), divided by the sample count `n_total`, for every sample
+/// of `x: [N, C, H, W]`.
+fn add_window_means(
+    sum: &mut [f64],
+    x: &[f32],
+    (batch, c, h, w): (usize, usize, usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+    padding: usize,
+    n_total: f64,
+) {
+    let oh = (h + 2 * padding - kh) / stride + 1;
+    let ow = (w + 2 * padding - kw) / stride + 1;
+    let per_sample = n_total * (oh * ow) as f64;
+    // The valid output rows (cols) for kernel offset k: those whose y·s+k−p lands in 0..h.
+    let valid = |k: usize, size: usize, out: usize| {
+        (0..out).filter(move |&o| {
+            (o * stride + k)
+                .checked_sub(padding)
+                .is_some_and(|v| v < size)
+        })
+    };
+    for n in 0..batch {
+        for ch in 0..c {
+            let plane = &x[(n * c + ch) * h * w..(n * c + ch + 1) * h * w];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let mut acc = 0f64;
+                    for oy in valid(ky, h, oh) {
+                        let y = oy * stride + ky - padding;
+                        for ox in valid(kx, w, ow) {
+                            acc += (plane[y * w + ox * stride + kx - padding] as f64).abs();
+                        }
+                    }
+                    sum[(ch * kh + ky) * kw + kx] += acc / per_sample;
+                }
+            }
+        }
+    }
 }
 
 /// Per hidden layer, per unit: the sum of |importance| by `rule`.
@@ -185,10 +300,24 @@ pub fn to_units(imp: &WeightImportance, rule: UnitRule) -> Vec<Vec<f64>> {
                     .collect()
             }
             UnitRule::Outgoing => {
+                // The next layer reads unit j through a contiguous block of `g` columns: the
+                // kernel window of channel j for a conv, its flattened positions for the
+                // dense layer after a flatten, one column between dense layers.
+                let units = imp.shapes[l].0;
                 let (o, i) = imp.shapes[l + 1];
+                let g = i / units.max(1);
                 let (w, _) = &imp.layers[l + 1];
-                (0..i)
-                    .map(|j| (0..o).map(|k| w[k * i + j].abs()).sum())
+                (0..units)
+                    .map(|j| {
+                        (0..o)
+                            .map(|k| {
+                                w[k * i + j * g..k * i + (j + 1) * g]
+                                    .iter()
+                                    .map(|v| v.abs())
+                                    .sum::<f64>()
+                            })
+                            .sum()
+                    })
                     .collect()
             }
         })
