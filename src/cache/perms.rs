@@ -18,7 +18,12 @@ pub struct GroupPerms {
 pub enum GroupError {
     #[error("shared group `{0}` does not exist (give a group name from `getent group`, or a numeric gid)")]
     Unknown(String),
+    #[error("cannot look up shared group `{group}`: {source} (a numeric gid avoids the lookup)")]
+    Lookup { group: String, source: io::Error },
 }
+
+/// The largest buffer a group lookup may take (16 MiB: a group entry of ~1M member names).
+const MAX_GROUP_BUFFER: usize = 16 << 20;
 
 impl GroupPerms {
     pub const NONE: GroupPerms = GroupPerms { gid: None };
@@ -32,20 +37,35 @@ impl GroupPerms {
         let name =
             std::ffi::CString::new(group).map_err(|_| GroupError::Unknown(group.to_string()))?;
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        // A directory group with thousands of members does not fit a small buffer: getgrnam_r
+        // then says ERANGE, and the lookup is retried with a bigger one.
         let mut buf = vec![0u8; 16 * 1024];
         let mut out: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live, correctly sized storage owned by this frame.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                name.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut out,
-            )
-        };
-        if rc != 0 || out.is_null() {
-            return Err(GroupError::Unknown(group.to_string()));
+        loop {
+            // SAFETY: every pointer refers to live, correctly sized storage owned by this frame.
+            let rc = unsafe {
+                libc::getgrnam_r(
+                    name.as_ptr(),
+                    &mut grp,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut out,
+                )
+            };
+            match rc {
+                libc::ERANGE if buf.len() < MAX_GROUP_BUFFER => {
+                    let bigger = buf.len() * 4;
+                    buf = vec![0u8; bigger];
+                }
+                0 if !out.is_null() => break,
+                0 => return Err(GroupError::Unknown(group.to_string())),
+                errno => {
+                    return Err(GroupError::Lookup {
+                        group: group.to_string(),
+                        source: io::Error::from_raw_os_error(errno),
+                    })
+                }
+            }
         }
         Ok(GroupPerms {
             gid: Some(grp.gr_gid),
