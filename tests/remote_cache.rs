@@ -82,22 +82,38 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Wait until the server accepts connections (or has died).
-fn wait_ready(child: &mut Child, port: u16, log: &Path) {
+/// Wait until the server accepts connections; `Err` with its log if it died first.
+fn wait_ready(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!(
+            return Err(format!(
                 "server exited ({status}) before listening: {}",
                 std::fs::read_to_string(log).unwrap_or_default()
-            );
+            ));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("server did not listen on 127.0.0.1:{port} within 120 s");
+}
+
+/// Start a server on a free port. The port is free when chosen but not reserved, so another
+/// process (or a parallel test) may take it first; the server then exits with "address in
+/// use" and is started again on another port.
+fn start_on_free_port(spawn: impl Fn(u16) -> Child, log: &Path) -> (Child, u16) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = spawn(port);
+        match wait_ready(&mut child, port, log) {
+            Ok(()) => return (child, port),
+            Err(e) => last = e,
+        }
+    }
+    panic!("no server after 5 ports: {last}");
 }
 
 /// One plain HTTP/1.1 request; returns the status code.
@@ -120,32 +136,38 @@ fn http(port: u16, method: &str, path: &str) -> u16 {
 /// moto's S3 server with an empty bucket `BUCKET`.
 fn moto() -> Option<Server> {
     let install = "pip install 'moto[server]'";
-    let mut cmd = match in_path("moto_server") {
-        Some(bin) => Command::new(bin),
-        None => {
-            let ok = Command::new("python3")
-                .args(["-c", "import moto.server"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return missing("moto (S3 server)", install);
-            }
-            let mut c = Command::new("python3");
-            c.args(["-m", "moto.server"]);
-            c
+    let moto_server = in_path("moto_server");
+    if moto_server.is_none() {
+        let ok = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return missing("moto (S3 server)", install);
         }
-    };
+    }
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("moto.log");
-    let port = free_port();
-    let mut child = cmd
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("moto.err")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_ready(&mut child, port, &dir.path().join("moto.err"));
+    let err = dir.path().join("moto.err");
+    let (child, port) = start_on_free_port(
+        |port| {
+            let mut cmd = match &moto_server {
+                Some(bin) => Command::new(bin),
+                None => {
+                    let mut c = Command::new("python3");
+                    c.args(["-m", "moto.server"]);
+                    c
+                }
+            };
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::create(&err).unwrap())
+                .spawn()
+                .unwrap()
+        },
+        &err,
+    );
     let status = http(port, "PUT", &format!("/{BUCKET}"));
     assert_eq!(status, 200, "creating the bucket");
     Some(Server {
@@ -169,32 +191,35 @@ fn nginx_dav() -> Option<Server> {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("www/dav")).unwrap();
-    let port = free_port();
-    let conf = format!(
-        "load_module {DAV_MODULE};\n\
-         daemon off;\nmaster_process off;\nworker_processes 1;\n\
-         pid {r}/nginx.pid;\nerror_log {r}/error.log;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {r}/body;\n\
-           client_max_body_size 0;\n\
-           server {{\n    listen 127.0.0.1:{port};\n    root {r}/www;\n\
-             location /dav/ {{\n      dav_methods PUT DELETE MKCOL COPY MOVE;\n\
-               dav_ext_methods PROPFIND OPTIONS;\n      create_full_put_path on;\n\
-               dav_access user:rw group:rw all:r;\n    }}\n  }}\n}}\n",
-        r = root.display()
-    );
-    std::fs::write(root.join("nginx.conf"), conf).unwrap();
     let log = root.join("stderr.log");
-    let mut child = Command::new(bin)
-        .arg("-p")
-        .arg(root)
-        .arg("-c")
-        .arg(root.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_ready(&mut child, port, &log);
+    let (child, port) = start_on_free_port(
+        |port| {
+            let conf = format!(
+                "load_module {DAV_MODULE};\n\
+                 daemon off;\nmaster_process off;\nworker_processes 1;\n\
+                 pid {r}/nginx.pid;\nerror_log {r}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {r}/body;\n\
+                   client_max_body_size 0;\n\
+                   server {{\n    listen 127.0.0.1:{port};\n    root {r}/www;\n\
+                     location /dav/ {{\n      dav_methods PUT DELETE MKCOL COPY MOVE;\n\
+                       dav_ext_methods PROPFIND OPTIONS;\n      create_full_put_path on;\n\
+                       dav_access user:rw group:rw all:r;\n    }}\n  }}\n}}\n",
+                r = root.display()
+            );
+            std::fs::write(root.join("nginx.conf"), conf).unwrap();
+            Command::new(&bin)
+                .arg("-p")
+                .arg(root)
+                .arg("-c")
+                .arg(root.join("nginx.conf"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap()
+        },
+        &log,
+    );
     Some(Server {
         child,
         port,
