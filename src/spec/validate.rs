@@ -56,6 +56,8 @@ pub struct Pipeline {
     pub permute_seed: Option<u64>,
     pub model: ModelSpec,
     pub training: TrainingSpec,
+    /// `evaluation.crops`: how test accuracy is measured (evaluate and prune stages).
+    pub test_crops: super::protocol::TestCrops,
     pub seeds: Vec<u64>,
     pub strategies: Vec<Strategy>,
 }
@@ -132,6 +134,11 @@ pub struct TrainingSpec {
     pub batch_size: usize,
     pub epochs: usize,
     pub weight_decay: f64,
+    /// Left out of the key when absent, like `sampling: none`, so older pipelines keep theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augment: Option<super::protocol::AugmentSpec>,
+    #[serde(skip_serializing_if = "super::protocol::SamplingSpec::is_none")]
+    pub sampling: super::protocol::SamplingSpec,
 }
 
 /// How units are scored; serialised (tagged by `method`) into the score stage's parameters,
@@ -1241,6 +1248,20 @@ pub(super) fn validate(
         _ => None,
     };
 
+    let single = matches!(&source, Some(ParsedData::Images { single: true, .. }));
+    let protocol = super::protocol::check(
+        t.augment.as_ref(),
+        t.sampling.as_ref(),
+        raw.evaluation.as_ref(),
+        image_data
+            .as_ref()
+            .map(|d| d.sample_shape)
+            .filter(|s| s[1] > 0),
+        model.arch.as_ref().map(|a| a.input),
+        if single { "dataset.size" } else { "datasets" },
+        &mut e,
+    );
+
     if !errs.is_empty() {
         return Err(SpecErrors(errs));
     }
@@ -1274,7 +1295,10 @@ pub(super) fn validate(
             batch_size: t.batch_size as usize,
             epochs: t.epochs as usize,
             weight_decay: t.weight_decay,
+            augment: protocol.augment,
+            sampling: protocol.sampling,
         },
+        test_crops: protocol.crops,
         seeds,
         strategies,
     })
