@@ -1258,7 +1258,15 @@ pub(super) fn validate(
             .map(|d| d.sample_shape)
             .filter(|s| s[1] > 0),
         model.arch.as_ref().map(|a| a.input),
-        if single { "dataset.size" } else { "datasets" },
+        match image_data.as_ref().and_then(|d| d.datasets.values().next()) {
+            Some(ImageDatasetSpec::Cifar10 { .. } | ImageDatasetSpec::Cifar100 { .. })
+                if single =>
+            {
+                "dataset"
+            }
+            _ if single => "dataset.size",
+            _ => "datasets",
+        },
         &mut e,
     );
 

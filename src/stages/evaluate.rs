@@ -12,9 +12,9 @@
 use super::artifacts::{self, json_bytes, SplitData};
 use super::views::{accuracy_with, Geometry};
 use super::{flags_to_masks, on_device};
-use crate::spec::protocol::TestCrops;
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{DeviceMlp, Vector};
+use crate::spec::protocol::TestCrops;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -13,9 +13,9 @@
 use super::artifacts::{self, json_bytes, SplitData};
 use super::views::{accuracy_with, center_samples, Geometry};
 use super::{accuracy, check_task, flags_to_masks, on_device};
-use crate::spec::protocol::TestCrops;
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{DeviceMlp, Vector};
+use crate::spec::protocol::TestCrops;
 use crate::spec::raw::SearchKind;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};

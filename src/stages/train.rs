@@ -30,11 +30,11 @@ use super::consolidate::Penalty;
 use super::views::{train_view, Geometry};
 use super::{check_task, on_device, rng_for};
 use crate::data::resample::{empirical, resample_indices, ClassWeights};
-use crate::spec::protocol::{AugmentSpec, CropSpec, SamplingSpec};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::arch::Arch;
 use crate::nn::mlp::{DeviceMlp, MlpParams, Vector};
 use crate::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
+use crate::spec::protocol::{AugmentSpec, CropSpec, SamplingSpec};
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -177,8 +177,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     };
     let geometry = Geometry::new(&split.sample_shape, &host)?;
     let augment = p.training.augment.as_ref();
-    if !geometry.is_identity() && !matches!(augment.and_then(|a| a.crop), Some(CropSpec::Size(_)))
-    {
+    if !geometry.is_identity() && !matches!(augment.and_then(|a| a.crop), Some(CropSpec::Size(_))) {
         return Err(StageError::invalid(format!(
             "the split stores samples of shape {:?}, larger than the model's input {:?}; train on random crops of the input size (training.augment.crop.size)",
             geometry.stored, geometry.input
@@ -307,7 +306,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         for &y in &task.train.y {
             let c = class_total + y as usize;
             classes_of.push(u16::try_from(c).map_err(|_| {
-                StageError::invalid("resampling supports at most 65536 classes over the trained tasks")
+                StageError::invalid(
+                    "resampling supports at most 65536 classes over the trained tasks",
+                )
             })?);
         }
         class_total += task.classes.len();

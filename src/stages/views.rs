@@ -9,8 +9,8 @@
 //! mirrors and zero padding act on the stored bytes; the model's per-channel normalisation
 //! comes after them, which is the same as cropping normalised floats.
 
-use super::artifacts::{SplitData, Samples};
 use super::accuracy;
+use super::artifacts::{Samples, SplitData};
 use crate::data::transforms::{self, Chw, TransformError};
 use crate::exec::StageError;
 use crate::nn::mlp::{argmax_rows, DeviceMlp, MlpParams, Vector};
@@ -168,8 +168,8 @@ pub fn ten_crop_probs<D: Device<f32>>(
     let classes = model.shapes[model.n_trunk + head].0;
     let mut views = Vec::with_capacity(pixels.len() / g.stored_len() * 10 * g.input_len());
     for px in pixels.chunks_exact(g.stored_len()) {
-        for c in transforms::ten_crop(&g.image(px)?, g.input[1], g.input[2])
-            .map_err(transform_err)?
+        for c in
+            transforms::ten_crop(&g.image(px)?, g.input[1], g.input[2]).map_err(transform_err)?
         {
             views.extend(c.data);
         }
@@ -177,7 +177,9 @@ pub fn ten_crop_probs<D: Device<f32>>(
     if views.is_empty() {
         return Ok(Vec::new());
     }
-    let logits = model.logits(&model.input(&views), head, unit_masks).as_vec();
+    let logits = model
+        .logits(&model.input(&views), head, unit_masks)
+        .as_vec();
     transforms::mean_softmax(&logits, 10, classes).map_err(transform_err)
 }
 
@@ -212,7 +214,8 @@ pub fn accuracy_with<D: Device<f32>>(
             let n = g.stored_len();
             for start in (0..samples.len()).step_by(TEN_CROP_BATCH) {
                 let end = (start + TEN_CROP_BATCH).min(samples.len());
-                let probs = ten_crop_probs(model, &samples.x[start * n..end * n], g, head, unit_masks)?;
+                let probs =
+                    ten_crop_probs(model, &samples.x[start * n..end * n], g, head, unit_masks)?;
                 correct += argmax_rows(&probs, classes)
                     .iter()
                     .zip(&samples.y[start..end])
@@ -260,7 +263,11 @@ mod tests {
                 for ch in 0..c {
                     for y in o.top..o.top + 6 {
                         for k in 0..6 {
-                            let x = if o.mirrored { o.left + 5 - k } else { o.left + k };
+                            let x = if o.mirrored {
+                                o.left + 5 - k
+                            } else {
+                                o.left + k
+                            };
                             crop.push(img[(ch * h + y) * w + x]);
                         }
                     }
@@ -284,10 +291,17 @@ mod tests {
         }
         // The mirrored crops matter: the plain centre crop alone predicts other probabilities.
         let centre = model
-            .logits(&model.input(&g.center(&pixels[..c * h * w]).unwrap()), 0, None)
+            .logits(
+                &model.input(&g.center(&pixels[..c * h * w]).unwrap()),
+                0,
+                None,
+            )
             .as_vec();
         let soft = transforms::mean_softmax(&centre, 1, 3).unwrap();
-        assert!(soft.iter().zip(&got[..3]).any(|(a, b)| (a - b).abs() > 1e-4));
+        assert!(soft
+            .iter()
+            .zip(&got[..3])
+            .any(|(a, b)| (a - b).abs() > 1e-4));
     }
 
     #[test]
@@ -309,7 +323,10 @@ mod tests {
         };
         assert_eq!(view(3), view(3));
         assert_eq!(view(3).len(), g.input_len());
-        assert!((0..20).any(|s| view(s) != view(3)), "every seed gave one view");
+        assert!(
+            (0..20).any(|s| view(s) != view(3)),
+            "every seed gave one view"
+        );
         // Zero padding keeps the size; some draws show the black border.
         let g32 = Geometry::new(&[3, 6, 6], &p).unwrap();
         let pad = AugmentSpec {
@@ -332,6 +349,9 @@ mod tests {
         assert!(views.iter().any(|v| v.contains(&0)));
         // A stored image smaller than the input is refused, naming both shapes.
         let err = Geometry::new(&[3, 5, 5], &p).unwrap_err().to_string();
-        assert!(err.contains("[3, 6, 6]") && err.contains("[3, 5, 5]"), "{err}");
+        assert!(
+            err.contains("[3, 6, 6]") && err.contains("[3, 5, 5]"),
+            "{err}"
+        );
     }
 }
