@@ -339,6 +339,36 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
         serde_json::from_slice(&fs::read(t2.join("out/train.json")).unwrap()).unwrap();
     let counts = &log["epochs"][0]["class_counts"];
     assert_eq!(counts.as_array().map(Vec::len), Some(8), "{log}");
+    // ImageFolder inputs are class folders: a changed, an added and a removed image each
+    // make the split rerun, naming the folder.
+    let img = moved.join("imagenet/val/n0005/img0.JPEG");
+    let original = fs::read(&img).unwrap();
+    let mut changed = original.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    let extra = moved.join("imagenet/train/n0007/img9.JPEG");
+    for (what, folder) in [
+        ("changed", "imagenet/1/n0005"),
+        ("added", "imagenet/0/n0007"),
+        ("removed", "imagenet/1/n0005"),
+    ] {
+        match what {
+            "changed" => fs::write(&img, &changed).unwrap(),
+            "added" => {
+                fs::write(&img, &original).unwrap();
+                fs::copy(moved.join("imagenet/train/n0007/img0.JPEG"), &extra).unwrap();
+            }
+            _ => {
+                fs::remove_file(&extra).unwrap();
+                fs::remove_file(&img).unwrap();
+            }
+        }
+        let out = ok(&cfpipe("status", &pipeline, &cache, &overrides(&moved)));
+        let split = out
+            .lines()
+            .find(|l| l.starts_with("split"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(split.contains(folder), "{what}: {out}");
+    }
 }
 
 #[test]
