@@ -18,7 +18,8 @@ use crate::spec::protocol::{AugmentSpec, CropSpec, TestCrops};
 use dfdx::prelude::*;
 use rand::Rng;
 
-/// Samples per batch of ten-crop evaluation (ten model inputs each).
+/// Samples per batch of ten-crop evaluation: ten model inputs each, so a batch holds as many
+/// model inputs as a batch of plain evaluation (`stages::EVAL_BATCH`).
 const TEN_CROP_BATCH: usize = 100;
 
 /// A stored sample's `[C, H, W]` and the model's input `[C, h, w]`: the same, or a larger
