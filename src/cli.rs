@@ -736,6 +736,13 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
     };
     let split = stages::artifacts::SplitData::load(&ctx, "split").map_err(read_failed)?;
     let host = stages::artifacts::load_model(&ctx, "model").map_err(read_failed)?;
+    // Test images larger than the model's input are explained on their centre crop, the view
+    // reference sets use.
+    let split = if head < split.tasks.len() {
+        stages::views::centered(split, head, &host).map_err(read_failed)?
+    } else {
+        split
+    };
     let usage = |e: explain::ExplainError| CliError::Usage(format!("explain: {e}"));
     let shown = explain::explain(&split, &host, head, &a.images, &a.rules).map_err(usage)?;
     let out = a.out.unwrap_or_else(|| {

@@ -176,8 +176,8 @@ fn ran(out: &str) -> (usize, usize) {
     (n, x)
 }
 
-/// The cache entry directory of stage `id` (the cache holds one run of it).
-fn entry_dir(cache: &Path, id: &str) -> std::path::PathBuf {
+/// The cache entry of stage `id`.
+fn entry(cache: &Path, id: &str) -> std::path::PathBuf {
     fs::read_dir(cache.join("entries"))
         .unwrap()
         .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
@@ -187,6 +187,21 @@ fn entry_dir(cache: &Path, id: &str) -> std::path::PathBuf {
                 .is_ok_and(|m| m.contains(&format!("\"stage_id\": \"{id}\"")))
         })
         .unwrap_or_else(|| panic!("no entry for {id}"))
+}
+
+/// The parameters stage `id` ran with, from its manifest.
+fn params(cache: &Path, id: &str) -> serde_json::Value {
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(entry(cache, id).join("manifest.json")).unwrap()).unwrap();
+    m["params"].clone()
+}
+
+/// The split's stored sample shape.
+fn stored_shape(cache: &Path) -> serde_json::Value {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(entry(cache, "split").join("out/split.json")).unwrap())
+            .unwrap();
+    meta["sample_shape"].clone()
 }
 
 fn sets(list: &[(&str, String)]) -> Vec<String> {
@@ -243,14 +258,15 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
         sets(&[
             ("datasets.imagenet.train", format!("{d}/imagenet/train")),
             ("datasets.imagenet.test", format!("{d}/imagenet/val")),
-            ("datasets.imagenet.size", "32".into()),
+            ("datasets.imagenet.size", "36".into()),
             ("datasets.imagenet.shorter_side", "36".into()),
             ("datasets.adience.root", format!("{d}/adience")),
             ("datasets.adience.train_folds", "[0]".into()),
             ("datasets.adience.test_folds", "[1]".into()),
-            ("datasets.adience.size", "32".into()),
+            ("datasets.adience.size", "36".into()),
             ("datasets.adience.shorter_side", "36".into()),
             ("model.input_size", "32".into()),
+            ("training.augment.crop.size", "32".into()),
             ("model.width_divisor", "16".into()),
             ("model.pretrained", format!("{d}/vgg.safetensors")),
             ("training.epochs", "1".into()),
@@ -275,7 +291,7 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
     let out = ok(&cfpipe("show", &pipeline, &cache, &overrides(&moved)));
     assert_show_has_tasks(&out, &["naive", "rnf"], 2);
     // The split read both datasets.
-    let entry = |id: &str| entry_dir(&cache, id);
+    let entry = |id: &str| entry(&cache, id);
     let log = fs::read_to_string(entry("split").join("aux/log.txt")).unwrap();
     assert!(
         log.contains("dataset adience: 8 classes, 16 train, 16 test"),
@@ -308,6 +324,51 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
         serde_json::from_slice(&fs::read(t2.join("out/arch.json")).unwrap()).unwrap();
     let after = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
     assert!(after.trunk != p.trunk, "task 2 did not train the trunk");
+    // The A.5 protocol: 36×36 stored, 32×32 random crops and mirrors, balanced resampling,
+    // ten-crop testing (prune too).
+    assert_eq!(stored_shape(&cache), serde_json::json!([3, 36, 36]));
+    let train = params(&cache, "naive/seed0/task2/train");
+    assert_eq!(
+        train["training"]["augment"],
+        serde_json::json!({"crop": {"size": 32}, "hflip": true})
+    );
+    assert_eq!(train["training"]["sampling"], "balanced");
+    assert_eq!(params(&cache, "naive/seed0/task2/evaluate")["crops"], "ten");
+    assert_eq!(params(&cache, "rnf/seed0/task2/prune")["crops"], "ten");
+    let log: serde_json::Value =
+        serde_json::from_slice(&fs::read(t2.join("out/train.json")).unwrap()).unwrap();
+    let counts = &log["epochs"][0]["class_counts"];
+    assert_eq!(counts.as_array().map(Vec::len), Some(8), "{log}");
+    // ImageFolder inputs are class folders: a changed, an added and a removed image each
+    // make the split rerun, naming the folder.
+    let img = moved.join("imagenet/val/n0005/img0.JPEG");
+    let original = fs::read(&img).unwrap();
+    let mut changed = original.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    let extra = moved.join("imagenet/train/n0007/img9.JPEG");
+    for (what, folder) in [
+        ("changed", "imagenet/1/n0005"),
+        ("added", "imagenet/0/n0007"),
+        ("removed", "imagenet/1/n0005"),
+    ] {
+        match what {
+            "changed" => fs::write(&img, &changed).unwrap(),
+            "added" => {
+                fs::write(&img, &original).unwrap();
+                fs::copy(moved.join("imagenet/train/n0007/img0.JPEG"), &extra).unwrap();
+            }
+            _ => {
+                fs::remove_file(&extra).unwrap();
+                fs::remove_file(&img).unwrap();
+            }
+        }
+        let out = ok(&cfpipe("status", &pipeline, &cache, &overrides(&moved)));
+        let split = out
+            .lines()
+            .find(|l| l.starts_with("split"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(split.contains(folder), "{what}: {out}");
+    }
 }
 
 #[test]
@@ -343,6 +404,17 @@ fn the_cifar_split_pipeline_runs_on_fixtures_and_reruns_nothing() {
     assert_eq!(ran(&out), (20, 0), "{out}");
     let out = ok(&cfpipe("show", &pipeline, &cache, &overrides));
     assert_show_has_tasks(&out, &["naive", "rnf"], 3);
+    // CIFAR's augmentation: zero padding 4, random 32×32 windows, mirrors; stored at 32.
+    assert_eq!(stored_shape(&cache), serde_json::json!([3, 32, 32]));
+    let train = params(&cache, "naive/seed0/task2/train");
+    assert_eq!(
+        train["training"]["augment"],
+        serde_json::json!({"crop": {"padding": 4}, "hflip": true})
+    );
+    assert!(train["training"].get("sampling").is_none(), "{train}");
+    assert!(params(&cache, "naive/seed0/task2/evaluate")
+        .get("crops")
+        .is_none());
     // One changed pixel in CIFAR-100's test file: the split says why it reruns.
     let test_bin = dir.path().join("cifar-100-binary/test.bin");
     let mut bytes = fs::read(&test_bin).unwrap();
@@ -378,9 +450,10 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
         ("dataset.root", format!("{d}/adience")),
         ("dataset.train_folds", "[0]".into()),
         ("dataset.test_folds", "[1]".into()),
-        ("dataset.size", "32".into()),
+        ("dataset.size", "36".into()),
         ("dataset.shorter_side", "36".into()),
         ("model.input_size", "32".into()),
+        ("training.augment.crop.size", "32".into()),
         ("model.width_divisor", "16".into()),
         ("training.epochs", "1".into()),
         ("training.batch_size", "8".into()),
@@ -412,13 +485,26 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
     assert_eq!(ran(&out), (13, 0), "{out}");
     let out = ok(&cfpipe("show", &pipeline, &cache, &ordered));
     assert_show_has_tasks(&out, &["naive", "rnf"], 2);
+    assert_eq!(stored_shape(&cache), serde_json::json!([3, 36, 36]));
+    assert_eq!(params(&cache, "naive/seed0/task2/evaluate")["crops"], "ten");
+    // Training at the stored size without crops is refused before any work, located.
+    let mut uncropped = base.clone();
+    uncropped.retain(|s| !s.starts_with("training.augment"));
+    uncropped.push("training.augment={hflip: true}".into());
+    let o = cfpipe("run", &pipeline, &cache, &uncropped);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("training.augment: images are stored at 36×36 but the model takes 32×32: train on random crops with `augment: {crop: {size: 32}}`"),
+        "{err}"
+    );
     // With a learning rate too small to move a weight, task 1's model is the ImageNet trunk bit
     // for bit under a fresh four-way head: the pretrained trunk was loaded, its head dropped.
     let mut still = base.clone();
     still.push("training.lr=1.0e-30".into());
     let still_cache = dir.path().join("still");
     ok(&cfpipe("run", &pipeline, &still_cache, &still));
-    let t1 = entry_dir(&still_cache, "naive/seed0/task1/train");
+    let t1 = entry(&still_cache, "naive/seed0/task1/train");
     let arch: arch::Arch =
         serde_json::from_slice(&fs::read(t1.join("out/arch.json")).unwrap()).unwrap();
     let tensors = decode(&fs::read(t1.join("out/model.safetensors")).unwrap()).unwrap();

@@ -15,11 +15,13 @@
 
 use rand::Rng;
 
-/// A `[C, H, W]` image, channel-major then row-major.
+/// A `[C, H, W]` image, channel-major then row-major: `f32` for the float transforms, `u8` for
+/// the geometric ones that stages apply to stored bytes (crops, mirrors and zero padding commute
+/// with the per-channel normalisation, so cropping bytes first is exact).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Chw {
+pub struct Chw<T = f32> {
     pub shape: [usize; 3],
-    pub data: Vec<f32>,
+    pub data: Vec<T>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,8 +59,8 @@ pub enum TransformError {
     Size { h: usize, w: usize },
 }
 
-impl Chw {
-    pub fn new(shape: [usize; 3], data: Vec<f32>) -> Result<Self, TransformError> {
+impl<T: Copy> Chw<T> {
+    pub fn new(shape: [usize; 3], data: Vec<T>) -> Result<Self, TransformError> {
         let expected = shape.iter().product();
         if data.len() != expected {
             return Err(TransformError::Shape {
@@ -68,11 +70,6 @@ impl Chw {
             });
         }
         Ok(Chw { shape, data })
-    }
-
-    /// Bytes to `[0, 1]` (`x / 255`, as torchvision's `ToTensor`).
-    pub fn from_u8(shape: [usize; 3], pixels: &[u8]) -> Result<Self, TransformError> {
-        Chw::new(shape, pixels.iter().map(|&p| p as f32 / 255.0).collect())
     }
 
     pub fn channels(&self) -> usize {
@@ -86,13 +83,26 @@ impl Chw {
     }
 
     /// The value at channel `c`, row `y`, column `x` (panics out of range, like indexing).
-    pub fn at(&self, c: usize, y: usize, x: usize) -> f32 {
+    pub fn at(&self, c: usize, y: usize, x: usize) -> T {
         self.data[(c * self.shape[1] + y) * self.shape[2] + x]
     }
 }
 
+impl Chw<f32> {
+    /// Bytes to `[0, 1]` (`x / 255`, as torchvision's `ToTensor`).
+    pub fn from_u8(shape: [usize; 3], pixels: &[u8]) -> Result<Self, TransformError> {
+        Chw::new(shape, pixels.iter().map(|&p| p as f32 / 255.0).collect())
+    }
+}
+
 /// Cut the `h`×`w` window whose top-left corner is (`top`, `left`).
-pub fn crop(img: &Chw, top: usize, left: usize, h: usize, w: usize) -> Result<Chw, TransformError> {
+pub fn crop<T: Copy>(
+    img: &Chw<T>,
+    top: usize,
+    left: usize,
+    h: usize,
+    w: usize,
+) -> Result<Chw<T>, TransformError> {
     let [c, ih, iw] = img.shape;
     if h == 0 || w == 0 || top + h > ih || left + w > iw {
         return Err(TransformError::Crop {
@@ -123,7 +133,7 @@ fn center_offset(side: usize, crop: usize) -> usize {
 }
 
 /// The centred `h`×`w` window (torchvision `CenterCrop` on an image at least that large).
-pub fn center_crop(img: &Chw, h: usize, w: usize) -> Result<Chw, TransformError> {
+pub fn center_crop<T: Copy>(img: &Chw<T>, h: usize, w: usize) -> Result<Chw<T>, TransformError> {
     let (top, left) = fits(img, h, w).map(|_| {
         (
             center_offset(img.height(), h),
@@ -134,19 +144,19 @@ pub fn center_crop(img: &Chw, h: usize, w: usize) -> Result<Chw, TransformError>
 }
 
 /// An `h`×`w` window at a uniformly drawn offset (`top` in `0..=H−h`, then `left` in `0..=W−w`).
-pub fn random_crop<R: Rng + ?Sized>(
-    img: &Chw,
+pub fn random_crop<T: Copy, R: Rng + ?Sized>(
+    img: &Chw<T>,
     h: usize,
     w: usize,
     rng: &mut R,
-) -> Result<Chw, TransformError> {
+) -> Result<Chw<T>, TransformError> {
     fits(img, h, w)?;
     let top = rng.gen_range(0..=img.height() - h);
     let left = rng.gen_range(0..=img.width() - w);
     crop(img, top, left, h, w)
 }
 
-fn fits(img: &Chw, h: usize, w: usize) -> Result<(), TransformError> {
+fn fits<T: Copy>(img: &Chw<T>, h: usize, w: usize) -> Result<(), TransformError> {
     if h == 0 || w == 0 || h > img.height() || w > img.width() {
         return Err(TransformError::Crop {
             top: 0,
@@ -160,8 +170,27 @@ fn fits(img: &Chw, h: usize, w: usize) -> Result<(), TransformError> {
     Ok(())
 }
 
+/// Surround every channel with `p` zeros on each side (torchvision `RandomCrop(padding=p)`'s
+/// constant fill, applied to bytes: black).
+pub fn pad<T: Copy + Default>(img: &Chw<T>, p: usize) -> Chw<T> {
+    let [c, h, w] = img.shape;
+    let (ph, pw) = (h + 2 * p, w + 2 * p);
+    let mut data = vec![T::default(); c * ph * pw];
+    for ch in 0..c {
+        for y in 0..h {
+            let src = (ch * h + y) * w;
+            let dst = (ch * ph + y + p) * pw + p;
+            data[dst..dst + w].copy_from_slice(&img.data[src..src + w]);
+        }
+    }
+    Chw {
+        shape: [c, ph, pw],
+        data,
+    }
+}
+
 /// Mirror left-right.
-pub fn hflip(img: &Chw) -> Chw {
+pub fn hflip<T: Copy>(img: &Chw<T>) -> Chw<T> {
     let w = img.width();
     let mut data = img.data.clone();
     if w > 0 {
@@ -176,7 +205,7 @@ pub fn hflip(img: &Chw) -> Chw {
 }
 
 /// Mirror with probability ½ (one `gen_bool` draw per call, whatever the outcome).
-pub fn random_hflip<R: Rng + ?Sized>(img: &Chw, rng: &mut R) -> Chw {
+pub fn random_hflip<T: Copy, R: Rng + ?Sized>(img: &Chw<T>, rng: &mut R) -> Chw<T> {
     if rng.gen_bool(0.5) {
         hflip(img)
     } else {
@@ -308,8 +337,8 @@ pub fn ten_crop_origins(
 
 /// torchvision `TenCrop((h, w))`: `five_crop(img) + five_crop(hflip(img))`, each five in the
 /// order top-left, top-right, bottom-left, bottom-right, centre.
-pub fn ten_crop(img: &Chw, h: usize, w: usize) -> Result<Vec<Chw>, TransformError> {
-    let five = |im: &Chw| -> Result<Vec<Chw>, TransformError> {
+pub fn ten_crop<T: Copy>(img: &Chw<T>, h: usize, w: usize) -> Result<Vec<Chw<T>>, TransformError> {
+    let five = |im: &Chw<T>| -> Result<Vec<Chw<T>>, TransformError> {
         let [_, ih, iw] = im.shape;
         fits(im, h, w)?;
         Ok(vec![

@@ -113,11 +113,42 @@ pub fn with_roots(
     serde_json::from_value(v).map_err(|e| format!("dataset {name}: {e}"))
 }
 
-/// Every file the split stage reads from `spec`, both parts, as roles `NAME/k/REL`.
+/// Every file the split stage reads from `spec`, both parts, as roles `NAME/k/REL`. An
+/// ImageFolder declares its class folders instead (`NAME/0/CLASS` under `train`, `NAME/1/CLASS`
+/// under `test`), each keyed by a digest of every file below it (`cache::filehash`), so a rerun
+/// on ImageNet lists a thousand folders rather than stat-ing and looking up 1.2M files one by
+/// one. The key thereby covers every file of a class folder, also those a `max_per_class`
+/// subsample leaves out.
 pub fn declared_files(
     name: &str,
     spec: &ImageDatasetSpec,
 ) -> Result<BTreeMap<String, PathBuf>, crate::data::DataError> {
+    if let ImageDatasetSpec::ImageFolder { train, test, .. } = spec {
+        spec.validate()?;
+        let classes = crate::data::image_folder::class_folders(train)?;
+        let test_classes = crate::data::image_folder::class_folders(test)?;
+        if test_classes != classes {
+            let first = test_classes
+                .iter()
+                .zip(&classes)
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("`{a}` here, `{b}` in training"))
+                .unwrap_or_else(|| "one list is a prefix of the other".into());
+            return Err(crate::data::DataError::ClassMismatch {
+                path: test.clone(),
+                found: test_classes.len(),
+                expected: classes.len(),
+                first,
+            });
+        }
+        let mut out = BTreeMap::new();
+        for (k, root) in [train, test].into_iter().enumerate() {
+            for c in &classes {
+                out.insert(format!("{name}/{k}/{c}"), root.join(c));
+            }
+        }
+        return Ok(out);
+    }
     let roots = data_roots(spec);
     let mut out = BTreeMap::new();
     for part in [Part::Train, Part::Test] {

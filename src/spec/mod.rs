@@ -8,6 +8,7 @@
 pub mod images;
 mod locate;
 mod model;
+pub mod protocol;
 pub mod raw;
 mod validate;
 

@@ -24,6 +24,9 @@ pub struct RawPipeline {
     pub tasks: RawTasks,
     pub model: RawModel,
     pub training: RawTraining,
+    /// How test accuracy is measured (`crops: center | ten`); see `spec::protocol`.
+    #[serde(default)]
+    pub evaluation: Option<RawEvaluation>,
     pub seeds: Vec<i64>,
     pub strategies: BTreeMap<String, RawStrategy>,
 }
@@ -322,6 +325,48 @@ pub struct RawTraining {
     pub eps: f64,
     #[serde(default)]
     pub momentum: f64,
+    /// Training-time augmentation (random crop, random mirror); see `spec::protocol`.
+    #[serde(default)]
+    pub augment: Option<RawAugment>,
+    /// Which samples an epoch draws (`kind: none | empirical | balanced`).
+    #[serde(default)]
+    pub sampling: Option<RawSampling>,
+}
+
+/// `training.augment`: `{crop: {size: N} | {padding: P}, hflip: true}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAugment {
+    #[serde(default)]
+    pub crop: Option<RawCrop>,
+    #[serde(default)]
+    pub hflip: bool,
+}
+
+/// `training.augment.crop`: exactly one of `size` (a random `size`×`size` window of a larger
+/// stored image) and `padding` (zero padding, then a random window of the stored size).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCrop {
+    #[serde(default)]
+    pub size: Option<i64>,
+    #[serde(default)]
+    pub padding: Option<i64>,
+}
+
+/// `training.sampling`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSampling {
+    pub kind: super::protocol::SamplingSpec,
+}
+
+/// `evaluation:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvaluation {
+    #[serde(default)]
+    pub crops: super::protocol::TestCrops,
 }
 
 fn default_betas() -> [f64; 2] {

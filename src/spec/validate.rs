@@ -57,6 +57,8 @@ pub struct Pipeline {
     pub permute_seed: Option<u64>,
     pub model: ModelSpec,
     pub training: TrainingSpec,
+    /// `evaluation.crops`: how test accuracy is measured (evaluate and prune stages).
+    pub test_crops: super::protocol::TestCrops,
     pub seeds: Vec<u64>,
     pub strategies: Vec<Strategy>,
 }
@@ -137,6 +139,11 @@ pub struct TrainingSpec {
     pub batch_size: usize,
     pub epochs: usize,
     pub weight_decay: f64,
+    /// Left out of the key when absent, like `sampling: none`, so older pipelines keep theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augment: Option<super::protocol::AugmentSpec>,
+    #[serde(skip_serializing_if = "super::protocol::SamplingSpec::is_none")]
+    pub sampling: super::protocol::SamplingSpec,
 }
 
 /// How units are scored; serialised (tagged by `method`) into the score stage's parameters,
@@ -1262,6 +1269,28 @@ pub(super) fn validate(
         _ => None,
     };
 
+    let single = matches!(&source, Some(ParsedData::Images { single: true, .. }));
+    let protocol = super::protocol::check(
+        t.augment.as_ref(),
+        t.sampling.as_ref(),
+        raw.evaluation.as_ref(),
+        image_data
+            .as_ref()
+            .map(|d| d.sample_shape)
+            .filter(|s| s[1] > 0),
+        model.arch.as_ref().map(|a| a.input),
+        match image_data.as_ref().and_then(|d| d.datasets.values().next()) {
+            Some(ImageDatasetSpec::Cifar10 { .. } | ImageDatasetSpec::Cifar100 { .. })
+                if single =>
+            {
+                "dataset"
+            }
+            _ if single => "dataset.size",
+            _ => "datasets",
+        },
+        &mut e,
+    );
+
     if !errs.is_empty() {
         return Err(SpecErrors(errs));
     }
@@ -1295,7 +1324,10 @@ pub(super) fn validate(
             batch_size: t.batch_size as usize,
             epochs: t.epochs as usize,
             weight_decay: t.weight_decay,
+            augment: protocol.augment,
+            sampling: protocol.sampling,
         },
+        test_crops: protocol.crops,
         seeds,
         strategies,
     })

@@ -5,11 +5,16 @@
 //! exactly the connections that were pruned at task `j` or trained later. With frozen units at
 //! `lr_frozen: 0`, nothing the old task still uses can change, so its accuracy stays at the
 //! value the prune search accepted. The current task is always evaluated whole.
+//!
+//! `crops` is the test protocol (`evaluation.crops`): each sample's centre window of the
+//! model's input size, or the mean softmax of its ten crops (see `views`).
 
 use super::artifacts::{self, json_bytes, SplitData};
-use super::{accuracy, flags_to_masks, on_device};
+use super::views::{accuracy_with, Geometry};
+use super::{flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{DeviceMlp, Vector};
+use crate::spec::protocol::TestCrops;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +26,8 @@ struct Params {
     tasks_seen: usize,
     #[serde(default)]
     isolate: bool,
+    #[serde(default)]
+    crops: TestCrops,
 }
 
 /// The input slot holding the mask that isolates old task `j`.
@@ -76,19 +83,20 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     } else {
         Vec::new()
     };
-    let dim = split.dim();
+    let geometry = Geometry::new(&split.sample_shape, &host)?;
     let mut acc = Vec::new();
     let mut n_test = Vec::new();
     for t in 0..p.tasks_seen {
         ctx.check_cancel()?;
         let task = split.task(t)?;
-        let a = accuracy(
+        let a = accuracy_with(
             &model,
             &task.test,
-            dim,
+            &geometry,
+            p.crops,
             t,
             isolation.get(t).map(Vec::as_slice),
-        );
+        )?;
         ctx.log(format!(
             "task {}: accuracy {:.4} on {} test samples",
             t + 1,

@@ -13,6 +13,7 @@ pub mod prune;
 pub mod score;
 pub mod split;
 pub mod train;
+pub mod views;
 
 use crate::exec::{Registry, StageError};
 use crate::nn::mlp::{argmax_rows, DeviceMlp, Vector};
@@ -171,7 +172,9 @@ pub fn flags_to_masks<D: Device<f32>>(dev: &D, keep: &[Vec<bool>]) -> Vec<Vector
 }
 
 /// The split and the trained model a per-task analysis stage reads (slots `split` and
-/// `model`), checked to hold task `t` and a head for it.
+/// `model`), checked to hold task `t` and a head for it. Task `t`'s samples come centre-cropped
+/// to the model's input where the split stores larger images (reference sets use the centre
+/// crop, paper A.5); see [`views::centered`].
 pub(crate) fn split_and_model(
     ctx: &crate::exec::StageContext,
     t: usize,
@@ -184,6 +187,7 @@ pub(crate) fn split_and_model(
             "model has no head for task index {t}"
         )));
     }
+    let split = views::centered(split, t, &host)?;
     Ok((split, host))
 }
 

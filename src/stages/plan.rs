@@ -94,6 +94,14 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
     out.push(split_decl);
 
     let split_in = || ("split", SPLIT_ID.to_string());
+    // The test protocol of every accuracy (evaluate, prune); the default is left out of the
+    // parameters so pipelines without `evaluation:` keep their keys.
+    let with_crops = |mut v: serde_json::Value| {
+        if !p.test_crops.is_center() {
+            v["crops"] = json!(p.test_crops);
+        }
+        v
+    };
     let task_epochs = |t: usize| match &p.data {
         DataSource::Images(d) => d.epochs.get(t).copied().flatten(),
         DataSource::Idx(_) => None,
@@ -122,7 +130,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 out.push(decl(
                     id("evaluate"),
                     &evaluate::Evaluate,
-                    json!({"tasks_seen": p.task_count()}),
+                    with_crops(json!({"tasks_seen": p.task_count()})),
                     vec![split_in(), ("model", id("train"))],
                 ));
                 continue;
@@ -182,7 +190,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     out.push(decl(id("consolidate"), &consolidate::Consolidate, cp, cin));
                     prev_penalty = Some(id("consolidate"));
                 }
-                let mut eval_params = json!({"tasks_seen": t + 1});
+                let mut eval_params = with_crops(json!({"tasks_seen": t + 1}));
                 let mut eval_in: Vec<(String, String)> = [split_in(), trained.clone()]
                     .map(|(slot, i)| (slot.to_string(), i))
                     .into();
@@ -226,6 +234,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         ));
                         let mut pp = serde_json::to_value(pr).expect("plain data");
                         pp["task_index"] = json!(t);
+                        let pp = with_crops(pp);
                         let mut pin = vec![split_in(), trained.clone(), ("score", id("score"))];
                         if let Some(m) = &prev_mask {
                             pin.push(("mask", m.clone()));

@@ -7,11 +7,15 @@
 //! modified. Accuracy is measured on the task's test split (as in the paper). The search stops
 //! before the first step whose accuracy is more than `threshold` (absolute) below the unpruned
 //! accuracy; the last accepted step defines the pruned set. Every evaluated point is recorded.
+//! Accuracy follows the test protocol (`crops`: the centre window or the ten-crop mean softmax,
+//! see `views`), so the threshold compares the numbers `evaluate` reports.
 
 use super::artifacts::{self, json_bytes, SplitData};
+use super::views::{accuracy_with, center_samples, Geometry};
 use super::{accuracy, check_task, flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{DeviceMlp, Vector};
+use crate::spec::protocol::TestCrops;
 use crate::spec::raw::SearchKind;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -24,6 +28,8 @@ struct Params {
     threshold: f64,
     step_ratio: f64,
     search: SearchKind,
+    #[serde(default)]
+    crops: TestCrops,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -170,7 +176,12 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let order = rank_candidates(&scores, frozen.as_deref());
     let step = ((p.step_ratio * order.len() as f64).ceil() as usize).max(1);
     let model = DeviceMlp::from_host(dev, &host);
-    let dim = split.dim();
+    let geometry = Geometry::new(&split.sample_shape, &host)?;
+    // Centre windows are cut once, not at every step of the search.
+    let centred = match p.crops {
+        TestCrops::Center => Some(center_samples(&task.test, &geometry)?),
+        TestCrops::Ten => None,
+    };
     let masks_for = |k: usize| -> Vec<Vector<D>> {
         let mut keep: Vec<Vec<bool>> = sizes.iter().map(|&u| vec![true; u]).collect();
         for &(l, j) in &order[..k] {
@@ -186,13 +197,17 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         evaluations += 1;
         ctx.progress.inc(1);
         let masks = masks_for(k);
-        Ok(accuracy(
-            &model,
-            &task.test,
-            dim,
-            p.task_index,
-            if k == 0 { None } else { Some(&masks) },
-        ))
+        let masks = if k == 0 { None } else { Some(masks.as_slice()) };
+        match &centred {
+            Some(test) => Ok(accuracy(
+                &model,
+                test,
+                geometry.input_len(),
+                p.task_index,
+                masks,
+            )),
+            None => accuracy_with(&model, &task.test, &geometry, p.crops, p.task_index, masks),
+        }
     })?;
     let accepted_accuracy = curve
         .iter()

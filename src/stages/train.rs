@@ -17,17 +17,28 @@
 //! With `joint: true` (the upper baseline), tasks `0..=task_index` are trained at once from a
 //! fresh model: each batch is drawn from the union of their training sets, every sample goes
 //! through its own task's head, and the loss is the sample-weighted mean over the batch.
+//!
+//! The data protocol (`spec::protocol`): with `sampling` other than `none`, each epoch draws as
+//! many samples as the task has, with replacement, classes uniformly (`balanced`) or by their
+//! frequencies (`empirical`), from a seed of (seed, task, epoch), and logs the drawn class
+//! counts; with `augment`, every sample of a batch is cropped and mirrored by an RNG of
+//! (seed, task, epoch, batch) (see `views::train_view`). A split that stores images larger than
+//! the model's input needs a crop of the input size.
 
 use super::artifacts::{self, json_bytes, SplitData};
 use super::consolidate::Penalty;
+use super::views::{train_view, Geometry};
 use super::{check_task, on_device, rng_for};
+use crate::data::resample::{empirical, resample_indices, ClassWeights};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::arch::Arch;
 use crate::nn::mlp::{DeviceMlp, MlpParams, Vector};
 use crate::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
 use crate::nn::torchvision::PretrainedHead;
+use crate::spec::protocol::{AugmentSpec, CropSpec, SamplingSpec};
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -55,6 +66,10 @@ pub struct TrainingParams {
     pub batch_size: usize,
     pub epochs: usize,
     pub weight_decay: f64,
+    #[serde(default)]
+    pub augment: Option<AugmentSpec>,
+    #[serde(default)]
+    pub sampling: SamplingSpec,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +115,10 @@ struct EpochLog {
     /// λ times the EWC penalty at the end of the epoch.
     #[serde(skip_serializing_if = "Option::is_none")]
     ewc_penalty: Option<f64>,
+    /// With resampling: how often each class was drawn this epoch (classes of the trained
+    /// tasks in head order, task after task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class_counts: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,18 +184,12 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             m
         }
     };
-    if let Some(a) = &host.arch {
-        if !a.accepts(&split.sample_shape) {
-            return Err(StageError::invalid(format!(
-                "model input is {:?} ([channels, height, width]), but the data's samples have shape {:?}; set model.input_shape (or input_size) to match",
-                a.input, split.sample_shape
-            )));
-        }
-    }
-    if host.input_dim() != dim {
+    let geometry = Geometry::new(&split.sample_shape, &host)?;
+    let augment = p.training.augment.as_ref();
+    if !geometry.is_identity() && !matches!(augment.and_then(|a| a.crop), Some(CropSpec::Size(_))) {
         return Err(StageError::invalid(format!(
-            "model takes {} inputs, data has {dim}",
-            host.input_dim()
+            "the split stores samples of shape {:?}, larger than the model's input {:?}; train on random crops of the input size (training.augment.crop.size)",
+            geometry.stored, geometry.input
         )));
     }
     // Pretrained weights bring task 1's head along.
@@ -293,9 +306,23 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         vec![p.task_index]
     };
     let mut order: Vec<(usize, usize)> = Vec::new();
+    // Each sample's class among all trained tasks' classes (task after task), for resampling.
+    let mut classes_of: Vec<u16> = Vec::new();
+    let mut class_total = 0usize;
     for &t in &tasks {
-        order.extend((0..split.task(t)?.train.len()).map(|i| (t, i)));
+        let task = split.task(t)?;
+        order.extend((0..task.train.len()).map(|i| (t, i)));
+        for &y in &task.train.y {
+            let c = class_total + y as usize;
+            classes_of.push(u16::try_from(c).map_err(|_| {
+                StageError::invalid(
+                    "resampling supports at most 65536 classes over the trained tasks",
+                )
+            })?);
+        }
+        class_total += task.classes.len();
     }
+    let all_samples = order.clone();
     let n = order.len();
     let mut rng = rng_for(
         p.seed,
@@ -313,10 +340,33 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     for epoch in 0..t.epochs {
         ctx.progress
             .phase(&format!("epoch {}/{}", epoch + 1, t.epochs), batches as u64);
-        order.shuffle(&mut rng);
+        let mut class_counts = None;
+        if p.training.sampling.is_none() {
+            order.shuffle(&mut rng);
+        } else {
+            let weights = match p.training.sampling {
+                SamplingSpec::Balanced => ClassWeights::Uniform,
+                _ => ClassWeights::Given(empirical(&classes_of, class_total)),
+            };
+            let seed = rng_for(p.seed, p.task_index, &format!("sampling/epoch{epoch}")).gen();
+            let drawn = resample_indices(&classes_of, &weights, n, seed).map_err(|e| {
+                StageError::invalid(format!("training.sampling: task {}: {e}", p.task_index + 1))
+            })?;
+            let mut counts = vec![0usize; class_total];
+            for &i in &drawn {
+                counts[classes_of[i] as usize] += 1;
+            }
+            class_counts = Some(counts);
+            order = drawn.into_iter().map(|i| all_samples[i]).collect();
+        }
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for (b, chunk) in order.chunks(batch_size).enumerate() {
             ctx.check_cancel()?;
+            let mut view_rng = rng_for(
+                p.seed,
+                p.task_index,
+                &format!("augment/epoch{epoch}/batch{b}"),
+            );
             let mut grads: Vec<(usize, crate::nn::mlp::Vector<D>)> = Vec::new();
             let mut batch_loss = 0f64;
             for &head in &tasks {
@@ -329,10 +379,14 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 if idx.is_empty() {
                     continue;
                 }
-                let mut xb = Vec::with_capacity(idx.len() * dim);
+                let mut xb = Vec::with_capacity(idx.len() * geometry.input_len());
                 let mut yb = Vec::with_capacity(idx.len());
                 for &i in &idx {
-                    xb.extend_from_slice(&data.x[i * dim..(i + 1) * dim]);
+                    let stored = &data.x[i * dim..(i + 1) * dim];
+                    match augment {
+                        Some(aug) => xb.extend(train_view(stored, &geometry, aug, &mut view_rng)?),
+                        None => xb.extend_from_slice(stored),
+                    }
                     yb.push(data.y[i]);
                 }
                 let x = model.input(&xb);
@@ -399,6 +453,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     .collect();
                 lambda * pen.value(&theta)
             }),
+            class_counts,
         };
         ctx.log(format!(
             "epoch {}: loss {:.5}, train accuracy {:.4}{}",
