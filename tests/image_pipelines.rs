@@ -464,7 +464,10 @@ fn the_saliency_freeze_pipeline_runs_on_fixtures() {
             .collect()
     };
     let units = counts(&mask("saliency_mse_50"), "units_per_layer");
-    assert_eq!(units, [4, 4, 8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 32, 32, 32]);
+    assert_eq!(
+        units,
+        [4, 4, 8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 32, 32, 32]
+    );
     for (s, share) in [
         ("saliency_mse_25", 0.25),
         ("saliency_mse_50", 0.5),
@@ -475,7 +478,13 @@ fn the_saliency_freeze_pipeline_runs_on_fixtures() {
         let want: Vec<u64> = units
             .iter()
             .enumerate()
-            .map(|(l, &u)| if l < 13 { (share * u as f64).round() as u64 } else { 0 })
+            .map(|(l, &u)| {
+                if l < 13 {
+                    (share * u as f64).round() as u64
+                } else {
+                    0
+                }
+            })
             .collect();
         assert_eq!(frozen, want, "{s}");
     }
@@ -496,7 +505,10 @@ fn the_saliency_freeze_pipeline_runs_on_fixtures() {
     assert_eq!(maps["class_maps"].shape(), &[10, 32, 32]);
     assert_eq!(maps["visualizations.12"].shape(), &[32, 32, 32]);
     let log = fs::read_to_string(score.join("aux/log.txt")).unwrap();
-    assert!(log.contains("conv layer 12: mean visualised activation"), "{log}");
+    assert!(
+        log.contains("conv layer 12: mean visualised activation"),
+        "{log}"
+    );
     let frozen_flags = |s: &str| {
         let e = entry_of(&cache, &[&format!("{s}/seed0/task1/mask")]);
         fs::read(e.join("out/units.safetensors")).unwrap()

@@ -19,7 +19,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * scale).collect()
+    (0..n)
+        .map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
 }
 
 /// conv 2→3 (pad 1) → ReLU → max pool 2 → conv 3→4 → leaky ReLU → avg pool 2 → flatten →
@@ -69,7 +71,11 @@ fn fullgrad_parts_sum_to_the_explained_logit() {
     let labels = [0u16, 2, 1];
     let p = fullgrad_parts(&layers, x, &labels);
     assert_eq!(p.conv.len(), 2);
-    assert_eq!(p.dense.len(), 2, "the head's bias part is the last dense part");
+    assert_eq!(
+        p.dense.len(),
+        2,
+        "the head's bias part is the last dense part"
+    );
     assert_eq!(p.conv[0].0, (3, 8, 8));
     assert_eq!(p.conv[1].0, (4, 2, 2));
     let per_sample = |v: &[f32], i: usize| -> f64 {

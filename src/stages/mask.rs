@@ -182,4 +182,11 @@ mod tests {
             2
         );
     }
+
+    #[test]
+    fn units_scored_minus_infinity_are_never_frozen() {
+        let scores = [f32::NEG_INFINITY, 0.2, f32::NEG_INFINITY, -5.0];
+        let f = freeze_top(&scores, &[false; 4], 1.0);
+        assert_eq!(f, vec![false, true, false, true]);
+    }
 }

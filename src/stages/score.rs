@@ -529,7 +529,7 @@ pub fn unit_scores<D: Device<f32>>(
             .map_err(|e| StageError::invalid(e.to_string()))?;
             for (l, (before, after)) in r.activation_gain.iter().enumerate() {
                 ctx.log(format!(
-                    "conv layer {l}: mean visualised activation {before:.4} -> {after:.4}"
+                    "conv layer {l}: mean visualised activation {before:.4e} -> {after:.4e}"
                 ));
             }
             maps = Some(r.maps);
@@ -580,7 +580,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     // Units a method never lets freeze (saliency's `dense: free`, −∞) add nothing to a total.
     let layer_totals: Vec<f64> = sums
         .iter()
-        .map(|l| l.iter().filter(|v| v.is_finite()).sum())
+        .map(|l| l.iter().filter(|v| v.is_finite()).fold(0.0, |a, v| a + v))
         .collect();
     for (l, t) in layer_totals.iter().enumerate() {
         ctx.log(format!("layer {l}: total score {t:.4}"));

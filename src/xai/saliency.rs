@@ -134,13 +134,16 @@ enum TAct<D: Device<f32>> {
     Flat(Matrix<D, OwnedTape<f32, D>>),
 }
 
+/// Zero probes added to pre-activations, kept untraced with their layer's bias.
+type BiasProbes<D> = Vec<(Probe<D, NoneTape>, Vector<D>)>;
+
 /// One layer on a traced activation. With `probes`, a traced zero tensor is added to each conv
 /// and dense pre-activation `z` (its gradient is `∂f/∂z`) and kept, untraced, with the layer's
 /// bias.
 fn apply_traced<D: Device<f32>>(
     layer: &Layer<D>,
     a: TAct<D>,
-    probes: Option<&mut Vec<(Probe<D, NoneTape>, Vector<D>)>>,
+    probes: Option<&mut BiasProbes<D>>,
 ) -> TAct<D> {
     match (layer, a) {
         (
@@ -224,7 +227,7 @@ pub fn fullgrad_parts<D: Device<f32>>(
 ) -> FullGradParts {
     let (n, c, h, w) = *x.shape();
     let dev = x.device().clone();
-    let mut probes = Vec::new();
+    let mut probes: BiasProbes<D> = Vec::new();
     let mut a = TAct::Map(x.leaky_trace());
     for layer in layers {
         a = apply_traced(layer, a, Some(&mut probes));
