@@ -520,6 +520,137 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
     );
 }
 
+/// The cache entry of stage `id` (any of the ids a merged stage answers to).
+fn entry_of(cache: &Path, ids: &[&str]) -> std::path::PathBuf {
+    fs::read_dir(cache.join("entries"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|e| {
+            fs::read_to_string(e.join("manifest.json")).is_ok_and(|m| {
+                ids.iter()
+                    .any(|id| m.contains(&format!("\"stage_id\": \"{id}\"")))
+            })
+        })
+        .unwrap_or_else(|| panic!("no entry for {ids:?}"))
+}
+
+#[test]
+fn the_saliency_freeze_pipeline_runs_on_fixtures() {
+    let dir = tempfile::tempdir().unwrap();
+    cifar_trees(dir.path(), 3);
+    let d = dir.path().display();
+    let mut overrides = sets(&[
+        ("dataset.root", format!("{d}/cifar-100-binary")),
+        ("model.width_divisor", "16".into()),
+        ("training.epochs", "1".into()),
+        ("training.batch_size", "8".into()),
+        ("seeds", "[0]".into()),
+    ]);
+    for s in [
+        "saliency_mse_25",
+        "saliency_mse_50",
+        "saliency_mse_75",
+        "saliency_pearson_50",
+    ] {
+        overrides.push(format!("strategies.{s}.score.reference_size=8"));
+        overrides.push(format!(
+            "strategies.{s}.score.visualize={{steps: 3, lr: 0.1, init_scale: 0.1}}"
+        ));
+    }
+    let pipeline = repo_pipeline("saliency_freeze.yaml");
+    let cache = dir.path().join("cache");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides));
+    // split; task 1 train + evaluate shared by all six sequential strategies; naive task 2
+    // train + evaluate; after task 1 one saliency score shared by the three MSE shares and one
+    // Pearson score (2), after task 2 each of the four its own (their models differ); five
+    // masks per task (2 × 5); five task-2 trainings and evaluations (10); joint train +
+    // evaluate.
+    assert_eq!(fresh(&out), (33, 33), "{out}");
+    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides));
+    assert_eq!(ran(&out), (33, 0), "{out}");
+    let out = ok(&cfpipe("show", &pipeline, &cache, &overrides));
+    assert_show_has_tasks(
+        &out,
+        &[
+            "naive",
+            "saliency_mse_25",
+            "saliency_mse_50",
+            "saliency_mse_75",
+            "saliency_pearson_50",
+            "random_50",
+        ],
+        2,
+    );
+    // The shares freeze round(share · filters) of each conv layer and no dense unit
+    // (`dense: free`); random freezing matches MSE-50's counts.
+    let mask = |s: &str| -> serde_json::Value {
+        let e = entry_of(&cache, &[&format!("{s}/seed0/task1/mask")]);
+        serde_json::from_slice(&fs::read(e.join("out/mask.json")).unwrap()).unwrap()
+    };
+    let counts = |v: &serde_json::Value, k: &str| -> Vec<u64> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let units = counts(&mask("saliency_mse_50"), "units_per_layer");
+    assert_eq!(
+        units,
+        [4, 4, 8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 32, 32, 32]
+    );
+    for (s, share) in [
+        ("saliency_mse_25", 0.25),
+        ("saliency_mse_50", 0.5),
+        ("saliency_mse_75", 0.75),
+        ("saliency_pearson_50", 0.5),
+    ] {
+        let frozen = counts(&mask(s), "frozen_per_layer");
+        let want: Vec<u64> = units
+            .iter()
+            .enumerate()
+            .map(|(l, &u)| {
+                if l < 13 {
+                    (share * u as f64).round() as u64
+                } else {
+                    0
+                }
+            })
+            .collect();
+        assert_eq!(frozen, want, "{s}");
+    }
+    assert_eq!(
+        counts(&mask("random_50"), "newly_frozen_per_layer"),
+        counts(&mask("saliency_mse_50"), "newly_frozen_per_layer")
+    );
+    // The score stage keeps its maps and logs that the visualisations raised the filters'
+    // activations; MSE and Pearson pick different filters.
+    let score = entry_of(
+        &cache,
+        &[
+            "saliency_mse_25/seed0/task1/score",
+            "saliency_mse_50/seed0/task1/score",
+        ],
+    );
+    let maps = decode(&fs::read(score.join("out/saliency.safetensors")).unwrap()).unwrap();
+    assert_eq!(maps["class_maps"].shape(), &[10, 32, 32]);
+    assert_eq!(maps["visualizations.12"].shape(), &[32, 32, 32]);
+    let log = fs::read_to_string(score.join("aux/log.txt")).unwrap();
+    assert!(
+        log.contains("conv layer 12: mean visualised activation"),
+        "{log}"
+    );
+    let frozen_flags = |s: &str| {
+        let e = entry_of(&cache, &[&format!("{s}/seed0/task1/mask")]);
+        fs::read(e.join("out/units.safetensors")).unwrap()
+    };
+    assert_ne!(
+        frozen_flags("saliency_mse_50"),
+        frozen_flags("saliency_pearson_50")
+    );
+}
+
 #[test]
 fn image_pipelines_compile_without_data_and_name_missing_data() {
     let cache = tempfile::tempdir().unwrap();

@@ -482,6 +482,9 @@ pub enum ScoreMethod {
     GradientXInput,
     /// Synaptic intelligence (Zenke et al.): the path integral recorded while training.
     Si,
+    /// Similarity of each filter's visualisation to the classes' FullGrad saliency maps
+    /// (conv models only; see `xai::saliency`).
+    Saliency,
 }
 
 /// Which split of the task the reference samples come from.
@@ -571,6 +574,21 @@ pub struct RawScore {
     pub unit_rule: Option<crate::xai::importance::UnitRule>,
     #[serde(default)]
     pub aggregate: RawAggregate,
+    /// Saliency: `mse` (score −MSE) or `pearson`, visualisation against class map.
+    #[serde(default)]
+    pub similarity: Option<crate::xai::saliency::Similarity>,
+    /// Saliency: how a filter's per-class similarities combine (`mean`, `max`).
+    #[serde(default)]
+    pub class_aggregate: Option<crate::xai::saliency::ClassAggregate>,
+    /// Saliency: dense units' scores (`free`: never frozen by top_share; `fullgrad`).
+    #[serde(default)]
+    pub dense: Option<crate::xai::saliency::DensePolicy>,
+    /// Saliency: FullGrad's min-max region (`per_layer`, `per_channel`).
+    #[serde(default)]
+    pub fullgrad_normalize: Option<crate::xai::saliency::MapNormalize>,
+    /// Saliency: activation maximisation (`steps`, `lr`, `init_scale`).
+    #[serde(default)]
+    pub visualize: Option<crate::xai::saliency::Visualize>,
 }
 
 /// When the absolute value is taken relative to summing a unit's relevance over the reference

@@ -213,6 +213,12 @@ pub enum ScoreSpec {
         abs: AbsMode,
         normalize: Normalize,
     },
+    Saliency {
+        reference_size: usize,
+        reference_split: ReferenceSplit,
+        #[serde(flatten)]
+        options: crate::xai::saliency::SaliencyOptions,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -443,6 +449,16 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
         sc.damping.is_some() && m != ScoreMethod::Si,
         "si",
     );
+    let sal = m == ScoreMethod::Saliency;
+    only("similarity", sc.similarity.is_some() && !sal, "saliency");
+    for (field, set) in [
+        ("class_aggregate", sc.class_aggregate.is_some()),
+        ("dense", sc.dense.is_some()),
+        ("fullgrad_normalize", sc.fullgrad_normalize.is_some()),
+        ("visualize", sc.visualize.is_some()),
+    ] {
+        only(field, set && !sal, "saliency");
+    }
     let uses_reference = !matches!(
         m,
         ScoreMethod::Magnitude | ScoreMethod::Random | ScoreMethod::Si
@@ -450,12 +466,12 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
     only(
         "reference_size",
         sc.reference_size.is_some() && !uses_reference,
-        "lrp`, `gradient_x_input`, `fisher`, `mas` or `sig",
+        "lrp`, `gradient_x_input`, `fisher`, `mas`, `sig` or `saliency",
     );
     only(
         "reference_split",
         sc.reference_split.is_some() && !uses_reference,
-        "lrp`, `gradient_x_input`, `fisher`, `mas` or `sig",
+        "lrp`, `gradient_x_input`, `fisher`, `mas`, `sig` or `saliency",
     );
     let reference_size = match sc.reference_size {
         None if uses_reference => {
@@ -576,6 +592,47 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
             abs: sc.aggregate.abs,
             normalize,
         },
+        ScoreMethod::Saliency => {
+            if normalize != Normalize::None {
+                e(
+                    &format!("{base}.aggregate.normalize"),
+                    "saliency scores are similarities, compared within a layer; they are not normalised".into(),
+                );
+            }
+            let similarity = sc.similarity.unwrap_or_else(|| {
+                e(
+                    &format!("{base}.similarity"),
+                    "required with `method: saliency`: mse or pearson".into(),
+                );
+                crate::xai::saliency::Similarity::Mse
+            });
+            let visualize = sc.visualize.unwrap_or_default();
+            if visualize.steps < 1 {
+                e(
+                    &format!("{base}.visualize.steps"),
+                    "expected an integer >= 1".into(),
+                );
+            }
+            for (field, v) in [("lr", visualize.lr), ("init_scale", visualize.init_scale)] {
+                if !positive(v) {
+                    e(
+                        &format!("{base}.visualize.{field}"),
+                        format!("expected a number > 0, found {v}"),
+                    );
+                }
+            }
+            ScoreSpec::Saliency {
+                reference_size,
+                reference_split,
+                options: crate::xai::saliency::SaliencyOptions {
+                    similarity,
+                    class_aggregate: sc.class_aggregate.unwrap_or_default(),
+                    dense: sc.dense.unwrap_or_default(),
+                    fullgrad_normalize: sc.fullgrad_normalize.unwrap_or_default(),
+                    visualize,
+                },
+            }
+        }
     })
 }
 
@@ -911,6 +968,24 @@ pub(super) fn validate(
                 "strategy names may use letters, digits, '_' and '-' only".into(),
             );
         }
+        // Saliency compares filter visualisations with saliency maps: no filters, no method.
+        let has_conv = model.arch.as_ref().is_some_and(|a| {
+            a.layers
+                .iter()
+                .any(|l| matches!(l, crate::nn::arch::Op::Conv { .. }))
+        });
+        let saliency_at = [
+            ("score", s.score.as_ref()),
+            ("ewc.importance", s.ewc.as_ref().map(|w| &w.importance)),
+        ];
+        for (field, sc) in saliency_at {
+            if !has_conv && sc.is_some_and(|sc| sc.method == ScoreMethod::Saliency) {
+                e(
+                    &format!("{base}.{field}.method"),
+                    format!("`saliency` needs conv layers, but `model.kind: {}` has none; use `cnn`, `small_cnn` or `vgg16`, or another method", model.kind),
+                );
+            }
+        }
         let only_with = |field: &str, set: bool, kind: &str, e: &mut dyn FnMut(&str, String)| {
             if set {
                 e(
@@ -1104,10 +1179,14 @@ pub(super) fn validate(
                     }
                     Some(like) => {
                         match raw.strategies.get(like) {
-                            Some(o) if o.freeze == FreezeKind::UntilThreshold => {}
+                            Some(o)
+                                if matches!(
+                                    o.freeze,
+                                    FreezeKind::UntilThreshold | FreezeKind::TopShare
+                                ) => {}
                             Some(_) => e(
                                 &format!("{base}.like"),
-                                format!("strategy `{like}` must use `freeze: until_threshold`"),
+                                format!("strategy `{like}` must use `freeze: until_threshold` or `freeze: top_share`"),
                             ),
                             None => e(
                                 &format!("{base}.like"),

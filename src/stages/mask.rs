@@ -3,7 +3,8 @@
 //! - `policy: keep_unpruned` (RNF): after task t's pruning search, every unit that was not
 //!   pruned is frozen (units frozen by earlier tasks were never candidates, so they stay frozen).
 //! - `policy: top_share`: in each layer, freeze the `round(share · units)` highest-scoring
-//!   units that are still free (fewer if fewer are free; ties go to the lower index).
+//!   units that are still free (fewer if fewer are free; ties go to the lower index); units
+//!   scored −∞ are never frozen (saliency's `dense: free`).
 //! - `policy: random` (baseline): freeze, in each layer, as many units as the `like` mask newly
 //!   froze at this task, drawn uniformly (seeded) from this strategy's own free units.
 //!
@@ -19,7 +20,10 @@ pub struct Mask;
 /// Freeze the `round(share · units)` highest-scoring free units of one layer.
 pub fn freeze_top(scores: &[f32], prev: &[bool], share: f64) -> Vec<bool> {
     let want = (share * scores.len() as f64).round() as usize;
-    let mut free: Vec<usize> = (0..scores.len()).filter(|&j| !prev[j]).collect();
+    // A unit scored −∞ is one its method never freezes (saliency's `dense: free`).
+    let mut free: Vec<usize> = (0..scores.len())
+        .filter(|&j| !prev[j] && scores[j] != f32::NEG_INFINITY)
+        .collect();
     free.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut f = prev.to_vec();
     for &j in free.iter().take(want) {
@@ -177,5 +181,12 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn units_scored_minus_infinity_are_never_frozen() {
+        let scores = [f32::NEG_INFINITY, 0.2, f32::NEG_INFINITY, -5.0];
+        let f = freeze_top(&scores, &[false; 4], 1.0);
+        assert_eq!(f, vec![false, true, false, true]);
     }
 }

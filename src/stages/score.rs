@@ -44,6 +44,9 @@ struct ScoreReport {
 
 pub const SCORE_JSON: &str = "score.json";
 const LRP_BATCH: usize = 256;
+/// Reference images per FullGrad pass (a batch's tape holds every layer's activations).
+const SALIENCY_BATCH: usize = 64;
+pub const SALIENCY_TENSORS: &str = "saliency.safetensors";
 
 impl Stage for Score {
     fn kind(&self) -> &'static str {
@@ -251,7 +254,11 @@ pub fn ewc_importance<D: Device<f32>>(
     let mut shapes = Vec::new();
     let mut layers = Vec::new();
     for (l, s) in host.trunk.iter().zip(u.finished()) {
-        let s: Vec<f64> = s.iter().map(|&v| (v as f64).abs()).collect();
+        // A unit scored −∞ (saliency's `dense: free`) is one the method leaves free: Ω = 0.
+        let s: Vec<f64> = s
+            .iter()
+            .map(|&v| if v.is_finite() { (v as f64).abs() } else { 0.0 })
+            .collect();
         let w = s
             .iter()
             .flat_map(|&v| std::iter::repeat_n(v, l.in_dim))
@@ -322,9 +329,12 @@ pub struct UnitScores {
     pub abs: AbsMode,
     pub normalize: Normalize,
     pub reference_samples: usize,
-    /// Mean explained logit over the reference set (LRP and gradient × input).
+    /// Mean explained logit over the reference set (LRP, gradient × input, saliency).
     pub explained: f64,
     pub method: &'static str,
+    /// Maps a method keeps for inspection (saliency: class maps and filter visualisations),
+    /// stored as `saliency.safetensors`.
+    pub maps: Option<std::collections::BTreeMap<String, crate::nn::tensorio::HostTensor>>,
 }
 
 impl UnitScores {
@@ -351,6 +361,7 @@ pub fn unit_scores<D: Device<f32>>(
 ) -> Result<UnitScores, StageError> {
     let reference =
         |size: usize, from: ReferenceSplit| reference_samples(task, dim, size, from, seed, head);
+    let mut maps = None;
     let (sums, abs, normalize, n_ref, explained, method) = match *spec {
         ScoreSpec::Magnitude { normalize } => (
             magnitude_scores(host),
@@ -467,6 +478,46 @@ pub fn unit_scores<D: Device<f32>>(
             )?;
             (sums, abs, normalize, y.len(), explained, "gradient_x_input")
         }
+        ScoreSpec::Saliency {
+            reference_size,
+            reference_split,
+            options,
+        } => {
+            let (x, y) = reference(reference_size, reference_split);
+            let model = DeviceMlp::from_host(dev, host);
+            let mut rng = rng_for(seed, head, "saliency_visualize");
+            let layers = host.hidden_sizes().len() as u64;
+            ctx.progress
+                .phase("saliency", y.len().div_ceil(SALIENCY_BATCH) as u64 + layers);
+            let r = crate::xai::saliency::saliency_scores(
+                &model,
+                &x,
+                &y,
+                head,
+                &options,
+                SALIENCY_BATCH,
+                &mut rng,
+                || {
+                    ctx.progress.inc(1);
+                    ctx.check_cancel()
+                },
+            )?
+            .map_err(|e| StageError::invalid(e.to_string()))?;
+            for (l, (before, after)) in r.activation_gain.iter().enumerate() {
+                ctx.log(format!(
+                    "conv layer {l}: mean visualised activation {before:.4e} -> {after:.4e}"
+                ));
+            }
+            maps = Some(r.maps);
+            (
+                r.scores,
+                AbsMode::None,
+                Normalize::None,
+                y.len(),
+                r.explained,
+                "saliency",
+            )
+        }
     };
     Ok(UnitScores {
         sums,
@@ -475,6 +526,7 @@ pub fn unit_scores<D: Device<f32>>(
         reference_samples: n_ref,
         explained,
         method,
+        maps,
     })
 }
 
@@ -498,14 +550,22 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         reference_samples: n_ref,
         explained,
         method,
+        maps,
         ..
     } = u;
-    let layer_totals: Vec<f64> = sums.iter().map(|l| l.iter().sum()).collect();
+    // Units a method never lets freeze (saliency's `dense: free`, −∞) add nothing to a total.
+    let layer_totals: Vec<f64> = sums
+        .iter()
+        .map(|l| l.iter().filter(|v| v.is_finite()).fold(0.0, |a, v| a + v))
+        .collect();
     for (l, t) in layer_totals.iter().enumerate() {
         ctx.log(format!("layer {l}: total score {t:.4}"));
     }
     let mut art = Artifact::new();
     artifacts::save_unit_f32(&mut art, &scores);
+    if let Some(m) = maps {
+        art.insert(SALIENCY_TENSORS, crate::nn::tensorio::encode(&m));
+    }
     art.insert(
         SCORE_JSON,
         json_bytes(&ScoreReport {

@@ -1,8 +1,10 @@
 //! Explanation and importance methods behind the `score` stage: LRP rules and gradient × input
 //! for the MLP (`lrp`) and for sequential CNNs (`lrp_cnn`), and weight importances of the EWC
-//! family (`importance`); `explain` draws input relevance as heatmaps for `cfpipe explain`.
+//! family (`importance`); saliency-guided filter scores (`saliency`: filter visualisations
+//! against FullGrad class maps); `explain` draws input relevance as heatmaps for `cfpipe explain`.
 
 pub mod explain;
 pub mod importance;
 pub mod lrp;
 pub mod lrp_cnn;
+pub mod saliency;
