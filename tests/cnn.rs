@@ -757,3 +757,34 @@ fn sig_and_outgoing_units_follow_the_conv_windows() {
         assert!((total - units).abs() < 1e-9 * total.max(1.0), "layer {l}");
     }
 }
+
+#[test]
+fn batches_shrink_to_the_activation_memory_of_big_models() {
+    // VGG-16 at 224: the largest unfolded input is conv 64→64 at 224×224 (576 values per
+    // position); at 32×32 the same layer has 1024 positions.
+    for (size, unfolded) in [(224, 576 * 224 * 224), (32, 576 * 32 * 32)] {
+        let a = arch::vgg16(size, 1, 3);
+        let feats: usize = a.features().unwrap().iter().map(|f| f.len()).sum();
+        assert_eq!(a.floats_per_sample() - feats, unfolded, "vgg16 at {size}");
+    }
+    // The tiny model fits the cap; a batch of its samples within 2 GiB is far above 1000.
+    let m = DeviceMlp::from_host(&Cpu::default(), &tiny_model(1));
+    assert_eq!(m.batch_within(1000, 1, false), 1000);
+    assert_eq!(m.batch_within(1000, 10, true), 1000);
+    // A 224×224 VGG-16 (width 1/8 keeps the test's memory small; its maps are as large per
+    // channel) is held to the batch its activations allow.
+    let big = arch::vgg16(224, 8, 3);
+    let per = big.floats_per_sample();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let mut p = MlpParams::init_arch(&big, &mut rng);
+    p.push_head(2, &mut rng);
+    let m = DeviceMlp::from_host(&Cpu::default(), &p);
+    let plain = m.batch_within(1000, 1, false);
+    assert_eq!(plain, (2usize << 30) / (per * 4));
+    assert!(plain < 1000);
+    assert_eq!(
+        m.batch_within(1000, 10, true),
+        (2usize << 30) / (per * 4 * 30)
+    );
+    assert_eq!(m.batch_within(3, 1, false), 3);
+}

@@ -107,7 +107,7 @@ fn activation_maximisation_raises_every_live_filter() {
         init_scale: 0.1,
     };
     for conv_at in [0, 3] {
-        let vis = visualize_layer(&dev, &layers, conv_at, [2, 8, 8], &v, &mut rng);
+        let vis = visualize_layer(&dev, &layers, conv_at, [2, 8, 8], &v, 64, &mut rng);
         assert_eq!(vis.images.len(), vis.after.len() * 2 * 64);
         for (k, (b, a)) in vis.before.iter().zip(&vis.after).enumerate() {
             assert!(
@@ -118,8 +118,19 @@ fn activation_maximisation_raises_every_live_filter() {
     }
     // Zero steps leave the noise as it was.
     let none = Visualize { steps: 0, ..v };
-    let vis = visualize_layer(&dev, &layers, 0, [2, 8, 8], &none, &mut rng);
+    let vis = visualize_layer(&dev, &layers, 0, [2, 8, 8], &none, 64, &mut rng);
     assert_eq!(vis.before, vis.after);
+    // Filters in chunks of one image (as a big model's memory bound makes them) ascend the
+    // same way as all at once: each image feeds only its own filter's objective.
+    let at = |chunk: usize| {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        visualize_layer(&dev, &layers, 3, [2, 8, 8], &v, chunk, &mut rng)
+    };
+    let (whole, single) = (at(64), at(1));
+    assert_eq!(whole.images.len(), single.images.len());
+    for (a, b) in whole.images.iter().zip(&single.images) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+    }
 }
 
 /// An 8×8 map with a 4×4 block of `value` at `(r, c)`.

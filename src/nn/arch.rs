@@ -256,6 +256,27 @@ impl Arch {
             .unwrap_or(0)
     }
 
+    /// Floats one sample occupies in a forward pass that keeps every layer's output, plus the
+    /// largest conv's unfolded input (`C·kh·kw` per output position): an upper bound on the
+    /// activation memory per sample, used to size batches. Assumes [`Arch::features`] succeeded.
+    pub fn floats_per_sample(&self) -> usize {
+        let feats = self.features().unwrap_or_default();
+        let unfolded = self
+            .weighted()
+            .iter()
+            .filter(|w| w.conv.is_some())
+            .map(|w| {
+                w.fan_in
+                    * feats
+                        .get(w.op + 1)
+                        .map(|f| f.len() / w.units.max(1))
+                        .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        feats.iter().map(Feature::len).sum::<usize>() + unfolded
+    }
+
     /// Input values per sample.
     pub fn input_len(&self) -> usize {
         self.input.iter().product()

@@ -314,6 +314,11 @@ pub struct DeviceMlp<D: Device<f32>> {
     pub dropout_seed: Option<u64>,
 }
 
+/// Activation memory one batched pass may take ([`DeviceMlp::batch_within`]). A fixed number,
+/// not the machine's free memory, so that batches (and the float sums over them) are the same
+/// on every machine.
+const BATCH_MEMORY: usize = 2 << 30;
+
 impl<D: Device<f32>> DeviceMlp<D> {
     pub fn from_host(dev: &D, p: &MlpParams) -> Self {
         let mut params = Vec::new();
@@ -332,6 +337,23 @@ impl<D: Device<f32>> DeviceMlp<D> {
             arch: p.arch.clone(),
             dropout_seed: None,
         }
+    }
+
+    /// Floats of activations per sample of a forward pass (see [`Arch::floats_per_sample`]).
+    pub fn floats_per_sample(&self) -> usize {
+        match &self.arch {
+            Some(a) => a.floats_per_sample(),
+            None => self.input_dim() + self.shapes.iter().map(|s| s.0).sum::<usize>(),
+        }
+    }
+
+    /// Samples per batch of a pass with at most `cap` samples, each of which costs `inputs`
+    /// model inputs; `taped` passes (gradients, LRP) keep about three times the floats of a
+    /// forward pass. Small models get `cap`; a 224×224 VGG-16 gets a few samples, where a
+    /// fixed batch of 1000 would need over a hundred GB for one unfolded convolution.
+    pub fn batch_within(&self, cap: usize, inputs: usize, taped: bool) -> usize {
+        let per = self.floats_per_sample() * 4 * inputs * if taped { 3 } else { 1 };
+        (BATCH_MEMORY / per.max(1)).clamp(1, cap.max(1))
     }
 
     /// Input values per sample.

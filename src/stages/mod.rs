@@ -132,7 +132,7 @@ macro_rules! on_device {
 }
 pub(crate) use on_device;
 
-/// Evaluation batch size; large because there is no tape.
+/// Evaluation batch size for small models; large because there is no tape.
 const EVAL_BATCH: usize = 1000;
 
 /// Accuracy of `head` on `samples`, optionally with hidden units masked out.
@@ -148,8 +148,9 @@ pub fn accuracy<D: Device<f32>>(
     }
     let classes = model.shapes[model.n_trunk + head].0;
     let mut correct = 0usize;
-    for start in (0..samples.len()).step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(samples.len());
+    let batch = model.batch_within(EVAL_BATCH, 1, false);
+    for start in (0..samples.len()).step_by(batch) {
+        let end = (start + batch).min(samples.len());
         let x = model.input(&samples.x[start * dim..end * dim]);
         let logits = model.logits(&x, head, unit_masks).as_vec();
         correct += argmax_rows(&logits, classes)

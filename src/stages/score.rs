@@ -121,9 +121,10 @@ fn per_sample_units<D: Device<f32>>(
     let sizes = host.hidden_sizes();
     let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
     let mut explained = 0f64;
+    let batch = model.batch_within(LRP_BATCH, 1, true);
     ctx.progress
-        .phase(phase, y_all.len().div_ceil(LRP_BATCH) as u64);
-    for (xb, yb) in x_all.chunks(LRP_BATCH * dim).zip(y_all.chunks(LRP_BATCH)) {
+        .phase(phase, y_all.len().div_ceil(batch) as u64);
+    for (xb, yb) in x_all.chunks(batch * dim).zip(y_all.chunks(batch)) {
         ctx.check_cancel()?;
         let x = model.input(xb);
         let r = attribute(&model, &x, yb);
@@ -487,15 +488,16 @@ pub fn unit_scores<D: Device<f32>>(
             let model = DeviceMlp::from_host(dev, host);
             let mut rng = rng_for(seed, head, "saliency_visualize");
             let layers = host.hidden_sizes().len() as u64;
+            let batch = model.batch_within(SALIENCY_BATCH, 1, true);
             ctx.progress
-                .phase("saliency", y.len().div_ceil(SALIENCY_BATCH) as u64 + layers);
+                .phase("saliency", y.len().div_ceil(batch) as u64 + layers);
             let r = crate::xai::saliency::saliency_scores(
                 &model,
                 &x,
                 &y,
                 head,
                 &options,
-                SALIENCY_BATCH,
+                batch,
                 &mut rng,
                 || {
                     ctx.progress.inc(1);

@@ -213,8 +213,9 @@ pub fn accuracy_with<D: Device<f32>>(
             let classes = model.shapes[model.n_trunk + head].0;
             let mut correct = 0usize;
             let n = g.stored_len();
-            for start in (0..samples.len()).step_by(TEN_CROP_BATCH) {
-                let end = (start + TEN_CROP_BATCH).min(samples.len());
+            let batch = model.batch_within(TEN_CROP_BATCH, 10, false);
+            for start in (0..samples.len()).step_by(batch) {
+                let end = (start + batch).min(samples.len());
                 let probs =
                     ten_crop_probs(model, &samples.x[start * n..end * n], g, head, unit_masks)?;
                 correct += argmax_rows(&probs, classes)

@@ -181,8 +181,9 @@ fn mean_abs_inputs<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) 
     let shapes = path_shapes(m, head);
     let mut sums: Vec<Vec<f64>> = shapes.iter().map(|&(_, i)| vec![0.0; i]).collect();
     let n = data.len().max(1) as f64;
-    for start in (0..data.len()).step_by(SIG_CHUNK) {
-        let (xs, _) = data.range(start, (start + SIG_CHUNK).min(data.len()));
+    let chunk = m.batch_within(SIG_CHUNK, 1, false);
+    for start in (0..data.len()).step_by(chunk) {
+        let (xs, _) = data.range(start, (start + chunk).min(data.len()));
         let x = m.input(xs);
         match &m.arch {
             None => {

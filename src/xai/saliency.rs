@@ -367,13 +367,15 @@ pub struct Visualization {
 }
 
 /// Visualises the filters of the conv layer `layers[conv_at]` (whose input passes through
-/// `layers[..conv_at]`) by gradient ascent from seeded noise (see the module docs).
+/// `layers[..conv_at]`) by gradient ascent from seeded noise (see the module docs), `chunk`
+/// filters per forward and backward pass.
 pub fn visualize_layer<D: Device<f32>>(
     dev: &D,
     layers: &[Layer<D>],
     conv_at: usize,
     input: [usize; 3],
     v: &Visualize,
+    chunk: usize,
     rng: &mut impl Rng,
 ) -> Visualization {
     let Layer::Conv { weight, .. } = &layers[conv_at] else {
@@ -387,8 +389,11 @@ pub fn visualize_layer<D: Device<f32>>(
         .map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * scale)
         .collect();
     // Per filter k: its mean pre-activation on image k, and the gradient of the sum of them.
-    let step = |img: &[f32], want_grad: bool| -> (Vec<f32>, Option<Vec<f32>>) {
-        let x: Tensor4<D> = dev.tensor_from_vec(img.to_vec(), (o, c, h, w));
+    // Filters go through in chunks of `chunk` images (filters k0..k0+n on images k0..k0+n):
+    // each image only feeds its own filter's objective, so chunks change memory, not results.
+    let step_chunk = |img: &[f32], k0: usize, want_grad: bool| -> (Vec<f32>, Option<Vec<f32>>) {
+        let n = img.len() / len;
+        let x: Tensor4<D> = dev.tensor_from_vec(img.to_vec(), (n, c, h, w));
         let mut a = TAct::Map(x.leaky_trace());
         for layer in &layers[..=conv_at] {
             a = apply_traced(layer, a, None);
@@ -399,25 +404,35 @@ pub fn visualize_layer<D: Device<f32>>(
         let (_, zo, zh, zw) = *z.shape();
         let zhw = zh * zw;
         let vals = z.as_vec();
-        let means: Vec<f32> = (0..o)
-            .map(|k| {
-                let s = (k * zo + k) * zhw;
-                vals[s..s + zhw].iter().sum::<f32>() / zhw as f32
-            })
+        let at = |i: usize| (i * zo + k0 + i) * zhw;
+        let means: Vec<f32> = (0..n)
+            .map(|i| vals[at(i)..at(i) + zhw].iter().sum::<f32>() / zhw as f32)
             .collect();
         if !want_grad {
             return (means, None);
         }
-        let mut sel = vec![0f32; o * zo * zhw];
-        for k in 0..o {
-            let s = (k * zo + k) * zhw;
-            sel[s..s + zhw]
+        let mut sel = vec![0f32; n * zo * zhw];
+        for i in 0..n {
+            sel[at(i)..at(i) + zhw]
                 .iter_mut()
                 .for_each(|m| *m = 1.0 / zhw as f32);
         }
-        let sel = dev.tensor_from_vec(sel, (o, zo, zh, zw));
+        let sel = dev.tensor_from_vec(sel, (n, zo, zh, zw));
         let grads = (z * sel).sum::<(), _>().backward();
         (means, Some(grads.get(&x).as_vec()))
+    };
+    let chunk = chunk.max(1);
+    let step = |img: &[f32], want_grad: bool| -> (Vec<f32>, Option<Vec<f32>>) {
+        let mut means = Vec::with_capacity(o);
+        let mut grads = want_grad.then(|| Vec::with_capacity(img.len()));
+        for (i, part) in img.chunks(chunk * len).enumerate() {
+            let (m, g) = step_chunk(part, i * chunk, want_grad);
+            means.extend(m);
+            if let (Some(all), Some(g)) = (grads.as_mut(), g) {
+                all.extend(g);
+            }
+        }
+        (means, grads)
     };
     let mut before = None;
     for _ in 0..v.steps {
@@ -630,6 +645,7 @@ pub fn saliency_scores<D: Device<f32>, E>(
             act_at[l] - 1,
             arch.input,
             &opts.visualize,
+            model.batch_within(usize::MAX, 1, true),
             rng,
         );
         let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
