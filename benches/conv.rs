@@ -27,19 +27,41 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e3
 }
 
-fn time(warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+/// CPU time of the whole process (all threads) so far. Wall times on a machine shared with
+/// other jobs swing with its load; CPU time with `RAYON_NUM_THREADS=1` barely does, so it
+/// compares versions of the code between runs (with more threads it includes rayon's spinning).
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Median wall time and median process CPU time of one call, in ms.
+struct Timing {
+    wall: f64,
+    cpu: f64,
+}
+
+fn time(warmup: usize, runs: usize, mut f: impl FnMut()) -> Timing {
     for _ in 0..warmup {
         f();
     }
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
+    let (wall, cpu): (Vec<_>, Vec<_>) = (0..runs)
+        .map(|_| {
+            let (t, c) = (Instant::now(), process_cpu_time());
+            f();
+            (t.elapsed(), process_cpu_time() - c)
+        })
+        .unzip();
+    Timing {
+        wall: median(wall),
+        cpu: median(cpu),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -135,6 +157,7 @@ fn bench_vgg16(dev: &Cpu, batch: usize, runs: usize) -> f64 {
         let grads = a.sum::<(), _>().backward();
         std::hint::black_box(grads);
     })
+    .wall
 }
 
 /// One training step of the pipeline's model (`train`'s inner loop); ms per step.
@@ -161,6 +184,7 @@ fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: u
         let (_, grads) = m.loss_and_grads(&x, &labels, 0);
         opt.step(&mut m.params, grads);
     })
+    .wall
 }
 
 fn main() {
@@ -235,7 +259,9 @@ fn main() {
             std::hint::black_box(grads);
         });
         println!(
-            "{name:>14}: forward median {fwd:7.1} ms, forward+backward median {fwd_bwd:7.1} ms ({runs} runs)"
+            "{name:>14}: forward median {:7.1} ms (cpu {:7.1} ms), forward+backward median {:7.1} ms \
+             (cpu {:7.1} ms) ({runs} runs)",
+            fwd.wall, fwd.cpu, fwd_bwd.wall, fwd_bwd.cpu
         );
     }
 }
