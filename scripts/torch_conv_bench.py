@@ -3,7 +3,8 @@
 with gradients for the weight, the bias and the input (as the Rust bench does), median of `--runs`
 after warm-up, with `--threads` intra-op threads (the Rust bench uses 2 rayon threads on a 2-core
 machine). With `--vgg` also a VGG-16 (32x32 form, batch 32) training step with Adam, like the
-bench's `model` line. Prints one JSON line.
+bench's `model` line. Prints one JSON line: median wall times, and median process CPU times
+(`cpu_ms`; with `--threads 1` these barely move with the machine's load).
 
     python3 scripts/torch_conv_bench.py --threads 2
 """
@@ -24,14 +25,21 @@ x = torch.rand(32, 64, 32, 32) * 2 - 1
 conv = torch.nn.Conv2d(64, 64, 3, padding=1)
 
 
-def median_ms(f, runs, warmup):
+cpu_ms = {}
+
+
+def median_ms(f, runs, warmup, name=None):
+    """Median wall time of one call in ms; the median process CPU time goes to `cpu_ms`."""
     for _ in range(warmup):
         f()
-    ts = []
+    ts, cs = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         f()
         ts.append(time.perf_counter() - t)
+        cs.append(time.process_time() - c)
+    if name:
+        cpu_ms[name] = statistics.median(cs) * 1e3
     return statistics.median(ts) * 1e3
 
 
@@ -51,8 +59,8 @@ def fwd_bwd(input_grad):
 out = {
     "framework": "pytorch " + torch.__version__,
     "threads": torch.get_num_threads(),
-    "forward_ms": median_ms(fwd, a.runs, a.warmup),
-    "forward_backward_ms": median_ms(fwd_bwd(True), a.runs, a.warmup),
+    "forward_ms": median_ms(fwd, a.runs, a.warmup, "forward"),
+    "forward_backward_ms": median_ms(fwd_bwd(True), a.runs, a.warmup, "forward_backward"),
     "forward_backward_no_input_grad_ms": median_ms(fwd_bwd(False), a.runs, a.warmup),
 }
 if a.vgg:
@@ -79,4 +87,6 @@ if a.vgg:
         opt.step()
 
     out["vgg16_32x32_train_step_batch32_ms"] = median_ms(step, 3, 1)
+# CPU time is comparable between loaded runs only with --threads 1 (OpenMP threads spin).
+out["cpu_ms"] = cpu_ms
 print(json.dumps(out))

@@ -17,8 +17,8 @@
 //!   run on a packed AVX-512 kernel where the CPU has one (dfdx's matmul otherwise, so any CPU
 //!   works), and each thread takes a span of the batch with its own buffers. Columns are built
 //!   per chunk of samples and rebuilt in the backward pass rather than kept, so a layer holds
-//!   little beyond a copy of its input between the passes. For stride 1 the input gradient is
-//!   itself a convolution (of the output gradient, with the kernel rotated and its channel
+//!   little beyond a copy of its input between the passes. For stride 1 and at least 64 input
+//!   channels the input gradient is computed as what it is, a convolution (of the output gradient, with the kernel rotated and its channel
 //!   axes swapped), one product over `O·kh·kw` with no col2im scatter; other strides take
 //!   col2im. Sums over threads are added in a fixed order, so results are bit-identical from
 //!   run to run. The kernel is the module's only `unsafe` code.
@@ -182,6 +182,13 @@ struct ConvGeom {
 /// for an efficient gemm, small enough to stay cache-friendly and to bound memory on large
 /// batches.
 const COLS_BUDGET: usize = 1 << 20;
+
+/// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
+/// convolution rather than by col2im. That product has only `C` rows, so each element of its
+/// (im2col'd, packed) right operand is reused `C` times; with few channels packing dominates
+/// and col2im's product (`C·kh·kw` rows, inner dimension `O`) is faster. Measured with
+/// `cargo bench --bench conv`: slower at 16 channels (`small_cnn`), faster at 64.
+const TRANSPOSED_MIN_CHANNELS: usize = 64;
 
 impl ConvGeom {
     fn new(
@@ -659,7 +666,7 @@ mod host {
             // dX through the transposed convolution where the geometry allows (see
             // `ConvGeom::transposed`), with the kernel rotated by 180° and its channel axes
             // swapped: `[C, O·kh·kw]`.
-            let gt = g.transposed();
+            let gt = g.transposed().filter(|_| g.c >= TRANSPOSED_MIN_CHANNELS);
             let wrot: Vec<f32> = match gt {
                 Some(_) if need_x => {
                     let (kk, kh, kw) = (g.kh * g.kw, g.kh, g.kw);
