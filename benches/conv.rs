@@ -3,11 +3,11 @@
 //! Forward alone, and forward plus backward with gradients for the weight, the bias and the
 //! input; median over 10 runs after warm-up, for the CPU fast path and the composed path.
 //! The goal is within 2× of PyTorch's CPU forward+backward (`scripts/torch_conv_bench.py`, the
-//! same block, gradients for weight, bias and input). On the 2-core Zen 4 dev VM (AVX-512),
-//! shared with other builds at load ≈ 4–5, medians of interleaved runs: one thread, CPU time
-//! (what load moves least): PyTorch 2.15 101 ms, cfpipe 133 ms (1.3×; 160 ms before the
-//! transposed-convolution input gradient); two threads, wall: PyTorch 255 ms (OpenMP suffers
-//! most from the load; 53 ms in one quiet moment), cfpipe 139–179 ms.
+//! same block, gradients for weight, bias and input, 2 threads). On the 2-core Zen 4 dev VM
+//! (AVX-512) while it was quiet (load ≈ 1), medians of 5 interleaved runs: PyTorch 2.15
+//! forward 20–25 ms, forward+backward 51.5 ms (35 ms without the input gradient); cfpipe
+//! forward 22 ms, forward+backward 69.8 ms (1.36×). Under load (≈ 5) PyTorch's OpenMP threads
+//! slow down far more than rayon's (PyTorch 255 ms, cfpipe 139–179 ms).
 //! `CFPIPE_CONV_NO_AVX512=1` times the fast path with dfdx's gemm, as on CPUs without AVX-512.
 //! Then a whole VGG-16 in its 32×32 (CIFAR) form — 13 conv layers with ReLU and 5 max-pools,
 //! then 512→512→512→10 — forward and backward on a batch of 32, extrapolated to one epoch of
