@@ -562,16 +562,23 @@ fn fast_and_composed_convolutions_agree_on_a_wider_layer() {
 }
 
 /// 32 channels × 3×3 makes receptive fields of 288, more than one block of the CPU kernel's
-/// inner dimension, and 5 samples split unevenly over threads and chunks.
+/// inner dimension, and 5 samples split unevenly over threads and chunks. 64 channels take
+/// the CPU path's transposed-convolution input gradient (`TRANSPOSED_MIN_CHANNELS`), here
+/// with 3 samples (chunks of one and of several samples) and a 5×5 kernel.
 #[test]
 fn a_deep_layer_matches_the_reference_on_both_paths() {
+    deep_layer_matches_the_reference((5, 32, 6, 7), (10, 32, 3, 3), 1, 1, 8);
+    deep_layer_matches_the_reference((3, 64, 5, 4), (6, 64, 5, 5), 1, 2, 9);
+}
+
+fn deep_layer_matches_the_reference(xd: Dims, wd: Dims, s: usize, p: usize, seed: u64) {
     let dev = Cpu::default();
-    let mut r = rng(8);
-    let (xd, wd, s, p) = ((5, 32, 6, 7), (10, 32, 3, 3), 1, 1);
+    let mut r = rng(seed);
+    let (o, _, kh, kw) = wd;
     let x = uniform(&mut r, numel(xd));
     let wt = uniform(&mut r, numel(wd));
-    let b = uniform(&mut r, 10);
-    let (want, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (10, 3, 3), &f64s(&b), s, p);
+    let b = uniform(&mut r, o);
+    let (want, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
     let probe = uniform(&mut r, numel(od));
     let (x64, w64, b64, r64) = (f64s(&x), f64s(&wt), f64s(&b), f64s(&probe));
     for path in PATHS {
@@ -586,7 +593,7 @@ fn a_deep_layer_matches_the_reference_on_both_paths() {
         );
         assert_close(&format!("{path:?} forward"), &out.as_vec(), &want, 1e-5);
         let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
-        let loss = |x: &[f64], w: &[f64]| dot(&conv_ref(x, xd, w, (10, 3, 3), &b64, s, p).0, &r64);
+        let loss = |x: &[f64], w: &[f64]| dot(&conv_ref(x, xd, w, (o, kh, kw), &b64, s, p).0, &r64);
         // A sample of coordinates: each costs two reference runs.
         check_fd_every(
             &format!("{path:?} d/dx"),

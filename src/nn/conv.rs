@@ -17,8 +17,11 @@
 //!   run on a packed AVX-512 kernel where the CPU has one (dfdx's matmul otherwise, so any CPU
 //!   works), and each thread takes a span of the batch with its own buffers. Columns are built
 //!   per chunk of samples and rebuilt in the backward pass rather than kept, so a layer holds
-//!   little beyond a copy of its input between the passes. The kernel is the module's only
-//!   `unsafe` code.
+//!   little beyond a copy of its input between the passes. For stride 1 and at least 64 input
+//!   channels the input gradient is computed as what it is, a convolution (of the output gradient, with the kernel rotated and its channel
+//!   axes swapped), one product over `O·kh·kw` with no col2im scatter; other strides take
+//!   col2im. Sums over threads are added in a fixed order, so results are bit-identical from
+//!   run to run. The kernel is the module's only `unsafe` code.
 //!
 //! Tapes: outputs carry the parameters' tape `T`, which absorbs the input's tape `TX`
 //! (`T: Merge<TX>`). Parameters are traced in training; an untraced input (`NoneTape`, the first
@@ -180,6 +183,13 @@ struct ConvGeom {
 /// batches.
 const COLS_BUDGET: usize = 1 << 20;
 
+/// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
+/// convolution rather than by col2im. That product has only `C` rows, so each element of its
+/// (im2col'd, packed) right operand is reused `C` times; with few channels packing dominates
+/// and col2im's product (`C·kh·kw` rows, inner dimension `O`) is faster. Measured with
+/// `cargo bench --bench conv`: slower at 16 channels (`small_cnn`), faster at 64.
+const TRANSPOSED_MIN_CHANNELS: usize = 64;
+
 impl ConvGeom {
     fn new(
         (n, c, h, w): (usize, usize, usize, usize),
@@ -220,6 +230,25 @@ impl ConvGeom {
             ho,
             wo,
         }
+    }
+
+    /// The convolution that computes this one's input gradient from its output gradient, where
+    /// that is a plain convolution: stride 1, a square kernel and `padding < kernel`. It reads
+    /// the output gradient `[N, O, Ho, Wo]` padded by `kernel − 1 − padding`, and its weight is
+    /// this one's rotated by 180° with the channel axes swapped. Every input pixel then gathers
+    /// its gradient in one product over `O·kh·kw`, instead of a product over `O` followed by
+    /// col2im's scattered adds.
+    fn transposed(&self) -> Option<ConvGeom> {
+        (self.stride == 1 && self.kh == self.kw && self.pad < self.kh).then(|| ConvGeom {
+            c: self.o,
+            h: self.ho,
+            w: self.wo,
+            o: self.c,
+            pad: self.kh - 1 - self.pad,
+            ho: self.h,
+            wo: self.w,
+            ..*self
+        })
     }
 
     /// Length of one receptive field, `C·kh·kw`.
@@ -593,9 +622,18 @@ mod host {
                     let ns = xs.len() / chw;
                     let m = ns * p;
                     im2col(xs, &g, ns, &mut sc.cols);
-                    sc.y.resize(o * m, 0.0);
                     let w = Mat::new(&ws, o, k);
                     let cols = Mat::new(&sc.cols, k, m);
+                    if ns == 1 {
+                        // One sample's y is its output plane stack already: start from the
+                        // bias and add the product in place.
+                        for (row, &b) in out.chunks_exact_mut(p).zip(&bs) {
+                            row.fill(b);
+                        }
+                        gemm(&cpu, w, cols, out, true, &mut sc.packed);
+                        continue;
+                    }
+                    sc.y.resize(o * m, 0.0);
                     gemm(&cpu, w, cols, &mut sc.y, false, &mut sc.packed);
                     // y is [O, samples·P]; the output wants [samples, O, P], plus the bias.
                     for (j, dst) in out.chunks_exact_mut(o * p).enumerate() {
@@ -625,8 +663,30 @@ mod host {
             } else {
                 (0..spans).map(|_| None).collect()
             };
-            // Each thread sums its span's weight gradient; the sums are added at the end.
-            let gw = gx_spans
+            // dX through the transposed convolution where the geometry allows (see
+            // `ConvGeom::transposed`), with the kernel rotated by 180° and its channel axes
+            // swapped: `[C, O·kh·kw]`.
+            let gt = g.transposed().filter(|_| g.c >= TRANSPOSED_MIN_CHANNELS);
+            let wrot: Vec<f32> = match gt {
+                Some(_) if need_x => {
+                    let (kk, kh, kw) = (g.kh * g.kw, g.kh, g.kw);
+                    let mut r = vec![0.0; g.c * o * kk];
+                    for (ci, row) in r.chunks_exact_mut(o * kk).enumerate() {
+                        for (oc, taps) in row.chunks_exact_mut(kk).enumerate() {
+                            let src = &ws[(oc * g.c + ci) * kk..][..kk];
+                            for (t, v) in taps.iter_mut().enumerate() {
+                                let (ki, kj) = (t / kw, t % kw);
+                                *v = src[(kh - 1 - ki) * kw + (kw - 1 - kj)];
+                            }
+                        }
+                    }
+                    r
+                }
+                _ => Vec::new(),
+            };
+            // Each thread sums its span's weight gradient; the sums are added at the end, in
+            // span order, so the result does not depend on how rayon schedules the spans.
+            let gws: Vec<Vec<f32>> = gx_spans
                 .into_par_iter()
                 .enumerate()
                 .map(|(si, mut gx)| {
@@ -636,35 +696,61 @@ mod host {
                         let s = s0..(s0 + chunk).min(samples.end);
                         let m = s.len() * p;
                         im2col(&xs[s.start * chw..s.end * chw], &g, s.len(), &mut sc.cols);
-                        // The output gradient laid out like y: [O, samples·P].
-                        sc.y.clear();
-                        for oc in 0..o {
-                            for n in s.clone() {
-                                sc.y.extend_from_slice(&gout[(n * o + oc) * p..][..p]);
-                            }
-                        }
+                        // The output gradient laid out like y: [O, samples·P] (one sample's
+                        // is a slice of gout as it is).
+                        let gs = &gout[s.start * o * p..s.end * o * p];
+                        let g2 = if s.len() == 1 {
+                            Mat::new(gs, o, m)
+                        } else {
+                            {
+                                sc.y.clear();
+                                for oc in 0..o {
+                                    for n in 0..s.len() {
+                                        sc.y.extend_from_slice(&gs[(n * o + oc) * p..][..p]);
+                                    }
+                                }
+                            };
+                            Mat::new(&sc.y, o, m)
+                        };
                         let cols = Mat::new(&sc.cols, k, m).t();
-                        let g2 = Mat::new(&sc.y, o, m);
                         gemm(&cpu, g2, cols, &mut gw, true, &mut sc.packed);
-                        if let Some(gx) = gx.as_deref_mut() {
+                        let Some(gx) = gx.as_deref_mut() else {
+                            continue;
+                        };
+                        let offset = (s.start - samples.start) * chw;
+                        let gx = &mut gx[offset..offset + s.len() * chw];
+                        if let Some(gt) = &gt {
+                            let (kt, mt) = (gt.k(), s.len() * gt.p());
+                            im2col(gs, gt, s.len(), &mut sc.cols);
+                            let wr = Mat::new(&wrot, g.c, kt);
+                            let cols = Mat::new(&sc.cols, kt, mt);
+                            if s.len() == 1 {
+                                gemm(&cpu, wr, cols, gx, true, &mut sc.packed);
+                            } else {
+                                // [C, samples·H·W] → gx's [samples, C, H·W].
+                                sc.dcols.resize(g.c * mt, 0.0);
+                                gemm(&cpu, wr, cols, &mut sc.dcols, false, &mut sc.packed);
+                                let hw = g.h * g.w;
+                                for (j, gx) in gx.chunks_exact_mut(chw).enumerate() {
+                                    for (ci, gx) in gx.chunks_exact_mut(hw).enumerate() {
+                                        add_into(gx, &sc.dcols[ci * mt + j * hw..][..hw]);
+                                    }
+                                }
+                            }
+                        } else {
                             sc.dcols.resize(k * m, 0.0);
                             let wt = Mat::new(&ws, o, k).t();
-                            let g2 = Mat::new(&sc.y, o, m);
                             gemm(&cpu, wt, g2, &mut sc.dcols, false, &mut sc.packed);
-                            let offset = (s.start - samples.start) * chw;
-                            col2im(&sc.dcols, &g, s.len(), &mut gx[offset..]);
+                            col2im(&sc.dcols, &g, s.len(), gx);
                         }
                     }
                     gw
                 })
-                .reduce(
-                    || vec![0.0; o * k],
-                    |mut a, b| {
-                        add_into(&mut a, &b);
-                        a
-                    },
-                );
-            add_into(host_vec::<D>(grads.get_or_alloc_mut(&w_id)?), &gw);
+                .collect();
+            let gw_host = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
+            for gw in &gws {
+                add_into(gw_host, gw);
+            }
             *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;
             Ok(())
         });
@@ -1038,20 +1124,34 @@ mod host {
                 .zip(arg.par_chunks_mut(p))
                 .zip(xs.par_chunks(hw))
                 .for_each(|((out, arg), x)| {
-                    let cells = out.iter_mut().zip(arg.iter_mut());
-                    for ((i, j), (o, a)) in g.cells().zip(cells) {
-                        let first = g.bh.start[i] * g.w + g.bw.start[j];
-                        let (mut best, mut at) = (x[first], first);
-                        for r in g.cell_rows(i, j) {
-                            for (e, &v) in x[r.clone()].iter().enumerate() {
-                                // Like PyTorch: the first maximum wins, and NaN propagates.
-                                // Selects rather than a branch, which random data mispredicts.
-                                let better = v > best || (v.is_nan() && !best.is_nan());
-                                best = if better { v } else { best };
-                                at = if better { r.start + e } else { at };
+                    // Output row by output row, one window offset `(dy, dx)` at a time (in the
+                    // window's row-major order) across the whole row: the row's running maxima
+                    // are independent of each other, so the comparisons pipeline instead of
+                    // waiting on one chain per window. Max windows are uniform (`Bins::windows`).
+                    let (ow, kx) = (g.bw.len(), g.bw.widest());
+                    for i in 0..g.bh.len() {
+                        let rows = g.bh.range(i);
+                        let out = &mut out[i * ow..][..ow];
+                        let arg = &mut arg[i * ow..][..ow];
+                        let xr = &x[rows.start * g.w..][..g.w];
+                        for (j, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
+                            let first = g.bw.start[j];
+                            (*o, *a) = (xr[first], (rows.start * g.w + first) as u32);
+                        }
+                        for y in rows {
+                            let xr = &x[y * g.w..][..g.w];
+                            for dx in 0..kx {
+                                let cells = out.iter_mut().zip(arg.iter_mut());
+                                for ((o, a), &s0) in cells.zip(&g.bw.start) {
+                                    let v = xr[s0 + dx];
+                                    // Like PyTorch: the first maximum wins, and NaN propagates.
+                                    let better = v > *o || (v.is_nan() && !o.is_nan());
+                                    if better {
+                                        (*o, *a) = (v, (y * g.w + s0 + dx) as u32);
+                                    }
+                                }
                             }
                         }
-                        (*o, *a) = (best, at as u32);
                     }
                 }),
             PoolKind::Avg => out
