@@ -607,7 +607,7 @@ fn the_saliency_freeze_pipeline_runs_on_fixtures() {
                 .iter()
                 .map(|s| format!("{s}/seed0/task1/score"))
                 .collect::<BTreeSet<_>>(),
-            [format!("saliency_pearson_50/seed0/task1/score")].into(),
+            ["saliency_pearson_50/seed0/task1/score".to_string()].into(),
         ]
     );
     assert!(scores.iter().flatten().all(|id| ran_all.contains(id)));
