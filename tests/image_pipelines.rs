@@ -13,6 +13,7 @@ use cfpipe::nn::tensorio::{decode, encode, HostTensor};
 use cfpipe::nn::torchvision;
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::process::Output;
@@ -560,16 +561,71 @@ fn the_saliency_freeze_pipeline_runs_on_fixtures() {
     }
     let pipeline = repo_pipeline("saliency_freeze.yaml");
     let cache = dir.path().join("cache");
+    // Through the library, to see which stages computed: split; task 1 train + evaluate shared
+    // by all six sequential strategies; naive task 2 train + evaluate; after task 1 one
+    // visualisation shared by all four saliency strategies, one score shared by the three MSE
+    // shares and one Pearson score, five masks; five task-2 trainings and evaluations; joint
+    // train + evaluate. `final_mask: false`: nothing scored, visualised or masked after task 2.
+    let report = run_lib(&pipeline, &cache, &overrides);
+    assert_eq!(report.events.len(), 25, "{:?}", report.ran());
+    assert_eq!(report.ran().len() + report.cached().len(), 25);
+    let ids_of = |kind: &str| -> Vec<BTreeSet<String>> {
+        report
+            .events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| {
+                std::iter::once(e.id.clone())
+                    .chain(e.aliases.clone())
+                    .collect()
+            })
+            .collect()
+    };
+    let saliency = [
+        "saliency_mse_25",
+        "saliency_mse_50",
+        "saliency_mse_75",
+        "saliency_pearson_50",
+    ];
+    let visualize = ids_of("visualize");
+    assert_eq!(
+        visualize,
+        vec![saliency
+            .iter()
+            .map(|s| format!("{s}/seed0/task1/visualize"))
+            .collect::<BTreeSet<_>>()],
+        "one visualisation, shared by MSE and Pearson"
+    );
+    let ran_all = report.ran_all_ids();
+    assert!(ran_all.contains("saliency_pearson_50/seed0/task1/visualize"));
+    let mut scores = ids_of("score");
+    scores.sort();
+    assert_eq!(
+        scores,
+        vec![
+            saliency[..3]
+                .iter()
+                .map(|s| format!("{s}/seed0/task1/score"))
+                .collect::<BTreeSet<_>>(),
+            ["saliency_pearson_50/seed0/task1/score".to_string()].into(),
+        ]
+    );
+    assert!(scores.iter().flatten().all(|id| ran_all.contains(id)));
+    assert_eq!(ids_of("mask").len(), 5);
+    assert!(
+        report.events.iter().all(|e| !(e.id.contains("task2/")
+            && ["mask", "score", "visualize"].contains(&e.kind.as_str()))),
+        "final_mask: false declares nothing after task 2"
+    );
     let out = ok(&cfpipe("run", &pipeline, &cache, &overrides));
-    // split; task 1 train + evaluate shared by all six sequential strategies; naive task 2
-    // train + evaluate; after task 1 one saliency score shared by the three MSE shares and one
-    // Pearson score (2), after task 2 each of the four its own (their models differ); five
-    // masks per task (2 × 5); five task-2 trainings and evaluations (10); joint train +
-    // evaluate.
-    assert_eq!(fresh(&out), (33, 33), "{out}");
-    let out = ok(&cfpipe("run", &pipeline, &cache, &overrides));
-    assert_eq!(ran(&out), (33, 0), "{out}");
+    assert_eq!(ran(&out), (25, 0), "{out}");
     let out = ok(&cfpipe("show", &pipeline, &cache, &overrides));
+    // Not computed by design is neither 0 nor missing.
+    assert!(
+        out.contains("free capacity after task 2: not computed (final_mask: false)"),
+        "{out}"
+    );
+    assert!(!out.contains("missing"), "{out}");
     assert_show_has_tasks(
         &out,
         &[
@@ -649,6 +705,69 @@ fn the_saliency_freeze_pipeline_runs_on_fixtures() {
         frozen_flags("saliency_mse_50"),
         frozen_flags("saliency_pearson_50")
     );
+    // The visualize stage stores `[O, C, H, W]` images per conv layer.
+    let vis = entry_of(&cache, &["saliency_mse_25/seed0/task1/visualize"]);
+    let vis = decode(&fs::read(vis.join("out/visualize.safetensors")).unwrap()).unwrap();
+    assert_eq!(vis["images.12"].shape(), &[32, 3, 32, 32]);
+    assert_eq!(vis["after.0"].shape(), &[4]);
+    assert!(!vis.contains_key("images.13"), "dense layers have none");
+
+    // The report shows the final free capacity as not computed, and exports no value for it.
+    let rep = dir.path().join("report");
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"));
+    c.arg("report").arg(&pipeline).arg("--cache").arg(&cache);
+    c.arg("--out").arg(&rep);
+    for s in &overrides {
+        c.arg("--set").arg(s);
+    }
+    let out = ok(&c.output().unwrap());
+    assert!(out.contains("wrote"), "{out}");
+    let md = fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("| saliency_mse_50 |") && l.ends_with("| not computed |")),
+        "{md}"
+    );
+    let summary = fs::read_to_string(rep.join("summary.csv")).unwrap();
+    assert!(
+        summary.contains("saliency_mse_50,free_capacity,1,"),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("saliency_mse_50,free_capacity,2,"),
+        "{summary}"
+    );
+    assert!(summary.contains("naive,free_capacity,2,"), "{summary}");
+
+    // `final_mask: true` (the default) declares the stages after the last task again: a
+    // visualisation and a score per saliency strategy (their task-2 models differ) and five
+    // masks, 13 more; everything of the first run stays cached.
+    let mut all = overrides.clone();
+    for s in saliency.iter().chain(&["random_50"]) {
+        all.push(format!("strategies.{s}.final_mask=true"));
+    }
+    let report = run_lib(&pipeline, &cache, &all);
+    assert_eq!(report.events.len(), 38);
+    assert_eq!(report.ran().len(), 13, "{:?}", report.ran());
+    assert!(report.ran_all_ids().iter().all(|id| id.contains("/task2/")));
+    let visualize: Vec<_> = report
+        .events
+        .iter()
+        .filter(|e| e.kind == "visualize")
+        .collect();
+    assert_eq!(visualize.len(), 5, "one after task 1, four after task 2");
+}
+
+/// Run `pipeline` with `--set` overrides through the library executor, which reports every
+/// stage's id, aliases, kind and outcome.
+fn run_lib(pipeline: &str, cache: &Path, sets: &[String]) -> cfpipe::exec::RunReport {
+    let (_, dag) =
+        cfpipe::cli::load(Path::new(pipeline), sets, cfpipe::spec::DataCheck::Required).unwrap();
+    let cache = cfpipe::cache::Cache::open(cache).unwrap();
+    let registry = cfpipe::stages::registry();
+    let report = cfpipe::exec::Executor::new(&cache, &registry, Default::default()).run(&dag);
+    assert!(report.failed().is_empty(), "{:?}", report.failed());
+    report
 }
 
 #[test]

@@ -76,3 +76,58 @@ fn report_writes_tables_exports_and_figures_from_the_cache() {
         assert!(png.len() > 10_000, "{stem}.png is trivial");
     }
 }
+
+#[test]
+fn without_a_final_mask_the_last_free_capacity_is_not_computed_rather_than_missing() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    // `final_mask: true` is the default: spelling it out changes no key.
+    let first = f.run(&[]);
+    assert!(first.ran().contains("rnf/seed0/task2/mask"));
+    let again = f.run(&["strategies.rnf.final_mask=true"]);
+    assert!(again.ran().is_empty(), "reran {:?}", again.ran());
+    // `false` declares no score, prune or mask after the last task, and changes nothing else.
+    let f = Fixture::new();
+    let r = f.run(&["strategies.rnf.final_mask=false"]);
+    let ran = r.ran_all_ids();
+    for kind in ["score", "prune", "mask"] {
+        assert!(ran.contains(&format!("rnf/seed0/task1/{kind}")), "{ran:?}");
+        assert!(
+            r.events
+                .iter()
+                .all(|e| e.id != format!("rnf/seed0/task2/{kind}")),
+            "{kind} after the last task"
+        );
+    }
+    assert!(ran.contains("rnf/seed0/task2/evaluate"));
+    assert_eq!(r.events.len() + 3, first.events.len());
+    let set = ["--set", "strategies.rnf.final_mask=false"];
+    let show = f.cli(&[&["show", p][..], &set[..]].concat());
+    assert!(show.status.success(), "{}", stderr(&show));
+    let out = stdout(&show);
+    assert!(
+        out.contains("free capacity after task 2: not computed (final_mask: false)"),
+        "{out}"
+    );
+    let rnf_last = out
+        .lines()
+        .skip_while(|l| !l.starts_with("rnf / seed 0"))
+        .find(|l| l.starts_with("task 2"))
+        .unwrap();
+    assert!(rnf_last.trim_end().ends_with("n/c"), "{rnf_last}");
+    let out_dir = f.path().join("rep");
+    let rep = f.cli(
+        &[
+            &["report", p, "--out", out_dir.to_str().unwrap()][..],
+            &set[..],
+        ]
+        .concat(),
+    );
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| rnf | 1 |")).unwrap();
+    assert!(row.ends_with("| not computed |"), "{row}");
+    let naive = md.lines().find(|l| l.starts_with("| naive | 1 |")).unwrap();
+    assert!(naive.ends_with("| 100.00 |"), "{naive}");
+}

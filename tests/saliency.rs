@@ -7,11 +7,12 @@ mod common;
 
 use cfpipe::nn::arch;
 use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
+use cfpipe::stages::visualize;
 use cfpipe::xai::lrp_cnn::Layer;
 use cfpipe::xai::saliency::{
-    filter_score, fullgrad_parts, saliency_scores, similarity, upsample_bilinear, visualize_layer,
-    ClassAggregate, DensePolicy, MapNormalize, SaliencyError, SaliencyOptions, Similarity,
-    Visualize,
+    filter_score, fullgrad_parts, saliency_scores, saliency_scores_with, similarity,
+    upsample_bilinear, visualize_filters, visualize_layer, ClassAggregate, DensePolicy,
+    MapNormalize, SaliencyError, SaliencyOptions, Similarity, Visualize,
 };
 use common::{stderr, Fixture, PIPELINE};
 use dfdx::prelude::*;
@@ -248,6 +249,81 @@ fn scores_are_deterministic_per_seed_and_cover_every_unit() {
     assert!(f.scores[2].iter().all(|&s| s >= 0.0));
     assert!(f.scores[2].iter().any(|&s| s > 0.0));
     assert_ne!(bits(&f.scores[..2]), bits(&a.scores[..2]));
+}
+
+#[test]
+fn scores_from_stored_visualisations_equal_inline_ones_bit_for_bit() {
+    // The pipeline visualises in a `visualize` stage and scores from its artifact; that must
+    // give exactly what scoring with inline visualisation gives, for MSE and Pearson alike.
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let host = small_model(&mut rng);
+    let model = DeviceMlp::from_host(&dev, &host);
+    let pixels: Vec<u8> = (0..9 * 192).map(|_| rng.gen()).collect();
+    let labels: Vec<u16> = (0..9).map(|i| (i % 3) as u16).collect();
+    let ok = || Ok::<(), ()>(());
+    let o = options(Similarity::Mse, DensePolicy::Free);
+    let vis = visualize_filters(
+        &model,
+        0,
+        &o.visualize,
+        &mut ChaCha8Rng::seed_from_u64(3),
+        ok,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        vis.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1],
+        "conv layers only"
+    );
+    let stored = visualize::decode(&visualize::encode(&vis, [3, 8, 8])).unwrap();
+    assert_eq!(stored, vis);
+    let tensors = cfpipe::nn::tensorio::decode(&visualize::encode(&vis, [3, 8, 8])).unwrap();
+    assert_eq!(tensors["images.1"].shape(), &[32, 3, 8, 8]);
+    assert_eq!(tensors["before.0"].shape(), &[16]);
+    let bits = |s: &[Vec<f64>]| -> Vec<Vec<u64>> {
+        s.iter()
+            .map(|l| l.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    for sim in [Similarity::Mse, Similarity::Pearson] {
+        let o = options(sim, DensePolicy::Fullgrad);
+        let inline = saliency_scores(
+            &model,
+            &pixels,
+            &labels,
+            0,
+            &o,
+            4,
+            &mut ChaCha8Rng::seed_from_u64(3),
+            ok,
+        )
+        .unwrap()
+        .unwrap();
+        let staged = saliency_scores_with(&model, &pixels, &labels, 0, &o, 4, &stored, ok)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bits(&inline.scores), bits(&staged.scores), "{sim:?}");
+        assert_eq!(inline.maps, staged.maps, "{sim:?}");
+        assert_eq!(inline.activation_gain, staged.activation_gain);
+        assert_eq!(inline.explained.to_bits(), staged.explained.to_bits());
+    }
+    // Visualisations of another model's shape are refused, not misread.
+    let mut short = stored.clone();
+    short.get_mut(&1).unwrap().after.pop();
+    let e = saliency_scores_with(&model, &pixels, &labels, 0, &o, 4, &short, ok)
+        .unwrap()
+        .err()
+        .expect("a filter short");
+    assert!(matches!(e, SaliencyError::VisualizationMismatch(_)), "{e}");
+    let mut missing = stored;
+    missing.remove(&0);
+    let e = saliency_scores_with(&model, &pixels, &labels, 0, &o, 4, &missing, ok)
+        .unwrap()
+        .err()
+        .expect("a layer missing");
+    assert!(e.to_string().contains("conv layer 0"), "{e}");
 }
 
 #[test]

@@ -219,3 +219,45 @@ fn dag_works_without_the_data() {
     let dot = common::stdout(&f.cli(&["dag", f.pipeline().to_str().unwrap(), "--dot"]));
     assert!(dot.starts_with("digraph cfpipe {") && dot.contains("->"));
 }
+
+#[test]
+fn final_mask_is_a_located_boolean_for_freezing_strategies_only() {
+    // Wrong type: file:line:col and what was expected.
+    let text = PIPELINE.replace(
+        "    lr_frozen: 0.0\n",
+        "    lr_frozen: 0.0\n    final_mask: sometimes\n",
+    );
+    let line = line_of(&text, "final_mask");
+    expect(
+        &text,
+        &[],
+        Some((line, 17)),
+        "strategies.rnf.final_mask",
+        &["expected a boolean"],
+    );
+    // Without a freezing policy there is nothing to mask.
+    let text = PIPELINE.replace(
+        "    freeze: none\n",
+        "    freeze: none\n    final_mask: false\n",
+    );
+    let line = line_of(&text, "final_mask");
+    expect(
+        &text,
+        &[],
+        Some((line, 17)),
+        "strategies.naive.final_mask",
+        &["only meaningful with a freezing policy"],
+    );
+    // A random baseline cannot match a mask that its `like` never computes.
+    let text = PIPELINE.replace(
+        "    lr_frozen: 0.0\n",
+        "    lr_frozen: 0.0\n    final_mask: false\n  rand:\n    freeze: random\n    like: rnf\n",
+    );
+    expect(
+        &text,
+        &[],
+        None,
+        "strategies.rand.like",
+        &["`rnf` has `final_mask: false`", "final_mask: false"],
+    );
+}

@@ -313,6 +313,7 @@ mod tests {
             accuracy: vec![],
             free_capacity: vec![],
             missing: vec![],
+            final_mask: true,
             joint: false,
             prune: vec![],
             correlate: rs,

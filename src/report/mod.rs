@@ -29,8 +29,12 @@ pub struct RunResult {
     pub seed: u64,
     /// `accuracy[i][j]`: accuracy on task j+1 after training task i+1 (`None` if not cached).
     pub accuracy: Vec<Option<Vec<f64>>>,
-    /// Free capacity after each task (RNF strategies only).
+    /// Free capacity after each task (`None` where not cached, or after the last task of a
+    /// strategy with `final_mask: false`, which never computes it).
     pub free_capacity: Vec<Option<f64>>,
+    /// False for a freezing strategy with `final_mask: false`: no mask (and no free capacity)
+    /// after the last task, by design rather than missing.
+    pub final_mask: bool,
     /// Stage ids whose results are not in the cache.
     pub missing: Vec<String>,
     /// Trained on all tasks at once: only the last row of `accuracy` exists.
@@ -72,6 +76,7 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 joint: s.joint,
                 prune: vec![],
                 correlate: vec![],
+                final_mask: s.final_mask || matches!(s.freeze, FreezeSpec::None),
             };
             if s.joint {
                 let eid = format!("{}/seed{seed}/evaluate", s.name);
@@ -96,8 +101,11 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                     r.missing.push(eid);
                 }
                 r.accuracy.push(acc);
+                // Stages the plan never declares (see `plan`): not missing, not computed.
+                let unmasked = t + 1 == p.task_count() && !r.final_mask;
                 let cap = match s.freeze {
                     FreezeSpec::None => Some(1.0),
+                    _ if unmasked => None,
                     FreezeSpec::UntilThreshold { .. }
                     | FreezeSpec::Random { .. }
                     | FreezeSpec::TopShare { .. } => {
@@ -113,7 +121,7 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 };
                 r.free_capacity.push(cap);
                 let prune = match s.freeze {
-                    FreezeSpec::UntilThreshold { .. } => {
+                    FreezeSpec::UntilThreshold { .. } if !unmasked => {
                         let pid = stage_id(&s.name, seed, t, "prune");
                         let pr = entry(&pid).and_then(|e| read_json::<PruneReport>(e, PRUNE_JSON));
                         if pr.is_none() {
@@ -173,9 +181,15 @@ pub fn render_matrix(r: &RunResult) -> String {
         }
         match r.free_capacity.get(i).copied().flatten() {
             Some(c) => s.push_str(&format!("{:>7.1}%", c * 100.0)),
+            None if !r.final_mask && i + 1 == n => s.push_str(&format!("{:>8}", "n/c")),
             None => s.push_str(&format!("{:>8}", "?")),
         }
         s.push('\n');
+    }
+    if !r.final_mask {
+        s.push_str(&format!(
+            "free capacity after task {n}: not computed (final_mask: false)\n"
+        ));
     }
     s
 }

@@ -173,6 +173,7 @@ mod tests {
             correlate: vec![],
             accuracy: a.into_iter().map(Some).collect(),
             missing: vec![],
+            final_mask: true,
             joint: false,
         }
     }

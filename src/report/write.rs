@@ -244,6 +244,16 @@ fn pct(m: &MeanStd) -> String {
     m.fmt(100.0)
 }
 
+/// A free capacity over complete runs: it has no value only where no seed computes it (after
+/// the last task with `final_mask: false`), which is not the same as 0.
+fn capacity(m: &MeanStd) -> String {
+    if m.n == 0 {
+        "not computed".into()
+    } else {
+        pct(m)
+    }
+}
+
 fn markdown(
     name: &str,
     results: &[RunResult],
@@ -271,7 +281,7 @@ fn markdown(
             opt(&x.forgetting_max),
             opt(&x.forgetting_first),
             opt(&x.backward_transfer),
-            x.free_capacity.last().map(pct).unwrap_or_default()
+            x.free_capacity.last().map(capacity).unwrap_or_default()
         );
     }
     let tasks = sums.first().map(|x| x.tasks).unwrap_or(0);
@@ -304,7 +314,7 @@ fn markdown(
     for x in sums {
         let _ = write!(s, "| {} |", x.strategy);
         for m in &x.free_capacity {
-            let _ = write!(s, " {} |", pct(m));
+            let _ = write!(s, " {} |", capacity(m));
         }
         s.push('\n');
     }
@@ -491,7 +501,7 @@ fn summary_csv(sums: &[StrategySummary]) -> String {
                 row("mean_accuracy", Some(i + 1), m);
             }
         }
-        for (i, m) in x.free_capacity.iter().enumerate() {
+        for (i, m) in x.free_capacity.iter().enumerate().filter(|(_, m)| m.n > 0) {
             row("free_capacity", Some(i + 1), m);
         }
     }

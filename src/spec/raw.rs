@@ -424,6 +424,12 @@ pub struct RawStrategy {
     /// so later training cannot reach it (PackNet-style). Requires a freezing policy.
     #[serde(default)]
     pub isolate: bool,
+    /// Whether to score and mask after the last task too (default true). Nothing trains after
+    /// the last task, so only the report's final free capacity reads that mask; `false` skips
+    /// those stages and the report shows that capacity as not computed. Requires a freezing
+    /// policy.
+    #[serde(default)]
+    pub final_mask: Option<bool>,
     /// EWC-regularised training: a quadratic penalty from earlier tasks' importances.
     #[serde(default)]
     pub ewc: Option<RawEwc>,

@@ -257,6 +257,10 @@ pub struct Strategy {
     pub joint: bool,
     /// Evaluate old task `j` with only the units frozen after task `j` (the rest masked out).
     pub isolate: bool,
+    /// Score and mask after the last task too (`final_mask`, default true); `false` leaves
+    /// those stages out (nothing trains after the last task) and the final free capacity
+    /// uncomputed.
+    pub final_mask: bool,
     pub ewc: Option<EwcSpec>,
     pub correlate: Option<CorrelateSpec>,
 }
@@ -1108,6 +1112,24 @@ pub(super) fn validate(
                 accumulate: c.accumulate,
             }
         });
+        if s.final_mask.is_some() && s.freeze == FreezeKind::None {
+            e(
+                &format!("{base}.final_mask"),
+                "only meaningful with a freezing policy (`freeze: until_threshold`, `top_share` or `random`): without one nothing is scored or masked".into(),
+            );
+        }
+        if let (FreezeKind::Random, Some(like)) = (s.freeze, &s.like) {
+            let like_final = raw
+                .strategies
+                .get(like)
+                .is_none_or(|o| o.final_mask.unwrap_or(true));
+            if s.final_mask.unwrap_or(true) && !like_final {
+                e(
+                    &format!("{base}.like"),
+                    format!("strategy `{like}` has `final_mask: false`, so it has no mask after the last task to match; give this strategy `final_mask: false` too"),
+                );
+            }
+        }
         if s.isolate && s.freeze == FreezeKind::None {
             e(
                 &format!("{base}.isolate"),
@@ -1261,6 +1283,7 @@ pub(super) fn validate(
             freeze,
             joint: s.schedule == Schedule::Joint,
             isolate: s.isolate,
+            final_mask: s.final_mask.unwrap_or(true),
             ewc,
             correlate,
         });

@@ -14,6 +14,7 @@ pub mod score;
 pub mod split;
 pub mod train;
 pub mod views;
+pub mod visualize;
 
 use crate::exec::{Registry, StageError};
 use crate::nn::mlp::{argmax_rows, DeviceMlp, Vector};
@@ -32,6 +33,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(evaluate::Evaluate));
     r.register(Arc::new(consolidate::Consolidate));
     r.register(Arc::new(correlate::Correlate));
+    r.register(Arc::new(visualize::Visualize));
     r
 }
 

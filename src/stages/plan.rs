@@ -6,8 +6,14 @@
 //! the parameters its result depends on, so the engine merges identical ones: the split is
 //! shared by everything, and task-1 training (and its evaluation) is shared by every strategy
 //! with the same seed and training settings.
+//!
+//! A `saliency` score reads its filter visualisations from a `visualize` stage declared next to
+//! it (`…/taskT/visualize`, keyed by the model, the `visualize` options, the seed and the task
+//! only), so scores that differ in anything else share one. A strategy with `final_mask: false`
+//! declares no score, prune, visualize or mask after its last task: no later training reads
+//! them.
 
-use super::{consolidate, correlate, evaluate, mask, prune, score, split, train};
+use super::{consolidate, correlate, evaluate, mask, prune, score, split, train, visualize};
 use crate::exec::Stage;
 use crate::graph::StageDecl;
 use crate::spec::{DataSource, FreezeSpec, Pipeline};
@@ -34,6 +40,34 @@ fn decl<S: Into<String>>(
         inputs: inputs.into_iter().map(|(s, i)| (s.into(), i)).collect(),
         files: BTreeMap::new(),
     }
+}
+
+/// The score stage of task `t` with its inputs; for `saliency`, also the `visualize` stage it
+/// reads.
+fn score_decls(
+    sc: &crate::spec::ScoreSpec,
+    t: usize,
+    seed: u64,
+    id: &dyn Fn(&str) -> String,
+    split_in: (&'static str, String),
+    trained: (&'static str, String),
+) -> Vec<StageDecl> {
+    let mut out = Vec::new();
+    let mut sp = serde_json::to_value(sc).expect("plain data");
+    sp["task_index"] = json!(t);
+    sp["seed"] = json!(seed);
+    let mut inputs = vec![split_in, trained.clone()];
+    if let crate::spec::ScoreSpec::Saliency { options, .. } = sc {
+        out.push(decl(
+            id("visualize"),
+            &visualize::Visualize,
+            json!({"task_index": t, "seed": seed, "visualize": options.visualize}),
+            vec![trained],
+        ));
+        inputs.push(("visualize", id("visualize")));
+    }
+    out.push(decl(id("score"), &score::Score, sp, inputs));
+    out
 }
 
 fn lr_frozen(f: &FreezeSpec) -> f64 {
@@ -213,6 +247,9 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 ));
                 let mut mask_params = json!({"task_index": t, "hidden": p.model.hidden});
                 let mut mask_in = Vec::new();
+                if t + 1 == p.task_count() && !s.final_mask {
+                    continue;
+                }
                 match &s.freeze {
                     FreezeSpec::None => {
                         prev_model = Some(id("train"));
@@ -223,15 +260,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         prune: pr,
                         ..
                     } => {
-                        let mut sp = serde_json::to_value(sc).expect("plain data");
-                        sp["task_index"] = json!(t);
-                        sp["seed"] = json!(seed);
-                        out.push(decl(
-                            id("score"),
-                            &score::Score,
-                            sp,
-                            vec![split_in(), trained.clone()],
-                        ));
+                        out.extend(score_decls(sc, t, seed, &id, split_in(), trained.clone()));
                         let mut pp = serde_json::to_value(pr).expect("plain data");
                         pp["task_index"] = json!(t);
                         let pp = with_crops(pp);
@@ -246,15 +275,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     FreezeSpec::TopShare {
                         score: sc, share, ..
                     } => {
-                        let mut sp = serde_json::to_value(sc).expect("plain data");
-                        sp["task_index"] = json!(t);
-                        sp["seed"] = json!(seed);
-                        out.push(decl(
-                            id("score"),
-                            &score::Score,
-                            sp,
-                            vec![split_in(), trained.clone()],
-                        ));
+                        out.extend(score_decls(sc, t, seed, &id, split_in(), trained.clone()));
                         mask_params["policy"] = json!({"kind": "top_share", "share": share});
                         mask_in.push(("score", id("score")));
                     }

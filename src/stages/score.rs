@@ -247,7 +247,7 @@ pub fn ewc_importance<D: Device<f32>>(
     if let Some(w) = weight_importance(ctx, dev, spec, host, task, dim, seed, head)? {
         return Ok(w);
     }
-    let u = unit_scores(ctx, dev, spec, host, task, dim, seed, head)?;
+    let u = unit_scores(ctx, dev, spec, host, task, dim, seed, head, None)?;
     let h = host
         .heads
         .get(head)
@@ -349,6 +349,9 @@ impl UnitScores {
 }
 
 /// Unit scores of the path of `head` by any method, exactly as the score stage computes them.
+/// `saliency` scores from `visualizations` when given (the score stage's `visualize` input),
+/// and otherwise visualises the filters here from the same seeded stream, which gives the
+/// same bits (EWC's consolidation does this: its importance has no stage of its own).
 #[allow(clippy::too_many_arguments)]
 pub fn unit_scores<D: Device<f32>>(
     ctx: &StageContext,
@@ -359,6 +362,7 @@ pub fn unit_scores<D: Device<f32>>(
     dim: usize,
     seed: u64,
     head: usize,
+    visualizations: Option<&crate::xai::saliency::Visualizations>,
 ) -> Result<UnitScores, StageError> {
     let reference =
         |size: usize, from: ReferenceSplit| reference_samples(task, dim, size, from, seed, head);
@@ -486,24 +490,30 @@ pub fn unit_scores<D: Device<f32>>(
         } => {
             let (x, y) = reference(reference_size, reference_split);
             let model = DeviceMlp::from_host(dev, host);
-            let mut rng = rng_for(seed, head, "saliency_visualize");
             let layers = host.hidden_sizes().len() as u64;
             let batch = model.batch_within(SALIENCY_BATCH, 1, true);
-            ctx.progress
-                .phase("saliency", y.len().div_ceil(batch) as u64 + layers);
-            let r = crate::xai::saliency::saliency_scores(
-                &model,
-                &x,
-                &y,
-                head,
-                &options,
-                batch,
-                &mut rng,
-                || {
-                    ctx.progress.inc(1);
-                    ctx.check_cancel()
-                },
-            )?
+            let tick = || {
+                ctx.progress.inc(1);
+                ctx.check_cancel()
+            };
+            let r = match visualizations {
+                Some(vis) => {
+                    ctx.progress
+                        .phase("saliency", y.len().div_ceil(batch) as u64 + layers);
+                    crate::xai::saliency::saliency_scores_with(
+                        &model, &x, &y, head, &options, batch, vis, tick,
+                    )
+                }
+                None => {
+                    // One more tick per conv layer: its visualisation.
+                    ctx.progress
+                        .phase("saliency", y.len().div_ceil(batch) as u64 + 2 * layers);
+                    let mut rng = super::visualize::visualize_rng(seed, head);
+                    crate::xai::saliency::saliency_scores(
+                        &model, &x, &y, head, &options, batch, &mut rng, tick,
+                    )
+                }
+            }?
             .map_err(|e| StageError::invalid(e.to_string()))?;
             for (l, (before, after)) in r.activation_gain.iter().enumerate() {
                 ctx.log(format!(
@@ -536,6 +546,12 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let p: Params = ctx.params()?;
     let (split, host) = split_and_model(ctx, p.task_index)?;
     let task = split.task(p.task_index)?;
+    // Saliency reads its filter visualisations from the `visualize` stage (input slot
+    // `visualize`), which scores of other similarities share.
+    let vis = match p.method {
+        ScoreSpec::Saliency { .. } => Some(super::visualize::load(ctx, "visualize")?),
+        _ => None,
+    };
     let u = unit_scores(
         ctx,
         dev,
@@ -545,6 +561,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         split.dim(),
         p.seed,
         p.task_index,
+        vis.as_ref(),
     )?;
     let scores = u.finished();
     let UnitScores {

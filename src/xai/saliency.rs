@@ -38,6 +38,11 @@
 //!   never freezes (the paper freezes filters only); `dense: fullgrad` scores a unit by
 //!   `Σ |∂f/∂z ⊙ b|` over the reference set, its FullGrad bias share.
 //!
+//! The visualisations depend on the model's trunk, `visualize` and the seed only, so the
+//! pipeline computes them in their own stage (`stages::visualize`, [`visualize_filters`]) that
+//! every similarity and aggregation of the same model shares; [`saliency_scores_with`] scores
+//! from them, [`saliency_scores`] does both in one call.
+//!
 //! Requires conv layers: on an MLP (or a conv model without conv layers) it fails with
 //! [`SaliencyError::NoConvLayers`].
 
@@ -126,6 +131,8 @@ pub struct SaliencyOptions {
 pub enum SaliencyError {
     #[error("score.method: `saliency` compares filter visualisations with saliency maps and needs conv layers, but this model has none (an MLP); use `model.kind: cnn`, `small_cnn` or `vgg16`, or a method for any model (lrp, gradient_x_input, magnitude)")]
     NoConvLayers,
+    #[error("visualisations do not fit the model: {0} (the `visualize` input must come from the same model)")]
+    VisualizationMismatch(String),
 }
 
 /// An activation in a traced forward pass.
@@ -358,6 +365,7 @@ pub fn saliency_maps(parts: &FullGradParts, norm: MapNormalize) -> Vec<f32> {
 }
 
 /// Activation maximisation of every filter of one conv layer.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Visualization {
     /// `[O, C, H, W]` in the model's input space.
     pub images: Vec<f32>,
@@ -533,8 +541,56 @@ pub struct SaliencyScores {
     pub maps: BTreeMap<String, HostTensor>,
 }
 
+/// Every conv layer's visualisation, by weighted-layer index (the index of `visualizations.L`
+/// and of the unit-score layers).
+pub type Visualizations = BTreeMap<usize, Visualization>;
+
+/// Activation maximisation of every conv filter of `model` (see the module docs), layer by
+/// layer in order, all from one `rng` stream; `tick` runs before each layer (cancellation).
+///
+/// It reads only the trunk up to each conv layer, the `visualize` options and `rng`, not the
+/// data or any similarity option, which is why the score stage takes it as a separate,
+/// separately cached stage (`stages::visualize`) that differently configured scores share.
+pub fn visualize_filters<D: Device<f32>, E>(
+    model: &DeviceMlp<D>,
+    head: usize,
+    v: &Visualize,
+    rng: &mut impl Rng,
+    mut tick: impl FnMut() -> Result<(), E>,
+) -> Result<Result<Visualizations, SaliencyError>, E> {
+    let Some(arch) = model.arch.as_ref() else {
+        return Ok(Err(SaliencyError::NoConvLayers));
+    };
+    let weighted = arch.weighted();
+    if !weighted.iter().any(|w| w.conv.is_some()) {
+        return Ok(Err(SaliencyError::NoConvLayers));
+    }
+    let (layers, act_at) = model_layers(model, head);
+    let mut out = BTreeMap::new();
+    for (l, spec) in weighted.iter().enumerate() {
+        if spec.conv.is_none() {
+            continue;
+        }
+        tick()?;
+        // The conv layer sits just before its activation layer.
+        let vis = visualize_layer(
+            &model.dev,
+            &layers,
+            act_at[l] - 1,
+            arch.input,
+            v,
+            model.batch_within(usize::MAX, 1, true),
+            rng,
+        );
+        out.insert(l, vis);
+    }
+    Ok(Ok(out))
+}
+
 /// Saliency scores of the path of `head` for reference images `pixels` (bytes, as the model
-/// reads them) with local `labels`; `tick` runs before each batch and each layer (cancellation).
+/// reads them) with local `labels`, visualising the filters here from `rng`; `tick` runs before
+/// each batch and each layer (cancellation). The same as [`visualize_filters`] followed by
+/// [`saliency_scores_with`] (tested bit for bit).
 #[allow(clippy::too_many_arguments)]
 pub fn saliency_scores<D: Device<f32>, E>(
     model: &DeviceMlp<D>,
@@ -544,6 +600,28 @@ pub fn saliency_scores<D: Device<f32>, E>(
     opts: &SaliencyOptions,
     batch: usize,
     rng: &mut impl Rng,
+    mut tick: impl FnMut() -> Result<(), E>,
+) -> Result<Result<SaliencyScores, SaliencyError>, E> {
+    let vis = match visualize_filters(model, head, &opts.visualize, rng, &mut tick)? {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    saliency_scores_with(model, pixels, labels, head, opts, batch, &vis, tick)
+}
+
+/// Saliency scores as [`saliency_scores`], from visualisations computed before (by
+/// [`visualize_filters`] on the same model); `opts.visualize` is not read. Visualisations that
+/// miss a conv layer or do not match its filters and input size are a
+/// [`SaliencyError::VisualizationMismatch`].
+#[allow(clippy::too_many_arguments)]
+pub fn saliency_scores_with<D: Device<f32>, E>(
+    model: &DeviceMlp<D>,
+    pixels: &[u8],
+    labels: &[Label],
+    head: usize,
+    opts: &SaliencyOptions,
+    batch: usize,
+    visualizations: &Visualizations,
     mut tick: impl FnMut() -> Result<(), E>,
 ) -> Result<Result<SaliencyScores, SaliencyError>, E> {
     let Some(arch) = model.arch.as_ref() else {
@@ -556,8 +634,38 @@ pub fn saliency_scores<D: Device<f32>, E>(
     let [c, h, w] = arch.input;
     let hw = h * w;
     let dim = c * hw;
+    for (l, spec) in weighted.iter().enumerate() {
+        let want = spec.units * dim;
+        match (spec.conv.is_some(), visualizations.get(&l)) {
+            (true, None) => {
+                return Ok(Err(SaliencyError::VisualizationMismatch(format!(
+                    "no visualisation of conv layer {l}"
+                ))))
+            }
+            (true, Some(v))
+                if v.images.len() != want
+                    || v.before.len() != spec.units
+                    || v.after.len() != spec.units =>
+            {
+                return Ok(Err(SaliencyError::VisualizationMismatch(format!(
+                    "layer {l}: {} image values and {}/{} means, expected {want} ({} filters of {c}×{h}×{w}) and {}",
+                    v.images.len(),
+                    v.before.len(),
+                    v.after.len(),
+                    spec.units,
+                    spec.units
+                ))))
+            }
+            (false, Some(_)) => {
+                return Ok(Err(SaliencyError::VisualizationMismatch(format!(
+                    "layer {l} is dense but has a visualisation"
+                ))))
+            }
+            _ => {}
+        }
+    }
     let classes = model.shapes[model.n_trunk + head].0;
-    let (layers, act_at) = model_layers(model, head);
+    let (layers, _) = model_layers(model, head);
     let n_dense_trunk = weighted.iter().filter(|w| w.conv.is_none()).count();
     let mut class_sum = vec![0f64; classes * hw];
     let mut class_count = vec![0usize; classes];
@@ -638,16 +746,7 @@ pub fn saliency_scores<D: Device<f32>, E>(
             });
             continue;
         }
-        // The conv layer sits just before its activation layer.
-        let vis = visualize_layer(
-            &model.dev,
-            &layers,
-            act_at[l] - 1,
-            arch.input,
-            &opts.visualize,
-            model.batch_within(usize::MAX, 1, true),
-            rng,
-        );
+        let vis = &visualizations[&l];
         let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
         gain.push((mean(&vis.before), mean(&vis.after)));
         let maps = visualization_maps(&vis.images, c, hw);
