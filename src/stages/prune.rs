@@ -64,7 +64,8 @@ impl Stage for Prune {
         "prune"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: the conv CPU kernels' rounding changed (bias-first forward writes, transposed-conv input gradient, fixed-order weight-gradient sums).
+        3
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)

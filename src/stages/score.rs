@@ -53,7 +53,8 @@ impl Stage for Score {
         "score"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the conv CPU kernels' rounding changed (bias-first forward writes, transposed-conv input gradient, fixed-order weight-gradient sums).
+        2
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)

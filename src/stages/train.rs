@@ -137,7 +137,8 @@ impl Stage for Train {
     }
     fn version(&self) -> u32 {
         // 2: also emits the SI path integrals (`si.safetensors`).
-        2
+        // 3: the conv CPU kernels' rounding changed (bias-first forward writes, transposed-conv input gradient, fixed-order weight-gradient sums).
+        3
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)
