@@ -111,16 +111,7 @@ fn joint_trains_every_head_once_and_magnitude_scores_are_weight_norms() {
 
 /// A file from the cached output of stage `id`.
 fn file_of(f: &Fixture, id: &str, file: &str) -> Vec<u8> {
-    let (_, dag) =
-        cfpipe::cli::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
-    let cache = cfpipe::cache::Cache::open(f.cache_dir()).unwrap();
-    let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
-    let r = cfpipe::exec::resolve::resolve(&dag, &cache)
-        .into_iter()
-        .find(|r| r.node == n)
-        .unwrap();
-    let e = r.entry.unwrap_or_else(|| panic!("{id} is not cached"));
-    std::fs::read(e.output_path(file)).unwrap()
+    f.output(id, file)
 }
 
 /// An f32 tensor of the given shape, decoded independently of cfpipe's own reader.

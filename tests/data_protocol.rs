@@ -6,12 +6,10 @@
 
 mod common;
 
-use cfpipe::cache::Cache;
 use cfpipe::data::idx::write_idx;
 use cfpipe::nn::arch::Arch;
 use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
 use cfpipe::nn::tensorio::{decode, HostTensor};
-use cfpipe::spec::DataCheck;
 use common::Fixture;
 use dfdx::prelude::*;
 use std::path::Path;
@@ -38,19 +36,6 @@ fn pipeline(base: &str, extra: &str, tail: &str) -> String {
     base.replace("EXTRA", extra).replace("TAIL", tail)
 }
 
-/// The bytes of `file` in the cached output of stage `id`, in cache `cache`.
-fn output(fx: &Fixture, cache: &Path, id: &str, file: &str) -> Vec<u8> {
-    let (_, dag) = cfpipe::cli::load(&fx.pipeline(), &[], DataCheck::Required).unwrap();
-    let cache = Cache::open(cache).unwrap();
-    let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
-    let r = cfpipe::exec::resolve::resolve(&dag, &cache)
-        .into_iter()
-        .find(|r| r.node == n)
-        .unwrap();
-    let e = r.entry.unwrap_or_else(|| panic!("{id} is not cached"));
-    std::fs::read(e.output_path(file)).unwrap()
-}
-
 #[test]
 fn augmentation_changes_training_but_is_seed_deterministic() {
     let aug = "  augment: {crop: {padding: 2}, hflip: true}";
@@ -59,7 +44,7 @@ fn augmentation_changes_training_but_is_seed_deterministic() {
     fx.run_in(&a, &[], 2);
     fx.run_in(&b, &[], 1);
     let id = "naive/seed0/task2/train";
-    let model = |c: &Path| output(&fx, c, id, "model.safetensors");
+    let model = |c: &Path| fx.output_in(c, id, "model.safetensors");
     assert_eq!(model(&a), model(&b), "same seed, different models");
     // Without augmentation the same seed trains another model...
     fx.write_pipeline(&pipeline(MLP, "", ""));
@@ -169,27 +154,18 @@ fn ten_crop_evaluation_is_the_mean_softmax_of_crops_cut_by_hand() {
     let fx = Fixture::with_pipeline(&CNN.replace("TAIL", "evaluation: {crops: ten}"));
     fx.run(&[]);
     let cache = fx.cache_dir();
-    let tensors = decode(&output(
-        &fx,
-        &cache,
-        "naive/seed0/task2/train",
-        "model.safetensors",
-    ))
-    .unwrap();
+    let tensors =
+        decode(&fx.output_in(&cache, "naive/seed0/task2/train", "model.safetensors")).unwrap();
     let arch: Arch =
-        serde_json::from_slice(&output(&fx, &cache, "naive/seed0/task2/train", "arch.json"))
+        serde_json::from_slice(&fx.output_in(&cache, "naive/seed0/task2/train", "arch.json"))
             .unwrap();
     let host = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
     let dev = Cpu::default();
     let model = DeviceMlp::from_host(&dev, &host);
-    let split = decode(&output(&fx, &cache, "split", "split.safetensors")).unwrap();
-    let eval: serde_json::Value = serde_json::from_slice(&output(
-        &fx,
-        &cache,
-        "naive/seed0/task2/evaluate",
-        "eval.json",
-    ))
-    .unwrap();
+    let split = decode(&fx.output_in(&cache, "split", "split.safetensors")).unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_slice(&fx.output_in(&cache, "naive/seed0/task2/evaluate", "eval.json"))
+            .unwrap();
     // Corners, centre (offset 1), each also mirrored: (top, left, mirrored).
     let windows: Vec<(usize, usize, bool)> = [(0, 0), (0, 2), (2, 0), (2, 2), (1, 1)]
         .iter()

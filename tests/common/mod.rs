@@ -129,17 +129,28 @@ impl Fixture {
         report
     }
 
-    /// A JSON file from the cached output of stage `id` (which must be cached).
-    pub fn json_of(&self, id: &str, file: &str) -> serde_json::Value {
+    /// The bytes of `file` in the cached output of stage `id` in the cache at `cache` (the
+    /// stage must be cached there).
+    pub fn output_in(&self, cache: &Path, id: &str, file: &str) -> Vec<u8> {
         let (_, dag) = cfpipe::cli::load(&self.pipeline(), &[], DataCheck::Required).unwrap();
-        let cache = Cache::open(self.cache_dir()).unwrap();
+        let cache = Cache::open(cache).unwrap();
         let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
         let r = cfpipe::exec::resolve::resolve(&dag, &cache)
             .into_iter()
             .find(|r| r.node == n)
             .unwrap();
         let e = r.entry.unwrap_or_else(|| panic!("{id} is not cached"));
-        serde_json::from_slice(&std::fs::read(e.output_path(file)).unwrap()).unwrap()
+        std::fs::read(e.output_path(file)).unwrap()
+    }
+
+    /// The bytes of `file` in the cached output of stage `id` in the fixture's cache.
+    pub fn output(&self, id: &str, file: &str) -> Vec<u8> {
+        self.output_in(&self.cache_dir(), id, file)
+    }
+
+    /// A JSON file from the cached output of stage `id` (which must be cached).
+    pub fn json_of(&self, id: &str, file: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.output(id, file)).unwrap()
     }
 
     /// Run the real binary with `args`, cache in the fixture.
