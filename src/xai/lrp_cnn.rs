@@ -57,14 +57,15 @@ pub enum Layer<D: Device<f32>> {
     },
 }
 
-/// An activation between layers: an image batch before `Flatten`, a matrix after it.
+/// An activation between layers: an image batch before `Flatten`, a matrix after it; on the
+/// tape `T` when a pass needs gradients (FullGrad, filter visualisation), untraced otherwise.
 #[derive(Clone)]
-pub enum Act<D: Device<f32>> {
-    Map(Tensor4<D>),
-    Flat(Matrix<D>),
+pub enum Act<D: Device<f32>, T = NoneTape> {
+    Map(Tensor4<D, T>),
+    Flat(Matrix<D, T>),
 }
 
-impl<D: Device<f32>> Act<D> {
+impl<D: Device<f32>, T> Act<D, T> {
     pub fn as_vec(&self) -> Vec<f32> {
         match self {
             Act::Map(t) => t.as_vec(),
@@ -73,7 +74,13 @@ impl<D: Device<f32>> Act<D> {
     }
 }
 
-fn apply<D: Device<f32>>(layer: &Layer<D>, a: Act<D>) -> Act<D> {
+/// One layer on one activation, traced or not: the parameters join the activation's tape
+/// (the conv op merges tapes from the weight's side).
+pub fn apply<D, T>(layer: &Layer<D>, a: Act<D, T>) -> Act<D, T>
+where
+    D: Device<f32>,
+    T: Tape<f32, D> + Merge<T> + Merge<NoneTape>,
+{
     match (layer, a) {
         (
             Layer::Conv {
@@ -85,8 +92,8 @@ fn apply<D: Device<f32>>(layer: &Layer<D>, a: Act<D>) -> Act<D> {
             Act::Map(x),
         ) => Act::Map(conv::conv2d(
             x,
-            weight.clone(),
-            bias.clone(),
+            weight.retaped::<T>(),
+            bias.retaped::<T>(),
             *stride,
             *padding,
         )),

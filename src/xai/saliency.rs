@@ -46,10 +46,10 @@
 //! Requires conv layers: on an MLP (or a conv model without conv layers) it fails with
 //! [`SaliencyError::NoConvLayers`].
 
-use crate::nn::conv::{self, Tensor4};
+use crate::nn::conv::Tensor4;
 use crate::nn::mlp::{DeviceMlp, Label, Matrix, Probe, Vector};
 use crate::nn::tensorio::HostTensor;
-use crate::xai::lrp_cnn::{model_layers, Layer};
+use crate::xai::lrp_cnn::{self, model_layers, Act, Layer};
 use dfdx::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -136,10 +136,7 @@ pub enum SaliencyError {
 }
 
 /// An activation in a traced forward pass.
-enum TAct<D: Device<f32>> {
-    Map(Tensor4<D, OwnedTape<f32, D>>),
-    Flat(Matrix<D, OwnedTape<f32, D>>),
-}
+type TAct<D> = Act<D, OwnedTape<f32, D>>;
 
 /// Zero probes added to pre-activations, kept untraced with their layer's bias.
 type BiasProbes<D> = Vec<(Probe<D, NoneTape>, Vector<D>)>;
@@ -152,63 +149,20 @@ fn apply_traced<D: Device<f32>>(
     a: TAct<D>,
     probes: Option<&mut BiasProbes<D>>,
 ) -> TAct<D> {
-    match (layer, a) {
-        (
-            Layer::Conv {
-                weight,
-                bias,
-                stride,
-                padding,
-            },
-            TAct::Map(x),
-        ) => {
-            // The parameters join the input's tape (the conv op merges tapes one way only).
-            let z = conv::conv2d(
-                x,
-                weight.clone().retaped::<OwnedTape<f32, D>>(),
-                bias.clone().retaped::<OwnedTape<f32, D>>(),
-                *stride,
-                *padding,
-            );
-            match probes {
-                Some(p) => {
-                    let zero: Tensor4<D> = z.device().zeros_like(z.shape());
-                    let z = z + zero.leaky_trace();
-                    p.push((Probe::Map(zero), bias.clone()));
-                    TAct::Map(z)
-                }
-                None => TAct::Map(z),
-            }
+    let z = lrp_cnn::apply(layer, a);
+    let Some(p) = probes else { return z };
+    match (layer, z) {
+        (Layer::Conv { bias, .. }, Act::Map(z)) => {
+            let zero: Tensor4<D> = z.device().zeros_like(z.shape());
+            p.push((Probe::Map(zero.clone()), bias.clone()));
+            Act::Map(z + zero.leaky_trace())
         }
-        (Layer::Dense { weight, bias }, TAct::Flat(x)) => {
-            let (n, o) = (x.shape().0, weight.shape().0);
-            let z = x.matmul(weight.clone().permute::<_, Axes2<1, 0>>())
-                + bias.clone().broadcast_like::<_, Axis<0>>(&(n, o));
-            match probes {
-                Some(p) => {
-                    let zero: Matrix<D> = z.device().zeros_like(z.shape());
-                    let z = z + zero.leaky_trace();
-                    p.push((Probe::Flat(zero), bias.clone()));
-                    TAct::Flat(z)
-                }
-                None => TAct::Flat(z),
-            }
+        (Layer::Dense { bias, .. }, Act::Flat(z)) => {
+            let zero: Matrix<D> = z.device().zeros_like(z.shape());
+            p.push((Probe::Flat(zero.clone()), bias.clone()));
+            Act::Flat(z + zero.leaky_trace())
         }
-        (Layer::Relu, TAct::Map(x)) => TAct::Map(x.relu()),
-        (Layer::Relu, TAct::Flat(x)) => TAct::Flat(x.relu()),
-        (Layer::LeakyRelu(s), TAct::Map(x)) => TAct::Map(x.prelu(*s)),
-        (Layer::LeakyRelu(s), TAct::Flat(x)) => TAct::Flat(x.prelu(*s)),
-        (Layer::MaxPool { kernel, stride }, TAct::Map(x)) => {
-            TAct::Map(conv::max_pool2d(x, *kernel, *stride))
-        }
-        (Layer::AvgPool { kernel, stride }, TAct::Map(x)) => {
-            TAct::Map(conv::avg_pool2d(x, *kernel, *stride))
-        }
-        (Layer::AdaptiveAvgPool { h, w }, TAct::Map(x)) => {
-            TAct::Map(conv::adaptive_avg_pool2d(x, *h, *w))
-        }
-        (Layer::Flatten, TAct::Map(x)) => TAct::Flat(conv::flatten(x)),
-        _ => panic!("layer does not fit its input (a map layer after Flatten, or the reverse)"),
+        (_, z) => z,
     }
 }
 
@@ -235,11 +189,11 @@ pub fn fullgrad_parts<D: Device<f32>>(
     let (n, c, h, w) = *x.shape();
     let dev = x.device().clone();
     let mut probes: BiasProbes<D> = Vec::new();
-    let mut a = TAct::Map(x.leaky_trace());
+    let mut a = Act::Map(x.leaky_trace());
     for layer in layers {
         a = apply_traced(layer, a, Some(&mut probes));
     }
-    let TAct::Flat(out) = a else {
+    let Act::Flat(out) = a else {
         panic!("the network must end in dense layers (after Flatten)");
     };
     let classes = out.shape().1;
@@ -402,11 +356,11 @@ pub fn visualize_layer<D: Device<f32>>(
     let step_chunk = |img: &[f32], k0: usize, want_grad: bool| -> (Vec<f32>, Option<Vec<f32>>) {
         let n = img.len() / len;
         let x: Tensor4<D> = dev.tensor_from_vec(img.to_vec(), (n, c, h, w));
-        let mut a = TAct::Map(x.leaky_trace());
+        let mut a = Act::Map(x.leaky_trace());
         for layer in &layers[..=conv_at] {
             a = apply_traced(layer, a, None);
         }
-        let TAct::Map(z) = a else {
+        let Act::Map(z) = a else {
             unreachable!("a conv layer gives maps")
         };
         let (_, zo, zh, zw) = *z.shape();
