@@ -499,6 +499,19 @@ pub struct SaliencyScores {
 /// and of the unit-score layers).
 pub type Visualizations = BTreeMap<usize, Visualization>;
 
+/// A conv model's architecture and weighted layers; the method has nothing to compare
+/// without a conv layer.
+fn conv_arch<D: Device<f32>>(
+    model: &DeviceMlp<D>,
+) -> Result<(&crate::nn::arch::Arch, Vec<crate::nn::arch::Weighted>), SaliencyError> {
+    let arch = model.arch.as_ref().ok_or(SaliencyError::NoConvLayers)?;
+    let weighted = arch.weighted();
+    if !weighted.iter().any(|w| w.conv.is_some()) {
+        return Err(SaliencyError::NoConvLayers);
+    }
+    Ok((arch, weighted))
+}
+
 /// Activation maximisation of every conv filter of `model` (see the module docs), layer by
 /// layer in order, all from one `rng` stream; `tick` runs before each layer (cancellation).
 ///
@@ -512,13 +525,10 @@ pub fn visualize_filters<D: Device<f32>, E>(
     rng: &mut impl Rng,
     mut tick: impl FnMut() -> Result<(), E>,
 ) -> Result<Result<Visualizations, SaliencyError>, E> {
-    let Some(arch) = model.arch.as_ref() else {
-        return Ok(Err(SaliencyError::NoConvLayers));
+    let (arch, weighted) = match conv_arch(model) {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(e)),
     };
-    let weighted = arch.weighted();
-    if !weighted.iter().any(|w| w.conv.is_some()) {
-        return Ok(Err(SaliencyError::NoConvLayers));
-    }
     let (layers, act_at) = model_layers(model, head);
     let mut out = BTreeMap::new();
     for (l, spec) in weighted.iter().enumerate() {
@@ -578,13 +588,10 @@ pub fn saliency_scores_with<D: Device<f32>, E>(
     visualizations: &Visualizations,
     mut tick: impl FnMut() -> Result<(), E>,
 ) -> Result<Result<SaliencyScores, SaliencyError>, E> {
-    let Some(arch) = model.arch.as_ref() else {
-        return Ok(Err(SaliencyError::NoConvLayers));
+    let (arch, weighted) = match conv_arch(model) {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(e)),
     };
-    let weighted = arch.weighted();
-    if !weighted.iter().any(|w| w.conv.is_some()) {
-        return Ok(Err(SaliencyError::NoConvLayers));
-    }
     let [c, h, w] = arch.input;
     let hw = h * w;
     let dim = c * hw;
