@@ -7,7 +7,10 @@
 //! (AVX-512) while it was quiet (load ≈ 1), medians of 5 interleaved runs: PyTorch 2.15
 //! forward 20–25 ms, forward+backward 51.5 ms (35 ms without the input gradient); cfpipe
 //! forward 22 ms, forward+backward 69.8 ms (1.36×). Under load (≈ 5) PyTorch's OpenMP threads
-//! slow down far more than rayon's (PyTorch 255 ms, cfpipe 139–179 ms).
+//! slow down far more than rayon's (PyTorch 255 ms, cfpipe 139–179 ms). A later quiet rerun
+//! (load ≈ 1, after the merge): PyTorch forward+backward 59.5 and 60.8 ms, cfpipe 54.9 and
+//! 57.0 ms (0.92–0.96×); the VGG-16 32×32 training step at batch 32 took cfpipe 628–640 ms and
+//! PyTorch 357 ms (1.76×).
 //! `CFPIPE_CONV_NO_AVX512=1` times the fast path with dfdx's gemm, as on CPUs without AVX-512.
 //! Then a whole VGG-16 in its 32×32 (CIFAR) form — 13 conv layers with ReLU and 5 max-pools,
 //! then 512→512→512→10 — forward and backward on a batch of 32, extrapolated to one epoch of
