@@ -37,21 +37,6 @@ fn cnn_fixture() -> Fixture {
     Fixture::with_pipeline(&p)
 }
 
-fn entries(f: &Fixture) -> impl Fn(&str) -> Entry {
-    let (_, dag) = cfpipe::cli::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
-    let cache = Cache::open(f.cache_dir()).unwrap();
-    let res = resolve(&dag, &cache);
-    move |id: &str| {
-        let n = dag.find(id).unwrap();
-        res.iter()
-            .find(|r| r.node == n)
-            .unwrap()
-            .entry
-            .clone()
-            .expect("cached")
-    }
-}
-
 fn model(e: &Entry) -> MlpParams {
     let arch: Arch =
         serde_json::from_slice(&std::fs::read(e.output_path("arch.json")).unwrap()).unwrap();
@@ -132,7 +117,7 @@ fn the_cnn_pipeline_runs_on_bundled_mnist_and_reruns_nothing() {
 fn frozen_filters_keep_their_bits_through_adam_and_l2_and_pruning_is_a_view() {
     let f = cnn_fixture();
     f.run(&[]);
-    let e = entries(&f);
+    let e = f.entries();
     let before = model(&e("rnf/seed0/task1/train"));
     let after = model(&e("rnf/seed0/task2/train"));
     let mask = e("rnf/seed0/task1/mask");
@@ -495,7 +480,7 @@ fn every_supported_strategy_runs_on_a_conv_model() {
     }
     assert!(ran.contains("ewc/seed0/task1/consolidate"));
     // Scores come per filter and per neuron: 4 and 6 filters, 8 neurons.
-    let e = entries(&f);
+    let e = f.entries();
     for s in [
         "magnitude",
         "fisher",

@@ -2,27 +2,10 @@
 //! training with Adam and L2 on, and pruning never touches the stored model.
 
 mod common;
-use cfpipe::cache::{Cache, Entry};
-use cfpipe::exec::resolve::resolve;
+use cfpipe::cache::Entry;
 use cfpipe::nn::mlp::MlpParams;
 use cfpipe::nn::tensorio::{decode, TensorMapExt};
-use cfpipe::spec::DataCheck;
 use common::Fixture;
-
-fn entries(f: &Fixture) -> impl Fn(&str) -> Entry {
-    let (_, dag) = cfpipe::cli::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
-    let cache = Cache::open(f.cache_dir()).unwrap();
-    let res = resolve(&dag, &cache);
-    move |id: &str| {
-        let n = dag.find(id).unwrap();
-        res.iter()
-            .find(|r| r.node == n)
-            .unwrap()
-            .entry
-            .clone()
-            .expect("cached")
-    }
-}
 
 fn model(e: &Entry) -> MlpParams {
     MlpParams::from_tensors(
@@ -45,7 +28,7 @@ fn flags(e: &Entry, layer: usize) -> Vec<bool> {
 fn frozen_units_are_bit_identical_after_the_next_task_with_adam_and_l2() {
     let f = Fixture::new();
     f.run(&[]);
-    let e = entries(&f);
+    let e = f.entries();
     let before = model(&e("rnf/seed0/task1/train"));
     let after = model(&e("rnf/seed0/task2/train"));
     let mask = e("rnf/seed0/task1/mask");
@@ -84,7 +67,7 @@ fn frozen_units_are_bit_identical_after_the_next_task_with_adam_and_l2() {
 fn the_next_task_starts_from_the_unpruned_model() {
     let f = Fixture::new();
     f.run(&[]);
-    let e = entries(&f);
+    let e = f.entries();
     let t1 = e("rnf/seed0/task1/train");
     let t2 = e("rnf/seed0/task2/train");
     // Task 2 trained from exactly the task-1 model's bytes...

@@ -129,18 +129,31 @@ impl Fixture {
         report
     }
 
+    /// Looks up cached entries by stage id in the cache at `cache` (each must be cached there).
+    pub fn entries_in(&self, cache: &Path) -> impl Fn(&str) -> cfpipe::cache::Entry {
+        let (_, dag) = cfpipe::cli::load(&self.pipeline(), &[], DataCheck::Required).unwrap();
+        let cache = Cache::open(cache).unwrap();
+        let res = cfpipe::exec::resolve::resolve(&dag, &cache);
+        move |id: &str| {
+            let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
+            res.iter()
+                .find(|r| r.node == n)
+                .unwrap()
+                .entry
+                .clone()
+                .unwrap_or_else(|| panic!("{id} is not cached"))
+        }
+    }
+
+    /// [`Fixture::entries_in`] the fixture's cache.
+    pub fn entries(&self) -> impl Fn(&str) -> cfpipe::cache::Entry {
+        self.entries_in(&self.cache_dir())
+    }
+
     /// The bytes of `file` in the cached output of stage `id` in the cache at `cache` (the
     /// stage must be cached there).
     pub fn output_in(&self, cache: &Path, id: &str, file: &str) -> Vec<u8> {
-        let (_, dag) = cfpipe::cli::load(&self.pipeline(), &[], DataCheck::Required).unwrap();
-        let cache = Cache::open(cache).unwrap();
-        let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
-        let r = cfpipe::exec::resolve::resolve(&dag, &cache)
-            .into_iter()
-            .find(|r| r.node == n)
-            .unwrap();
-        let e = r.entry.unwrap_or_else(|| panic!("{id} is not cached"));
-        std::fs::read(e.output_path(file)).unwrap()
+        std::fs::read(self.entries_in(cache)(id).output_path(file)).unwrap()
     }
 
     /// The bytes of `file` in the cached output of stage `id` in the fixture's cache.
