@@ -4,7 +4,7 @@
 //! gradients against finite differences, and located spec errors for impossible geometry.
 
 mod common;
-use cfpipe::cache::{Cache, Entry};
+use cfpipe::cache::Cache;
 use cfpipe::exec::resolve::resolve;
 use cfpipe::nn::arch::{self, Arch, Op};
 use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
@@ -37,25 +37,7 @@ fn cnn_fixture() -> Fixture {
     Fixture::with_pipeline(&p)
 }
 
-fn model(e: &Entry) -> MlpParams {
-    let arch: Arch =
-        serde_json::from_slice(&std::fs::read(e.output_path("arch.json")).unwrap()).unwrap();
-    MlpParams::from_tensors_arch(
-        decode(&std::fs::read(e.output_path("model.safetensors")).unwrap()).unwrap(),
-        Some(arch),
-    )
-    .unwrap()
-}
-
-fn flags(e: &Entry, layer: usize) -> Vec<bool> {
-    let mut m = decode(&std::fs::read(e.output_path("units.safetensors")).unwrap()).unwrap();
-    m.take_u8(&format!("layer{layer}"))
-        .unwrap()
-        .1
-        .into_iter()
-        .map(|b| b != 0)
-        .collect()
-}
+use common::{model_at as model, unit_flags as flags};
 
 #[test]
 fn the_cnn_pipeline_runs_on_bundled_mnist_and_reruns_nothing() {

@@ -7,8 +7,7 @@
 mod common;
 
 use cfpipe::data::idx::write_idx;
-use cfpipe::nn::arch::Arch;
-use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
+use cfpipe::nn::mlp::DeviceMlp;
 use cfpipe::nn::tensorio::{decode, HostTensor};
 use common::Fixture;
 use dfdx::prelude::*;
@@ -154,12 +153,7 @@ fn ten_crop_evaluation_is_the_mean_softmax_of_crops_cut_by_hand() {
     let fx = Fixture::with_pipeline(&CNN.replace("TAIL", "evaluation: {crops: ten}"));
     fx.run(&[]);
     let cache = fx.cache_dir();
-    let tensors =
-        decode(&fx.output_in(&cache, "naive/seed0/task2/train", "model.safetensors")).unwrap();
-    let arch: Arch =
-        serde_json::from_slice(&fx.output_in(&cache, "naive/seed0/task2/train", "arch.json"))
-            .unwrap();
-    let host = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    let host = fx.model_of("naive/seed0/task2/train");
     let dev = Cpu::default();
     let model = DeviceMlp::from_host(&dev, &host);
     let split = decode(&fx.output_in(&cache, "split", "split.safetensors")).unwrap();

@@ -4,10 +4,8 @@
 //! the relevance's signs. Bad stage ids, indices and heads exit 2 naming what was expected.
 
 mod common;
-use cfpipe::cache::Cache;
 use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
 use cfpipe::nn::tensorio::{self, TensorMapExt};
-use cfpipe::spec::DataCheck;
 use cfpipe::xai::lrp::{lrp, LrpRules};
 use common::{stderr, stdout, Fixture};
 use dfdx::prelude::*;
@@ -15,18 +13,6 @@ use dfdx::prelude::*;
 const STAGE: &str = "rnf/seed0/task1/train";
 
 /// A file of the cached output of stage `id`.
-fn cached_file(f: &Fixture, id: &str, file: &str) -> Vec<u8> {
-    let (_, dag) = cfpipe::cli::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
-    let cache = Cache::open(f.cache_dir()).unwrap();
-    let n = dag.find(id).unwrap();
-    let e = cfpipe::exec::resolve::resolve(&dag, &cache)
-        .into_iter()
-        .find(|r| r.node == n)
-        .and_then(|r| r.entry)
-        .unwrap_or_else(|| panic!("{id} is not cached"));
-    std::fs::read(e.output_path(file)).unwrap()
-}
-
 #[test]
 fn heatmaps_show_the_lrp_relevance_of_the_true_logit() {
     let f = Fixture::new();
@@ -59,9 +45,9 @@ fn heatmaps_show_the_lrp_relevance_of_the_true_logit() {
     assert_eq!(images.len(), 2);
 
     // Recompute from the cached model and split, without the explain code path.
-    let model_bytes = cached_file(&f, STAGE, "model.safetensors");
+    let model_bytes = f.output(STAGE, "model.safetensors");
     let host = MlpParams::from_tensors(tensorio::decode(&model_bytes).unwrap()).unwrap();
-    let mut split = tensorio::decode(&cached_file(&f, "split", "split.safetensors")).unwrap();
+    let mut split = tensorio::decode(&f.output("split", "split.safetensors")).unwrap();
     let (xs, x) = split.take_u8("task0.test.x").unwrap();
     let (_, y) = split.take_labels("task0.test.y").unwrap();
     let dim = xs[1];
@@ -216,14 +202,8 @@ fn conv_models_are_explained_through_the_same_lrp() {
         serde_json::from_slice(&std::fs::read(out.join("relevance.json")).unwrap()).unwrap();
     let img = &json["images"][0];
 
-    let arch: cfpipe::nn::arch::Arch =
-        serde_json::from_slice(&cached_file(&f, stage, "arch.json")).unwrap();
-    let host = MlpParams::from_tensors_arch(
-        tensorio::decode(&cached_file(&f, stage, "model.safetensors")).unwrap(),
-        Some(arch),
-    )
-    .unwrap();
-    let mut split = tensorio::decode(&cached_file(&f, "split", "split.safetensors")).unwrap();
+    let host = f.model_of(stage);
+    let mut split = tensorio::decode(&f.output("split", "split.safetensors")).unwrap();
     let (_, x) = split.take_u8("task0.test.x").unwrap();
     let (_, y) = split.take_labels("task0.test.y").unwrap();
     let model = DeviceMlp::from_host(&Cpu::default(), &host);

@@ -2,27 +2,9 @@
 //! training with Adam and L2 on, and pruning never touches the stored model.
 
 mod common;
-use cfpipe::cache::Entry;
-use cfpipe::nn::mlp::MlpParams;
-use cfpipe::nn::tensorio::{decode, TensorMapExt};
 use common::Fixture;
 
-fn model(e: &Entry) -> MlpParams {
-    MlpParams::from_tensors(
-        decode(&std::fs::read(e.output_path("model.safetensors")).unwrap()).unwrap(),
-    )
-    .unwrap()
-}
-
-fn flags(e: &Entry, layer: usize) -> Vec<bool> {
-    let mut m = decode(&std::fs::read(e.output_path("units.safetensors")).unwrap()).unwrap();
-    m.take_u8(&format!("layer{layer}"))
-        .unwrap()
-        .1
-        .into_iter()
-        .map(|b| b != 0)
-        .collect()
-}
+use common::{model_at as model, unit_flags as flags};
 
 #[test]
 fn frozen_units_are_bit_identical_after_the_next_task_with_adam_and_l2() {

@@ -11,6 +11,7 @@ use cfpipe::nn::arch;
 use cfpipe::nn::mlp::MlpParams;
 use cfpipe::nn::tensorio::{decode, encode, HostTensor};
 use cfpipe::nn::torchvision;
+use cfpipe::stages::artifacts::read_model;
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use std::collections::BTreeSet;
@@ -312,18 +313,12 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
     assert!(matches!(split["task1.test.y"], HostTensor::U8 { .. }));
     // `epochs: 0`: task 1 is the pretrained file, bit for bit.
     let t1 = entry("naive/seed0/task1/train");
-    let arch: arch::Arch =
-        serde_json::from_slice(&fs::read(t1.join("out/arch.json")).unwrap()).unwrap();
-    let tensors = decode(&fs::read(t1.join("out/model.safetensors")).unwrap()).unwrap();
-    let trained = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    let trained = read_model(&t1.join("out"), "model").unwrap();
     assert!(trained.trunk == p.trunk, "task 1's trunk moved");
     assert!(trained.heads == p.heads, "task 1's head moved");
     // ...and task 2 did train its shared trunk (naive finetuning).
     let t2 = entry("naive/seed0/task2/train");
-    let tensors = decode(&fs::read(t2.join("out/model.safetensors")).unwrap()).unwrap();
-    let arch: arch::Arch =
-        serde_json::from_slice(&fs::read(t2.join("out/arch.json")).unwrap()).unwrap();
-    let after = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    let after = read_model(&t2.join("out"), "model").unwrap();
     assert!(after.trunk != p.trunk, "task 2 did not train the trunk");
     // The A.5 protocol: 36×36 stored, 32×32 random crops and mirrors, balanced resampling,
     // ten-crop testing (prune too).
@@ -506,10 +501,7 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
     let still_cache = dir.path().join("still");
     ok(&cfpipe("run", &pipeline, &still_cache, &still));
     let t1 = entry(&still_cache, "naive/seed0/task1/train");
-    let arch: arch::Arch =
-        serde_json::from_slice(&fs::read(t1.join("out/arch.json")).unwrap()).unwrap();
-    let tensors = decode(&fs::read(t1.join("out/model.safetensors")).unwrap()).unwrap();
-    let trained = MlpParams::from_tensors_arch(tensors, Some(arch)).unwrap();
+    let trained = read_model(&t1.join("out"), "model").unwrap();
     assert!(
         trained.trunk == p.trunk,
         "task 1 did not start from the pretrained trunk"

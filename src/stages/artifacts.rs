@@ -154,10 +154,21 @@ pub fn save_model(art: &mut Artifact, p: &MlpParams) {
 }
 
 pub fn load_model(ctx: &StageContext, slot: &str) -> Result<MlpParams, StageError> {
-    let m = tensorio::decode(&ctx.read_input(slot, MODEL_TENSORS)?)
-        .map_err(|e| bad(MODEL_TENSORS, e))?;
-    let arch: Option<Arch> = if ctx.input(slot)?.output_path(MODEL_ARCH).exists() {
-        let a: Arch = read_json(ctx, slot, MODEL_ARCH)?;
+    read_model(&ctx.input(slot)?.output_path(""), slot)
+}
+
+/// A trained model from a train stage's output directory `out` (its `model.safetensors`, and
+/// `arch.json` for a conv model); `name` labels read errors (the input slot in a stage).
+pub fn read_model(out: &std::path::Path, name: &str) -> Result<MlpParams, StageError> {
+    let read = |file: &str| {
+        std::fs::read(out.join(file)).map_err(|source| StageError::Io {
+            name: format!("{name}/{file}"),
+            source,
+        })
+    };
+    let m = tensorio::decode(&read(MODEL_TENSORS)?).map_err(|e| bad(MODEL_TENSORS, e))?;
+    let arch: Option<Arch> = if out.join(MODEL_ARCH).exists() {
+        let a: Arch = serde_json::from_slice(&read(MODEL_ARCH)?).map_err(|e| bad(MODEL_ARCH, e))?;
         a.features().map_err(|e| bad(MODEL_ARCH, e))?;
         Some(a)
     } else {

@@ -145,6 +145,11 @@ impl Fixture {
         }
     }
 
+    /// The trained model in the cached output of stage `id`.
+    pub fn model_of(&self, id: &str) -> cfpipe::nn::mlp::MlpParams {
+        model_at(&self.entries()(id))
+    }
+
     /// [`Fixture::entries_in`] the fixture's cache.
     pub fn entries(&self) -> impl Fn(&str) -> cfpipe::cache::Entry {
         self.entries_in(&self.cache_dir())
@@ -233,4 +238,23 @@ pub fn summary(o: &Output) -> (usize, usize) {
         .parse()
         .unwrap();
     (n, ran)
+}
+
+/// The trained model of a cached train stage.
+pub fn model_at(e: &cfpipe::cache::Entry) -> cfpipe::nn::mlp::MlpParams {
+    cfpipe::stages::artifacts::read_model(&e.output_path(""), "model").unwrap()
+}
+
+/// Layer `layer`'s unit flags (frozen, or kept by a prune) in a cached mask or prune stage.
+pub fn unit_flags(e: &cfpipe::cache::Entry, layer: usize) -> Vec<bool> {
+    use cfpipe::nn::tensorio::TensorMapExt;
+    let mut m =
+        cfpipe::nn::tensorio::decode(&std::fs::read(e.output_path("units.safetensors")).unwrap())
+            .unwrap();
+    m.take_u8(&format!("layer{layer}"))
+        .unwrap()
+        .1
+        .into_iter()
+        .map(|b| b != 0)
+        .collect()
 }
