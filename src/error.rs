@@ -6,7 +6,10 @@
 //! | 1    | a stage failed (the run finished every independent branch) or a runtime error |
 //! | 2    | bad input: pipeline file, `--set`, command-line arguments, unknown device, config file, remote URL |
 //! | 3    | `cache verify` found corrupt entries |
-//! | 130  | interrupted (Ctrl-C); the cache is consistent |
+//! | 128+N | stopped by signal N: 130 SIGINT (Ctrl-C), 143 SIGTERM (`kill`, `scancel`, a time limit, preemption), 129 SIGHUP; completed stages are cached, nothing partial was stored |
+//!
+//! A closed stdout (`cfpipe cache ls | head -1`) ends a command quietly with 0, as in ripgrep
+//! and fd; `run` instead finishes its work and exits with its own status.
 
 use crate::cache::CacheError;
 use crate::exec::ExecError;
@@ -32,8 +35,14 @@ pub enum CliError {
     MissingResults { stages: String, command: String },
     #[error("{0} cache entries failed verification")]
     VerifyFailed(usize),
-    #[error("interrupted; completed stages are cached, nothing partial was stored")]
-    Interrupted,
+    #[error(
+        "stopped by {}; completed stages are cached, nothing partial was stored",
+        crate::signals::name(*signal)
+    )]
+    Interrupted { signal: i32 },
+    /// Whoever read stdout has gone (EPIPE); nothing more to say.
+    #[error("stdout closed")]
+    BrokenPipe,
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -57,7 +66,8 @@ impl CliError {
             | CliError::Config(_)
             | CliError::Remote(crate::cache::remote::RemoteError::Config { .. }) => 2,
             CliError::VerifyFailed(_) => 3,
-            CliError::Interrupted => 130,
+            CliError::Interrupted { signal } => (128 + signal).clamp(129, 255) as u8,
+            CliError::BrokenPipe => 0,
             CliError::Cache(_)
             | CliError::Exec(_)
             | CliError::StagesFailed { .. }

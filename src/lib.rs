@@ -16,6 +16,7 @@ pub mod exec;
 pub mod graph;
 pub mod nn;
 pub mod report;
+pub mod signals;
 pub mod spec;
 pub mod stages;
 pub mod xai;

@@ -404,7 +404,7 @@ fn a_shared_group_owns_everything_cfpipe_creates_group_writable_and_setgid() {
     let bad = cfpipe(
         &f,
         "machine-a",
-        &["cache", "ls", "--shared-group", "no-such-group-cfpipe"],
+        &["cache", "gc", "--shared-group", "no-such-group-cfpipe"],
     )
     .output()
     .unwrap();

@@ -142,6 +142,8 @@ pub struct Cache {
     root: PathBuf,
     perms: GroupPerms,
     lease_timeout: Duration,
+    /// Opened by a command that must change nothing (see [`Cache::open_read_only`]).
+    read_only: bool,
 }
 
 /// Held while computing a key; released on drop (the lease's holder also releases it on
@@ -219,6 +221,7 @@ impl Cache {
             // Clamped: a day is already far past any useful heartbeat gap, and an overflowing
             // Duration would panic.
             lease_timeout: Duration::from_secs_f64(config.lease_timeout_s.clamp(0.05, 86_400.0)),
+            read_only: false,
         };
         let tag = cache.root.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -226,6 +229,23 @@ impl Cache {
             cache.write_atomic(&tag, body)?;
         }
         Ok(cache)
+    }
+
+    /// A cache for commands that only read (`status`, `show`, `report`, `cache ls`): nothing
+    /// is created, and a directory that does not exist reads as an empty cache. Memos (file
+    /// hashes) are not saved through it.
+    pub fn open_read_only(root: impl Into<PathBuf>) -> Cache {
+        Cache {
+            root: root.into(),
+            perms: GroupPerms::NONE,
+            lease_timeout: lease::DEFAULT_TIMEOUT,
+            read_only: true,
+        }
+    }
+
+    /// Whether this handle must not write (see [`Cache::open_read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn perms(&self) -> GroupPerms {
@@ -556,6 +576,9 @@ impl Cache {
     pub fn keys(&self) -> Result<Vec<StageKey>, CacheError> {
         let root = self.root.join("entries");
         let mut out = Vec::new();
+        if self.read_only && !root.exists() {
+            return Ok(out);
+        }
         for shard in fs::read_dir(&root).map_err(io(&root))? {
             let shard = shard.map_err(io(&root))?.path();
             if !shard.is_dir() {

@@ -41,7 +41,9 @@ pub enum Outcome {
     Failed {
         error: String,
     },
-    /// Not attempted because an input failed.
+    /// Stopped by the run's cancel flag (a signal) before it finished; nothing was stored.
+    Cancelled,
+    /// Not attempted because an input failed or was cancelled.
     Skipped {
         failed_input: String,
     },
@@ -101,6 +103,19 @@ impl RunReport {
     pub fn skipped(&self) -> BTreeSet<String> {
         self.ids_where(|o| matches!(o, Outcome::Skipped { .. }))
     }
+    /// Primary ids of the stages a cancel stopped (or kept from starting their computation).
+    pub fn cancelled(&self) -> BTreeSet<String> {
+        self.ids_where(|o| matches!(o, Outcome::Cancelled))
+    }
+    /// The line `run` prints after a signal, in place of one line per stopped stage.
+    pub fn interrupted_line(&self) -> String {
+        format!(
+            "interrupted: {} stage{} cancelled, {} not started; completed stages are cached",
+            self.cancelled().len(),
+            if self.cancelled().len() == 1 { "" } else { "s" },
+            self.skipped().len()
+        )
+    }
     pub fn ok(&self) -> bool {
         !self.interrupted
             && self.events.iter().all(|e| {
@@ -137,6 +152,16 @@ pub struct ExecOptions {
     pub cancel: Arc<AtomicBool>,
     /// Registers the keys this run reaches as a gc root, if set.
     pub roots: Option<Arc<crate::cache::roots::RootRecorder>>,
+    /// Told when a stage starts computing and when each stage is settled (log lines).
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Follows a run as it happens, e.g. to print one line per stage into a batch log.
+pub trait Observer: Send + Sync {
+    /// A stage's inputs are ready, it is not cached, and it starts computing now.
+    fn started(&self, id: &str, kind: &str);
+    /// A stage is settled (ran, cached, pulled, failed, cancelled or skipped).
+    fn finished(&self, event: &StageEvent);
 }
 
 impl Default for ExecOptions {
@@ -147,6 +172,7 @@ impl Default for ExecOptions {
             show_progress: false,
             cancel: Arc::new(AtomicBool::new(false)),
             roots: None,
+            observer: None,
         }
     }
 }
@@ -345,29 +371,32 @@ impl<'a> Executor<'a> {
                         entries.insert(n, entry);
                         outcome
                     }
+                    Err(ExecError::Stage {
+                        source: StageError::Cancelled,
+                        ..
+                    }) => {
+                        failed_root.insert(n, node.id.clone());
+                        report.interrupted = true;
+                        Outcome::Cancelled
+                    }
                     Err(e) => {
                         failed_root.insert(n, node.id.clone());
-                        if matches!(
-                            &e,
-                            ExecError::Stage {
-                                source: StageError::Cancelled,
-                                ..
-                            }
-                        ) {
-                            report.interrupted = true;
-                        }
                         Outcome::Failed {
                             error: e.to_string(),
                         }
                     }
                 };
-                report.events.push(StageEvent {
+                let event = StageEvent {
                     id: node.id.clone(),
                     aliases: node.aliases.clone(),
                     kind: node.kind.clone(),
                     key,
                     outcome,
-                });
+                };
+                if let Some(o) = &self.opts.observer {
+                    o.finished(&event);
+                }
+                report.events.push(event);
                 // Release consumers; those with a failed input are skipped, transitively.
                 let mut worklist = vec![n];
                 while let Some(x) = worklist.pop() {
@@ -386,13 +415,17 @@ impl<'a> Executor<'a> {
                                 finished += 1;
                                 bars.stage_done();
                                 failed_root.insert(c, root.clone());
-                                report.events.push(StageEvent {
+                                let event = StageEvent {
                                     id: cn.id.clone(),
                                     aliases: cn.aliases.clone(),
                                     kind: cn.kind.clone(),
                                     key: None,
                                     outcome: Outcome::Skipped { failed_input: root },
-                                });
+                                };
+                                if let Some(o) = &self.opts.observer {
+                                    o.finished(&event);
+                                }
+                                report.events.push(event);
                                 worklist.push(c);
                             }
                         }
@@ -568,6 +601,9 @@ impl<'a> Executor<'a> {
             progress,
             &self.opts.cancel,
         );
+        if let Some(o) = &self.opts.observer {
+            o.started(&req.id, &req.kind);
+        }
         let t = Instant::now();
         let started_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

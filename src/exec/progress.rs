@@ -1,13 +1,22 @@
-//! Progress display: one overall bar for stages plus one bar per running stage (epochs,
-//! scoring), via indicatif. Hidden entirely when stderr is not a terminal or when disabled,
-//! so logs and CI output stay clean.
+//! Progress display: one overall bar for stages plus one line per running stage, via
+//! indicatif. A stage's line is a spinner until the stage announces a phase with a known number
+//! of steps (epochs, scoring batches), then a bar with its ETA and the latest metric (the
+//! running loss). Hidden entirely when stderr is not a terminal or when disabled, so logs and CI
+//! output stay clean; those get the plain lines of `cli::lines` instead.
 
 use super::stage::Progress;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::Mutex;
 
 pub struct Bars {
     multi: Option<MultiProgress>,
     overall: Option<ProgressBar>,
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .expect("static template")
+        .progress_chars("=> ")
 }
 
 impl Bars {
@@ -20,11 +29,9 @@ impl Bars {
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = multi.add(ProgressBar::new(total));
-        overall.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} stages {elapsed}")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
+        overall.set_style(style(
+            "{prefix:>8} [{bar:30}] {pos}/{len} stages {elapsed} (eta {eta})",
+        ));
         overall.set_prefix("cfpipe");
         Bars {
             multi: Some(multi),
@@ -34,16 +41,18 @@ impl Bars {
 
     pub fn stage(&self, id: &str) -> StageBar {
         let bar = self.multi.as_ref().map(|m| {
-            let b = m.add(ProgressBar::new(0));
-            b.set_style(
-                ProgressStyle::with_template("  {prefix:40!} {msg:12} [{bar:20}] {pos}/{len}")
-                    .expect("static template")
-                    .progress_chars("=> "),
-            );
+            // No bar until a phase says how long it is: a stage without phases (most score
+            // methods) would otherwise show an empty `0/0` bar for its whole run.
+            let b = m.add(ProgressBar::new_spinner());
+            b.set_style(style("  {prefix:40!} {spinner} {msg}"));
             b.set_prefix(id.to_string());
+            b.enable_steady_tick(std::time::Duration::from_millis(200));
             b
         });
-        StageBar { bar }
+        StageBar {
+            bar,
+            phase: Mutex::new(String::new()),
+        }
     }
 
     pub fn stage_done(&self) {
@@ -61,6 +70,7 @@ impl Bars {
 
 pub struct StageBar {
     bar: Option<ProgressBar>,
+    phase: Mutex<String>,
 }
 
 impl StageBar {
@@ -74,14 +84,28 @@ impl StageBar {
 impl Progress for StageBar {
     fn phase(&self, name: &str, len: u64) {
         if let Some(b) = &self.bar {
-            b.set_message(name.to_string());
+            *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = name.to_string();
+            // Length before style: the bar is never drawn as `0/0`.
             b.set_length(len);
             b.set_position(0);
+            b.set_message(name.to_string());
+            if len > 0 {
+                b.disable_steady_tick();
+                b.set_style(style(
+                    "  {prefix:40!} {msg:32} [{bar:20}] {pos}/{len} eta {eta}",
+                ));
+            }
         }
     }
     fn inc(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
+        }
+    }
+    fn metric(&self, name: &str, value: f64) {
+        if let Some(b) = &self.bar {
+            let phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+            b.set_message(format!("{phase} {name} {value:.4}"));
         }
     }
 }

@@ -129,7 +129,9 @@ pub fn resolve(dag: &Dag, cache: &Cache) -> Vec<Resolved> {
         };
         out.insert(n, resolved);
     }
-    let _ = hasher.save();
+    if !cache.is_read_only() {
+        let _ = hasher.save();
+    }
     order
         .into_iter()
         .map(|n| out.remove(&n).expect("resolved every node"))

@@ -59,6 +59,9 @@ pub trait Progress: Send + Sync {
     /// Start a new phase with `len` steps (e.g. one epoch of batches).
     fn phase(&self, name: &str, len: u64);
     fn inc(&self, n: u64);
+    /// The latest value of a quantity worth watching (e.g. the running mean loss of the
+    /// epoch), shown beside the bar.
+    fn metric(&self, _name: &str, _value: f64) {}
 }
 
 /// A progress sink that drops everything (for tests and non-TTY runs).

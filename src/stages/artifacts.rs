@@ -146,11 +146,29 @@ impl SplitData {
 /// keep their bytes).
 pub const MODEL_ARCH: &str = "arch.json";
 
-pub fn save_model(art: &mut Artifact, p: &MlpParams) {
-    art.insert(MODEL_TENSORS, tensorio::encode(&p.to_tensors()));
+/// Store a model; a non-finite weight fails the stage instead (a NaN model is never a result).
+pub fn save_model(art: &mut Artifact, p: &MlpParams) -> Result<(), StageError> {
+    let tensors = p.to_tensors();
+    all_finite(MODEL_TENSORS, &tensors)?;
+    art.insert(MODEL_TENSORS, tensorio::encode(&tensors));
     if let Some(a) = &p.arch {
         art.insert(MODEL_ARCH, json_bytes(a));
     }
+    Ok(())
+}
+
+/// Fails, naming the tensor, where an f32 tensor holds NaN or ±∞.
+fn all_finite(file: &str, tensors: &BTreeMap<String, HostTensor>) -> Result<(), StageError> {
+    for (name, t) in tensors {
+        if let HostTensor::F32 { data, .. } = t {
+            if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(StageError::failed(format!(
+                    "{file}: tensor `{name}` holds {v} at index {i}; nothing was stored"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn load_model(ctx: &StageContext, slot: &str) -> Result<MlpParams, StageError> {
@@ -196,7 +214,11 @@ pub fn param_name(i: usize, n_trunk: usize) -> String {
 
 /// Synaptic-intelligence path integrals of one training stage: per trained parameter tensor,
 /// `omega/<name>` = −Σ_steps g·Δθ and `delta/<name>` = θ_end − θ_start.
-pub fn save_si(art: &mut Artifact, n_trunk: usize, tensors: &[(usize, Vec<f32>, Vec<f32>)]) {
+pub fn save_si(
+    art: &mut Artifact,
+    n_trunk: usize,
+    tensors: &[(usize, Vec<f32>, Vec<f32>)],
+) -> Result<(), StageError> {
     let mut m = BTreeMap::new();
     for (i, omega, delta) in tensors {
         let name = param_name(*i, n_trunk);
@@ -209,7 +231,9 @@ pub fn save_si(art: &mut Artifact, n_trunk: usize, tensors: &[(usize, Vec<f32>, 
             HostTensor::f32(vec![delta.len()], delta.clone()),
         );
     }
+    all_finite(SI_TENSORS, &m)?;
     art.insert(SI_TENSORS, tensorio::encode(&m));
+    Ok(())
 }
 
 /// `(omega, delta)` of parameter `name`, if that parameter was trained.

@@ -323,6 +323,15 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         }
         class_total += task.classes.len();
     }
+    if let Some((lambda, ..)) = &ewc {
+        // The pull 2λ(Aθ − B) is computed in f32: a λ beyond f32's range turns every trunk
+        // parameter into NaN at the first step.
+        if !(2.0 * *lambda as f32).is_finite() {
+            return Err(StageError::failed(format!(
+                "the EWC term overflows: 2·λ = 2 × {lambda:e} is beyond f32's range; lower the strategy's `lambda`"
+            )));
+        }
+    }
     let all_samples = order.clone();
     let n = order.len();
     let mut rng = rng_for(
@@ -338,9 +347,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let mut steps = 0;
     let batch_size = t.batch_size.max(1);
     let batches = n.div_ceil(batch_size);
+    // One phase for the whole stage, so that its bar's ETA is the stage's.
+    ctx.progress.phase("train", (t.epochs * batches) as u64);
     for epoch in 0..t.epochs {
-        ctx.progress
-            .phase(&format!("epoch {}/{}", epoch + 1, t.epochs), batches as u64);
         let mut class_counts = None;
         if p.training.sampling.is_none() {
             order.shuffle(&mut rng);
@@ -361,12 +370,12 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             order = drawn.into_iter().map(|i| all_samples[i]).collect();
         }
         let (mut loss_sum, mut correct) = (0f64, 0usize);
-        for (b, chunk) in order.chunks(batch_size).enumerate() {
+        for (batch_no, chunk) in order.chunks(batch_size).enumerate() {
             ctx.check_cancel()?;
             let mut view_rng = rng_for(
                 p.seed,
                 p.task_index,
-                &format!("augment/epoch{epoch}/batch{b}"),
+                &format!("augment/epoch{epoch}/batch{batch_no}"),
             );
             let mut grads: Vec<(usize, crate::nn::mlp::Vector<D>)> = Vec::new();
             let mut batch_loss = 0f64;
@@ -411,12 +420,28 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     .count();
             }
             if !batch_loss.is_finite() {
-                return Err(StageError::failed(format!(
-                    "loss is {batch_loss} at epoch {}, batch {} of task {}; lower training.lr or check the data",
+                let at = format!(
+                    "at epoch {}, batch {} of task {}",
                     epoch + 1,
-                    b + 1,
+                    batch_no + 1,
                     p.task_index + 1
-                )));
+                );
+                // With EWC, the usual cause is the penalty's pull: name it, with its size.
+                return Err(StageError::failed(match &ewc {
+                    Some((lambda, pen, _, _)) => {
+                        let theta: Vec<Vec<f32>> = model.params[..n_trunk_tensors]
+                            .iter()
+                            .map(|t| t.as_vec())
+                            .collect();
+                        format!(
+                            "loss is {batch_loss} {at}, after the EWC penalty λ·Σ F·(θ − θ*)² grew to {:e} (λ = {lambda:e}); lower the strategy's `lambda` (or training.lr)",
+                            lambda * pen.value(&theta)
+                        )
+                    }
+                    None => {
+                        format!("loss is {batch_loss} {at}; lower training.lr or check the data")
+                    }
+                }));
             }
             let task_grads = grads.clone();
             let before: Vec<Vector<D>> = grads
@@ -436,12 +461,32 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                         }
                     })
                     .collect();
+                // One reduction per trunk tensor, only with EWC: an overflowing pull is named
+                // here, before it turns the parameters (and then the loss) into NaN.
+                let pull_sum: f32 = grads[..]
+                    .iter()
+                    .filter(|(i, _)| *i < n_trunk_tensors)
+                    .map(|(_, g)| g.clone().sum::<(), _>().as_vec()[0])
+                    .sum();
+                if !pull_sum.is_finite() {
+                    return Err(StageError::failed(format!(
+                        "the EWC term's gradient 2λ·F·(θ − θ*) is {pull_sum} at epoch {}, batch {} of task {} (λ = {lambda:e}): it overflows f32; lower the strategy's `lambda`",
+                        epoch + 1,
+                        batch_no + 1,
+                        p.task_index + 1
+                    )));
+                }
             }
             opt.step(&mut model.params, grads);
             si.record(task_grads, before, &model.params);
             steps += 1;
             loss_sum += batch_loss * chunk.len() as f64;
             ctx.progress.inc(1);
+            let seen = ((batch_no + 1) * batch_size).min(n);
+            ctx.progress.metric(
+                &format!("epoch {}/{} loss", epoch + 1, t.epochs),
+                loss_sum / seen as f64,
+            );
         }
         let log = EpochLog {
             epoch: epoch + 1,
@@ -456,6 +501,13 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             }),
             class_counts,
         };
+        check_objective(
+            &log,
+            &model,
+            host.trunk.len(),
+            ewc.as_ref().map(|e| e.0),
+            p.task_index,
+        )?;
         ctx.log(format!(
             "epoch {}: loss {:.5}, train accuracy {:.4}{}",
             log.epoch,
@@ -468,7 +520,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         epochs.push(log);
     }
     let mut art = Artifact::new();
-    artifacts::save_model(&mut art, &model.to_host());
+    artifacts::save_model(&mut art, &model.to_host())?;
     let si: Vec<(usize, Vec<f32>, Vec<f32>)> = si
         .omega
         .into_iter()
@@ -477,7 +529,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             (i, w.as_vec(), delta)
         })
         .collect();
-    artifacts::save_si(&mut art, host.trunk.len(), &si);
+    artifacts::save_si(&mut art, host.trunk.len(), &si)?;
     art.insert(
         TRAIN_JSON,
         json_bytes(&TrainReport {
@@ -488,6 +540,41 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         }),
     );
     Ok(art)
+}
+
+/// After each epoch, every term of the objective and every parameter must be finite. The loss
+/// is checked per batch; this catches what the loss cannot show, an overflowing EWC penalty or
+/// an update that diverged, and names the term, so that a model full of NaN is never cached as
+/// a result.
+fn check_objective<D: Device<f32>>(
+    log: &EpochLog,
+    model: &DeviceMlp<D>,
+    n_trunk: usize,
+    ewc_lambda: Option<f64>,
+    task_index: usize,
+) -> Result<(), StageError> {
+    let at = format!("at epoch {} of task {}", log.epoch, task_index + 1);
+    if let (Some(v), Some(lambda)) = (log.ewc_penalty, ewc_lambda) {
+        if !v.is_finite() {
+            return Err(StageError::failed(format!(
+                "the EWC penalty λ·Σ F·(θ − θ*)² is {v} {at} (λ = {lambda:e}): it overflows; lower the strategy's `lambda`"
+            )));
+        }
+    }
+    for (i, t) in model.params.iter().enumerate() {
+        if let Some(v) = t.as_vec().into_iter().find(|v| !v.is_finite()) {
+            let term = if ewc_lambda.is_some() {
+                "the update (task loss + EWC pull) diverged; lower training.lr or the strategy's `lambda`"
+            } else {
+                "the update diverged; lower training.lr"
+            };
+            return Err(StageError::failed(format!(
+                "parameter `{}` holds {v} {at}: {term}",
+                artifacts::param_name(i, n_trunk)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Sum per-head gradients, each weighted by its share of the batch.

@@ -1,5 +1,9 @@
 //! Command-line options (clap) and the subcommands. Raw options are resolved here into a
-//! cache, a checked pipeline and a DAG; the library does the rest.
+//! cache, a checked pipeline and a DAG; the library does the rest. What the commands print,
+//! and how a closed stdout is handled, lives in `output`.
+
+pub mod output;
+use output::{out, Lines};
 
 use crate::cache::remote::Remote;
 use crate::cache::roots::{RootOwner, RootRecorder};
@@ -14,7 +18,7 @@ use crate::stages::{self, DeviceChoice};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
@@ -29,27 +33,39 @@ pub struct Cli {
     /// Cache directory [default: $CFPIPE_CACHE, else `[cache] dir` in cfpipe.toml, else ./cache].
     #[arg(long, value_name = "DIR", global = true)]
     pub cache: Option<PathBuf>,
-    /// Remote cache (s3://BUCKET/PREFIX, http(s)://HOST/PATH for WebDAV, file:///DIR, DIR),
-    /// or `none` [default: $CFPIPE_REMOTE, else `[remote] url` in cfpipe.toml].
-    #[arg(long, value_name = "URL", global = true)]
-    pub remote: Option<String>,
-    /// Make what cfpipe creates in the cache owned by GROUP, group-writable, directories
-    /// setgid, for a team cache [default: $CFPIPE_SHARED_GROUP, else none].
-    #[arg(long, value_name = "GROUP", global = true)]
-    pub shared_group: Option<String>,
-    /// Seconds without a heartbeat before another process's lease on a stage is taken over
-    /// [default: $CFPIPE_LEASE_TIMEOUT, else 60].
-    #[arg(long, value_name = "SECS", global = true)]
-    pub lease_timeout: Option<f64>,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct PipelineArgs {
     /// Pipeline YAML file.
     pub pipeline: PathBuf,
-    /// Override a value: `--set strategies.rnf.prune.threshold=0.05` (repeatable).
+    /// Override a value: `--set strategies.rnf.prune.threshold=0.05` (repeatable; quote values
+    /// with spaces: `--set 'seeds=[0, 1]'`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+/// The remote cache, for the commands that read from or write to one.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RemoteArgs {
+    /// Remote cache (s3://BUCKET/PREFIX, http(s)://HOST/PATH for WebDAV, file:///DIR, DIR),
+    /// or `none` [default: $CFPIPE_REMOTE, else `[remote] url` in cfpipe.toml].
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+}
+
+/// How a team shares the cache, for the commands that create entries or judge leases.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TeamArgs {
+    /// Make what cfpipe creates in the cache owned by GROUP, group-writable, directories
+    /// setgid, for a team cache [default: $CFPIPE_SHARED_GROUP, else `[cache] shared_group` in
+    /// cfpipe.toml, else none].
+    #[arg(long, value_name = "GROUP")]
+    pub shared_group: Option<String>,
+    /// Seconds without a heartbeat before another process's lease on a stage is taken over
+    /// [default: $CFPIPE_LEASE_TIMEOUT, else 60].
+    #[arg(long, value_name = "SECS")]
+    pub lease_timeout: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,14 +80,21 @@ pub enum Command {
         /// `cpu`, or `cuda[:N]` with a CUDA build.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// No progress bars.
+        /// No progress bars, and no per-stage lines when stdout is not a terminal; failures
+        /// and the summary line are still printed.
         #[arg(long, short)]
         quiet: bool,
+        #[command(flatten)]
+        team: TeamArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Show, per stage, whether it is cached and why not.
     Status {
         #[command(flatten)]
         p: PipelineArgs,
+        /// Print `{"stages":[{"id","aliases","kind","key","cached","reason"}]}` instead of a
+        /// table.
         #[arg(long)]
         json: bool,
     },
@@ -83,10 +106,11 @@ pub enum Command {
         #[arg(long)]
         dot: bool,
     },
-    /// Print accuracy matrices from the cache.
+    /// Print accuracy matrices from the cache; exit 1 if results are missing.
     Show {
         #[command(flatten)]
         p: PipelineArgs,
+        /// Print every strategy's and seed's results as JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -130,11 +154,17 @@ pub enum Command {
         #[command(subcommand)]
         cmd: CacheCmd,
     },
-    /// Run one stage by key from its request file (for cluster executors).
+    /// Run one stage by key from its request file (for cluster executors). Exits 0 when the
+    /// entry is published (ran or cached), 1 when the stage failed, 128 + N on signal N.
     ExecStage {
+        /// The stage key (64 hex digits) of a request that `cfpipe run` wrote to the cache's
+        /// `requests/`.
         key: String,
+        /// `cpu`, or `cuda[:N]` with a CUDA build.
         #[arg(long, default_value = "cpu")]
         device: String,
+        #[command(flatten)]
+        team: TeamArgs,
     },
 }
 
@@ -149,6 +179,7 @@ pub enum CacheCmd {
     /// Delete entries that no registered root (see `cache roots`) and none of the given
     /// pipelines reach, unless used within the grace period or leased right now.
     Gc {
+        /// Pipelines whose cached stages are kept, besides the registered roots.
         pipelines: Vec<PathBuf>,
         /// `--set` overrides applied to every pipeline.
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -159,6 +190,8 @@ pub enum CacheCmd {
         /// Delete roots no run refreshed for this many days.
         #[arg(long, value_name = "DAYS", default_value_t = 30.0)]
         roots_max_age: f64,
+        #[command(flatten)]
+        team: TeamArgs,
     },
     /// Pipelines registered as gc roots (every `run` registers its own).
     Roots {
@@ -167,16 +200,26 @@ pub enum CacheCmd {
     },
     /// Upload verified entries to the remote cache: those the pipelines reach, else all.
     Push {
+        /// Pipelines whose cached stages are pushed [default: every local entry].
         pipelines: Vec<PathBuf>,
+        /// `--set` overrides applied to every pipeline.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Download, verify and store entries from the remote cache: those the pipelines need,
     /// else all.
     Pull {
+        /// Pipelines whose stages are pulled [default: every remote entry].
         pipelines: Vec<PathBuf>,
+        /// `--set` overrides applied to every pipeline.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        #[command(flatten)]
+        team: TeamArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
 }
 
@@ -207,7 +250,7 @@ fn print_sync(op: &str, rep: &SyncReport, remote: &Remote) -> Result<(), CliErro
     for (id, e) in &rep.errors {
         eprintln!("FAILED {op} {id}: {e}");
     }
-    println!(
+    out!(
         "{op}: {} entries ({}) {} {} in {:.2} s; {} already there, {} unavailable, {} failed",
         rep.moved.len(),
         human_bytes(rep.bytes()),
@@ -237,11 +280,17 @@ fn sync_cmd(
 ) -> Result<(), CliError> {
     let remote = open_remote(remote_flag, pipelines)?.ok_or_else(|| {
         CliError::Usage(
-            "no remote cache configured: pass --remote URL, set CFPIPE_REMOTE, or add              `[remote] url = ...` to cfpipe.toml"
+            "no remote cache configured: pass --remote URL, set CFPIPE_REMOTE, or add \
+             `[remote] url = ...` to cfpipe.toml"
                 .into(),
         )
     })?;
-    let cache = open_cache(cache)?;
+    // A push only reads the local cache.
+    let cache = if push {
+        open_cache_read(cache)
+    } else {
+        open_cache(cache)?
+    };
     let mut dags = Vec::new();
     for p in pipelines {
         dags.push(load(p, set, DataCheck::Required)?.1);
@@ -256,6 +305,18 @@ fn sync_cmd(
 }
 
 impl Command {
+    /// The team-cache options, where the command has them.
+    fn team(&self) -> TeamArgs {
+        match self {
+            Command::Run { team, .. }
+            | Command::ExecStage { team, .. }
+            | Command::Cache {
+                cmd: CacheCmd::Gc { team, .. } | CacheCmd::Pull { team, .. },
+            } => team.clone(),
+            _ => TeamArgs::default(),
+        }
+    }
+
     /// The pipeline files a command is about, where the config file is looked for first.
     fn pipelines(&self) -> Vec<PathBuf> {
         match self {
@@ -282,6 +343,7 @@ pub enum RootsCmd {
     Ls,
     /// Unregister roots by id (a unique prefix is enough).
     Rm {
+        /// Root ids, or unique prefixes of them (see `cfpipe cache roots ls`).
         #[arg(required = true)]
         ids: Vec<String>,
     },
@@ -291,6 +353,8 @@ pub enum RootsCmd {
 pub struct CacheLoc {
     pub dir: Option<PathBuf>,
     pub config: CacheConfig,
+    /// The `--cache` flag as given, for commands suggested to the user.
+    flag: Option<PathBuf>,
 }
 
 impl CacheLoc {
@@ -299,15 +363,16 @@ impl CacheLoc {
     fn from_cli(cli: &Cli) -> Result<CacheLoc, CliError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let file = Config::for_pipelines(&cli.command.pipelines())?.cache;
+        let team = cli.command.team();
         let mut config = CacheConfig {
-            shared_group: cli
+            shared_group: team
                 .shared_group
                 .clone()
                 .or_else(|| env("CFPIPE_SHARED_GROUP"))
                 .or(file.shared_group),
             ..CacheConfig::default()
         };
-        let timeout = match (cli.lease_timeout, env("CFPIPE_LEASE_TIMEOUT")) {
+        let timeout = match (team.lease_timeout, env("CFPIPE_LEASE_TIMEOUT")) {
             (Some(t), _) => Some(t),
             (None, Some(v)) => Some(v.parse::<f64>().map_err(|_| {
                 CliError::Usage(format!(
@@ -331,16 +396,42 @@ impl CacheLoc {
                 .or_else(|| env("CFPIPE_CACHE").map(PathBuf::from))
                 .or(file.dir),
             config,
+            flag: cli.cache.clone(),
         })
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| PathBuf::from("cache"))
+    }
+
+    /// The command that computes what a read-only command found missing: the same pipeline,
+    /// overrides and `--cache` (a cache named by environment or config file applies anyway).
+    fn run_command(&self, p: &PipelineArgs) -> String {
+        let cache = self
+            .flag
+            .as_ref()
+            .map(|d| format!(" --cache {}", shell_word(&d.display().to_string())))
+            .unwrap_or_default();
+        format!(
+            "cfpipe run {}{}{cache}",
+            shell_word(&p.pipeline.display().to_string()),
+            set_args(&p.set)
+        )
     }
 }
 
+/// Open (creating if needed) the cache, for commands that write to it.
 fn open_cache(loc: &CacheLoc) -> Result<Cache, CliError> {
-    let dir = loc.dir.clone().unwrap_or_else(|| PathBuf::from("cache"));
-    Cache::open_with(dir, &loc.config).map_err(|e| match e {
+    Cache::open_with(loc.dir(), &loc.config).map_err(|e| match e {
         CacheError::Group(_) => CliError::Usage(e.to_string()),
         e => e.into(),
     })
+}
+
+/// The cache for commands that only read it: nothing is created or written, and a cache
+/// directory that does not exist reads as an empty cache.
+fn open_cache_read(loc: &CacheLoc) -> Cache {
+    Cache::open_read_only(loc.dir())
 }
 
 /// Load, validate and compile a pipeline into its DAG.
@@ -358,214 +449,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             jobs,
             device,
             quiet,
-        } => {
-            DeviceChoice::parse(&device)?.check_available(&device)?;
-            let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
-            let cache = open_cache(c)?;
-            let remote = open_remote(&cli.remote, std::slice::from_ref(&p.pipeline))?;
-            let roots = RootRecorder::new(&cache, RootOwner::new(&pipe.name, &p.pipeline, &p.set));
-            let cancel = Arc::new(AtomicBool::new(false));
-            install_ctrlc(cancel.clone());
-            let opts = ExecOptions {
-                jobs: jobs.unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                }),
-                device,
-                show_progress: !quiet,
-                cancel,
-                roots: Some(Arc::new(roots)),
-            };
-            let registry = stages::registry();
-            let report = Executor::new(&cache, &registry, opts)
-                .with_remote(remote.as_ref())
-                .run(&dag);
-            for e in &report.events {
-                match &e.outcome {
-                    Outcome::Failed { error } => eprintln!("FAILED {}: {error}", e.id),
-                    Outcome::Skipped { failed_input } => {
-                        eprintln!("skipped {} (input `{failed_input}` failed)", e.id)
-                    }
-                    Outcome::Ran {
-                        replaced_corrupt: Some(f),
-                        ..
-                    } => {
-                        eprintln!("recomputed {} (its cache entry was corrupt: {f})", e.id)
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(r) = remote.as_ref().filter(|_| !report.pulled().is_empty()) {
-                let bytes: u64 = report
-                    .events
-                    .iter()
-                    .map(|e| match e.outcome {
-                        Outcome::Pulled { bytes, .. } => bytes,
-                        _ => 0,
-                    })
-                    .sum();
-                println!(
-                    "pulled {} entries ({}) from {}",
-                    report.pulled().len(),
-                    human_bytes(bytes),
-                    r.url()
-                );
-            }
-            println!("{}", report.summary_line());
-            if report.interrupted {
-                return Err(CliError::Interrupted);
-            }
-            let failed = report.failed();
-            if !failed.is_empty() {
-                return Err(CliError::StagesFailed {
-                    failed: failed.len(),
-                    names: failed
-                        .iter()
-                        .map(|e| e.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
-            Ok(())
-        }
-        Command::Status { p, json } => {
-            let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
-            let cache = open_cache(c)?;
-            let res = resolve::resolve(&dag, &cache);
-            if json {
-                let stages: Vec<_> = res
-                    .iter()
-                    .map(|r| {
-                        let n = dag.node(r.node);
-                        serde_json::json!({
-                            "id": n.id,
-                            "aliases": n.aliases,
-                            "kind": n.kind,
-                            "key": r.key.map(|k| k.to_hex()),
-                            "cached": r.cached(),
-                            "reason": r.reason.describe(),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::json!({ "stages": stages }));
-            } else {
-                let w = res
-                    .iter()
-                    .map(|r| dag.node(r.node).id.len())
-                    .max()
-                    .unwrap_or(10);
-                for r in &res {
-                    let n = dag.node(r.node);
-                    let key = r.key.map(|k| k.short()).unwrap_or_else(|| "-".repeat(12));
-                    let state = if r.cached() {
-                        "cached".into()
-                    } else {
-                        format!("will run: {}", r.reason.describe())
-                    };
-                    println!("{:<w$}  {:<8}  {}  {}", n.id, n.kind, key, state);
-                }
-                let cached = res.iter().filter(|r| r.cached()).count();
-                println!(
-                    "{} stages: {} cached, {} to run",
-                    res.len(),
-                    cached,
-                    res.len() - cached
-                );
-            }
-            Ok(())
-        }
+            team: _,
+            remote,
+        } => run_cmd(&p, jobs, device, quiet, &remote, c),
+        Command::Status { p, json } => status_cmd(&p, json, c),
         Command::Dag { p, dot } => {
             let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Skip)?;
-            print!(
-                "{}",
-                if dot {
-                    dag.render_dot()
-                } else {
-                    dag.render_text()
-                }
-            );
-            Ok(())
+            let text = if dot {
+                dag.render_dot()
+            } else {
+                dag.render_text()
+            };
+            output::write_stdout(format_args!("{text}"))
         }
-        Command::Show { p, json } => {
-            let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
-            let cache = open_cache(c)?;
-            let res = resolve::resolve(&dag, &cache);
-            let results = crate::report::collect(&pipe, &dag, &res);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&results).expect("plain data")
-                );
-                return Ok(());
-            }
-            let summaries = crate::report::summary::summarize(&results);
-            for r in &results {
-                print!("{}", crate::report::render_matrix(r));
-                if !r.complete() {
-                    println!(
-                        "  missing from the cache: {} (compute with `cfpipe run {}{}`)",
-                        r.missing.join(", "),
-                        p.pipeline.display(),
-                        set_args(&p.set)
-                    );
-                }
-                println!();
-            }
-            if pipe.seeds.len() > 1 {
-                println!("over seeds (mean ± std):");
-                for x in &summaries {
-                    println!(
-                        "  {:<12} final mean accuracy {:>14}   task 1 {:>14}   free capacity {:>14}",
-                        x.strategy,
-                        x.final_mean_accuracy.fmt(100.0),
-                        x.final_task1_accuracy.fmt(100.0),
-                        x.free_capacity.last().map(|m| m.fmt(100.0)).unwrap_or_default()
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Report { p, out } => {
-            let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
-            let cache = open_cache(c)?;
-            let res = resolve::resolve(&dag, &cache);
-            let results = crate::report::collect(&pipe, &dag, &res);
-            let missing: Vec<String> = results.iter().flat_map(|r| r.missing.clone()).collect();
-            if !missing.is_empty() {
-                let shown: Vec<&str> = missing.iter().take(8).map(|s| s.as_str()).collect();
-                let more = missing.len().saturating_sub(shown.len());
-                return Err(CliError::MissingResults {
-                    stages: if more > 0 {
-                        format!("{} and {more} more", shown.join(", "))
-                    } else {
-                        shown.join(", ")
-                    },
-                    command: format!("cfpipe run {}{}", p.pipeline.display(), set_args(&p.set)),
-                });
-            }
-            let summaries = crate::report::summary::summarize(&results);
-            let times: Vec<_> = res
-                .iter()
-                .filter_map(|r| {
-                    let e = r.entry.as_ref()?;
-                    let n = dag.node(r.node);
-                    Some(crate::report::write::StageTime {
-                        id: n.id.clone(),
-                        kind: n.kind.clone(),
-                        key: e.manifest.key.to_hex(),
-                        wall_s: e.manifest.run.wall_s,
-                        device: e.manifest.run.device.clone(),
-                    })
-                })
-                .collect();
-            let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&pipe.name));
-            let files =
-                crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times)
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
-            println!("wrote {} files to {}", files.len(), out.display());
-            Ok(())
-        }
+        Command::Show { p, json } => show_cmd(&p, json, c),
+        Command::Report { p, out } => report_cmd(&p, out, c),
         Command::Explain {
             p,
             stage,
@@ -602,34 +500,285 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             explain_cmd(&p, opts, c)
         }
         Command::Cache {
-            cmd: CacheCmd::Push { pipelines, set },
-        } => sync_cmd(true, &pipelines, &set, &cli.remote, c),
+            cmd:
+                CacheCmd::Push {
+                    pipelines,
+                    set,
+                    remote,
+                },
+        } => sync_cmd(true, &pipelines, &set, &remote.remote, c),
         Command::Cache {
-            cmd: CacheCmd::Pull { pipelines, set },
-        } => sync_cmd(false, &pipelines, &set, &cli.remote, c),
-        Command::Cache { cmd } => cache_cmd(cmd, &open_cache(c)?),
-        Command::ExecStage { key, device } => {
+            cmd:
+                CacheCmd::Pull {
+                    pipelines,
+                    set,
+                    remote,
+                    ..
+                },
+        } => sync_cmd(false, &pipelines, &set, &remote.remote, c),
+        Command::Cache { cmd } => cache_cmd(cmd, c),
+        Command::ExecStage { key, device, .. } => {
             DeviceChoice::parse(&device)?.check_available(&device)?;
             let cache = open_cache(c)?;
             let registry = stages::registry();
+            let interrupt = crate::signals::Interrupt::install();
+            let lines = Arc::new(Lines::new(
+                !output::stdout_is_terminal(),
+                interrupt.cancel.clone(),
+            ));
             let opts = ExecOptions {
                 device,
+                cancel: interrupt.cancel.clone(),
+                observer: Some(lines.clone()),
                 ..ExecOptions::default()
             };
-            let (entry, outcome) = Executor::new(&cache, &registry, opts).exec_request(&key)?;
+            let res = Executor::new(&cache, &registry, opts).exec_request(&key);
+            if let Some(signal) = interrupt.signal() {
+                return Err(CliError::Interrupted { signal });
+            }
+            let (entry, outcome) = res?;
             let what = if matches!(outcome, Outcome::Cached) {
                 "cached"
             } else {
                 "ran"
             };
-            println!(
+            lines.say(&format!(
                 "{} {what}: {}",
                 entry.manifest.stage_id,
                 entry.content_hash()
-            );
+            ));
             Ok(())
         }
     }
+}
+
+/// `cfpipe run`: compute what is not cached, report failures, end with the summary line.
+fn run_cmd(
+    p: &PipelineArgs,
+    jobs: Option<usize>,
+    device: String,
+    quiet: bool,
+    remote: &RemoteArgs,
+    c: &CacheLoc,
+) -> Result<(), CliError> {
+    DeviceChoice::parse(&device)?.check_available(&device)?;
+    let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let cache = open_cache(c)?;
+    let remote = open_remote(&remote.remote, std::slice::from_ref(&p.pipeline))?;
+    let roots = RootRecorder::new(&cache, RootOwner::new(&pipe.name, &p.pipeline, &p.set));
+    let interrupt = crate::signals::Interrupt::install();
+    // Bars when someone watches a terminal; plain lines for logs, pipes and batch jobs.
+    let terminal = output::stdout_is_terminal();
+    let lines = Arc::new(Lines::new(!quiet && !terminal, interrupt.cancel.clone()));
+    let opts = ExecOptions {
+        jobs: jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        device,
+        show_progress: !quiet && terminal,
+        cancel: interrupt.cancel.clone(),
+        roots: Some(Arc::new(roots)),
+        observer: Some(lines.clone()),
+    };
+    let registry = stages::registry();
+    let report = Executor::new(&cache, &registry, opts)
+        .with_remote(remote.as_ref())
+        .run(&dag);
+    for e in &report.events {
+        match &e.outcome {
+            Outcome::Failed { error } => eprintln!("FAILED {}: {error}", e.id),
+            // After a signal, the stages it kept from running are counted, not listed.
+            Outcome::Skipped { failed_input } if !report.interrupted => {
+                eprintln!("skipped {} (input `{failed_input}` failed)", e.id)
+            }
+            Outcome::Ran {
+                replaced_corrupt: Some(f),
+                ..
+            } => {
+                eprintln!("recomputed {} (its cache entry was corrupt: {f})", e.id)
+            }
+            _ => {}
+        }
+    }
+    if let Some(r) = remote.as_ref().filter(|_| !report.pulled().is_empty()) {
+        let bytes: u64 = report
+            .events
+            .iter()
+            .map(|e| match e.outcome {
+                Outcome::Pulled { bytes, .. } => bytes,
+                _ => 0,
+            })
+            .sum();
+        lines.say(&format!(
+            "pulled {} entries ({}) from {}",
+            report.pulled().len(),
+            human_bytes(bytes),
+            r.url()
+        ));
+    }
+    if report.interrupted {
+        eprintln!("{}", report.interrupted_line());
+    }
+    lines.say(&report.summary_line());
+    if report.interrupted {
+        return Err(CliError::Interrupted {
+            signal: interrupt.signal().unwrap_or(libc::SIGINT),
+        });
+    }
+    let failed = report.failed();
+    if !failed.is_empty() {
+        return Err(CliError::StagesFailed {
+            failed: failed.len(),
+            names: failed
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(())
+}
+
+fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> {
+    let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let cache = open_cache_read(c);
+    let res = resolve::resolve(&dag, &cache);
+    if json {
+        let stages: Vec<_> = res
+            .iter()
+            .map(|r| {
+                let n = dag.node(r.node);
+                serde_json::json!({
+                    "id": n.id,
+                    "aliases": n.aliases,
+                    "kind": n.kind,
+                    "key": r.key.map(|k| k.to_hex()),
+                    "cached": r.cached(),
+                    "reason": r.reason.describe(),
+                })
+            })
+            .collect();
+        out!("{}", serde_json::json!({ "stages": stages }));
+        return Ok(());
+    }
+    let w = res
+        .iter()
+        .map(|r| dag.node(r.node).id.len())
+        .max()
+        .unwrap_or(10);
+    for r in &res {
+        let n = dag.node(r.node);
+        let key = r.key.map(|k| k.short()).unwrap_or_else(|| "-".repeat(12));
+        let state = if r.cached() {
+            "cached".into()
+        } else {
+            format!("will run: {}", r.reason.describe())
+        };
+        out!("{:<w$}  {:<8}  {}  {}", n.id, n.kind, key, state);
+    }
+    let cached = res.iter().filter(|r| r.cached()).count();
+    out!(
+        "{} stages: {} cached, {} to run",
+        res.len(),
+        cached,
+        res.len() - cached
+    );
+    Ok(())
+}
+
+/// The stages whose results `show` and `report` need but the cache lacks, as an error that
+/// names them (the first eight) and the command that computes them.
+fn missing_results(missing: &[String], p: &PipelineArgs, c: &CacheLoc) -> CliError {
+    let shown: Vec<&str> = missing.iter().take(8).map(|s| s.as_str()).collect();
+    let more = missing.len().saturating_sub(shown.len());
+    CliError::MissingResults {
+        stages: if more > 0 {
+            format!("{} and {more} more", shown.join(", "))
+        } else {
+            shown.join(", ")
+        },
+        command: c.run_command(p),
+    }
+}
+
+fn show_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> {
+    let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let cache = open_cache_read(c);
+    let res = resolve::resolve(&dag, &cache);
+    let results = crate::report::collect(&pipe, &dag, &res);
+    let missing: Vec<String> = results.iter().flat_map(|r| r.missing.clone()).collect();
+    if json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&results).expect("plain data")
+        );
+    } else {
+        let summaries = crate::report::summary::summarize(&results);
+        for r in &results {
+            output::write_stdout(format_args!("{}", crate::report::render_matrix(r)))?;
+            if !r.complete() {
+                out!(
+                    "  missing from the cache: {} (compute with `{}`)",
+                    r.missing.join(", "),
+                    c.run_command(p)
+                );
+            }
+            out!();
+        }
+        if pipe.seeds.len() > 1 {
+            out!("over seeds (mean ± std):");
+            for x in &summaries {
+                out!(
+                    "  {:<12} final mean accuracy {:>14}   task 1 {:>14}   free capacity {:>14}",
+                    x.strategy,
+                    x.final_mean_accuracy.fmt(100.0),
+                    x.final_task1_accuracy.fmt(100.0),
+                    x.free_capacity
+                        .last()
+                        .map(|m| m.fmt(100.0))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing_results(&missing, p, c))
+    }
+}
+
+fn report_cmd(p: &PipelineArgs, out: Option<PathBuf>, c: &CacheLoc) -> Result<(), CliError> {
+    let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let cache = open_cache_read(c);
+    let res = resolve::resolve(&dag, &cache);
+    let results = crate::report::collect(&pipe, &dag, &res);
+    let missing: Vec<String> = results.iter().flat_map(|r| r.missing.clone()).collect();
+    if !missing.is_empty() {
+        return Err(missing_results(&missing, p, c));
+    }
+    let summaries = crate::report::summary::summarize(&results);
+    let times: Vec<_> = res
+        .iter()
+        .filter_map(|r| {
+            let e = r.entry.as_ref()?;
+            let n = dag.node(r.node);
+            Some(crate::report::write::StageTime {
+                id: n.id.clone(),
+                kind: n.kind.clone(),
+                key: e.manifest.key.to_hex(),
+                wall_s: e.manifest.run.wall_s,
+                device: e.manifest.run.device.clone(),
+            })
+        })
+        .collect();
+    let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&pipe.name));
+    let files = crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    out!("wrote {} files to {}", files.len(), out.display());
+    Ok(())
 }
 
 struct ExplainArgs {
@@ -685,17 +834,14 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
             a.stage
         )));
     };
-    let cache = open_cache(c)?;
+    let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
     let entry = |at| {
         res.iter()
             .find(|r| r.node == at)
             .and_then(|r| r.entry.clone())
     };
-    let missing = |id: &str| CliError::MissingResults {
-        stages: id.to_string(),
-        command: format!("cfpipe run {}{}", p.pipeline.display(), set_args(&p.set)),
-    };
+    let missing = |id: &str| missing_results(&[id.to_string()], p, c);
     let model_entry = entry(node).ok_or_else(|| missing(&a.stage))?;
     let split_entry = entry(split_node).ok_or_else(|| missing(&dag.node(split_node).id))?;
     let stage_task = n
@@ -754,16 +900,27 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
     let written = explain::write(&out, &a.stage, head, &a.rules, &shown)
         .map_err(|e| CliError::Io(std::io::Error::other(e.to_string())))?;
     for e in &shown {
-        println!(
+        out!(
             "test image {} (class {}): logit {:.4}, relevance sum {:.4}",
-            e.index, e.class, e.logit, e.relevance_sum
+            e.index,
+            e.class,
+            e.logit,
+            e.relevance_sum
         );
     }
-    println!("wrote {} files to {}", written.len(), out.display());
+    out!("wrote {} files to {}", written.len(), out.display());
     Ok(())
 }
 
-fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
+fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
+    // Only gc and `roots rm` change the cache; the rest must not even create it.
+    let cache = &match cmd {
+        CacheCmd::Gc { .. }
+        | CacheCmd::Roots {
+            cmd: RootsCmd::Rm { .. },
+        } => open_cache(c)?,
+        _ => open_cache_read(c),
+    };
     match cmd {
         // Dispatched in `run`, which knows `--remote`.
         CacheCmd::Push { .. } | CacheCmd::Pull { .. } => {
@@ -772,7 +929,7 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
         CacheCmd::Ls => {
             for k in cache.keys()? {
                 match cache.read_manifest(&k) {
-                    Some(m) => println!(
+                    Some(m) => out!(
                         "{}  {:<8}  {:>10}  {:>8.2}s  {}",
                         k.short(),
                         m.kind,
@@ -780,7 +937,7 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
                         m.run.wall_s,
                         m.stage_id
                     ),
-                    None => println!("{}  (unreadable manifest)", k.short()),
+                    None => out!("{}  (unreadable manifest)", k.short()),
                 }
             }
             Ok(())
@@ -800,9 +957,9 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
                 e.1 += size;
             }
             for (kind, (n, size)) in &by_kind {
-                println!("{kind:<10} {n:>5} entries  {:>10}", human_bytes(*size));
+                out!("{kind:<10} {n:>5} entries  {:>10}", human_bytes(*size));
             }
-            println!(
+            out!(
                 "{:<10} {:>5} entries  {:>10}",
                 "total",
                 by_kind.values().map(|v| v.0).sum::<usize>(),
@@ -820,10 +977,10 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
                         .read_manifest(k)
                         .map(|m| m.stage_id)
                         .unwrap_or_default();
-                    println!("CORRUPT {} {id}: {file}: {reason}", k.short());
+                    out!("CORRUPT {} {id}: {file}: {reason}", k.short());
                 }
             }
-            println!("{} entries verified, {} corrupt", keys.len(), bad);
+            out!("{} entries verified, {} corrupt", keys.len(), bad);
             if bad > 0 {
                 return Err(CliError::VerifyFailed(bad));
             }
@@ -834,6 +991,7 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
             set,
             grace,
             roots_max_age,
+            ..
         } => {
             let mut keep = BTreeSet::new();
             for p in &pipelines {
@@ -859,9 +1017,9 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
                 ),
             })?;
             for id in &rep.expired_roots {
-                println!("expired root {id}");
+                out!("expired root {id}");
             }
-            println!(
+            out!(
                 "removed {} entries ({}); kept {} reachable, {} recently used, {} leased",
                 rep.removed.len(),
                 human_bytes(rep.freed),
@@ -874,7 +1032,7 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
         CacheCmd::Roots { cmd: RootsCmd::Ls } => {
             for r in cache.roots()? {
                 let age = r.modified.elapsed().unwrap_or_default().as_secs_f64();
-                println!(
+                out!(
                     "{}  {:>7.1}d  {:>4} keys  {:<10} {}{}",
                     r.id,
                     age / 86400.0,
@@ -898,7 +1056,7 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
                 match hits.as_slice() {
                     [r] => {
                         cache.remove_root(&r.id)?;
-                        println!("removed root {}", r.id);
+                        out!("removed root {}", r.id);
                     }
                     [] => {
                         return Err(CliError::Usage(format!(
@@ -918,21 +1076,21 @@ fn cache_cmd(cmd: CacheCmd, cache: &Cache) -> Result<(), CliError> {
 }
 
 fn set_args(set: &[String]) -> String {
-    set.iter().map(|s| format!(" --set '{s}'")).collect()
+    set.iter()
+        .map(|s| format!(" --set {}", shell_word(s)))
+        .collect()
 }
 
-fn install_ctrlc(cancel: Arc<AtomicBool>) {
-    // First Ctrl-C: stop starting stages and let running ones bail out at their next batch;
-    // nothing partial is published. Second: exit at once (the cache is still consistent,
-    // since entries only appear by atomic rename).
-    let _ = ctrlc::set_handler(move || {
-        if cancel.swap(true, Ordering::SeqCst) {
-            // Destructors will not run; release the leases so teammates need not wait them out.
-            crate::cache::lease::release_all_held();
-            std::process::exit(130);
-        }
-        eprintln!("interrupt: finishing up (press Ctrl-C again to exit now)");
-    });
+/// `s` as one shell word: as it is when that is safe, else single-quoted.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 fn human_bytes(b: u64) -> String {
@@ -944,4 +1102,42 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
     }
     format!("{v:.1} TiB")
+}
+
+/// For a command line clap rejected: when a `--set` value was cut at a space by the shell
+/// (`--set seeds=[0, 1]` arrives as `seeds=[0,` and `1]`), say how to quote it.
+pub fn quoting_hint(args: impl Iterator<Item = String>) -> Option<String> {
+    let args: Vec<String> = args.collect();
+    let open = |s: &str| {
+        let depth = |o: char, c: char| {
+            s.chars().filter(|&x| x == o).count() as i64
+                - s.chars().filter(|&x| x == c).count() as i64
+        };
+        depth('[', ']') > 0 || depth('{', '}') > 0
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let value = match args[i].strip_prefix("--set=") {
+            Some(v) => Some(v.to_string()),
+            None if args[i] == "--set" => args.get(i + 1).cloned(),
+            None => None,
+        };
+        if let Some(v) = value.filter(|v| open(v)) {
+            // The value as meant: the pieces up to the one that closes the bracket.
+            let from = if args[i] == "--set" { i + 2 } else { i + 1 };
+            let mut whole = v.clone();
+            for piece in args.iter().skip(from) {
+                whole.push(' ');
+                whole.push_str(piece);
+                if !open(&whole) {
+                    break;
+                }
+            }
+            return Some(format!(
+                "the shell split `--set {whole}` at its spaces; quote the whole KEY=VALUE: --set '{whole}'"
+            ));
+        }
+        i += 1;
+    }
+    None
 }
