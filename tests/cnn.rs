@@ -389,7 +389,10 @@ fn a_model_input_that_does_not_fit_the_data_is_a_spec_error_before_any_work() {
     let err = common::stderr(&o);
     // Found when the data is checked, not after the split was cached (issue 13).
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("pipeline.yaml:11:16: model.input_shape"), "{err}");
+    assert!(
+        err.contains("pipeline.yaml:11:16: model.input_shape"),
+        "{err}"
+    );
     assert!(err.contains("images of shape [1, 8, 8]"), "{err}");
     assert_eq!(common::published_entries(&f.cache_dir().join("entries")), 0);
 }
