@@ -376,7 +376,7 @@ fn impossible_geometry_is_a_located_spec_error() {
 }
 
 #[test]
-fn a_model_input_that_does_not_fit_the_data_fails_the_training_stage() {
+fn a_model_input_that_does_not_fit_the_data_is_a_spec_error_before_any_work() {
     let p = common::PIPELINE.replace(
         "model:\n  kind: mlp\n  hidden: [16, 12]\n",
         &CNN_MODEL.replace("[1, 8, 8]", "[3, 8, 8]").replace(
@@ -387,9 +387,14 @@ fn a_model_input_that_does_not_fit_the_data_fails_the_training_stage() {
     let f = Fixture::with_pipeline(&p);
     let o = f.cli(&["run", f.pipeline().to_str().unwrap(), "--quiet"]);
     let err = common::stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("task1/train"), "{err}");
-    assert!(err.contains("samples have shape [8, 8]"), "{err}");
+    // Found when the data is checked, not after the split was cached (issue 13).
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("pipeline.yaml:11:16: model.input_shape"),
+        "{err}"
+    );
+    assert!(err.contains("images of shape [1, 8, 8]"), "{err}");
+    assert_eq!(common::published_entries(&f.cache_dir().join("entries")), 0);
 }
 
 #[test]

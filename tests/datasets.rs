@@ -122,7 +122,9 @@ fn adience_spec(root: &Path, train: &str, test: &str, policy: &str) -> ImageData
 fn spec_yaml_shapes_and_defaults() {
     let s = spec("{format: cifar100, root: /d}");
     assert_eq!(s.sample_shape(), [3, 32, 32]);
-    assert!(matches!(s, ImageDatasetSpec::Cifar100 { labels, .. } if labels == cifar100_fine()));
+    assert!(
+        matches!(s, ImageDatasetSpec::Cifar100(cfpipe::data::image_set::Cifar100Spec { labels, .. }) if labels == cifar100_fine())
+    );
     let s = spec("{format: image_folder, train: /t, test: /v, size: 224, shorter_side: 256}");
     assert_eq!(s.sample_shape(), [3, 224, 224]);
     assert_eq!(
@@ -135,12 +137,12 @@ fn spec_yaml_shapes_and_defaults() {
     );
     let s = spec("{format: adience, root: /a, train_folds: [0, 1], test_folds: [4], size: 8}");
     match s {
-        ImageDatasetSpec::Adience {
+        ImageDatasetSpec::Adience(cfpipe::data::image_set::AdienceSpec {
             faces_dir,
             prefix,
             age_policy,
             ..
-        } => {
+        }) => {
             assert_eq!(faces_dir, "faces");
             assert_eq!(prefix, "landmark_aligned_face");
             assert_eq!(age_policy, AgePolicy::Midpoint);
@@ -1019,4 +1021,73 @@ fn resampling_errors() {
         resample_indices(&[], &ClassWeights::Uniform, 5, 0),
         Err(ResampleError::Empty)
     );
+}
+
+// ---------------------------------------------------------------- errors inside a pipeline's blocks
+
+/// Load `pipelines/imagenet_adience.yaml` with `edit` applied (structure only: the data is not
+/// here); the error lines.
+fn imagenet_adience_errors(edit: impl Fn(&str) -> String) -> Vec<String> {
+    let src = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/imagenet_adience.yaml"),
+    )
+    .unwrap();
+    let text = edit(&src);
+    assert_ne!(text, src, "the edit changed nothing");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    fs::write(&path, text).unwrap();
+    match cfpipe::spec::load(&path, &[], cfpipe::spec::DataCheck::Skip) {
+        Ok(_) => panic!("the edited pipeline was accepted"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn an_error_inside_an_image_dataset_block_is_reported_at_its_own_key() {
+    let cases = [
+        (
+            "    resize: center_crop\n",
+            "    resize: squash\n",
+            "17:13: datasets.imagenet.resize",
+            "unknown variant `squash`",
+        ),
+        (
+            "    subsample_seed: 0\n",
+            "    subsample_seed: 0\n    colour: rgb\n",
+            "22:5: datasets.imagenet.colour",
+            "unknown field `colour`",
+        ),
+        (
+            "max_per_class: 2 ",
+            "max_per_class: -1 ",
+            "19:20: datasets.imagenet.max_per_class",
+            "invalid value: integer `-1`",
+        ),
+        (
+            "    size: 256                      # stored",
+            "    size: big                      # stored",
+            "16:11: datasets.imagenet.size",
+            "expected u32",
+        ),
+        (
+            "age_policy: midpoint",
+            "age_policy: oldest",
+            "28:17: datasets.adience.age_policy",
+            "unknown variant `oldest`",
+        ),
+    ];
+    for (from, to, at, words) in cases {
+        let errs = imagenet_adience_errors(|s| s.replacen(from, to, 1));
+        assert!(
+            errs.iter().any(|e| e.contains(at) && e.contains(words)),
+            "expected `{at}` with `{words}` in: {errs:#?}"
+        );
+        // The dataset is still named, so the tasks that use it are no follow-up errors.
+        assert!(
+            errs.iter().all(|e| !e.contains("no dataset")),
+            "follow-up error in: {errs:#?}"
+        );
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+    }
 }

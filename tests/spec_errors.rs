@@ -261,3 +261,280 @@ fn final_mask_is_a_located_boolean_for_freezing_strategies_only() {
         &["`rnf` has `final_mask: false`", "final_mask: false"],
     );
 }
+
+// ---------------------------------------------------------------- numbers (f32 in training)
+
+#[test]
+fn an_ewc_lambda_beyond_f32_range_is_rejected_at_its_key() {
+    let text = format!(
+        "{PIPELINE}  ewc:\n    freeze: none\n    ewc:\n      lambda: 1.0e39\n      importance: {{method: mas, reference_size: 20, reference_split: train}}\n"
+    );
+    let line = line_of(&text, "lambda: 1.0e39");
+    expect(
+        &text,
+        &[],
+        Some((line, 15)),
+        "strategies.ewc.ewc.lambda",
+        &["penalty strength >= 0", "1e39", "f32"],
+    );
+}
+
+#[test]
+fn yaml_nan_and_inf_are_not_numbers_training_can_use() {
+    let text = PIPELINE
+        .replace("lr: 0.01", "lr: .nan")
+        .replace("weight_decay: 0.001", "weight_decay: .inf")
+        .replace("epsilon: 1.0e-6", "epsilon: 1.0e-60");
+    let (code, e) = run_bad(&text, &[]);
+    assert_eq!(code, Some(2), "{e}");
+    for (key, words) in [
+        ("training.lr", "not a number"),
+        ("training.weight_decay", "infinite"),
+        ("strategies.rnf.score.epsilon", "round it to 0"),
+    ] {
+        let line = e
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("no {key} in: {e}"));
+        assert!(line.contains(words), "expected `{words}` in: {line}");
+        assert!(line.contains("pipeline.yaml:"), "no location: {line}");
+    }
+}
+
+// ---------------------------------------------------------------- data checked before any work
+
+/// The fixture pipeline with its data files replaced by `images` and `labels` (paths inside
+/// the fixture dir, written by `write`).
+fn with_data(write: impl Fn(&std::path::Path)) -> Fixture {
+    let f = Fixture::new();
+    write(f.path());
+    let text = PIPELINE
+        .replace(
+            "images: IMG",
+            &format!("images: {}", f.path().join("bad-img").display()),
+        )
+        .replace(
+            "labels: LBL",
+            &format!("labels: {}", f.path().join("bad-lbl").display()),
+        );
+    f.write_pipeline(&text);
+    f
+}
+
+fn status_error(f: &Fixture) -> String {
+    let o = f.cli(&["status", f.pipeline().to_str().unwrap()]);
+    let e = stderr(&o);
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(o.status.code(), Some(2), "exit code for: {e}");
+    assert!(
+        !f.cache_dir().join("entries").exists(),
+        "work was done: {e}"
+    );
+    e
+}
+
+fn copy_fixture_data(dir: &std::path::Path) {
+    std::fs::copy(dir.join("img.gz"), dir.join("bad-img")).unwrap();
+    std::fs::copy(dir.join("lbl.gz"), dir.join("bad-lbl")).unwrap();
+}
+
+#[test]
+fn corrupt_data_files_are_spec_errors_at_the_key_that_names_them() {
+    use cfpipe::data::idx::write_idx;
+    type Write = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Write, &str, &str)> = vec![
+        (
+            "a text file",
+            Box::new(|d| {
+                copy_fixture_data(d);
+                std::fs::write(d.join("bad-img"), "not an idx file\n").unwrap();
+            }),
+            "pipeline.yaml:4:11: dataset.images",
+            "bad magic",
+        ),
+        (
+            "a truncated gzip stream",
+            Box::new(|d| {
+                copy_fixture_data(d);
+                let gz = std::fs::read(d.join("img.gz")).unwrap();
+                std::fs::write(d.join("bad-img"), &gz[..gz.len() / 2]).unwrap();
+            }),
+            "pipeline.yaml:4:11: dataset.images",
+            "gzip",
+        ),
+        (
+            "one label too few",
+            Box::new(|d| {
+                copy_fixture_data(d);
+                write_idx(&d.join("bad-lbl"), &[239], &[0; 239], true).unwrap();
+            }),
+            "pipeline.yaml:5:11: dataset.labels",
+            "holds 239 labels, but",
+        ),
+        (
+            "a header that claims more images than the file holds",
+            Box::new(|d| {
+                copy_fixture_data(d);
+                let mut raw = vec![0, 0, 8, 3, 0, 0, 1, 44, 0, 0, 0, 8, 0, 0, 0, 8];
+                raw.extend(std::iter::repeat_n(7u8, 240 * 64));
+                std::fs::write(d.join("bad-img"), raw).unwrap();
+            }),
+            "pipeline.yaml:4:11: dataset.images",
+            "truncated",
+        ),
+        (
+            "a directory",
+            Box::new(|d| {
+                copy_fixture_data(d);
+                std::fs::remove_file(d.join("bad-img")).unwrap();
+                std::fs::create_dir(d.join("bad-img")).unwrap();
+            }),
+            "pipeline.yaml:4:11: dataset.images",
+            "is a directory",
+        ),
+    ];
+    for (what, write, at, words) in cases {
+        let f = with_data(write);
+        let e = status_error(&f);
+        assert!(e.contains(at), "{what}: expected `{at}` in: {e}");
+        assert!(e.contains(words), "{what}: expected `{words}` in: {e}");
+        assert!(e.contains("bad-"), "{what}: the file is named in: {e}");
+    }
+}
+
+const CNN: &str = "model:\n  kind: cnn\n  input_shape: SHAPE\n  layers:\n    - conv: {out_channels: 4, kernel: 3, padding: 1}\n    - flatten\n";
+
+#[test]
+fn a_model_input_that_does_not_match_the_images_is_found_before_anything_runs() {
+    let text = PIPELINE.replace(
+        "model:\n  kind: mlp\n  hidden: [16, 12]\n",
+        &CNN.replace("SHAPE", "[3, 8, 8]"),
+    );
+    let f = Fixture::with_pipeline(&text);
+    let e = status_error(&f);
+    let line = line_of(&text, "input_shape");
+    assert!(
+        e.contains(&format!("pipeline.yaml:{line}:16: model.input_shape")),
+        "{e}"
+    );
+    assert!(e.contains("[3, 8, 8]") && e.contains("[1, 8, 8]"), "{e}");
+    // The matching shape passes, and `dag` (no data) never reads the images.
+    let ok = PIPELINE.replace(
+        "model:\n  kind: mlp\n  hidden: [16, 12]\n",
+        &CNN.replace("SHAPE", "[1, 8, 8]"),
+    );
+    let f = Fixture::with_pipeline(&ok);
+    let o = f.cli(&["status", f.pipeline().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = Fixture::with_pipeline(&text);
+    assert!(f
+        .cli(&["dag", f.pipeline().to_str().unwrap()])
+        .status
+        .success());
+}
+
+// ---------------------------------------------------------------- messages for a new user
+
+#[test]
+fn format_mnist_lists_the_formats_and_suggests_idx() {
+    let text = PIPELINE.replace("format: idx", "format: mnist");
+    expect(
+        &text,
+        &[],
+        Some((3, 11)),
+        "dataset.format",
+        &[
+            "idx, cifar10, cifar100, image_folder, adience",
+            "`format: idx`",
+        ],
+    );
+}
+
+#[test]
+fn an_indentation_mistake_gets_a_hint_at_its_line() {
+    for (from, to) in [
+        ("  epochs: 3\n", "   epochs: 3\n"),
+        ("  epochs: 3\n", " epochs: 3\n"),
+    ] {
+        let text = PIPELINE.replace(from, to);
+        let (code, e) = run_bad(&text, &[]);
+        assert_eq!(code, Some(2), "{e}");
+        let line = line_of(&text, "epochs: 3");
+        assert!(e.contains(&format!("pipeline.yaml:{line}:")), "{e}");
+        assert!(e.contains("invalid YAML"), "{e}");
+        assert!(
+            e.contains(&format!("check the indentation at line {line}")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_dedented_prune_block_is_said_to_be_read_as_a_strategy_name() {
+    let text = PIPELINE.replace(
+        "    prune:\n      threshold: 0.3\n      step_ratio: 0.1\n",
+        "  prune:\n    threshold: 0.3\n    step_ratio: 0.1\n",
+    );
+    let line = line_of(&text, "  prune:");
+    expect(
+        &text,
+        &[],
+        Some((line, 3)),
+        "strategies.prune",
+        &["read as a strategy name", "indenting under"],
+    );
+}
+
+#[test]
+fn every_strategy_key_the_hint_knows_is_a_key_of_a_strategy() {
+    for key in cfpipe::spec::raw::STRATEGY_KEYS {
+        let yaml = format!("freeze: none\n{key}: [[[]]]\n");
+        let err = serde_yaml::from_str::<cfpipe::spec::raw::RawStrategy>(&yaml)
+            .expect_err(key)
+            .to_string();
+        assert!(!err.contains("unknown field"), "{key}: {err}");
+    }
+}
+
+#[test]
+fn every_mistake_of_a_file_that_parses_is_reported_in_one_run_in_file_order() {
+    let text = PIPELINE
+        .replace("  hidden: [16, 12]\n", "  hidden: [16, 12]\n  hiden: 3\n")
+        .replace("  epochs: 3\n", "  epochs: 3\n  epochz: 4\n")
+        .replace("lr: 0.01", "lr: -1")
+        .replace("    prune:\n", "    prune:\n      serach: bisect\n")
+        .replace("    freeze: none\n", "    freeze: none\n    colour: red\n");
+    let (code, e) = run_bad(&text, &[]);
+    assert_eq!(code, Some(2), "{e}");
+    let keys = [
+        "model.hiden",
+        "training.lr",
+        "training.epochz",
+        "strategies.naive.colour",
+        "strategies.rnf.prune.serach",
+    ];
+    let mut last = 0;
+    for key in keys {
+        let line = e
+            .lines()
+            .position(|l| l.contains(&format!(": {key}:")))
+            .unwrap_or_else(|| panic!("no {key} in: {e}"));
+        assert!(line >= last, "{key} out of file order in: {e}");
+        last = line;
+    }
+}
+
+#[test]
+fn a_strategy_name_with_a_space_or_slash_is_reported_at_the_name() {
+    for name in ["my naive", "a/b"] {
+        let text = PIPELINE.replace("  naive:\n", &format!("  {name}:\n"));
+        let line = line_of(&text, &format!("  {name}:"));
+        expect(
+            &text,
+            &[],
+            Some((line, 3)),
+            &format!("strategies.{name}"),
+            &["letters, digits"],
+        );
+    }
+}

@@ -83,6 +83,17 @@ pub enum IdxError {
 
 /// Read an unsigned-byte IDX file, raw or gzip-compressed (detected by content).
 pub fn read_idx(path: &Path) -> Result<IdxArray, IdxError> {
+    read(path, true)
+}
+
+/// Check an IDX file as [`read_idx`] does, through to its end (a gzip stream is decoded), but
+/// keep nothing of the payload: memory stays constant. Returns the dimensions.
+pub fn check_idx(path: &Path) -> Result<Vec<usize>, IdxError> {
+    read(path, false).map(|a| a.dims)
+}
+
+/// [`read_idx`], keeping the payload or only counting it.
+fn read(path: &Path, keep: bool) -> Result<IdxArray, IdxError> {
     let io_err = |source: io::Error| IdxError::Io {
         path: path.to_path_buf(),
         source,
@@ -100,23 +111,27 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, IdxError> {
 
     if is_gz {
         let mut dec = MultiGzDecoder::new(stream);
-        parse(path, &mut dec, GZ_RESERVE_CAP, |source| IdxError::Gzip {
-            path: path.to_path_buf(),
-            source,
+        parse(path, &mut dec, GZ_RESERVE_CAP, keep, |source| {
+            IdxError::Gzip {
+                path: path.to_path_buf(),
+                source,
+            }
         })
     } else {
         let mut stream = stream;
         let cap = usize::try_from(file_len).unwrap_or(usize::MAX);
-        parse(path, &mut stream, cap, io_err)
+        parse(path, &mut stream, cap, keep, io_err)
     }
 }
 
-/// Parse a decoded IDX byte stream. `reserve_cap` bounds the up-front allocation;
-/// `stream_err` classifies read errors (I/O vs. corrupt gzip).
+/// Parse a decoded IDX byte stream. `reserve_cap` bounds the up-front allocation; without
+/// `keep` the payload is counted, not stored; `stream_err` classifies read errors (I/O vs.
+/// corrupt gzip).
 fn parse<R: Read>(
     path: &Path,
     r: &mut R,
     reserve_cap: usize,
+    keep: bool,
     stream_err: impl Fn(io::Error) -> IdxError,
 ) -> Result<IdxArray, IdxError> {
     let truncated = |expected: usize, found: usize| IdxError::Truncated {
@@ -177,15 +192,22 @@ fn parse<R: Read>(
     let expected = header_len.checked_add(payload).ok_or_else(overflow)?;
 
     let mut data = Vec::new();
-    data.try_reserve(payload.min(reserve_cap))
-        .map_err(|_| overflow())?;
     let payload_u64 = u64::try_from(payload).map_err(|_| overflow())?;
-    r.by_ref()
-        .take(payload_u64)
-        .read_to_end(&mut data)
-        .map_err(&stream_err)?;
-    if data.len() < payload {
-        return Err(truncated(expected, header_len + data.len()));
+    let got = if keep {
+        data.try_reserve(payload.min(reserve_cap))
+            .map_err(|_| overflow())?;
+        r.by_ref()
+            .take(payload_u64)
+            .read_to_end(&mut data)
+            .map_err(&stream_err)?;
+        data.len()
+    } else {
+        let n =
+            io::copy(&mut r.by_ref().take(payload_u64), &mut io::sink()).map_err(&stream_err)?;
+        usize::try_from(n).unwrap_or(usize::MAX)
+    };
+    if got < payload {
+        return Err(truncated(expected, header_len.saturating_add(got)));
     }
 
     // Anything after the payload is an error; count it (constant memory) for the message.

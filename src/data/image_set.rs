@@ -118,62 +118,90 @@ fn default_prefix() -> String {
 }
 
 /// A colour-image dataset as written in a pipeline (see the module docs for the YAML).
+///
+/// Each format's options are a struct of their own, so a pipeline reader that knows the
+/// `format` can deserialize the rest with its key paths intact (serde's internally tagged
+/// enums buffer their content and lose them); the enum's own (de)serialization, which the
+/// split stage's key uses, is the flat `{format: …, options…}` form of the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "format", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "format", rename_all = "snake_case")]
 pub enum ImageDatasetSpec {
-    /// CIFAR-10 binary: `root` holds `data_batch_{1..5}.bin` and `test_batch.bin`.
-    Cifar10 { root: PathBuf },
-    /// CIFAR-100 binary: `root` holds `train.bin` and `test.bin`.
-    Cifar100 {
-        root: PathBuf,
-        #[serde(default)]
-        labels: Cifar100Labels,
-    },
-    /// Two ImageFolder trees with the same class folders.
-    ImageFolder {
-        train: PathBuf,
-        test: PathBuf,
-        size: u32,
-        #[serde(default)]
-        resize: ResizePolicy,
-        #[serde(default)]
-        shorter_side: Option<u32>,
-        #[serde(default)]
-        max_per_class: Option<usize>,
-        #[serde(default)]
-        test_max_per_class: Option<usize>,
-        #[serde(default)]
-        subsample_seed: u64,
-    },
-    /// Adience aligned faces, eight age classes, whole folds per part.
-    Adience {
-        root: PathBuf,
-        #[serde(default = "default_faces_dir")]
-        faces_dir: String,
-        #[serde(default = "default_prefix")]
-        prefix: String,
-        train_folds: Vec<u8>,
-        test_folds: Vec<u8>,
-        #[serde(default)]
-        age_policy: AgePolicy,
-        size: u32,
-        #[serde(default)]
-        resize: ResizePolicy,
-        #[serde(default)]
-        shorter_side: Option<u32>,
-    },
+    Cifar10(Cifar10Spec),
+    Cifar100(Cifar100Spec),
+    ImageFolder(ImageFolderSpec),
+    Adience(AdienceSpec),
+}
+
+impl ImageDatasetSpec {
+    /// The `format` names, in the order messages list them.
+    pub const FORMATS: [&'static str; 4] = ["cifar10", "cifar100", "image_folder", "adience"];
+}
+
+/// CIFAR-10 binary: `root` holds `data_batch_{1..5}.bin` and `test_batch.bin`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cifar10Spec {
+    pub root: PathBuf,
+}
+
+/// CIFAR-100 binary: `root` holds `train.bin` and `test.bin`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cifar100Spec {
+    pub root: PathBuf,
+    #[serde(default)]
+    pub labels: Cifar100Labels,
+}
+
+/// Two ImageFolder trees with the same class folders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFolderSpec {
+    pub train: PathBuf,
+    pub test: PathBuf,
+    pub size: u32,
+    #[serde(default)]
+    pub resize: ResizePolicy,
+    #[serde(default)]
+    pub shorter_side: Option<u32>,
+    #[serde(default)]
+    pub max_per_class: Option<usize>,
+    #[serde(default)]
+    pub test_max_per_class: Option<usize>,
+    #[serde(default)]
+    pub subsample_seed: u64,
+}
+
+/// Adience aligned faces, eight age classes, whole folds per part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdienceSpec {
+    pub root: PathBuf,
+    #[serde(default = "default_faces_dir")]
+    pub faces_dir: String,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    pub train_folds: Vec<u8>,
+    pub test_folds: Vec<u8>,
+    #[serde(default)]
+    pub age_policy: AgePolicy,
+    pub size: u32,
+    #[serde(default)]
+    pub resize: ResizePolicy,
+    #[serde(default)]
+    pub shorter_side: Option<u32>,
 }
 
 impl ImageDatasetSpec {
     /// Check every option without touching the disk; the error names the field.
     pub fn validate(&self) -> Result<(), DataError> {
         match self {
-            Self::Cifar10 { .. } | Self::Cifar100 { .. } => Ok(()),
-            Self::ImageFolder {
+            Self::Cifar10(_) | Self::Cifar100(_) => Ok(()),
+            Self::ImageFolder(ImageFolderSpec {
                 max_per_class,
                 test_max_per_class,
                 ..
-            } => {
+            }) => {
                 for (field, m) in [
                     ("max_per_class", max_per_class),
                     ("test_max_per_class", test_max_per_class),
@@ -187,13 +215,13 @@ impl ImageDatasetSpec {
                 }
                 self.decode_options().map_or(Ok(()), |o| o.validate())
             }
-            Self::Adience {
+            Self::Adience(AdienceSpec {
                 train_folds,
                 test_folds,
                 faces_dir,
                 prefix,
                 ..
-            } => {
+            }) => {
                 adience::check_folds("train_folds", train_folds)?;
                 adience::check_folds("test_folds", test_folds)?;
                 if let Some(f) = train_folds.iter().find(|f| test_folds.contains(f)) {
@@ -220,19 +248,19 @@ impl ImageDatasetSpec {
     /// Decoding geometry of the file-based formats; `None` for CIFAR (fixed 32×32).
     pub fn decode_options(&self) -> Option<DecodeOptions> {
         match self {
-            Self::Cifar10 { .. } | Self::Cifar100 { .. } => None,
-            Self::ImageFolder {
+            Self::Cifar10(_) | Self::Cifar100(_) => None,
+            Self::ImageFolder(ImageFolderSpec {
                 size,
                 resize,
                 shorter_side,
                 ..
-            }
-            | Self::Adience {
+            })
+            | Self::Adience(AdienceSpec {
                 size,
                 resize,
                 shorter_side,
                 ..
-            } => Some(DecodeOptions {
+            }) => Some(DecodeOptions {
                 size: *size,
                 resize: *resize,
                 shorter_side: *shorter_side,
@@ -248,13 +276,13 @@ impl ImageDatasetSpec {
 
     fn adience_layout(&self) -> Option<AdienceLayout> {
         match self {
-            Self::Adience {
+            Self::Adience(AdienceSpec {
                 root,
                 faces_dir,
                 prefix,
                 age_policy,
                 ..
-            } => Some(AdienceLayout {
+            }) => Some(AdienceLayout {
                 root: root.clone(),
                 faces_dir: faces_dir.clone(),
                 prefix: prefix.clone(),
@@ -271,20 +299,18 @@ impl ImageDatasetSpec {
 pub fn index_images(spec: &ImageDatasetSpec, part: Part) -> Result<ImageIndex, DataError> {
     spec.validate()?;
     match spec {
-        ImageDatasetSpec::Cifar10 { .. } | ImageDatasetSpec::Cifar100 { .. } => {
-            Err(DataError::Invalid {
-                field: "format",
-                msg: "CIFAR binaries have no per-image files to index; use load_images".into(),
-            })
-        }
-        ImageDatasetSpec::ImageFolder {
+        ImageDatasetSpec::Cifar10(_) | ImageDatasetSpec::Cifar100(_) => Err(DataError::Invalid {
+            field: "format",
+            msg: "CIFAR binaries have no per-image files to index; use load_images".into(),
+        }),
+        ImageDatasetSpec::ImageFolder(ImageFolderSpec {
             train,
             test,
             max_per_class,
             test_max_per_class,
             subsample_seed,
             ..
-        } => match part {
+        }) => match part {
             Part::Train => image_folder::index_image_folder(train, *max_per_class, *subsample_seed),
             Part::Test => {
                 let classes = image_folder::class_folders(train)?;
@@ -296,11 +322,11 @@ pub fn index_images(spec: &ImageDatasetSpec, part: Part) -> Result<ImageIndex, D
                 )
             }
         },
-        ImageDatasetSpec::Adience {
+        ImageDatasetSpec::Adience(AdienceSpec {
             train_folds,
             test_folds,
             ..
-        } => {
+        }) => {
             let layout = spec.adience_layout().expect("adience variant");
             let folds = match part {
                 Part::Train => train_folds,
@@ -316,8 +342,10 @@ pub fn index_images(spec: &ImageDatasetSpec, part: Part) -> Result<ImageIndex, D
 pub fn load_images(spec: &ImageDatasetSpec, part: Part) -> Result<ImageSet, DataError> {
     spec.validate()?;
     match spec {
-        ImageDatasetSpec::Cifar10 { root } => cifar::load_cifar10(root, part),
-        ImageDatasetSpec::Cifar100 { root, labels } => cifar::load_cifar100(root, part, *labels),
+        ImageDatasetSpec::Cifar10(Cifar10Spec { root }) => cifar::load_cifar10(root, part),
+        ImageDatasetSpec::Cifar100(Cifar100Spec { root, labels }) => {
+            cifar::load_cifar100(root, part, *labels)
+        }
         _ => {
             let opts = spec.decode_options().expect("file-based format");
             index_images(spec, part)?.decode_all(&opts)
@@ -328,10 +356,12 @@ pub fn load_images(spec: &ImageDatasetSpec, part: Part) -> Result<ImageSet, Data
 /// The folders a spec reads from, without touching the disk (for messages and watching).
 pub fn data_roots(spec: &ImageDatasetSpec) -> Vec<PathBuf> {
     match spec {
-        ImageDatasetSpec::Cifar10 { root }
-        | ImageDatasetSpec::Cifar100 { root, .. }
-        | ImageDatasetSpec::Adience { root, .. } => vec![root.clone()],
-        ImageDatasetSpec::ImageFolder { train, test, .. } => vec![train.clone(), test.clone()],
+        ImageDatasetSpec::Cifar10(Cifar10Spec { root })
+        | ImageDatasetSpec::Cifar100(Cifar100Spec { root, .. })
+        | ImageDatasetSpec::Adience(AdienceSpec { root, .. }) => vec![root.clone()],
+        ImageDatasetSpec::ImageFolder(ImageFolderSpec { train, test, .. }) => {
+            vec![train.clone(), test.clone()]
+        }
     }
 }
 
@@ -342,7 +372,7 @@ pub fn data_files(spec: &ImageDatasetSpec, part: Part) -> Result<Vec<PathBuf>, D
     spec.validate()?;
     let existing = |p: PathBuf| p.is_file().then_some(p);
     match spec {
-        ImageDatasetSpec::Cifar10 { root } => {
+        ImageDatasetSpec::Cifar10(Cifar10Spec { root }) => {
             let mut files: Vec<PathBuf> = existing(root.join("batches.meta.txt"))
                 .into_iter()
                 .collect();
@@ -350,7 +380,7 @@ pub fn data_files(spec: &ImageDatasetSpec, part: Part) -> Result<Vec<PathBuf>, D
             check_exist(&files, "CIFAR-10", cifar::CIFAR10_HINT)?;
             Ok(files)
         }
-        ImageDatasetSpec::Cifar100 { root, labels } => {
+        ImageDatasetSpec::Cifar100(Cifar100Spec { root, labels }) => {
             let names = match labels {
                 Cifar100Labels::Fine => "fine_label_names.txt",
                 Cifar100Labels::Coarse => "coarse_label_names.txt",
@@ -360,16 +390,16 @@ pub fn data_files(spec: &ImageDatasetSpec, part: Part) -> Result<Vec<PathBuf>, D
             check_exist(&files, "CIFAR-100", cifar::CIFAR100_HINT)?;
             Ok(files)
         }
-        ImageDatasetSpec::ImageFolder { .. } => Ok(index_images(spec, part)?
+        ImageDatasetSpec::ImageFolder(_) => Ok(index_images(spec, part)?
             .entries
             .into_iter()
             .map(|e| e.path)
             .collect()),
-        ImageDatasetSpec::Adience {
+        ImageDatasetSpec::Adience(AdienceSpec {
             train_folds,
             test_folds,
             ..
-        } => {
+        }) => {
             let layout = spec.adience_layout().expect("adience variant");
             let folds = match part {
                 Part::Train => train_folds,

@@ -1,13 +1,15 @@
 //! The colour-image side of a pipeline's data: `dataset:` in a CIFAR, ImageFolder or Adience
 //! format, or several named `datasets:` with one `{dataset, classes}` entry per task.
 //!
-//! The data module owns the formats ([`ImageDatasetSpec`]); this file only checks a pipeline's
-//! use of them: the options (with key paths), class labels against each dataset's class count,
+//! The data module owns the formats ([`ImageDatasetSpec`]); this file only reads a pipeline's
+//! blocks of them (the `format` first, then that format's options, so errors keep their key
+//! paths) and checks their use: the options (with key paths), class labels against each dataset's class count,
 //! one sample shape for all datasets (every task feeds the same trunk), and, when data is
 //! required, that every file exists. The listed files become the split stage's declared input
 //! files, named by dataset, root and path *relative to the root*, so the key depends on the
 //! content and layout of the data but not on where a user keeps it.
 
+use crate::data::image_set::{AdienceSpec, Cifar100Spec, Cifar10Spec, ImageFolderSpec};
 use crate::data::{data_files, data_roots, ImageDatasetSpec, Part};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,16 +56,103 @@ pub fn dataset_path(name: &str, single: bool) -> String {
     }
 }
 
+/// Deserialize one image dataset block at key path `path` in two steps, its `format` and then
+/// that format's options, so that an error inside the block is reported at its own key (an
+/// internally tagged enum would report them all at the block). `idx` tells whether
+/// `format: idx` is allowed here (the single `dataset:`), for the list of formats in the
+/// message. Every error goes to `e` (path, message, located at the key).
+pub(super) fn parse_dataset(
+    v: &serde_yaml::Value,
+    path: &str,
+    idx: bool,
+    e: &mut dyn FnMut(&str, String, bool),
+) -> Option<ImageDatasetSpec> {
+    let mut formats: Vec<&str> = ImageDatasetSpec::FORMATS.to_vec();
+    if idx {
+        formats.insert(0, "idx");
+    }
+    let list = formats.join(", ");
+    let Some(body) = v.as_mapping() else {
+        e(
+            path,
+            format!("expected a mapping with a `format` ({list}) and its options"),
+            false,
+        );
+        return None;
+    };
+    let format = match body.get("format") {
+        None => {
+            e(
+                path,
+                format!("missing `format`: expected one of {list}"),
+                false,
+            );
+            return None;
+        }
+        Some(f) => f,
+    };
+    let fpath = format!("{path}.format");
+    let Some(name) = format.as_str() else {
+        e(
+            &fpath,
+            format!("expected a format name: one of {list}"),
+            false,
+        );
+        return None;
+    };
+    let mut options = body.clone();
+    options.remove("format");
+    let options = serde_yaml::Value::Mapping(options);
+    fn options_of<T: serde::de::DeserializeOwned>(
+        v: serde_yaml::Value,
+        path: &str,
+        e: &mut dyn FnMut(&str, String, bool),
+    ) -> Option<T> {
+        let c = super::collect::deserialize::<T>(v, path);
+        for f in c.errors {
+            e(&f.path, f.message, f.at_key);
+        }
+        c.value.filter(|_| c.clean)
+    }
+    match name {
+        "cifar10" => options_of::<Cifar10Spec>(options, path, e).map(ImageDatasetSpec::Cifar10),
+        "cifar100" => options_of::<Cifar100Spec>(options, path, e).map(ImageDatasetSpec::Cifar100),
+        "image_folder" => {
+            options_of::<ImageFolderSpec>(options, path, e).map(ImageDatasetSpec::ImageFolder)
+        }
+        "adience" => options_of::<AdienceSpec>(options, path, e).map(ImageDatasetSpec::Adience),
+        other => {
+            let lower = other.to_ascii_lowercase();
+            let idx_like = ["mnist", "fashion", "idx", "ubyte"]
+                .iter()
+                .any(|w| lower.contains(w));
+            let hint = match (idx_like, idx) {
+                (true, true) => "; MNIST, Fashion-MNIST and other IDX files are `format: idx`",
+                (true, false) => "; MNIST, Fashion-MNIST and other IDX files are `format: idx`, which is only supported as the single `dataset:`",
+                (false, _) => "",
+            };
+            e(
+                &fpath,
+                format!("unknown format `{other}`: expected one of {list}{hint}"),
+                false,
+            );
+            None
+        }
+    }
+}
+
 /// Number of classes, when known without reading data (all but ImageFolder).
 pub fn known_class_count(spec: &ImageDatasetSpec) -> Option<usize> {
     match spec {
-        ImageDatasetSpec::Cifar10 { .. } => Some(10),
-        ImageDatasetSpec::Cifar100 { labels, .. } => Some(match labels {
-            crate::data::cifar::Cifar100Labels::Fine => 100,
-            crate::data::cifar::Cifar100Labels::Coarse => 20,
-        }),
-        ImageDatasetSpec::Adience { .. } => Some(8),
-        ImageDatasetSpec::ImageFolder { .. } => None,
+        ImageDatasetSpec::Cifar10(_) => Some(10),
+        ImageDatasetSpec::Cifar100(crate::data::image_set::Cifar100Spec { labels, .. }) => {
+            Some(match labels {
+                crate::data::cifar::Cifar100Labels::Fine => 100,
+                crate::data::cifar::Cifar100Labels::Coarse => 20,
+            })
+        }
+        ImageDatasetSpec::Adience(_) => Some(8),
+        ImageDatasetSpec::ImageFolder(_) => None,
     }
 }
 
@@ -123,7 +212,12 @@ pub fn declared_files(
     name: &str,
     spec: &ImageDatasetSpec,
 ) -> Result<BTreeMap<String, PathBuf>, crate::data::DataError> {
-    if let ImageDatasetSpec::ImageFolder { train, test, .. } = spec {
+    if let ImageDatasetSpec::ImageFolder(crate::data::image_set::ImageFolderSpec {
+        train,
+        test,
+        ..
+    }) = spec
+    {
         spec.validate()?;
         let classes = crate::data::image_folder::class_folders(train)?;
         let test_classes = crate::data::image_folder::class_folders(test)?;

@@ -1,13 +1,18 @@
 //! Pipeline specifications: YAML in, checked [`Pipeline`] out.
 //!
 //! Two phases, as in ripgrep's low/high args: `raw` deserializes with no logic (unknown keys
-//! rejected), then `validate` checks ranges, class groups and data files. Every problem is
-//! reported with the file, line and column (found by `locate`) and its key path, or with the
-//! `--set` override that introduced it.
+//! rejected; `collect` keeps going past each error, so one run reports them all), then
+//! `validate` checks ranges (`numbers`: every float training uses as f32), class groups and
+//! data files (`idx_data`, `images`). Every problem is reported with the file, line and column
+//! (found by `locate`) and its key path, or with the `--set` override that introduced it, in
+//! file order.
 
+mod collect;
+mod idx_data;
 pub mod images;
 mod locate;
 mod model;
+mod numbers;
 pub mod protocol;
 pub mod raw;
 mod validate;
@@ -92,11 +97,12 @@ pub fn load(path: &Path, overrides: &[String], data: DataCheck) -> Result<Pipeli
             line: l.line(),
             col: l.column(),
         });
-        err(
-            pos,
-            "",
-            format!("invalid YAML: {}", strip_location(&e.to_string())),
-        )
+        let msg = strip_location(&e.to_string());
+        let msg = match collect::syntax_hint(&msg, pos.map(|p| p.line)) {
+            Some(hint) => format!("invalid YAML: {msg}; {hint}"),
+            None => format!("invalid YAML: {msg}"),
+        };
+        err(pos.or(Some(Pos { line: 1, col: 1 })), "", msg)
     })?;
     let locator = Locator::new(&src);
     let mut overridden = Vec::new();
@@ -117,26 +123,41 @@ pub fn load(path: &Path, overrides: &[String], data: DataCheck) -> Result<Pipeli
         locator,
         overridden,
     };
-    let raw: raw::RawPipeline = serde_path_to_error::deserialize(value).map_err(|e| {
-        let p = path_string(e.path());
-        let msg = strip_location(&e.inner().to_string());
-        let at_key = msg.starts_with("unknown field");
-        SpecErrors(vec![ctx.error_at(&p, msg, at_key)])
-    })?;
-    validate::validate(raw, &ctx, data)
-}
-
-fn path_string(p: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    p.iter()
-        .filter_map(|s| match s {
-            Segment::Seq { index } => Some(index.to_string()),
-            Segment::Map { key } => Some(key.clone()),
-            Segment::Enum { variant } => Some(variant.clone()),
-            Segment::Unknown => None,
-        })
-        .collect::<Vec<_>>()
-        .join(".")
+    let mut errs = Vec::new();
+    // A strategy setting dedented to the level of the strategy names: say so, and leave it
+    // out rather than report its settings as unknown strategy keys.
+    if let Some(serde_yaml::Value::Mapping(m)) = value.get_mut("strategies") {
+        let misplaced: Vec<(serde_yaml::Value, String, String)> = m
+            .iter()
+            .filter_map(|(k, body)| {
+                let name = k.as_str()?;
+                collect::misplaced_strategy_setting(name, body)
+                    .map(|msg| (k.clone(), name.to_string(), msg))
+            })
+            .collect();
+        for (k, name, msg) in misplaced {
+            errs.push(ctx.error_at(&format!("strategies.{name}"), msg, true));
+            m.remove(&k);
+        }
+    }
+    let raw = collect::deserialize::<raw::RawPipeline>(value, "");
+    errs.extend(
+        raw.errors
+            .into_iter()
+            .map(|f| ctx.error_at(&f.path, f.message, f.at_key)),
+    );
+    // Validation runs on what the file says; when a value had to be left out to deserialize
+    // the rest, its checks would report follow-ups of that, so only phase one's errors count.
+    if let (Some(r), true) = (raw.value, raw.clean) {
+        match validate::validate(r, &ctx, data) {
+            Ok(p) if errs.is_empty() => return Ok(p),
+            Ok(_) => {}
+            Err(SpecErrors(more)) => errs.extend(more),
+        }
+    }
+    // In file order; `--set` errors (no position) last.
+    errs.sort_by_key(|e| e.pos.map_or((usize::MAX, 0), |p| (p.line, p.col)));
+    Err(SpecErrors(errs))
 }
 
 /// serde_yaml appends "at line X column Y"; we print positions ourselves.

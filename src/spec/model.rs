@@ -21,12 +21,13 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
         (Activation::Relu, None) => 0.0,
         (Activation::LeakyRelu, s) => {
             let s = s.unwrap_or(0.01);
-            if !(s.is_finite() && s > 0.0 && s < 1.0) {
-                e(
-                    "model.negative_slope",
-                    format!("expected a slope in (0, 1), found {s}"),
-                );
-            }
+            super::numbers::checked(
+                e,
+                "model.negative_slope",
+                s,
+                s > 0.0 && s < 1.0,
+                "a slope in (0, 1)",
+            );
             s
         }
     };
@@ -214,14 +215,13 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
                 );
             }
         }
-        if n.std.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
-            e(
-                "model.normalize.std",
-                "expected standard deviations > 0".into(),
-            );
+        for (i, &s) in n.std.iter().enumerate() {
+            let path = format!("model.normalize.std.{i}");
+            super::numbers::checked(e, &path, s, s > 0.0, "a standard deviation > 0");
         }
-        if n.mean.iter().any(|m| !m.is_finite()) {
-            e("model.normalize.mean", "expected finite means".into());
+        for (i, &m) in n.mean.iter().enumerate() {
+            let path = format!("model.normalize.mean.{i}");
+            super::numbers::checked(e, &path, m, true, "a finite mean");
         }
         a.normalize = Some(Normalization {
             mean: n.mean.iter().map(|&v| v as f32).collect(),
@@ -306,11 +306,13 @@ fn layer(l: &RawLayer, path: &str, e: &mut dyn FnMut(&str, String)) -> Op {
         }
         RawLayer::Flatten => Op::Flatten,
         RawLayer::Dropout(d) => {
-            if !(0.0..1.0).contains(&d.p) {
-                e(
-                    &format!("{path}.dropout.p"),
-                    format!("expected a probability in [0, 1), found {}", d.p),
-                );
+            if !super::numbers::checked(
+                e,
+                &format!("{path}.dropout.p"),
+                d.p,
+                (0.0..1.0).contains(&d.p),
+                "a probability in [0, 1)",
+            ) {
                 return Op::Dropout { p: 0.0 };
             }
             Op::Dropout { p: d.p as f32 }

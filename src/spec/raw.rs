@@ -401,6 +401,22 @@ pub enum Schedule {
     Joint,
 }
 
+/// The keys of [`RawStrategy`], for the hint that one of them, dedented, was read as a
+/// strategy name (`tests/spec_errors.rs` checks the list against the struct).
+pub const STRATEGY_KEYS: [&str; 11] = [
+    "freeze",
+    "schedule",
+    "score",
+    "prune",
+    "lr_frozen",
+    "like",
+    "share",
+    "isolate",
+    "final_mask",
+    "ewc",
+    "correlate",
+];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStrategy {

@@ -2,14 +2,18 @@
 //! stopping at the first.
 
 use super::images::{self, ImageData, ImageTask, TaskClasses};
+use super::numbers::checked;
 use super::raw::*;
 use super::{DataCheck, Locator, SpecError, SpecErrors};
 use crate::data::ImageDatasetSpec;
 use crate::nn::torchvision::PretrainedHead;
 use crate::xai::importance::{FisherLabels, GradientMode, UnitRule};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+
+const START: super::Pos = super::Pos { line: 1, col: 1 };
 
 pub(super) struct Ctx {
     pub file: PathBuf,
@@ -32,10 +36,11 @@ impl Ctx {
             .map(|(_, o)| o.clone());
         SpecError {
             file: self.file.clone(),
+            // A path the locator cannot place (an empty file) is the file's start.
             pos: match (&from_override, at_key) {
                 (Some(_), _) => None,
-                (None, true) => self.locator.key(path),
-                (None, false) => self.locator.value(path),
+                (None, true) => self.locator.key(path).or(Some(START)),
+                (None, false) => self.locator.value(path).or(Some(START)),
             },
             path: path.to_string(),
             message: message.into(),
@@ -338,12 +343,7 @@ fn lrp_rules(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Chos
             return None;
         }
         let v = v.unwrap_or(default);
-        if !v.is_finite() {
-            e(
-                &format!("{base}.{name}"),
-                format!("expected a finite number, found {v}"),
-            );
-        }
+        checked(e, &format!("{base}.{name}"), v, true, "a finite number");
         Some(v)
     };
     let alpha = param("alpha", sc.alpha, LrpRule::AlphaBeta, 2.0);
@@ -390,7 +390,6 @@ fn lrp_rules(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Chos
 }
 
 fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Option<ScoreSpec> {
-    let positive = |v: f64| v.is_finite() && v > 0.0;
     let m = sc.method;
     let mut only = |field: &str, set: bool, methods: &str| {
         if set {
@@ -501,12 +500,13 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
     Some(match m {
         ScoreMethod::Lrp => {
             let epsilon = sc.epsilon.unwrap_or(1e-6);
-            if !positive(epsilon) {
-                e(
-                    &format!("{base}.epsilon"),
-                    format!("expected a number > 0, found {epsilon}"),
-                );
-            }
+            checked(
+                e,
+                &format!("{base}.epsilon"),
+                epsilon,
+                epsilon > 0.0,
+                "a number > 0",
+            );
             let r = lrp_rules(sc, base, e);
             ScoreSpec::Lrp {
                 rule: r.dense,
@@ -578,12 +578,13 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
         }
         ScoreMethod::Si => {
             let damping = sc.damping.unwrap_or(1e-3);
-            if !positive(damping) {
-                e(
-                    &format!("{base}.damping"),
-                    format!("expected a damping ξ > 0, found {damping}"),
-                );
-            }
+            checked(
+                e,
+                &format!("{base}.damping"),
+                damping,
+                damping > 0.0,
+                "a damping ξ > 0",
+            );
             ScoreSpec::Si {
                 damping,
                 unit_rule,
@@ -618,12 +619,13 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
                 );
             }
             for (field, v) in [("lr", visualize.lr), ("init_scale", visualize.init_scale)] {
-                if !positive(v) {
-                    e(
-                        &format!("{base}.visualize.{field}"),
-                        format!("expected a number > 0, found {v}"),
-                    );
-                }
+                checked(
+                    e,
+                    &format!("{base}.visualize.{field}"),
+                    v,
+                    v > 0.0,
+                    "a number > 0",
+                );
             }
             ScoreSpec::Saliency {
                 reference_size,
@@ -645,11 +647,14 @@ pub(super) fn validate(
     ctx: &Ctx,
     data: DataCheck,
 ) -> Result<Pipeline, SpecErrors> {
-    let mut errs: Vec<SpecError> = Vec::new();
-    let mut e = |p: &str, m: String| errs.push(ctx.error(p, m));
+    // Errors at a key path's value, or (`ek`, for unknown keys and names) at the key.
+    let errs: RefCell<Vec<SpecError>> = RefCell::new(Vec::new());
+    let mut e = |p: &str, m: String| errs.borrow_mut().push(ctx.error(p, m));
+    let mut ek =
+        |p: &str, m: String, at_key: bool| errs.borrow_mut().push(ctx.error_at(p, m, at_key));
 
     // Dataset: IDX, or colour images (one `dataset:` or named `datasets:`).
-    let source = parse_data(&raw, ctx, &mut e);
+    let source = parse_data(&raw, &mut ek);
     let idx = match &source {
         Some(ParsedData::Idx(d)) => Some(d),
         _ => None,
@@ -689,11 +694,15 @@ pub(super) fn validate(
             );
             None
         }
-        (_, None, Some(f)) if !(f > 0.0 && f < 1.0) => {
-            e(
+        (_, None, Some(f))
+            if !checked(
+                &mut e,
                 "dataset.test_fraction",
-                format!("expected a number in (0, 1), found {f}"),
-            );
+                f,
+                f > 0.0 && f < 1.0,
+                "a number in (0, 1)",
+            ) =>
+        {
             None
         }
         (_, _, f) => f,
@@ -736,18 +745,20 @@ pub(super) fn validate(
             }
             for (t, task) in list.iter().enumerate() {
                 let path = format!("tasks.{t}");
+                // A dataset whose block has errors is still named: no follow-up error here.
                 if let Some(ParsedData::Images {
-                    datasets,
+                    names,
                     single: false,
+                    ..
                 }) = &source
                 {
-                    if !datasets.contains_key(&task.dataset) {
+                    if !names.contains(&task.dataset) {
                         e(
                             &format!("{path}.dataset"),
                             format!(
                                 "no dataset `{}` under `datasets:` (named: {})",
                                 task.dataset,
-                                datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+                                names.iter().cloned().collect::<Vec<_>>().join(", ")
                             ),
                         );
                     }
@@ -866,13 +877,13 @@ pub(super) fn validate(
 
     // Training.
     let t = &raw.training;
-    let positive = |v: f64| v.is_finite() && v > 0.0;
-    if !positive(t.lr) {
-        e(
-            "training.lr",
-            format!("expected a learning rate > 0, found {}", t.lr),
-        );
-    }
+    checked(
+        &mut e,
+        "training.lr",
+        t.lr,
+        t.lr > 0.0,
+        "a learning rate > 0",
+    );
     if t.batch_size < 1 {
         e(
             "training.batch_size",
@@ -885,28 +896,25 @@ pub(super) fn validate(
             format!("expected an integer >= 1, found {}", t.epochs),
         );
     }
-    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-        e(
-            "training.weight_decay",
-            format!("expected a number >= 0, found {}", t.weight_decay),
-        );
-    }
+    checked(
+        &mut e,
+        "training.weight_decay",
+        t.weight_decay,
+        t.weight_decay >= 0.0,
+        "a number >= 0",
+    );
     let optimizer = match t.optimizer {
         OptimizerKind::Adam => {
-            for (i, b) in t.betas.iter().enumerate() {
-                if !(*b >= 0.0 && *b < 1.0) {
-                    e(
-                        &format!("training.betas.{i}"),
-                        format!("expected a number in [0, 1), found {b}"),
-                    );
-                }
-            }
-            if !positive(t.eps) {
-                e(
-                    "training.eps",
-                    format!("expected a number > 0, found {}", t.eps),
+            for (i, &b) in t.betas.iter().enumerate() {
+                checked(
+                    &mut e,
+                    &format!("training.betas.{i}"),
+                    b,
+                    (0.0..1.0).contains(&b),
+                    "a number in [0, 1)",
                 );
             }
+            checked(&mut e, "training.eps", t.eps, t.eps > 0.0, "a number > 0");
             if t.momentum != 0.0 {
                 e(
                     "training.momentum",
@@ -921,12 +929,13 @@ pub(super) fn validate(
             }
         }
         OptimizerKind::Sgd => {
-            if !(t.momentum >= 0.0 && t.momentum < 1.0) {
-                e(
-                    "training.momentum",
-                    format!("expected a number in [0, 1), found {}", t.momentum),
-                );
-            }
+            checked(
+                &mut e,
+                "training.momentum",
+                t.momentum,
+                (0.0..1.0).contains(&t.momentum),
+                "a number in [0, 1)",
+            );
             OptimizerSpec::Sgd {
                 lr: t.lr,
                 momentum: t.momentum,
@@ -967,9 +976,10 @@ pub(super) fn validate(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            e(
+            ek(
                 &base,
                 "strategy names may use letters, digits, '_' and '-' only".into(),
+                true,
             );
         }
         // Saliency compares filter visualisations with saliency maps: no filters, no method.
@@ -999,12 +1009,13 @@ pub(super) fn validate(
             }
         };
         let lr_frozen = s.lr_frozen.unwrap_or(0.0);
-        if !(0.0..=1.0).contains(&lr_frozen) {
-            e(
-                &format!("{base}.lr_frozen"),
-                format!("expected a multiplier in [0, 1], found {lr_frozen}"),
-            );
-        }
+        checked(
+            &mut e,
+            &format!("{base}.lr_frozen"),
+            lr_frozen,
+            (0.0..=1.0).contains(&lr_frozen),
+            "a multiplier in [0, 1]",
+        );
         if s.schedule == Schedule::Joint && s.freeze != FreezeKind::None {
             e(
                 &format!("{base}.freeze"),
@@ -1020,12 +1031,13 @@ pub(super) fn validate(
                     "a joint schedule has no earlier tasks to consolidate".into(),
                 );
             }
-            if !(w.lambda.is_finite() && w.lambda >= 0.0) {
-                e(
-                    &format!("{eb}.lambda"),
-                    format!("expected a penalty strength >= 0, found {}", w.lambda),
-                );
-            }
+            checked(
+                &mut e,
+                &format!("{eb}.lambda"),
+                w.lambda,
+                w.lambda >= 0.0,
+                "a penalty strength >= 0",
+            );
             let decay = match (w.mode, w.decay) {
                 (EwcMode::Separate, Some(_)) => {
                     e(
@@ -1037,12 +1049,13 @@ pub(super) fn validate(
                 (EwcMode::Separate, None) => None,
                 (EwcMode::Online, d) => {
                     let d = d.unwrap_or(1.0);
-                    if !(d > 0.0 && d <= 1.0) {
-                        e(
-                            &format!("{eb}.decay"),
-                            format!("expected a decay in (0, 1], found {d}"),
-                        );
-                    }
+                    checked(
+                        &mut e,
+                        &format!("{eb}.decay"),
+                        d,
+                        d > 0.0 && d <= 1.0,
+                        "a decay in (0, 1]",
+                    );
                     Some(d)
                 }
             };
@@ -1144,14 +1157,18 @@ pub(super) fn validate(
                 only_with("prune", s.prune.is_some(), "until_threshold", &mut e);
                 only_with("like", s.like.is_some(), "random", &mut e);
                 let share = match s.share {
-                    Some(v) if v > 0.0 && v <= 1.0 => v,
-                    Some(v) => {
-                        e(
+                    Some(v)
+                        if checked(
+                            &mut e,
                             &format!("{base}.share"),
-                            format!("expected a share in (0, 1], found {v}"),
-                        );
-                        1.0
+                            v,
+                            v > 0.0 && v <= 1.0,
+                            "a share in (0, 1]",
+                        ) =>
+                    {
+                        v
                     }
+                    Some(_) => 1.0,
                     None => {
                         e(
                             &format!("{base}.share"),
@@ -1246,21 +1263,20 @@ pub(super) fn validate(
                         None
                     }
                     Some(p) => {
-                        if !(p.threshold > 0.0 && p.threshold < 1.0) {
-                            e(
-                                &format!("{base}.prune.threshold"),
-                                format!(
-                                    "expected an accuracy drop in (0, 1), found {}",
-                                    p.threshold
-                                ),
-                            );
-                        }
-                        if !(p.step_ratio > 0.0 && p.step_ratio <= 1.0) {
-                            e(
-                                &format!("{base}.prune.step_ratio"),
-                                format!("expected a share in (0, 1], found {}", p.step_ratio),
-                            );
-                        }
+                        checked(
+                            &mut e,
+                            &format!("{base}.prune.threshold"),
+                            p.threshold,
+                            p.threshold > 0.0 && p.threshold < 1.0,
+                            "an accuracy drop in (0, 1)",
+                        );
+                        checked(
+                            &mut e,
+                            &format!("{base}.prune.step_ratio"),
+                            p.step_ratio,
+                            p.step_ratio > 0.0 && p.step_ratio <= 1.0,
+                            "a share in (0, 1]",
+                        );
                         Some(PruneSpec {
                             threshold: p.threshold,
                             step_ratio: p.step_ratio,
@@ -1301,60 +1317,47 @@ pub(super) fn validate(
         }
     }
 
-    // Data files, and the classes the tasks name.
+    // Data files (headers, counts, shapes), and the classes the tasks name.
     if let (DataCheck::Required, Some(d)) = (data, idx) {
-        let mut files = vec![
-            ("dataset.images", d.images.clone()),
-            ("dataset.labels", d.labels.clone()),
-        ];
-        if let Some((i, l)) = &test_files {
-            files.push(("dataset.test_images", i.clone()));
-            files.push(("dataset.test_labels", l.clone()));
-        }
-        let mut labels_ok = true;
-        for (p, f) in &files {
-            if !f.is_file() {
-                labels_ok = false;
-                e(p, format!(
-                    "data file {} does not exist (relative paths are resolved against the current directory; the bundled MNIST is regenerated by `python3 scripts/make_mnist.py`)",
-                    f.display()
-                ));
-            }
-        }
-        if labels_ok {
-            let mut present: Option<BTreeSet<u8>> = None;
-            for (p, f) in files.iter().filter(|(p, _)| p.ends_with("labels")) {
-                match crate::data::label_set(f) {
-                    Ok(s) => {
-                        present = Some(match present {
-                            None => s,
-                            Some(prev) => prev.intersection(&s).copied().collect(),
-                        })
-                    }
-                    Err(err) => e(p, format!("cannot read labels: {err}")),
-                }
-            }
-            if let Some(present) = present {
-                for (t, group) in groups.iter().enumerate().take(if permute_seed.is_some() {
-                    1
+        let input = model.arch.as_ref().map(|a| super::idx_data::ModelInput {
+            shape: a.input,
+            key: if raw.model.input_shape.is_some() {
+                "model.input_shape"
+            } else if raw.model.input_size.is_some() {
+                "model.input_size"
+            } else {
+                "model.kind"
+            },
+            crop: raw
+                .training
+                .augment
+                .as_ref()
+                .and_then(|a| a.crop.as_ref())
+                .and_then(|c| c.size)
+                .and_then(|s| usize::try_from(s).ok()),
+        });
+        let pairs = super::idx_data::pairs(&d.images, &d.labels, test_files.as_ref());
+        let present = super::idx_data::check(&pairs, input, &mut e);
+        if let Some(present) = present {
+            for (t, group) in groups.iter().enumerate().take(if permute_seed.is_some() {
+                1
+            } else {
+                usize::MAX
+            }) {
+                let gpath = if permute_seed.is_some() {
+                    group_path.to_string()
                 } else {
-                    usize::MAX
-                }) {
-                    let gpath = if permute_seed.is_some() {
-                        group_path.to_string()
-                    } else {
-                        format!("tasks.{t}")
-                    };
-                    for (i, &c) in group.iter().enumerate() {
-                        if (0..=65535).contains(&c) && !present.iter().any(|&p| p as i64 == c) {
-                            e(
-                                &format!("{gpath}.{i}"),
-                                format!(
+                    format!("tasks.{t}")
+                };
+                for (i, &c) in group.iter().enumerate() {
+                    if (0..=65535).contains(&c) && !present.iter().any(|&p| p as i64 == c) {
+                        e(
+                            &format!("{gpath}.{i}"),
+                            format!(
                                 "class {c} does not occur in the dataset (its classes are {:?})",
                                 present
                             ),
-                            );
-                        }
+                        );
                     }
                 }
             }
@@ -1362,7 +1365,9 @@ pub(super) fn validate(
     }
 
     let image_data = match &source {
-        Some(ParsedData::Images { datasets, single }) => {
+        Some(ParsedData::Images {
+            datasets, single, ..
+        }) => {
             let mut d = check_images(datasets, *single, &image_tasks, data, &mut e);
             d.epochs = task_epochs.clone();
             d.epochs.resize(d.tasks.len(), None);
@@ -1382,9 +1387,7 @@ pub(super) fn validate(
             .filter(|s| s[1] > 0),
         model.arch.as_ref().map(|a| a.input),
         match image_data.as_ref().and_then(|d| d.datasets.values().next()) {
-            Some(ImageDatasetSpec::Cifar10 { .. } | ImageDatasetSpec::Cifar100 { .. })
-                if single =>
-            {
+            Some(ImageDatasetSpec::Cifar10(_) | ImageDatasetSpec::Cifar100(_)) if single => {
                 "dataset"
             }
             _ if single => "dataset.size",
@@ -1393,6 +1396,7 @@ pub(super) fn validate(
         &mut e,
     );
 
+    let errs = errs.into_inner();
     if !errs.is_empty() {
         return Err(SpecErrors(errs));
     }
@@ -1438,44 +1442,39 @@ pub(super) fn validate(
 enum ParsedData {
     Idx(RawDataset),
     Images {
+        /// The datasets whose blocks deserialized.
         datasets: BTreeMap<String, ImageDatasetSpec>,
+        /// Every name under `datasets:`, also those whose blocks have errors.
+        names: BTreeSet<String>,
         /// From one `dataset:` (named [`images::SINGLE`]) rather than `datasets:`.
         single: bool,
     },
 }
 
-/// Deserialize one dataset block; serde's path inside it is appended to `path`.
-fn parse_one<T: serde::de::DeserializeOwned>(
+/// Deserialize an IDX dataset block, collecting every error inside it with its key path.
+fn parse_idx(
     v: &serde_yaml::Value,
     path: &str,
-    e: &mut dyn FnMut(&str, String),
-) -> Option<T> {
-    serde_path_to_error::deserialize(v.clone())
-        .map_err(|err| {
-            let inner = err.path().to_string();
-            let p = if inner.is_empty() || inner == "." {
-                path.to_string()
-            } else {
-                format!("{path}.{inner}")
-            };
-            let msg = err.inner().to_string();
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            e(&p, msg)
-        })
-        .ok()
+    e: &mut dyn FnMut(&str, String, bool),
+) -> Option<RawDataset> {
+    let c = super::collect::deserialize::<RawDataset>(v.clone(), path);
+    for f in c.errors {
+        e(&f.path, f.message, f.at_key);
+    }
+    c.value.filter(|_| c.clean)
 }
 
 fn is_idx(v: &serde_yaml::Value) -> bool {
     v.get("format").and_then(|f| f.as_str()) == Some("idx")
 }
 
-fn parse_data(raw: &RawPipeline, ctx: &Ctx, e: &mut dyn FnMut(&str, String)) -> Option<ParsedData> {
-    let _ = ctx;
+fn parse_data(raw: &RawPipeline, e: &mut dyn FnMut(&str, String, bool)) -> Option<ParsedData> {
     match (&raw.dataset, &raw.datasets) {
         (Some(_), Some(_)) => {
             e(
                 "datasets",
                 "give either one `dataset:` or named `datasets:`, not both".into(),
+                false,
             );
             None
         }
@@ -1483,21 +1482,27 @@ fn parse_data(raw: &RawPipeline, ctx: &Ctx, e: &mut dyn FnMut(&str, String)) -> 
             e(
                 "dataset",
                 "missing: expected `dataset:` (one dataset) or `datasets:` (named datasets, one per task)".into(),
+                false,
             );
             None
         }
-        (Some(v), None) if is_idx(v) => parse_one(v, "dataset", e).map(ParsedData::Idx),
+        (Some(v), None) if is_idx(v) => parse_idx(v, "dataset", e).map(ParsedData::Idx),
         (Some(v), None) => {
-            let spec: ImageDatasetSpec = parse_one(v, "dataset", e)?;
+            let spec = images::parse_dataset(v, "dataset", true, e)?;
             Some(ParsedData::Images {
                 datasets: [(images::SINGLE.to_string(), spec)].into(),
+                names: [images::SINGLE.to_string()].into(),
                 single: true,
             })
         }
         (None, Some(map)) => {
             let mut datasets = BTreeMap::new();
             if map.is_empty() {
-                e("datasets", "expected at least one named dataset".into());
+                e(
+                    "datasets",
+                    "expected at least one named dataset".into(),
+                    false,
+                );
             }
             for (name, v) in map {
                 let path = format!("datasets.{name}");
@@ -1506,21 +1511,23 @@ fn parse_data(raw: &RawPipeline, ctx: &Ctx, e: &mut dyn FnMut(&str, String)) -> 
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                 {
-                    e(&path, "dataset names use only [A-Za-z0-9_-]".into());
+                    e(&path, "dataset names use only [A-Za-z0-9_-]".into(), true);
                 }
                 if is_idx(v) {
                     e(
                         &format!("{path}.format"),
                         "IDX data is only supported as the single `dataset:`; named datasets are cifar10 | cifar100 | image_folder | adience".into(),
+                        false,
                     );
                     continue;
                 }
-                if let Some(spec) = parse_one(v, &path, e) {
+                if let Some(spec) = images::parse_dataset(v, &path, false, e) {
                     datasets.insert(name.clone(), spec);
                 }
             }
             Some(ParsedData::Images {
                 datasets,
+                names: map.keys().cloned().collect(),
                 single: false,
             })
         }
@@ -1573,7 +1580,11 @@ fn check_images(
     let mut files = BTreeMap::new();
     if data == DataCheck::Required {
         for (name, spec) in datasets.iter().filter(|(n, _)| valid.contains(*n)) {
-            if let ImageDatasetSpec::ImageFolder { train, .. } = spec {
+            if let ImageDatasetSpec::ImageFolder(crate::data::image_set::ImageFolderSpec {
+                train,
+                ..
+            }) = spec
+            {
                 match crate::data::image_folder::class_folders(train) {
                     Ok(c) => {
                         counts.insert(name.clone(), c.len());
