@@ -120,6 +120,30 @@ fn sigkill_mid_stage_leaves_a_verifiable_cache_and_the_next_run_completes() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("stages:"));
     assert_eq!(f.cli(&["cache", "verify"]).status.code(), Some(0));
+    // The killed process's lease, the breaker of its takeover and any temp entry are gone.
+    assert_eq!(leftovers(&f.cache_dir()), Vec::<String>::new());
+}
+
+/// Files a finished run should not leave: anything in tmp/, trash/ or leases/, and temp files
+/// (dot files) anywhere in the cache.
+fn leftovers(cache: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![cache.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(cache).unwrap().display().to_string();
+            let transient = ["tmp/", "trash/", "leases/"]
+                .iter()
+                .any(|t| rel.starts_with(t));
+            if p.is_dir() {
+                stack.push(p);
+            } else if transient || e.file_name().to_string_lossy().starts_with('.') {
+                out.push(rel);
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -213,4 +237,116 @@ fn exec_stage_runs_one_stage_from_its_request() {
     assert_eq!(cache.read_manifest(&key).unwrap().content_hash, before);
     let bad = f.cli(&["exec-stage", "00"]);
     assert_eq!(bad.status.code(), Some(1));
+}
+
+/// The manifest of the entry of stage `id` in the fixture's cache.
+fn manifest_of(f: &Fixture, report: &cfpipe::exec::RunReport, id: &str) -> std::path::PathBuf {
+    let key = report
+        .events
+        .iter()
+        .find(|e| e.id == id)
+        .unwrap()
+        .key
+        .unwrap();
+    let cache = cfpipe::cache::Cache::open(f.cache_dir()).unwrap();
+    cache.entry_dir(&key).join("manifest.json")
+}
+
+#[test]
+fn a_one_byte_manifest_edit_fails_verify_and_the_stage_is_recomputed() {
+    let f = Fixture::new();
+    let first = f.run(&[]);
+    let id = "naive/seed0/task1/train";
+    let mp = manifest_of(&f, &first, id);
+    let text = std::fs::read_to_string(&mp).unwrap();
+    assert!(text.contains("\"seed\": 0"), "{text}");
+    std::fs::write(&mp, text.replacen("\"seed\": 0", "\"seed\": 1", 1)).unwrap();
+
+    let verify = f.cli(&["cache", "verify"]);
+    assert_eq!(verify.status.code(), Some(3), "{}", stdout(&verify));
+    let line = stdout(&verify);
+    assert!(
+        line.contains(id) && line.contains("manifest.json") && line.contains("derived"),
+        "{line}"
+    );
+    let r = f.run(&[]);
+    assert_eq!(r.ran(), set(&[id]));
+    let ev = r.events.iter().find(|e| e.id == id).unwrap();
+    assert!(
+        matches!(&ev.outcome, Outcome::Ran { replaced_corrupt: Some(f), .. } if f == "manifest.json")
+    );
+    assert_eq!(f.cli(&["cache", "verify"]).status.code(), Some(0));
+
+    // An unparsable manifest still names its stage.
+    std::fs::write(&mp, b"{\"format\": 1, \"key\": ").unwrap();
+    let verify = f.cli(&["cache", "verify"]);
+    assert_eq!(verify.status.code(), Some(3));
+    assert!(
+        stdout(&verify).contains(&format!(" {id}: manifest.json")),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+/// `cfpipe ARGS --cache CACHE --remote REMOTE` on the fixture's pipeline.
+fn with_remote(
+    f: &Fixture,
+    args: &[&str],
+    cache: &str,
+    remote: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        .args(args)
+        .arg("--cache")
+        .arg(f.path().join(cache))
+        .arg("--remote")
+        .arg(remote)
+        .env_remove("CFPIPE_CACHE")
+        .env_remove("CFPIPE_REMOTE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_run_that_recomputes_a_rejected_remote_copy_replaces_it() {
+    let f = Fixture::new();
+    let remote = f.path().join("remote");
+    let pipeline = f.pipeline();
+    let run = ["run", pipeline.to_str().unwrap(), "--quiet"];
+    let first = with_remote(&f, &run, "a", &remote);
+    assert!(first.status.success(), "{}", stderr(&first));
+    // Edit the remote copy of one train stage's manifest: every pull must now reject it.
+    let id = "naive/seed0/task1/train";
+    let mp = std::fs::read_dir(remote.join("entries"))
+        .unwrap()
+        .flatten()
+        .flat_map(|shard| std::fs::read_dir(shard.path()).unwrap().flatten())
+        .map(|e| e.path().join("manifest.json"))
+        .find(|p| {
+            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            m["stage_id"] == id
+        })
+        .unwrap();
+    let text = std::fs::read_to_string(&mp).unwrap();
+    std::fs::write(&mp, text.replacen("\"seed\": 0", "\"seed\": 1", 1)).unwrap();
+
+    let second = with_remote(&f, &run, "b", &remote);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let err = stderr(&second);
+    assert!(
+        err.contains(&format!(
+            "stage `{id}`: replaced the remote's rejected copy"
+        )),
+        "{err}"
+    );
+    // A third teammate now pulls everything, that stage included.
+    let pull = with_remote(
+        &f,
+        &["cache", "pull", pipeline.to_str().unwrap()],
+        "c",
+        &remote,
+    );
+    assert!(pull.status.success(), "{}{}", stdout(&pull), stderr(&pull));
+    let third = with_remote(&f, &run, "c", &remote);
+    assert!(stdout(&third).contains(" 0 ran"), "{}", stdout(&third));
 }

@@ -15,7 +15,11 @@ fn pipelines() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         (
             "pipelines/mnist_split.yaml",
-            vec!["training.epochs=1", "seeds=[0]", "tasks=[[0, 1], [2, 3], [4, 5]]"],
+            vec![
+                "training.epochs=1",
+                "seeds=[0]",
+                "tasks=[[0, 1], [2, 3], [4, 5]]",
+            ],
         ),
         (
             "pipelines/cnn_mnist_split.yaml",
@@ -64,7 +68,10 @@ fn keys_of(pipeline: &str, set: &[&str], cache: &Path) -> BTreeMap<String, Strin
     assert!(report.failed().is_empty(), "{:?}", report.failed());
     let mut out = BTreeMap::new();
     for e in &report.events {
-        let key = e.key.expect("every stage of a complete run has a key").to_hex();
+        let key = e
+            .key
+            .expect("every stage of a complete run has a key")
+            .to_hex();
         for id in std::iter::once(&e.id).chain(&e.aliases) {
             out.insert(id.clone(), key.clone());
         }

@@ -358,7 +358,9 @@ impl Watch {
 pub fn break_stale(path: &Path, stale: &LeaseInfo, perms: GroupPerms) -> io::Result<bool> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("f");
     let breaker = path.with_file_name(format!("{name}.break.{}", stale.token));
-    if create_exclusive(&breaker, stale.what.as_bytes(), perms)?.is_none() {
+    // The breaker names its creator, so that a later run can tell one left by a dead process.
+    let body = format!("{}\n{}", unique(), stale.what);
+    if create_exclusive(&breaker, body.as_bytes(), perms)?.is_none() {
         let limit = 2 * Duration::from_millis(stale.timeout_ms) + Duration::from_secs(60);
         let abandoned = fs::metadata(&breaker)
             .and_then(|m| m.modified())
@@ -370,7 +372,72 @@ pub fn break_stale(path: &Path, stale: &LeaseInfo, perms: GroupPerms) -> io::Res
         }
         return Ok(false);
     }
+    broken().push(breaker);
     remove_if_token(path, &stale.token)
+}
+
+/// Breakers this process created. They stay while it runs, so that a waiter that read the
+/// same stale lease cannot break its successor; [`clean_dir`] removes them afterwards.
+fn broken() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    static BROKEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    BROKEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a name made by [`unique`] belongs to a process of this host that no longer exists:
+/// the one case where a leftover provably has no owner.
+pub(crate) fn dead_here(unique_name: &str) -> bool {
+    matches!(owner_of(unique_name), Some((host, pid)) if host == sanitized_host() && !pid_alive(pid))
+}
+
+/// The [`unique`] part of a temp name made by [`create_exclusive`] (`.NAME.UNIQUE.tmp`),
+/// [`remove_if_token`] (`.NAME.UNIQUE.gone`) or `atomic_write` (`.NAME.UNIQUE`).
+pub(crate) fn temp_maker(file_name: &str) -> Option<&str> {
+    let rest = file_name.strip_prefix('.')?;
+    let rest = rest
+        .strip_suffix(".tmp")
+        .or_else(|| rest.strip_suffix(".gone"))
+        .unwrap_or(rest);
+    rest.rsplit_once('.').map(|(_, maker)| maker)
+}
+
+/// Remove from the lease directory what provably has no owner (a run calls this when it ends,
+/// gc too), and count what was removed:
+/// - leases whose holder is a dead process of this host, or that nobody rewrote for two of
+///   their holder's timeouts (and at least `timeout`);
+/// - temp files of dead processes of this host;
+/// - breakers whose lease no longer carries the broken token, once their creator is this
+///   process or a dead one of this host, or once they are older than a breaker's useful life.
+pub fn clean_dir(dir: &Path, timeout: Duration, perms: GroupPerms) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mine: Vec<PathBuf> = broken().clone();
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let path = e.path();
+        let gone = if name.starts_with('.') {
+            temp_maker(&name).is_some_and(dead_here) && fs::remove_file(&path).is_ok()
+        } else if let Some((key, token)) = name.split_once(".break.") {
+            let current = read(&dir.join(key)).ok().map(|(b, _)| token_of(&b));
+            let done = current.as_deref() != Some(token);
+            let creator_gone = mine.contains(&path)
+                || fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|b| b.lines().next().map(dead_here))
+                    .unwrap_or(false);
+            let limit = 2 * timeout + Duration::from_secs(60);
+            let old = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > limit);
+            done && (creator_gone || old) && fs::remove_file(&path).is_ok()
+        } else {
+            remove_if_dead(&path, timeout, perms).unwrap_or(false)
+        };
+        removed += usize::from(gone);
+    }
+    broken().retain(|p| p.exists());
+    removed
 }
 
 /// The host (as written by [`unique`]) and pid that a name made by [`unique`] carries.

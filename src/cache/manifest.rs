@@ -1,7 +1,7 @@
 //! The manifest of one cache entry: what the stage was, what it was keyed on, and the blake3 of
 //! every file it holds. `verify` trusts nothing but this file and the bytes on disk.
 
-use crate::digest::{ContentHash, StageKey};
+use crate::digest::{ContentHash, KeyMaterial, StageKey, KEY_SCHEME};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -47,6 +47,81 @@ pub struct Manifest {
     /// blake3 over the canonical list of output names and hashes.
     pub content_hash: ContentHash,
     pub run: RunInfo,
+}
+
+/// Why a manifest does not describe the entry it is filed as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    #[error("format {0} (this cfpipe reads {MANIFEST_FORMAT})")]
+    Format(u32),
+    #[error("it names key {named}, not {filed}")]
+    NamesKey { named: StageKey, filed: StageKey },
+    /// Its kind, version, parameters or inputs were edited: the entry claims to be a
+    /// computation it is not.
+    #[error(
+        "the stage key derived from its kind, version, params and inputs is {derived}, not {filed}"
+    )]
+    Key { derived: StageKey, filed: StageKey },
+    #[error("its content hash {listed} is not that of its output list ({computed})")]
+    ContentHash {
+        listed: ContentHash,
+        computed: ContentHash,
+    },
+    #[error("file name `{0}` is not allowed")]
+    FileName(String),
+}
+
+impl Manifest {
+    /// The key of the computation this manifest describes, derived as the executor derives it.
+    pub fn derived_key(&self) -> StageKey {
+        KeyMaterial {
+            scheme: KEY_SCHEME,
+            kind: &self.kind,
+            version: self.version,
+            params: &self.params,
+            inputs: self.inputs.clone(),
+            files: self.files.clone(),
+        }
+        .key()
+    }
+
+    /// Check that this manifest describes the entry filed under `key`, trusting none of its
+    /// fields: the key is re-derived and the content hash recomputed. Local lookups, `verify`,
+    /// pushes and pulls all use this one check.
+    pub fn check(&self, key: &StageKey) -> Result<(), Fault> {
+        if self.format != MANIFEST_FORMAT {
+            return Err(Fault::Format(self.format));
+        }
+        if self.key != *key {
+            return Err(Fault::NamesKey {
+                named: self.key,
+                filed: *key,
+            });
+        }
+        let derived = self.derived_key();
+        if derived != *key {
+            return Err(Fault::Key {
+                derived,
+                filed: *key,
+            });
+        }
+        let computed = content_hash_of(&self.outputs);
+        if computed != self.content_hash {
+            return Err(Fault::ContentHash {
+                listed: self.content_hash,
+                computed,
+            });
+        }
+        match self
+            .outputs
+            .keys()
+            .chain(self.aux.keys())
+            .find(|n| !valid_file_name(n))
+        {
+            Some(name) => Err(Fault::FileName(name.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The content hash of an artifact: a function of its file names and bytes only.

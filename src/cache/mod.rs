@@ -305,19 +305,10 @@ impl Cache {
                 }
             }
         };
-        if manifest.key != *key {
+        if let Err(fault) = manifest.check(key) {
             return Lookup::Corrupt {
                 file: MANIFEST_FILE.into(),
-                reason: format!(
-                    "manifest names key {} but lives under {}",
-                    manifest.key, key
-                ),
-            };
-        }
-        if manifest::content_hash_of(&manifest.outputs) != manifest.content_hash {
-            return Lookup::Corrupt {
-                file: MANIFEST_FILE.into(),
-                reason: "content hash does not match the output list".into(),
+                reason: fault.to_string(),
             };
         }
         let all = manifest
@@ -371,7 +362,7 @@ impl Cache {
         let trash = self
             .root
             .join("trash")
-            .join(format!("{}.{}", key.to_hex(), nonce()));
+            .join(format!("{}.{}", key.to_hex(), lease::unique()));
         fs::rename(&dir, &trash).map_err(io(&dir))?;
         fs::remove_dir_all(&trash).map_err(io(&trash))
     }
@@ -606,6 +597,33 @@ impl Cache {
         serde_json::from_slice(&b).ok()
     }
 
+    /// The stage id an entry was made for, found even when its manifest does not parse (for
+    /// messages about corrupt entries): the manifest's own field if it is still JSON, else the
+    /// request the executor wrote before running it, else the index of last-seen keys.
+    pub fn stage_id_of(&self, key: &StageKey) -> Option<String> {
+        let id_in = |path: PathBuf, field: &str| {
+            let v: serde_json::Value = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+            v.get(field)?.as_str().map(str::to_string)
+        };
+        id_in(self.entry_dir(key).join(MANIFEST_FILE), "stage_id")
+            .or_else(|| {
+                let req = self
+                    .root
+                    .join("requests")
+                    .join(format!("{}.json", key.to_hex()));
+                id_in(req, "id")
+            })
+            .or_else(|| {
+                fs::read_dir(self.root.join("index").join("stages"))
+                    .ok()?
+                    .flatten()
+                    .filter_map(|e| fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice::<StageRecord>(&b).ok())
+                    .find(|r| r.key == *key)
+                    .map(|r| r.id)
+            })
+    }
+
     /// Delete entries that no registered root and no `opts.keep` reaches, that no live lease
     /// holds, and that nobody used within the grace period; then leftovers of dead writers.
     /// Safe while other processes use the cache: an entry is renamed aside first and restored
@@ -661,10 +679,10 @@ impl Cache {
             let used_before = self.last_used(&key);
             let size = self.entry_size(&key);
             let dir = self.entry_dir(&key);
-            let trash = self
-                .root
-                .join("trash")
-                .join(format!("{}.{}", key.to_hex(), nonce()));
+            let trash =
+                self.root
+                    .join("trash")
+                    .join(format!("{}.{}", key.to_hex(), lease::unique()));
             match fs::rename(&dir, &trash) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -685,9 +703,53 @@ impl Cache {
             rep.freed += size;
             rep.removed.push(key);
         }
+        self.clean_dead_leftovers();
         self.clean_tmp(grace)?;
         self.clean_leftovers(grace);
         Ok(rep)
+    }
+
+    /// Remove what provably belongs to nobody: temp entries, trash and temp files of dead
+    /// processes of this host, and leases that are dead or expired (see [`lease::clean_dir`]).
+    /// Every run calls this when it ends, so SIGKILLs leave nothing behind for long; other
+    /// hosts' leftovers wait for gc's grace period. Returns how many were removed.
+    pub fn clean_dead_leftovers(&self) -> usize {
+        if self.read_only {
+            return 0;
+        }
+        let mut removed = 0;
+        let names = |dir: PathBuf| {
+            fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| (e.file_name().to_string_lossy().to_string(), e.path()))
+        };
+        // Entries being written and entries being deleted: `<key>.<unique>`.
+        for sub in ["tmp", "trash"] {
+            for (name, path) in names(self.root.join(sub)) {
+                let maker = name.split_once('.').map(|(_, m)| m).unwrap_or("");
+                if lease::dead_here(maker) && fs::remove_dir_all(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        // Temp files of `atomic_write`: `.<name>.<unique>`.
+        for sub in ["", "index", "index/stages", roots::ROOTS_DIR, "requests"] {
+            for (name, path) in names(self.root.join(sub)) {
+                let dead =
+                    name.starts_with('.') && lease::temp_maker(&name).is_some_and(lease::dead_here);
+                if dead && fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+            + lease::clean_dir(
+                &self.root.join(lease::LEASE_DIR),
+                self.lease_timeout,
+                self.perms,
+            )
     }
 
     /// Old stamps of entries that no longer exist, and lease breakers and temp files of
@@ -745,16 +807,6 @@ impl Cache {
 
 const USED_DIR: &str = "used";
 
-fn nonce() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{t:x}{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = fs::File::create(path)?;
     f.write_all(bytes)?;
@@ -774,11 +826,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub fn atomic_write_shared(path: &Path, bytes: &[u8], perms: GroupPerms) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     perms.create_dir_all(parent)?;
+    // Named after host and pid (see `lease::unique`), so a run can tell a dead writer's temp.
     let tmp = parent.join(format!(
-        ".{}.{}.{}",
+        ".{}.{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
-        std::process::id(),
-        nonce()
+        lease::unique()
     ));
     write_synced(&tmp, bytes)
         .and_then(|()| perms.apply(&tmp))
@@ -826,13 +878,21 @@ pub(crate) fn touch_now(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn new_entry(key: StageKey, out: &[u8]) -> NewEntry {
+    /// The key of the test entry named `tag`, derived from its params as the executor would
+    /// derive it (a lookup re-derives it and rejects any other).
+    fn k(tag: &[u8]) -> StageKey {
+        new_entry(tag, b"").key
+    }
+
+    fn new_entry(tag: &[u8], out: &[u8]) -> NewEntry {
+        let params = serde_json::json!({ "tag": ContentHash::of(tag).to_hex() });
+        let key = crate::exec::stage_key("k", 1, &params, &BTreeMap::new(), &BTreeMap::new());
         NewEntry {
             key,
             stage_id: "s".into(),
             kind: "k".into(),
             version: 1,
-            params: serde_json::json!({}),
+            params,
             inputs: Default::default(),
             files: Default::default(),
             outputs: [("a.json".to_string(), out.to_vec())].into(),
@@ -862,9 +922,9 @@ mod tests {
     fn publish_then_lookup_verifies_and_detects_a_flipped_byte() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path()).unwrap();
-        let key = StageKey::of(b"k1");
+        let key = k(b"k1");
         assert!(matches!(c.lookup(&key), Lookup::Missing));
-        let e = c.publish(new_entry(key, b"hello")).unwrap();
+        let e = c.publish(new_entry(b"k1", b"hello")).unwrap();
         let Lookup::Hit(hit) = c.lookup(&key) else {
             panic!("expected hit")
         };
@@ -882,14 +942,43 @@ mod tests {
     }
 
     #[test]
+    fn an_edited_manifest_fails_lookup_because_its_key_is_rederived() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let key = k(b"m");
+        c.publish(new_entry(b"m", b"x")).unwrap();
+        let mp = c.entry_dir(&key).join(MANIFEST_FILE);
+        let text = fs::read_to_string(&mp).unwrap();
+        let tag = ContentHash::of(b"m").to_hex();
+        fs::write(&mp, text.replace(&tag, &ContentHash::of(b"n").to_hex())).unwrap();
+        match c.lookup(&key) {
+            Lookup::Corrupt { file, reason } => {
+                assert_eq!(file, MANIFEST_FILE);
+                assert!(reason.contains("derived from its kind"), "{reason}");
+            }
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+        // Its stage id is still named, even once the manifest no longer parses.
+        fs::write(&mp, b"{ not json").unwrap();
+        c.write_atomic(
+            &c.root()
+                .join("requests")
+                .join(format!("{}.json", key.to_hex())),
+            br#"{"id": "a/b/train"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.stage_id_of(&key).as_deref(), Some("a/b/train"));
+    }
+
+    #[test]
     fn content_hash_ignores_aux_but_not_outputs() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path()).unwrap();
-        let a = c.publish(new_entry(StageKey::of(b"1"), b"x")).unwrap();
-        let mut n = new_entry(StageKey::of(b"2"), b"x");
+        let a = c.publish(new_entry(b"1", b"x")).unwrap();
+        let mut n = new_entry(b"2", b"x");
         n.aux.insert("log.txt".into(), b"different log".to_vec());
         let b = c.publish(n).unwrap();
-        let d2 = c.publish(new_entry(StageKey::of(b"3"), b"y")).unwrap();
+        let d2 = c.publish(new_entry(b"3", b"y")).unwrap();
         assert_eq!(a.content_hash(), b.content_hash());
         assert_ne!(a.content_hash(), d2.content_hash());
     }
@@ -898,9 +987,9 @@ mod tests {
     fn second_publish_of_a_key_keeps_the_first() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path()).unwrap();
-        let key = StageKey::of(b"k");
-        let a = c.publish(new_entry(key, b"first")).unwrap();
-        let b = c.publish(new_entry(key, b"second")).unwrap();
+        let key = k(b"k");
+        let a = c.publish(new_entry(b"k", b"first")).unwrap();
+        let b = c.publish(new_entry(b"k", b"second")).unwrap();
         assert_eq!(a.content_hash(), b.content_hash());
         assert_eq!(
             c.read_manifest(&key).unwrap().content_hash,
@@ -932,9 +1021,9 @@ mod tests {
     fn gc_keeps_what_is_reachable_recent_or_leased_and_deletes_the_rest() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path()).unwrap();
-        let keys: Vec<_> = (0..5u8).map(|i| StageKey::of(&[i])).collect();
-        for k in &keys {
-            c.publish(new_entry(*k, k.as_bytes())).unwrap();
+        let keys: Vec<_> = (0..5u8).map(|i| k(&[i])).collect();
+        for i in 0..5u8 {
+            c.publish(new_entry(&[i], &[i])).unwrap();
         }
         // 0: named; 1: recent; 2: leased; 3: in another pipeline's root; 4: garbage.
         for k in [0, 2, 3, 4] {
@@ -965,8 +1054,8 @@ mod tests {
     fn expired_roots_are_deleted_and_keep_nothing() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path()).unwrap();
-        let k = StageKey::of(b"r");
-        c.publish(new_entry(k, b"r")).unwrap();
+        let k = k(b"r");
+        c.publish(new_entry(b"r", b"r")).unwrap();
         age(&c, &k);
         let rec = roots::RootRecorder::new(
             &c,
@@ -987,19 +1076,91 @@ mod tests {
     fn marking_an_old_entry_used_protects_it_from_gc() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path()).unwrap();
-        let k = StageKey::of(b"u");
-        c.publish(new_entry(k, b"u")).unwrap();
+        let k = k(b"u");
+        c.publish(new_entry(b"u", b"u")).unwrap();
         age(&c, &k);
         c.mark_used(&k);
         assert!(c.gc(&opts(&[])).unwrap().removed.is_empty());
         assert!(matches!(c.lookup(&k), Lookup::Hit(_)));
     }
 
+    /// A name as `lease::unique` makes it, for a process of this host that has exited.
+    fn dead_maker() -> String {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let me = lease::unique();
+        let host = me.split('-').next().unwrap();
+        format!("{host}-{pid}-0-0")
+    }
+
+    #[test]
+    fn a_dead_processs_leftovers_are_cleaned_and_a_live_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let (dead, live) = (dead_maker(), lease::unique());
+        let key = StageKey::of(b"k").to_hex();
+        let root = d.path();
+        let made = |rel: String, dir: bool| {
+            let p = root.join(rel);
+            if dir {
+                fs::create_dir_all(p.join("out")).unwrap();
+            } else {
+                fs::write(&p, b"x").unwrap();
+            }
+            p
+        };
+        let mut doomed = vec![
+            made(format!("tmp/{key}.{dead}"), true),
+            made(format!("trash/{key}.{dead}"), true),
+            made(format!("index/.filehashes.json.{dead}"), false),
+            made(format!("leases/.{key}.{dead}.tmp"), false),
+            made(format!("leases/.{key}.{dead}.gone"), false),
+            // A breaker left by a dead waiter, whose lease is gone.
+            made(format!("leases/{key}.break.{dead}"), false),
+        ];
+        fs::write(&doomed[5], format!("{dead}\ntrain")).unwrap();
+        let kept = vec![
+            made(format!("tmp/{key}.{live}"), true),
+            made(format!("trash/{key}.{live}"), true),
+            made(format!("index/.filehashes.json.{live}"), false),
+            made(format!("leases/.{key}.{live}.tmp"), false),
+            // Another host's: it may be alive, so a run leaves it to gc's grace period.
+            made(format!("tmp/{key}.otherbox-1-0-0"), true),
+        ];
+        // A lease whose holder died (written as a holder writes it) and one held right now.
+        let dead_lease = root.join("leases").join(&key);
+        let held = c
+            .lock_key(&StageKey::of(b"held"), "live", &|| false)
+            .unwrap();
+        let info = fs::read_to_string(held.path()).unwrap();
+        let pid = std::process::id().to_string();
+        let dead_pid = dead.split('-').nth(1).unwrap();
+        fs::write(
+            &dead_lease,
+            info.replace(&format!("\"pid\":{pid}"), &format!("\"pid\":{dead_pid}")),
+        )
+        .unwrap();
+        doomed.push(dead_lease);
+        assert_eq!(c.clean_dead_leftovers(), doomed.len());
+        for p in &doomed {
+            assert!(!p.exists(), "{} should be gone", p.display());
+        }
+        for p in &kept {
+            assert!(p.exists(), "{} should be kept", p.display());
+        }
+        assert!(held.path().exists());
+        // Nothing is removed through a read-only handle.
+        drop(held);
+        made(format!("tmp/{key}.{dead}"), true);
+        assert_eq!(Cache::open_read_only(root).clean_dead_leftovers(), 0);
+    }
+
     #[test]
     fn bad_output_names_are_rejected() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path()).unwrap();
-        let mut n = new_entry(StageKey::of(b"1"), b"a");
+        let mut n = new_entry(b"1", b"a");
         n.outputs.insert("../evil".into(), vec![]);
         assert!(matches!(c.publish(n), Err(CacheError::BadFileName(_))));
     }

@@ -18,10 +18,12 @@
 //! client. Credentials come only from the backends' standard environment variables (or a URL's
 //! user info for HTTP); every message that leaves this module is scrubbed of them.
 
-use super::manifest::{self, Manifest, AUX_DIR, MANIFEST_FILE, MANIFEST_FORMAT, OUT_DIR};
+use super::manifest::{Fault, Manifest, AUX_DIR, MANIFEST_FILE, OUT_DIR};
 use super::{Cache, CacheError, Entry, Lookup, NewEntry};
 use crate::config::RemoteConfig;
-use crate::digest::{ContentHash, KeyMaterial, StageKey, KEY_SCHEME};
+use crate::digest::{ContentHash, StageKey};
+#[cfg(test)]
+use crate::digest::{KeyMaterial, KEY_SCHEME};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
@@ -86,6 +88,18 @@ pub enum Pushed {
     },
     /// A complete entry (a manifest) was already on the remote; first complete push wins.
     AlreadyThere,
+    /// The remote's copy failed the manifest check (an edited or foreign manifest), so every
+    /// pull rejected it; it was overwritten with this verified entry.
+    Replaced {
+        bytes: u64,
+    },
+}
+
+/// What the remote holds under a key.
+enum Held {
+    Nothing,
+    Good,
+    Rejected,
 }
 
 enum Backend {
@@ -361,19 +375,22 @@ impl Remote {
             .map_err(|e| self.store_err("GET", path, e))
     }
 
-    /// Whether the remote holds a complete entry for `key` (its manifest exists).
-    pub fn has(&self, key: &StageKey) -> Result<bool, RemoteError> {
+    /// Whether the remote holds an entry for `key` whose manifest passes [`Manifest::check`].
+    /// A GET rather than a HEAD: a copy that every pull would reject must not count as there.
+    fn held(&self, key: &StageKey) -> Result<Held, RemoteError> {
         let c = self.connect()?;
-        let p = self.manifest_path(key);
-        match c.rt.block_on(c.store.head(&p)) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.store_err("HEAD", &p, e)),
+        match self.get(c, &self.manifest_path(key))? {
+            None => Ok(Held::Nothing),
+            Some(bytes) => match check_manifest(key, &bytes) {
+                Ok(_) => Ok(Held::Good),
+                Err(_) => Ok(Held::Rejected),
+            },
         }
     }
 
     /// Upload a locally verified entry: blobs first, manifest last. Skipped when the remote
-    /// already has a complete entry for the key.
+    /// already has a complete entry for the key that passes the manifest check; a rejected
+    /// copy is replaced. An entry that fails the check locally is never uploaded.
     pub fn push(&self, cache: &Cache, key: &StageKey) -> Result<Pushed, RemoteError> {
         let entry = match cache.lookup(key) {
             Lookup::Hit(e) => e,
@@ -390,21 +407,20 @@ impl Remote {
                 })
             }
         };
-        if self.has(key)? {
-            return Ok(Pushed::AlreadyThere);
-        }
-        self.upload(&entry)
+        self.push_entry(&entry)
     }
 
     /// Upload an entry the caller has just verified or published.
     pub fn push_entry(&self, entry: &Entry) -> Result<Pushed, RemoteError> {
-        if self.has(&entry.manifest.key)? {
-            return Ok(Pushed::AlreadyThere);
+        match self.held(&entry.manifest.key)? {
+            Held::Good => Ok(Pushed::AlreadyThere),
+            Held::Nothing => self.upload(entry).map(|bytes| Pushed::Uploaded { bytes }),
+            Held::Rejected => self.upload(entry).map(|bytes| Pushed::Replaced { bytes }),
         }
-        self.upload(entry)
     }
 
-    fn upload(&self, entry: &Entry) -> Result<Pushed, RemoteError> {
+    /// Upload blobs, then the manifest; returns the bytes sent.
+    fn upload(&self, entry: &Entry) -> Result<u64, RemoteError> {
         let c = self.connect()?;
         let key = entry.manifest.key;
         let manifest_bytes =
@@ -456,9 +472,7 @@ impl Remote {
         let mlen = manifest_bytes.len() as u64;
         c.rt.block_on(c.store.put(&mp, manifest_bytes.into()))
             .map_err(|e| self.store_err("PUT", &mp, e))?;
-        Ok(Pushed::Uploaded {
-            bytes: total + mlen,
-        })
+        Ok(total + mlen)
     }
 
     /// Download, verify and publish the entry of `key`. Nothing lands unless every check
@@ -606,55 +620,36 @@ impl Remote {
     }
 }
 
-/// Parse a downloaded manifest and check it describes `key`: the key re-derived from its own
-/// kind, version, parameters and inputs, and the content hash from its file list.
+/// Parse a downloaded manifest and check it describes `key` (see [`Manifest::check`]).
 fn check_manifest(key: &StageKey, bytes: &[u8]) -> Result<Manifest, RemoteError> {
-    let bad = |reason: String| RemoteError::BadManifest { key: *key, reason };
-    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    if m.format != MANIFEST_FORMAT {
-        return Err(bad(format!(
-            "format {} (this cfpipe reads {MANIFEST_FORMAT})",
-            m.format
-        )));
-    }
-    if m.key != *key {
-        return Err(bad(format!("it names key {}", m.key)));
-    }
-    let derived = KeyMaterial {
-        scheme: KEY_SCHEME,
-        kind: &m.kind,
-        version: m.version,
-        params: &m.params,
-        inputs: m.inputs.clone(),
-        files: m.files.clone(),
-    }
-    .key();
-    if derived != *key {
-        return Err(RemoteError::Mismatch {
-            key: *key,
-            file: MANIFEST_FILE.into(),
-            expected: format!("stage key {}", key.to_hex()),
-            found: format!(
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| RemoteError::BadManifest {
+        key: *key,
+        reason: e.to_string(),
+    })?;
+    let mismatch = |expected: String, found: String| RemoteError::Mismatch {
+        key: *key,
+        file: MANIFEST_FILE.into(),
+        expected,
+        found,
+    };
+    match m.check(key) {
+        Ok(()) => Ok(m),
+        Err(Fault::Key { derived, filed }) => Err(mismatch(
+            format!("stage key {}", filed.to_hex()),
+            format!(
                 "stage key {} (derived from its kind, params and inputs)",
                 derived.to_hex()
             ),
-        });
-    }
-    let ch = manifest::content_hash_of(&m.outputs);
-    if ch != m.content_hash {
-        return Err(RemoteError::Mismatch {
+        )),
+        Err(Fault::ContentHash { listed, computed }) => Err(mismatch(
+            format!("content hash {}", listed.to_hex()),
+            format!("content hash {} (of its output list)", computed.to_hex()),
+        )),
+        Err(fault) => Err(RemoteError::BadManifest {
             key: *key,
-            file: MANIFEST_FILE.into(),
-            expected: format!("content hash {}", m.content_hash.to_hex()),
-            found: format!("content hash {} (of its output list)", ch.to_hex()),
-        });
+            reason: fault.to_string(),
+        }),
     }
-    for name in m.outputs.keys().chain(m.aux.keys()) {
-        if !manifest::valid_file_name(name) {
-            return Err(bad(format!("file name `{name}` is not allowed")));
-        }
-    }
-    Ok(m)
 }
 
 #[cfg(test)]
@@ -708,6 +703,41 @@ mod tests {
             let e = Remote::new(RemoteConfig::from_url(url)).unwrap_err();
             assert!(matches!(e, RemoteError::Config { .. }), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn push_refuses_an_edited_local_entry_and_replaces_a_rejected_remote_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Cache::open(d.path().join("a")).unwrap();
+        let n = entry("one");
+        let key = n.key;
+        a.publish(n).unwrap();
+        let remote_dir = d.path().join("remote");
+        let r = Remote::new(RemoteConfig::from_url(remote_dir.to_str().unwrap())).unwrap();
+        // The remote holds a copy whose manifest was edited: its params no longer give its key.
+        assert!(matches!(r.push(&a, &key), Ok(Pushed::Uploaded { .. })));
+        let mp = remote_dir.join(r.manifest_path(&key).as_ref());
+        let good = std::fs::read_to_string(&mp).unwrap();
+        std::fs::write(&mp, good.replace("\"one\"", "\"two\"")).unwrap();
+        let b = Cache::open(d.path().join("b")).unwrap();
+        assert!(matches!(
+            r.pull(&b, &key),
+            Err(RemoteError::Mismatch { .. })
+        ));
+        assert!(matches!(r.push(&a, &key), Ok(Pushed::Replaced { .. })));
+        assert!(matches!(r.pull(&b, &key), Ok(Pulled::Fetched { .. })));
+        assert_eq!(r.push(&a, &key).unwrap(), Pushed::AlreadyThere);
+
+        // A local entry edited the same way is never uploaded.
+        let c = Cache::open(d.path().join("c")).unwrap();
+        let n = entry("three");
+        let k3 = n.key;
+        c.publish(n).unwrap();
+        let lp = c.entry_dir(&k3).join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&lp).unwrap();
+        std::fs::write(&lp, text.replace("\"three\"", "\"four\"")).unwrap();
+        assert!(matches!(r.push(&c, &k3), Err(RemoteError::NotLocal { .. })));
+        assert!(!remote_dir.join(r.manifest_path(&k3).as_ref()).exists());
     }
 
     #[test]

@@ -974,9 +974,8 @@ fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
                 if let Lookup::Corrupt { file, reason } = cache.lookup(k) {
                     bad += 1;
                     let id = cache
-                        .read_manifest(k)
-                        .map(|m| m.stage_id)
-                        .unwrap_or_default();
+                        .stage_id_of(k)
+                        .unwrap_or_else(|| "(stage unknown)".into());
                     out!("CORRUPT {} {id}: {file}: {reason}", k.short());
                 }
             }

@@ -448,6 +448,8 @@ impl<'a> Executor<'a> {
                 eprintln!("warning: could not register this pipeline's gc root: {e}");
             }
         }
+        // What killed processes left behind (temp entries, leases) is cleaned by the next run.
+        self.cache.clean_dead_leftovers();
         report.entries = entries;
         report.wall_s = t0.elapsed().as_secs_f64();
         report
@@ -522,6 +524,9 @@ impl<'a> Executor<'a> {
             source,
         };
         let mut replaced_corrupt = None;
+        // Set when the remote's copy of this key failed verification on pull: every later pull
+        // would reject it too, so the entry computed here replaces it.
+        let mut remote_rejected = false;
         // Marked before the lookup, so a concurrent gc either sees the use or restores the entry.
         self.cache.mark_used(&req.key);
         match self.cache.lookup(&req.key) {
@@ -565,7 +570,14 @@ impl<'a> Executor<'a> {
                 Ok(Pulled::Local(entry)) => return Ok((*entry, Outcome::Cached)),
                 Ok(Pulled::Absent) => {}
                 // The remote only saves time: whatever went wrong, compute locally.
-                Err(e) => self.remote_failed(&req.id, "computing it locally", &e),
+                Err(e) => {
+                    use crate::cache::remote::RemoteError;
+                    remote_rejected = matches!(
+                        e,
+                        RemoteError::Mismatch { .. } | RemoteError::BadManifest { .. }
+                    );
+                    self.remote_failed(&req.id, "computing it locally", &e)
+                }
             }
         }
         if self.opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -655,10 +667,21 @@ impl<'a> Executor<'a> {
                 },
             })
             .map_err(cache_err)?;
-        if let Some(r) = self.live_remote().filter(|r| r.push_on_run()) {
-            if let Err(e) = r.push_entry(&entry) {
-                self.remote_failed(&req.id, "not pushed", &e);
-            }
+        match self.live_remote() {
+            Some(r) if r.push_on_run() => match r.push_entry(&entry) {
+                Ok(crate::cache::remote::Pushed::Replaced { .. }) => eprintln!(
+                    "note: stage `{}`: replaced the remote's rejected copy with this result",
+                    req.id
+                ),
+                Ok(_) => {}
+                Err(e) => self.remote_failed(&req.id, "not pushed", &e),
+            },
+            Some(_) if remote_rejected => eprintln!(
+                "note: stage `{}`: the remote's copy was rejected and this remote is not pushed \
+                 to on run; `cfpipe cache push` replaces it",
+                req.id
+            ),
+            _ => {}
         }
         Ok((
             entry,

@@ -227,7 +227,7 @@ fn push_visit(cache: &Cache, remote: &Remote, key: StageKey) -> Visit {
         };
     };
     let what = match remote.push(cache, &key) {
-        Ok(Pushed::Uploaded { bytes }) => Did::Moved(bytes),
+        Ok(Pushed::Uploaded { bytes } | Pushed::Replaced { bytes }) => Did::Moved(bytes),
         Ok(Pushed::AlreadyThere) => Did::Present,
         Err(e) => Did::Failed(e),
     };
