@@ -6,6 +6,7 @@
 //! | 1    | a stage failed (the run finished every independent branch) or a runtime error |
 //! | 2    | bad input: pipeline file, `--set`, command-line arguments, unknown device, config file, remote URL |
 //! | 3    | `cache verify` found corrupt entries |
+//! | 4    | an output could not be written (a report, figures, explained images): the results are cached, only writing them failed |
 //! | 128+N | stopped by signal N: 130 SIGINT (Ctrl-C), 143 SIGTERM (`kill`, `scancel`, a time limit, preemption), 129 SIGHUP; completed stages are cached, nothing partial was stored |
 //!
 //! A closed stdout (`cfpipe cache ls | head -1`) ends a command quietly with 0, as in ripgrep
@@ -43,8 +44,21 @@ pub enum CliError {
     /// Whoever read stdout has gone (EPIPE); nothing more to say.
     #[error("stdout closed")]
     BrokenPipe,
+    /// A command-line option or environment value that cannot work.
     #[error("{0}")]
-    Usage(String),
+    BadOption(String),
+    #[error(
+        "no remote cache configured: pass --remote URL, set CFPIPE_REMOTE, or add \
+         `[remote] url = ...` to cfpipe.toml"
+    )]
+    NoRemote,
+    /// The team's shared group does not exist or this user is not in it.
+    #[error("{0}")]
+    Group(#[from] crate::cache::perms::GroupError),
+    #[error("{0}")]
+    Report(#[from] crate::report::write::ReportError),
+    #[error("explain: {0}")]
+    Explain(#[from] crate::xai::explain::ExplainError),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     /// Exit 2 for a remote URL or setting that cannot work, 1 for a failed transfer.
@@ -62,10 +76,15 @@ impl CliError {
             CliError::Spec(_)
             | CliError::Graph(_)
             | CliError::Device(_)
-            | CliError::Usage(_)
+            | CliError::BadOption(_)
+            | CliError::NoRemote
+            | CliError::Group(_)
             | CliError::Config(_)
             | CliError::Remote(crate::cache::remote::RemoteError::Config { .. }) => 2,
             CliError::VerifyFailed(_) => 3,
+            CliError::Report(_)
+            | CliError::Explain(crate::xai::explain::ExplainError::Write { .. }) => 4,
+            CliError::Explain(_) => 2,
             CliError::Interrupted { signal } => (128 + signal).clamp(129, 255) as u8,
             CliError::BrokenPipe => 0,
             CliError::Cache(_)

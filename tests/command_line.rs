@@ -368,3 +368,21 @@ fn an_overflowing_ewc_penalty_fails_its_stage_names_the_term_and_caches_nothing(
     assert!(row("naive/seed0/task2/evaluate").ends_with("cached"));
     assert!(row("rnf/seed0/task2/evaluate").ends_with("cached"));
 }
+
+#[test]
+fn a_report_that_cannot_be_written_exits_4_not_as_bad_input() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    // A file where the report directory should be: the results exist, only writing fails.
+    let blocker = f.path().join("taken");
+    std::fs::write(&blocker, b"").unwrap();
+    let out = blocker.join("report");
+    let o = f.cli(&["report", p, "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("taken/report"), "{}", stderr(&o));
+    // A mistyped option value is still bad input.
+    let o = f.cli(&["cache", "gc", "--roots-max-age", "-1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -278,13 +278,7 @@ fn sync_cmd(
     remote_flag: &Option<String>,
     cache: &CacheLoc,
 ) -> Result<(), CliError> {
-    let remote = open_remote(remote_flag, pipelines)?.ok_or_else(|| {
-        CliError::Usage(
-            "no remote cache configured: pass --remote URL, set CFPIPE_REMOTE, or add \
-             `[remote] url = ...` to cfpipe.toml"
-                .into(),
-        )
-    })?;
+    let remote = open_remote(remote_flag, pipelines)?.ok_or_else(|| CliError::NoRemote)?;
     // A push only reads the local cache.
     let cache = if push {
         open_cache_read(cache)
@@ -375,7 +369,7 @@ impl CacheLoc {
         let timeout = match (team.lease_timeout, env("CFPIPE_LEASE_TIMEOUT")) {
             (Some(t), _) => Some(t),
             (None, Some(v)) => Some(v.parse::<f64>().map_err(|_| {
-                CliError::Usage(format!(
+                CliError::BadOption(format!(
                     "CFPIPE_LEASE_TIMEOUT=`{v}` is not a number of seconds"
                 ))
             })?),
@@ -383,7 +377,7 @@ impl CacheLoc {
         };
         if let Some(t) = timeout {
             if !(t.is_finite() && t > 0.0) {
-                return Err(CliError::Usage(format!(
+                return Err(CliError::BadOption(format!(
                     "lease timeout must be a positive number of seconds, got {t}"
                 )));
             }
@@ -423,7 +417,7 @@ impl CacheLoc {
 /// Open (creating if needed) the cache, for commands that write to it.
 fn open_cache(loc: &CacheLoc) -> Result<Cache, CliError> {
     Cache::open_with(loc.dir(), &loc.config).map_err(|e| match e {
-        CacheError::Group(_) => CliError::Usage(e.to_string()),
+        CacheError::Group(g) => CliError::Group(g),
         e => e.into(),
     })
 }
@@ -477,7 +471,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let parse_rule = |flag: &str, v: &str| {
                 serde_json::from_value::<crate::xai::lrp::LrpRule>(serde_json::json!(v)).map_err(
                     |_| {
-                        CliError::Usage(format!(
+                        CliError::BadOption(format!(
                             "--{flag} `{v}`: expected one of epsilon, zplus, alpha_beta, gamma, flat, w_square, z_box"
                         ))
                     },
@@ -775,8 +769,7 @@ fn report_cmd(p: &PipelineArgs, out: Option<PathBuf>, c: &CacheLoc) -> Result<()
         })
         .collect();
     let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&pipe.name));
-    let files = crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let files = crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times)?;
     out!("wrote {} files to {}", files.len(), out.display());
     Ok(())
 }
@@ -812,7 +805,7 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
     };
     let dag_cmd = format!("cfpipe dag {}{}", p.pipeline.display(), set_args(&p.set));
     let node = dag.find(&a.stage).ok_or_else(|| {
-        CliError::Usage(format!(
+        CliError::BadOption(format!(
             "--stage `{}`: no such stage in pipeline `{}`; expected a train stage id such as {} (list them with `{dag_cmd}`)",
             a.stage,
             pipe.name,
@@ -821,7 +814,7 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
     })?;
     let n = dag.node(node);
     if n.kind != "train" {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::BadOption(format!(
             "--stage `{}` is a {} stage; expected a train stage id such as {}",
             a.stage,
             n.kind,
@@ -829,7 +822,7 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
         )));
     }
     let Some(&split_node) = n.inputs.get("split") else {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::BadOption(format!(
             "--stage `{}` has no split input to take test images from",
             a.stage
         )));
@@ -851,7 +844,7 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
         .unwrap_or(0) as usize;
     let head = match a.head {
         Some(0) => {
-            return Err(CliError::Usage(
+            return Err(CliError::BadOption(
                 "--head 0: tasks are numbered from 1".to_string(),
             ))
         }
@@ -889,8 +882,7 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
     } else {
         split
     };
-    let usage = |e: explain::ExplainError| CliError::Usage(format!("explain: {e}"));
-    let shown = explain::explain(&split, &host, head, &a.images, &a.rules).map_err(usage)?;
+    let shown = explain::explain(&split, &host, head, &a.images, &a.rules)?;
     let out = a.out.unwrap_or_else(|| {
         PathBuf::from("reports")
             .join(&pipe.name)
@@ -1002,7 +994,7 @@ fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
                 }
             }
             if !(roots_max_age.is_finite() && roots_max_age >= 0.0) {
-                return Err(CliError::Usage(format!(
+                return Err(CliError::BadOption(format!(
                     "--roots-max-age must be a non-negative number of days, got {roots_max_age}"
                 )));
             }
@@ -1058,12 +1050,12 @@ fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
                         out!("removed root {}", r.id);
                     }
                     [] => {
-                        return Err(CliError::Usage(format!(
+                        return Err(CliError::BadOption(format!(
                             "no root with id `{id}` (see `cfpipe cache roots ls`)"
                         )))
                     }
                     _ => {
-                        return Err(CliError::Usage(format!(
+                        return Err(CliError::BadOption(format!(
                             "root id `{id}` is ambiguous; give more digits"
                         )))
                     }

@@ -182,6 +182,12 @@ impl Registry {
     pub fn register(&mut self, stage: Arc<dyn Stage>) {
         self.map.insert(stage.kind().to_string(), stage);
     }
+    /// Every registered kind, sorted.
+    pub fn kinds(&self) -> Vec<&str> {
+        let mut k: Vec<&str> = self.map.keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Stage>> {
         self.map.get(kind)
     }

@@ -115,8 +115,7 @@ impl Stage for Correlate {
         "correlate"
     }
     fn version(&self) -> u32 {
-        // 2: the conv CPU kernels' rounding changed (bias-first forward writes, transposed-conv input gradient, fixed-order weight-gradient sums).
-        2
+        super::keyed_version(1, super::Numerics::Kernels)
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)

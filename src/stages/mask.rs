@@ -66,7 +66,7 @@ impl Stage for Mask {
         "mask"
     }
     fn version(&self) -> u32 {
-        2
+        super::keyed_version(2, super::Numerics::Exact)
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         let p: Params = ctx.params()?;

@@ -22,6 +22,32 @@ use artifacts::Samples;
 use dfdx::prelude::*;
 use std::sync::Arc;
 
+/// Which numeric code a stage's output depends on, besides its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numerics {
+    /// It runs nn's kernels (forward and backward passes, conv, pooling, gemm), so their
+    /// rounding is part of its result.
+    Kernels,
+    /// Bookkeeping only (data selection, masks from scores): no float kernel touches it.
+    Exact,
+}
+
+/// The revision of the numeric kernels. Bump it when their rounding changes (a new gemm, a
+/// reordered sum); every stage declared [`Numerics::Kernels`] then gets new keys, so none can be
+/// forgotten. History in CHANGELOG.md: 1, the first kernels; 2, ff04d62's conv CPU kernels.
+pub const KERNELS: u32 = 2;
+
+/// The version a stage is keyed under: its own revision `own` plus, for a stage that runs the
+/// kernels, every kernel revision since the first. Both parts only ever grow, one step at a
+/// time, so every change of either gives a version never used before: no two states of a
+/// stage share a key.
+pub const fn keyed_version(own: u32, numerics: Numerics) -> u32 {
+    match numerics {
+        Numerics::Kernels => own + (KERNELS - 1),
+        Numerics::Exact => own,
+    }
+}
+
 /// All stage kinds cfpipe knows.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
@@ -218,6 +244,32 @@ pub fn rng_for(seed: u64, task: usize, purpose: &str) -> rand_chacha::ChaCha8Rng
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_versions_are_those_existing_caches_hold_except_visualizes_fix() {
+        // The versions entries were filed under before versions were derived, so no key of
+        // these kinds changed; `visualize` was missed by ff04d62's kernel bump and is now 2.
+        let before = [
+            ("split", 1),
+            ("train", 3),
+            ("score", 2),
+            ("prune", 3),
+            ("mask", 2),
+            ("evaluate", 2),
+            ("consolidate", 2),
+            ("correlate", 2),
+            ("visualize", 2),
+        ];
+        let r = registry();
+        assert_eq!(
+            r.kinds().len(),
+            before.len(),
+            "a new kind belongs in this table"
+        );
+        for (kind, v) in before {
+            assert_eq!(r.get(kind).unwrap().version(), v, "{kind}");
+        }
+    }
 
     #[test]
     fn device_parsing_and_availability() {

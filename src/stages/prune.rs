@@ -64,8 +64,7 @@ impl Stage for Prune {
         "prune"
     }
     fn version(&self) -> u32 {
-        // 3: the conv CPU kernels' rounding changed (bias-first forward writes, transposed-conv input gradient, fixed-order weight-gradient sums).
-        3
+        super::keyed_version(2, super::Numerics::Kernels)
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)

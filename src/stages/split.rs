@@ -46,7 +46,7 @@ impl Stage for Split {
         "split"
     }
     fn version(&self) -> u32 {
-        1
+        super::keyed_version(1, super::Numerics::Exact)
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         let p: Params = ctx.params()?;

@@ -39,7 +39,7 @@ impl Stage for Visualize {
         "visualize"
     }
     fn version(&self) -> u32 {
-        1
+        super::keyed_version(1, super::Numerics::Kernels)
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)
