@@ -278,7 +278,7 @@ fn sync_cmd(
     remote_flag: &Option<String>,
     cache: &CacheLoc,
 ) -> Result<(), CliError> {
-    let remote = open_remote(remote_flag, pipelines)?.ok_or_else(|| CliError::NoRemote)?;
+    let remote = open_remote(remote_flag, pipelines)?.ok_or(CliError::NoRemote)?;
     // A push only reads the local cache.
     let cache = if push {
         open_cache_read(cache)
