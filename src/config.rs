@@ -37,42 +37,9 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
-/// Where the team's remote cache lives and how `run` uses it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RemoteConfig {
-    pub url: String,
-    /// S3 endpoint for S3-compatible servers; default: `AWS_ENDPOINT_URL`, else AWS.
-    pub endpoint: Option<String>,
-    /// S3 region; default: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
-    pub region: Option<String>,
-    /// Permit `http://` endpoints (S3 and WebDAV); `http://` remote URLs imply it.
-    pub allow_http: Option<bool>,
-    /// `run` pulls a missing stage's entry before computing it.
-    #[serde(default = "yes")]
-    pub read_through: bool,
-    /// `run` pushes every entry it computed.
-    #[serde(default = "yes")]
-    pub push: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl RemoteConfig {
-    /// A remote given only by URL (`--remote`, `CFPIPE_REMOTE`): defaults for the rest.
-    pub fn from_url(url: impl Into<String>) -> RemoteConfig {
-        RemoteConfig {
-            url: url.into(),
-            endpoint: None,
-            region: None,
-            allow_http: None,
-            read_through: true,
-            push: true,
-        }
-    }
-}
+/// The remote's settings are the engine's (the cache owns its transport); this file only
+/// reads them.
+pub use crate::cache::remote::RemoteConfig;
 
 /// Local cache settings. `dir` is resolved against the config file's directory.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -2,18 +2,22 @@
 //!
 //! A YAML pipeline (`spec`) is compiled into a DAG of stages (`graph`); the executor (`exec`)
 //! keys each stage by blake3 over its kind, version, parameters and the *content* of its inputs,
-//! and serves it from the on-disk store (`cache`) or runs it. Those four modules are the engine
-//! and know nothing about neural networks. The science lives in `stages` (one file per stage
-//! kind), `nn` (dfdx layers, optimizers, masks), `xai` (LRP) and `data` (IDX datasets).
+//! and serves it from the on-disk store (`cache`) or runs it. Those four modules and `digest`
+//! are the engine, a crate of their own (`crates/engine`, re-exported here under the same
+//! paths) that does not depend on dfdx or on any stage kind: Cargo enforces the direction.
+//!
+//! This crate is the domain. `spec` parses and validates pipelines; `stages` holds one file per
+//! stage kind and `plan`, which compiles a validated pipeline into stage declarations; `nn`
+//! (dfdx layers, conv ops, optimizers, masks), `xai` (LRP, FullGrad, saliency, importances),
+//! `data` (IDX and image datasets) and `report` (results, tables and figures) serve them; `cli`
+//! is the command line that `main.rs` runs.
 
-pub mod cache;
+pub use cfpipe_engine::{cache, digest, exec, graph};
+
 pub mod cli;
 pub mod config;
 pub mod data;
-pub mod digest;
 pub mod error;
-pub mod exec;
-pub mod graph;
 pub mod nn;
 pub mod report;
 pub mod signals;

@@ -20,7 +20,6 @@
 
 use super::manifest::{Fault, Manifest, AUX_DIR, MANIFEST_FILE, OUT_DIR};
 use super::{Cache, CacheError, Entry, Lookup, NewEntry};
-use crate::config::RemoteConfig;
 use crate::digest::{ContentHash, StageKey};
 #[cfg(test)]
 use crate::digest::{KeyMaterial, KEY_SCHEME};
@@ -67,6 +66,43 @@ pub enum RemoteError {
     NotLocal { key: StageKey, reason: String },
     #[error("{0}")]
     Cache(#[from] CacheError),
+}
+
+/// Where the team's remote cache lives and how `run` uses it.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    pub url: String,
+    /// S3 endpoint for S3-compatible servers; default: `AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint: Option<String>,
+    /// S3 region; default: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Permit `http://` endpoints (S3 and WebDAV); `http://` remote URLs imply it.
+    pub allow_http: Option<bool>,
+    /// `run` pulls a missing stage's entry before computing it.
+    #[serde(default = "yes")]
+    pub read_through: bool,
+    /// `run` pushes every entry it computed.
+    #[serde(default = "yes")]
+    pub push: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RemoteConfig {
+    /// A remote given only by URL (`--remote`, `CFPIPE_REMOTE`): defaults for the rest.
+    pub fn from_url(url: impl Into<String>) -> RemoteConfig {
+        RemoteConfig {
+            url: url.into(),
+            endpoint: None,
+            region: None,
+            allow_http: None,
+            read_through: true,
+            push: true,
+        }
+    }
 }
 
 /// What a pull of one key did.
