@@ -117,30 +117,6 @@ fn the_fashion_pipeline_runs_on_the_debian_dataset() {
     assert!(naive["accuracy"][0][0].as_f64().unwrap() > 0.9);
 }
 
-/// Run a repo pipeline through the library with `--set` overrides; returns the executor's
-/// report (to assert which stages ran).
-fn run_lib(pipeline: &str, set: &[&str], cache: &std::path::Path) -> cfpipe::exec::RunReport {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-    // Data paths in the repo's pipelines are relative to the repo root, which is where cargo
-    // runs integration tests.
-    let (_, dag) = cfpipe::cli::load(
-        &root.join(pipeline),
-        &set,
-        cfpipe::spec::DataCheck::Required,
-    )
-    .unwrap();
-    let cache = cfpipe::cache::Cache::open(cache).unwrap();
-    let registry = cfpipe::stages::registry();
-    let opts = cfpipe::exec::ExecOptions {
-        jobs: 2,
-        ..cfpipe::exec::ExecOptions::default()
-    };
-    let report = cfpipe::exec::Executor::new(&cache, &registry, opts).run(&dag);
-    assert!(report.failed().is_empty(), "{:?}", report.failed());
-    report
-}
-
 #[test]
 fn the_method_comparison_pipeline_trains_task_one_once_per_seed() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +128,7 @@ fn the_method_comparison_pipeline_trains_task_one_once_per_seed() {
         "strategies.ewc_fisher.ewc.importance.reference_size=20",
         "strategies.ewc_mas.ewc.importance.reference_size=20",
     ];
-    let report = run_lib("pipelines/method_comparison.yaml", &small, dir.path());
+    let report = common::run_repo_pipeline("pipelines/method_comparison.yaml", &small, dir.path());
     let trained_task1: Vec<String> = report
         .ran()
         .into_iter()
@@ -195,7 +171,8 @@ fn the_importance_correlation_pipeline_correlates_after_every_task() {
         .map(|m| format!("strategies.ewc_mas.correlate.methods.{m}.reference_size=20"))
         .collect();
     small.extend(refs.iter().map(String::as_str));
-    let report = run_lib("pipelines/importance_correlation.yaml", &small, dir.path());
+    let report =
+        common::run_repo_pipeline("pipelines/importance_correlation.yaml", &small, dir.path());
     let all = report.ran_all_ids();
     for t in 1..=2 {
         assert!(all.contains(&format!("ewc_mas/seed0/task{t}/correlate")));

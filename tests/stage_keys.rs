@@ -5,6 +5,8 @@
 //! change of semantics changes them on purpose, and is then re-blessed with
 //! `CFPIPE_BLESS_KEYS=1 cargo test --release --test stage_keys` and noted in CHANGELOG.md.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -50,22 +52,7 @@ fn pipelines() -> Vec<(&'static str, Vec<&'static str>)> {
 
 /// Every stage id (aliases included) of one pipeline → its key.
 fn keys_of(pipeline: &str, set: &[&str], cache: &Path) -> BTreeMap<String, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-    let (_, dag) = cfpipe::cli::load(
-        &root.join(pipeline),
-        &set,
-        cfpipe::spec::DataCheck::Required,
-    )
-    .unwrap();
-    let cache = cfpipe::cache::Cache::open(cache).unwrap();
-    let registry = cfpipe::stages::registry();
-    let opts = cfpipe::exec::ExecOptions {
-        jobs: 2,
-        ..cfpipe::exec::ExecOptions::default()
-    };
-    let report = cfpipe::exec::Executor::new(&cache, &registry, opts).run(&dag);
-    assert!(report.failed().is_empty(), "{:?}", report.failed());
+    let report = common::run_repo_pipeline(pipeline, set, cache);
     let mut out = BTreeMap::new();
     for e in &report.events {
         let key = e

@@ -258,3 +258,21 @@ pub fn unit_flags(e: &cfpipe::cache::Entry, layer: usize) -> Vec<bool> {
         .map(|b| b != 0)
         .collect()
 }
+
+/// Run a pipeline file of the repo through the library with `--set` overrides, two jobs, and
+/// assert nothing failed; returns the executor's report (to assert which stages ran). Data
+/// paths in the repo's pipelines are relative to the repo root, where cargo runs tests.
+pub fn run_repo_pipeline(pipeline: &str, set: &[&str], cache: &Path) -> RunReport {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+    let (_, dag) = cfpipe::cli::load(&root.join(pipeline), &set, DataCheck::Required).unwrap();
+    let cache = Cache::open(cache).unwrap();
+    let registry = cfpipe::stages::registry();
+    let opts = ExecOptions {
+        jobs: 2,
+        ..ExecOptions::default()
+    };
+    let report = Executor::new(&cache, &registry, opts).run(&dag);
+    assert!(report.failed().is_empty(), "{:?}", report.failed());
+    report
+}
