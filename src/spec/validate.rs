@@ -7,7 +7,9 @@ use super::raw::*;
 use super::{DataCheck, Locator, SpecError, SpecErrors};
 use crate::data::ImageDatasetSpec;
 use crate::nn::torchvision::PretrainedHead;
-use crate::xai::importance::{FisherLabels, GradientMode, UnitRule};
+use crate::stages::prune::SearchKind;
+use crate::xai::importance::{EwcMode, FisherLabels, GradientMode, UnitRule};
+use crate::xai::lrp::{AbsMode, LrpRule};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -282,7 +284,7 @@ pub struct CorrelateSpec {
 #[derive(Debug, Clone)]
 pub struct EwcSpec {
     pub lambda: f64,
-    pub mode: crate::stages::consolidate::EwcMode,
+    pub mode: EwcMode,
     /// Only for online mode.
     pub decay: Option<f64>,
     pub importance: ScoreSpec,
@@ -1023,7 +1025,6 @@ pub(super) fn validate(
             );
         }
         let ewc = s.ewc.as_ref().and_then(|w| {
-            use crate::stages::consolidate::EwcMode;
             let eb = format!("{base}.ewc");
             if s.schedule == Schedule::Joint {
                 e(

@@ -22,19 +22,12 @@ use super::{on_device, score, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use crate::spec::ScoreSpec;
+use crate::xai::importance::EwcMode;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub struct Consolidate;
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum EwcMode {
-    #[default]
-    Separate,
-    Online,
-}
 
 #[derive(Debug, Deserialize)]
 struct Params {

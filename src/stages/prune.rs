@@ -16,11 +16,21 @@ use super::{accuracy, check_task, flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{DeviceMlp, Vector};
 use crate::spec::protocol::TestCrops;
-use crate::spec::raw::SearchKind;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub struct Prune;
+
+/// How the prune search walks the steps (`prune.search`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchKind {
+    /// Steps of `step_ratio` until the threshold is exceeded (the paper).
+    #[default]
+    Linear,
+    /// Binary search over the same steps; equal to `linear` on monotone curves.
+    Bisect,
+}
 
 #[derive(Debug, Deserialize)]
 struct Params {
