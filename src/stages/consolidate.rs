@@ -29,14 +29,15 @@ use std::collections::BTreeMap;
 
 pub struct Consolidate;
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    task_index: usize,
-    seed: u64,
-    mode: EwcMode,
-    /// Online mode: the decay γ of earlier importance.
-    decay: f64,
-    importance: ScoreSpec,
+/// The consolidate stage's parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub task_index: usize,
+    pub seed: u64,
+    pub mode: EwcMode,
+    /// Online mode: the decay γ of earlier importance (1 in separate mode, where it is unused).
+    pub decay: f64,
+    pub importance: ScoreSpec,
 }
 
 /// The penalty terms per trunk parameter tensor, in the device order `[w0, b0, w1, b1, …]`.

@@ -23,12 +23,14 @@ use serde::{Deserialize, Serialize};
 
 pub struct Score;
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    task_index: usize,
-    seed: u64,
+/// The score stage's parameters: the checked score spec, tagged by `method`, beside the task
+/// and the seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub task_index: usize,
+    pub seed: u64,
     #[serde(flatten)]
-    method: ScoreSpec,
+    pub method: ScoreSpec,
 }
 
 #[derive(Debug, Serialize)]
