@@ -258,7 +258,7 @@ fn lrp_is_conservative_through_the_models_own_path() {
     let x = m.input(&pixels(4));
     let labels = [0u16, 1, 2, 0];
     let mut rules = cfpipe::xai::lrp::LrpRules::epsilon(1e-9);
-    rules.conv = cfpipe::spec::raw::LrpRule::Zplus;
+    rules.conv = cfpipe::xai::lrp::LrpRule::Zplus;
     let r = cfpipe::xai::lrp::lrp(&m, &x, &labels, 0, &rules);
     assert!(
         r.explained.iter().all(|v| v.abs() > 0.05),

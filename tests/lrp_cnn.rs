@@ -1,8 +1,7 @@
 //! LRP through a small CNN: relevance is conserved layer by layer for every rule.
 
 use cfpipe::nn::conv::Tensor4;
-use cfpipe::spec::raw::AbsMode;
-use cfpipe::xai::lrp::{LrpRule, LrpRules};
+use cfpipe::xai::lrp::{AbsMode, LrpRule, LrpRules};
 use cfpipe::xai::lrp_cnn::{filter_scores, lrp_sequential, Layer};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};

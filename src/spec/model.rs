@@ -110,7 +110,7 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
             hidden.push(h.max(1) as usize);
         }
         return ModelSpec {
-            kind,
+            kind: kind.into(),
             hidden,
             negative_slope,
             arch: None,
@@ -249,7 +249,7 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
         );
     }
     ModelSpec {
-        kind,
+        kind: kind.into(),
         hidden: units,
         negative_slope,
         arch: Some(a),

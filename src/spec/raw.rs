@@ -1,6 +1,9 @@
 //! The pipeline file as written: serde types with no logic beyond defaults. Unknown keys are
 //! rejected everywhere. `validate` turns these into a checked `Pipeline`.
 
+use crate::stages::prune::SearchKind;
+use crate::xai::importance::EwcMode;
+use crate::xai::lrp::{AbsMode, LrpRule};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -477,7 +480,7 @@ pub struct RawEwc {
     /// Penalty strength λ >= 0.
     pub lambda: f64,
     #[serde(default)]
-    pub mode: crate::stages::consolidate::EwcMode,
+    pub mode: EwcMode,
     /// Online mode: decay γ of earlier importance, in (0, 1].
     #[serde(default)]
     pub decay: Option<f64>,
@@ -525,8 +528,6 @@ impl ReferenceSplit {
         *self == ReferenceSplit::Test
     }
 }
-
-pub use crate::xai::lrp::LrpRule;
 
 /// Named LRP composites, spelled as in zennit. Each fixes the dense, conv and first-layer rules.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -613,20 +614,6 @@ pub struct RawScore {
     pub visualize: Option<crate::xai::saliency::Visualize>,
 }
 
-/// When the absolute value is taken relative to summing a unit's relevance over the reference
-/// samples (and, for conv filters, over positions).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AbsMode {
-    /// Signed sum: units whose relevance is negative rank lowest.
-    #[default]
-    None,
-    /// Sum of |R| over samples.
-    BeforeSum,
-    /// |sum of R| over samples.
-    AfterSum,
-}
-
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Normalize {
@@ -646,16 +633,6 @@ pub struct RawAggregate {
     pub abs: AbsMode,
     #[serde(default)]
     pub normalize: Normalize,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SearchKind {
-    /// Steps of `step_ratio` until the threshold is exceeded (the paper).
-    #[default]
-    Linear,
-    /// Binary search over the same steps; equal to `linear` on monotone curves.
-    Bisect,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,8 +7,10 @@ use super::raw::*;
 use super::{DataCheck, Locator, SpecError, SpecErrors};
 use crate::data::ImageDatasetSpec;
 use crate::nn::torchvision::PretrainedHead;
-use crate::xai::importance::{FisherLabels, GradientMode, UnitRule};
-use serde::Serialize;
+use crate::stages::prune::SearchKind;
+use crate::xai::importance::{EwcMode, FisherLabels, GradientMode, UnitRule};
+use crate::xai::lrp::{AbsMode, LrpRule};
+use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -98,12 +100,14 @@ pub struct DatasetSpec {
     pub split_seed: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The model, as the `train` stage reads it from its parameters (`stages::train::Params`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelSpec {
-    pub kind: &'static str,
+    pub kind: String,
     pub hidden: Vec<usize>,
-    /// 0 = ReLU (then not keyed), else leaky ReLU's negative slope.
-    #[serde(skip_serializing_if = "is_zero")]
+    /// 0 = ReLU (then not keyed, so older keys stay as they were), else leaky ReLU's negative
+    /// slope.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub negative_slope: f64,
     /// A conv model's complete architecture; absent for the MLP, whose keys stay as they were.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,7 +126,8 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The optimizer and its settings, as the `train` stage reads them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "optimizer", rename_all = "snake_case")]
 pub enum OptimizerSpec {
     Adam {
@@ -137,7 +142,8 @@ pub enum OptimizerSpec {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Training settings, as the `train` stage reads them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainingSpec {
     #[serde(flatten)]
     pub optimizer: OptimizerSpec,
@@ -147,13 +153,17 @@ pub struct TrainingSpec {
     /// Left out of the key when absent, like `sampling: none`, so older pipelines keep theirs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub augment: Option<super::protocol::AugmentSpec>,
-    #[serde(skip_serializing_if = "super::protocol::SamplingSpec::is_none")]
+    /// Left out for `none` (older keys stay as they were), which is then read back as default.
+    #[serde(
+        default,
+        skip_serializing_if = "super::protocol::SamplingSpec::is_none"
+    )]
     pub sampling: super::protocol::SamplingSpec,
 }
 
 /// How units are scored; serialised (tagged by `method`) into the score stage's parameters,
 /// which deserialises it back.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum ScoreSpec {
     Lrp {
@@ -226,7 +236,9 @@ pub enum ScoreSpec {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The prune search's settings, carried from `strategies.NAME.prune` into
+/// `stages::prune::Params`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PruneSpec {
     pub threshold: f64,
     pub step_ratio: f64,
@@ -270,8 +282,8 @@ pub struct Strategy {
     pub correlate: Option<CorrelateSpec>,
 }
 
-/// Importance correlations after every task (see `stages::correlate`).
-#[derive(Debug, Clone, Serialize)]
+/// Importance correlations after every task, carried into `stages::correlate::Params`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CorrelateSpec {
     pub methods: std::collections::BTreeMap<String, ScoreSpec>,
     pub squared: Vec<String>,
@@ -282,7 +294,7 @@ pub struct CorrelateSpec {
 #[derive(Debug, Clone)]
 pub struct EwcSpec {
     pub lambda: f64,
-    pub mode: crate::stages::consolidate::EwcMode,
+    pub mode: EwcMode,
     /// Only for online mode.
     pub decay: Option<f64>,
     pub importance: ScoreSpec,
@@ -1023,7 +1035,6 @@ pub(super) fn validate(
             );
         }
         let ewc = s.ewc.as_ref().and_then(|w| {
-            use crate::stages::consolidate::EwcMode;
             let eb = format!("{base}.ewc");
             if s.schedule == Schedule::Joint {
                 e(

@@ -22,28 +22,22 @@ use super::{on_device, score, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use crate::spec::ScoreSpec;
+use crate::xai::importance::EwcMode;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub struct Consolidate;
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum EwcMode {
-    #[default]
-    Separate,
-    Online,
-}
-
-#[derive(Debug, Deserialize)]
-struct Params {
-    task_index: usize,
-    seed: u64,
-    mode: EwcMode,
-    /// Online mode: the decay γ of earlier importance.
-    decay: f64,
-    importance: ScoreSpec,
+/// The consolidate stage's parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub task_index: usize,
+    pub seed: u64,
+    pub mode: EwcMode,
+    /// Online mode: the decay γ of earlier importance (1 in separate mode, where it is unused).
+    pub decay: f64,
+    pub importance: ScoreSpec,
 }
 
 /// The penalty terms per trunk parameter tensor, in the device order `[w0, b0, w1, b1, …]`.

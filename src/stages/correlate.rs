@@ -15,7 +15,7 @@ use super::artifacts::json_bytes;
 use super::{on_device, rng_for, score, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
-use crate::spec::ScoreSpec;
+use crate::spec::{CorrelateSpec, ScoreSpec};
 use dfdx::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -23,14 +23,14 @@ use std::collections::BTreeMap;
 
 pub struct Correlate;
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    task_index: usize,
-    seed: u64,
-    methods: BTreeMap<String, ScoreSpec>,
-    #[serde(default)]
-    squared: Vec<String>,
-    accumulate: bool,
+/// The correlate stage's parameters: the strategy's checked `correlate` settings (flattened,
+/// so `methods`, `squared` and `accumulate` sit beside the task and the seed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub task_index: usize,
+    pub seed: u64,
+    #[serde(flatten)]
+    pub correlate: CorrelateSpec,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -134,7 +134,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
 
     // Weight importances per method and path layer.
     let mut imps: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
-    for (name, spec) in &p.methods {
+    for (name, spec) in &p.correlate.methods {
         ctx.check_cancel()?;
         let layers = match spec {
             ScoreSpec::Random {} => {
@@ -165,7 +165,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         };
         imps.insert(name.clone(), layers);
     }
-    if p.accumulate && ctx.input_opt("previous").is_some() {
+    if p.correlate.accumulate && ctx.input_opt("previous").is_some() {
         let mut prev = tensorio::decode(&ctx.read_input("previous", IMPORTANCES_TENSORS)?)
             .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
         for (name, layers) in imps.iter_mut() {
@@ -196,7 +196,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             );
         }
     }
-    for name in &p.squared {
+    for name in &p.correlate.squared {
         let layers = imps.get(name).ok_or_else(|| {
             StageError::invalid(format!("`squared` names `{name}`, which is not a method"))
         })?;
@@ -238,7 +238,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let report = CorrelateReport {
         task_index: p.task_index,
         methods,
-        accumulate: p.accumulate,
+        accumulate: p.correlate.accumulate,
         layers,
     };
     let mut art = Artifact::new();

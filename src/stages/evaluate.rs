@@ -20,14 +20,19 @@ use serde::{Deserialize, Serialize};
 
 pub struct Evaluate;
 
-#[derive(Debug, Deserialize)]
-struct Params {
+/// The evaluate stage's parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
     /// Tasks `0..tasks_seen` are evaluated.
-    tasks_seen: usize,
-    #[serde(default)]
-    isolate: bool,
-    #[serde(default)]
-    crops: TestCrops,
+    pub tasks_seen: usize,
+    /// Left out when false (no old task isolated), preserving existing keys, so such an
+    /// evaluation is shared with the non-isolated strategy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolate: bool,
+    /// Left out for the centre crop, so pipelines without `evaluation:` keep their existing
+    /// keys.
+    #[serde(default, skip_serializing_if = "TestCrops::is_center")]
+    pub crops: TestCrops,
 }
 
 /// The input slot holding the mask that isolates old task `j`.

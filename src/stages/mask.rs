@@ -32,17 +32,19 @@ pub fn freeze_top(scores: &[f32], prev: &[bool], share: f64) -> Vec<bool> {
     f
 }
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    task_index: usize,
+/// The mask stage's parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub task_index: usize,
     /// Hidden layer sizes (for shape checks).
-    hidden: Vec<usize>,
-    policy: Policy,
+    pub hidden: Vec<usize>,
+    pub policy: Policy,
 }
 
-#[derive(Debug, Deserialize)]
+/// Which units a task freezes (see the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum Policy {
+pub enum Policy {
     KeepUnpruned,
     Random { seed: u64 },
     TopShare { share: f64 },

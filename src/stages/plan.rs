@@ -7,6 +7,10 @@
 //! shared by everything, and task-1 training (and its evaluation) is shared by every strategy
 //! with the same seed and training settings.
 //!
+//! Each declaration's parameters are the typed `Params` of its stage kind, built here from the
+//! checked [`Pipeline`] and serialised once (see [`decl`]), so a setting the plan leaves out is
+//! a compile error rather than a default the stage fills in silently.
+//!
 //! A `saliency` score reads its filter visualisations from a `visualize` stage declared next to
 //! it (`…/taskT/visualize`, keyed by the model, the `visualize` options, the seed and the task
 //! only), so scores that differ in anything else share one. A strategy with `final_mask: false`
@@ -17,7 +21,7 @@ use super::{consolidate, correlate, evaluate, mask, prune, score, split, train, 
 use crate::exec::Stage;
 use crate::graph::StageDecl;
 use crate::spec::{DataSource, FreezeSpec, Pipeline};
-use serde_json::json;
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 pub const SPLIT_ID: &str = "split";
@@ -26,17 +30,19 @@ pub fn stage_id(strategy: &str, seed: u64, task: usize, kind: &str) -> String {
     format!("{strategy}/seed{seed}/task{}/{kind}", task + 1)
 }
 
+/// A declaration of `stage` with its typed parameters, serialised here once: the key is taken
+/// over exactly this JSON.
 fn decl<S: Into<String>>(
     id: String,
     stage: &dyn Stage,
-    params: serde_json::Value,
+    params: &impl Serialize,
     inputs: Vec<(S, String)>,
 ) -> StageDecl {
     StageDecl {
         id,
         kind: stage.kind().to_string(),
         version: stage.version(),
-        params,
+        params: serde_json::to_value(params).expect("stage parameters are plain data"),
         inputs: inputs.into_iter().map(|(s, i)| (s.into(), i)).collect(),
         files: BTreeMap::new(),
     }
@@ -53,20 +59,27 @@ fn score_decls(
     trained: (&'static str, String),
 ) -> Vec<StageDecl> {
     let mut out = Vec::new();
-    let mut sp = serde_json::to_value(sc).expect("plain data");
-    sp["task_index"] = json!(t);
-    sp["seed"] = json!(seed);
     let mut inputs = vec![split_in, trained.clone()];
     if let crate::spec::ScoreSpec::Saliency { options, .. } = sc {
+        let vp = visualize::Params {
+            task_index: t,
+            seed,
+            visualize: options.visualize,
+        };
         out.push(decl(
             id("visualize"),
             &visualize::Visualize,
-            json!({"task_index": t, "seed": seed, "visualize": options.visualize}),
+            &vp,
             vec![trained],
         ));
         inputs.push(("visualize", id("visualize")));
     }
-    out.push(decl(id("score"), &score::Score, sp, inputs));
+    let sp = score::Params {
+        task_index: t,
+        seed,
+        method: sc.clone(),
+    };
+    out.push(decl(id("score"), &score::Score, &sp, inputs));
     out
 }
 
@@ -83,16 +96,16 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
     let mut out = Vec::new();
     let split_decl = match &p.data {
         DataSource::Idx(d) => {
+            let sp = split::Params::Idx(split::IdxSplit {
+                tasks: p.tasks.clone(),
+                test_fraction: d.test_fraction,
+                split_seed: d.split_seed,
+                permute_seed: p.permute_seed,
+            });
             let mut split_decl = decl(
                 SPLIT_ID.into(),
                 &split::Split,
-                json!({
-                    "format": d.format,
-                    "tasks": p.tasks,
-                    "test_fraction": d.test_fraction,
-                    "split_seed": d.split_seed,
-                    "permute_seed": p.permute_seed,
-                }),
+                &sp,
                 Vec::<(&str, String)>::new(),
             );
             split_decl.files.insert("images".into(), d.images.clone());
@@ -106,19 +119,18 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
         DataSource::Images(d) => {
             // Paths stay out of the key: the declared files carry the data's relative layout
             // and content, so a cache is shared by users who keep the data elsewhere.
-            let datasets: serde_json::Map<String, serde_json::Value> = d
-                .datasets
-                .iter()
-                .map(|(n, s)| (n.clone(), crate::spec::images::key_params(s)))
-                .collect();
+            let sp = split::Params::Images(split::ImageSplit {
+                datasets: d
+                    .datasets
+                    .iter()
+                    .map(|(n, s)| (n.clone(), crate::spec::images::key_params(s)))
+                    .collect(),
+                image_tasks: d.tasks.clone(),
+            });
             let mut split_decl = decl(
                 SPLIT_ID.into(),
                 &split::Split,
-                json!({
-                    "format": "images",
-                    "datasets": datasets,
-                    "image_tasks": d.tasks,
-                }),
+                &sp,
                 Vec::<(&str, String)>::new(),
             );
             split_decl.files = d.files.clone();
@@ -128,25 +140,30 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
     out.push(split_decl);
 
     let split_in = || ("split", SPLIT_ID.to_string());
-    // The test protocol of every accuracy (evaluate, prune); the default is left out of the
-    // parameters so pipelines without `evaluation:` keep their keys.
-    let with_crops = |mut v: serde_json::Value| {
-        if !p.test_crops.is_center() {
-            v["crops"] = json!(p.test_crops);
-        }
-        v
-    };
     let task_epochs = |t: usize| match &p.data {
         DataSource::Images(d) => d.epochs.get(t).copied().flatten(),
         DataSource::Idx(_) => None,
     };
-    let base_params = |t: usize, seed: u64| {
-        let mut v =
-            json!({"task_index": t, "seed": seed, "model": p.model, "training": p.training});
+    let train_params = |t: usize, seed: u64| {
+        let mut training = p.training.clone();
         if let Some(n) = task_epochs(t) {
-            v["training"]["epochs"] = json!(n);
+            training.epochs = n;
         }
-        v
+        train::Params {
+            task_index: t,
+            seed,
+            model: p.model.clone(),
+            training,
+            lr_frozen: None,
+            joint: false,
+            ewc_lambda: None,
+        }
+    };
+    // The test protocol of every accuracy (evaluate, prune).
+    let eval_params = |tasks_seen: usize, isolate: bool| evaluate::Params {
+        tasks_seen,
+        isolate,
+        crops: p.test_crops,
     };
     for s in &p.strategies {
         for &seed in &p.seeds {
@@ -154,9 +171,11 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 // One training on every task, evaluated on every task.
                 let last = p.task_count() - 1;
                 let id = |kind: &str| format!("{}/seed{seed}/{kind}", s.name);
-                let mut params = base_params(last, seed);
-                params["joint"] = json!(true);
-                let mut d = decl(id("train"), &train::Train, params, vec![split_in()]);
+                let params = train::Params {
+                    joint: true,
+                    ..train_params(last, seed)
+                };
+                let mut d = decl(id("train"), &train::Train, &params, vec![split_in()]);
                 if let Some(w) = &p.model.pretrained {
                     d.files.insert(train::PRETRAINED_FILE.into(), w.clone());
                 }
@@ -164,7 +183,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 out.push(decl(
                     id("evaluate"),
                     &evaluate::Evaluate,
-                    with_crops(json!({"tasks_seen": p.task_count()})),
+                    &eval_params(p.task_count(), false),
                     vec![split_in(), ("model", id("train"))],
                 ));
                 continue;
@@ -175,63 +194,60 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             let mut prev_correlate: Option<String> = None;
             for t in 0..p.task_count() {
                 let id = |kind: &str| stage_id(&s.name, seed, t, kind);
-                let mut params = base_params(t, seed);
+                let mut params = train_params(t, seed);
                 let mut inputs = vec![split_in()];
                 if let Some(m) = &prev_model {
                     inputs.push(("model", m.clone()));
                 }
                 if let Some(m) = &prev_mask {
                     inputs.push(("mask", m.clone()));
-                    params["lr_frozen"] = json!(lr_frozen(&s.freeze));
+                    params.lr_frozen = Some(lr_frozen(&s.freeze));
                 }
                 if let (Some(w), Some(c)) = (&s.ewc, &prev_penalty) {
                     inputs.push(("penalty", c.clone()));
-                    params["ewc_lambda"] = json!(w.lambda);
+                    params.ewc_lambda = Some(w.lambda);
                 }
                 let trained = ("model", id("train"));
-                let mut d = decl(id("train"), &train::Train, params, inputs);
+                let mut d = decl(id("train"), &train::Train, &params, inputs);
                 if let (0, Some(w)) = (t, &p.model.pretrained) {
                     d.files.insert(train::PRETRAINED_FILE.into(), w.clone());
                 }
                 out.push(d);
                 if let Some(c) = &s.correlate {
-                    let cp = json!({
-                        "task_index": t,
-                        "seed": seed,
-                        "methods": c.methods,
-                        "squared": c.squared,
-                        "accumulate": c.accumulate,
-                    });
+                    let cp = correlate::Params {
+                        task_index: t,
+                        seed,
+                        correlate: c.clone(),
+                    };
                     let mut cin = vec![split_in(), trained.clone()];
                     if let Some(prev) = prev_correlate.as_ref().filter(|_| c.accumulate) {
                         cin.push(("previous", prev.clone()));
                     }
-                    out.push(decl(id("correlate"), &correlate::Correlate, cp, cin));
+                    out.push(decl(id("correlate"), &correlate::Correlate, &cp, cin));
                     prev_correlate = Some(id("correlate"));
                 }
                 if let Some(w) = s.ewc.as_ref().filter(|_| t + 1 < p.task_count()) {
-                    let mut cp = json!({
-                        "task_index": t,
-                        "seed": seed,
-                        "mode": w.mode,
-                        "importance": w.importance,
-                    });
-                    cp["decay"] = json!(w.decay.unwrap_or(1.0));
+                    let cp = consolidate::Params {
+                        task_index: t,
+                        seed,
+                        mode: w.mode,
+                        decay: w.decay.unwrap_or(1.0),
+                        importance: w.importance.clone(),
+                    };
                     let mut cin = vec![split_in(), trained.clone()];
                     if let Some(c) = &prev_penalty {
                         cin.push(("penalty", c.clone()));
                     }
-                    out.push(decl(id("consolidate"), &consolidate::Consolidate, cp, cin));
+                    out.push(decl(id("consolidate"), &consolidate::Consolidate, &cp, cin));
                     prev_penalty = Some(id("consolidate"));
                 }
-                let mut eval_params = with_crops(json!({"tasks_seen": t + 1}));
                 let mut eval_in: Vec<(String, String)> = [split_in(), trained.clone()]
                     .map(|(slot, i)| (slot.to_string(), i))
                     .into();
-                if s.isolate && t > 0 {
-                    // Only set when some old task is isolated, so every other evaluation keeps
-                    // its key and is shared with the non-isolated strategy.
-                    eval_params["isolate"] = json!(true);
+                // Only set when some old task is isolated, so every other evaluation keeps its
+                // key and is shared with the non-isolated strategy.
+                let isolate = s.isolate && t > 0;
+                if isolate {
                     eval_in.extend((0..t).map(|j| {
                         (
                             evaluate::isolate_slot(j),
@@ -242,15 +258,14 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 out.push(decl(
                     id("evaluate"),
                     &evaluate::Evaluate,
-                    eval_params,
+                    &eval_params(t + 1, isolate),
                     eval_in,
                 ));
-                let mut mask_params = json!({"task_index": t, "hidden": p.model.hidden});
                 let mut mask_in = Vec::new();
                 if t + 1 == p.task_count() && !s.final_mask {
                     continue;
                 }
-                match &s.freeze {
+                let policy = match &s.freeze {
                     FreezeSpec::None => {
                         prev_model = Some(id("train"));
                         continue;
@@ -261,33 +276,40 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         ..
                     } => {
                         out.extend(score_decls(sc, t, seed, &id, split_in(), trained.clone()));
-                        let mut pp = serde_json::to_value(pr).expect("plain data");
-                        pp["task_index"] = json!(t);
-                        let pp = with_crops(pp);
+                        let pp = prune::Params {
+                            task_index: t,
+                            prune: pr.clone(),
+                            crops: p.test_crops,
+                        };
                         let mut pin = vec![split_in(), trained.clone(), ("score", id("score"))];
                         if let Some(m) = &prev_mask {
                             pin.push(("mask", m.clone()));
                         }
-                        out.push(decl(id("prune"), &prune::Prune, pp, pin));
-                        mask_params["policy"] = json!({"kind": "keep_unpruned"});
+                        out.push(decl(id("prune"), &prune::Prune, &pp, pin));
                         mask_in.push(("prune", id("prune")));
+                        mask::Policy::KeepUnpruned
                     }
                     FreezeSpec::TopShare {
                         score: sc, share, ..
                     } => {
                         out.extend(score_decls(sc, t, seed, &id, split_in(), trained.clone()));
-                        mask_params["policy"] = json!({"kind": "top_share", "share": share});
                         mask_in.push(("score", id("score")));
+                        mask::Policy::TopShare { share: *share }
                     }
                     FreezeSpec::Random { like, .. } => {
-                        mask_params["policy"] = json!({"kind": "random", "seed": seed});
                         mask_in.push(("like", stage_id(like, seed, t, "mask")));
+                        mask::Policy::Random { seed }
                     }
-                }
+                };
                 if let Some(m) = &prev_mask {
                     mask_in.push(("mask", m.clone()));
                 }
-                out.push(decl(id("mask"), &mask::Mask, mask_params, mask_in));
+                let mp = mask::Params {
+                    task_index: t,
+                    hidden: p.model.hidden.clone(),
+                    policy,
+                };
+                out.push(decl(id("mask"), &mask::Mask, &mp, mask_in));
                 prev_mask = Some(id("mask"));
                 prev_model = Some(id("train"));
             }

@@ -16,20 +16,34 @@ use super::{accuracy, check_task, flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::{DeviceMlp, Vector};
 use crate::spec::protocol::TestCrops;
-use crate::spec::raw::SearchKind;
+use crate::spec::PruneSpec;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub struct Prune;
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    task_index: usize,
-    threshold: f64,
-    step_ratio: f64,
-    search: SearchKind,
-    #[serde(default)]
-    crops: TestCrops,
+/// How the prune search walks the steps (`prune.search`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchKind {
+    /// Steps of `step_ratio` until the threshold is exceeded (the paper).
+    #[default]
+    Linear,
+    /// Binary search over the same steps; equal to `linear` on monotone curves.
+    Bisect,
+}
+
+/// The prune stage's parameters: the checked `prune` settings of the strategy (flattened, so
+/// `threshold`, `step_ratio` and `search` sit beside the task as they always have).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub task_index: usize,
+    #[serde(flatten)]
+    pub prune: PruneSpec,
+    /// The test protocol of the accuracies compared; left out for the centre crop so
+    /// pipelines without `evaluation:` keep their existing keys (and read back as the default).
+    #[serde(default, skip_serializing_if = "TestCrops::is_center")]
+    pub crops: TestCrops,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -174,7 +188,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     };
     artifacts::check_unit_counts("score", &scores, &sizes)?;
     let order = rank_candidates(&scores, frozen.as_deref());
-    let step = ((p.step_ratio * order.len() as f64).ceil() as usize).max(1);
+    let step = ((p.prune.step_ratio * order.len() as f64).ceil() as usize).max(1);
     let model = DeviceMlp::from_host(dev, &host);
     let geometry = Geometry::new(&split.sample_shape, &host)?;
     // Centre windows are cut once, not at every step of the search.
@@ -192,23 +206,24 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     ctx.progress
         .phase("prune", order.len().div_ceil(step) as u64 + 1);
     let mut evaluations = 0;
-    let (base, curve, accepted) = search(p.search, order.len(), step, p.threshold, |k| {
-        ctx.check_cancel()?;
-        evaluations += 1;
-        ctx.progress.inc(1);
-        let masks = masks_for(k);
-        let masks = if k == 0 { None } else { Some(masks.as_slice()) };
-        match &centred {
-            Some(test) => Ok(accuracy(
-                &model,
-                test,
-                geometry.input_len(),
-                p.task_index,
-                masks,
-            )),
-            None => accuracy_with(&model, &task.test, &geometry, p.crops, p.task_index, masks),
-        }
-    })?;
+    let (base, curve, accepted) =
+        search(p.prune.search, order.len(), step, p.prune.threshold, |k| {
+            ctx.check_cancel()?;
+            evaluations += 1;
+            ctx.progress.inc(1);
+            let masks = masks_for(k);
+            let masks = if k == 0 { None } else { Some(masks.as_slice()) };
+            match &centred {
+                Some(test) => Ok(accuracy(
+                    &model,
+                    test,
+                    geometry.input_len(),
+                    p.task_index,
+                    masks,
+                )),
+                None => accuracy_with(&model, &task.test, &geometry, p.crops, p.task_index, masks),
+            }
+        })?;
     let accepted_accuracy = curve
         .iter()
         .find(|c| c.pruned == accepted)
@@ -224,14 +239,14 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     }
     let report = PruneReport {
         task_index: p.task_index,
-        threshold: p.threshold,
+        threshold: p.prune.threshold,
         candidates: order.len(),
         step,
         baseline_accuracy: base,
         accepted_pruned: accepted,
         accepted_accuracy,
         evaluations,
-        search: p.search,
+        search: p.prune.search,
         non_monotone: non_monotone(&curve),
         curve,
     };

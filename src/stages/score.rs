@@ -12,10 +12,10 @@ use super::{on_device, rng_for, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::mlp::MlpParams;
 use crate::nn::mlp::{DeviceMlp, Matrix};
-use crate::spec::raw::{AbsMode, LrpRule, Normalize, ReferenceSplit};
+use crate::spec::raw::{Normalize, ReferenceSplit};
 use crate::spec::ScoreSpec;
 use crate::xai::importance;
-use crate::xai::lrp::{LrpRules, Relevance};
+use crate::xai::lrp::{AbsMode, LrpRule, LrpRules, Relevance};
 use dfdx::prelude::*;
 use rand::seq::index::sample;
 use rand::Rng;
@@ -23,12 +23,14 @@ use serde::{Deserialize, Serialize};
 
 pub struct Score;
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    task_index: usize,
-    seed: u64,
+/// The score stage's parameters: the checked score spec, tagged by `method`, beside the task
+/// and the seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub task_index: usize,
+    pub seed: u64,
     #[serde(flatten)]
-    method: ScoreSpec,
+    pub method: ScoreSpec,
 }
 
 #[derive(Debug, Serialize)]

@@ -15,30 +15,40 @@ use crate::data::{load_images, ImageSet, Part};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::spec::{ImageTask, TaskClasses};
 use rand::seq::SliceRandom;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::nn::mlp::Label;
 
 pub struct Split;
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    #[serde(default)]
-    tasks: Vec<Vec<Label>>,
-    #[serde(default)]
-    test_fraction: Option<f64>,
-    #[serde(default)]
-    split_seed: u64,
+/// The split stage's parameters, tagged by the data's `format` (`idx` or `images`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+pub enum Params {
+    Idx(IdxSplit),
+    Images(ImageSplit),
+}
+
+/// An IDX dataset cut into class groups. The optional fields are keyed as `null` when absent,
+/// as they always were.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdxSplit {
+    pub tasks: Vec<Vec<Label>>,
+    /// Share of the pool held out for testing; `None` with separate test files.
+    pub test_fraction: Option<f64>,
+    pub split_seed: u64,
     /// Tasks 2.. get a fixed pixel permutation each, seeded by this (permuted MNIST).
-    #[serde(default)]
-    permute_seed: Option<u64>,
+    pub permute_seed: Option<u64>,
+}
+
+/// Tasks drawn from colour-image datasets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSplit {
     /// Colour-image datasets by name, as key parameters (paths stripped; see
-    /// [`crate::spec::images::with_roots`]).
-    #[serde(default)]
-    datasets: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
-    image_tasks: Vec<ImageTask>,
+    /// [`crate::spec::images::key_params`] and [`crate::spec::images::with_roots`]).
+    pub datasets: BTreeMap<String, serde_json::Value>,
+    pub image_tasks: Vec<ImageTask>,
 }
 
 impl Stage for Split {
@@ -49,10 +59,10 @@ impl Stage for Split {
         super::keyed_version(1, super::Numerics::Exact)
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
-        let p: Params = ctx.params()?;
-        if !p.image_tasks.is_empty() {
-            return split_images(ctx, &p);
-        }
+        let p = match ctx.params()? {
+            Params::Idx(p) => p,
+            Params::Images(p) => return split_images(ctx, &p),
+        };
         let load = |i: &str, l: &str| -> Result<LabeledImages, StageError> {
             load_idx_pair(ctx.file(i)?, ctx.file(l)?).map_err(|e| StageError::failed(e.to_string()))
         };
@@ -142,7 +152,7 @@ fn finish(
 /// Tasks from colour-image datasets: each dataset's training and test parts are read once
 /// (in name order), then every task takes its classes from its dataset, labels local to its
 /// head. Samples keep the dataset's order.
-fn split_images(ctx: &StageContext, p: &Params) -> Result<Artifact, StageError> {
+fn split_images(ctx: &StageContext, p: &ImageSplit) -> Result<Artifact, StageError> {
     let mut loaded: BTreeMap<&str, (ImageSet, ImageSet)> = BTreeMap::new();
     for (name, params) in &p.datasets {
         if !p.image_tasks.iter().any(|t| &t.dataset == name) {

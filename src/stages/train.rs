@@ -31,11 +31,10 @@ use super::views::{train_view, Geometry};
 use super::{check_task, on_device, rng_for};
 use crate::data::resample::{empirical, resample_indices, ClassWeights};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::arch::Arch;
 use crate::nn::mlp::{DeviceMlp, MlpParams, Vector};
 use crate::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
-use crate::nn::torchvision::PretrainedHead;
-use crate::spec::protocol::{AugmentSpec, CropSpec, SamplingSpec};
+use crate::spec::protocol::{CropSpec, SamplingSpec};
+use crate::spec::{ModelSpec, OptimizerSpec, TrainingSpec};
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -44,66 +43,29 @@ use std::collections::BTreeMap;
 
 pub struct Train;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "optimizer", rename_all = "snake_case")]
-pub enum OptParams {
-    Adam {
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-    },
-    Sgd {
-        lr: f64,
-        momentum: f64,
-    },
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct TrainingParams {
-    #[serde(flatten)]
-    pub optimizer: OptParams,
-    pub batch_size: usize,
-    pub epochs: usize,
-    pub weight_decay: f64,
-    #[serde(default)]
-    pub augment: Option<AugmentSpec>,
-    #[serde(default)]
-    pub sampling: SamplingSpec,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelParams {
-    pub kind: String,
-    pub hidden: Vec<usize>,
-    /// 0 = ReLU; else leaky ReLU's negative slope.
-    #[serde(default)]
-    pub negative_slope: f32,
-    /// A conv model's architecture (absent for the MLP).
-    #[serde(default)]
-    pub arch: Option<Arch>,
-    /// With pretrained weights: whether torchvision's classifier.6 is task 1's head.
-    #[serde(default)]
-    pub pretrained_head: Option<PretrainedHead>,
-}
-
 /// The data-file role of torchvision weights that replace task 1's initialisation.
 pub const PRETRAINED_FILE: &str = "pretrained";
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    task_index: usize,
-    seed: u64,
-    model: ModelParams,
-    training: TrainingParams,
-    #[serde(default)]
-    lr_frozen: Option<f64>,
-    /// Train tasks `0..=task_index` at once (the joint upper baseline).
-    #[serde(default)]
-    joint: bool,
-    /// EWC strength λ; the quadratic comes from the `penalty` input (see `consolidate`).
-    #[serde(default)]
-    ewc_lambda: Option<f64>,
+/// The train stage's parameters; `model` and `training` are the checked spec's own types, so
+/// the plan passes them on as they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub task_index: usize,
+    pub seed: u64,
+    pub model: ModelSpec,
+    pub training: TrainingSpec,
+    /// Learning-rate multiplier of frozen units; only with a `mask` input, and left out
+    /// otherwise so existing keys are preserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_frozen: Option<f64>,
+    /// Train tasks `0..=task_index` at once (the joint upper baseline); left out when false,
+    /// preserving existing keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joint: bool,
+    /// EWC strength λ; the quadratic comes from the `penalty` input (see `consolidate`). Only
+    /// with a `penalty` input, and left out otherwise so existing keys are preserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ewc_lambda: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,7 +122,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 )));
             }
             let mut m = MlpParams::init(dim, &p.model.hidden, &mut rng_for(p.seed, 0, "init"));
-            m.negative_slope = p.model.negative_slope;
+            m.negative_slope = p.model.negative_slope as f32;
             m
         }
         (None, Some(arch)) => {
@@ -179,7 +141,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 }
                 Err(_) => MlpParams::init_arch(arch, &mut rng_for(p.seed, 0, "init")),
             };
-            m.negative_slope = p.model.negative_slope;
+            m.negative_slope = p.model.negative_slope as f32;
             m
         }
     };
@@ -251,7 +213,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
 
     let t = &p.training;
     let cfg = match t.optimizer {
-        OptParams::Adam {
+        OptimizerSpec::Adam {
             lr,
             beta1,
             beta2,
@@ -263,7 +225,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             eps: eps as f32,
             weight_decay: t.weight_decay as f32,
         },
-        OptParams::Sgd { lr, momentum } => OptimizerConfig::Sgd {
+        OptimizerSpec::Sgd { lr, momentum } => OptimizerConfig::Sgd {
             lr: lr as f32,
             momentum: momentum as f32,
             weight_decay: t.weight_decay as f32,

@@ -19,19 +19,21 @@ use crate::nn::mlp::DeviceMlp;
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use crate::xai::saliency::{self, Visualization, Visualizations, Visualize as Options};
 use dfdx::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub struct Visualize;
 
 pub const VISUALIZE_TENSORS: &str = "visualize.safetensors";
 
-#[derive(Debug, Deserialize)]
+/// The visualize stage's parameters: everything the visualisations depend on besides the
+/// model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
-    task_index: usize,
-    seed: u64,
-    visualize: Options,
+pub struct Params {
+    pub task_index: usize,
+    pub seed: u64,
+    pub visualize: Options,
 }
 
 impl Stage for Visualize {

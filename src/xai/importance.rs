@@ -24,6 +24,17 @@ use crate::xai::lrp_cnn;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// How EWC's quadratics from earlier tasks combine (`ewc.mode`; see `stages::consolidate`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EwcMode {
+    /// One quadratic per earlier task (Kirkpatrick et al.).
+    #[default]
+    Separate,
+    /// One quadratic around the latest parameters, earlier importance decayed (Schwarz et al.).
+    Online,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FisherLabels {

@@ -43,6 +43,21 @@ pub enum LrpRule {
     ZBox,
 }
 
+/// When the absolute value is taken relative to summing a unit's relevance over the reference
+/// samples (and, for conv filters, over positions): how relevance becomes a unit's score, for
+/// LRP and gradient × input alike.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AbsMode {
+    /// Signed sum: units whose relevance is negative rank lowest.
+    #[default]
+    None,
+    /// Sum of |R| over samples.
+    BeforeSum,
+    /// |sum of R| over samples.
+    AfterSum,
+}
+
 /// Which rule each layer uses, and the rules' parameters. Conv layers get `conv` once the
 /// model has any; `first` (if set) overrides the layer that reads the input.
 #[derive(Debug, Clone, Copy, PartialEq)]

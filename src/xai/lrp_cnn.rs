@@ -19,8 +19,7 @@
 use crate::nn::arch::Op;
 use crate::nn::conv::{self, Tensor4};
 use crate::nn::mlp::{DeviceMlp, Matrix, Vector};
-use crate::spec::raw::AbsMode;
-use crate::xai::lrp::{stabilise, LrpRule, LrpRules, STABILIZER};
+use crate::xai::lrp::{stabilise, AbsMode, LrpRule, LrpRules, STABILIZER};
 use dfdx::prelude::*;
 
 /// One layer of a sequential CNN. Weights use PyTorch's layouts.
