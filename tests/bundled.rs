@@ -55,7 +55,7 @@ fn run_then_show(pipeline: &str, overrides: &[&str], cache: &std::path::Path) ->
 }
 
 fn run_repo(args: &[&str], cache: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+    common::cfpipe()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(args)
         .arg("--cache")

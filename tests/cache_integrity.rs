@@ -4,7 +4,7 @@ mod common;
 use cfpipe::exec::Outcome;
 use common::{set, stderr, stdout, Fixture};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn content_hashes(r: &cfpipe::exec::RunReport) -> BTreeMap<String, String> {
     let cache_hash = |e: &cfpipe::exec::StageEvent| e.key.map(|k| k.to_hex()).unwrap_or_default();
@@ -79,30 +79,8 @@ fn the_same_pipeline_and_seed_give_identical_artifacts_in_fresh_caches() {
 #[test]
 fn sigkill_mid_stage_leaves_a_verifiable_cache_and_the_next_run_completes() {
     let f = Fixture::new();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
-        .args([
-            "run",
-            f.pipeline().to_str().unwrap(),
-            "--quiet",
-            "--set",
-            "training.epochs=2000",
-        ])
-        .arg("--cache")
-        .arg(f.cache_dir())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Wait until the split is published and training has begun, then kill without warning.
-    let entries = f.cache_dir().join("entries");
-    let t0 = Instant::now();
-    loop {
-        let n = common::published_entries(&entries);
-        if n >= 1 || t0.elapsed() > Duration::from_secs(60) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = f.start_long_run(2000, &["--quiet"]);
     std::thread::sleep(Duration::from_millis(100));
     child.kill().unwrap(); // SIGKILL on Unix
     let status = child.wait().unwrap();
@@ -150,7 +128,7 @@ fn leftovers(cache: &std::path::Path) -> Vec<String> {
 fn two_processes_on_one_fresh_cache_compute_each_stage_once() {
     let f = Fixture::new();
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        common::cfpipe()
             .args([
                 "run",
                 f.pipeline().to_str().unwrap(),
@@ -295,14 +273,12 @@ fn with_remote(
     cache: &str,
     remote: &std::path::Path,
 ) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+    common::cfpipe()
         .args(args)
         .arg("--cache")
         .arg(f.path().join(cache))
         .arg("--remote")
         .arg(remote)
-        .env_remove("CFPIPE_CACHE")
-        .env_remove("CFPIPE_REMOTE")
         .output()
         .unwrap()
 }

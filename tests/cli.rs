@@ -2,7 +2,7 @@
 //! matrices, cache ls/du/gc maintain the store, Ctrl-C leaves a consistent cache.
 
 mod common;
-use common::{published_entries, stderr, stdout, Fixture};
+use common::{stderr, stdout, Fixture};
 
 #[test]
 fn status_reports_cached_stages_and_why_others_would_run() {
@@ -157,35 +157,10 @@ fn gc_keeps_what_the_named_pipelines_reach() {
 #[test]
 fn ctrl_c_stops_the_run_with_130_and_a_consistent_cache() {
     let f = Fixture::new();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
-        .args([
-            "run",
-            f.pipeline().to_str().unwrap(),
-            "--quiet",
-            "--set",
-            "training.epochs=5000",
-        ])
-        .arg("--cache")
-        .arg(f.cache_dir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Interrupt only once the run is under way: the split is published (so the Ctrl-C
     // handler, installed before any stage runs, is in place) and training, 5000 epochs long,
     // has begun. However loaded the machine, no fixed delay is assumed.
-    let entries = f.cache_dir().join("entries");
-    let t0 = std::time::Instant::now();
-    while published_entries(&entries) == 0 {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended before it was interrupted: {status}");
-        }
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(300),
-            "no stage was published within 5 minutes"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let child = f.start_long_run(5000, &["--quiet"]);
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-INT", &pid])
@@ -208,12 +183,10 @@ fn the_config_files_cache_dir_is_used_unless_a_flag_or_the_environment_names_one
     .unwrap();
     let p = f.pipeline();
     let run = |extra: &[&str]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"));
+        let mut c = common::cfpipe();
         c.args(["run", p.to_str().unwrap(), "--quiet"])
             .args(extra)
-            .current_dir(f.path())
-            .env_remove("CFPIPE_CACHE")
-            .env_remove("CFPIPE_REMOTE");
+            .current_dir(f.path());
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
         stdout(&o)

@@ -534,7 +534,7 @@ strategies: {{naive: {{freeze: none}}}}
     let pipeline = d.join("p.yaml");
     std::fs::write(&pipeline, yaml).unwrap();
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        common::cfpipe()
             .args(args)
             .arg(pipeline.to_str().unwrap())
             .arg("--cache")

@@ -3,16 +3,9 @@
 //! nothing, `--help` documents every option, and an overflowing objective is never cached.
 
 mod common;
-use common::{published_entries, stderr, stdout, Fixture, PIPELINE};
+use common::{cfpipe, stderr, stdout, without_cfpipe_settings, Fixture, PIPELINE};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn cfpipe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cfpipe"));
-    c.env_remove("CFPIPE_CACHE").env_remove("CFPIPE_REMOTE");
-    c
-}
 
 /// A pipe whose reading end is already closed: every write to it fails with EPIPE, which is
 /// what `| head -c 1` does to a writer once `head` has its byte, without the race.
@@ -73,37 +66,6 @@ fn every_command_exits_quietly_when_its_stdout_is_closed() {
     assert!(stdout(&f.cli(&["run", p, "--quiet"])).contains(" 0 ran, "));
 }
 
-/// Start `cfpipe run` on a long training and wait until the first stage is published, so the
-/// signal handlers are surely installed and a train stage is under way.
-fn start_long_run(f: &Fixture) -> std::process::Child {
-    let mut child = cfpipe()
-        .args([
-            "run",
-            f.pipeline().to_str().unwrap(),
-            "--set",
-            "training.epochs=5000",
-        ])
-        .arg("--cache")
-        .arg(f.cache_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let entries = f.cache_dir().join("entries");
-    let t0 = Instant::now();
-    while published_entries(&entries) == 0 {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended before it was signalled: {status}");
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "no stage was published within 5 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 fn lease_files(f: &Fixture) -> Vec<String> {
     std::fs::read_dir(f.cache_dir().join("leases"))
         .map(|rd| {
@@ -117,7 +79,7 @@ fn lease_files(f: &Fixture) -> Vec<String> {
 #[test]
 fn sigterm_cancels_a_run_like_ctrl_c_and_releases_its_leases() {
     let f = Fixture::new();
-    let child = start_long_run(&f);
+    let child = f.start_long_run(5000, &[]);
     // SAFETY: plain kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let out = child.wait_with_output().unwrap();
@@ -134,7 +96,7 @@ fn sigterm_cancels_a_run_like_ctrl_c_and_releases_its_leases() {
 #[test]
 fn an_interrupted_run_prints_one_summary_instead_of_a_line_per_stopped_stage() {
     let f = Fixture::new();
-    let child = start_long_run(&f);
+    let child = f.start_long_run(5000, &[]);
     // SAFETY: plain kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let out = child.wait_with_output().unwrap();
@@ -223,10 +185,8 @@ fn on_a_terminal_the_bars_show_eta_and_loss_and_no_empty_bar() {
         f.pipeline().display(),
         f.cache_dir().display()
     );
-    let o = Command::new("script")
+    let o = without_cfpipe_settings(&mut Command::new("script"))
         .args(["-qfec", &cmd, "/dev/null"])
-        .env_remove("CFPIPE_CACHE")
-        .env_remove("CFPIPE_REMOTE")
         .env("TERM", "xterm")
         .stdin(Stdio::null())
         .output()

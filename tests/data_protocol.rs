@@ -355,7 +355,7 @@ fn protocol_mistakes_are_located() {
             .replace("TAIL", tail);
         let p = dir.path().join("bad.yaml");
         std::fs::write(&p, &yaml).unwrap();
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        let o = common::cfpipe()
             .args(["dag", p.to_str().unwrap(), "--cache"])
             .arg(dir.path().join("cache"))
             .output()

@@ -126,7 +126,7 @@ fn cifar_trees(root: &Path, n: usize) {
 }
 
 fn cfpipe(cmd: &str, pipeline: &str, cache: &Path, sets: &[String]) -> Output {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"));
+    let mut c = common::cfpipe();
     c.arg(cmd).arg(pipeline).arg("--cache").arg(cache);
     if cmd == "run" {
         c.arg("--quiet");
@@ -706,7 +706,7 @@ fn the_saliency_freeze_pipeline_runs_on_fixtures() {
 
     // The report shows the final free capacity as not computed, and exports no value for it.
     let rep = dir.path().join("report");
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"));
+    let mut c = common::cfpipe();
     c.arg("report").arg(&pipeline).arg("--cache").arg(&cache);
     c.arg("--out").arg(&rep);
     for s in &overrides {

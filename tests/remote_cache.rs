@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{stderr, stdout, Fixture};
+use common::{entry_keys, stderr, stdout, Fixture};
 use object_store::ObjectStore;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -230,10 +230,8 @@ fn nginx_dav() -> Option<Server> {
 /// Run the real binary with `args` (the cache dir and remote given by the caller), S3
 /// credentials in the environment as a user would have them.
 fn cfpipe(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cfpipe"));
+    let mut c = common::cfpipe();
     c.args(args)
-        .env_remove("CFPIPE_CACHE")
-        .env_remove("CFPIPE_REMOTE")
         .env_remove("AWS_ENDPOINT_URL")
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
@@ -337,20 +335,6 @@ fn put(store: &dyn ObjectStore, path: &str, bytes: Vec<u8>) {
     block_on(store.put(&p, bytes.into())).unwrap();
 }
 
-/// Keys of the entries in a local cache directory.
-fn local_keys(cache: &Path) -> Vec<String> {
-    let mut keys = Vec::new();
-    if let Ok(shards) = std::fs::read_dir(cache.join("entries")) {
-        for s in shards.flatten() {
-            for e in std::fs::read_dir(s.path()).unwrap().flatten() {
-                keys.push(e.file_name().to_string_lossy().to_string());
-            }
-        }
-    }
-    keys.sort();
-    keys
-}
-
 #[test]
 fn s3_push_then_pull_into_an_empty_cache_then_run_computes_nothing() {
     let Some(s3) = moto() else { return };
@@ -401,7 +385,7 @@ fn s3_push_then_pull_into_an_empty_cache_then_run_computes_nothing() {
         &env,
     ));
     assert!(out.contains(&format!("pull: {n} entries")), "{out}");
-    assert_eq!(local_keys(&a), local_keys(&b));
+    assert_eq!(entry_keys(&a), entry_keys(&b));
 
     let out = ok(&cfpipe(
         &[
@@ -436,7 +420,7 @@ fn tampered_remote_objects_are_rejected_on_pull_and_nothing_lands() {
     ));
 
     // Pick two entries: flip the bytes of one's output file, rewrite the other's parameters.
-    let keys = local_keys(&a);
+    let keys = entry_keys(&a);
     assert_eq!(keys.len(), n);
     let store = raw_s3(&s3);
     let (k1, k2) = (&keys[0], &keys[1]);
@@ -481,7 +465,7 @@ fn tampered_remote_objects_are_rejected_on_pull_and_nothing_lands() {
     assert!(stdout(&o).contains("2 failed"), "{}", stdout(&o));
 
     // Everything else arrived; neither bad entry did, and nothing was left half-written.
-    let got = local_keys(&b);
+    let got = entry_keys(&b);
     assert_eq!(got.len(), n - 2, "{got:?}");
     assert!(!got.contains(k1) && !got.contains(k2));
     assert_eq!(std::fs::read_dir(b.join("tmp")).unwrap().count(), 0);
@@ -510,7 +494,7 @@ fn tampered_remote_objects_are_rejected_on_pull_and_nothing_lands() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(local_keys(&a), local_keys(&c));
+    assert_eq!(entry_keys(&a), entry_keys(&c));
 }
 
 #[test]
@@ -544,7 +528,7 @@ fn run_reads_through_the_remote_from_a_config_file_and_a_cached_run_never_contac
     );
     let out = ok(&o);
     assert_eq!(summary(&out), (n, 0, 0, n), "{out}\n{}", stderr(&o));
-    assert_eq!(local_keys(&a), local_keys(&b));
+    assert_eq!(entry_keys(&a), entry_keys(&b));
 
     // Fully cached: pointed at a port where nothing listens, the run neither fails nor warns,
     // so it never contacted the remote.
@@ -604,7 +588,7 @@ fn webdav_push_and_pull_round_trip() {
     assert_eq!(summary(&out), (n, 0, n, 0), "{out}");
 
     // An entry without its manifest (a push cut short: manifests go last) is never pulled.
-    let k = &local_keys(&a)[0];
+    let k = &entry_keys(&a)[0];
     let gone = format!("/dav/cfpipe/entries/{}/{k}/manifest.json", &k[..2]);
     assert_eq!(http(dav.port, "DELETE", &gone), 204);
     let c = f.path().join("c");
@@ -614,7 +598,7 @@ fn webdav_push_and_pull_round_trip() {
     ));
     assert!(out.contains(&format!("pull: {} entries", n - 1)), "{out}");
     assert!(out.contains("1 unavailable"), "{out}");
-    assert!(!local_keys(&c).contains(k));
+    assert!(!entry_keys(&c).contains(k));
 }
 
 #[test]

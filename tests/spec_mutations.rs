@@ -3,6 +3,7 @@
 //! as a pipeline or as spec errors that all name file:line:col, within a time limit; and a few
 //! through the real binary exit 0 or 2, never 101.
 
+mod common;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -252,13 +253,11 @@ fn mutated_pipelines_through_the_binary_exit_0_or_2() {
     for (k, case) in cases(BINARY_RUNS, 29).into_iter().enumerate() {
         std::fs::write(&path, &case.text).unwrap();
         let command = if k % 2 == 0 { "status" } else { "dag" };
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_cfpipe"))
+        let o = common::cfpipe()
             .arg(command)
             .arg(&path)
             .arg("--cache")
             .arg(dir.path().join("cache"))
-            .env_remove("CFPIPE_CACHE")
-            .env_remove("CFPIPE_REMOTE")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);

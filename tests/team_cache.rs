@@ -5,30 +5,20 @@
 //! timeout knob, not sleeps, decides what the tests observe.
 
 mod common;
-use common::{stderr, stdout, summary, Fixture};
+use common::{finish, published_entries, spawn, stderr, stdout, summary, Fixture, DEADLINE};
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
-const DEADLINE: Duration = Duration::from_secs(300);
-
-/// The real binary on the fixture's cache, with no cfpipe settings inherited from the caller.
+/// The real binary on the fixture's cache, as the machine `host`.
 fn cfpipe<S: AsRef<std::ffi::OsStr>>(f: &Fixture, host: &str, args: &[S]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cfpipe"));
+    let mut c = common::cfpipe();
     c.args(args)
         .arg("--cache")
         .arg(f.cache_dir())
         .env("CFPIPE_HOSTNAME", host);
-    for v in [
-        "CFPIPE_CACHE",
-        "CFPIPE_SHARED_GROUP",
-        "CFPIPE_LEASE_TIMEOUT",
-        "CFPIPE_REMOTE",
-    ] {
-        c.env_remove(v);
-    }
     c
 }
 
@@ -39,26 +29,6 @@ fn run_args(f: &Fixture, epochs: &str, extra: &[&str]) -> Vec<String> {
         .chain(extra)
         .map(|s| s.to_string())
         .collect()
-}
-
-/// Wait for a child, killing it (and failing) if it outlives the deadline.
-fn finish(mut child: Child, what: &str) -> Output {
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > DEADLINE {
-            child.kill().unwrap();
-            panic!("{what} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn spawn(mut c: Command) -> Child {
-    c.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// Lease files (not breakers or temp files) present in the cache.
@@ -73,16 +43,6 @@ fn leases(f: &Fixture) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn entry_count(f: &Fixture) -> usize {
-    std::fs::read_dir(f.cache_dir().join("entries"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|s| std::fs::read_dir(s.path()).map(|r| r.count()).unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// Block until a lease is held on a key that has no entry yet, i.e. a stage is mid-computation
 /// (not merely between publishing and releasing).
 fn wait_for_a_training_lease(f: &Fixture, child: &mut Child) {
@@ -92,7 +52,7 @@ fn wait_for_a_training_lease(f: &Fixture, child: &mut Child) {
             .iter()
             .any(|k| !f.cache_dir().join("entries").join(&k[..2]).join(k).exists())
     };
-    while entry_count(f) < 1 || !computing() {
+    while published_entries(&f.cache_dir()) < 1 || !computing() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it was caught mid-stage"
@@ -185,7 +145,11 @@ fn two_machines_running_one_pipeline_at_once_compute_each_stage_once() {
     );
     let ((n, ran_a), (_, ran_b)) = (summary(&a), summary(&b));
     assert_eq!(ran_a + ran_b, n, "each stage computed exactly once in all");
-    assert_eq!(entry_count(&f), n, "one entry per stage, no duplicates");
+    assert_eq!(
+        published_entries(&f.cache_dir()),
+        n,
+        "one entry per stage, no duplicates"
+    );
     assert!(
         leases(&f).is_empty(),
         "leases left behind: {:?}",

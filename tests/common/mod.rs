@@ -8,7 +8,10 @@ use cfpipe::data::idx::write_idx;
 use cfpipe::exec::{ExecOptions, Executor, RunReport};
 use cfpipe::spec::DataCheck;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod process;
+pub use process::*;
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -114,19 +117,7 @@ impl Fixture {
     pub fn run_in(&self, cache: &Path, set: &[&str], jobs: usize) -> RunReport {
         let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
         let (_, dag) = cfpipe::cli::load(&self.pipeline(), &set, DataCheck::Required).unwrap();
-        let cache = Cache::open(cache).unwrap();
-        let registry = cfpipe::stages::registry();
-        let opts = ExecOptions {
-            jobs,
-            ..ExecOptions::default()
-        };
-        let report = Executor::new(&cache, &registry, opts).run(&dag);
-        assert!(
-            report.failed().is_empty(),
-            "failures: {:?}",
-            report.failed()
-        );
-        report
+        run_dag(&dag, cache, jobs)
     }
 
     /// Looks up cached entries by stage id in the cache at `cache` (each must be cached there).
@@ -171,16 +162,35 @@ impl Fixture {
         serde_json::from_slice(&self.output(id, file)).unwrap()
     }
 
+    /// Start the real binary with `args` on the fixture's cache, output captured, for a test
+    /// that acts on the run while it goes.
+    pub fn start(&self, args: &[&str]) -> std::process::Child {
+        let mut c = cfpipe();
+        c.args(args).arg("--cache").arg(self.cache_dir());
+        spawn(c)
+    }
+
+    /// Start `cfpipe run` on the fixture with `epochs` of training and `extra` arguments, and
+    /// return once the first stage (the split) is published: the signal handlers are then in
+    /// place and a train stage is under way, however loaded the machine.
+    pub fn start_long_run(&self, epochs: u32, extra: &[&str]) -> std::process::Child {
+        let p = self.pipeline();
+        let epochs = format!("training.epochs={epochs}");
+        let mut args = vec!["run", p.to_str().unwrap(), "--set", &epochs];
+        args.extend(extra);
+        let mut child = self.start(&args);
+        wait_for_entries(&mut child, &self.cache_dir(), 1);
+        child
+    }
+
     /// Run the real binary with `args`, cache in the fixture.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cfpipe"));
-        c.args(args)
+        cfpipe()
+            .args(args)
             .arg("--cache")
             .arg(self.cache_dir())
-            .env_remove("CFPIPE_CACHE")
-            // A caller's team remote must never receive (or serve) test entries.
-            .env_remove("CFPIPE_REMOTE");
-        c.output().unwrap()
+            .output()
+            .unwrap()
     }
 }
 
@@ -205,18 +215,6 @@ pub fn stderr(o: &Output) -> String {
 /// `a` ⊆ ids, and the report of mismatches if not.
 pub fn set(items: &[&str]) -> std::collections::BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-/// Published entries in a cache's `entries/<shard>/` directories (0 if there are none yet).
-#[allow(dead_code)]
-pub fn published_entries(entries: &Path) -> usize {
-    std::fs::read_dir(entries)
-        .map(|rd| {
-            rd.flatten()
-                .map(|s| std::fs::read_dir(s.path()).map(|r| r.count()).unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// (stages, ran) from the summary line `N stages: R ran, C cached (…)`.
@@ -266,13 +264,23 @@ pub fn run_repo_pipeline(pipeline: &str, set: &[&str], cache: &Path) -> RunRepor
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
     let (_, dag) = cfpipe::cli::load(&root.join(pipeline), &set, DataCheck::Required).unwrap();
+    run_dag(&dag, cache, 2)
+}
+
+/// Run `dag` through the library executor on the cache at `cache` with `jobs` workers, and
+/// assert nothing failed; returns the report, to assert which stages ran.
+pub fn run_dag(dag: &cfpipe::graph::Dag, cache: &Path, jobs: usize) -> RunReport {
     let cache = Cache::open(cache).unwrap();
     let registry = cfpipe::stages::registry();
     let opts = ExecOptions {
-        jobs: 2,
+        jobs,
         ..ExecOptions::default()
     };
-    let report = Executor::new(&cache, &registry, opts).run(&dag);
-    assert!(report.failed().is_empty(), "{:?}", report.failed());
+    let report = Executor::new(&cache, &registry, opts).run(dag);
+    assert!(
+        report.failed().is_empty(),
+        "failures: {:?}",
+        report.failed()
+    );
     report
 }
