@@ -120,3 +120,55 @@ fn results_are_independent_of_parallelism() {
     assert_eq!(c1.keys().unwrap(), c2.keys().unwrap());
     assert_eq!(r1.ran().len(), 14);
 }
+
+/// A handle that is dear to open, as a CUDA device is.
+struct Opened;
+
+/// Records which handle it computed with (its address), failing when it was given none.
+struct UsesHandle;
+impl Stage for UsesHandle {
+    fn kind(&self) -> &'static str {
+        "concat"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
+        let h = ctx
+            .resource::<Arc<Opened>>()
+            .ok_or_else(|| StageError::failed("no handle"))?;
+        let at = Arc::as_ptr(h) as usize;
+        Ok(Artifact::new().with("out", at.to_le_bytes().to_vec()))
+    }
+}
+
+#[test]
+fn every_stage_of_a_run_computes_with_the_one_handle_the_binary_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let dag = Dag::build(vec![
+        decl("a", "a", false, &[]),
+        decl("b", "b", false, &[]),
+        decl("c", "c", false, &["a", "b"]),
+    ])
+    .unwrap();
+    let mut reg = Registry::new();
+    reg.register(Arc::new(UsesHandle));
+    let handle = Arc::new(Opened);
+    let opts = ExecOptions {
+        jobs: 2,
+        resources: cfpipe::exec::Resources::new().with(handle.clone()),
+        ..Default::default()
+    };
+    let r = Executor::new(&cache, &reg, opts).run(&dag);
+    assert!(r.ok(), "{:?}", r.failed());
+    let want = (Arc::as_ptr(&handle) as usize).to_le_bytes().to_vec();
+    for id in ["a", "b", "c"] {
+        let entry = &r.entries[&dag.find(id).unwrap()];
+        assert_eq!(
+            std::fs::read(entry.output_path("out")).unwrap(),
+            want,
+            "{id}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use crate::exec::sync::{self, SyncReport};
 use crate::exec::{resolve, ExecOptions, Executor, Outcome};
 use crate::graph::Dag;
 use crate::spec::{self, DataCheck, Pipeline};
-use crate::stages::{self, DeviceChoice};
+use crate::stages::{self, Backend};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -512,7 +512,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => sync_cmd(false, &pipelines, &set, &remote.remote, c),
         Command::Cache { cmd } => cache_cmd(cmd, c),
         Command::ExecStage { key, device, .. } => {
-            DeviceChoice::parse(&device)?.check_available(&device)?;
+            let (device, resources) = open_device(&device)?;
             let cache = open_cache(c)?;
             let registry = stages::registry();
             let interrupt = crate::signals::Interrupt::install();
@@ -522,6 +522,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             ));
             let opts = ExecOptions {
                 device,
+                resources,
                 cancel: interrupt.cancel.clone(),
                 observer: Some(lines.clone()),
                 ..ExecOptions::default()
@@ -546,6 +547,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// `--device` parsed and opened once, before any work starts, for every stage of the process:
+/// the name manifests record and the opened device as the executor carries it.
+fn open_device(raw: &str) -> Result<(String, crate::exec::Resources), CliError> {
+    let backend = Backend::open(raw)?;
+    Ok((backend.label(), crate::exec::Resources::new().with(backend)))
+}
+
 /// `cfpipe run`: compute what is not cached, report failures, end with the summary line.
 fn run_cmd(
     p: &PipelineArgs,
@@ -555,7 +563,7 @@ fn run_cmd(
     remote: &RemoteArgs,
     c: &CacheLoc,
 ) -> Result<(), CliError> {
-    DeviceChoice::parse(&device)?.check_available(&device)?;
+    let (device, resources) = open_device(&device)?;
     let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
     let cache = open_cache(c)?;
     let remote = open_remote(&remote.remote, std::slice::from_ref(&p.pipeline))?;
@@ -571,6 +579,7 @@ fn run_cmd(
                 .unwrap_or(1)
         }),
         device,
+        resources,
         show_progress: !quiet && terminal,
         cancel: interrupt.cancel.clone(),
         roots: Some(Arc::new(roots)),
@@ -857,12 +866,14 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
     ]
     .into();
     let (files, cancel) = (Default::default(), AtomicBool::new(false));
+    let resources = crate::exec::Resources::new();
     let ctx = crate::exec::StageContext::new(
         &n.id,
         &n.params,
         &inputs,
         &files,
         "cpu",
+        &resources,
         &crate::exec::NoProgress,
         &cancel,
     );

@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod consolidate;
 pub mod correlate;
+pub mod device;
 pub mod evaluate;
 pub mod mask;
 pub mod plan;
@@ -19,6 +20,8 @@ pub mod visualize;
 use crate::exec::{Registry, StageError};
 use crate::nn::mlp::{argmax_rows, DeviceMlp, Vector};
 use artifacts::Samples;
+pub(crate) use device::on_device;
+pub use device::{Backend, DeviceChoice, DeviceError};
 use dfdx::prelude::*;
 use std::sync::Arc;
 
@@ -62,103 +65,6 @@ pub fn registry() -> Registry {
     r.register(Arc::new(visualize::Visualize));
     r
 }
-
-/// Where a stage computes. Parsed from `--device`; not part of any key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    Cpu,
-    Cuda(usize),
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum DeviceError {
-    #[error("unknown device `{0}`: expected `cpu`, `cuda` or `cuda:N`")]
-    Unknown(String),
-    #[error("device `{0}` needs a cfpipe built with `--features cuda`; this build runs on the CPU only (use `--device cpu`)")]
-    NoCudaSupport(String),
-    #[error("device `{device}` is not usable: {cause} (use `--device cpu`, or check the driver with `nvidia-smi`)")]
-    CudaUnavailable { device: String, cause: String },
-}
-
-impl DeviceChoice {
-    pub fn parse(s: &str) -> Result<DeviceChoice, DeviceError> {
-        match s {
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda(0)),
-            _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
-                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
-                _ => Err(DeviceError::Unknown(s.to_string())),
-            },
-        }
-    }
-
-    /// Whether this build can run on the device (checked before any work starts): a CPU-only
-    /// build refuses CUDA; a CUDA build opens the device once, so a missing driver or GPU is a
-    /// clear error instead of a panic inside a stage.
-    pub fn check_available(self, raw: &str) -> Result<(), DeviceError> {
-        match self {
-            DeviceChoice::Cpu => Ok(()),
-            #[cfg(feature = "cuda")]
-            DeviceChoice::Cuda(n) => {
-                open_cuda(n)
-                    .map(|_| ())
-                    .map_err(|cause| DeviceError::CudaUnavailable {
-                        device: raw.to_string(),
-                        cause,
-                    })
-            }
-            #[cfg(not(feature = "cuda"))]
-            DeviceChoice::Cuda(_) => Err(DeviceError::NoCudaSupport(raw.to_string())),
-        }
-    }
-}
-
-/// Open CUDA device `n`. cudarc panics when the driver library is missing, so the attempt is
-/// fenced off and turned into an error.
-#[cfg(feature = "cuda")]
-pub fn open_cuda(n: usize) -> Result<dfdx::tensor::Cuda, String> {
-    // Formatting a driver error asks the driver for its text, so it is fenced off too. The
-    // default hook would print the panic as if cfpipe had crashed; it is silenced meanwhile.
-    // Stages open the device concurrently: one swap of the hook at a time, or a thread could
-    // restore another's silent hook for good.
-    static SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _swap = SWAP.lock().unwrap_or_else(|e| e.into_inner());
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| {
-        dfdx::tensor::Cuda::try_build(n, 0).map_err(|e| format!("{e:?}"))
-    });
-    std::panic::set_hook(hook);
-    opened.map_err(|payload| {
-        let why = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("no detail");
-        format!("the CUDA driver failed to initialise ({why})")
-    })?
-}
-
-/// Run a device-generic stage body on the context's device.
-macro_rules! on_device {
-    ($ctx:expr, $body:ident) => {{
-        match $crate::stages::DeviceChoice::parse($ctx.device)
-            .map_err(|e| $crate::exec::StageError::invalid(e.to_string()))?
-        {
-            $crate::stages::DeviceChoice::Cpu => $body(&dfdx::tensor::Cpu::seed_from_u64(0), $ctx),
-            #[cfg(feature = "cuda")]
-            $crate::stages::DeviceChoice::Cuda(n) => {
-                let dev = $crate::stages::open_cuda(n).map_err($crate::exec::StageError::failed)?;
-                $body(&dev, $ctx)
-            }
-            #[cfg(not(feature = "cuda"))]
-            $crate::stages::DeviceChoice::Cuda(_) => Err($crate::exec::StageError::invalid(
-                $crate::stages::DeviceError::NoCudaSupport($ctx.device.to_string()).to_string(),
-            )),
-        }
-    }};
-}
-pub(crate) use on_device;
 
 /// Evaluation batch size for small models; large because there is no tape.
 const EVAL_BATCH: usize = 1000;
@@ -269,26 +175,5 @@ mod tests {
         for (kind, v) in before {
             assert_eq!(r.get(kind).unwrap().version(), v, "{kind}");
         }
-    }
-
-    #[test]
-    fn device_parsing_and_availability() {
-        assert_eq!(DeviceChoice::parse("cpu"), Ok(DeviceChoice::Cpu));
-        assert_eq!(DeviceChoice::parse("cuda"), Ok(DeviceChoice::Cuda(0)));
-        assert_eq!(DeviceChoice::parse("cuda:3"), Ok(DeviceChoice::Cuda(3)));
-        assert!(matches!(
-            DeviceChoice::parse("gpu"),
-            Err(DeviceError::Unknown(_))
-        ));
-        assert!(matches!(
-            DeviceChoice::parse("cuda:x"),
-            Err(DeviceError::Unknown(_))
-        ));
-        assert!(DeviceChoice::Cpu.check_available("cpu").is_ok());
-        #[cfg(not(feature = "cuda"))]
-        assert!(matches!(
-            DeviceChoice::Cuda(0).check_available("cuda"),
-            Err(DeviceError::NoCudaSupport(_))
-        ));
     }
 }

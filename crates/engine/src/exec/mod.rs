@@ -9,6 +9,7 @@
 
 pub mod progress;
 pub mod resolve;
+pub mod resources;
 pub mod stage;
 pub mod sync;
 
@@ -17,6 +18,7 @@ use crate::cache::{filehash::FileHasher, Cache, Entry, Lookup, NewEntry, RunInfo
 use crate::digest::{ContentHash, KeyMaterial, StageKey, KEY_SCHEME};
 use crate::graph::Dag;
 use petgraph::graph::NodeIndex;
+pub use resources::Resources;
 use serde::{Deserialize, Serialize};
 pub use stage::{Artifact, NoProgress, Progress, Registry, Stage, StageContext, StageError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -147,7 +149,10 @@ impl RunReport {
 #[derive(Clone)]
 pub struct ExecOptions {
     pub jobs: usize,
+    /// The name of the device, recorded in each manifest (see [`StageContext::device`]).
     pub device: String,
+    /// Handles shared by every stage of the run (see [`Resources`]).
+    pub resources: Resources,
     pub show_progress: bool,
     pub cancel: Arc<AtomicBool>,
     /// Registers the keys this run reaches as a gc root, if set.
@@ -169,6 +174,7 @@ impl Default for ExecOptions {
         ExecOptions {
             jobs: 1,
             device: "cpu".into(),
+            resources: Resources::new(),
             show_progress: false,
             cancel: Arc::new(AtomicBool::new(false)),
             roots: None,
@@ -610,6 +616,7 @@ impl<'a> Executor<'a> {
             inputs,
             &files,
             &self.opts.device,
+            &self.opts.resources,
             progress,
             &self.opts.cancel,
         );

@@ -2,6 +2,7 @@
 //! from its parameters, input artifacts and input files to an output artifact. It never
 //! touches the cache or the scheduler.
 
+use super::resources::Resources;
 use crate::cache::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -77,8 +78,11 @@ pub struct StageContext<'a> {
     pub params: &'a serde_json::Value,
     pub inputs: &'a BTreeMap<String, Entry>,
     pub files: &'a BTreeMap<String, PathBuf>,
-    /// Where to compute (`cpu`, `cuda:0`); recorded in the manifest, never part of a key.
+    /// The name of the device the process computes on (`cpu`, `cuda:0`), as recorded in the
+    /// manifest; never part of a key. The device itself is a [`Resources`] handle.
     pub device: &'a str,
+    /// Handles the binary opened once for every stage (see [`Resources`]).
+    pub resources: &'a Resources,
     pub progress: &'a dyn Progress,
     pub cancel: &'a AtomicBool,
     log: Mutex<String>,
@@ -93,6 +97,7 @@ impl<'a> StageContext<'a> {
         inputs: &'a BTreeMap<String, Entry>,
         files: &'a BTreeMap<String, PathBuf>,
         device: &'a str,
+        resources: &'a Resources,
         progress: &'a dyn Progress,
         cancel: &'a AtomicBool,
     ) -> Self {
@@ -102,11 +107,17 @@ impl<'a> StageContext<'a> {
             inputs,
             files,
             device,
+            resources,
             progress,
             cancel,
             log: Mutex::new(String::new()),
             started: std::time::Instant::now(),
         }
+    }
+
+    /// The process-wide handle of type `T`, if the binary gave one.
+    pub fn resource<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        self.resources.get::<T>()
     }
 
     /// Append a line to the stage's log (stored in the entry's `aux/log.txt`).
