@@ -227,3 +227,68 @@ fn conv_models_are_explained_through_the_same_lrp() {
     let png = image::open(out.join("test5.png")).unwrap();
     assert_eq!((png.width(), png.height()), (2 * 128 + 4, 128));
 }
+
+#[test]
+fn explain_is_a_cached_stage_so_a_second_call_computes_nothing_and_device_applies() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    let before = common::published_entries(&f.cache_dir());
+    let out = f.path().join("x");
+    let args = ["explain", p, "--stage", STAGE, "--images", "1,2", "--out"];
+    let explain = |dir: &str, extra: &[&str]| {
+        let mut a = args.to_vec();
+        a.push(dir);
+        a.extend(extra);
+        f.cli(&a)
+    };
+    let first = explain(out.to_str().unwrap(), &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("relevance computed"),
+        "{}",
+        stdout(&first)
+    );
+    assert_eq!(common::published_entries(&f.cache_dir()), before + 1);
+
+    // The same images again: served from the cache, the same bytes written.
+    let again = f.path().join("y");
+    let second = explain(again.to_str().unwrap(), &[]);
+    assert!(
+        stdout(&second).contains("relevance cached"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(common::published_entries(&f.cache_dir()), before + 1);
+    for file in ["test1.png", "test2.png", "relevance.json"] {
+        assert_eq!(
+            std::fs::read(out.join(file)).unwrap(),
+            std::fs::read(again.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    // Other images are another stage.
+    let third = f.cli(&[
+        "explain",
+        p,
+        "--stage",
+        STAGE,
+        "--images",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout(&third).contains("relevance computed"),
+        "{}",
+        stdout(&third)
+    );
+
+    // `--device` is parsed as `run` parses it: a CPU-only build refuses CUDA, as bad input.
+    if !cfg!(feature = "cuda") {
+        let o = explain(out.to_str().unwrap(), &["--device", "cuda"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+    }
+}

@@ -18,7 +18,6 @@ use crate::stages::{self, Backend};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
@@ -148,6 +147,9 @@ pub enum Command {
         /// Output directory [default: reports/<pipeline name>/explain/<stage id, `/` → `-`>].
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// `cpu`, or `cuda[:N]` with a CUDA build.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Inspect and maintain the cache.
     Cache {
@@ -467,6 +469,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             conv_rule,
             epsilon,
             out,
+            device,
         } => {
             let parse_rule = |flag: &str, v: &str| {
                 serde_json::from_value::<crate::xai::lrp::LrpRule>(serde_json::json!(v)).map_err(
@@ -490,6 +493,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 head,
                 rules,
                 out,
+                device,
             };
             explain_cmd(&p, opts, c)
         }
@@ -790,6 +794,7 @@ struct ExplainArgs {
     head: Option<usize>,
     rules: crate::xai::lrp::LrpRules,
     out: Option<PathBuf>,
+    device: String,
 }
 
 /// `cfpipe explain`: the train stage's cached model and its split's test images, from the
@@ -836,16 +841,6 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
             a.stage
         )));
     };
-    let cache = open_cache_read(c);
-    let res = resolve::resolve(&dag, &cache);
-    let entry = |at| {
-        res.iter()
-            .find(|r| r.node == at)
-            .and_then(|r| r.entry.clone())
-    };
-    let missing = |id: &str| missing_results(&[id.to_string()], p, c);
-    let model_entry = entry(node).ok_or_else(|| missing(&a.stage))?;
-    let split_entry = entry(split_node).ok_or_else(|| missing(&dag.node(split_node).id))?;
     let stage_task = n
         .params
         .get("task_index")
@@ -860,49 +855,66 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
         Some(h) => h - 1,
         None => stage_task,
     };
-    let inputs: std::collections::BTreeMap<String, crate::cache::Entry> = [
-        ("split".to_string(), split_entry),
-        ("model".to_string(), model_entry),
-    ]
-    .into();
-    let (files, cancel) = (Default::default(), AtomicBool::new(false));
-    let resources = crate::exec::Resources::new();
-    let ctx = crate::exec::StageContext::new(
+    let (device, resources) = open_device(&a.device)?;
+    // The explain stage on top of the train stage and what it depends on, nothing else.
+    let params = stages::explain::Params {
+        head,
+        images: a.images.clone(),
+        rules: a.rules,
+    };
+    let explain_id = format!("{}/explain", a.stage);
+    let mut decls = dag.decls(&dag.upstream(node));
+    decls.push(stages::explain::declare(
+        explain_id.clone(),
         &n.id,
-        &n.params,
-        &inputs,
-        &files,
-        "cpu",
-        &resources,
-        &crate::exec::NoProgress,
-        &cancel,
-    );
-    let read_failed = |e: crate::exec::StageError| {
-        CliError::Exec(crate::exec::ExecError::Stage {
-            id: n.id.clone(),
-            kind: n.kind.clone(),
-            source: e,
-        })
+        &dag.node(split_node).id,
+        &params,
+    ));
+    let part = Dag::build(decls)?;
+    let cache = open_cache(c)?;
+    let res = resolve::resolve(&part, &cache);
+    let entry = |id: &str| {
+        let at = part.find(id)?;
+        res.iter()
+            .find(|r| r.node == at)
+            .and_then(|r| r.entry.clone())
     };
-    let split = stages::artifacts::SplitData::load(&ctx, "split").map_err(read_failed)?;
-    let host = stages::artifacts::load_model(&ctx, "model").map_err(read_failed)?;
-    // Test images larger than the model's input are explained on their centre crop, the view
-    // reference sets use.
-    let split = if head < split.tasks.len() {
-        stages::views::centered(split, head, &host).map_err(read_failed)?
-    } else {
-        split
+    let missing = |id: &str| missing_results(&[id.to_string()], p, c);
+    let split_id = &dag.node(split_node).id;
+    let model = entry(&n.id).ok_or_else(|| missing(&a.stage))?;
+    let split = entry(split_id).ok_or_else(|| missing(split_id))?;
+    let inputs: std::collections::BTreeMap<String, crate::cache::Entry> =
+        [("split".to_string(), split), ("model".to_string(), model)].into();
+    let registry = stages::registry();
+    let opts = ExecOptions {
+        device,
+        resources,
+        ..ExecOptions::default()
     };
-    let shown = explain::explain(&split, &host, head, &a.images, &a.rules)?;
+    let explain_node = part.find(&explain_id).expect("just declared");
+    let (explained, outcome) = Executor::new(&cache, &registry, opts)
+        .run_stage(&part, explain_node, &inputs)
+        .map_err(|e| match e {
+            // Its parameters are the command's options: a head or an image that does not exist
+            // is bad input.
+            crate::exec::ExecError::Stage {
+                source: crate::exec::StageError::Invalid(why),
+                ..
+            } => CliError::BadOption(format!("explain: {why}")),
+            e => CliError::Exec(e),
+        })?;
+    let file: explain::ExplainedFile = serde_json::from_slice(
+        &std::fs::read(explained.output_path(explain::EXPLAINED)).map_err(CliError::Io)?,
+    )
+    .map_err(|e| CliError::Io(std::io::Error::other(e.to_string())))?;
     let out = a.out.unwrap_or_else(|| {
         PathBuf::from("reports")
             .join(&pipe.name)
             .join("explain")
             .join(a.stage.replace('/', "-"))
     });
-    let written = explain::write(&out, &a.stage, head, &a.rules, &shown)
-        .map_err(|e| CliError::Io(std::io::Error::other(e.to_string())))?;
-    for e in &shown {
+    let written = explain::write(&out, &a.stage, &file, |png| explained.output_path(png))?;
+    for e in &file.images {
         out!(
             "test image {} (class {}): logit {:.4}, relevance sum {:.4}",
             e.index,
@@ -911,7 +923,16 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
             e.relevance_sum
         );
     }
-    out!("wrote {} files to {}", written.len(), out.display());
+    let how = if matches!(outcome, Outcome::Cached) {
+        "cached"
+    } else {
+        "computed"
+    };
+    out!(
+        "wrote {} files to {} (relevance {how}: {explain_id})",
+        written.len(),
+        out.display()
+    );
     Ok(())
 }
 

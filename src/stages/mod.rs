@@ -8,6 +8,7 @@ pub mod consolidate;
 pub mod correlate;
 pub mod device;
 pub mod evaluate;
+pub mod explain;
 pub mod mask;
 pub mod plan;
 pub mod prune;
@@ -63,6 +64,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(consolidate::Consolidate));
     r.register(Arc::new(correlate::Correlate));
     r.register(Arc::new(visualize::Visualize));
+    r.register(Arc::new(explain::Explain));
     r
 }
 
@@ -165,6 +167,7 @@ mod tests {
             ("consolidate", 2),
             ("correlate", 2),
             ("visualize", 2),
+            ("explain", 2),
         ];
         let r = registry();
         assert_eq!(

@@ -32,7 +32,7 @@ pub fn stage_id(strategy: &str, seed: u64, task: usize, kind: &str) -> String {
 
 /// A declaration of `stage` with its typed parameters, serialised here once: the key is taken
 /// over exactly this JSON.
-fn decl<S: Into<String>>(
+pub(crate) fn decl<S: Into<String>>(
     id: String,
     stage: &dyn Stage,
     params: &impl Serialize,

@@ -6,13 +6,16 @@
 //! largest |R| (as in the RNF paper's Fig. 5). Channels are summed into one relevance per pixel.
 //! The per-pixel relevance itself is written to `relevance.json`, so figures can be redrawn
 //! and the numbers checked without decoding colours.
+//!
+//! The relevance is computed by the cached `explain` stage (`stages::explain`), on the
+//! process's device; this module holds what it computes and how the command writes it out.
 
 use crate::nn::mlp::{DeviceMlp, Label, MlpParams};
 use crate::stages::artifacts::SplitData;
 use crate::xai::lrp::{lrp, LrpRules};
 use dfdx::prelude::*;
 use image::{Rgb, RgbImage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Pixels between the input image and its heatmap.
@@ -40,7 +43,7 @@ pub enum ExplainError {
 }
 
 /// One explained test image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Explained {
     /// Index into the head task's test split.
     pub index: usize,
@@ -72,15 +75,29 @@ pub fn chw(shape: &[usize]) -> Result<[usize; 3], ExplainError> {
     }
 }
 
-/// Input relevance of test images `indices` of task `head` (0-based) w.r.t. each image's
-/// ground-truth logit in `head`, by `rules`, on the CPU.
-pub fn explain(
+/// Test images chosen for explanation, checked against the model and the split.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    /// 0-based task of the explaining head.
+    pub head: usize,
+    pub indices: Vec<usize>,
+    /// The images' stored bytes, one after the other.
+    pub x: Vec<u8>,
+    /// Head-local ground-truth labels.
+    pub y: Vec<Label>,
+    /// The same labels as dataset classes.
+    pub classes: Vec<Label>,
+    pub shape: [usize; 3],
+}
+
+/// Test images `indices` of task `head` (0-based), or why they cannot be explained. The
+/// command line checks this before any work starts, so a bad index or head is bad input.
+pub fn select(
     split: &SplitData,
     host: &MlpParams,
     head: usize,
     indices: &[usize],
-    rules: &LrpRules,
-) -> Result<Vec<Explained>, ExplainError> {
+) -> Result<Selected, ExplainError> {
     if indices.is_empty() {
         return Err(ExplainError::NoImages);
     }
@@ -110,27 +127,49 @@ pub fn explain(
         x.extend_from_slice(&test.x[i * dim..(i + 1) * dim]);
         y.push(test.y[i]);
     }
-    let dev = Cpu::default();
-    let model = DeviceMlp::from_host(&dev, host);
-    let r = lrp(&model, &model.input(&x), &y, head, rules);
-    Ok(indices
+    let classes = y
+        .iter()
+        .map(|&l| task.classes.get(l as usize).copied().unwrap_or(l))
+        .collect();
+    Ok(Selected {
+        head,
+        indices: indices.to_vec(),
+        x,
+        y,
+        classes,
+        shape,
+    })
+}
+
+/// Input relevance of the selected images w.r.t. each image's ground-truth logit in their
+/// head, by `rules`, computed on `dev`.
+pub fn explain<D: Device<f32>>(
+    dev: &D,
+    host: &MlpParams,
+    sel: &Selected,
+    rules: &LrpRules,
+) -> Vec<Explained> {
+    let dim = sel.shape.iter().product::<usize>();
+    let model = DeviceMlp::from_host(dev, host);
+    let r = lrp(&model, &model.input(&sel.x), &sel.y, sel.head, rules);
+    sel.indices
         .iter()
         .enumerate()
         .map(|(k, &index)| {
             let relevance = r.input[k * dim..(k + 1) * dim].to_vec();
             Explained {
                 index,
-                label: y[k],
-                class: task.classes.get(y[k] as usize).copied().unwrap_or(y[k]),
+                label: sel.y[k],
+                class: sel.classes[k],
                 logit: r.explained[k],
                 relevance_sum: relevance.iter().map(|&v| v as f64).sum(),
-                shape,
+                shape: sel.shape,
                 relevance,
                 png: format!("test{index}.png"),
-                pixels: x[k * dim..(k + 1) * dim].to_vec(),
+                pixels: sel.x[k * dim..(k + 1) * dim].to_vec(),
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Red for positive, blue for negative, white for zero; `v` in [-1, 1].
@@ -183,22 +222,51 @@ pub fn render(e: &Explained) -> RgbImage {
     img
 }
 
+/// The explain stage's record of what it explained (the file [`EXPLAINED`] of its entry).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExplainedFile {
+    /// 1-based task of the head.
+    pub head: usize,
+    pub rules: String,
+    pub images: Vec<Explained>,
+}
+
+/// The name of the [`ExplainedFile`] in an explain entry.
+pub const EXPLAINED: &str = "explained.json";
+
+impl ExplainedFile {
+    pub fn new(head: usize, rules: &LrpRules, images: Vec<Explained>) -> Self {
+        ExplainedFile {
+            head: head + 1,
+            rules: format!("{rules:?}"),
+            images,
+        }
+    }
+}
+
+/// `render(e)` as PNG bytes.
+pub fn png(e: &Explained) -> Result<Vec<u8>, image::ImageError> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    render(e).write_to(&mut bytes, image::ImageFormat::Png)?;
+    Ok(bytes.into_inner())
+}
+
 #[derive(Serialize)]
 struct RelevanceFile<'a> {
     stage: &'a str,
     /// 1-based task of the head.
     head: usize,
-    rules: String,
+    rules: &'a str,
     images: &'a [Explained],
 }
 
-/// Write one PNG per image and `relevance.json` into `out`; returns the paths written.
+/// Copy an explain entry's PNGs (found by `png_at`) into `out` and write `relevance.json`
+/// there naming the train stage `stage`; returns the paths written.
 pub fn write(
     out: &Path,
     stage: &str,
-    head: usize,
-    rules: &LrpRules,
-    images: &[Explained],
+    explained: &ExplainedFile,
+    png_at: impl Fn(&str) -> PathBuf,
 ) -> Result<Vec<PathBuf>, ExplainError> {
     let werr = |path: &Path, e: &dyn std::fmt::Display| ExplainError::Write {
         path: path.to_path_buf(),
@@ -206,17 +274,17 @@ pub fn write(
     };
     std::fs::create_dir_all(out).map_err(|e| werr(out, &e))?;
     let mut written = Vec::new();
-    for e in images {
+    for e in &explained.images {
         let path = out.join(&e.png);
-        render(e).save(&path).map_err(|err| werr(&path, &err))?;
+        std::fs::copy(png_at(&e.png), &path).map_err(|err| werr(&path, &err))?;
         written.push(path);
     }
     let path = out.join("relevance.json");
     let file = RelevanceFile {
         stage,
-        head: head + 1,
-        rules: format!("{rules:?}"),
-        images,
+        head: explained.head,
+        rules: &explained.rules,
+        images: &explained.images,
     };
     let json = serde_json::to_vec_pretty(&file).expect("plain data");
     std::fs::write(&path, json).map_err(|e| werr(&path, &e))?;

@@ -60,7 +60,8 @@ pub enum AbsMode {
 
 /// Which rule each layer uses, and the rules' parameters. Conv layers get `conv` once the
 /// model has any; `first` (if set) overrides the layer that reads the input.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LrpRules {
     pub dense: LrpRule,
     pub conv: LrpRule,

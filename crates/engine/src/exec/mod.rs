@@ -461,6 +461,18 @@ impl<'a> Executor<'a> {
         report
     }
 
+    /// Serve or compute the one stage `n` of `dag`, whose input entries (slot → entry) the
+    /// caller already holds: a stage added on top of a pipeline's cached results (as `cfpipe
+    /// explain` adds one), keyed, leased and published like any other.
+    pub fn run_stage(
+        &self,
+        dag: &Dag,
+        n: NodeIndex,
+        inputs: &BTreeMap<String, Entry>,
+    ) -> Result<(Entry, Outcome), ExecError> {
+        self.process(dag, n, inputs, &NoProgress, &mut None)
+    }
+
     fn process(
         &self,
         dag: &Dag,

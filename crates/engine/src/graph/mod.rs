@@ -186,6 +186,15 @@ impl Dag {
     }
     /// `n` and everything downstream of it.
     pub fn downstream(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        self.reachable(n, Direction::Outgoing)
+    }
+
+    /// `n` and everything it depends on: what must be cached or computed to have `n`.
+    pub fn upstream(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        self.reachable(n, Direction::Incoming)
+    }
+
+    fn reachable(&self, n: NodeIndex, dir: Direction) -> Vec<NodeIndex> {
         let mut seen = vec![false; self.graph.node_count()];
         let mut stack = vec![n];
         let mut out = vec![];
@@ -194,9 +203,36 @@ impl Dag {
                 continue;
             }
             out.push(x);
-            stack.extend(self.graph.neighbors_directed(x, Direction::Outgoing));
+            stack.extend(self.graph.neighbors_directed(x, dir));
         }
         out
+    }
+
+    /// Declarations of `nodes` under their primary ids, to build a DAG of part of this one
+    /// (with `upstream`, a DAG that computes one target), perhaps with stages added. `nodes`
+    /// must hold the inputs of each of them.
+    pub fn decls(&self, nodes: &[NodeIndex]) -> Vec<StageDecl> {
+        let mut nodes = nodes.to_vec();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+            .iter()
+            .map(|&n| {
+                let s = self.node(n);
+                StageDecl {
+                    id: s.id.clone(),
+                    kind: s.kind.clone(),
+                    version: s.version,
+                    params: s.params.clone(),
+                    inputs: s
+                        .inputs
+                        .iter()
+                        .map(|(slot, &i)| (slot.clone(), self.node(i).id.clone()))
+                        .collect(),
+                    files: s.files.clone(),
+                }
+            })
+            .collect()
     }
 
     /// A readable listing: each stage in dependency order with its kind and inputs.
@@ -326,6 +362,43 @@ mod tests {
                 .collect(),
             files: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_target_with_its_upstream_rebuilds_as_a_dag_of_its_own_plus_added_stages() {
+        let dag = Dag::build(vec![
+            decl("split", "split", json!({}), &[]),
+            decl("t1", "train", json!({"lr": 1}), &[("data", "split")]),
+            decl(
+                "t2",
+                "train",
+                json!({"lr": 2}),
+                &[("data", "split"), ("prev", "t1")],
+            ),
+            decl("other", "train", json!({"lr": 3}), &[("data", "split")]),
+        ])
+        .unwrap();
+        let t2 = dag.find("t2").unwrap();
+        let mut ids: Vec<&str> = dag
+            .upstream(t2)
+            .iter()
+            .map(|&n| dag.node(n).id.as_str())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["split", "t1", "t2"]);
+        let mut decls = dag.decls(&dag.upstream(t2));
+        decls.push(decl(
+            "look",
+            "explain",
+            json!({}),
+            &[("model", "t2"), ("split", "split")],
+        ));
+        let part = Dag::build(decls).unwrap();
+        assert_eq!(part.len(), 4);
+        assert!(part.find("other").is_none());
+        let t2p = part.node(part.find("t2").unwrap());
+        assert_eq!(t2p.params, json!({"lr": 2}));
+        assert_eq!(part.node(t2p.inputs["prev"]).id, "t1");
     }
 
     #[test]
