@@ -17,6 +17,13 @@
 //! [cache]
 //! dir = "cache"                       # relative to this file
 //! shared_group = "ml-team"
+//!
+//! [slurm]                             # for `run --executor slurm`
+//! partition = "gpu"
+//! account = "ml-lab"
+//! qos = "normal"
+//! sbatch_args = ["--constraint=a100"]
+//! setup = ["module load cuda/12"]     # shell lines run in each job before cfpipe
 //! ```
 
 use serde::Deserialize;
@@ -32,6 +39,9 @@ pub struct Config {
     pub remote: Option<RemoteConfig>,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Cluster-local Slurm settings for `run --executor slurm`.
+    #[serde(default)]
+    pub slurm: SlurmConfig,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -40,6 +50,9 @@ pub struct Config {
 /// The remote's settings are the engine's (the cache owns its transport); this file only
 /// reads them.
 pub use crate::cache::remote::RemoteConfig;
+
+/// The Slurm settings are the executor's; this file only reads them.
+pub use crate::exec::slurm::SlurmConfig;
 
 /// Local cache settings. `dir` is resolved against the config file's directory.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

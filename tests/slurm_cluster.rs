@@ -4,25 +4,8 @@
 //! `sinfo` failing) they skip loudly; when `CI` is set, a missing Slurm is a failure.
 
 mod common;
-use common::{entry_keys, stderr, stdout, Fixture};
+use common::{entry_keys, slurm_up, stderr, stdout, Fixture};
 use std::process::Command;
-
-/// Whether a Slurm controller answers; panics under CI when none does.
-fn slurm_up() -> bool {
-    let up = std::env::var_os("SLURM_CONF").is_some()
-        && Command::new("sinfo")
-            .args(["-h", "-o", "%T"])
-            .output()
-            .is_ok_and(|o| o.status.success() && stdout(&o).contains("idle"));
-    if !up {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but no Slurm answers: start one with `eval \"$(scripts/slurm-local.sh up)\"`"
-        );
-        eprintln!("SKIPPED: no Slurm (start one with `eval \"$(scripts/slurm-local.sh up)\"`)");
-    }
-    up
-}
 
 /// Submit `script` with `args` and wait for it to end; returns (job id, sbatch output).
 fn sbatch_wait(args: &[&str], script: &str) -> (String, std::process::Output) {

@@ -67,6 +67,29 @@ pub struct TeamArgs {
     pub lease_timeout: Option<f64>,
 }
 
+/// Where stages that are not cached compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// In this process, `--jobs` at a time.
+    Local,
+    /// As Slurm jobs running `cfpipe exec-stage` on compute nodes (`[slurm]` in cfpipe.toml).
+    Slurm,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Where stages compute.
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: ExecutorKind,
+    /// Slurm jobs in flight at once [default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<usize>,
+    /// Submissions again of a job that failed in the cluster (node failure, preemption, time
+    /// limit, out of memory); a stage's own error is not retried.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub retries: u32,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline: compute what is not cached.
@@ -87,6 +110,8 @@ pub enum Command {
         team: TeamArgs,
         #[command(flatten)]
         remote: RemoteArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Show, per stage, whether it is cached and why not.
     Status {
@@ -447,7 +472,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             quiet,
             team: _,
             remote,
-        } => run_cmd(&p, jobs, device, quiet, &remote, c),
+            cluster,
+        } => run_cmd(&p, jobs, device, quiet, &remote, &cluster, c),
         Command::Status { p, json } => status_cmd(&p, json, c),
         Command::Dag { p, dot } => {
             let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Skip)?;
@@ -565,6 +591,7 @@ fn run_cmd(
     device: String,
     quiet: bool,
     remote: &RemoteArgs,
+    cluster: &ClusterArgs,
     c: &CacheLoc,
 ) -> Result<(), CliError> {
     let (device, resources) = open_device(&device)?;
@@ -576,18 +603,41 @@ fn run_cmd(
     // Bars when someone watches a terminal; plain lines for logs, pipes and batch jobs.
     let terminal = output::stdout_is_terminal();
     let lines = Arc::new(Lines::new(!quiet && !terminal, interrupt.cancel.clone()));
-    let opts = ExecOptions {
-        jobs: jobs.unwrap_or_else(|| {
+    let slurm = match cluster.executor {
+        ExecutorKind::Local => None,
+        ExecutorKind::Slurm => Some(crate::exec::slurm::SlurmRunner::new(
+            Config::for_pipelines(std::slice::from_ref(&p.pipeline))?.slurm,
+            std::env::current_exe()?,
+            cache.root(),
+            &device,
+            Default::default(),
+        )),
+    };
+    if let Some(s) = &slurm {
+        eprintln!(
+            "note: this run's Slurm jobs are named {0} (follow them with `squeue --name {0}`)",
+            s.job_name
+        );
+    }
+    let jobs = match &slurm {
+        Some(_) => cluster.max_jobs.unwrap_or(100),
+        None => jobs.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
         }),
+    };
+    let opts = ExecOptions {
+        jobs,
         device,
         resources,
-        show_progress: !quiet && terminal,
+        // A driver's bars would show nothing: the jobs compute, and their logs say how far.
+        show_progress: !quiet && terminal && slurm.is_none(),
         cancel: interrupt.cancel.clone(),
         roots: Some(Arc::new(roots)),
         observer: Some(lines.clone()),
+        slurm,
+        retries: cluster.retries,
     };
     let registry = stages::registry();
     let report = Executor::new(&cache, &registry, opts)

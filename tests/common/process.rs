@@ -92,3 +92,20 @@ pub fn entry_keys(cache: &Path) -> Vec<String> {
 pub fn published_entries(cache: &Path) -> usize {
     entry_keys(cache).len()
 }
+
+/// Whether a Slurm controller answers; panics under CI when none does.
+pub fn slurm_up() -> bool {
+    let up = std::env::var_os("SLURM_CONF").is_some()
+        && std::process::Command::new("sinfo")
+            .args(["-h", "-o", "%T"])
+            .output()
+            .is_ok_and(|o| o.status.success() && super::stdout(&o).contains("idle"));
+    if !up {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but no Slurm answers: start one with `eval \"$(scripts/slurm-local.sh up)\"`"
+        );
+        eprintln!("SKIPPED: no Slurm (start one with `eval \"$(scripts/slurm-local.sh up)\"`)");
+    }
+    up
+}

@@ -10,6 +10,7 @@
 pub mod progress;
 pub mod resolve;
 pub mod resources;
+pub mod slurm;
 pub mod stage;
 pub mod sync;
 
@@ -159,6 +160,11 @@ pub struct ExecOptions {
     pub roots: Option<Arc<crate::cache::roots::RootRecorder>>,
     /// Told when a stage starts computing and when each stage is settled (log lines).
     pub observer: Option<Arc<dyn Observer>>,
+    /// Compute stages as Slurm jobs instead of in this process (`jobs` then caps the jobs in
+    /// flight).
+    pub slurm: Option<Arc<slurm::SlurmRunner>>,
+    /// How often a job that failed for a cause in the cluster is submitted again.
+    pub retries: u32,
 }
 
 /// Follows a run as it happens, e.g. to print one line per stage into a batch log.
@@ -179,6 +185,8 @@ impl Default for ExecOptions {
             cancel: Arc::new(AtomicBool::new(false)),
             roots: None,
             observer: None,
+            slurm: None,
+            retries: 1,
         }
     }
 }
@@ -227,6 +235,25 @@ pub enum ExecError {
     },
     #[error("no request for key {0} in this cache (run `cfpipe run` with the same cache first)")]
     NoRequest(String),
+    #[error("stage `{id}`: {source}")]
+    Slurm {
+        id: String,
+        source: slurm::SlurmError,
+    },
+    /// A Slurm job that left the queue without publishing its stage's entry.
+    #[error(
+        "Slurm job {job} {state}{}; log: {}",
+        last.as_ref().map(|l| format!(": {l}")).unwrap_or_default(),
+        log.display()
+    )]
+    Job {
+        id: String,
+        job: String,
+        state: slurm::JobEnd,
+        log: PathBuf,
+        /// The log's last line, where cfpipe says why.
+        last: Option<String>,
+    },
 }
 
 /// Compute a stage's key from its resolved inputs and files.
@@ -328,6 +355,9 @@ impl<'a> Executor<'a> {
         // use rayon, and a rayon worker waiting in a `join` may steal a queued *stage* and run
         // it to completion inside another stage's matmul, serialising unrelated work.
         std::thread::scope(|scope| {
+            if let Some(s) = &self.opts.slurm {
+                scope.spawn(|| s.poll_until_stopped());
+            }
             for _ in 0..jobs.min(total.max(1)) {
                 let done_tx = done_tx.clone();
                 let work_rx = &work_rx;
@@ -439,6 +469,9 @@ impl<'a> Executor<'a> {
                 }
             }
             drop(work_tx);
+            if let Some(s) = &self.opts.slurm {
+                s.stop();
+            }
         });
         bars.finish();
         let _ = self.hasher.save();
@@ -509,7 +542,10 @@ impl<'a> Executor<'a> {
                 .collect(),
         };
         *key_out = Some(req.key);
-        let res = self.run_one(&req, inputs, progress);
+        let res = match &self.opts.slurm {
+            Some(s) => self.run_as_job(s, &req),
+            None => self.run_one(&req, inputs, progress),
+        };
         if res.is_ok() {
             for id in node.all_ids() {
                 let _ = self.cache.put_stage_record(&StageRecord {
@@ -609,14 +645,7 @@ impl<'a> Executor<'a> {
             .registry
             .get(&req.kind)
             .ok_or_else(|| ExecError::UnknownKind(req.kind.clone()))?;
-        let _ = self.cache.write_atomic(
-            &self
-                .cache
-                .root()
-                .join("requests")
-                .join(format!("{}.json", req.key.to_hex())),
-            &serde_json::to_vec_pretty(req).expect("request is plain data"),
-        );
+        self.write_request(req);
         let files: BTreeMap<String, PathBuf> = req
             .files
             .iter()
@@ -729,6 +758,108 @@ impl<'a> Executor<'a> {
         if first {
             eprintln!("warning: remote cache unusable; not using it for the rest of this run");
         }
+    }
+
+    /// Serve one stage from the cache or have a Slurm job compute it: write its request, submit
+    /// `exec-stage`, and wait until its entry is published (success) or the job leaves the
+    /// queue without one (failure; an infrastructure failure is submitted again). The job, not
+    /// the driver, takes the key's lease, so a teammate's or a second driver's run of the same
+    /// key waits on it as on any other process.
+    fn run_as_job(
+        &self,
+        s: &slurm::SlurmRunner,
+        req: &StageRequest,
+    ) -> Result<(Entry, Outcome), ExecError> {
+        let cancelled = || ExecError::Stage {
+            id: req.id.clone(),
+            kind: req.kind.clone(),
+            source: StageError::Cancelled,
+        };
+        self.cache.mark_used(&req.key);
+        if let Lookup::Hit(e) = self.cache.lookup(&req.key) {
+            return Ok((*e, Outcome::Cached));
+        }
+        self.write_request(req);
+        let published = |e: Box<Entry>| {
+            let wall_s = e.manifest.run.wall_s;
+            Ok((
+                *e,
+                Outcome::Ran {
+                    wall_s,
+                    replaced_corrupt: None,
+                },
+            ))
+        };
+        let mut attempt = 0;
+        loop {
+            if self.opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            let job =
+                s.submit(&req.id, &req.kind, &req.key)
+                    .map_err(|source| ExecError::Slurm {
+                        id: req.id.clone(),
+                        source,
+                    })?;
+            if let Some(o) = &self.opts.observer {
+                o.started(&req.id, &req.kind);
+            }
+            let end = loop {
+                if self.opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.cancel(&job);
+                    return Err(cancelled());
+                }
+                if self.cache.contains(&req.key) {
+                    if let Lookup::Hit(e) = self.cache.lookup(&req.key) {
+                        return published(e);
+                    }
+                }
+                if let Some(end) = s.ended(&job) {
+                    break end;
+                }
+                s.wait_for_news(std::time::Duration::from_millis(250));
+            };
+            // A job that ended well may take a while to show its entry on a slow shared
+            // filesystem; one that failed has nothing coming.
+            let deadline = Instant::now() + s.grace();
+            while matches!(&end, slurm::JobEnd::State(st) if st == "COMPLETED")
+                && Instant::now() < deadline
+            {
+                if let Lookup::Hit(e) = self.cache.lookup(&req.key) {
+                    return published(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if let Lookup::Hit(e) = self.cache.lookup(&req.key) {
+                return published(e);
+            }
+            if end.is_infrastructure() && attempt < self.opts.retries {
+                attempt += 1;
+                eprintln!(
+                    "note: stage `{}`: Slurm job {} ended {end}; submitting it again ({attempt} of {})",
+                    req.id, job.id, self.opts.retries
+                );
+                continue;
+            }
+            return Err(ExecError::Job {
+                id: req.id.clone(),
+                last: slurm::last_log_line(&job.log),
+                job: job.id,
+                state: end,
+                log: job.log,
+            });
+        }
+    }
+
+    fn write_request(&self, req: &StageRequest) {
+        let _ = self.cache.write_atomic(
+            &self
+                .cache
+                .root()
+                .join("requests")
+                .join(format!("{}.json", req.key.to_hex())),
+            &serde_json::to_vec_pretty(req).expect("request is plain data"),
+        );
     }
 
     /// Run one stage from its request file (`cfpipe exec-stage KEY`).

@@ -1,0 +1,496 @@
+//! The Slurm back end of the executor: a stage that is not cached is computed by a batch job
+//! that runs `cfpipe exec-stage KEY` on a compute node, against the same cache. The cache is
+//! where results meet: a job has succeeded when its entry is published there and verifies,
+//! whatever Slurm says, so the driver never reads a job's output and a teammate without Slurm
+//! shares the same entries.
+//!
+//! The driver learns of successes by looking for the entry (a stat per waiting stage, cheap and
+//! local to the cache) and of failures from the queue. The queue is read by one `squeue` call
+//! per interval for every job of the run, which share one job name, never one call per job,
+//! and never `sacct`: the load that per-job polling puts on the controller is the most common
+//! complaint against other workflow tools. The interval starts short after a submission and
+//! backs off to `poll_max`.
+//!
+//! Infrastructure failures (node failure, preemption, time limit, out of memory, a job
+//! cancelled by someone else) are retried `retries` times. A stage's own error (the job exits
+//! 1, Slurm state FAILED) is not: the same inputs would fail the same way.
+
+use crate::digest::StageKey;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Cluster-local settings (`[slurm]` in the config file).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// Extra `sbatch` arguments, e.g. `["--constraint=a100"]`.
+    pub sbatch_args: Vec<String>,
+    /// Shell lines run in the job before cfpipe, e.g. `module load cuda/12`.
+    pub setup: Vec<String>,
+    /// Seconds between queue reads once the run has settled (the longest interval).
+    pub poll_max_s: f64,
+    /// Seconds between queue reads right after a submission.
+    pub poll_min_s: f64,
+    /// Seconds a job that ended may take to show its entry (slow shared filesystems).
+    pub grace_s: f64,
+    /// The Slurm commands, for clusters that wrap them (and for stand-ins in benchmarks).
+    pub sbatch: String,
+    pub squeue: String,
+    pub scancel: String,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            partition: None,
+            account: None,
+            qos: None,
+            sbatch_args: Vec::new(),
+            setup: Vec::new(),
+            poll_max_s: 5.0,
+            poll_min_s: 0.5,
+            grace_s: 30.0,
+            sbatch: "sbatch".into(),
+            squeue: "squeue".into(),
+            scancel: "scancel".into(),
+        }
+    }
+}
+
+/// What one stage kind's jobs ask for. Never part of a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResources {
+    pub cpus: Option<u32>,
+    /// In Slurm's syntax, e.g. `32G` (checked by whoever builds this).
+    pub mem: Option<String>,
+    /// In Slurm's syntax, e.g. `4:00:00`.
+    pub time: Option<String>,
+    pub gpus: Option<u32>,
+}
+
+impl JobResources {
+    fn sbatch_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(c) = self.cpus {
+            a.push(format!("--cpus-per-task={c}"));
+        }
+        if let Some(m) = &self.mem {
+            a.push(format!("--mem={m}"));
+        }
+        if let Some(t) = &self.time {
+            a.push(format!("--time={t}"));
+        }
+        if let Some(g) = self.gpus.filter(|&g| g > 0) {
+            a.push(format!("--gres=gpu:{g}"));
+        }
+        a
+    }
+}
+
+/// How a job left the queue, as the driver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// A terminal Slurm state (COMPLETED, FAILED, TIMEOUT, …).
+    State(String),
+    /// Gone from the queue without a terminal state seen (purged after MinJobAge).
+    Vanished,
+}
+
+impl JobEnd {
+    /// Whether the cause lies in the cluster, not in the stage, so a retry may succeed.
+    pub fn is_infrastructure(&self) -> bool {
+        match self {
+            JobEnd::State(s) => matches!(
+                s.as_str(),
+                "NODE_FAIL"
+                    | "PREEMPTED"
+                    | "TIMEOUT"
+                    | "OUT_OF_MEMORY"
+                    | "BOOT_FAIL"
+                    | "CANCELLED"
+                    | "DEADLINE"
+                    | "REVOKED"
+            ),
+            JobEnd::Vanished => true,
+        }
+    }
+}
+
+impl std::fmt::Display for JobEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Slurm says OUT_OF_MEMORY; users say OOM.
+            JobEnd::State(s) if s == "OUT_OF_MEMORY" => write!(f, "OOM"),
+            JobEnd::State(s) => write!(f, "{s}"),
+            JobEnd::Vanished => write!(f, "VANISHED (left the queue without a final state)"),
+        }
+    }
+}
+
+fn is_terminal(state: &str) -> bool {
+    !matches!(
+        state,
+        "PENDING"
+            | "RUNNING"
+            | "CONFIGURING"
+            | "COMPLETING"
+            | "REQUEUED"
+            | "REQUEUE_HOLD"
+            | "REQUEUE_FED"
+            | "RESIZING"
+            | "SUSPENDED"
+            | "STOPPED"
+            | "SIGNALING"
+            | "STAGE_OUT"
+            | "RESV_DEL_HOLD"
+            | "SPECIAL_EXIT"
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    #[error(
+        "`{command}` could not be run: {source} (is Slurm installed, and `{command}` on PATH?)"
+    )]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+}
+
+/// One submitted job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub log: PathBuf,
+    submitted: Instant,
+}
+
+/// The queue as the last `squeue` saw it.
+#[derive(Default)]
+struct Snapshot {
+    states: HashMap<String, String>,
+    /// When the call that produced it started; a job submitted before that and missing from
+    /// it has left the queue.
+    taken: Option<Instant>,
+}
+
+/// Submits the jobs of one run and follows them.
+pub struct SlurmRunner {
+    cfg: SlurmConfig,
+    /// The job name every job of this run shares, so one `squeue --name` follows them all.
+    pub job_name: String,
+    /// The cfpipe binary the jobs run (the driver's own, by absolute path).
+    binary: PathBuf,
+    cache_dir: PathBuf,
+    device: String,
+    resources: BTreeMap<String, JobResources>,
+    snapshot: Mutex<Snapshot>,
+    changed: Condvar,
+    /// Set on a submission, so the poller goes back to its short interval.
+    fresh: AtomicBool,
+    stop: AtomicBool,
+    /// How many times each command was called (reported by benches).
+    pub submits: AtomicU64,
+    pub queries: AtomicU64,
+    pub cancels: AtomicU64,
+}
+
+impl SlurmRunner {
+    /// `resources` maps a stage kind to its request; the key `default` serves the rest.
+    pub fn new(
+        cfg: SlurmConfig,
+        binary: PathBuf,
+        cache_dir: &Path,
+        device: &str,
+        resources: BTreeMap<String, JobResources>,
+    ) -> Arc<Self> {
+        let run_id = blake3::hash(
+            format!(
+                "{}:{}:{:?}",
+                std::process::id(),
+                cache_dir.display(),
+                std::time::SystemTime::now()
+            )
+            .as_bytes(),
+        )
+        .to_hex()[..10]
+            .to_string();
+        Arc::new(SlurmRunner {
+            cfg,
+            job_name: format!("cfpipe-{run_id}"),
+            binary,
+            cache_dir: std::path::absolute(cache_dir).unwrap_or_else(|_| cache_dir.to_path_buf()),
+            device: device.to_string(),
+            resources,
+            snapshot: Mutex::new(Snapshot::default()),
+            changed: Condvar::new(),
+            fresh: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            submits: AtomicU64::new(0),
+            queries: AtomicU64::new(0),
+            cancels: AtomicU64::new(0),
+        })
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs_f64(self.cfg.grace_s.max(0.0))
+    }
+
+    /// The batch script of stage `id` with key `key`: setup lines, then the binary replaces
+    /// the shell (`exec`), so Slurm's SIGTERM on cancellation, time limit or preemption reaches
+    /// cfpipe itself, which releases its lease and stores nothing partial.
+    fn script(&self, key: &StageKey) -> String {
+        let mut s = String::from("#!/bin/sh\n");
+        for line in &self.cfg.setup {
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "exec {} exec-stage {} --cache {} --device {}\n",
+            quote(&self.binary.display().to_string()),
+            key.to_hex(),
+            quote(&self.cache_dir.display().to_string()),
+            quote(&self.device),
+        ));
+        s
+    }
+
+    /// Submit the job that computes stage `id` (kind `kind`, key `key`).
+    pub fn submit(&self, id: &str, kind: &str, key: &StageKey) -> Result<Job, SlurmError> {
+        let dir = self.cache_dir.join("logs").join("slurm");
+        let _ = std::fs::create_dir_all(&dir);
+        let stem = format!("{}-{}", id.replace('/', "-"), &key.to_hex()[..12]);
+        let script = dir.join(format!("{stem}.sh"));
+        std::fs::write(&script, self.script(key)).map_err(|source| SlurmError::Spawn {
+            command: format!("writing {}", script.display()),
+            source,
+        })?;
+        let log_pattern = dir.join(format!("{stem}-%j.log"));
+        let mut c = Command::new(&self.cfg.sbatch);
+        c.arg("--parsable")
+            .arg(format!("--job-name={}", self.job_name))
+            .arg(format!("--output={}", log_pattern.display()))
+            // Time to store nothing partial and release the lease before a time limit's kill.
+            .arg("--signal=TERM@60");
+        for (flag, v) in [
+            ("--partition", &self.cfg.partition),
+            ("--account", &self.cfg.account),
+            ("--qos", &self.cfg.qos),
+        ] {
+            if let Some(v) = v {
+                c.arg(format!("{flag}={v}"));
+            }
+        }
+        let res = self
+            .resources
+            .get(kind)
+            .or_else(|| self.resources.get("default"));
+        if let Some(r) = res {
+            c.args(r.sbatch_args());
+        }
+        c.args(&self.cfg.sbatch_args).arg(&script);
+        self.submits.fetch_add(1, Ordering::Relaxed);
+        let out = run(&mut c, &self.cfg.sbatch)?;
+        // `--parsable` prints `id` or `id;cluster`.
+        let job_id = out.trim().split(';').next().unwrap_or("").to_string();
+        if job_id.is_empty() {
+            return Err(SlurmError::Command {
+                command: self.cfg.sbatch.clone(),
+                stderr: format!("no job id in its output `{}`", out.trim()),
+            });
+        }
+        self.fresh.store(true, Ordering::Relaxed);
+        self.changed.notify_all();
+        Ok(Job {
+            log: dir.join(format!("{stem}-{job_id}.log")),
+            id: job_id,
+            submitted: Instant::now(),
+        })
+    }
+
+    /// Cancel one job (Ctrl-C on the driver, or a job no longer wanted).
+    pub fn cancel(&self, job: &Job) {
+        self.cancels.fetch_add(1, Ordering::Relaxed);
+        let _ = Command::new(&self.cfg.scancel)
+            .arg(&job.id)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    /// Whether `job` has left the queue, by the latest queue read: its final state, if it has.
+    pub fn ended(&self, job: &Job) -> Option<JobEnd> {
+        let snap = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        match snap.states.get(&job.id) {
+            Some(s) if is_terminal(s) => Some(JobEnd::State(s.clone())),
+            Some(_) => None,
+            None => match snap.taken {
+                Some(t) if t > job.submitted => Some(JobEnd::Vanished),
+                _ => None,
+            },
+        }
+    }
+
+    /// Wait up to `d` for the next queue read (or a submission).
+    pub fn wait_for_news(&self, d: Duration) {
+        let snap = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.changed.wait_timeout(snap, d);
+    }
+
+    /// Read the queue until `stop`: one `squeue` for every job of the run, at intervals that
+    /// start at `poll_min_s` after each submission and double up to `poll_max_s`.
+    pub fn poll_until_stopped(&self) {
+        let min = Duration::from_secs_f64(self.cfg.poll_min_s.max(0.05));
+        let max = Duration::from_secs_f64(self.cfg.poll_max_s.max(self.cfg.poll_min_s));
+        let mut interval = min;
+        while !self.stop.load(Ordering::Relaxed) {
+            if self.fresh.swap(false, Ordering::Relaxed) {
+                interval = min;
+            }
+            let taken = Instant::now();
+            self.queries.fetch_add(1, Ordering::Relaxed);
+            let mut c = Command::new(&self.cfg.squeue);
+            c.args(["--noheader", "--states=all", "--format=%i|%T"])
+                .arg(format!("--name={}", self.job_name));
+            match run(&mut c, &self.cfg.squeue) {
+                Ok(out) => {
+                    let states = out
+                        .lines()
+                        .filter_map(|l| l.split_once('|'))
+                        .map(|(id, st)| (id.trim().to_string(), base_state(st)))
+                        .collect();
+                    let mut snap = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+                    *snap = Snapshot {
+                        states,
+                        taken: Some(taken),
+                    };
+                    drop(snap);
+                    self.changed.notify_all();
+                }
+                // A controller that does not answer is waited out, not treated as a failure.
+                Err(e) => eprintln!("warning: reading the Slurm queue: {e}"),
+            }
+            let until = taken + interval;
+            while !self.stop.load(Ordering::Relaxed) && Instant::now() < until {
+                if self.fresh.load(Ordering::Relaxed) && interval > min {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20).min(interval));
+            }
+            interval = (interval * 2).min(max);
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.changed.notify_all();
+    }
+}
+
+/// `CANCELLED by 0` → `CANCELLED`.
+fn base_state(s: &str) -> String {
+    s.split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// Single-quoted for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn run(c: &mut Command, name: &str) -> Result<String, SlurmError> {
+    let o = c.output().map_err(|source| SlurmError::Spawn {
+        command: name.to_string(),
+        source,
+    })?;
+    if !o.status.success() {
+        return Err(SlurmError::Command {
+            command: name.to_string(),
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).to_string())
+}
+
+/// The last non-empty line of a job's log (where cfpipe says why a stage failed), if any.
+pub fn last_log_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infrastructure_failures_are_retried_and_a_stages_own_failure_is_not() {
+        for s in [
+            "NODE_FAIL",
+            "PREEMPTED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "CANCELLED",
+        ] {
+            assert!(JobEnd::State(s.into()).is_infrastructure(), "{s}");
+        }
+        assert!(!JobEnd::State("FAILED".into()).is_infrastructure());
+        assert!(!JobEnd::State("COMPLETED".into()).is_infrastructure());
+        assert_eq!(JobEnd::State("OUT_OF_MEMORY".into()).to_string(), "OOM");
+        assert!(is_terminal("COMPLETED") && is_terminal("FAILED"));
+        assert!(!is_terminal("PENDING") && !is_terminal("RUNNING"));
+        assert_eq!(base_state("CANCELLED by 0"), "CANCELLED");
+    }
+
+    #[test]
+    fn resources_become_sbatch_flags_and_the_script_execs_cfpipe() {
+        let r = JobResources {
+            cpus: Some(8),
+            mem: Some("32G".into()),
+            time: Some("4:00:00".into()),
+            gpus: Some(1),
+        };
+        assert_eq!(
+            r.sbatch_args(),
+            [
+                "--cpus-per-task=8",
+                "--mem=32G",
+                "--time=4:00:00",
+                "--gres=gpu:1"
+            ]
+        );
+        let cfg = SlurmConfig {
+            setup: vec!["module load cuda".into()],
+            ..SlurmConfig::default()
+        };
+        let s = SlurmRunner::new(
+            cfg,
+            "/opt/it's/cfpipe".into(),
+            Path::new("/shared/cache"),
+            "cuda",
+            BTreeMap::new(),
+        );
+        let key = StageKey::from_hex(&"ab".repeat(32)).unwrap();
+        let script = s.script(&key);
+        assert!(script.starts_with(
+            "#!/bin/sh\nmodule load cuda\nexec '/opt/it'\\''s/cfpipe' exec-stage abab"
+        ));
+        assert!(
+            script.ends_with("--cache '/shared/cache' --device 'cuda'\n"),
+            "{script}"
+        );
+        assert!(s.job_name.starts_with("cfpipe-"));
+    }
+}
