@@ -4,7 +4,7 @@
 //! and log. Without Slurm these skip loudly; with `CI` set, a missing Slurm is a failure.
 
 mod common;
-use common::{entry_keys, slurm_up, stderr, stdout, summary, Fixture};
+use common::{entry_keys, slurm_up, stderr, stdout, summary, summary_of, Fixture};
 use std::process::Output;
 
 /// `cfpipe run --executor slurm` on the fixture with `set` overrides.
@@ -132,4 +132,169 @@ fn a_failed_job_names_the_stage_job_state_and_log_and_its_dependants_are_skipped
     assert_eq!(jobs.len(), 2, "{jobs:?}");
     assert!(err.contains("skipped naive/seed0/task2/train"), "{err}");
     assert!(stdout(&o).contains("1 ran"), "{}", stdout(&o));
+}
+
+/// A driver running in the background, its stderr collected as it comes.
+struct Driver {
+    child: std::process::Child,
+    err: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Driver {
+    fn start(f: &Fixture, set: &[&str]) -> Driver {
+        use std::io::BufRead;
+        let p = f.pipeline();
+        let mut c = common::cfpipe();
+        c.args(["run", p.to_str().unwrap(), "--quiet", "--executor", "slurm"])
+            .arg("--cache")
+            .arg(f.cache_dir());
+        for s in set {
+            c.args(["--set", s]);
+        }
+        let mut child = common::spawn(c);
+        let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = err.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Driver { child, err }
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// The run's job name, once the driver has said it.
+    fn job_name(&self) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            let err = self.stderr();
+            if let Some(rest) = err.split("Slurm jobs are named ").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+            assert!(t0.elapsed() < common::DEADLINE, "no job name: {err}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// (job id, state, command) of the run's jobs still in the queue.
+    fn queued(&self) -> Vec<(String, String, String)> {
+        let q = std::process::Command::new("squeue")
+            .args(["--noheader", "--format=%i|%T|%o"])
+            .arg(format!("--name={}", self.job_name()))
+            .output()
+            .unwrap();
+        stdout(&q)
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, '|');
+                Some((it.next()?.into(), it.next()?.into(), it.next()?.into()))
+            })
+            .collect()
+    }
+
+    /// Block until the job of a stage whose id contains `stage` (`/` written `-`) is running,
+    /// and return its id.
+    fn wait_until_running(&mut self, stage: &str) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some((id, ..)) = self
+                .queued()
+                .into_iter()
+                .find(|(_, st, cmd)| st == "RUNNING" && cmd.contains(stage))
+            {
+                return id;
+            }
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "the driver ended first: {}",
+                self.stderr()
+            );
+            assert!(t0.elapsed() < common::DEADLINE, "{stage} never ran");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let status = self.child.wait().unwrap();
+        let mut out = String::new();
+        use std::io::Read;
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        // The reader thread ends with the pipe; give it a moment to store the last lines.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        (status.code(), out, self.stderr())
+    }
+}
+
+#[test]
+fn a_job_cancelled_mid_stage_is_submitted_again_and_the_run_completes() {
+    if !slurm_up() {
+        return;
+    }
+    let f = Fixture::new();
+    let mut d = Driver::start(&f, &["training.epochs=1500"]);
+    let job = d.wait_until_running("task1-train");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(std::process::Command::new("scancel")
+        .arg(&job)
+        .status()
+        .unwrap()
+        .success());
+    let (code, out, err) = d.finish();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "Slurm job {job} ended CANCELLED; submitting it again"
+        )),
+        "{err}"
+    );
+    let (n, ran) = summary_of(&out);
+    assert_eq!(ran, n, "{out}");
+    let v = f.cli(&["cache", "verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+}
+
+#[test]
+fn ctrl_c_on_the_driver_cancels_its_jobs_and_leaves_a_cache_that_verifies() {
+    if !slurm_up() {
+        return;
+    }
+    let f = Fixture::new();
+    let mut d = Driver::start(&f, &["training.epochs=5000"]);
+    d.wait_until_running("task1-train");
+    let pid = d.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let name = d.job_name();
+    let t0 = std::time::Instant::now();
+    let (code, _, err) = d.finish();
+    assert_eq!(code, Some(130), "{err}");
+    // Within seconds of the driver's exit, none of its jobs is queued or running.
+    loop {
+        let q = std::process::Command::new("squeue")
+            .args(["--noheader", "--format=%i"])
+            .arg(format!("--name={name}"))
+            .output()
+            .unwrap();
+        if stdout(&q).trim().is_empty() {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "still queued: {}", stdout(&q));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let v = f.cli(&["cache", "verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
 }

@@ -218,13 +218,18 @@ pub fn set(items: &[&str]) -> std::collections::BTreeSet<String> {
 }
 
 /// (stages, ran) from the summary line `N stages: R ran, C cached (…)`.
-#[allow(dead_code)]
 pub fn summary(o: &Output) -> (usize, usize) {
     let out = stdout(o);
+    assert!(!out.trim().is_empty(), "no summary: {}", stderr(o));
+    summary_of(&out)
+}
+
+/// (stages, ran) from the last line of `out`, a run's stdout.
+pub fn summary_of(out: &str) -> (usize, usize) {
     let line = out
         .lines()
         .last()
-        .unwrap_or_else(|| panic!("no summary: {out}{}", stderr(o)));
+        .unwrap_or_else(|| panic!("no summary: {out}"));
     let n = line.split(" stages:").next().unwrap().parse().unwrap();
     let ran = line
         .split("stages: ")
