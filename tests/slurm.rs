@@ -298,3 +298,65 @@ fn ctrl_c_on_the_driver_cancels_its_jobs_and_leaves_a_cache_that_verifies() {
     let v = f.cli(&["cache", "verify"]);
     assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
 }
+
+/// How many times each stage was computed, by the jobs' own logs (`exec-stage` prints
+/// `ID ran: HASH` when it computed, `ID cached: HASH` when it found the entry).
+fn computations(cache: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut n = std::collections::BTreeMap::new();
+    let dir = cache.join("logs/slurm");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "log") {
+            for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+                if let Some((id, _)) = line.split_once(" ran: ") {
+                    *n.entry(id.trim().to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_driver_killed_mid_run_is_finished_by_the_same_command_computing_each_stage_once() {
+    if !slurm_up() {
+        return;
+    }
+    let f = Fixture::new();
+    let set = ["training.epochs=800"];
+    let mut d = Driver::start(&f, &set);
+    d.wait_until_running("task1-train");
+    d.child.kill().unwrap(); // SIGKILL: the job goes on without its driver
+    let _ = d.finish();
+
+    let again = Driver::start(&f, &set);
+    let (code, out, err) = again.finish();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("is computing it"),
+        "the running job was adopted: {err}"
+    );
+    let (n, _) = summary_of(&out);
+    let once = computations(&f.cache_dir());
+    assert_eq!(once.len(), n, "{once:?}");
+    assert!(once.values().all(|&c| c == 1), "{once:?}");
+    let v = f.cli(&["cache", "verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+}
+
+#[test]
+fn two_drivers_at_once_on_one_cache_compute_every_stage_once() {
+    if !slurm_up() {
+        return;
+    }
+    let f = Fixture::new();
+    let set = ["training.epochs=200"];
+    let a = Driver::start(&f, &set);
+    let b = Driver::start(&f, &set);
+    let (ca, out_a, err_a) = a.finish();
+    let (cb, out_b, err_b) = b.finish();
+    assert_eq!((ca, cb), (Some(0), Some(0)), "{out_a}{err_a}{out_b}{err_b}");
+    let (n, _) = summary_of(&out_a);
+    let once = computations(&f.cache_dir());
+    assert_eq!(once.len(), n, "{once:?}");
+    assert!(once.values().all(|&c| c == 1), "{once:?}");
+}

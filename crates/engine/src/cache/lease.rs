@@ -148,7 +148,7 @@ pub fn create_exclusive(
 }
 
 /// Read a lease file: its bytes (for change detection) and, if they parse, its content.
-fn read(path: &Path) -> io::Result<(Vec<u8>, Option<LeaseInfo>)> {
+pub(crate) fn read(path: &Path) -> io::Result<(Vec<u8>, Option<LeaseInfo>)> {
     let bytes = fs::read(path)?;
     let info = serde_json::from_slice(&bytes).ok();
     Ok((bytes, info))

@@ -469,6 +469,19 @@ impl Cache {
         self.root.join(lease::LEASE_DIR).join(key.to_hex())
     }
 
+    /// Who holds a live lease on `key` (a process computing it, on any machine sharing the
+    /// cache), if anyone; judged without waiting, by the lease's heartbeat.
+    pub fn computing_elsewhere(&self, key: &StageKey) -> Option<String> {
+        let path = self.lease_path(key);
+        if !lease::looks_live(&path, self.lease_timeout) {
+            return None;
+        }
+        lease::read(&path)
+            .ok()
+            .and_then(|(_, info)| info)
+            .map(|i| i.holder())
+    }
+
     /// Block until this process holds the key's lease, taking over a stale one. `what` names
     /// the stage in the lease and in messages; `cancelled` is polled while waiting.
     pub fn lock_key(

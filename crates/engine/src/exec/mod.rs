@@ -792,6 +792,22 @@ impl<'a> Executor<'a> {
         };
         let mut attempt = 0;
         loop {
+            // A job of another driver, alive or dead, may be computing it already: wait for
+            // that job instead of submitting a second one.
+            let mut told = false;
+            while let Some(holder) = self.cache.computing_elsewhere(&req.key) {
+                if self.opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(cancelled());
+                }
+                if !told {
+                    eprintln!("waiting for `{}`: {holder} is computing it", req.id);
+                    told = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            if let Lookup::Hit(e) = self.cache.lookup(&req.key) {
+                return Ok((*e, Outcome::Cached));
+            }
             if self.opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(cancelled());
             }
