@@ -49,11 +49,11 @@ pub enum Backend {
     /// Stages build their own `Cpu` (it is free to make), seeded alike, so a stage's result
     /// never depends on what ran before it in the process.
     Cpu,
+    /// dfdx's `Cuda` holds a CUDA stream that is neither `Send` nor `Sync`, so it cannot be
+    /// shared between stage threads: the device is checked once at start, and each stage run
+    /// opens its own handle on it.
     #[cfg(feature = "cuda")]
-    Cuda {
-        dev: dfdx::tensor::Cuda,
-        ordinal: usize,
-    },
+    Cuda { ordinal: usize },
 }
 
 impl Backend {
@@ -64,12 +64,14 @@ impl Backend {
         match DeviceChoice::parse(raw)? {
             DeviceChoice::Cpu => Ok(Backend::Cpu),
             #[cfg(feature = "cuda")]
-            DeviceChoice::Cuda(n) => open_cuda(n)
-                .map(|dev| Backend::Cuda { dev, ordinal: n })
-                .map_err(|cause| DeviceError::CudaUnavailable {
-                    device: raw.to_string(),
-                    cause,
-                }),
+            DeviceChoice::Cuda(n) => {
+                open_cuda(n)
+                    .map(|_| Backend::Cuda { ordinal: n })
+                    .map_err(|cause| DeviceError::CudaUnavailable {
+                        device: raw.to_string(),
+                        cause,
+                    })
+            }
             #[cfg(not(feature = "cuda"))]
             DeviceChoice::Cuda(_) => Err(DeviceError::NoCudaSupport(raw.to_string())),
         }
@@ -88,7 +90,7 @@ impl Backend {
 /// Open CUDA device `n`. cudarc panics when the driver library is missing, so the attempt is
 /// fenced off and turned into an error.
 #[cfg(feature = "cuda")]
-fn open_cuda(n: usize) -> Result<dfdx::tensor::Cuda, String> {
+pub fn open_cuda(n: usize) -> Result<dfdx::tensor::Cuda, String> {
     // Formatting a driver error asks the driver for its text, so it is fenced off too. The
     // default hook would print the panic as if cfpipe had crashed; it is silenced meanwhile.
     // One swap of the hook at a time, or a thread could restore another's silent hook for good.
@@ -120,7 +122,11 @@ macro_rules! on_device {
         {
             $crate::stages::Backend::Cpu => $body(&dfdx::tensor::Cpu::seed_from_u64(0), $ctx),
             #[cfg(feature = "cuda")]
-            $crate::stages::Backend::Cuda { dev, .. } => $body(dev, $ctx),
+            $crate::stages::Backend::Cuda { ordinal } => {
+                let dev = $crate::stages::device::open_cuda(*ordinal)
+                    .map_err($crate::exec::StageError::failed)?;
+                $body(&dev, $ctx)
+            }
         }
     }};
 }
