@@ -14,6 +14,21 @@ fn an_unchanged_rerun_runs_nothing() {
 }
 
 #[test]
+fn cluster_resources_change_no_key_so_a_run_with_them_is_all_cached() {
+    let f = Fixture::new();
+    let first = f.run(&[]);
+    assert!(!first.ran().is_empty());
+    let with_resources = f.run(&[
+        "resources={train: {gpus: 1, cpus: 8, mem: 32G, time: \"4:00:00\"}, default: {cpus: 2}}",
+    ]);
+    assert!(
+        with_resources.ran().is_empty(),
+        "resources must not enter keys; reran: {:?}",
+        with_resources.ran()
+    );
+}
+
+#[test]
 fn changing_only_the_threshold_reruns_prune_mask_and_their_dependents() {
     let f = Fixture::new();
     f.run(&[]);

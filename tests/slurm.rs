@@ -106,6 +106,51 @@ fn every_stage_that_runs_is_one_job_cached_ones_are_never_submitted_and_results_
 }
 
 #[test]
+fn a_train_stage_declared_with_a_gpu_is_submitted_with_a_gpu_request_and_others_are_not() {
+    if !slurm_up() {
+        return;
+    }
+    let f = Fixture::new();
+    let o = run_on_slurm(
+        &f,
+        "cache",
+        &["resources={train: {gpus: 1, mem: 1G}, default: {cpus: 1, time: 10}}"],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let jobs = jobs_of(&o);
+    assert_eq!(jobs.len(), summary(&o).1);
+    let (mut trains, mut others) = (0, 0);
+    for job in jobs {
+        let show = std::process::Command::new("scontrol")
+            .args(["show", "job", &job])
+            .output()
+            .unwrap();
+        let text = stdout(&show);
+        // The job script is named after its stage id and key: `…/naive-seed0-task1-train-<key>.sh`.
+        let script = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("Command="))
+            .unwrap_or_else(|| panic!("no Command= in {text}"));
+        let stem = script.rsplit('/').next().unwrap().trim_end_matches(".sh");
+        let stage = &stem[..stem.len() - 13];
+        let gpu = text.contains("gres:gpu:1") || text.contains("gres/gpu:1");
+        if stage.ends_with("-train") {
+            trains += 1;
+            assert!(gpu, "{stage} asked for no GPU: {text}");
+            assert!(text.contains("MinMemoryNode=1G"), "{text}");
+        } else {
+            others += 1;
+            assert!(!gpu, "{stage} asked for a GPU: {text}");
+            assert!(text.contains("TimeLimit=00:10:00"), "{text}");
+        }
+    }
+    assert!(
+        trains > 0 && others > 0,
+        "{trains} train jobs, {others} others"
+    );
+}
+
+#[test]
 fn a_failed_job_names_the_stage_job_state_and_log_and_its_dependants_are_skipped() {
     if !slurm_up() {
         return;

@@ -538,3 +538,36 @@ fn a_strategy_name_with_a_space_or_slash_is_reported_at_the_name() {
         );
     }
 }
+
+#[test]
+fn a_bad_memory_or_time_in_resources_is_located_before_anything_is_submitted() {
+    let text = format!(
+        "{PIPELINE}resources:\n  train: {{gpus: 1, mem: 32GG}}\n  default: {{time: \"1:75:00\"}}\n"
+    );
+    let (code, e) = run_bad(&text, &[]);
+    assert_eq!(code, Some(2), "{e}");
+    let line = line_of(&text, "mem: 32GG");
+    assert!(e.contains(&format!("pipeline.yaml:{line}:")), "{e}");
+    assert!(e.contains("resources.train.mem"), "{e}");
+    assert!(e.contains("such as `32G`"), "{e}");
+    assert!(e.contains("resources.default.time"), "{e}");
+    assert!(e.contains("below 60"), "{e}");
+}
+
+#[test]
+fn resources_for_an_unknown_stage_kind_name_the_kinds_there_are() {
+    expect(
+        &format!("{PIPELINE}resources:\n  trian: {{gpus: 1}}\n"),
+        &[],
+        None,
+        "resources.trian",
+        &["unknown stage kind `trian`", "default", "train"],
+    );
+    expect(
+        PIPELINE,
+        &["--set", "resources={train: {cpus: 0}}"],
+        None,
+        "resources.train.cpus",
+        &["expected a whole number >= 1, found 0", "--set resources="],
+    );
+}

@@ -610,7 +610,7 @@ fn run_cmd(
             std::env::current_exe()?,
             cache.root(),
             &device,
-            Default::default(),
+            pipe.resources.clone(),
         )),
     };
     if let Some(s) = &slurm {

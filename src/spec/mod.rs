@@ -15,6 +15,7 @@ mod model;
 mod numbers;
 pub mod protocol;
 pub mod raw;
+pub mod resources;
 mod validate;
 
 pub use images::{ImageData, ImageTask, TaskClasses};

@@ -32,6 +32,25 @@ pub struct RawPipeline {
     pub evaluation: Option<RawEvaluation>,
     pub seeds: Vec<i64>,
     pub strategies: BTreeMap<String, RawStrategy>,
+    /// What each stage kind's cluster jobs ask for (`run --executor slurm`), by kind or
+    /// `default`; see `spec::resources`. Never part of a key.
+    #[serde(default)]
+    pub resources: Option<BTreeMap<String, RawResources>>,
+}
+
+/// One entry of `resources:`. Memory and time are Slurm's strings; a bare number is
+/// megabytes or minutes, as Slurm reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    #[serde(default)]
+    pub cpus: Option<i64>,
+    #[serde(default)]
+    pub gpus: Option<i64>,
+    #[serde(default)]
+    pub mem: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub time: Option<serde_yaml::Value>,
 }
 
 /// How the data is cut into tasks.

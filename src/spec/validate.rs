@@ -68,6 +68,9 @@ pub struct Pipeline {
     pub test_crops: super::protocol::TestCrops,
     pub seeds: Vec<u64>,
     pub strategies: Vec<Strategy>,
+    /// `resources:`: what each stage kind's cluster jobs ask for, by kind (or `default`).
+    /// In no key: where a stage runs never changes what it computes.
+    pub resources: BTreeMap<String, crate::exec::slurm::JobResources>,
 }
 
 /// Where the tasks' samples come from.
@@ -1407,6 +1410,12 @@ pub(super) fn validate(
         &mut e,
     );
 
+    let resources = super::resources::check(
+        raw.resources.as_ref(),
+        &crate::stages::registry().kinds(),
+        &mut ek,
+    );
+
     let errs = errs.into_inner();
     if !errs.is_empty() {
         return Err(SpecErrors(errs));
@@ -1447,6 +1456,7 @@ pub(super) fn validate(
         test_crops: protocol.crops,
         seeds,
         strategies,
+        resources,
     })
 }
 
