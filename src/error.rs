@@ -67,6 +67,8 @@ pub enum CliError {
     #[error("{failed} entr{} failed to {op} (nothing of them was stored)", if *failed == 1 { "y" } else { "ies" })]
     SyncFailed { op: &'static str, failed: usize },
     #[error("{0}")]
+    Detach(#[from] crate::exec::detach::DetachError),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -93,6 +95,7 @@ impl CliError {
             | CliError::MissingResults { .. }
             | CliError::SyncFailed { .. }
             | CliError::Remote(_)
+            | CliError::Detach(_)
             | CliError::Io(_) => 1,
         }
     }

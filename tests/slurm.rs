@@ -21,7 +21,12 @@ fn run_on_slurm(f: &Fixture, cache: &str, set: &[&str]) -> Output {
         cache.to_str().unwrap(),
     ];
     for s in set {
-        args.extend(["--set", s]);
+        // A flag, e.g. `--detach`, goes as it is.
+        if s.starts_with("--") {
+            args.push(s);
+        } else {
+            args.extend(["--set", s]);
+        }
     }
     common::cfpipe().args(&args).output().unwrap()
 }
@@ -177,6 +182,73 @@ fn a_failed_job_names_the_stage_job_state_and_log_and_its_dependants_are_skipped
     assert_eq!(jobs.len(), 2, "{jobs:?}");
     assert!(err.contains("skipped naive/seed0/task2/train"), "{err}");
     assert!(stdout(&o).contains("1 ran"), "{}", stdout(&o));
+}
+
+#[test]
+fn detach_returns_with_jobs_queued_they_complete_and_status_then_reports_everything_cached() {
+    if !slurm_up() {
+        return;
+    }
+    let f = Fixture::new();
+    let o = run_on_slurm(&f, "cache", &["training.epochs=300", "--detach"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let n_jobs = jobs_of(&o).len();
+    assert!(
+        stdout(&o).contains(&format!("submitted {n_jobs} jobs")),
+        "{}",
+        stdout(&o)
+    );
+    let status = |f: &Fixture| {
+        let p = f.pipeline();
+        f.cli(&[
+            "status",
+            p.to_str().unwrap(),
+            "--set",
+            "training.epochs=300",
+        ])
+    };
+    // The driver has gone, and its jobs wait on each other in the queue; status names them.
+    let during = stdout(&status(&f));
+    assert!(
+        during.contains("queued as Slurm job") || during.contains("running as Slurm job"),
+        "{during}"
+    );
+    let (total, _) = summary_of(&during.replace(" cached,", " ran,"));
+    assert_eq!(
+        total, n_jobs,
+        "every stage of an empty cache got a job: {during}"
+    );
+    // Wait for the queue to drain.
+    let name = stderr(&o)
+        .split("Slurm jobs are named ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let t0 = std::time::Instant::now();
+    loop {
+        let q = std::process::Command::new("squeue")
+            .args(["--noheader", "--format=%i"])
+            .arg(format!("--name={name}"))
+            .output()
+            .unwrap();
+        if stdout(&q).trim().is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < common::DEADLINE,
+            "still queued: {}",
+            stdout(&q)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let after = stdout(&status(&f));
+    assert!(
+        after.contains(&format!("{n_jobs} stages: {n_jobs} cached, 0 to run")),
+        "{after}"
+    );
+    let v = f.cli(&["cache", "verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
 }
 
 /// A driver running in the background, its stderr collected as it comes.

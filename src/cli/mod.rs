@@ -17,6 +17,7 @@ use crate::spec::{self, DataCheck, Pipeline};
 use crate::stages::{self, Backend};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -88,6 +89,10 @@ pub struct ClusterArgs {
     /// limit, out of memory); a stage's own error is not retried.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub retries: u32,
+    /// Submit every stage that is not cached at once, each job after its inputs' jobs
+    /// (`afterok`), and exit; `cfpipe status` then shows the jobs (with `--executor slurm`).
+    #[arg(long)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,8 +190,19 @@ pub enum Command {
     /// entry is published (ran or cached), 1 when the stage failed, 128 + N on signal N.
     ExecStage {
         /// The stage key (64 hex digits) of a request that `cfpipe run` wrote to the cache's
-        /// `requests/`.
-        key: String,
+        /// `requests/`; or give `--pipeline` and `--stage` instead.
+        #[arg(required_unless_present = "stage")]
+        key: Option<String>,
+        /// The pipeline whose stage `--stage` to compute, from its inputs in the cache (what a
+        /// job of `run --detach` runs: its key is derived on the node).
+        #[arg(long, requires = "stage", conflicts_with = "key")]
+        pipeline: Option<PathBuf>,
+        /// `--set` overrides of `--pipeline`.
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "pipeline")]
+        set: Vec<String>,
+        /// The stage id in `--pipeline`, e.g. `rnf/seed0/task2/train`.
+        #[arg(long, requires = "pipeline")]
+        stage: Option<String>,
         /// `cpu`, or `cuda[:N]` with a CUDA build.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -428,13 +444,18 @@ impl CacheLoc {
     /// The command that computes what a read-only command found missing: the same pipeline,
     /// overrides and `--cache` (a cache named by environment or config file applies anyway).
     fn run_command(&self, p: &PipelineArgs) -> String {
+        self.command("run", p)
+    }
+
+    /// `cfpipe VERB PIPELINE --set … --cache …`, as the user would type it again.
+    fn command(&self, verb: &str, p: &PipelineArgs) -> String {
         let cache = self
             .flag
             .as_ref()
             .map(|d| format!(" --cache {}", shell_word(&d.display().to_string())))
             .unwrap_or_default();
         format!(
-            "cfpipe run {}{}{cache}",
+            "cfpipe {verb} {}{}{cache}",
             shell_word(&p.pipeline.display().to_string()),
             set_args(&p.set)
         )
@@ -541,7 +562,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 },
         } => sync_cmd(false, &pipelines, &set, &remote.remote, c),
         Command::Cache { cmd } => cache_cmd(cmd, c),
-        Command::ExecStage { key, device, .. } => {
+        Command::ExecStage {
+            key,
+            pipeline,
+            set,
+            stage,
+            device,
+            ..
+        } => {
             let (device, resources) = open_device(&device)?;
             let cache = open_cache(c)?;
             let registry = stages::registry();
@@ -557,7 +585,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 observer: Some(lines.clone()),
                 ..ExecOptions::default()
             };
-            let res = Executor::new(&cache, &registry, opts).exec_request(&key);
+            let exec = Executor::new(&cache, &registry, opts);
+            let res = match (&key, &pipeline, &stage) {
+                (Some(key), _, _) => exec.exec_request(key),
+                (None, Some(pipeline), Some(stage)) => {
+                    let (_, dag) = load(pipeline, &set, DataCheck::Required)?;
+                    let n = dag.find(stage).ok_or_else(|| {
+                        CliError::BadOption(format!(
+                            "--stage `{stage}`: no such stage in {} (list them with `cfpipe dag {}{}`)",
+                            pipeline.display(),
+                            pipeline.display(),
+                            set_args(&set)
+                        ))
+                    })?;
+                    exec.run_from_cache(&dag, n)
+                }
+                _ => unreachable!("clap requires a key or --pipeline with --stage"),
+            };
             if let Some(signal) = interrupt.signal() {
                 return Err(CliError::Interrupted { signal });
             }
@@ -575,6 +619,42 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// `run --executor slurm --detach`: submit the DAG and exit. Each job computes its stage with
+/// `exec-stage --pipeline P --set … --stage ID`, deriving the key on its node.
+fn detach(
+    p: &PipelineArgs,
+    name: &str,
+    dag: &crate::graph::Dag,
+    cache: &crate::cache::Cache,
+    s: &crate::exec::slurm::SlurmRunner,
+    c: &CacheLoc,
+) -> Result<(), CliError> {
+    let pipeline = std::path::absolute(&p.pipeline)?;
+    let stage_args = |n: &crate::graph::StageNode| {
+        let mut a = vec!["--pipeline".to_string(), pipeline.display().to_string()];
+        for v in &p.set {
+            a.extend(["--set".to_string(), v.clone()]);
+        }
+        a.extend(["--stage".to_string(), n.id.clone()]);
+        a
+    };
+    let context = serde_json::json!({
+        "pipeline": pipeline,
+        "name": name,
+        "set": p.set,
+    });
+    let record = crate::exec::detach::submit_detached(dag, cache, s, &stage_args, context)?;
+    out!(
+        "submitted {} jobs as {} ({} stages cached); follow them with `{}` or `squeue --name {}`",
+        record.jobs.len(),
+        record.job_name,
+        record.cached,
+        c.command("status", p),
+        record.job_name
+    );
+    Ok(())
 }
 
 /// `--device` parsed and opened once, before any work starts, for every stage of the process:
@@ -618,6 +698,14 @@ fn run_cmd(
             "note: this run's Slurm jobs are named {0} (follow them with `squeue --name {0}`)",
             s.job_name
         );
+    }
+    if cluster.detach {
+        let Some(s) = &slurm else {
+            return Err(CliError::BadOption(
+                "--detach submits jobs to Slurm: add `--executor slurm`".into(),
+            ));
+        };
+        return detach(p, &pipe.name, &dag, &cache, s, c);
     }
     let jobs = match &slurm {
         Some(_) => cluster.max_jobs.unwrap_or(100),
@@ -702,11 +790,15 @@ fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError
     let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
     let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
+    let jobs = detached_jobs(p, &cache, &dag, &res)?;
     if json {
         let stages: Vec<_> = res
             .iter()
             .map(|r| {
                 let n = dag.node(r.node);
+                let job = jobs
+                    .get(&n.id)
+                    .map(|j| serde_json::json!({"id": j.id, "name": j.name, "state": j.state}));
                 serde_json::json!({
                     "id": n.id,
                     "aliases": n.aliases,
@@ -714,6 +806,7 @@ fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError
                     "key": r.key.map(|k| k.to_hex()),
                     "cached": r.cached(),
                     "reason": r.reason.describe(),
+                    "job": job,
                 })
             })
             .collect();
@@ -728,21 +821,114 @@ fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError
     for r in &res {
         let n = dag.node(r.node);
         let key = r.key.map(|k| k.short()).unwrap_or_else(|| "-".repeat(12));
-        let state = if r.cached() {
-            "cached".into()
-        } else {
-            format!("will run: {}", r.reason.describe())
+        let state = match (r.cached(), jobs.get(&n.id)) {
+            (true, _) => "cached".into(),
+            (false, Some(j)) if j.live() => format!(
+                "{} as Slurm job {} ({})",
+                if j.state.as_deref() == Some("RUNNING") {
+                    "running"
+                } else {
+                    "queued"
+                },
+                j.id,
+                j.name
+            ),
+            (false, Some(j)) => format!(
+                "will run: {}; its Slurm job {} {}",
+                r.reason.describe(),
+                j.id,
+                match &j.state {
+                    Some(st) => format!("ended {st}"),
+                    None => "is no longer in the queue".into(),
+                }
+            ),
+            (false, None) => format!("will run: {}", r.reason.describe()),
         };
         out!("{:<w$}  {:<8}  {}  {}", n.id, n.kind, key, state);
     }
     let cached = res.iter().filter(|r| r.cached()).count();
+    let live = jobs.values().filter(|j| j.live()).count();
     out!(
-        "{} stages: {} cached, {} to run",
+        "{} stages: {} cached, {} to run{}",
         res.len(),
         cached,
-        res.len() - cached
+        res.len() - cached,
+        if live > 0 {
+            format!(" ({live} of them queued or running on Slurm)")
+        } else {
+            String::new()
+        }
     );
     Ok(())
+}
+
+/// A detached run's job for one stage, as `status` shows it.
+struct StageJob {
+    id: String,
+    /// The run's job name.
+    name: String,
+    /// Its state in the queue; `None` when it is no longer there.
+    state: Option<String>,
+}
+
+impl StageJob {
+    /// Still waiting to run, or running: the stage will be computed without another `run`.
+    fn live(&self) -> bool {
+        matches!(
+            self.state.as_deref(),
+            Some("PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "SUSPENDED")
+        )
+    }
+}
+
+/// For each stage that is not cached, the newest job a detached run submitted for it, with
+/// its state from one `squeue` call for all those runs.
+fn detached_jobs(
+    p: &PipelineArgs,
+    cache: &crate::cache::Cache,
+    dag: &crate::graph::Dag,
+    res: &[resolve::Resolved],
+) -> Result<HashMap<String, StageJob>, CliError> {
+    let waiting: std::collections::HashSet<&str> = res
+        .iter()
+        .filter(|r| !r.cached())
+        .map(|r| dag.node(r.node).id.as_str())
+        .collect();
+    let mut jobs: HashMap<String, StageJob> = HashMap::new();
+    if waiting.is_empty() {
+        return Ok(jobs);
+    }
+    // Oldest first, so the newest run's job for a stage wins.
+    for rec in crate::exec::detach::records(cache) {
+        for (stage, job) in rec
+            .jobs
+            .iter()
+            .filter(|(s, _)| waiting.contains(s.as_str()))
+        {
+            jobs.insert(
+                stage.clone(),
+                StageJob {
+                    id: job.clone(),
+                    name: rec.job_name.clone(),
+                    state: None,
+                },
+            );
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(jobs);
+    }
+    let names: std::collections::BTreeSet<&str> = jobs.values().map(|j| j.name.as_str()).collect();
+    let cfg = Config::for_pipelines(std::slice::from_ref(&p.pipeline))?.slurm;
+    match crate::exec::slurm::queue_states(&cfg, &names.into_iter().collect::<Vec<_>>()) {
+        Ok(states) => {
+            for j in jobs.values_mut() {
+                j.state = states.get(&j.id).cloned();
+            }
+        }
+        Err(e) => eprintln!("warning: reading the Slurm queue for the detached runs' jobs: {e}"),
+    }
+    Ok(jobs)
 }
 
 /// The stages whose results `show` and `report` need but the cache lacks, as an error that

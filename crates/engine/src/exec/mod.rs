@@ -7,6 +7,7 @@
 //! request file naming the stage and the entries of its inputs, so another process (a Slurm job,
 //! say) can run exactly that stage against the shared cache.
 
+pub mod detach;
 pub mod progress;
 pub mod resolve;
 pub mod resources;
@@ -235,6 +236,9 @@ pub enum ExecError {
     },
     #[error("no request for key {0} in this cache (run `cfpipe run` with the same cache first)")]
     NoRequest(String),
+    /// A detached job started before its input was published (its job must have failed).
+    #[error("stage `{id}`: its input `{input}` is not in the cache (did that stage's job fail?)")]
+    InputNotCached { id: String, input: String },
     #[error("stage `{id}`: {source}")]
     Slurm {
         id: String,

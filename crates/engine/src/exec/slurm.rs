@@ -41,6 +41,10 @@ pub struct SlurmConfig {
     pub poll_min_s: f64,
     /// Seconds a job that ended may take to show its entry (slow shared filesystems).
     pub grace_s: f64,
+    /// The most queue reads in any minute, however many jobs the run has: the short interval
+    /// after a submission draws on a burst of [`QUERY_BURST`], refilled at the rest of this
+    /// rate, so a run that submits all the time does not poll every `poll_min_s`.
+    pub max_queries_per_min: f64,
     /// The Slurm commands, for clusters that wrap them (and for stand-ins in benchmarks).
     pub sbatch: String,
     pub squeue: String,
@@ -58,10 +62,46 @@ impl Default for SlurmConfig {
             poll_max_s: 5.0,
             poll_min_s: 0.5,
             grace_s: 30.0,
+            max_queries_per_min: 12.0,
             sbatch: "sbatch".into(),
             squeue: "squeue".into(),
             scancel: "scancel".into(),
         }
+    }
+}
+
+/// Queue reads that may follow each other at the short interval before the rate limit of
+/// `max_queries_per_min` spaces them out.
+pub const QUERY_BURST: f64 = 2.0;
+
+/// A token bucket over queue reads: [`QUERY_BURST`] tokens, refilled at `per_min - burst` a
+/// minute, so that any 60 seconds hold at most `per_min` reads (the burst plus a minute's
+/// refill).
+struct QueryBudget {
+    tokens: f64,
+    per_s: f64,
+    at: Instant,
+}
+
+impl QueryBudget {
+    fn new(per_min: f64) -> Self {
+        QueryBudget {
+            tokens: QUERY_BURST,
+            // At least one read a minute beyond the burst, or a run could never learn of failures.
+            per_s: (per_min - QUERY_BURST).max(1.0) / 60.0,
+            at: Instant::now(),
+        }
+    }
+
+    /// How long to wait from `now` before the next read may be taken.
+    fn wait(&mut self, now: Instant) -> Duration {
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.per_s).min(QUERY_BURST);
+        self.at = now;
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.per_s).max(0.0))
+    }
+
+    fn take(&mut self) {
+        self.tokens -= 1.0;
     }
 }
 
@@ -247,32 +287,59 @@ impl SlurmRunner {
         Duration::from_secs_f64(self.cfg.grace_s.max(0.0))
     }
 
-    /// The batch script of stage `id` with key `key`: setup lines, then the binary replaces
-    /// the shell (`exec`), so Slurm's SIGTERM on cancellation, time limit or preemption reaches
-    /// cfpipe itself, which releases its lease and stores nothing partial.
-    fn script(&self, key: &StageKey) -> String {
+    /// The batch script that runs `exec-stage` with `args` after it: setup lines, then the
+    /// binary replaces the shell (`exec`), so Slurm's SIGTERM on cancellation, time limit or
+    /// preemption reaches cfpipe itself, which releases its lease and stores nothing partial.
+    fn script(&self, args: &[String]) -> String {
         let mut s = String::from("#!/bin/sh\n");
         for line in &self.cfg.setup {
             s.push_str(line);
             s.push('\n');
         }
         s.push_str(&format!(
-            "exec {} exec-stage {} --cache {} --device {}\n",
-            quote(&self.binary.display().to_string()),
-            key.to_hex(),
-            quote(&self.cache_dir.display().to_string()),
-            quote(&self.device),
+            "exec {} exec-stage",
+            quote(&self.binary.display().to_string())
         ));
+        for a in args
+            .iter()
+            .map(String::as_str)
+            .chain(["--cache", &self.cache_dir.display().to_string()])
+            .chain(["--device", &self.device])
+        {
+            s.push(' ');
+            s.push_str(&quote(a));
+        }
+        s.push('\n');
         s
     }
 
-    /// Submit the job that computes stage `id` (kind `kind`, key `key`).
+    /// Submit the job that computes stage `id` (kind `kind`, key `key`), whose inputs are
+    /// all published.
     pub fn submit(&self, id: &str, kind: &str, key: &StageKey) -> Result<Job, SlurmError> {
-        let dir = self.cache_dir.join("logs").join("slurm");
+        self.submit_job(
+            id,
+            kind,
+            &format!("{}-{}", id.replace('/', "-"), &key.to_hex()[..12]),
+            &[key.to_hex()],
+            &[],
+        )
+    }
+
+    /// Submit a job for stage `id` of kind `kind` that runs `exec-stage ARGS`, after the jobs
+    /// `after` have completed well (`afterok`; if one of them fails, Slurm cancels this one:
+    /// `--kill-on-invalid-dep=yes`). `stem` names its script and log.
+    pub fn submit_job(
+        &self,
+        id: &str,
+        kind: &str,
+        stem: &str,
+        args: &[String],
+        after: &[String],
+    ) -> Result<Job, SlurmError> {
+        let dir = self.log_dir();
         let _ = std::fs::create_dir_all(&dir);
-        let stem = format!("{}-{}", id.replace('/', "-"), &key.to_hex()[..12]);
         let script = dir.join(format!("{stem}.sh"));
-        std::fs::write(&script, self.script(key)).map_err(|source| SlurmError::Spawn {
+        std::fs::write(&script, self.script(args)).map_err(|source| SlurmError::Spawn {
             command: format!("writing {}", script.display()),
             source,
         })?;
@@ -283,6 +350,10 @@ impl SlurmRunner {
             .arg(format!("--output={}", log_pattern.display()))
             // Time to store nothing partial and release the lease before a time limit's kill.
             .arg("--signal=TERM@60");
+        if !after.is_empty() {
+            c.arg(format!("--dependency=afterok:{}", after.join(":")))
+                .arg("--kill-on-invalid-dep=yes");
+        }
         for (flag, v) in [
             ("--partition", &self.cfg.partition),
             ("--account", &self.cfg.account),
@@ -301,7 +372,13 @@ impl SlurmRunner {
         }
         c.args(&self.cfg.sbatch_args).arg(&script);
         self.submits.fetch_add(1, Ordering::Relaxed);
-        let out = run(&mut c, &self.cfg.sbatch)?;
+        let out = run(&mut c, &self.cfg.sbatch).map_err(|e| match e {
+            SlurmError::Command { command, stderr } => SlurmError::Command {
+                command,
+                stderr: format!("{stderr} (submitting `{id}`)"),
+            },
+            e => e,
+        })?;
         // `--parsable` prints `id` or `id;cluster`.
         let job_id = out.trim().split(';').next().unwrap_or("").to_string();
         if job_id.is_empty() {
@@ -317,6 +394,11 @@ impl SlurmRunner {
             id: job_id,
             submitted: Instant::now(),
         })
+    }
+
+    /// Where job scripts and logs are kept: under the cache, which every node sees.
+    pub fn log_dir(&self) -> PathBuf {
+        self.cache_dir.join("logs").join("slurm")
     }
 
     /// Cancel one job (Ctrl-C on the driver, or a job no longer wanted).
@@ -349,27 +431,30 @@ impl SlurmRunner {
     }
 
     /// Read the queue until `stop`: one `squeue` for every job of the run, at intervals that
-    /// start at `poll_min_s` after each submission and double up to `poll_max_s`.
+    /// start at `poll_min_s` after each submission and double up to `poll_max_s`, and never
+    /// more than `max_queries_per_min` in any minute.
     pub fn poll_until_stopped(&self) {
         let min = Duration::from_secs_f64(self.cfg.poll_min_s.max(0.05));
         let max = Duration::from_secs_f64(self.cfg.poll_max_s.max(self.cfg.poll_min_s));
         let mut interval = min;
+        let mut budget = QueryBudget::new(self.cfg.max_queries_per_min);
         while !self.stop.load(Ordering::Relaxed) {
             if self.fresh.swap(false, Ordering::Relaxed) {
                 interval = min;
             }
+            let until = Instant::now() + budget.wait(Instant::now());
+            while !self.stop.load(Ordering::Relaxed) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            budget.wait(Instant::now());
+            budget.take();
             let taken = Instant::now();
             self.queries.fetch_add(1, Ordering::Relaxed);
-            let mut c = Command::new(&self.cfg.squeue);
-            c.args(["--noheader", "--states=all", "--format=%i|%T"])
-                .arg(format!("--name={}", self.job_name));
-            match run(&mut c, &self.cfg.squeue) {
-                Ok(out) => {
-                    let states = out
-                        .lines()
-                        .filter_map(|l| l.split_once('|'))
-                        .map(|(id, st)| (id.trim().to_string(), base_state(st)))
-                        .collect();
+            match queue_states(&self.cfg, &[self.job_name.as_str()]) {
+                Ok(states) => {
                     let mut snap = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
                     *snap = Snapshot {
                         states,
@@ -398,14 +483,37 @@ impl SlurmRunner {
     }
 }
 
+/// One `squeue` call: the state of every job under any of the job names `names` (finished
+/// ones too, until Slurm purges them), by job id.
+pub fn queue_states(
+    cfg: &SlurmConfig,
+    names: &[&str],
+) -> Result<HashMap<String, String>, SlurmError> {
+    let mut c = Command::new(&cfg.squeue);
+    c.args(["--noheader", "--states=all", "--format=%i|%T"])
+        .arg(format!("--name={}", names.join(",")));
+    Ok(run(&mut c, &cfg.squeue)?
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(id, st)| (id.trim().to_string(), base_state(st)))
+        .collect())
+}
+
 /// `CANCELLED by 0` → `CANCELLED`.
 fn base_state(s: &str) -> String {
     s.split_whitespace().next().unwrap_or("").to_string()
 }
 
-/// Single-quoted for sh.
+/// As sh reads it: bare when only safe characters, else single-quoted.
 fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@%+,-".contains(&b));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn run(c: &mut Command, name: &str) -> Result<String, SlurmError> {
@@ -455,6 +563,32 @@ mod tests {
     }
 
     #[test]
+    fn the_query_budget_allows_a_burst_then_spaces_reads_to_the_rate() {
+        let t0 = Instant::now();
+        let mut b = QueryBudget::new(12.0);
+        // Reads as fast as the budget allows for ten minutes of simulated time.
+        let (mut now, mut reads) = (t0, Vec::new());
+        while now < t0 + Duration::from_secs(600) {
+            now += b.wait(now);
+            b.wait(now);
+            b.take();
+            reads.push(now);
+            now += Duration::from_millis(1);
+        }
+        assert!(reads[1] - reads[0] < Duration::from_millis(10), "the burst");
+        // Any 60 s window holds at most 12 reads; a steady run takes one every 6 s.
+        for (i, r) in reads.iter().enumerate() {
+            let within = reads[i..]
+                .iter()
+                .take_while(|&&x| x < *r + Duration::from_secs(60))
+                .count();
+            assert!(within <= 12, "{within} reads in the minute from read {i}");
+        }
+        let per_min = reads.len() as f64 / 10.0;
+        assert!((9.0..=12.0).contains(&per_min), "{per_min} a minute");
+    }
+
+    #[test]
     fn resources_become_sbatch_flags_and_the_script_execs_cfpipe() {
         let r = JobResources {
             cpus: Some(8),
@@ -483,12 +617,12 @@ mod tests {
             BTreeMap::new(),
         );
         let key = StageKey::from_hex(&"ab".repeat(32)).unwrap();
-        let script = s.script(&key);
+        let script = s.script(&[key.to_hex()]);
         assert!(script.starts_with(
             "#!/bin/sh\nmodule load cuda\nexec '/opt/it'\\''s/cfpipe' exec-stage abab"
         ));
         assert!(
-            script.ends_with("--cache '/shared/cache' --device 'cuda'\n"),
+            script.ends_with("--cache /shared/cache --device cuda\n"),
             "{script}"
         );
         assert!(s.job_name.starts_with("cfpipe-"));
