@@ -339,9 +339,13 @@ impl SlurmRunner {
         let dir = self.log_dir();
         let _ = std::fs::create_dir_all(&dir);
         let script = dir.join(format!("{stem}.sh"));
-        std::fs::write(&script, self.script(args)).map_err(|source| SlurmError::Spawn {
-            command: format!("writing {}", script.display()),
-            source,
+        // Atomic: a second driver on the same cache writes the same script for the same stage,
+        // and a plain write's truncation can meet this sbatch's read ("Batch script is empty").
+        crate::cache::atomic_write(&script, self.script(args).as_bytes()).map_err(|source| {
+            SlurmError::Spawn {
+                command: format!("writing {}", script.display()),
+                source,
+            }
         })?;
         let log_pattern = dir.join(format!("{stem}-%j.log"));
         let mut c = Command::new(&self.cfg.sbatch);
@@ -560,6 +564,46 @@ mod tests {
         assert!(is_terminal("COMPLETED") && is_terminal("FAILED"));
         assert!(!is_terminal("PENDING") && !is_terminal("RUNNING"));
         assert_eq!(base_state("CANCELLED by 0"), "CANCELLED");
+    }
+
+    #[test]
+    fn two_drivers_submitting_one_stage_never_hand_sbatch_an_empty_script() {
+        // Two drivers on one cache write the same stage's script; sbatch must read a whole one.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sbatch = dir.path().join("sbatch");
+        std::fs::write(
+            &sbatch,
+            "#!/bin/sh\nfor a; do s=$a; done\n[ -s \"$s\" ] || { echo empty >&2; exit 1; }\necho 7\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = SlurmConfig {
+            sbatch: sbatch.display().to_string(),
+            ..SlurmConfig::default()
+        };
+        let args: Vec<String> = (0..2000).map(|i| format!("arg{i}")).collect();
+        let drivers: Vec<_> = (0..2)
+            .map(|_| {
+                SlurmRunner::new(
+                    cfg.clone(),
+                    "cfpipe".into(),
+                    dir.path(),
+                    "cpu",
+                    BTreeMap::new(),
+                )
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for d in &drivers {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        d.submit_job("a/train", "train", "a-train", &args, &[])
+                            .unwrap();
+                    }
+                });
+            }
+        });
     }
 
     #[test]
