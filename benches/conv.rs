@@ -11,7 +11,8 @@
 //! (load ≈ 1, after the merge): PyTorch forward+backward 59.5 and 60.8 ms, cfpipe 54.9 and
 //! 57.0 ms (0.92–0.96×); the VGG-16 32×32 training step at batch 32 took cfpipe 628–640 ms and
 //! PyTorch 357 ms (1.76×).
-//! `CFPIPE_CONV_NO_AVX512=1` times the fast path with dfdx's gemm, as on CPUs without AVX-512.
+//! `CFPIPE_CONV_NO_AVX512=1` times the fast path with the AVX2 micro-kernel, as on CPUs without
+//! AVX-512 (same bits, other speed).
 //! Then a whole VGG-16 in its 32×32 (CIFAR) form — 13 conv layers with ReLU and 5 max-pools,
 //! then 512→512→512→10 — forward and backward on a batch of 32, extrapolated to one epoch of
 //! CIFAR's 50,000 training images (`cargo bench --bench conv -- vgg` runs only that).
@@ -216,7 +217,7 @@ fn main() {
         if avx512 {
             "the AVX-512 kernel"
         } else {
-            "dfdx's gemm"
+            "the AVX2 micro-kernel"
         }
     );
     // `cargo bench --bench conv -- fast` (or `composed`) runs one path only.

@@ -226,6 +226,35 @@ fn cnn_gradients_match_finite_differences() {
 }
 
 #[test]
+fn conv_gradients_have_the_same_bits_on_one_thread_and_on_three() {
+    // A 2-core laptop and a 16-core node must train the same model from one seed: the batch
+    // split, and so the weight gradient's summation order, may not follow the thread count.
+    let p = tiny_model(5);
+    let n = 37;
+    let labels: Vec<u16> = (0..n).map(|i| (i % 3) as u16).collect();
+    let grads_on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let dev = Cpu::default();
+            let m = DeviceMlp::from_host(&dev, &p);
+            let (loss, grads) = m.loss_and_grads(&m.input(&pixels(n)), &labels, 0);
+            let bits: Vec<Vec<u32>> = grads
+                .into_iter()
+                .map(|(_, g)| g.as_vec().iter().map(|v| v.to_bits()).collect())
+                .collect();
+            (loss.to_bits(), bits)
+        })
+    };
+    let one = grads_on(1);
+    // Two convs, a dense layer and the head: a weight and a bias each.
+    assert_eq!(one.1.len(), 2 * 4);
+    assert_eq!(one, grads_on(3));
+}
+
+#[test]
 fn unit_masks_zero_a_filter_without_touching_the_model() {
     let dev = Cpu::default();
     let p = tiny_model(5);

@@ -183,6 +183,14 @@ struct ConvGeom {
 /// batches.
 const COLS_BUDGET: usize = 1 << 20;
 
+/// Revision of the conv CPU kernels' rounding, in every conv model's train key (see
+/// CHANGELOG.md): absent (revision 1) until the blocked kernel became the only one and the
+/// batch split stopped depending on the thread count; 2 since.
+pub const CONV_KERNELS: u32 = 2;
+
+/// How many spans the CPU path cuts a batch into at most (see [`ConvGeom::split`]).
+const SPANS: usize = 8;
+
 /// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
 /// convolution rather than by col2im. That product has only `C` rows, so each element of its
 /// (im2col'd, packed) right operand is reused `C` times; with few channels packing dominates
@@ -282,14 +290,15 @@ impl ConvGeom {
 
     /// How the CPU path splits the batch: `(chunk, span)` samples, where a chunk's columns fit
     /// the budget, and each thread takes one span of whole chunks.
+    ///
+    /// The weight gradient is summed per span, then over spans in order, so the split fixes
+    /// its rounding: it depends on the shapes only, never on the thread count, or a 2-core
+    /// laptop and a 16-core cluster node would train different bits from the same seed.
+    /// [`SPANS`] spans keep that many threads busy.
     fn split(&self) -> (usize, usize) {
-        let threads = rayon::current_num_threads();
         let fit = COLS_BUDGET / (self.k() * self.p()).max(1);
-        let chunk = fit.min(self.n.div_ceil(threads)).max(1);
-        (
-            chunk,
-            self.n.div_ceil(chunk).div_ceil(threads).max(1) * chunk,
-        )
+        let chunk = fit.min(self.n.div_ceil(SPANS)).max(1);
+        (chunk, self.n.div_ceil(chunk).div_ceil(SPANS).max(1) * chunk)
     }
 }
 
@@ -813,6 +822,7 @@ mod host {
             }
         }
 
+        #[cfg(test)]
         fn to_tensor(self, dev: &Cpu) -> Matrix<Cpu> {
             if self.transposed {
                 dev.tensor_from_vec(self.data.to_vec(), (self.cols, self.rows))
@@ -823,12 +833,14 @@ mod host {
         }
     }
 
-    /// `c = a · b`, or `c += a · b` with `accumulate`; `c` is row-major. The AVX-512 kernel
-    /// where the CPU has it (dfdx's gemm stops at AVX2 on stable Rust and runs at under half
-    /// the speed), dfdx's matmul otherwise. `packed` holds the kernel's packing buffers
-    /// between calls.
+    /// `c = a · b`, or `c += a · b` with `accumulate`; `c` is row-major; `packed` holds the
+    /// packing buffers between calls. Always the blocked kernel of [`blocked`], whose rounding
+    /// is the same on every CPU: its AVX-512, AVX2 and scalar micro-kernels do the same fused
+    /// multiply-adds in the same order, so a teammate's machine, or a cluster node with other
+    /// instructions, computes the same bits. (dfdx's gemm, used before for CPUs without
+    /// AVX-512, blocks by the cache sizes cpuid reports, and rounds differently.)
     pub(super) fn gemm(
-        cpu: &Cpu,
+        _cpu: &Cpu,
         a: Mat,
         b: Mat,
         c: &mut [f32],
@@ -837,15 +849,12 @@ mod host {
     ) {
         assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
         assert_eq!(c.len(), a.rows * b.cols, "gemm: output size");
-        #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
-            return avx512::sgemm(a, b, c, accumulate, packed);
-        }
-        let _ = packed;
-        fallback_gemm(cpu, a, b, c, accumulate);
+        blocked::sgemm(a, b, c, accumulate, packed, blocked::Isa::detect());
     }
 
-    pub(super) fn fallback_gemm(dev: &Cpu, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
+    /// dfdx's matmul, for comparisons in tests and benches.
+    #[cfg(test)]
+    pub(super) fn dfdx_gemm(dev: &Cpu, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
         let prod = a.to_tensor(dev).matmul(b.to_tensor(dev));
         if accumulate {
             add_into(c, &host_copy(&prod));
@@ -854,14 +863,16 @@ mod host {
         }
     }
 
-    /// Packed-panel sgemm (BLIS-style) with an 8×32 AVX-512 micro-kernel: for each block of
-    /// KC inner steps both operands are repacked into panels that the micro-kernel streams
-    /// through contiguously, and the tiles of `c` run in parallel.
-    #[cfg(target_arch = "x86_64")]
-    pub(super) mod avx512 {
+    /// Packed-panel sgemm (BLIS-style) over 8×32 tiles of `c`: for each block of KC inner
+    /// steps both operands are repacked into panels that the micro-kernel streams through
+    /// contiguously, and the tiles run in parallel. Every element of `c` is, for each block,
+    /// `acc = 0; acc = fma(a, b, acc)` over the block's steps in order, then `c = acc` (first
+    /// block, no accumulation) or `c = acc + c`: the partition into blocks and tiles depends
+    /// on the shapes only, never on the thread count or the CPU, and each micro-kernel keeps
+    /// that order exactly, so all of them give the same bits.
+    pub(super) mod blocked {
         use super::Mat;
         use rayon::prelude::*;
-        use std::arch::x86_64::*;
 
         const MR: usize = 8;
         const NR: usize = 32;
@@ -869,26 +880,62 @@ mod host {
         /// while the row panels of `a` pass over it.
         const KC: usize = 256;
 
-        /// Whether this CPU has AVX-512F, unless `CFPIPE_CONV_NO_AVX512` is set (to compare
-        /// with, or fall back to, dfdx's gemm).
-        pub fn available() -> bool {
-            static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            *USE.get_or_init(|| {
-                is_x86_feature_detected!("avx512f")
-                    && std::env::var_os("CFPIPE_CONV_NO_AVX512").is_none()
-            })
+        /// Which micro-kernel runs.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Isa {
+            Avx512,
+            Avx2,
+            Scalar,
         }
 
-        /// `c = a · b` (or `+=`), `c` row-major, packing into the `packed` buffers. Panics
-        /// without AVX-512F.
+        impl Isa {
+            /// The fastest this CPU has; `CFPIPE_CONV_NO_AVX512` stops at AVX2 (to compare, in
+            /// benches, with CPUs without AVX-512).
+            pub fn detect() -> Isa {
+                static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+                *ISA.get_or_init(|| {
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        if is_x86_feature_detected!("avx512f")
+                            && std::env::var_os("CFPIPE_CONV_NO_AVX512").is_none()
+                        {
+                            return Isa::Avx512;
+                        }
+                        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                            return Isa::Avx2;
+                        }
+                    }
+                    Isa::Scalar
+                })
+            }
+
+            /// Whether this CPU can run `self`.
+            pub fn runs_here(self) -> bool {
+                match self {
+                    Isa::Scalar => true,
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => {
+                        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => false,
+                }
+            }
+        }
+
+        /// `c = a · b` (or `+=`), `c` row-major, packing into the `packed` buffers, with the
+        /// micro-kernel of `isa`. Panics if this CPU cannot run it.
         pub fn sgemm(
             a: Mat,
             b: Mat,
             c: &mut [f32],
             accumulate: bool,
             (pa, pb): &mut (Vec<f32>, Vec<f32>),
+            isa: Isa,
         ) {
-            assert!(available(), "sgemm needs AVX-512F");
+            assert!(isa.runs_here(), "sgemm: this CPU cannot run {isa:?}");
             let (m, k, n) = (a.rows, a.cols, b.cols);
             assert!(b.rows == k && c.len() == m * n, "sgemm: shapes");
             if k == 0 && !accumulate {
@@ -913,21 +960,31 @@ mod host {
                     let (i, j) = (t % mp, t / mp);
                     let rows = MR.min(m - i * MR);
                     let cols = NR.min(n - j * NR);
-                    // SAFETY: AVX-512F is available (asserted above). The packed panels
-                    // hold kc·MR and kc·NR floats at these offsets. Tile (i, j) is the
-                    // `rows`×`cols` block of `c` at row i·MR, column j·NR, inside `c`;
-                    // each task writes its own tile only, and `c` outlives the loop.
+                    let (a, b) = (&pa[i * MR * kc..][..MR * kc], &pb[j * NR * kc..][..NR * kc]);
+                    let c = out.at(i * MR * n + j * NR);
+                    // SAFETY: this CPU runs `isa` (asserted above). The panels hold kc·MR and
+                    // kc·NR floats. Tile (i, j) is the `rows`×`cols` block of `c` at row i·MR,
+                    // column j·NR, inside `c`; each task writes its own tile only, and `c`
+                    // outlives the loop.
                     unsafe {
-                        kernel(
-                            kc,
-                            pa[i * MR * kc..].as_ptr(),
-                            pb[j * NR * kc..].as_ptr(),
-                            out.at(i * MR * n + j * NR),
-                            n,
-                            rows,
-                            cols,
-                            overwrite,
-                        )
+                        match isa {
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx512 => kernel_avx512(
+                                kc,
+                                a.as_ptr(),
+                                b.as_ptr(),
+                                c,
+                                n,
+                                rows,
+                                cols,
+                                overwrite,
+                            ),
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx2 => {
+                                kernel_avx2(kc, a.as_ptr(), b.as_ptr(), c, n, rows, cols, overwrite)
+                            }
+                            _ => kernel_scalar(kc, a, b, c, n, rows, cols, overwrite),
+                        }
                     }
                 });
             }
@@ -983,11 +1040,43 @@ mod host {
                 });
         }
 
-        /// `c[..rows][..cols] (+)= a_panel · b_panel` over `kc` steps, accumulators in the 16
-        /// registers of an 8×32 tile; masked loads and stores clip the edge tiles.
-        #[target_feature(enable = "avx512f")]
+        /// The order every micro-kernel keeps, one element at a time.
+        ///
+        /// # Safety
+        /// `c` must point at a `rows`×`cols` tile (row stride `ldc`) no one else writes.
         #[allow(clippy::too_many_arguments)]
-        unsafe fn kernel(
+        unsafe fn kernel_scalar(
+            kc: usize,
+            a: &[f32],
+            b: &[f32],
+            c: *mut f32,
+            ldc: usize,
+            rows: usize,
+            cols: usize,
+            overwrite: bool,
+        ) {
+            for r in 0..rows {
+                for j in 0..cols {
+                    let mut acc = 0.0f32;
+                    for kk in 0..kc {
+                        acc = a[kk * MR + r].mul_add(b[kk * NR + j], acc);
+                    }
+                    let p = c.add(r * ldc + j);
+                    *p = if overwrite { acc } else { acc + *p };
+                }
+            }
+        }
+
+        /// [`kernel_scalar`]'s order on AVX2 with FMA: the 8×32 tile as four 4×16 blocks, eight
+        /// accumulators each, so they stay in the 16 registers.
+        ///
+        /// # Safety
+        /// AVX2 and FMA must be available; the panels hold `kc`·MR and `kc`·NR floats; `c` as
+        /// for [`kernel_scalar`].
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn kernel_avx2(
             kc: usize,
             a: *const f32,
             b: *const f32,
@@ -997,6 +1086,53 @@ mod host {
             cols: usize,
             overwrite: bool,
         ) {
+            use std::arch::x86_64::*;
+            for r0 in (0..rows).step_by(4) {
+                for c0 in (0..cols).step_by(16) {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    for kk in 0..kc {
+                        let b0 = _mm256_loadu_ps(b.add(kk * NR + c0));
+                        let b1 = _mm256_loadu_ps(b.add(kk * NR + c0 + 8));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let av = _mm256_set1_ps(*a.add(kk * MR + r0 + r));
+                            acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                            acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                        }
+                    }
+                    let width = (cols - c0).min(16);
+                    for (r, acc) in acc.iter().enumerate().take(rows - r0) {
+                        let mut lanes = [0.0f32; 16];
+                        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+                        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+                        let row = c.add((r0 + r) * ldc + c0);
+                        for (j, &v) in lanes.iter().enumerate().take(width) {
+                            let p = row.add(j);
+                            *p = if overwrite { v } else { v + *p };
+                        }
+                    }
+                }
+            }
+        }
+
+        /// `c[..rows][..cols] (+)= a_panel · b_panel` over `kc` steps, accumulators in the 16
+        /// registers of an 8×32 tile; masked loads and stores clip the edge tiles.
+        ///
+        /// # Safety
+        /// AVX-512F must be available; otherwise as for [`kernel_avx2`].
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn kernel_avx512(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            ldc: usize,
+            rows: usize,
+            cols: usize,
+            overwrite: bool,
+        ) {
+            use std::arch::x86_64::*;
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             for kk in 0..kc {
                 let b0 = _mm512_loadu_ps(b.add(kk * NR));
@@ -1246,15 +1382,28 @@ mod tests {
                 host::gemm(&cpu, a, b, &mut c, acc, &mut Default::default());
                 runs.push(("dispatched", c));
                 let mut c = c0.clone();
-                host::fallback_gemm(&cpu, a, b, &mut c, acc);
+                host::dfdx_gemm(&cpu, a, b, &mut c, acc);
                 runs.push(("dfdx", c));
-                #[cfg(target_arch = "x86_64")]
-                if host::avx512::available() {
+                use host::blocked::Isa;
+                let mut bits = Vec::new();
+                for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
+                    if !isa.runs_here() {
+                        continue;
+                    }
                     let mut c = c0.clone();
                     // Stale packing buffers must not leak into the result.
                     let mut packed = (vec![f32::NAN; 100_000], vec![f32::NAN; 100_000]);
-                    host::avx512::sgemm(a, b, &mut c, acc, &mut packed);
-                    runs.push(("avx512", c));
+                    host::blocked::sgemm(a, b, &mut c, acc, &mut packed, isa);
+                    bits.push((isa, c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
+                    runs.push(("blocked", c));
+                }
+                // Every micro-kernel rounds alike: the same bits on every CPU.
+                for (isa, b) in &bits[1..] {
+                    assert!(
+                        *b == bits[0].1,
+                        "{isa:?} differs from {:?} at {m}×{k}×{n} ta={ta} tb={tb} acc={acc}",
+                        bits[0].0
+                    );
                 }
                 for (name, got) in runs {
                     for (ij, (&g, &w)) in got.iter().zip(&want).enumerate() {

@@ -114,6 +114,7 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
             hidden,
             negative_slope,
             arch: None,
+            conv_kernels: None,
             pretrained: None,
             pretrained_head: None,
         };
@@ -253,6 +254,7 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
         hidden: units,
         negative_slope,
         arch: Some(a),
+        conv_kernels: Some(crate::nn::conv::CONV_KERNELS),
         pretrained: raw.pretrained.clone(),
         pretrained_head: raw.pretrained_head.filter(|h| *h != PretrainedHead::Task1),
     }

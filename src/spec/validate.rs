@@ -115,6 +115,11 @@ pub struct ModelSpec {
     /// A conv model's complete architecture; absent for the MLP, whose keys stay as they were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<crate::nn::arch::Arch>,
+    /// A conv model's revision of the conv CPU kernels ([`crate::nn::conv::CONV_KERNELS`]), so
+    /// that a change in their rounding gives conv models new keys and leaves the MLP's as
+    /// they are; absent for the MLP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv_kernels: Option<u32>,
     /// Torchvision weights for task 1 (`vgg16`); a data file of the task-1 training, keyed by
     /// content, so its path is not a parameter.
     #[serde(skip)]
