@@ -105,8 +105,9 @@ fn exec_stage(args: &[String]) {
     }
 }
 
-/// The stand-in `sbatch`: start the job script's command as a detached process and print its
-/// pid as the job id, at once.
+/// The stand-in `sbatch`: start the job script's command (each task's, for an array) as a
+/// detached process and print a job id at once: the pid, or for an array the first task's pid,
+/// its tasks being `ID_i` as in Slurm.
 fn sbatch(me: &Path, args: &[String]) {
     count(me, "sbatch");
     let script = std::fs::read_to_string(args.last().unwrap()).unwrap();
@@ -116,21 +117,47 @@ fn sbatch(me: &Path, args: &[String]) {
         .skip(2)
         .map(|w| w.trim_matches('\'').to_string())
         .collect();
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(&words)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // An array's script picks its key by task index: `i) key=HEX ;;`.
+    let keys: Vec<String> = script
+        .lines()
+        .filter_map(|l| l.split_once(") key=")?.1.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let spawn = |words: &[String]| {
+        // Detached on purpose: this process exits at once, and init reaps the job.
+        #[allow(clippy::zombie_processes)]
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(words)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.id()
+    };
     let jobs = me.parent().unwrap().parent().unwrap().join("jobs");
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(jobs)
         .unwrap();
-    writeln!(f, "{}", child.id()).unwrap();
-    println!("{}", child.id());
+    if !args.iter().any(|a| a.starts_with("--array=")) {
+        let pid = spawn(&words);
+        writeln!(f, "{pid} {pid}").unwrap();
+        println!("{pid}");
+        return;
+    }
+    let mut array = None;
+    for (i, key) in keys.iter().enumerate() {
+        let w: Vec<String> = words
+            .iter()
+            .map(|w| if w == "\"$key\"" { key.clone() } else { w.clone() })
+            .collect();
+        let pid = spawn(&w);
+        let a = *array.get_or_insert(pid);
+        writeln!(f, "{a}_{i} {pid}").unwrap();
+    }
+    println!("{}", array.unwrap());
 }
 
 /// The stand-in `squeue`: every job `sbatch` started, RUNNING while its process lives.
@@ -139,7 +166,7 @@ fn squeue(me: &Path) {
     let jobs = me.parent().unwrap().parent().unwrap().join("jobs");
     let text = std::fs::read_to_string(jobs).unwrap_or_default();
     let mut out = String::new();
-    for pid in text.lines() {
+    for (id, pid) in text.lines().filter_map(|l| l.split_once(' ')) {
         // A zombie has finished; so has a pid whose /proc entry is gone.
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
             s.rsplit(')')
@@ -147,7 +174,7 @@ fn squeue(me: &Path) {
                 .is_some_and(|r| !r.trim_start().starts_with('Z'))
         });
         let state = if alive { "RUNNING" } else { "COMPLETED" };
-        out.push_str(&format!("{pid}|{state}\n"));
+        out.push_str(&format!("{id}|{state}\n"));
     }
     print!("{out}");
 }

@@ -131,7 +131,8 @@ fn a_train_stage_declared_with_a_gpu_is_submitted_with_a_gpu_request_and_others_
             .output()
             .unwrap();
         let text = stdout(&show);
-        // The job script is named after its stage id and key: `…/naive-seed0-task1-train-<key>.sh`.
+        // A job's script is named after its stage id and key (`…/naive-seed0-task1-train-<key>.sh`),
+        // a job array's after its stage kind and count (`…/train-x3-<hash>.sh`).
         let script = text
             .split_whitespace()
             .find_map(|w| w.strip_prefix("Command="))
@@ -139,7 +140,7 @@ fn a_train_stage_declared_with_a_gpu_is_submitted_with_a_gpu_request_and_others_
         let stem = script.rsplit('/').next().unwrap().trim_end_matches(".sh");
         let stage = &stem[..stem.len() - 13];
         let gpu = text.contains("gres:gpu:1") || text.contains("gres/gpu:1");
-        if stage.ends_with("-train") {
+        if stage.ends_with("-train") || stage.starts_with("train-x") {
             trains += 1;
             assert!(gpu, "{stage} asked for no GPU: {text}");
             assert!(text.contains("MinMemoryNode=1G"), "{text}");

@@ -361,6 +361,7 @@ impl<'a> Executor<'a> {
         std::thread::scope(|scope| {
             if let Some(s) = &self.opts.slurm {
                 scope.spawn(|| s.poll_until_stopped());
+                scope.spawn(|| s.submit_until_stopped());
             }
             for _ in 0..jobs.min(total.max(1)) {
                 let done_tx = done_tx.clone();

@@ -11,6 +11,12 @@
 //! complaint against other workflow tools. The interval starts short after a submission and
 //! backs off to `poll_max`.
 //!
+//! Submissions are gathered: stages that become ready within `array_window_s` of each other
+//! (the five seeds' `train` after a shared `split`, say) go to `sbatch` together, as one job
+//! array per stage kind, and `sbatch` is called at most `max_submits_per_min` times a minute
+//! (after a burst), so a wide DAG neither floods the controller with submissions nor waits on
+//! one `sbatch` per stage. A lone ready stage is a plain job.
+//!
 //! Infrastructure failures (node failure, preemption, time limit, out of memory, a job
 //! cancelled by someone else) are retried `retries` times. A stage's own error (the job exits
 //! 1, Slurm state FAILED) is not: the same inputs would fail the same way.
@@ -21,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Cluster-local settings (`[slurm]` in the config file).
@@ -45,6 +51,13 @@ pub struct SlurmConfig {
     /// after a submission draws on a burst of [`QUERY_BURST`], refilled at the rest of this
     /// rate, so a run that submits all the time does not poll every `poll_min_s`.
     pub max_queries_per_min: f64,
+    /// Seconds the driver waits, once a stage is ready to submit, for others to join it in one
+    /// `sbatch` call (a job array per stage kind).
+    pub array_window_s: f64,
+    /// The most stages in one job array (Slurm's `MaxArraySize` is 1001 by default).
+    pub max_array_size: usize,
+    /// The most `sbatch` calls in any minute, after a burst of [`SUBMIT_BURST`].
+    pub max_submits_per_min: f64,
     /// The Slurm commands, for clusters that wrap them (and for stand-ins in benchmarks).
     pub sbatch: String,
     pub squeue: String,
@@ -63,6 +76,9 @@ impl Default for SlurmConfig {
             poll_min_s: 0.5,
             grace_s: 30.0,
             max_queries_per_min: 12.0,
+            array_window_s: 0.5,
+            max_array_size: 1000,
+            max_submits_per_min: 120.0,
             sbatch: "sbatch".into(),
             squeue: "squeue".into(),
             scancel: "scancel".into(),
@@ -74,28 +90,35 @@ impl Default for SlurmConfig {
 /// `max_queries_per_min` spaces them out.
 pub const QUERY_BURST: f64 = 2.0;
 
-/// A token bucket over queue reads: [`QUERY_BURST`] tokens, refilled at `per_min - burst` a
-/// minute, so that any 60 seconds hold at most `per_min` reads (the burst plus a minute's
+/// `sbatch` calls that may follow each other at once before `max_submits_per_min` spaces
+/// them out.
+pub const SUBMIT_BURST: f64 = 10.0;
+
+/// A token bucket over calls of one command: `burst` tokens, refilled at `per_min - burst` a
+/// minute, so that any 60 seconds hold at most `per_min` calls (the burst plus a minute's
 /// refill).
 struct QueryBudget {
+    burst: f64,
     tokens: f64,
     per_s: f64,
     at: Instant,
 }
 
 impl QueryBudget {
-    fn new(per_min: f64) -> Self {
+    fn new(per_min: f64, burst: f64) -> Self {
         QueryBudget {
-            tokens: QUERY_BURST,
-            // At least one read a minute beyond the burst, or a run could never learn of failures.
-            per_s: (per_min - QUERY_BURST).max(1.0) / 60.0,
+            burst,
+            tokens: burst,
+            // At least one call a minute beyond the burst, or a run could never learn of
+            // failures (or submit its next stage).
+            per_s: (per_min - burst).max(1.0) / 60.0,
             at: Instant::now(),
         }
     }
 
-    /// How long to wait from `now` before the next read may be taken.
+    /// How long to wait from `now` before the next call may be made.
     fn wait(&mut self, now: Instant) -> Duration {
-        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.per_s).min(QUERY_BURST);
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.per_s).min(self.burst);
         self.at = now;
         Duration::from_secs_f64(((1.0 - self.tokens) / self.per_s).max(0.0))
     }
@@ -206,9 +229,37 @@ pub enum SlurmError {
     },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
+    #[error("the run stopped before the stage was submitted")]
+    Stopped,
 }
 
-/// One submitted job.
+impl SlurmError {
+    /// This error as told to one stage of a group submitted together.
+    fn clone_for(&self, id: &str) -> SlurmError {
+        match self {
+            SlurmError::Spawn { command, source } => SlurmError::Spawn {
+                command: command.clone(),
+                source: std::io::Error::new(source.kind(), format!("{source} (stage `{id}`)")),
+            },
+            SlurmError::Command { command, stderr } => SlurmError::Command {
+                command: command.clone(),
+                stderr: stderr.clone(),
+            },
+            SlurmError::Stopped => SlurmError::Stopped,
+        }
+    }
+}
+
+/// A stage waiting for the submitter, and where its job is to be handed.
+struct Pending {
+    id: String,
+    kind: String,
+    key: StageKey,
+    reply: mpsc::Sender<Result<Job, SlurmError>>,
+}
+
+/// One submitted job (or one task of a job array: id `ARRAY_TASK`, as `squeue --array` and
+/// `scancel` name it).
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
@@ -240,8 +291,14 @@ pub struct SlurmRunner {
     /// Set on a submission, so the poller goes back to its short interval.
     fresh: AtomicBool,
     stop: AtomicBool,
-    /// How many times each command was called (reported by benches).
+    /// Stages gathered for the next `sbatch` call.
+    pending: Mutex<Vec<Pending>>,
+    pending_changed: Condvar,
+    /// How many times each command was called (reported by benches); `arrays` counts the
+    /// `sbatch` calls that submitted a job array, `staged` the stages submitted in all.
     pub submits: AtomicU64,
+    pub arrays: AtomicU64,
+    pub staged: AtomicU64,
     pub queries: AtomicU64,
     pub cancels: AtomicU64,
 }
@@ -277,7 +334,11 @@ impl SlurmRunner {
             changed: Condvar::new(),
             fresh: AtomicBool::new(true),
             stop: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+            pending_changed: Condvar::new(),
             submits: AtomicU64::new(0),
+            arrays: AtomicU64::new(0),
+            staged: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             cancels: AtomicU64::new(0),
         })
@@ -291,7 +352,26 @@ impl SlurmRunner {
     /// binary replaces the shell (`exec`), so Slurm's SIGTERM on cancellation, time limit or
     /// preemption reaches cfpipe itself, which releases its lease and stores nothing partial.
     fn script(&self, args: &[String]) -> String {
-        let mut s = String::from("#!/bin/sh\n");
+        self.script_after("", &args.iter().map(|a| quote(a)).collect::<Vec<_>>())
+    }
+
+    /// The script of a job array over `keys`: each task picks its stage's key by its index
+    /// (into a variable, not `$1`, which a setup line such as `module load` may reset).
+    fn array_script(&self, keys: &[StageKey]) -> String {
+        let mut pick = String::from("case \"$SLURM_ARRAY_TASK_ID\" in\n");
+        for (i, k) in keys.iter().enumerate() {
+            pick.push_str(&format!("{i}) key={} ;;\n", k.to_hex()));
+        }
+        pick.push_str(
+            "*) echo \"cfpipe: array task $SLURM_ARRAY_TASK_ID has no stage\" >&2; exit 2 ;;\nesac\n",
+        );
+        self.script_after(&pick, &["\"$key\"".to_string()])
+    }
+
+    /// `#!/bin/sh`, `pick`, the setup lines, then `exec cfpipe exec-stage WORDS…` against this
+    /// run's cache and device (`words` are shell words, already quoted).
+    fn script_after(&self, pick: &str, words: &[String]) -> String {
+        let mut s = format!("#!/bin/sh\n{pick}");
         for line in &self.cfg.setup {
             s.push_str(line);
             s.push('\n');
@@ -300,29 +380,136 @@ impl SlurmRunner {
             "exec {} exec-stage",
             quote(&self.binary.display().to_string())
         ));
-        for a in args
-            .iter()
-            .map(String::as_str)
-            .chain(["--cache", &self.cache_dir.display().to_string()])
-            .chain(["--device", &self.device])
-        {
+        for w in words.iter().cloned().chain(
+            [
+                "--cache",
+                &self.cache_dir.display().to_string(),
+                "--device",
+                &self.device,
+            ]
+            .map(quote),
+        ) {
             s.push(' ');
-            s.push_str(&quote(a));
+            s.push_str(&w);
         }
         s.push('\n');
         s
     }
 
-    /// Submit the job that computes stage `id` (kind `kind`, key `key`), whose inputs are
-    /// all published.
+    /// Have a job compute stage `id` (kind `kind`, key `key`), whose inputs are all published:
+    /// the stage joins the next `sbatch` call of [`Self::submit_until_stopped`], which must be
+    /// running, and this returns once that call has given it a job.
     pub fn submit(&self, id: &str, kind: &str, key: &StageKey) -> Result<Job, SlurmError> {
-        self.submit_job(
-            id,
-            kind,
-            &format!("{}-{}", id.replace('/', "-"), &key.to_hex()[..12]),
-            &[key.to_hex()],
-            &[],
-        )
+        let (reply, answer) = mpsc::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Pending {
+                id: id.to_string(),
+                kind: kind.to_string(),
+                key: *key,
+                reply,
+            });
+        self.pending_changed.notify_all();
+        answer.recv().unwrap_or(Err(SlurmError::Stopped))
+    }
+
+    /// Submit gathered stages until `stop`: once one is waiting, wait `array_window_s` for
+    /// others, then submit them by stage kind, a plain job for a lone stage and a job array for
+    /// several, each `sbatch` call drawing on the `max_submits_per_min` budget.
+    pub fn submit_until_stopped(&self) {
+        let window = Duration::from_secs_f64(self.cfg.array_window_s.max(0.0));
+        let mut budget = QueryBudget::new(self.cfg.max_submits_per_min, SUBMIT_BURST);
+        loop {
+            let mut q = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while q.is_empty() && !self.stop.load(Ordering::Relaxed) {
+                q = self
+                    .pending_changed
+                    .wait_timeout(q, Duration::from_millis(100))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                for p in q.drain(..) {
+                    let _ = p.reply.send(Err(SlurmError::Stopped));
+                }
+                return;
+            }
+            drop(q);
+            self.sleep_unless_stopped(window);
+            let batch =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut by_kind: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+            for p in batch {
+                by_kind.entry(p.kind.clone()).or_default().push(p);
+            }
+            for (kind, group) in by_kind {
+                let mut group = group.into_iter().peekable();
+                while group.peek().is_some() {
+                    let part: Vec<Pending> = group
+                        .by_ref()
+                        .take(self.cfg.max_array_size.max(1))
+                        .collect();
+                    self.sleep_unless_stopped(budget.wait(Instant::now()));
+                    budget.wait(Instant::now());
+                    budget.take();
+                    match self.submit_group(&kind, &part) {
+                        Ok(jobs) => {
+                            for (p, job) in part.into_iter().zip(jobs) {
+                                let _ = p.reply.send(Ok(job));
+                            }
+                        }
+                        Err(e) => {
+                            for p in part {
+                                let _ = p.reply.send(Err(e.clone_for(&p.id)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn sleep_unless_stopped(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10).min(until - Instant::now()));
+        }
+    }
+
+    /// One `sbatch` call for stages of one kind: a plain job for one, an array for more.
+    fn submit_group(&self, kind: &str, part: &[Pending]) -> Result<Vec<Job>, SlurmError> {
+        if let [p] = part {
+            return Ok(vec![self.submit_job(
+                &p.id,
+                kind,
+                &format!("{}-{}", p.id.replace('/', "-"), &p.key.to_hex()[..12]),
+                &[p.key.to_hex()],
+                &[],
+            )?]);
+        }
+        let keys: Vec<StageKey> = part.iter().map(|p| p.key).collect();
+        let mut h = blake3::Hasher::new();
+        for k in &keys {
+            h.update(k.to_hex().as_bytes());
+        }
+        // Named after the kind and its stages' keys: `train-x5-<hash>.sh`, logs
+        // `train-x5-<hash>-<array>_<task>.log`.
+        let stem = format!("{kind}-x{}-{}", keys.len(), &h.finalize().to_hex()[..12]);
+        let (dir, script) = self.write_script(&stem, &self.array_script(&keys))?;
+        let mut c = self.sbatch(kind, &dir.join(format!("{stem}-%A_%a.log")));
+        c.arg(format!("--array=0-{}", keys.len() - 1)).arg(&script);
+        let what = format!("{} and {} more", part[0].id, part.len() - 1);
+        let array = self.call_sbatch(&mut c, &what, keys.len())?;
+        self.arrays.fetch_add(1, Ordering::Relaxed);
+        let submitted = Instant::now();
+        Ok((0..keys.len())
+            .map(|i| Job {
+                id: format!("{array}_{i}"),
+                log: dir.join(format!("{stem}-{array}_{i}.log")),
+                submitted,
+            })
+            .collect())
     }
 
     /// Submit a job for stage `id` of kind `kind` that runs `exec-stage ARGS`, after the jobs
@@ -336,28 +523,46 @@ impl SlurmRunner {
         args: &[String],
         after: &[String],
     ) -> Result<Job, SlurmError> {
+        let (dir, script) = self.write_script(stem, &self.script(args))?;
+        let mut c = self.sbatch(kind, &dir.join(format!("{stem}-%j.log")));
+        if !after.is_empty() {
+            c.arg(format!("--dependency=afterok:{}", after.join(":")))
+                .arg("--kill-on-invalid-dep=yes");
+        }
+        c.arg(&script);
+        let job_id = self.call_sbatch(&mut c, id, 1)?;
+        Ok(Job {
+            log: dir.join(format!("{stem}-{job_id}.log")),
+            id: job_id,
+            submitted: Instant::now(),
+        })
+    }
+
+    /// Write the script `stem.sh` into the log directory: atomically, since a second driver on
+    /// the same cache writes the same script for the same stage, and a plain write's truncation
+    /// can meet this `sbatch`'s read ("Batch script is empty").
+    fn write_script(&self, stem: &str, text: &str) -> Result<(PathBuf, PathBuf), SlurmError> {
         let dir = self.log_dir();
         let _ = std::fs::create_dir_all(&dir);
         let script = dir.join(format!("{stem}.sh"));
-        // Atomic: a second driver on the same cache writes the same script for the same stage,
-        // and a plain write's truncation can meet this sbatch's read ("Batch script is empty").
-        crate::cache::atomic_write(&script, self.script(args).as_bytes()).map_err(|source| {
+        crate::cache::atomic_write(&script, text.as_bytes()).map_err(|source| {
             SlurmError::Spawn {
                 command: format!("writing {}", script.display()),
                 source,
             }
         })?;
-        let log_pattern = dir.join(format!("{stem}-%j.log"));
+        Ok((dir, script))
+    }
+
+    /// `sbatch` with the run's job name, the log pattern, the cluster's settings and the
+    /// resources of stage kind `kind`; the caller adds its own flags and the script.
+    fn sbatch(&self, kind: &str, log_pattern: &Path) -> Command {
         let mut c = Command::new(&self.cfg.sbatch);
         c.arg("--parsable")
             .arg(format!("--job-name={}", self.job_name))
             .arg(format!("--output={}", log_pattern.display()))
             // Time to store nothing partial and release the lease before a time limit's kill.
             .arg("--signal=TERM@60");
-        if !after.is_empty() {
-            c.arg(format!("--dependency=afterok:{}", after.join(":")))
-                .arg("--kill-on-invalid-dep=yes");
-        }
         for (flag, v) in [
             ("--partition", &self.cfg.partition),
             ("--account", &self.cfg.account),
@@ -374,12 +579,22 @@ impl SlurmRunner {
         if let Some(r) = res {
             c.args(r.sbatch_args());
         }
-        c.args(&self.cfg.sbatch_args).arg(&script);
+        c.args(&self.cfg.sbatch_args);
+        c
+    }
+
+    /// Run a prepared `sbatch` for `stages` stages (`what` names them in an error): the job id.
+    fn call_sbatch(
+        &self,
+        c: &mut Command,
+        what: &str,
+        stages: usize,
+    ) -> Result<String, SlurmError> {
         self.submits.fetch_add(1, Ordering::Relaxed);
-        let out = run(&mut c, &self.cfg.sbatch).map_err(|e| match e {
+        let out = run(c, &self.cfg.sbatch).map_err(|e| match e {
             SlurmError::Command { command, stderr } => SlurmError::Command {
                 command,
-                stderr: format!("{stderr} (submitting `{id}`)"),
+                stderr: format!("{stderr} (submitting `{what}`)"),
             },
             e => e,
         })?;
@@ -391,13 +606,10 @@ impl SlurmRunner {
                 stderr: format!("no job id in its output `{}`", out.trim()),
             });
         }
+        self.staged.fetch_add(stages as u64, Ordering::Relaxed);
         self.fresh.store(true, Ordering::Relaxed);
         self.changed.notify_all();
-        Ok(Job {
-            log: dir.join(format!("{stem}-{job_id}.log")),
-            id: job_id,
-            submitted: Instant::now(),
-        })
+        Ok(job_id)
     }
 
     /// Where job scripts and logs are kept: under the cache, which every node sees.
@@ -441,7 +653,7 @@ impl SlurmRunner {
         let min = Duration::from_secs_f64(self.cfg.poll_min_s.max(0.05));
         let max = Duration::from_secs_f64(self.cfg.poll_max_s.max(self.cfg.poll_min_s));
         let mut interval = min;
-        let mut budget = QueryBudget::new(self.cfg.max_queries_per_min);
+        let mut budget = QueryBudget::new(self.cfg.max_queries_per_min, QUERY_BURST);
         while !self.stop.load(Ordering::Relaxed) {
             if self.fresh.swap(false, Ordering::Relaxed) {
                 interval = min;
@@ -484,6 +696,7 @@ impl SlurmRunner {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.changed.notify_all();
+        self.pending_changed.notify_all();
     }
 }
 
@@ -494,7 +707,8 @@ pub fn queue_states(
     names: &[&str],
 ) -> Result<HashMap<String, String>, SlurmError> {
     let mut c = Command::new(&cfg.squeue);
-    c.args(["--noheader", "--states=all", "--format=%i|%T"])
+    // `--array`: one line per array task (`123_4`), pending ones too, not `123_[0-9]`.
+    c.args(["--noheader", "--array", "--states=all", "--format=%i|%T"])
         .arg(format!("--name={}", names.join(",")));
     Ok(run(&mut c, &cfg.squeue)?
         .lines()
@@ -569,15 +783,12 @@ mod tests {
     #[test]
     fn two_drivers_submitting_one_stage_never_hand_sbatch_an_empty_script() {
         // Two drivers on one cache write the same stage's script; sbatch must read a whole one.
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let sbatch = dir.path().join("sbatch");
-        std::fs::write(
+        stand_in(
             &sbatch,
-            "#!/bin/sh\nfor a; do s=$a; done\n[ -s \"$s\" ] || { echo empty >&2; exit 1; }\necho 7\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
+            "for a; do s=$a; done\n[ -s \"$s\" ] || { echo empty >&2; exit 1; }\necho 7\n",
+        );
         let cfg = SlurmConfig {
             sbatch: sbatch.display().to_string(),
             ..SlurmConfig::default()
@@ -606,10 +817,92 @@ mod tests {
         });
     }
 
+    /// An executable shell script at `path`.
+    fn stand_in(path: &Path, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn stages_ready_together_go_as_one_array_per_kind_and_each_task_runs_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sbatch, calls) = (dir.path().join("sbatch"), dir.path().join("calls"));
+        // Records each call's arguments on a line, answers job id 7.
+        stand_in(
+            &sbatch,
+            &format!("echo \"$*\" >> {}\necho 7\n", calls.display()),
+        );
+        let binary = dir.path().join("cfpipe");
+        stand_in(&binary, "echo \"$@\"\n");
+        let cfg = SlurmConfig {
+            sbatch: sbatch.display().to_string(),
+            array_window_s: 0.3,
+            ..SlurmConfig::default()
+        };
+        let runner = SlurmRunner::new(cfg, binary, dir.path(), "cpu", BTreeMap::new());
+        let key = |i: u8| StageKey::from_hex(&format!("{i:02x}").repeat(32)).unwrap();
+        let jobs: Vec<(u8, Job)> = std::thread::scope(|s| {
+            s.spawn(|| runner.submit_until_stopped());
+            let waiting: Vec<_> = (0..6u8)
+                .map(|i| {
+                    let runner = &runner;
+                    s.spawn(move || {
+                        let kind = if i < 5 { "train" } else { "score" };
+                        let job = runner
+                            .submit(&format!("s{i}/{kind}"), kind, &key(i))
+                            .unwrap();
+                        (i, job)
+                    })
+                })
+                .collect();
+            let jobs = waiting.into_iter().map(|w| w.join().unwrap()).collect();
+            runner.stop();
+            jobs
+        });
+        let calls = std::fs::read_to_string(&calls).unwrap();
+        assert_eq!(calls.lines().count(), 2, "one sbatch per kind: {calls}");
+        assert_eq!(calls.matches("--array=0-4").count(), 1, "{calls}");
+        assert_eq!(runner.arrays.load(Ordering::Relaxed), 1);
+        assert_eq!(runner.staged.load(Ordering::Relaxed), 6);
+        let mut tasks: Vec<String> = Vec::new();
+        for (i, job) in &jobs {
+            if *i == 5 {
+                assert_eq!(job.id, "7", "a lone stage is a plain job");
+                continue;
+            }
+            tasks.push(job.id.clone());
+            // The array's script, run as Slurm runs task `t`, computes this stage's key.
+            let t = job.id.strip_prefix("7_").unwrap();
+            let script = calls
+                .lines()
+                .find(|l| l.contains("--array"))
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap();
+            let out = Command::new("sh")
+                .arg(script)
+                .env("SLURM_ARRAY_TASK_ID", t)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                said.starts_with(&format!("exec-stage {} --cache", key(*i).to_hex())),
+                "task {t} of stage s{i}: {said}"
+            );
+            assert!(job
+                .log
+                .display()
+                .to_string()
+                .ends_with(&format!("-{}.log", job.id)));
+        }
+        tasks.sort();
+        assert_eq!(tasks, ["7_0", "7_1", "7_2", "7_3", "7_4"]);
+    }
+
     #[test]
     fn the_query_budget_allows_a_burst_then_spaces_reads_to_the_rate() {
         let t0 = Instant::now();
-        let mut b = QueryBudget::new(12.0);
+        let mut b = QueryBudget::new(12.0, QUERY_BURST);
         // Reads as fast as the budget allows for ten minutes of simulated time.
         let (mut now, mut reads) = (t0, Vec::new());
         while now < t0 + Duration::from_secs(600) {
