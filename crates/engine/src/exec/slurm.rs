@@ -51,8 +51,10 @@ pub struct SlurmConfig {
     /// after a submission draws on a burst of [`QUERY_BURST`], refilled at the rest of this
     /// rate, so a run that submits all the time does not poll every `poll_min_s`.
     pub max_queries_per_min: f64,
-    /// Seconds the driver waits, once a stage is ready to submit, for others to join it in one
-    /// `sbatch` call (a job array per stage kind).
+    /// While submissions follow each other, the seconds between `sbatch` calls in which ready
+    /// stages gather into one call (a job array per stage kind). After a quiet spell a stage
+    /// goes at once (with the siblings ready in the same instant), so a chain of dependent
+    /// stages pays none of it.
     pub array_window_s: f64,
     /// The most stages in one job array (Slurm's `MaxArraySize` is 1001 by default).
     pub max_array_size: usize,
@@ -89,6 +91,10 @@ impl Default for SlurmConfig {
 /// Queue reads that may follow each other at the short interval before the rate limit of
 /// `max_queries_per_min` spaces them out.
 pub const QUERY_BURST: f64 = 2.0;
+
+/// How long a stage that finds the submitter idle waits for siblings released by the same
+/// input: they are dispatched within microseconds of each other, so this is ample.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// `sbatch` calls that may follow each other at once before `max_submits_per_min` spaces
 /// them out.
@@ -420,6 +426,7 @@ impl SlurmRunner {
     pub fn submit_until_stopped(&self) {
         let window = Duration::from_secs_f64(self.cfg.array_window_s.max(0.0));
         let mut budget = QueryBudget::new(self.cfg.max_submits_per_min, SUBMIT_BURST);
+        let mut last_call: Option<Instant> = None;
         loop {
             let mut q = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             while q.is_empty() && !self.stop.load(Ordering::Relaxed) {
@@ -436,7 +443,16 @@ impl SlurmRunner {
                 return;
             }
             drop(q);
-            self.sleep_unless_stopped(window);
+            // After a quiet spell, go at once (a settle of `SETTLE` catches the siblings that
+            // one finished input released together), so a chain of dependent stages pays no
+            // window; while submissions follow each other, gather until `window` after the
+            // last, so a busy run makes one call per kind per window.
+            let now = Instant::now();
+            let until = match last_call {
+                Some(t) if now < t + window => t + window,
+                _ => now + SETTLE.min(window),
+            };
+            self.sleep_unless_stopped(until.saturating_duration_since(now));
             let batch =
                 std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
             let mut by_kind: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
@@ -453,6 +469,7 @@ impl SlurmRunner {
                     self.sleep_unless_stopped(budget.wait(Instant::now()));
                     budget.wait(Instant::now());
                     budget.take();
+                    last_call = Some(Instant::now());
                     match self.submit_group(&kind, &part) {
                         Ok(jobs) => {
                             for (p, job) in part.into_iter().zip(jobs) {
