@@ -151,7 +151,13 @@ fn sbatch(me: &Path, args: &[String]) {
     for (i, key) in keys.iter().enumerate() {
         let w: Vec<String> = words
             .iter()
-            .map(|w| if w == "\"$key\"" { key.clone() } else { w.clone() })
+            .map(|w| {
+                if w == "\"$key\"" {
+                    key.clone()
+                } else {
+                    w.clone()
+                }
+            })
             .collect();
         let pid = spawn(&w);
         let a = *array.get_or_insert(pid);

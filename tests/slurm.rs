@@ -39,12 +39,7 @@ fn jobs_of(o: &Output) -> Vec<String> {
         .nth(1)
         .and_then(|t| t.split_whitespace().next())
         .unwrap_or_else(|| panic!("no job name in: {err}"));
-    let q = std::process::Command::new("squeue")
-        .args(["--noheader", "--states=all", "--format=%i"])
-        .arg(format!("--name={name}"))
-        .output()
-        .unwrap();
-    stdout(&q).lines().map(|l| l.trim().to_string()).collect()
+    jobs_named(name).into_iter().map(|(id, _)| id).collect()
 }
 
 /// Content hash of every entry in the cache at `dir`, by key.
@@ -303,7 +298,7 @@ impl Driver {
     /// (job id, state, command) of the run's jobs still in the queue.
     fn queued(&self) -> Vec<(String, String, String)> {
         let q = std::process::Command::new("squeue")
-            .args(["--noheader", "--format=%i|%T|%o"])
+            .args(["--noheader", "--array", "--format=%i|%T|%o"])
             .arg(format!("--name={}", self.job_name()))
             .output()
             .unwrap();
@@ -477,4 +472,82 @@ fn two_drivers_at_once_on_one_cache_compute_every_stage_once() {
     let once = computations(&f.cache_dir());
     assert_eq!(once.len(), n, "{once:?}");
     assert!(once.values().all(|&c| c == 1), "{once:?}");
+}
+
+#[test]
+fn a_later_driver_follows_the_queued_jobs_of_one_that_died_instead_of_submitting_its_own() {
+    if !slurm_up() {
+        return;
+    }
+    let f = Fixture::new();
+    let config = f.path().join("cfpipe.toml");
+    // The first driver's jobs are held, so they are still pending when it dies.
+    std::fs::write(&config, "[slurm]\nsbatch_args = [\"--hold\"]\n").unwrap();
+    let mut first = Driver::start(&f, &[]);
+    let name = first.job_name();
+    let t0 = std::time::Instant::now();
+    while first.queued().is_empty() {
+        assert!(t0.elapsed() < common::DEADLINE, "nothing queued");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Let it submit the rest of the first wave, then kill it (SIGKILL: it cancels nothing).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    first.child.kill().unwrap();
+    let _ = first.finish();
+    let held = jobs_named(&name);
+    assert!(
+        !held.is_empty() && held.iter().all(|(_, st)| st == "PENDING"),
+        "{held:?}"
+    );
+
+    std::fs::remove_file(&config).unwrap();
+    let second = Driver::start(&f, &[]);
+    let t0 = std::time::Instant::now();
+    while second
+        .stderr()
+        .matches("which an earlier run submitted")
+        .count()
+        < held.len()
+    {
+        assert!(
+            t0.elapsed() < common::DEADLINE,
+            "held jobs {held:?} were not followed: {}",
+            second.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (id, ..) in &held {
+        assert!(std::process::Command::new("scontrol")
+            .args(["release", id])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let own = second.job_name();
+    let (code, out, err) = second.finish();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (n, ran) = summary_of(&out);
+    assert_eq!(ran, n, "{out}");
+    // The held jobs computed their stages; the second driver submitted only the rest.
+    assert_eq!(jobs_named(&own).len(), n - held.len(), "{err}");
+    assert_ne!(own, name);
+    let once = computations(&f.cache_dir());
+    assert_eq!(once.len(), n, "{once:?}");
+    assert!(once.values().all(|&c| c == 1), "{once:?}");
+    let v = f.cli(&["cache", "verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+}
+
+/// (job id, state) of every job, array tasks one by one, named `name`.
+fn jobs_named(name: &str) -> Vec<(String, String)> {
+    let q = std::process::Command::new("squeue")
+        .args(["--noheader", "--array", "--states=all", "--format=%i|%T"])
+        .arg(format!("--name={name}"))
+        .output()
+        .unwrap();
+    stdout(&q)
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(i, s)| (i.trim().to_string(), s.trim().to_string()))
+        .collect()
 }

@@ -786,6 +786,7 @@ impl<'a> Executor<'a> {
         }
         self.write_request(req);
         let published = |e: Box<Entry>| {
+            s.release_claim(&req.key);
             let wall_s = e.manifest.run.wall_s;
             Ok((
                 *e,
@@ -816,12 +817,22 @@ impl<'a> Executor<'a> {
             if self.opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(cancelled());
             }
-            let job =
-                s.submit(&req.id, &req.kind, &req.key)
-                    .map_err(|source| ExecError::Slurm {
-                        id: req.id.clone(),
-                        source,
-                    })?;
+            let job = match s.adopt(&req.key) {
+                Some(job) => {
+                    eprintln!(
+                        "note: stage `{}`: following Slurm job {}, which an earlier run submitted",
+                        req.id, job.id
+                    );
+                    job
+                }
+                None => {
+                    s.submit(&req.id, &req.kind, &req.key)
+                        .map_err(|source| ExecError::Slurm {
+                            id: req.id.clone(),
+                            source,
+                        })?
+                }
+            };
             if let Some(o) = &self.opts.observer {
                 o.started(&req.id, &req.kind);
             }

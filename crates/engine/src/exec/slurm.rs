@@ -297,6 +297,8 @@ pub struct SlurmRunner {
     /// Set on a submission, so the poller goes back to its short interval.
     fresh: AtomicBool,
     stop: AtomicBool,
+    /// Job names of other runs whose queued jobs this run adopted, read with its own.
+    adopted_runs: Mutex<std::collections::BTreeSet<String>>,
     /// Stages gathered for the next `sbatch` call.
     pending: Mutex<Vec<Pending>>,
     pending_changed: Condvar,
@@ -340,6 +342,7 @@ impl SlurmRunner {
             changed: Condvar::new(),
             fresh: AtomicBool::new(true),
             stop: AtomicBool::new(false),
+            adopted_runs: Mutex::new(Default::default()),
             pending: Mutex::new(Vec::new()),
             pending_changed: Condvar::new(),
             submits: AtomicU64::new(0),
@@ -473,6 +476,7 @@ impl SlurmRunner {
                     match self.submit_group(&kind, &part) {
                         Ok(jobs) => {
                             for (p, job) in part.into_iter().zip(jobs) {
+                                self.claim(&p.key, &job);
                                 let _ = p.reply.send(Ok(job));
                             }
                         }
@@ -629,6 +633,65 @@ impl SlurmRunner {
         Ok(job_id)
     }
 
+    /// The note of the job last submitted for `key` (job name, job id, log), which lets a
+    /// later driver adopt it while it is still queued.
+    fn claim_path(&self, key: &StageKey) -> PathBuf {
+        self.log_dir().join("claims").join(key.to_hex())
+    }
+
+    fn claim(&self, key: &StageKey, job: &Job) {
+        let path = self.claim_path(key);
+        let _ = std::fs::create_dir_all(path.parent().expect("a claim has a directory"));
+        let text = format!("{}\n{}\n{}\n", self.job_name, job.id, job.log.display());
+        // Only an optimisation: without it a later driver submits its own job, and the lease
+        // still keeps the stage from being computed twice.
+        let _ = crate::cache::atomic_write(&path, text.as_bytes());
+    }
+
+    /// Forget the claim on `key` once its entry is published.
+    pub fn release_claim(&self, key: &StageKey) {
+        let _ = std::fs::remove_file(self.claim_path(key));
+    }
+
+    /// A job that another run (a driver that died, or one still alive) submitted for `key` and
+    /// that is still queued or running: this run follows it instead of submitting its own, so a
+    /// rerun after the login session died spends no slot twice. Running jobs are also found by
+    /// their lease; this finds the pending ones. It waits for one queue read that includes the
+    /// other run's jobs, so adoption draws on the same `max_queries_per_min` budget.
+    pub fn adopt(&self, key: &StageKey) -> Option<Job> {
+        let text = std::fs::read_to_string(self.claim_path(key)).ok()?;
+        let mut lines = text.lines();
+        let (name, id, log) = (lines.next()?, lines.next()?, lines.next()?);
+        if name == self.job_name || !name.starts_with("cfpipe-") || id.is_empty() {
+            return None;
+        }
+        let since = Instant::now();
+        self.adopted_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
+        self.fresh.store(true, Ordering::Relaxed);
+        let mut snap = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        while snap.taken.is_none_or(|t| t <= since) {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            snap = self
+                .changed
+                .wait_timeout(snap, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        match snap.states.get(id) {
+            Some(st) if !is_terminal(st) => Some(Job {
+                id: id.to_string(),
+                log: PathBuf::from(log),
+                submitted: since,
+            }),
+            _ => None,
+        }
+    }
+
     /// Where job scripts and logs are kept: under the cache, which every node sees.
     pub fn log_dir(&self) -> PathBuf {
         self.cache_dir.join("logs").join("slurm")
@@ -686,7 +749,16 @@ impl SlurmRunner {
             budget.take();
             let taken = Instant::now();
             self.queries.fetch_add(1, Ordering::Relaxed);
-            match queue_states(&self.cfg, &[self.job_name.as_str()]) {
+            let mut names = vec![self.job_name.clone()];
+            names.extend(
+                self.adopted_runs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned(),
+            );
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            match queue_states(&self.cfg, &names) {
                 Ok(states) => {
                     let mut snap = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
                     *snap = Snapshot {
