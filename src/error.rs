@@ -72,6 +72,15 @@ pub enum CliError {
     Io(#[from] std::io::Error),
 }
 
+impl From<crate::LoadError> for CliError {
+    fn from(e: crate::LoadError) -> Self {
+        match e {
+            crate::LoadError::Spec(e) => CliError::Spec(e),
+            crate::LoadError::Graph(e) => CliError::Graph(e),
+        }
+    }
+}
+
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -24,3 +24,5 @@ pub mod signals;
 pub mod spec;
 pub mod stages;
 pub mod xai;
+
+pub use stages::plan::{load, LoadError};

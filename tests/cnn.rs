@@ -61,7 +61,7 @@ fn the_cnn_pipeline_runs_on_bundled_mnist_and_reruns_nothing() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let (_, dag) = cfpipe::cli::load(&path, &set, DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&path, &set, DataCheck::Required).unwrap();
     let cache = Cache::open(dir.path().join("cache")).unwrap();
     let registry = cfpipe::stages::registry();
     let run = || {
@@ -573,7 +573,7 @@ strategies: {{naive: {{freeze: none}}}}
     };
     let o = run(&["run", "--quiet"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let (_, dag) = cfpipe::cli::load(&pipeline, &[], DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&pipeline, &[], DataCheck::Required).unwrap();
     let cache = Cache::open(d.join("cache")).unwrap();
     let res = resolve(&dag, &cache);
     let n1 = dag.find("naive/seed0/task1/train").unwrap();

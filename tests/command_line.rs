@@ -108,7 +108,7 @@ fn an_interrupted_run_prints_one_summary_instead_of_a_line_per_stopped_stage() {
         .unwrap_or_else(|| panic!("no interrupted line: {err}"));
     // Both strategies' task-1 training was running (2 jobs); the rest never started.
     let (dag_len, _) = {
-        let (_, dag) = cfpipe::cli::load(
+        let (_, dag) = cfpipe::load(
             &f.pipeline(),
             &["training.epochs=5000".into()],
             cfpipe::spec::DataCheck::Required,
@@ -138,8 +138,7 @@ fn a_piped_run_logs_one_line_per_stage_start_and_finish_and_quiet_silences_them(
     let f = Fixture::new();
     let p = f.pipeline();
     let p = p.to_str().unwrap();
-    let (_, dag) =
-        cfpipe::cli::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
     let ids: Vec<String> = dag
         .topo_order()
         .iter()

@@ -34,8 +34,7 @@ fn a_method_correlates_with_itself_and_not_with_random() {
         assert!(ran.contains(&format!("study/seed0/task{t}/correlate")));
     }
     // The study trains exactly like naive: its training stages are naive's.
-    let (_, dag) =
-        cfpipe::cli::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
     assert_eq!(
         dag.find("study/seed0/task2/train"),
         dag.find("naive/seed0/task2/train")

@@ -32,7 +32,7 @@ const EWC: &str = r#"  ewc_zero:
 "#;
 
 fn file_of(f: &Fixture, id: &str, file: &str) -> Vec<u8> {
-    let (_, dag) = cfpipe::cli::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
     let cache = Cache::open(f.cache_dir()).unwrap();
     let n = dag.find(id).unwrap_or_else(|| panic!("no stage {id}"));
     let r = resolve(&dag, &cache)
@@ -50,7 +50,7 @@ fn ewc_with_zero_lambda_trains_bit_identically_to_naive_and_a_strong_one_holds_t
     // Task 1 is shared; task 2 of each EWC strategy is its own stage (it has a penalty input).
     assert!(ran.contains("ewc_zero/seed0/task1/consolidate"));
     assert!(ran.contains("ewc_zero/seed0/task2/train"));
-    let (_, dag) = cfpipe::cli::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
     assert_eq!(
         dag.find("naive/seed0/task1/train"),
         dag.find("ewc_strong/seed0/task1/train")
@@ -170,7 +170,7 @@ fn a_unit_level_importance_gives_every_weight_and_bias_of_a_unit_its_score() {
     let ran = f.run(&[]).ran_all_ids();
     assert!(ran.contains("ewc_magnitude/seed0/task1/consolidate"));
     assert!(ran.contains("ewc_lrp/seed0/task2/train"));
-    let (_, dag) = cfpipe::cli::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&f.pipeline(), &[], DataCheck::Required).unwrap();
     // The method is part of the consolidate stage's key: the two would otherwise be one node.
     assert_ne!(
         dag.find("ewc_magnitude/seed0/task1/consolidate"),

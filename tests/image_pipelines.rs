@@ -754,7 +754,7 @@ fn the_saliency_freeze_pipeline_runs_on_fixtures() {
 /// stage's id, aliases, kind and outcome.
 fn run_lib(pipeline: &str, cache: &Path, sets: &[String]) -> cfpipe::exec::RunReport {
     let (_, dag) =
-        cfpipe::cli::load(Path::new(pipeline), sets, cfpipe::spec::DataCheck::Required).unwrap();
+        cfpipe::load(Path::new(pipeline), sets, cfpipe::spec::DataCheck::Required).unwrap();
     let cache = cfpipe::cache::Cache::open(cache).unwrap();
     let registry = cfpipe::stages::registry();
     let report = cfpipe::exec::Executor::new(&cache, &registry, Default::default()).run(&dag);

@@ -128,8 +128,7 @@ fn lrp_rules_and_composites_are_keyed_choices() {
     let ran = report.ran_all_ids();
     assert!(ran.contains("flat_first/seed0/task1/score"));
     assert!(ran.contains("spelled_out/seed0/task1/score"));
-    let (_, dag) =
-        cfpipe::cli::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
     assert_eq!(
         dag.find("flat_first/seed0/task1/score"),
         dag.find("spelled_out/seed0/task1/score")

@@ -54,8 +54,7 @@ fn changing_only_the_threshold_reruns_prune_mask_and_their_dependents() {
 fn naive_and_rnf_share_the_split_and_task1_training() {
     let f = Fixture::new();
     let set_: Vec<String> = vec![];
-    let (_, dag) =
-        cfpipe::cli::load(&f.pipeline(), &set_, cfpipe::spec::DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&f.pipeline(), &set_, cfpipe::spec::DataCheck::Required).unwrap();
     assert_eq!(
         dag.find("naive/seed0/task1/train"),
         dag.find("rnf/seed0/task1/train")

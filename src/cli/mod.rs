@@ -13,12 +13,12 @@ use crate::error::CliError;
 use crate::exec::sync::{self, SyncReport};
 use crate::exec::{resolve, ExecOptions, Executor, Outcome};
 use crate::graph::Dag;
-use crate::spec::{self, DataCheck, Pipeline};
+use crate::spec::DataCheck;
 use crate::stages::{self, Backend};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeSet;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
@@ -330,7 +330,7 @@ fn sync_cmd(
     };
     let mut dags = Vec::new();
     for p in pipelines {
-        dags.push(load(p, set, DataCheck::Required)?.1);
+        dags.push(crate::load(p, set, DataCheck::Required)?.1);
     }
     let rep = match (push, dags.is_empty()) {
         (true, true) => sync::push_all(&cache, &remote).map_err(CliError::Remote)?,
@@ -476,13 +476,6 @@ fn open_cache_read(loc: &CacheLoc) -> Cache {
     Cache::open_read_only(loc.dir())
 }
 
-/// Load, validate and compile a pipeline into its DAG.
-pub fn load(path: &Path, set: &[String], data: DataCheck) -> Result<(Pipeline, Dag), CliError> {
-    let p = spec::load(path, set, data)?;
-    let dag = Dag::build(stages::plan::compile(&p))?;
-    Ok((p, dag))
-}
-
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let c = &CacheLoc::from_cli(&cli)?;
     match cli.command {
@@ -497,7 +490,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => run_cmd(&p, jobs, device, quiet, &remote, &cluster, c),
         Command::Status { p, json } => status_cmd(&p, json, c),
         Command::Dag { p, dot } => {
-            let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Skip)?;
+            let (_, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Skip)?;
             let text = if dot {
                 dag.render_dot()
             } else {
@@ -589,7 +582,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let res = match (&key, &pipeline, &stage) {
                 (Some(key), _, _) => exec.exec_request(key),
                 (None, Some(pipeline), Some(stage)) => {
-                    let (_, dag) = load(pipeline, &set, DataCheck::Required)?;
+                    let (_, dag) = crate::load(pipeline, &set, DataCheck::Required)?;
                     let n = dag.find(stage).ok_or_else(|| {
                         CliError::BadOption(format!(
                             "--stage `{stage}`: no such stage in {} (list them with `cfpipe dag {}{}`)",
@@ -675,7 +668,7 @@ fn run_cmd(
     c: &CacheLoc,
 ) -> Result<(), CliError> {
     let (device, resources) = open_device(&device)?;
-    let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (pipe, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
     let cache = open_cache(c)?;
     let remote = open_remote(&remote.remote, std::slice::from_ref(&p.pipeline))?;
     let roots = RootRecorder::new(&cache, RootOwner::new(&pipe.name, &p.pipeline, &p.set));
@@ -787,7 +780,7 @@ fn run_cmd(
 }
 
 fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> {
-    let (_, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (_, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
     let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
     let jobs = detached_jobs(p, &cache, &dag, &res)?;
@@ -947,7 +940,7 @@ fn missing_results(missing: &[String], p: &PipelineArgs, c: &CacheLoc) -> CliErr
 }
 
 fn show_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> {
-    let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (pipe, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
     let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
     let results = crate::report::collect(&pipe, &dag, &res);
@@ -994,7 +987,7 @@ fn show_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> 
 }
 
 fn report_cmd(p: &PipelineArgs, out: Option<PathBuf>, c: &CacheLoc) -> Result<(), CliError> {
-    let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (pipe, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
     let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
     let results = crate::report::collect(&pipe, &dag, &res);
@@ -1037,7 +1030,7 @@ struct ExplainArgs {
 /// cache only.
 fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), CliError> {
     use crate::xai::explain;
-    let (pipe, dag) = load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (pipe, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
     let trains = || {
         let ids: Vec<&str> = dag
             .topo_order()
@@ -1254,7 +1247,7 @@ fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
         } => {
             let mut keep = BTreeSet::new();
             for p in &pipelines {
-                let (_, dag) = load(p, &set, DataCheck::Required)?;
+                let (_, dag) = crate::load(p, &set, DataCheck::Required)?;
                 for r in resolve::resolve(&dag, cache) {
                     if let (Some(k), true) = (r.key, r.entry.is_some()) {
                         keep.insert(k);

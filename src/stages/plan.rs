@@ -19,12 +19,34 @@
 
 use super::{consolidate, correlate, evaluate, mask, prune, score, split, train, visualize};
 use crate::exec::Stage;
-use crate::graph::StageDecl;
-use crate::spec::{DataSource, FreezeSpec, Pipeline};
+use crate::graph::{Dag, GraphError, StageDecl};
+use crate::spec::{DataCheck, DataSource, FreezeSpec, Pipeline, SpecErrors};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
 pub const SPLIT_ID: &str = "split";
+
+/// Why a pipeline file did not become a DAG.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Spec(#[from] SpecErrors),
+    #[error("pipeline graph: {0}")]
+    Graph(#[from] GraphError),
+}
+
+/// Read and check the pipeline file at `path` with the `--set` overrides `set`, and compile it
+/// into its DAG: the one way from a file to stages, which the binary, the tests and the
+/// benches share (`cfpipe::load`).
+pub fn load(
+    path: &std::path::Path,
+    set: &[String],
+    data: DataCheck,
+) -> Result<(Pipeline, Dag), LoadError> {
+    let p = crate::spec::load(path, set, data)?;
+    let dag = Dag::build(compile(&p))?;
+    Ok((p, dag))
+}
 
 pub fn stage_id(strategy: &str, seed: u64, task: usize, kind: &str) -> String {
     format!("{strategy}/seed{seed}/task{}/{kind}", task + 1)

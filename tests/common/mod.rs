@@ -116,13 +116,13 @@ impl Fixture {
 
     pub fn run_in(&self, cache: &Path, set: &[&str], jobs: usize) -> RunReport {
         let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-        let (_, dag) = cfpipe::cli::load(&self.pipeline(), &set, DataCheck::Required).unwrap();
+        let (_, dag) = cfpipe::load(&self.pipeline(), &set, DataCheck::Required).unwrap();
         run_dag(&dag, cache, jobs)
     }
 
     /// Looks up cached entries by stage id in the cache at `cache` (each must be cached there).
     pub fn entries_in(&self, cache: &Path) -> impl Fn(&str) -> cfpipe::cache::Entry {
-        let (_, dag) = cfpipe::cli::load(&self.pipeline(), &[], DataCheck::Required).unwrap();
+        let (_, dag) = cfpipe::load(&self.pipeline(), &[], DataCheck::Required).unwrap();
         let cache = Cache::open(cache).unwrap();
         let res = cfpipe::exec::resolve::resolve(&dag, &cache);
         move |id: &str| {
@@ -268,7 +268,7 @@ pub fn unit_flags(e: &cfpipe::cache::Entry, layer: usize) -> Vec<bool> {
 pub fn run_repo_pipeline(pipeline: &str, set: &[&str], cache: &Path) -> RunReport {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-    let (_, dag) = cfpipe::cli::load(&root.join(pipeline), &set, DataCheck::Required).unwrap();
+    let (_, dag) = cfpipe::load(&root.join(pipeline), &set, DataCheck::Required).unwrap();
     run_dag(&dag, cache, 2)
 }
 
