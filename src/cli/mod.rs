@@ -2,22 +2,23 @@
 //! cache, a checked pipeline and a DAG; the library does the rest. What the commands print,
 //! and how a closed stdout is handled, lives in `output`.
 
+mod cache;
 pub mod output;
+mod slurm;
+use cache::cache_cmd;
+pub use cache::{open_remote, CacheCmd, RootsCmd};
 use output::{out, Lines};
+use slurm::{detach, detached_jobs};
 
-use crate::cache::remote::Remote;
 use crate::cache::roots::{RootOwner, RootRecorder};
-use crate::cache::{Cache, CacheConfig, CacheError, GcOptions, Lookup};
-use crate::config::{Config, RemoteConfig};
+use crate::cache::{Cache, CacheConfig, CacheError};
+use crate::config::Config;
 use crate::error::CliError;
-use crate::exec::sync::{self, SyncReport};
 use crate::exec::{resolve, ExecOptions, Executor, Outcome};
 use crate::graph::Dag;
 use crate::spec::DataCheck;
 use crate::stages::{self, Backend};
 use clap::{Args, Parser, Subcommand};
-use std::collections::BTreeSet;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -211,136 +212,6 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum CacheCmd {
-    /// List entries.
-    Ls,
-    /// Disk usage per stage kind.
-    Du,
-    /// Check every entry against its manifest; exit 3 if any fails.
-    Verify,
-    /// Delete entries that no registered root (see `cache roots`) and none of the given
-    /// pipelines reach, unless used within the grace period or leased right now.
-    Gc {
-        /// Pipelines whose cached stages are kept, besides the registered roots.
-        pipelines: Vec<PathBuf>,
-        /// `--set` overrides applied to every pipeline.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Keep entries used within this many seconds (at least 120).
-        #[arg(long, value_name = "SECS", default_value_t = 3600)]
-        grace: u64,
-        /// Delete roots no run refreshed for this many days.
-        #[arg(long, value_name = "DAYS", default_value_t = 30.0)]
-        roots_max_age: f64,
-        #[command(flatten)]
-        team: TeamArgs,
-    },
-    /// Pipelines registered as gc roots (every `run` registers its own).
-    Roots {
-        #[command(subcommand)]
-        cmd: RootsCmd,
-    },
-    /// Upload verified entries to the remote cache: those the pipelines reach, else all.
-    Push {
-        /// Pipelines whose cached stages are pushed [default: every local entry].
-        pipelines: Vec<PathBuf>,
-        /// `--set` overrides applied to every pipeline.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        #[command(flatten)]
-        remote: RemoteArgs,
-    },
-    /// Download, verify and store entries from the remote cache: those the pipelines need,
-    /// else all.
-    Pull {
-        /// Pipelines whose stages are pulled [default: every remote entry].
-        pipelines: Vec<PathBuf>,
-        /// `--set` overrides applied to every pipeline.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        #[command(flatten)]
-        team: TeamArgs,
-        #[command(flatten)]
-        remote: RemoteArgs,
-    },
-}
-
-/// The remote for commands about `pipelines`: `--remote`, else `$CFPIPE_REMOTE`, else the config
-/// file's `[remote]`. A URL from the flag or variable keeps the config's other settings.
-/// `none` turns the remote off.
-pub fn open_remote(
-    flag: &Option<String>,
-    pipelines: &[PathBuf],
-) -> Result<Option<Remote>, CliError> {
-    let config = Config::for_pipelines(pipelines)?;
-    let url = flag.clone().or_else(|| {
-        std::env::var("CFPIPE_REMOTE")
-            .ok()
-            .filter(|u| !u.is_empty())
-    });
-    let cfg = match (url, config.remote) {
-        (Some(u), _) if u == "none" => return Ok(None),
-        (Some(u), Some(c)) => RemoteConfig { url: u, ..c },
-        (Some(u), None) => RemoteConfig::from_url(u),
-        (None, Some(c)) => c,
-        (None, None) => return Ok(None),
-    };
-    Remote::new(cfg).map(Some).map_err(CliError::Remote)
-}
-
-fn print_sync(op: &str, rep: &SyncReport, remote: &Remote) -> Result<(), CliError> {
-    for (id, e) in &rep.errors {
-        eprintln!("FAILED {op} {id}: {e}");
-    }
-    out!(
-        "{op}: {} entries ({}) {} {} in {:.2} s; {} already there, {} unavailable, {} failed",
-        rep.moved.len(),
-        human_bytes(rep.bytes()),
-        if op == "pull" { "from" } else { "to" },
-        remote.url(),
-        rep.wall_s,
-        rep.present,
-        rep.unavailable.len(),
-        rep.errors.len()
-    );
-    if rep.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::SyncFailed {
-            op: if op == "pull" { "pull" } else { "push" },
-            failed: rep.errors.len(),
-        })
-    }
-}
-
-fn sync_cmd(
-    push: bool,
-    pipelines: &[PathBuf],
-    set: &[String],
-    remote_flag: &Option<String>,
-    cache: &CacheLoc,
-) -> Result<(), CliError> {
-    let remote = open_remote(remote_flag, pipelines)?.ok_or(CliError::NoRemote)?;
-    // A push only reads the local cache.
-    let cache = if push {
-        open_cache_read(cache)
-    } else {
-        open_cache(cache)?
-    };
-    let mut dags = Vec::new();
-    for p in pipelines {
-        dags.push(crate::load(p, set, DataCheck::Required)?.1);
-    }
-    let rep = match (push, dags.is_empty()) {
-        (true, true) => sync::push_all(&cache, &remote).map_err(CliError::Remote)?,
-        (true, false) => sync::push_dags(&dags, &cache, &remote),
-        (false, true) => sync::pull_all(&cache, &remote).map_err(CliError::Remote)?,
-        (false, false) => sync::pull_dags(&dags, &cache, &remote),
-    };
-    print_sync(if push { "push" } else { "pull" }, &rep, &remote)
-}
-
 impl Command {
     /// The team-cache options, where the command has them.
     fn team(&self) -> TeamArgs {
@@ -372,18 +243,6 @@ impl Command {
             _ => vec![],
         }
     }
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RootsCmd {
-    /// List roots: id, age, keys, user, pipeline and overrides.
-    Ls,
-    /// Unregister roots by id (a unique prefix is enough).
-    Rm {
-        /// Root ids, or unique prefixes of them (see `cfpipe cache roots ls`).
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
 }
 
 /// Where the cache is and how it is shared, from flags and environment.
@@ -537,23 +396,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             explain_cmd(&p, opts, c)
         }
-        Command::Cache {
-            cmd:
-                CacheCmd::Push {
-                    pipelines,
-                    set,
-                    remote,
-                },
-        } => sync_cmd(true, &pipelines, &set, &remote.remote, c),
-        Command::Cache {
-            cmd:
-                CacheCmd::Pull {
-                    pipelines,
-                    set,
-                    remote,
-                    ..
-                },
-        } => sync_cmd(false, &pipelines, &set, &remote.remote, c),
         Command::Cache { cmd } => cache_cmd(cmd, c),
         Command::ExecStage {
             key,
@@ -562,91 +404,73 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             stage,
             device,
             ..
-        } => {
-            let (device, resources) = open_device(&device)?;
-            let cache = open_cache(c)?;
-            let registry = stages::registry();
-            let interrupt = crate::signals::Interrupt::install();
-            let lines = Arc::new(Lines::new(
-                !output::stdout_is_terminal(),
-                interrupt.cancel.clone(),
-            ));
-            let opts = ExecOptions {
-                device,
-                resources,
-                cancel: interrupt.cancel.clone(),
-                observer: Some(lines.clone()),
-                ..ExecOptions::default()
-            };
-            let exec = Executor::new(&cache, &registry, opts);
-            let res = match (&key, &pipeline, &stage) {
-                (Some(key), _, _) => exec.exec_request(key),
-                (None, Some(pipeline), Some(stage)) => {
-                    let (_, dag) = crate::load(pipeline, &set, DataCheck::Required)?;
-                    let n = dag.find(stage).ok_or_else(|| {
-                        CliError::BadOption(format!(
-                            "--stage `{stage}`: no such stage in {} (list them with `cfpipe dag {}{}`)",
-                            pipeline.display(),
-                            pipeline.display(),
-                            set_args(&set)
-                        ))
-                    })?;
-                    exec.run_from_cache(&dag, n)
-                }
-                _ => unreachable!("clap requires a key or --pipeline with --stage"),
-            };
-            if let Some(signal) = interrupt.signal() {
-                return Err(CliError::Interrupted { signal });
-            }
-            let (entry, outcome) = res?;
-            let what = if matches!(outcome, Outcome::Cached) {
-                "cached"
-            } else {
-                "ran"
-            };
-            lines.say(&format!(
-                "{} {what}: {}",
-                entry.manifest.stage_id,
-                entry.content_hash()
-            ));
-            Ok(())
-        }
+        } => exec_stage_cmd(
+            key.as_deref(),
+            pipeline.as_deref(),
+            &set,
+            stage.as_deref(),
+            &device,
+            c,
+        ),
     }
 }
 
-/// `run --executor slurm --detach`: submit the DAG and exit. Each job computes its stage with
-/// `exec-stage --pipeline P --set … --stage ID`, deriving the key on its node.
-fn detach(
-    p: &PipelineArgs,
-    name: &str,
-    dag: &crate::graph::Dag,
-    cache: &crate::cache::Cache,
-    s: &crate::exec::slurm::SlurmRunner,
+/// `exec-stage`: compute one stage in this process, as a Slurm job does, from a request key
+/// or from the pipeline and a stage id; print `ID ran: HASH` or `ID cached: HASH`.
+fn exec_stage_cmd(
+    key: Option<&str>,
+    pipeline: Option<&std::path::Path>,
+    set: &[String],
+    stage: Option<&str>,
+    device: &str,
     c: &CacheLoc,
 ) -> Result<(), CliError> {
-    let pipeline = std::path::absolute(&p.pipeline)?;
-    let stage_args = |n: &crate::graph::StageNode| {
-        let mut a = vec!["--pipeline".to_string(), pipeline.display().to_string()];
-        for v in &p.set {
-            a.extend(["--set".to_string(), v.clone()]);
-        }
-        a.extend(["--stage".to_string(), n.id.clone()]);
-        a
+    let (device, resources) = open_device(device)?;
+    let cache = open_cache(c)?;
+    let registry = stages::registry();
+    let interrupt = crate::signals::Interrupt::install();
+    let lines = Arc::new(Lines::new(
+        !output::stdout_is_terminal(),
+        interrupt.cancel.clone(),
+    ));
+    let opts = ExecOptions {
+        device,
+        resources,
+        cancel: interrupt.cancel.clone(),
+        observer: Some(lines.clone()),
+        ..ExecOptions::default()
     };
-    let context = serde_json::json!({
-        "pipeline": pipeline,
-        "name": name,
-        "set": p.set,
-    });
-    let record = crate::exec::detach::submit_detached(dag, cache, s, &stage_args, context)?;
-    out!(
-        "submitted {} jobs as {} ({} stages cached); follow them with `{}` or `squeue --name {}`",
-        record.jobs.len(),
-        record.job_name,
-        record.cached,
-        c.command("status", p),
-        record.job_name
-    );
+    let exec = Executor::new(&cache, &registry, opts);
+    let res = match (key, pipeline, stage) {
+        (Some(key), _, _) => exec.exec_request(key),
+        (None, Some(pipeline), Some(stage)) => {
+            let (_, dag) = crate::load(pipeline, set, DataCheck::Required)?;
+            let n = dag.find(stage).ok_or_else(|| {
+                CliError::BadOption(format!(
+                    "--stage `{stage}`: no such stage in {} (list them with `cfpipe dag {}{}`)",
+                    pipeline.display(),
+                    pipeline.display(),
+                    set_args(set)
+                ))
+            })?;
+            exec.run_from_cache(&dag, n)
+        }
+        _ => unreachable!("clap requires a key or --pipeline with --stage"),
+    };
+    if let Some(signal) = interrupt.signal() {
+        return Err(CliError::Interrupted { signal });
+    }
+    let (entry, outcome) = res?;
+    let what = if matches!(outcome, Outcome::Cached) {
+        "cached"
+    } else {
+        "ran"
+    };
+    lines.say(&format!(
+        "{} {what}: {}",
+        entry.manifest.stage_id,
+        entry.content_hash()
+    ));
     Ok(())
 }
 
@@ -853,75 +677,6 @@ fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError
         }
     );
     Ok(())
-}
-
-/// A detached run's job for one stage, as `status` shows it.
-struct StageJob {
-    id: String,
-    /// The run's job name.
-    name: String,
-    /// Its state in the queue; `None` when it is no longer there.
-    state: Option<String>,
-}
-
-impl StageJob {
-    /// Still waiting to run, or running: the stage will be computed without another `run`.
-    fn live(&self) -> bool {
-        matches!(
-            self.state.as_deref(),
-            Some("PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "SUSPENDED")
-        )
-    }
-}
-
-/// For each stage that is not cached, the newest job a detached run submitted for it, with
-/// its state from one `squeue` call for all those runs.
-fn detached_jobs(
-    p: &PipelineArgs,
-    cache: &crate::cache::Cache,
-    dag: &crate::graph::Dag,
-    res: &[resolve::Resolved],
-) -> Result<HashMap<String, StageJob>, CliError> {
-    let waiting: std::collections::HashSet<&str> = res
-        .iter()
-        .filter(|r| !r.cached())
-        .map(|r| dag.node(r.node).id.as_str())
-        .collect();
-    let mut jobs: HashMap<String, StageJob> = HashMap::new();
-    if waiting.is_empty() {
-        return Ok(jobs);
-    }
-    // Oldest first, so the newest run's job for a stage wins.
-    for rec in crate::exec::detach::records(cache) {
-        for (stage, job) in rec
-            .jobs
-            .iter()
-            .filter(|(s, _)| waiting.contains(s.as_str()))
-        {
-            jobs.insert(
-                stage.clone(),
-                StageJob {
-                    id: job.clone(),
-                    name: rec.job_name.clone(),
-                    state: None,
-                },
-            );
-        }
-    }
-    if jobs.is_empty() {
-        return Ok(jobs);
-    }
-    let names: std::collections::BTreeSet<&str> = jobs.values().map(|j| j.name.as_str()).collect();
-    let cfg = Config::for_pipelines(std::slice::from_ref(&p.pipeline))?.slurm;
-    match crate::exec::slurm::queue_states(&cfg, &names.into_iter().collect::<Vec<_>>()) {
-        Ok(states) => {
-            for j in jobs.values_mut() {
-                j.state = states.get(&j.id).cloned();
-            }
-        }
-        Err(e) => eprintln!("warning: reading the Slurm queue for the detached runs' jobs: {e}"),
-    }
-    Ok(jobs)
 }
 
 /// The stages whose results `show` and `report` need but the cache lacks, as an error that
@@ -1163,168 +918,6 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
         out.display()
     );
     Ok(())
-}
-
-fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
-    // Only gc and `roots rm` change the cache; the rest must not even create it.
-    let cache = &match cmd {
-        CacheCmd::Gc { .. }
-        | CacheCmd::Roots {
-            cmd: RootsCmd::Rm { .. },
-        } => open_cache(c)?,
-        _ => open_cache_read(c),
-    };
-    match cmd {
-        // Dispatched in `run`, which knows `--remote`.
-        CacheCmd::Push { .. } | CacheCmd::Pull { .. } => {
-            unreachable!("cache push/pull are dispatched in run")
-        }
-        CacheCmd::Ls => {
-            for k in cache.keys()? {
-                match cache.read_manifest(&k) {
-                    Some(m) => out!(
-                        "{}  {:<8}  {:>10}  {:>8.2}s  {}",
-                        k.short(),
-                        m.kind,
-                        human_bytes(cache.entry_size(&k)),
-                        m.run.wall_s,
-                        m.stage_id
-                    ),
-                    None => out!("{}  (unreadable manifest)", k.short()),
-                }
-            }
-            Ok(())
-        }
-        CacheCmd::Du => {
-            let mut by_kind: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
-            let mut total = 0;
-            for k in cache.keys()? {
-                let size = cache.entry_size(&k);
-                total += size;
-                let kind = cache
-                    .read_manifest(&k)
-                    .map(|m| m.kind)
-                    .unwrap_or_else(|| "?".into());
-                let e = by_kind.entry(kind).or_default();
-                e.0 += 1;
-                e.1 += size;
-            }
-            for (kind, (n, size)) in &by_kind {
-                out!("{kind:<10} {n:>5} entries  {:>10}", human_bytes(*size));
-            }
-            out!(
-                "{:<10} {:>5} entries  {:>10}",
-                "total",
-                by_kind.values().map(|v| v.0).sum::<usize>(),
-                human_bytes(total)
-            );
-            Ok(())
-        }
-        CacheCmd::Verify => {
-            let keys = cache.keys()?;
-            let mut bad = 0;
-            for k in &keys {
-                if let Lookup::Corrupt { file, reason } = cache.lookup(k) {
-                    bad += 1;
-                    let id = cache
-                        .stage_id_of(k)
-                        .unwrap_or_else(|| "(stage unknown)".into());
-                    out!("CORRUPT {} {id}: {file}: {reason}", k.short());
-                }
-            }
-            out!("{} entries verified, {} corrupt", keys.len(), bad);
-            if bad > 0 {
-                return Err(CliError::VerifyFailed(bad));
-            }
-            Ok(())
-        }
-        CacheCmd::Gc {
-            pipelines,
-            set,
-            grace,
-            roots_max_age,
-            ..
-        } => {
-            let mut keep = BTreeSet::new();
-            for p in &pipelines {
-                let (_, dag) = crate::load(p, &set, DataCheck::Required)?;
-                for r in resolve::resolve(&dag, cache) {
-                    if let (Some(k), true) = (r.key, r.entry.is_some()) {
-                        keep.insert(k);
-                    }
-                }
-            }
-            if !(roots_max_age.is_finite() && roots_max_age >= 0.0) {
-                return Err(CliError::BadOption(format!(
-                    "--roots-max-age must be a non-negative number of days, got {roots_max_age}"
-                )));
-            }
-            let rep = cache.gc(&GcOptions {
-                keep,
-                grace: std::time::Duration::from_secs(grace),
-                // At most ~100 years: beyond that an expiry means nothing, and a larger
-                // Duration would overflow.
-                roots_max_age: std::time::Duration::from_secs_f64(
-                    (roots_max_age * 86400.0).min(3.2e9),
-                ),
-            })?;
-            for id in &rep.expired_roots {
-                out!("expired root {id}");
-            }
-            out!(
-                "removed {} entries ({}); kept {} reachable, {} recently used, {} leased",
-                rep.removed.len(),
-                human_bytes(rep.freed),
-                rep.kept_reachable,
-                rep.kept_recent,
-                rep.kept_leased
-            );
-            Ok(())
-        }
-        CacheCmd::Roots { cmd: RootsCmd::Ls } => {
-            for r in cache.roots()? {
-                let age = r.modified.elapsed().unwrap_or_default().as_secs_f64();
-                out!(
-                    "{}  {:>7.1}d  {:>4} keys  {:<10} {}{}",
-                    r.id,
-                    age / 86400.0,
-                    r.set.keys.len(),
-                    r.set.owner.user,
-                    r.set.owner.pipeline.display(),
-                    set_args(&r.set.owner.set)
-                );
-            }
-            Ok(())
-        }
-        CacheCmd::Roots {
-            cmd: RootsCmd::Rm { ids },
-        } => {
-            let all = cache.roots()?;
-            for id in &ids {
-                let hits: Vec<_> = all
-                    .iter()
-                    .filter(|r| r.id.starts_with(id.as_str()))
-                    .collect();
-                match hits.as_slice() {
-                    [r] => {
-                        cache.remove_root(&r.id)?;
-                        out!("removed root {}", r.id);
-                    }
-                    [] => {
-                        return Err(CliError::BadOption(format!(
-                            "no root with id `{id}` (see `cfpipe cache roots ls`)"
-                        )))
-                    }
-                    _ => {
-                        return Err(CliError::BadOption(format!(
-                            "root id `{id}` is ambiguous; give more digits"
-                        )))
-                    }
-                }
-            }
-            Ok(())
-        }
-    }
 }
 
 fn set_args(set: &[String]) -> String {

@@ -204,7 +204,9 @@ impl std::fmt::Display for JobEnd {
     }
 }
 
-fn is_terminal(state: &str) -> bool {
+/// Whether a job in `state` (as `squeue` prints it, `CANCELLED by 0` already cut to
+/// `CANCELLED`) has left the running: neither waiting, nor running, nor being requeued.
+pub fn is_terminal(state: &str) -> bool {
     !matches!(
         state,
         "PENDING"
