@@ -662,6 +662,352 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
     })
 }
 
+/// One entry of `strategies:`, checked: its freezing, EWC, correlation and schedule options
+/// against each other and against the model (`saliency` needs conv layers). `all` is every
+/// strategy, for `like:` references.
+fn strategy(
+    name: &str,
+    s: &RawStrategy,
+    all: &BTreeMap<String, RawStrategy>,
+    model: &ModelSpec,
+    e: &mut dyn FnMut(&str, String),
+    ek: &mut dyn FnMut(&str, String, bool),
+) -> Strategy {
+    let base = format!("strategies.{name}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        ek(
+            &base,
+            "strategy names may use letters, digits, '_' and '-' only".into(),
+            true,
+        );
+    }
+    // Saliency compares filter visualisations with saliency maps: no filters, no method.
+    let has_conv = model.arch.as_ref().is_some_and(|a| {
+        a.layers
+            .iter()
+            .any(|l| matches!(l, crate::nn::arch::Op::Conv { .. }))
+    });
+    let saliency_at = [
+        ("score", s.score.as_ref()),
+        ("ewc.importance", s.ewc.as_ref().map(|w| &w.importance)),
+    ];
+    for (field, sc) in saliency_at {
+        if !has_conv && sc.is_some_and(|sc| sc.method == ScoreMethod::Saliency) {
+            e(
+                &format!("{base}.{field}.method"),
+                format!("`saliency` needs conv layers, but `model.kind: {}` has none; use `cnn`, `small_cnn` or `vgg16`, or another method", model.kind),
+            );
+        }
+    }
+    let only_with = |field: &str, set: bool, kind: &str, e: &mut dyn FnMut(&str, String)| {
+        if set {
+            e(
+                &format!("{base}.{field}"),
+                format!("only used with `freeze: {kind}`"),
+            );
+        }
+    };
+    let lr_frozen = s.lr_frozen.unwrap_or(0.0);
+    checked(
+        e,
+        &format!("{base}.lr_frozen"),
+        lr_frozen,
+        (0.0..=1.0).contains(&lr_frozen),
+        "a multiplier in [0, 1]",
+    );
+    if s.schedule == Schedule::Joint && s.freeze != FreezeKind::None {
+        e(
+            &format!("{base}.freeze"),
+            "a joint schedule trains once on all tasks; use `freeze: none`".into(),
+        );
+    }
+    let ewc = s.ewc.as_ref().and_then(|w| {
+        let eb = format!("{base}.ewc");
+        if s.schedule == Schedule::Joint {
+            e(
+                &eb,
+                "a joint schedule has no earlier tasks to consolidate".into(),
+            );
+        }
+        checked(
+            e,
+            &format!("{eb}.lambda"),
+            w.lambda,
+            w.lambda >= 0.0,
+            "a penalty strength >= 0",
+        );
+        let decay = match (w.mode, w.decay) {
+            (EwcMode::Separate, Some(_)) => {
+                e(
+                    &format!("{eb}.decay"),
+                    "only used with `mode: online`".into(),
+                );
+                None
+            }
+            (EwcMode::Separate, None) => None,
+            (EwcMode::Online, d) => {
+                let d = d.unwrap_or(1.0);
+                checked(
+                    e,
+                    &format!("{eb}.decay"),
+                    d,
+                    d > 0.0 && d <= 1.0,
+                    "a decay in (0, 1]",
+                );
+                Some(d)
+            }
+        };
+        // Any method: unit-level scores become weight-level by the rule of
+        // `score::ewc_importance`.
+        let ib = format!("{eb}.importance");
+        let importance = score_spec(&w.importance, &ib, e)?;
+        Some(EwcSpec {
+            lambda: w.lambda,
+            mode: w.mode,
+            decay,
+            importance,
+        })
+    });
+    let correlate = s.correlate.as_ref().map(|c| {
+        let cb = format!("{base}.correlate");
+        if s.schedule == Schedule::Joint {
+            e(
+                &cb,
+                "correlations are taken after each task; a joint schedule has one".into(),
+            );
+        }
+        if c.methods.len() + c.squared.len() < 2 {
+            e(
+                &format!("{cb}.methods"),
+                "expected at least two methods to correlate".into(),
+            );
+        }
+        let mut methods = std::collections::BTreeMap::new();
+        for (name, m) in &c.methods {
+            let mb = format!("{cb}.methods.{name}");
+            if name.contains('^') || name.contains('/') {
+                e(&mb, "method names may not contain '^' or '/'".into());
+            }
+            if !matches!(
+                m.method,
+                ScoreMethod::Fisher
+                    | ScoreMethod::Mas
+                    | ScoreMethod::Sig
+                    | ScoreMethod::Si
+                    | ScoreMethod::Random
+            ) {
+                e(
+                    &format!("{mb}.method"),
+                    "expected a weight-level method: fisher, mas, sig, si or random".into(),
+                );
+                continue;
+            }
+            if let Some(spec) = score_spec(m, &mb, e) {
+                methods.insert(name.clone(), spec);
+            }
+        }
+        for (i, q) in c.squared.iter().enumerate() {
+            if !c.methods.contains_key(q) {
+                e(
+                    &format!("{cb}.squared.{i}"),
+                    format!(
+                        "no method `{q}`; expected one of {:?}",
+                        c.methods.keys().collect::<Vec<_>>()
+                    ),
+                );
+            }
+        }
+        CorrelateSpec {
+            methods,
+            squared: c.squared.clone(),
+            accumulate: c.accumulate,
+        }
+    });
+    if s.final_mask.is_some() && s.freeze == FreezeKind::None {
+        e(
+            &format!("{base}.final_mask"),
+            "only meaningful with a freezing policy (`freeze: until_threshold`, `top_share` or `random`): without one nothing is scored or masked".into(),
+        );
+    }
+    if let (FreezeKind::Random, Some(like)) = (s.freeze, &s.like) {
+        let like_final = all.get(like).is_none_or(|o| o.final_mask.unwrap_or(true));
+        if s.final_mask.unwrap_or(true) && !like_final {
+            e(
+                &format!("{base}.like"),
+                format!("strategy `{like}` has `final_mask: false`, so it has no mask after the last task to match; give this strategy `final_mask: false` too"),
+            );
+        }
+    }
+    if s.isolate && s.freeze == FreezeKind::None {
+        e(
+            &format!("{base}.isolate"),
+            "isolation masks old tasks down to their frozen units; it needs `freeze: until_threshold`, `top_share` or `random`".into(),
+        );
+    }
+    if s.freeze != FreezeKind::TopShare {
+        only_with("share", s.share.is_some(), "top_share", e);
+    }
+    let freeze = match s.freeze {
+        FreezeKind::TopShare => {
+            only_with("prune", s.prune.is_some(), "until_threshold", e);
+            only_with("like", s.like.is_some(), "random", e);
+            let share = match s.share {
+                Some(v)
+                    if checked(
+                        e,
+                        &format!("{base}.share"),
+                        v,
+                        v > 0.0 && v <= 1.0,
+                        "a share in (0, 1]",
+                    ) =>
+                {
+                    v
+                }
+                Some(_) => 1.0,
+                None => {
+                    e(
+                        &format!("{base}.share"),
+                        "required with `freeze: top_share`, e.g. 0.5".into(),
+                    );
+                    1.0
+                }
+            };
+            let score = match &s.score {
+                None => {
+                    e(
+                        &format!("{base}.score"),
+                        "required with `freeze: top_share`".into(),
+                    );
+                    None
+                }
+                Some(sc) => score_spec(sc, &format!("{base}.score"), e),
+            };
+            match score {
+                Some(score) => FreezeSpec::TopShare {
+                    score,
+                    share,
+                    lr_frozen,
+                },
+                None => FreezeSpec::None,
+            }
+        }
+        FreezeKind::None => {
+            only_with("score", s.score.is_some(), "until_threshold", e);
+            only_with("prune", s.prune.is_some(), "until_threshold", e);
+            only_with(
+                "lr_frozen",
+                s.lr_frozen.is_some(),
+                "until_threshold` or `freeze: random",
+                e,
+            );
+            only_with("like", s.like.is_some(), "random", e);
+            FreezeSpec::None
+        }
+        FreezeKind::Random => {
+            only_with("score", s.score.is_some(), "until_threshold", e);
+            only_with("prune", s.prune.is_some(), "until_threshold", e);
+            match &s.like {
+                None => {
+                    e(
+                        &format!("{base}.like"),
+                        "required with `freeze: random`: the strategy whose frozen counts to match"
+                            .into(),
+                    );
+                    FreezeSpec::None
+                }
+                Some(like) => {
+                    match all.get(like) {
+                        Some(o)
+                            if matches!(
+                                o.freeze,
+                                FreezeKind::UntilThreshold | FreezeKind::TopShare
+                            ) => {}
+                        Some(_) => e(
+                            &format!("{base}.like"),
+                            format!("strategy `{like}` must use `freeze: until_threshold` or `freeze: top_share`"),
+                        ),
+                        None => e(
+                            &format!("{base}.like"),
+                            format!(
+                                "no strategy `{like}`; expected one of {:?}",
+                                all.keys().collect::<Vec<_>>()
+                            ),
+                        ),
+                    }
+                    FreezeSpec::Random {
+                        like: like.clone(),
+                        lr_frozen,
+                    }
+                }
+            }
+        }
+        FreezeKind::UntilThreshold => {
+            only_with("like", s.like.is_some(), "random", e);
+            let score = match &s.score {
+                None => {
+                    e(
+                        &format!("{base}.score"),
+                        "required with `freeze: until_threshold`".into(),
+                    );
+                    None
+                }
+                Some(sc) => score_spec(sc, &format!("{base}.score"), e),
+            };
+            let prune = match &s.prune {
+                None => {
+                    e(
+                        &format!("{base}.prune"),
+                        "required with `freeze: until_threshold`".into(),
+                    );
+                    None
+                }
+                Some(p) => {
+                    checked(
+                        e,
+                        &format!("{base}.prune.threshold"),
+                        p.threshold,
+                        p.threshold > 0.0 && p.threshold < 1.0,
+                        "an accuracy drop in (0, 1)",
+                    );
+                    checked(
+                        e,
+                        &format!("{base}.prune.step_ratio"),
+                        p.step_ratio,
+                        p.step_ratio > 0.0 && p.step_ratio <= 1.0,
+                        "a share in (0, 1]",
+                    );
+                    Some(PruneSpec {
+                        threshold: p.threshold,
+                        step_ratio: p.step_ratio,
+                        search: p.search,
+                    })
+                }
+            };
+            match (score, prune) {
+                (Some(score), Some(prune)) => FreezeSpec::UntilThreshold {
+                    score,
+                    prune,
+                    lr_frozen,
+                },
+                _ => FreezeSpec::None,
+            }
+        }
+    };
+    Strategy {
+        name: name.to_string(),
+        freeze,
+        joint: s.schedule == Schedule::Joint,
+        isolate: s.isolate,
+        final_mask: s.final_mask.unwrap_or(true),
+        ewc,
+        correlate,
+    }
+}
+
 pub(super) fn validate(
     raw: RawPipeline,
     ctx: &Ctx,
@@ -990,338 +1336,7 @@ pub(super) fn validate(
         );
     }
     for (name, s) in &raw.strategies {
-        let base = format!("strategies.{name}");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            ek(
-                &base,
-                "strategy names may use letters, digits, '_' and '-' only".into(),
-                true,
-            );
-        }
-        // Saliency compares filter visualisations with saliency maps: no filters, no method.
-        let has_conv = model.arch.as_ref().is_some_and(|a| {
-            a.layers
-                .iter()
-                .any(|l| matches!(l, crate::nn::arch::Op::Conv { .. }))
-        });
-        let saliency_at = [
-            ("score", s.score.as_ref()),
-            ("ewc.importance", s.ewc.as_ref().map(|w| &w.importance)),
-        ];
-        for (field, sc) in saliency_at {
-            if !has_conv && sc.is_some_and(|sc| sc.method == ScoreMethod::Saliency) {
-                e(
-                    &format!("{base}.{field}.method"),
-                    format!("`saliency` needs conv layers, but `model.kind: {}` has none; use `cnn`, `small_cnn` or `vgg16`, or another method", model.kind),
-                );
-            }
-        }
-        let only_with = |field: &str, set: bool, kind: &str, e: &mut dyn FnMut(&str, String)| {
-            if set {
-                e(
-                    &format!("{base}.{field}"),
-                    format!("only used with `freeze: {kind}`"),
-                );
-            }
-        };
-        let lr_frozen = s.lr_frozen.unwrap_or(0.0);
-        checked(
-            &mut e,
-            &format!("{base}.lr_frozen"),
-            lr_frozen,
-            (0.0..=1.0).contains(&lr_frozen),
-            "a multiplier in [0, 1]",
-        );
-        if s.schedule == Schedule::Joint && s.freeze != FreezeKind::None {
-            e(
-                &format!("{base}.freeze"),
-                "a joint schedule trains once on all tasks; use `freeze: none`".into(),
-            );
-        }
-        let ewc = s.ewc.as_ref().and_then(|w| {
-            let eb = format!("{base}.ewc");
-            if s.schedule == Schedule::Joint {
-                e(
-                    &eb,
-                    "a joint schedule has no earlier tasks to consolidate".into(),
-                );
-            }
-            checked(
-                &mut e,
-                &format!("{eb}.lambda"),
-                w.lambda,
-                w.lambda >= 0.0,
-                "a penalty strength >= 0",
-            );
-            let decay = match (w.mode, w.decay) {
-                (EwcMode::Separate, Some(_)) => {
-                    e(
-                        &format!("{eb}.decay"),
-                        "only used with `mode: online`".into(),
-                    );
-                    None
-                }
-                (EwcMode::Separate, None) => None,
-                (EwcMode::Online, d) => {
-                    let d = d.unwrap_or(1.0);
-                    checked(
-                        &mut e,
-                        &format!("{eb}.decay"),
-                        d,
-                        d > 0.0 && d <= 1.0,
-                        "a decay in (0, 1]",
-                    );
-                    Some(d)
-                }
-            };
-            // Any method: unit-level scores become weight-level by the rule of
-            // `score::ewc_importance`.
-            let ib = format!("{eb}.importance");
-            let importance = score_spec(&w.importance, &ib, &mut e)?;
-            Some(EwcSpec {
-                lambda: w.lambda,
-                mode: w.mode,
-                decay,
-                importance,
-            })
-        });
-        let correlate = s.correlate.as_ref().map(|c| {
-            let cb = format!("{base}.correlate");
-            if s.schedule == Schedule::Joint {
-                e(
-                    &cb,
-                    "correlations are taken after each task; a joint schedule has one".into(),
-                );
-            }
-            if c.methods.len() + c.squared.len() < 2 {
-                e(
-                    &format!("{cb}.methods"),
-                    "expected at least two methods to correlate".into(),
-                );
-            }
-            let mut methods = std::collections::BTreeMap::new();
-            for (name, m) in &c.methods {
-                let mb = format!("{cb}.methods.{name}");
-                if name.contains('^') || name.contains('/') {
-                    e(&mb, "method names may not contain '^' or '/'".into());
-                }
-                if !matches!(
-                    m.method,
-                    ScoreMethod::Fisher
-                        | ScoreMethod::Mas
-                        | ScoreMethod::Sig
-                        | ScoreMethod::Si
-                        | ScoreMethod::Random
-                ) {
-                    e(
-                        &format!("{mb}.method"),
-                        "expected a weight-level method: fisher, mas, sig, si or random".into(),
-                    );
-                    continue;
-                }
-                if let Some(spec) = score_spec(m, &mb, &mut e) {
-                    methods.insert(name.clone(), spec);
-                }
-            }
-            for (i, q) in c.squared.iter().enumerate() {
-                if !c.methods.contains_key(q) {
-                    e(
-                        &format!("{cb}.squared.{i}"),
-                        format!(
-                            "no method `{q}`; expected one of {:?}",
-                            c.methods.keys().collect::<Vec<_>>()
-                        ),
-                    );
-                }
-            }
-            CorrelateSpec {
-                methods,
-                squared: c.squared.clone(),
-                accumulate: c.accumulate,
-            }
-        });
-        if s.final_mask.is_some() && s.freeze == FreezeKind::None {
-            e(
-                &format!("{base}.final_mask"),
-                "only meaningful with a freezing policy (`freeze: until_threshold`, `top_share` or `random`): without one nothing is scored or masked".into(),
-            );
-        }
-        if let (FreezeKind::Random, Some(like)) = (s.freeze, &s.like) {
-            let like_final = raw
-                .strategies
-                .get(like)
-                .is_none_or(|o| o.final_mask.unwrap_or(true));
-            if s.final_mask.unwrap_or(true) && !like_final {
-                e(
-                    &format!("{base}.like"),
-                    format!("strategy `{like}` has `final_mask: false`, so it has no mask after the last task to match; give this strategy `final_mask: false` too"),
-                );
-            }
-        }
-        if s.isolate && s.freeze == FreezeKind::None {
-            e(
-                &format!("{base}.isolate"),
-                "isolation masks old tasks down to their frozen units; it needs `freeze: until_threshold`, `top_share` or `random`".into(),
-            );
-        }
-        if s.freeze != FreezeKind::TopShare {
-            only_with("share", s.share.is_some(), "top_share", &mut e);
-        }
-        let freeze = match s.freeze {
-            FreezeKind::TopShare => {
-                only_with("prune", s.prune.is_some(), "until_threshold", &mut e);
-                only_with("like", s.like.is_some(), "random", &mut e);
-                let share = match s.share {
-                    Some(v)
-                        if checked(
-                            &mut e,
-                            &format!("{base}.share"),
-                            v,
-                            v > 0.0 && v <= 1.0,
-                            "a share in (0, 1]",
-                        ) =>
-                    {
-                        v
-                    }
-                    Some(_) => 1.0,
-                    None => {
-                        e(
-                            &format!("{base}.share"),
-                            "required with `freeze: top_share`, e.g. 0.5".into(),
-                        );
-                        1.0
-                    }
-                };
-                let score = match &s.score {
-                    None => {
-                        e(
-                            &format!("{base}.score"),
-                            "required with `freeze: top_share`".into(),
-                        );
-                        None
-                    }
-                    Some(sc) => score_spec(sc, &format!("{base}.score"), &mut e),
-                };
-                match score {
-                    Some(score) => FreezeSpec::TopShare {
-                        score,
-                        share,
-                        lr_frozen,
-                    },
-                    None => FreezeSpec::None,
-                }
-            }
-            FreezeKind::None => {
-                only_with("score", s.score.is_some(), "until_threshold", &mut e);
-                only_with("prune", s.prune.is_some(), "until_threshold", &mut e);
-                only_with(
-                    "lr_frozen",
-                    s.lr_frozen.is_some(),
-                    "until_threshold` or `freeze: random",
-                    &mut e,
-                );
-                only_with("like", s.like.is_some(), "random", &mut e);
-                FreezeSpec::None
-            }
-            FreezeKind::Random => {
-                only_with("score", s.score.is_some(), "until_threshold", &mut e);
-                only_with("prune", s.prune.is_some(), "until_threshold", &mut e);
-                match &s.like {
-                    None => {
-                        e(&format!("{base}.like"), "required with `freeze: random`: the strategy whose frozen counts to match".into());
-                        FreezeSpec::None
-                    }
-                    Some(like) => {
-                        match raw.strategies.get(like) {
-                            Some(o)
-                                if matches!(
-                                    o.freeze,
-                                    FreezeKind::UntilThreshold | FreezeKind::TopShare
-                                ) => {}
-                            Some(_) => e(
-                                &format!("{base}.like"),
-                                format!("strategy `{like}` must use `freeze: until_threshold` or `freeze: top_share`"),
-                            ),
-                            None => e(
-                                &format!("{base}.like"),
-                                format!(
-                                    "no strategy `{like}`; expected one of {:?}",
-                                    raw.strategies.keys().collect::<Vec<_>>()
-                                ),
-                            ),
-                        }
-                        FreezeSpec::Random {
-                            like: like.clone(),
-                            lr_frozen,
-                        }
-                    }
-                }
-            }
-            FreezeKind::UntilThreshold => {
-                only_with("like", s.like.is_some(), "random", &mut e);
-                let score = match &s.score {
-                    None => {
-                        e(
-                            &format!("{base}.score"),
-                            "required with `freeze: until_threshold`".into(),
-                        );
-                        None
-                    }
-                    Some(sc) => score_spec(sc, &format!("{base}.score"), &mut e),
-                };
-                let prune = match &s.prune {
-                    None => {
-                        e(
-                            &format!("{base}.prune"),
-                            "required with `freeze: until_threshold`".into(),
-                        );
-                        None
-                    }
-                    Some(p) => {
-                        checked(
-                            &mut e,
-                            &format!("{base}.prune.threshold"),
-                            p.threshold,
-                            p.threshold > 0.0 && p.threshold < 1.0,
-                            "an accuracy drop in (0, 1)",
-                        );
-                        checked(
-                            &mut e,
-                            &format!("{base}.prune.step_ratio"),
-                            p.step_ratio,
-                            p.step_ratio > 0.0 && p.step_ratio <= 1.0,
-                            "a share in (0, 1]",
-                        );
-                        Some(PruneSpec {
-                            threshold: p.threshold,
-                            step_ratio: p.step_ratio,
-                            search: p.search,
-                        })
-                    }
-                };
-                match (score, prune) {
-                    (Some(score), Some(prune)) => FreezeSpec::UntilThreshold {
-                        score,
-                        prune,
-                        lr_frozen,
-                    },
-                    _ => FreezeSpec::None,
-                }
-            }
-        };
-        strategies.push(Strategy {
-            name: name.clone(),
-            freeze,
-            joint: s.schedule == Schedule::Joint,
-            isolate: s.isolate,
-            final_mask: s.final_mask.unwrap_or(true),
-            ewc,
-            correlate,
-        });
+        strategies.push(strategy(name, s, &raw.strategies, &model, &mut e, &mut ek));
     }
 
     if let (DataCheck::Required, Some(w)) = (data, &raw.model.pretrained) {
