@@ -571,3 +571,29 @@ fn resources_for_an_unknown_stage_kind_name_the_kinds_there_are() {
         &["expected a whole number >= 1, found 0", "--set resources="],
     );
 }
+
+#[test]
+fn a_freezing_policy_without_a_score_names_the_policy_that_needs_it() {
+    let until = PIPELINE.replace(
+        "    score:\n      method: lrp\n      rule: epsilon\n      epsilon: 1.0e-6\n      reference_size: 20\n",
+        "",
+    );
+    expect(
+        &until,
+        &[],
+        None,
+        "strategies.rnf.score",
+        &["required with `freeze: until_threshold`"],
+    );
+    let top = PIPELINE.replace(
+        "  naive:\n    freeze: none\n",
+        "  naive:\n    freeze: top_share\n    share: 0.5\n",
+    );
+    expect(
+        &top,
+        &[],
+        None,
+        "strategies.naive.score",
+        &["required with `freeze: top_share`"],
+    );
+}

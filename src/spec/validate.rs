@@ -711,6 +711,17 @@ fn strategy(
             );
         }
     };
+    // The score a freezing policy ranks units by: required, and checked.
+    let required_score = |kind: &str, e: &mut dyn FnMut(&str, String)| match &s.score {
+        None => {
+            e(
+                &format!("{base}.score"),
+                format!("required with `freeze: {kind}`"),
+            );
+            None
+        }
+        Some(sc) => score_spec(sc, &format!("{base}.score"), e),
+    };
     let lr_frozen = s.lr_frozen.unwrap_or(0.0);
     checked(
         e,
@@ -876,16 +887,7 @@ fn strategy(
                     1.0
                 }
             };
-            let score = match &s.score {
-                None => {
-                    e(
-                        &format!("{base}.score"),
-                        "required with `freeze: top_share`".into(),
-                    );
-                    None
-                }
-                Some(sc) => score_spec(sc, &format!("{base}.score"), e),
-            };
+            let score = required_score("top_share", e);
             match score {
                 Some(score) => FreezeSpec::TopShare {
                     score,
@@ -947,16 +949,7 @@ fn strategy(
         }
         FreezeKind::UntilThreshold => {
             only_with("like", s.like.is_some(), "random", e);
-            let score = match &s.score {
-                None => {
-                    e(
-                        &format!("{base}.score"),
-                        "required with `freeze: until_threshold`".into(),
-                    );
-                    None
-                }
-                Some(sc) => score_spec(sc, &format!("{base}.score"), e),
-            };
+            let score = required_score("until_threshold", e);
             let prune = match &s.prune {
                 None => {
                     e(
