@@ -247,6 +247,58 @@ fn detach_returns_with_jobs_queued_they_complete_and_status_then_reports_everyth
     assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
 }
 
+#[test]
+fn a_detached_stage_that_fails_takes_its_dependants_with_it_and_status_says_how_each_ended() {
+    if !slurm_up() {
+        return;
+    }
+    let f = Fixture::new();
+    let set = "training.lr=1e38"; // every train's loss overflows: the stage fails, not Slurm
+    let o = run_on_slurm(&f, "cache", &[set, "--detach"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let name = stderr(&o)
+        .split("Slurm jobs are named ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    // Slurm itself cancels what waits on a failed job (--kill-on-invalid-dep), so the queue
+    // drains with no driver watching.
+    let t0 = std::time::Instant::now();
+    while jobs_named(&name)
+        .iter()
+        .any(|(_, st)| !matches!(st.as_str(), "COMPLETED" | "FAILED" | "CANCELLED"))
+    {
+        assert!(
+            t0.elapsed() < common::DEADLINE,
+            "still queued: {:?}",
+            jobs_named(&name)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let p = f.pipeline();
+    let status = stdout(&f.cli(&["status", p.to_str().unwrap(), "--set", set]));
+    let line = |id: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no {id} in: {status}"))
+            .to_string()
+    };
+    assert!(line("split").contains("cached"), "{status}");
+    assert!(
+        line("naive/seed0/task1/train").contains("ended FAILED"),
+        "{status}"
+    );
+    assert!(
+        line("naive/seed0/task2/train").contains("ended CANCELLED"),
+        "{status}"
+    );
+    assert!(!status.contains("queued or running on Slurm"), "{status}");
+    let v = f.cli(&["cache", "verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+}
+
 /// A driver running in the background, its stderr collected as it comes.
 struct Driver {
     child: std::process::Child,
