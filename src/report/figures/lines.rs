@@ -1,0 +1,271 @@
+//! The line charts: mean accuracy with free capacity (the RNF paper's Fig. 2a) and per-task
+//! accuracy panels (Fig. 2b), with the line, band and note helpers they share.
+
+use super::*;
+
+/// Writes a note in the middle of a chart's plotting area (empty charts).
+pub(super) fn draw_note<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    note: &str,
+) -> DrawResult<(), DB> {
+    let (w, h) = area.dim_in_pixel();
+    area.draw(&Text::new(
+        note.to_string(),
+        (w as i32 / 2, h as i32 / 2),
+        text(DESC_PT)
+            .color(&GREY)
+            .pos(Pos::new(HPos::Center, VPos::Center)),
+    ))
+}
+
+/// Draws one series as solid line(s) with point markers, splitting at non-finite points.
+pub(super) fn draw_line<DB, CT>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    s: &Series,
+    color: RGBColor,
+    dashed: bool,
+    frame: &Frame,
+) -> DrawResult<usize, DB>
+where
+    DB: DrawingBackend,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let style = ShapeStyle::from(&color).stroke_width(LINE_W);
+    let runs = finite_runs(&s.x, &s.y, frame);
+    let n = runs.iter().map(Vec::len).sum();
+    for run in runs {
+        if dashed {
+            chart.draw_series(DashedLineSeries::new(run.clone(), DASH.0, DASH.1, style))?;
+            chart.draw_series(run.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        } else {
+            chart.draw_series(LineSeries::new(run, style).point_size(3))?;
+        }
+    }
+    Ok(n)
+}
+
+pub(super) fn draw_bands<DB, CT>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    s: &Series,
+    color: RGBColor,
+    frame: &Frame,
+) -> DrawResult<(), DB>
+where
+    DB: DrawingBackend,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let polys = band_polygons(s, frame);
+    chart.draw_series(
+        polys
+            .into_iter()
+            .map(|p| Polygon::new(p, color.mix(0.18).filled())),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The three figures
+
+pub(super) fn draw_mean_accuracy<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    accuracy: &[Series],
+    capacity: &[Series],
+) -> DrawResult<(), DB> {
+    let area = root.titled(title, text(TITLE_PT))?;
+
+    // Colours: accuracy by index; capacity like the accuracy series of the same label.
+    let acc_colors: Vec<(RGBColor, bool)> = (0..accuracy.len()).map(line_style).collect();
+    let mut next = accuracy.len();
+    let cap_colors: Vec<RGBColor> = capacity
+        .iter()
+        .map(|c| match accuracy.iter().position(|a| a.label == c.label) {
+            Some(i) => acc_colors[i].0,
+            None => {
+                next += 1;
+                line_style(next - 1).0
+            }
+        })
+        .collect();
+
+    let mut entries: Vec<LegendEntry> = accuracy
+        .iter()
+        .zip(&acc_colors)
+        .map(|(s, &(color, dashed))| LegendEntry {
+            label: s.label.clone(),
+            color,
+            mark: if dashed {
+                Mark::Dashed
+            } else {
+                Mark::SolidDots
+            },
+        })
+        .collect();
+    entries.extend(capacity.iter().zip(&cap_colors).map(|(s, &color)| {
+        let label = if s.label.to_lowercase().contains("capacity") {
+            s.label.clone()
+        } else {
+            format!("{} (free capacity)", s.label)
+        };
+        LegendEntry {
+            label,
+            color,
+            mark: Mark::Dashed,
+        }
+    }));
+    let (area, legend_area, rows) = split_legend(&area, &entries)?;
+
+    let all: Vec<&Series> = accuracy.iter().chain(capacity).collect();
+    let xs = series_x(&all);
+    let x_range = axis_range(finite_bounds(xs.iter().copied()), 0.03);
+    let pct = 0.0..100.0;
+    let has_cap = !capacity.is_empty();
+    let mut chart = ChartBuilder::on(&area)
+        .margin(10)
+        .margin_right(if has_cap { 10 } else { 25 })
+        .x_label_area_size(55)
+        .y_label_area_size(75)
+        .right_y_label_area_size(if has_cap { 75 } else { 0 })
+        .build_cartesian_2d(x_range.clone(), pct.clone())?
+        .set_secondary_coord(x_range.clone(), pct.clone());
+    let frame = Frame {
+        x: x_range.clone(),
+        y: pct.clone(),
+    };
+    chart
+        .configure_mesh()
+        .x_desc("task")
+        .y_desc("mean accuracy over seen tasks (%)")
+        .x_labels(task_ticks(&xs, &x_range))
+        .y_labels(11)
+        .x_label_formatter(&fmt_tick)
+        .y_label_formatter(&fmt_tick)
+        .label_style(text(LABEL_PT))
+        .axis_desc_style(text(DESC_PT))
+        .max_light_lines(0)
+        .bold_line_style(GRID)
+        .draw()?;
+    if has_cap {
+        chart
+            .configure_secondary_axes()
+            .y_desc("free capacity (%)")
+            .y_labels(11)
+            .y_label_formatter(&fmt_tick)
+            .label_style(text(LABEL_PT))
+            .axis_desc_style(text(DESC_PT))
+            .draw()?;
+    }
+
+    for (s, &(color, _)) in accuracy.iter().zip(&acc_colors) {
+        draw_bands(&mut chart, s, color, &frame)?;
+    }
+    let mut drawn = 0;
+    for (s, &(color, dashed)) in accuracy.iter().zip(&acc_colors) {
+        drawn += draw_line(&mut chart, s, color, dashed, &frame)?;
+    }
+    for (s, &color) in capacity.iter().zip(&cap_colors) {
+        let style = ShapeStyle::from(&color).stroke_width(LINE_W);
+        for p in band_polygons(s, &frame) {
+            chart.draw_secondary_series(std::iter::once(Polygon::new(
+                p,
+                color.mix(0.12).filled(),
+            )))?;
+        }
+        for run in finite_runs(&s.x, &s.y, &frame) {
+            drawn += run.len();
+            chart.draw_secondary_series(DashedLineSeries::new(run, DASH.0, DASH.1, style))?;
+        }
+    }
+    if drawn == 0 {
+        draw_note(&chart.plotting_area().strip_coord_spec(), NO_DATA)?;
+    }
+    draw_legend(&legend_area, &rows)
+}
+
+pub(super) fn draw_per_task<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    panels: &[(String, Vec<Series>)],
+    grid: (usize, usize),
+    y: YAxis,
+) -> DrawResult<(), DB> {
+    let area = root.titled(title, text(TITLE_PT))?;
+
+    // One colour per distinct line label, shared by all panels.
+    let mut labels: Vec<&str> = Vec::new();
+    for s in panels.iter().flat_map(|(_, series)| series) {
+        if !labels.contains(&s.label.as_str()) {
+            labels.push(&s.label);
+        }
+    }
+    let color_of = |label: &str| line_style(labels.iter().position(|l| *l == label).unwrap_or(0));
+    let entries: Vec<LegendEntry> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (color, dashed) = line_style(i);
+            LegendEntry {
+                label: l.to_string(),
+                color,
+                mark: if dashed {
+                    Mark::Dashed
+                } else {
+                    Mark::SolidDots
+                },
+            }
+        })
+        .collect();
+    let (area, legend_area, rows) = split_legend(&area, &entries)?;
+
+    let all: Vec<&Series> = panels.iter().flat_map(|(_, s)| s).collect();
+    let xs = series_x(&all);
+    let x_range = axis_range(finite_bounds(xs.iter().copied()), 0.04);
+    let pct = y.lo..y.hi;
+    let ticks = task_ticks(&xs, &x_range).min(if grid.1 >= 3 { 6 } else { 11 });
+
+    let cells = area.split_evenly(grid);
+    let empty = [(String::new(), Vec::new())];
+    let panels = if panels.is_empty() {
+        &empty[..]
+    } else {
+        panels
+    };
+    for (cell, (name, series)) in cells.iter().zip(panels) {
+        let mut chart = ChartBuilder::on(cell)
+            .margin(10)
+            .margin_right(18)
+            .caption(name, text(CAPTION_PT))
+            .x_label_area_size(50)
+            .y_label_area_size(68)
+            .build_cartesian_2d(x_range.clone(), pct.clone())?;
+        let frame = Frame {
+            x: x_range.clone(),
+            y: pct.clone(),
+        };
+        chart
+            .configure_mesh()
+            .x_desc("task")
+            .y_desc(y.desc)
+            .x_labels(ticks)
+            .y_labels(6)
+            .x_label_formatter(&fmt_tick)
+            .y_label_formatter(&fmt_tick)
+            .label_style(text(LABEL_PT))
+            .axis_desc_style(text(DESC_PT))
+            .max_light_lines(0)
+            .bold_line_style(GRID)
+            .draw()?;
+        for s in series {
+            draw_bands(&mut chart, s, color_of(&s.label).0, &frame)?;
+        }
+        let mut drawn = 0;
+        for s in series {
+            let (color, dashed) = color_of(&s.label);
+            drawn += draw_line(&mut chart, s, color, dashed, &frame)?;
+        }
+        if drawn == 0 {
+            draw_note(&chart.plotting_area().strip_coord_spec(), NO_DATA)?;
+        }
+    }
+    draw_legend(&legend_area, &rows)
+}
