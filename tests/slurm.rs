@@ -34,12 +34,36 @@ fn run_on_slurm(f: &Fixture, cache: &str, set: &[&str]) -> Output {
 /// The jobs Slurm knows under the run's job name (printed by the driver).
 fn jobs_of(o: &Output) -> Vec<String> {
     let err = stderr(o);
-    let name = err
-        .split("Slurm jobs are named ")
+    let name = job_name_in(&err).unwrap_or_else(|| panic!("no job name in: {err}"));
+    jobs_named(&name).into_iter().map(|(id, _)| id).collect()
+}
+
+/// The job name a driver printed (`… Slurm jobs are named NAME …`).
+fn job_name_in(err: &str) -> Option<String> {
+    err.split("Slurm jobs are named ")
         .nth(1)
         .and_then(|t| t.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no job name in: {err}"));
-    jobs_named(name).into_iter().map(|(id, _)| id).collect()
+        .map(str::to_string)
+}
+
+/// Block until no job named `name` is queued or running; fail once `deadline` has passed.
+fn wait_until_drained(name: &str, deadline: std::time::Instant) {
+    loop {
+        let q = std::process::Command::new("squeue")
+            .args(["--noheader", "--format=%i"])
+            .arg(format!("--name={name}"))
+            .output()
+            .unwrap();
+        if stdout(&q).trim().is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still queued: {}",
+            stdout(&q)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Content hash of every entry in the cache at `dir`, by key.
@@ -214,30 +238,10 @@ fn detach_returns_with_jobs_queued_they_complete_and_status_then_reports_everyth
         total, n_jobs,
         "every stage of an empty cache got a job: {during}"
     );
-    // Wait for the queue to drain.
-    let name = stderr(&o)
-        .split("Slurm jobs are named ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap()
-        .to_string();
-    let t0 = std::time::Instant::now();
-    loop {
-        let q = std::process::Command::new("squeue")
-            .args(["--noheader", "--format=%i"])
-            .arg(format!("--name={name}"))
-            .output()
-            .unwrap();
-        if stdout(&q).trim().is_empty() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < common::DEADLINE,
-            "still queued: {}",
-            stdout(&q)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    wait_until_drained(
+        &job_name_in(&stderr(&o)).unwrap(),
+        std::time::Instant::now() + common::DEADLINE,
+    );
     let after = stdout(&status(&f));
     assert!(
         after.contains(&format!("{n_jobs} stages: {n_jobs} cached, 0 to run")),
@@ -256,26 +260,12 @@ fn a_detached_stage_that_fails_takes_its_dependants_with_it_and_status_says_how_
     let set = "training.lr=1e38"; // every train's loss overflows: the stage fails, not Slurm
     let o = run_on_slurm(&f, "cache", &[set, "--detach"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let name = stderr(&o)
-        .split("Slurm jobs are named ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap()
-        .to_string();
     // Slurm itself cancels what waits on a failed job (--kill-on-invalid-dep), so the queue
     // drains with no driver watching.
-    let t0 = std::time::Instant::now();
-    while jobs_named(&name)
-        .iter()
-        .any(|(_, st)| !matches!(st.as_str(), "COMPLETED" | "FAILED" | "CANCELLED"))
-    {
-        assert!(
-            t0.elapsed() < common::DEADLINE,
-            "still queued: {:?}",
-            jobs_named(&name)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    wait_until_drained(
+        &job_name_in(&stderr(&o)).unwrap(),
+        std::time::Instant::now() + common::DEADLINE,
+    );
     let p = f.pipeline();
     let status = stdout(&f.cli(&["status", p.to_str().unwrap(), "--set", set]));
     let line = |id: &str| {
@@ -339,8 +329,8 @@ impl Driver {
         let t0 = std::time::Instant::now();
         loop {
             let err = self.stderr();
-            if let Some(rest) = err.split("Slurm jobs are named ").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
+            if let Some(name) = job_name_in(&err) {
+                return name;
             }
             assert!(t0.elapsed() < common::DEADLINE, "no job name: {err}");
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -407,8 +397,26 @@ fn a_job_cancelled_mid_stage_is_submitted_again_and_the_run_completes() {
         return;
     }
     let f = Fixture::new();
-    let mut d = Driver::start(&f, &["training.epochs=1500"]);
+    let mut d = Driver::start(&f, &["training.epochs=4000"]);
     let job = d.wait_until_running("task1-train");
+    // Cancel it once cfpipe has said in the job's log that the stage started, not while the
+    // job is still starting: then the stage is surely cut off mid-way.
+    let logs = f.cache_dir().join("logs/slurm");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_dir(&logs).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("-{job}.log"))
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    }) {
+        assert!(
+            t0.elapsed() < common::DEADLINE,
+            "job {job} never started its stage"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(std::process::Command::new("scancel")
         .arg(&job)
@@ -448,18 +456,7 @@ fn ctrl_c_on_the_driver_cancels_its_jobs_and_leaves_a_cache_that_verifies() {
     let (code, _, err) = d.finish();
     assert_eq!(code, Some(130), "{err}");
     // Within seconds of the driver's exit, none of its jobs is queued or running.
-    loop {
-        let q = std::process::Command::new("squeue")
-            .args(["--noheader", "--format=%i"])
-            .arg(format!("--name={name}"))
-            .output()
-            .unwrap();
-        if stdout(&q).trim().is_empty() {
-            break;
-        }
-        assert!(t0.elapsed().as_secs() < 10, "still queued: {}", stdout(&q));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until_drained(&name, t0 + std::time::Duration::from_secs(10));
     let v = f.cli(&["cache", "verify"]);
     assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
 }

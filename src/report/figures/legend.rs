@@ -18,6 +18,21 @@ pub(super) struct LegendEntry {
     pub(super) mark: Mark,
 }
 
+impl LegendEntry {
+    /// The entry of a series drawn in `line_style`'s `(color, dashed)`.
+    pub(super) fn line(label: String, (color, dashed): (RGBColor, bool)) -> LegendEntry {
+        LegendEntry {
+            label,
+            color,
+            mark: if dashed {
+                Mark::Dashed
+            } else {
+                Mark::SolidDots
+            },
+        }
+    }
+}
+
 pub(super) const LEGEND_SAMPLE: i32 = 38;
 pub(super) const LEGEND_GAP: i32 = 7;
 pub(super) const LEGEND_SPACING: i32 = 26;

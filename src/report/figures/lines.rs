@@ -91,15 +91,7 @@ pub(super) fn draw_mean_accuracy<DB: DrawingBackend>(
     let mut entries: Vec<LegendEntry> = accuracy
         .iter()
         .zip(&acc_colors)
-        .map(|(s, &(color, dashed))| LegendEntry {
-            label: s.label.clone(),
-            color,
-            mark: if dashed {
-                Mark::Dashed
-            } else {
-                Mark::SolidDots
-            },
-        })
+        .map(|(s, &style)| LegendEntry::line(s.label.clone(), style))
         .collect();
     entries.extend(capacity.iter().zip(&cap_colors).map(|(s, &color)| {
         let label = if s.label.to_lowercase().contains("capacity") {
@@ -202,18 +194,7 @@ pub(super) fn draw_per_task<DB: DrawingBackend>(
     let entries: Vec<LegendEntry> = labels
         .iter()
         .enumerate()
-        .map(|(i, l)| {
-            let (color, dashed) = line_style(i);
-            LegendEntry {
-                label: l.to_string(),
-                color,
-                mark: if dashed {
-                    Mark::Dashed
-                } else {
-                    Mark::SolidDots
-                },
-            }
-        })
+        .map(|(i, l)| LegendEntry::line(l.to_string(), line_style(i)))
         .collect();
     let (area, legend_area, rows) = split_legend(&area, &entries)?;
 

@@ -12,18 +12,7 @@ pub(super) fn draw_prune<DB: DrawingBackend>(
     let mut entries: Vec<LegendEntry> = curves
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            let (color, dashed) = line_style(i);
-            LegendEntry {
-                label: c.label.clone(),
-                color,
-                mark: if dashed {
-                    Mark::Dashed
-                } else {
-                    Mark::SolidDots
-                },
-            }
-        })
+        .map(|(i, c)| LegendEntry::line(c.label.clone(), line_style(i)))
         .collect();
     if !curves.is_empty() {
         entries.push(LegendEntry {
