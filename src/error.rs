@@ -14,16 +14,13 @@
 
 use crate::cache::CacheError;
 use crate::exec::ExecError;
-use crate::graph::GraphError;
-use crate::spec::SpecErrors;
 use crate::stages::DeviceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// A pipeline file that did not check or compile.
     #[error("{0}")]
-    Spec(#[from] SpecErrors),
-    #[error("pipeline graph: {0}")]
-    Graph(#[from] GraphError),
+    Load(#[from] crate::LoadError),
     #[error("{0}")]
     Device(#[from] DeviceError),
     #[error("{0}")]
@@ -72,20 +69,10 @@ pub enum CliError {
     Io(#[from] std::io::Error),
 }
 
-impl From<crate::LoadError> for CliError {
-    fn from(e: crate::LoadError) -> Self {
-        match e {
-            crate::LoadError::Spec(e) => CliError::Spec(e),
-            crate::LoadError::Graph(e) => CliError::Graph(e),
-        }
-    }
-}
-
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Spec(_)
-            | CliError::Graph(_)
+            CliError::Load(_)
             | CliError::Device(_)
             | CliError::BadOption(_)
             | CliError::NoRemote

@@ -854,7 +854,7 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
         &dag.node(split_node).id,
         &params,
     ));
-    let part = Dag::build(decls)?;
+    let part = Dag::build(decls).map_err(crate::LoadError::from)?;
     let cache = open_cache(c)?;
     let res = resolve::resolve(&part, &cache);
     let entry = |id: &str| {
