@@ -2,8 +2,9 @@
 //!
 //! Two phases, as in ripgrep's low/high args: `raw` deserializes with no logic (unknown keys
 //! rejected; `collect` keeps going past each error, so one run reports them all), then
-//! `validate` checks ranges (`numbers`: every float training uses as f32), class groups and
-//! data files (`idx_data`, `images`). Every problem is reported with the file, line and column
+//! `validate` checks each section into the resolved types of `resolved` (strategies in
+//! `strategy`, the model in `model`): ranges (`numbers`: every float training uses as f32),
+//! class groups and data files (`idx_data`, `images`). Every problem is reported with the file, line and column
 //! (found by `locate`) and its key path, or with the `--set` override that introduced it, in
 //! file order.
 
@@ -15,12 +16,14 @@ mod model;
 mod numbers;
 pub mod protocol;
 pub mod raw;
+mod resolved;
 pub mod resources;
+mod strategy;
 mod validate;
 
 pub use images::{ImageData, ImageTask, TaskClasses};
 pub use locate::{Locator, Pos};
-pub use validate::*;
+pub use resolved::*;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

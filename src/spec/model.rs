@@ -4,7 +4,7 @@
 //! layer on image maps is reported with its location before any work starts.
 
 use super::raw::{Activation, ModelKind, RawLayer, RawModel};
-use super::validate::ModelSpec;
+use super::resolved::ModelSpec;
 use crate::nn::arch::{self, Arch, Normalization, Op};
 use crate::nn::torchvision::PretrainedHead;
 
