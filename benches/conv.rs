@@ -17,11 +17,12 @@
 //! then 512→512→512→10 — forward and backward on a batch of 32, extrapolated to one epoch of
 //! CIFAR's 50,000 training images (`cargo bench --bench conv -- vgg` runs only that).
 //! Finally a whole training step (forward, backward, masked Adam step) of the pipeline's own
-//! model type (`DeviceMlp` with a conv `Arch`): the `small_cnn` preset on 1×28×28, batch 64,
+//! model type (`DeviceModel` with a conv `Arch`): the `small_cnn` preset on 1×28×28, batch 64,
 //! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`).
 
-use cfpipe::nn::conv::{self, composed, Tensor4};
-use cfpipe::nn::mlp::{Matrix, Vector};
+use cfpipe::nn::conv::{self, composed};
+use cfpipe::nn::tensor::Tensor4;
+use cfpipe::nn::tensor::{Matrix, Vector};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
@@ -171,12 +172,12 @@ fn bench_vgg16(dev: &Cpu, batch: usize, runs: usize) -> f64 {
 
 /// One training step of the pipeline's model (`train`'s inner loop); ms per step.
 fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: usize) -> f64 {
-    use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
+    use cfpipe::nn::model::{DeviceModel, ModelParams};
     use cfpipe::nn::optim::{MaskedOptimizer, OptimizerConfig};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-    let mut p = MlpParams::init_arch(a, &mut rng);
+    let mut p = ModelParams::init_arch(a, &mut rng);
     p.push_head(10, &mut rng);
-    let mut m = DeviceMlp::from_host(dev, &p);
+    let mut m = DeviceModel::from_host(dev, &p);
     let cfg = OptimizerConfig::Adam {
         lr: 1e-3,
         beta1: 0.9,

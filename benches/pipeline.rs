@@ -7,8 +7,9 @@
 //!
 //! Figures go in the issue notes; tests never depend on timing.
 
-use cfpipe::nn::mlp::{images_to_tensor, DeviceMlp, MlpParams};
+use cfpipe::nn::model::{DeviceModel, ModelParams};
 use cfpipe::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
+use cfpipe::nn::tensor::images_to_tensor;
 use cfpipe::xai::{importance, lrp};
 use dfdx::prelude::*;
 use rand::SeedableRng;
@@ -21,9 +22,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// The split-MNIST MLP of the RNF paper (784-400-400, one 2-way head) and its Adam settings.
-fn paper_mlp() -> (MlpParams, OptimizerConfig) {
+fn paper_mlp() -> (ModelParams, OptimizerConfig) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut host = MlpParams::init(784, &[400, 400], &mut rng);
+    let mut host = ModelParams::init(784, &[400, 400], &mut rng);
     host.push_head(2, &mut rng);
     let cfg = OptimizerConfig::Adam {
         lr: 1e-3,
@@ -38,7 +39,7 @@ fn paper_mlp() -> (MlpParams, OptimizerConfig) {
 fn bench_train_step() {
     let dev = Cpu::default();
     let (host, cfg) = paper_mlp();
-    let mut model = DeviceMlp::from_host(&dev, &host);
+    let mut model = DeviceModel::from_host(&dev, &host);
     let scales = vec![None; model.params.len()];
     let mut opt = MaskedOptimizer::new(&dev, cfg, &model.params, scales);
     let pixels: Vec<u8> = (0..128 * 784).map(|i| (i * 31 % 251) as u8).collect();
@@ -73,12 +74,12 @@ fn time_it(reps: usize, mut f: impl FnMut()) -> f64 {
 fn bench_score_methods() {
     let dev = Cpu::default();
     let (host, cfg) = paper_mlp();
-    let model = DeviceMlp::from_host(&dev, &host);
+    let model = DeviceModel::from_host(&dev, &host);
     let pixels: Vec<u8> = (0..1600 * 784).map(|i| (i * 31 % 251) as u8).collect();
     let labels: Vec<u16> = (0..1600).map(|i| (i % 2) as u16).collect();
     // One epoch: 13 Adam steps of batch 128 (the last one partial), with and without SI.
     let epoch = |with_si: bool| {
-        let mut m = DeviceMlp::from_host(&dev, &host);
+        let mut m = DeviceModel::from_host(&dev, &host);
         let mut opt = MaskedOptimizer::new(&dev, cfg, &m.params, vec![None; m.params.len()]);
         let mut si = PathIntegral::default();
         for (xb, yb) in pixels.chunks(128 * 784).zip(labels.chunks(128)) {

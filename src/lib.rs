@@ -8,9 +8,9 @@
 //!
 //! This crate is the domain. `spec` parses and validates pipelines; `stages` holds one file per
 //! stage kind and `plan`, which compiles a validated pipeline into stage declarations; `nn`
-//! (dfdx layers, conv ops, optimizers, masks), `xai` (LRP, FullGrad, saliency, importances),
-//! `data` (IDX and image datasets) and `report` (results, tables and figures) serve them; `cli`
-//! is the command line that `main.rs` runs.
+//! (the model and its one layer vocabulary, conv ops, optimizers, masks), `xai` (LRP,
+//! FullGrad, saliency, importances), `data` (IDX and image datasets) and `report` (results,
+//! tables and figures) serve them; `cli` is the command line that `main.rs` runs.
 
 pub use cfpipe_engine::{cache, digest, exec, graph};
 

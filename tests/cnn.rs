@@ -7,7 +7,7 @@ mod common;
 use cfpipe::cache::Cache;
 use cfpipe::exec::resolve::resolve;
 use cfpipe::nn::arch::{self, Arch, Op};
-use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
+use cfpipe::nn::model::{DeviceModel, ModelParams};
 use cfpipe::nn::tensorio::{decode, encode, TensorMapExt};
 use cfpipe::nn::torchvision;
 use cfpipe::spec::DataCheck;
@@ -168,9 +168,9 @@ fn tiny_arch() -> Arch {
     }
 }
 
-fn tiny_model(seed: u64) -> MlpParams {
+fn tiny_model(seed: u64) -> ModelParams {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut p = MlpParams::init_arch(&tiny_arch(), &mut rng);
+    let mut p = ModelParams::init_arch(&tiny_arch(), &mut rng);
     p.push_head(3, &mut rng);
     p
 }
@@ -183,12 +183,12 @@ fn pixels(n: usize) -> Vec<u8> {
 fn cnn_gradients_match_finite_differences() {
     let dev = Cpu::default();
     let p = tiny_model(3);
-    let m = DeviceMlp::from_host(&dev, &p);
+    let m = DeviceModel::from_host(&dev, &p);
     let x = m.input(&pixels(3));
     let labels = [0u16, 2, 1];
     let (loss, grads) = m.loss_and_grads(&x, &labels, 0);
-    let loss_of = |q: &MlpParams| {
-        DeviceMlp::from_host(&dev, q)
+    let loss_of = |q: &ModelParams| {
+        DeviceModel::from_host(&dev, q)
             .loss_and_grads(&x, &labels, 0)
             .0 as f64
     };
@@ -239,7 +239,7 @@ fn conv_gradients_have_the_same_bits_on_one_thread_and_on_three() {
             .unwrap();
         pool.install(|| {
             let dev = Cpu::default();
-            let m = DeviceMlp::from_host(&dev, &p);
+            let m = DeviceModel::from_host(&dev, &p);
             let (loss, grads) = m.loss_and_grads(&m.input(&pixels(n)), &labels, 0);
             let bits: Vec<Vec<u32>> = grads
                 .into_iter()
@@ -258,7 +258,7 @@ fn conv_gradients_have_the_same_bits_on_one_thread_and_on_three() {
 fn unit_masks_zero_a_filter_without_touching_the_model() {
     let dev = Cpu::default();
     let p = tiny_model(5);
-    let m = DeviceMlp::from_host(&dev, &p);
+    let m = DeviceModel::from_host(&dev, &p);
     let x = m.input(&pixels(4));
     let before = m.logits(&x, 0, None).as_vec();
     // Pruning every filter of the second conv layer leaves only the biases downstream: every
@@ -283,7 +283,7 @@ fn lrp_is_conservative_through_the_models_own_path() {
     for l in p.trunk.iter_mut().chain(p.heads.iter_mut()) {
         l.bias.iter_mut().for_each(|b| *b = 0.0);
     }
-    let m = DeviceMlp::from_host(&dev, &p);
+    let m = DeviceModel::from_host(&dev, &p);
     let x = m.input(&pixels(4));
     let labels = [0u16, 1, 2, 0];
     let mut rules = cfpipe::xai::lrp::LrpRules::epsilon(1e-9);
@@ -321,7 +321,7 @@ fn gradient_x_input_of_a_bias_free_relu_cnn_sums_to_the_logit_at_every_layer() {
     for l in p.trunk.iter_mut().chain(p.heads.iter_mut()) {
         l.bias.iter_mut().for_each(|b| *b = 0.0);
     }
-    let m = DeviceMlp::from_host(&dev, &p);
+    let m = DeviceModel::from_host(&dev, &p);
     let x = m.input(&pixels(4));
     let r = cfpipe::xai::lrp::gradient_x_input(&m, &x, &[2, 1, 0, 2], 0);
     assert_eq!(r.hidden[0].len(), 4 * 25 * 2);
@@ -342,7 +342,7 @@ fn a_torchvision_vgg16_file_round_trips_and_a_mismatch_lists_every_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let a = arch::vgg16(32, 16, 3);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let mut p = MlpParams::init_arch(&a, &mut rng);
+    let mut p = ModelParams::init_arch(&a, &mut rng);
     p.push_head(10, &mut rng);
     let named = torchvision::vgg16_to_tensors(&p);
     assert!(named.contains_key("features.28.weight"));
@@ -544,7 +544,7 @@ fn a_pretrained_vgg16_file_starts_task_one_and_a_bad_one_fails_it_with_the_listi
     cfpipe::data::idx::write_idx(&d.join("lbl.gz"), &[n], &lb, true).unwrap();
     let a = arch::vgg16(32, 16, 1);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-    let mut p = MlpParams::init_arch(&a, &mut rng);
+    let mut p = ModelParams::init_arch(&a, &mut rng);
     p.push_head(2, &mut rng);
     let weights = d.join("vgg.safetensors");
     std::fs::write(&weights, encode(&torchvision::vgg16_to_tensors(&p))).unwrap();
@@ -596,7 +596,7 @@ strategies: {{naive: {{freeze: none}}}}
     assert_eq!(trained.heads.len(), 1);
 
     // The same pipeline with a width-8 file: one stage fails, naming every tensor.
-    let wrong = MlpParams::init_arch(&arch::vgg16(32, 8, 1), &mut rng);
+    let wrong = ModelParams::init_arch(&arch::vgg16(32, 8, 1), &mut rng);
     let mut wrong = wrong;
     wrong.push_head(2, &mut rng);
     std::fs::write(&weights, encode(&torchvision::vgg16_to_tensors(&wrong))).unwrap();
@@ -678,9 +678,9 @@ fn normalisation_is_per_channel_on_byte_over_255() {
         }),
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut p = MlpParams::init_arch(&a, &mut rng);
+    let mut p = ModelParams::init_arch(&a, &mut rng);
     p.push_head(2, &mut rng);
-    let m = DeviceMlp::from_host(&Cpu::default(), &p);
+    let m = DeviceModel::from_host(&Cpu::default(), &p);
     // Two samples, channel-major: [c0 c0 c1 c1].
     let x = m.input(&[255, 0, 255, 0, 0, 255, 0, 255]).as_vec();
     assert_eq!(x, [2.0, -2.0, 0.5, 0.0, -2.0, 2.0, 0.0, 0.5]);
@@ -690,7 +690,7 @@ fn normalisation_is_per_channel_on_byte_over_255() {
 fn sig_and_outgoing_units_follow_the_conv_windows() {
     use cfpipe::xai::importance::{self, UnitRule};
     let p = tiny_model(8);
-    let m = DeviceMlp::from_host(&Cpu::default(), &p);
+    let m = DeviceModel::from_host(&Cpu::default(), &p);
     let n = 6;
     let x = pixels(n);
     let y = vec![0u16; n];
@@ -769,7 +769,7 @@ fn batches_shrink_to_the_activation_memory_of_big_models() {
         assert_eq!(a.floats_per_sample() - feats, unfolded, "vgg16 at {size}");
     }
     // The tiny model fits the cap; a batch of its samples within 2 GiB is far above 1000.
-    let m = DeviceMlp::from_host(&Cpu::default(), &tiny_model(1));
+    let m = DeviceModel::from_host(&Cpu::default(), &tiny_model(1));
     assert_eq!(m.batch_within(1000, 1, false), 1000);
     assert_eq!(m.batch_within(1000, 10, true), 1000);
     // A 224×224 VGG-16 (width 1/8 keeps the test's memory small; its maps are as large per
@@ -777,9 +777,9 @@ fn batches_shrink_to_the_activation_memory_of_big_models() {
     let big = arch::vgg16(224, 8, 3);
     let per = big.floats_per_sample();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-    let mut p = MlpParams::init_arch(&big, &mut rng);
+    let mut p = ModelParams::init_arch(&big, &mut rng);
     p.push_head(2, &mut rng);
-    let m = DeviceMlp::from_host(&Cpu::default(), &p);
+    let m = DeviceModel::from_host(&Cpu::default(), &p);
     let plain = m.batch_within(1000, 1, false);
     assert_eq!(plain, (2usize << 30) / (per * 4));
     assert!(plain < 1000);

@@ -4,7 +4,8 @@
 //! reference, and a few by finite differences of the ops themselves. Both the CPU fast path
 //! (`conv::*`) and the composed path (`conv::composed::*`) are checked.
 
-use cfpipe::nn::conv::{self, composed, Tensor4};
+use cfpipe::nn::conv::{self, composed};
+use cfpipe::nn::tensor::Tensor4;
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

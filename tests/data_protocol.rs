@@ -7,7 +7,7 @@
 mod common;
 
 use cfpipe::data::idx::write_idx;
-use cfpipe::nn::mlp::DeviceMlp;
+use cfpipe::nn::model::DeviceModel;
 use cfpipe::nn::tensorio::{decode, HostTensor};
 use common::Fixture;
 use dfdx::prelude::*;
@@ -155,7 +155,7 @@ fn ten_crop_evaluation_is_the_mean_softmax_of_crops_cut_by_hand() {
     let cache = fx.cache_dir();
     let host = fx.model_of("naive/seed0/task2/train");
     let dev = Cpu::default();
-    let model = DeviceMlp::from_host(&dev, &host);
+    let model = DeviceModel::from_host(&dev, &host);
     let split = decode(&fx.output_in(&cache, "split", "split.safetensors")).unwrap();
     let eval: serde_json::Value =
         serde_json::from_slice(&fx.output_in(&cache, "naive/seed0/task2/evaluate", "eval.json"))

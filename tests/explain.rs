@@ -4,7 +4,7 @@
 //! the relevance's signs. Bad stage ids, indices and heads exit 2 naming what was expected.
 
 mod common;
-use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
+use cfpipe::nn::model::{DeviceModel, ModelParams};
 use cfpipe::nn::tensorio::{self, TensorMapExt};
 use cfpipe::xai::lrp::{lrp, LrpRules};
 use common::{stderr, stdout, Fixture};
@@ -46,14 +46,14 @@ fn heatmaps_show_the_lrp_relevance_of_the_true_logit() {
 
     // Recompute from the cached model and split, without the explain code path.
     let model_bytes = f.output(STAGE, "model.safetensors");
-    let host = MlpParams::from_tensors(tensorio::decode(&model_bytes).unwrap()).unwrap();
+    let host = ModelParams::from_tensors(tensorio::decode(&model_bytes).unwrap()).unwrap();
     let mut split = tensorio::decode(&f.output("split", "split.safetensors")).unwrap();
     let (xs, x) = split.take_u8("task0.test.x").unwrap();
     let (_, y) = split.take_labels("task0.test.y").unwrap();
     let dim = xs[1];
     assert_eq!(dim, 64);
     let dev = Cpu::default();
-    let model = DeviceMlp::from_host(&dev, &host);
+    let model = DeviceModel::from_host(&dev, &host);
 
     for (img, index) in images.iter().zip([0usize, 3]) {
         assert_eq!(img["index"], index);
@@ -162,7 +162,7 @@ fn bad_stage_index_and_head_exit_2_saying_what_was_expected() {
     );
 }
 
-/// A conv model goes through `lrp_cnn` (z⁺ on conv layers by default) and its input
+/// A conv model goes through `lrp::conv` (z⁺ on conv layers by default) and its input
 /// normalisation; the relevance written is still exactly what `xai::lrp::lrp` returns.
 #[test]
 fn conv_models_are_explained_through_the_same_lrp() {
@@ -206,7 +206,7 @@ fn conv_models_are_explained_through_the_same_lrp() {
     let mut split = tensorio::decode(&f.output("split", "split.safetensors")).unwrap();
     let (_, x) = split.take_u8("task0.test.x").unwrap();
     let (_, y) = split.take_labels("task0.test.y").unwrap();
-    let model = DeviceMlp::from_host(&Cpu::default(), &host);
+    let model = DeviceModel::from_host(&Cpu::default(), &host);
     let input = model.input(&x[5 * 64..6 * 64]);
     let r = lrp(&model, &input, &y[5..6], 0, &LrpRules::epsilon(1e-6));
     let got: Vec<f64> = img["relevance"]

@@ -8,7 +8,7 @@
 mod common;
 
 use cfpipe::nn::arch;
-use cfpipe::nn::mlp::MlpParams;
+use cfpipe::nn::model::ModelParams;
 use cfpipe::nn::tensorio::{decode, encode, HostTensor};
 use cfpipe::nn::torchvision;
 use cfpipe::stages::artifacts::read_model;
@@ -248,7 +248,7 @@ fn the_imagenet_adience_pipeline_runs_on_fixtures_and_reruns_nothing() {
     adience_tree(&data.join("adience"), 2, 2);
     let a = arch::vgg16(32, 16, 3);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let mut p = MlpParams::init_arch(&a, &mut rng);
+    let mut p = ModelParams::init_arch(&a, &mut rng);
     p.push_head(classes, &mut rng);
     fs::write(
         data.join("vgg.safetensors"),
@@ -433,7 +433,7 @@ fn the_adience_split_pipeline_runs_mixed_and_ordered() {
     // ImageNet weights with a 1000-way classifier.6 that `pretrained_head: drop` ignores.
     let a = arch::vgg16(32, 16, 3);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let mut p = MlpParams::init_arch(&a, &mut rng);
+    let mut p = ModelParams::init_arch(&a, &mut rng);
     p.push_head(1000, &mut rng);
     fs::write(
         dir.path().join("vgg.safetensors"),

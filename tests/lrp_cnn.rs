@@ -1,8 +1,9 @@
 //! LRP through a small CNN: relevance is conserved layer by layer for every rule.
 
-use cfpipe::nn::conv::Tensor4;
+use cfpipe::nn::seq::Layer;
+use cfpipe::nn::tensor::Tensor4;
+use cfpipe::xai::lrp::conv::{filter_scores, lrp_sequential};
 use cfpipe::xai::lrp::{AbsMode, LrpRule, LrpRules};
-use cfpipe::xai::lrp_cnn::{filter_scores, lrp_sequential, Layer};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -125,7 +126,7 @@ fn z_plus_relevance_of_a_positive_logit_is_non_negative_and_max_pool_is_winner_t
     rules.dense = LrpRule::Zplus;
     rules.conv = LrpRule::Zplus;
     let x = input(&dev);
-    let logits = cfpipe::xai::lrp_cnn::forward(&layers, x.clone())
+    let logits = cfpipe::nn::seq::forward(&layers, x.clone())
         .last()
         .unwrap()
         .as_vec();

@@ -6,9 +6,9 @@
 mod common;
 
 use cfpipe::nn::arch;
-use cfpipe::nn::mlp::{DeviceMlp, MlpParams};
+use cfpipe::nn::model::{DeviceModel, ModelParams};
+use cfpipe::nn::seq::Layer;
 use cfpipe::stages::visualize;
-use cfpipe::xai::lrp_cnn::Layer;
 use cfpipe::xai::saliency::{
     filter_score, fullgrad_parts, saliency_scores, saliency_scores_with, similarity,
     upsample_bilinear, visualize_filters, visualize_layer, ClassAggregate, DensePolicy,
@@ -197,9 +197,9 @@ fn options(similarity: Similarity, dense: DensePolicy) -> SaliencyOptions {
     }
 }
 
-fn small_model(rng: &mut ChaCha8Rng) -> MlpParams {
+fn small_model(rng: &mut ChaCha8Rng) -> ModelParams {
     let a = arch::small_cnn([3, 8, 8]);
-    let mut p = MlpParams::init_arch(&a, rng);
+    let mut p = ModelParams::init_arch(&a, rng);
     p.push_head(3, rng);
     p
 }
@@ -209,7 +209,7 @@ fn scores_are_deterministic_per_seed_and_cover_every_unit() {
     let dev = Cpu::default();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let host = small_model(&mut rng);
-    let model = DeviceMlp::from_host(&dev, &host);
+    let model = DeviceModel::from_host(&dev, &host);
     let pixels: Vec<u8> = (0..10 * 192).map(|_| rng.gen()).collect();
     let labels: Vec<u16> = (0..10).map(|i| (i % 3) as u16).collect();
     let run = |seed: u64, o: &SaliencyOptions| {
@@ -258,7 +258,7 @@ fn scores_from_stored_visualisations_equal_inline_ones_bit_for_bit() {
     let dev = Cpu::default();
     let mut rng = ChaCha8Rng::seed_from_u64(21);
     let host = small_model(&mut rng);
-    let model = DeviceMlp::from_host(&dev, &host);
+    let model = DeviceModel::from_host(&dev, &host);
     let pixels: Vec<u8> = (0..9 * 192).map(|_| rng.gen()).collect();
     let labels: Vec<u16> = (0..9).map(|i| (i % 3) as u16).collect();
     let ok = || Ok::<(), ()>(());
@@ -330,9 +330,9 @@ fn scores_from_stored_visualisations_equal_inline_ones_bit_for_bit() {
 fn a_model_without_conv_layers_is_a_typed_error() {
     let dev = Cpu::default();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let mut host = MlpParams::init(12, &[8], &mut rng);
+    let mut host = ModelParams::init(12, &[8], &mut rng);
     host.push_head(2, &mut rng);
-    let model = DeviceMlp::from_host(&dev, &host);
+    let model = DeviceModel::from_host(&dev, &host);
     let o = options(Similarity::Mse, DensePolicy::Free);
     let e = saliency_scores(&model, &[0u8; 24], &[0, 1], 0, &o, 4, &mut rng, || {
         Ok::<(), ()>(())

@@ -1,8 +1,13 @@
-//! dfdx glue: run-time-sized layers, the multi-head MLP, masked optimizers and tensor I/O.
+//! dfdx glue: the multi-head model (`model`: an MLP or a conv trunk, on the host and on a
+//! device), the layer vocabulary that its forward pass, LRP, FullGrad and the importance
+//! methods share (`seq`), tensor aliases (`tensor`), architectures (`arch`), conv and pooling
+//! ops (`conv`), masked optimizers (`optim`), safetensors I/O and torchvision weights.
 
 pub mod arch;
 pub mod conv;
-pub mod mlp;
+pub mod model;
 pub mod optim;
+pub mod seq;
+pub mod tensor;
 pub mod tensorio;
 pub mod torchvision;

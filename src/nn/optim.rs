@@ -8,7 +8,7 @@
 //! heads) are never touched. Everything is composed from public dfdx ops, so it runs on any
 //! dfdx device.
 
-use super::mlp::Vector;
+use super::tensor::Vector;
 use dfdx::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq)]

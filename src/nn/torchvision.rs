@@ -20,7 +20,7 @@
 //! tensors, unexpected ones and every shape that disagrees are listed together in one error.
 
 use super::arch::Arch;
-use super::mlp::{DenseParams, MlpParams};
+use super::model::{DenseParams, ModelParams};
 use super::tensorio::{self, HostTensor};
 use std::collections::BTreeMap;
 
@@ -134,7 +134,7 @@ pub fn vgg16_from_tensors(
     arch: &Arch,
     classes: Option<usize>,
     head: PretrainedHead,
-) -> Result<MlpParams, TorchvisionError> {
+) -> Result<ModelParams, TorchvisionError> {
     let file_classes = m
         .get("classifier.6.bias")
         .and_then(|t| t.shape().first().copied());
@@ -201,7 +201,7 @@ pub fn vgg16_from_tensors(
         PretrainedHead::Task1 => vec![layers.pop().expect("a head")],
         PretrainedHead::Drop => Vec::new(),
     };
-    Ok(MlpParams {
+    Ok(ModelParams {
         trunk: layers,
         heads,
         negative_slope: 0.0,
@@ -215,7 +215,7 @@ pub fn load_vgg16(
     arch: &Arch,
     classes: Option<usize>,
     head: PretrainedHead,
-) -> Result<MlpParams, TorchvisionError> {
+) -> Result<ModelParams, TorchvisionError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| TorchvisionError::Read {
         path: shown.clone(),
@@ -230,7 +230,7 @@ pub fn load_vgg16(
 
 /// The inverse mapping: a VGG-16 model's trunk and first head under torchvision's names
 /// (for tests and for exporting back to PyTorch).
-pub fn vgg16_to_tensors(p: &MlpParams) -> BTreeMap<String, HostTensor> {
+pub fn vgg16_to_tensors(p: &ModelParams) -> BTreeMap<String, HostTensor> {
     let mine = p.to_tensors();
     let mut out = BTreeMap::new();
     let rename = |cf: &str| -> Option<String> {

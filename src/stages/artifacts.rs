@@ -4,7 +4,8 @@
 
 use crate::exec::{Artifact, StageContext, StageError};
 use crate::nn::arch::Arch;
-use crate::nn::mlp::{Label, MlpParams};
+use crate::nn::model::ModelParams;
+use crate::nn::tensor::Label;
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -147,7 +148,7 @@ impl SplitData {
 pub const MODEL_ARCH: &str = "arch.json";
 
 /// Store a model; a non-finite weight fails the stage instead (a NaN model is never a result).
-pub fn save_model(art: &mut Artifact, p: &MlpParams) -> Result<(), StageError> {
+pub fn save_model(art: &mut Artifact, p: &ModelParams) -> Result<(), StageError> {
     let tensors = p.to_tensors();
     all_finite(MODEL_TENSORS, &tensors)?;
     art.insert(MODEL_TENSORS, tensorio::encode(&tensors));
@@ -171,13 +172,13 @@ fn all_finite(file: &str, tensors: &BTreeMap<String, HostTensor>) -> Result<(), 
     Ok(())
 }
 
-pub fn load_model(ctx: &StageContext, slot: &str) -> Result<MlpParams, StageError> {
+pub fn load_model(ctx: &StageContext, slot: &str) -> Result<ModelParams, StageError> {
     read_model(&ctx.input(slot)?.output_path(""), slot)
 }
 
 /// A trained model from a train stage's output directory `out` (its `model.safetensors`, and
 /// `arch.json` for a conv model); `name` labels read errors (the input slot in a stage).
-pub fn read_model(out: &std::path::Path, name: &str) -> Result<MlpParams, StageError> {
+pub fn read_model(out: &std::path::Path, name: &str) -> Result<ModelParams, StageError> {
     let read = |file: &str| {
         std::fs::read(out.join(file)).map_err(|source| StageError::Io {
             name: format!("{name}/{file}"),
@@ -192,7 +193,7 @@ pub fn read_model(out: &std::path::Path, name: &str) -> Result<MlpParams, StageE
     } else {
         None
     };
-    MlpParams::from_tensors_arch(m, arch).map_err(|e| bad(MODEL_TENSORS, e))
+    ModelParams::from_tensors_arch(m, arch).map_err(|e| bad(MODEL_TENSORS, e))
 }
 
 pub const SI_TENSORS: &str = "si.safetensors";

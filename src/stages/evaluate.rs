@@ -13,7 +13,8 @@ use super::artifacts::{self, json_bytes, SplitData};
 use super::views::{accuracy_with, Geometry};
 use super::{flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::mlp::{DeviceMlp, Vector};
+use crate::nn::model::DeviceModel;
+use crate::nn::tensor::Vector;
 use crate::spec::protocol::TestCrops;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -75,7 +76,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             split.tasks.len()
         )));
     }
-    let model = DeviceMlp::from_host(dev, &host);
+    let model = DeviceModel::from_host(dev, &host);
     let isolation: Vec<Vec<Vector<D>>> = if p.isolate {
         let hidden = host.hidden_sizes();
         (0..p.tasks_seen.saturating_sub(1))

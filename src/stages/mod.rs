@@ -19,7 +19,8 @@ pub mod views;
 pub mod visualize;
 
 use crate::exec::{Registry, StageError};
-use crate::nn::mlp::{argmax_rows, DeviceMlp, Vector};
+use crate::nn::model::DeviceModel;
+use crate::nn::tensor::{argmax_rows, Vector};
 use artifacts::Samples;
 pub(crate) use device::on_device;
 pub use device::{Backend, DeviceChoice, DeviceError};
@@ -73,7 +74,7 @@ const EVAL_BATCH: usize = 1000;
 
 /// Accuracy of `head` on `samples`, optionally with hidden units masked out.
 pub fn accuracy<D: Device<f32>>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     samples: &Samples,
     dim: usize,
     head: usize,
@@ -115,7 +116,7 @@ pub fn flags_to_masks<D: Device<f32>>(dev: &D, keep: &[Vec<bool>]) -> Vec<Vector
 pub(crate) fn split_and_model(
     ctx: &crate::exec::StageContext,
     t: usize,
-) -> Result<(artifacts::SplitData, crate::nn::mlp::MlpParams), StageError> {
+) -> Result<(artifacts::SplitData, crate::nn::model::ModelParams), StageError> {
     let split = artifacts::SplitData::load(ctx, "split")?;
     check_task(t, split.tasks.len())?;
     let host = artifacts::load_model(ctx, "model")?;

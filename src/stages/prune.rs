@@ -14,7 +14,8 @@ use super::artifacts::{self, json_bytes, SplitData};
 use super::views::{accuracy_with, center_samples, Geometry};
 use super::{accuracy, check_task, flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::mlp::{DeviceMlp, Vector};
+use crate::nn::model::DeviceModel;
+use crate::nn::tensor::Vector;
 use crate::spec::protocol::TestCrops;
 use crate::spec::PruneSpec;
 use dfdx::prelude::*;
@@ -189,7 +190,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     artifacts::check_unit_counts("score", &scores, &sizes)?;
     let order = rank_candidates(&scores, frozen.as_deref());
     let step = ((p.prune.step_ratio * order.len() as f64).ceil() as usize).max(1);
-    let model = DeviceMlp::from_host(dev, &host);
+    let model = DeviceModel::from_host(dev, &host);
     let geometry = Geometry::new(&split.sample_shape, &host)?;
     // Centre windows are cut once, not at every step of the search.
     let centred = match p.crops {

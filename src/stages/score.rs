@@ -10,8 +10,9 @@
 use super::artifacts::{self, json_bytes, TaskData};
 use super::{on_device, rng_for, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::mlp::MlpParams;
-use crate::nn::mlp::{DeviceMlp, Matrix};
+use crate::nn::model::DeviceModel;
+use crate::nn::model::ModelParams;
+use crate::nn::tensor::Matrix;
 use crate::spec::raw::{Normalize, ReferenceSplit};
 use crate::spec::ScoreSpec;
 use crate::xai::importance;
@@ -89,7 +90,7 @@ pub fn finish(mut layer: Vec<f64>, abs: AbsMode, normalize: Normalize) -> Vec<f3
 }
 
 /// L2 norm of each hidden unit's incoming weights and bias, per layer.
-pub fn magnitude_scores(host: &MlpParams) -> Vec<Vec<f64>> {
+pub fn magnitude_scores(host: &ModelParams) -> Vec<Vec<f64>> {
     host.trunk
         .iter()
         .map(|l| {
@@ -111,15 +112,15 @@ pub fn magnitude_scores(host: &MlpParams) -> Vec<Vec<f64>> {
 fn per_sample_units<D: Device<f32>>(
     dev: &D,
     ctx: &StageContext,
-    host: &MlpParams,
+    host: &ModelParams,
     x_all: &[u8],
-    y_all: &[crate::nn::mlp::Label],
+    y_all: &[crate::nn::tensor::Label],
     dim: usize,
     abs: AbsMode,
     phase: &str,
-    attribute: impl Fn(&DeviceMlp<D>, &Matrix<D>, &[crate::nn::mlp::Label]) -> Relevance,
+    attribute: impl Fn(&DeviceModel<D>, &Matrix<D>, &[crate::nn::tensor::Label]) -> Relevance,
 ) -> Result<(Vec<Vec<f64>>, f64), StageError> {
-    let model = DeviceMlp::from_host(dev, host);
+    let model = DeviceModel::from_host(dev, host);
     let sizes = host.hidden_sizes();
     let mut sums: Vec<Vec<f64>> = sizes.iter().map(|&u| vec![0f64; u]).collect();
     let mut explained = 0f64;
@@ -148,7 +149,7 @@ pub fn reference_samples(
     from: ReferenceSplit,
     seed: u64,
     task_index: usize,
-) -> (Vec<u8>, Vec<crate::nn::mlp::Label>) {
+) -> (Vec<u8>, Vec<crate::nn::tensor::Label>) {
     let samples = match from {
         ReferenceSplit::Test => &task.test,
         ReferenceSplit::Train => &task.train,
@@ -178,14 +179,14 @@ pub fn weight_importance<D: Device<f32>>(
     ctx: &StageContext,
     dev: &D,
     spec: &ScoreSpec,
-    host: &MlpParams,
+    host: &ModelParams,
     task: &TaskData,
     dim: usize,
     seed: u64,
     head: usize,
 ) -> Result<Option<(importance::WeightImportance, usize)>, StageError> {
     let reference = |size, from| reference_samples(task, dim, size, from, seed, head);
-    let model = || DeviceMlp::from_host(dev, host);
+    let model = || DeviceModel::from_host(dev, host);
     let (imp, n) = match *spec {
         ScoreSpec::Fisher {
             labels,
@@ -240,7 +241,7 @@ pub fn ewc_importance<D: Device<f32>>(
     ctx: &StageContext,
     dev: &D,
     spec: &ScoreSpec,
-    host: &MlpParams,
+    host: &ModelParams,
     task: &TaskData,
     dim: usize,
     seed: u64,
@@ -283,13 +284,13 @@ pub fn ewc_importance<D: Device<f32>>(
 /// penalty concave, so it is clipped at 0.
 pub fn si_importance(
     si: &std::collections::BTreeMap<String, crate::nn::tensorio::HostTensor>,
-    host: &MlpParams,
+    host: &ModelParams,
     head: usize,
     damping: f64,
 ) -> Result<importance::WeightImportance, StageError> {
     let n_trunk = host.trunk.len();
     let path: Vec<usize> = (0..n_trunk).chain([n_trunk + head]).collect();
-    let layers_all: Vec<&crate::nn::mlp::DenseParams> = host.layers().collect();
+    let layers_all: Vec<&crate::nn::model::DenseParams> = host.layers().collect();
     let mut shapes = Vec::new();
     let mut layers = Vec::new();
     for &l in &path {
@@ -359,7 +360,7 @@ pub fn unit_scores<D: Device<f32>>(
     ctx: &StageContext,
     dev: &D,
     spec: &ScoreSpec,
-    host: &MlpParams,
+    host: &ModelParams,
     task: &TaskData,
     dim: usize,
     seed: u64,
@@ -491,7 +492,7 @@ pub fn unit_scores<D: Device<f32>>(
             options,
         } => {
             let (x, y) = reference(reference_size, reference_split);
-            let model = DeviceMlp::from_host(dev, host);
+            let model = DeviceModel::from_host(dev, host);
             let layers = host.hidden_sizes().len() as u64;
             let batch = model.batch_within(SALIENCY_BATCH, 1, true);
             let tick = || {

@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use crate::nn::mlp::Label;
+use crate::nn::tensor::Label;
 
 pub struct Split;
 

@@ -31,8 +31,9 @@ use super::views::{train_view, Geometry};
 use super::{check_task, on_device, rng_for};
 use crate::data::resample::{empirical, resample_indices, ClassWeights};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::mlp::{DeviceMlp, MlpParams, Vector};
+use crate::nn::model::{DeviceModel, ModelParams};
 use crate::nn::optim::{MaskedOptimizer, OptimizerConfig, PathIntegral};
+use crate::nn::tensor::Vector;
 use crate::spec::protocol::{CropSpec, SamplingSpec};
 use crate::spec::{ModelSpec, OptimizerSpec, TrainingSpec};
 use dfdx::prelude::*;
@@ -121,7 +122,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     p.model.kind
                 )));
             }
-            let mut m = MlpParams::init(dim, &p.model.hidden, &mut rng_for(p.seed, 0, "init"));
+            let mut m = ModelParams::init(dim, &p.model.hidden, &mut rng_for(p.seed, 0, "init"));
             m.negative_slope = p.model.negative_slope as f32;
             m
         }
@@ -139,7 +140,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     )
                     .map_err(|e| StageError::invalid(format!("model.pretrained: {e}")))?
                 }
-                Err(_) => MlpParams::init_arch(arch, &mut rng_for(p.seed, 0, "init")),
+                Err(_) => ModelParams::init_arch(arch, &mut rng_for(p.seed, 0, "init")),
             };
             m.negative_slope = p.model.negative_slope as f32;
             m
@@ -231,7 +232,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             weight_decay: t.weight_decay as f32,
         },
     };
-    let mut model = DeviceMlp::from_host(dev, &host);
+    let mut model = DeviceModel::from_host(dev, &host);
     let mut opt = MaskedOptimizer::new(dev, cfg, &model.params, scales);
     let n_trunk_tensors = 2 * host.trunk.len();
     let ewc = match (ctx.input_opt("penalty"), p.ewc_lambda) {
@@ -337,7 +338,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 p.task_index,
                 &format!("augment/epoch{epoch}/batch{batch_no}"),
             );
-            let mut grads: Vec<(usize, crate::nn::mlp::Vector<D>)> = Vec::new();
+            let mut grads: Vec<(usize, crate::nn::tensor::Vector<D>)> = Vec::new();
             let mut batch_loss = 0f64;
             for &head in &tasks {
                 let data = &split.task(head)?.train;
@@ -373,7 +374,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 model.dropout_seed = None;
                 let logits = model.logits(&x, head, None).as_vec();
                 let classes = split.task(head)?.classes.len();
-                correct += crate::nn::mlp::argmax_rows(&logits, classes)
+                correct += crate::nn::tensor::argmax_rows(&logits, classes)
                     .iter()
                     .zip(&yb)
                     .filter(|(a, y)| **a == **y as usize)
@@ -508,7 +509,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
 /// a result.
 fn check_objective<D: Device<f32>>(
     log: &EpochLog,
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     n_trunk: usize,
     ewc_lambda: Option<f64>,
     task_index: usize,
@@ -539,11 +540,11 @@ fn check_objective<D: Device<f32>>(
 
 /// Sum per-head gradients, each weighted by its share of the batch.
 fn accumulate<D: Device<f32>>(
-    acc: Vec<(usize, crate::nn::mlp::Vector<D>)>,
-    g: Vec<(usize, crate::nn::mlp::Vector<D>)>,
+    acc: Vec<(usize, crate::nn::tensor::Vector<D>)>,
+    g: Vec<(usize, crate::nn::tensor::Vector<D>)>,
     w: f32,
-) -> Vec<(usize, crate::nn::mlp::Vector<D>)> {
-    let mut m: BTreeMap<usize, crate::nn::mlp::Vector<D>> = acc.into_iter().collect();
+) -> Vec<(usize, crate::nn::tensor::Vector<D>)> {
+    let mut m: BTreeMap<usize, crate::nn::tensor::Vector<D>> = acc.into_iter().collect();
     for (i, gi) in g {
         let gi = gi * w;
         let sum = match m.remove(&i) {

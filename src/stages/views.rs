@@ -13,7 +13,8 @@ use super::accuracy;
 use super::artifacts::{Samples, SplitData};
 use crate::data::transforms::{self, Chw, TransformError};
 use crate::exec::StageError;
-use crate::nn::mlp::{argmax_rows, DeviceMlp, MlpParams, Vector};
+use crate::nn::model::{DeviceModel, ModelParams};
+use crate::nn::tensor::{argmax_rows, Vector};
 use crate::spec::protocol::{AugmentSpec, CropSpec, TestCrops};
 use dfdx::prelude::*;
 use rand::Rng;
@@ -37,7 +38,7 @@ fn transform_err(e: TransformError) -> StageError {
 impl Geometry {
     /// The geometry of `model` on samples of `sample_shape` (`[C, H, W]`, or `[H, W]` for one
     /// channel), checked: channels must agree and the stored image must be at least the input.
-    pub fn new(sample_shape: &[usize], model: &MlpParams) -> Result<Geometry, StageError> {
+    pub fn new(sample_shape: &[usize], model: &ModelParams) -> Result<Geometry, StageError> {
         let stored = match *sample_shape {
             [c, h, w] => [c, h, w],
             [h, w] => [1, h, w],
@@ -105,7 +106,7 @@ pub fn center_samples(s: &Samples, g: &Geometry) -> Result<Samples, StageError> 
 /// `split` as a reference set for task `t` sees it: task `t`'s train and test samples centre
 /// cropped to `model`'s input, and the split's sample shape the input's. Other tasks' samples
 /// are dropped (their classes stay), since per-task analyses read task `t` only.
-pub fn centered(split: SplitData, t: usize, model: &MlpParams) -> Result<SplitData, StageError> {
+pub fn centered(split: SplitData, t: usize, model: &ModelParams) -> Result<SplitData, StageError> {
     let g = Geometry::new(&split.sample_shape, model)?;
     if g.is_identity() {
         return Ok(split);
@@ -160,7 +161,7 @@ pub fn train_view<R: Rng + ?Sized>(
 /// Mean over the ten crops of [`transforms::ten_crop`] of the softmax of `head`'s logits, for
 /// the stored samples in `pixels`: `[samples, classes]` row-major.
 pub fn ten_crop_probs<D: Device<f32>>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     pixels: &[u8],
     g: &Geometry,
     head: usize,
@@ -188,7 +189,7 @@ pub fn ten_crop_probs<D: Device<f32>>(
 /// or the argmax of the ten crops' mean softmax. With sizes that agree and centre crops this is
 /// [`accuracy`] itself, bit for bit.
 pub fn accuracy_with<D: Device<f32>>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     samples: &Samples,
     g: &Geometry,
     crops: TestCrops,
@@ -236,10 +237,10 @@ mod tests {
     use rand::SeedableRng;
 
     /// A tiny conv model on 3×6×6 inputs with a 3-class head, and stored 3×9×8 images.
-    fn tiny() -> (MlpParams, Geometry, Vec<u8>) {
+    fn tiny() -> (ModelParams, Geometry, Vec<u8>) {
         let a = arch::small_cnn([3, 6, 6]);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let mut p = MlpParams::init_arch(&a, &mut rng);
+        let mut p = ModelParams::init_arch(&a, &mut rng);
         p.push_head(3, &mut rng);
         let g = Geometry::new(&[3, 9, 8], &p).unwrap();
         let pixels: Vec<u8> = (0..2 * 3 * 9 * 8).map(|_| rng.gen()).collect();
@@ -250,7 +251,7 @@ mod tests {
     fn ten_crop_evaluation_is_the_mean_softmax_of_crops_cut_by_hand() {
         let (p, g, pixels) = tiny();
         let dev = Cpu::default();
-        let model = DeviceMlp::from_host(&dev, &p);
+        let model = DeviceModel::from_host(&dev, &p);
         let got = ten_crop_probs(&model, &pixels, &g, 0, None).unwrap();
         assert_eq!(got.len(), 2 * 3);
         // By hand: each window cut from its origin (mirrored ones read right to left), each

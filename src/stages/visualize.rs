@@ -15,7 +15,7 @@
 
 use super::{artifacts, on_device, rng_for};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
-use crate::nn::mlp::DeviceMlp;
+use crate::nn::model::DeviceModel;
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use crate::xai::saliency::{self, Visualization, Visualizations, Visualize as Options};
 use dfdx::prelude::*;
@@ -63,7 +63,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             p.task_index
         )));
     }
-    let model = DeviceMlp::from_host(dev, &host);
+    let model = DeviceModel::from_host(dev, &host);
     let convs = host.arch.as_ref().map_or(0, |a| {
         a.weighted().iter().filter(|w| w.conv.is_some()).count()
     });

@@ -10,7 +10,8 @@
 //! The relevance is computed by the cached `explain` stage (`stages::explain`), on the
 //! process's device; this module holds what it computes and how the command writes it out.
 
-use crate::nn::mlp::{DeviceMlp, Label, MlpParams};
+use crate::nn::model::{DeviceModel, ModelParams};
+use crate::nn::tensor::Label;
 use crate::stages::artifacts::SplitData;
 use crate::xai::lrp::{lrp, LrpRules};
 use dfdx::prelude::*;
@@ -94,7 +95,7 @@ pub struct Selected {
 /// command line checks this before any work starts, so a bad index or head is bad input.
 pub fn select(
     split: &SplitData,
-    host: &MlpParams,
+    host: &ModelParams,
     head: usize,
     indices: &[usize],
 ) -> Result<Selected, ExplainError> {
@@ -145,12 +146,12 @@ pub fn select(
 /// head, by `rules`, computed on `dev`.
 pub fn explain<D: Device<f32>>(
     dev: &D,
-    host: &MlpParams,
+    host: &ModelParams,
     sel: &Selected,
     rules: &LrpRules,
 ) -> Vec<Explained> {
     let dim = sel.shape.iter().product::<usize>();
-    let model = DeviceMlp::from_host(dev, host);
+    let model = DeviceModel::from_host(dev, host);
     let r = lrp(&model, &model.input(&sel.x), &sel.y, sel.head, rules);
     sel.indices
         .iter()

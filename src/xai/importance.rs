@@ -19,8 +19,8 @@
 //! columns per output row. Only `sig`'s mean input magnitude looks at a conv layer's geometry
 //! (the window taps, with padding).
 
-use crate::nn::mlp::{argmax_rows, DeviceMlp, Objective};
-use crate::xai::lrp_cnn;
+use crate::nn::model::{DeviceModel, Objective};
+use crate::nn::tensor::argmax_rows;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -89,7 +89,7 @@ impl WeightImportance {
     }
 }
 
-fn path_shapes<D: Device<f32>>(m: &DeviceMlp<D>, head: usize) -> Vec<(usize, usize)> {
+fn path_shapes<D: Device<f32>>(m: &DeviceModel<D>, head: usize) -> Vec<(usize, usize)> {
     let mut s = m.shapes[..m.n_trunk].to_vec();
     s.push(m.shapes[m.n_trunk + head]);
     s
@@ -98,7 +98,7 @@ fn path_shapes<D: Device<f32>>(m: &DeviceMlp<D>, head: usize) -> Vec<(usize, usi
 /// Samples as `(pixels [n·dim], local labels [n])`.
 pub struct Batch<'a> {
     pub x: &'a [u8],
-    pub y: &'a [crate::nn::mlp::Label],
+    pub y: &'a [crate::nn::tensor::Label],
     pub dim: usize,
 }
 
@@ -106,13 +106,13 @@ impl Batch<'_> {
     fn len(&self) -> usize {
         self.y.len()
     }
-    fn range(&self, a: usize, b: usize) -> (&[u8], &[crate::nn::mlp::Label]) {
+    fn range(&self, a: usize, b: usize) -> (&[u8], &[crate::nn::tensor::Label]) {
         (&self.x[a * self.dim..b * self.dim], &self.y[a..b])
     }
 }
 
 pub fn fisher<D: Device<f32>>(
-    m: &DeviceMlp<D>,
+    m: &DeviceModel<D>,
     data: &Batch,
     head: usize,
     labels: FisherLabels,
@@ -130,11 +130,11 @@ pub fn fisher<D: Device<f32>>(
     for c in 0..n_chunks {
         let (xs, ys) = data.range(c * step, ((c + 1) * step).min(data.len()));
         let x = m.input(xs);
-        let y: Vec<crate::nn::mlp::Label> = match labels {
+        let y: Vec<crate::nn::tensor::Label> = match labels {
             FisherLabels::GroundTruth => ys.to_vec(),
             FisherLabels::Predicted => argmax_rows(&m.logits(&x, head, None).as_vec(), classes)
                 .into_iter()
-                .map(|c| c as crate::nn::mlp::Label)
+                .map(|c| c as crate::nn::tensor::Label)
                 .collect(),
         };
         let (_, g) = m.grads_of(&x, head, Objective::CrossEntropy(&y));
@@ -144,7 +144,7 @@ pub fn fisher<D: Device<f32>>(
     imp
 }
 
-pub fn mas<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> WeightImportance {
+pub fn mas<D: Device<f32>>(m: &DeviceModel<D>, data: &Batch, head: usize) -> WeightImportance {
     let shapes = path_shapes(m, head);
     let mut imp = WeightImportance::zeros(&shapes);
     let n = data.len();
@@ -158,7 +158,7 @@ pub fn mas<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> Weigh
     imp
 }
 
-pub fn sig<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> WeightImportance {
+pub fn sig<D: Device<f32>>(m: &DeviceModel<D>, data: &Batch, head: usize) -> WeightImportance {
     let shapes = path_shapes(m, head);
     let mean_abs = mean_abs_inputs(m, data, head);
     let path = m.path(head);
@@ -188,7 +188,7 @@ const SIG_CHUNK: usize = 32;
 /// column is an input unit. A conv layer's column `(c, ky, kx)` reads input channel `c` at
 /// offset `(ky, kx)` of every output position's window, so its mean runs over samples and
 /// output positions, with zero padding counted as the zero it is.
-fn mean_abs_inputs<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) -> Vec<Vec<f64>> {
+fn mean_abs_inputs<D: Device<f32>>(m: &DeviceModel<D>, data: &Batch, head: usize) -> Vec<Vec<f64>> {
     let shapes = path_shapes(m, head);
     let mut sums: Vec<Vec<f64>> = shapes.iter().map(|&(_, i)| vec![0.0; i]).collect();
     let n = data.len().max(1) as f64;
@@ -210,8 +210,8 @@ fn mean_abs_inputs<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) 
             Some(arch) => {
                 let batch = x.shape().0;
                 let [c, h, w] = arch.input;
-                let (layers, act_at) = lrp_cnn::model_layers(m, head);
-                let acts = lrp_cnn::forward(&layers, x.reshape_like(&(batch, c, h, w)));
+                let (layers, act_at) = m.layers(head);
+                let acts = crate::nn::seq::forward(&layers, x.reshape_like(&(batch, c, h, w)));
                 // The weighted layer precedes its activation; the head is the last layer.
                 let weighted = act_at
                     .iter()
@@ -220,13 +220,13 @@ fn mean_abs_inputs<D: Device<f32>>(m: &DeviceMlp<D>, data: &Batch, head: usize) 
                 for (sum, li) in sums.iter_mut().zip(weighted) {
                     match (&layers[li], &acts[li]) {
                         (
-                            lrp_cnn::Layer::Conv {
+                            crate::nn::seq::Layer::Conv {
                                 weight,
                                 stride,
                                 padding,
                                 ..
                             },
-                            lrp_cnn::Act::Map(input),
+                            crate::nn::seq::Act::Map(input),
                         ) => {
                             let (_, _, kh, kw) = weight.shape();
                             let dims = *input.shape();
@@ -339,15 +339,16 @@ pub fn to_units(imp: &WeightImportance, rule: UnitRule) -> Vec<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::mlp::{images_to_tensor, MlpParams};
+    use crate::nn::model::ModelParams;
+    use crate::nn::tensor::images_to_tensor;
     use rand::SeedableRng;
 
-    fn model() -> (MlpParams, DeviceMlp<Cpu>) {
+    fn model() -> (ModelParams, DeviceModel<Cpu>) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let mut p = MlpParams::init(6, &[5], &mut rng);
+        let mut p = ModelParams::init(6, &[5], &mut rng);
         p.push_head(3, &mut rng);
         let dev = Cpu::default();
-        let m = DeviceMlp::from_host(&dev, &p);
+        let m = DeviceModel::from_host(&dev, &p);
         (p, m)
     }
 
@@ -359,7 +360,7 @@ mod tests {
     }
 
     /// Host softmax of the head's logits for sample `s`.
-    fn probs(m: &DeviceMlp<Cpu>, x: &[u8], s: usize) -> Vec<f64> {
+    fn probs(m: &DeviceModel<Cpu>, x: &[u8], s: usize) -> Vec<f64> {
         let xt = images_to_tensor(&m.dev, &x[s * 6..(s + 1) * 6], 6);
         let z: Vec<f64> = m
             .logits(&xt, 0, None)
@@ -436,8 +437,8 @@ mod tests {
             0,
         );
         // Finite differences of ‖f(x)‖² per sample, on the first trunk weights.
-        let norm2 = |p: &MlpParams, s: usize| -> f64 {
-            let mm = DeviceMlp::from_host(&Cpu::default(), p);
+        let norm2 = |p: &ModelParams, s: usize| -> f64 {
+            let mm = DeviceModel::from_host(&Cpu::default(), p);
             let xt = images_to_tensor(&mm.dev, &x[s * 6..(s + 1) * 6], 6);
             mm.logits(&xt, 0, None)
                 .as_vec()

@@ -46,10 +46,12 @@
 //! Requires conv layers: on an MLP (or a conv model without conv layers) it fails with
 //! [`SaliencyError::NoConvLayers`].
 
-use crate::nn::conv::Tensor4;
-use crate::nn::mlp::{DeviceMlp, Label, Matrix, Probe, Vector};
+use crate::nn::model::DeviceModel;
+use crate::nn::seq::{self, Act, Layer};
+use crate::nn::tensor::Label;
+use crate::nn::tensor::Tensor4;
+use crate::nn::tensor::{Matrix, Vector};
 use crate::nn::tensorio::HostTensor;
-use crate::xai::lrp_cnn::{self, model_layers, Act, Layer};
 use dfdx::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -139,7 +141,7 @@ pub enum SaliencyError {
 type TAct<D> = Act<D, OwnedTape<f32, D>>;
 
 /// Zero probes added to pre-activations, kept untraced with their layer's bias.
-type BiasProbes<D> = Vec<(Probe<D, NoneTape>, Vector<D>)>;
+type BiasProbes<D> = Vec<(Act<D>, Vector<D>)>;
 
 /// One layer on a traced activation. With `probes`, a traced zero tensor is added to each conv
 /// and dense pre-activation `z` (its gradient is `∂f/∂z`) and kept, untraced, with the layer's
@@ -149,17 +151,17 @@ fn apply_traced<D: Device<f32>>(
     a: TAct<D>,
     probes: Option<&mut BiasProbes<D>>,
 ) -> TAct<D> {
-    let z = lrp_cnn::apply(layer, a);
+    let z = seq::apply(layer, a);
     let Some(p) = probes else { return z };
     match (layer, z) {
         (Layer::Conv { bias, .. }, Act::Map(z)) => {
             let zero: Tensor4<D> = z.device().zeros_like(z.shape());
-            p.push((Probe::Map(zero.clone()), bias.clone()));
+            p.push((Act::Map(zero.clone()), bias.clone()));
             Act::Map(z + zero.leaky_trace())
         }
         (Layer::Dense { bias, .. }, Act::Flat(z)) => {
             let zero: Matrix<D> = z.device().zeros_like(z.shape());
-            p.push((Probe::Flat(zero.clone()), bias.clone()));
+            p.push((Act::Flat(zero.clone()), bias.clone()));
             Act::Flat(z + zero.leaky_trace())
         }
         (_, z) => z,
@@ -213,7 +215,7 @@ pub fn fullgrad_parts<D: Device<f32>>(
     for (p, b) in &probes {
         let b = b.as_vec();
         match p {
-            Probe::Map(t) => {
+            Act::Map(t) => {
                 let (_, o, hh, ww) = *t.shape();
                 let g = grads.get(t).as_vec();
                 let hw = hh * ww;
@@ -224,7 +226,7 @@ pub fn fullgrad_parts<D: Device<f32>>(
                     .collect();
                 convs.push(((o, hh, ww), v));
             }
-            Probe::Flat(t) => {
+            Act::Flat(t) => {
                 let o = t.shape().1;
                 let g = grads.get(t).as_vec();
                 let v = g.iter().enumerate().map(|(k, &gv)| gv * b[k % o]).collect();
@@ -502,7 +504,7 @@ pub type Visualizations = BTreeMap<usize, Visualization>;
 /// A conv model's architecture and weighted layers; the method has nothing to compare
 /// without a conv layer.
 fn conv_arch<D: Device<f32>>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
 ) -> Result<(&crate::nn::arch::Arch, Vec<crate::nn::arch::Weighted>), SaliencyError> {
     let arch = model.arch.as_ref().ok_or(SaliencyError::NoConvLayers)?;
     let weighted = arch.weighted();
@@ -519,7 +521,7 @@ fn conv_arch<D: Device<f32>>(
 /// data or any similarity option, which is why the score stage takes it as a separate,
 /// separately cached stage (`stages::visualize`) that differently configured scores share.
 pub fn visualize_filters<D: Device<f32>, E>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     head: usize,
     v: &Visualize,
     rng: &mut impl Rng,
@@ -529,7 +531,7 @@ pub fn visualize_filters<D: Device<f32>, E>(
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
-    let (layers, act_at) = model_layers(model, head);
+    let (layers, act_at) = model.layers(head);
     let mut out = BTreeMap::new();
     for (l, spec) in weighted.iter().enumerate() {
         if spec.conv.is_none() {
@@ -557,7 +559,7 @@ pub fn visualize_filters<D: Device<f32>, E>(
 /// [`saliency_scores_with`] (tested bit for bit).
 #[allow(clippy::too_many_arguments)]
 pub fn saliency_scores<D: Device<f32>, E>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     pixels: &[u8],
     labels: &[Label],
     head: usize,
@@ -579,7 +581,7 @@ pub fn saliency_scores<D: Device<f32>, E>(
 /// [`SaliencyError::VisualizationMismatch`].
 #[allow(clippy::too_many_arguments)]
 pub fn saliency_scores_with<D: Device<f32>, E>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     pixels: &[u8],
     labels: &[Label],
     head: usize,
@@ -626,7 +628,7 @@ pub fn saliency_scores_with<D: Device<f32>, E>(
         }
     }
     let classes = model.shapes[model.n_trunk + head].0;
-    let (layers, _) = model_layers(model, head);
+    let (layers, _) = model.layers(head);
     let n_dense_trunk = weighted.iter().filter(|w| w.conv.is_none()).count();
     let mut class_sum = vec![0f64; classes * hw];
     let mut class_count = vec![0usize; classes];

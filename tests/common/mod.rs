@@ -137,7 +137,7 @@ impl Fixture {
     }
 
     /// The trained model in the cached output of stage `id`.
-    pub fn model_of(&self, id: &str) -> cfpipe::nn::mlp::MlpParams {
+    pub fn model_of(&self, id: &str) -> cfpipe::nn::model::ModelParams {
         model_at(&self.entries()(id))
     }
 
@@ -244,7 +244,7 @@ pub fn summary_of(out: &str) -> (usize, usize) {
 }
 
 /// The trained model of a cached train stage.
-pub fn model_at(e: &cfpipe::cache::Entry) -> cfpipe::nn::mlp::MlpParams {
+pub fn model_at(e: &cfpipe::cache::Entry) -> cfpipe::nn::model::ModelParams {
     cfpipe::stages::artifacts::read_model(&e.output_path(""), "model").unwrap()
 }
 

@@ -16,121 +16,13 @@
 //! value taken per position and sample (`abs: before_sum`), after the whole sum
 //! (`after_sum`), or not at all (`none`) — the same keyed choice as for dense units.
 
-use crate::nn::arch::Op;
-use crate::nn::conv::{self, Tensor4};
-use crate::nn::mlp::{DeviceMlp, Matrix, Vector};
-use crate::xai::lrp::{stabilise, AbsMode, LrpRule, LrpRules, STABILIZER};
+use super::rules::{dense_backward, stabilise, AbsMode, LrpRule, LrpRules, Relevance, STABILIZER};
+use crate::nn::conv;
+use crate::nn::model::DeviceModel;
+use crate::nn::seq::{apply, forward, Act, Layer};
+use crate::nn::tensor::Tensor4;
+use crate::nn::tensor::{Matrix, Vector};
 use dfdx::prelude::*;
-
-/// One layer of a sequential CNN. Weights use PyTorch's layouts.
-#[derive(Clone)]
-pub enum Layer<D: Device<f32>> {
-    Conv {
-        /// `[O, C, kh, kw]`.
-        weight: Tensor4<D>,
-        bias: Vector<D>,
-        stride: usize,
-        padding: usize,
-    },
-    Relu,
-    /// Leaky ReLU with this negative slope; like ReLU, it passes relevance through.
-    LeakyRelu(f32),
-    MaxPool {
-        kernel: usize,
-        stride: usize,
-    },
-    AvgPool {
-        kernel: usize,
-        stride: usize,
-    },
-    /// PyTorch's `AdaptiveAvgPool2d` to `[h, w]`.
-    AdaptiveAvgPool {
-        h: usize,
-        w: usize,
-    },
-    Flatten,
-    /// `[out, in]`.
-    Dense {
-        weight: Matrix<D>,
-        bias: Vector<D>,
-    },
-}
-
-/// An activation between layers: an image batch before `Flatten`, a matrix after it; on the
-/// tape `T` when a pass needs gradients (FullGrad, filter visualisation), untraced otherwise.
-#[derive(Clone)]
-pub enum Act<D: Device<f32>, T = NoneTape> {
-    Map(Tensor4<D, T>),
-    Flat(Matrix<D, T>),
-}
-
-impl<D: Device<f32>, T> Act<D, T> {
-    pub fn as_vec(&self) -> Vec<f32> {
-        match self {
-            Act::Map(t) => t.as_vec(),
-            Act::Flat(t) => t.as_vec(),
-        }
-    }
-}
-
-/// One layer on one activation, traced or not: the parameters join the activation's tape
-/// (the conv op merges tapes from the weight's side).
-pub fn apply<D, T>(layer: &Layer<D>, a: Act<D, T>) -> Act<D, T>
-where
-    D: Device<f32>,
-    T: Tape<f32, D> + Merge<T> + Merge<NoneTape>,
-{
-    match (layer, a) {
-        (
-            Layer::Conv {
-                weight,
-                bias,
-                stride,
-                padding,
-            },
-            Act::Map(x),
-        ) => Act::Map(conv::conv2d(
-            x,
-            weight.retaped::<T>(),
-            bias.retaped::<T>(),
-            *stride,
-            *padding,
-        )),
-        (Layer::Relu, Act::Map(x)) => Act::Map(x.relu()),
-        (Layer::Relu, Act::Flat(x)) => Act::Flat(x.relu()),
-        (Layer::LeakyRelu(s), Act::Map(x)) => Act::Map(x.prelu(*s)),
-        (Layer::LeakyRelu(s), Act::Flat(x)) => Act::Flat(x.prelu(*s)),
-        (Layer::AdaptiveAvgPool { h, w }, Act::Map(x)) => {
-            Act::Map(conv::adaptive_avg_pool2d(x, *h, *w))
-        }
-        (Layer::MaxPool { kernel, stride }, Act::Map(x)) => {
-            Act::Map(conv::max_pool2d(x, *kernel, *stride))
-        }
-        (Layer::AvgPool { kernel, stride }, Act::Map(x)) => {
-            Act::Map(conv::avg_pool2d(x, *kernel, *stride))
-        }
-        (Layer::Flatten, Act::Map(x)) => Act::Flat(conv::flatten(x)),
-        (Layer::Dense { weight, bias }, Act::Flat(x)) => {
-            let (n, o) = (x.shape().0, weight.shape().0);
-            Act::Flat(
-                x.matmul(weight.clone().permute::<_, Axes2<1, 0>>())
-                    + bias.clone().broadcast_like::<_, Axis<0>>(&(n, o)),
-            )
-        }
-        _ => panic!("layer does not fit its input (a map layer after Flatten, or the reverse)"),
-    }
-}
-
-/// The forward pass, keeping every layer's input (`acts[l]` feeds layer `l`; the last entry
-/// is the output).
-pub fn forward<D: Device<f32>>(layers: &[Layer<D>], x: Tensor4<D>) -> Vec<Act<D>> {
-    let mut acts = vec![Act::Map(x)];
-    for l in layers {
-        let next = apply(l, acts.last().expect("input").clone());
-        acts.push(next);
-    }
-    acts
-}
 
 /// Relevance per layer for one batch: `per_layer[l]` is the relevance of layer `l`'s input
 /// (so `per_layer[0]` is the input's), flattened per sample in NCHW order.
@@ -308,7 +200,7 @@ fn pool_backward<D: Device<f32>>(
 pub fn lrp_sequential<D: Device<f32>>(
     layers: &[Layer<D>],
     x: Tensor4<D>,
-    labels: &[crate::nn::mlp::Label],
+    labels: &[crate::nn::tensor::Label],
     rules: &LrpRules,
 ) -> CnnRelevance {
     let acts = forward(layers, x);
@@ -341,7 +233,7 @@ pub fn lrp_sequential<D: Device<f32>>(
                     Act::Flat(z) => z,
                     Act::Map(_) => unreachable!("dense gives a matrix"),
                 };
-                Act::Flat(crate::xai::lrp::dense_backward(
+                Act::Flat(dense_backward(
                     rule_for(rules.dense),
                     rules,
                     a,
@@ -370,8 +262,9 @@ pub fn lrp_sequential<D: Device<f32>>(
                 *padding,
                 rr,
             )),
-            // ReLU passes relevance through unchanged (it is part of the next layer's input).
-            (Layer::Relu | Layer::LeakyRelu(_), _, rr) => rr,
+            // ReLU passes relevance through unchanged (it is part of the next layer's input),
+            // and so does dropout, an identity outside training.
+            (Layer::Relu | Layer::LeakyRelu(_) | Layer::Dropout { .. }, _, rr) => rr,
             (Layer::AdaptiveAvgPool { h, w }, Act::Map(a), Act::Map(rr)) => {
                 let (h, w) = (*h, *w);
                 Act::Map(pool_backward(a, rr, |t| conv::adaptive_avg_pool2d(t, h, w)))
@@ -422,85 +315,22 @@ pub fn filter_scores(
     out
 }
 
-/// A conv model's path through `head` as LRP layers (dropout, an identity outside training,
-/// is left out), and for each weighted trunk layer the index of its activation layer, whose
-/// input relevance is that layer's output relevance.
-pub fn model_layers<D: Device<f32>>(
-    model: &DeviceMlp<D>,
-    head: usize,
-) -> (Vec<Layer<D>>, Vec<usize>) {
-    let arch = model.arch.as_ref().expect("a conv model");
-    let weighted = arch.weighted();
-    let path = model.path(head);
-    let mut layers = Vec::new();
-    let mut act_at = Vec::new();
-    let mut wl = 0;
-    let param = |k: usize| model.params[path[k]].clone();
-    let activation = || {
-        if model.negative_slope == 0.0 {
-            Layer::Relu
-        } else {
-            Layer::LeakyRelu(model.negative_slope)
-        }
-    };
-    for op in &arch.layers {
-        match *op {
-            Op::Conv {
-                stride, padding, ..
-            } => {
-                let spec = weighted[wl];
-                let (c, kh, kw) = spec.conv.expect("conv");
-                layers.push(Layer::Conv {
-                    weight: param(2 * wl).reshape_like(&(spec.units, c, kh, kw)),
-                    bias: param(2 * wl + 1),
-                    stride,
-                    padding,
-                });
-                act_at.push(layers.len());
-                layers.push(activation());
-                wl += 1;
-            }
-            Op::Dense { units } => {
-                let spec = weighted[wl];
-                layers.push(Layer::Dense {
-                    weight: param(2 * wl).reshape_like(&(units, spec.fan_in)),
-                    bias: param(2 * wl + 1),
-                });
-                act_at.push(layers.len());
-                layers.push(activation());
-                wl += 1;
-            }
-            Op::MaxPool { kernel, stride } => layers.push(Layer::MaxPool { kernel, stride }),
-            Op::AvgPool { kernel, stride } => layers.push(Layer::AvgPool { kernel, stride }),
-            Op::AdaptiveAvgPool { size: [h, w] } => layers.push(Layer::AdaptiveAvgPool { h, w }),
-            Op::Flatten => layers.push(Layer::Flatten),
-            Op::Dropout { .. } => {}
-        }
-    }
-    let (classes, fan_in) = model.shapes[model.n_trunk + head];
-    layers.push(Layer::Dense {
-        weight: param(2 * wl).reshape_like(&(classes, fan_in)),
-        bias: param(2 * wl + 1),
-    });
-    (layers, act_at)
-}
-
-/// LRP of a conv model's `head` in the layout of the MLP's [`crate::xai::lrp::Relevance`]:
+/// LRP of a conv model's `head` in the layout of the MLP's [`Relevance`]:
 /// a dense layer's relevance is `[batch, units]`; a conv layer's is `[batch·H·W, filters]`
 /// (one row per sample and position), so that the score stage's `abs` aggregation treats
 /// every position of a filter like one more sample: `before_sum` sums |R| over samples *and*
 /// positions, `after_sum` takes |·| of the total, `none` keeps the signed total.
 pub fn lrp_model<D: Device<f32>>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     x: &Matrix<D>,
-    labels: &[crate::nn::mlp::Label],
+    labels: &[crate::nn::tensor::Label],
     head: usize,
     rules: &LrpRules,
-) -> crate::xai::lrp::Relevance {
+) -> Relevance {
     let arch = model.arch.as_ref().expect("a conv model");
     let batch = x.shape().0;
     let [c, h, w] = arch.input;
-    let (layers, act_at) = model_layers(model, head);
+    let (layers, act_at) = model.layers(head);
     let feats = arch.features().expect("validated architecture");
     let r = lrp_sequential(
         &layers,
@@ -514,7 +344,7 @@ pub fn lrp_model<D: Device<f32>>(
         .zip(&act_at)
         .map(|(spec, &at)| unit_rows(&r.per_layer[at], feats[spec.op + 1], batch))
         .collect();
-    crate::xai::lrp::Relevance {
+    Relevance {
         batch,
         hidden,
         input: r.per_layer[0].clone(),
@@ -522,14 +352,14 @@ pub fn lrp_model<D: Device<f32>>(
     }
 }
 
-/// Gradient × input of a conv model (see [`DeviceMlp::gradient_x_activations`]), in the
+/// Gradient × input of a conv model (see [`DeviceModel::gradient_x_activations`]), in the
 /// layout of [`lrp_model`]: a conv layer's rows are (sample, position) × filters.
 pub fn gradient_x_input_model<D: Device<f32>>(
-    model: &DeviceMlp<D>,
+    model: &DeviceModel<D>,
     x: &Matrix<D>,
-    labels: &[crate::nn::mlp::Label],
+    labels: &[crate::nn::tensor::Label],
     head: usize,
-) -> crate::xai::lrp::Relevance {
+) -> Relevance {
     let arch = model.arch.as_ref().expect("a conv model");
     let batch = x.shape().0;
     let feats = arch.features().expect("validated architecture");
@@ -540,7 +370,7 @@ pub fn gradient_x_input_model<D: Device<f32>>(
         .zip(&per_layer)
         .map(|(spec, v)| unit_rows(v, feats[spec.op + 1], batch))
         .collect();
-    crate::xai::lrp::Relevance {
+    Relevance {
         batch,
         hidden,
         input,

@@ -6,13 +6,16 @@
 //! or dense) is one `(weight, bias)` pair with one weight row per unit, so the stages, the
 //! masked optimizer and the importance methods see conv filters and dense neurons alike.
 //!
-//! Parameters live on the host as [`MlpParams`] (PyTorch layout: weight `[out, in]`) for
-//! storage, and on the device as flat 1-D tensors for training. The device forward pass computes
-//! in transposed form, `zᵀ = W · xᵀ`, so that parameters are always the left operand: dfdx
-//! merges gradient tapes left to right, and this way the input needs no gradient of its own.
+//! Parameters live on the host as [`ModelParams`] (PyTorch layout: weight `[out, in]`) for
+//! storage, and on the device as flat 1-D tensors for training. A conv model's passes walk its
+//! bound layers ([`DeviceModel::layers`], the vocabulary of [`super::seq`]). The MLP's forward
+//! pass computes in transposed form, `zᵀ = W · xᵀ`, so that parameters are always the left
+//! operand: dfdx merges gradient tapes left to right, and this way the input needs no gradient
+//! of its own; its rounding, and so every MLP key, depends on that form.
 
 use super::arch::{Arch, Op};
-use super::conv::{self, Tensor4};
+use super::seq::{forward_hooked, Act, Hooks, Layer};
+use super::tensor::{images_to_tensor, one_hot_t, Label, Matrix, Tensor4, Vector};
 use super::tensorio::{HostTensor, TensorIoError, TensorMapExt};
 use dfdx::prelude::*;
 use rand::Rng;
@@ -48,15 +51,10 @@ impl DenseParams {
     }
 }
 
-/// A class label local to a task's head. 16 bits, so that a head can have more than 256
-/// classes (ImageNet's 1000); stored as U8 in split artifacts when every label fits, as U16
-/// otherwise.
-pub type Label = u16;
-
 /// Host-side parameters of the whole model. A conv layer's `DenseParams` holds its
 /// `[O, C, kh, kw]` weight as `out_dim = O`, `in_dim = C·kh·kw`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MlpParams {
+pub struct ModelParams {
     pub trunk: Vec<DenseParams>,
     pub heads: Vec<DenseParams>,
     /// Hidden activation: 0 is ReLU, anything else leaky ReLU with this negative slope.
@@ -82,7 +80,7 @@ pub fn activation<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
     }
 }
 
-impl MlpParams {
+impl ModelParams {
     pub fn init(input_dim: usize, hidden: &[usize], rng: &mut impl Rng) -> Self {
         let mut trunk = Vec::new();
         let mut prev = input_dim;
@@ -90,7 +88,7 @@ impl MlpParams {
             trunk.push(DenseParams::init(prev, h, rng));
             prev = h;
         }
-        MlpParams {
+        ModelParams {
             trunk,
             heads: vec![],
             negative_slope: 0.0,
@@ -107,7 +105,7 @@ impl MlpParams {
             .iter()
             .map(|w| DenseParams::init(w.fan_in, w.units, rng))
             .collect();
-        MlpParams {
+        ModelParams {
             trunk,
             heads: vec![],
             negative_slope: 0.0,
@@ -260,7 +258,7 @@ impl MlpParams {
                     });
                 }
             }
-            return Ok(MlpParams {
+            return Ok(ModelParams {
                 trunk,
                 heads,
                 negative_slope,
@@ -287,7 +285,7 @@ impl MlpParams {
                 });
             }
         }
-        Ok(MlpParams {
+        Ok(ModelParams {
             trunk,
             heads,
             negative_slope,
@@ -296,11 +294,8 @@ impl MlpParams {
     }
 }
 
-pub type Vector<D, T = NoneTape> = Tensor<(usize,), f32, D, T>;
-pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
-
 /// Parameters on a device: `[w0, b0, w1, b1, …]` for the trunk, then the heads likewise.
-pub struct DeviceMlp<D: Device<f32>> {
+pub struct DeviceModel<D: Device<f32>> {
     pub dev: D,
     pub params: Vec<Vector<D>>,
     /// `(out, in)` per layer, trunk then heads.
@@ -314,13 +309,13 @@ pub struct DeviceMlp<D: Device<f32>> {
     pub dropout_seed: Option<u64>,
 }
 
-/// Activation memory one batched pass may take ([`DeviceMlp::batch_within`]). A fixed number,
+/// Activation memory one batched pass may take ([`DeviceModel::batch_within`]). A fixed number,
 /// not the machine's free memory, so that batches (and the float sums over them) are the same
 /// on every machine.
 const BATCH_MEMORY: usize = 2 << 30;
 
-impl<D: Device<f32>> DeviceMlp<D> {
-    pub fn from_host(dev: &D, p: &MlpParams) -> Self {
+impl<D: Device<f32>> DeviceModel<D> {
+    pub fn from_host(dev: &D, p: &ModelParams) -> Self {
         let mut params = Vec::new();
         let mut shapes = Vec::new();
         for l in p.layers() {
@@ -328,7 +323,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
             params.push(dev.tensor_from_vec(l.bias.clone(), (l.bias.len(),)));
             shapes.push((l.out_dim, l.in_dim));
         }
-        DeviceMlp {
+        DeviceModel {
             dev: dev.clone(),
             params,
             shapes,
@@ -389,7 +384,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
         }
     }
 
-    pub fn to_host(&self) -> MlpParams {
+    pub fn to_host(&self) -> ModelParams {
         let mut layers = self
             .shapes
             .iter()
@@ -402,7 +397,7 @@ impl<D: Device<f32>> DeviceMlp<D> {
             });
         let trunk = layers.by_ref().take(self.n_trunk).collect();
         let heads = layers.collect();
-        MlpParams {
+        ModelParams {
             trunk,
             heads,
             negative_slope: self.negative_slope,
@@ -426,14 +421,18 @@ impl<D: Device<f32>> DeviceMlp<D> {
         head: usize,
         unit_masks: Option<&[Vector<D>]>,
     ) -> Matrix<D> {
+        if self.arch.is_some() {
+            let hooks = Hooks {
+                unit_masks,
+                ..Hooks::default()
+            };
+            return self.forward_seq::<NoneTape>(x, head, hooks);
+        }
         let params: Vec<Vector<D>> = self
             .path(head)
             .iter()
             .map(|&i| self.params[i].clone())
             .collect();
-        if let Some(a) = &self.arch {
-            return forward_seq(params, a, x, unit_masks, self.negative_slope, None, None);
-        }
         let shapes = self.layer_shapes(head);
         forward_t(params, &shapes, x, unit_masks, self.negative_slope).permute::<_, Axes2<1, 0>>()
     }
@@ -463,20 +462,14 @@ impl<D: Device<f32>> DeviceMlp<D> {
         objective: Objective,
     ) -> (f32, Vec<(usize, Vector<D>)>) {
         let path = self.path(head);
-        let traced: Vec<Vector<D, OwnedTape<f32, D>>> =
-            path.iter().map(|&i| self.params[i].leaky_trace()).collect();
         let batch = x.shape().0 as f32;
-        if let Some(a) = &self.arch {
+        if self.arch.is_some() {
             // Logits come out `[batch, classes]` and contiguous, so no transposition is needed.
-            let logits = forward_seq(
-                traced,
-                a,
-                x,
-                None,
-                self.negative_slope,
-                self.dropout_seed,
-                None,
-            );
+            let hooks = Hooks {
+                dropout_seed: self.dropout_seed,
+                ..Hooks::default()
+            };
+            let logits = self.forward_seq::<OwnedTape<f32, D>>(x, head, hooks);
             let loss = match objective {
                 Objective::CrossEntropy(labels) => {
                     let classes = self.shapes[self.n_trunk + head].0;
@@ -494,6 +487,8 @@ impl<D: Device<f32>> DeviceMlp<D> {
             };
             return self.value_and_grads(loss, &path);
         }
+        let traced: Vec<Vector<D, OwnedTape<f32, D>>> =
+            path.iter().map(|&i| self.params[i].leaky_trace()).collect();
         let shapes = self.layer_shapes(head);
         let logits_t = forward_t(traced, &shapes, x, None, self.negative_slope);
         // Objectives work on `logitsᵀ` [classes, batch] directly: dfdx 0.13's log_softmax
@@ -596,30 +591,90 @@ fn forward_t<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     h.expect("at least one layer")
 }
 
-/// The activation between layers of a conv model's forward pass.
-enum SeqAct<D: Device<f32>, T> {
-    /// The untraced input, so that the first convolution can skip its input gradient.
-    Input(Tensor4<D>),
-    Map(Tensor4<D, T>),
-    Flat(Matrix<D, T>),
-}
+impl<D: Device<f32>> DeviceModel<D> {
+    /// A conv model's path through `head` as bound layers ([`Layer`]: the trunk's ops with an
+    /// activation layer after each weighted one, then the head), and for each weighted trunk
+    /// layer the index of its activation layer, whose input relevance is that layer's output
+    /// relevance.
+    pub fn layers(&self, head: usize) -> (Vec<Layer<D>>, Vec<usize>) {
+        let arch = self.arch.as_ref().expect("a conv model");
+        let weighted = arch.weighted();
+        let path = self.path(head);
+        let mut layers = Vec::new();
+        let mut act_at = Vec::new();
+        let mut wl = 0;
+        let param = |k: usize| self.params[path[k]].clone();
+        let activation = || {
+            if self.negative_slope == 0.0 {
+                Layer::Relu
+            } else {
+                Layer::LeakyRelu(self.negative_slope)
+            }
+        };
+        for (i, op) in arch.layers.iter().enumerate() {
+            match *op {
+                Op::Conv {
+                    stride, padding, ..
+                } => {
+                    let spec = weighted[wl];
+                    let (c, kh, kw) = spec.conv.expect("conv");
+                    layers.push(Layer::Conv {
+                        weight: param(2 * wl).reshape_like(&(spec.units, c, kh, kw)),
+                        bias: param(2 * wl + 1),
+                        stride,
+                        padding,
+                    });
+                    act_at.push(layers.len());
+                    layers.push(activation());
+                    wl += 1;
+                }
+                Op::Dense { units } => {
+                    let spec = weighted[wl];
+                    layers.push(Layer::Dense {
+                        weight: param(2 * wl).reshape_like(&(units, spec.fan_in)),
+                        bias: param(2 * wl + 1),
+                    });
+                    act_at.push(layers.len());
+                    layers.push(activation());
+                    wl += 1;
+                }
+                Op::MaxPool { kernel, stride } => layers.push(Layer::MaxPool { kernel, stride }),
+                Op::AvgPool { kernel, stride } => layers.push(Layer::AvgPool { kernel, stride }),
+                Op::AdaptiveAvgPool { size: [h, w] } => {
+                    layers.push(Layer::AdaptiveAvgPool { h, w })
+                }
+                Op::Flatten => layers.push(Layer::Flatten),
+                Op::Dropout { p } => layers.push(Layer::Dropout { p, op: i }),
+            }
+        }
+        let (classes, fan_in) = self.shapes[self.n_trunk + head];
+        layers.push(Layer::Dense {
+            weight: param(2 * wl).reshape_like(&(classes, fan_in)),
+            bias: param(2 * wl + 1),
+        });
+        (layers, act_at)
+    }
 
-/// Seed of dropout layer `layer`'s mask in the step seeded `step`.
-fn dropout_layer_seed(step: u64, layer: usize) -> u64 {
-    step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (layer as u64 + 1)
-}
+    /// A conv model's forward pass: `x: [batch, C·H·W]` (NCHW per sample) → logits
+    /// `[batch, classes]` of `head`, on tape `T` (the parameters' gradients are found under
+    /// `self.params`' ids).
+    fn forward_seq<T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: &Matrix<D>,
+        head: usize,
+        hooks: Hooks<'_, D, T>,
+    ) -> Matrix<D, T> {
+        let [c, h, w] = self.arch.as_ref().expect("a conv model").input;
+        let batch = x.shape().0;
+        let (layers, act_at) = self.layers(head);
+        forward_hooked(
+            &layers,
+            &act_at,
+            x.clone().reshape_like(&(batch, c, h, w)),
+            hooks,
+        )
+    }
 
-/// The input's probe and one probe per weighted trunk layer.
-type Probes<D, T> = (Tensor4<D, T>, Vec<Probe<D, T>>);
-
-/// A tensor of ones multiplied into an activation, so that its gradient is the activation
-/// times the gradient w.r.t. the activation (gradient × input, in one backward pass).
-pub enum Probe<D: Device<f32>, T> {
-    Map(Tensor4<D, T>),
-    Flat(Matrix<D, T>),
-}
-
-impl<D: Device<f32>> DeviceMlp<D> {
     /// Gradient × input for a conv model: per weighted trunk layer, `a ⊙ ∂f_y/∂a` of its
     /// activation (after the activation function), with `f_y` the logit of `labels[i]` in
     /// `head`; then the same for the input. Maps come flattened NCHW per sample; also returns
@@ -635,37 +690,28 @@ impl<D: Device<f32>> DeviceMlp<D> {
         let feats = arch.features().expect("validated architecture");
         let [c, h, w] = arch.input;
         let input_probe: Tensor4<D> = self.dev.ones_like(&(batch, c, h, w));
-        let ones: Vec<Probe<D, NoneTape>> = arch
+        let ones: Vec<Act<D>> = arch
             .weighted()
             .iter()
             .map(|spec| match feats[spec.op + 1] {
                 super::arch::Feature::Map(o, fh, fw) => {
-                    Probe::Map(self.dev.ones_like(&(batch, o, fh, fw)))
+                    Act::Map(self.dev.ones_like(&(batch, o, fh, fw)))
                 }
-                super::arch::Feature::Flat(n) => Probe::Flat(self.dev.ones_like(&(batch, n))),
+                super::arch::Feature::Flat(n) => Act::Flat(self.dev.ones_like(&(batch, n))),
             })
             .collect();
-        let traced_probes: Vec<Probe<D, OwnedTape<f32, D>>> = ones
+        let traced_probes: Vec<Act<D, OwnedTape<f32, D>>> = ones
             .iter()
             .map(|p| match p {
-                Probe::Map(t) => Probe::Map(t.leaky_trace()),
-                Probe::Flat(t) => Probe::Flat(t.leaky_trace()),
+                Act::Map(t) => Act::Map(t.leaky_trace()),
+                Act::Flat(t) => Act::Flat(t.leaky_trace()),
             })
             .collect();
-        let traced: Vec<Vector<D, OwnedTape<f32, D>>> = self
-            .path(head)
-            .iter()
-            .map(|&i| self.params[i].leaky_trace())
-            .collect();
-        let logits = forward_seq(
-            traced,
-            arch,
-            x,
-            None,
-            self.negative_slope,
-            None,
-            Some((input_probe.leaky_trace(), traced_probes)),
-        );
+        let hooks = Hooks {
+            probes: Some((input_probe.leaky_trace(), traced_probes)),
+            ..Hooks::default()
+        };
+        let logits = self.forward_seq::<OwnedTape<f32, D>>(x, head, hooks);
         let classes = logits.shape().1;
         let values = logits.as_vec();
         let mut pick = vec![0f32; batch * classes];
@@ -679,165 +725,12 @@ impl<D: Device<f32>> DeviceMlp<D> {
         let hidden = ones
             .iter()
             .map(|p| match p {
-                Probe::Map(t) => grads.get(t).as_vec(),
-                Probe::Flat(t) => grads.get(t).as_vec(),
+                Act::Map(t) => grads.get(t).as_vec(),
+                Act::Flat(t) => grads.get(t).as_vec(),
             })
             .collect();
         (hidden, grads.get(&input_probe).as_vec(), explained)
     }
-}
-
-/// A conv model's forward pass: `x: [batch, C·H·W]` (NCHW per sample) → logits
-/// `[batch, classes]` of the head whose weight and bias are the last two of `params` (the
-/// trunk's in order before them). With `unit_masks`, weighted trunk layer `l`'s activation
-/// (every position of a filter's map) is multiplied by `unit_masks[l]`.
-fn forward_seq<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
-    params: Vec<Vector<D, T>>,
-    arch: &Arch,
-    x: &Matrix<D>,
-    unit_masks: Option<&[Vector<D>]>,
-    negative_slope: f32,
-    dropout_seed: Option<u64>,
-    probes: Option<Probes<D, T>>,
-) -> Matrix<D, T> {
-    let batch = x.shape().0;
-    let [c, h, w] = arch.input;
-    let weighted = arch.weighted();
-    let mut it = params.into_iter();
-    let x4 = x.clone().reshape_like(&(batch, c, h, w));
-    let (mut act, mut probes): (SeqAct<D, T>, _) = match probes {
-        None => (SeqAct::Input(x4), None),
-        Some((input, layers)) => (
-            SeqAct::Map(x4.retaped::<T>() * input),
-            Some(layers.into_iter()),
-        ),
-    };
-    let mut wl = 0;
-    let into_map = |a: SeqAct<D, T>| -> Tensor4<D, T> {
-        match a {
-            SeqAct::Input(x) => x.retaped::<T>(),
-            SeqAct::Map(m) => m,
-            SeqAct::Flat(_) => unreachable!("validated: map layers precede flatten"),
-        }
-    };
-    for (i, op) in arch.layers.iter().enumerate() {
-        act = match *op {
-            Op::Conv {
-                stride, padding, ..
-            } => {
-                let spec = weighted[wl];
-                let (cin, kh, kw) = spec.conv.expect("a conv layer");
-                let wt = it
-                    .next()
-                    .expect("weight per layer")
-                    .reshape_like(&(spec.units, cin, kh, kw));
-                let b = it.next().expect("bias per layer");
-                let z = match act {
-                    SeqAct::Input(x) => conv::conv2d(x, wt, b, stride, padding),
-                    other => conv::conv2d(into_map(other), wt, b, stride, padding),
-                };
-                let a = activation(z, negative_slope);
-                let a = match unit_masks {
-                    Some(m) => {
-                        let shape = *a.shape();
-                        a * m[wl].clone().broadcast_like::<_, Axes3<0, 2, 3>>(&shape)
-                    }
-                    None => a,
-                };
-                let a = match probes.as_mut().and_then(|p| p.next()) {
-                    Some(Probe::Map(p)) => a * p,
-                    _ => a,
-                };
-                wl += 1;
-                SeqAct::Map(a)
-            }
-            Op::Dense { units } => {
-                let SeqAct::Flat(hf) = act else {
-                    unreachable!("validated: dense follows flatten")
-                };
-                let fan_in = hf.shape().1;
-                let wt = it
-                    .next()
-                    .expect("weight per layer")
-                    .reshape_like(&(units, fan_in));
-                let b = it.next().expect("bias per layer");
-                let z = hf.matmul(wt.permute::<_, Axes2<1, 0>>())
-                    + b.broadcast_like::<_, Axis<0>>(&(batch, units));
-                let a = activation(z, negative_slope);
-                let a = match unit_masks {
-                    Some(m) => a * m[wl].clone().broadcast_like::<_, Axis<0>>(&(batch, units)),
-                    None => a,
-                };
-                let a = match probes.as_mut().and_then(|p| p.next()) {
-                    Some(Probe::Flat(p)) => a * p,
-                    _ => a,
-                };
-                wl += 1;
-                SeqAct::Flat(a)
-            }
-            Op::MaxPool { kernel, stride } => {
-                SeqAct::Map(conv::max_pool2d(into_map(act), kernel, stride))
-            }
-            Op::AvgPool { kernel, stride } => {
-                SeqAct::Map(conv::avg_pool2d(into_map(act), kernel, stride))
-            }
-            Op::AdaptiveAvgPool { size: [sh, sw] } => {
-                SeqAct::Map(conv::adaptive_avg_pool2d(into_map(act), sh, sw))
-            }
-            Op::Flatten => SeqAct::Flat(conv::flatten(into_map(act))),
-            Op::Dropout { p } => match dropout_seed {
-                None => act,
-                Some(s) => {
-                    let seed = dropout_layer_seed(s, i);
-                    match act {
-                        SeqAct::Flat(f) => SeqAct::Flat(conv::dropout(f, p, seed, true)),
-                        other => SeqAct::Map(conv::dropout(into_map(other), p, seed, true)),
-                    }
-                }
-            },
-        };
-    }
-    let SeqAct::Flat(hf) = act else {
-        unreachable!("validated: the trunk ends in flat features")
-    };
-    let fan_in = hf.shape().1;
-    let wt = it.next().expect("head weight");
-    let classes = wt.shape().0 / fan_in.max(1);
-    let wt = wt.reshape_like(&(classes, fan_in));
-    let b = it.next().expect("head bias");
-    hf.matmul(wt.permute::<_, Axes2<1, 0>>()) + b.broadcast_like::<_, Axis<0>>(&(batch, classes))
-}
-
-/// `[batch, in]` f32 tensor from byte images scaled to k/255.
-pub fn images_to_tensor<D: Device<f32>>(dev: &D, pixels: &[u8], dim: usize) -> Matrix<D> {
-    let data: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
-    dev.tensor_from_vec(data, (pixels.len() / dim.max(1), dim))
-}
-
-/// One-hot targets, transposed: `[classes, batch]`.
-pub fn one_hot_t<D: Device<f32>>(dev: &D, labels: &[Label], classes: usize) -> Matrix<D> {
-    let n = labels.len();
-    let mut data = vec![0f32; n * classes];
-    for (i, &y) in labels.iter().enumerate() {
-        data[y as usize * n + i] = 1.0;
-    }
-    dev.tensor_from_vec(data, (classes, n))
-}
-
-/// Index of the largest logit per row (first wins on ties, like `torch.argmax`).
-pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
-    logits
-        .chunks_exact(classes)
-        .map(|row| {
-            let mut best = 0;
-            for (j, &v) in row.iter().enumerate() {
-                if v > row[best] {
-                    best = j;
-                }
-            }
-            best
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -845,16 +738,16 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn tiny() -> MlpParams {
+    fn tiny() -> ModelParams {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let mut p = MlpParams::init(5, &[4, 3], &mut rng);
+        let mut p = ModelParams::init(5, &[4, 3], &mut rng);
         p.push_head(2, &mut rng);
         p.push_head(3, &mut rng);
         p
     }
 
     /// Reference forward on the host in f64.
-    fn host_logits(p: &MlpParams, x: &[f32], head: usize) -> Vec<f64> {
+    fn host_logits(p: &ModelParams, x: &[f32], head: usize) -> Vec<f64> {
         let mut a: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         let layers: Vec<&DenseParams> = p
             .trunk
@@ -883,7 +776,7 @@ mod tests {
     fn forward_matches_a_host_reference() {
         let p = tiny();
         let dev = Cpu::default();
-        let m = DeviceMlp::from_host(&dev, &p);
+        let m = DeviceModel::from_host(&dev, &p);
         let x: Vec<f32> = (0..10).map(|i| (i as f32 * 0.37).sin()).collect();
         let xt = dev.tensor_from_vec(x.clone(), (2, 5));
         for head in 0..2 {
@@ -902,11 +795,11 @@ mod tests {
     fn gradients_match_finite_differences() {
         let p = tiny();
         let dev = Cpu::default();
-        let m = DeviceMlp::from_host(&dev, &p);
+        let m = DeviceModel::from_host(&dev, &p);
         let x: Vec<f32> = (0..15).map(|i| (i as f32 * 0.71).cos()).collect();
         let xt = dev.tensor_from_vec(x.clone(), (3, 5));
         let (loss, grads) = m.loss_and_grads(&xt, &[0, 2, 1], 1);
-        let host_loss = |p: &MlpParams| -> f64 {
+        let host_loss = |p: &ModelParams| -> f64 {
             let mut l = 0.0;
             for (s, &t) in [0usize, 2, 1].iter().enumerate() {
                 let z = host_logits(p, &x[s * 5..(s + 1) * 5], 1);
@@ -928,7 +821,7 @@ mod tests {
                 let mut plus = p.clone();
                 let mut minus = p.clone();
                 let h = 1e-3f32;
-                let bump = |q: &mut MlpParams, d: f32| {
+                let bump = |q: &mut ModelParams, d: f32| {
                     let l = if layer < q.trunk.len() {
                         &mut q.trunk[layer]
                     } else {
@@ -955,9 +848,9 @@ mod tests {
     #[test]
     fn tensors_round_trip() {
         let p = tiny();
-        let back = MlpParams::from_tensors(p.to_tensors()).unwrap();
+        let back = ModelParams::from_tensors(p.to_tensors()).unwrap();
         assert_eq!(back, p);
         let dev = Cpu::default();
-        assert_eq!(DeviceMlp::from_host(&dev, &p).to_host(), p);
+        assert_eq!(DeviceModel::from_host(&dev, &p).to_host(), p);
     }
 }

@@ -1,0 +1,290 @@
+//! Packed-panel sgemm (BLIS-style) over 8×32 tiles of `c`: for each block of KC inner
+//! steps both operands are repacked into panels that the micro-kernel streams through
+//! contiguously, and the tiles run in parallel. Every element of `c` is, for each block,
+//! `acc = 0; acc = fma(a, b, acc)` over the block's steps in order, then `c = acc` (first
+//! block, no accumulation) or `c = acc + c`: the partition into blocks and tiles depends
+//! on the shapes only, never on the thread count or the CPU, and each micro-kernel keeps
+//! that order exactly, so all of them give the same bits.
+
+use super::Mat;
+use rayon::prelude::*;
+
+const MR: usize = 8;
+const NR: usize = 32;
+/// Inner steps per block: a 32-column panel of `b` (KC·NR floats, 32 KiB) stays in L1
+/// while the row panels of `a` pass over it.
+const KC: usize = 256;
+
+/// Which micro-kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl Isa {
+    /// The fastest this CPU has; `CFPIPE_CONV_NO_AVX512` stops at AVX2 (to compare, in
+    /// benches, with CPUs without AVX-512).
+    pub fn detect() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f")
+                    && std::env::var_os("CFPIPE_CONV_NO_AVX512").is_none()
+                {
+                    return Isa::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Scalar
+        })
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// `c = a · b` (or `+=`), `c` row-major, packing into the `packed` buffers, with the
+/// micro-kernel of `isa`. Panics if this CPU cannot run it.
+pub fn sgemm(
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    accumulate: bool,
+    (pa, pb): &mut (Vec<f32>, Vec<f32>),
+    isa: Isa,
+) {
+    assert!(isa.runs_here(), "sgemm: this CPU cannot run {isa:?}");
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && c.len() == m * n, "sgemm: shapes");
+    if k == 0 && !accumulate {
+        c.fill(0.0);
+    }
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    // Stale contents are harmless: packing overwrites every lane that is stored.
+    pa.resize(pa.len().max(mp * MR * KC.min(k)), 0.0);
+    pb.resize(pb.len().max(np * NR * KC.min(k)), 0.0);
+    let out = SharedOut(c.as_mut_ptr());
+    for p0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - p0);
+        pack(&mut pa[..mp * MR * kc], a, MR, p0, kc);
+        pack(&mut pb[..np * NR * kc], b.t(), NR, p0, kc);
+        let overwrite = !accumulate && p0 == 0;
+        let (pa, pb) = (&pa[..], &pb[..]);
+        // Consecutive tasks share a panel of `b`, which stays in cache.
+        (0..mp * np).into_par_iter().with_min_len(mp).for_each(|t| {
+            let (i, j) = (t % mp, t / mp);
+            let rows = MR.min(m - i * MR);
+            let cols = NR.min(n - j * NR);
+            let (a, b) = (&pa[i * MR * kc..][..MR * kc], &pb[j * NR * kc..][..NR * kc]);
+            let c = out.at(i * MR * n + j * NR);
+            // SAFETY: this CPU runs `isa` (asserted above). The panels hold kc·MR and
+            // kc·NR floats. Tile (i, j) is the `rows`×`cols` block of `c` at row i·MR,
+            // column j·NR, inside `c`; each task writes its own tile only, and `c`
+            // outlives the loop.
+            unsafe {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => {
+                        kernel_avx512(kc, a.as_ptr(), b.as_ptr(), c, n, rows, cols, overwrite)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => {
+                        kernel_avx2(kc, a.as_ptr(), b.as_ptr(), c, n, rows, cols, overwrite)
+                    }
+                    _ => kernel_scalar(kc, a, b, c, n, rows, cols, overwrite),
+                }
+            }
+        });
+    }
+}
+
+/// The output pointer shared by the tile tasks, which write disjoint tiles.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used by `sgemm`, whose tasks never write the same element.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// Panels of `w` rows of `s` over inner steps `p0..p0 + kc`: panel `q` holds
+/// `s[q·w + r][p0 + kk]` at `(q·kc + kk)·w + r`. Lanes past the last row keep stale
+/// values: they only feed accumulators that the kernel never stores.
+fn pack(dst: &mut [f32], s: Mat, w: usize, p0: usize, kc: usize) {
+    let (rs, cs) = s.strides();
+    dst.par_chunks_mut(kc * w)
+        .enumerate()
+        .for_each(|(q, panel)| {
+            let live = w.min(s.rows - q * w);
+            if cs == 1 {
+                // A transpose: eight rows at a time, so each step writes eight
+                // consecutive floats.
+                let row = |r: usize| &s.data[(q * w + r) * rs + p0..][..kc];
+                let mut r0 = 0;
+                while r0 + 8 <= live {
+                    let rows: [&[f32]; 8] = std::array::from_fn(|t| row(r0 + t));
+                    for (kk, dst) in panel.chunks_exact_mut(w).enumerate() {
+                        for (d, r) in dst[r0..r0 + 8].iter_mut().zip(&rows) {
+                            *d = r[kk];
+                        }
+                    }
+                    r0 += 8;
+                }
+                for r in r0..live {
+                    for (kk, &v) in row(r).iter().enumerate() {
+                        panel[kk * w + r] = v;
+                    }
+                }
+            } else {
+                for kk in 0..kc {
+                    let src = &s.data[(p0 + kk) * cs + q * w * rs..][..live];
+                    panel[kk * w..][..live].copy_from_slice(src);
+                }
+            }
+        });
+}
+
+/// The order every micro-kernel keeps, one element at a time.
+///
+/// # Safety
+/// `c` must point at a `rows`×`cols` tile (row stride `ldc`) no one else writes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_scalar(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    overwrite: bool,
+) {
+    for r in 0..rows {
+        for j in 0..cols {
+            let mut acc = 0.0f32;
+            for kk in 0..kc {
+                acc = a[kk * MR + r].mul_add(b[kk * NR + j], acc);
+            }
+            let p = c.add(r * ldc + j);
+            *p = if overwrite { acc } else { acc + *p };
+        }
+    }
+}
+
+/// [`kernel_scalar`]'s order on AVX2 with FMA: the 8×32 tile as four 4×16 blocks, eight
+/// accumulators each, so they stay in the 16 registers.
+///
+/// # Safety
+/// AVX2 and FMA must be available; the panels hold `kc`·MR and `kc`·NR floats; `c` as
+/// for [`kernel_scalar`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx2(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    for r0 in (0..rows).step_by(4) {
+        for c0 in (0..cols).step_by(16) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            for kk in 0..kc {
+                let b0 = _mm256_loadu_ps(b.add(kk * NR + c0));
+                let b1 = _mm256_loadu_ps(b.add(kk * NR + c0 + 8));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(kk * MR + r0 + r));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            let width = (cols - c0).min(16);
+            for (r, acc) in acc.iter().enumerate().take(rows - r0) {
+                let mut lanes = [0.0f32; 16];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+                let row = c.add((r0 + r) * ldc + c0);
+                for (j, &v) in lanes.iter().enumerate().take(width) {
+                    let p = row.add(j);
+                    *p = if overwrite { v } else { v + *p };
+                }
+            }
+        }
+    }
+}
+
+/// `c[..rows][..cols] (+)= a_panel · b_panel` over `kc` steps, accumulators in the 16
+/// registers of an 8×32 tile; masked loads and stores clip the edge tiles.
+///
+/// # Safety
+/// AVX-512F must be available; otherwise as for [`kernel_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for kk in 0..kc {
+        let b0 = _mm512_loadu_ps(b.add(kk * NR));
+        let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(kk * MR + r));
+            acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+        }
+    }
+    let mask = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    };
+    let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        let (p, q) = (c.add(r * ldc), c.add(r * ldc).wrapping_add(16));
+        let (mut v0, mut v1) = (acc[0], acc[1]);
+        if !overwrite {
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, p));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, q));
+        }
+        _mm512_mask_storeu_ps(p, m0, v0);
+        _mm512_mask_storeu_ps(q, m1, v1);
+    }
+}

@@ -1,0 +1,468 @@
+//! The CPU fast path: loops and matrix products on host buffers, with backward ops written by
+//! hand. Only reached when `D` is `Cpu` (checked by [`uses_cpu_fast_path`]); the entry points
+//! stay generic over `D` so that the dispatching functions compile for every device.
+
+use super::geom::*;
+use super::*;
+
+/// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
+/// convolution rather than by col2im. That product has only `C` rows, so each element of its
+/// (im2col'd, packed) right operand is reused `C` times; with few channels packing dominates
+/// and col2im's product (`C·kh·kw` rows, inner dimension `O`) is faster. Measured with
+/// `cargo bench --bench conv`: slower at 16 channels (`small_cnn`), faster at 64.
+const TRANSPOSED_MIN_CHANNELS: usize = 64;
+
+/// A CPU gradient buffer as a `Vec`. dfdx exposes gradients only as `D::Vec`; on `Cpu`
+/// that is a vector wrapper that derefs to `Vec<f32>`.
+fn host_vec<D: Storage<f32>>(v: &mut D::Vec) -> &mut Vec<f32> {
+    let any: &mut dyn Any = v;
+    let cpu_vec = any
+        .downcast_mut::<<Cpu as Storage<f32>>::Vec>()
+        .expect("the CPU fast path runs on the Cpu device only");
+    cpu_vec
+}
+
+/// Logical contents of a contiguous tensor (`copy_into` copies physical memory).
+fn host_copy<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> Vec<f32> {
+    let mut v = vec![0.0; t.shape().num_elements()];
+    t.copy_into(&mut v);
+    v
+}
+
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+}
+
+pub(super) fn conv2d<D, T, TX>(
+    x: Tensor4<D, TX>,
+    weight: Tensor4<D, T>,
+    bias: Vector<D, T>,
+    g: ConvGeom,
+) -> Tensor4<D, T>
+where
+    D: Device<f32>,
+    T: Tape<f32, D> + Merge<TX>,
+    TX: Tape<f32, D>,
+{
+    let (x, tx) = x.contiguous().split_tape();
+    let (w, tw) = weight.contiguous().split_tape();
+    let (b, tb) = bias.contiguous().split_tape();
+    let dev = x.device().clone();
+    let cpu = as_cpu(&dev).clone();
+    let (o, p, k, chw) = (g.o, g.p(), g.k(), g.c * g.h * g.w);
+    let (chunk, span) = g.split();
+    let xs = host_copy(&x);
+    let bs = host_copy(&b);
+    let ws = host_copy(&w);
+
+    // Each thread takes a span of samples, chunk by chunk, with its own buffers; the ops
+    // inside are parallel too, which rayon folds into the same thread when all are busy.
+    let mut out = vec![0.0; g.n * o * p];
+    out.par_chunks_mut(span * o * p)
+        .zip(xs.par_chunks(span * chw))
+        .for_each(|(out, xs)| {
+            let mut sc = Scratch::default();
+            for (out, xs) in out.chunks_mut(chunk * o * p).zip(xs.chunks(chunk * chw)) {
+                let ns = xs.len() / chw;
+                let m = ns * p;
+                im2col(xs, &g, ns, &mut sc.cols);
+                let w = Mat::new(&ws, o, k);
+                let cols = Mat::new(&sc.cols, k, m);
+                if ns == 1 {
+                    // One sample's y is its output plane stack already: start from the
+                    // bias and add the product in place.
+                    for (row, &b) in out.chunks_exact_mut(p).zip(&bs) {
+                        row.fill(b);
+                    }
+                    gemm(&cpu, w, cols, out, true, &mut sc.packed);
+                    continue;
+                }
+                sc.y.resize(o * m, 0.0);
+                gemm(&cpu, w, cols, &mut sc.y, false, &mut sc.packed);
+                // y is [O, samples·P]; the output wants [samples, O, P], plus the bias.
+                for (j, dst) in out.chunks_exact_mut(o * p).enumerate() {
+                    for (oc, row) in dst.chunks_exact_mut(p).enumerate() {
+                        let src = &sc.y[oc * m + j * p..][..p];
+                        row.iter_mut().zip(src).for_each(|(d, v)| *d = v + bs[oc]);
+                    }
+                }
+            }
+        });
+    let out: Tensor4<D> = dev.tensor_from_vec(out, (g.n, o, g.ho, g.wo));
+
+    let mut tape = tw.merge(tb).merge(tx);
+    let (x_id, w_id, b_id, out_id) = (x.ghost(), w.ghost(), b.ghost(), out.ghost());
+    let need_x = TX::OWNS_TAPE;
+    tape.add_backward_op(move |grads| {
+        // Moved out (and back) so the other gradients can be borrowed meanwhile.
+        let gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
+        let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
+        for (i, plane) in gout.chunks_exact(p).enumerate() {
+            gb[i % o] += plane.iter().sum::<f32>();
+        }
+        let spans = g.n.div_ceil(span);
+        let gx_spans: Vec<Option<&mut [f32]>> = if need_x {
+            let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);
+            gx.chunks_mut(span * chw).map(Some).collect()
+        } else {
+            (0..spans).map(|_| None).collect()
+        };
+        // dX through the transposed convolution where the geometry allows (see
+        // `ConvGeom::transposed`), with the kernel rotated by 180° and its channel axes
+        // swapped: `[C, O·kh·kw]`.
+        let gt = g.transposed().filter(|_| g.c >= TRANSPOSED_MIN_CHANNELS);
+        let wrot: Vec<f32> = match gt {
+            Some(_) if need_x => {
+                let (kk, kh, kw) = (g.kh * g.kw, g.kh, g.kw);
+                let mut r = vec![0.0; g.c * o * kk];
+                for (ci, row) in r.chunks_exact_mut(o * kk).enumerate() {
+                    for (oc, taps) in row.chunks_exact_mut(kk).enumerate() {
+                        let src = &ws[(oc * g.c + ci) * kk..][..kk];
+                        for (t, v) in taps.iter_mut().enumerate() {
+                            let (ki, kj) = (t / kw, t % kw);
+                            *v = src[(kh - 1 - ki) * kw + (kw - 1 - kj)];
+                        }
+                    }
+                }
+                r
+            }
+            _ => Vec::new(),
+        };
+        // Each thread sums its span's weight gradient; the sums are added at the end, in
+        // span order, so the result does not depend on how rayon schedules the spans.
+        let gws: Vec<Vec<f32>> = gx_spans
+            .into_par_iter()
+            .enumerate()
+            .map(|(si, mut gx)| {
+                let (mut sc, mut gw) = (Scratch::default(), vec![0.0; o * k]);
+                let samples = si * span..(si * span + span).min(g.n);
+                for s0 in samples.clone().step_by(chunk) {
+                    let s = s0..(s0 + chunk).min(samples.end);
+                    let m = s.len() * p;
+                    im2col(&xs[s.start * chw..s.end * chw], &g, s.len(), &mut sc.cols);
+                    // The output gradient laid out like y: [O, samples·P] (one sample's
+                    // is a slice of gout as it is).
+                    let gs = &gout[s.start * o * p..s.end * o * p];
+                    let g2 = if s.len() == 1 {
+                        Mat::new(gs, o, m)
+                    } else {
+                        {
+                            sc.y.clear();
+                            for oc in 0..o {
+                                for n in 0..s.len() {
+                                    sc.y.extend_from_slice(&gs[(n * o + oc) * p..][..p]);
+                                }
+                            }
+                        };
+                        Mat::new(&sc.y, o, m)
+                    };
+                    let cols = Mat::new(&sc.cols, k, m).t();
+                    gemm(&cpu, g2, cols, &mut gw, true, &mut sc.packed);
+                    let Some(gx) = gx.as_deref_mut() else {
+                        continue;
+                    };
+                    let offset = (s.start - samples.start) * chw;
+                    let gx = &mut gx[offset..offset + s.len() * chw];
+                    if let Some(gt) = &gt {
+                        let (kt, mt) = (gt.k(), s.len() * gt.p());
+                        im2col(gs, gt, s.len(), &mut sc.cols);
+                        let wr = Mat::new(&wrot, g.c, kt);
+                        let cols = Mat::new(&sc.cols, kt, mt);
+                        if s.len() == 1 {
+                            gemm(&cpu, wr, cols, gx, true, &mut sc.packed);
+                        } else {
+                            // [C, samples·H·W] → gx's [samples, C, H·W].
+                            sc.dcols.resize(g.c * mt, 0.0);
+                            gemm(&cpu, wr, cols, &mut sc.dcols, false, &mut sc.packed);
+                            let hw = g.h * g.w;
+                            for (j, gx) in gx.chunks_exact_mut(chw).enumerate() {
+                                for (ci, gx) in gx.chunks_exact_mut(hw).enumerate() {
+                                    add_into(gx, &sc.dcols[ci * mt + j * hw..][..hw]);
+                                }
+                            }
+                        }
+                    } else {
+                        sc.dcols.resize(k * m, 0.0);
+                        let wt = Mat::new(&ws, o, k).t();
+                        gemm(&cpu, wt, g2, &mut sc.dcols, false, &mut sc.packed);
+                        col2im(&sc.dcols, &g, s.len(), gx);
+                    }
+                }
+                gw
+            })
+            .collect();
+        let gw_host = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
+        for gw in &gws {
+            add_into(gw_host, gw);
+        }
+        *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+/// The `Cpu` behind a device type that is `Cpu` (see [`uses_cpu_fast_path`]).
+fn as_cpu<D: 'static>(dev: &D) -> &Cpu {
+    let any: &dyn Any = dev;
+    any.downcast_ref::<Cpu>()
+        .expect("the CPU fast path runs on the Cpu device only")
+}
+
+/// One thread's buffers for a convolution, reused across its chunks.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    /// The output `[O, samples·P]`, or its gradient in the backward pass.
+    y: Vec<f32>,
+    dcols: Vec<f32>,
+    packed: (Vec<f32>, Vec<f32>),
+}
+
+/// A matrix in a host buffer: row-major `[rows, cols]`, or with `transposed` the transpose
+/// of a row-major `[cols, rows]` buffer (a free view, as the backward pass needs).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub transposed: bool,
+}
+
+impl<'a> Mat<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        Mat {
+            data,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// Strides of the logical `(row, col)` in `data`.
+    pub fn strides(&self) -> (usize, usize) {
+        if self.transposed {
+            (1, self.rows)
+        } else {
+            (self.cols, 1)
+        }
+    }
+
+    #[cfg(test)]
+    fn to_tensor(self, dev: &Cpu) -> Matrix<Cpu> {
+        if self.transposed {
+            dev.tensor_from_vec(self.data.to_vec(), (self.cols, self.rows))
+                .permute::<_, Axes2<1, 0>>()
+        } else {
+            dev.tensor_from_vec(self.data.to_vec(), (self.rows, self.cols))
+        }
+    }
+}
+
+/// `c = a · b`, or `c += a · b` with `accumulate`; `c` is row-major; `packed` holds the
+/// packing buffers between calls. Always the blocked kernel of [`blocked`], whose rounding
+/// is the same on every CPU: its AVX-512, AVX2 and scalar micro-kernels do the same fused
+/// multiply-adds in the same order, so a teammate's machine, or a cluster node with other
+/// instructions, computes the same bits. (dfdx's gemm, used before for CPUs without
+/// AVX-512, blocks by the cache sizes cpuid reports, and rounds differently.)
+pub(super) fn gemm(
+    _cpu: &Cpu,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    accumulate: bool,
+    packed: &mut (Vec<f32>, Vec<f32>),
+) {
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
+    assert_eq!(c.len(), a.rows * b.cols, "gemm: output size");
+    blocked::sgemm(a, b, c, accumulate, packed, blocked::Isa::detect());
+}
+
+/// dfdx's matmul, for comparisons in tests and benches.
+#[cfg(test)]
+pub(super) fn dfdx_gemm(dev: &Cpu, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
+    let prod = a.to_tensor(dev).matmul(b.to_tensor(dev));
+    if accumulate {
+        add_into(c, &host_copy(&prod));
+    } else {
+        prod.copy_into(c);
+    }
+}
+
+pub(super) mod blocked;
+
+/// Columns `[C·kh·kw, samples·Ho·Wo]` of the `ns` samples in `xs`, written over `cols`
+/// (reused across chunks, so padding is written as zeros rather than assumed).
+fn im2col(xs: &[f32], g: &ConvGeom, ns: usize, cols: &mut Vec<f32>) {
+    let (p, hw) = (g.p(), g.h * g.w);
+    let m = ns * p;
+    cols.resize(g.k() * m, 0.0);
+    cols.par_chunks_mut(m).enumerate().for_each(|(row, dst)| {
+        let (c, ki, kj) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
+        let ox = g.valid_cols(kj);
+        for j in 0..ns {
+            let plane = &xs[(j * g.c + c) * hw..][..hw];
+            for oy in 0..g.ho {
+                let dst = &mut dst[j * p + oy * g.wo..][..g.wo];
+                let iy = match g.src(oy, ki, g.h) {
+                    Some(iy) if !ox.is_empty() => iy,
+                    _ => {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                };
+                dst[..ox.start].fill(0.0);
+                dst[ox.end..].fill(0.0);
+                let src = &plane[iy * g.w..][..g.w];
+                let ix0 = ox.start * g.stride + kj - g.pad;
+                if g.stride == 1 {
+                    dst[ox.clone()].copy_from_slice(&src[ix0..ix0 + ox.len()]);
+                } else {
+                    for (d, v) in dst[ox.clone()]
+                        .iter_mut()
+                        .zip(src[ix0..].iter().step_by(g.stride))
+                    {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Adds the columns' gradients `[C·kh·kw, samples·Ho·Wo]` of `ns` samples back onto their
+/// input gradient `gx`.
+fn col2im(dcols: &[f32], g: &ConvGeom, ns: usize, gx: &mut [f32]) {
+    let (p, hw, kk) = (g.p(), g.h * g.w, g.kh * g.kw);
+    let m = ns * p;
+    // One task per (sample, channel) plane: the planes are disjoint, so no two tasks write
+    // the same element.
+    gx[..ns * g.c * hw]
+        .par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(plane_i, plane)| {
+            let (j, c) = (plane_i / g.c, plane_i % g.c);
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let src = &dcols[(c * kk + ki * g.kw + kj) * m + j * p..][..p];
+                    let ox = g.valid_cols(kj);
+                    if ox.is_empty() {
+                        continue;
+                    }
+                    for oy in 0..g.ho {
+                        let Some(iy) = g.src(oy, ki, g.h) else {
+                            continue;
+                        };
+                        let row = &src[oy * g.wo..][ox.clone()];
+                        let ix0 = ox.start * g.stride + kj - g.pad;
+                        let dst = &mut plane[iy * g.w..][..g.w];
+                        if g.stride == 1 {
+                            add_into(&mut dst[ix0..ix0 + row.len()], row);
+                        } else {
+                            for (d, v) in dst[ix0..].iter_mut().step_by(g.stride).zip(row) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+pub(super) fn pool<D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor4<D, T>,
+    g: PoolGeom,
+    kind: PoolKind,
+) -> Tensor4<D, T> {
+    let (x, mut tape) = x.contiguous().split_tape();
+    let dev = x.device().clone();
+    let (hw, p) = (g.h * g.w, g.p());
+    let xs = host_copy(&x);
+    let mut out = vec![0.0; g.n * g.c * p];
+    // Flat in-plane index of each output's maximum, for the backward pass.
+    let mut arg = vec![0u32; if kind == PoolKind::Max { out.len() } else { 0 }];
+    match kind {
+        PoolKind::Max => out
+            .par_chunks_mut(p)
+            .zip(arg.par_chunks_mut(p))
+            .zip(xs.par_chunks(hw))
+            .for_each(|((out, arg), x)| {
+                // Output row by output row, one window offset `(dy, dx)` at a time (in the
+                // window's row-major order) across the whole row: the row's running maxima
+                // are independent of each other, so the comparisons pipeline instead of
+                // waiting on one chain per window. Max windows are uniform (`Bins::windows`).
+                let (ow, kx) = (g.bw.len(), g.bw.widest());
+                for i in 0..g.bh.len() {
+                    let rows = g.bh.range(i);
+                    let out = &mut out[i * ow..][..ow];
+                    let arg = &mut arg[i * ow..][..ow];
+                    let xr = &x[rows.start * g.w..][..g.w];
+                    for (j, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
+                        let first = g.bw.start[j];
+                        (*o, *a) = (xr[first], (rows.start * g.w + first) as u32);
+                    }
+                    for y in rows {
+                        let xr = &x[y * g.w..][..g.w];
+                        for dx in 0..kx {
+                            let cells = out.iter_mut().zip(arg.iter_mut());
+                            for ((o, a), &s0) in cells.zip(&g.bw.start) {
+                                let v = xr[s0 + dx];
+                                // Like PyTorch: the first maximum wins, and NaN propagates.
+                                let better = v > *o || (v.is_nan() && !o.is_nan());
+                                if better {
+                                    (*o, *a) = (v, (y * g.w + s0 + dx) as u32);
+                                }
+                            }
+                        }
+                    }
+                }
+            }),
+        PoolKind::Avg => out
+            .par_chunks_mut(p)
+            .zip(xs.par_chunks(hw))
+            .for_each(|(out, x)| {
+                for ((i, j), o) in g.cells().zip(out.iter_mut()) {
+                    let (mut sum, mut cnt) = (0.0, 0usize);
+                    for r in g.cell_rows(i, j) {
+                        cnt += r.len();
+                        sum += x[r].iter().sum::<f32>();
+                    }
+                    *o = sum / cnt as f32;
+                }
+            }),
+    }
+    let out: Tensor4<D> = dev.tensor_from_vec(out, g.out_shape());
+    let (x_id, out_id) = (x.ghost(), out.ghost());
+    tape.add_backward_op(move |grads| {
+        let gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
+        let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);
+        let planes = gx.par_chunks_mut(hw).zip(gout.par_chunks(p));
+        match kind {
+            PoolKind::Max => planes.zip(arg.par_chunks(p)).for_each(|((gx, gout), arg)| {
+                for (&go, &a) in gout.iter().zip(arg) {
+                    gx[a as usize] += go;
+                }
+            }),
+            PoolKind::Avg => planes.for_each(|(gx, gout)| {
+                for ((i, j), &go) in g.cells().zip(gout) {
+                    let share = go / (g.bh.range(i).len() * g.bw.range(j).len()) as f32;
+                    for r in g.cell_rows(i, j) {
+                        gx[r].iter_mut().for_each(|v| *v += share);
+                    }
+                }
+            }),
+        }
+        *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;
+        Ok(())
+    });
+    out.put_tape(tape)
+}

@@ -1,0 +1,258 @@
+//! Convolution, pooling, flatten and dropout on run-time-sized NCHW tensors, with PyTorch's
+//! layouts and semantics, for convolutional models (VGG-style). dfdx 0.13 ships `conv2d` and
+//! `pool2d` only on nightly Rust, so cfpipe owns these ops. The layout follows dfdx's own ops:
+//! the API here, the sizes in `geom`, the composed path in `composed`, and the CPU kernel in
+//! `host` (its packed sgemm in `host::blocked`).
+//!
+//! Each of `conv2d`, `max_pool2d`, `avg_pool2d` and `adaptive_avg_pool2d` has two
+//! implementations behind one function, chosen by the device type:
+//! - the **composed** path ([`composed`]) uses public dfdx ops only, so it runs on every device,
+//!   CUDA included, and dfdx derives its backward pass. im2col and pooling windows are one
+//!   `gather` from the flattened input through a precomputed index tensor (broadcast over the
+//!   batch, so the index costs one sample's worth of memory); padding reads an extra zero
+//!   element appended to each row, and the convolution bias rides along as an extra constant-one
+//!   column, so a convolution is a single matmul with the weight viewed as `[O, C·kh·kw + 1]`.
+//! - the **CPU fast path**, taken when the device is dfdx's `Cpu`, computes on host buffers and
+//!   records its own backward op on the tape (`Tape::add_backward_op`). dfdx's CPU `gather`
+//!   walks N-d indices one element at a time and costs more than the gemm it feeds, and dfdx's
+//!   gemm stops at AVX2 on stable Rust. Here im2col and col2im are strided loops, the products
+//!   run on a packed AVX-512 kernel where the CPU has one (dfdx's matmul otherwise, so any CPU
+//!   works), and each thread takes a span of the batch with its own buffers. Columns are built
+//!   per chunk of samples and rebuilt in the backward pass rather than kept, so a layer holds
+//!   little beyond a copy of its input between the passes. For stride 1 and at least 64 input
+//!   channels the input gradient is computed as what it is, a convolution (of the output gradient, with the kernel rotated and its channel
+//!   axes swapped), one product over `O·kh·kw` with no col2im scatter; other strides take
+//!   col2im. Sums over threads are added in a fixed order, so results are bit-identical from
+//!   run to run. The kernel is the module's only `unsafe` code.
+//!
+//! Tapes: outputs carry the parameters' tape `T`, which absorbs the input's tape `TX`
+//! (`T: Merge<TX>`). Parameters are traced in training; an untraced input (`NoneTape`, the first
+//! layer) gets no gradient and the fast path then skips the col2im half of the backward pass.
+//! Like the MLP code, parameters may live as flat 1-D tensors: `w.reshape_like(&(o, c, kh, kw))`
+//! of a contiguous tensor keeps its id, so `grads.get(&flat_w)` still finds the gradient.
+//!
+//! Every backward pass, composed or hand-written, is checked against finite differences in
+//! `tests/conv_ops.rs`: dfdx 0.13 has had wrong gradients on non-contiguous inputs
+//! (`log_softmax`), and the composed convolution relies on a permute followed by a copy.
+
+use super::tensor::{Matrix, Tensor4, Vector};
+use dfdx::prelude::*;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use std::any::{Any, TypeId};
+
+/// Whether the ops in this module take the host fast path on device `D` (dfdx's `Cpu`).
+pub fn uses_cpu_fast_path<D: 'static>() -> bool {
+    TypeId::of::<D>() == TypeId::of::<Cpu>()
+}
+
+/// 2-D convolution (cross-correlation, as in PyTorch's `F.conv2d`): `x [N, C, H, W]`,
+/// `weight [O, C, kh, kw]`, `bias [O]`, the same `stride` and zero `padding` on both spatial
+/// axes. Returns `[N, O, Ho, Wo]` with `Ho = (H + 2·padding − kh) / stride + 1` (floored).
+///
+/// Panics on mismatched shapes, `stride == 0` or a kernel larger than the padded input.
+pub fn conv2d<D, T, TX>(
+    x: Tensor4<D, TX>,
+    weight: Tensor4<D, T>,
+    bias: Vector<D, T>,
+    stride: usize,
+    padding: usize,
+) -> Tensor4<D, T>
+where
+    D: Device<f32>,
+    T: Tape<f32, D> + Merge<TX>,
+    TX: Tape<f32, D>,
+{
+    let g = ConvGeom::new(*x.shape(), *weight.shape(), bias.shape().0, stride, padding);
+    if uses_cpu_fast_path::<D>() {
+        host::conv2d(x, weight, bias, g)
+    } else {
+        composed::conv2d_geom(x, weight, bias, g)
+    }
+}
+
+/// Max pooling over `kernel × kernel` windows every `stride` pixels, no padding; output sizes
+/// floor like PyTorch's (`(H − kernel) / stride + 1`). Gradients go to the first maximum of a
+/// window on the CPU path (as in PyTorch) and to every tied maximum on the composed path.
+pub fn max_pool2d<D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor4<D, T>,
+    kernel: usize,
+    stride: usize,
+) -> Tensor4<D, T> {
+    let g = PoolGeom::windows(*x.shape(), kernel, stride);
+    if uses_cpu_fast_path::<D>() {
+        host::pool(x, g, PoolKind::Max)
+    } else {
+        composed::pool(x, g, PoolKind::Max)
+    }
+}
+
+/// Average pooling over `kernel × kernel` windows every `stride` pixels, no padding, floored
+/// output sizes (PyTorch's `F.avg_pool2d` with its defaults).
+pub fn avg_pool2d<D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor4<D, T>,
+    kernel: usize,
+    stride: usize,
+) -> Tensor4<D, T> {
+    let g = PoolGeom::windows(*x.shape(), kernel, stride);
+    if uses_cpu_fast_path::<D>() {
+        host::pool(x, g, PoolKind::Avg)
+    } else {
+        composed::pool(x, g, PoolKind::Avg)
+    }
+}
+
+/// PyTorch's `F.adaptive_avg_pool2d`: output cell `i` of an axis of length `L` averages input
+/// rows `floor(i·L/out) .. ceil((i+1)·L/out)`, so bins may differ in size and overlap (and an
+/// output larger than the input repeats values).
+pub fn adaptive_avg_pool2d<D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor4<D, T>,
+    out_h: usize,
+    out_w: usize,
+) -> Tensor4<D, T> {
+    let g = PoolGeom::adaptive(*x.shape(), out_h, out_w);
+    if uses_cpu_fast_path::<D>() {
+        host::pool(x, g, PoolKind::Avg)
+    } else {
+        composed::pool(x, g, PoolKind::Avg)
+    }
+}
+
+/// `[N, C, H, W] → [N, C·H·W]` in PyTorch's order (`torch.flatten(x, 1)`). Free for
+/// contiguous inputs: the result shares data and gradient id with `x`.
+pub fn flatten<D: Device<f32>, T: Tape<f32, D>>(x: Tensor4<D, T>) -> Matrix<D, T> {
+    let (n, c, h, w) = *x.shape();
+    x.reshape_like(&(n, c * h * w))
+}
+
+/// Inverted dropout: with `training`, each element is zeroed with probability `p` and the
+/// survivors are scaled by `1/(1−p)`, so the expectation is unchanged; without it, identity.
+/// The mask is a pure function of `seed` and the element count ([`dropout_mask`]), so a run is
+/// reproducible whatever the device's own RNG state.
+pub fn dropout<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor<S, f32, D, T>,
+    p: f32,
+    seed: u64,
+    training: bool,
+) -> Tensor<S, f32, D, T> {
+    assert!(
+        (0.0..=1.0).contains(&p),
+        "dropout probability {p} outside [0, 1]"
+    );
+    if !training || p == 0.0 {
+        return x;
+    }
+    let shape = *x.shape();
+    let mask = x
+        .device()
+        .tensor_from_vec(dropout_mask(shape.num_elements(), p, seed), shape);
+    x * mask
+}
+
+/// The multiplier [`dropout`] applies, element by element in row-major order: `0` (dropped)
+/// or `1/(1−p)`.
+pub fn dropout_mask(len: usize, p: f32, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // p = 1 drops everything; 1/(1−p) would be infinite and turn 0·∞ into NaN downstream.
+    let keep = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    (0..len)
+        .map(|_| if rng.gen::<f32>() < p { 0.0 } else { keep })
+        .collect()
+}
+
+/// Revision of the conv CPU kernels' rounding, in every conv model's train key (see
+/// CHANGELOG.md): absent (revision 1) until the blocked kernel became the only one and the
+/// batch split stopped depending on the thread count; 2 since.
+pub const CONV_KERNELS: u32 = 2;
+
+pub mod composed;
+mod geom;
+mod host;
+
+use geom::*;
+
+#[cfg(test)]
+mod tests {
+    use super::host::{self, Mat};
+    use super::*;
+
+    /// Every host matrix product the CPU path may take (the AVX-512 kernel where this CPU has
+    /// it, dfdx's matmul otherwise) against a naive loop: edge tiles, transposed operands,
+    /// several KC blocks, accumulation.
+    #[test]
+    fn host_gemm_matches_a_naive_product() {
+        let cpu = Cpu::default();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut uniform =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 13, 5),
+            (8, 256, 32),
+            (9, 300, 33),
+            (64, 577, 70),
+            (17, 3, 100),
+        ] {
+            for (ta, tb, acc) in (0..8).map(|b| (b & 1 == 1, b & 2 == 2, b & 4 == 4)) {
+                let (ad, bd, c0) = (uniform(m * k), uniform(k * n), uniform(m * n));
+                let a = if ta {
+                    Mat::new(&ad, k, m).t()
+                } else {
+                    Mat::new(&ad, m, k)
+                };
+                let b = if tb {
+                    Mat::new(&bd, n, k).t()
+                } else {
+                    Mat::new(&bd, k, n)
+                };
+                let at = |i: usize, l: usize| if ta { ad[l * m + i] } else { ad[i * k + l] };
+                let bt = |l: usize, j: usize| if tb { bd[j * k + l] } else { bd[l * n + j] };
+                let want: Vec<f64> = (0..m * n)
+                    .map(|ij| {
+                        let (i, j) = (ij / n, ij % n);
+                        let base = if acc { c0[ij] as f64 } else { 0.0 };
+                        base + (0..k)
+                            .map(|l| at(i, l) as f64 * bt(l, j) as f64)
+                            .sum::<f64>()
+                    })
+                    .collect();
+                let mut runs: Vec<(&str, Vec<f32>)> = Vec::new();
+                let mut c = c0.clone();
+                host::gemm(&cpu, a, b, &mut c, acc, &mut Default::default());
+                runs.push(("dispatched", c));
+                let mut c = c0.clone();
+                host::dfdx_gemm(&cpu, a, b, &mut c, acc);
+                runs.push(("dfdx", c));
+                use host::blocked::Isa;
+                let mut bits = Vec::new();
+                for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
+                    if !isa.runs_here() {
+                        continue;
+                    }
+                    let mut c = c0.clone();
+                    // Stale packing buffers must not leak into the result.
+                    let mut packed = (vec![f32::NAN; 100_000], vec![f32::NAN; 100_000]);
+                    host::blocked::sgemm(a, b, &mut c, acc, &mut packed, isa);
+                    bits.push((isa, c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
+                    runs.push(("blocked", c));
+                }
+                // Every micro-kernel rounds alike: the same bits on every CPU.
+                for (isa, b) in &bits[1..] {
+                    assert!(
+                        *b == bits[0].1,
+                        "{isa:?} differs from {:?} at {m}×{k}×{n} ta={ta} tb={tb} acc={acc}",
+                        bits[0].0
+                    );
+                }
+                for (name, got) in runs {
+                    for (ij, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{name} {m}×{k}×{n} ta={ta} tb={tb} acc={acc} [{ij}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
