@@ -120,19 +120,26 @@ export LIBRARY_PATH="$stubs:$root/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs -L native=$root/lib"
 nvcc --version | tail -2
 cargo build --release --features cuda --target-dir target/cuda --bin cfpipe
-tests=$(cargo test --release --features cuda --target-dir target/cuda --test gpu --no-run \
-  --message-format=json 2>/dev/null |
-  python3 -c 'import sys, json
+# The test binaries by target name: `gpu` (CPU vs GPU on a whole pipeline) and `conv_ops` (every
+# op against its reference, on the GPU through `NAME::cuda`).
+test_bin() {
+  cargo test --release --features cuda --target-dir target/cuda --test "$1" --no-run \
+    --message-format=json 2>/dev/null |
+    python3 -c 'import sys, json
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$1"
+}
+tests=$(test_bin gpu)
+ops=$(test_bin conv_ops)
 
 rm -rf gpu-bundle && mkdir -p gpu-bundle
 cp target/cuda/release/cfpipe gpu-bundle/cfpipe
 cp "$tests" gpu-bundle/gpu-test
+cp "$ops" gpu-bundle/conv-ops-test
 cp scripts/gpu_run.sh gpu-bundle/
-strip gpu-bundle/cfpipe gpu-bundle/gpu-test 2>/dev/null || true
+strip gpu-bundle/cfpipe gpu-bundle/gpu-test gpu-bundle/conv-ops-test 2>/dev/null || true
 echo "libraries the binary needs:"
 readelf -d gpu-bundle/cfpipe | grep NEEDED
 du -sh gpu-bundle

@@ -31,6 +31,8 @@ echo "== ldd"; ldd gpu-bundle/cfpipe | grep -E "cuda|cublas|nvrtc|curand|not fou
 echo "== device check"; gpu-bundle/cfpipe run pipelines/mnist_split.yaml --device cuda --set 'seeds=[0]' --set training.epochs=1 --cache "$out/probe-cache" --quiet; echo "rc=$?"
 echo "== GPU test (CPU vs GPU on the fixture pipeline)"
 CFPIPE_BIN=$(pwd)/gpu-bundle/cfpipe gpu-bundle/gpu-test --ignored --nocapture; echo "rc=$?"
+echo "== op tests on the GPU (conv, pools, flatten, dropout against their references)"
+gpu-bundle/conv-ops-test cuda --ignored; echo "rc=$?"
 echo "== mnist_split, seed 0, CPU and GPU"
 for dev in cpu cuda; do
   /usr/bin/time -v gpu-bundle/cfpipe run pipelines/mnist_split.yaml --set 'seeds=[0]' \

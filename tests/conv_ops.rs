@@ -2,7 +2,9 @@
 //! loops written here: forwards on assorted shapes (odd sizes, strides, paddings, kernels
 //! 1/3/5, several channels and samples), gradients by central finite differences of the
 //! reference, and a few by finite differences of the ops themselves. Both the CPU fast path
-//! (`conv::*`) and the composed path (`conv::composed::*`) are checked.
+//! (`conv::*`) and the composed path (`conv::composed::*`) are checked, and the tests listed in
+//! `device_tests!` also run on the GPU when built with `--features cuda` (`NAME::cuda`, the
+//! composed path, run by scripts/gpu_run.sh).
 
 use cfpipe::nn::conv::{self, composed};
 use cfpipe::nn::tensor::Tensor4;
@@ -20,6 +22,45 @@ enum Path {
 }
 
 const PATHS: [Path; 2] = [Path::Fast, Path::Composed];
+
+/// Each listed test, a generic `fn NAME<D>(dev: &D, paths: &[Path])`, runs once per device, as
+/// candle's op tests do: `NAME::cpu` on the CPU through both paths, and, built with `--features
+/// cuda`, `NAME::cuda` on the GPU through the composed path (the only one it has), ignored
+/// unless asked for (`-- --ignored` on a GPU machine).
+macro_rules! device_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$name(&dfdx::prelude::Cpu::default(), &super::PATHS);
+            }
+
+            #[cfg(feature = "cuda")]
+            #[test]
+            #[ignore = "needs an NVIDIA GPU"]
+            fn cuda() {
+                super::$name(&dfdx::prelude::Cuda::default(), &[super::Path::Composed]);
+            }
+        }
+    )*};
+}
+
+device_tests!(
+    conv2d_forward_matches_the_naive_reference,
+    conv2d_gradients_match_finite_differences_of_the_reference,
+    conv2d_gradients_match_finite_differences_of_the_op,
+    conv2d_with_an_untraced_input_and_flat_parameters,
+    conv2d_accepts_a_permuted_input,
+    pooling_forward_matches_the_naive_reference,
+    pooling_gradients_match_finite_differences,
+    max_pool_gradients_match_finite_differences_of_the_op,
+    flatten_keeps_pytorch_order_and_passes_gradients_through,
+    a_small_network_backpropagates_through_every_layer,
+    dropout_is_deterministic_per_seed,
+    dropout_preserves_the_expectation,
+    dropout_is_the_identity_at_p_zero_and_outside_training,
+    dropout_gradient_is_the_mask,
+);
 
 fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
@@ -180,25 +221,26 @@ fn check_fd_every(
     }
 }
 
-fn t4(dev: &Cpu, v: &[f32], d: Dims) -> Tensor4<Cpu> {
+fn t4<D: Device<f32>>(dev: &D, v: &[f32], d: Dims) -> Tensor4<D> {
     dev.tensor_from_vec(v.to_vec(), d)
 }
 
-fn t1(dev: &Cpu, v: &[f32]) -> Tensor<(usize,), f32, Cpu> {
+fn t1<D: Device<f32>>(dev: &D, v: &[f32]) -> Tensor<(usize,), f32, D> {
     dev.tensor_from_vec(v.to_vec(), (v.len(),))
 }
 
-fn conv_via<T, TX>(
+fn conv_via<D, T, TX>(
     path: Path,
-    x: Tensor4<Cpu, TX>,
-    w: Tensor4<Cpu, T>,
-    b: Tensor<(usize,), f32, Cpu, T>,
+    x: Tensor4<D, TX>,
+    w: Tensor4<D, T>,
+    b: Tensor<(usize,), f32, D, T>,
     stride: usize,
     pad: usize,
-) -> Tensor4<Cpu, T>
+) -> Tensor4<D, T>
 where
-    T: Tape<f32, Cpu> + Merge<TX>,
-    TX: Tape<f32, Cpu>,
+    D: Device<f32>,
+    T: Tape<f32, D> + Merge<TX>,
+    TX: Tape<f32, D>,
 {
     match path {
         Path::Fast => conv::conv2d(x, w, b, stride, pad),
@@ -213,7 +255,11 @@ enum Pool {
     Adaptive(usize, usize),
 }
 
-fn pool_via<T: Tape<f32, Cpu>>(path: Path, pool: Pool, x: Tensor4<Cpu, T>) -> Tensor4<Cpu, T> {
+fn pool_via<D: Device<f32>, T: Tape<f32, D>>(
+    path: Path,
+    pool: Pool,
+    x: Tensor4<D, T>,
+) -> Tensor4<D, T> {
     match (path, pool) {
         (Path::Fast, Pool::Max(k, s)) => conv::max_pool2d(x, k, s),
         (Path::Fast, Pool::Avg(k, s)) => conv::avg_pool2d(x, k, s),
@@ -281,9 +327,7 @@ fn the_cpu_takes_the_fast_path() {
     assert!(conv::uses_cpu_fast_path::<Cpu>());
 }
 
-#[test]
-fn conv2d_forward_matches_the_naive_reference() {
-    let dev = Cpu::default();
+fn conv2d_forward_matches_the_naive_reference<D: Device<f32>>(dev: &D, paths: &[Path]) {
     let mut r = rng(1);
     for (case, &(n, c, h, w, o, kh, kw, s, p)) in CONV_CASES.iter().enumerate() {
         let xd = (n, c, h, w);
@@ -291,12 +335,12 @@ fn conv2d_forward_matches_the_naive_reference() {
         let wt = uniform(&mut r, o * c * kh * kw);
         let b = uniform(&mut r, o);
         let (want, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
-        for path in PATHS {
+        for &path in paths {
             let out = conv_via(
                 path,
-                t4(&dev, &x, xd),
-                t4(&dev, &wt, (o, c, kh, kw)),
-                t1(&dev, &b),
+                t4(dev, &x, xd),
+                t4(dev, &wt, (o, c, kh, kw)),
+                t1(dev, &b),
                 s,
                 p,
             );
@@ -306,9 +350,10 @@ fn conv2d_forward_matches_the_naive_reference() {
     }
 }
 
-#[test]
-fn conv2d_gradients_match_finite_differences_of_the_reference() {
-    let dev = Cpu::default();
+fn conv2d_gradients_match_finite_differences_of_the_reference<D: Device<f32>>(
+    dev: &D,
+    paths: &[Path],
+) {
     let mut r = rng(2);
     for (case, &(n, c, h, w, o, kh, kw, s, p)) in CONV_CASES.iter().enumerate() {
         let xd = (n, c, h, w);
@@ -322,8 +367,8 @@ fn conv2d_gradients_match_finite_differences_of_the_reference() {
         let loss = |x: &[f64], wt: &[f64], b: &[f64]| {
             dot(&conv_ref(x, xd, wt, (o, kh, kw), b, s, p).0, &r64)
         };
-        for path in PATHS {
-            let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+        for &path in paths {
+            let (xt, wt_t, bt) = (t4(dev, &x, xd), t4(dev, &wt, wd), t1(dev, &b));
             let out = conv_via(
                 path,
                 xt.leaky_trace(),
@@ -332,7 +377,7 @@ fn conv2d_gradients_match_finite_differences_of_the_reference() {
                 s,
                 p,
             );
-            let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+            let grads = (out * t4(dev, &probe, od)).sum::<(), _>().backward();
             let tag = format!("case {case} {path:?}");
             check_fd(
                 &format!("{tag} d/dx"),
@@ -361,30 +406,20 @@ fn conv2d_gradients_match_finite_differences_of_the_reference() {
 
 /// Finite differences through the ops themselves (f32 forward, f64 sum, eps = 1e-2) rather
 /// than through the reference: the backward must match the function actually computed.
-#[test]
-fn conv2d_gradients_match_finite_differences_of_the_op() {
-    let dev = Cpu::default();
+fn conv2d_gradients_match_finite_differences_of_the_op<D: Device<f32>>(dev: &D, paths: &[Path]) {
     let mut r = rng(3);
     let (xd, wd, s, p) = ((2, 3, 6, 5), (4, 3, 3, 3), 2, 1);
     let x = uniform(&mut r, numel(xd));
     let wt = uniform(&mut r, numel(wd));
     let b = uniform(&mut r, 4);
-    for path in PATHS {
-        let od = *conv_via(
-            path,
-            t4(&dev, &x, xd),
-            t4(&dev, &wt, wd),
-            t1(&dev, &b),
-            s,
-            p,
-        )
-        .shape();
+    for &path in paths {
+        let od = *conv_via(path, t4(dev, &x, xd), t4(dev, &wt, wd), t1(dev, &b), s, p).shape();
         let probe = uniform(&mut r, numel(od));
         let loss = |x: &[f32], wt: &[f32], b: &[f32]| -> f64 {
-            let out = conv_via(path, t4(&dev, x, xd), t4(&dev, wt, wd), t1(&dev, b), s, p);
+            let out = conv_via(path, t4(dev, x, xd), t4(dev, wt, wd), t1(dev, b), s, p);
             dot(&f64s(&out.as_vec()), &f64s(&probe))
         };
-        let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+        let (xt, wt_t, bt) = (t4(dev, &x, xd), t4(dev, &wt, wd), t1(dev, &b));
         let out = conv_via(
             path,
             xt.leaky_trace(),
@@ -393,7 +428,7 @@ fn conv2d_gradients_match_finite_differences_of_the_op() {
             s,
             p,
         );
-        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        let grads = (out * t4(dev, &probe, od)).sum::<(), _>().backward();
         let (gx, gw, gb) = (
             grads.get(&xt).as_vec(),
             grads.get(&wt_t).as_vec(),
@@ -436,9 +471,7 @@ fn conv2d_gradients_match_finite_differences_of_the_op() {
 
 /// The first layer's input is untraced: parameters still get their gradients, and flat 1-D
 /// parameters (as the MLP keeps them) reshaped on the way in find theirs by their own id.
-#[test]
-fn conv2d_with_an_untraced_input_and_flat_parameters() {
-    let dev = Cpu::default();
+fn conv2d_with_an_untraced_input_and_flat_parameters<D: Device<f32>>(dev: &D, paths: &[Path]) {
     let mut r = rng(4);
     let (xd, (o, c, kh, kw), s, p) = ((2, 3, 7, 7), (4, 3, 3, 3), 1, 1);
     let x = uniform(&mut r, numel(xd));
@@ -447,11 +480,11 @@ fn conv2d_with_an_untraced_input_and_flat_parameters() {
     let (_, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
     let probe = uniform(&mut r, numel(od));
     let (x64, b64, r64) = (f64s(&x), f64s(&b), f64s(&probe));
-    for path in PATHS {
-        let (wf, bt) = (t1(&dev, &wt), t1(&dev, &b));
+    for &path in paths {
+        let (wf, bt) = (t1(dev, &wt), t1(dev, &b));
         let w4 = wf.leaky_trace().reshape_like(&(o, c, kh, kw));
-        let out = conv_via(path, t4(&dev, &x, xd), w4, bt.leaky_trace(), s, p);
-        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        let out = conv_via(path, t4(dev, &x, xd), w4, bt.leaky_trace(), s, p);
+        let grads = (out * t4(dev, &probe, od)).sum::<(), _>().backward();
         check_fd(
             &format!("{path:?} flat d/dweight"),
             |v| dot(&conv_ref(&x64, xd, v, (o, kh, kw), &b64, s, p).0, &r64),
@@ -464,9 +497,7 @@ fn conv2d_with_an_untraced_input_and_flat_parameters() {
 
 /// A permuted (non-contiguous) input: dfdx 0.13 has mishandled strides in some backward
 /// kernels, so the gradient must land on the original tensor correctly.
-#[test]
-fn conv2d_accepts_a_permuted_input() {
-    let dev = Cpu::default();
+fn conv2d_accepts_a_permuted_input<D: Device<f32>>(dev: &D, paths: &[Path]) {
     let mut r = rng(5);
     let (n, c, h, w) = (2, 2, 5, 6);
     let (o, k, s, p) = (3, 3, 1, 1);
@@ -492,13 +523,13 @@ fn conv2d_accepts_a_permuted_input() {
         p,
     );
     let probe = uniform(&mut r, numel(od));
-    for path in PATHS {
-        let xs = t4(&dev, &stored, (n, c, w, h));
+    for &path in paths {
+        let xs = t4(dev, &stored, (n, c, w, h));
         let xv = xs.leaky_trace().permute::<_, Axes4<0, 1, 3, 2>>();
-        let (wt_t, bt) = (t4(&dev, &wt, (o, c, k, k)), t1(&dev, &b));
+        let (wt_t, bt) = (t4(dev, &wt, (o, c, k, k)), t1(dev, &b));
         let out = conv_via(path, xv, wt_t.leaky_trace(), bt.leaky_trace(), s, p);
         assert_close(&format!("{path:?} forward"), &out.as_vec(), &want, 1e-5);
-        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        let grads = (out * t4(dev, &probe, od)).sum::<(), _>().backward();
         let (w64, b64, r64) = (f64s(&wt), f64s(&b), f64s(&probe));
         // The reference reads the stored layout through the same permutation.
         let loss = |st: &[f64]| {
@@ -654,15 +685,13 @@ const POOL_CASES: [(Pool, Dims); 14] = [
     (Pool::Adaptive(2, 5), (1, 2, 7, 3)),
 ];
 
-#[test]
-fn pooling_forward_matches_the_naive_reference() {
-    let dev = Cpu::default();
+fn pooling_forward_matches_the_naive_reference<D: Device<f32>>(dev: &D, paths: &[Path]) {
     let mut r = rng(10);
     for (case, &(pool, d)) in POOL_CASES.iter().enumerate() {
         let x = uniform(&mut r, numel(d));
         let (want, od) = pool_reference(pool, &f64s(&x), d);
-        for path in PATHS {
-            let out = pool_via(path, pool, t4(&dev, &x, d));
+        for &path in paths {
+            let out = pool_via(path, pool, t4(dev, &x, d));
             assert_eq!(*out.shape(), od, "case {case} {pool:?} {path:?}: shape");
             assert_close(
                 &format!("case {case} {pool:?} {path:?}"),
@@ -674,19 +703,17 @@ fn pooling_forward_matches_the_naive_reference() {
     }
 }
 
-#[test]
-fn pooling_gradients_match_finite_differences() {
-    let dev = Cpu::default();
+fn pooling_gradients_match_finite_differences<D: Device<f32>>(dev: &D, paths: &[Path]) {
     let mut r = rng(11);
     for (case, &(pool, d)) in POOL_CASES.iter().enumerate() {
         let x = distinct(&mut r, numel(d));
         let (_, od) = pool_reference(pool, &f64s(&x), d);
         let probe = uniform(&mut r, numel(od));
         let r64 = f64s(&probe);
-        for path in PATHS {
-            let xt = t4(&dev, &x, d);
+        for &path in paths {
+            let xt = t4(dev, &x, d);
             let out = pool_via(path, pool, xt.leaky_trace());
-            let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+            let grads = (out * t4(dev, &probe, od)).sum::<(), _>().backward();
             check_fd(
                 &format!("case {case} {pool:?} {path:?}"),
                 |v| dot(&pool_reference(pool, v, d).0, &r64),
@@ -698,24 +725,22 @@ fn pooling_gradients_match_finite_differences() {
     }
 }
 
-#[test]
-fn max_pool_gradients_match_finite_differences_of_the_op() {
-    let dev = Cpu::default();
+fn max_pool_gradients_match_finite_differences_of_the_op<D: Device<f32>>(dev: &D, paths: &[Path]) {
     let mut r = rng(12);
     let d = (2, 2, 7, 9);
     let x = distinct(&mut r, numel(d));
-    for path in PATHS {
-        let od = *pool_via(path, Pool::Max(2, 2), t4(&dev, &x, d)).shape();
+    for &path in paths {
+        let od = *pool_via(path, Pool::Max(2, 2), t4(dev, &x, d)).shape();
         let probe = uniform(&mut r, numel(od));
-        let xt = t4(&dev, &x, d);
+        let xt = t4(dev, &x, d);
         let out = pool_via(path, Pool::Max(2, 2), xt.leaky_trace());
-        let g = (out * t4(&dev, &probe, od))
+        let g = (out * t4(dev, &probe, od))
             .sum::<(), _>()
             .backward()
             .get(&xt)
             .as_vec();
         let loss = |v: &[f32]| {
-            let out = pool_via(path, Pool::Max(2, 2), t4(&dev, v, d));
+            let out = pool_via(path, Pool::Max(2, 2), t4(dev, v, d));
             dot(&f64s(&out.as_vec()), &f64s(&probe))
         };
         let eps = 2e-3f32;
@@ -743,13 +768,11 @@ fn max_pool_passes_the_gradient_to_the_first_maximum_on_the_cpu() {
     assert_eq!(g, vec![0.0, 1.0, 0.0, 0.0]);
 }
 
-#[test]
-fn flatten_keeps_pytorch_order_and_passes_gradients_through() {
-    let dev = Cpu::default();
+fn flatten_keeps_pytorch_order_and_passes_gradients_through<D: Device<f32>>(dev: &D, _: &[Path]) {
     let mut r = rng(13);
     let d = (3, 2, 4, 5);
     let x = uniform(&mut r, numel(d));
-    let xt = t4(&dev, &x, d);
+    let xt = t4(dev, &x, d);
     let flat = conv::flatten(xt.leaky_trace());
     assert_eq!(*flat.shape(), (3, 40));
     assert_eq!(flat.as_vec(), x);
@@ -765,7 +788,7 @@ fn flatten_keeps_pytorch_order_and_passes_gradients_through() {
         1e-3,
     );
     // A permuted input flattens in its logical order.
-    let xs = t4(&dev, &x, (3, 2, 5, 4));
+    let xs = t4(dev, &x, (3, 2, 5, 4));
     let flat = conv::flatten(xs.permute::<_, Axes4<0, 1, 3, 2>>());
     let v = flat.as_vec();
     assert_eq!(
@@ -778,9 +801,7 @@ fn flatten_keeps_pytorch_order_and_passes_gradients_through() {
 
 /// conv(3→4, 3×3, pad 1) → ReLU → max-pool 2/2 → conv(4→5, 3×3, stride 2, pad 1) → flatten →
 /// linear(20→3): chained tapes through every op, checked against the reference end to end.
-#[test]
-fn a_small_network_backpropagates_through_every_layer() {
-    let dev = Cpu::default();
+fn a_small_network_backpropagates_through_every_layer<D: Device<f32>>(dev: &D, paths: &[Path]) {
     let mut r = rng(20);
     let xd = (2, 3, 9, 9);
     let (w1d, w2d) = ((4, 3, 3, 3), (5, 4, 3, 3));
@@ -816,14 +837,14 @@ fn a_small_network_backpropagates_through_every_layer() {
         dot(&logits, &r64)
     };
     let p64: Vec<Vec<f64>> = params.iter().map(|v| f64s(v)).collect();
-    for path in PATHS {
-        let x = t4(&dev, &params[0], xd);
-        let w1 = t4(&dev, &params[1], w1d);
-        let b1 = t1(&dev, &params[2]);
-        let w2 = t4(&dev, &params[3], w2d);
-        let b2 = t1(&dev, &params[4]);
+    for &path in paths {
+        let x = t4(dev, &params[0], xd);
+        let w1 = t4(dev, &params[1], w1d);
+        let b1 = t1(dev, &params[2]);
+        let w2 = t4(dev, &params[3], w2d);
+        let b2 = t1(dev, &params[4]);
         let wl = dev.tensor_from_vec(params[5].clone(), (3, 20));
-        let bl = t1(&dev, &params[6]);
+        let bl = t1(dev, &params[6]);
         let h = conv_via(
             path,
             x.leaky_trace(),
@@ -874,10 +895,8 @@ fn a_small_network_backpropagates_through_every_layer() {
 
 // ---------------------------------------------------------------- dropout
 
-#[test]
-fn dropout_is_deterministic_per_seed() {
-    let dev = Cpu::default();
-    let x: Tensor<(usize, usize), f32, Cpu> = dev.ones_like(&(40, 50));
+fn dropout_is_deterministic_per_seed<D: Device<f32>>(dev: &D, _: &[Path]) {
+    let x: Tensor<(usize, usize), f32, D> = dev.ones_like(&(40, 50));
     let a = conv::dropout(x.clone(), 0.5, 7, true).as_vec();
     let b = conv::dropout(x.clone(), 0.5, 7, true).as_vec();
     let c = conv::dropout(x, 0.5, 8, true).as_vec();
@@ -886,11 +905,9 @@ fn dropout_is_deterministic_per_seed() {
     assert_eq!(a, conv::dropout_mask(2000, 0.5, 7));
 }
 
-#[test]
-fn dropout_preserves_the_expectation() {
-    let dev = Cpu::default();
+fn dropout_preserves_the_expectation<D: Device<f32>>(dev: &D, _: &[Path]) {
     let n = 200_000;
-    let x: Tensor<(usize,), f32, Cpu> = dev.ones_like(&(n,));
+    let x: Tensor<(usize,), f32, D> = dev.ones_like(&(n,));
     let out = conv::dropout(x, 0.3, 1, true).as_vec();
     let zeros = out.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
     let mean = out.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
@@ -901,11 +918,9 @@ fn dropout_preserves_the_expectation() {
         .all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
 }
 
-#[test]
-fn dropout_is_the_identity_at_p_zero_and_outside_training() {
-    let dev = Cpu::default();
+fn dropout_is_the_identity_at_p_zero_and_outside_training<D: Device<f32>>(dev: &D, _: &[Path]) {
     let v = uniform(&mut rng(30), 600);
-    let x = t4(&dev, &v, (2, 3, 10, 10));
+    let x = t4(dev, &v, (2, 3, 10, 10));
     assert_eq!(conv::dropout(x.clone(), 0.0, 3, true).as_vec(), v);
     assert_eq!(conv::dropout(x.clone(), 0.5, 3, false).as_vec(), v);
     let all = conv::dropout(x, 1.0, 3, true).as_vec();
@@ -915,12 +930,10 @@ fn dropout_is_the_identity_at_p_zero_and_outside_training() {
     );
 }
 
-#[test]
-fn dropout_gradient_is_the_mask() {
-    let dev = Cpu::default();
+fn dropout_gradient_is_the_mask<D: Device<f32>>(dev: &D, _: &[Path]) {
     let v = uniform(&mut rng(31), 300);
     let probe = uniform(&mut rng(32), 300);
-    let x: Tensor<(usize, usize), f32, Cpu> = dev.tensor_from_vec(v, (10, 30));
+    let x: Tensor<(usize, usize), f32, D> = dev.tensor_from_vec(v, (10, 30));
     let out = conv::dropout(x.leaky_trace(), 0.4, 9, true);
     let g = (out * dev.tensor_from_vec(probe.clone(), (10, 30)))
         .sum::<(), _>()
