@@ -25,4 +25,4 @@ pub mod spec;
 pub mod stages;
 pub mod xai;
 
-pub use stages::plan::{load, LoadError};
+pub use stages::plan::{load, load_sweep, LoadError};

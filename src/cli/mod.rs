@@ -44,6 +44,26 @@ pub struct PipelineArgs {
     /// with spaces: `--set 'seeds=[0, 1]'`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Sweep a value: `--sweep strategies.rnf.prune.threshold=0.01,0.05` (repeatable: the
+    /// grid of every combination, beside the file's own `sweep:` block). Each strategy a sweep
+    /// changes runs once per value, named like `rnf@threshold=0.05`; shared stages run once.
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+    pub sweep: Vec<String>,
+}
+
+impl PipelineArgs {
+    /// The pipeline and its DAG, with `--set` and `--sweep` applied.
+    fn load(
+        &self,
+        data: DataCheck,
+    ) -> Result<(crate::spec::Pipeline, crate::graph::Dag), CliError> {
+        Ok(crate::load_sweep(
+            &self.pipeline,
+            &self.set,
+            &self.sweep,
+            data,
+        )?)
+    }
 }
 
 /// The remote cache, for the commands that read from or write to one.
@@ -201,6 +221,9 @@ pub enum Command {
         /// `--set` overrides of `--pipeline`.
         #[arg(long = "set", value_name = "KEY=VALUE", requires = "pipeline")]
         set: Vec<String>,
+        /// `--sweep` axes of `--pipeline`.
+        #[arg(long = "sweep", value_name = "KEY=V1,V2,...", requires = "pipeline")]
+        sweep: Vec<String>,
         /// The stage id in `--pipeline`, e.g. `rnf/seed0/task2/train`.
         #[arg(long, requires = "pipeline")]
         stage: Option<String>,
@@ -349,7 +372,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => run_cmd(&p, jobs, device, quiet, &remote, &cluster, c),
         Command::Status { p, json } => status_cmd(&p, json, c),
         Command::Dag { p, dot } => {
-            let (_, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Skip)?;
+            let (_, dag) = p.load(DataCheck::Skip)?;
             let text = if dot {
                 dag.render_dot()
             } else {
@@ -401,13 +424,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             key,
             pipeline,
             set,
+            sweep,
             stage,
             device,
             ..
         } => exec_stage_cmd(
             key.as_deref(),
             pipeline.as_deref(),
-            &set,
+            (&set, &sweep),
             stage.as_deref(),
             &device,
             c,
@@ -420,7 +444,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 fn exec_stage_cmd(
     key: Option<&str>,
     pipeline: Option<&std::path::Path>,
-    set: &[String],
+    (set, sweep): (&[String], &[String]),
     stage: Option<&str>,
     device: &str,
     c: &CacheLoc,
@@ -444,7 +468,7 @@ fn exec_stage_cmd(
     let res = match (key, pipeline, stage) {
         (Some(key), _, _) => exec.exec_request(key),
         (None, Some(pipeline), Some(stage)) => {
-            let (_, dag) = crate::load(pipeline, set, DataCheck::Required)?;
+            let (_, dag) = crate::load_sweep(pipeline, set, sweep, DataCheck::Required)?;
             let n = dag.find(stage).ok_or_else(|| {
                 CliError::BadOption(format!(
                     "--stage `{stage}`: no such stage in {} (list them with `cfpipe dag {}{}`)",
@@ -492,7 +516,7 @@ fn run_cmd(
     c: &CacheLoc,
 ) -> Result<(), CliError> {
     let (device, resources) = open_device(&device)?;
-    let (pipe, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (pipe, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache(c)?;
     let remote = open_remote(&remote.remote, std::slice::from_ref(&p.pipeline))?;
     let roots = RootRecorder::new(&cache, RootOwner::new(&pipe.name, &p.pipeline, &p.set));
@@ -604,7 +628,7 @@ fn run_cmd(
 }
 
 fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> {
-    let (_, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (_, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
     let jobs = detached_jobs(p, &cache, &dag, &res)?;
@@ -695,7 +719,7 @@ fn missing_results(missing: &[String], p: &PipelineArgs, c: &CacheLoc) -> CliErr
 }
 
 fn show_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> {
-    let (pipe, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (pipe, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
     let results = crate::report::collect(&pipe, &dag, &res);
@@ -742,7 +766,7 @@ fn show_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> 
 }
 
 fn report_cmd(p: &PipelineArgs, out: Option<PathBuf>, c: &CacheLoc) -> Result<(), CliError> {
-    let (pipe, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (pipe, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
     let results = crate::report::collect(&pipe, &dag, &res);
@@ -785,7 +809,7 @@ struct ExplainArgs {
 /// cache only.
 fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), CliError> {
     use crate::xai::explain;
-    let (pipe, dag) = crate::load(&p.pipeline, &p.set, DataCheck::Required)?;
+    let (pipe, dag) = p.load(DataCheck::Required)?;
     let trains = || {
         let ids: Vec<&str> = dag
             .topo_order()

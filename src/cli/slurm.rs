@@ -24,6 +24,9 @@ pub(super) fn detach(
         for v in &p.set {
             a.extend(["--set".to_string(), v.clone()]);
         }
+        for v in &p.sweep {
+            a.extend(["--sweep".to_string(), v.clone()]);
+        }
         a.extend(["--stage".to_string(), n.id.clone()]);
         a
     };
@@ -31,6 +34,7 @@ pub(super) fn detach(
         "pipeline": pipeline,
         "name": name,
         "set": p.set,
+        "sweep": p.sweep,
     });
     let record = crate::exec::detach::submit_detached(dag, cache, s, &stage_args, context)?;
     out!(

@@ -19,6 +19,7 @@ pub mod raw;
 mod resolved;
 pub mod resources;
 mod strategy;
+pub mod sweep;
 mod validate;
 
 pub use images::{ImageData, ImageTask, TaskClasses};
@@ -51,7 +52,7 @@ impl fmt::Display for SpecError {
         }
         write!(f, ": {}", self.message)?;
         if let Some(o) = &self.from_override {
-            write!(f, " (value from --set {o})")?;
+            write!(f, " (value from {o})")?;
         }
         Ok(())
     }
@@ -83,8 +84,33 @@ pub enum DataCheck {
     Skip,
 }
 
-/// Load, apply `--set` overrides, and validate a pipeline file.
+/// Load, apply `--set` overrides, and validate a pipeline file: the pipeline without its
+/// sweep (a `sweep:` block is read, checked and set aside; `stages::plan::load` expands it).
 pub fn load(path: &Path, overrides: &[String], data: DataCheck) -> Result<Pipeline, SpecErrors> {
+    let src = read(path)?;
+    let set: Vec<sweep::Override> = overrides.iter().map(|o| sweep::Override::set(o)).collect();
+    resolve(&src, &set, data)
+}
+
+/// A pipeline file read and parsed, before overrides: its YAML tree (without the `sweep:`
+/// block) and the sweep axes the file declares.
+#[derive(Debug)]
+pub struct Source {
+    path: PathBuf,
+    value: serde_yaml::Value,
+    src: String,
+    /// The `sweep:` block's axes, in file order.
+    pub axes: Vec<sweep::Axis>,
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Read and parse a pipeline file, and take out its `sweep:` block.
+pub fn read(path: &Path) -> Result<Source, SpecErrors> {
     let err = |pos, p: &str, m: String| {
         SpecErrors(vec![SpecError {
             file: path.to_path_buf(),
@@ -108,16 +134,34 @@ pub fn load(path: &Path, overrides: &[String], data: DataCheck) -> Result<Pipeli
         };
         err(pos.or(Some(Pos { line: 1, col: 1 })), "", msg)
     })?;
-    let locator = Locator::new(&src);
+    let axes = sweep::take_block(&mut value, path, &Locator::new(&src)).map_err(SpecErrors)?;
+    Ok(Source {
+        path: path.to_path_buf(),
+        value,
+        src,
+        axes,
+    })
+}
+
+/// Apply `overrides` (`--set` values and one sweep point's) to a read pipeline and validate
+/// it.
+pub fn resolve(
+    source: &Source,
+    overrides: &[sweep::Override],
+    data: DataCheck,
+) -> Result<Pipeline, SpecErrors> {
+    let path = source.path.as_path();
+    let mut value = source.value.clone();
+    let locator = Locator::new(&source.src);
     let mut overridden = Vec::new();
     for o in overrides {
-        let key = apply_override(&mut value, o).map_err(|m| {
+        let key = apply_override(&mut value, &o.arg).map_err(|m| {
             SpecErrors(vec![SpecError {
                 file: path.to_path_buf(),
-                pos: None,
-                path: o.split('=').next().unwrap_or("").to_string(),
+                pos: o.pos,
+                path: o.arg.split('=').next().unwrap_or("").to_string(),
                 message: m,
-                from_override: Some(o.clone()),
+                from_override: Some(o.label.clone()),
             }])
         })?;
         overridden.push((key, o.clone()));

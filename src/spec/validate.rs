@@ -19,8 +19,8 @@ const START: super::Pos = super::Pos { line: 1, col: 1 };
 pub(super) struct Ctx {
     pub file: PathBuf,
     pub locator: Locator,
-    /// (key path, the `--set` argument) of every override.
-    pub overridden: Vec<(String, String)>,
+    /// (key path, the override) of every `--set` value and sweep value.
+    pub overridden: Vec<(String, super::sweep::Override)>,
 }
 
 impl Ctx {
@@ -30,16 +30,18 @@ impl Ctx {
 
     /// Like `error`, but points at the key rather than its value (for unknown keys).
     pub fn error_at(&self, path: &str, message: impl Into<String>, at_key: bool) -> SpecError {
-        let from_override = self
+        let over = self
             .overridden
             .iter()
             .find(|(k, _)| path == k || path.starts_with(&format!("{k}.")))
-            .map(|(_, o)| o.clone());
+            .map(|(_, o)| o);
+        let from_override = over.map(|o| o.label.clone());
         SpecError {
             file: self.file.clone(),
-            // A path the locator cannot place (an empty file) is the file's start.
-            pos: match (&from_override, at_key) {
-                (Some(_), _) => None,
+            // A path the locator cannot place (an empty file) is the file's start; a value from
+            // the command line has no place in the file, one from a `sweep:` block has its own.
+            pos: match (over, at_key) {
+                (Some(o), _) => o.pos,
                 (None, true) => self.locator.key(path).or(Some(START)),
                 (None, false) => self.locator.value(path).or(Some(START)),
             },

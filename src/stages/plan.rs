@@ -20,6 +20,7 @@
 use super::{consolidate, correlate, evaluate, mask, prune, score, split, train, visualize};
 use crate::exec::Stage;
 use crate::graph::{Dag, GraphError, StageDecl};
+use crate::spec::sweep::{Axis, Override};
 use crate::spec::{DataCheck, DataSource, FreezeSpec, Pipeline, SpecErrors};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -37,15 +38,215 @@ pub enum LoadError {
 
 /// Read and check the pipeline file at `path` with the `--set` overrides `set`, and compile it
 /// into its DAG: the one way from a file to stages, which the binary, the tests and the
-/// benches share (`cfpipe::load`).
+/// benches share (`cfpipe::load`). A `sweep:` block in the file is expanded as by
+/// [`load_sweep`].
 pub fn load(
     path: &std::path::Path,
     set: &[String],
     data: DataCheck,
 ) -> Result<(Pipeline, Dag), LoadError> {
-    let p = crate::spec::load(path, set, data)?;
-    let dag = Dag::build(compile(&p))?;
-    Ok((p, dag))
+    load_sweep(path, set, &[], data)
+}
+
+/// [`load`] with `--sweep KEY=V1,V2,…` axes beside the file's own `sweep:` block. Every grid
+/// point is checked like a `--set` value; the returned pipeline lists every strategy variant
+/// (`rnf@threshold=0.05`), and the DAG holds every point's stages once (see
+/// [`crate::spec::sweep`]).
+pub fn load_sweep(
+    path: &std::path::Path,
+    set: &[String],
+    sweep: &[String],
+    data: DataCheck,
+) -> Result<(Pipeline, Dag), LoadError> {
+    let src = crate::spec::read(path)?;
+    let mut axes = src.axes.clone();
+    for arg in sweep {
+        let axis = crate::spec::sweep::parse_flag(arg).map_err(|message| {
+            SpecErrors(vec![crate::spec::SpecError {
+                file: path.to_path_buf(),
+                pos: None,
+                path: arg.split('=').next().unwrap_or("").trim().to_string(),
+                message,
+                from_override: Some(format!("--sweep {arg}")),
+            }])
+        })?;
+        axes.push(axis);
+    }
+    let set: Vec<Override> = set.iter().map(|o| Override::set(o)).collect();
+    let base = crate::spec::resolve(&src, &set, data)?;
+    if axes.is_empty() {
+        let dag = Dag::build(compile(&base))?;
+        return Ok((base, dag));
+    }
+    let p = expand(&src, &base, &set, &axes, data)?;
+    let dag = Dag::build(p.decls)?;
+    Ok((p.pipeline, dag))
+}
+
+/// Every grid point of a sweep, compiled and merged.
+struct Expanded {
+    /// The base pipeline with every strategy variant in place of its strategies.
+    pipeline: Pipeline,
+    decls: Vec<StageDecl>,
+}
+
+/// The axes that can change strategy `name`: its own, those of the strategy whose masks it
+/// copies (`like:`, transitively), and every axis outside `strategies.`.
+fn affecting(name: &str, p: &Pipeline, axes: &[Axis]) -> Vec<usize> {
+    let mut names = vec![name.to_string()];
+    while let Some(FreezeSpec::Random { like, .. }) = p
+        .strategies
+        .iter()
+        .find(|s| Some(&s.name) == names.last())
+        .map(|s| &s.freeze)
+    {
+        if names.contains(like) {
+            break;
+        }
+        names.push(like.clone());
+    }
+    (0..axes.len())
+        .filter(|&i| {
+            axes[i]
+                .strategy()
+                .is_none_or(|s| names.iter().any(|n| n == s))
+        })
+        .collect()
+}
+
+fn same_decl(a: &StageDecl, b: &StageDecl) -> bool {
+    a.kind == b.kind
+        && a.version == b.version
+        && a.params == b.params
+        && a.inputs == b.inputs
+        && a.files == b.files
+}
+
+/// An axis under `strategies.NAME.` for a strategy the pipeline does not have.
+fn unknown_strategy(
+    src: &crate::spec::Source,
+    base: &Pipeline,
+    axes: &[Axis],
+) -> Option<SpecErrors> {
+    let a = axes.iter().find(|a| {
+        a.strategy()
+            .is_some_and(|s| !base.strategies.iter().any(|b| b.name == s))
+    })?;
+    let first = a.point(0);
+    Some(SpecErrors(vec![crate::spec::SpecError {
+        file: src.path().to_path_buf(),
+        pos: first.pos,
+        path: a.key.clone(),
+        message: format!(
+            "no strategy `{}` to sweep (strategies: {})",
+            a.strategy().unwrap_or_default(),
+            base.strategies
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        from_override: Some(first.label),
+    }]))
+}
+
+fn expand(
+    src: &crate::spec::Source,
+    base: &Pipeline,
+    set: &[Override],
+    axes: &[Axis],
+    data: DataCheck,
+) -> Result<Expanded, SpecErrors> {
+    if let Some(e) = unknown_strategy(src, base, axes) {
+        return Err(e);
+    }
+    let short = crate::spec::sweep::short_names(axes);
+    let name_of = |point: &[usize], which: &[usize]| -> String {
+        which
+            .iter()
+            .map(|&a| format!("{}={}", short[a], axes[a].shown[point[a]]))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let affects: BTreeMap<String, Vec<usize>> = base
+        .strategies
+        .iter()
+        .map(|s| (s.name.clone(), affecting(&s.name, base, axes)))
+        .collect();
+    let mut variants: Vec<Vec<crate::spec::Strategy>> = vec![Vec::new(); base.strategies.len()];
+    let mut decls: Vec<StageDecl> = Vec::new();
+    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    let mut errors: Vec<crate::spec::SpecError> = Vec::new();
+    for point in crate::spec::sweep::grid(axes) {
+        let mut ov = set.to_vec();
+        ov.extend(point.iter().enumerate().map(|(a, &i)| axes[a].point(i)));
+        let mut p = match crate::spec::resolve(src, &ov, data) {
+            Ok(p) => p,
+            Err(SpecErrors(e)) => {
+                for e in e {
+                    if !errors.contains(&e) {
+                        errors.push(e);
+                    }
+                }
+                continue;
+            }
+        };
+        let renamed: BTreeMap<String, String> = p
+            .strategies
+            .iter()
+            .map(|s| {
+                let which = &affects[&s.name];
+                let name = match which.is_empty() {
+                    true => s.name.clone(),
+                    false => format!("{}@{}", s.name, name_of(&point, which)),
+                };
+                (s.name.clone(), name)
+            })
+            .collect();
+        for s in &mut p.strategies {
+            s.name = renamed[&s.name].clone();
+            if let FreezeSpec::Random { like, .. } = &mut s.freeze {
+                *like = renamed[like.as_str()].clone();
+            }
+        }
+        for (i, s) in p.strategies.iter().enumerate() {
+            if !variants[i].iter().any(|v| v.name == s.name) {
+                variants[i].push(s.clone());
+            }
+        }
+        // A stage outside every strategy (the split) that differs between points gets the
+        // point's name; the stages that read it follow.
+        let mut moved: BTreeMap<String, String> = BTreeMap::new();
+        let point_name = name_of(&point, &(0..axes.len()).collect::<Vec<_>>());
+        for mut d in compile(&p) {
+            for input in d.inputs.values_mut() {
+                if let Some(to) = moved.get(input) {
+                    *input = to.clone();
+                }
+            }
+            match by_id.get(&d.id) {
+                Some(&k) if same_decl(&decls[k], &d) => {}
+                Some(_) => {
+                    let to = format!("{}@{point_name}", d.id);
+                    moved.insert(d.id.clone(), to.clone());
+                    d.id = to;
+                    by_id.insert(d.id.clone(), decls.len());
+                    decls.push(d);
+                }
+                None => {
+                    by_id.insert(d.id.clone(), decls.len());
+                    decls.push(d);
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.pos.map_or((usize::MAX, 0), |p| (p.line, p.col)));
+        return Err(SpecErrors(errors));
+    }
+    let mut pipeline = base.clone();
+    pipeline.strategies = variants.into_iter().flatten().collect();
+    Ok(Expanded { pipeline, decls })
 }
 
 pub fn stage_id(strategy: &str, seed: u64, task: usize, kind: &str) -> String {
