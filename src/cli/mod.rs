@@ -3,6 +3,7 @@
 //! and how a closed stdout is handled, lives in `output`.
 
 mod cache;
+mod compare;
 pub mod output;
 mod slurm;
 use cache::cache_cmd;
@@ -164,6 +165,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare strategies, sweep variants and pipelines in one table from the cache: final
+    /// and task-1 accuracy, forgetting, BWT, free capacity (mean ± std over seeds) and compute
+    /// time; exit 1 if results are missing.
+    Compare {
+        /// Pipeline YAML files; with two or more, each one's rows, and the settings that
+        /// differ between them as columns.
+        #[arg(required = true, value_name = "PIPELINE")]
+        pipelines: Vec<PathBuf>,
+        /// `--set` overrides, applied to every pipeline.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// `--sweep` axes, applied to every pipeline.
+        #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+        sweep: Vec<String>,
+        /// Add each row's final-accuracy difference to this strategy (`NAME`, or
+        /// `PIPELINE:NAME` across files), with a paired t-test and an exact sign-flip test
+        /// over the seeds both have.
+        #[arg(long, value_name = "STRATEGY")]
+        baseline: Option<String>,
+        /// Sort rows best first by this metric.
+        #[arg(long, value_enum, value_name = "METRIC")]
+        sort: Option<crate::report::compare::Metric>,
+        /// Print the rows as JSON.
+        #[arg(long, conflicts_with_all = ["csv", "md"])]
+        json: bool,
+        /// Print the rows as CSV (means and stds in their own columns, fractions).
+        #[arg(long, conflicts_with = "md")]
+        csv: bool,
+        /// Print a markdown table.
+        #[arg(long)]
+        md: bool,
+    },
     /// Write report.md, CSV/JSON exports and figures from the cache (never trains).
     Report {
         #[command(flatten)]
@@ -262,7 +295,8 @@ impl Command {
                     CacheCmd::Gc { pipelines, .. }
                     | CacheCmd::Push { pipelines, .. }
                     | CacheCmd::Pull { pipelines, .. },
-            } => pipelines.clone(),
+            }
+            | Command::Compare { pipelines, .. } => pipelines.clone(),
             _ => vec![],
         }
     }
@@ -340,6 +374,10 @@ impl CacheLoc {
             "cfpipe {verb} {}{}{cache}",
             shell_word(&p.pipeline.display().to_string()),
             set_args(&p.set)
+                + &p.sweep
+                    .iter()
+                    .map(|s| format!(" --sweep {}", shell_word(s)))
+                    .collect::<String>()
         )
     }
 }
@@ -381,6 +419,36 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             output::write_stdout(format_args!("{text}"))
         }
         Command::Show { p, json } => show_cmd(&p, json, c),
+        Command::Compare {
+            pipelines,
+            set,
+            sweep,
+            baseline,
+            sort,
+            json,
+            csv,
+            md,
+        } => compare::compare_cmd(
+            compare::CompareArgs {
+                pipelines: pipelines
+                    .into_iter()
+                    .map(|pipeline| PipelineArgs {
+                        pipeline,
+                        set: set.clone(),
+                        sweep: sweep.clone(),
+                    })
+                    .collect(),
+                baseline,
+                sort,
+                format: match (json, csv, md) {
+                    (true, _, _) => crate::report::compare::Format::Json,
+                    (_, true, _) => crate::report::compare::Format::Csv,
+                    (_, _, true) => crate::report::compare::Format::Markdown,
+                    _ => crate::report::compare::Format::Text,
+                },
+            },
+            c,
+        ),
         Command::Report { p, out } => report_cmd(&p, out, c),
         Command::Explain {
             p,

@@ -2,8 +2,10 @@
 //! and pruning searches per strategy and seed. `show` prints them; `summary` aggregates them
 //! over seeds with the metrics of `metrics`; `correlations` does the same for the importance
 //! correlations of `correlate` stages; `write` renders `cfpipe report` (markdown, CSV, JSON,
-//! and figures via `figures`).
+//! and figures via `figures`); `compare` sets strategies, sweep variants and pipelines side by
+//! side.
 
+pub mod compare;
 pub mod correlations;
 pub mod figures;
 pub mod metrics;

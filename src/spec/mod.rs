@@ -208,6 +208,69 @@ pub fn resolve(
     Err(SpecErrors(errs))
 }
 
+/// The pipeline-wide settings of a file with `--set` applied, flattened to dotted keys with
+/// values as flow YAML (`training.lr` → `0.001`, `tasks` → `[[0,1],[2,3]]`), for telling
+/// pipelines apart (`cfpipe compare`). Strategies, the sweep, the name and cluster resources
+/// are left out: strategies are compared by row, the rest computes nothing.
+pub fn settings(
+    path: &Path,
+    set: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, SpecErrors> {
+    let src = read(path)?;
+    let mut value = src.value.clone();
+    for o in set {
+        apply_override(&mut value, o).map_err(|m| {
+            SpecErrors(vec![SpecError {
+                file: path.to_path_buf(),
+                pos: None,
+                path: o.split('=').next().unwrap_or("").to_string(),
+                message: m,
+                from_override: Some(format!("--set {o}")),
+            }])
+        })?;
+    }
+    fn flatten(
+        prefix: &str,
+        v: &serde_yaml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                for (k, v) in m {
+                    let k = k
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{k:?}"));
+                    let key = if prefix.is_empty() {
+                        k
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                let text = match serde_json::to_value(other) {
+                    Ok(serde_json::Value::String(s)) => s,
+                    Ok(j) => j.to_string(),
+                    Err(_) => format!("{other:?}"),
+                };
+                out.insert(prefix.to_string(), text);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if let serde_yaml::Value::Mapping(m) = &value {
+        for (k, v) in m {
+            let Some(k) = k.as_str() else { continue };
+            if !matches!(k, "strategies" | "name" | "resources") {
+                flatten(k, v, &mut out);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// serde_yaml appends "at line X column Y"; we print positions ourselves.
 fn strip_location(msg: &str) -> String {
     match msg.find(" at line ") {

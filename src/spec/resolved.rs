@@ -248,6 +248,10 @@ pub struct Strategy {
     pub final_mask: bool,
     pub ewc: Option<EwcSpec>,
     pub correlate: Option<CorrelateSpec>,
+    /// A sweep variant's point: (axis name, value) of every axis that names it, as in
+    /// `rnf@threshold=0.05`; empty outside a sweep. In no key (the values are in the stages'
+    /// parameters already).
+    pub point: Vec<(String, String)>,
 }
 
 /// Importance correlations after every task, carried into `stages::correlate::Params`.

@@ -698,5 +698,6 @@ pub(super) fn strategy(
         final_mask: s.final_mask.unwrap_or(true),
         ewc,
         correlate,
+        point: Vec::new(),
     }
 }

@@ -204,6 +204,10 @@ fn expand(
             })
             .collect();
         for s in &mut p.strategies {
+            s.point = affects[&s.name]
+                .iter()
+                .map(|&a| (short[a].clone(), axes[a].shown[point[a]].clone()))
+                .collect();
             s.name = renamed[&s.name].clone();
             if let FreezeSpec::Random { like, .. } = &mut s.freeze {
                 *like = renamed[like.as_str()].clone();
