@@ -1,6 +1,8 @@
 //! Maps key paths (`strategies.rnf.prune.threshold`, `tasks.2.0`) to line and column in the
 //! YAML source, so that errors found after deserialization (range checks, overlapping class
-//! groups, missing files) still point at the exact place in the file.
+//! groups, missing files) still point at the exact place in the file. A value a mapping
+//! inherits (a YAML alias, a `<<` merge key, a strategy's `extends:`) is located where it is
+//! written: the path is followed to the mapping it came from.
 
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -13,10 +15,12 @@ pub struct Pos {
     pub col: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Locator {
     keys: HashMap<String, Pos>,
     values: HashMap<String, Pos>,
+    /// (path, the path it inherits from), in the order inheritance takes precedence.
+    inherits: Vec<(String, String)>,
 }
 
 impl Locator {
@@ -26,6 +30,7 @@ impl Locator {
         let mut b = Builder {
             stack: vec![],
             loc: Locator::default(),
+            anchors: HashMap::new(),
         };
         let mut p = Parser::new_from_str(src);
         if p.load(&mut b, false).is_err() {
@@ -44,16 +49,43 @@ impl Locator {
         self.find(path, false)
     }
 
+    /// Values under `child` not written there come from `parent` (`extends:`).
+    pub fn inherit(&mut self, child: &str, parent: &str) {
+        self.inherits.push((child.to_string(), parent.to_string()));
+    }
+
+    fn exact(&self, p: &str, prefer_value: bool) -> Option<Pos> {
+        let hit = if prefer_value {
+            self.values.get(p).or_else(|| self.keys.get(p))
+        } else {
+            self.keys.get(p).or_else(|| self.values.get(p))
+        };
+        hit.copied()
+    }
+
+    /// `path` as written: itself, or where an inheritance chain leads it (at most a few hops,
+    /// so a self-referencing file cannot loop).
+    fn written(&self, path: &str, prefer_value: bool, hops: usize) -> Option<Pos> {
+        if let Some(pos) = self.exact(path, prefer_value) {
+            return Some(pos);
+        }
+        if hops == 0 {
+            return None;
+        }
+        self.inherits.iter().find_map(|(child, parent)| {
+            let rest = path.strip_prefix(child.as_str())?;
+            if !(rest.is_empty() || rest.starts_with('.')) {
+                return None;
+            }
+            self.written(&format!("{parent}{rest}"), prefer_value, hops - 1)
+        })
+    }
+
     fn find(&self, path: &str, prefer_value: bool) -> Option<Pos> {
         let mut p = path.to_string();
         loop {
-            let hit = if prefer_value {
-                self.values.get(&p).or_else(|| self.keys.get(&p))
-            } else {
-                self.keys.get(&p).or_else(|| self.values.get(&p))
-            };
-            if let Some(pos) = hit {
-                return Some(*pos);
+            if let Some(pos) = self.written(&p, prefer_value, 8) {
+                return Some(pos);
             }
             match p.rfind('.') {
                 Some(i) => p.truncate(i),
@@ -72,6 +104,8 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     loc: Locator,
+    /// Anchor id → the path of the node that carries it.
+    anchors: HashMap<usize, String>,
 }
 
 fn join(path: &str, seg: &str) -> String {
@@ -97,6 +131,14 @@ impl Builder {
     }
 }
 
+impl Builder {
+    fn anchor(&mut self, id: usize, path: &str) {
+        if id != 0 {
+            self.anchors.insert(id, path.to_string());
+        }
+    }
+}
+
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = Pos {
@@ -104,7 +146,7 @@ impl MarkedEventReceiver for Builder {
             col: mark.col() + 1,
         };
         match ev {
-            Event::Scalar(s, ..) => {
+            Event::Scalar(s, _, anchor, _) => {
                 if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
                     if key.is_none() {
                         self.loc.keys.insert(join(path, &s), pos);
@@ -113,19 +155,34 @@ impl MarkedEventReceiver for Builder {
                     }
                 }
                 let p = self.value_path();
+                self.anchor(anchor, &p);
                 self.loc.values.insert(p, pos);
             }
-            Event::Alias(_) => {
+            Event::Alias(id) => {
                 let p = self.value_path();
+                if let Some(from) = self.anchors.get(&id).cloned() {
+                    // `<<: *a` merges into the mapping that holds it (`<<: [*a, *b]` too);
+                    // any other alias stands for the whole node at its own path.
+                    let merged = p.strip_suffix(".<<").map(str::to_string).or_else(|| {
+                        let (parent, last) = p.rsplit_once('.')?;
+                        let parent = parent.strip_suffix(".<<")?;
+                        last.parse::<usize>().is_ok().then(|| parent.to_string())
+                    });
+                    self.loc
+                        .inherits
+                        .push((merged.unwrap_or_else(|| p.clone()), from));
+                }
                 self.loc.values.insert(p, pos);
             }
-            Event::MappingStart(..) => {
+            Event::MappingStart(anchor, _) => {
                 let p = self.value_path();
+                self.anchor(anchor, &p);
                 self.loc.values.insert(p.clone(), pos);
                 self.stack.push(Frame::Map { path: p, key: None });
             }
-            Event::SequenceStart(..) => {
+            Event::SequenceStart(anchor, _) => {
                 let p = self.value_path();
+                self.anchor(anchor, &p);
                 self.loc.values.insert(p.clone(), pos);
                 self.stack.push(Frame::Seq { path: p, index: 0 });
             }
@@ -151,5 +208,18 @@ mod tests {
         assert_eq!(l.key("b.d.0.x"), Some(Pos { line: 5, col: 7 }));
         // A missing leaf falls back to its parent.
         assert_eq!(l.key("b.zzz"), l.key("b"));
+    }
+
+    #[test]
+    fn inherited_values_are_located_where_they_are_written() {
+        let src = "a: &base\n  x: 1\n  y: {z: 2}\nb:\n  <<: *base\n  x: 3\nc: *base\n";
+        let l = Locator::new(src);
+        // b.x is its own; b.y.z comes from a through the merge key, c.y.z through the alias.
+        assert_eq!(l.value("b.x"), Some(Pos { line: 6, col: 6 }));
+        assert_eq!(l.value("b.y.z"), Some(Pos { line: 3, col: 10 }));
+        assert_eq!(l.value("c.y.z"), Some(Pos { line: 3, col: 10 }));
+        let mut l = Locator::new("s:\n  p: {t: 1}\n  q: {extends: p}\n");
+        l.inherit("s.q", "s.p");
+        assert_eq!(l.value("s.q.t"), Some(Pos { line: 2, col: 10 }));
     }
 }

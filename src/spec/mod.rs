@@ -11,6 +11,7 @@
 mod collect;
 mod idx_data;
 pub mod images;
+mod inherit;
 mod locate;
 mod model;
 mod numbers;
@@ -98,7 +99,7 @@ pub fn load(path: &Path, overrides: &[String], data: DataCheck) -> Result<Pipeli
 pub struct Source {
     path: PathBuf,
     value: serde_yaml::Value,
-    src: String,
+    locator: Locator,
     /// The `sweep:` block's axes, in file order.
     pub axes: Vec<sweep::Axis>,
 }
@@ -134,11 +135,20 @@ pub fn read(path: &Path) -> Result<Source, SpecErrors> {
         };
         err(pos.or(Some(Pos { line: 1, col: 1 })), "", msg)
     })?;
-    let axes = sweep::take_block(&mut value, path, &Locator::new(&src)).map_err(SpecErrors)?;
+    let mut locator = Locator::new(&src);
+    value.apply_merge().map_err(|e| {
+        err(
+            Some(Pos { line: 1, col: 1 }),
+            "",
+            format!("a YAML merge key (`<<`) could not be applied: {e}"),
+        )
+    })?;
+    let axes = sweep::take_block(&mut value, path, &locator).map_err(SpecErrors)?;
+    inherit::resolve_extends(&mut value, path, &mut locator).map_err(SpecErrors)?;
     Ok(Source {
         path: path.to_path_buf(),
         value,
-        src,
+        locator,
         axes,
     })
 }
@@ -152,7 +162,7 @@ pub fn resolve(
 ) -> Result<Pipeline, SpecErrors> {
     let path = source.path.as_path();
     let mut value = source.value.clone();
-    let locator = Locator::new(&source.src);
+    let locator = source.locator.clone();
     let mut overridden = Vec::new();
     for o in overrides {
         let key = apply_override(&mut value, &o.arg).map_err(|m| {
