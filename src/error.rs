@@ -31,6 +31,8 @@ pub enum CliError {
     StagesFailed { failed: usize, names: String },
     #[error("results missing from the cache: {stages}; compute them with `{command}`")]
     MissingResults { stages: String, command: String },
+    #[error("no cached stage `{id}` {searched}")]
+    NoSuchEntry { id: String, searched: String },
     #[error("{0} cache entries failed verification")]
     VerifyFailed(usize),
     #[error(
@@ -89,6 +91,7 @@ impl CliError {
             | CliError::Exec(_)
             | CliError::StagesFailed { .. }
             | CliError::MissingResults { .. }
+            | CliError::NoSuchEntry { .. }
             | CliError::SyncFailed { .. }
             | CliError::Remote(_)
             | CliError::Detach(_)

@@ -4,6 +4,7 @@
 
 mod cache;
 mod compare;
+mod log;
 pub mod output;
 mod slurm;
 use cache::cache_cmd;
@@ -196,6 +197,21 @@ pub enum Command {
         /// Print a markdown table.
         #[arg(long)]
         md: bool,
+    },
+    /// Print one cached stage's log, and a train stage's loss and accuracy per epoch.
+    Log {
+        /// The stage id (e.g. `rnf/seed0/task2/train`), or a key prefix (8+ hex digits).
+        stage: String,
+        /// Find the stage id in this pipeline (any of its ids, with `--set` and `--sweep`);
+        /// without it, among the ids the cache's entries were first computed under.
+        #[arg(long, value_name = "PIPELINE")]
+        pipeline: Option<PathBuf>,
+        /// `--set` overrides of `--pipeline`.
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "pipeline")]
+        set: Vec<String>,
+        /// `--sweep` axes of `--pipeline`.
+        #[arg(long = "sweep", value_name = "KEY=V1,V2,...", requires = "pipeline")]
+        sweep: Vec<String>,
     },
     /// Write report.md, CSV/JSON exports and figures from the cache (never trains).
     Report {
@@ -419,6 +435,22 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             output::write_stdout(format_args!("{text}"))
         }
         Command::Show { p, json } => show_cmd(&p, json, c),
+        Command::Log {
+            stage,
+            pipeline,
+            set,
+            sweep,
+        } => log::log_cmd(
+            log::LogArgs {
+                stage,
+                pipeline: pipeline.map(|pipeline| PipelineArgs {
+                    pipeline,
+                    set,
+                    sweep,
+                }),
+            },
+            c,
+        ),
         Command::Compare {
             pipelines,
             set,

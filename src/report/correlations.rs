@@ -317,6 +317,7 @@ mod tests {
             joint: false,
             prune: vec![],
             correlate: rs,
+            curves: vec![],
         }
     }
 

@@ -47,6 +47,28 @@ pub struct RunResult {
     /// otherwise, and then left out of the JSON).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub correlate: Vec<Option<CorrelateReport>>,
+    /// Each task's training curve, from its train stage (one entry for joint training); `None`
+    /// where the train stage is not cached.
+    pub curves: Vec<Option<Vec<EpochPoint>>>,
+}
+
+/// One epoch of a train stage's curve (its `train.json`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct EpochPoint {
+    pub epoch: usize,
+    /// Mean cross-entropy over the epoch's batches (without any EWC penalty).
+    pub mean_loss: f64,
+    pub train_accuracy: f64,
+}
+
+/// The part of a train stage's `train.json` a curve needs.
+#[derive(serde::Deserialize)]
+struct TrainLog {
+    epochs: Vec<EpochPoint>,
+}
+
+fn curve(e: Option<&Entry>) -> Option<Vec<EpochPoint>> {
+    read_json::<TrainLog>(e?, crate::stages::train::TRAIN_JSON).map(|l| l.epochs)
 }
 
 impl RunResult {
@@ -78,6 +100,7 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 joint: s.joint,
                 prune: vec![],
                 correlate: vec![],
+                curves: vec![],
                 final_mask: s.final_mask || matches!(s.freeze, FreezeSpec::None),
             };
             if s.joint {
@@ -91,10 +114,13 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 r.accuracy = vec![None; p.task_count()];
                 r.accuracy[p.task_count() - 1] = acc;
                 r.free_capacity = vec![Some(1.0); p.task_count()];
+                r.curves = vec![curve(entry(&format!("{}/seed{seed}/train", s.name)))];
                 out.push(r);
                 continue;
             }
             for t in 0..p.task_count() {
+                r.curves
+                    .push(curve(entry(&stage_id(&s.name, seed, t, "train"))));
                 let eid = stage_id(&s.name, seed, t, "evaluate");
                 let acc = entry(&eid)
                     .and_then(|e| read_json::<EvalReport>(e, EVAL_JSON))

@@ -171,6 +171,7 @@ mod tests {
             free_capacity: vec![Some(1.0); a.len()],
             prune: vec![None; a.len()],
             correlate: vec![],
+            curves: vec![],
             accuracy: a.into_iter().map(Some).collect(),
             missing: vec![],
             final_mask: true,

@@ -61,6 +61,7 @@ pub fn write_report(
     put("metrics.csv", metrics_csv(results))?;
     put("summary.csv", summary_csv(summaries))?;
     put("stages.csv", stages_csv(times))?;
+    put("curves.csv", curves_csv(results))?;
     let corr = correlations::summarize(results);
     let mut json = serde_json::json!({"pipeline": name, "runs": results, "summaries": summaries, "stages": times});
     if results.iter().any(|r| !r.correlate.is_empty()) {
@@ -176,6 +177,14 @@ pub fn write_report(
     }
     for c in &corr {
         figs.extend(correlation_figures(out, name, c)?);
+    }
+    let curves = curve_panels(results);
+    if curves.iter().any(|(_, lines)| !lines.is_empty()) {
+        figs.extend(figures::training_curves_figure(
+            &out.join("training_curves"),
+            &format!("{name}: training loss per epoch"),
+            &curves,
+        )?);
     }
     put(
         "report.md",
@@ -506,6 +515,99 @@ fn summary_csv(sums: &[StrategySummary]) -> String {
         }
     }
     s
+}
+
+/// A strategy name as (strategy, sweep variant): `rnf@threshold=0.05` → (`rnf`,
+/// `threshold=0.05`); a name outside a sweep has an empty variant.
+fn strategy_and_variant(name: &str) -> (&str, &str) {
+    name.split_once('@').unwrap_or((name, ""))
+}
+
+/// `curves.csv`, tidy: one row per (strategy, variant, seed, task, epoch, metric).
+fn curves_csv(results: &[RunResult]) -> String {
+    let mut s = String::from("strategy,variant,seed,task,epoch,metric,value\n");
+    for r in results {
+        let (strategy, variant) = strategy_and_variant(&r.strategy);
+        for (t, c) in r.curves.iter().enumerate() {
+            let task = if r.joint {
+                "joint".to_string()
+            } else {
+                (t + 1).to_string()
+            };
+            for e in c.iter().flatten() {
+                for (metric, v) in [("loss", e.mean_loss), ("train_accuracy", e.train_accuracy)] {
+                    let _ = writeln!(
+                        s,
+                        "{},{},{},{task},{},{metric},{v}",
+                        csv_field(strategy),
+                        csv_field(variant),
+                        r.seed,
+                        e.epoch
+                    );
+                }
+            }
+        }
+    }
+    s
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The training-curves figure's panels: per strategy, one line per task of its mean loss over
+/// seeds per epoch, epochs counted through the task sequence.
+fn curve_panels(results: &[RunResult]) -> Vec<(String, Vec<Series>)> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in results {
+        if !names.contains(&r.strategy.as_str()) {
+            names.push(&r.strategy);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let runs: Vec<&RunResult> = results.iter().filter(|r| r.strategy == name).collect();
+            let tasks = runs.iter().map(|r| r.curves.len()).max().unwrap_or(0);
+            let mut offset = 0.0;
+            let mut lines = Vec::new();
+            for t in 0..tasks {
+                let curves: Vec<&Vec<super::EpochPoint>> = runs
+                    .iter()
+                    .filter_map(|r| r.curves.get(t).and_then(|c| c.as_ref()))
+                    .collect();
+                let epochs = curves.iter().map(|c| c.len()).max().unwrap_or(0);
+                if epochs == 0 {
+                    continue;
+                }
+                let stats: Vec<MeanStd> = (0..epochs)
+                    .map(|i| {
+                        let v: Vec<f64> = curves
+                            .iter()
+                            .filter_map(|c| c.get(i).map(|e| e.mean_loss))
+                            .collect();
+                        MeanStd::of(&v)
+                    })
+                    .collect();
+                lines.push(Series {
+                    label: if runs.first().is_some_and(|r| r.joint) {
+                        "joint".to_string()
+                    } else {
+                        format!("task {}", t + 1)
+                    },
+                    x: (1..=epochs).map(|e| offset + e as f64).collect(),
+                    y: stats.iter().map(|m| m.mean).collect(),
+                    std: Some(stats.iter().map(|m| m.std).collect()),
+                });
+                offset += epochs as f64;
+            }
+            (name.to_string(), lines)
+        })
+        .collect()
 }
 
 fn stages_csv(times: &[StageTime]) -> String {

@@ -225,7 +225,7 @@ pub(super) fn draw_per_task<DB: DrawingBackend>(
         };
         chart
             .configure_mesh()
-            .x_desc("task")
+            .x_desc(y.x_desc)
             .y_desc(y.desc)
             .x_labels(ticks)
             .y_labels(6)

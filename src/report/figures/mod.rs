@@ -180,6 +180,32 @@ pub fn correlation_figure(
     panels_over_tasks(path_stem, title, panels, YAxis::PEARSON)
 }
 
+/// Training curves: one panel per strategy, one line per task (its mean training loss per
+/// epoch, with the ±std band over seeds), epochs counted through the task sequence. The y axis
+/// runs from 0 to just above the largest loss drawn.
+pub fn training_curves_figure(
+    path_stem: &Path,
+    title: &str,
+    panels: &[(String, Vec<Series>)],
+) -> Result<Vec<PathBuf>, FigureError> {
+    let top = panels
+        .iter()
+        .flat_map(|(_, s)| s)
+        .flat_map(|s| {
+            let std = s.std.clone().unwrap_or_else(|| vec![0.0; s.y.len()]);
+            s.y.iter().zip(std).map(|(y, d)| y + d).collect::<Vec<_>>()
+        })
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let y = YAxis {
+        lo: 0.0,
+        hi: if top > 0.0 { top * 1.05 } else { 1.0 },
+        desc: "training loss",
+        x_desc: "epoch (tasks in sequence)",
+    };
+    panels_over_tasks(path_stem, title, panels, y)
+}
+
 /// Panels of series over the task sequence, up to three per row, on the y axis `y`.
 fn panels_over_tasks(
     path_stem: &Path,
@@ -541,6 +567,8 @@ struct YAxis {
     lo: f64,
     hi: f64,
     desc: &'static str,
+    /// What the x axis counts.
+    x_desc: &'static str,
 }
 
 impl YAxis {
@@ -548,11 +576,13 @@ impl YAxis {
         lo: 0.0,
         hi: 100.0,
         desc: "accuracy (%)",
+        x_desc: "task",
     };
     const PEARSON: YAxis = YAxis {
         lo: -1.0,
         hi: 1.0,
         desc: "Pearson r",
+        x_desc: "task",
     };
 }
 

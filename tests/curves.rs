@@ -1,0 +1,114 @@
+//! Training curves: every train stage's per-epoch loss and accuracy reach `curves.csv` and the
+//! `training_curves` figure of `report`, and `cfpipe log` prints a stage's log and curve.
+
+mod common;
+use common::{stderr, stdout, Fixture};
+
+#[test]
+fn curves_csv_has_one_row_per_epoch_metric_and_train_stage() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    let seeds = "seeds=[0, 1]";
+    assert!(f
+        .cli(&["run", p, "--quiet", "--set", seeds])
+        .status
+        .success());
+    let out = f.path().join("rep");
+    let rep = f.cli(&["report", p, "--set", seeds, "--out", out.to_str().unwrap()]);
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    assert!(out.join("training_curves.png").is_file());
+    let csv = std::fs::read_to_string(out.join("curves.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("strategy,variant,seed,task,epoch,metric,value")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    // 2 strategies × 2 seeds × 2 tasks × 3 epochs × 2 metrics.
+    assert_eq!(rows.len(), 2 * 2 * 2 * 3 * 2);
+    let (_, dag) = cfpipe::load(
+        &f.pipeline(),
+        &[seeds.to_string()],
+        cfpipe::spec::DataCheck::Required,
+    )
+    .unwrap();
+    let cache = cfpipe::cache::Cache::open(&f.cache_dir()).unwrap();
+    let resolved = cfpipe::exec::resolve::resolve(&dag, &cache);
+    let train_json = |id: &str| -> serde_json::Value {
+        let n = dag.find(id).unwrap();
+        let e = resolved
+            .iter()
+            .find(|r| r.node == n)
+            .unwrap()
+            .entry
+            .clone()
+            .unwrap();
+        serde_json::from_slice(&std::fs::read(e.output_path("train.json")).unwrap()).unwrap()
+    };
+    for strategy in ["naive", "rnf"] {
+        for seed in [0, 1] {
+            for task in [1, 2] {
+                let log = train_json(&format!("{strategy}/seed{seed}/task{task}/train"));
+                for e in log["epochs"].as_array().unwrap() {
+                    for (metric, field) in
+                        [("loss", "mean_loss"), ("train_accuracy", "train_accuracy")]
+                    {
+                        let want = e[field].as_f64().unwrap();
+                        let epoch = e["epoch"].to_string();
+                        let (seed_s, task_s) = (seed.to_string(), task.to_string());
+                        let row = rows
+                            .iter()
+                            .find(|r| {
+                                r[0] == strategy
+                                    && r[2] == seed_s
+                                    && r[3] == task_s
+                                    && r[4] == epoch
+                                    && r[5] == metric
+                            })
+                            .unwrap_or_else(|| {
+                                panic!("no row {strategy} {seed} {task} {epoch} {metric}")
+                            });
+                        assert_eq!(row[6].parse::<f64>().unwrap(), want);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn log_prints_a_train_stages_log_and_curve() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    let id = "rnf/seed0/task2/train";
+    let via_pipeline = f.cli(&["log", id, "--pipeline", p]);
+    assert!(via_pipeline.status.success(), "{}", stderr(&via_pipeline));
+    let text = stdout(&via_pipeline);
+    let log = f.json_of(id, "train.json");
+    let epochs = log["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 3);
+    for e in epochs {
+        let row = format!(
+            "{:>5}  {:>8.5}",
+            e["epoch"].as_u64().unwrap(),
+            e["mean_loss"].as_f64().unwrap()
+        );
+        assert!(text.contains(&row), "{row:?} not in {text}");
+    }
+    assert!(text.contains("epoch 3: loss"), "{text}");
+    // Without the pipeline, by the id it was computed under; a twin's id needs the pipeline.
+    assert!(f.cli(&["log", id]).status.success());
+    let twin = f.cli(&["log", "rnf/seed0/task1/train"]);
+    let naive = f.cli(&["log", "naive/seed0/task1/train"]);
+    assert_ne!(twin.status.success(), naive.status.success());
+    let missing = f.cli(&["log", "nope/seed0/task1/train"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("no cached stage"),
+        "{}",
+        stderr(&missing)
+    );
+}
