@@ -33,7 +33,7 @@ fn curves_csv_has_one_row_per_epoch_metric_and_train_stage() {
         cfpipe::spec::DataCheck::Required,
     )
     .unwrap();
-    let cache = cfpipe::cache::Cache::open(&f.cache_dir()).unwrap();
+    let cache = cfpipe::cache::Cache::open(f.cache_dir()).unwrap();
     let resolved = cfpipe::exec::resolve::resolve(&dag, &cache);
     let train_json = |id: &str| -> serde_json::Value {
         let n = dag.find(id).unwrap();

@@ -6,6 +6,7 @@ mod cache;
 mod compare;
 mod log;
 pub mod output;
+mod plan;
 mod slurm;
 use cache::cache_cmd;
 pub use cache::{open_remote, CacheCmd, RootsCmd};
@@ -147,6 +148,15 @@ pub enum Command {
         p: PipelineArgs,
         /// Print `{"stages":[{"id","aliases","kind","key","cached","reason"}]}` instead of a
         /// table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Before running: per stage kind, how many stages `run` would compute and how many are
+    /// cached, with compute time estimated from the wall times the cache recorded.
+    Plan {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Print `{"kinds":[…],"total":{…},"stages":[{"id","kind","run","estimate_s","basis"}]}`.
         #[arg(long)]
         json: bool,
     },
@@ -302,6 +312,7 @@ impl Command {
         match self {
             Command::Run { p, .. }
             | Command::Status { p, .. }
+            | Command::Plan { p, .. }
             | Command::Dag { p, .. }
             | Command::Show { p, .. }
             | Command::Report { p, .. }
@@ -435,6 +446,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             output::write_stdout(format_args!("{text}"))
         }
         Command::Show { p, json } => show_cmd(&p, json, c),
+        Command::Plan { p, json } => plan::plan_cmd(&p, json, c),
         Command::Log {
             stage,
             pipeline,
