@@ -45,7 +45,11 @@ fn plan_names_exactly_the_stages_run_then_computes() {
     let f = Fixture::new();
     // A fresh cache: everything, with no estimate yet.
     let (plan, kinds) = planned(&f, &[]);
-    assert!(kinds.as_array().unwrap().iter().all(|k| k["basis"] == "none"));
+    assert!(kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["basis"] == "none"));
     let did = ran(&f, &[]);
     assert!(!did.is_empty());
     assert_eq!(plan, did);

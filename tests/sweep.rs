@@ -194,3 +194,37 @@ fn a_swept_dataset_setting_gives_each_point_its_own_split() {
         "split@split_seed=1"
     );
 }
+
+#[test]
+fn a_report_of_a_sweep_draws_each_metric_against_the_swept_value() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    let sweep = "strategies.rnf.prune.threshold=0.1,0.2,0.4";
+    let run = f.cli(&["run", p, "--quiet", "--sweep", sweep]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let out = f.path().join("rep");
+    let rep = f.cli(&[
+        "report",
+        p,
+        "--sweep",
+        sweep,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    for ext in ["svg", "png"] {
+        assert!(out.join(format!("ablation_threshold.{ext}")).is_file());
+    }
+    // The SVG names the swept parameter on its x axis and the line by its strategy.
+    let svg = std::fs::read_to_string(out.join("ablation_threshold.svg")).unwrap();
+    let texts: Vec<&str> = svg.lines().map(str::trim).collect();
+    assert!(texts.contains(&"threshold"), "no x label");
+    assert!(texts.contains(&"rnf"), "no rnf line");
+    // A report without a sweep draws none.
+    let plain = f.path().join("plain");
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    let rep = f.cli(&["report", p, "--out", plain.to_str().unwrap()]);
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    assert!(!plain.join("ablation_threshold.svg").exists());
+}

@@ -227,9 +227,14 @@ pub enum Command {
     Report {
         #[command(flatten)]
         p: PipelineArgs,
-        /// Output directory [default: reports/<pipeline name>].
+        /// Output directory [default: reports/<pipeline name>, or
+        /// reports/<name>@<digest of the --set and --sweep arguments> with either].
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Replace a report of another configuration (file, overrides, sweep) in the output
+        /// directory.
+        #[arg(long)]
+        force: bool,
     },
     /// Write PNG heatmaps of LRP input relevance for test images, from a cached train stage
     /// (never trains).
@@ -493,7 +498,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             },
             c,
         ),
-        Command::Report { p, out } => report_cmd(&p, out, c),
+        Command::Report { p, out, force } => report_cmd(&p, out, force, c),
         Command::Explain {
             p,
             stage,
@@ -877,7 +882,54 @@ fn show_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> 
     }
 }
 
-fn report_cmd(p: &PipelineArgs, out: Option<PathBuf>, c: &CacheLoc) -> Result<(), CliError> {
+/// The git commit of the repository holding `file`, and whether it has uncommitted changes;
+/// `None` outside a repository or without git.
+fn git_state(file: &std::path::Path) -> Option<crate::report::write::GitState> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+    Some(crate::report::write::GitState { commit, dirty })
+}
+
+/// The default report folder: the pipeline's name, and with overrides or a sweep a digest of
+/// them, so that each configuration keeps its own report.
+fn default_report_dir(name: &str, p: &PipelineArgs) -> PathBuf {
+    if p.set.is_empty() && p.sweep.is_empty() {
+        return PathBuf::from("reports").join(name);
+    }
+    let mut h = blake3::Hasher::new();
+    for (flag, args) in [("--set", &p.set), ("--sweep", &p.sweep)] {
+        for a in args {
+            h.update(flag.as_bytes());
+            h.update(&[0]);
+            h.update(a.as_bytes());
+            h.update(&[0]);
+        }
+    }
+    let hex = h.finalize().to_hex();
+    PathBuf::from("reports").join(format!("{name}@{}", &hex[..8]))
+}
+
+fn report_cmd(
+    p: &PipelineArgs,
+    out: Option<PathBuf>,
+    force: bool,
+    c: &CacheLoc,
+) -> Result<(), CliError> {
     let (pipe, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache_read(c);
     let res = resolve::resolve(&dag, &cache);
@@ -901,8 +953,83 @@ fn report_cmd(p: &PipelineArgs, out: Option<PathBuf>, c: &CacheLoc) -> Result<()
             })
         })
         .collect();
-    let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&pipe.name));
-    let files = crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times)?;
+    let points: crate::report::write::Points = pipe
+        .strategies
+        .iter()
+        .map(|s| (s.name.clone(), s.point.clone()))
+        .collect();
+    // The last evaluation of each run: the stage its final results are read from.
+    let mut final_stages = std::collections::BTreeMap::new();
+    for s in &pipe.strategies {
+        for &seed in &pipe.seeds {
+            let id = if s.joint {
+                format!("{}/seed{seed}/evaluate", s.name)
+            } else {
+                stages::plan::stage_id(&s.name, seed, pipe.task_count() - 1, "evaluate")
+            };
+            let key = dag.find(&id).and_then(|n| {
+                res.iter()
+                    .find(|r| r.node == n)
+                    .and_then(|r| r.entry.as_ref())
+                    .map(|e| e.manifest.key.to_hex())
+            });
+            if let Some(k) = key {
+                final_stages.insert(id, k);
+            }
+        }
+    }
+    let mut devices: Vec<String> = times.iter().map(|t| t.device.clone()).collect();
+    devices.sort();
+    devices.dedup();
+    let provenance = crate::report::write::Provenance {
+        pipeline: std::path::absolute(&p.pipeline)?.display().to_string(),
+        set: p.set.clone(),
+        sweep: p.sweep.clone(),
+        settings: crate::spec::settings(&p.pipeline, &p.set)
+            .map_err(|e| CliError::Load(crate::LoadError::Spec(e)))?,
+        strategies: pipe.strategies.iter().map(|s| s.name.clone()).collect(),
+        cfpipe_version: env!("CARGO_PKG_VERSION").to_string(),
+        git: git_state(&p.pipeline),
+        final_stages,
+        devices,
+    };
+    let out = out.unwrap_or_else(|| default_report_dir(&pipe.name, p));
+    // Never replace the report of another configuration without being asked to.
+    if let Ok(bytes) = std::fs::read(out.join("report.json")) {
+        let earlier = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                serde_json::from_value::<crate::report::write::Provenance>(v["provenance"].clone())
+                    .ok()
+            });
+        let same = earlier
+            .as_ref()
+            .is_some_and(|e| e.same_configuration(&provenance));
+        if !same && !force {
+            let what = match &earlier {
+                Some(e) => format!(
+                    "the report of {}{}{}",
+                    e.pipeline,
+                    set_args(&e.set),
+                    e.sweep
+                        .iter()
+                        .map(|s| format!(" --sweep {s}"))
+                        .collect::<String>()
+                ),
+                None => "a report of unknown configuration (written by an older cfpipe)".into(),
+            };
+            return Err(CliError::BadOption(format!(
+                "{} holds {what}; write this one elsewhere with --out DIR, or replace it with --force",
+                out.display()
+            )));
+        }
+    }
+    let meta = crate::report::write::ReportMeta {
+        points: &points,
+        provenance: &provenance,
+    };
+    let files =
+        crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times, &meta)?;
     out!("wrote {} files to {}", files.len(), out.display());
     Ok(())
 }

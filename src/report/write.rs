@@ -39,13 +39,59 @@ fn write(path: &Path, text: &str) -> Result<(), ReportError> {
 }
 
 /// Write everything into `out`; returns the files written.
+/// Per strategy, its sweep point (`Strategy::point`; empty outside a sweep).
+pub type Points = BTreeMap<String, Vec<(String, String)>>;
+
+/// How a report was made: `report.json`'s `provenance` and the last section of `report.md`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+pub struct Provenance {
+    /// The pipeline file, absolute.
+    pub pipeline: String,
+    /// `--set` and `--sweep` arguments, as given.
+    pub set: Vec<String>,
+    pub sweep: Vec<String>,
+    /// The pipeline-wide settings after overrides (`spec::settings`) and the strategies
+    /// reported (sweep variants by name).
+    pub settings: BTreeMap<String, String>,
+    pub strategies: Vec<String>,
+    pub cfpipe_version: String,
+    /// The commit of the git repository holding the pipeline file, if it is in one.
+    pub git: Option<GitState>,
+    /// The key of every run's last evaluation, by stage id.
+    pub final_stages: BTreeMap<String, String>,
+    /// Devices the reported stages ran on.
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct GitState {
+    pub commit: String,
+    /// Uncommitted changes in the repository when the report was written.
+    pub dirty: bool,
+}
+
+impl Provenance {
+    /// Whether `other` describes the same configuration (file, overrides and sweep).
+    pub fn same_configuration(&self, other: &Provenance) -> bool {
+        self.pipeline == other.pipeline && self.set == other.set && self.sweep == other.sweep
+    }
+}
+
+/// What a report shows beyond the results.
+pub struct ReportMeta<'a> {
+    pub points: &'a Points,
+    pub provenance: &'a Provenance,
+}
+
 pub fn write_report(
     out: &Path,
     name: &str,
     results: &[RunResult],
     summaries: &[StrategySummary],
     times: &[StageTime],
+    meta: &ReportMeta,
 ) -> Result<Vec<PathBuf>, ReportError> {
+    let points = meta.points;
     std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
         path: out.to_path_buf(),
         source,
@@ -63,7 +109,7 @@ pub fn write_report(
     put("stages.csv", stages_csv(times))?;
     put("curves.csv", curves_csv(results))?;
     let corr = correlations::summarize(results);
-    let mut json = serde_json::json!({"pipeline": name, "runs": results, "summaries": summaries, "stages": times});
+    let mut json = serde_json::json!({"pipeline": name, "provenance": meta.provenance, "runs": results, "summaries": summaries, "stages": times});
     if results.iter().any(|r| !r.correlate.is_empty()) {
         put("correlations.csv", correlations::csv(results))?;
         json["correlations"] = serde_json::to_value(&corr).expect("plain data");
@@ -178,6 +224,18 @@ pub fn write_report(
     for c in &corr {
         figs.extend(correlation_figures(out, name, c)?);
     }
+    for (axis, panels) in ablation_panels(summaries, points) {
+        let stem: String = axis
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        figs.extend(figures::ablation_figure(
+            &out.join(format!("ablation_{stem}")),
+            &format!("{name}: final metrics against {axis} (mean ± std over seeds)"),
+            &axis,
+            &panels,
+        )?);
+    }
     let curves = curve_panels(results);
     if curves.iter().any(|(_, lines)| !lines.is_empty()) {
         figs.extend(figures::training_curves_figure(
@@ -188,7 +246,7 @@ pub fn write_report(
     }
     put(
         "report.md",
-        markdown(name, results, summaries, &corr, times, &figs),
+        markdown(name, results, summaries, &corr, times, &figs) + &provenance_md(meta.provenance),
     )?;
     files.extend(figs);
     Ok(files)
@@ -517,6 +575,51 @@ fn summary_csv(sums: &[StrategySummary]) -> String {
     s
 }
 
+/// `report.md`'s provenance section.
+fn provenance_md(p: &Provenance) -> String {
+    let mut s = String::from("\n## Provenance\n\n");
+    let _ = writeln!(s, "- pipeline: `{}`", p.pipeline);
+    let args = |flag: &str, v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|a| format!("`{flag} {a}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let _ = writeln!(s, "- overrides: {}", args("--set", &p.set));
+    let _ = writeln!(s, "- sweep: {}", args("--sweep", &p.sweep));
+    let _ = writeln!(s, "- cfpipe {}", p.cfpipe_version);
+    let _ = match &p.git {
+        Some(g) => writeln!(
+            s,
+            "- git commit `{}`{}",
+            g.commit,
+            if g.dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
+        ),
+        None => writeln!(s, "- the pipeline file is not in a git repository"),
+    };
+    let _ = writeln!(s, "- devices: {}", p.devices.join(", "));
+    let _ = writeln!(s, "- strategies: {}", p.strategies.join(", "));
+    let _ = writeln!(s, "\nSettings after overrides:\n");
+    let _ = writeln!(s, "| setting | value |\n|---|---|");
+    for (k, v) in &p.settings {
+        let _ = writeln!(s, "| `{k}` | `{v}` |");
+    }
+    let _ = writeln!(s, "\nKeys of the final evaluations:\n");
+    let _ = writeln!(s, "| stage | key |\n|---|---|");
+    for (id, k) in &p.final_stages {
+        let _ = writeln!(s, "| `{id}` | `{k}` |");
+    }
+    s
+}
+
 /// A strategy name as (strategy, sweep variant): `rnf@threshold=0.05` → (`rnf`,
 /// `threshold=0.05`); a name outside a sweep has an empty variant.
 fn strategy_and_variant(name: &str) -> (&str, &str) {
@@ -557,6 +660,87 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// Panels of a figure: (caption, lines).
+type Panels = Vec<(String, Vec<Series>)>;
+
+/// One strategy's point on an ablation line: (swept value, final accuracy, final free
+/// capacity).
+type AblationPoint = (f64, MeanStd, Option<MeanStd>);
+
+/// The ablation figures' panels, per swept axis whose values are numbers: final accuracy and
+/// final free capacity against the axis, one line per strategy (and value of the other axes).
+fn ablation_panels(sums: &[StrategySummary], points: &Points) -> Vec<(String, Panels)> {
+    let mut axes: Vec<&String> = Vec::new();
+    for p in points.values().flatten() {
+        if !axes.contains(&&p.0) {
+            axes.push(&p.0);
+        }
+    }
+    let mut out = Vec::new();
+    for axis in axes {
+        // (line label) → [(x, final accuracy, free capacity)]
+        let mut lines: Vec<(String, Vec<AblationPoint>)> = Vec::new();
+        for s in sums {
+            let Some(point) = points.get(&s.strategy) else {
+                continue;
+            };
+            let Some(x) = point
+                .iter()
+                .find(|(k, _)| k == axis)
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+            else {
+                continue;
+            };
+            let base = s.strategy.split('@').next().unwrap_or(&s.strategy);
+            let others: Vec<String> = point
+                .iter()
+                .filter(|(k, _)| k != axis)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let label = if others.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}, {}", others.join(", "))
+            };
+            let free = s.free_capacity.last().copied().filter(|m| m.n > 0);
+            match lines.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, pts)) => pts.push((x, s.final_mean_accuracy, free)),
+                None => lines.push((label, vec![(x, s.final_mean_accuracy, free)])),
+            }
+        }
+        if lines.iter().all(|(_, pts)| pts.len() < 2) {
+            continue;
+        }
+        let series = |metric: &dyn Fn(&AblationPoint) -> Option<MeanStd>| {
+            lines
+                .iter()
+                .map(|(label, pts)| {
+                    let mut pts = pts.clone();
+                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let m: Vec<Option<MeanStd>> = pts.iter().map(metric).collect();
+                    Series {
+                        label: label.clone(),
+                        x: pts.iter().map(|p| p.0).collect(),
+                        y: m.iter()
+                            .map(|m| m.map_or(f64::NAN, |m| m.mean * 100.0))
+                            .collect(),
+                        std: Some(m.iter().map(|m| m.map_or(0.0, |m| m.std * 100.0)).collect()),
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let panels = vec![
+            (
+                "final mean accuracy (%)".to_string(),
+                series(&|p| Some(p.1)),
+            ),
+            ("final free capacity (%)".to_string(), series(&|p| p.2)),
+        ];
+        out.push((axis.clone(), panels));
+    }
+    out
 }
 
 /// The training-curves figure's panels: per strategy, one line per task of its mean loss over

@@ -44,6 +44,32 @@ where
     Ok(n)
 }
 
+/// ±std error bars at a series' finite points (clipped to the frame).
+pub(super) fn draw_error_bars<DB, CT>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    s: &Series,
+    color: RGBColor,
+    frame: &Frame,
+) -> DrawResult<(), DB>
+where
+    DB: DrawingBackend,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let Some(std) = &s.std else { return Ok(()) };
+    let clip = |v: f64| v.clamp(frame.y.start, frame.y.end);
+    let style = ShapeStyle::from(&color).stroke_width(2);
+    chart.draw_series(
+        s.x.iter()
+            .zip(&s.y)
+            .zip(std)
+            .filter(|((x, y), d)| x.is_finite() && y.is_finite() && d.is_finite() && **d > 0.0)
+            .map(|((&x, &y), &d)| {
+                ErrorBar::new_vertical(x, clip(y - d), clip(y), clip(y + d), style, 10)
+            }),
+    )?;
+    Ok(())
+}
+
 pub(super) fn draw_bands<DB, CT>(
     chart: &mut ChartContext<'_, DB, CT>,
     s: &Series,
@@ -179,7 +205,7 @@ pub(super) fn draw_per_task<DB: DrawingBackend>(
     title: &str,
     panels: &[(String, Vec<Series>)],
     grid: (usize, usize),
-    y: YAxis,
+    y: YAxis<'_>,
 ) -> DrawResult<(), DB> {
     let area = root.titled(title, text(TITLE_PT))?;
 
@@ -201,7 +227,6 @@ pub(super) fn draw_per_task<DB: DrawingBackend>(
     let all: Vec<&Series> = panels.iter().flat_map(|(_, s)| s).collect();
     let xs = series_x(&all);
     let x_range = axis_range(finite_bounds(xs.iter().copied()), 0.04);
-    let pct = y.lo..y.hi;
     let ticks = task_ticks(&xs, &x_range).min(if grid.1 >= 3 { 6 } else { 11 });
 
     let cells = area.split_evenly(grid);
@@ -212,6 +237,7 @@ pub(super) fn draw_per_task<DB: DrawingBackend>(
         panels
     };
     for (cell, (name, series)) in cells.iter().zip(panels) {
+        let pct = y.range_for(series);
         let mut chart = ChartBuilder::on(cell)
             .margin(10)
             .margin_right(18)
@@ -237,7 +263,11 @@ pub(super) fn draw_per_task<DB: DrawingBackend>(
             .bold_line_style(GRID)
             .draw()?;
         for s in series {
-            draw_bands(&mut chart, s, color_of(&s.label).0, &frame)?;
+            if y.bars {
+                draw_error_bars(&mut chart, s, color_of(&s.label).0, &frame)?;
+            } else {
+                draw_bands(&mut chart, s, color_of(&s.label).0, &frame)?;
+            }
         }
         let mut drawn = 0;
         for s in series {

@@ -202,6 +202,27 @@ pub fn training_curves_figure(
         hi: if top > 0.0 { top * 1.05 } else { 1.0 },
         desc: "training loss",
         x_desc: "epoch (tasks in sequence)",
+        bars: false,
+        fit: false,
+    };
+    panels_over_tasks(path_stem, title, panels, y)
+}
+
+/// The ablation figure papers print: one panel per metric (final accuracy, free capacity), each
+/// metric (percent) against the swept parameter `x_desc`, one line per strategy with ±std
+/// error bars over seeds; each panel's y range fits its data.
+pub fn ablation_figure(
+    path_stem: &Path,
+    title: &str,
+    x_desc: &str,
+    panels: &[(String, Vec<Series>)],
+) -> Result<Vec<PathBuf>, FigureError> {
+    let y = YAxis {
+        desc: "percent",
+        x_desc,
+        bars: true,
+        fit: true,
+        ..YAxis::ACCURACY
     };
     panels_over_tasks(path_stem, title, panels, y)
 }
@@ -211,7 +232,7 @@ fn panels_over_tasks(
     path_stem: &Path,
     title: &str,
     panels: &[(String, Vec<Series>)],
-    y: YAxis,
+    y: YAxis<'_>,
 ) -> Result<Vec<PathBuf>, FigureError> {
     for (_, series) in panels {
         for s in series {
@@ -294,7 +315,7 @@ enum Fig<'a> {
         title: &'a str,
         panels: &'a [(String, Vec<Series>)],
         grid: (usize, usize),
-        y: YAxis,
+        y: YAxis<'a>,
     },
     Heatmaps {
         title: &'a str,
@@ -561,28 +582,59 @@ fn panel_grid(n: usize) -> (usize, usize) {
     (n.max(1).div_ceil(cols), cols)
 }
 
-/// The y axis of a panel figure.
+/// The axes of a panel figure.
 #[derive(Clone, Copy)]
-struct YAxis {
+struct YAxis<'a> {
     lo: f64,
     hi: f64,
-    desc: &'static str,
+    desc: &'a str,
     /// What the x axis counts.
-    x_desc: &'static str,
+    x_desc: &'a str,
+    /// Draw each series' ±std as error bars at its points rather than as a band.
+    bars: bool,
+    /// Fit each panel's range to its data (±std, padded), within `lo..hi`.
+    fit: bool,
 }
 
-impl YAxis {
-    const ACCURACY: YAxis = YAxis {
+impl YAxis<'_> {
+    /// The y range of a panel showing `series`.
+    fn range_for(&self, series: &[Series]) -> Range<f64> {
+        if !self.fit {
+            return self.lo..self.hi;
+        }
+        let vals = series.iter().flat_map(|s| {
+            let std = s.std.clone().unwrap_or_else(|| vec![0.0; s.y.len()]);
+            s.y.iter()
+                .zip(std)
+                .flat_map(|(y, d)| [y - d, y + d])
+                .collect::<Vec<_>>()
+        });
+        match finite_bounds(vals) {
+            Some((a, b)) => {
+                let pad = ((b - a) * 0.15).max(0.5);
+                (a - pad).max(self.lo)..(b + pad).min(self.hi)
+            }
+            None => self.lo..self.hi,
+        }
+    }
+}
+
+impl YAxis<'static> {
+    const ACCURACY: YAxis<'static> = YAxis {
         lo: 0.0,
         hi: 100.0,
         desc: "accuracy (%)",
         x_desc: "task",
+        bars: false,
+        fit: false,
     };
-    const PEARSON: YAxis = YAxis {
+    const PEARSON: YAxis<'static> = YAxis {
         lo: -1.0,
         hi: 1.0,
         desc: "Pearson r",
         x_desc: "task",
+        bars: false,
+        fit: false,
     };
 }
 

@@ -62,6 +62,12 @@ impl LeaseInfo {
     pub fn holder(&self) -> String {
         format!("{} pid {}", self.host, self.pid)
     }
+
+    /// Held by this very process: a twin of the waiting stage in the same run (two stages
+    /// whose inputs came out identical) is computing it.
+    pub fn is_this_process(&self) -> bool {
+        self.pid == std::process::id() && self.host == host_id()
+    }
 }
 
 /// This machine's name as other holders see it: `$CFPIPE_HOSTNAME` if set (containers that

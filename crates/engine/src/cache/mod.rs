@@ -513,7 +513,9 @@ impl Cache {
                 // Another waiter is breaking it; compete for the fresh lease after a pause.
             }
             if !told {
-                if let Some(info) = watch.last() {
+                // A twin in this same run is nothing to report: the run waits for it as
+                // for any input.
+                if let Some(info) = watch.last().filter(|i| !i.is_this_process()) {
                     eprintln!("waiting for `{what}`: {} is computing it", info.holder());
                     told = true;
                 }
