@@ -200,3 +200,36 @@ fn the_config_files_cache_dir_is_used_unless_a_flag_or_the_environment_names_one
     assert!(run(&["--cache", other.to_str().unwrap()]).contains(" ran, 0 cached"));
     assert!(other.join("entries").is_dir());
 }
+
+/// Two pipelines with the same stage ids in one cache: each explains its reruns against its
+/// own last run, not the other's.
+#[test]
+fn status_after_another_pipeline_ran_in_the_cache_names_only_the_real_change() {
+    let f = Fixture::new();
+    let a = f.pipeline();
+    let text = std::fs::read_to_string(&a).unwrap();
+    let b = f.path().join("other.yaml");
+    std::fs::write(
+        &b,
+        text.replace("name: tiny", "name: other")
+            .replace("hidden: [16, 12]", "hidden: [8]")
+            .replace("batch_size: 16", "batch_size: 8"),
+    )
+    .unwrap();
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    assert!(f.cli(&["run", a, "--quiet"]).status.success());
+    assert!(f.cli(&["run", b, "--quiet"]).status.success());
+    let status = stdout(&f.cli(&["status", a, "--set", "training.epochs=2"]));
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("naive/seed0/task1/train"))
+        .unwrap();
+    assert!(
+        line.contains("parameter changed: training.epochs: 3 -> 2"),
+        "{line}"
+    );
+    assert!(
+        !status.contains("hidden") && !status.contains("batch_size"),
+        "{status}"
+    );
+}

@@ -74,12 +74,14 @@ pub fn load_sweep(
     }
     let set: Vec<Override> = set.iter().map(|o| Override::set(o)).collect();
     let base = crate::spec::resolve(&src, &set, data)?;
+    // Reruns are explained against this pipeline's own last run, not another's with the same
+    // stage ids.
     if axes.is_empty() {
-        let dag = Dag::build(compile(&base))?;
+        let dag = Dag::build(compile(&base))?.with_scope(&base.name);
         return Ok((base, dag));
     }
     let p = expand(&src, &base, &set, &axes, data)?;
-    let dag = Dag::build(p.decls)?;
+    let dag = Dag::build(p.decls)?.with_scope(&p.pipeline.name);
     Ok((p.pipeline, dag))
 }
 

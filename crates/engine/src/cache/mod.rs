@@ -554,26 +554,38 @@ impl Cache {
             .ok()
     }
 
-    fn record_path(&self, stage_id: &str) -> PathBuf {
-        let h = blake3::hash(stage_id.as_bytes()).to_hex();
+    /// The record of `stage_id` in the id namespace `scope` (a pipeline's); the empty scope
+    /// is where records were kept before scopes, and keeps that path.
+    fn record_path(&self, scope: &str, stage_id: &str) -> PathBuf {
+        let h = if scope.is_empty() {
+            blake3::hash(stage_id.as_bytes())
+        } else {
+            blake3::hash(format!("{scope}\0{stage_id}").as_bytes())
+        }
+        .to_hex();
         self.root
             .join("index")
             .join("stages")
             .join(format!("{}.json", &h[..32]))
     }
 
-    pub fn stage_record(&self, stage_id: &str) -> Option<StageRecord> {
-        let bytes = fs::read(self.record_path(stage_id)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// The last run of `stage_id` in `scope`, else (a cache written before scopes) in the
+    /// shared namespace.
+    pub fn stage_record(&self, scope: &str, stage_id: &str) -> Option<StageRecord> {
+        let read = |scope: &str| -> Option<StageRecord> {
+            let bytes = fs::read(self.record_path(scope, stage_id)).ok()?;
+            serde_json::from_slice(&bytes).ok()
+        };
+        read(scope).or_else(|| read(""))
     }
 
-    /// Remember the key a stage id last resolved to (skipped when unchanged, to keep cached
-    /// reruns free of writes).
-    pub fn put_stage_record(&self, rec: &StageRecord) -> Result<(), CacheError> {
-        if self.stage_record(&rec.id).as_ref() == Some(rec) {
+    /// Remember the key a stage id last resolved to in `scope` (skipped when unchanged, to
+    /// keep cached reruns free of writes).
+    pub fn put_stage_record(&self, scope: &str, rec: &StageRecord) -> Result<(), CacheError> {
+        if self.stage_record(scope, &rec.id).as_ref() == Some(rec) {
             return Ok(());
         }
-        let p = self.record_path(&rec.id);
+        let p = self.record_path(scope, &rec.id);
         let bytes = serde_json::to_vec_pretty(rec).expect("record is plain data");
         self.write_atomic(&p, &bytes)
     }

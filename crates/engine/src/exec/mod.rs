@@ -553,17 +553,20 @@ impl<'a> Executor<'a> {
         };
         if res.is_ok() {
             for id in node.all_ids() {
-                let _ = self.cache.put_stage_record(&StageRecord {
-                    id: id.to_string(),
-                    key: req.key,
-                    params: req.params.clone(),
-                    inputs: req
-                        .inputs
-                        .iter()
-                        .map(|(s, (_, h))| (s.clone(), *h))
-                        .collect(),
-                    files: files.clone(),
-                });
+                let _ = self.cache.put_stage_record(
+                    dag.scope(),
+                    &StageRecord {
+                        id: id.to_string(),
+                        key: req.key,
+                        params: req.params.clone(),
+                        inputs: req
+                            .inputs
+                            .iter()
+                            .map(|(s, (_, h))| (s.clone(), *h))
+                            .collect(),
+                        files: files.clone(),
+                    },
+                );
             }
         }
         res

@@ -115,7 +115,7 @@ pub fn resolve(dag: &Dag, cache: &Cache) -> Vec<Resolved> {
                             (None, Reason::Corrupt { file, reason })
                         }
                         Lookup::Missing => {
-                            (None, why_missing(cache, &node.id, node, &inputs, &files))
+                            (None, why_missing(cache, dag.scope(), node, &inputs, &files))
                         }
                     };
                     Resolved {
@@ -140,12 +140,12 @@ pub fn resolve(dag: &Dag, cache: &Cache) -> Vec<Resolved> {
 
 fn why_missing(
     cache: &Cache,
-    id: &str,
+    scope: &str,
     node: &crate::graph::StageNode,
     inputs: &BTreeMap<String, ContentHash>,
     files: &BTreeMap<String, ContentHash>,
 ) -> Reason {
-    let Some(rec) = cache.stage_record(id) else {
+    let Some(rec) = cache.stage_record(scope, &node.id) else {
         return Reason::NeverRun;
     };
     let params = json_diff(&rec.params, &node.params, "");

@@ -67,6 +67,10 @@ pub struct Dag {
     graph: DiGraph<StageNode, String>,
     order: Vec<NodeIndex>,
     by_id: HashMap<String, NodeIndex>,
+    /// The namespace of this DAG's stage ids (a pipeline's name): the cache remembers the
+    /// last run of `rnf/seed0/task1/train` per scope, so that two pipelines with the same ids
+    /// do not explain their reruns against each other. Empty: the one shared namespace.
+    scope: String,
 }
 
 impl Dag {
@@ -154,10 +158,22 @@ impl Dag {
             graph: out,
             order,
             by_id,
+            scope: String::new(),
         })
     }
 
     /// Nodes in a dependency-respecting order.
+    /// This DAG in the id namespace `scope` (see [`Dag::scope`]).
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Dag {
+        self.scope = scope.into();
+        self
+    }
+
+    /// The namespace of this DAG's stage ids.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
     pub fn topo_order(&self) -> &[NodeIndex] {
         &self.order
     }
