@@ -233,3 +233,85 @@ fn status_after_another_pipeline_ran_in_the_cache_names_only_the_real_change() {
         "{status}"
     );
 }
+
+/// `status`, `plan` and `dag` at scale: filters by strategy, seed and kind, a per-kind summary
+/// first, and `dag` drawing a stage once for all its seeds.
+#[test]
+fn listings_filter_by_strategy_seed_and_kind_and_dag_collapses_seeds() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    let seeds = "seeds=[0, 1, 2]";
+    let status = stdout(&f.cli(&[
+        "status",
+        p,
+        "--set",
+        seeds,
+        "--strategy",
+        "rnf",
+        "--seed",
+        "1",
+        "--kind",
+        "prune",
+    ]));
+    let stages: Vec<&str> = status
+        .lines()
+        .filter(|l| l.contains("will run") || l.contains("cached  "))
+        .filter(|l| l.contains('/'))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        ["rnf/seed1/task1/prune", "rnf/seed1/task2/prune"],
+        "{status}"
+    );
+    assert!(status.starts_with("kind"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["prune", "0", "2"]),
+        "{status}"
+    );
+    // --pending drops what is cached.
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    let pending = stdout(&f.cli(&["status", p, "--set", seeds, "--pending", "--seed", "0"]));
+    assert!(
+        pending.contains("0 stages: 0 cached, 0 to run"),
+        "{pending}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&f.cli(&[
+        "plan",
+        p,
+        "--set",
+        seeds,
+        "--json",
+        "--pending",
+        "--kind",
+        "train",
+    ])))
+    .unwrap();
+    let planned = plan["stages"].as_array().unwrap();
+    assert!(
+        !planned.is_empty()
+            && planned
+                .iter()
+                .all(|s| s["kind"] == "train" && s["run"] == true)
+    );
+    // dag: one block per stage for all three seeds; --all-seeds lists each.
+    let dag = stdout(&f.cli(&["dag", p, "--set", seeds, "--kind", "prune"]));
+    assert!(
+        dag.contains("rnf/seed{0,1,2}/task1/prune  [prune]"),
+        "{dag}"
+    );
+    assert_eq!(
+        dag.lines().filter(|l| !l.starts_with(' ')).count(),
+        2,
+        "{dag}"
+    );
+    let all = stdout(&f.cli(&["dag", p, "--set", seeds, "--kind", "prune", "--all-seeds"]));
+    assert_eq!(
+        all.lines().filter(|l| !l.starts_with(' ')).count(),
+        6,
+        "{all}"
+    );
+}

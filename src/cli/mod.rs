@@ -4,6 +4,7 @@
 
 mod cache;
 mod compare;
+mod filter;
 mod log;
 pub mod output;
 mod plan;
@@ -150,6 +151,11 @@ pub enum Command {
         /// table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: filter::StageFilter,
+        /// Only the stages that are not cached.
+        #[arg(long)]
+        pending: bool,
     },
     /// Before running: per stage kind, how many stages `run` would compute and how many are
     /// cached, with compute time estimated from the wall times the cache recorded.
@@ -159,6 +165,11 @@ pub enum Command {
         /// Print `{"kinds":[…],"total":{…},"stages":[{"id","kind","run","estimate_s","basis"}]}`.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: filter::StageFilter,
+        /// List only the stages that would run (with `--json`).
+        #[arg(long)]
+        pending: bool,
     },
     /// Print the stage graph (no data needed).
     Dag {
@@ -167,6 +178,11 @@ pub enum Command {
         /// Graphviz output.
         #[arg(long)]
         dot: bool,
+        #[command(flatten)]
+        filter: filter::StageFilter,
+        /// One block per stage and seed, rather than one per stage with its seeds listed.
+        #[arg(long)]
+        all_seeds: bool,
     },
     /// Print accuracy matrices from the cache; exit 1 if results are missing.
     Show {
@@ -440,18 +456,38 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             remote,
             cluster,
         } => run_cmd(&p, jobs, device, quiet, &remote, &cluster, c),
-        Command::Status { p, json } => status_cmd(&p, json, c),
-        Command::Dag { p, dot } => {
+        Command::Status {
+            p,
+            json,
+            filter,
+            pending,
+        } => status_cmd(&p, json, &filter, pending, c),
+        Command::Dag {
+            p,
+            dot,
+            filter,
+            all_seeds,
+        } => {
             let (_, dag) = p.load(DataCheck::Skip)?;
-            let text = if dot {
-                dag.render_dot()
-            } else {
-                dag.render_text()
+            if dot && !filter.is_empty() {
+                return Err(CliError::BadOption(
+                    "--dot draws the whole graph; --strategy, --seed and --kind filter the text listing".into(),
+                ));
+            }
+            let text = match (dot, all_seeds && filter.is_empty()) {
+                (true, _) => dag.render_dot(),
+                (false, true) => dag.render_text(),
+                (false, false) => filter::render_text(&dag, &filter, !all_seeds),
             };
             output::write_stdout(format_args!("{text}"))
         }
         Command::Show { p, json } => show_cmd(&p, json, c),
-        Command::Plan { p, json } => plan::plan_cmd(&p, json, c),
+        Command::Plan {
+            p,
+            json,
+            filter,
+            pending,
+        } => plan::plan_cmd(&p, json, &filter, pending, c),
         Command::Log {
             stage,
             pipeline,
@@ -744,11 +780,18 @@ fn run_cmd(
     Ok(())
 }
 
-fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> {
+fn status_cmd(
+    p: &PipelineArgs,
+    json: bool,
+    filter: &filter::StageFilter,
+    pending: bool,
+    c: &CacheLoc,
+) -> Result<(), CliError> {
     let (_, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache_read(c);
-    let res = resolve::resolve(&dag, &cache);
+    let mut res = resolve::resolve(&dag, &cache);
     let jobs = detached_jobs(p, &cache, &dag, &res)?;
+    res.retain(|r| filter.matches(dag.node(r.node)) && !(pending && r.cached()));
     if json {
         let stages: Vec<_> = res
             .iter()
@@ -771,6 +814,21 @@ fn status_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError
         out!("{}", serde_json::json!({ "stages": stages }));
         return Ok(());
     }
+    // Per kind first: on a large pipeline the table below is long.
+    let mut kinds: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for r in &res {
+        let k = kinds.entry(dag.node(r.node).kind.as_str()).or_default();
+        if r.cached() {
+            k.0 += 1;
+        } else {
+            k.1 += 1;
+        }
+    }
+    out!("{:<12} {:>7} {:>7}", "kind", "cached", "to run");
+    for (kind, (cached, to_run)) in &kinds {
+        out!("{kind:<12} {cached:>7} {to_run:>7}");
+    }
+    out!("");
     let w = res
         .iter()
         .map(|r| dag.node(r.node).id.len())

@@ -108,10 +108,17 @@ struct KindPlan {
     basis: Option<Basis>,
 }
 
-pub(super) fn plan_cmd(p: &PipelineArgs, json: bool, c: &CacheLoc) -> Result<(), CliError> {
+pub(super) fn plan_cmd(
+    p: &PipelineArgs,
+    json: bool,
+    filter: &super::filter::StageFilter,
+    pending: bool,
+    c: &CacheLoc,
+) -> Result<(), CliError> {
     let (_, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache_read(c);
-    let res = resolve::resolve(&dag, &cache);
+    let mut res = resolve::resolve(&dag, &cache);
+    res.retain(|r| filter.matches(dag.node(r.node)) && !(pending && r.cached()));
     let mut past: BTreeMap<String, Vec<Past>> = BTreeMap::new();
     for k in cache.keys()? {
         if let Some(m) = cache.read_manifest(&k) {
