@@ -265,7 +265,7 @@ fn listings_filter_by_strategy_seed_and_kind_and_dag_collapses_seeds() {
         ["rnf/seed1/task1/prune", "rnf/seed1/task2/prune"],
         "{status}"
     );
-    assert!(status.starts_with("kind"), "{status}");
+    assert!(status.starts_with("by kind:"), "{status}");
     assert!(
         status
             .lines()

@@ -251,6 +251,10 @@ pub enum Command {
         /// directory.
         #[arg(long)]
         force: bool,
+        /// Also write TensorBoard event files under DIR (one run per strategy and seed:
+        /// training loss and accuracy per epoch, mean accuracy and free capacity per task).
+        #[arg(long, value_name = "DIR")]
+        tensorboard: Option<PathBuf>,
     },
     /// Write PNG heatmaps of LRP input relevance for test images, from a cached train stage
     /// (never trains).
@@ -534,7 +538,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             },
             c,
         ),
-        Command::Report { p, out, force } => report_cmd(&p, out, force, c),
+        Command::Report {
+            p,
+            out,
+            force,
+            tensorboard,
+        } => report_cmd(&p, out, force, tensorboard, c),
         Command::Explain {
             p,
             stage,
@@ -824,9 +833,10 @@ fn status_cmd(
             k.1 += 1;
         }
     }
-    out!("{:<12} {:>7} {:>7}", "kind", "cached", "to run");
+    // Indented, so that a line starting with a stage id is that stage's.
+    out!("by kind:      cached  to run");
     for (kind, (cached, to_run)) in &kinds {
-        out!("{kind:<12} {cached:>7} {to_run:>7}");
+        out!("  {kind:<12} {cached:>6} {to_run:>7}");
     }
     out!("");
     let w = res
@@ -986,6 +996,7 @@ fn report_cmd(
     p: &PipelineArgs,
     out: Option<PathBuf>,
     force: bool,
+    tensorboard: Option<PathBuf>,
     c: &CacheLoc,
 ) -> Result<(), CliError> {
     let (pipe, dag) = p.load(DataCheck::Required)?;
@@ -1089,6 +1100,24 @@ fn report_cmd(
     let files =
         crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times, &meta)?;
     out!("wrote {} files to {}", files.len(), out.display());
+    if let Some(dir) = tensorboard {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let runs = crate::report::tensorboard::runs(&results);
+        let written = crate::report::tensorboard::write(&dir, &runs, now).map_err(|source| {
+            crate::report::write::ReportError::Io {
+                path: dir.clone(),
+                source,
+            }
+        })?;
+        out!(
+            "wrote {} TensorBoard runs to {} (view with `tensorboard --logdir {}`)",
+            written.len(),
+            dir.display(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -3,13 +3,14 @@
 //! over seeds with the metrics of `metrics`; `correlations` does the same for the importance
 //! correlations of `correlate` stages; `write` renders `cfpipe report` (markdown, CSV, JSON,
 //! and figures via `figures`); `compare` sets strategies, sweep variants and pipelines side by
-//! side.
+//! side; `tensorboard` writes the curves and metrics as TensorBoard event files.
 
 pub mod compare;
 pub mod correlations;
 pub mod figures;
 pub mod metrics;
 pub mod summary;
+pub mod tensorboard;
 pub mod write;
 
 use crate::cache::Entry;
