@@ -1,7 +1,9 @@
 //! Narrowing `status`, `plan` and `dag` down on a large pipeline: stage filters by strategy,
 //! seed and kind, and `dag`'s one line per stage whatever the seed.
 
+use crate::exec::resolve::{self, Resolved};
 use crate::graph::{Dag, StageNode};
+use crate::spec::DataCheck;
 use clap::Args;
 
 /// Which stages a listing shows (a stage shows when any of its ids matches).
@@ -52,6 +54,24 @@ impl StageFilter {
     }
 }
 
+/// A listing's stages: the pipeline's DAG, resolved against `cache`, narrowed to those
+/// `filter` shows (and with `pending`, to those not cached).
+pub(super) fn resolved(
+    p: &super::PipelineArgs,
+    cache: &crate::cache::Cache,
+    filter: &StageFilter,
+    pending: bool,
+) -> Result<(Dag, Vec<Resolved>, Vec<Resolved>), crate::error::CliError> {
+    let (_, dag) = p.load(DataCheck::Required)?;
+    let all = resolve::resolve(&dag, cache);
+    let shown = all
+        .iter()
+        .filter(|r| filter.matches(dag.node(r.node)) && !(pending && r.cached()))
+        .cloned()
+        .collect();
+    Ok((dag, all, shown))
+}
+
 /// `id` with its seed segment replaced by `seed*`.
 fn unseeded(id: &str) -> String {
     id.split('/')
@@ -81,22 +101,7 @@ pub fn render_text(dag: &Dag, filter: &StageFilter, collapse: bool) -> String {
         if !filter.matches(node) {
             continue;
         }
-        let mut b = format!("{}  [{}]\n", unseeded(&node.id), node.kind);
-        for alias in &node.aliases {
-            b.push_str(&format!("  = {}\n", unseeded(alias)));
-        }
-        let ins: Vec<_> = node.inputs.iter().collect();
-        for (i, (slot, from)) in ins.iter().enumerate() {
-            let branch = if i + 1 == ins.len() {
-                "└─"
-            } else {
-                "├─"
-            };
-            b.push_str(&format!(
-                "  {branch} {slot} <- {}\n",
-                unseeded(&dag.node(**from).id)
-            ));
-        }
+        let b = dag.render_block(n, &unseeded);
         let seed = parts(&node.id).1.filter(|_| collapse);
         match blocks.iter_mut().find(|(k, _)| *k == b) {
             Some((_, seeds)) => seeds.extend(seed),

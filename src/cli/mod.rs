@@ -796,11 +796,9 @@ fn status_cmd(
     pending: bool,
     c: &CacheLoc,
 ) -> Result<(), CliError> {
-    let (_, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache_read(c);
-    let mut res = resolve::resolve(&dag, &cache);
-    let jobs = detached_jobs(p, &cache, &dag, &res)?;
-    res.retain(|r| filter.matches(dag.node(r.node)) && !(pending && r.cached()));
+    let (dag, all, res) = filter::resolved(p, &cache, filter, pending)?;
+    let jobs = detached_jobs(p, &cache, &dag, &all)?;
     if json {
         let stages: Vec<_> = res
             .iter()

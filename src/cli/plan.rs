@@ -16,8 +16,6 @@
 use super::output::out;
 use super::{open_cache_read, CacheLoc, PipelineArgs};
 use crate::error::CliError;
-use crate::exec::resolve;
-use crate::spec::DataCheck;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -115,10 +113,8 @@ pub(super) fn plan_cmd(
     pending: bool,
     c: &CacheLoc,
 ) -> Result<(), CliError> {
-    let (_, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache_read(c);
-    let mut res = resolve::resolve(&dag, &cache);
-    res.retain(|r| filter.matches(dag.node(r.node)) && !(pending && r.cached()));
+    let (dag, _, res) = super::filter::resolved(p, &cache, filter, pending)?;
     let mut past: BTreeMap<String, Vec<Past>> = BTreeMap::new();
     for k in cache.keys()? {
         if let Some(m) = cache.read_manifest(&k) {

@@ -272,22 +272,23 @@ fn p_value(p: Option<f64>) -> String {
     }
 }
 
+/// Every row's parameter names, in first-seen order: the table's parameter columns.
+fn param_keys(rows: &[Row]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for k in rows.iter().flat_map(|r| r.params.keys()) {
+        if !v.contains(k) {
+            v.push(k.clone());
+        }
+    }
+    v
+}
+
 /// The columns of the table, header and cells as text.
 fn columns(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     let several = rows
         .iter()
         .any(|r| r.pipeline != rows.first().map_or("", |f| f.pipeline.as_str()));
-    let params: Vec<String> = {
-        let mut v: Vec<String> = Vec::new();
-        for r in rows {
-            for k in r.params.keys() {
-                if !v.contains(k) {
-                    v.push(k.clone());
-                }
-            }
-        }
-        v
-    };
+    let params = param_keys(rows);
     let baseline = rows.iter().any(|r| r.vs_baseline.is_some());
     let mut head: Vec<String> = Vec::new();
     if several {
@@ -363,17 +364,7 @@ pub fn render(rows: &[Row], format: Format) -> String {
         }
         Format::Csv => {
             // Tidy: means and standard deviations in their own columns, fractions not percent.
-            let params: Vec<String> = {
-                let mut v: Vec<String> = Vec::new();
-                for r in rows {
-                    for k in r.params.keys() {
-                        if !v.contains(k) {
-                            v.push(k.clone());
-                        }
-                    }
-                }
-                v
-            };
+            let params = param_keys(rows);
             let mut head = vec!["pipeline".to_string(), "strategy".to_string()];
             head.extend(params.iter().cloned());
             head.push("seeds".into());

@@ -253,22 +253,31 @@ impl Dag {
 
     /// A readable listing: each stage in dependency order with its kind and inputs.
     pub fn render_text(&self) -> String {
-        let mut s = String::new();
-        for &n in &self.order {
-            let node = &self.graph[n];
-            s.push_str(&format!("{}  [{}]\n", node.id, node.kind));
-            for alias in &node.aliases {
-                s.push_str(&format!("  = {alias}\n"));
-            }
-            let ins: Vec<_> = node.inputs.iter().collect();
-            for (i, (slot, from)) in ins.iter().enumerate() {
-                let branch = if i + 1 == ins.len() {
-                    "└─"
-                } else {
-                    "├─"
-                };
-                s.push_str(&format!("  {branch} {slot} <- {}\n", self.graph[**from].id));
-            }
+        self.order
+            .iter()
+            .map(|&n| self.render_block(n, &|id| id.to_string()))
+            .collect()
+    }
+
+    /// Stage `n` as [`Dag::render_text`] draws it (its id and kind, its other ids, its
+    /// inputs), every id shown through `name`.
+    pub fn render_block(&self, n: NodeIndex, name: &dyn Fn(&str) -> String) -> String {
+        let node = &self.graph[n];
+        let mut s = format!("{}  [{}]\n", name(&node.id), node.kind);
+        for alias in &node.aliases {
+            s.push_str(&format!("  = {}\n", name(alias)));
+        }
+        let ins: Vec<_> = node.inputs.iter().collect();
+        for (i, (slot, from)) in ins.iter().enumerate() {
+            let branch = if i + 1 == ins.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            s.push_str(&format!(
+                "  {branch} {slot} <- {}\n",
+                name(&self.graph[**from].id)
+            ));
         }
         s
     }
