@@ -112,3 +112,22 @@ fn log_prints_a_train_stages_log_and_curve() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn strategies_that_train_identically_share_one_training_curve_panel() {
+    let f = Fixture::with_pipeline(&format!(
+        "{}  rnf_isolated:\n    extends: rnf\n    isolate: true\n",
+        common::PIPELINE
+    ));
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    let out = f.path().join("rep");
+    let rep = f.cli(&["report", p, "--out", out.to_str().unwrap()]);
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    let svg = std::fs::read_to_string(out.join("training_curves.svg")).unwrap();
+    let texts: Vec<&str> = svg.lines().map(str::trim).collect();
+    assert!(texts.contains(&"rnf = rnf_isolated"), "panels: {texts:?}");
+    assert!(texts.contains(&"naive"));
+    assert!(!texts.contains(&"rnf_isolated"));
+}

@@ -745,14 +745,14 @@ fn ablation_panels(sums: &[StrategySummary], points: &Points) -> Vec<(String, Pa
 
 /// The training-curves figure's panels: per strategy, one line per task of its mean loss over
 /// seeds per epoch, epochs counted through the task sequence.
-fn curve_panels(results: &[RunResult]) -> Vec<(String, Vec<Series>)> {
+fn curve_panels(results: &[RunResult]) -> Panels {
     let mut names: Vec<&str> = Vec::new();
     for r in results {
         if !names.contains(&r.strategy.as_str()) {
             names.push(&r.strategy);
         }
     }
-    names
+    let panels: Panels = names
         .into_iter()
         .map(|name| {
             let runs: Vec<&RunResult> = results.iter().filter(|r| r.strategy == name).collect();
@@ -791,7 +791,20 @@ fn curve_panels(results: &[RunResult]) -> Vec<(String, Vec<Series>)> {
             }
             (name.to_string(), lines)
         })
-        .collect()
+        .collect();
+    // Strategies that trained identically (they differ only after training, as an isolated
+    // evaluation does) share one panel rather than drawing the same curves twice.
+    let mut merged: Panels = Vec::new();
+    for (name, lines) in panels {
+        match merged.iter_mut().find(|(_, l)| *l == lines) {
+            Some((n, _)) => {
+                n.push_str(" = ");
+                n.push_str(&name);
+            }
+            None => merged.push((name, lines)),
+        }
+    }
+    merged
 }
 
 fn stages_csv(times: &[StageTime]) -> String {
