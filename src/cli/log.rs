@@ -91,16 +91,10 @@ pub(super) fn log_cmd(a: LogArgs, c: &CacheLoc) -> Result<(), CliError> {
     if !log.trim().is_empty() {
         out!("{}", log.trim_end());
     }
-    #[derive(serde::Deserialize)]
-    struct TrainLog {
-        epochs: Vec<crate::report::EpochPoint>,
-    }
-    let curve = std::fs::read(e.output_path(crate::stages::train::TRAIN_JSON))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<TrainLog>(&b).ok());
-    if let Some(c) = curve.filter(|c| !c.epochs.is_empty()) {
+    let curve = crate::report::curve(Some(&e));
+    if let Some(epochs) = curve.filter(|c| !c.is_empty()) {
         out!("\nepoch      loss  train acc");
-        for p in c.epochs {
+        for p in epochs {
             out!(
                 "{:>5}  {:>8.5}  {:>8.2}%",
                 p.epoch,

@@ -10,7 +10,7 @@
 //! `2 / 2ⁿ`: 0.0625 with five seeds), and no p at all for fewer than two common seeds.
 
 use super::summary::{MeanStd, StrategySummary};
-use super::RunResult;
+use super::{csv_field, RunResult};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -101,10 +101,7 @@ fn per_seed(results: &[RunResult], strategy: &str) -> BTreeMap<u64, f64> {
     results
         .iter()
         .filter(|r| r.strategy == strategy && r.complete())
-        .filter_map(|r| {
-            let row = r.accuracy.last()?.as_ref()?;
-            Some((r.seed, row.iter().sum::<f64>() / row.len().max(1) as f64))
-        })
+        .filter_map(|r| Some((r.seed, r.final_mean_accuracy()?)))
         .collect()
 }
 
@@ -344,14 +341,6 @@ fn columns(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
         })
         .collect();
     (head, cells)
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// The table in `format`.

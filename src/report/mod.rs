@@ -68,13 +68,29 @@ struct TrainLog {
     epochs: Vec<EpochPoint>,
 }
 
-fn curve(e: Option<&Entry>) -> Option<Vec<EpochPoint>> {
+/// One CSV field, quoted where it holds a comma, a quote or a newline (RFC 4180).
+pub(crate) fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A train stage's curve, from its `train.json`.
+pub fn curve(e: Option<&Entry>) -> Option<Vec<EpochPoint>> {
     read_json::<TrainLog>(e?, crate::stages::train::TRAIN_JSON).map(|l| l.epochs)
 }
 
 impl RunResult {
     pub fn complete(&self) -> bool {
         self.missing.is_empty()
+    }
+
+    /// Mean accuracy over all tasks after the last one (`None` where that row is missing).
+    pub fn final_mean_accuracy(&self) -> Option<f64> {
+        let row = self.accuracy.last()?.as_ref()?;
+        Some(row.iter().sum::<f64>() / row.len().max(1) as f64)
     }
 }
 

@@ -115,8 +115,7 @@ fn summarize_one(name: &str, results: &[RunResult]) -> Option<StrategySummary> {
         .collect();
     let finals: Vec<f64> = runs
         .iter()
-        .map(|r| final_row(r))
-        .map(|row| row.iter().sum::<f64>() / row.len().max(1) as f64)
+        .map(|r| r.final_mean_accuracy().unwrap_or(0.0))
         .collect();
     let task1: Vec<f64> = runs
         .iter()

@@ -4,7 +4,7 @@
 use super::correlations::{self, CorrelationSummary};
 use super::figures::{self, Heatmap, PruneCurve, Series};
 use super::summary::{MeanStd, StrategySummary};
-use super::RunResult;
+use super::{csv_field, RunResult};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -652,14 +652,6 @@ fn curves_csv(results: &[RunResult]) -> String {
         }
     }
     s
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// Panels of a figure: (caption, lines).

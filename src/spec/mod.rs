@@ -108,6 +108,28 @@ impl Source {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The YAML tree with `overrides` applied, and each override's key path.
+    fn overridden(
+        &self,
+        overrides: &[sweep::Override],
+    ) -> Result<(serde_yaml::Value, Vec<(String, sweep::Override)>), SpecErrors> {
+        let mut value = self.value.clone();
+        let mut keys = Vec::new();
+        for o in overrides {
+            let key = apply_override(&mut value, &o.arg).map_err(|m| {
+                SpecErrors(vec![SpecError {
+                    file: self.path.clone(),
+                    pos: o.pos,
+                    path: o.arg.split('=').next().unwrap_or("").to_string(),
+                    message: m,
+                    from_override: Some(o.label.clone()),
+                }])
+            })?;
+            keys.push((key, o.clone()));
+        }
+        Ok((value, keys))
+    }
 }
 
 /// Read and parse a pipeline file, and take out its `sweep:` block.
@@ -161,21 +183,8 @@ pub fn resolve(
     data: DataCheck,
 ) -> Result<Pipeline, SpecErrors> {
     let path = source.path.as_path();
-    let mut value = source.value.clone();
+    let (mut value, overridden) = source.overridden(overrides)?;
     let locator = source.locator.clone();
-    let mut overridden = Vec::new();
-    for o in overrides {
-        let key = apply_override(&mut value, &o.arg).map_err(|m| {
-            SpecErrors(vec![SpecError {
-                file: path.to_path_buf(),
-                pos: o.pos,
-                path: o.arg.split('=').next().unwrap_or("").to_string(),
-                message: m,
-                from_override: Some(o.label.clone()),
-            }])
-        })?;
-        overridden.push((key, o.clone()));
-    }
     let ctx = validate::Ctx {
         file: path.to_path_buf(),
         locator,
@@ -226,19 +235,8 @@ pub fn settings(
     path: &Path,
     set: &[String],
 ) -> Result<std::collections::BTreeMap<String, String>, SpecErrors> {
-    let src = read(path)?;
-    let mut value = src.value.clone();
-    for o in set {
-        apply_override(&mut value, o).map_err(|m| {
-            SpecErrors(vec![SpecError {
-                file: path.to_path_buf(),
-                pos: None,
-                path: o.split('=').next().unwrap_or("").to_string(),
-                message: m,
-                from_override: Some(format!("--set {o}")),
-            }])
-        })?;
-    }
+    let set: Vec<sweep::Override> = set.iter().map(|o| sweep::Override::set(o)).collect();
+    let (value, _) = read(path)?.overridden(&set)?;
     fn flatten(
         prefix: &str,
         v: &serde_yaml::Value,
