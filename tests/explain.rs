@@ -36,7 +36,8 @@ fn heatmaps_show_the_lrp_relevance_of_the_true_logit() {
     assert!(f.cli(&["run", p, "--quiet"]).status.success());
     let o = f.cli(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("wrote 3 files"), "{}", stdout(&o));
+    // A PNG and an SVG per image, and relevance.json.
+    assert!(stdout(&o).contains("wrote 5 files"), "{}", stdout(&o));
 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("relevance.json")).unwrap()).unwrap();
@@ -92,17 +93,32 @@ fn heatmaps_show_the_lrp_relevance_of_the_true_logit() {
         let sum: f64 = got.iter().sum();
         assert!((written("relevance_sum") - sum).abs() < 1e-4);
 
-        // 8×8 upscaled ×16: image | 4 px gap | heatmap.
+        // The figure: the image and its heatmap as blocks of `cell` pixels, where
+        // relevance.json says they are, under a title naming the class and the logit.
         let png = image::open(out.join(img["png"].as_str().unwrap()))
             .unwrap()
             .to_rgb8();
-        assert_eq!(png.dimensions(), (2 * 128 + 4, 128));
+        assert_eq!(png.dimensions(), (900, 470));
+        let svg = std::fs::read_to_string(out.join(img["svg"].as_str().unwrap())).unwrap();
+        let title = format!("class {}, logit {:.3}", img["class"], written("logit"));
+        assert!(svg.contains(&title), "{index}: no title {title:?}");
+        assert!(svg.contains("LRP dense ε (ε = 1e-6)"), "{index}: no rules");
+        let layout = &img["layout"];
+        let corner = |k: &str| {
+            let v = layout[k].as_array().unwrap();
+            (v[0].as_u64().unwrap() as u32, v[1].as_u64().unwrap() as u32)
+        };
+        let cell = layout["cell"].as_u64().unwrap() as u32;
+        let ((ix, iy), (rx, ry)) = (corner("input"), corner("relevance"));
+        assert_eq!(cell, 40, "8×8 pixels in a 320-pixel box");
         let max = got.iter().fold(0f64, |m, v| m.max(v.abs()));
         assert!(max > 0.0, "{index}: all relevance is zero");
         let (mut red, mut blue) = (0, 0);
         for (p, &r) in got.iter().enumerate() {
             let (row, col) = ((p / 8) as u32, (p % 8) as u32);
-            let c = png.get_pixel(132 + col * 16 + 8, row * 16 + 8).0;
+            let c = png
+                .get_pixel(rx + col * cell + cell / 2, ry + row * cell + cell / 2)
+                .0;
             if r / max > 0.01 {
                 assert!(
                     c[0] == 255 && c[2] < 255,
@@ -117,7 +133,9 @@ fn heatmaps_show_the_lrp_relevance_of_the_true_logit() {
                 blue += 1;
             }
             // The input half shows the stored bytes.
-            let g = png.get_pixel(col * 16 + 8, row * 16 + 8).0;
+            let g = png
+                .get_pixel(ix + col * cell + cell / 2, iy + row * cell + cell / 2)
+                .0;
             assert_eq!(g, [xi[p]; 3]);
         }
         assert!(red > 0, "{index}: no positive relevance drawn");
@@ -225,7 +243,12 @@ fn conv_models_are_explained_through_the_same_lrp() {
     }
     assert!((img["logit"].as_f64().unwrap() - r.explained[0] as f64).abs() < 1e-5);
     let png = image::open(out.join("test5.png")).unwrap();
-    assert_eq!((png.width(), png.height()), (2 * 128 + 4, 128));
+    assert_eq!((png.width(), png.height()), (900, 470));
+    let svg = std::fs::read_to_string(out.join("test5.svg")).unwrap();
+    assert!(
+        svg.contains("conv z⁺"),
+        "a conv model's figure names its conv rule"
+    );
 }
 
 #[test]
@@ -261,7 +284,7 @@ fn explain_is_a_cached_stage_so_a_second_call_computes_nothing_and_device_applie
         stdout(&second)
     );
     assert_eq!(common::published_entries(&f.cache_dir()), before + 1);
-    for file in ["test1.png", "test2.png", "relevance.json"] {
+    for file in ["test1.png", "test1.svg", "test2.png", "relevance.json"] {
         assert_eq!(
             std::fs::read(out.join(file)).unwrap(),
             std::fs::read(again.join(file)).unwrap(),

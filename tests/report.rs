@@ -75,6 +75,55 @@ fn report_writes_tables_exports_and_figures_from_the_cache() {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{stem}.png signature");
         assert!(png.len() > 10_000, "{stem}.png is trivial");
     }
+    // The pruning search is drawn for every seed, with their mean, one panel per task that
+    // prunes; rnf's capacity line is labelled with its strategy.
+    let prune = std::fs::read_to_string(out_dir.join("prune_rnf.svg")).unwrap();
+    for text in ["seed 0", "seed 1", "mean", "task 1", "(2 seeds)"] {
+        assert!(prune.contains(text), "prune_rnf.svg lacks {text:?}");
+    }
+    let mean = std::fs::read_to_string(out_dir.join("mean_accuracy.svg")).unwrap();
+    assert!(mean.contains("rnf free capacity"), "mean_accuracy.svg");
+
+    // --dpi draws the same PNGs at another resolution; --full-range puts percent axes at 0–100.
+    let hi = f.path().join("hi");
+    let o = f.cli(&[
+        "report",
+        p,
+        "--out",
+        hi.to_str().unwrap(),
+        "--set",
+        "seeds=[0, 1]",
+        "--dpi",
+        "200",
+        "--full-range",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = std::fs::read(hi.join("mean_accuracy.png")).unwrap();
+    let size = |png: &[u8]| {
+        let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+        (be(16), be(20))
+    };
+    assert_eq!(size(&png), (1800, 1200));
+    let svg = std::fs::read_to_string(hi.join("per_task.svg")).unwrap();
+    let zero = "\n0\n</text>";
+    assert!(svg.contains(zero), "a 0–100 axis has a 0 tick");
+    let fitted = std::fs::read_to_string(out_dir.join("per_task.svg")).unwrap();
+    assert!(
+        !fitted.contains(zero),
+        "the fitted axis stays near the accuracies"
+    );
+    let o = f.cli(&[
+        "report",
+        p,
+        "--out",
+        hi.to_str().unwrap(),
+        "--set",
+        "seeds=[0, 1]",
+        "--dpi",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("dots per inch"), "{}", stderr(&o));
 }
 
 #[test]

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::error::CliError;
 use crate::exec::{resolve, ExecOptions, Executor, Outcome};
 use crate::graph::Dag;
+use crate::report::figures;
 use crate::spec::DataCheck;
 use crate::stages::{self, Backend};
 use clap::{Args, Parser, Subcommand};
@@ -255,6 +256,13 @@ pub enum Command {
         /// training loss and accuracy per epoch, mean accuracy and free capacity per task).
         #[arg(long, value_name = "DIR")]
         tensorboard: Option<PathBuf>,
+        /// Resolution of the PNG figures. The layout is that of a 9 × 6 inch figure at any
+        /// resolution (300 for print); the SVGs are vector.
+        #[arg(long, value_name = "N", default_value_t = figures::BASE_DPI, value_parser = dpi)]
+        dpi: u32,
+        /// Percent axes (accuracy, free capacity) span 0–100 instead of fitting the data.
+        #[arg(long)]
+        full_range: bool,
     },
     /// Write PNG heatmaps of LRP input relevance for test images, from a cached train stage
     /// (never trains).
@@ -282,6 +290,9 @@ pub enum Command {
         /// Output directory [default: reports/<pipeline name>/explain/<stage id, `/` → `-`>].
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Resolution of the PNG figures (the SVGs beside them are vector).
+        #[arg(long, value_name = "N", default_value_t = figures::BASE_DPI, value_parser = dpi)]
+        dpi: u32,
         /// `cpu`, or `cuda[:N]` with a CUDA build.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -543,7 +554,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             out,
             force,
             tensorboard,
-        } => report_cmd(&p, out, force, tensorboard, c),
+            dpi,
+            full_range,
+        } => {
+            let look = figures::Look { dpi, full_range };
+            report_cmd(&p, out, force, tensorboard, &look, c)
+        }
         Command::Explain {
             p,
             stage,
@@ -554,6 +570,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             epsilon,
             out,
             device,
+            dpi,
         } => {
             let parse_rule = |flag: &str, v: &str| {
                 serde_json::from_value::<crate::xai::lrp::LrpRule>(serde_json::json!(v)).map_err(
@@ -578,6 +595,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 rules,
                 out,
                 device,
+                dpi,
             };
             explain_cmd(&p, opts, c)
         }
@@ -995,6 +1013,7 @@ fn report_cmd(
     out: Option<PathBuf>,
     force: bool,
     tensorboard: Option<PathBuf>,
+    look: &figures::Look,
     c: &CacheLoc,
 ) -> Result<(), CliError> {
     let (pipe, dag) = p.load(DataCheck::Required)?;
@@ -1094,6 +1113,7 @@ fn report_cmd(
     let meta = crate::report::write::ReportMeta {
         points: &points,
         provenance: &provenance,
+        look,
     };
     let files =
         crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times, &meta)?;
@@ -1127,6 +1147,7 @@ struct ExplainArgs {
     rules: crate::xai::lrp::LrpRules,
     out: Option<PathBuf>,
     device: String,
+    dpi: u32,
 }
 
 /// `cfpipe explain`: the train stage's cached model and its split's test images, from the
@@ -1245,7 +1266,11 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
             .join("explain")
             .join(a.stage.replace('/', "-"))
     });
-    let written = explain::write(&out, &a.stage, &file, |png| explained.output_path(png))?;
+    let look = figures::Look {
+        dpi: a.dpi,
+        ..figures::Look::default()
+    };
+    let written = explain::write(&out, &a.stage, &file, &look)?;
     for e in &file.images {
         out!(
             "test image {} (class {}): logit {:.4}, relevance sum {:.4}",
@@ -1266,6 +1291,21 @@ fn explain_cmd(p: &PipelineArgs, a: ExplainArgs, c: &CacheLoc) -> Result<(), Cli
         out.display()
     );
     Ok(())
+}
+
+/// `--dpi`: a whole number in [`figures::DPI_RANGE`].
+fn dpi(v: &str) -> Result<u32, String> {
+    let r = figures::DPI_RANGE;
+    v.parse::<u32>()
+        .ok()
+        .filter(|d| r.contains(d))
+        .ok_or_else(|| {
+            format!(
+                "expected a whole number of dots per inch in {}..={}",
+                r.start(),
+                r.end()
+            )
+        })
 }
 
 fn set_args(set: &[String]) -> String {

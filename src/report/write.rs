@@ -81,6 +81,7 @@ impl Provenance {
 pub struct ReportMeta<'a> {
     pub points: &'a Points,
     pub provenance: &'a Provenance,
+    pub look: &'a figures::Look,
 }
 
 pub fn write_report(
@@ -92,6 +93,7 @@ pub fn write_report(
     meta: &ReportMeta,
 ) -> Result<Vec<PathBuf>, ReportError> {
     let points = meta.points;
+    let look = meta.look;
     std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
         path: out.to_path_buf(),
         source,
@@ -144,7 +146,7 @@ pub fn write_report(
         .iter()
         .filter(|s| s.free_capacity.iter().any(|c| c.mean < 1.0))
         .map(|s| Series {
-            label: format!("{} capacity", s.strategy),
+            label: s.strategy.clone(),
             x: xs.clone(),
             y: s.free_capacity.iter().map(|c| c.mean * 100.0).collect(),
             std: None,
@@ -156,6 +158,7 @@ pub fn write_report(
             &format!("{name}: mean accuracy over seen tasks"),
             &acc_series,
             &cap_series,
+            look,
         )?);
         let panels: Vec<(String, Vec<Series>)> = seq
             .iter()
@@ -186,6 +189,7 @@ pub fn write_report(
             &out.join("per_task"),
             &format!("{name}: accuracy per task"),
             &panels,
+            look,
         )?);
     }
     let mut pruning: Vec<&str> = Vec::new();
@@ -195,34 +199,27 @@ pub fn write_report(
         }
     }
     for strat in pruning {
-        let Some(r) = results.iter().find(|r| r.strategy == strat && r.complete()) else {
-            continue;
-        };
-        let curves: Vec<PruneCurve> = r
-            .prune
+        let runs: Vec<&RunResult> = results
             .iter()
-            .enumerate()
-            .filter_map(|(t, p)| p.as_ref().map(|p| (t, p)))
-            .map(|(t, p)| PruneCurve {
-                label: format!("task {}", t + 1),
-                share: p.curve.iter().map(|c| c.share * 100.0).collect(),
-                accuracy: p.curve.iter().map(|c| c.accuracy * 100.0).collect(),
-                threshold_line: (p.baseline_accuracy - p.threshold) * 100.0,
-                accepted_share: if p.candidates == 0 {
-                    0.0
-                } else {
-                    p.accepted_pruned as f64 / p.candidates as f64 * 100.0
-                },
-            })
+            .filter(|r| r.strategy == strat && r.complete())
             .collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let panels = prune_panels(&runs);
+        let seeds = match runs.len() {
+            1 => format!("seed {}", runs[0].seed),
+            n => format!("{n} seeds"),
+        };
         figs.extend(figures::prune_figure(
             &out.join(format!("prune_{strat}")),
-            &format!("{name}: pruning search of {strat} (seed {})", r.seed),
-            &curves,
+            &format!("{name}: pruning search of {strat} ({seeds})"),
+            &panels,
+            look,
         )?);
     }
     for c in &corr {
-        figs.extend(correlation_figures(out, name, c)?);
+        figs.extend(correlation_figures(out, name, c, look)?);
     }
     for (axis, panels) in ablation_panels(summaries, points) {
         let stem: String = axis
@@ -234,6 +231,7 @@ pub fn write_report(
             &format!("{name}: final metrics against {axis} (mean ± std over seeds)"),
             &axis,
             &panels,
+            look,
         )?);
     }
     let curves = curve_panels(results);
@@ -242,6 +240,7 @@ pub fn write_report(
             &out.join("training_curves"),
             &format!("{name}: training loss per epoch"),
             &curves,
+            look,
         )?);
     }
     put(
@@ -252,12 +251,38 @@ pub fn write_report(
     Ok(files)
 }
 
+/// One panel per task that prunes, one curve per seed (runs of one strategy).
+fn prune_panels(runs: &[&RunResult]) -> Vec<(String, Vec<PruneCurve>)> {
+    let tasks = runs.iter().map(|r| r.prune.len()).max().unwrap_or(0);
+    (0..tasks)
+        .filter_map(|t| {
+            let curves: Vec<PruneCurve> = runs
+                .iter()
+                .filter_map(|r| r.prune.get(t)?.as_ref().map(|p| (r.seed, p)))
+                .map(|(seed, p)| PruneCurve {
+                    label: format!("seed {seed}"),
+                    share: p.curve.iter().map(|c| c.share * 100.0).collect(),
+                    accuracy: p.curve.iter().map(|c| c.accuracy * 100.0).collect(),
+                    threshold_line: (p.baseline_accuracy - p.threshold) * 100.0,
+                    accepted_share: if p.candidates == 0 {
+                        0.0
+                    } else {
+                        p.accepted_pruned as f64 / p.candidates as f64 * 100.0
+                    },
+                })
+                .collect();
+            (!curves.is_empty()).then(|| (format!("task {}", t + 1), curves))
+        })
+        .collect()
+}
+
 /// The heatmap of the Pearson matrices after the last task (one panel per layer) and Pearson
 /// vs task (one panel per layer, one line per pair), for one strategy.
 fn correlation_figures(
     out: &Path,
     name: &str,
     c: &CorrelationSummary,
+    look: &figures::Look,
 ) -> Result<Vec<PathBuf>, ReportError> {
     let mut figs = Vec::new();
     let last = c.tasks.saturating_sub(1);
@@ -280,6 +305,7 @@ fn correlation_figures(
             last + 1
         ),
         &maps,
+        look,
     )?);
     let xs: Vec<f64> = (1..=c.tasks).map(|t| t as f64).collect();
     let panels: Vec<(String, Vec<Series>)> = c
@@ -303,6 +329,7 @@ fn correlation_figures(
         &out.join(format!("correlation_vs_task_{}", c.strategy)),
         &format!("{name}, {}: Pearson r vs task ({seeds})", c.strategy),
         &panels,
+        look,
     )?);
     Ok(figs)
 }

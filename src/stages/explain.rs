@@ -1,11 +1,12 @@
-//! `explain`: LRP input relevance of chosen test images of a trained model, drawn as heatmaps
-//! (`xai::explain`). `cfpipe explain` adds this stage on top of a pipeline's cached train
-//! stage and runs it through the executor, so the result is cached under a key like any
-//! other and `--device` applies to it; the command never trains.
+//! `explain`: LRP input relevance of chosen test images of a trained model (`xai::explain`).
+//! `cfpipe explain` adds this stage on top of a pipeline's cached train stage and runs it
+//! through the executor, so the result is cached under a key like any other and `--device`
+//! applies to it; the command never trains, and draws the heatmaps from the entry.
 //!
-//! Inputs `split` (the train stage's split) and `model` (the train stage). Artifact: one PNG per
-//! image (`test<index>.png`) and [`EXPLAINED`], the relevance of every pixel and the explained
-//! logits.
+//! Inputs `split` (the train stage's split) and `model` (the train stage). Artifact:
+//! [`EXPLAINED`], the input bytes and the relevance of every pixel, and the explained logits.
+//! (Version 2 also stored a PNG per image; the figures are the command's now, so their style
+//! can change without invalidating a relevance.)
 
 use super::artifacts::{self, SplitData};
 use super::{on_device, views};
@@ -36,7 +37,7 @@ impl Stage for Explain {
         "explain"
     }
     fn version(&self) -> u32 {
-        super::keyed_version(1, super::Numerics::Kernels)
+        super::keyed_version(2, super::Numerics::Kernels)
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)
@@ -80,14 +81,12 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     }
     let mut art = Artifact::new();
     for e in &shown {
-        let png = explain::png(e).map_err(|err| StageError::failed(format!("{}: {err}", e.png)))?;
-        art.insert(&e.png, png);
         ctx.log(format!(
             "test image {}: logit {:.4}, relevance sum {:.4}",
             e.index, e.logit, e.relevance_sum
         ));
     }
-    let file = ExplainedFile::new(p.head, &p.rules, shown);
+    let file = ExplainedFile::new(p.head, &p.rules, host.arch.is_some(), shown);
     art.insert(
         EXPLAINED,
         serde_json::to_vec_pretty(&file).expect("plain data"),

@@ -1,28 +1,25 @@
 //! `cfpipe explain`: input relevance of single test images as heatmaps. The relevance comes
 //! from [`crate::xai::lrp::lrp`], the very function the `score` stage calls, so a heatmap shows
-//! what the scores were made of. Each PNG puts the input image (as stored, upscaled with
-//! nearest-neighbour so 8×8 or 28×28 pixels stay visible) next to its heatmap: red positive,
-//! blue negative, white zero, on a colour scale symmetric around zero and set per image by its
-//! largest |R| (as in the RNF paper's Fig. 5). Channels are summed into one relevance per pixel.
-//! The per-pixel relevance itself is written to `relevance.json`, so figures can be redrawn
-//! and the numbers checked without decoding colours.
+//! what the scores were made of. Each figure ([`crate::report::figures::explain_figure`]) puts
+//! the input image (as stored, one block per pixel so 8×8 or 28×28 pixels stay visible) next
+//! to its heatmap: red positive, blue negative, white zero, on a colour scale symmetric around
+//! zero and set per image by its largest |R| (as in the RNF paper's Fig. 5), shown as a colour
+//! bar; the title names the class, the logit and the rules. Channels are summed into one
+//! relevance per pixel. The per-pixel relevance itself is written to `relevance.json`, with
+//! where each image sits in the PNG, so figures can be redrawn and the numbers checked.
 //!
 //! The relevance is computed by the cached `explain` stage (`stages::explain`), on the
-//! process's device; this module holds what it computes and how the command writes it out.
+//! process's device; the figures are drawn by the command from that entry, so a change of
+//! style never invalidates a cached relevance.
 
 use crate::nn::model::{DeviceModel, ModelParams};
 use crate::nn::tensor::Label;
+use crate::report::figures::{self, ExplainLayout, ExplainPanel, Look};
 use crate::stages::artifacts::SplitData;
 use crate::xai::lrp::{lrp, LrpRules};
 use dfdx::prelude::*;
-use image::{Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// Pixels between the input image and its heatmap.
-const GAP: u32 = 4;
-/// Images are upscaled until their larger side has at least this many pixels.
-const MIN_SIDE: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
@@ -41,6 +38,8 @@ pub enum ExplainError {
     BadShape(Vec<usize>),
     #[error("writing {path}: {cause}")]
     Write { path: PathBuf, cause: String },
+    #[error(transparent)]
+    Figure(#[from] figures::FigureError),
 }
 
 /// One explained test image.
@@ -60,10 +59,22 @@ pub struct Explained {
     pub shape: [usize; 3],
     /// Input relevance per feature, in the sample's CHW order.
     pub relevance: Vec<f32>,
-    /// The PNG written for it (file name inside the output directory).
+    /// The PNG the command writes for it (file name inside the output directory; the SVG
+    /// beside it has the same stem).
     pub png: String,
-    #[serde(skip)]
+    /// The input as stored, in CHW order (what the figure shows beside the relevance).
     pub pixels: Vec<u8>,
+}
+
+impl Explained {
+    /// Relevance per pixel, channels summed (`H·W`).
+    pub fn per_pixel(&self) -> Vec<f32> {
+        let [c, h, w] = self.shape;
+        let hw = h * w;
+        (0..hw)
+            .map(|p| (0..c).map(|ch| self.relevance[ch * hw + p]).sum())
+            .collect()
+    }
 }
 
 /// A sample shape as `[C, H, W]`: a 2-D sample is one channel, a flat one a single row.
@@ -173,61 +184,12 @@ pub fn explain<D: Device<f32>>(
         .collect()
 }
 
-/// Red for positive, blue for negative, white for zero; `v` in [-1, 1].
-pub fn bwr(v: f32) -> Rgb<u8> {
-    let v = if v.is_finite() {
-        v.clamp(-1.0, 1.0)
-    } else {
-        0.0
-    };
-    let fade = |t: f32| (255.0 * (1.0 - t)).round() as u8;
-    if v >= 0.0 {
-        Rgb([255, fade(v), fade(v)])
-    } else {
-        Rgb([fade(-v), fade(-v), 255])
-    }
-}
-
-fn scale_for(h: usize, w: usize) -> usize {
-    MIN_SIDE.div_ceil(h.max(w).max(1)).max(1)
-}
-
-/// Input image and heatmap side by side: `(2·s·W + GAP) × s·H` pixels for upscale factor `s`.
-pub fn render(e: &Explained) -> RgbImage {
-    let [c, h, w] = e.shape;
-    let s = scale_for(h, w);
-    let hw = h * w;
-    // Relevance per pixel (channels summed), scaled by the image's own max |R|.
-    let per_pixel: Vec<f32> = (0..hw)
-        .map(|p| (0..c).map(|ch| e.relevance[ch * hw + p]).sum())
-        .collect();
-    let max = per_pixel.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let input_rgb = |p: usize| -> Rgb<u8> {
-        if c == 3 {
-            Rgb([e.pixels[p], e.pixels[hw + p], e.pixels[2 * hw + p]])
-        } else {
-            let g = (0..c).map(|ch| e.pixels[ch * hw + p] as u32).sum::<u32>() / c.max(1) as u32;
-            Rgb([g as u8; 3])
-        }
-    };
-    let (sw, sh) = ((w * s) as u32, (h * s) as u32);
-    let mut img = RgbImage::from_pixel(2 * sw + GAP, sh, Rgb([255, 255, 255]));
-    for py in 0..sh {
-        for px in 0..sw {
-            let p = (py as usize / s) * w + px as usize / s;
-            img.put_pixel(px, py, input_rgb(p));
-            let v = if max > 0.0 { per_pixel[p] / max } else { 0.0 };
-            img.put_pixel(sw + GAP + px, py, bwr(v));
-        }
-    }
-    img
-}
-
 /// The explain stage's record of what it explained (the file [`EXPLAINED`] of its entry).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExplainedFile {
     /// 1-based task of the head.
     pub head: usize,
+    /// The rules, as [`LrpRules::describe`] reads them.
     pub rules: String,
     pub images: Vec<Explained>,
 }
@@ -236,20 +198,13 @@ pub struct ExplainedFile {
 pub const EXPLAINED: &str = "explained.json";
 
 impl ExplainedFile {
-    pub fn new(head: usize, rules: &LrpRules, images: Vec<Explained>) -> Self {
+    pub fn new(head: usize, rules: &LrpRules, conv: bool, images: Vec<Explained>) -> Self {
         ExplainedFile {
             head: head + 1,
-            rules: format!("{rules:?}"),
+            rules: rules.describe(conv),
             images,
         }
     }
-}
-
-/// `render(e)` as PNG bytes.
-pub fn png(e: &Explained) -> Result<Vec<u8>, image::ImageError> {
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    render(e).write_to(&mut bytes, image::ImageFormat::Png)?;
-    Ok(bytes.into_inner())
 }
 
 #[derive(Serialize)]
@@ -258,16 +213,25 @@ struct RelevanceFile<'a> {
     /// 1-based task of the head.
     head: usize,
     rules: &'a str,
-    images: &'a [Explained],
+    images: Vec<Drawn<'a>>,
 }
 
-/// Copy an explain entry's PNGs (found by `png_at`) into `out` and write `relevance.json`
+/// One image of `relevance.json`: what was explained, and where the PNG shows it.
+#[derive(Serialize)]
+struct Drawn<'a> {
+    #[serde(flatten)]
+    explained: &'a Explained,
+    svg: String,
+    layout: ExplainLayout,
+}
+
+/// Draw an explain entry's images into `out` (PNG and SVG each) and write `relevance.json`
 /// there naming the train stage `stage`; returns the paths written.
 pub fn write(
     out: &Path,
     stage: &str,
     explained: &ExplainedFile,
-    png_at: impl Fn(&str) -> PathBuf,
+    look: &Look,
 ) -> Result<Vec<PathBuf>, ExplainError> {
     let werr = |path: &Path, e: &dyn std::fmt::Display| ExplainError::Write {
         path: path.to_path_buf(),
@@ -275,17 +239,40 @@ pub fn write(
     };
     std::fs::create_dir_all(out).map_err(|e| werr(out, &e))?;
     let mut written = Vec::new();
+    let mut images = Vec::new();
     for e in &explained.images {
-        let path = out.join(&e.png);
-        std::fs::copy(png_at(&e.png), &path).map_err(|err| werr(&path, &err))?;
-        written.push(path);
+        let stem = out.join(e.png.trim_end_matches(".png"));
+        let relevance = e.per_pixel();
+        let panel = ExplainPanel {
+            title: format!(
+                "test image {} of task {}: class {}, logit {:.3}",
+                e.index, explained.head, e.class, e.logit
+            ),
+            subtitle: format!(
+                "LRP {}; relevance sum {:.3}",
+                explained.rules, e.relevance_sum
+            ),
+            shape: e.shape,
+            pixels: &e.pixels,
+            relevance: &relevance,
+        };
+        let (files, layout) = figures::explain_figure(&stem, &panel, look)?;
+        images.push(Drawn {
+            explained: e,
+            svg: files[0]
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            layout,
+        });
+        written.extend(files);
     }
     let path = out.join("relevance.json");
     let file = RelevanceFile {
         stage,
         head: explained.head,
         rules: &explained.rules,
-        images: &explained.images,
+        images,
     };
     let json = serde_json::to_vec_pretty(&file).expect("plain data");
     std::fs::write(&path, json).map_err(|e| werr(&path, &e))?;
@@ -298,37 +285,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn colours_are_white_at_zero_red_positive_blue_negative() {
-        assert_eq!(bwr(0.0), Rgb([255, 255, 255]));
-        assert_eq!(bwr(1.0), Rgb([255, 0, 0]));
-        assert_eq!(bwr(-1.0), Rgb([0, 0, 255]));
-        assert_eq!(bwr(f32::NAN), Rgb([255, 255, 255]));
-        let half = bwr(0.5);
-        assert!(half.0[0] == 255 && half.0[1] > 100 && half.0[1] < 150);
-    }
-
-    #[test]
-    fn scale_is_symmetric_per_image() {
-        // Two pixels: +1 and −0.5. The max |R| sets the scale, so +1 is full red and −0.5
-        // half blue (not full blue, as a separate scale per sign would give).
+    fn per_pixel_relevance_sums_the_channels() {
         let e = Explained {
             index: 0,
             label: 0,
             class: 0,
             logit: 0.5,
             relevance_sum: 0.5,
-            shape: [1, 1, 2],
-            relevance: vec![1.0, -0.5],
+            shape: [2, 1, 2],
+            relevance: vec![1.0, -0.5, 0.25, 0.25],
             png: String::new(),
-            pixels: vec![0, 255],
+            pixels: vec![0; 4],
         };
-        let img = render(&e);
-        let s = scale_for(1, 2) as u32;
-        assert_eq!(img.dimensions(), (4 * s + GAP, s));
-        assert_eq!(*img.get_pixel(0, 0), Rgb([0, 0, 0]));
-        assert_eq!(*img.get_pixel(s, 0), Rgb([255, 255, 255]));
-        assert_eq!(*img.get_pixel(2 * s + GAP, 0), Rgb([255, 0, 0]));
-        assert_eq!(*img.get_pixel(3 * s + GAP, 0), bwr(-0.5));
+        assert_eq!(e.per_pixel(), vec![1.25, -0.25]);
     }
 
     #[test]

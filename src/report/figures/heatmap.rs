@@ -30,14 +30,14 @@ pub(super) fn draw_heatmaps<DB: DrawingBackend>(
 ) -> DrawResult<(), DB> {
     let area = root.titled(title, text(TITLE_PT))?;
     let w = area.dim_in_pixel().0;
-    let (main, bar) = area.split_horizontally(w.saturating_sub(COLOUR_BAR_W));
+    let (main, bar) = area.split_horizontally(w.saturating_sub(upx(COLOUR_BAR_W)));
     if maps.is_empty() {
         draw_note(&main, NO_DATA)?;
     }
     for (cell, m) in main.split_evenly(grid).iter().zip(maps) {
         draw_heatmap(cell, m)?;
     }
-    draw_colour_bar(&bar)
+    draw_colour_bar(&bar, 1.0, "Pearson r", &diverging)
 }
 
 pub(super) fn draw_heatmap<DB: DrawingBackend>(
@@ -46,7 +46,7 @@ pub(super) fn draw_heatmap<DB: DrawingBackend>(
 ) -> DrawResult<(), DB> {
     let (w, h) = area.dim_in_pixel();
     let (w, h) = (w as i32, h as i32);
-    let caption_h = 40;
+    let caption_h = px(40);
     area.draw(&Text::new(
         m.title.clone(),
         (w / 2, caption_h / 2),
@@ -61,17 +61,18 @@ pub(super) fn draw_heatmap<DB: DrawingBackend>(
     for l in &m.labels {
         label_w = label_w.max(area.estimate_text_size(l, &label_style)?.0 as i32);
     }
-    let left = label_w + 14;
-    let side_w = w - left - 14;
+    let left = label_w + px(14);
+    let side_w = w - left - px(14);
     // Column labels go under the matrix; turned upright when they would not fit side by side.
-    let upright = label_w + 6 > side_w / n;
-    let bottom = if upright { label_w + 14 } else { 30 };
-    let side = side_w.min(h - caption_h - bottom - 8).max(n);
+    let upright = label_w + px(6) > side_w / n;
+    let bottom = if upright { label_w + px(14) } else { px(30) };
+    let side = side_w.min(h - caption_h - bottom - px(8)).max(n);
     let cell = side / n;
     let side = cell * n;
     let x0 = left + (side_w - side) / 2;
     let y0 = caption_h;
-    let value_pt = ((cell as f64 / 3.4) as u32).clamp(8, LABEL_PT);
+    // In points of the 100-dpi layout, as `text` takes them.
+    let value_pt = ((cell as f64 / 3.4 / scale()) as u32).clamp(8, LABEL_PT);
     for (i, row) in m.values.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
             let (x, y) = (x0 + j as i32 * cell, y0 + i as i32 * cell);
@@ -81,7 +82,7 @@ pub(super) fn draw_heatmap<DB: DrawingBackend>(
             ))?;
             area.draw(&Rectangle::new(
                 [(x, y), (x + cell, y + cell)],
-                WHITE.stroke_width(1),
+                WHITE.stroke_width(upx(1)),
             ))?;
             let label = if v.is_finite() {
                 // No "-0.00" for a value that rounds to zero.
@@ -106,8 +107,8 @@ pub(super) fn draw_heatmap<DB: DrawingBackend>(
     let right = label_style.pos(Pos::new(HPos::Right, VPos::Center));
     for (i, l) in m.labels.iter().enumerate() {
         let mid = i as i32 * cell + cell / 2;
-        area.draw(&Text::new(l.clone(), (x0 - 6, y0 + mid), right.clone()))?;
-        let under = (x0 + mid, y0 + side + 6);
+        area.draw(&Text::new(l.clone(), (x0 - px(6), y0 + mid), right.clone()))?;
+        let under = (x0 + mid, y0 + side + px(6));
         if upright {
             area.draw(&Text::new(
                 l.clone(),
@@ -127,37 +128,59 @@ pub(super) fn draw_heatmap<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The colour scale from -1 (bottom) to +1 (top), with ticks.
+/// A colour bar from `-max` (bottom) to `+max` (top) in the colours of `colour` (which takes
+/// values in [-1, 1]), with five ticks and `desc` above it.
 pub(super) fn draw_colour_bar<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
+    max: f64,
+    desc: &str,
+    colour: &dyn Fn(f64) -> RGBColor,
 ) -> DrawResult<(), DB> {
     let (_, h) = area.dim_in_pixel();
-    let (top, bottom) = (50, h as i32 - 50);
-    let (x0, x1) = (16, 44);
+    let (top, bottom) = (px(50), h as i32 - px(50));
+    let (x0, x1) = (px(16), px(44));
     let steps = 100;
     let span = (bottom - top) as f64;
     for k in 0..steps {
         let ya = top + (span * k as f64 / steps as f64) as i32;
         let yb = top + (span * (k + 1) as f64 / steps as f64) as i32;
         let v = 1.0 - 2.0 * (k as f64 + 0.5) / steps as f64;
-        area.draw(&Rectangle::new([(x0, ya), (x1, yb)], diverging(v).filled()))?;
+        area.draw(&Rectangle::new([(x0, ya), (x1, yb)], colour(v).filled()))?;
     }
     area.draw(&Rectangle::new(
         [(x0, top), (x1, bottom)],
-        GREY.stroke_width(1),
+        GREY.stroke_width(upx(1)),
     ))?;
     for v in [1.0, 0.5, 0.0, -0.5, -1.0] {
         let y = top + ((1.0 - v) / 2.0 * span) as i32;
-        area.draw(&PathElement::new(vec![(x1, y), (x1 + 5, y)], GREY))?;
+        area.draw(&PathElement::new(vec![(x1, y), (x1 + px(5), y)], GREY))?;
         area.draw(&Text::new(
-            fmt_tick(&v),
-            (x1 + 9, y),
+            fmt_scale(v * max),
+            (x1 + px(9), y),
             text(LABEL_PT).pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
     }
     area.draw(&Text::new(
-        "Pearson r",
-        (4, top - 14),
+        desc.to_string(),
+        (px(4), top - px(14)),
         text(LABEL_PT).pos(Pos::new(HPos::Left, VPos::Bottom)),
     ))
+}
+
+/// A colour-bar tick to three significant digits (relevance comes at any scale).
+pub(super) fn fmt_scale(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 || !a.is_finite() {
+        return fmt_tick(&0.0);
+    }
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.2e}");
+    }
+    let digits = (2 - a.log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }

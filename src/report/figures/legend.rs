@@ -10,6 +10,8 @@ pub(super) enum Mark {
     SolidDots,
     /// A large filled marker with a black rim (accepted point).
     Accepted,
+    /// A thick line without markers (a mean).
+    Thick,
 }
 
 pub(super) struct LegendEntry {
@@ -45,17 +47,17 @@ pub(super) fn legend_layout<'e, DB: DrawingBackend>(
     entries: &'e [LegendEntry],
 ) -> DrawResult<Vec<Vec<(i32, &'e LegendEntry)>>, DB> {
     let style = text(LEGEND_PT);
-    let width = area.dim_in_pixel().0 as i32 - 2 * LEGEND_MARGIN;
+    let width = area.dim_in_pixel().0 as i32 - 2 * px(LEGEND_MARGIN);
     let mut rows: Vec<Vec<(i32, &LegendEntry)>> = Vec::new();
     let mut row: Vec<(i32, &LegendEntry)> = Vec::new();
     let mut used = 0;
     for e in entries {
         let (tw, _) = area.estimate_text_size(&e.label, &style)?;
-        let w = LEGEND_SAMPLE + LEGEND_GAP + tw as i32;
+        let w = px(LEGEND_SAMPLE) + px(LEGEND_GAP) + tw as i32;
         let need = if row.is_empty() {
             w
         } else {
-            LEGEND_SPACING + w
+            px(LEGEND_SPACING) + w
         };
         if !row.is_empty() && used + need > width {
             rows.push(std::mem::take(&mut row));
@@ -64,7 +66,7 @@ pub(super) fn legend_layout<'e, DB: DrawingBackend>(
         let x = if row.is_empty() {
             0
         } else {
-            used + LEGEND_SPACING
+            used + px(LEGEND_SPACING)
         };
         used = x + w;
         row.push((x, e));
@@ -76,8 +78,8 @@ pub(super) fn legend_layout<'e, DB: DrawingBackend>(
     for row in &mut rows {
         let (last_x, last) = *row.last().expect("rows are non-empty");
         let (tw, _) = area.estimate_text_size(&last.label, &style)?;
-        let total = last_x + LEGEND_SAMPLE + LEGEND_GAP + tw as i32;
-        let shift = LEGEND_MARGIN + ((width - total) / 2).max(0);
+        let total = last_x + px(LEGEND_SAMPLE) + px(LEGEND_GAP) + tw as i32;
+        let shift = px(LEGEND_MARGIN) + ((width - total) / 2).max(0);
         for (x, _) in row.iter_mut() {
             *x += shift;
         }
@@ -89,7 +91,7 @@ pub(super) fn legend_height(rows: usize) -> u32 {
     if rows == 0 {
         0
     } else {
-        (rows as i32 * LEGEND_ROW + 12) as u32
+        (rows as i32 * px(LEGEND_ROW) + px(12)) as u32
     }
 }
 
@@ -118,27 +120,35 @@ pub(super) fn draw_legend<DB: DrawingBackend>(
 ) -> DrawResult<(), DB> {
     let style = text(LEGEND_PT).pos(Pos::new(HPos::Left, VPos::Center));
     for (r, row) in rows.iter().enumerate() {
-        let y = 6 + r as i32 * LEGEND_ROW + LEGEND_ROW / 2;
+        let y = px(6) + r as i32 * px(LEGEND_ROW) + px(LEGEND_ROW) / 2;
         for &(x, e) in row {
-            let line = ShapeStyle::from(&e.color).stroke_width(LINE_W + 1);
-            let ends = vec![(x, y), (x + LEGEND_SAMPLE, y)];
+            let line = ShapeStyle::from(&e.color).stroke_width(upx(LINE_W + 1));
+            let ends = vec![(x, y), (x + px(LEGEND_SAMPLE), y)];
             match e.mark {
                 Mark::SolidDots => {
                     area.draw(&PathElement::new(ends, line))?;
                     area.draw(&Circle::new(
-                        (x + LEGEND_SAMPLE / 2, y),
-                        4,
+                        (x + px(LEGEND_SAMPLE) / 2, y),
+                        upx(4),
                         e.color.filled(),
                     ))?;
                 }
                 Mark::Dashed => {
-                    area.draw(&DashedPathElement::new(ends, DASH.0, DASH.1, line))?;
+                    area.draw(&DashedPathElement::new(
+                        ends,
+                        upx(DASH.0),
+                        upx(DASH.1),
+                        line,
+                    ))?;
                 }
-                Mark::Accepted => draw_accepted(area, (x + LEGEND_SAMPLE / 2, y), e.color)?,
+                Mark::Thick => {
+                    area.draw(&PathElement::new(ends, line.stroke_width(upx(LINE_W + 2))))?;
+                }
+                Mark::Accepted => draw_accepted(area, (x + px(LEGEND_SAMPLE) / 2, y), e.color, 8)?,
             }
             area.draw(&Text::new(
                 e.label.clone(),
-                (x + LEGEND_SAMPLE + LEGEND_GAP, y),
+                (x + px(LEGEND_SAMPLE) + px(LEGEND_GAP), y),
                 style.clone(),
             ))?;
         }
@@ -146,12 +156,13 @@ pub(super) fn draw_legend<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The accepted-point marker: a filled circle with a black rim.
+/// The accepted-point marker: a filled circle of `radius` (100-dpi pixels) with a black rim.
 pub(super) fn draw_accepted<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     at: (i32, i32),
     color: RGBColor,
+    radius: u32,
 ) -> DrawResult<(), DB> {
-    area.draw(&Circle::new(at, 8, color.filled()))?;
-    area.draw(&Circle::new(at, 8, BLACK.stroke_width(2)))
+    area.draw(&Circle::new(at, upx(radius), color.filled()))?;
+    area.draw(&Circle::new(at, upx(radius), BLACK.stroke_width(upx(2))))
 }

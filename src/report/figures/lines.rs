@@ -30,15 +30,39 @@ where
     DB: DrawingBackend,
     CT: CoordTranslate<From = (f64, f64)>,
 {
-    let style = ShapeStyle::from(&color).stroke_width(LINE_W);
+    draw_line_as(chart, s, color, dashed, frame, LINE_W, 3)
+}
+
+/// [`draw_line`] with a line width and point size (0: no points) of the 100-dpi layout.
+pub(super) fn draw_line_as<DB, CT>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    s: &Series,
+    color: RGBColor,
+    dashed: bool,
+    frame: &Frame,
+    width: u32,
+    point: u32,
+) -> DrawResult<usize, DB>
+where
+    DB: DrawingBackend,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let style = ShapeStyle::from(&color).stroke_width(upx(width));
     let runs = finite_runs(&s.x, &s.y, frame);
     let n = runs.iter().map(Vec::len).sum();
+    let point = upx(point);
     for run in runs {
         if dashed {
-            chart.draw_series(DashedLineSeries::new(run.clone(), DASH.0, DASH.1, style))?;
-            chart.draw_series(run.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            let (on, off) = (upx(DASH.0), upx(DASH.1));
+            chart.draw_series(DashedLineSeries::new(run.clone(), on, off, style))?;
         } else {
-            chart.draw_series(LineSeries::new(run, style).point_size(3))?;
+            chart.draw_series(LineSeries::new(run.clone(), style))?;
+        }
+        if point > 0 {
+            chart.draw_series(
+                run.into_iter()
+                    .map(|p| Circle::new(p, point, color.filled())),
+            )?;
         }
     }
     Ok(n)
@@ -57,14 +81,14 @@ where
 {
     let Some(std) = &s.std else { return Ok(()) };
     let clip = |v: f64| v.clamp(frame.y.start, frame.y.end);
-    let style = ShapeStyle::from(&color).stroke_width(2);
+    let style = ShapeStyle::from(&color).stroke_width(upx(2));
     chart.draw_series(
         s.x.iter()
             .zip(&s.y)
             .zip(std)
             .filter(|((x, y), d)| x.is_finite() && y.is_finite() && d.is_finite() && **d > 0.0)
             .map(|((&x, &y), &d)| {
-                ErrorBar::new_vertical(x, clip(y - d), clip(y), clip(y + d), style, 10)
+                ErrorBar::new_vertical(x, clip(y - d), clip(y), clip(y + d), style, upx(10))
             }),
     )?;
     Ok(())
@@ -97,58 +121,67 @@ pub(super) fn draw_mean_accuracy<DB: DrawingBackend>(
     title: &str,
     accuracy: &[Series],
     capacity: &[Series],
+    full: bool,
 ) -> DrawResult<(), DB> {
     let area = root.titled(title, text(TITLE_PT))?;
 
     // Colours: accuracy by index; capacity like the accuracy series of the same label.
     let acc_colors: Vec<(RGBColor, bool)> = (0..accuracy.len()).map(line_style).collect();
     let mut next = accuracy.len();
-    let cap_colors: Vec<RGBColor> = capacity
+    let cap_colors: Vec<(RGBColor, bool)> = capacity
         .iter()
         .map(|c| match accuracy.iter().position(|a| a.label == c.label) {
-            Some(i) => acc_colors[i].0,
+            Some(i) => (acc_colors[i].0, true),
             None => {
                 next += 1;
-                line_style(next - 1).0
+                (line_style(next - 1).0, true)
             }
         })
         .collect();
+    let accuracy = merge_identical(accuracy, &acc_colors);
+    let capacity = merge_identical(capacity, &cap_colors);
 
     let mut entries: Vec<LegendEntry> = accuracy
         .iter()
-        .zip(&acc_colors)
-        .map(|(s, &style)| LegendEntry::line(s.label.clone(), style))
+        .map(|(s, style)| LegendEntry::line(s.label.clone(), *style))
         .collect();
-    entries.extend(capacity.iter().zip(&cap_colors).map(|(s, &color)| {
-        let label = if s.label.to_lowercase().contains("capacity") {
-            s.label.clone()
-        } else {
-            format!("{} (free capacity)", s.label)
-        };
-        LegendEntry {
-            label,
-            color,
-            mark: Mark::Dashed,
-        }
+    entries.extend(capacity.iter().map(|(s, (color, _))| LegendEntry {
+        label: format!("{} free capacity", s.label),
+        color: *color,
+        mark: Mark::Dashed,
     }));
     let (area, legend_area, rows) = split_legend(&area, &entries)?;
 
-    let all: Vec<&Series> = accuracy.iter().chain(capacity).collect();
+    let all: Vec<&Series> = accuracy.iter().chain(&capacity).map(|(s, _)| s).collect();
     let xs = series_x(&all);
     let x_range = axis_range(finite_bounds(xs.iter().copied()), 0.03);
-    let pct = 0.0..100.0;
+    let fit = |series: &[(Series, (RGBColor, bool))]| {
+        if full {
+            0.0..100.0
+        } else {
+            fit_range(
+                series.iter().flat_map(|(s, _)| series_extent(s)),
+                0.0..100.0,
+            )
+        }
+    };
+    let (acc_range, cap_range) = (fit(&accuracy), fit(&capacity));
     let has_cap = !capacity.is_empty();
     let mut chart = ChartBuilder::on(&area)
-        .margin(10)
-        .margin_right(if has_cap { 10 } else { 25 })
-        .x_label_area_size(55)
-        .y_label_area_size(75)
-        .right_y_label_area_size(if has_cap { 75 } else { 0 })
-        .build_cartesian_2d(x_range.clone(), pct.clone())?
-        .set_secondary_coord(x_range.clone(), pct.clone());
+        .margin(px(10))
+        .margin_right(px(if has_cap { 10 } else { 25 }))
+        .x_label_area_size(px(55))
+        .y_label_area_size(px(75))
+        .right_y_label_area_size(px(if has_cap { 75 } else { 0 }))
+        .build_cartesian_2d(x_range.clone(), acc_range.clone())?
+        .set_secondary_coord(x_range.clone(), cap_range.clone());
     let frame = Frame {
         x: x_range.clone(),
-        y: pct.clone(),
+        y: acc_range,
+    };
+    let cap_frame = Frame {
+        x: x_range.clone(),
+        y: cap_range,
     };
     chart
         .configure_mesh()
@@ -166,7 +199,7 @@ pub(super) fn draw_mean_accuracy<DB: DrawingBackend>(
     if has_cap {
         chart
             .configure_secondary_axes()
-            .y_desc("free capacity (%)")
+            .y_desc("free capacity (%, dashed)")
             .y_labels(11)
             .y_label_formatter(&fmt_tick)
             .label_style(text(LABEL_PT))
@@ -174,30 +207,53 @@ pub(super) fn draw_mean_accuracy<DB: DrawingBackend>(
             .draw()?;
     }
 
-    for (s, &(color, _)) in accuracy.iter().zip(&acc_colors) {
-        draw_bands(&mut chart, s, color, &frame)?;
+    for (s, (color, _)) in &accuracy {
+        draw_bands(&mut chart, s, *color, &frame)?;
     }
     let mut drawn = 0;
-    for (s, &(color, dashed)) in accuracy.iter().zip(&acc_colors) {
-        drawn += draw_line(&mut chart, s, color, dashed, &frame)?;
+    for (s, (color, dashed)) in &accuracy {
+        drawn += draw_line(&mut chart, s, *color, *dashed, &frame)?;
     }
-    for (s, &color) in capacity.iter().zip(&cap_colors) {
-        let style = ShapeStyle::from(&color).stroke_width(LINE_W);
-        for p in band_polygons(s, &frame) {
+    let dash = (upx(DASH.0), upx(DASH.1));
+    for (s, (color, _)) in &capacity {
+        let style = ShapeStyle::from(color).stroke_width(upx(LINE_W));
+        for p in band_polygons(s, &cap_frame) {
             chart.draw_secondary_series(std::iter::once(Polygon::new(
                 p,
                 color.mix(0.12).filled(),
             )))?;
         }
-        for run in finite_runs(&s.x, &s.y, &frame) {
+        for run in finite_runs(&s.x, &s.y, &cap_frame) {
             drawn += run.len();
-            chart.draw_secondary_series(DashedLineSeries::new(run, DASH.0, DASH.1, style))?;
+            chart.draw_secondary_series(DashedLineSeries::new(run, dash.0, dash.1, style))?;
         }
     }
     if drawn == 0 {
         draw_note(&chart.plotting_area().strip_coord_spec(), NO_DATA)?;
     }
     draw_legend(&legend_area, &rows)
+}
+
+/// Series with their styles, where series identical point for point (x, y and std) are one,
+/// labelled "a = b" and styled as the first.
+pub(super) fn merge_identical(
+    series: &[Series],
+    styles: &[(RGBColor, bool)],
+) -> Vec<(Series, (RGBColor, bool))> {
+    let mut out: Vec<(Series, (RGBColor, bool))> = Vec::new();
+    for (s, &style) in series.iter().zip(styles) {
+        let same = |o: &Series| {
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            bits(&o.x) == bits(&s.x)
+                && bits(&o.y) == bits(&s.y)
+                && o.std.as_deref().map(bits) == s.std.as_deref().map(bits)
+        };
+        match out.iter_mut().find(|(o, _)| same(o)) {
+            Some((o, _)) => o.label = format!("{} = {}", o.label, s.label),
+            None => out.push((s.clone(), style)),
+        }
+    }
+    out
 }
 
 pub(super) fn draw_per_task<DB: DrawingBackend>(
@@ -236,14 +292,20 @@ pub(super) fn draw_per_task<DB: DrawingBackend>(
     } else {
         panels
     };
+    let everything: Vec<Series> = panels.iter().flat_map(|(_, s)| s.clone()).collect();
+    let shared = y.range_for(&everything);
     for (cell, (name, series)) in cells.iter().zip(panels) {
-        let pct = y.range_for(series);
+        let pct = if y.shared {
+            shared.clone()
+        } else {
+            y.range_for(series)
+        };
         let mut chart = ChartBuilder::on(cell)
-            .margin(10)
-            .margin_right(18)
+            .margin(px(10))
+            .margin_right(px(18))
             .caption(name, text(CAPTION_PT))
-            .x_label_area_size(50)
-            .y_label_area_size(68)
+            .x_label_area_size(px(50))
+            .y_label_area_size(px(68))
             .build_cartesian_2d(x_range.clone(), pct.clone())?;
         let frame = Frame {
             x: x_range.clone(),

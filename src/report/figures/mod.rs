@@ -17,19 +17,66 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
+use std::cell::Cell;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
+mod explain;
 mod heatmap;
 mod legend;
 mod lines;
 mod prune;
+use explain::*;
+pub use explain::{explain_figure, relevance_colour, ExplainLayout, ExplainPanel};
 use heatmap::*;
 use legend::*;
 use lines::*;
 use prune::*;
+
+/// How every figure is drawn, from the command's options.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Look {
+    /// Resolution of the PNG. The layout is that of a 9 × 6 inch figure at any resolution:
+    /// text, lines and margins scale with it, so `--dpi 300` is the same figure, sharper. The
+    /// SVG is always laid out at 100 dpi (it is vector).
+    pub dpi: u32,
+    /// Percent axes span 0–100 instead of fitting the data.
+    pub full_range: bool,
+}
+
+impl Default for Look {
+    fn default() -> Self {
+        Look {
+            dpi: BASE_DPI,
+            full_range: false,
+        }
+    }
+}
+
+/// The resolution the sizes and pixel constants below are given at.
+pub const BASE_DPI: u32 = 100;
+
+thread_local! {
+    /// The scale of the drawing in progress: 1 for the SVG, dpi / 100 for the PNG. A thread
+    /// local rather than a parameter because every chart helper lays out in pixels.
+    static SCALE: Cell<f64> = const { Cell::new(1.0) };
+}
+
+fn scale() -> f64 {
+    SCALE.with(Cell::get)
+}
+
+/// `v` pixels of the 100-dpi layout, at the scale being drawn.
+fn px(v: i32) -> i32 {
+    (v as f64 * scale()).round() as i32
+}
+
+/// [`px`] for sizes.
+fn upx(v: u32) -> u32 {
+    (v as f64 * scale()).round() as u32
+}
 
 /// One line with an optional ±std band.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -128,23 +175,26 @@ const NO_DATA: &str = "no data to plot";
 type DrawResult<T, DB> = Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 fn text(pt: u32) -> TextStyle<'static> {
-    TextStyle::from((FONT_FAMILY, pt).into_font()).color(&BLACK)
+    TextStyle::from((FONT_FAMILY, pt as f64 * scale()).into_font()).color(&BLACK)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Public entry points
 
-/// (a) Mean accuracy over seen tasks vs task, one series per strategy (y in percent, 0..100),
-/// plus free capacity per strategy on a second y-axis (percent), dashed. Like Fig. 2a of the RNF paper.
+/// (a) Mean accuracy over seen tasks vs task, one series per strategy (percent), plus free
+/// capacity per strategy on a second y axis (percent), dashed. Like Fig. 2a of the RNF paper.
+/// Each axis fits its data, or spans 0–100 with [`Look::full_range`].
 ///
 /// A capacity series takes the colour of the accuracy series with the same label, otherwise
-/// the next free colour; its legend entry reads "<label> (free capacity)" unless the label
-/// already mentions capacity. Writes `<path_stem>.svg` and `<path_stem>.png` (900x600).
+/// the next free colour; its legend entry reads "<label> free capacity". Series that are
+/// identical point for point (strategies that differ only in evaluation share a capacity) are
+/// drawn once, labelled "a = b". Writes `<path_stem>.svg` and `<path_stem>.png`.
 pub fn mean_accuracy_figure(
     path_stem: &Path,
     title: &str,
     accuracy: &[Series],
     capacity: &[Series],
+    look: &Look,
 ) -> Result<Vec<PathBuf>, FigureError> {
     for s in accuracy.iter().chain(capacity) {
         check_series(path_stem, s)?;
@@ -153,8 +203,9 @@ pub fn mean_accuracy_figure(
         title,
         accuracy,
         capacity,
+        full: look.full_range,
     };
-    render(path_stem, SIZE, &fig)
+    render(path_stem, SIZE, &fig, look)
 }
 
 /// (b) Per-task accuracy curves over the task sequence: one panel per strategy, one line per task
@@ -166,8 +217,9 @@ pub fn per_task_figure(
     path_stem: &Path,
     title: &str,
     panels: &[(String, Vec<Series>)],
+    look: &Look,
 ) -> Result<Vec<PathBuf>, FigureError> {
-    panels_over_tasks(path_stem, title, panels, YAxis::ACCURACY)
+    panels_over_tasks(path_stem, title, panels, YAxis::ACCURACY, look)
 }
 
 /// (d) Correlation vs task: one panel per layer, one line per pair of methods (y: Pearson r in
@@ -176,8 +228,9 @@ pub fn correlation_figure(
     path_stem: &Path,
     title: &str,
     panels: &[(String, Vec<Series>)],
+    look: &Look,
 ) -> Result<Vec<PathBuf>, FigureError> {
-    panels_over_tasks(path_stem, title, panels, YAxis::PEARSON)
+    panels_over_tasks(path_stem, title, panels, YAxis::PEARSON, look)
 }
 
 /// Training curves: one panel per strategy, one line per task (its mean training loss per
@@ -187,6 +240,7 @@ pub fn training_curves_figure(
     path_stem: &Path,
     title: &str,
     panels: &[(String, Vec<Series>)],
+    look: &Look,
 ) -> Result<Vec<PathBuf>, FigureError> {
     let top = panels
         .iter()
@@ -204,8 +258,9 @@ pub fn training_curves_figure(
         x_desc: "epoch (tasks in sequence)",
         bars: false,
         fit: false,
+        shared: false,
     };
-    panels_over_tasks(path_stem, title, panels, y)
+    panels_over_tasks(path_stem, title, panels, y, look)
 }
 
 /// The ablation figure papers print: one panel per metric (final accuracy, free capacity), each
@@ -216,24 +271,29 @@ pub fn ablation_figure(
     title: &str,
     x_desc: &str,
     panels: &[(String, Vec<Series>)],
+    look: &Look,
 ) -> Result<Vec<PathBuf>, FigureError> {
     let y = YAxis {
         desc: "percent",
         x_desc,
         bars: true,
-        fit: true,
+        // Final accuracy and free capacity: each panel its own range.
+        shared: false,
         ..YAxis::ACCURACY
     };
-    panels_over_tasks(path_stem, title, panels, y)
+    panels_over_tasks(path_stem, title, panels, y, look)
 }
 
-/// Panels of series over the task sequence, up to three per row, on the y axis `y`.
+/// Panels of series over the task sequence, up to three per row, on the y axis `y` (fitted to
+/// each panel's data unless [`Look::full_range`] asks for the whole axis).
 fn panels_over_tasks(
     path_stem: &Path,
     title: &str,
     panels: &[(String, Vec<Series>)],
-    y: YAxis<'_>,
+    mut y: YAxis<'_>,
+    look: &Look,
 ) -> Result<Vec<PathBuf>, FigureError> {
+    y.fit &= !look.full_range;
     for (_, series) in panels {
         for s in series {
             check_series(path_stem, s)?;
@@ -246,7 +306,7 @@ fn panels_over_tasks(
         grid: (rows, cols),
         y,
     };
-    render(path_stem, per_task_size(rows), &fig)
+    render(path_stem, per_task_size(rows), &fig, look)
 }
 
 /// (e) Heatmaps of correlation matrices, one panel each (e.g. one per layer), on a diverging
@@ -256,6 +316,7 @@ pub fn heatmap_figure(
     path_stem: &Path,
     title: &str,
     maps: &[Heatmap],
+    look: &Look,
 ) -> Result<Vec<PathBuf>, FigureError> {
     for m in maps {
         let n = m.labels.len();
@@ -273,19 +334,21 @@ pub fn heatmap_figure(
     }
     let grid = panel_grid(maps.len());
     let size = heatmap_size(grid);
-    render(path_stem, size, &Fig::Heatmaps { title, maps, grid })
+    render(path_stem, size, &Fig::Heatmaps { title, maps, grid }, look)
 }
 
-/// (c) Prune curves: accuracy (percent) vs share of candidate units pruned (percent), one line per
-/// curve, each with a horizontal dashed threshold line at `baseline - threshold` in the same colour
-/// and a marker at the accepted point. Non-monotone curves are drawn as given (no smoothing,
-/// no sorting); the accepted point is placed on the curve by linear interpolation.
+/// (c) Prune curves: accuracy (percent) vs share of candidate units pruned (percent), one panel
+/// per search (a task), one thin line per seed with a marker at its accepted point, and with
+/// more than one seed their mean as a thick black line and the mean threshold
+/// (`baseline - threshold`) dashed. Non-monotone curves are drawn as given (no smoothing, no
+/// sorting); an accepted point is placed on its curve by linear interpolation.
 pub fn prune_figure(
     path_stem: &Path,
     title: &str,
-    curves: &[PruneCurve],
+    panels: &[(String, Vec<PruneCurve>)],
+    look: &Look,
 ) -> Result<Vec<PathBuf>, FigureError> {
-    for c in curves {
+    for c in panels.iter().flat_map(|(_, c)| c) {
         if c.share.len() != c.accuracy.len() {
             return Err(invalid(
                 path_stem,
@@ -298,7 +361,14 @@ pub fn prune_figure(
             ));
         }
     }
-    render(path_stem, SIZE, &Fig::Prune { title, curves })
+    let grid = panel_grid(panels.len());
+    let fig = Fig::Prune {
+        title,
+        panels,
+        grid,
+        full: look.full_range,
+    };
+    render(path_stem, per_task_size(grid.0), &fig, look)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,6 +380,7 @@ enum Fig<'a> {
         title: &'a str,
         accuracy: &'a [Series],
         capacity: &'a [Series],
+        full: bool,
     },
     PerTask {
         title: &'a str,
@@ -322,9 +393,14 @@ enum Fig<'a> {
         maps: &'a [Heatmap],
         grid: (usize, usize),
     },
+    Explain {
+        panel: &'a ExplainPanel<'a>,
+    },
     Prune {
         title: &'a str,
-        curves: &'a [PruneCurve],
+        panels: &'a [(String, Vec<PruneCurve>)],
+        grid: (usize, usize),
+        full: bool,
     },
 }
 
@@ -336,7 +412,8 @@ impl Fig<'_> {
                 title,
                 accuracy,
                 capacity,
-            } => draw_mean_accuracy(root, title, accuracy, capacity),
+                full,
+            } => draw_mean_accuracy(root, title, accuracy, capacity, full),
             Fig::PerTask {
                 title,
                 panels,
@@ -344,14 +421,54 @@ impl Fig<'_> {
                 y,
             } => draw_per_task(root, title, panels, grid, y),
             Fig::Heatmaps { title, maps, grid } => draw_heatmaps(root, title, maps, grid),
-            Fig::Prune { title, curves } => draw_prune(root, title, curves),
+            Fig::Prune {
+                title,
+                panels,
+                grid,
+                full,
+            } => draw_prune(root, title, panels, grid, full),
+            Fig::Explain { panel } => draw_explain(root, panel),
         }
     }
 }
 
-/// Writes `<stem>.svg` and `<stem>.png` and returns both paths.
-fn render(stem: &Path, size: (u32, u32), fig: &Fig<'_>) -> Result<Vec<PathBuf>, FigureError> {
+/// Sets the drawing scale for as long as it lives.
+struct Scaled(f64);
+
+impl Scaled {
+    fn new(k: f64) -> Scaled {
+        Scaled(SCALE.with(|s| s.replace(k)))
+    }
+}
+
+impl Drop for Scaled {
+    fn drop(&mut self) {
+        SCALE.with(|s| s.set(self.0));
+    }
+}
+
+/// The resolutions a PNG may be drawn at.
+pub const DPI_RANGE: std::ops::RangeInclusive<u32> = 25..=1200;
+
+/// Writes `<stem>.svg` and `<stem>.png` (at `look.dpi`) and returns both paths.
+fn render(
+    stem: &Path,
+    size: (u32, u32),
+    fig: &Fig<'_>,
+    look: &Look,
+) -> Result<Vec<PathBuf>, FigureError> {
     ensure_font()?;
+    if !DPI_RANGE.contains(&look.dpi) {
+        return Err(invalid(
+            stem,
+            format!(
+                "{} dpi is outside {}..={}",
+                look.dpi,
+                DPI_RANGE.start(),
+                DPI_RANGE.end()
+            ),
+        ));
+    }
     if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| FigureError::Io {
             path: dir.to_path_buf(),
@@ -361,12 +478,19 @@ fn render(stem: &Path, size: (u32, u32), fig: &Fig<'_>) -> Result<Vec<PathBuf>, 
     let svg = with_suffix(stem, "svg");
     let png = with_suffix(stem, "png");
     {
+        let _at = Scaled::new(1.0);
         let root = SVGBackend::new(&svg, size).into_drawing_area();
         fig.draw(&root)
             .and_then(|_| root.present())
             .map_err(|e| draw_err(&svg, e))?;
     }
     {
+        let k = look.dpi as f64 / BASE_DPI as f64;
+        let _at = Scaled::new(k);
+        let size = (
+            (size.0 as f64 * k).round() as u32,
+            (size.1 as f64 * k).round() as u32,
+        );
         let root = BitMapBackend::new(&png, size).into_drawing_area();
         fig.draw(&root)
             .and_then(|_| root.present())
@@ -592,8 +716,10 @@ struct YAxis<'a> {
     x_desc: &'a str,
     /// Draw each series' ±std as error bars at its points rather than as a band.
     bars: bool,
-    /// Fit each panel's range to its data (±std, padded), within `lo..hi`.
+    /// Fit the range to the data (±std, padded), within `lo..hi`.
     fit: bool,
+    /// Fit one range for all panels (that compare the same quantity), not one per panel.
+    shared: bool,
 }
 
 impl YAxis<'_> {
@@ -602,20 +728,33 @@ impl YAxis<'_> {
         if !self.fit {
             return self.lo..self.hi;
         }
-        let vals = series.iter().flat_map(|s| {
-            let std = s.std.clone().unwrap_or_else(|| vec![0.0; s.y.len()]);
-            s.y.iter()
-                .zip(std)
-                .flat_map(|(y, d)| [y - d, y + d])
-                .collect::<Vec<_>>()
-        });
-        match finite_bounds(vals) {
-            Some((a, b)) => {
-                let pad = ((b - a) * 0.15).max(0.5);
-                (a - pad).max(self.lo)..(b + pad).min(self.hi)
+        fit_range(series.iter().flat_map(series_extent), self.lo..self.hi)
+    }
+}
+
+/// Every `y ± std` of a series (`y` where it has no std).
+fn series_extent(s: &Series) -> Vec<f64> {
+    let std = s.std.clone().unwrap_or_else(|| vec![0.0; s.y.len()]);
+    s.y.iter()
+        .zip(std)
+        .flat_map(|(y, d)| [y - d, y + d])
+        .collect()
+}
+
+/// A range around the finite `values`, padded by 15% (at least 0.5) and kept within `limit`;
+/// `limit` itself when there is nothing to fit.
+fn fit_range(values: impl IntoIterator<Item = f64>, limit: Range<f64>) -> Range<f64> {
+    match finite_bounds(values) {
+        Some((a, b)) => {
+            let pad = ((b - a) * 0.15).max(0.5);
+            let r = (a - pad).max(limit.start)..(b + pad).min(limit.end);
+            if r.end > r.start && (r.end - r.start).is_finite() {
+                r
+            } else {
+                limit
             }
-            None => self.lo..self.hi,
         }
+        None => limit,
     }
 }
 
@@ -626,7 +765,8 @@ impl YAxis<'static> {
         desc: "accuracy (%)",
         x_desc: "task",
         bars: false,
-        fit: false,
+        fit: true,
+        shared: true,
     };
     const PEARSON: YAxis<'static> = YAxis {
         lo: -1.0,
@@ -635,17 +775,18 @@ impl YAxis<'static> {
         x_desc: "task",
         bars: false,
         fit: false,
+        shared: false,
     };
 }
 
-/// PNG/SVG size of the heatmap figure: about 420 × 440 px per panel, plus the colour bar.
+/// Size of the heatmap figure at 100 dpi: about 420 × 440 px per panel, plus the colour bar.
 fn heatmap_size((rows, cols): (usize, usize)) -> (u32, u32) {
     let width = (COLOUR_BAR_W + 420 * cols as u32).max(SIZE.0);
     let height = 60 + 440 * rows as u32;
     (width, height)
 }
 
-/// PNG/SVG size of the per-task figure: fixed width, about 400 px per row of panels.
+/// Size of a panel figure at 100 dpi: fixed width, about 400 px per row of panels.
 fn per_task_size(rows: usize) -> (u32, u32) {
     let height = (160 + 400 * rows as u32).max(SIZE.1);
     (SIZE.0, height)
@@ -654,6 +795,11 @@ fn per_task_size(rows: usize) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const L: Look = Look {
+        dpi: BASE_DPI,
+        full_range: false,
+    };
 
     const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
 
@@ -863,7 +1009,7 @@ mod tests {
         let (_t, dir) = out_dir();
         let stem = dir.join("mean_accuracy");
         let (acc, cap) = fake_mean(10, &["RNF", "RNF + LRP", "fine-tune"]);
-        let paths = mean_accuracy_figure(&stem, "Split MNIST", &acc, &cap).unwrap();
+        let paths = mean_accuracy_figure(&stem, "Split MNIST", &acc, &cap, &L).unwrap();
         let (svg, pixels) = check_outputs(
             &paths,
             &stem,
@@ -871,9 +1017,9 @@ mod tests {
             &[
                 "RNF + LRP",
                 "fine-tune",
-                "RNF (free capacity)",
+                "RNF free capacity",
                 "mean accuracy over seen tasks (%)",
-                "free capacity (%)",
+                "free capacity (%, dashed)",
                 "task",
                 "Split MNIST",
             ],
@@ -896,7 +1042,7 @@ mod tests {
             ("RNF + LRP".to_string(), fake_per_task(5, 0.005)),
             ("fine-tune".to_string(), fake_per_task(5, 0.25)),
         ];
-        let paths = per_task_figure(&stem, "Per-task accuracy", &panels).unwrap();
+        let paths = per_task_figure(&stem, "Per-task accuracy", &panels, &L).unwrap();
         let (svg, pixels) = check_outputs(
             &paths,
             &stem,
@@ -925,7 +1071,7 @@ mod tests {
         let panels: Vec<(String, Vec<Series>)> = (0..4)
             .map(|k| (format!("strategy {k}"), fake_per_task(4, 0.05 * k as f64)))
             .collect();
-        let paths = per_task_figure(&stem, "", &panels).unwrap();
+        let paths = per_task_figure(&stem, "", &panels, &L).unwrap();
         let size = per_task_size(2);
         assert!(size.1 > SIZE.1);
         check_outputs(&paths, &stem, size, &["strategy 3", "task 4"]);
@@ -935,12 +1081,16 @@ mod tests {
     fn prune_writes_thresholds_and_accepted_points() {
         let (_t, dir) = out_dir();
         let stem = dir.join("prune");
-        let curves = fake_prune();
-        let paths = prune_figure(&stem, "Prune curves", &curves).unwrap();
+        // One seed: a panel per search, each with its own threshold.
+        let panels: Vec<(String, Vec<PruneCurve>)> = fake_prune()
+            .into_iter()
+            .map(|c| (c.label.clone(), vec![c]))
+            .collect();
+        let paths = prune_figure(&stem, "Prune curves", &panels, &L).unwrap();
         let (svg, pixels) = check_outputs(
             &paths,
             &stem,
-            SIZE,
+            per_task_size(1),
             &[
                 "task 1 (layer fc1)",
                 "task 3 (layer fc3)",
@@ -949,17 +1099,189 @@ mod tests {
                 "accepted",
             ],
         );
+        assert!(!svg.contains(">mean<"), "one seed has no mean");
         // One accepted marker per curve plus the legend sample, each a filled circle + rim.
         let markers = svg.matches("r=\"8\"").count();
-        assert_eq!(markers, 2 * (curves.len() + 1));
+        assert_eq!(markers, 2 * (panels.len() + 1));
         // Threshold lines are dashed: many short segments in each curve's colour in the SVG.
-        for i in 0..curves.len() {
+        for i in 0..panels.len() {
             let c = line_style(i).0;
             let stroke = format!("stroke=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
             let n = svg.matches(&stroke).count();
-            assert!(n > 50, "curve {i}: only {n} strokes");
-            assert!(count_color(&pixels, line_style(i).0) > 500, "curve {i}");
+            assert!(n > 12, "curve {i}: only {n} strokes");
+            assert!(count_color(&pixels, line_style(i).0) > 300, "curve {i}");
         }
+    }
+
+    #[test]
+    fn prune_with_several_seeds_draws_each_and_their_mean() {
+        let (_t, dir) = out_dir();
+        let stem = dir.join("prune_seeds");
+        let seeds: Vec<PruneCurve> = fake_prune()
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| PruneCurve {
+                label: format!("seed {k}"),
+                ..c
+            })
+            .collect();
+        let panels = vec![("task 1".to_string(), seeds.clone())];
+        let paths = prune_figure(&stem, "seeds", &panels, &L).unwrap();
+        let (svg, pixels) = check_outputs(
+            &paths,
+            &stem,
+            per_task_size(1),
+            &["seed 0", "seed 2", "mean", "threshold (mean)"],
+        );
+        assert!(count_color(&pixels, BLACK) > 300, "the mean line");
+        // Smaller accepted markers per seed; the legend's stays full size.
+        assert_eq!(svg.matches("r=\"6\"").count(), 2 * seeds.len());
+        assert_eq!(svg.matches("r=\"8\"").count(), 2);
+        // The mean follows the seeds while all three search, then stops with the shortest.
+        let mean = mean_prune_curve(&seeds);
+        let shortest = seeds.iter().map(|c| c.share.len()).min().unwrap();
+        assert_eq!(mean.x.len(), shortest);
+        let want: f64 = seeds.iter().map(|c| c.accuracy[2]).sum::<f64>() / 3.0;
+        assert!((mean.y[2] - want).abs() < 1e-12);
+        let cut = PruneCurve {
+            share: seeds[0].share[..5].to_vec(),
+            accuracy: seeds[0].accuracy[..5].to_vec(),
+            ..seeds[0].clone()
+        };
+        assert_eq!(mean_prune_curve(&[seeds[1].clone(), cut]).x.len(), 5);
+    }
+
+    #[test]
+    fn dpi_scales_the_png_and_not_its_layout() {
+        let (_t, dir) = out_dir();
+        let (acc, cap) = fake_mean(5, &["a", "b"]);
+        let stem = dir.join("mean_dpi");
+        let look = Look { dpi: 250, ..L };
+        let paths = mean_accuracy_figure(&stem, "dpi", &acc, &cap, &look).unwrap();
+        let png = std::fs::read(&paths[1]).unwrap();
+        let (w, h, pixels) = decode_png(&png);
+        assert_eq!((w, h), (SIZE.0 * 5 / 2, SIZE.1 * 5 / 2));
+        // Lines are as wide relative to the figure: 2.5² times the pixels of each colour.
+        let base = mean_accuracy_figure(&dir.join("mean_100"), "dpi", &acc, &cap, &L).unwrap();
+        let (_, _, small) = decode_png(&std::fs::read(&base[1]).unwrap());
+        let (big, little) = (
+            count_color(&pixels, line_style(0).0) as f64,
+            count_color(&small, line_style(0).0) as f64,
+        );
+        assert!(
+            (big / little) > 4.0 && (big / little) < 8.5,
+            "{big} vs {little}"
+        );
+        // The SVG is laid out at 100 dpi whatever the PNG's resolution.
+        assert!(std::fs::read_to_string(&paths[0])
+            .unwrap()
+            .contains(&format!("width=\"{}\"", SIZE.0)));
+        let bad = Look { dpi: 5, ..L };
+        assert!(matches!(
+            mean_accuracy_figure(&stem, "", &acc, &cap, &bad),
+            Err(FigureError::InvalidData { .. })
+        ));
+    }
+
+    #[test]
+    fn percent_axes_fit_the_data_unless_the_full_range_is_asked_for() {
+        let s = Series {
+            label: "s".into(),
+            x: vec![1.0, 2.0],
+            y: vec![96.0, 98.0],
+            std: Some(vec![1.0, 0.5]),
+        };
+        let r = YAxis::ACCURACY.range_for(std::slice::from_ref(&s));
+        // 95..98.5 padded by 15% of its span, within 0..100.
+        assert!((r.start - (95.0 - 0.525)).abs() < 1e-9, "{r:?}");
+        assert!((r.end - (98.5 + 0.525)).abs() < 1e-9, "{r:?}");
+        let full = YAxis {
+            fit: false,
+            ..YAxis::ACCURACY
+        };
+        assert_eq!(full.range_for(&[s]), 0.0..100.0);
+        assert_eq!(fit_range([150.0, 160.0], 0.0..100.0), 0.0..100.0);
+    }
+
+    #[test]
+    fn identical_series_are_drawn_once_under_both_names() {
+        let (_, cap) = fake_mean(5, &["rnf", "other"]);
+        let twin = Series {
+            label: "rnf_isolated".into(),
+            ..cap[0].clone()
+        };
+        let all = vec![cap[0].clone(), cap[1].clone(), twin];
+        let styles: Vec<(RGBColor, bool)> = (0..3).map(line_style).collect();
+        let merged = merge_identical(&all, &styles);
+        let labels: Vec<&str> = merged.iter().map(|(s, _)| s.label.as_str()).collect();
+        assert_eq!(labels, ["rnf = rnf_isolated", "other"]);
+        assert_eq!(merged[0].1, styles[0]);
+    }
+
+    #[test]
+    fn explain_figure_draws_each_pixel_as_a_block_with_a_colour_bar() {
+        let (_t, dir) = out_dir();
+        let stem = dir.join("explain");
+        let relevance = [1.0f32, -0.5, 0.0, 0.25];
+        let panel = ExplainPanel {
+            title: "test image 0: class 3, logit 1.5".into(),
+            subtitle: "LRP dense ε".into(),
+            shape: [1, 2, 2],
+            pixels: &[0, 255, 128, 64],
+            relevance: &relevance,
+        };
+        let (paths, at) = explain_figure(&stem, &panel, &L).unwrap();
+        let (svg, _) = check_outputs(
+            &paths,
+            &stem,
+            EXPLAIN_SIZE,
+            &[
+                "class 3",
+                "LRP dense ε",
+                "relevance",
+                "-0.5",
+                "input (2 × 2 px)",
+            ],
+        );
+        assert!(
+            svg.contains(">\n1\n</text>"),
+            "the bar's top tick is max |R|"
+        );
+        let (w, _, pixels) = decode_png(&std::fs::read(&paths[1]).unwrap());
+        let px_at = |(x, y): (u32, u32), p: usize| {
+            let (c, r) = ((p % 2) as u32, (p / 2) as u32);
+            let (x, y) = (x + c * at.cell + at.cell / 2, y + r * at.cell + at.cell / 2);
+            pixels[(y * w + x) as usize]
+        };
+        for (p, (&g, &r)) in panel.pixels.iter().zip(&relevance).enumerate() {
+            assert_eq!(px_at(at.input, p), [g, g, g], "input pixel {p}");
+            let c = relevance_colour(r as f64);
+            assert_eq!(
+                px_at(at.relevance, p),
+                [c.0, c.1, c.2],
+                "relevance pixel {p}"
+            );
+        }
+        assert_eq!(relevance_colour(0.0), WHITE);
+        assert_eq!(relevance_colour(-1.0), RGBColor(0, 0, 255));
+        assert_eq!(relevance_colour(f64::NAN), WHITE);
+        // At 300 dpi the blocks are three times the size and still where the layout says.
+        let (paths, big) = explain_figure(&stem, &panel, &Look { dpi: 300, ..L }).unwrap();
+        assert_eq!(big.cell, 3 * at.cell);
+        let (w, _, pixels) = decode_png(&std::fs::read(&paths[1]).unwrap());
+        let (x, y) = (
+            big.relevance.0 + big.cell / 2,
+            big.relevance.1 + big.cell / 2,
+        );
+        assert_eq!(pixels[(y * w + x) as usize], [255, 0, 0]);
+        let short = ExplainPanel {
+            relevance: &relevance[..3],
+            ..panel
+        };
+        assert!(matches!(
+            explain_figure(&stem, &short, &L),
+            Err(FigureError::InvalidData { .. })
+        ));
     }
 
     fn fake_heatmaps() -> Vec<Heatmap> {
@@ -992,7 +1314,7 @@ mod tests {
         let (_t, dir) = out_dir();
         let stem = dir.join("heatmap");
         let maps = fake_heatmaps();
-        let paths = heatmap_figure(&stem, "Pearson after task 10", &maps).unwrap();
+        let paths = heatmap_figure(&stem, "Pearson after task 10", &maps, &L).unwrap();
         let (svg, pixels) = check_outputs(
             &paths,
             &stem,
@@ -1027,10 +1349,10 @@ mod tests {
             values: vec![vec![1.0, 0.0]],
         };
         assert!(matches!(
-            heatmap_figure(&dir.join("bad_heatmap"), "", &[bad]),
+            heatmap_figure(&dir.join("bad_heatmap"), "", &[bad], &L),
             Err(FigureError::InvalidData { .. })
         ));
-        let empty = heatmap_figure(&dir.join("empty_heatmap"), "", &[]).unwrap();
+        let empty = heatmap_figure(&dir.join("empty_heatmap"), "", &[], &L).unwrap();
         assert!(std::fs::read_to_string(&empty[0])
             .unwrap()
             .contains(NO_DATA));
@@ -1056,7 +1378,7 @@ mod tests {
                 (format!("layer {}", l + 1), lines)
             })
             .collect();
-        let paths = correlation_figure(&stem, "Pearson vs task", &panels).unwrap();
+        let paths = correlation_figure(&stem, "Pearson vs task", &panels, &L).unwrap();
         let (svg, pixels) = check_outputs(
             &paths,
             &stem,
@@ -1141,18 +1463,18 @@ mod tests {
         };
         for (name, acc) in [("empty_mean", vec![]), ("nan_mean", vec![nan.clone()])] {
             let stem = dir.join(name);
-            let paths = mean_accuracy_figure(&stem, "empty", &acc, &[]).unwrap();
+            let paths = mean_accuracy_figure(&stem, "empty", &acc, &[], &L).unwrap();
             let svg = std::fs::read_to_string(&paths[0]).unwrap();
             assert!(svg.contains(NO_DATA), "{name}: no note");
             assert!(paths[1].exists());
         }
         let stem = dir.join("empty_per_task");
-        let paths = per_task_figure(&stem, "empty", &[]).unwrap();
+        let paths = per_task_figure(&stem, "empty", &[], &L).unwrap();
         assert!(std::fs::read_to_string(&paths[0])
             .unwrap()
             .contains(NO_DATA));
         let stem = dir.join("empty_prune");
-        let paths = prune_figure(&stem, "empty", &[]).unwrap();
+        let paths = prune_figure(&stem, "empty", &[], &L).unwrap();
         assert!(std::fs::read_to_string(&paths[0])
             .unwrap()
             .contains(NO_DATA));
@@ -1164,7 +1486,7 @@ mod tests {
             threshold_line: f64::NAN,
             accepted_share: f64::NAN,
         };
-        let paths = prune_figure(&stem, "nan", &[curve]).unwrap();
+        let paths = prune_figure(&stem, "nan", &[("t".into(), vec![curve])], &L).unwrap();
         assert!(std::fs::read_to_string(&paths[0])
             .unwrap()
             .contains(NO_DATA));
@@ -1181,7 +1503,13 @@ mod tests {
             threshold_line: f64::MAX,
             accepted_share: 0.0,
         };
-        prune_figure(&dir.join("huge_prune"), "huge", &[curve]).unwrap();
+        prune_figure(
+            &dir.join("huge_prune"),
+            "huge",
+            &[("t".into(), vec![curve])],
+            &L,
+        )
+        .unwrap();
         let s = Series {
             label: "huge".into(),
             x: vec![1.0, 1e300, -1e300],
@@ -1189,12 +1517,13 @@ mod tests {
             std: Some(vec![f64::MAX, 0.0, 1.0]),
         };
         let stem = dir.join("huge_per_task");
-        per_task_figure(&stem, "huge", &[("p".into(), vec![s.clone()])]).unwrap();
+        per_task_figure(&stem, "huge", &[("p".into(), vec![s.clone()])], &L).unwrap();
         mean_accuracy_figure(
             &dir.join("huge_mean"),
             "huge",
             std::slice::from_ref(&s),
             std::slice::from_ref(&s),
+            &L,
         )
         .unwrap();
     }
@@ -1209,7 +1538,7 @@ mod tests {
             y: vec![1.0],
             std: None,
         };
-        let err = mean_accuracy_figure(&stem, "", &[bad], &[]).unwrap_err();
+        let err = mean_accuracy_figure(&stem, "", &[bad], &[], &L).unwrap_err();
         assert!(matches!(&err, FigureError::InvalidData { path, .. } if path == &stem));
         assert!(err.to_string().contains("bad"));
         assert!(!with_suffix(&stem, "svg").exists());
@@ -1221,7 +1550,7 @@ mod tests {
             accepted_share: 0.0,
         };
         assert!(matches!(
-            prune_figure(&stem, "", &[curve]),
+            prune_figure(&stem, "", &[("t".into(), vec![curve])], &L),
             Err(FigureError::InvalidData { .. })
         ));
     }

@@ -69,6 +69,31 @@ impl LrpRules {
         }
     }
 
+    /// The rules as a caption reads them, with the parameters each uses, e.g. `dense ε
+    /// (ε = 1e-6), conv z⁺` (the conv rule only for a model with conv layers).
+    pub fn describe(&self, conv: bool) -> String {
+        let one = |r: LrpRule| -> String {
+            match r {
+                LrpRule::Epsilon => format!("ε (ε = {:e})", self.epsilon),
+                LrpRule::Zplus => "z⁺".into(),
+                LrpRule::AlphaBeta => format!("αβ (α = {}, β = {})", self.alpha, self.beta),
+                LrpRule::Gamma => format!("γ (γ = {})", self.gamma),
+                LrpRule::Flat => "flat".into(),
+                LrpRule::WSquare => "w²".into(),
+                LrpRule::ZBox => format!("zᴮ [{}, {}]", self.low, self.high),
+            }
+        };
+        let mut parts = Vec::new();
+        if let Some(f) = self.first {
+            parts.push(format!("input layer {}", one(f)));
+        }
+        if conv {
+            parts.push(format!("conv {}", one(self.conv)));
+        }
+        parts.push(format!("dense {}", one(self.dense)));
+        parts.join(", ")
+    }
+
     /// The rule of dense layer `l` (0 reads the input).
     pub fn for_dense(&self, l: usize) -> LrpRule {
         match self.first {
