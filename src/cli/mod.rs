@@ -752,6 +752,10 @@ fn run_cmd(
     let report = Executor::new(&cache, &registry, opts)
         .with_remote(remote.as_ref())
         .run(&dag);
+    // For the report's estimate beside the actual time; a run never fails for want of it.
+    if let Err(e) = plan::record_estimates(&cache, &dag, &report) {
+        eprintln!("warning: the plan estimates of this run were not recorded: {e}");
+    }
     for e in &report.events {
         match &e.outcome {
             Outcome::Failed { error } => eprintln!("FAILED {}: {error}", e.id),
@@ -1025,17 +1029,24 @@ fn report_cmd(
         return Err(missing_results(&missing, p, c));
     }
     let summaries = crate::report::summary::summarize(&results);
+    let estimates = plan::read_estimates(&cache, &dag);
     let times: Vec<_> = res
         .iter()
         .filter_map(|r| {
             let e = r.entry.as_ref()?;
             let n = dag.node(r.node);
+            let key = e.manifest.key.to_hex();
+            // The estimate of the run that computed this very entry, if one of this
+            // pipeline's did.
+            let est = estimates.get(&n.id).filter(|x| x.key == key);
             Some(crate::report::write::StageTime {
                 id: n.id.clone(),
                 kind: n.kind.clone(),
-                key: e.manifest.key.to_hex(),
+                key,
                 wall_s: e.manifest.run.wall_s,
                 device: e.manifest.run.device.clone(),
+                estimate_s: est.and_then(|x| x.estimate_s),
+                basis: est.map(|x| x.basis),
             })
         })
         .collect();

@@ -8,6 +8,11 @@
 //!   train (the data size is not known before the split runs, so it is not scaled);
 //! - `none`: no stage of that kind is cached, and the total leaves it out.
 //!
+//! After a run, [`record_estimates`] keeps, for every stage it ran, the estimate `plan` would
+//! have printed just before (from the manifests cached before the run, that is all but the
+//! run's own) beside the wall time the stage took; `report` reads them back to set estimate
+//! and actual side by side.
+//!
 //! The stages to run are exactly those `status` shows as not cached. A stage downstream of one
 //! that runs has no key yet (its key hashes its inputs' content); if those inputs come out
 //! byte-identical to an earlier run's, `run` serves it from the cache: `plan` counts it as to
@@ -15,9 +20,14 @@
 
 use super::output::out;
 use super::{open_cache_read, CacheLoc, PipelineArgs};
+use crate::cache::Cache;
+use crate::digest::StageKey;
 use crate::error::CliError;
-use serde::Serialize;
-use std::collections::BTreeMap;
+use crate::exec::{Outcome, RunReport};
+use crate::graph::Dag;
+pub use crate::report::write::Basis;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One recorded run of a stage: its parameters and wall time.
 struct Past {
@@ -47,15 +57,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-}
-
-/// What an estimate rests on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum Basis {
-    Measured,
-    Scaled,
-    None,
 }
 
 /// The estimated wall time of a stage of `kind` with `params`, from `past` runs of that kind.
@@ -106,6 +107,100 @@ struct KindPlan {
     basis: Option<Basis>,
 }
 
+/// The recorded runs of every cached stage but `except`, by kind.
+fn history(
+    cache: &Cache,
+    except: &BTreeSet<StageKey>,
+) -> Result<BTreeMap<String, Vec<Past>>, CliError> {
+    let mut past: BTreeMap<String, Vec<Past>> = BTreeMap::new();
+    for k in cache.keys()? {
+        if except.contains(&k) {
+            continue;
+        }
+        if let Some(m) = cache.read_manifest(&k) {
+            past.entry(m.kind).or_default().push(Past {
+                params: m.params,
+                wall_s: m.run.wall_s,
+            });
+        }
+    }
+    Ok(past)
+}
+
+/// What `plan` estimated for a stage that then ran, and what it took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// The key the stage ran under (a later run of the same id is another computation).
+    pub key: String,
+    pub kind: String,
+    pub estimate_s: Option<f64>,
+    pub basis: Basis,
+    pub actual_s: f64,
+}
+
+/// Where the estimates of a pipeline's runs are kept, by stage id.
+fn estimates_path(cache: &Cache, dag: &Dag) -> std::path::PathBuf {
+    let h = blake3::hash(dag.scope().as_bytes()).to_hex();
+    cache
+        .root()
+        .join("runs")
+        .join("estimates")
+        .join(format!("{}.json", &h[..32]))
+}
+
+/// The estimates recorded for `dag`'s pipeline (none if it never ran a stage here).
+pub fn read_estimates(cache: &Cache, dag: &Dag) -> BTreeMap<String, Estimate> {
+    std::fs::read(estimates_path(cache, dag))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// After a run: for every stage it ran, the estimate `plan` would have given before the run
+/// (the history is the cache less the entries this run made) and its wall time, merged into
+/// the pipeline's record. Only runs that computed something pay for reading the manifests.
+/// Two runs of one pipeline finishing at once may keep only one's records: they are
+/// informational, never a key.
+pub fn record_estimates(cache: &Cache, dag: &Dag, report: &RunReport) -> Result<(), CliError> {
+    let ran: Vec<(&str, StageKey, f64)> = report
+        .events
+        .iter()
+        .filter_map(|e| match (&e.outcome, e.key) {
+            (Outcome::Ran { wall_s, .. }, Some(k)) => Some((e.id.as_str(), k, *wall_s)),
+            _ => None,
+        })
+        .collect();
+    if ran.is_empty() {
+        return Ok(());
+    }
+    let mine: BTreeSet<StageKey> = ran.iter().map(|(_, k, _)| *k).collect();
+    let past = history(cache, &mine)?;
+    let mut all = read_estimates(cache, dag);
+    for (id, key, actual_s) in ran {
+        let Some(n) = dag.find(id).map(|n| dag.node(n)) else {
+            continue;
+        };
+        let (estimate_s, basis) = estimate(past.get(&n.kind).map_or(&[][..], |v| v), &n.params);
+        all.insert(
+            id.to_string(),
+            Estimate {
+                key: key.to_hex(),
+                kind: n.kind.clone(),
+                estimate_s,
+                basis,
+                actual_s,
+            },
+        );
+    }
+    let path = estimates_path(cache, dag);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bytes = serde_json::to_vec_pretty(&all).expect("plain data");
+    cache.write_atomic(&path, &bytes)?;
+    Ok(())
+}
+
 pub(super) fn plan_cmd(
     p: &PipelineArgs,
     json: bool,
@@ -115,15 +210,7 @@ pub(super) fn plan_cmd(
 ) -> Result<(), CliError> {
     let cache = open_cache_read(c);
     let (dag, _, res) = super::filter::resolved(p, &cache, filter, pending)?;
-    let mut past: BTreeMap<String, Vec<Past>> = BTreeMap::new();
-    for k in cache.keys()? {
-        if let Some(m) = cache.read_manifest(&k) {
-            past.entry(m.kind).or_default().push(Past {
-                params: m.params,
-                wall_s: m.run.wall_s,
-            });
-        }
-    }
+    let past = history(&cache, &BTreeSet::new())?;
     let mut stages = Vec::new();
     let mut kinds: BTreeMap<String, KindPlan> = BTreeMap::new();
     for r in &res {

@@ -5,10 +5,29 @@ use super::correlations::{self, CorrelationSummary};
 use super::figures::{self, Heatmap, PruneCurve, Series};
 use super::summary::{MeanStd, StrategySummary};
 use super::{csv_field, RunResult};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+/// What a compute-time estimate (`cfpipe plan`) rests on, from the strongest to the weakest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    Measured,
+    Scaled,
+    None,
+}
+
+impl Basis {
+    pub fn name(self) -> &'static str {
+        match self {
+            Basis::Measured => "measured",
+            Basis::Scaled => "scaled",
+            Basis::None => "none",
+        }
+    }
+}
 
 /// Wall time of one cached stage, from its manifest.
 #[derive(Debug, Clone, Serialize)]
@@ -18,6 +37,11 @@ pub struct StageTime {
     pub key: String,
     pub wall_s: f64,
     pub device: String,
+    /// What `cfpipe plan` estimated for this stage before the run that computed it (from the
+    /// stages cached then), where that run was one of this pipeline's; `None` also where the
+    /// estimate had nothing to rest on (`basis: none`).
+    pub estimate_s: Option<f64>,
+    pub basis: Option<Basis>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +67,7 @@ fn write(path: &Path, text: &str) -> Result<(), ReportError> {
 pub type Points = BTreeMap<String, Vec<(String, String)>>;
 
 /// How a report was made: `report.json`'s `provenance` and the last section of `report.md`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Provenance {
     /// The pipeline file, absolute.
     pub pipeline: String,
@@ -63,7 +87,7 @@ pub struct Provenance {
     pub devices: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GitState {
     pub commit: String,
     /// Uncommitted changes in the repository when the report was written.
@@ -491,6 +515,7 @@ fn markdown(
     }
     let total: f64 = times.iter().map(|t| t.wall_s).sum();
     let _ = writeln!(s, "| all | {} | {total:.2} | |", times.len());
+    s.push_str(&estimates_md(times));
     let _ = writeln!(s, "\n## Figures\n");
     for f in figs
         .iter()
@@ -827,9 +852,78 @@ fn curve_panels(results: &[RunResult]) -> Panels {
 }
 
 fn stages_csv(times: &[StageTime]) -> String {
-    let mut s = String::from("id,kind,key,wall_s,device\n");
+    let mut s = String::from("id,kind,key,wall_s,device,estimate_s,basis\n");
     for t in times {
-        let _ = writeln!(s, "{},{},{},{},{}", t.id, t.kind, t.key, t.wall_s, t.device);
+        let est = t.estimate_s.map(|e| e.to_string()).unwrap_or_default();
+        let basis = t.basis.map(|b| b.name()).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{est},{basis}",
+            t.id, t.kind, t.key, t.wall_s, t.device
+        );
+    }
+    s
+}
+
+/// The plan's estimates beside the actual wall times, per kind, for the stages whose
+/// computing run recorded one; empty when none did (a cache filled before estimates were
+/// kept, or by another pipeline).
+fn estimates_md(times: &[StageTime]) -> String {
+    #[derive(Default)]
+    struct Row {
+        n: usize,
+        unestimated: usize,
+        estimate: f64,
+        actual: f64,
+        basis: Option<Basis>,
+    }
+    let mut rows: BTreeMap<&str, Row> = BTreeMap::new();
+    for t in times.iter().filter(|t| t.basis.is_some()) {
+        let r = rows.entry(&t.kind).or_default();
+        r.basis = r.basis.max(t.basis);
+        match t.estimate_s {
+            Some(e) => {
+                r.n += 1;
+                r.estimate += e;
+                r.actual += t.wall_s;
+            }
+            None => r.unestimated += 1,
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Plan estimate and actual time\n\nWhat `cfpipe plan` estimated before the run that computed each stage (from the stages cached then), beside the time it took. Sums of single-stage wall times; `measured` rests on stages of the same settings, `scaled` on other settings (a guess).\n\n| kind | stages | estimate (s) | actual (s) | actual / estimate | basis |\n|---|---|---|---|---|---|\n",
+    );
+    let (mut est, mut act, mut n) = (0.0, 0.0, 0);
+    for (k, r) in &rows {
+        let ratio = if r.estimate > 0.0 {
+            format!("{:.2}", r.actual / r.estimate)
+        } else {
+            "–".into()
+        };
+        let basis = r.basis.map(|b| b.name()).unwrap_or_default();
+        let not = if r.unestimated > 0 {
+            format!(" ({} not estimated)", r.unestimated)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "| {k} | {}{not} | {:.2} | {:.2} | {ratio} | {basis} |",
+            r.n, r.estimate, r.actual
+        );
+        est += r.estimate;
+        act += r.actual;
+        n += r.n;
+    }
+    if est > 0.0 {
+        let _ = writeln!(
+            s,
+            "| all | {n} | {est:.2} | {act:.2} | {:.2} | |",
+            act / est
+        );
     }
     s
 }
