@@ -194,7 +194,8 @@ pub fn record_estimates(cache: &Cache, dag: &Dag, report: &RunReport) -> Result<
     }
     let path = estimates_path(cache, dag);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        // Group-shared like the rest of a team cache.
+        cache.perms().create_dir_all(dir)?;
     }
     let bytes = serde_json::to_vec_pretty(&all).expect("plain data");
     cache.write_atomic(&path, &bytes)?;

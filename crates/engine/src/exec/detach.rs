@@ -113,7 +113,7 @@ pub fn submit_detached(
         }
     }
     let path = records_dir(cache).join(format!("{}.json", record.job_name));
-    let _ = std::fs::create_dir_all(records_dir(cache));
+    let _ = cache.perms().create_dir_all(&records_dir(cache));
     cache
         .write_atomic(
             &path,
