@@ -51,6 +51,55 @@ fn a_flipped_byte_is_detected_and_the_stage_recomputed() {
 }
 
 #[test]
+fn a_flipped_byte_is_still_detected_after_a_cached_rerun_remembered_the_entry_as_verified() {
+    let f = Fixture::new();
+    let first = f.run(&[]);
+    // A cached rerun hashes every entry once and remembers them as verified, so the next
+    // cached rerun reads no file twice.
+    assert!(f.run(&[]).ran().is_empty());
+    let memo = f.cache_dir().join("index/verified.json");
+    let remembered: BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(&memo).unwrap()).unwrap();
+    let key = first
+        .events
+        .iter()
+        .find(|e| e.id == "rnf/seed0/task2/train")
+        .unwrap()
+        .key
+        .unwrap();
+    assert!(remembered.contains_key(&key.to_hex()), "the train entry is remembered");
+    let keys: std::collections::BTreeSet<_> = first.events.iter().filter_map(|e| e.key).collect();
+    assert_eq!(remembered.len(), keys.len(), "every entry served is remembered");
+
+    // Flip a byte in place and put the modification time back, as a careful vandal would:
+    // the change time still moves, and the entry is hashed and found out.
+    let cache = cfpipe::cache::Cache::open(f.cache_dir()).unwrap();
+    let model = cache.entry_dir(&key).join("out/model.safetensors");
+    let mtime = std::fs::metadata(&model).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&model).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&model, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&model)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&model).unwrap().modified().unwrap(), mtime);
+    let r = f.run(&[]);
+    assert_eq!(r.ran(), set(&["rnf/seed0/task2/train"]));
+    let ev = r
+        .events
+        .iter()
+        .find(|e| e.id == "rnf/seed0/task2/train")
+        .unwrap();
+    assert!(
+        matches!(&ev.outcome, Outcome::Ran { replaced_corrupt: Some(f), .. } if f == "out/model.safetensors")
+    );
+    assert_eq!(f.cli(&["cache", "verify"]).status.code(), Some(0));
+}
+
+#[test]
 fn the_same_pipeline_and_seed_give_identical_artifacts_in_fresh_caches() {
     let f = Fixture::new();
     let a = f.run_in(&f.path().join("cache_a"), &[], 1);

@@ -230,7 +230,7 @@ pub(super) fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
             let keys = cache.keys()?;
             let mut bad = 0;
             for k in &keys {
-                if let Lookup::Corrupt { file, reason } = cache.lookup(k) {
+                if let Lookup::Corrupt { file, reason } = cache.lookup_full(k) {
                     bad += 1;
                     let id = cache
                         .stage_id_of(k)

@@ -880,9 +880,10 @@ fn estimates_md(times: &[StageTime]) -> String {
     let mut rows: BTreeMap<&str, Row> = BTreeMap::new();
     for t in times.iter().filter(|t| t.basis.is_some()) {
         let r = rows.entry(&t.kind).or_default();
-        r.basis = r.basis.max(t.basis);
         match t.estimate_s {
             Some(e) => {
+                // The weakest basis among the estimated stages.
+                r.basis = r.basis.max(t.basis);
                 r.n += 1;
                 r.estimate += e;
                 r.actual += t.wall_s;
@@ -903,7 +904,7 @@ fn estimates_md(times: &[StageTime]) -> String {
         } else {
             "–".into()
         };
-        let basis = r.basis.map(|b| b.name()).unwrap_or_default();
+        let basis = r.basis.map_or("none", |b| b.name());
         let not = if r.unestimated > 0 {
             format!(" ({} not estimated)", r.unestimated)
         } else {

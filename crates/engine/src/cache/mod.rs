@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod perms;
 pub mod remote;
 pub mod roots;
+mod verified;
 
 use crate::digest::{ContentHash, StageKey};
 pub use manifest::{FileRecord, Manifest, RunInfo};
@@ -33,6 +34,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use std::sync::{Arc, OnceLock};
 
 pub use lease::Lease;
 pub use perms::GroupPerms;
@@ -144,6 +146,8 @@ pub struct Cache {
     lease_timeout: Duration,
     /// Opened by a command that must change nothing (see [`Cache::open_read_only`]).
     read_only: bool,
+    /// Entries verified in full, loaded at the first lookup (see `verified`).
+    verified: Arc<OnceLock<verified::VerifiedMemo>>,
 }
 
 /// Held while computing a key; released on drop (the lease's holder also releases it on
@@ -222,6 +226,7 @@ impl Cache {
             // Duration would panic.
             lease_timeout: Duration::from_secs_f64(config.lease_timeout_s.clamp(0.05, 86_400.0)),
             read_only: false,
+            verified: Arc::default(),
         };
         let tag = cache.root.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -240,6 +245,24 @@ impl Cache {
             perms: GroupPerms::NONE,
             lease_timeout: lease::DEFAULT_TIMEOUT,
             read_only: true,
+            verified: Arc::default(),
+        }
+    }
+
+    fn verified(&self) -> &verified::VerifiedMemo {
+        self.verified
+            .get_or_init(|| verified::VerifiedMemo::load(self.root.join("index").join("verified.json")))
+    }
+
+    /// Save what lookups learned about verified entries (advisory; never through a
+    /// read-only handle).
+    pub fn save_verified(&self) -> Result<(), CacheError> {
+        match self.verified.get() {
+            Some(m) if !self.read_only => {
+                let path = self.root.join("index").join("verified.json");
+                m.save(self.perms).map_err(io(&path))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -280,8 +303,20 @@ impl Cache {
         self.entry_dir(key).join(MANIFEST_FILE).is_file()
     }
 
-    /// Find and fully verify an entry: every file's size and blake3 must match the manifest.
+    /// Find and verify an entry: every file's size must match the manifest, and its blake3
+    /// too unless the entry verified in full before with its files exactly as they are now
+    /// (same inode, size, mtime and ctime: see `verified`).
     pub fn lookup(&self, key: &StageKey) -> Lookup {
+        self.lookup_as(key, true)
+    }
+
+    /// Find and fully verify an entry, hashing every file whatever the memo says (`cache
+    /// verify`).
+    pub fn lookup_full(&self, key: &StageKey) -> Lookup {
+        self.lookup_as(key, false)
+    }
+
+    fn lookup_as(&self, key: &StageKey, memo: bool) -> Lookup {
         let dir = self.entry_dir(key);
         let mpath = dir.join(MANIFEST_FILE);
         let bytes = match fs::read(&mpath) {
@@ -311,16 +346,18 @@ impl Cache {
                 reason: fault.to_string(),
             };
         }
-        let all = manifest
+        let all: Vec<_> = manifest
             .outputs
             .iter()
             .map(|(n, r)| (OUT_DIR, n, r))
-            .chain(manifest.aux.iter().map(|(n, r)| (AUX_DIR, n, r)));
-        for (sub, name, rec) in all {
+            .chain(manifest.aux.iter().map(|(n, r)| (AUX_DIR, n, r)))
+            .collect();
+        let mut stats = Vec::with_capacity(all.len());
+        for &(sub, name, rec) in &all {
             let p = dir.join(sub).join(name);
             let rel = format!("{sub}/{name}");
             match fs::metadata(&p) {
-                Ok(m) if m.len() == rec.size => {}
+                Ok(m) if m.len() == rec.size => stats.push((rel, m)),
                 Ok(m) => {
                     return Lookup::Corrupt {
                         file: rel,
@@ -334,6 +371,15 @@ impl Cache {
                     }
                 }
             }
+        }
+        let hex = key.to_hex();
+        let stamp = verified::stamp(&stats);
+        if memo && stamp.as_ref().is_some_and(|s| self.verified().holds(&hex, s)) {
+            return Lookup::Hit(Box::new(Entry { dir, manifest }));
+        }
+        for &(sub, name, rec) in &all {
+            let p = dir.join(sub).join(name);
+            let rel = format!("{sub}/{name}");
             match filehash::hash_file(&p) {
                 Ok(h) if h == rec.blake3 => {}
                 Ok(_) => {
@@ -349,6 +395,9 @@ impl Cache {
                     }
                 }
             }
+        }
+        if let Some(s) = stamp {
+            self.verified().record(&hex, s);
         }
         Lookup::Hit(Box::new(Entry { dir, manifest }))
     }
@@ -943,6 +992,47 @@ mod tests {
             "{m:?}"
         );
         assert!(super::touch_now(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn the_verified_memo_spares_the_hash_and_cache_verify_never_trusts_it() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let key = k(b"m1");
+        c.publish(new_entry(b"m1", b"hello")).unwrap();
+        assert!(matches!(c.lookup(&key), Lookup::Hit(_)));
+        c.save_verified().unwrap();
+        // A fresh handle reads the memo back.
+        let c = Cache::open(d.path()).unwrap();
+        let p = c.entry_dir(&key).join("out/a.json");
+        let memo = d.path().join("index/verified.json");
+        let saved: BTreeMap<String, String> =
+            serde_json::from_slice(&fs::read(&memo).unwrap()).unwrap();
+        assert!(saved.contains_key(&key.to_hex()));
+        // Damage the memo cannot see (as a bit rotting below the file system would be): the
+        // bytes change, and the memo is forged to stamp the files as they are now.
+        fs::write(&p, b"jello").unwrap();
+        let dir = c.entry_dir(&key);
+        let stats: Vec<(String, fs::Metadata)> = ["out/a.json", "aux/log.txt"]
+            .iter()
+            .map(|r| (r.to_string(), fs::metadata(dir.join(r)).unwrap()))
+            .collect();
+        let forged: BTreeMap<String, String> =
+            [(key.to_hex(), verified::stamp(&stats).unwrap())].into();
+        fs::write(&memo, serde_json::to_vec(&forged).unwrap()).unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        assert!(
+            matches!(c.lookup(&key), Lookup::Hit(_)),
+            "a memo hit reads no file"
+        );
+        assert!(
+            matches!(c.lookup_full(&key), Lookup::Corrupt { file, .. } if file == "out/a.json"),
+            "cache verify hashes whatever the memo says"
+        );
+        // Without the forgery, the rewrite alone changed the stamp: found out.
+        fs::remove_file(&memo).unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        assert!(matches!(c.lookup(&key), Lookup::Corrupt { .. }));
     }
 
     #[test]

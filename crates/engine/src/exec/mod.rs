@@ -480,6 +480,7 @@ impl<'a> Executor<'a> {
         });
         bars.finish();
         let _ = self.hasher.save();
+        let _ = self.cache.save_verified();
         if let Some(r) = &self.opts.roots {
             let complete = !report.interrupted
                 && report.events.iter().all(|e| {

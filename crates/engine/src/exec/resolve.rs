@@ -131,6 +131,7 @@ pub fn resolve(dag: &Dag, cache: &Cache) -> Vec<Resolved> {
     }
     if !cache.is_read_only() {
         let _ = hasher.save();
+        let _ = cache.save_verified();
     }
     order
         .into_iter()

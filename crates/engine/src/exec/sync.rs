@@ -141,6 +141,7 @@ fn walk(
         }
     }
     let _ = hasher.save();
+    let _ = cache.save_verified();
 }
 
 /// Pull what `dags` need that the local cache lacks.
