@@ -155,6 +155,10 @@ fn a_bad_sweep_flag_names_the_flag_and_exits_2() {
     let f = Fixture::new();
     let p = f.pipeline();
     let p = p.to_str().unwrap();
+    let labels = format!(
+        "dataset.labels={},missing.gz",
+        f.path().join("lbl.gz").display()
+    );
     for (flag, expect) in [
         (
             "strategies.rnf.prune.threshold=0.2,1.5",
@@ -164,6 +168,8 @@ fn a_bad_sweep_flag_names_the_flag_and_exits_2() {
         ("seeds=[0],[1]", "seeds are not swept"),
         ("strategies.ewc.lambda=1,2", "no strategy `ewc` to sweep"),
         ("training.nope=1,2", "unknown field `nope`"),
+        // A swept data file is checked at its point, as the base's is.
+        (&labels, "data file missing.gz does not exist"),
     ] {
         let out = f.cli(&["status", p, "--sweep", flag]);
         assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));

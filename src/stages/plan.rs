@@ -179,10 +179,20 @@ fn expand(
     let mut decls: Vec<StageDecl> = Vec::new();
     let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
     let mut errors: Vec<crate::spec::SpecError> = Vec::new();
+    // The base pipeline's data were checked with the base settings; a point needs its own
+    // check only where an axis can change what the check reads: the data files, the model's
+    // input shape or the training crop (reading a gzipped dataset once per point is most of
+    // a cached rerun's time otherwise).
+    let touches_data = axes.iter().any(|a| {
+        ["dataset", "model", "training.augment"]
+            .iter()
+            .any(|k| a.key == *k || a.key.starts_with(&format!("{k}.")))
+    });
+    let point_data = if touches_data { data } else { DataCheck::Skip };
     for point in crate::spec::sweep::grid(axes) {
         let mut ov = set.to_vec();
         ov.extend(point.iter().enumerate().map(|(a, &i)| axes[a].point(i)));
-        let mut p = match crate::spec::resolve(src, &ov, data) {
+        let mut p = match crate::spec::resolve(src, &ov, point_data) {
             Ok(p) => p,
             Err(SpecErrors(e)) => {
                 for e in e {
