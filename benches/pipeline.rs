@@ -2,6 +2,10 @@
 //! - one training step of the paper's MLP (784-400-400, batch 128, Adam) on the CPU,
 //! - the whole bundled `mnist_split` pipeline from an empty cache (wall time, peak RSS),
 //! - a fully cached rerun of it (the goal is under 25 ms),
+//! - the cost of a fully cached rerun against the number of stages, up to a few thousand
+//!   (a 1-epoch, 32-unit variant of `mnist_split` with more seeds and a threshold sweep, so
+//!   that filling the caches takes seconds), beside a no-op `dvc repro` when `dvc` is on the
+//!   PATH,
 //! - the cost of every score method on 100 reference samples, relative to one training epoch
 //!   of a split-MNIST task (1,600 samples), and of SI's per-step bookkeeping.
 //!
@@ -144,6 +148,108 @@ fn bench_score_methods() {
     }
 }
 
+/// The summary line's stage count (`N stages: …`).
+fn stage_count(summary: &str) -> usize {
+    summary
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A no-op `dvc repro` of a linear pipeline of `n` `cp` stages, timed as a process (median
+/// of 5), or `None` without `dvc`.
+fn dvc_noop(n: usize) -> Option<Duration> {
+    let dir = tempfile::tempdir().ok()?;
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(d)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    run(&["git", "init", "-q"])?;
+    run(&["dvc", "init", "-q"])?;
+    std::fs::write(d.join("s0.txt"), "x").ok()?;
+    let mut yaml = String::from("stages:\n");
+    for i in 1..=n {
+        yaml.push_str(&format!(
+            "  s{i}:\n    cmd: cp s{}.txt s{i}.txt\n    deps: [s{}.txt]\n    outs: [s{i}.txt]\n",
+            i - 1,
+            i - 1
+        ));
+    }
+    std::fs::write(d.join("dvc.yaml"), yaml).ok()?;
+    run(&["dvc", "repro", "-q"])?;
+    let mut t = Vec::new();
+    for _ in 0..5 {
+        let s = Instant::now();
+        run(&["dvc", "repro", "-q"])?;
+        t.push(s.elapsed());
+    }
+    Some(median(t))
+}
+
+/// Cached-rerun cost against stage count; cfpipe and DVC interleaved per size.
+fn bench_noop_curve(bin: &str) {
+    let seeds = |n: usize| {
+        format!(
+            "seeds=[{}]",
+            (0..n).map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+        )
+    };
+    let sweep = |n: usize| {
+        let v: Vec<String> = (1..=n).map(|i| format!("{:.2}", 0.01 * i as f64)).collect();
+        format!("strategies.rnf.prune.threshold={}", v.join(","))
+    };
+    println!("cached rerun against stage count (1-epoch, 32-unit mnist_split):");
+    println!(
+        "| stages | cfpipe no-op (median of 7) | per stage | dvc repro no-op, same stage count |"
+    );
+    println!("|---|---|---|---|");
+    for (n_seeds, points) in [(1, 0), (5, 0), (10, 0), (10, 3), (10, 9), (10, 15)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "--set",
+            "training.epochs=1",
+            "--set",
+            "model.hidden=[32, 32]",
+            "--set",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(seeds(n_seeds));
+        if points >= 2 {
+            args.push("--sweep".into());
+            args.push(sweep(points));
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (_, _, summary) = run_cfpipe(bin, dir.path(), &a);
+        let stages = stage_count(&summary);
+        let mut warm = Vec::new();
+        for _ in 0..7 {
+            warm.push(run_cfpipe(bin, dir.path(), &a).0);
+        }
+        let t = median(warm);
+        // DVC's first repro of a few hundred stages takes minutes: compared up to 200.
+        let dvc = if stages > 200 {
+            "–".to_string()
+        } else {
+            dvc_noop(stages).map_or("dvc not installed".into(), |d| {
+                format!("{:.0} ms", d.as_secs_f64() * 1e3)
+            })
+        };
+        println!(
+            "| {stages} | {:.1} ms | {:.1} µs | {dvc} |",
+            t.as_secs_f64() * 1e3,
+            t.as_secs_f64() * 1e6 / stages.max(1) as f64
+        );
+    }
+}
+
 /// Run the cfpipe binary; returns (wall, peak RSS so far of any child, in KiB).
 fn run_cfpipe(bin: &str, cache: &std::path::Path, extra: &[&str]) -> (Duration, u64, String) {
     let t = Instant::now();
@@ -176,9 +282,14 @@ fn peak_rss_children_kib() -> u64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
+    let bin = env!("CARGO_BIN_EXE_cfpipe");
+    if std::env::var_os("CFPIPE_BENCH_ONLY_NOOP").is_some() {
+        bench_noop_curve(bin);
+        return;
+    }
     bench_train_step();
     bench_score_methods();
-    let bin = env!("CARGO_BIN_EXE_cfpipe");
+    bench_noop_curve(bin);
     let dir = tempfile::tempdir().unwrap();
     let one = ["--set", "seeds=[0]"];
     let (cold, rss, summary) = run_cfpipe(bin, dir.path(), &one);

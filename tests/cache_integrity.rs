@@ -67,9 +67,16 @@ fn a_flipped_byte_is_still_detected_after_a_cached_rerun_remembered_the_entry_as
         .unwrap()
         .key
         .unwrap();
-    assert!(remembered.contains_key(&key.to_hex()), "the train entry is remembered");
+    assert!(
+        remembered.contains_key(&key.to_hex()),
+        "the train entry is remembered"
+    );
     let keys: std::collections::BTreeSet<_> = first.events.iter().filter_map(|e| e.key).collect();
-    assert_eq!(remembered.len(), keys.len(), "every entry served is remembered");
+    assert_eq!(
+        remembered.len(),
+        keys.len(),
+        "every entry served is remembered"
+    );
 
     // Flip a byte in place and put the modification time back, as a careful vandal would:
     // the change time still moves, and the entry is hashed and found out.
@@ -85,7 +92,10 @@ fn a_flipped_byte_is_still_detected_after_a_cached_rerun_remembered_the_entry_as
         .unwrap()
         .set_modified(mtime)
         .unwrap();
-    assert_eq!(std::fs::metadata(&model).unwrap().modified().unwrap(), mtime);
+    assert_eq!(
+        std::fs::metadata(&model).unwrap().modified().unwrap(),
+        mtime
+    );
     let r = f.run(&[]);
     assert_eq!(r.ran(), set(&["rnf/seed0/task2/train"]));
     let ev = r

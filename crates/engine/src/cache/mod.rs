@@ -33,8 +33,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 pub use lease::Lease;
 pub use perms::GroupPerms;
@@ -75,11 +75,12 @@ pub enum Lookup {
     },
 }
 
-/// A verified, published entry.
+/// A verified, published entry. Cheap to clone: every stage that reads it holds one, and the
+/// manifest is shared, not copied.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub dir: PathBuf,
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
 }
 
 impl Entry {
@@ -250,8 +251,9 @@ impl Cache {
     }
 
     fn verified(&self) -> &verified::VerifiedMemo {
-        self.verified
-            .get_or_init(|| verified::VerifiedMemo::load(self.root.join("index").join("verified.json")))
+        self.verified.get_or_init(|| {
+            verified::VerifiedMemo::load(self.root.join("index").join("verified.json"))
+        })
     }
 
     /// Save what lookups learned about verified entries (advisory; never through a
@@ -374,8 +376,15 @@ impl Cache {
         }
         let hex = key.to_hex();
         let stamp = verified::stamp(&stats);
-        if memo && stamp.as_ref().is_some_and(|s| self.verified().holds(&hex, s)) {
-            return Lookup::Hit(Box::new(Entry { dir, manifest }));
+        if memo
+            && stamp
+                .as_ref()
+                .is_some_and(|s| self.verified().holds(&hex, s))
+        {
+            return Lookup::Hit(Box::new(Entry {
+                dir,
+                manifest: Arc::new(manifest),
+            }));
         }
         for &(sub, name, rec) in &all {
             let p = dir.join(sub).join(name);
@@ -399,7 +408,10 @@ impl Cache {
         if let Some(s) = stamp {
             self.verified().record(&hex, s);
         }
-        Lookup::Hit(Box::new(Entry { dir, manifest }))
+        Lookup::Hit(Box::new(Entry {
+            dir,
+            manifest: Arc::new(manifest),
+        }))
     }
 
     /// Move an entry out of the way (used for corrupt entries); later lookups see `Missing`.
@@ -492,7 +504,7 @@ impl Cache {
                 self.mark_used(&new.key);
                 Ok(Entry {
                     dir: dest,
-                    manifest,
+                    manifest: Arc::new(manifest),
                 })
             }
             // Someone else won the race (or, on NFS, our own rename's reply was lost and the
@@ -631,11 +643,12 @@ impl Cache {
     /// Remember the key a stage id last resolved to in `scope` (skipped when unchanged, to
     /// keep cached reruns free of writes).
     pub fn put_stage_record(&self, scope: &str, rec: &StageRecord) -> Result<(), CacheError> {
-        if self.stage_record(scope, &rec.id).as_ref() == Some(rec) {
-            return Ok(());
-        }
         let p = self.record_path(scope, &rec.id);
         let bytes = serde_json::to_vec_pretty(rec).expect("record is plain data");
+        // Compared as bytes: a cached rerun reads each record once and parses none.
+        if fs::read(&p).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
         self.write_atomic(&p, &bytes)
     }
 
