@@ -77,12 +77,58 @@ pub fn load_sweep(
     // Reruns are explained against this pipeline's own last run, not another's with the same
     // stage ids.
     if axes.is_empty() {
-        let dag = Dag::build(compile(&base))?.with_scope(&base.name);
+        let mut dag = Dag::build(compile(&base))?.with_scope(&base.name);
+        drop_unread_si(&mut dag);
         return Ok((base, dag));
     }
     let p = expand(&src, &base, &set, &axes, data)?;
-    let dag = Dag::build(p.decls)?.with_scope(&p.pipeline.name);
+    let mut dag = Dag::build(p.decls)?.with_scope(&p.pipeline.name);
+    drop_unread_si(&mut dag);
     Ok((p.pipeline, dag))
+}
+
+/// Whether a stage reads SI's path integral from its `model` input: a score by `si`, a
+/// correlation with an `si` method, or EWC whose importance is `si`.
+fn reads_si(kind: &str, params: &serde_json::Value) -> bool {
+    use crate::spec::ScoreSpec;
+    let si = |s: &ScoreSpec| matches!(s, ScoreSpec::Si { .. });
+    fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
+        serde_json::from_value(v.clone()).ok()
+    }
+    // Parameters that do not parse (never from `compile`) count as reading it: keeping the
+    // path integral is only a cost, dropping one that is read a failed stage.
+    match kind {
+        "score" => parse(params).is_none_or(|p: score::Params| si(&p.method)),
+        "correlate" => {
+            parse(params).is_none_or(|p: correlate::Params| p.correlate.methods.values().any(si))
+        }
+        "consolidate" => parse(params).is_none_or(|p: consolidate::Params| si(&p.importance)),
+        _ => false,
+    }
+}
+
+/// Trainings whose path integral no stage reads do not record it (`train::Params::record_si`).
+/// Decided on the merged graph, so a training shared by several strategies records it when
+/// any of them reads it, and stays one stage.
+pub fn drop_unread_si(dag: &mut Dag) {
+    let read: std::collections::BTreeSet<_> = dag
+        .topo_order()
+        .iter()
+        .map(|&n| dag.node(n))
+        .filter(|n| reads_si(&n.kind, &n.params))
+        .filter_map(|n| n.inputs.get("model").copied())
+        .collect();
+    let unread: Vec<_> = dag
+        .topo_order()
+        .iter()
+        .copied()
+        .filter(|n| dag.node(*n).kind == "train" && !read.contains(n))
+        .collect();
+    for n in unread {
+        if let Some(m) = dag.params_mut(n).as_object_mut() {
+            m.insert("record_si".into(), serde_json::Value::Bool(false));
+        }
+    }
 }
 
 /// Every grid point of a sweep, compiled and merged.
@@ -396,6 +442,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             lr_frozen: None,
             joint: false,
             ewc_lambda: None,
+            record_si: true,
         }
     };
     // The test protocol of every accuracy (evaluate, prune).

@@ -7,8 +7,10 @@
 //! (see `nn::optim`), so Adam's moments and L2 cannot move them. Only the current task's head
 //! and the trunk receive updates: other heads are left bit-identical.
 //!
-//! Every training also records synaptic intelligence's path integral per trained parameter
-//! (`si.safetensors`), so `score.method: si` and EWC with SI importance need no second pass.
+//! A training also records synaptic intelligence's path integral per trained parameter
+//! (`si.safetensors`) where a stage reads it (`score.method: si`, EWC with SI importance, a
+//! correlation with `si`), so those need no second pass; elsewhere (`record_si: false`) it is
+//! neither computed nor stored.
 //!
 //! With `ewc_lambda` and a `penalty` input (EWC), the gradient of `λ Σ A (θ − θ̂)²` over the
 //! trunk is added to the task loss's gradient before the optimizer step, so frozen units (if
@@ -67,6 +69,20 @@ pub struct Params {
     /// with a `penalty` input, and left out otherwise so existing keys are preserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ewc_lambda: Option<f64>,
+    /// Record SI's path integral (`si.safetensors`). The planner sets it false where no stage
+    /// reads it (`plan::drop_unread_si`), which saves two thirds of the entry and the per-step
+    /// bookkeeping; the trained weights are the same either way. Left out when true, so the
+    /// keys of trainings that record it are those they always had.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub record_si: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(v: &bool) -> bool {
+    *v
 }
 
 #[derive(Debug, Serialize)]
@@ -404,11 +420,15 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     }
                 }));
             }
-            let task_grads = grads.clone();
-            let before: Vec<Vector<D>> = grads
-                .iter()
-                .map(|(i, _)| model.params[*i].clone())
-                .collect();
+            // SI's inputs: the task gradient and the parameters before the step (only kept
+            // where the path integral is recorded; it only observes the step).
+            let observed = p.record_si.then(|| {
+                let before: Vec<Vector<D>> = grads
+                    .iter()
+                    .map(|(i, _)| model.params[*i].clone())
+                    .collect();
+                (grads.clone(), before)
+            });
             if let Some((lambda, _, a, b)) = &ewc {
                 // ∂/∂θ λ(Aθ² − 2Bθ + C) = 2λ(Aθ − B), on the trunk only.
                 grads = grads
@@ -439,7 +459,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 }
             }
             opt.step(&mut model.params, grads);
-            si.record(task_grads, before, &model.params);
+            if let Some((task_grads, before)) = observed {
+                si.record(task_grads, before, &model.params);
+            }
             steps += 1;
             loss_sum += batch_loss * chunk.len() as f64;
             ctx.progress.inc(1);
@@ -490,7 +512,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             (i, w.as_vec(), delta)
         })
         .collect();
-    artifacts::save_si(&mut art, host.trunk.len(), &si)?;
+    if p.record_si {
+        artifacts::save_si(&mut art, host.trunk.len(), &si)?;
+    }
     art.insert(
         TRAIN_JSON,
         json_bytes(&TrainReport {

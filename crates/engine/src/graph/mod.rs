@@ -180,6 +180,14 @@ impl Dag {
     pub fn node(&self, n: NodeIndex) -> &StageNode {
         &self.graph[n]
     }
+
+    /// The parameters of node `n`, to change a choice that only the whole graph can make
+    /// (which outputs some consumer reads). Nodes were merged by structure before: a change
+    /// that made two nodes equal would only cost their computing the same key twice, which
+    /// the executor serves once.
+    pub fn params_mut(&mut self, n: NodeIndex) -> &mut serde_json::Value {
+        &mut self.graph[n].params
+    }
     pub fn len(&self) -> usize {
         self.graph.node_count()
     }
