@@ -321,7 +321,15 @@ impl Cache {
     fn lookup_as(&self, key: &StageKey, memo: bool) -> Lookup {
         let dir = self.entry_dir(key);
         let mpath = dir.join(MANIFEST_FILE);
-        let bytes = match fs::read(&mpath) {
+        let read = |p: &Path| -> std::io::Result<(Vec<u8>, fs::Metadata)> {
+            use std::io::Read;
+            let mut f = fs::File::open(p)?;
+            let meta = f.metadata()?;
+            let mut b = Vec::with_capacity(meta.len() as usize);
+            f.read_to_end(&mut b)?;
+            Ok((b, meta))
+        };
+        let (bytes, mmeta) = match read(&mpath) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
                 return Lookup::Missing
@@ -342,19 +350,16 @@ impl Cache {
                 }
             }
         };
-        if let Err(fault) = manifest.check(key) {
-            return Lookup::Corrupt {
-                file: MANIFEST_FILE.into(),
-                reason: fault.to_string(),
-            };
-        }
         let all: Vec<_> = manifest
             .outputs
             .iter()
             .map(|(n, r)| (OUT_DIR, n, r))
             .chain(manifest.aux.iter().map(|(n, r)| (AUX_DIR, n, r)))
             .collect();
-        let mut stats = Vec::with_capacity(all.len());
+        // The manifest is stamped too: an entry remembered as verified had its manifest
+        // checked (names, key and content hash), and any edit since changes its ctime.
+        let mut stats = Vec::with_capacity(all.len() + 1);
+        stats.push((MANIFEST_FILE.to_string(), mmeta));
         for &(sub, name, rec) in &all {
             let p = dir.join(sub).join(name);
             let rel = format!("{sub}/{name}");
@@ -385,6 +390,12 @@ impl Cache {
                 dir,
                 manifest: Arc::new(manifest),
             }));
+        }
+        if let Err(fault) = manifest.check(key) {
+            return Lookup::Corrupt {
+                file: MANIFEST_FILE.into(),
+                reason: fault.to_string(),
+            };
         }
         for &(sub, name, rec) in &all {
             let p = dir.join(sub).join(name);
@@ -1026,7 +1037,7 @@ mod tests {
         // bytes change, and the memo is forged to stamp the files as they are now.
         fs::write(&p, b"jello").unwrap();
         let dir = c.entry_dir(&key);
-        let stats: Vec<(String, fs::Metadata)> = ["out/a.json", "aux/log.txt"]
+        let stats: Vec<(String, fs::Metadata)> = ["manifest.json", "out/a.json", "aux/log.txt"]
             .iter()
             .map(|r| (r.to_string(), fs::metadata(dir.join(r)).unwrap()))
             .collect();
