@@ -136,3 +136,126 @@ fn compare_names_what_is_missing_and_computes_nothing() {
     let bad = f.cli(&["compare", p, "--baseline", "ewc"]);
     assert_ne!(bad.status.code(), Some(0));
 }
+
+/// Write `edit` of the fixture pipeline as `file` beside it; its path.
+fn write_edited(f: &Fixture, file: &str, edit: impl Fn(String) -> String) -> String {
+    let path = f.path().join(file);
+    std::fs::write(&path, edit(std::fs::read_to_string(f.pipeline()).unwrap())).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Each row as (pipeline, strategy, params), to compare whole tables at once.
+type Seen = Vec<(String, String, Vec<(String, String)>)>;
+
+fn seen(rows: &serde_json::Value) -> Seen {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let params = r["params"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            (
+                r["pipeline"].as_str().unwrap().to_string(),
+                r["strategy"].as_str().unwrap().to_string(),
+                params,
+            )
+        })
+        .collect()
+}
+
+fn row(pipeline: &str, strategy: &str, params: &[(&str, String)]) -> Seen {
+    vec![(
+        pipeline.to_string(),
+        strategy.to_string(),
+        params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )]
+}
+
+#[test]
+fn a_strategy_whose_own_settings_differ_between_pipelines_shows_them_inherited_ones_included() {
+    let f = Fixture::new();
+    // A's rnf05 inherits rnf's threshold through `extends:`; B's rnf05 takes rnf through a
+    // YAML merge key and writes its own threshold; `solo` is B's alone.
+    let (inherited, own, solo) = (0.3, 0.5, 0.7);
+    let base = |t: String| t.replace("threshold: 0.3", &format!("threshold: {inherited}"));
+    let a = write_edited(&f, "a.yaml", |t| {
+        format!("{}  rnf05:\n    extends: rnf\n", base(t))
+    });
+    let b = write_edited(&f, "b.yaml", |t| {
+        let t = base(t)
+            .replace("name: tiny", "name: tiny_b")
+            .replace("  rnf:\n", "  rnf: &rnf\n");
+        format!(
+            "{t}  rnf05:\n    <<: *rnf\n    prune:\n      threshold: {own}\n      step_ratio: 0.1\n  \
+             solo:\n    extends: rnf\n    prune:\n      threshold: {solo}\n"
+        )
+    });
+    for p in [&a, &b] {
+        let run = f.cli(&["run", p, "--quiet"]);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    let rows = json(&f.cli(&["compare", &a, &b, "--json"]));
+    // Only rnf05 differs, by its threshold; rnf (the same in both) and solo (nothing to
+    // differ from) add no column, and `extends` is resolved away rather than compared.
+    let key = "strategies.rnf05.prune.threshold";
+    let expected: Seen = [
+        row("tiny", "naive", &[]),
+        row("tiny", "rnf", &[]),
+        row("tiny", "rnf05", &[(key, inherited.to_string())]),
+        row("tiny_b", "naive", &[]),
+        row("tiny_b", "rnf", &[]),
+        row("tiny_b", "rnf05", &[(key, own.to_string())]),
+        row("tiny_b", "solo", &[]),
+    ]
+    .concat();
+    assert_eq!(seen(&rows), expected);
+    let text = f.cli(&["compare", &a, &b]);
+    assert!(text.status.success(), "{}", stderr(&text));
+    let table = stdout(&text);
+    assert!(table.lines().next().unwrap().contains(key), "{table}");
+}
+
+#[test]
+fn a_swept_strategy_setting_shows_each_variants_own_value_against_another_pipeline() {
+    let f = Fixture::new();
+    let (low, high) = (0.3, 0.5);
+    let a = write_edited(&f, "a.yaml", |t| {
+        format!("{t}sweep:\n  strategies.rnf.prune.threshold: [{low}, {high}]\n")
+    });
+    let b = write_edited(&f, "b.yaml", |t| {
+        t.replace("name: tiny", "name: tiny_b")
+            .replace("threshold: 0.3", &format!("threshold: {high}"))
+    });
+    for p in [&a, &b] {
+        let run = f.cli(&["run", p, "--quiet"]);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    let rows = json(&f.cli(&["compare", &a, &b, "--json"]));
+    // A's file says `low`, but each of its variants ran with its sweep value, and shows that.
+    let key = "strategies.rnf.prune.threshold";
+    let variant = |t: f64| format!("rnf@threshold={t}");
+    let expected: Seen = [
+        row("tiny", "naive", &[]),
+        row(
+            "tiny",
+            &variant(low),
+            &[(key, low.to_string()), ("threshold", low.to_string())],
+        ),
+        row(
+            "tiny",
+            &variant(high),
+            &[(key, high.to_string()), ("threshold", high.to_string())],
+        ),
+        row("tiny_b", "naive", &[]),
+        row("tiny_b", "rnf", &[(key, high.to_string())]),
+    ]
+    .concat();
+    assert_eq!(seen(&rows), expected);
+}

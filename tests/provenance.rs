@@ -105,3 +105,63 @@ fn a_report_never_replaces_another_configurations_report_unasked() {
         serde_json::json!([lr])
     );
 }
+
+#[test]
+fn a_named_report_goes_to_reports_name_and_is_protected_like_the_default_folder() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    let lr = "training.lr=0.02";
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    assert!(f.cli(&["run", p, "--quiet", "--set", lr]).status.success());
+    let named = f.path().join("reports/mine");
+    let first = report(&f, &["--name", "mine"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("reports/mine"),
+        "{}",
+        stdout(&first)
+    );
+    assert_eq!(
+        report_json(&named)["provenance"]["set"],
+        serde_json::json!([])
+    );
+    // The same configuration again is fine; another one is refused, and --force replaces.
+    assert!(report(&f, &["--name", "mine"]).status.success());
+    let before = std::fs::read(named.join("report.json")).unwrap();
+    let refused = report(&f, &["--name", "mine", "--set", lr]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--force"), "{}", stderr(&refused));
+    assert_eq!(std::fs::read(named.join("report.json")).unwrap(), before);
+    let forced = report(&f, &["--name", "mine", "--set", lr, "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_eq!(
+        report_json(&named)["provenance"]["set"],
+        serde_json::json!([lr])
+    );
+    // Only the named folder was written.
+    let dirs: Vec<String> = std::fs::read_dir(f.path().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(dirs, ["mine"]);
+}
+
+#[test]
+fn a_report_name_with_out_or_a_path_in_it_is_a_usage_error() {
+    let f = Fixture::new();
+    let out = f.path().join("elsewhere");
+    let both = report(&f, &["--name", "mine", "--out", out.to_str().unwrap()]);
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+    let err = stderr(&both);
+    assert!(err.contains("--name") && err.contains("--out"), "{err}");
+    for bad in ["../mine", "a/b", "", ".."] {
+        let o = report(&f, &["--name", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--name"), "{bad}: {}", stderr(&o));
+    }
+    // Nothing was written anywhere.
+    assert!(!out.exists());
+    assert!(!f.path().join("reports").exists());
+    assert!(!f.path().join("mine").exists());
+}

@@ -6,7 +6,8 @@ use super::{open_cache_read, CacheLoc, PipelineArgs};
 use crate::error::CliError;
 use crate::exec::resolve;
 use crate::report::compare::{self, Format, Metric};
-use crate::spec::DataCheck;
+use crate::spec::sweep::{self, Override};
+use crate::spec::{DataCheck, SpecErrors};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What `compare` prints and how.
@@ -43,6 +44,39 @@ fn compute_times(
         .collect()
 }
 
+/// Each strategy variant's own settings: the file's, with `--set` and the variant's sweep
+/// values applied, so a swept row shows the value it ran with.
+fn own_settings(
+    p: &PipelineArgs,
+    pipe: &crate::spec::Pipeline,
+) -> Result<BTreeMap<String, compare::OwnSettings>, SpecErrors> {
+    let src = crate::spec::read(&p.pipeline)?;
+    // The axes in the order `load_sweep` takes them, so their short names are the ones the
+    // variants' points use. `load` has parsed every `--sweep` already.
+    let mut axes = src.axes.clone();
+    axes.extend(p.sweep.iter().filter_map(|a| sweep::parse_flag(a).ok()));
+    let short = sweep::short_names(&axes);
+    let set: Vec<Override> = p.set.iter().map(|o| Override::set(o)).collect();
+    let mut out = BTreeMap::new();
+    for s in &pipe.strategies {
+        let mut overrides = set.clone();
+        for (name, shown) in &s.point {
+            let at = short.iter().position(|x| x == name).and_then(|a| {
+                let i = axes[a].shown.iter().position(|v| v == shown)?;
+                Some(axes[a].point(i))
+            });
+            overrides.extend(at);
+        }
+        // A variant is named `NAME@point`, and a strategy's own name has no `@` (letters,
+        // digits, `_` and `-` only).
+        let strategy = s.name.split('@').next().unwrap_or(&s.name).to_string();
+        let mut all = crate::spec::strategy_settings(&src, &overrides)?;
+        let settings = all.remove(&strategy).unwrap_or_default();
+        out.insert(s.name.clone(), compare::OwnSettings { strategy, settings });
+    }
+    Ok(out)
+}
+
 pub(super) fn compare_cmd(a: CompareArgs, c: &CacheLoc) -> Result<(), CliError> {
     let cache = open_cache_read(c);
     let mut loaded = Vec::new();
@@ -57,6 +91,7 @@ pub(super) fn compare_cmd(a: CompareArgs, c: &CacheLoc) -> Result<(), CliError> 
         let summaries = crate::report::summary::summarize(&results);
         let settings = crate::spec::settings(&p.pipeline, &p.set)
             .map_err(|e| CliError::Load(crate::LoadError::Spec(e)))?;
+        let own = own_settings(p, &pipe).map_err(|e| CliError::Load(crate::LoadError::Spec(e)))?;
         let compute_s = compute_times(&pipe, &dag, &res);
         let points: BTreeMap<String, Vec<(String, String)>> = pipe
             .strategies
@@ -70,6 +105,7 @@ pub(super) fn compare_cmd(a: CompareArgs, c: &CacheLoc) -> Result<(), CliError> 
             points,
             compute_s,
             settings,
+            own,
         ));
     }
     // Two files of one name are told apart by their paths.
@@ -88,6 +124,7 @@ pub(super) fn compare_cmd(a: CompareArgs, c: &CacheLoc) -> Result<(), CliError> 
             points: l.3.clone(),
             compute_s: l.4.clone(),
             settings: l.5.clone(),
+            strategy_settings: l.6.clone(),
         })
         .collect();
     let mut rows = compare::rows(&inputs, a.baseline.as_deref()).map_err(CliError::BadOption)?;

@@ -248,6 +248,10 @@ pub enum Command {
         /// reports/<name>@<digest of the --set and --sweep arguments> with either].
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Report into reports/NAME: a name of your own for this configuration's report
+        /// (e.g. `--name lr-sweep`). Not with --out, which names the whole path.
+        #[arg(long, value_name = "NAME", conflicts_with = "out")]
+        name: Option<String>,
         /// Replace a report of another configuration (file, overrides, sweep) in the output
         /// directory.
         #[arg(long)]
@@ -552,12 +556,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Report {
             p,
             out,
+            name,
             force,
             tensorboard,
             dpi,
             full_range,
         } => {
             let look = figures::Look { dpi, full_range };
+            let out = match name {
+                Some(n) => Some(named_report_dir(&n)?),
+                None => out,
+            };
             report_cmd(&p, out, force, tensorboard, &look, c)
         }
         Command::Explain {
@@ -1012,6 +1021,26 @@ fn default_report_dir(name: &str, p: &PipelineArgs) -> PathBuf {
     PathBuf::from("reports").join(format!("{name}@{}", &hex[..8]))
 }
 
+/// The folder of `report --name NAME`: `reports/NAME`. The name is one folder name, so a
+/// named report lands beside the default ones and never outside `reports/`.
+fn named_report_dir(name: &str) -> Result<PathBuf, CliError> {
+    let problem = if name.trim().is_empty() {
+        Some("is empty")
+    } else if name == "." || name == ".." {
+        Some("is not a folder name")
+    } else if name.contains(['/', '\\']) {
+        Some("holds a path separator")
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(PathBuf::from("reports").join(name)),
+        Some(why) => Err(CliError::BadOption(format!(
+            "--name `{name}` {why}: give one folder name (the report goes to reports/NAME), or a whole path with --out DIR"
+        ))),
+    }
+}
+
 fn report_cmd(
     p: &PipelineArgs,
     out: Option<PathBuf>,
@@ -1116,7 +1145,7 @@ fn report_cmd(
                 None => "a report of unknown configuration (written by an older cfpipe)".into(),
             };
             return Err(CliError::BadOption(format!(
-                "{} holds {what}; write this one elsewhere with --out DIR, or replace it with --force",
+                "{} holds {what}; write this one elsewhere with --name NAME or --out DIR, or replace it with --force",
                 out.display()
             )));
         }

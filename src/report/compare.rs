@@ -1,8 +1,10 @@
 //! `cfpipe compare`: an experiment table, one row per strategy (and sweep variant) of one or
 //! more pipelines, read from the cache alone. Every figure is the one `report` prints for the
 //! same cache (both come from [`super::summary::summarize`]); a row adds what sets it apart
-//! (its sweep values, and the pipeline-wide settings that differ between compared files), its
-//! compute time, and against a baseline strategy the per-seed differences with a paired test.
+//! (its sweep values, the pipeline-wide settings that differ between compared files, and the
+//! settings of its strategy that differ from the same strategy's in another compared file),
+//! its compute time, and against a baseline strategy the per-seed differences with a paired
+//! test.
 //!
 //! The paired test is honest about small samples: it prints `n`, the two-sided p of Student's
 //! paired t-test (which assumes normal differences) and the exact p of the sign-flip
@@ -12,7 +14,7 @@
 use super::summary::{MeanStd, StrategySummary};
 use super::{csv_field, RunResult};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 /// What one pipeline contributes to a comparison.
@@ -27,6 +29,70 @@ pub struct Input<'a> {
     pub compute_s: BTreeMap<String, f64>,
     /// The pipeline-wide settings, flattened (`spec::settings`).
     pub settings: BTreeMap<String, String>,
+    /// Per strategy (variant name, as in `summaries`), its own settings.
+    pub strategy_settings: BTreeMap<String, OwnSettings>,
+}
+
+/// A strategy variant's own settings, for telling apart strategies of one name in different
+/// pipelines.
+#[derive(Debug, Clone, Default)]
+pub struct OwnSettings {
+    /// The name the pipeline file gives the strategy (`rnf` for the variant
+    /// `rnf@threshold=0.05`): rows are compared across pipelines by this name.
+    pub strategy: String,
+    /// Flattened under the key `--set` takes (`strategies.rnf.prune.threshold` → `0.05`), with
+    /// `extends:` and merge keys resolved and this variant's sweep values applied
+    /// (`spec::strategy_settings`).
+    pub settings: BTreeMap<String, String>,
+}
+
+/// Per strategy name, its settings that differ between compared pipelines that both have it.
+///
+/// A key differs when the values a pipeline's variants of the strategy take are not the same
+/// set in every pipeline: unswept, that is one value against another; a key both pipelines
+/// sweep over the same values is already the sweep's column. A strategy in only one pipeline
+/// has nothing to differ from.
+fn differing_strategy_settings(inputs: &[Input]) -> BTreeMap<String, Vec<String>> {
+    type Values<'a> = BTreeSet<Option<&'a String>>;
+    /// Input index → that input's variants' settings.
+    type PerInput<'a> = BTreeMap<usize, Vec<&'a BTreeMap<String, String>>>;
+    let mut by_name: BTreeMap<&str, PerInput> = BTreeMap::new();
+    for (n, i) in inputs.iter().enumerate() {
+        for own in i.strategy_settings.values() {
+            by_name
+                .entry(own.strategy.as_str())
+                .or_default()
+                .entry(n)
+                .or_default()
+                .push(&own.settings);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (name, per_input) in by_name {
+        if per_input.len() < 2 {
+            continue;
+        }
+        let keys: BTreeSet<&String> = per_input
+            .values()
+            .flatten()
+            .flat_map(|s| s.keys())
+            .collect();
+        let differ: Vec<String> = keys
+            .into_iter()
+            .filter(|k| {
+                let sets: Vec<Values> = per_input
+                    .values()
+                    .map(|variants| variants.iter().map(|s| s.get(*k)).collect())
+                    .collect();
+                sets.iter().any(|s| *s != sets[0])
+            })
+            .cloned()
+            .collect();
+        if !differ.is_empty() {
+            out.insert(name.to_string(), differ);
+        }
+    }
+    out
 }
 
 /// A metric rows can be sorted by.
@@ -60,8 +126,9 @@ impl Metric {
 pub struct Row {
     pub pipeline: String,
     pub strategy: String,
-    /// The parameters that set this row apart: sweep values, and settings that differ between
-    /// the compared pipelines.
+    /// The parameters that set this row apart: sweep values, pipeline-wide settings that
+    /// differ between the compared pipelines, and the strategy's own settings that differ from
+    /// the same strategy's in another compared pipeline (under their full `--set` key).
     pub params: BTreeMap<String, String>,
     pub seeds: Vec<u64>,
     /// Mean accuracy over all tasks after the last one.
@@ -142,8 +209,7 @@ pub fn rows(inputs: &[Input], baseline: Option<&str>) -> Result<Vec<Row>, String
     // Settings that differ between the compared pipelines.
     let mut differing: Vec<&String> = Vec::new();
     if inputs.len() > 1 {
-        let keys: std::collections::BTreeSet<&String> =
-            inputs.iter().flat_map(|i| i.settings.keys()).collect();
+        let keys: BTreeSet<&String> = inputs.iter().flat_map(|i| i.settings.keys()).collect();
         differing = keys
             .into_iter()
             .filter(|k| {
@@ -152,6 +218,11 @@ pub fn rows(inputs: &[Input], baseline: Option<&str>) -> Result<Vec<Row>, String
             })
             .collect();
     }
+    // Keyed `strategies.rnf.prune.threshold` rather than `prune.threshold`: it is what
+    // `--set` and `--sweep` take, so a row can be reproduced from its header, and it cannot be
+    // mistaken for a pipeline-wide setting or for another strategy's (rnf's and rnf05's
+    // thresholds are separate columns, each blank in the other's rows).
+    let strategy_differing = differing_strategy_settings(inputs);
     let base = match baseline {
         None => None,
         Some(b) => {
@@ -191,6 +262,12 @@ pub fn rows(inputs: &[Input], baseline: Option<&str>) -> Result<Vec<Row>, String
             for k in &differing {
                 let v = i.settings.get(*k).cloned().unwrap_or_else(|| "–".into());
                 params.insert((*k).clone(), v);
+            }
+            if let Some(own) = i.strategy_settings.get(&s.strategy) {
+                for k in strategy_differing.get(&own.strategy).into_iter().flatten() {
+                    let v = own.settings.get(k).cloned().unwrap_or_else(|| "–".into());
+                    params.insert(k.clone(), v);
+                }
             }
             let vs_baseline = base.as_ref().and_then(|(bl, bs, bseeds)| {
                 if *bl == i.label && *bs == s.strategy {
@@ -496,6 +573,49 @@ mod tests {
         // No spread: no t, but the permutation test still answers.
         let (t, _, p) = paired(&[0.1, 0.1]);
         assert_eq!((t, p), (None, Some(0.5)));
+    }
+
+    /// A pipeline whose strategies (variant, strategy, one setting's key and value) are all
+    /// `differing_strategy_settings` reads.
+    fn input(strategies: &[(&str, &str, &str, &str)]) -> Input<'static> {
+        Input {
+            label: String::new(),
+            results: &[],
+            summaries: &[],
+            points: BTreeMap::new(),
+            compute_s: BTreeMap::new(),
+            settings: BTreeMap::new(),
+            strategy_settings: strategies
+                .iter()
+                .map(|(variant, strategy, k, v)| {
+                    let own = OwnSettings {
+                        strategy: strategy.to_string(),
+                        settings: BTreeMap::from([(k.to_string(), v.to_string())]),
+                    };
+                    (variant.to_string(), own)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_strategy_in_several_pipelines_with_other_values_there_adds_columns() {
+        let t = "strategies.rnf.prune.threshold";
+        let a = input(&[("rnf", "rnf", t, "0.02"), ("solo", "solo", "x", "1")]);
+        let b = input(&[("rnf", "rnf", t, "0.05")]);
+        let differing = differing_strategy_settings(&[a, b]);
+        assert_eq!(differing, BTreeMap::from([("rnf".into(), vec![t.into()])]));
+        // The same values in both, swept alike: the sweep's column already shows them.
+        let swept = || {
+            input(&[
+                ("rnf@threshold=0.02", "rnf", t, "0.02"),
+                ("rnf@threshold=0.05", "rnf", t, "0.05"),
+            ])
+        };
+        assert!(differing_strategy_settings(&[swept(), swept()]).is_empty());
+        // One value against the sweep's two is a difference.
+        let b = input(&[("rnf", "rnf", t, "0.05")]);
+        assert_eq!(differing_strategy_settings(&[swept(), b]).len(), 1);
     }
 
     #[test]

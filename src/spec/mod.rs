@@ -230,43 +230,14 @@ pub fn resolve(
 /// The pipeline-wide settings of a file with `--set` applied, flattened to dotted keys with
 /// values as flow YAML (`training.lr` → `0.001`, `tasks` → `[[0,1],[2,3]]`), for telling
 /// pipelines apart (`cfpipe compare`). Strategies, the sweep, the name and cluster resources
-/// are left out: strategies are compared by row, the rest computes nothing.
+/// are left out: strategies are compared by row (see [`strategy_settings`]), the rest
+/// computes nothing.
 pub fn settings(
     path: &Path,
     set: &[String],
 ) -> Result<std::collections::BTreeMap<String, String>, SpecErrors> {
     let set: Vec<sweep::Override> = set.iter().map(|o| sweep::Override::set(o)).collect();
     let (value, _) = read(path)?.overridden(&set)?;
-    fn flatten(
-        prefix: &str,
-        v: &serde_yaml::Value,
-        out: &mut std::collections::BTreeMap<String, String>,
-    ) {
-        match v {
-            serde_yaml::Value::Mapping(m) => {
-                for (k, v) in m {
-                    let k = k
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| format!("{k:?}"));
-                    let key = if prefix.is_empty() {
-                        k
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&key, v, out);
-                }
-            }
-            other => {
-                let text = match serde_json::to_value(other) {
-                    Ok(serde_json::Value::String(s)) => s,
-                    Ok(j) => j.to_string(),
-                    Err(_) => format!("{other:?}"),
-                };
-                out.insert(prefix.to_string(), text);
-            }
-        }
-    }
     let mut out = std::collections::BTreeMap::new();
     if let serde_yaml::Value::Mapping(m) = &value {
         for (k, v) in m {
@@ -277,6 +248,64 @@ pub fn settings(
         }
     }
     Ok(out)
+}
+
+/// Each strategy's own settings with `overrides` applied (`--set` values, and a sweep
+/// point's), by strategy name, flattened as [`settings`] flattens, under the full key that
+/// `--set` takes: `rnf` → {`strategies.rnf.prune.threshold` → `0.05`, …}. Read through
+/// [`read`], so `extends:` and merge keys (`<<: *rnf`) are already resolved: a strategy that
+/// inherits a value lists it as one written out in full would (`extends` itself is gone).
+pub fn strategy_settings(
+    source: &Source,
+    overrides: &[sweep::Override],
+) -> Result<
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    SpecErrors,
+> {
+    let (value, _) = source.overridden(overrides)?;
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(serde_yaml::Value::Mapping(m)) = value.get("strategies") {
+        for (k, v) in m {
+            let Some(name) = k.as_str() else { continue };
+            let mut own = std::collections::BTreeMap::new();
+            flatten(&format!("strategies.{name}"), v, &mut own);
+            out.insert(name.to_string(), own);
+        }
+    }
+    Ok(out)
+}
+
+/// Flatten a YAML tree under `prefix` into dotted keys, each leaf as flow YAML (a string
+/// unquoted, so a table shows `lrp`, not `"lrp"`).
+fn flatten(
+    prefix: &str,
+    v: &serde_yaml::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, v) in m {
+                let k = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{k:?}"));
+                let key = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            let text = match serde_json::to_value(other) {
+                Ok(serde_json::Value::String(s)) => s,
+                Ok(j) => j.to_string(),
+                Err(_) => format!("{other:?}"),
+            };
+            out.insert(prefix.to_string(), text);
+        }
+    }
 }
 
 /// serde_yaml appends "at line X column Y"; we print positions ourselves.
