@@ -198,6 +198,7 @@ fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: u
 }
 
 fn main() {
+    cfpipe::nn::host::keep_freed_memory();
     let dev = Cpu::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut uniform =
@@ -228,13 +229,58 @@ fn main() {
         .collect();
     if only.iter().any(|o| o == "model") || only.is_empty() {
         use cfpipe::nn::arch;
-        let small = bench_model_step(&dev, &arch::small_cnn([1, 28, 28]), 64, 10);
-        println!("small_cnn 1x28x28 training step, batch 64: median {small:.1} ms");
-        let vgg = bench_model_step(&dev, &arch::vgg16(32, 1, 3), 32, 3);
-        println!(
-            "vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms; one CIFAR epoch ≈ {:.1} min",
-            vgg * 50_000.0 / 32.0 / 60_000.0
-        );
+        // PyTorch beside each (2 threads), interleaved, when it is importable.
+        let py = std::env::var("CFPIPE_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+        let torch = |script: &str, args: &[&str], field: &str| -> Option<f64> {
+            let out = std::process::Command::new(&py)
+                .arg(script)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            let v: serde_json::Value =
+                serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).ok()?;
+            v[field].as_f64()
+        };
+        let beside = |ours: f64, theirs: Option<f64>| match theirs {
+            Some(t) => format!("PyTorch {t:.1} ms, ratio {:.2}", ours / t),
+            None => "PyTorch not importable (set CFPIPE_TORCH_PYTHON)".into(),
+        };
+        for _ in 0..2 {
+            let small = bench_model_step(&dev, &arch::small_cnn([1, 28, 28]), 64, 10);
+            let theirs = torch(
+                "scripts/torch_cnn_bench.py",
+                &["--threads", "2"],
+                "step_ms_median",
+            );
+            println!(
+                "small_cnn 1x28x28 training step, batch 64: median {small:.1} ms; {}",
+                beside(small, theirs)
+            );
+            let vgg = bench_model_step(&dev, &arch::vgg16(32, 1, 3), 32, 3);
+            let args = [
+                "--device",
+                "cpu",
+                "--size",
+                "32",
+                "--batch",
+                "32",
+                "--classes",
+                "10",
+                "--steps",
+                "3",
+                "--warmup",
+                "1",
+                "--threads",
+                "2",
+            ];
+            let theirs = torch("scripts/torch_vgg_bench.py", &args, "step_ms");
+            println!(
+                "vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms; {}; one CIFAR epoch ≈ {:.1} min",
+                beside(vgg, theirs),
+                vgg * 50_000.0 / 32.0 / 60_000.0
+            );
+        }
         if only.iter().any(|o| o == "model") {
             return;
         }

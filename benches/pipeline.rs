@@ -40,7 +40,18 @@ fn paper_mlp() -> (ModelParams, OptimizerConfig) {
     (host, cfg)
 }
 
-fn bench_train_step() {
+/// The Python that has PyTorch: `CFPIPE_TORCH_PYTHON`, else `python3` if it imports torch.
+fn torch_python() -> Option<String> {
+    let py = std::env::var("CFPIPE_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+/// One cfpipe MLP step's median over 200 steps (after 20 of warm-up), in ms.
+fn cfpipe_step_ms() -> f64 {
     let dev = Cpu::default();
     let (host, cfg) = paper_mlp();
     let mut model = DeviceModel::from_host(&dev, &host);
@@ -50,18 +61,49 @@ fn bench_train_step() {
     let labels: Vec<u16> = (0..128).map(|i| (i % 2) as u16).collect();
     let x = images_to_tensor(&dev, &pixels, 784);
     let mut times = Vec::new();
-    for i in 0..60 {
+    for i in 0..220 {
         let t = Instant::now();
         let (_, grads) = model.loss_and_grads(&x, &labels, 0);
         opt.step(&mut model.params, grads);
-        if i >= 10 {
+        if i >= 20 {
             times.push(t.elapsed());
         }
     }
-    println!(
-        "train step (MLP 784-400-400, batch 128, Adam): median {:.2} ms",
-        median(times).as_secs_f64() * 1e3
-    );
+    median(times).as_secs_f64() * 1e3
+}
+
+/// PyTorch's step (`scripts/torch_mlp_bench.py`, 2 threads), in ms.
+fn torch_step_ms(py: &str) -> Option<f64> {
+    let out = Command::new(py)
+        .args(["scripts/torch_mlp_bench.py", "--threads", "2"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    v["step_ms_median"].as_f64()
+}
+
+/// The MLP step, cfpipe and PyTorch interleaved over three rounds, with their ratio.
+fn bench_train_step() {
+    let py = torch_python();
+    let mut rows = Vec::new();
+    for _ in 0..3 {
+        let ours = cfpipe_step_ms();
+        let theirs = py.as_deref().and_then(torch_step_ms);
+        rows.push((ours, theirs));
+    }
+    for (ours, theirs) in &rows {
+        match theirs {
+            Some(t) => println!(
+                "train step (MLP 784-400-400, batch 128, Adam): cfpipe {ours:.2} ms, PyTorch {t:.2} ms, ratio {:.2}",
+                ours / t
+            ),
+            None => println!(
+                "train step (MLP 784-400-400, batch 128, Adam): cfpipe {ours:.2} ms (PyTorch not importable: set CFPIPE_TORCH_PYTHON)"
+            ),
+        }
+    }
 }
 
 fn time_it(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -250,54 +292,118 @@ fn bench_noop_curve(bin: &str) {
     }
 }
 
-/// Run the cfpipe binary; returns (wall, peak RSS so far of any child, in KiB).
+/// Run the cfpipe binary; returns (wall, the child's peak RSS in KiB, its summary line).
+// The child is reaped by `wait4` (for its own rusage), not `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_cfpipe(bin: &str, cache: &std::path::Path, extra: &[&str]) -> (Duration, u64, String) {
-    let t = Instant::now();
-    let out = Command::new(bin)
-        .args(["run", "pipelines/mnist_split.yaml", "--quiet", "--cache"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "pipelines/mnist_split.yaml", "--quiet", "--cache"])
         .arg(cache)
         .args(extra)
-        .output()
-        .expect("run cfpipe");
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run cfpipe");
+    let t = Instant::now();
+    // --quiet prints one line, which the pipe holds until the child has been reaped.
+    let (status, rss) = wait_rss(child.id() as libc::pid_t);
     let wall = t.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or("")
-        .to_string();
-    (wall, peak_rss_children_kib(), summary)
+    let mut out = String::new();
+    use std::io::Read as _;
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)
+        .expect("cfpipe's output");
+    assert!(status == 0, "cfpipe exited with {status}");
+    let summary = out.lines().last().unwrap_or("").to_string();
+    (wall, rss, summary)
 }
 
-fn peak_rss_children_kib() -> u64 {
-    // ru_maxrss of waited-for children, in KiB on Linux.
+/// Spawn `cmd`, wait for it; its wall time and peak RSS in KiB, or `None` if it failed.
+#[allow(clippy::zombie_processes)]
+fn timed_child(cmd: &mut Command) -> Option<(Duration, u64)> {
+    let child = cmd.spawn().ok()?;
+    let t = Instant::now();
+    let (status, rss) = wait_rss(child.id() as libc::pid_t);
+    (status == 0).then(|| (t.elapsed(), rss))
+}
+
+/// Wait for child `pid`; its exit status and its own peak RSS in KiB (wait4's rusage, so one
+/// child's figure is not the largest of all children so far).
+fn wait_rss(pid: libc::pid_t) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: plain libc calls with valid out-pointers; `pid` is our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss as u64
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, usage.ru_maxrss as u64)
 }
 
 fn main() {
+    // As the binary does (its allocator settings are part of its speed).
+    if std::env::var_os("CFPIPE_BENCH_GLIBC_DEFAULTS").is_none() {
+        cfpipe::nn::host::keep_freed_memory();
+    }
     // `cargo bench` passes `--bench`; ignore arguments.
     let bin = env!("CARGO_BIN_EXE_cfpipe");
-    if std::env::var_os("CFPIPE_BENCH_ONLY_NOOP").is_some() {
-        bench_noop_curve(bin);
-        return;
+    // `CFPIPE_BENCH_ONLY=step|score|noop|cold` runs one part (`CFPIPE_BENCH_ONLY_NOOP=1` is
+    // the older spelling of `noop`).
+    let only = std::env::var("CFPIPE_BENCH_ONLY")
+        .ok()
+        .or_else(|| std::env::var_os("CFPIPE_BENCH_ONLY_NOOP").map(|_| "noop".to_string()));
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if part("step") {
+        bench_train_step();
     }
-    bench_train_step();
-    bench_score_methods();
-    bench_noop_curve(bin);
+    if part("score") {
+        bench_score_methods();
+    }
+    if part("noop") {
+        bench_noop_curve(bin);
+    }
+    if part("cold") {
+        bench_cold(bin);
+    }
+}
+
+/// The whole job from an empty cache beside PyTorch's, then cached reruns.
+fn bench_cold(bin: &str) {
+    let one = [
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "strategies={naive: {freeze: none}}",
+    ];
+    let py = torch_python();
+    // Whole naive split-MNIST, one seed, cold: cfpipe from an empty cache and PyTorch's
+    // script, interleaved, with wall time and peak RSS (each child's own, from wait4).
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let (cold, rss, summary) = run_cfpipe(bin, dir.path(), &one);
+        let theirs = py.as_deref().and_then(|py| {
+            let mut cmd = Command::new(py);
+            cmd.args(["scripts/torch_split_mnist.py", "data/mnist"])
+                .stdout(std::process::Stdio::null());
+            timed_child(&mut cmd)
+        });
+        let (t, r) = theirs.map_or((f64::NAN, f64::NAN), |(t, r)| {
+            (t.as_secs_f64(), r as f64 / 1024.0)
+        });
+        println!(
+            "naive split-MNIST, seed 0, cold [{summary}]: cfpipe {:.2} s, {:.1} MiB; PyTorch {t:.2} s, {r:.1} MiB; ratio {:.2} time, {:.3} RSS",
+            cold.as_secs_f64(),
+            rss as f64 / 1024.0,
+            cold.as_secs_f64() / t,
+            rss as f64 / 1024.0 / r
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let one = ["--set", "seeds=[0]"];
-    let (cold, rss, summary) = run_cfpipe(bin, dir.path(), &one);
-    println!(
-        "mnist_split, seed 0, from an empty cache [{summary}]: {:.2} s, peak RSS {:.1} MiB",
-        cold.as_secs_f64(),
-        rss as f64 / 1024.0
-    );
+    run_cfpipe(bin, dir.path(), &one);
     let mut warm = Vec::new();
     for _ in 0..20 {
         warm.push(run_cfpipe(bin, dir.path(), &one).0);

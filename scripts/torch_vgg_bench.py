@@ -18,7 +18,10 @@ p.add_argument("--classes", type=int, default=8)
 p.add_argument("--steps", type=int, default=20)
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--device", default="cuda")
+p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
 a = p.parse_args()
+if a.threads:
+    torch.set_num_threads(a.threads)
 
 dev = torch.device(a.device)
 model = torchvision.models.vgg16(num_classes=a.classes).to(dev)
@@ -55,5 +58,6 @@ print(json.dumps({
     "framework": "pytorch " + torch.__version__,
     "batch": a.batch, "size": a.size, "steps": a.steps,
     "images_per_s": a.batch * a.steps / dt,
+    "step_ms": dt / a.steps * 1e3,
     "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
 }))

@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    cfpipe::nn::host::keep_freed_memory();
     let args = match cfpipe::cli::Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {

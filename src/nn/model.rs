@@ -9,11 +9,12 @@
 //! Parameters live on the host as [`ModelParams`] (PyTorch layout: weight `[out, in]`) for
 //! storage, and on the device as flat 1-D tensors for training. A conv model's passes walk its
 //! bound layers ([`DeviceModel::layers`], the vocabulary of [`super::seq`]). The MLP's forward
-//! pass computes in transposed form, `zᵀ = W · xᵀ`, so that parameters are always the left
-//! operand: dfdx merges gradient tapes left to right, and this way the input needs no gradient
-//! of its own; its rounding, and so every MLP key, depends on that form.
+//! pass is a chain of [`super::dense`] layers in transposed form, `zᵀ = W · xᵀ` (activations
+//! `[units, batch]`), which its composed (GPU) path has always used: parameters are the left
+//! operand, so the input needs no gradient of its own.
 
 use super::arch::{Arch, Op};
+use super::dense::{dense, Activation, Side};
 use super::seq::{forward_hooked, Act, Hooks, Layer};
 use super::tensor::{images_to_tensor, one_hot_t, Label, Matrix, Tensor4, Vector};
 use super::tensorio::{HostTensor, TensorIoError, TensorMapExt};
@@ -454,12 +455,45 @@ impl<D: Device<f32>> DeviceModel<D> {
         self.grads_of(x, head, Objective::CrossEntropy(labels))
     }
 
+    /// [`Self::loss_and_grads`], and the logits `[batch, classes]` of the same pass, row-major.
+    /// Without dropout they are exactly [`Self::logits`]' (the same kernels on the same
+    /// parameters), so a training step needs no second forward pass for its accuracy.
+    pub fn loss_grads_and_logits(
+        &self,
+        x: &Matrix<D>,
+        labels: &[Label],
+        head: usize,
+    ) -> (f32, ParamGrads<D>, Vec<f32>) {
+        let mut logits = Vec::new();
+        let (loss, grads) = self.pass(x, head, Objective::CrossEntropy(labels), Some(&mut logits));
+        (loss, grads, logits)
+    }
+
+    /// Whether a training pass drops units (a conv model with a dropout layer).
+    pub fn has_dropout(&self) -> bool {
+        self.arch
+            .as_ref()
+            .is_some_and(|a| a.layers.iter().any(|op| matches!(op, Op::Dropout { .. })))
+    }
+
     /// Value and parameter gradients of a scalar `objective` of `head`'s logits on a batch.
     pub fn grads_of(
         &self,
         x: &Matrix<D>,
         head: usize,
         objective: Objective,
+    ) -> (f32, Vec<(usize, Vector<D>)>) {
+        self.pass(x, head, objective, None)
+    }
+
+    /// [`Self::grads_of`], copying the pass's logits (`[batch, classes]`) into `logits` when
+    /// asked.
+    fn pass(
+        &self,
+        x: &Matrix<D>,
+        head: usize,
+        objective: Objective,
+        logits_out: Option<&mut Vec<f32>>,
     ) -> (f32, Vec<(usize, Vector<D>)>) {
         let path = self.path(head);
         let batch = x.shape().0 as f32;
@@ -470,6 +504,9 @@ impl<D: Device<f32>> DeviceModel<D> {
                 ..Hooks::default()
             };
             let logits = self.forward_seq::<OwnedTape<f32, D>>(x, head, hooks);
+            if let Some(out) = logits_out {
+                *out = logits.as_vec();
+            }
             let loss = match objective {
                 Objective::CrossEntropy(labels) => {
                     let classes = self.shapes[self.n_trunk + head].0;
@@ -491,6 +528,14 @@ impl<D: Device<f32>> DeviceModel<D> {
             path.iter().map(|&i| self.params[i].leaky_trace()).collect();
         let shapes = self.layer_shapes(head);
         let logits_t = forward_t(traced, &shapes, x, None, self.negative_slope);
+        if let Some(out) = logits_out {
+            // `[classes, batch]` to row-major `[batch, classes]`.
+            let (classes, n) = *logits_t.shape();
+            let t = logits_t.as_vec();
+            *out = (0..n * classes)
+                .map(|k| t[(k % classes) * n + k / classes])
+                .collect();
+        }
         // Objectives work on `logitsᵀ` [classes, batch] directly: dfdx 0.13's log_softmax
         // backward mishandles permuted (non-contiguous) inputs, so nothing taped is permuted.
         let loss = match objective {
@@ -544,6 +589,9 @@ impl<D: Device<f32>> DeviceModel<D> {
     }
 }
 
+/// Gradients by flat parameter index.
+pub type ParamGrads<D> = Vec<(usize, Vector<D>)>;
+
 /// A scalar function of a head's logits whose parameter gradients are wanted.
 #[derive(Debug, Clone, Copy)]
 pub enum Objective<'a> {
@@ -563,7 +611,6 @@ fn forward_t<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
 ) -> Matrix<D, T> {
     let batch = x.shape().0;
     let mut h: Option<Matrix<D, T>> = None;
-    let xt: Matrix<D> = x.clone().permute::<_, Axes2<1, 0>>();
     let mut it = params.into_iter();
     let n = shapes.len();
     for (l, &(out, inp)) in shapes.iter().enumerate() {
@@ -572,20 +619,19 @@ fn forward_t<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
             .expect("weight per layer")
             .reshape_like(&(out, inp));
         let b = it.next().expect("bias per layer");
-        let z = match h.take() {
-            None => w.matmul(xt.clone()),
-            Some(prev) => w.matmul(prev),
-        };
-        let z = z + b.broadcast_like::<_, Axis<1>>(&(out, batch));
         let last = l + 1 == n;
-        h = Some(if last {
-            z
+        let act = if last {
+            Activation::Identity
         } else {
-            let a = activation(z, negative_slope);
-            match unit_masks {
-                Some(m) => a * m[l].clone().broadcast_like::<_, Axis<1>>(&(out, batch)),
-                None => a,
-            }
+            Activation::hidden(negative_slope)
+        };
+        let a = match h.take() {
+            None => dense(x.clone(), w, b, act, Side::Rows, Side::Columns),
+            Some(prev) => dense(prev, w, b, act, Side::Columns, Side::Columns),
+        };
+        h = Some(match unit_masks {
+            Some(m) if !last => a * m[l].clone().broadcast_like::<_, Axis<1>>(&(out, batch)),
+            _ => a,
         });
     }
     h.expect("at least one layer")
@@ -843,6 +889,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_training_pass_gives_the_evaluation_logits_bit_for_bit() {
+        let p = tiny();
+        let dev = Cpu::default();
+        let m = DeviceModel::from_host(&dev, &p);
+        let x: Vec<f32> = (0..15).map(|i| (i as f32 * 0.53).sin()).collect();
+        let xt = dev.tensor_from_vec(x, (3, 5));
+        let (_, _, pass) = m.loss_grads_and_logits(&xt, &[0, 2, 1], 1);
+        let eval = m.logits(&xt, 1, None).as_vec();
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&pass), bits(&eval));
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! `retaped`, which for dfdx's `OwnedTape` is exactly `leaky_trace` (same tensor ids, leaky
 //! gradients), so a training pass finds every parameter's gradient under its flat tensor's id.
 //! The MLP (dense layers only, no [`Arch`](super::arch::Arch)) keeps its own transposed forward
-//! pass in `model`: its rounding, and so every MLP key, depends on that form.
+//! pass in `model`; both end in the same [`super::dense`] op.
 
 use super::conv;
+use super::dense;
 use super::tensor::{Matrix, Tensor4, Vector};
 use dfdx::prelude::*;
 
@@ -110,13 +111,14 @@ where
             Act::Map(conv::avg_pool2d(x, *kernel, *stride))
         }
         (Layer::Flatten, Act::Map(x)) => Act::Flat(conv::flatten(x)),
-        (Layer::Dense { weight, bias }, Act::Flat(x)) => {
-            let (n, o) = (x.shape().0, weight.shape().0);
-            Act::Flat(
-                x.matmul(weight.retaped::<T>().permute::<_, Axes2<1, 0>>())
-                    + bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&(n, o)),
-            )
-        }
+        (Layer::Dense { weight, bias }, Act::Flat(x)) => Act::Flat(dense::dense(
+            x,
+            weight.retaped::<T>(),
+            bias.retaped::<T>(),
+            dense::Activation::Identity,
+            dense::Side::Rows,
+            dense::Side::Rows,
+        )),
         (Layer::Dropout { .. }, a) => a,
         _ => panic!("layer does not fit its input (a map layer after Flatten, or the reverse)"),
     }

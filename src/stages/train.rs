@@ -379,7 +379,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 let x = model.input(&xb);
                 model.dropout_seed =
                     Some(steps as u64 ^ (p.seed << 32) ^ ((p.task_index as u64) << 48));
-                let (loss, g) = model.loss_and_grads(&x, &yb, head);
+                let (loss, g, pass_logits) = model.loss_grads_and_logits(&x, &yb, head);
                 let w = idx.len() as f32 / chunk.len() as f32;
                 batch_loss += loss as f64 * w as f64;
                 grads = if tasks.len() == 1 {
@@ -388,7 +388,13 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     accumulate(grads, g, w)
                 };
                 model.dropout_seed = None;
-                let logits = model.logits(&x, head, None).as_vec();
+                // Training accuracy is the model's, without dropout, before the step: the
+                // pass's own logits unless it dropped units.
+                let logits = if model.has_dropout() {
+                    model.logits(&x, head, None).as_vec()
+                } else {
+                    pass_logits
+                };
                 let classes = split.task(head)?.classes.len();
                 correct += crate::nn::tensor::argmax_rows(&logits, classes)
                     .iter()

@@ -2,7 +2,7 @@
 //! layouts and semantics, for convolutional models (VGG-style). dfdx 0.13 ships `conv2d` and
 //! `pool2d` only on nightly Rust, so cfpipe owns these ops. The layout follows dfdx's own ops:
 //! the API here, the sizes in `geom`, the composed path in `composed`, and the CPU kernel in
-//! `host` (its packed sgemm in `host::blocked`).
+//! `host` (its products on the packed sgemm of [`crate::nn::gemm`]).
 //!
 //! Each of `conv2d`, `max_pool2d`, `avg_pool2d` and `adaptive_avg_pool2d` has two
 //! implementations behind one function, chosen by the device type:
@@ -39,12 +39,8 @@ use super::tensor::{Matrix, Tensor4, Vector};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-use std::any::{Any, TypeId};
 
-/// Whether the ops in this module take the host fast path on device `D` (dfdx's `Cpu`).
-pub fn uses_cpu_fast_path<D: 'static>() -> bool {
-    TypeId::of::<D>() == TypeId::of::<Cpu>()
-}
+pub use super::host::uses_cpu_fast_path;
 
 /// 2-D convolution (cross-correlation, as in PyTorch's `F.conv2d`): `x [N, C, H, W]`,
 /// `weight [O, C, kh, kw]`, `bias [O]`, the same `stride` and zero `padding` on both spatial
@@ -170,89 +166,3 @@ mod geom;
 mod host;
 
 use geom::*;
-
-#[cfg(test)]
-mod tests {
-    use super::host::{self, Mat};
-    use super::*;
-
-    /// Every host matrix product the CPU path may take (the AVX-512 kernel where this CPU has
-    /// it, dfdx's matmul otherwise) against a naive loop: edge tiles, transposed operands,
-    /// several KC blocks, accumulation.
-    #[test]
-    fn host_gemm_matches_a_naive_product() {
-        let cpu = Cpu::default();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let mut uniform =
-            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
-        for (m, k, n) in [
-            (1, 1, 1),
-            (7, 13, 5),
-            (8, 256, 32),
-            (9, 300, 33),
-            (64, 577, 70),
-            (17, 3, 100),
-        ] {
-            for (ta, tb, acc) in (0..8).map(|b| (b & 1 == 1, b & 2 == 2, b & 4 == 4)) {
-                let (ad, bd, c0) = (uniform(m * k), uniform(k * n), uniform(m * n));
-                let a = if ta {
-                    Mat::new(&ad, k, m).t()
-                } else {
-                    Mat::new(&ad, m, k)
-                };
-                let b = if tb {
-                    Mat::new(&bd, n, k).t()
-                } else {
-                    Mat::new(&bd, k, n)
-                };
-                let at = |i: usize, l: usize| if ta { ad[l * m + i] } else { ad[i * k + l] };
-                let bt = |l: usize, j: usize| if tb { bd[j * k + l] } else { bd[l * n + j] };
-                let want: Vec<f64> = (0..m * n)
-                    .map(|ij| {
-                        let (i, j) = (ij / n, ij % n);
-                        let base = if acc { c0[ij] as f64 } else { 0.0 };
-                        base + (0..k)
-                            .map(|l| at(i, l) as f64 * bt(l, j) as f64)
-                            .sum::<f64>()
-                    })
-                    .collect();
-                let mut runs: Vec<(&str, Vec<f32>)> = Vec::new();
-                let mut c = c0.clone();
-                host::gemm(&cpu, a, b, &mut c, acc, &mut Default::default());
-                runs.push(("dispatched", c));
-                let mut c = c0.clone();
-                host::dfdx_gemm(&cpu, a, b, &mut c, acc);
-                runs.push(("dfdx", c));
-                use host::blocked::Isa;
-                let mut bits = Vec::new();
-                for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
-                    if !isa.runs_here() {
-                        continue;
-                    }
-                    let mut c = c0.clone();
-                    // Stale packing buffers must not leak into the result.
-                    let mut packed = (vec![f32::NAN; 100_000], vec![f32::NAN; 100_000]);
-                    host::blocked::sgemm(a, b, &mut c, acc, &mut packed, isa);
-                    bits.push((isa, c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
-                    runs.push(("blocked", c));
-                }
-                // Every micro-kernel rounds alike: the same bits on every CPU.
-                for (isa, b) in &bits[1..] {
-                    assert!(
-                        *b == bits[0].1,
-                        "{isa:?} differs from {:?} at {m}×{k}×{n} ta={ta} tb={tb} acc={acc}",
-                        bits[0].0
-                    );
-                }
-                for (name, got) in runs {
-                    for (ij, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                            "{name} {m}×{k}×{n} ta={ta} tb={tb} acc={acc} [{ij}]: {g} vs {w}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-}

@@ -4,6 +4,8 @@
 
 use super::geom::*;
 use super::*;
+use crate::nn::gemm::{gemm, Mat};
+use crate::nn::host::{host_copy, host_vec};
 
 /// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
 /// convolution rather than by col2im. That product has only `C` rows, so each element of its
@@ -11,23 +13,6 @@ use super::*;
 /// and col2im's product (`C·kh·kw` rows, inner dimension `O`) is faster. Measured with
 /// `cargo bench --bench conv`: slower at 16 channels (`small_cnn`), faster at 64.
 const TRANSPOSED_MIN_CHANNELS: usize = 64;
-
-/// A CPU gradient buffer as a `Vec`. dfdx exposes gradients only as `D::Vec`; on `Cpu`
-/// that is a vector wrapper that derefs to `Vec<f32>`.
-fn host_vec<D: Storage<f32>>(v: &mut D::Vec) -> &mut Vec<f32> {
-    let any: &mut dyn Any = v;
-    let cpu_vec = any
-        .downcast_mut::<<Cpu as Storage<f32>>::Vec>()
-        .expect("the CPU fast path runs on the Cpu device only");
-    cpu_vec
-}
-
-/// Logical contents of a contiguous tensor (`copy_into` copies physical memory).
-fn host_copy<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> Vec<f32> {
-    let mut v = vec![0.0; t.shape().num_elements()];
-    t.copy_into(&mut v);
-    v
-}
 
 fn add_into(dst: &mut [f32], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
@@ -48,7 +33,6 @@ where
     let (w, tw) = weight.contiguous().split_tape();
     let (b, tb) = bias.contiguous().split_tape();
     let dev = x.device().clone();
-    let cpu = as_cpu(&dev).clone();
     let (o, p, k, chw) = (g.o, g.p(), g.k(), g.c * g.h * g.w);
     let (chunk, span) = g.split();
     let xs = host_copy(&x);
@@ -74,11 +58,11 @@ where
                     for (row, &b) in out.chunks_exact_mut(p).zip(&bs) {
                         row.fill(b);
                     }
-                    gemm(&cpu, w, cols, out, true, &mut sc.packed);
+                    gemm(w, cols, out, true, &mut sc.packed);
                     continue;
                 }
                 sc.y.resize(o * m, 0.0);
-                gemm(&cpu, w, cols, &mut sc.y, false, &mut sc.packed);
+                gemm(w, cols, &mut sc.y, false, &mut sc.packed);
                 // y is [O, samples·P]; the output wants [samples, O, P], plus the bias.
                 for (j, dst) in out.chunks_exact_mut(o * p).enumerate() {
                     for (oc, row) in dst.chunks_exact_mut(p).enumerate() {
@@ -157,7 +141,7 @@ where
                         Mat::new(&sc.y, o, m)
                     };
                     let cols = Mat::new(&sc.cols, k, m).t();
-                    gemm(&cpu, g2, cols, &mut gw, true, &mut sc.packed);
+                    gemm(g2, cols, &mut gw, true, &mut sc.packed);
                     let Some(gx) = gx.as_deref_mut() else {
                         continue;
                     };
@@ -169,11 +153,11 @@ where
                         let wr = Mat::new(&wrot, g.c, kt);
                         let cols = Mat::new(&sc.cols, kt, mt);
                         if s.len() == 1 {
-                            gemm(&cpu, wr, cols, gx, true, &mut sc.packed);
+                            gemm(wr, cols, gx, true, &mut sc.packed);
                         } else {
                             // [C, samples·H·W] → gx's [samples, C, H·W].
                             sc.dcols.resize(g.c * mt, 0.0);
-                            gemm(&cpu, wr, cols, &mut sc.dcols, false, &mut sc.packed);
+                            gemm(wr, cols, &mut sc.dcols, false, &mut sc.packed);
                             let hw = g.h * g.w;
                             for (j, gx) in gx.chunks_exact_mut(chw).enumerate() {
                                 for (ci, gx) in gx.chunks_exact_mut(hw).enumerate() {
@@ -184,7 +168,7 @@ where
                     } else {
                         sc.dcols.resize(k * m, 0.0);
                         let wt = Mat::new(&ws, o, k).t();
-                        gemm(&cpu, wt, g2, &mut sc.dcols, false, &mut sc.packed);
+                        gemm(wt, g2, &mut sc.dcols, false, &mut sc.packed);
                         col2im(&sc.dcols, &g, s.len(), gx);
                     }
                 }
@@ -201,13 +185,6 @@ where
     out.put_tape(tape)
 }
 
-/// The `Cpu` behind a device type that is `Cpu` (see [`uses_cpu_fast_path`]).
-fn as_cpu<D: 'static>(dev: &D) -> &Cpu {
-    let any: &dyn Any = dev;
-    any.downcast_ref::<Cpu>()
-        .expect("the CPU fast path runs on the Cpu device only")
-}
-
 /// One thread's buffers for a convolution, reused across its chunks.
 #[derive(Default)]
 struct Scratch {
@@ -217,88 +194,6 @@ struct Scratch {
     dcols: Vec<f32>,
     packed: (Vec<f32>, Vec<f32>),
 }
-
-/// A matrix in a host buffer: row-major `[rows, cols]`, or with `transposed` the transpose
-/// of a row-major `[cols, rows]` buffer (a free view, as the backward pass needs).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Mat<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub transposed: bool,
-}
-
-impl<'a> Mat<'a> {
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols);
-        Mat {
-            data,
-            rows,
-            cols,
-            transposed: false,
-        }
-    }
-
-    pub fn t(self) -> Self {
-        Mat {
-            rows: self.cols,
-            cols: self.rows,
-            transposed: !self.transposed,
-            ..self
-        }
-    }
-
-    /// Strides of the logical `(row, col)` in `data`.
-    pub fn strides(&self) -> (usize, usize) {
-        if self.transposed {
-            (1, self.rows)
-        } else {
-            (self.cols, 1)
-        }
-    }
-
-    #[cfg(test)]
-    fn to_tensor(self, dev: &Cpu) -> Matrix<Cpu> {
-        if self.transposed {
-            dev.tensor_from_vec(self.data.to_vec(), (self.cols, self.rows))
-                .permute::<_, Axes2<1, 0>>()
-        } else {
-            dev.tensor_from_vec(self.data.to_vec(), (self.rows, self.cols))
-        }
-    }
-}
-
-/// `c = a · b`, or `c += a · b` with `accumulate`; `c` is row-major; `packed` holds the
-/// packing buffers between calls. Always the blocked kernel of [`blocked`], whose rounding
-/// is the same on every CPU: its AVX-512, AVX2 and scalar micro-kernels do the same fused
-/// multiply-adds in the same order, so a teammate's machine, or a cluster node with other
-/// instructions, computes the same bits. (dfdx's gemm, used before for CPUs without
-/// AVX-512, blocks by the cache sizes cpuid reports, and rounds differently.)
-pub(super) fn gemm(
-    _cpu: &Cpu,
-    a: Mat,
-    b: Mat,
-    c: &mut [f32],
-    accumulate: bool,
-    packed: &mut (Vec<f32>, Vec<f32>),
-) {
-    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
-    assert_eq!(c.len(), a.rows * b.cols, "gemm: output size");
-    blocked::sgemm(a, b, c, accumulate, packed, blocked::Isa::detect());
-}
-
-/// dfdx's matmul, for comparisons in tests and benches.
-#[cfg(test)]
-pub(super) fn dfdx_gemm(dev: &Cpu, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
-    let prod = a.to_tensor(dev).matmul(b.to_tensor(dev));
-    if accumulate {
-        add_into(c, &host_copy(&prod));
-    } else {
-        prod.copy_into(c);
-    }
-}
-
-pub(super) mod blocked;
 
 /// Columns `[C·kh·kw, samples·Ho·Wo]` of the `ns` samples in `xs`, written over `cols`
 /// (reused across chunks, so padding is written as zeros rather than assumed).

@@ -1,6 +1,6 @@
-//! Packed-panel sgemm (BLIS-style) over 8×32 tiles of `c`: for each block of KC inner
-//! steps both operands are repacked into panels that the micro-kernel streams through
-//! contiguously, and the tiles run in parallel. Every element of `c` is, for each block,
+//! Packed-panel sgemm (BLIS-style) over 8×32 tiles of `c`: both operands are repacked, block
+//! of KC inner steps by block, into panels that the micro-kernel streams through
+//! contiguously, and the tiles run in parallel, each through every block in order. Every element of `c` is, for each block,
 //! `acc = 0; acc = fma(a, b, acc)` over the block's steps in order, then `c = acc` (first
 //! block, no accumulation) or `c = acc + c`: the partition into blocks and tiles depends
 //! on the shapes only, never on the thread count or the CPU, and each micro-kernel keeps
@@ -14,6 +14,11 @@ const NR: usize = 32;
 /// Inner steps per block: a 32-column panel of `b` (KC·NR floats, 32 KiB) stays in L1
 /// while the row panels of `a` pass over it.
 const KC: usize = 256;
+/// Products of fewer multiply-adds than this run on the calling thread (a 64×64×64 product
+/// takes about 10 µs on one core, less than a round trip through the pool).
+const SERIAL_BELOW: usize = 1 << 18;
+/// Groups of panels each block of an operand is packed in, as parallel tasks.
+const PACK_GROUPS: usize = 4;
 
 /// Which micro-kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,23 +83,56 @@ pub fn sgemm(
         return;
     }
     let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    // Every block of both operands is packed first, then each tile task runs through all the
+    // blocks: two parallel regions per product instead of three per block. Waking the pool
+    // costs tens of µs from a thread outside it (a stage's), as much as a small product.
     // Stale contents are harmless: packing overwrites every lane that is stored.
-    pa.resize(pa.len().max(mp * MR * KC.min(k)), 0.0);
-    pb.resize(pb.len().max(np * NR * KC.min(k)), 0.0);
+    pa.resize(pa.len().max(mp * MR * k), 0.0);
+    pb.resize(pb.len().max(np * NR * k), 0.0);
+    let blocks: Vec<(usize, usize)> = (0..k).step_by(KC).map(|p0| (p0, KC.min(k - p0))).collect();
+    // Small products run on the calling thread: the same tiles in the same order, so the same
+    // bits, without the pool's round trip.
+    let parallel = m * n * k >= SERIAL_BELOW;
+    {
+        // (destination, operand, panel width, first panel, first inner step, steps): each
+        // block of each operand in a few groups of panels, so that a product with one block
+        // still packs on every thread.
+        type Job<'a, 'b> = (&'a mut [f32], Mat<'b>, usize, usize, usize, usize);
+        let mut jobs: Vec<Job> = Vec::new();
+        let (mut ra, mut rb) = (&mut pa[..mp * MR * k], &mut pb[..np * NR * k]);
+        for &(p0, kc) in &blocks {
+            for (rest, s, w, panels) in [(&mut ra, a, MR, mp), (&mut rb, b.t(), NR, np)] {
+                let (mut dst, tail) = std::mem::take(rest).split_at_mut(panels * w * kc);
+                *rest = tail;
+                let group = panels.div_ceil(PACK_GROUPS).max(1);
+                let mut q0 = 0;
+                while q0 < panels {
+                    let count = group.min(panels - q0);
+                    let (head, more) = std::mem::take(&mut dst).split_at_mut(count * w * kc);
+                    dst = more;
+                    jobs.push((head, s, w, q0, p0, kc));
+                    q0 += count;
+                }
+            }
+        }
+        let run = |(dst, s, w, q0, p0, kc): Job| pack(dst, s, w, q0, p0, kc);
+        if parallel {
+            jobs.into_par_iter().for_each(run);
+        } else {
+            jobs.into_iter().for_each(run);
+        }
+    }
     let out = SharedOut(c.as_mut_ptr());
-    for p0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - p0);
-        pack(&mut pa[..mp * MR * kc], a, MR, p0, kc);
-        pack(&mut pb[..np * NR * kc], b.t(), NR, p0, kc);
-        let overwrite = !accumulate && p0 == 0;
-        let (pa, pb) = (&pa[..], &pb[..]);
-        // Consecutive tasks share a panel of `b`, which stays in cache.
-        (0..mp * np).into_par_iter().with_min_len(mp).for_each(|t| {
-            let (i, j) = (t % mp, t / mp);
-            let rows = MR.min(m - i * MR);
-            let cols = NR.min(n - j * NR);
-            let (a, b) = (&pa[i * MR * kc..][..MR * kc], &pb[j * NR * kc..][..NR * kc]);
-            let c = out.at(i * MR * n + j * NR);
+    let (pa, pb) = (&pa[..], &pb[..]);
+    let tile = |t: usize| {
+        let (i, j) = (t % mp, t / mp);
+        let rows = MR.min(m - i * MR);
+        let cols = NR.min(n - j * NR);
+        let c = out.at(i * MR * n + j * NR);
+        for &(p0, kc) in &blocks {
+            let a = &pa[mp * MR * p0 + i * MR * kc..][..MR * kc];
+            let b = &pb[np * NR * p0 + j * NR * kc..][..NR * kc];
+            let overwrite = !accumulate && p0 == 0;
             // SAFETY: this CPU runs `isa` (asserted above). The panels hold kc·MR and
             // kc·NR floats. Tile (i, j) is the `rows`×`cols` block of `c` at row i·MR,
             // column j·NR, inside `c`; each task writes its own tile only, and `c`
@@ -112,7 +150,13 @@ pub fn sgemm(
                     _ => kernel_scalar(kc, a, b, c, n, rows, cols, overwrite),
                 }
             }
-        });
+        }
+    };
+    // Consecutive tasks share a panel of `b`, which stays in cache.
+    if parallel {
+        (0..mp * np).into_par_iter().with_min_len(mp).for_each(tile);
+    } else {
+        (0..mp * np).for_each(tile);
     }
 }
 
@@ -129,41 +173,40 @@ impl SharedOut {
     }
 }
 
-/// Panels of `w` rows of `s` over inner steps `p0..p0 + kc`: panel `q` holds
-/// `s[q·w + r][p0 + kk]` at `(q·kc + kk)·w + r`. Lanes past the last row keep stale
-/// values: they only feed accumulators that the kernel never stores.
-fn pack(dst: &mut [f32], s: Mat, w: usize, p0: usize, kc: usize) {
+/// Panels `q0..` of `w` rows of `s` over inner steps `p0..p0 + kc`: panel `q0 + q` holds
+/// `s[(q0 + q)·w + r][p0 + kk]` at `(q·kc + kk)·w + r` of `dst`. Lanes past the last row keep
+/// stale values: they only feed accumulators that the kernel never stores.
+fn pack(dst: &mut [f32], s: Mat, w: usize, q0: usize, p0: usize, kc: usize) {
     let (rs, cs) = s.strides();
-    dst.par_chunks_mut(kc * w)
-        .enumerate()
-        .for_each(|(q, panel)| {
-            let live = w.min(s.rows - q * w);
-            if cs == 1 {
-                // A transpose: eight rows at a time, so each step writes eight
-                // consecutive floats.
-                let row = |r: usize| &s.data[(q * w + r) * rs + p0..][..kc];
-                let mut r0 = 0;
-                while r0 + 8 <= live {
-                    let rows: [&[f32]; 8] = std::array::from_fn(|t| row(r0 + t));
-                    for (kk, dst) in panel.chunks_exact_mut(w).enumerate() {
-                        for (d, r) in dst[r0..r0 + 8].iter_mut().zip(&rows) {
-                            *d = r[kk];
-                        }
-                    }
-                    r0 += 8;
-                }
-                for r in r0..live {
-                    for (kk, &v) in row(r).iter().enumerate() {
-                        panel[kk * w + r] = v;
+    dst.chunks_mut(kc * w).enumerate().for_each(|(q, panel)| {
+        let q = q0 + q;
+        let live = w.min(s.rows - q * w);
+        if cs == 1 {
+            // A transpose: eight rows at a time, so each step writes eight
+            // consecutive floats.
+            let row = |r: usize| &s.data[(q * w + r) * rs + p0..][..kc];
+            let mut r0 = 0;
+            while r0 + 8 <= live {
+                let rows: [&[f32]; 8] = std::array::from_fn(|t| row(r0 + t));
+                for (kk, dst) in panel.chunks_exact_mut(w).enumerate() {
+                    for (d, r) in dst[r0..r0 + 8].iter_mut().zip(&rows) {
+                        *d = r[kk];
                     }
                 }
-            } else {
-                for kk in 0..kc {
-                    let src = &s.data[(p0 + kk) * cs + q * w * rs..][..live];
-                    panel[kk * w..][..live].copy_from_slice(src);
+                r0 += 8;
+            }
+            for r in r0..live {
+                for (kk, &v) in row(r).iter().enumerate() {
+                    panel[kk * w + r] = v;
                 }
             }
-        });
+        } else {
+            for kk in 0..kc {
+                let src = &s.data[(p0 + kk) * cs + q * w * rs..][..live];
+                panel[kk * w..][..live].copy_from_slice(src);
+            }
+        }
+    });
 }
 
 /// The order every micro-kernel keeps, one element at a time.

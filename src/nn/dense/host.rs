@@ -1,0 +1,153 @@
+//! The CPU fast path of [`super::dense`]: the products on host buffers through
+//! [`crate::nn::gemm`], the bias and activation fused into the output pass, and a backward op
+//! written by hand. Only reached when `D` is `Cpu`.
+//!
+//! The forward pass starts each output element from its bias and accumulates the product into
+//! it; the backward pass masks the output gradient by the activation's derivative (taken from
+//! the output's sign: with a slope in (0, 1), `act(z) > 0` exactly when `z > 0`), sums the
+//! bias gradient over the batch in sample order, and accumulates `∂W` and `∂x` into dfdx's
+//! gradient buffers. Every sum has a fixed order, so the bits do not depend on the thread
+//! count.
+
+use super::{Activation, Side};
+use crate::nn::gemm::{gemm, Mat};
+use crate::nn::host::{host_copy, host_vec};
+use crate::nn::tensor::{Matrix, Vector};
+use dfdx::prelude::*;
+
+/// A `[rows, cols]` buffer with the batch on `side`, viewed as `[features, batch]`.
+fn columns(data: &[f32], side: Side, features: usize, batch: usize) -> Mat<'_> {
+    match side {
+        Side::Columns => Mat::new(data, features, batch),
+        Side::Rows => Mat::new(data, batch, features).t(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dense<D, T, TX>(
+    x: Matrix<D, TX>,
+    weight: Matrix<D, T>,
+    bias: Vector<D, T>,
+    act: Activation,
+    input: Side,
+    output: Side,
+    batch: usize,
+) -> Matrix<D, T>
+where
+    D: Device<f32>,
+    T: Tape<f32, D> + Merge<TX>,
+    TX: Tape<f32, D>,
+{
+    let (x, tx) = x.contiguous().split_tape();
+    let (w, tw) = weight.contiguous().split_tape();
+    let (b, tb) = bias.contiguous().split_tape();
+    let (out, inp) = *w.shape();
+    let dev = x.device().clone();
+    let xs = host_copy(&x);
+    let ws = host_copy(&w);
+    let bs = host_copy(&b);
+
+    // z = W·x + b, in the output's layout: the bias first, the product accumulated onto it.
+    let mut zs = vec![0.0f32; out * batch];
+    let mut packed = (Vec::new(), Vec::new());
+    let wm = Mat::new(&ws, out, inp);
+    let xc = columns(&xs, input, inp, batch);
+    match output {
+        Side::Columns => {
+            for (row, &bv) in zs.chunks_exact_mut(batch.max(1)).zip(&bs) {
+                row.fill(bv);
+            }
+            gemm(wm, xc, &mut zs, true, &mut packed);
+        }
+        Side::Rows => {
+            for row in zs.chunks_exact_mut(out.max(1)) {
+                row.copy_from_slice(&bs);
+            }
+            gemm(xc.t(), wm.t(), &mut zs, true, &mut packed);
+        }
+    }
+    match act {
+        Activation::Identity => {}
+        Activation::Relu => zs.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::LeakyRelu(s) => zs.iter_mut().for_each(|v| {
+            if *v <= 0.0 {
+                *v *= s
+            }
+        }),
+    }
+    let need_x = TX::OWNS_TAPE;
+    let keep = T::OWNS_TAPE || need_x;
+    // The backward pass needs the output's signs; an untraced pass (evaluation) keeps nothing.
+    let signs: Vec<f32> = if keep && act != Activation::Identity {
+        zs.clone()
+    } else {
+        Vec::new()
+    };
+    let shape = match output {
+        Side::Columns => (out, batch),
+        Side::Rows => (batch, out),
+    };
+    let result: Matrix<D> = dev.tensor_from_vec(zs, shape);
+    let mut tape = tw.merge(tb).merge(tx);
+    if !keep {
+        return result.put_tape(tape);
+    }
+    let (x_id, w_id, b_id, out_id) = (x.ghost(), w.ghost(), b.ghost(), result.ghost());
+    tape.add_backward_op(move |grads| {
+        // Moved out (and back, masked) so the other gradients can be borrowed meanwhile.
+        let mut gz = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
+        match act {
+            Activation::Identity => {}
+            Activation::Relu => gz.iter_mut().zip(&signs).for_each(|(g, &a)| {
+                if a <= 0.0 {
+                    *g = 0.0
+                }
+            }),
+            Activation::LeakyRelu(s) => gz.iter_mut().zip(&signs).for_each(|(g, &a)| {
+                if a <= 0.0 {
+                    *g *= s
+                }
+            }),
+        }
+        let mut packed = (Vec::new(), Vec::new());
+        let gc = columns(&gz, output, out, batch);
+        {
+            let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
+            match output {
+                Side::Columns => {
+                    for (g, row) in gb.iter_mut().zip(gz.chunks_exact(batch.max(1))) {
+                        *g += row.iter().sum::<f32>();
+                    }
+                }
+                Side::Rows => {
+                    let mut sums = vec![0.0f32; out];
+                    for row in gz.chunks_exact(out.max(1)) {
+                        sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    gb.iter_mut().zip(&sums).for_each(|(g, s)| *g += s);
+                }
+            }
+        }
+        // ∂W [out, in] += ∂z [out, batch] · xᵀ [batch, in].
+        let gw = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
+        gemm(
+            gc,
+            columns(&xs, input, inp, batch).t(),
+            gw,
+            true,
+            &mut packed,
+        );
+        if need_x {
+            // ∂x in the input's layout: Wᵀ·∂z as columns, or ∂z·W as rows.
+            let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);
+            let wm = Mat::new(&ws, out, inp);
+            match input {
+                Side::Columns => gemm(wm.t(), gc, gx, true, &mut packed),
+                Side::Rows => gemm(gc.t(), wm, gx, true, &mut packed),
+            }
+        }
+        *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gz;
+        Ok(())
+    });
+    result.put_tape(tape)
+}

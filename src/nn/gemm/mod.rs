@@ -1,0 +1,174 @@
+//! The one matrix product of the CPU fast paths (`conv`, `dense`): a packed-panel sgemm with
+//! AVX-512, AVX2 and scalar micro-kernels that round alike ([`blocked`]), over [`Mat`] views
+//! of host buffers (a transposed operand is a free view). The dense layers and the
+//! convolutions share it so that a model trains the same bits on every x86 CPU and thread
+//! count, which a team cache filed by content needs.
+
+/// A matrix in a host buffer: row-major `[rows, cols]`, or with `transposed` the transpose
+/// of a row-major `[cols, rows]` buffer (a free view, as the backward pass needs).
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub transposed: bool,
+}
+
+impl<'a> Mat<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        Mat {
+            data,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// Strides of the logical `(row, col)` in `data`.
+    pub fn strides(&self) -> (usize, usize) {
+        if self.transposed {
+            (1, self.rows)
+        } else {
+            (self.cols, 1)
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn to_tensor(
+        self,
+        dev: &dfdx::prelude::Cpu,
+    ) -> crate::nn::tensor::Matrix<dfdx::prelude::Cpu> {
+        use dfdx::prelude::*;
+        if self.transposed {
+            dev.tensor_from_vec(self.data.to_vec(), (self.cols, self.rows))
+                .permute::<_, Axes2<1, 0>>()
+        } else {
+            dev.tensor_from_vec(self.data.to_vec(), (self.rows, self.cols))
+        }
+    }
+}
+
+/// `c = a · b`, or `c += a · b` with `accumulate`; `c` is row-major; `packed` holds the
+/// packing buffers between calls. Always the blocked kernel of [`blocked`], whose rounding
+/// is the same on every CPU: its AVX-512, AVX2 and scalar micro-kernels do the same fused
+/// multiply-adds in the same order, so a teammate's machine, or a cluster node with other
+/// instructions, computes the same bits. (dfdx's gemm blocks by the cache sizes cpuid
+/// reports and picks its micro-kernel by the CPU, so its rounding follows the machine; gemm
+/// 0.19 does the same. Their speed against this kernel is in docs/performance.md.)
+pub fn gemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, packed: &mut (Vec<f32>, Vec<f32>)) {
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
+    assert_eq!(c.len(), a.rows * b.cols, "gemm: output size");
+    blocked::sgemm(a, b, c, accumulate, packed, blocked::Isa::detect());
+}
+
+/// dfdx's matmul, for comparisons in tests and benches.
+#[cfg(test)]
+pub(crate) fn dfdx_gemm(dev: &dfdx::prelude::Cpu, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
+    use dfdx::prelude::*;
+    let prod = a.to_tensor(dev).matmul(b.to_tensor(dev));
+    if accumulate {
+        let prod = crate::nn::host::host_copy(&prod);
+        c.iter_mut().zip(&prod).for_each(|(d, s)| *d += s);
+    } else {
+        prod.copy_into(c);
+    }
+}
+
+pub mod blocked;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfdx::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Every host matrix product the CPU path may take (the AVX-512 kernel where this CPU has
+    /// it, dfdx's matmul otherwise) against a naive loop: edge tiles, transposed operands,
+    /// several KC blocks, accumulation.
+    #[test]
+    fn host_gemm_matches_a_naive_product() {
+        let cpu = Cpu::default();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut uniform =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 13, 5),
+            (8, 256, 32),
+            (9, 300, 33),
+            (64, 577, 70),
+            (17, 3, 100),
+        ] {
+            for (ta, tb, acc) in (0..8).map(|b| (b & 1 == 1, b & 2 == 2, b & 4 == 4)) {
+                let (ad, bd, c0) = (uniform(m * k), uniform(k * n), uniform(m * n));
+                let a = if ta {
+                    Mat::new(&ad, k, m).t()
+                } else {
+                    Mat::new(&ad, m, k)
+                };
+                let b = if tb {
+                    Mat::new(&bd, n, k).t()
+                } else {
+                    Mat::new(&bd, k, n)
+                };
+                let at = |i: usize, l: usize| if ta { ad[l * m + i] } else { ad[i * k + l] };
+                let bt = |l: usize, j: usize| if tb { bd[j * k + l] } else { bd[l * n + j] };
+                let want: Vec<f64> = (0..m * n)
+                    .map(|ij| {
+                        let (i, j) = (ij / n, ij % n);
+                        let base = if acc { c0[ij] as f64 } else { 0.0 };
+                        base + (0..k)
+                            .map(|l| at(i, l) as f64 * bt(l, j) as f64)
+                            .sum::<f64>()
+                    })
+                    .collect();
+                let mut runs: Vec<(&str, Vec<f32>)> = Vec::new();
+                let mut c = c0.clone();
+                gemm(a, b, &mut c, acc, &mut Default::default());
+                runs.push(("dispatched", c));
+                let mut c = c0.clone();
+                dfdx_gemm(&cpu, a, b, &mut c, acc);
+                runs.push(("dfdx", c));
+                use blocked::Isa;
+                let mut bits = Vec::new();
+                for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
+                    if !isa.runs_here() {
+                        continue;
+                    }
+                    let mut c = c0.clone();
+                    // Stale packing buffers must not leak into the result.
+                    let mut packed = (vec![f32::NAN; 100_000], vec![f32::NAN; 100_000]);
+                    blocked::sgemm(a, b, &mut c, acc, &mut packed, isa);
+                    bits.push((isa, c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
+                    runs.push(("blocked", c));
+                }
+                // Every micro-kernel rounds alike: the same bits on every CPU.
+                for (isa, b) in &bits[1..] {
+                    assert!(
+                        *b == bits[0].1,
+                        "{isa:?} differs from {:?} at {m}×{k}×{n} ta={ta} tb={tb} acc={acc}",
+                        bits[0].0
+                    );
+                }
+                for (name, got) in runs {
+                    for (ij, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{name} {m}×{k}×{n} ta={ta} tb={tb} acc={acc} [{ij}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

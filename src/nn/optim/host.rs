@@ -1,0 +1,319 @@
+//! The fused CPU update: one pass per parameter over host buffers, the moments and the
+//! learning-rate multipliers kept on the host between steps. Each element goes through the
+//! same f32 operations, in the same order, as the composed update in the parent module
+//! (`m·β₁ + g·(1 − β₁)`, `g.powi(2)`, `m̂ / (√v̂ + ε) · lr`, …; Rust never contracts them into
+//! fused multiply-adds), so both give the same bits. A frozen element (multiplier ≤ 0) keeps
+//! its value and both moments untouched, as `choose` does there. Elements are independent, so
+//! splitting them over threads changes nothing.
+
+use super::OptimizerConfig;
+use crate::nn::tensor::Vector;
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+/// Elements per parallel task: large enough that scheduling costs little beside the pass.
+const CHUNK: usize = 1 << 15;
+
+/// One parameter's state, with scratch buffers for its values and gradient.
+pub(super) struct Slot {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// Learning-rate multiplier per element; `None` means 1 everywhere.
+    scale: Option<Vec<f32>>,
+    p: Vec<f32>,
+    g: Vec<f32>,
+}
+
+impl Slot {
+    pub(super) fn new(n: usize, scale: Option<Vec<f32>>) -> Self {
+        Slot {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            scale,
+            p: vec![0.0; n],
+            g: vec![0.0; n],
+        }
+    }
+}
+
+/// Step `t` (from 1) of `param` with gradient `grad`.
+pub(super) fn step<D: Device<f32>>(
+    cfg: OptimizerConfig,
+    t: i32,
+    slot: &mut Slot,
+    param: &mut Vector<D>,
+    grad: &Vector<D>,
+) {
+    param.copy_into(&mut slot.p);
+    grad.copy_into(&mut slot.g);
+    let rule = Rule::new(cfg, t);
+    let Slot { m, v, scale, p, g } = slot;
+    let (g, scale) = (&g[..], scale.as_deref());
+    type Chunk<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]));
+    let chunk = |(c, ((p, m), v)): Chunk| {
+        let at = c * CHUNK..c * CHUNK + p.len();
+        let span = Span {
+            p,
+            m,
+            v,
+            g: &g[at.clone()],
+            scale: scale.map(|s| &s[at]),
+        };
+        span.update(&rule);
+    };
+    if p.len() <= CHUNK {
+        // One chunk: on this thread, without a round trip through the pool.
+        chunk((0, ((&mut p[..], &mut m[..]), &mut v[..])));
+    } else {
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(chunk);
+    }
+    param.copy_from(p);
+}
+
+/// The update's constants for one step.
+#[derive(Clone, Copy)]
+enum Rule {
+    Adam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        /// `1 − β₁` and `1 − β₂`.
+        c1: f32,
+        c2: f32,
+        /// The bias corrections `1 − β₁ᵗ` and `1 − β₂ᵗ`.
+        bc1: f32,
+        bc2: f32,
+    },
+    Sgd {
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+        first: bool,
+    },
+}
+
+impl Rule {
+    fn new(cfg: OptimizerConfig, t: i32) -> Self {
+        match cfg {
+            OptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => Rule::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                c1: 1.0 - beta1,
+                c2: 1.0 - beta2,
+                bc1: 1.0 - beta1.powi(t),
+                bc2: 1.0 - beta2.powi(t),
+            },
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => Rule::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                first: t == 1,
+            },
+        }
+    }
+
+    /// One element: its new value and moments `(p, m, v)` before the multiplier `s`.
+    #[inline(always)]
+    fn apply(&self, p: f32, g: f32, m: f32, v: f32, s: f32) -> (f32, f32, f32) {
+        match *self {
+            Rule::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                c1,
+                c2,
+                bc1,
+                bc2,
+            } => {
+                let g = if weight_decay > 0.0 {
+                    g + p * weight_decay
+                } else {
+                    g
+                };
+                let m1 = m * beta1 + g * c1;
+                let v1 = v * beta2 + g.powi(2) * c2;
+                let step = m1 / bc1 / ((v1 / bc2).sqrt() + eps) * lr;
+                (p - step * s, m1, v1)
+            }
+            Rule::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                first,
+            } => {
+                let g = if weight_decay > 0.0 {
+                    g + p * weight_decay
+                } else {
+                    g
+                };
+                let buf = if momentum > 0.0 && !first {
+                    m * momentum + g
+                } else {
+                    g
+                };
+                (p - buf * lr * s, buf, v)
+            }
+        }
+    }
+}
+
+/// One thread's share of a parameter.
+struct Span<'a> {
+    p: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    g: &'a [f32],
+    scale: Option<&'a [f32]>,
+}
+
+impl Span<'_> {
+    /// The update on the widest vectors this CPU has. The element function is the same on
+    /// every path and IEEE operations round alike at any vector width, so the bits are too.
+    fn update(self, rule: &Rule) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { self.update_avx512(rule) };
+            }
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, checked just above.
+                return unsafe { self.update_avx2(rule) };
+            }
+        }
+        self.update_any(rule)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn update_avx512(self, rule: &Rule) {
+        self.update_any(rule)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn update_avx2(self, rule: &Rule) {
+        self.update_any(rule)
+    }
+
+    /// Branch-free per element (a frozen element is selected back, not skipped), so the
+    /// compiler vectorises it.
+    #[inline(always)]
+    fn update_any(self, rule: &Rule) {
+        let Span { p, m, v, g, scale } = self;
+        let rule = *rule;
+        let elems = p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g);
+        match scale {
+            None => {
+                for (((p, m), v), &g) in elems {
+                    // `step · 1` is `step` exactly, as the composed update without a scale.
+                    (*p, *m, *v) = rule.apply(*p, g, *m, *v, 1.0);
+                }
+            }
+            Some(s) => {
+                for ((((p, m), v), &g), &s) in elems.zip(s) {
+                    let (np, nm, nv) = rule.apply(*p, g, *m, *v, s);
+                    // `s > 0` is false for 0 (and NaN): frozen, bit for bit.
+                    let movable = s > 0.0;
+                    *p = if movable { np } else { *p };
+                    *m = if movable { nm } else { *m };
+                    *v = if movable { nv } else { *v };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every vector width this CPU runs gives the bits of the plain loop, for Adam and SGD,
+    /// with and without multipliers (the parent module checks the dispatched path against
+    /// the composed update).
+    #[test]
+    fn every_simd_path_gives_the_same_bits() {
+        let n = 1000;
+        let f = |k: usize, a: f32| (k as f32 * a).sin() * 2.0;
+        let scale: Vec<f32> = (0..n).map(|k| [0.0, 0.5, 1.0][k % 3]).collect();
+        let rules = [
+            Rule::new(
+                OptimizerConfig::Adam {
+                    lr: 0.01,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.01,
+                },
+                3,
+            ),
+            Rule::new(
+                OptimizerConfig::Sgd {
+                    lr: 0.1,
+                    momentum: 0.9,
+                    weight_decay: 0.0,
+                },
+                2,
+            ),
+        ];
+        for rule in rules {
+            for s in [None, Some(&scale[..])] {
+                let run = |path: usize| {
+                    let mut p: Vec<f32> = (0..n).map(|k| f(k, 0.3)).collect();
+                    let mut m: Vec<f32> = (0..n).map(|k| f(k, 0.7) * 0.1).collect();
+                    let mut v: Vec<f32> = (0..n).map(|k| f(k, 1.1).abs() * 0.01).collect();
+                    let g: Vec<f32> = (0..n).map(|k| f(k, 1.9)).collect();
+                    let span = Span {
+                        p: &mut p,
+                        m: &mut m,
+                        v: &mut v,
+                        g: &g,
+                        scale: s,
+                    };
+                    match path {
+                        0 => span.update_any(&rule),
+                        #[cfg(target_arch = "x86_64")]
+                        1 => unsafe { span.update_avx2(&rule) },
+                        #[cfg(target_arch = "x86_64")]
+                        _ => unsafe { span.update_avx512(&rule) },
+                        #[cfg(not(target_arch = "x86_64"))]
+                        _ => span.update_any(&rule),
+                    }
+                    [p, m, v].map(|x| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                };
+                let plain = run(0);
+                #[cfg(target_arch = "x86_64")]
+                for (path, feature) in [(1, "avx2"), (2, "avx512f")] {
+                    let here = match feature {
+                        "avx2" => is_x86_feature_detected!("avx2"),
+                        _ => is_x86_feature_detected!("avx512f"),
+                    };
+                    if here {
+                        assert!(run(path) == plain, "{feature} differs from the plain loop");
+                    }
+                }
+            }
+        }
+    }
+}
