@@ -30,6 +30,23 @@ pub(crate) fn host_copy<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> Vec<
     v
 }
 
+/// The gradient of `t` out of `grads`: on the CPU the buffer itself, moved (the gradients are
+/// dropped after a step anyway), elsewhere a copy.
+pub fn take_grad<S: Shape, D: Device<f32>>(
+    grads: &mut Gradients<f32, D>,
+    t: &Tensor<S, f32, D>,
+) -> Tensor<S, f32, D> {
+    if uses_cpu_fast_path::<D>() {
+        if let Ok(v) = grads.get_or_alloc_mut(t) {
+            let v = std::mem::take(host_vec::<D>(v));
+            if v.len() == t.shape().num_elements() {
+                return t.device().tensor_from_vec(v, *t.shape());
+            }
+        }
+    }
+    grads.get(t)
+}
+
 /// Keep freed memory in the process for reuse instead of handing it back to the kernel.
 /// A training step allocates and frees the same few buffers (gradients, activations, copies of
 /// weights) every step; glibc returns large blocks with `munmap`/`brk` and the next step takes

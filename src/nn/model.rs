@@ -559,10 +559,10 @@ impl<D: Device<f32>> DeviceModel<D> {
         path: &[usize],
     ) -> (f32, Vec<(usize, Vector<D>)>) {
         let value = loss.as_vec()[0];
-        let grads = loss.backward();
+        let mut grads = loss.backward();
         let out = path
             .iter()
-            .map(|&i| (i, grads.get(&self.params[i])))
+            .map(|&i| (i, super::host::take_grad(&mut grads, &self.params[i])))
             .collect();
         (value, out)
     }
