@@ -198,7 +198,10 @@ fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: u
 }
 
 fn main() {
-    cfpipe::nn::host::keep_freed_memory();
+    // As the binary does (its allocator settings are part of its speed).
+    if std::env::var_os("CFPIPE_BENCH_GLIBC_DEFAULTS").is_none() {
+        cfpipe::nn::host::keep_freed_memory();
+    }
     let dev = Cpu::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut uniform =
