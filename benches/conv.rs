@@ -252,8 +252,8 @@ fn main() {
         for _ in 0..2 {
             let small = bench_model_step(&dev, &arch::small_cnn([1, 28, 28]), 64, 10);
             let theirs = torch(
-                "scripts/torch_cnn_bench.py",
-                &["--threads", "2"],
+                "scripts/torch_step_bench.py",
+                &["--model", "small_cnn", "--threads", "2"],
                 "step_ms_median",
             );
             println!(

@@ -1,5 +1,8 @@
 //! Speed and memory of the core paths, as a plain harness (`cargo bench`):
-//! - one training step of the paper's MLP (784-400-400, batch 128, Adam) on the CPU,
+//! - one training step of the paper's MLP (784-400-400, batch 128, Adam) on the CPU, beside
+//!   PyTorch's (`scripts/torch_step_bench.py`) in three interleaved rounds,
+//! - naive split-MNIST with one seed as a cold process, beside PyTorch's
+//!   (`scripts/torch_split_mnist.py`): wall time and each child's own peak RSS,
 //! - the whole bundled `mnist_split` pipeline from an empty cache (wall time, peak RSS),
 //! - a fully cached rerun of it (the goal is under 25 ms),
 //! - the cost of a fully cached rerun against the number of stages, up to a few thousand
@@ -9,6 +12,8 @@
 //! - the cost of every score method on 100 reference samples, relative to one training epoch
 //!   of a split-MNIST task (1,600 samples), and of SI's per-step bookkeeping.
 //!
+//! PyTorch runs where `CFPIPE_TORCH_PYTHON` (default `python3`) imports torch; without it the
+//! PyTorch columns say so. `CFPIPE_BENCH_ONLY=step|score|noop|cold` runs one part.
 //! Figures go in the issue notes; tests never depend on timing.
 
 use cfpipe::nn::model::{DeviceModel, ModelParams};
@@ -72,10 +77,16 @@ fn cfpipe_step_ms() -> f64 {
     median(times).as_secs_f64() * 1e3
 }
 
-/// PyTorch's step (`scripts/torch_mlp_bench.py`, 2 threads), in ms.
+/// PyTorch's step (`scripts/torch_step_bench.py --model mlp`, 2 threads), in ms.
 fn torch_step_ms(py: &str) -> Option<f64> {
     let out = Command::new(py)
-        .args(["scripts/torch_mlp_bench.py", "--threads", "2"])
+        .args([
+            "scripts/torch_step_bench.py",
+            "--model",
+            "mlp",
+            "--threads",
+            "2",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())?;
