@@ -27,6 +27,8 @@ pub(super) const COLS_BUDGET: usize = 1 << 20;
 
 /// How many spans the CPU path cuts a batch into at most (see [`ConvGeom::split`]).
 pub(super) const SPANS: usize = 8;
+/// Column floats (16 MiB) up to which a whole batch is one chunk (see [`ConvGeom::split`]).
+pub(super) const WHOLE_BATCH_BUDGET: usize = 1 << 22;
 
 impl ConvGeom {
     pub(super) fn new(
@@ -125,7 +127,15 @@ impl ConvGeom {
     /// its rounding: it depends on the shapes only, never on the thread count, or a 2-core
     /// laptop and a 16-core cluster node would train different bits from the same seed.
     /// [`SPANS`] spans keep that many threads busy.
+    ///
+    /// A batch whose columns all fit [`WHOLE_BATCH_BUDGET`] (the deep, small-map layers, where
+    /// the weights are largest) is one chunk in one span: its products are large enough for
+    /// the sgemm's tiles to keep every thread busy, and eight spans would each repack the whole
+    /// weight and allocate, zero and finally sum a full weight gradient of their own.
     pub(super) fn split(&self) -> (usize, usize) {
+        if self.k() * self.p() * self.n <= WHOLE_BATCH_BUDGET {
+            return (self.n.max(1), self.n.max(1));
+        }
         let fit = COLS_BUDGET / (self.k() * self.p()).max(1);
         let chunk = fit.min(self.n.div_ceil(SPANS)).max(1);
         (chunk, self.n.div_ceil(chunk).div_ceil(SPANS).max(1) * chunk)
