@@ -345,7 +345,19 @@ fn wait_rss(pid: libc::pid_t) -> (i32, u64) {
     let mut status = 0;
     // SAFETY: plain libc calls with valid out-pointers; `pid` is our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    // A signal (the terminal's, a profiler's) interrupts the wait; anything else means the
+    // child is not ours to reap, and its figures would be zeros.
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        assert!(
+            r == -1 && err.kind() == std::io::ErrorKind::Interrupted,
+            "wait4({pid}): {err}"
+        );
+    }
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {

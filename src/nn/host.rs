@@ -31,16 +31,20 @@ pub(crate) fn host_copy<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> Vec<
 }
 
 /// The gradient of `t` out of `grads`: on the CPU the buffer itself, moved (the gradients are
-/// dropped after a step anyway), elsewhere a copy.
+/// dropped after a step anyway), elsewhere a copy. A buffer that is not exactly `t`'s logical
+/// size (a broadcast tensor's) is copied instead, and left in place. `t` must be laid out
+/// contiguously, as every parameter dfdx allocates is: dfdx keeps a gradient in its tensor's
+/// storage order and does not expose the strides to check it.
 pub fn take_grad<S: Shape, D: Device<f32>>(
     grads: &mut Gradients<f32, D>,
     t: &Tensor<S, f32, D>,
 ) -> Tensor<S, f32, D> {
+    let n = t.shape().num_elements();
     if uses_cpu_fast_path::<D>() {
         if let Ok(v) = grads.get_or_alloc_mut(t) {
-            let v = std::mem::take(host_vec::<D>(v));
-            if v.len() == t.shape().num_elements() {
-                return t.device().tensor_from_vec(v, *t.shape());
+            let v = host_vec::<D>(v);
+            if v.len() == n {
+                return t.device().tensor_from_vec(std::mem::take(v), *t.shape());
             }
         }
     }
@@ -51,15 +55,21 @@ pub fn take_grad<S: Shape, D: Device<f32>>(
 /// A training step allocates and frees the same few buffers (gradients, activations, copies of
 /// weights) every step; glibc returns large blocks with `munmap`/`brk` and the next step takes
 /// a page fault on every 4 KiB of them again, a fifth of an MLP step's time (perf, issue 19).
-/// Fixed thresholds keep blocks up to 256 MiB in the heap; peak memory is what the largest
-/// step needs, as before. Called once at start by the binary and the benches; a no-op
-/// elsewhere than glibc.
+/// Fixed thresholds keep blocks up to 256 MiB in the heap where glibc accepts that (older
+/// glibc caps the mmap threshold at 32 MiB, which is then used); peak memory is what the
+/// largest step needs, as before. The trim threshold is raised only once a fixed mmap
+/// threshold is in place: setting it alone would switch off glibc's dynamic threshold and
+/// leave large blocks mapped and unmapped every step. Called once at start by the binary and
+/// the benches; a no-op elsewhere than glibc.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
-    // exists.
+    // exists. It returns 1 on success and 0 for a value it rejects.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        let mmap_set = libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) == 1
+            || libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1;
+        if mmap_set {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        }
     }
 }

@@ -570,18 +570,19 @@ impl<D: Device<f32>> DeviceModel<D> {
     /// Each layer's input activations for `x` (the input itself, then every hidden layer's
     /// ReLU output), row-major `[batch, width]`.
     pub fn activations(&self, x: &Matrix<D>) -> Vec<Vec<f32>> {
-        let batch = x.shape().0;
         let mut out = vec![x.as_vec()];
         let mut a = x.clone();
         for l in 0..self.n_trunk {
             let (o, i) = self.shapes[l];
             let w = self.params[2 * l].clone().reshape_like(&(o, i));
-            let b = self.params[2 * l + 1]
-                .clone()
-                .broadcast_like::<_, Axis<0>>(&(batch, o));
-            a = activation(
-                a.matmul(w.permute::<_, Axes2<1, 0>>()) + b,
-                self.negative_slope,
+            let b = self.params[2 * l + 1].clone();
+            a = dense(
+                a,
+                w,
+                b,
+                Activation::hidden(self.negative_slope),
+                Side::Rows,
+                Side::Rows,
             );
             out.push(a.as_vec());
         }

@@ -16,14 +16,14 @@
 //!   records its own backward op on the tape (`Tape::add_backward_op`). dfdx's CPU `gather`
 //!   walks N-d indices one element at a time and costs more than the gemm it feeds, and dfdx's
 //!   gemm stops at AVX2 on stable Rust. Here im2col and col2im are strided loops, the products
-//!   run on a packed AVX-512 kernel where the CPU has one (dfdx's matmul otherwise, so any CPU
-//!   works), and each thread takes a span of the batch with its own buffers. Columns are built
+//!   run on [`crate::nn::gemm`]'s packed kernel (AVX-512, AVX2 or scalar micro-kernels that
+//!   round alike, so any x86 CPU gives the same bits), and each thread takes a span of the batch with its own buffers. Columns are built
 //!   per chunk of samples and rebuilt in the backward pass rather than kept, so a layer holds
 //!   little beyond a copy of its input between the passes. For stride 1 and at least 64 input
 //!   channels the input gradient is computed as what it is, a convolution (of the output gradient, with the kernel rotated and its channel
 //!   axes swapped), one product over `O·kh·kw` with no col2im scatter; other strides take
 //!   col2im. Sums over threads are added in a fixed order, so results are bit-identical from
-//!   run to run. The kernel is the module's only `unsafe` code.
+//!   run to run. The module has no `unsafe` code; the kernel's is in `nn::gemm`.
 //!
 //! Tapes: outputs carry the parameters' tape `T`, which absorbs the input's tape `TX`
 //! (`T: Merge<TX>`). Parameters are traced in training; an untraced input (`NoneTape`, the first

@@ -75,6 +75,9 @@ where
             }
         }),
     }
+    // ∂x is computed only when the input carries a tape of its own: a hidden layer's input
+    // (the previous layer's output) or an input traced for saliency. The first layer's input
+    // is untraced in training, and its [batch, 784] gradient would be thrown away.
     let need_x = TX::OWNS_TAPE;
     let keep = T::OWNS_TAPE || need_x;
     // The backward pass needs the output's signs; an untraced pass (evaluation) keeps nothing.
@@ -146,6 +149,9 @@ where
                 Side::Rows => gemm(gc.t(), wm, gx, true, &mut packed),
             }
         }
+        // The masked ∂z goes back under the output's id (the buffer was only borrowed):
+        // nothing reads an intermediate's gradient after its backward op, but dfdx expects
+        // every allocated gradient to keep its length.
         *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gz;
         Ok(())
     });

@@ -92,8 +92,8 @@ mod tests {
     use dfdx::prelude::*;
     use rand::{Rng, SeedableRng};
 
-    /// Every host matrix product the CPU path may take (the AVX-512 kernel where this CPU has
-    /// it, dfdx's matmul otherwise) against a naive loop: edge tiles, transposed operands,
+    /// Every host matrix product the CPU paths take (the micro-kernel this CPU selects)
+    /// against a naive loop: edge tiles, transposed operands,
     /// several KC blocks, accumulation.
     #[test]
     fn host_gemm_matches_a_naive_product() {

@@ -14,7 +14,9 @@ use rayon::prelude::*;
 /// Elements per parallel task: large enough that scheduling costs little beside the pass.
 const CHUNK: usize = 1 << 15;
 
-/// One parameter's state, with scratch buffers for its values and gradient.
+/// One parameter's state, with scratch buffers for its values and gradient. The scratch
+/// buffers (`p`, `g`) cost two more copies of the parameter, kept between steps so a step
+/// allocates nothing; for VGG-16's 15 M parameters that is 120 MB beside the moments' 120 MB.
 pub(super) struct Slot {
     m: Vec<f32>,
     v: Vec<f32>,
@@ -26,6 +28,13 @@ pub(super) struct Slot {
 
 impl Slot {
     pub(super) fn new(n: usize, scale: Option<Vec<f32>>) -> Self {
+        // A mask of another length would pair multipliers with the wrong elements (or read
+        // past the end in a chunk); the optimizer builds both from the same parameter.
+        assert!(
+            scale.as_ref().is_none_or(|s| s.len() == n),
+            "learning-rate multipliers for {n} elements have length {}",
+            scale.as_ref().map_or(0, Vec::len)
+        );
         Slot {
             m: vec![0.0; n],
             v: vec![0.0; n],
