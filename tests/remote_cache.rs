@@ -438,7 +438,7 @@ fn tampered_remote_objects_are_rejected_on_pull_and_nothing_lands() {
     let evil_hash = blake3::hash(&evil).to_hex().to_string();
     put(
         store.as_ref(),
-        &format!("t/entries/{}/{k1}/blobs/{good_hash}", &k1[..2]),
+        &format!("t/blobs/{}/{good_hash}", &good_hash[..2]),
         evil,
     );
     let mut m2 = get_json(store.as_ref(), &mpath(k2));

@@ -204,8 +204,12 @@ pub(super) fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
         CacheCmd::Du => {
             let mut by_kind: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
             let mut total = 0;
+            // A file shared by several entries (one blob) counts once, for the first of them.
+            let mut seen = std::collections::HashSet::new();
+            let mut apparent = 0;
             for k in cache.keys()? {
-                let size = cache.entry_size(&k);
+                apparent += cache.entry_size(&k);
+                let size = cache.entry_size_once(&k, &mut seen);
                 total += size;
                 let kind = cache
                     .read_manifest(&k)
@@ -224,6 +228,13 @@ pub(super) fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
                 by_kind.values().map(|v| v.0).sum::<usize>(),
                 human_bytes(total)
             );
+            if apparent > total {
+                out!(
+                    "(identical files stored once: {} would be {} without sharing)",
+                    human_bytes(total),
+                    human_bytes(apparent)
+                );
+            }
             Ok(())
         }
         CacheCmd::Verify => {
@@ -278,8 +289,9 @@ pub(super) fn cache_cmd(cmd: CacheCmd, c: &CacheLoc) -> Result<(), CliError> {
                 out!("expired root {id}");
             }
             out!(
-                "removed {} entries ({}); kept {} reachable, {} recently used, {} leased",
+                "removed {} entries and {} orphaned blobs ({}); kept {} reachable, {} recently used, {} leased",
                 rep.removed.len(),
+                rep.blobs_removed,
                 human_bytes(rep.freed),
                 rep.kept_reachable,
                 rep.kept_recent,

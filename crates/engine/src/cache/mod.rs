@@ -11,12 +11,15 @@
 //! - `used/<key>` — an empty stamp whose mtime is the entry's last use (hit or publish), so gc
 //!   spares recently used entries. Outside the entry, so it never touches hashed content.
 //! - `roots/<id>.json` — the keys each registered pipeline reaches (see [`roots`]); gc keeps them.
+//! - `blobs/<h0h1>/<blake3>` — one name for each distinct artifact file; entries hold hard links
+//!   to it, so identical files are stored once (see [`blobs`]).
 //! - `index/` — advisory records of the last key seen per stage id (for `status` to explain
 //!   *why* a stage would rerun) and the data-file hash memo. Losing them costs nothing but
 //!   explanations and rehashing.
 //!
 //! Nothing here knows what a stage computes.
 
+pub mod blobs;
 pub mod filehash;
 pub mod lease;
 pub mod manifest;
@@ -29,7 +32,7 @@ use crate::digest::{ContentHash, StageKey};
 pub use manifest::{FileRecord, Manifest, RunInfo};
 use manifest::{AUX_DIR, MANIFEST_FILE, OUT_DIR};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -182,6 +185,8 @@ pub struct GcReport {
     pub kept_leased: usize,
     /// Ids of the expired roots that were deleted.
     pub expired_roots: Vec<String>,
+    /// Shared files that no entry linked any more, removed (their bytes are in `freed`).
+    pub blobs_removed: usize,
 }
 
 impl Cache {
@@ -208,6 +213,7 @@ impl Cache {
             lease::LEASE_DIR,
             USED_DIR,
             roots::ROOTS_DIR,
+            blobs::BLOBS_DIR,
         ] {
             let p = root.join(sub);
             perms.create_dir_all(&p).map_err(io(&p))?;
@@ -469,12 +475,14 @@ impl Cache {
             let mut recs = BTreeMap::new();
             for (name, bytes) in files {
                 let p = d.join(name);
-                write_synced(&p, bytes).map_err(io(&p))?;
+                let blake3 = ContentHash::of(bytes);
+                blobs::place(&self.root, self.perms, &p, bytes, &blake3, write_synced)
+                    .map_err(io(&p))?;
                 self.perms.apply(&p).map_err(io(&p))?;
                 recs.insert(
                     name.clone(),
                     FileRecord {
-                        blake3: ContentHash::of(bytes),
+                        blake3,
                         size: bytes.len() as u64,
                     },
                 );
@@ -686,9 +694,22 @@ impl Cache {
         Ok(out)
     }
 
-    /// Bytes on disk of one entry.
+    /// Bytes on disk of one entry, as if it shared nothing.
     pub fn entry_size(&self, key: &StageKey) -> u64 {
-        dir_size(&self.entry_dir(key))
+        dir_size(&self.entry_dir(key), &mut fs::Metadata::len)
+    }
+
+    /// Bytes of one entry's files not yet counted in `seen` (files as `(device, inode)`),
+    /// which it extends: summed over entries, each shared file counts once (`cache du`).
+    pub fn entry_size_once(&self, key: &StageKey, seen: &mut HashSet<(u64, u64)>) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        dir_size(&self.entry_dir(key), &mut |m: &fs::Metadata| {
+            if seen.insert((m.dev(), m.ino())) {
+                m.len()
+            } else {
+                0
+            }
+        })
     }
 
     /// Read a manifest without verifying files (for listings).
@@ -777,7 +798,8 @@ impl Cache {
                 continue;
             }
             let used_before = self.last_used(&key);
-            let size = self.entry_size(&key);
+            // Files shared with a blob are freed by the sweep below, if no entry keeps them.
+            let size = dir_size(&self.entry_dir(&key), &mut blobs::unshared_size);
             let dir = self.entry_dir(&key);
             let trash =
                 self.root
@@ -803,6 +825,9 @@ impl Cache {
             rep.freed += size;
             rep.removed.push(key);
         }
+        let swept = blobs::sweep(&self.root);
+        rep.blobs_removed = swept.blobs;
+        rep.freed += swept.bytes;
         self.clean_dead_leftovers();
         self.clean_tmp(grace)?;
         self.clean_leftovers(grace);
@@ -942,15 +967,18 @@ pub fn atomic_write_shared(path: &Path, bytes: &[u8], perms: GroupPerms) -> std:
     })
 }
 
-fn dir_size(p: &Path) -> u64 {
+/// What `size` counts of each file under `p`, summed.
+fn dir_size(p: &Path, size: &mut dyn FnMut(&fs::Metadata) -> u64) -> u64 {
     let Ok(rd) = fs::read_dir(p) else { return 0 };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
+    let mut total = 0;
+    for e in rd.flatten() {
+        total += match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path(), size),
+            Ok(m) => size(&m),
             Err(_) => 0,
-        })
-        .sum()
+        };
+    }
+    total
 }
 
 /// Set a file's modification time to now. `UTIME_NOW` needs only write permission, where an
@@ -1189,6 +1217,119 @@ mod tests {
         want.sort();
         assert_eq!(left, want);
         assert!(!c.used_path(&keys[4]).exists());
+    }
+
+    /// Bytes large enough to be stored as a shared blob, distinct per `tag`.
+    fn big(tag: u8) -> Vec<u8> {
+        (0..blobs::BLOB_MIN as usize * 2)
+            .map(|i| (i as u8).wrapping_mul(31) ^ tag)
+            .collect()
+    }
+
+    fn inode(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn identical_files_of_two_entries_are_one_blob_and_small_files_are_not_shared() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let (a, b) = (k(b"a"), k(b"b"));
+        c.publish(new_entry(b"a", &big(1))).unwrap();
+        c.publish(new_entry(b"b", &big(1))).unwrap();
+        let file = |k: &StageKey| c.entry_dir(k).join("out/a.json");
+        let blob = blobs::blob_path(c.root(), &ContentHash::of(&big(1)));
+        assert_eq!(inode(&file(&a)), inode(&file(&b)));
+        assert_eq!(inode(&file(&a)), inode(&blob));
+        // The logs ("log", 3 bytes) are each entry's own.
+        let log = |k: &StageKey| c.entry_dir(k).join("aux/log.txt");
+        assert_ne!(inode(&log(&a)), inode(&log(&b)));
+        let mut seen = HashSet::new();
+        let once = c.entry_size_once(&a, &mut seen) + c.entry_size_once(&b, &mut seen);
+        assert_eq!(
+            c.entry_size(&a) + c.entry_size(&b) - once,
+            big(1).len() as u64,
+            "du counts the shared file once"
+        );
+        for k in [a, b] {
+            assert!(matches!(c.lookup_full(&k), Lookup::Hit(_)));
+        }
+    }
+
+    #[test]
+    fn a_deduplicated_blob_shared_by_two_entries_survives_gc_of_one_and_damage_is_reported_for_both(
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let (a, b) = (k(b"a"), k(b"b"));
+        c.publish(new_entry(b"a", &big(7))).unwrap();
+        c.publish(new_entry(b"b", &big(7))).unwrap();
+        for k in [a, b] {
+            assert!(matches!(c.lookup(&k), Lookup::Hit(_)));
+        }
+        c.save_verified().unwrap();
+        age(&c, &a);
+        let rep = c.gc(&opts(&[b])).unwrap();
+        assert_eq!(rep.removed, vec![a]);
+        assert_eq!(rep.blobs_removed, 0, "b still links the blob");
+        assert!(
+            rep.freed < big(7).len() as u64,
+            "the shared bytes were not freed"
+        );
+        let Lookup::Hit(e) = c.lookup_full(&b) else {
+            panic!("b must survive gc of a")
+        };
+        assert_eq!(fs::read(e.output_path("a.json")).unwrap(), big(7));
+
+        // Both entries again, then damage the one shared inode (through the blob's name).
+        c.publish(new_entry(b"a", &big(7))).unwrap();
+        let blob = blobs::blob_path(c.root(), &ContentHash::of(&big(7)));
+        let mut bytes = fs::read(&blob).unwrap();
+        bytes[100] ^= 1;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&blob)
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        for k in [a, b] {
+            assert!(
+                matches!(c.lookup(&k), Lookup::Corrupt { ref file, .. } if file == "out/a.json"),
+                "a run finds the damage in {}",
+                c.stage_id_of(&k).unwrap()
+            );
+            assert!(matches!(c.lookup_full(&k), Lookup::Corrupt { .. }));
+        }
+        // A new entry with those bytes does not link the damaged blob: it stores them afresh.
+        let fresh = k(b"c");
+        c.publish(new_entry(b"c", &big(7))).unwrap();
+        assert!(matches!(c.lookup_full(&fresh), Lookup::Hit(_)));
+        assert_eq!(
+            fs::read(&blob).unwrap(),
+            big(7),
+            "the blob is the good copy now"
+        );
+    }
+
+    #[test]
+    fn gc_removes_a_blob_once_no_entry_links_it() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let (a, b) = (k(b"a"), k(b"b"));
+        c.publish(new_entry(b"a", &big(3))).unwrap();
+        c.publish(new_entry(b"b", &big(3))).unwrap();
+        age(&c, &a);
+        age(&c, &b);
+        let blob = blobs::blob_path(c.root(), &ContentHash::of(&big(3)));
+        let rep = c.gc(&opts(&[])).unwrap();
+        assert_eq!(rep.removed.len(), 2);
+        assert_eq!(rep.blobs_removed, 1);
+        assert!(!blob.exists());
+        // The two logs and manifests, and the shared file once.
+        assert!(rep.freed >= big(3).len() as u64);
+        assert!(rep.freed < 2 * big(3).len() as u64, "{}", rep.freed);
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! S3-compatible bucket, a WebDAV/HTTP server, or a directory (`object_store` does the talking).
 //!
 //! Layout under the remote prefix (documented in docs/team.md):
-//! - `entries/<k0k1>/<key>/blobs/<blake3>` — every file of the entry (`out/` and `aux/`), named
-//!   by its own blake3, so two pushers of one key never overwrite each other's bytes;
+//! - `blobs/<h0h1>/<blake3>` — every file of every entry (`out/` and `aux/`), named by its own
+//!   blake3 and shared by all entries that hold the same bytes, as in the local cache
+//!   (`blobs`): a push uploads only the blobs the remote lacks, and a pull downloads only the
+//!   blobs the local cache lacks. Two pushers of one file write the same bytes under one name.
 //! - `entries/<k0k1>/<key>/manifest.json` — the entry's manifest, uploaded *last*: an entry
 //!   without one is an unfinished push and is invisible to pulls.
+//! - `entries/<k0k1>/<key>/blobs/<blake3>` — where pushes before shared blobs put an entry's
+//!   files; pulls still read them there when the shared name is absent.
 //!
 //! Nothing from a remote is trusted. A pull re-derives the key from the manifest's kind,
 //! version, parameters and input hashes, recomputes the content hash from its file list, and
@@ -381,7 +385,18 @@ impl Remote {
     fn manifest_path(&self, key: &StageKey) -> ObjPath {
         ObjPath::from(format!("{}/{MANIFEST_FILE}", self.entry_prefix(key)))
     }
-    fn blob_path(&self, key: &StageKey, hash: &ContentHash) -> ObjPath {
+    /// Where a file's bytes are stored, shared by every entry that holds them.
+    fn blob_path(&self, hash: &ContentHash) -> ObjPath {
+        let hex = hash.to_hex();
+        let rel = format!("blobs/{}/{hex}", &hex[..2]);
+        ObjPath::from(if self.prefix.is_empty() {
+            rel
+        } else {
+            format!("{}/{rel}", self.prefix)
+        })
+    }
+    /// Where pushes before shared blobs stored an entry's files.
+    fn legacy_blob_path(&self, key: &StageKey, hash: &ContentHash) -> ObjPath {
         ObjPath::from(format!(
             "{}/blobs/{}",
             self.entry_prefix(key),
@@ -455,7 +470,9 @@ impl Remote {
         }
     }
 
-    /// Upload blobs, then the manifest; returns the bytes sent.
+    /// Upload the blobs the remote lacks, then the manifest; returns the bytes sent. A blob
+    /// already there with the right size is not sent again (its bytes are checked by every
+    /// pull that reads it).
     fn upload(&self, entry: &Entry) -> Result<u64, RemoteError> {
         let c = self.connect()?;
         let key = entry.manifest.key;
@@ -475,11 +492,15 @@ impl Remote {
             }
         }
         let dir = entry.dir.clone();
-        let total: u64 = files.values().map(|(_, s)| *s).sum();
-        let uploads = files.into_iter().map(|(hash, (rel, _))| {
+        let uploads = files.into_iter().map(|(hash, (rel, size))| {
             let dir = dir.clone();
-            let path = self.blob_path(&key, &hash);
+            let path = self.blob_path(&hash);
             async move {
+                match c.store.head(&path).await {
+                    Ok(meta) if meta.size == size => return Ok(0),
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.store_err("HEAD", &path, e)),
+                }
                 let p = dir.join(&rel);
                 let bytes = std::fs::read(&p).map_err(|source| CacheError::Io {
                     path: p.clone(),
@@ -496,14 +517,15 @@ impl Remote {
                     .put(&path, bytes.into())
                     .await
                     .map_err(|e| self.store_err("PUT", &path, e))?;
-                Ok(())
+                Ok(size)
             }
         });
-        c.rt.block_on(
+        let sent: Vec<u64> = c.rt.block_on(
             stream::iter(uploads)
                 .buffer_unordered(PARALLEL_FILES)
-                .try_collect::<Vec<()>>(),
+                .try_collect(),
         )?;
+        let total: u64 = sent.iter().sum();
         let mp = self.manifest_path(&key);
         let mlen = manifest_bytes.len() as u64;
         c.rt.block_on(c.store.put(&mp, manifest_bytes.into()))
@@ -532,27 +554,34 @@ impl Remote {
                 ));
             }
         }
-        let downloads = wanted.keys().map(|hash| {
-            let path = self.blob_path(key, hash);
+        let downloads = wanted.iter().map(|(hash, files)| {
             let hash = *hash;
+            let size = files[0].2;
             async move {
-                let got = match c.store.get(&path).await {
-                    Ok(g) => g
-                        .bytes()
-                        .await
-                        .map_err(|e| self.store_err("GET", &path, e))?,
-                    Err(object_store::Error::NotFound { .. }) => {
-                        return Err(RemoteError::BadManifest {
-                            key: *key,
-                            reason: format!("blob {} is missing", hash.to_hex()),
-                        })
+                // Bytes the local cache already holds (verified) are not downloaded again.
+                if let Some(local) = super::blobs::read_verified(cache.root(), &hash, size) {
+                    return Ok((hash, local, false));
+                }
+                for path in [self.blob_path(&hash), self.legacy_blob_path(key, &hash)] {
+                    match c.store.get(&path).await {
+                        Ok(g) => {
+                            let got = g
+                                .bytes()
+                                .await
+                                .map_err(|e| self.store_err("GET", &path, e))?;
+                            return Ok((hash, got.to_vec(), true));
+                        }
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(self.store_err("GET", &path, e)),
                     }
-                    Err(e) => return Err(self.store_err("GET", &path, e)),
-                };
-                Ok((hash, got))
+                }
+                Err(RemoteError::BadManifest {
+                    key: *key,
+                    reason: format!("blob {} is missing", hash.to_hex()),
+                })
             }
         });
-        let blobs: Vec<(ContentHash, _)> = c.rt.block_on(
+        let blobs: Vec<(ContentHash, Vec<u8>, bool)> = c.rt.block_on(
             stream::iter(downloads)
                 .buffer_unordered(PARALLEL_FILES)
                 .try_collect(),
@@ -560,8 +589,10 @@ impl Remote {
         let mut outputs = BTreeMap::new();
         let mut aux = BTreeMap::new();
         let mut bytes_in = mbytes.len() as u64;
-        for (hash, data) in blobs {
-            bytes_in += data.len() as u64;
+        for (hash, data, downloaded) in blobs {
+            if downloaded {
+                bytes_in += data.len() as u64;
+            }
             let found = ContentHash::of(&data);
             for (sub, name, size) in &wanted[&hash] {
                 let file = format!("{sub}/{name}");
@@ -776,6 +807,86 @@ mod tests {
         assert!(!remote_dir.join(r.manifest_path(&k3).as_ref()).exists());
     }
 
+    /// An entry like [`entry`] whose output is `bytes`.
+    fn entry_with(tag: &str, bytes: &[u8]) -> NewEntry {
+        let mut n = entry(tag);
+        n.outputs = [("model.bin".to_string(), bytes.to_vec())].into();
+        n
+    }
+
+    #[test]
+    fn a_file_two_entries_share_is_pushed_once_and_not_pulled_again() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Cache::open(d.path().join("a")).unwrap();
+        let shared: Vec<u8> = (0..super::super::blobs::BLOB_MIN as usize * 4)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (n1, n2) = (entry_with("one", &shared), entry_with("two", &shared));
+        let (k1, k2) = (n1.key, n2.key);
+        a.publish(n1).unwrap();
+        a.publish(n2).unwrap();
+        let remote_dir = d.path().join("remote");
+        let r = Remote::new(RemoteConfig::from_url(remote_dir.to_str().unwrap())).unwrap();
+        let sent = |p: Pushed| match p {
+            Pushed::Uploaded { bytes } => bytes,
+            other => panic!("expected an upload, got {other:?}"),
+        };
+        let first = sent(r.push(&a, &k1).unwrap());
+        let second = sent(r.push(&a, &k2).unwrap());
+        assert!(first > shared.len() as u64);
+        assert!(
+            second < shared.len() as u64,
+            "the second push sent the shared file again: {second} bytes"
+        );
+        assert!(remote_dir
+            .join(r.blob_path(&ContentHash::of(&shared)).as_ref())
+            .exists());
+
+        let b = Cache::open(d.path().join("b")).unwrap();
+        let got = |p: Pulled| match p {
+            Pulled::Fetched { bytes, .. } => bytes,
+            other => panic!("expected a fetch, got {other:?}"),
+        };
+        assert!(got(r.pull(&b, &k1).unwrap()) > shared.len() as u64);
+        assert!(
+            got(r.pull(&b, &k2).unwrap()) < shared.len() as u64,
+            "the shared file was downloaded again"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let ino = |k: &StageKey| {
+            std::fs::metadata(b.entry_dir(k).join("out/model.bin"))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino(&k1), ino(&k2), "pulled entries share the file too");
+        for k in [k1, k2] {
+            assert!(matches!(b.lookup_full(&k), Lookup::Hit(_)));
+        }
+    }
+
+    #[test]
+    fn entries_pushed_before_shared_blobs_still_pull() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Cache::open(d.path().join("a")).unwrap();
+        let n = entry("old");
+        let key = n.key;
+        a.publish(n).unwrap();
+        let remote_dir = d.path().join("remote");
+        let r = Remote::new(RemoteConfig::from_url(remote_dir.to_str().unwrap())).unwrap();
+        r.push(&a, &key).unwrap();
+        // Move every blob to where older pushes put them, beside the manifest.
+        let e = a.read_manifest(&key).unwrap();
+        for rec in e.outputs.values().chain(e.aux.values()) {
+            let new = remote_dir.join(r.blob_path(&rec.blake3).as_ref());
+            let old = remote_dir.join(r.legacy_blob_path(&key, &rec.blake3).as_ref());
+            std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+            std::fs::rename(new, old).unwrap();
+        }
+        let b = Cache::open(d.path().join("b")).unwrap();
+        assert!(matches!(r.pull(&b, &key), Ok(Pulled::Fetched { .. })));
+        assert!(matches!(b.lookup_full(&key), Lookup::Hit(_)));
+    }
+
     #[test]
     fn directory_remote_round_trip_and_a_tampered_blob_is_rejected() {
         let d = tempfile::tempdir().unwrap();
@@ -796,7 +907,7 @@ mod tests {
         let absent = entry("two").key;
         assert!(matches!(r.pull(&b, &absent), Ok(Pulled::Absent)));
 
-        let blob = remote_dir.join(r.blob_path(&key, &ContentHash::of(b"one")).as_ref());
+        let blob = remote_dir.join(r.blob_path(&ContentHash::of(b"one")).as_ref());
         std::fs::write(&blob, b"two").unwrap();
         let c = Cache::open(d.path().join("c")).unwrap();
         match r.pull(&c, &key) {
