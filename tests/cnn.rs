@@ -132,7 +132,7 @@ fn frozen_filters_keep_their_bits_through_adam_and_l2_and_pruning_is_a_view() {
     // task-1 model's exact bytes, pruned filters included.
     let t1 = e("rnf/seed0/task1/train");
     assert_eq!(
-        e("rnf/seed0/task2/train").manifest.inputs["model"],
+        e("rnf/seed0/task2/train").manifest().unwrap().inputs["model"],
         t1.content_hash()
     );
     let pruned = flags(&e("rnf/seed0/task1/prune"), 0);

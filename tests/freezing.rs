@@ -53,7 +53,7 @@ fn the_next_task_starts_from_the_unpruned_model() {
     let t1 = e("rnf/seed0/task1/train");
     let t2 = e("rnf/seed0/task2/train");
     // Task 2 trained from exactly the task-1 model's bytes...
-    assert_eq!(t2.manifest.inputs["model"], t1.content_hash());
+    assert_eq!(t2.manifest().unwrap().inputs["model"], t1.content_hash());
     // ...in which the pruned units' outgoing connections are intact (restored = never zeroed).
     let prune = e("rnf/seed0/task1/prune");
     let m = model(&t1);

@@ -26,7 +26,7 @@ fn compute_times(
 ) -> BTreeMap<String, f64> {
     let wall: BTreeMap<_, f64> = res
         .iter()
-        .filter_map(|r| Some((r.node, r.entry.as_ref()?.manifest.run.wall_s)))
+        .filter_map(|r| Some((r.node, r.entry.as_ref()?.manifest().ok()?.run.wall_s)))
         .collect();
     p.strategies
         .iter()

@@ -24,6 +24,11 @@ fn hit(cache: &Cache, key: &crate::digest::StageKey) -> Option<Entry> {
 }
 
 /// The entry for `a.stage`: through the pipeline's DAG, or the manifests (id or key prefix).
+/// When an entry was computed (0 if its manifest cannot be read now).
+fn started(e: &Entry) -> u128 {
+    e.manifest().map_or(0, |m| m.run.started_unix_ms)
+}
+
 fn find(a: &LogArgs, cache: &Cache) -> Result<Entry, CliError> {
     if let Some(p) = &a.pipeline {
         let (_, dag) = p.load(DataCheck::Required)?;
@@ -60,10 +65,7 @@ fn find(a: &LogArgs, cache: &Cache) -> Result<Entry, CliError> {
         if matches {
             // The newest of several entries of one id (reruns with other settings).
             if let Some(e) = hit(cache, &k) {
-                if found
-                    .as_ref()
-                    .is_none_or(|f| f.manifest.run.started_unix_ms < e.manifest.run.started_unix_ms)
-                {
+                if found.as_ref().is_none_or(|f| started(f) < started(&e)) {
                     found = Some(e);
                 }
             }
@@ -78,7 +80,7 @@ fn find(a: &LogArgs, cache: &Cache) -> Result<Entry, CliError> {
 pub(super) fn log_cmd(a: LogArgs, c: &CacheLoc) -> Result<(), CliError> {
     let cache = open_cache_read(c);
     let e = find(&a, &cache)?;
-    let m = &e.manifest;
+    let m = e.manifest()?;
     out!(
         "{} ({}), key {}: {:.2} s on {}",
         m.stage_id,

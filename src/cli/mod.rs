@@ -681,7 +681,7 @@ fn exec_stage_cmd(
     };
     lines.say(&format!(
         "{} {what}: {}",
-        entry.manifest.stage_id,
+        entry.manifest()?.stage_id,
         entry.content_hash()
     ));
     Ok(())
@@ -1064,7 +1064,8 @@ fn report_cmd(
         .filter_map(|r| {
             let e = r.entry.as_ref()?;
             let n = dag.node(r.node);
-            let key = e.manifest.key.to_hex();
+            let key = e.key().to_hex();
+            let m = e.manifest().ok()?;
             // The estimate of the run that computed this very entry, if one of this
             // pipeline's did.
             let est = estimates.get(&n.id).filter(|x| x.key == key);
@@ -1072,8 +1073,8 @@ fn report_cmd(
                 id: n.id.clone(),
                 kind: n.kind.clone(),
                 key,
-                wall_s: e.manifest.run.wall_s,
-                device: e.manifest.run.device.clone(),
+                wall_s: m.run.wall_s,
+                device: m.run.device.clone(),
                 estimate_s: est.and_then(|x| x.estimate_s),
                 basis: est.map(|x| x.basis),
             })
@@ -1097,7 +1098,7 @@ fn report_cmd(
                 res.iter()
                     .find(|r| r.node == n)
                     .and_then(|r| r.entry.as_ref())
-                    .map(|e| e.manifest.key.to_hex())
+                    .map(|e| e.key().to_hex())
             });
             if let Some(k) = key {
                 final_stages.insert(id, k);

@@ -26,13 +26,14 @@ pub mod manifest;
 pub mod perms;
 pub mod remote;
 pub mod roots;
+mod stage_index;
 mod verified;
 
 use crate::digest::{ContentHash, StageKey};
 pub use manifest::{FileRecord, Manifest, RunInfo};
 use manifest::{AUX_DIR, MANIFEST_FILE, OUT_DIR};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,16 +80,52 @@ pub enum Lookup {
 }
 
 /// A verified, published entry. Cheap to clone: every stage that reads it holds one, and the
-/// manifest is shared, not copied.
+/// manifest is shared, not copied. An entry served from the verified-entry memo has not read
+/// its manifest: a cached rerun needs only the key and the content hash, and
+/// [`Entry::manifest`] reads it on first use.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub dir: PathBuf,
-    pub manifest: Arc<Manifest>,
+    key: StageKey,
+    content_hash: ContentHash,
+    manifest: Arc<OnceLock<Arc<Manifest>>>,
 }
 
 impl Entry {
+    fn loaded(dir: PathBuf, manifest: Manifest) -> Entry {
+        Entry {
+            dir,
+            key: manifest.key,
+            content_hash: manifest.content_hash,
+            manifest: Arc::new(OnceLock::from(Arc::new(manifest))),
+        }
+    }
+
+    pub fn key(&self) -> StageKey {
+        self.key
+    }
+
     pub fn content_hash(&self) -> ContentHash {
-        self.manifest.content_hash
+        self.content_hash
+    }
+
+    /// The entry's manifest, read now if the lookup did not. It verified with the files as
+    /// they are, so a failure here means it changed since (the next lookup will say how).
+    pub fn manifest(&self) -> Result<Arc<Manifest>, CacheError> {
+        if let Some(m) = self.manifest.get() {
+            return Ok(m.clone());
+        }
+        let path = self.dir.join(MANIFEST_FILE);
+        let changed = |why: String| CacheError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+        };
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| changed(e.to_string()))?;
+        if m.key != self.key || m.content_hash != self.content_hash {
+            return Err(changed("the manifest changed since it was verified".into()));
+        }
+        Ok(self.manifest.get_or_init(|| Arc::new(m)).clone())
     }
     pub fn output_path(&self, name: &str) -> PathBuf {
         self.dir.join(OUT_DIR).join(name)
@@ -152,6 +189,8 @@ pub struct Cache {
     read_only: bool,
     /// Entries verified in full, loaded at the first lookup (see `verified`).
     verified: Arc<OnceLock<verified::VerifiedMemo>>,
+    /// The keys stage records were last written with, per scope (see `stage_index`).
+    stage_keys: Arc<std::sync::Mutex<HashMap<String, stage_index::ScopeKeys>>>,
 }
 
 /// Held while computing a key; released on drop (the lease's holder also releases it on
@@ -234,6 +273,7 @@ impl Cache {
             lease_timeout: Duration::from_secs_f64(config.lease_timeout_s.clamp(0.05, 86_400.0)),
             read_only: false,
             verified: Arc::default(),
+            stage_keys: Arc::default(),
         };
         let tag = cache.root.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -253,6 +293,7 @@ impl Cache {
             lease_timeout: lease::DEFAULT_TIMEOUT,
             read_only: true,
             verified: Arc::default(),
+            stage_keys: Arc::default(),
         }
     }
 
@@ -262,16 +303,42 @@ impl Cache {
         })
     }
 
-    /// Save what lookups learned about verified entries (advisory; never through a
-    /// read-only handle).
+    /// Save what lookups learned about verified entries, and the keys stage records were
+    /// written with (advisory; never through a read-only handle).
     pub fn save_verified(&self) -> Result<(), CacheError> {
+        if self.read_only {
+            return Ok(());
+        }
+        for scope in self.stage_keys().values_mut() {
+            let _ = scope.save(self.perms);
+        }
         match self.verified.get() {
-            Some(m) if !self.read_only => {
+            Some(m) => {
                 let path = self.root.join("index").join("verified.json");
                 m.save(self.perms).map_err(io(&path))
             }
             _ => Ok(()),
         }
+    }
+
+    fn stage_keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, stage_index::ScopeKeys>> {
+        self.stage_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `stage_id`'s record in `scope` was last written with `key` (as far as this
+    /// scope's index knows): then [`Cache::put_stage_record`] has nothing to do.
+    pub fn stage_record_is(&self, scope: &str, stage_id: &str, key: &StageKey) -> bool {
+        let mut all = self.stage_keys();
+        let index = all.entry(scope.to_string()).or_insert_with(|| {
+            let h = blake3::hash(format!("keys\0{scope}").as_bytes()).to_hex();
+            let path = self
+                .root
+                .join("index")
+                .join("stages")
+                .join(format!("{}.keys", &h[..32]));
+            stage_index::ScopeKeys::load(path)
+        });
+        index.holds(stage_id, key)
     }
 
     /// Whether this handle must not write (see [`Cache::open_read_only`]).
@@ -335,6 +402,15 @@ impl Cache {
             f.read_to_end(&mut b)?;
             Ok((b, meta))
         };
+        let hex = key.to_hex();
+        // The memo's fast path: every file's metadata as it was when the entry verified in
+        // full; then neither the manifest nor any file is read. The memo stamps every file
+        // the entry held then, so any file added, removed, grown or rewritten since misses.
+        if memo {
+            if let Some(hit) = self.remembered(&dir, key, &hex) {
+                return Lookup::Hit(Box::new(hit));
+            }
+        }
         let (bytes, mmeta) = match read(&mpath) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
@@ -385,18 +461,7 @@ impl Cache {
                 }
             }
         }
-        let hex = key.to_hex();
         let stamp = verified::stamp(&stats);
-        if memo
-            && stamp
-                .as_ref()
-                .is_some_and(|s| self.verified().holds(&hex, s))
-        {
-            return Lookup::Hit(Box::new(Entry {
-                dir,
-                manifest: Arc::new(manifest),
-            }));
-        }
         if let Err(fault) = manifest.check(key) {
             return Lookup::Corrupt {
                 file: MANIFEST_FILE.into(),
@@ -423,12 +488,28 @@ impl Cache {
             }
         }
         if let Some(s) = stamp {
-            self.verified().record(&hex, s);
+            let files: Vec<&str> = stats.iter().map(|(rel, _)| rel.as_str()).collect();
+            self.verified()
+                .record(&hex, &s, &manifest.content_hash, &files);
         }
-        Lookup::Hit(Box::new(Entry {
-            dir,
-            manifest: Arc::new(manifest),
-        }))
+        Lookup::Hit(Box::new(Entry::loaded(dir, manifest)))
+    }
+
+    /// The entry of `key` (in `dir`, `hex`) served from the verified-entry memo: the files it
+    /// stamped are still exactly as they were when the entry verified in full.
+    fn remembered(&self, dir: &Path, key: &StageKey, hex: &str) -> Option<Entry> {
+        let r = self.verified().recall(hex)?;
+        let mut stats = Vec::with_capacity(r.files.len());
+        for rel in r.files {
+            let m = fs::metadata(dir.join(&rel)).ok()?;
+            stats.push((rel, m));
+        }
+        (verified::stamp(&stats)? == r.stamp).then(|| Entry {
+            dir: dir.to_path_buf(),
+            key: *key,
+            content_hash: r.content_hash,
+            manifest: Arc::default(),
+        })
     }
 
     /// Move an entry out of the way (used for corrupt entries); later lookups see `Missing`.
@@ -521,10 +602,7 @@ impl Cache {
             Ok(()) => {
                 sync_dir(parent).map_err(io(parent))?;
                 self.mark_used(&new.key);
-                Ok(Entry {
-                    dir: dest,
-                    manifest: Arc::new(manifest),
-                })
+                Ok(Entry::loaded(dest, manifest))
             }
             // Someone else won the race (or, on NFS, our own rename's reply was lost and the
             // retry found the entry already moved); an existing entry is never replaced.
@@ -662,13 +740,19 @@ impl Cache {
     /// Remember the key a stage id last resolved to in `scope` (skipped when unchanged, to
     /// keep cached reruns free of writes).
     pub fn put_stage_record(&self, scope: &str, rec: &StageRecord) -> Result<(), CacheError> {
-        let p = self.record_path(scope, &rec.id);
-        let bytes = serde_json::to_vec_pretty(rec).expect("record is plain data");
-        // Compared as bytes: a cached rerun reads each record once and parses none.
-        if fs::read(&p).is_ok_and(|old| old == bytes) {
+        if self.stage_record_is(scope, &rec.id, &rec.key) {
             return Ok(());
         }
-        self.write_atomic(&p, &bytes)
+        let p = self.record_path(scope, &rec.id);
+        let bytes = serde_json::to_vec_pretty(rec).expect("record is plain data");
+        // Compared as bytes: a record the index did not know may be current all the same.
+        if !fs::read(&p).is_ok_and(|old| old == bytes) {
+            self.write_atomic(&p, &bytes)?;
+        }
+        if let Some(index) = self.stage_keys().get_mut(scope) {
+            index.note(&rec.id, rec.key);
+        }
+        Ok(())
     }
 
     /// Every key with an entry directory (verified or not).
@@ -1069,14 +1153,20 @@ mod tests {
             .iter()
             .map(|r| (r.to_string(), fs::metadata(dir.join(r)).unwrap()))
             .collect();
-        let forged: BTreeMap<String, String> =
-            [(key.to_hex(), verified::stamp(&stats).unwrap())].into();
+        let names = ["manifest.json", "out/a.json", "aux/log.txt"];
+        let hash = c.read_manifest(&key).unwrap().content_hash;
+        let forged: BTreeMap<String, String> = [(
+            key.to_hex(),
+            verified::value(&verified::stamp(&stats).unwrap(), &hash, &names),
+        )]
+        .into();
         fs::write(&memo, serde_json::to_vec(&forged).unwrap()).unwrap();
         let c = Cache::open(d.path()).unwrap();
-        assert!(
-            matches!(c.lookup(&key), Lookup::Hit(_)),
-            "a memo hit reads no file"
-        );
+        let Lookup::Hit(hit) = c.lookup(&key) else {
+            panic!("a memo hit reads no file")
+        };
+        assert_eq!(hit.content_hash(), hash);
+        assert_eq!(hit.manifest().unwrap().key, key, "read when asked for");
         assert!(
             matches!(c.lookup_full(&key), Lookup::Corrupt { file, .. } if file == "out/a.json"),
             "cache verify hashes whatever the memo says"
@@ -1085,6 +1175,39 @@ mod tests {
         fs::remove_file(&memo).unwrap();
         let c = Cache::open(d.path()).unwrap();
         assert!(matches!(c.lookup(&key), Lookup::Corrupt { .. }));
+    }
+
+    #[test]
+    fn a_stage_record_is_written_once_per_key_and_rewritten_when_its_key_moves() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = |key: StageKey| StageRecord {
+            id: "naive/seed0/task1/train".into(),
+            key,
+            params: serde_json::json!({ "lr": 1 }),
+            inputs: Default::default(),
+            files: Default::default(),
+        };
+        let (k1, k2) = (k(b"r1"), k(b"r2"));
+        let c = Cache::open(d.path()).unwrap();
+        c.put_stage_record("p", &rec(k1)).unwrap();
+        c.save_verified().unwrap();
+        let path = c.record_path("p", "naive/seed0/task1/train");
+        let written = fs::metadata(&path).unwrap().modified().unwrap();
+        // A fresh process reads the scope's index and finds the record current.
+        let c = Cache::open(d.path()).unwrap();
+        assert!(c.stage_record_is("p", "naive/seed0/task1/train", &k1));
+        assert!(!c.stage_record_is("other", "naive/seed0/task1/train", &k1));
+        c.put_stage_record("p", &rec(k1)).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), written);
+        // Another key: the record and the index follow it.
+        c.put_stage_record("p", &rec(k2)).unwrap();
+        assert_eq!(
+            c.stage_record("p", "naive/seed0/task1/train").unwrap().key,
+            k2
+        );
+        c.save_verified().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        assert!(c.stage_record_is("p", "naive/seed0/task1/train", &k2));
     }
 
     #[test]

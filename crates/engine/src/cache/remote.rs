@@ -463,7 +463,7 @@ impl Remote {
 
     /// Upload an entry the caller has just verified or published.
     pub fn push_entry(&self, entry: &Entry) -> Result<Pushed, RemoteError> {
-        match self.held(&entry.manifest.key)? {
+        match self.held(&entry.key())? {
             Held::Good => Ok(Pushed::AlreadyThere),
             Held::Nothing => self.upload(entry).map(|bytes| Pushed::Uploaded { bytes }),
             Held::Rejected => self.upload(entry).map(|bytes| Pushed::Replaced { bytes }),
@@ -475,7 +475,8 @@ impl Remote {
     /// pull that reads it).
     fn upload(&self, entry: &Entry) -> Result<u64, RemoteError> {
         let c = self.connect()?;
-        let key = entry.manifest.key;
+        let key = entry.key();
+        let manifest = entry.manifest()?;
         let manifest_bytes =
             std::fs::read(entry.dir.join(MANIFEST_FILE)).map_err(|source| CacheError::Io {
                 path: entry.dir.join(MANIFEST_FILE),
@@ -483,10 +484,7 @@ impl Remote {
             })?;
         // Files are re-read and re-hashed here: what is uploaded is exactly what was checked.
         let mut files: BTreeMap<ContentHash, (String, u64)> = BTreeMap::new();
-        for (sub, recs) in [
-            (OUT_DIR, &entry.manifest.outputs),
-            (AUX_DIR, &entry.manifest.aux),
-        ] {
+        for (sub, recs) in [(OUT_DIR, &manifest.outputs), (AUX_DIR, &manifest.aux)] {
             for (name, rec) in recs {
                 files.insert(rec.blake3, (format!("{sub}/{name}"), rec.size));
             }

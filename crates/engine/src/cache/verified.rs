@@ -8,10 +8,15 @@
 //!
 //! The memo is advisory, like the data-file hash memo: a lost, stale or garbled one costs a
 //! rehash, never a wrong hit, because a hit also needs the stamp of the files as they are now.
-//! It is one small JSON file (`index/verified.json`, key → stamp); a save merges what other
-//! processes saved since it was read, and replaces the file atomically.
+//! It is one small JSON file (`index/verified.json`, key → `stamp:content hash:files`); a save
+//! merges what other processes saved since it was read, and replaces the file atomically. The
+//! content hash and the list of stamped files let a hit serve the entry without reading or
+//! parsing its manifest (a run needs only the key and the content hash of a cached stage; the
+//! manifest is read if anything asks). Values written before they were kept (a bare stamp)
+//! are not understood, so those entries are hashed once more and remembered anew.
 
 use super::GroupPerms;
+use crate::digest::ContentHash;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,14 +45,22 @@ impl VerifiedMemo {
         }
     }
 
-    /// Whether `key`'s entry was verified in full with its files as `stamp` describes them.
-    pub(crate) fn holds(&self, key: &str, stamp: &str) -> bool {
+    /// What is remembered of `key`'s entry, if it verified in full before.
+    pub(crate) fn recall(&self, key: &str) -> Option<Recalled> {
         let stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-        stamps.get(key).is_some_and(|s| s == stamp)
+        let mut parts = stamps.get(key)?.splitn(3, ':');
+        let (stamp, hash, files) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Recalled {
+            stamp: stamp.to_string(),
+            content_hash: ContentHash::from_hex(hash)?,
+            files: files.split(',').map(str::to_string).collect(),
+        })
     }
 
-    /// Remember that `key`'s entry verified in full with files stamped `stamp`.
-    pub(crate) fn record(&self, key: &str, stamp: String) {
+    /// Remember that `key`'s entry, with content hash `hash`, verified in full with its files
+    /// (names within the entry, the manifest first, as [`stamp`] took them) stamped `stamp`.
+    pub(crate) fn record(&self, key: &str, stamp: &str, hash: &ContentHash, files: &[&str]) {
+        let stamp = value(stamp, hash, files);
         let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
         if stamps.get(key) != Some(&stamp) {
             stamps.insert(key.to_string(), stamp);
@@ -71,6 +84,20 @@ impl VerifiedMemo {
         let bytes = serde_json::to_vec(&all).expect("plain data");
         super::atomic_write_shared(&self.path, &bytes, perms)
     }
+}
+
+/// What the memo remembers of an entry.
+pub(crate) struct Recalled {
+    pub stamp: String,
+    pub content_hash: ContentHash,
+    /// The stamped files, within the entry, the manifest first.
+    pub files: Vec<String>,
+}
+
+/// What the memo stores for an entry. File names hold neither `:` nor `,`
+/// (`manifest::valid_file_name`).
+pub(crate) fn value(stamp: &str, hash: &ContentHash, files: &[&str]) -> String {
+    format!("{stamp}:{}:{}", hash.to_hex(), files.join(","))
 }
 
 /// The stamp of an entry's files (`(name within the entry, metadata)`), or `None` where the

@@ -407,7 +407,7 @@ impl<'a> Executor<'a> {
                 let outcome = match res {
                     Ok((entry, outcome)) => {
                         if let Some(r) = &self.opts.roots {
-                            r.record(entry.manifest.key, matches!(outcome, Outcome::Ran { .. }));
+                            r.record(entry.key(), matches!(outcome, Outcome::Ran { .. }));
                         }
                         entries.insert(n, entry);
                         outcome
@@ -539,7 +539,7 @@ impl<'a> Executor<'a> {
             params: node.params.clone(),
             inputs: inputs
                 .iter()
-                .map(|(s, e)| (s.clone(), (e.manifest.key, e.content_hash())))
+                .map(|(s, e)| (s.clone(), (e.key(), e.content_hash())))
                 .collect(),
             files: node
                 .files
@@ -553,7 +553,11 @@ impl<'a> Executor<'a> {
             None => self.run_one(&req, inputs, progress),
         };
         if res.is_ok() {
-            for id in node.all_ids() {
+            // A cached rerun finds every record current in the scope's index, and builds none.
+            for id in node
+                .all_ids()
+                .filter(|id| !self.cache.stage_record_is(dag.scope(), id, &req.key))
+            {
                 let _ = self.cache.put_stage_record(
                     dag.scope(),
                     &StageRecord {
@@ -791,7 +795,8 @@ impl<'a> Executor<'a> {
         self.write_request(req);
         let published = |e: Box<Entry>| {
             s.release_claim(&req.key);
-            let wall_s = e.manifest.run.wall_s;
+            // A published entry holds its manifest: this reads nothing.
+            let wall_s = e.manifest().map_or(0.0, |m| m.run.wall_s);
             Ok((
                 *e,
                 Outcome::Ran {
