@@ -93,9 +93,20 @@ fn recording_the_path_integral_or_not_trains_the_same_bits() {
                 "{id}: {file}"
             );
         }
-        assert!(with.manifest().unwrap().outputs.contains_key("si.safetensors"));
-        assert!(!without.manifest().unwrap().outputs.contains_key("si.safetensors"));
+        assert!(with
+            .manifest()
+            .unwrap()
+            .outputs
+            .contains_key("si.safetensors"));
+        assert!(!without
+            .manifest()
+            .unwrap()
+            .outputs
+            .contains_key("si.safetensors"));
         // Not the same computation, so not the same key.
-        assert_ne!(without.manifest().unwrap().key, with.manifest().unwrap().key);
+        assert_ne!(
+            without.manifest().unwrap().key,
+            with.manifest().unwrap().key
+        );
     }
 }

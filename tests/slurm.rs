@@ -484,7 +484,10 @@ fn a_driver_killed_mid_run_is_finished_by_the_same_command_computing_each_stage_
         return;
     }
     let f = Fixture::new();
-    let set = ["training.epochs=800"];
+    // Long enough that the orphaned job is still training when the second driver looks: at
+    // 800 epochs the faster dense kernels (issue 19) sometimes finished it first, and the
+    // second driver then found the stage cached instead of adopting the job.
+    let set = ["training.epochs=4000"];
     let mut d = Driver::start(&f, &set);
     d.wait_until_running("task1-train");
     d.child.kill().unwrap(); // SIGKILL: the job goes on without its driver

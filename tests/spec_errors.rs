@@ -402,6 +402,34 @@ fn corrupt_data_files_are_spec_errors_at_the_key_that_names_them() {
     }
 }
 
+#[test]
+fn a_data_file_damaged_after_a_passed_check_is_found_on_the_next_run() {
+    let f = with_data(copy_fixture_data);
+    let pipeline = f.pipeline();
+    let run = || f.cli(&["run", "-q", pipeline.to_str().unwrap()]);
+    for _ in 0..2 {
+        let o = run();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    // The second run found the cache's index and remembered the passed check.
+    assert!(f.cache_dir().join("index/datachecks.json").is_file());
+    // Truncate the images in place, and put the old mtime back: only the ctime tells.
+    let img = f.path().join("bad-img");
+    let mtime = std::fs::metadata(&img).unwrap().modified().unwrap();
+    let gz = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &gz[..gz.len() / 2]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let o = run();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("dataset.images") && e.contains("gzip"), "{e}");
+}
+
 const CNN: &str = "model:\n  kind: cnn\n  input_shape: SHAPE\n  layers:\n    - conv: {out_channels: 4, kernel: 3, padding: 1}\n    - flatten\n";
 
 #[test]

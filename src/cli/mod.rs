@@ -705,6 +705,7 @@ fn run_cmd(
     c: &CacheLoc,
 ) -> Result<(), CliError> {
     let (device, resources) = open_device(&device)?;
+    crate::spec::idx_data::remember_checks_in(c.dir().join("index").join("datachecks.json"));
     let (pipe, dag) = p.load(DataCheck::Required)?;
     let cache = open_cache(c)?;
     let remote = open_remote(&remote.remote, std::slice::from_ref(&p.pipeline))?;

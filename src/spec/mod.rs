@@ -9,7 +9,7 @@
 //! file order.
 
 mod collect;
-mod idx_data;
+pub(crate) mod idx_data;
 pub mod images;
 mod inherit;
 mod locate;

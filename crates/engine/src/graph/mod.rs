@@ -61,6 +61,32 @@ pub enum GraphError {
     Cycle { stage: String, path: Vec<String> },
 }
 
+/// What makes two declarations one stage: kind, version, parameters (as canonical JSON),
+/// the structure of each input, and the files. Never stored, so only its equalities matter;
+/// each field is length-prefixed so that no two declarations run together alike.
+fn structure(d: &StageDecl, inputs: &BTreeMap<&str, [u8; 32]>) -> [u8; 32] {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = blake3::Hasher::new();
+    let mut field = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(d.kind.as_bytes());
+    field(&d.version.to_le_bytes());
+    field(&crate::digest::canonical_json(&d.params));
+    field(&(inputs.len() as u64).to_le_bytes());
+    for (slot, structure) in inputs {
+        field(slot.as_bytes());
+        field(structure);
+    }
+    field(&(d.files.len() as u64).to_le_bytes());
+    for (role, path) in &d.files {
+        field(role.as_bytes());
+        field(path.as_os_str().as_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
 /// A checked, deduplicated DAG of stages. Edges point from producer to consumer.
 #[derive(Debug, Clone)]
 pub struct Dag {
@@ -117,12 +143,7 @@ impl Dag {
                 .iter()
                 .map(|(s, src)| (s.as_str(), struct_of[src.as_str()]))
                 .collect();
-            let ident = serde_json::json!({
-                "kind": d.kind, "version": d.version, "params": d.params,
-                "inputs": inputs.iter().map(|(s, h)| (s.to_string(), blake3::Hash::from_bytes(*h).to_hex().to_string())).collect::<BTreeMap<_,_>>(),
-                "files": d.files,
-            });
-            let h = *blake3::hash(&crate::digest::canonical_json(&ident)).as_bytes();
+            let h = structure(d, &inputs);
             struct_of.insert(d.id.as_str(), h);
             let node = match by_struct.get(&h) {
                 Some(&existing) => {
