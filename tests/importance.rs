@@ -144,6 +144,42 @@ fn lrp_rules_and_composites_are_keyed_choices() {
     assert_eq!(totals("rnf"), totals("flat_first"));
 }
 
+const LRP_CONVENTIONS: &str = r#"  zplus:
+    freeze: until_threshold
+    score: {method: lrp, reference_size: 20, rule: zplus}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+  zplus_zennit:
+    freeze: until_threshold
+    score: {method: lrp, reference_size: 20, rule: zplus, convention: zennit}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+  zplus_zennit_spelled_out:
+    freeze: until_threshold
+    score: {method: lrp, reference_size: 20, rule: zplus, bias: include, stabilizer: 1.0e-6, max_pool: gradient}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+  zplus_default_stabilizer:
+    freeze: until_threshold
+    score: {method: lrp, reference_size: 20, rule: zplus, convention: cfpipe, stabilizer: 1.0e-9}
+    prune: {threshold: 0.3, step_ratio: 0.1}
+"#;
+
+#[test]
+fn lrp_conventions_are_keyed_and_spelling_them_out_is_the_same_stage() {
+    let f = Fixture::with_pipeline(&format!("{PIPELINE}{LRP_CONVENTIONS}"));
+    let (_, dag) = cfpipe::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
+    let score = |s: &str| dag.find(&format!("{s}/seed0/task1/score")).unwrap();
+    assert_eq!(score("zplus_zennit"), score("zplus_zennit_spelled_out"));
+    assert_eq!(score("zplus"), score("zplus_default_stabilizer"));
+    assert_ne!(score("zplus"), score("zplus_zennit"));
+    // The bias changes what z⁺ computes on the MLP's biased layers.
+    let report = f.run(&[]);
+    let ran = report.ran_all_ids();
+    assert!(ran.contains("zplus_zennit/seed0/task1/score"));
+    let totals = |s: &str| {
+        f.json_of(&format!("{s}/seed0/task1/score"), "score.json")["layer_totals"].clone()
+    };
+    assert_ne!(totals("zplus"), totals("zplus_zennit"));
+}
+
 #[test]
 fn lrp_rule_parameters_are_checked() {
     for (extra, expect) in [
@@ -164,6 +200,19 @@ fn lrp_rule_parameters_are_checked() {
             "strategies.x.score.low: expected low < high",
         ),
         ("composite: Epsilon", "strategies.x.score.composite"),
+        (
+            "convention: zennit, bias: include",
+            "strategies.x.score.bias: `convention: zennit` already sets `bias`",
+        ),
+        (
+            "composite: EpsilonGammaBox, convention: zennit",
+            "strategies.x.score.convention: zennit 0.5.1's γ rule",
+        ),
+        (
+            "stabilizer: 0",
+            "strategies.x.score.stabilizer: expected a number > 0",
+        ),
+        ("convention: torch", "strategies.x.score.convention"),
     ] {
         common::assert_rejected(
             &format!("  x:\n    freeze: until_threshold\n    score: {{method: lrp, reference_size: 5, {extra}}}\n    prune: {{threshold: 0.3, step_ratio: 0.1}}\n"),

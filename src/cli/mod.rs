@@ -291,6 +291,10 @@ pub enum Command {
         /// ε of the ε rule.
         #[arg(long, default_value_t = 1e-6)]
         epsilon: f64,
+        /// Whose conventions the rules follow: cfpipe (the bias left out of z⁺, αβ and w²,
+        /// stabilizer 1e-9) or zennit (zennit 0.5.1's: the bias counted, stabilizer 1e-6).
+        #[arg(long, default_value = "cfpipe", value_parser = ["cfpipe", "zennit"])]
+        convention: String,
         /// Output directory [default: reports/<pipeline name>/explain/<stage id, `/` → `-`>].
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -577,6 +581,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             rule,
             conv_rule,
             epsilon,
+            convention,
             out,
             device,
             dpi,
@@ -593,6 +598,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let mut rules = crate::xai::lrp::LrpRules::epsilon(epsilon as f32);
             rules.dense = parse_rule("rule", &rule)?;
             rules.conv = parse_rule("conv-rule", &conv_rule)?;
+            if convention == "zennit" {
+                if rules.dense == crate::xai::lrp::LrpRule::Gamma
+                    || rules.conv == crate::xai::lrp::LrpRule::Gamma
+                {
+                    return Err(CliError::BadOption(
+                        "--convention zennit: zennit's γ rule is not cfpipe's (see the score key `convention`); use another rule".into(),
+                    ));
+                }
+                rules = rules.zennit();
+            }
             let opts = ExplainArgs {
                 stage,
                 images: if images.is_empty() {

@@ -548,7 +548,18 @@ impl ReferenceSplit {
     }
 }
 
-/// Named LRP composites, spelled as in zennit. Each fixes the dense, conv and first-layer rules.
+/// Whose conventions LRP's rules follow: cfpipe's (the bias left out of z⁺, αβ and w², a
+/// stabilizer of 1e-9, max-pooling like any layer), or zennit 0.5.1's (the bias counted,
+/// 1e-6, max-pooling by the gradient).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LrpConvention {
+    Cfpipe,
+    Zennit,
+}
+
+/// Named LRP composites, spelled as in zennit. Each fixes the dense, conv and first-layer rules;
+/// with `convention: zennit` they also compute as zennit's do.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub enum Composite {
     /// ε for dense layers, z⁺ for conv layers (RNF's choice).
@@ -579,6 +590,18 @@ pub struct RawScore {
     /// LRP: a named composite instead of `rule`, `conv_rule` and `first_layer`.
     #[serde(default)]
     pub composite: Option<Composite>,
+    /// LRP: whose conventions the rules follow (bias and stabilizer together).
+    #[serde(default)]
+    pub convention: Option<LrpConvention>,
+    /// LRP: whether z⁺, αβ and w² count the bias in their denominators.
+    #[serde(default)]
+    pub bias: Option<crate::xai::lrp::LrpBias>,
+    /// LRP: the stabilizer of every denominator but ε's.
+    #[serde(default)]
+    pub stabilizer: Option<f64>,
+    /// LRP: how relevance passes a max-pooling layer (`proportional` or `gradient`).
+    #[serde(default)]
+    pub max_pool: Option<crate::xai::lrp::LrpMaxPool>,
     #[serde(default)]
     pub epsilon: Option<f64>,
     /// LRP αβ: α − β = 1.

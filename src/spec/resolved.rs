@@ -6,7 +6,7 @@ use super::images::ImageData;
 use super::raw::{Normalize, ReferenceSplit};
 use crate::stages::prune::SearchKind;
 use crate::xai::importance::{EwcMode, FisherLabels, GradientMode, UnitRule};
-use crate::xai::lrp::{AbsMode, LrpRule};
+use crate::xai::lrp::{AbsMode, LrpBias, LrpMaxPool, LrpRule};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -153,6 +153,12 @@ pub enum ScoreSpec {
         low: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         high: Option<f64>,
+        #[serde(default, skip_serializing_if = "LrpBias::is_ignore")]
+        bias: LrpBias,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stabilizer: Option<f64>,
+        #[serde(default, skip_serializing_if = "LrpMaxPool::is_proportional")]
+        max_pool: LrpMaxPool,
         reference_size: usize,
         // Absent means `test` (the paper's choice), so keys of earlier runs stay valid.
         #[serde(default, skip_serializing_if = "ReferenceSplit::is_test")]

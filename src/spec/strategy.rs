@@ -5,7 +5,7 @@ use super::numbers::checked;
 use super::raw::*;
 use super::resolved::*;
 use crate::xai::importance::{EwcMode, FisherLabels, GradientMode};
-use crate::xai::lrp::{AbsMode, LrpRule};
+use crate::xai::lrp::{AbsMode, LrpBias, LrpMaxPool, LrpRule};
 use std::collections::BTreeMap;
 
 /// The LRP rule choice of a score spec, with only the parameters of the rules in use.
@@ -18,6 +18,10 @@ struct ChosenRules {
     gamma: Option<f64>,
     low: Option<f64>,
     high: Option<f64>,
+    bias: LrpBias,
+    /// `None`: the default (1e-9), left out of the key.
+    stabilizer: Option<f64>,
+    max_pool: LrpMaxPool,
 }
 
 fn lrp_rules(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> ChosenRules {
@@ -97,7 +101,50 @@ fn lrp_rules(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Chos
             );
         }
     }
+    let zennit = sc.convention == Some(LrpConvention::Zennit);
+    if zennit {
+        for (field, set) in [
+            ("bias", sc.bias.is_some()),
+            ("stabilizer", sc.stabilizer.is_some()),
+            ("max_pool", sc.max_pool.is_some()),
+        ] {
+            if set {
+                e(
+                    &format!("{base}.{field}"),
+                    format!("`convention: zennit` already sets `{field}`; drop one of them"),
+                );
+            }
+        }
+        if used(LrpRule::Gamma) {
+            e(
+                &format!("{base}.convention"),
+                "zennit 0.5.1's γ rule takes its denominator by the sign of each output (a⁺(w+γw⁺) + a⁻(w+γw⁻) where the output is positive); cfpipe's γ is the ε form with w + γw⁺, so it is not offered under zennit's name: use `convention: cfpipe` or another rule".into(),
+            );
+        }
+    }
+    let bias = match (zennit, sc.bias) {
+        (true, _) => LrpBias::Include,
+        (false, b) => b.unwrap_or_default(),
+    };
+    let stabilizer = match (zennit, sc.stabilizer) {
+        (true, _) => Some(crate::xai::lrp::ZENNIT_STABILIZER),
+        (false, Some(s)) => {
+            checked(e, &format!("{base}.stabilizer"), s, s > 0.0, "a number > 0");
+            Some(s)
+        }
+        (false, None) => None,
+    }
+    // The default is keyed by its absence, however it was spelled.
+    .filter(|&s| s as f32 != crate::xai::lrp::STABILIZER);
+    let max_pool = if zennit {
+        LrpMaxPool::Gradient
+    } else {
+        sc.max_pool.unwrap_or_default()
+    };
     ChosenRules {
+        bias,
+        stabilizer,
+        max_pool,
         dense,
         conv,
         first,
@@ -129,6 +176,10 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
         ("gamma", sc.gamma.is_some()),
         ("low", sc.low.is_some()),
         ("high", sc.high.is_some()),
+        ("convention", sc.convention.is_some()),
+        ("bias", sc.bias.is_some()),
+        ("stabilizer", sc.stabilizer.is_some()),
+        ("max_pool", sc.max_pool.is_some()),
     ] {
         only(field, set && m != ScoreMethod::Lrp, "lrp");
     }
@@ -237,6 +288,9 @@ fn score_spec(sc: &RawScore, base: &str, e: &mut dyn FnMut(&str, String)) -> Opt
                 gamma: r.gamma,
                 low: r.low,
                 high: r.high,
+                bias: r.bias,
+                stabilizer: r.stabilizer,
+                max_pool: r.max_pool,
                 epsilon,
                 reference_size,
                 reference_split,

@@ -434,6 +434,9 @@ pub fn unit_scores<D: Device<f32>>(
             gamma,
             low,
             high,
+            bias,
+            stabilizer,
+            max_pool,
             epsilon,
             reference_size,
             reference_split,
@@ -441,6 +444,11 @@ pub fn unit_scores<D: Device<f32>>(
             normalize,
         } => {
             let mut rules = LrpRules::epsilon(epsilon as f32);
+            rules.bias = bias;
+            rules.max_pool = max_pool;
+            if let Some(s) = stabilizer {
+                rules.stabilizer = s as f32;
+            }
             rules.dense = rule;
             rules.conv = conv_rule.unwrap_or(LrpRule::Zplus);
             rules.first = first_layer;

@@ -16,7 +16,9 @@
 //! value taken per position and sample (`abs: before_sum`), after the whole sum
 //! (`after_sum`), or not at all (`none`) — the same keyed choice as for dense units.
 
-use super::rules::{dense_backward, stabilise, AbsMode, LrpRule, LrpRules, Relevance, STABILIZER};
+use super::rules::{
+    dense_backward, stabilise, AbsMode, LrpBias, LrpMaxPool, LrpRule, LrpRules, Relevance,
+};
 use crate::nn::conv;
 use crate::nn::model::DeviceModel;
 use crate::nn::seq::{apply, forward, Act, Layer};
@@ -80,8 +82,9 @@ fn conv_backward<D: Device<f32>>(
 ) -> Tensor4<D> {
     let dev = a.device().clone();
     let ones = || dev.ones_like(a.shape());
-    let part = |x: &Tensor4<D>, w: &Tensor4<D>, r: &Tensor4<D>| {
-        conv_redistribute(x, w, None, stride, padding, r, STABILIZER).0
+    let bias_counts = rules.bias == LrpBias::Include;
+    let part = |x: &Tensor4<D>, w: &Tensor4<D>, b: Option<&Vector<D>>, r: &Tensor4<D>| {
+        conv_redistribute(x, w, b, stride, padding, r, rules.stabilizer).0
     };
     // Sign-split contributions: (a w)⁺ = a⁺w⁺ + a⁻w⁻ and (a w)⁻ = a⁺w⁻ + a⁻w⁺, each
     // redistributed against its own total.
@@ -89,20 +92,21 @@ fn conv_backward<D: Device<f32>>(
         let (ap, an) = (positive(a), negative(a));
         let (wp, wn) = (positive(weight), negative(weight));
         let (w_ap, w_an) = if neg { (wn, wp) } else { (wp, wn) };
-        let z = conv::conv2d(
-            ap.clone(),
-            w_ap.clone(),
-            dev.zeros_like(&(weight.shape().0,)),
-            stride,
-            padding,
-        ) + conv::conv2d(
-            an.clone(),
-            w_an.clone(),
-            dev.zeros_like(&(weight.shape().0,)),
-            stride,
-            padding,
-        );
-        let s = r.clone() / stabilise(z, STABILIZER);
+        // With the bias counted, its positive part joins z⁺ and its negative part z⁻.
+        let b = match (bias_counts, neg) {
+            (false, _) => dev.zeros_like(&(weight.shape().0,)),
+            (true, false) => positive(bias),
+            (true, true) => negative(bias),
+        };
+        let z = conv::conv2d(ap.clone(), w_ap.clone(), b, stride, padding)
+            + conv::conv2d(
+                an.clone(),
+                w_an.clone(),
+                dev.zeros_like(&(weight.shape().0,)),
+                stride,
+                padding,
+            );
+        let s = r.clone() / stabilise(z, rules.stabilizer);
         // ∇ of ⟨conv(x, w), s⟩ w.r.t. x, times x, for each part.
         let back = |x: &Tensor4<D>, w: &Tensor4<D>| {
             let zt = conv::conv2d(
@@ -133,12 +137,15 @@ fn conv_backward<D: Device<f32>>(
                 stride,
                 padding,
                 &r,
-                rules.epsilon.max(STABILIZER),
+                rules.epsilon.max(rules.stabilizer),
             )
             .0
         }
-        LrpRule::Flat => part(&ones(), &dev.ones_like(weight.shape()), &r),
-        LrpRule::WSquare => part(&ones(), &(weight.clone() * weight.clone()), &r),
+        LrpRule::Flat => part(&ones(), &dev.ones_like(weight.shape()), None, &r),
+        LrpRule::WSquare => {
+            let b2 = bias_counts.then(|| bias.clone() * bias.clone());
+            part(&ones(), &(weight.clone() * weight.clone()), b2.as_ref(), &r)
+        }
         LrpRule::ZBox => {
             let (wp, wn) = (positive(weight), negative(weight));
             let low = ones() * rules.low;
@@ -163,7 +170,7 @@ fn conv_backward<D: Device<f32>>(
                 stride,
                 padding,
             );
-            let s = r / stabilise(z, STABILIZER);
+            let s = r / stabilise(z, rules.stabilizer);
             let grad_of = |x: &Tensor4<D>, w: &Tensor4<D>| {
                 let zt = conv::conv2d(
                     x.clone().leaky_trace(),
@@ -186,10 +193,11 @@ fn conv_backward<D: Device<f32>>(
 fn pool_backward<D: Device<f32>>(
     a: &Tensor4<D>,
     r: Tensor4<D>,
+    stabilizer: f32,
     pool: impl Fn(Tensor4<D, OwnedTape<f32, D>>) -> Tensor4<D, OwnedTape<f32, D>>,
 ) -> Tensor4<D> {
     let z = pool(a.clone().leaky_trace());
-    let s = r / stabilise(z.retaped::<NoneTape>(), STABILIZER);
+    let s = r / stabilise(z.retaped::<NoneTape>(), stabilizer);
     let g = (z * s).sum::<(), _>().backward().get(a);
     a.clone() * g
 }
@@ -267,15 +275,26 @@ pub fn lrp_sequential<D: Device<f32>>(
             (Layer::Relu | Layer::LeakyRelu(_) | Layer::Dropout { .. }, _, rr) => rr,
             (Layer::AdaptiveAvgPool { h, w }, Act::Map(a), Act::Map(rr)) => {
                 let (h, w) = (*h, *w);
-                Act::Map(pool_backward(a, rr, |t| conv::adaptive_avg_pool2d(t, h, w)))
+                Act::Map(pool_backward(a, rr, rules.stabilizer, |t| {
+                    conv::adaptive_avg_pool2d(t, h, w)
+                }))
             }
             (Layer::MaxPool { kernel, stride }, Act::Map(a), Act::Map(rr)) => {
                 let (k, s) = (*kernel, *stride);
-                Act::Map(pool_backward(a, rr, |t| conv::max_pool2d(t, k, s)))
+                let pool = |t| conv::max_pool2d(t, k, s);
+                Act::Map(match rules.max_pool {
+                    LrpMaxPool::Proportional => pool_backward(a, rr, rules.stabilizer, pool),
+                    LrpMaxPool::Gradient => (pool(a.clone().leaky_trace()) * rr)
+                        .sum::<(), _>()
+                        .backward()
+                        .get(a),
+                })
             }
             (Layer::AvgPool { kernel, stride }, Act::Map(a), Act::Map(rr)) => {
                 let (k, s) = (*kernel, *stride);
-                Act::Map(pool_backward(a, rr, |t| conv::avg_pool2d(t, k, s)))
+                Act::Map(pool_backward(a, rr, rules.stabilizer, |t| {
+                    conv::avg_pool2d(t, k, s)
+                }))
             }
             (Layer::Flatten, Act::Map(a), Act::Flat(rr)) => Act::Map(rr.reshape_like(a.shape())),
             _ => panic!("relevance does not fit layer {l}"),

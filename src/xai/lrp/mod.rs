@@ -10,18 +10,31 @@
 //!   `z_k = Σ_j a_j w_kj + b_k`, `sign(0) = +1`. The bias is part of `z`, so it absorbs relevance.
 //! - `alpha_beta` (α − β = 1): the positive and negative parts of the contributions `a_j w_kj`
 //!   are redistributed separately, `R_j = Σ_k (α (a_j w_kj)⁺ / Σ_i (a_i w_ki)⁺ − β (a_j w_kj)⁻ /
-//!   Σ_i (a_i w_ki)⁻) R_k`; the bias is ignored.
-//! - `zplus`: `alpha_beta` with α = 1, β = 0 (zennit's ZPlus).
+//!   Σ_i (a_i w_ki)⁻) R_k`; the bias is ignored unless [`LrpBias::Include`] adds `b_k⁺` to the
+//!   first total and `b_k⁻` to the second.
+//! - `zplus`: `alpha_beta` with α = 1, β = 0 (zennit's ZPlus under zennit's convention).
 //! - `gamma`: the ε form with `w + γ w⁺` and `b + γ b⁺` in place of `w` and `b`.
 //! - `flat`: every input of the layer gets an equal share, `R_j = Σ_k R_k / n_in`.
 //! - `w_square`: `R_j = Σ_k w_kj² / Σ_i w_ki² · R_k`.
 //! - `z_box` (zᴮ, for inputs bounded in `[low, high]`): `R_j = Σ_k (a_j w_kj − low·w⁺_kj −
 //!   high·w⁻_kj) / Σ_i (…) · R_k`.
 //!
-//! Every rule but `epsilon` and `gamma` ignores the bias and so conserves relevance exactly
-//! wherever its denominators are non-zero; `epsilon` and `gamma` conserve it on bias-free layers
-//! as ε → 0. The conservation tests check each rule. Denominators other than ε's are stabilised
-//! by [`STABILIZER`]. Everything is composed from dfdx ops, so it runs on any dfdx device.
+//! Under cfpipe's convention (the default) every rule but `epsilon` and `gamma` ignores the
+//! bias and so conserves relevance exactly wherever its denominators are non-zero; `epsilon` and
+//! `gamma` conserve it on bias-free layers as ε → 0. The conservation tests check each rule.
+//! Denominators other than ε's are stabilised by [`STABILIZER`] (1e-9), and a max-pooling layer
+//! is treated like any other (`R_j = a_j ∂z/∂a_j R / z`).
+//!
+//! zennit 0.5.1's convention differs in three places, each a keyed option ([`LrpRules`]'s
+//! `bias`, `stabilizer` and `max_pool`; `convention: zennit` sets all three): z⁺, αβ and w²
+//! count the bias ([`LrpBias`]), the stabilizer is 1e-6, and max-pooling passes relevance by
+//! the gradient to the window's first maximum ([`LrpMaxPool`]). Under it cfpipe reproduces
+//! zennit's input relevance to a relative L2 of 1e-7 for EpsilonPlus, EpsilonPlusFlat,
+//! EpsilonAlpha2Beta1, w² and zᴮ (`tests/lrp_zennit.rs`, against values computed by
+//! `scripts/zennit_reference.py`). zennit's γ takes its denominator by the sign of each output,
+//! which cfpipe's γ does not, so γ is not offered under zennit's name.
+//!
+//! Everything is composed from dfdx ops, so it runs on any dfdx device.
 
 //!
 //! Layout: `rules` (the rule vocabulary, the stabiliser, the dense backward step) is shared
@@ -31,7 +44,9 @@ pub mod conv;
 mod dense;
 mod rules;
 
-pub use rules::{AbsMode, LrpRule, LrpRules, Relevance, STABILIZER};
+pub use rules::{
+    AbsMode, LrpBias, LrpMaxPool, LrpRule, LrpRules, Relevance, STABILIZER, ZENNIT_STABILIZER,
+};
 
 use crate::nn::model::DeviceModel;
 use crate::nn::tensor::Matrix;
