@@ -353,6 +353,10 @@ pub struct RawTraining {
     /// Which samples an epoch draws (`kind: none | empirical | balanced`).
     #[serde(default)]
     pub sampling: Option<RawSampling>,
+    /// Store what a replay of each training in another framework needs: the initial weights
+    /// and every step's samples (`scripts/torch_crosscheck.py`).
+    #[serde(default)]
+    pub record_replay: bool,
 }
 
 /// `training.augment`: `{crop: {size: N} | {padding: P}, hflip: true}`.

@@ -127,6 +127,10 @@ pub struct TrainingSpec {
         skip_serializing_if = "super::protocol::SamplingSpec::is_none"
     )]
     pub sampling: super::protocol::SamplingSpec,
+    /// Trainings store `replay_initial.safetensors` and `replay.json` beside the model; left
+    /// out of the key when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_replay: bool,
 }
 
 /// How units are scored; serialised (tagged by `method`) into the score stage's parameters,

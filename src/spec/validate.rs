@@ -113,6 +113,12 @@ pub(super) fn validate(
     };
 
     let t = &raw.training;
+    if t.record_replay && (t.augment.is_some() || t.sampling.is_some() || model.arch.is_some()) {
+        e(
+            "training.record_replay",
+            "a replay records plain MLP training (each epoch a shuffle of the task's samples); drop `training.augment` and `training.sampling`, and use `model.kind: mlp`".into(),
+        );
+    }
     let single = matches!(&source, Some(ParsedData::Images { single: true, .. }));
     let protocol = super::protocol::check(
         t.augment.as_ref(),
@@ -175,6 +181,7 @@ pub(super) fn validate(
             weight_decay: t.weight_decay,
             augment: protocol.augment,
             sampling: protocol.sampling,
+            record_replay: t.record_replay,
         },
         test_crops: protocol.crops,
         seeds,

@@ -109,6 +109,31 @@ struct TrainReport {
 }
 
 pub const TRAIN_JSON: &str = "train.json";
+/// With `training.record_replay`: the model as the first step finds it (every head included).
+pub const REPLAY_INITIAL: &str = "replay_initial.safetensors";
+/// With `training.record_replay`: what a replay needs besides the data and the initial weights.
+pub const REPLAY_JSON: &str = "replay.json";
+
+/// `replay.json`: a training as another framework would replay it (`scripts/torch_crosscheck.py`).
+#[derive(Debug, Serialize)]
+struct Replay {
+    task_index: usize,
+    /// The head trained (the task's own, or head 0 when all tasks share one).
+    head: usize,
+    negative_slope: f32,
+    optimizer: OptimizerSpec,
+    weight_decay: f64,
+    /// Learning-rate multiplier of frozen units (0: they do not move, nor do their moments).
+    lr_frozen: f32,
+    /// Per hidden layer, which units are frozen (their incoming weights and bias); empty
+    /// without a mask.
+    frozen: Vec<Vec<bool>>,
+    /// Whether anything but the task loss shaped the steps (EWC, several tasks at once,
+    /// dropout): then a plain replay cannot reproduce them.
+    plain: bool,
+    /// Every step's samples, as indices into the task's training set, in batch order.
+    steps: Vec<Vec<u32>>,
+}
 
 impl Stage for Train {
     fn kind(&self) -> &'static str {
@@ -319,6 +344,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     // Synaptic intelligence (Zenke et al. 2017): ω = −Σ g·Δθ over the steps, with g the task
     // loss's gradient (without any EWC term) and Δθ the update actually applied.
     let theta_start = model.params.clone();
+    let mut replay = t.record_replay.then(|| {
+        let mut art = Artifact::new();
+        let initial = artifacts::save_model(&mut art, &host).map(|()| art);
+        (initial, Vec::<Vec<u32>>::new())
+    });
     let mut si = PathIntegral::default();
     let mut epochs = Vec::new();
     let mut steps = 0;
@@ -349,6 +379,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for (batch_no, chunk) in order.chunks(batch_size).enumerate() {
             ctx.check_cancel()?;
+            if let Some((_, steps)) = &mut replay {
+                steps.push(chunk.iter().map(|&(_, i)| i as u32).collect());
+            }
             let mut view_rng = rng_for(
                 p.seed,
                 p.task_index,
@@ -520,6 +553,27 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         .collect();
     if p.record_si {
         artifacts::save_si(&mut art, host.trunk.len(), &si)?;
+    }
+    if let Some((initial, steps)) = replay {
+        let initial = initial?;
+        art.insert(
+            REPLAY_INITIAL,
+            initial.files[artifacts::MODEL_TENSORS].clone(),
+        );
+        art.insert(
+            REPLAY_JSON,
+            json_bytes(&Replay {
+                task_index: p.task_index,
+                head: p.task_index,
+                negative_slope: host.negative_slope,
+                optimizer: t.optimizer.clone(),
+                weight_decay: t.weight_decay,
+                lr_frozen,
+                frozen: frozen.clone().unwrap_or_default(),
+                plain: ewc.is_none() && !p.joint && !model.has_dropout(),
+                steps,
+            }),
+        );
     }
     art.insert(
         TRAIN_JSON,
