@@ -131,3 +131,58 @@ fn strategies_that_train_identically_share_one_training_curve_panel() {
     assert!(texts.contains(&"naive"));
     assert!(!texts.contains(&"rnf_isolated"));
 }
+
+#[test]
+fn confusion_matrices_agree_with_the_accuracies_and_give_per_class_accuracy() {
+    let f = Fixture::new();
+    let p = f.pipeline();
+    let p = p.to_str().unwrap();
+    assert!(f.cli(&["run", p, "--quiet"]).status.success());
+    let out = f.path().join("rep");
+    let rep = f.cli(&["report", p, "--out", out.to_str().unwrap()]);
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    let csv = std::fs::read_to_string(out.join("confusion.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("strategy,variant,seed,task,true_class,predicted_class,count")
+    );
+    // (strategy, task) → (right, total) over the matrix.
+    let mut tally: std::collections::BTreeMap<(String, usize), (u64, u64)> = Default::default();
+    let mut rows = 0;
+    for l in lines {
+        let c: Vec<&str> = l.split(',').collect();
+        let n: u64 = c[6].parse().unwrap();
+        let e = tally
+            .entry((c[0].to_string(), c[3].parse().unwrap()))
+            .or_default();
+        e.1 += n;
+        if c[4] == c[5] {
+            e.0 += n;
+        }
+        rows += 1;
+    }
+    // 2 strategies × 2 tasks × 2 × 2 cells, one seed.
+    assert_eq!(rows, 2 * 2 * 4);
+    // The matrix's diagonal share is the accuracy the final evaluation reports.
+    for strategy in ["naive", "rnf"] {
+        let eval = f.json_of(&format!("{strategy}/seed0/task2/evaluate"), "eval.json");
+        for t in 0..2 {
+            let (right, total) = tally[&(strategy.to_string(), t + 1)];
+            assert_eq!(total, eval["n_test"][t].as_u64().unwrap());
+            let acc = eval["accuracy"][t].as_f64().unwrap();
+            assert_eq!(
+                right as f64 / total as f64,
+                acc,
+                "{strategy}, task {}",
+                t + 1
+            );
+        }
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Per-class accuracy after the last task"),
+        "{md}"
+    );
+    assert!(stdout(&rep).contains("wrote"));
+}

@@ -1171,6 +1171,7 @@ fn report_cmd(
         points: &points,
         provenance: &provenance,
         look,
+        labels: &pipe.tasks,
     };
     let files =
         crate::report::write::write_report(&out, &pipe.name, &results, &summaries, &times, &meta)?;

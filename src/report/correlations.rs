@@ -318,6 +318,7 @@ mod tests {
             prune: vec![],
             correlate: rs,
             curves: vec![],
+            confusion: None,
         }
     }
 

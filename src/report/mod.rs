@@ -9,6 +9,7 @@ pub mod compare;
 pub mod correlations;
 pub mod figures;
 pub mod metrics;
+pub mod perclass;
 pub mod summary;
 pub mod tensorboard;
 pub mod write;
@@ -51,6 +52,10 @@ pub struct RunResult {
     /// Each task's training curve, from its train stage (one entry for joint training); `None`
     /// where the train stage is not cached.
     pub curves: Vec<Option<Vec<EpochPoint>>>,
+    /// The final evaluation's confusion matrix per task (`[task][true][predicted]`); `None`
+    /// where it is not cached or predates them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Vec<Vec<Vec<u64>>>>,
 }
 
 /// One epoch of a train stage's curve (its `train.json`).
@@ -119,12 +124,14 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 correlate: vec![],
                 curves: vec![],
                 final_mask: s.final_mask || matches!(s.freeze, FreezeSpec::None),
+                confusion: None,
             };
+            let confusion = |e: &EvalReport| Some(e.confusion.clone()).filter(|c| !c.is_empty());
             if s.joint {
                 let eid = format!("{}/seed{seed}/evaluate", s.name);
-                let acc = entry(&eid)
-                    .and_then(|e| read_json::<EvalReport>(e, EVAL_JSON))
-                    .map(|e| e.accuracy);
+                let eval = entry(&eid).and_then(|e| read_json::<EvalReport>(e, EVAL_JSON));
+                r.confusion = eval.as_ref().and_then(confusion);
+                let acc = eval.map(|e| e.accuracy);
                 if acc.is_none() {
                     r.missing.push(eid);
                 }
@@ -139,9 +146,11 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 r.curves
                     .push(curve(entry(&stage_id(&s.name, seed, t, "train"))));
                 let eid = stage_id(&s.name, seed, t, "evaluate");
-                let acc = entry(&eid)
-                    .and_then(|e| read_json::<EvalReport>(e, EVAL_JSON))
-                    .map(|e| e.accuracy);
+                let eval = entry(&eid).and_then(|e| read_json::<EvalReport>(e, EVAL_JSON));
+                if t + 1 == p.task_count() {
+                    r.confusion = eval.as_ref().and_then(confusion);
+                }
+                let acc = eval.map(|e| e.accuracy);
                 if acc.is_none() {
                     r.missing.push(eid);
                 }

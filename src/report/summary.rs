@@ -175,6 +175,7 @@ mod tests {
             missing: vec![],
             final_mask: true,
             joint: false,
+            confusion: None,
         }
     }
 

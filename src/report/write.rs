@@ -106,6 +106,9 @@ pub struct ReportMeta<'a> {
     pub points: &'a Points,
     pub provenance: &'a Provenance,
     pub look: &'a figures::Look,
+    /// Each task's classes by dataset label (IDX pipelines; empty where classes are only
+    /// known as indices).
+    pub labels: &'a [Vec<u16>],
 }
 
 pub fn write_report(
@@ -134,6 +137,9 @@ pub fn write_report(
     put("summary.csv", summary_csv(summaries))?;
     put("stages.csv", stages_csv(times))?;
     put("curves.csv", curves_csv(results))?;
+    if results.iter().any(|r| r.confusion.is_some()) {
+        put("confusion.csv", super::perclass::csv(results, meta.labels))?;
+    }
     let corr = correlations::summarize(results);
     let mut json = serde_json::json!({"pipeline": name, "provenance": meta.provenance, "runs": results, "summaries": summaries, "stages": times});
     if results.iter().any(|r| !r.correlate.is_empty()) {
@@ -269,7 +275,8 @@ pub fn write_report(
     }
     put(
         "report.md",
-        markdown(name, results, summaries, &corr, times, &figs) + &provenance_md(meta.provenance),
+        markdown(name, results, summaries, &corr, times, &figs, meta.labels)
+            + &provenance_md(meta.provenance),
     )?;
     files.extend(figs);
     Ok(files)
@@ -379,6 +386,7 @@ fn markdown(
     corr: &[CorrelationSummary],
     times: &[StageTime],
     figs: &[PathBuf],
+    labels: &[Vec<u16>],
 ) -> String {
     let mut s = String::new();
     let seeds = sums.iter().map(|x| x.seeds.len()).max().unwrap_or(0);
@@ -495,6 +503,11 @@ fn markdown(
         s.push('\n');
     }
     s.push_str(correlations::markdown(corr).trim_start());
+    let per_class = super::perclass::markdown(results, labels);
+    if !per_class.is_empty() {
+        s.push_str(per_class.trim_start());
+        s.push('\n');
+    }
     let _ = writeln!(s, "## Stage wall time\n");
     let _ = writeln!(
         s,

@@ -8,9 +8,13 @@
 //!
 //! `crops` is the test protocol (`evaluation.crops`): each sample's centre window of the
 //! model's input size, or the mean softmax of its ten crops (see `views`).
+//!
+//! Besides each task's accuracy, the report holds each task's confusion matrix (true class ×
+//! predicted class, in the task's own class order), from which `report` reads per-class
+//! accuracy.
 
 use super::artifacts::{self, json_bytes, SplitData};
-use super::views::{accuracy_with, Geometry};
+use super::views::{predictions_with, Geometry};
 use super::{flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::model::DeviceModel;
@@ -48,6 +52,10 @@ pub struct EvalReport {
     /// Test accuracy per task, in [0, 1].
     pub accuracy: Vec<f64>,
     pub n_test: Vec<usize>,
+    /// `confusion[t][true][predicted]`: test samples of task `t` by true and predicted class,
+    /// both indices into the task's classes (revision 2; empty in older entries).
+    #[serde(default)]
+    pub confusion: Vec<Vec<Vec<u64>>>,
 }
 
 pub const EVAL_JSON: &str = "eval.json";
@@ -57,7 +65,7 @@ impl Stage for Evaluate {
         "evaluate"
     }
     fn version(&self) -> u32 {
-        super::keyed_version(1, super::Numerics::Kernels)
+        super::keyed_version(2, super::Numerics::Kernels)
     }
     fn run(&self, ctx: &StageContext) -> Result<Artifact, StageError> {
         on_device!(ctx, run_on)
@@ -92,10 +100,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let geometry = Geometry::new(&split.sample_shape, &host)?;
     let mut acc = Vec::new();
     let mut n_test = Vec::new();
+    let mut confusion = Vec::new();
     for t in 0..p.tasks_seen {
         ctx.check_cancel()?;
         let task = split.task(t)?;
-        let a = accuracy_with(
+        let predicted = predictions_with(
             &model,
             &task.test,
             &geometry,
@@ -103,6 +112,18 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             t,
             isolation.get(t).map(Vec::as_slice),
         )?;
+        let a = super::share_correct(&predicted, &task.test.y);
+        let k = task.classes.len();
+        let mut m = vec![vec![0u64; k]; k];
+        for (&y, &p) in task.test.y.iter().zip(&predicted) {
+            // A label beyond the task's classes (a broken split) stays out of the matrix.
+            if let Some(row) = m.get_mut(y as usize) {
+                if let Some(c) = row.get_mut(p) {
+                    *c += 1;
+                }
+            }
+        }
+        confusion.push(m);
         ctx.log(format!(
             "task {}: accuracy {:.4} on {} test samples",
             t + 1,
@@ -116,6 +137,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         tasks_seen: p.tasks_seen,
         accuracy: acc,
         n_test,
+        confusion,
     };
     Ok(Artifact::new().with(EVAL_JSON, json_bytes(&report)))
 }

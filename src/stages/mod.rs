@@ -74,6 +74,39 @@ pub fn registry() -> Registry {
 /// Evaluation batch size for small models; large because there is no tape.
 const EVAL_BATCH: usize = 1000;
 
+/// The class `head` predicts for each of `samples`, optionally with hidden units masked out.
+pub fn predictions<D: Device<f32>>(
+    model: &DeviceModel<D>,
+    samples: &Samples,
+    dim: usize,
+    head: usize,
+    unit_masks: Option<&[Vector<D>]>,
+) -> Vec<usize> {
+    let classes = model.shapes[model.n_trunk + head].0;
+    let mut out = Vec::with_capacity(samples.len());
+    let batch = model.batch_within(EVAL_BATCH, 1, false);
+    for start in (0..samples.len()).step_by(batch) {
+        let end = (start + batch).min(samples.len());
+        let x = model.input(&samples.x[start * dim..end * dim]);
+        let logits = model.logits(&x, head, unit_masks).as_vec();
+        out.extend(argmax_rows(&logits, classes));
+    }
+    out
+}
+
+/// The share of `predicted` that equals `labels` (0 for no sample).
+pub fn share_correct(predicted: &[usize], labels: &[crate::nn::tensor::Label]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    let correct = predicted
+        .iter()
+        .zip(labels)
+        .filter(|(p, y)| **p == **y as usize)
+        .count();
+    correct as f64 / labels.len() as f64
+}
+
 /// Accuracy of `head` on `samples`, optionally with hidden units masked out.
 pub fn accuracy<D: Device<f32>>(
     model: &DeviceModel<D>,
@@ -82,23 +115,10 @@ pub fn accuracy<D: Device<f32>>(
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
 ) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    let classes = model.shapes[model.n_trunk + head].0;
-    let mut correct = 0usize;
-    let batch = model.batch_within(EVAL_BATCH, 1, false);
-    for start in (0..samples.len()).step_by(batch) {
-        let end = (start + batch).min(samples.len());
-        let x = model.input(&samples.x[start * dim..end * dim]);
-        let logits = model.logits(&x, head, unit_masks).as_vec();
-        correct += argmax_rows(&logits, classes)
-            .iter()
-            .zip(&samples.y[start..end])
-            .filter(|(p, y)| **p == **y as usize)
-            .count();
-    }
-    correct as f64 / samples.len() as f64
+    share_correct(
+        &predictions(model, samples, dim, head, unit_masks),
+        &samples.y,
+    )
 }
 
 /// 0/1 activation masks on the device: 1 where `keep` is set.

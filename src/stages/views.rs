@@ -9,8 +9,8 @@
 //! mirrors and zero padding act on the stored bytes; the model's per-channel normalisation
 //! comes after them, which is the same as cropping normalised floats.
 
-use super::accuracy;
 use super::artifacts::{Samples, SplitData};
+use super::{predictions, share_correct};
 use crate::data::transforms::{self, Chw, TransformError};
 use crate::exec::StageError;
 use crate::nn::model::{DeviceModel, ModelParams};
@@ -185,9 +185,45 @@ pub fn ten_crop_probs<D: Device<f32>>(
     transforms::mean_softmax(&logits, 10, classes).map_err(transform_err)
 }
 
-/// Test accuracy of `head` on stored `samples` under `crops`: the centre window's prediction,
-/// or the argmax of the ten crops' mean softmax. With sizes that agree and centre crops this is
-/// [`accuracy`] itself, bit for bit.
+/// The class `head` predicts for each of the stored `samples` under `crops`: the centre
+/// window's prediction, or the argmax of the ten crops' mean softmax. With sizes that agree
+/// and centre crops this is [`predictions`] itself.
+pub fn predictions_with<D: Device<f32>>(
+    model: &DeviceModel<D>,
+    samples: &Samples,
+    g: &Geometry,
+    crops: TestCrops,
+    head: usize,
+    unit_masks: Option<&[Vector<D>]>,
+) -> Result<Vec<usize>, StageError> {
+    match crops {
+        TestCrops::Center if g.is_identity() => {
+            Ok(predictions(model, samples, g.input_len(), head, unit_masks))
+        }
+        TestCrops::Center => Ok(predictions(
+            model,
+            &center_samples(samples, g)?,
+            g.input_len(),
+            head,
+            unit_masks,
+        )),
+        TestCrops::Ten => {
+            let classes = model.shapes[model.n_trunk + head].0;
+            let mut out = Vec::with_capacity(samples.len());
+            let n = g.stored_len();
+            let batch = model.batch_within(TEN_CROP_BATCH, 10, false);
+            for start in (0..samples.len()).step_by(batch) {
+                let end = (start + batch).min(samples.len());
+                let probs =
+                    ten_crop_probs(model, &samples.x[start * n..end * n], g, head, unit_masks)?;
+                out.extend(argmax_rows(&probs, classes));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Test accuracy of `head` on stored `samples` under `crops` (see [`predictions_with`]).
 pub fn accuracy_with<D: Device<f32>>(
     model: &DeviceModel<D>,
     samples: &Samples,
@@ -196,38 +232,8 @@ pub fn accuracy_with<D: Device<f32>>(
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
 ) -> Result<f64, StageError> {
-    match crops {
-        TestCrops::Center if g.is_identity() => {
-            Ok(accuracy(model, samples, g.input_len(), head, unit_masks))
-        }
-        TestCrops::Center => Ok(accuracy(
-            model,
-            &center_samples(samples, g)?,
-            g.input_len(),
-            head,
-            unit_masks,
-        )),
-        TestCrops::Ten => {
-            if samples.is_empty() {
-                return Ok(0.0);
-            }
-            let classes = model.shapes[model.n_trunk + head].0;
-            let mut correct = 0usize;
-            let n = g.stored_len();
-            let batch = model.batch_within(TEN_CROP_BATCH, 10, false);
-            for start in (0..samples.len()).step_by(batch) {
-                let end = (start + batch).min(samples.len());
-                let probs =
-                    ten_crop_probs(model, &samples.x[start * n..end * n], g, head, unit_masks)?;
-                correct += argmax_rows(&probs, classes)
-                    .iter()
-                    .zip(&samples.y[start..end])
-                    .filter(|(p, y)| **p == **y as usize)
-                    .count();
-            }
-            Ok(correct as f64 / samples.len() as f64)
-        }
-    }
+    let p = predictions_with(model, samples, g, crops, head, unit_masks)?;
+    Ok(share_correct(&p, &samples.y))
 }
 
 #[cfg(test)]
