@@ -73,12 +73,40 @@ impl TestCrops {
 }
 
 /// The resolved protocol.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Protocol {
     pub augment: Option<AugmentSpec>,
     pub sampling: SamplingSpec,
     pub crops: TestCrops,
+    pub selection: Selection,
+    /// `Some` exactly with `selection: validation`.
+    pub validation_fraction: Option<f64>,
 }
+
+/// Which samples a pipeline's choices are made on (`evaluation.selection`).
+///
+/// `test` is what the RNF paper does: the prune search stops where *test* accuracy falls by
+/// the threshold, and importance is scored on test samples, so the reported test accuracy is
+/// not an unseen sample's. `validation` holds a stratified, seeded share of each task's
+/// training data out (`validation_fraction`, default 0.1); the prune search and the score
+/// stages' reference samples use it, training uses the rest, and the test split is only ever
+/// evaluated.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    #[default]
+    Test,
+    Validation,
+}
+
+impl Selection {
+    pub fn is_test(&self) -> bool {
+        *self == Selection::Test
+    }
+}
+
+/// `validation_fraction`'s default.
+pub const DEFAULT_VALIDATION_FRACTION: f64 = 0.1;
 
 /// Check the protocol's own keys and its fit between the stored images (`stored`, `[C, H, W]`
 /// when known before reading data: image datasets) and the model's input (`input`, conv
@@ -119,6 +147,27 @@ pub fn check(
     // `augment: {}` or `{hflip: false}` is no augmentation: the same stages as without it.
     let augment_spec = (crop.is_some() || hflip).then_some(AugmentSpec { crop, hflip });
     let crops = evaluation.map(|v| v.crops).unwrap_or_default();
+    let selection = evaluation.map(|v| v.selection).unwrap_or_default();
+    let validation_fraction = match (selection, evaluation.and_then(|v| v.validation_fraction)) {
+        (Selection::Test, Some(_)) => {
+            e(
+                "evaluation.validation_fraction",
+                "only used with `selection: validation`".into(),
+            );
+            None
+        }
+        (Selection::Test, None) => None,
+        (Selection::Validation, f) => {
+            let f = f.unwrap_or(DEFAULT_VALIDATION_FRACTION);
+            if !(f > 0.0 && f < 1.0) {
+                e(
+                    "evaluation.validation_fraction",
+                    format!("expected a share of the training samples in (0, 1), found {f}"),
+                );
+            }
+            Some(f)
+        }
+    };
 
     let hw = |s: [usize; 3]| format!("{}×{}", s[1], s[2]);
     if let (Some(stored), Some(input)) = (stored, input) {
@@ -194,5 +243,7 @@ pub fn check(
         augment: augment_spec,
         sampling: sampling.map(|s| s.kind).unwrap_or_default(),
         crops,
+        selection,
+        validation_fraction,
     }
 }

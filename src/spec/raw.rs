@@ -393,6 +393,12 @@ pub struct RawSampling {
 pub struct RawEvaluation {
     #[serde(default)]
     pub crops: super::protocol::TestCrops,
+    /// Which samples choices (the prune search, importance references) are made on.
+    #[serde(default)]
+    pub selection: super::protocol::Selection,
+    /// With `selection: validation`: each task's share of training samples held out.
+    #[serde(default)]
+    pub validation_fraction: Option<f64>,
 }
 
 fn default_betas() -> [f64; 2] {
@@ -544,6 +550,9 @@ pub enum ReferenceSplit {
     Test,
     /// The task's training split, as EWC-style methods usually do.
     Train,
+    /// The task's validation split, held out of its training data. Not written in a pipeline:
+    /// `evaluation.selection: validation` puts it where `test` would be (see `with_selection`).
+    Validation,
 }
 
 impl ReferenceSplit {

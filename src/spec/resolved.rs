@@ -26,6 +26,11 @@ pub struct Pipeline {
     pub training: TrainingSpec,
     /// `evaluation.crops`: how test accuracy is measured (evaluate and prune stages).
     pub test_crops: super::protocol::TestCrops,
+    /// `evaluation.selection`: which samples the prune search and importance references use.
+    pub selection: super::protocol::Selection,
+    /// Each task's share of training samples held out for validation (with `selection:
+    /// validation` only).
+    pub validation_fraction: Option<f64>,
     pub seeds: Vec<u64>,
     pub strategies: Vec<Strategy>,
     /// `resources:`: what each stage kind's cluster jobs ask for, by kind (or `default`).
@@ -212,6 +217,40 @@ pub enum ScoreSpec {
         #[serde(flatten)]
         options: crate::xai::saliency::SaliencyOptions,
     },
+}
+
+impl ScoreSpec {
+    /// This spec under `selection`: with `validation`, reference samples that would come from
+    /// the test split come from the validation split instead (a choice of which units to keep
+    /// must not see the samples its result is tested on); `train` references are kept.
+    pub fn with_selection(mut self, selection: super::protocol::Selection) -> ScoreSpec {
+        if selection == super::protocol::Selection::Validation {
+            match &mut self {
+                ScoreSpec::Lrp {
+                    reference_split, ..
+                }
+                | ScoreSpec::Fisher {
+                    reference_split, ..
+                }
+                | ScoreSpec::Mas {
+                    reference_split, ..
+                }
+                | ScoreSpec::Sig {
+                    reference_split, ..
+                }
+                | ScoreSpec::GradientXInput {
+                    reference_split, ..
+                }
+                | ScoreSpec::Saliency {
+                    reference_split, ..
+                } if *reference_split == ReferenceSplit::Test => {
+                    *reference_split = ReferenceSplit::Validation;
+                }
+                _ => {}
+            }
+        }
+        self
+    }
 }
 
 /// The prune search's settings, carried from `strategies.NAME.prune` into

@@ -120,6 +120,33 @@ pub(super) fn validate(
         );
     }
     let single = matches!(&source, Some(ParsedData::Images { single: true, .. }));
+    let selecting = raw
+        .evaluation
+        .as_ref()
+        .is_some_and(|v| v.selection == super::protocol::Selection::Validation);
+    if selecting && image_data.is_some() {
+        e(
+            "evaluation.selection",
+            "a validation split is held out of IDX datasets only so far; image datasets select on `test`".into(),
+        );
+    }
+    for (name, s) in &raw.strategies {
+        let scores = [
+            ("score", s.score.as_ref()),
+            ("ewc.importance", s.ewc.as_ref().map(|w| &w.importance)),
+        ];
+        for (at, sc) in scores {
+            if sc.and_then(|sc| sc.reference_split) == Some(ReferenceSplit::Validation)
+                && !selecting
+            {
+                e(
+                    &format!("strategies.{name}.{at}.reference_split"),
+                    "the validation split exists with `evaluation.selection: validation` only"
+                        .into(),
+                );
+            }
+        }
+    }
     let protocol = super::protocol::check(
         t.augment.as_ref(),
         t.sampling.as_ref(),
@@ -184,6 +211,8 @@ pub(super) fn validate(
             record_replay: t.record_replay,
         },
         test_crops: protocol.crops,
+        selection: protocol.selection,
+        validation_fraction: protocol.validation_fraction,
         seeds,
         strategies,
         resources,

@@ -41,6 +41,21 @@ pub struct TaskData {
     pub classes: Vec<Label>,
     pub train: Samples,
     pub test: Samples,
+    /// Held out of the training data for selection (`evaluation.selection: validation`);
+    /// `None` otherwise.
+    pub val: Option<Samples>,
+}
+
+impl TaskData {
+    /// The validation samples, or an error naming the task when the split holds none.
+    pub fn validation(&self, t: usize) -> Result<&Samples, StageError> {
+        self.val.as_ref().ok_or_else(|| {
+            StageError::invalid(format!(
+                "task {}: the split holds no validation samples (set evaluation.selection: validation)",
+                t + 1
+            ))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +69,9 @@ pub struct TaskMeta {
     pub classes: Vec<Label>,
     pub n_train: usize,
     pub n_test: usize,
+    /// Validation samples; absent in splits without them, whose bytes stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_val: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +98,12 @@ impl SplitData {
         let d = self.dim();
         let mut m = BTreeMap::new();
         for (t, task) in self.tasks.iter().enumerate() {
-            for (part, s) in [("train", &task.train), ("test", &task.test)] {
+            let parts = [
+                ("train", Some(&task.train)),
+                ("test", Some(&task.test)),
+                ("val", task.val.as_ref()),
+            ];
+            for (part, s) in parts.into_iter().filter_map(|(p, s)| Some((p, s?))) {
                 m.insert(
                     format!("task{t}.{part}.x"),
                     HostTensor::u8(vec![s.len(), d], s.x.clone()),
@@ -107,6 +130,7 @@ impl SplitData {
                     classes: t.classes.clone(),
                     n_train: t.train.len(),
                     n_test: t.test.len(),
+                    n_val: t.val.as_ref().map(Samples::len),
                 })
                 .collect(),
         };
@@ -130,10 +154,15 @@ impl SplitData {
             };
             let train = take("train")?;
             let test = take("test")?;
+            let val = match tm.n_val {
+                Some(_) => Some(take("val")?),
+                None => None,
+            };
             tasks.push(TaskData {
                 classes: tm.classes.clone(),
                 train,
                 test,
+                val,
             });
         }
         Ok(SplitData {
@@ -359,6 +388,7 @@ mod tests {
                     y: y.clone(),
                 },
                 test: Samples { x: vec![0; n], y },
+                val: None,
             }],
         }
     }

@@ -335,8 +335,10 @@ pub(crate) fn decl<S: Into<String>>(
 
 /// The score stage of task `t` with its inputs; for `saliency`, also the `visualize` stage it
 /// reads.
+#[allow(clippy::too_many_arguments)]
 fn score_decls(
     sc: &crate::spec::ScoreSpec,
+    selection: crate::spec::protocol::Selection,
     t: usize,
     seed: u64,
     id: &dyn Fn(&str) -> String,
@@ -362,7 +364,7 @@ fn score_decls(
     let sp = score::Params {
         task_index: t,
         seed,
-        method: sc.clone(),
+        method: sc.clone().with_selection(selection),
     };
     out.push(decl(id("score"), &score::Score, &sp, inputs));
     out
@@ -386,6 +388,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 test_fraction: d.test_fraction,
                 split_seed: d.split_seed,
                 permute_seed: p.permute_seed,
+                validation_fraction: p.validation_fraction,
             });
             let mut split_decl = decl(
                 SPLIT_ID.into(),
@@ -518,7 +521,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         seed,
                         mode: w.mode,
                         decay: w.decay.unwrap_or(1.0),
-                        importance: w.importance.clone(),
+                        importance: w.importance.clone().with_selection(p.selection),
                     };
                     let mut cin = vec![split_in(), trained.clone()];
                     if let Some(c) = &prev_penalty {
@@ -561,11 +564,20 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         prune: pr,
                         ..
                     } => {
-                        out.extend(score_decls(sc, t, seed, &id, split_in(), trained.clone()));
+                        out.extend(score_decls(
+                            sc,
+                            p.selection,
+                            t,
+                            seed,
+                            &id,
+                            split_in(),
+                            trained.clone(),
+                        ));
                         let pp = prune::Params {
                             task_index: t,
                             prune: pr.clone(),
                             crops: p.test_crops,
+                            selection: p.selection,
                         };
                         let mut pin = vec![split_in(), trained.clone(), ("score", id("score"))];
                         if let Some(m) = &prev_mask {
@@ -578,7 +590,15 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     FreezeSpec::TopShare {
                         score: sc, share, ..
                     } => {
-                        out.extend(score_decls(sc, t, seed, &id, split_in(), trained.clone()));
+                        out.extend(score_decls(
+                            sc,
+                            p.selection,
+                            t,
+                            seed,
+                            &id,
+                            split_in(),
+                            trained.clone(),
+                        ));
                         mask_in.push(("score", id("score")));
                         mask::Policy::TopShare { share: *share }
                     }

@@ -16,7 +16,7 @@ use super::{accuracy, check_task, flags_to_masks, on_device};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::model::DeviceModel;
 use crate::nn::tensor::Vector;
-use crate::spec::protocol::TestCrops;
+use crate::spec::protocol::{Selection, TestCrops};
 use crate::spec::PruneSpec;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,10 @@ pub struct Params {
     /// pipelines without `evaluation:` keep their existing keys (and read back as the default).
     #[serde(default, skip_serializing_if = "TestCrops::is_center")]
     pub crops: TestCrops,
+    /// The samples the search compares accuracies on: the task's test split (the paper's
+    /// choice, left out of the key) or its validation split.
+    #[serde(default, skip_serializing_if = "Selection::is_test")]
+    pub selection: Selection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,8 +197,12 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let model = DeviceModel::from_host(dev, &host);
     let geometry = Geometry::new(&split.sample_shape, &host)?;
     // Centre windows are cut once, not at every step of the search.
+    let selected = match p.selection {
+        Selection::Test => &task.test,
+        Selection::Validation => task.validation(p.task_index)?,
+    };
     let centred = match p.crops {
-        TestCrops::Center => Some(center_samples(&task.test, &geometry)?),
+        TestCrops::Center => Some(center_samples(selected, &geometry)?),
         TestCrops::Ten => None,
     };
     let masks_for = |k: usize| -> Vec<Vector<D>> {
@@ -222,7 +230,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     p.task_index,
                     masks,
                 )),
-                None => accuracy_with(&model, &task.test, &geometry, p.crops, p.task_index, masks),
+                None => accuracy_with(&model, selected, &geometry, p.crops, p.task_index, masks),
             }
         })?;
     let accepted_accuracy = curve

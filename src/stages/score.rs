@@ -149,10 +149,11 @@ pub fn reference_samples(
     from: ReferenceSplit,
     seed: u64,
     task_index: usize,
-) -> (Vec<u8>, Vec<crate::nn::tensor::Label>) {
+) -> Result<(Vec<u8>, Vec<crate::nn::tensor::Label>), StageError> {
     let samples = match from {
         ReferenceSplit::Test => &task.test,
         ReferenceSplit::Train => &task.train,
+        ReferenceSplit::Validation => task.validation(task_index)?,
     };
     let n = size.min(samples.len());
     let mut idx = sample(
@@ -168,7 +169,7 @@ pub fn reference_samples(
         xb.extend_from_slice(&samples.x[i * dim..(i + 1) * dim]);
         yb.push(samples.y[i]);
     }
-    (xb, yb)
+    Ok((xb, yb))
 }
 
 /// Weight-level importance of the path of `head` by a weight-level method (`fisher`, `mas`,
@@ -196,7 +197,7 @@ pub fn weight_importance<D: Device<f32>>(
             reference_split,
             ..
         } => {
-            let (x, y) = reference(reference_size, reference_split);
+            let (x, y) = reference(reference_size, reference_split)?;
             let b = importance::Batch { x: &x, y: &y, dim };
             let imp = importance::fisher(&model(), &b, head, labels, gradients, batch_size);
             (imp, y.len())
@@ -206,7 +207,7 @@ pub fn weight_importance<D: Device<f32>>(
             reference_split,
             ..
         } => {
-            let (x, y) = reference(reference_size, reference_split);
+            let (x, y) = reference(reference_size, reference_split)?;
             let imp = importance::mas(&model(), &importance::Batch { x: &x, y: &y, dim }, head);
             (imp, y.len())
         }
@@ -215,7 +216,7 @@ pub fn weight_importance<D: Device<f32>>(
             reference_split,
             ..
         } => {
-            let (x, y) = reference(reference_size, reference_split);
+            let (x, y) = reference(reference_size, reference_split)?;
             let imp = importance::sig(&model(), &importance::Batch { x: &x, y: &y, dim }, head);
             (imp, y.len())
         }
@@ -467,7 +468,7 @@ pub fn unit_scores<D: Device<f32>>(
             } else {
                 "lrp"
             };
-            let (x, y) = reference(reference_size, reference_split);
+            let (x, y) = reference(reference_size, reference_split)?;
             let (sums, explained) =
                 per_sample_units(dev, ctx, host, &x, &y, dim, abs, "lrp", |m, xb, yb| {
                     crate::xai::lrp::lrp(m, xb, yb, head, &rules)
@@ -480,7 +481,7 @@ pub fn unit_scores<D: Device<f32>>(
             abs,
             normalize,
         } => {
-            let (x, y) = reference(reference_size, reference_split);
+            let (x, y) = reference(reference_size, reference_split)?;
             let (sums, explained) = per_sample_units(
                 dev,
                 ctx,
@@ -499,7 +500,7 @@ pub fn unit_scores<D: Device<f32>>(
             reference_split,
             options,
         } => {
-            let (x, y) = reference(reference_size, reference_split);
+            let (x, y) = reference(reference_size, reference_split)?;
             let model = DeviceModel::from_host(dev, host);
             let layers = host.hidden_sizes().len() as u64;
             let batch = model.batch_within(SALIENCY_BATCH, 1, true);

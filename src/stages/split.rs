@@ -40,6 +40,11 @@ pub struct IdxSplit {
     pub split_seed: u64,
     /// Tasks 2.. get a fixed pixel permutation each, seeded by this (permuted MNIST).
     pub permute_seed: Option<u64>,
+    /// Share of each task's training samples held out, stratified by class and seeded by
+    /// `split_seed`, as its validation set (`evaluation.selection: validation`). Left out of
+    /// the key when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_fraction: Option<f64>,
 }
 
 /// Tasks drawn from colour-image datasets.
@@ -105,11 +110,21 @@ impl Stage for Split {
                     classes: classes.clone(),
                     train: select(train, &train_idx, classes),
                     test: select(test_set, &test_idx, classes),
+                    val: None,
                 };
+                if let Some(f) = p.validation_fraction {
+                    let (keep, held) =
+                        stratified_split(&task.train.y, f, p.split_seed ^ (t as u64) << 32);
+                    task.val = Some(subset(&task.train, &held, dim));
+                    task.train = subset(&task.train, &keep, dim);
+                }
                 if let (Some(seed), true) = (p.permute_seed, t > 0) {
                     let perm = pixel_permutation(seed, t, dim);
                     permute(&mut task.train.x, &perm);
                     permute(&mut task.test.x, &perm);
+                    if let Some(v) = &mut task.val {
+                        permute(&mut v.x, &perm);
+                    }
                 }
                 task
             })
@@ -207,6 +222,7 @@ fn split_images(ctx: &StageContext, p: &ImageSplit) -> Result<Artifact, StageErr
         tasks.push(TaskData {
             train: select_images(train, &classes),
             test: select_images(test, &classes),
+            val: None,
             classes,
         });
     }
@@ -234,16 +250,32 @@ fn select_images(data: &ImageSet, classes: &[u16]) -> Samples {
     Samples { x, y }
 }
 
+/// The samples of `s` at `idx`, in that order.
+fn subset(s: &Samples, idx: &[usize], dim: usize) -> Samples {
+    Samples {
+        x: idx
+            .iter()
+            .flat_map(|&i| &s.x[i * dim..(i + 1) * dim])
+            .copied()
+            .collect(),
+        y: idx.iter().map(|&i| s.y[i]).collect(),
+    }
+}
+
 /// Per-class shuffled hold-out; both index lists are returned sorted (dataset order).
-pub fn stratified_split(labels: &[u8], test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut by_class: std::collections::BTreeMap<u8, Vec<usize>> = Default::default();
+pub fn stratified_split<L: Ord + Copy + Into<u64>>(
+    labels: &[L],
+    test_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut by_class: std::collections::BTreeMap<L, Vec<usize>> = Default::default();
     for (i, &y) in labels.iter().enumerate() {
         by_class.entry(y).or_default().push(i);
     }
     let mut train = Vec::new();
     let mut test = Vec::new();
     for (c, mut idx) in by_class {
-        let mut rng = super::rng_for(seed, c as usize, "split");
+        let mut rng = super::rng_for(seed, c.into() as usize, "split");
         idx.shuffle(&mut rng);
         let n_test = (idx.len() as f64 * test_fraction).round() as usize;
         test.extend_from_slice(&idx[..n_test]);
