@@ -113,18 +113,24 @@ fn log_prints_a_train_stages_log_and_curve() {
     );
 }
 
-#[test]
-fn strategies_that_train_identically_share_one_training_curve_panel() {
-    let f = Fixture::with_pipeline(&format!(
-        "{}  rnf_isolated:\n    extends: rnf\n    isolate: true\n",
-        common::PIPELINE
-    ));
+/// Run the fixture's pipeline, then report it to `rep/`; the folder and the report's output.
+fn run_and_report(f: &Fixture) -> (std::path::PathBuf, std::process::Output) {
     let p = f.pipeline();
     let p = p.to_str().unwrap();
     assert!(f.cli(&["run", p, "--quiet"]).status.success());
     let out = f.path().join("rep");
     let rep = f.cli(&["report", p, "--out", out.to_str().unwrap()]);
     assert!(rep.status.success(), "{}", stderr(&rep));
+    (out, rep)
+}
+
+#[test]
+fn strategies_that_train_identically_share_one_training_curve_panel() {
+    let f = Fixture::with_pipeline(&format!(
+        "{}  rnf_isolated:\n    extends: rnf\n    isolate: true\n",
+        common::PIPELINE
+    ));
+    let (out, _) = run_and_report(&f);
     let svg = std::fs::read_to_string(out.join("training_curves.svg")).unwrap();
     let texts: Vec<&str> = svg.lines().map(str::trim).collect();
     assert!(texts.contains(&"rnf = rnf_isolated"), "panels: {texts:?}");
@@ -135,12 +141,7 @@ fn strategies_that_train_identically_share_one_training_curve_panel() {
 #[test]
 fn confusion_matrices_agree_with_the_accuracies_and_give_per_class_accuracy() {
     let f = Fixture::new();
-    let p = f.pipeline();
-    let p = p.to_str().unwrap();
-    assert!(f.cli(&["run", p, "--quiet"]).status.success());
-    let out = f.path().join("rep");
-    let rep = f.cli(&["report", p, "--out", out.to_str().unwrap()]);
-    assert!(rep.status.success(), "{}", stderr(&rep));
+    let (out, rep) = run_and_report(&f);
     let csv = std::fs::read_to_string(out.join("confusion.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(

@@ -42,31 +42,19 @@ pub fn remember_checks_in(path: PathBuf) {
 /// The memo's key for checking `pairs` against `model`: every file's stamp, or `None` when
 /// there is no memo or a file cannot be stat'ed (the full check then says why).
 fn memo_key(pairs: &[(DataFile, DataFile)], model: Option<&ModelInput>) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     MEMO.get()?;
-    let mut h = blake3::Hasher::new();
-    h.update(b"idx-check-v1\0");
+    let mut files = Vec::new();
     for f in pairs.iter().flat_map(|(i, l)| [i, l]) {
         let path = std::fs::canonicalize(f.path).ok()?;
         let m = std::fs::metadata(&path).ok()?;
-        h.update(path.as_os_str().as_encoded_bytes());
-        h.update(&[0]);
-        for v in [
-            m.len() as i64,
-            m.dev() as i64,
-            m.ino() as i64,
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        ] {
-            h.update(&v.to_le_bytes());
-        }
+        files.push((path.to_string_lossy().into_owned(), m));
     }
-    if let Some(m) = model {
-        h.update(format!("{:?} {:?} {}", m.shape, m.crop, m.key).as_bytes());
-    }
-    Some(h.finalize().to_hex().to_string())
+    let stamp = crate::cache::stamp_files(&files)?;
+    let model = model.map(|m| format!("{:?} {:?} {}", m.shape, m.crop, m.key));
+    Some(format!(
+        "idx-check-v1 {stamp} {}",
+        model.unwrap_or_default()
+    ))
 }
 
 fn memo_read(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {

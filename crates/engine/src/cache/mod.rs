@@ -42,6 +42,7 @@ use std::time::{Duration, SystemTime};
 
 pub use lease::Lease;
 pub use perms::GroupPerms;
+pub use verified::stamp as stamp_files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

@@ -101,8 +101,9 @@ pub(crate) fn value(stamp: &str, hash: &ContentHash, files: &[&str]) -> String {
 }
 
 /// The stamp of an entry's files (`(name within the entry, metadata)`), or `None` where the
-/// platform gives no inode and ctime (then every lookup hashes).
-pub(crate) fn stamp(files: &[(String, std::fs::Metadata)]) -> Option<String> {
+/// platform gives no inode and ctime (then every lookup hashes). Also what other memos of
+/// files (the data check's) stamp them with: any write changes it.
+pub fn stamp(files: &[(String, std::fs::Metadata)]) -> Option<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
