@@ -319,6 +319,7 @@ mod tests {
             correlate: rs,
             curves: vec![],
             confusion: None,
+            alone: vec![],
         }
     }
 

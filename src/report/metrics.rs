@@ -11,6 +11,13 @@
 //! - backward transfer (Lopez-Paz & Ranzato 2017): `BWT = (1/(T-1)) Σ_{j<T-1} (A[T-1][j] − A[j][j])`
 //!   (so `BWT = −F_first`)
 //!
+//! - forward transfer, against each task trained alone from a fresh start (`evaluation.
+//!   forward_transfer`; `B[j]` the accuracy on task `j` of a model trained on task `j` only):
+//!   `FWT = (1/(T-1)) Σ_{0<j≤T-1} (A[j][j] − B[j])`, how much learning the earlier tasks first
+//!   helped (> 0) or hurt (< 0) learning task `j`. Lopez-Paz & Ranzato compare `A[j-1][j]`
+//!   with a random model's accuracy instead; with a head per task `A[j-1][j]` would be an
+//!   untrained head's, so the reference here is the one the issue asks for, trained alone.
+//!
 //! With a single task the forgetting and BWT averages are empty and reported as 0.
 
 use serde::Serialize;
@@ -86,6 +93,15 @@ pub fn backward_transfer(a: &AccMatrix) -> f64 {
     over_old_tasks(a, |j| a[last][j] - a[j][j])
 }
 
+/// Forward transfer against `alone[j]`, each task's accuracy trained alone (index 0 unused).
+pub fn forward_transfer(a: &AccMatrix, alone: &[f64]) -> f64 {
+    let t = a.len();
+    if t < 2 {
+        return 0.0;
+    }
+    (1..t).map(|j| a[j][j] - alone[j]).sum::<f64>() / (t - 1) as f64
+}
+
 pub fn compute(a: &AccMatrix) -> Result<Metrics, MetricsError> {
     check(a)?;
     Ok(Metrics {
@@ -117,6 +133,17 @@ mod tests {
     /// Hand-made 3-task matrix with known answers.
     fn m() -> AccMatrix {
         vec![vec![0.9], vec![0.6, 0.8], vec![0.7, 0.5, 1.0]]
+    }
+
+    #[test]
+    fn forward_transfer_on_a_hand_made_table() {
+        // A[1][1] = 0.8 against 0.7 alone (+0.1), A[2][2] = 1.0 against 0.9 alone (+0.1)... and
+        // a task that did worse in sequence: 0.75 alone for task 2 gives (0.1 + 0.25) / 2.
+        let fwt = forward_transfer(&m(), &[0.0, 0.7, 0.75]);
+        assert!((fwt - 0.175).abs() < 1e-12, "{fwt}");
+        let hurt = forward_transfer(&m(), &[0.0, 0.9, 1.0]);
+        assert!((hurt - -0.05).abs() < 1e-12, "{hurt}");
+        assert_eq!(forward_transfer(&vec![vec![0.9]], &[0.5]), 0.0);
     }
 
     fn close(a: f64, b: f64) -> bool {

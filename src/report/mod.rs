@@ -56,6 +56,11 @@ pub struct RunResult {
     /// where it is not cached or predates them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confusion: Option<Vec<Vec<Vec<u64>>>>,
+    /// With `evaluation.forward_transfer`: each task's accuracy trained alone from a fresh
+    /// start (index 0 stays `None`; the sequence's own task-1 training is that); empty
+    /// otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alone: Vec<Option<f64>>,
 }
 
 /// One epoch of a train stage's curve (its `train.json`).
@@ -125,6 +130,7 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 curves: vec![],
                 final_mask: s.final_mask || matches!(s.freeze, FreezeSpec::None),
                 confusion: None,
+                alone: vec![],
             };
             let confusion = |e: &EvalReport| Some(e.confusion.clone()).filter(|c| !c.is_empty());
             if s.joint {
@@ -155,6 +161,18 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                     r.missing.push(eid);
                 }
                 r.accuracy.push(acc);
+                if p.forward_transfer {
+                    let aid = stage_id(&s.name, seed, t, crate::stages::plan::ALONE_EVALUATE);
+                    let alone = (t > 0).then(|| {
+                        entry(&aid)
+                            .and_then(|e| read_json::<EvalReport>(e, EVAL_JSON))
+                            .and_then(|e| e.accuracy.get(t).copied())
+                    });
+                    if alone == Some(None) {
+                        r.missing.push(aid);
+                    }
+                    r.alone.push(alone.flatten());
+                }
                 // Stages the plan never declares (see `plan`): not missing, not computed.
                 let unmasked = t + 1 == p.task_count() && !r.final_mask;
                 let cap = match s.freeze {

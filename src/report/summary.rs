@@ -49,6 +49,10 @@ pub struct StrategySummary {
     pub forgetting_max: Option<MeanStd>,
     pub forgetting_first: Option<MeanStd>,
     pub backward_transfer: Option<MeanStd>,
+    /// Against each task trained alone (`evaluation.forward_transfer`); `None` without it and
+    /// for joint training.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_transfer: Option<MeanStd>,
     pub free_capacity: Vec<MeanStd>,
     /// Pruning-search evaluations after each task (empty for strategies that do not prune).
     pub prune_evaluations: Vec<MeanStd>,
@@ -142,6 +146,19 @@ fn summarize_one(name: &str, results: &[RunResult]) -> Option<StrategySummary> {
         })
         .filter(|m| m.n > 0)
         .collect();
+    let fwt: Vec<f64> = runs
+        .iter()
+        .filter(|r| !joint && r.alone.len() == tasks && tasks > 1)
+        .filter_map(|r| {
+            let a = r.accuracy.iter().cloned().collect::<Option<Vec<_>>>()?;
+            let alone: Vec<f64> = r.alone.iter().map(|v| v.unwrap_or(0.0)).collect();
+            r.alone[1..]
+                .iter()
+                .all(Option::is_some)
+                .then(|| metrics::forward_transfer(&a, &alone))
+        })
+        .collect();
+    let forward_transfer = (!fwt.is_empty()).then(|| MeanStd::of(&fwt));
     Some(StrategySummary {
         strategy: name.to_string(),
         joint,
@@ -154,6 +171,7 @@ fn summarize_one(name: &str, results: &[RunResult]) -> Option<StrategySummary> {
         forgetting_max: per_run(&metrics::forgetting_max),
         forgetting_first: per_run(&metrics::forgetting_first),
         backward_transfer: per_run(&metrics::backward_transfer),
+        forward_transfer,
         free_capacity,
         prune_evaluations,
     })
@@ -176,6 +194,7 @@ mod tests {
             final_mask: true,
             joint: false,
             confusion: None,
+            alone: vec![],
         }
     }
 

@@ -422,6 +422,17 @@ fn markdown(
         }
         s.push('\n');
     };
+    if sums.iter().any(|x| x.forward_transfer.is_some()) {
+        let _ = writeln!(
+            s,
+            "\n## Forward transfer\n\nAccuracy on each task right after learning it in sequence, minus its accuracy trained alone from the same start (`evaluation.forward_transfer`), averaged over tasks 2..T; > 0: the earlier tasks helped.\n\n| strategy | FWT |\n|---|---|"
+        );
+        for x in sums {
+            if let Some(f) = &x.forward_transfer {
+                let _ = writeln!(s, "| {} | {} |", x.strategy, pct(f));
+            }
+        }
+    }
     let _ = writeln!(s, "\n## Mean accuracy over seen tasks, after each task\n");
     header(&mut s, "strategy");
     for x in sums {

@@ -399,6 +399,9 @@ pub struct RawEvaluation {
     /// With `selection: validation`: each task's share of training samples held out.
     #[serde(default)]
     pub validation_fraction: Option<f64>,
+    /// Also train every task alone from a fresh start, for forward transfer in the report.
+    #[serde(default)]
+    pub forward_transfer: bool,
 }
 
 fn default_betas() -> [f64; 2] {

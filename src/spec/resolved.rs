@@ -31,6 +31,8 @@ pub struct Pipeline {
     /// Each task's share of training samples held out for validation (with `selection:
     /// validation` only).
     pub validation_fraction: Option<f64>,
+    /// `evaluation.forward_transfer`: every task is also trained alone from a fresh start.
+    pub forward_transfer: bool,
     pub seeds: Vec<u64>,
     pub strategies: Vec<Strategy>,
     /// `resources:`: what each stage kind's cluster jobs ask for, by kind (or `default`).

@@ -213,6 +213,7 @@ pub(super) fn validate(
         test_crops: protocol.crops,
         selection: protocol.selection,
         validation_fraction: protocol.validation_fraction,
+        forward_transfer: raw.evaluation.as_ref().is_some_and(|v| v.forward_transfer),
         seeds,
         strategies,
         resources,

@@ -379,6 +379,10 @@ fn lr_frozen(f: &FreezeSpec) -> f64 {
     }
 }
 
+/// Stage-id suffixes of the trainings of one task alone (`evaluation.forward_transfer`).
+pub const ALONE_TRAIN: &str = "alone_train";
+pub const ALONE_EVALUATE: &str = "alone_evaluate";
+
 pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
     let mut out = Vec::new();
     let split_decl = match &p.data {
@@ -444,6 +448,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             training,
             lr_frozen: None,
             joint: false,
+            alone: false,
             ewc_lambda: None,
             record_si: true,
         }
@@ -502,6 +507,27 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     d.files.insert(train::PRETRAINED_FILE.into(), w.clone());
                 }
                 out.push(d);
+                if p.forward_transfer && t > 0 {
+                    // Task t alone from the sequence's own start (the same seeded trunk and
+                    // heads, the same pretrained weights): the reference of forward transfer.
+                    // Its parameters do not depend on the strategy, so every strategy's copy
+                    // merges into one stage per seed and task.
+                    let alone = train::Params {
+                        alone: true,
+                        ..train_params(t, seed)
+                    };
+                    let mut d = decl(id(ALONE_TRAIN), &train::Train, &alone, vec![split_in()]);
+                    if let Some(w) = &p.model.pretrained {
+                        d.files.insert(train::PRETRAINED_FILE.into(), w.clone());
+                    }
+                    out.push(d);
+                    out.push(decl(
+                        id(ALONE_EVALUATE),
+                        &evaluate::Evaluate,
+                        &eval_params(t + 1, false),
+                        vec![split_in(), ("model", id(ALONE_TRAIN))],
+                    ));
+                }
                 if let Some(c) = &s.correlate {
                     let cp = correlate::Params {
                         task_index: t,

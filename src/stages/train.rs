@@ -65,6 +65,10 @@ pub struct Params {
     /// preserving existing keys.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joint: bool,
+    /// Train task `task_index` alone from a fresh start (every earlier head initialised as in
+    /// the sequence, untrained): the reference of forward transfer. Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alone: bool,
     /// EWC strength λ; the quadratic comes from the `penalty` input (see `consolidate`). Only
     /// with a `penalty` input, and left out otherwise so existing keys are preserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,7 +157,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     check_task(p.task_index, split.tasks.len())?;
     let dim = split.dim();
 
-    let first_new_head = if p.joint { 0 } else { p.task_index };
+    let first_new_head = if p.joint || p.alone { 0 } else { p.task_index };
     let mut host = match (ctx.input_opt("model"), &p.model.arch) {
         (Some(_), _) => artifacts::load_model(ctx, "model")?,
         (None, None) => {
