@@ -487,6 +487,19 @@ pub struct RawStrategy {
     /// After every task, correlate the weight importances of several methods (Kutalev).
     #[serde(default)]
     pub correlate: Option<RawCorrelate>,
+    /// Experience replay: a buffer of earlier tasks' samples mixed into every batch.
+    #[serde(default)]
+    pub replay: Option<RawReplay>,
+}
+
+/// `strategies.NAME.replay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplay {
+    /// Samples kept per class of every earlier task.
+    pub per_class: i64,
+    /// Share of every batch drawn from the buffer, in [0, 1).
+    pub ratio: f64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -255,6 +255,29 @@ impl ScoreSpec {
     }
 }
 
+/// Experience replay (Chaudhry et al. 2019's ER), as the `train` stage reads it.
+///
+/// The buffer holds `per_class` training samples of every class of every earlier task, drawn
+/// without replacement by a seeded shuffle per task (`buffer: class_balanced`; all of a class's
+/// samples when it has fewer). Every batch is `round(ratio × batch_size)` samples drawn from the
+/// buffer with replacement (seeded per epoch and batch) and `batch_size` minus that many of the
+/// current task's, which set the epoch's length. Each sample trains its own task's head, and
+/// the loss is the batch mean over all of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplaySpec {
+    pub per_class: usize,
+    pub ratio: f64,
+    pub buffer: ReplayBuffer,
+}
+
+/// How the replay buffer chooses its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayBuffer {
+    /// `per_class` samples of each class, chosen by a seeded shuffle.
+    ClassBalanced,
+}
+
 /// The prune search's settings, carried from `strategies.NAME.prune` into
 /// `stages::prune::Params`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,6 +322,8 @@ pub struct Strategy {
     pub final_mask: bool,
     pub ewc: Option<EwcSpec>,
     pub correlate: Option<CorrelateSpec>,
+    /// Experience replay while training tasks 2.. (`None`: none).
+    pub replay: Option<ReplaySpec>,
     /// A sweep variant's point: (axis name, value) of every axis that names it, as in
     /// `rnf@threshold=0.05`; empty outside a sweep. In no key (the values are in the stages'
     /// parameters already).

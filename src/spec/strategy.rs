@@ -744,6 +744,33 @@ pub(super) fn strategy(
             }
         }
     };
+    let replay = s.replay.as_ref().map(|r| {
+        if r.per_class < 1 {
+            e(
+                &format!("{base}.replay.per_class"),
+                format!("expected an integer >= 1, found {}", r.per_class),
+            );
+        }
+        checked(
+            e,
+            &format!("{base}.replay.ratio"),
+            r.ratio,
+            (0.0..1.0).contains(&r.ratio),
+            "a share of each batch in [0, 1)",
+        );
+        if s.schedule == Schedule::Joint {
+            e(
+                &format!("{base}.replay"),
+                "joint training sees every task's data already; drop `replay` or `schedule: joint`"
+                    .into(),
+            );
+        }
+        ReplaySpec {
+            per_class: r.per_class.max(1) as usize,
+            ratio: r.ratio,
+            buffer: ReplayBuffer::ClassBalanced,
+        }
+    });
     Strategy {
         name: name.to_string(),
         freeze,
@@ -752,6 +779,7 @@ pub(super) fn strategy(
         final_mask: s.final_mask.unwrap_or(true),
         ewc,
         correlate,
+        replay,
         point: Vec::new(),
     }
 }

@@ -449,6 +449,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             lr_frozen: None,
             joint: false,
             alone: false,
+            replay: None,
             ewc_lambda: None,
             record_si: true,
         }
@@ -500,6 +501,9 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 if let (Some(w), Some(c)) = (&s.ewc, &prev_penalty) {
                     inputs.push(("penalty", c.clone()));
                     params.ewc_lambda = Some(w.lambda);
+                }
+                if t > 0 {
+                    params.replay = s.replay.clone();
                 }
                 let trained = ("model", id("train"));
                 let mut d = decl(id("train"), &train::Train, &params, inputs);

@@ -69,6 +69,9 @@ pub struct Params {
     /// the sequence, untrained): the reference of forward transfer. Left out when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub alone: bool,
+    /// Experience replay of tasks `0..task_index`; left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<crate::spec::ReplaySpec>,
     /// EWC strength λ; the quadratic comes from the `penalty` input (see `consolidate`). Only
     /// with a `penalty` input, and left out otherwise so existing keys are preserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +315,23 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     } else {
         vec![p.task_index]
     };
+    // Experience replay: the buffer of earlier tasks' samples, and how many of each batch it
+    // fills (at least one sample of the current task stays in every batch).
+    let er = match &p.replay {
+        Some(r) if p.task_index > 0 => {
+            let buffer = replay_buffer(&split, p.task_index, r.per_class, p.seed)?;
+            let take = ((r.ratio * t.batch_size as f64).round() as usize)
+                .min(t.batch_size.saturating_sub(1));
+            Some((buffer, take))
+        }
+        _ => None,
+    };
+    // The heads a batch can train: the current task's, every task's when joint or replaying.
+    let heads: Vec<usize> = if er.is_some() {
+        (0..=p.task_index).collect()
+    } else {
+        tasks.clone()
+    };
     let mut order: Vec<(usize, usize)> = Vec::new();
     // Each sample's class among all trained tasks' classes (task after task), for resampling.
     let mut classes_of: Vec<u16> = Vec::new();
@@ -357,7 +377,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let mut epochs = Vec::new();
     let mut steps = 0;
     let batch_size = t.batch_size.max(1);
-    let batches = n.div_ceil(batch_size);
+    // With replay, each batch holds this many of the current task's samples.
+    let new_per_batch = batch_size - er.as_ref().map_or(0, |(_, take)| *take);
+    let batches = n.div_ceil(new_per_batch);
     // One phase for the whole stage, so that its bar's ETA is the stage's.
     ctx.progress.phase("train", (t.epochs * batches) as u64);
     for epoch in 0..t.epochs {
@@ -380,9 +402,26 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             class_counts = Some(counts);
             order = drawn.into_iter().map(|i| all_samples[i]).collect();
         }
-        let (mut loss_sum, mut correct) = (0f64, 0usize);
-        for (batch_no, chunk) in order.chunks(batch_size).enumerate() {
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for (batch_no, new) in order.chunks(new_per_batch).enumerate() {
             ctx.check_cancel()?;
+            let mixed: Vec<(usize, usize)>;
+            let chunk = match &er {
+                None => new,
+                Some((buffer, take)) => {
+                    let mut draw = rng_for(
+                        p.seed,
+                        p.task_index,
+                        &format!("replay/epoch{epoch}/batch{batch_no}"),
+                    );
+                    mixed = new
+                        .iter()
+                        .copied()
+                        .chain((0..*take).map(|_| buffer[draw.gen_range(0..buffer.len())]))
+                        .collect();
+                    &mixed[..]
+                }
+            };
             if let Some((_, steps)) = &mut replay {
                 steps.push(chunk.iter().map(|&(_, i)| i as u32).collect());
             }
@@ -393,7 +432,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             );
             let mut grads: Vec<(usize, crate::nn::tensor::Vector<D>)> = Vec::new();
             let mut batch_loss = 0f64;
-            for &head in &tasks {
+            for &head in &heads {
                 let data = &split.task(head)?.train;
                 let idx: Vec<usize> = chunk
                     .iter()
@@ -419,7 +458,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 let (loss, g, pass_logits) = model.loss_grads_and_logits(&x, &yb, head);
                 let w = idx.len() as f32 / chunk.len() as f32;
                 batch_loss += loss as f64 * w as f64;
-                grads = if tasks.len() == 1 {
+                grads = if heads.len() == 1 {
                     g
                 } else {
                     accumulate(grads, g, w)
@@ -507,8 +546,8 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             }
             steps += 1;
             loss_sum += batch_loss * chunk.len() as f64;
+            seen += chunk.len();
             ctx.progress.inc(1);
-            let seen = ((batch_no + 1) * batch_size).min(n);
             ctx.progress.metric(
                 &format!("epoch {}/{} loss", epoch + 1, t.epochs),
                 loss_sum / seen as f64,
@@ -516,8 +555,8 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         }
         let log = EpochLog {
             epoch: epoch + 1,
-            mean_loss: loss_sum / n as f64,
-            train_accuracy: correct as f64 / n as f64,
+            mean_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
             ewc_penalty: ewc.as_ref().map(|(lambda, pen, _, _)| {
                 let theta: Vec<Vec<f32>> = model.params[..n_trunk_tensors]
                     .iter()
@@ -574,7 +613,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 weight_decay: t.weight_decay,
                 lr_frozen,
                 frozen: frozen.clone().unwrap_or_default(),
-                plain: ewc.is_none() && !p.joint && !model.has_dropout(),
+                plain: ewc.is_none() && !p.joint && er.is_none() && !model.has_dropout(),
                 steps,
             }),
         );
@@ -589,6 +628,37 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         }),
     );
     Ok(art)
+}
+
+/// Experience replay's buffer for training task `task_index`: `per_class` training samples of
+/// every class of every earlier task, as (task, index), chosen by a seeded shuffle of each
+/// class's samples (all of them when it has fewer).
+pub fn replay_buffer(
+    split: &SplitData,
+    task_index: usize,
+    per_class: usize,
+    seed: u64,
+) -> Result<Vec<(usize, usize)>, StageError> {
+    let mut buffer = Vec::new();
+    for j in 0..task_index {
+        let task = split.task(j)?;
+        for c in 0..task.classes.len() {
+            let mut of_class: Vec<usize> = (0..task.train.len())
+                .filter(|&i| task.train.y[i] as usize == c)
+                .collect();
+            of_class.shuffle(&mut rng_for(seed, j, &format!("replay_buffer/class{c}")));
+            of_class.truncate(per_class);
+            of_class.sort_unstable();
+            buffer.extend(of_class.into_iter().map(|i| (j, i)));
+        }
+    }
+    if buffer.is_empty() {
+        return Err(StageError::invalid(format!(
+            "replay for task {}: the earlier tasks hold no training samples",
+            task_index + 1
+        )));
+    }
+    Ok(buffer)
 }
 
 /// After each epoch, every term of the objective and every parameter must be finite. The loss
@@ -642,4 +712,50 @@ fn accumulate<D: Device<f32>>(
         m.insert(i, sum);
     }
     m.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::artifacts::{Samples, TaskData};
+
+    /// Two tasks of two classes; task 1 has 10 samples of class 0 and 4 of class 1.
+    fn split() -> SplitData {
+        let task = |y: Vec<u16>| TaskData {
+            classes: vec![0, 1],
+            train: Samples {
+                x: vec![0; y.len()],
+                y: y.clone(),
+            },
+            test: Samples {
+                x: vec![],
+                y: vec![],
+            },
+            val: None,
+        };
+        let mut y0 = vec![0u16; 10];
+        y0.extend([1; 4]);
+        SplitData {
+            sample_shape: vec![1],
+            tasks: vec![task(y0), task(vec![0, 1, 0, 1])],
+        }
+    }
+
+    #[test]
+    fn the_replay_buffer_holds_k_per_class_of_earlier_tasks_and_is_seeded() {
+        let s = split();
+        let b = replay_buffer(&s, 1, 3, 7).unwrap();
+        let of = |c: u16| {
+            b.iter()
+                .filter(|&&(_, i)| s.tasks[0].train.y[i] == c)
+                .count()
+        };
+        assert_eq!((of(0), of(1)), (3, 3));
+        assert!(b.iter().all(|&(t, _)| t == 0), "only earlier tasks");
+        assert_eq!(replay_buffer(&s, 1, 3, 7).unwrap(), b, "seeded");
+        assert_ne!(replay_buffer(&s, 1, 3, 8).unwrap(), b);
+        // A class with fewer samples than asked gives all of them.
+        let all = replay_buffer(&s, 1, 5, 7).unwrap();
+        assert_eq!(all.len(), 5 + 4);
+    }
 }
