@@ -52,3 +52,61 @@ fn replay_settings_are_checked() {
         common::assert_rejected(&format!("  x:\n    freeze: none\n    {extra}\n"), expect);
     }
 }
+
+/// The drift of head 1's logits on fixed inputs between the task-1 model and `id`'s model.
+fn head0_drift(f: &Fixture, id: &str) -> f32 {
+    use dfdx::prelude::*;
+    let dev = Cpu::default();
+    let before =
+        cfpipe::nn::model::DeviceModel::from_host(&dev, &f.model_of("naive/seed0/task1/train"));
+    let after = cfpipe::nn::model::DeviceModel::from_host(&dev, &f.model_of(id));
+    let pixels: Vec<u8> = (0..64 * 64).map(|i| ((i * 37) % 251) as u8).collect();
+    let x = before.input(&pixels);
+    let (a, b) = (
+        before.logits(&x, 0, None).as_vec(),
+        after.logits(&x, 0, None).as_vec(),
+    );
+    a.iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q) * (p - q))
+        .sum::<f32>()
+        .sqrt()
+}
+
+#[test]
+fn lwf_at_lambda_zero_trains_naives_bits_and_otherwise_holds_the_old_heads_outputs() {
+    let f = with(
+        "  lwf0:\n    freeze: none\n    lwf: {lambda: 0.0}\n  lwf:\n    freeze: none\n    lwf: {lambda: 1.0, temperature: 2.0}\n",
+    );
+    f.run(&[]);
+    let model = |s: &str| f.output(&format!("{s}/seed0/task2/train"), "model.safetensors");
+    assert_eq!(model("naive"), model("lwf0"), "λ = 0 distils nothing");
+    assert_ne!(model("naive"), model("lwf"));
+    // The old head itself is not trained by task 2 in either; what moves its outputs is the
+    // trunk, and distillation holds them.
+    let (naive, lwf) = (
+        head0_drift(&f, "naive/seed0/task2/train"),
+        head0_drift(&f, "lwf/seed0/task2/train"),
+    );
+    assert!(lwf < naive, "LwF drift {lwf} is not below naive's {naive}");
+}
+
+#[test]
+fn lwf_settings_are_checked() {
+    for (extra, expect) in [
+        (
+            "lwf: {lambda: -1}",
+            "strategies.x.lwf.lambda: expected a number >= 0",
+        ),
+        (
+            "lwf: {lambda: 1, temperature: 0}",
+            "strategies.x.lwf.temperature: expected a temperature > 0",
+        ),
+        (
+            "schedule: joint\n    lwf: {lambda: 1}",
+            "strategies.x.lwf: joint training has no old heads",
+        ),
+    ] {
+        common::assert_rejected(&format!("  x:\n    freeze: none\n    {extra}\n"), expect);
+    }
+}

@@ -521,6 +521,18 @@ impl<D: Device<f32>> DeviceModel<D> {
                         / batch
                 }
                 Objective::SquaredNorm => logits.square().sum::<(), _>() / batch,
+                Objective::SoftTargets {
+                    probs,
+                    temperature,
+                    scale,
+                } => {
+                    let shape = *logits.shape();
+                    let targets = self.dev.tensor_from_vec(probs.to_vec(), shape);
+                    ((logits / temperature).log_softmax::<Axis<1>>() * targets)
+                        .sum::<(), _>()
+                        .negate()
+                        * (scale / batch)
+                }
             };
             return self.value_and_grads(loss, &path);
         }
@@ -548,6 +560,22 @@ impl<D: Device<f32>> DeviceModel<D> {
                     / batch
             }
             Objective::SquaredNorm => logits_t.square().sum::<(), _>() / batch,
+            Objective::SoftTargets {
+                probs,
+                temperature,
+                scale,
+            } => {
+                // `probs` transposed to `[classes, batch]`, like the logits.
+                let (classes, n) = *logits_t.shape();
+                let t: Vec<f32> = (0..classes * n)
+                    .map(|k| probs[(k % n) * classes + k / n])
+                    .collect();
+                let targets_t = self.dev.tensor_from_vec(t, (classes, n));
+                ((logits_t / temperature).log_softmax::<Axis<0>>() * targets_t)
+                    .sum::<(), _>()
+                    .negate()
+                    * (scale / batch)
+            }
         };
         self.value_and_grads(loss, &path)
     }
@@ -600,6 +628,14 @@ pub enum Objective<'a> {
     CrossEntropy(&'a [Label]),
     /// Mean over samples of the squared L2 norm of the logits (MAS).
     SquaredNorm,
+    /// Distillation (LwF): `scale` times the mean over samples of the cross-entropy of
+    /// `softmax(logits / temperature)` against the soft targets `probs` (row-major `[batch,
+    /// classes]`, each row summing to 1).
+    SoftTargets {
+        probs: &'a [f32],
+        temperature: f32,
+        scale: f32,
+    },
 }
 
 /// Transposed forward: returns `logitsᵀ` `[classes, batch]`.

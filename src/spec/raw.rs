@@ -490,6 +490,20 @@ pub struct RawStrategy {
     /// Experience replay: a buffer of earlier tasks' samples mixed into every batch.
     #[serde(default)]
     pub replay: Option<RawReplay>,
+    /// Learning without Forgetting: distil the old heads' outputs while training a new task.
+    #[serde(default)]
+    pub lwf: Option<RawLwf>,
+}
+
+/// `strategies.NAME.lwf`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLwf {
+    /// Weight λ of the distillation term.
+    pub lambda: f64,
+    /// Softmax temperature T of both sides (default 2, Li & Hoiem's).
+    #[serde(default)]
+    pub temperature: Option<f64>,
 }
 
 /// `strategies.NAME.replay`.

@@ -270,6 +270,19 @@ pub struct ReplaySpec {
     pub buffer: ReplayBuffer,
 }
 
+/// Learning without Forgetting (Li & Hoiem 2017), as the `train` stage reads it.
+///
+/// Before training task `t`, the model's old heads `0..t` are run on each batch (the model as
+/// it was before the task, without dropout); the loss adds, per old head,
+/// `lambda · T² · mean_i CE(softmax(old_i / T), softmax(new_i / T))`, so the old heads' outputs
+/// on the new data are kept while the trunk moves. The T² keeps the term's gradient scale
+/// independent of T (Hinton et al.).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LwfSpec {
+    pub lambda: f64,
+    pub temperature: f64,
+}
+
 /// How the replay buffer chooses its samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -324,6 +337,8 @@ pub struct Strategy {
     pub correlate: Option<CorrelateSpec>,
     /// Experience replay while training tasks 2.. (`None`: none).
     pub replay: Option<ReplaySpec>,
+    /// Learning without Forgetting while training tasks 2.. (`None`: none).
+    pub lwf: Option<LwfSpec>,
     /// A sweep variant's point: (axis name, value) of every axis that names it, as in
     /// `rnf@threshold=0.05`; empty outside a sweep. In no key (the values are in the stages'
     /// parameters already).

@@ -771,6 +771,33 @@ pub(super) fn strategy(
             buffer: ReplayBuffer::ClassBalanced,
         }
     });
+    let lwf = s.lwf.as_ref().map(|l| {
+        let temperature = l.temperature.unwrap_or(2.0);
+        checked(
+            e,
+            &format!("{base}.lwf.lambda"),
+            l.lambda,
+            l.lambda >= 0.0,
+            "a number >= 0",
+        );
+        checked(
+            e,
+            &format!("{base}.lwf.temperature"),
+            temperature,
+            temperature > 0.0,
+            "a temperature > 0",
+        );
+        if s.schedule == Schedule::Joint {
+            e(
+                &format!("{base}.lwf"),
+                "joint training has no old heads to distil; drop `lwf` or `schedule: joint`".into(),
+            );
+        }
+        LwfSpec {
+            lambda: l.lambda,
+            temperature,
+        }
+    });
     Strategy {
         name: name.to_string(),
         freeze,
@@ -780,6 +807,7 @@ pub(super) fn strategy(
         ewc,
         correlate,
         replay,
+        lwf,
         point: Vec::new(),
     }
 }

@@ -450,6 +450,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             joint: false,
             alone: false,
             replay: None,
+            lwf: None,
             ewc_lambda: None,
             record_si: true,
         }
@@ -504,6 +505,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                 }
                 if t > 0 {
                     params.replay = s.replay.clone();
+                    params.lwf = s.lwf.clone();
                 }
                 let trained = ("model", id("train"));
                 let mut d = decl(id("train"), &train::Train, &params, inputs);

@@ -72,6 +72,9 @@ pub struct Params {
     /// Experience replay of tasks `0..task_index`; left out when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<crate::spec::ReplaySpec>,
+    /// Learning without Forgetting on the old heads; left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lwf: Option<crate::spec::LwfSpec>,
     /// EWC strength λ; the quadratic comes from the `penalty` input (see `consolidate`). Only
     /// with a `penalty` input, and left out otherwise so existing keys are preserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,6 +371,18 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     // Synaptic intelligence (Zenke et al. 2017): ω = −Σ g·Δθ over the steps, with g the task
     // loss's gradient (without any EWC term) and Δθ the update actually applied.
     let theta_start = model.params.clone();
+    // LwF's teacher: the model as the task found it (its old heads' outputs are the targets).
+    let teacher = p
+        .lwf
+        .as_ref()
+        .filter(|l| p.task_index > 0 && l.lambda > 0.0)
+        .map(|l| {
+            (
+                l.lambda as f32,
+                l.temperature as f32,
+                DeviceModel::from_host(dev, &host),
+            )
+        });
     let mut replay = t.record_replay.then(|| {
         let mut art = Artifact::new();
         let initial = artifacts::save_model(&mut art, &host).map(|()| art);
@@ -463,6 +478,19 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 } else {
                     accumulate(grads, g, w)
                 };
+                if let (Some((lambda, temp, old)), true) = (&teacher, head == p.task_index) {
+                    for h in 0..p.task_index {
+                        let classes = split.task(h)?.classes.len();
+                        let probs = soft_targets(&old.logits(&x, h, None).as_vec(), classes, *temp);
+                        let objective = crate::nn::model::Objective::SoftTargets {
+                            probs: &probs,
+                            temperature: *temp,
+                            scale: lambda * temp * temp * w,
+                        };
+                        let (_, gk) = model.grads_of(&x, h, objective);
+                        grads = accumulate(grads, gk, 1.0);
+                    }
+                }
                 model.dropout_seed = None;
                 // Training accuracy is the model's, without dropout, before the step: the
                 // pass's own logits unless it dropped units.
@@ -613,7 +641,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 weight_decay: t.weight_decay,
                 lr_frozen,
                 frozen: frozen.clone().unwrap_or_default(),
-                plain: ewc.is_none() && !p.joint && er.is_none() && !model.has_dropout(),
+                plain: ewc.is_none()
+                    && !p.joint
+                    && er.is_none()
+                    && teacher.is_none()
+                    && !model.has_dropout(),
                 steps,
             }),
         );
@@ -628,6 +660,23 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         }),
     );
     Ok(art)
+}
+
+/// `softmax(logits / t)` per row of `classes`, computed in f64.
+fn soft_targets(logits: &[f32], classes: usize, t: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(logits.len());
+    for row in logits.chunks_exact(classes.max(1)) {
+        let max = row
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64 / t as f64));
+        let e: Vec<f64> = row
+            .iter()
+            .map(|&v| (v as f64 / t as f64 - max).exp())
+            .collect();
+        let sum: f64 = e.iter().sum();
+        out.extend(e.iter().map(|v| (v / sum) as f32));
+    }
+    out
 }
 
 /// Experience replay's buffer for training task `task_index`: `per_class` training samples of
