@@ -941,6 +941,60 @@ mod tests {
         assert_eq!(bits(&pass), bits(&eval));
     }
 
+    /// LwF's objective, on both forward paths: one-hot targets at T = 1 are the cross-entropy
+    /// itself, loss and gradients, and `scale` multiplies the loss.
+    #[test]
+    fn soft_targets_agree_with_cross_entropy_on_the_mlp_and_conv_paths() {
+        let dev = Cpu::default();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut conv = ModelParams::init_arch(&crate::nn::arch::small_cnn([1, 6, 6]), &mut rng);
+        conv.push_head(2, &mut rng);
+        conv.push_head(3, &mut rng);
+        let mut mlp = tiny();
+        mlp.heads.truncate(1);
+        mlp.push_head(3, &mut rng);
+        for p in [mlp, conv] {
+            let m = DeviceModel::from_host(&dev, &p);
+            let n = m.input_dim();
+            let pixels: Vec<u8> = (0..4 * n).map(|i| (i * 37 % 251) as u8).collect();
+            let x = m.input(&pixels);
+            let labels = [0u16, 2, 1, 2];
+            let mut one_hot = vec![0f32; 4 * 3];
+            for (i, &y) in labels.iter().enumerate() {
+                one_hot[i * 3 + y as usize] = 1.0;
+            }
+            let (ce, g_ce) = m.grads_of(&x, 1, Objective::CrossEntropy(&labels));
+            let soft = Objective::SoftTargets {
+                probs: &one_hot,
+                temperature: 1.0,
+                scale: 1.0,
+            };
+            let (st, g_st) = m.grads_of(&x, 1, soft);
+            assert!((ce - st).abs() <= 1e-6 * ce.abs().max(1.0), "{ce} vs {st}");
+            for ((i, a), (j, b)) in g_ce.iter().zip(&g_st) {
+                assert_eq!(i, j);
+                for (u, v) in a.as_vec().iter().zip(b.as_vec()) {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * u.abs().max(1e-3),
+                        "param {i}: {u} vs {v}"
+                    );
+                }
+            }
+            // Scale multiplies the loss.
+            let scaled = Objective::SoftTargets {
+                probs: &one_hot,
+                temperature: 1.0,
+                scale: 2.5,
+            };
+            let (s2, _) = m.grads_of(&x, 1, scaled);
+            assert!(
+                (s2 - 2.5 * ce).abs() <= 1e-5 * ce.abs().max(1.0),
+                "{s2} vs {}",
+                2.5 * ce
+            );
+        }
+    }
+
     #[test]
     fn tensors_round_trip() {
         let p = tiny();
