@@ -291,6 +291,23 @@ pub enum ReplayBuffer {
     ClassBalanced,
 }
 
+impl Strategy {
+    /// This strategy under `selection` (see [`ScoreSpec::with_selection`]): the scores its
+    /// freezing ranks units by and its EWC importances. Correlations only analyse, and keep
+    /// their references.
+    pub fn with_selection(mut self, selection: super::protocol::Selection) -> Strategy {
+        if let FreezeSpec::UntilThreshold { score, .. } | FreezeSpec::TopShare { score, .. } =
+            &mut self.freeze
+        {
+            *score = score.clone().with_selection(selection);
+        }
+        if let Some(w) = &mut self.ewc {
+            w.importance = w.importance.clone().with_selection(selection);
+        }
+        self
+    }
+}
+
 /// The prune search's settings, carried from `strategies.NAME.prune` into
 /// `stages::prune::Params`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -215,7 +215,11 @@ pub(super) fn validate(
         validation_fraction: protocol.validation_fraction,
         forward_transfer: raw.evaluation.as_ref().is_some_and(|v| v.forward_transfer),
         seeds,
-        strategies,
+        // Resolved here, once, so the stages read what they are keyed on.
+        strategies: strategies
+            .into_iter()
+            .map(|s| s.with_selection(protocol.selection))
+            .collect(),
         resources,
     })
 }

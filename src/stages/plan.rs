@@ -335,10 +335,8 @@ pub(crate) fn decl<S: Into<String>>(
 
 /// The score stage of task `t` with its inputs; for `saliency`, also the `visualize` stage it
 /// reads.
-#[allow(clippy::too_many_arguments)]
 fn score_decls(
     sc: &crate::spec::ScoreSpec,
-    selection: crate::spec::protocol::Selection,
     t: usize,
     seed: u64,
     id: &dyn Fn(&str) -> String,
@@ -364,7 +362,7 @@ fn score_decls(
     let sp = score::Params {
         task_index: t,
         seed,
-        method: sc.clone().with_selection(selection),
+        method: sc.clone(),
     };
     out.push(decl(id("score"), &score::Score, &sp, inputs));
     out
@@ -553,7 +551,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         seed,
                         mode: w.mode,
                         decay: w.decay.unwrap_or(1.0),
-                        importance: w.importance.clone().with_selection(p.selection),
+                        importance: w.importance.clone(),
                     };
                     let mut cin = vec![split_in(), trained.clone()];
                     if let Some(c) = &prev_penalty {
@@ -596,15 +594,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         prune: pr,
                         ..
                     } => {
-                        out.extend(score_decls(
-                            sc,
-                            p.selection,
-                            t,
-                            seed,
-                            &id,
-                            split_in(),
-                            trained.clone(),
-                        ));
+                        out.extend(score_decls(sc, t, seed, &id, split_in(), trained.clone()));
                         let pp = prune::Params {
                             task_index: t,
                             prune: pr.clone(),
@@ -622,15 +612,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     FreezeSpec::TopShare {
                         score: sc, share, ..
                     } => {
-                        out.extend(score_decls(
-                            sc,
-                            p.selection,
-                            t,
-                            seed,
-                            &id,
-                            split_in(),
-                            trained.clone(),
-                        ));
+                        out.extend(score_decls(sc, t, seed, &id, split_in(), trained.clone()));
                         mask_in.push(("score", id("score")));
                         mask::Policy::TopShare { share: *share }
                     }

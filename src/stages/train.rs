@@ -662,7 +662,8 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     Ok(art)
 }
 
-/// `softmax(logits / t)` per row of `classes`, computed in f64.
+/// `softmax(logits / t)` per row of `classes`, computed in f64 from the division on (unlike
+/// `transforms::mean_softmax`, which subtracts in f32; LwF's trained bits follow this one).
 fn soft_targets(logits: &[f32], classes: usize, t: f32) -> Vec<f32> {
     let mut out = Vec::with_capacity(logits.len());
     for row in logits.chunks_exact(classes.max(1)) {

@@ -39,17 +39,6 @@ pub fn blob_path(root: &Path, hash: &ContentHash) -> PathBuf {
     root.join(BLOBS_DIR).join(&hex[..2]).join(hex)
 }
 
-/// How a file came into an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placed {
-    /// Linked to an existing, verified blob: no byte written.
-    Linked,
-    /// Written, and made the blob for its hash.
-    Stored,
-    /// Written into the entry only (small, or the blob could not be linked).
-    Written,
-}
-
 /// Whether the blob at `path` holds exactly `size` bytes hashing to `hash`.
 fn blob_holds(path: &Path, hash: &ContentHash, size: u64) -> bool {
     fs::metadata(path).is_ok_and(|m| m.len() == size)
@@ -66,18 +55,17 @@ pub fn place(
     bytes: &[u8],
     hash: &ContentHash,
     write: impl Fn(&Path, &[u8]) -> std::io::Result<()>,
-) -> std::io::Result<Placed> {
+) -> std::io::Result<()> {
     let size = bytes.len() as u64;
     if size < BLOB_MIN {
-        write(dest, bytes)?;
-        return Ok(Placed::Written);
+        return write(dest, bytes);
     }
     let blob = blob_path(root, hash);
     if blob.exists() {
         if blob_holds(&blob, hash, size) {
             // gc may remove the blob meanwhile (it had no other link): then write.
             if fs::hard_link(&blob, dest).is_ok() {
-                return Ok(Placed::Linked);
+                return Ok(());
             }
         } else {
             // Damaged (or torn by a file system that lost a write): entries that link it
@@ -87,16 +75,12 @@ pub fn place(
     }
     write(dest, bytes)?;
     let parent = blob.parent().expect("a blob path has a parent");
-    let linked = perms
+    // If this fails (another publisher stored the same bytes first, or this file system has
+    // no hard links), the entry keeps its own copy: only the sharing is lost.
+    let _ = perms
         .create_dir_all(parent)
         .and_then(|()| fs::hard_link(dest, &blob));
-    // Failing that (another publisher stored the same bytes first, or this file system has
-    // no hard links), the entry keeps its own copy.
-    Ok(if linked.is_ok() {
-        Placed::Stored
-    } else {
-        Placed::Written
-    })
+    Ok(())
 }
 
 /// The bytes of the blob of `hash`, if it exists and verifies: a pull takes them from here
@@ -156,23 +140,4 @@ pub fn sweep(root: &Path) -> Swept {
         }
     }
     swept
-}
-
-/// Blob names and the bytes they hold, each inode counted once (for `cache du`).
-pub fn stored(root: &Path) -> (usize, u64) {
-    let mut n = 0;
-    let mut bytes = 0;
-    for shard in fs::read_dir(root.join(BLOBS_DIR))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-            if let Ok(m) = f.metadata() {
-                n += 1;
-                bytes += m.len();
-            }
-        }
-    }
-    (n, bytes)
 }
