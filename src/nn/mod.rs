@@ -11,6 +11,7 @@ pub mod gemm;
 pub mod host;
 pub mod model;
 pub mod optim;
+pub mod scenario;
 pub mod seq;
 pub mod tensor;
 pub mod tensorio;

@@ -14,6 +14,7 @@
 //! operand, so the input needs no gradient of its own.
 
 use super::arch::{Arch, Op};
+use super::scenario::Scenario;
 use super::dense::{dense, Activation, Side};
 use super::seq::{forward_hooked, Act, Hooks, Layer};
 use super::tensor::{images_to_tensor, one_hot_t, Label, Matrix, Tensor4, Vector};
@@ -63,6 +64,8 @@ pub struct ModelParams {
     /// The trunk's layers for a conv model; `None` for the MLP (dense layers only, on the
     /// flattened input), whose files then keep their exact bytes.
     pub arch: Option<Arch>,
+    /// How tasks map onto the heads (stored beside the tensors where not `per_task`).
+    pub scenario: Scenario,
 }
 
 /// Name of the scalar tensor that stores a leaky ReLU's slope in model files; absent for ReLU,
@@ -94,6 +97,7 @@ impl ModelParams {
             heads: vec![],
             negative_slope: 0.0,
             arch: None,
+            scenario: Scenario::PerTask,
         }
     }
 
@@ -111,6 +115,7 @@ impl ModelParams {
             heads: vec![],
             negative_slope: 0.0,
             arch: Some(arch.clone()),
+            scenario: Scenario::PerTask,
         }
     }
 
@@ -264,6 +269,7 @@ impl ModelParams {
                 heads,
                 negative_slope,
                 arch: Some(a),
+                scenario: Scenario::PerTask,
             });
         }
         let mut prev = trunk.first().map(|l| l.in_dim).unwrap_or(0);
@@ -291,6 +297,7 @@ impl ModelParams {
             heads,
             negative_slope,
             arch: None,
+            scenario: Scenario::PerTask,
         })
     }
 }
@@ -308,6 +315,8 @@ pub struct DeviceModel<D: Device<f32>> {
     /// Seed of the current training step's dropout masks; `None` (evaluation, scoring)
     /// disables dropout.
     pub dropout_seed: Option<u64>,
+    /// Carried from the host model and back, unused by the passes (which take a head index).
+    pub scenario: Scenario,
 }
 
 /// Activation memory one batched pass may take ([`DeviceModel::batch_within`]). A fixed number,
@@ -332,6 +341,7 @@ impl<D: Device<f32>> DeviceModel<D> {
             negative_slope: p.negative_slope,
             arch: p.arch.clone(),
             dropout_seed: None,
+            scenario: p.scenario,
         }
     }
 
@@ -403,6 +413,7 @@ impl<D: Device<f32>> DeviceModel<D> {
             heads,
             negative_slope: self.negative_slope,
             arch: self.arch.clone(),
+            scenario: self.scenario,
         }
     }
 

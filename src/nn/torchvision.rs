@@ -206,6 +206,7 @@ pub fn vgg16_from_tensors(
         heads,
         negative_slope: 0.0,
         arch: Some(arch.clone()),
+        scenario: Default::default(),
     })
 }
 

@@ -319,6 +319,8 @@ mod tests {
             correlate: rs,
             curves: vec![],
             confusion: None,
+            class_offset: vec![],
+            task_aware: None,
             alone: vec![],
         }
     }

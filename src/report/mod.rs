@@ -56,6 +56,14 @@ pub struct RunResult {
     /// where it is not cached or predates them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confusion: Option<Vec<Vec<Vec<u64>>>>,
+    /// Class-incremental only: the output of each task's class 0, where its confusion
+    /// matrix has a column per output of the head; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub class_offset: Vec<usize>,
+    /// Class-incremental only: the final evaluation's task-aware accuracy per task (told the
+    /// task, the argmax over its own outputs); `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_aware: Option<Vec<f64>>,
     /// With `evaluation.forward_transfer`: each task's accuracy trained alone from a fresh
     /// start (index 0 stays `None`; the sequence's own task-1 training is that); empty
     /// otherwise.
@@ -130,13 +138,22 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 curves: vec![],
                 final_mask: s.final_mask || matches!(s.freeze, FreezeSpec::None),
                 confusion: None,
+                class_offset: vec![],
+                task_aware: None,
                 alone: vec![],
             };
             let confusion = |e: &EvalReport| Some(e.confusion.clone()).filter(|c| !c.is_empty());
+            let last_eval = |r: &mut RunResult, e: Option<&EvalReport>| {
+                r.confusion = e.and_then(confusion);
+                r.class_offset = e.map(|e| e.class_offset.clone()).unwrap_or_default();
+                r.task_aware = e
+                    .map(|e| e.task_aware_accuracy.clone())
+                    .filter(|v| !v.is_empty());
+            };
             if s.joint {
                 let eid = format!("{}/seed{seed}/evaluate", s.name);
                 let eval = entry(&eid).and_then(|e| read_json::<EvalReport>(e, EVAL_JSON));
-                r.confusion = eval.as_ref().and_then(confusion);
+                last_eval(&mut r, eval.as_ref());
                 let acc = eval.map(|e| e.accuracy);
                 if acc.is_none() {
                     r.missing.push(eid);
@@ -154,7 +171,7 @@ pub fn collect(p: &Pipeline, dag: &Dag, resolved: &[Resolved]) -> Vec<RunResult>
                 let eid = stage_id(&s.name, seed, t, "evaluate");
                 let eval = entry(&eid).and_then(|e| read_json::<EvalReport>(e, EVAL_JSON));
                 if t + 1 == p.task_count() {
-                    r.confusion = eval.as_ref().and_then(confusion);
+                    last_eval(&mut r, eval.as_ref());
                 }
                 let acc = eval.map(|e| e.accuracy);
                 if acc.is_none() {

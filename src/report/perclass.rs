@@ -18,6 +18,23 @@ fn label(labels: &[Vec<u16>], t: usize, k: usize) -> String {
         .map_or_else(|| k.to_string(), u16::to_string)
 }
 
+/// The name of the class a column of task `t`'s confusion matrix stands for: the task's own
+/// class, or under a class-incremental head (`offset` given) the class of whichever task owns
+/// that output.
+fn column_label(labels: &[Vec<u16>], t: usize, p: usize, offsets: &[usize]) -> String {
+    if offsets.is_empty() {
+        return label(labels, t, p);
+    }
+    let mut start = 0;
+    for (j, c) in labels.iter().enumerate() {
+        if p < start + c.len() {
+            return label(labels, j, p - start);
+        }
+        start += c.len();
+    }
+    p.to_string()
+}
+
 /// `confusion.csv`: one row per (strategy, variant, seed, task, true class, predicted class)
 /// with its count of test samples.
 pub fn csv(results: &[RunResult], labels: &[Vec<u16>]) -> String {
@@ -35,7 +52,7 @@ pub fn csv(results: &[RunResult], labels: &[Vec<u16>]) -> String {
                         r.seed,
                         t + 1,
                         label(labels, t, y),
-                        label(labels, t, p)
+                        column_label(labels, t, p, &r.class_offset)
                     );
                 }
             }
@@ -44,14 +61,19 @@ pub fn csv(results: &[RunResult], labels: &[Vec<u16>]) -> String {
     s
 }
 
-/// Per class, the share of its test samples the final model got right: `m[y][y] / Σ_p m[y][p]`
-/// (`None` for a class without test samples). Keyed by (task, class).
-pub fn per_class(confusion: &[Vec<Vec<u64>>]) -> BTreeMap<(usize, usize), Option<f64>> {
+/// Per class, the share of its test samples the final model got right: `m[y][o + y] / Σ_p m[y][p]`
+/// with `o` the task's class offset (class-incremental heads; 0 otherwise, and where
+/// `offsets` is empty). `None` for a class without test samples. Keyed by (task, class).
+pub fn per_class(
+    confusion: &[Vec<Vec<u64>>],
+    offsets: &[usize],
+) -> BTreeMap<(usize, usize), Option<f64>> {
     let mut out = BTreeMap::new();
     for (t, m) in confusion.iter().enumerate() {
+        let o = offsets.get(t).copied().unwrap_or(0);
         for (y, row) in m.iter().enumerate() {
             let total: u64 = row.iter().sum();
-            let hit = row.get(y).copied().unwrap_or(0);
+            let hit = row.get(o + y).copied().unwrap_or(0);
             out.insert((t, y), (total > 0).then(|| hit as f64 / total as f64));
         }
     }
@@ -70,7 +92,7 @@ pub fn markdown(results: &[RunResult], labels: &[Vec<u16>]) -> String {
             order.push(&r.strategy);
         }
         let e = by_strategy.entry(&r.strategy).or_default();
-        for (k, v) in per_class(c) {
+        for (k, v) in per_class(c, &r.class_offset) {
             e.entry(k).or_default().extend(v);
         }
     }
@@ -118,10 +140,28 @@ mod tests {
         // Task 1: class 0 has 3 right of 4, class 1 has 5 right of 5; task 2: class 0 has no
         // sample, class 1 has 1 right of 3.
         let m = vec![vec![vec![3, 1], vec![0, 5]], vec![vec![0, 0], vec![2, 1]]];
-        let got = per_class(&m);
+        let got = per_class(&m, &[]);
         assert_eq!(got[&(0, 0)], Some(0.75));
         assert_eq!(got[&(0, 1)], Some(1.0));
         assert_eq!(got[&(1, 0)], None);
         assert_eq!(got[&(1, 1)], Some(1.0 / 3.0));
+    }
+
+    #[test]
+    fn a_class_incremental_tasks_diagonal_sits_at_its_offset() {
+        // Task 2 of a head over four outputs owns outputs 2 and 3: its class 0 has 1 right of
+        // 3 (one taken for task 1's class 0), its class 1 has 2 right of 2.
+        let m = vec![
+            vec![vec![4, 0, 0, 0], vec![0, 4, 0, 0]],
+            vec![vec![1, 1, 1, 0], vec![0, 0, 0, 2]],
+        ];
+        let got = per_class(&m, &[0, 2]);
+        assert_eq!(got[&(1, 0)], Some(1.0 / 3.0));
+        assert_eq!(got[&(1, 1)], Some(1.0));
+        assert_eq!(
+            column_label(&[vec![0, 1], vec![2, 3]], 1, 1, &[0, 2]),
+            "1",
+            "output 1 is task 1's class 1"
+        );
     }
 }

@@ -45,6 +45,10 @@ pub struct StrategySummary {
     pub mean_accuracy: Vec<Option<MeanStd>>,
     pub final_mean_accuracy: MeanStd,
     pub final_task1_accuracy: MeanStd,
+    /// Class-incremental only: the final mean accuracy when each task is told (the argmax
+    /// over its own outputs); `final_mean_accuracy` is without the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_task_aware_accuracy: Option<MeanStd>,
     /// `None` for joint training, where forgetting is undefined.
     pub forgetting_max: Option<MeanStd>,
     pub forgetting_first: Option<MeanStd>,
@@ -159,6 +163,11 @@ fn summarize_one(name: &str, results: &[RunResult]) -> Option<StrategySummary> {
         })
         .collect();
     let forward_transfer = (!fwt.is_empty()).then(|| MeanStd::of(&fwt));
+    let aware: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.task_aware.as_ref().filter(|v| !v.is_empty()))
+        .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        .collect();
     Some(StrategySummary {
         strategy: name.to_string(),
         joint,
@@ -168,6 +177,7 @@ fn summarize_one(name: &str, results: &[RunResult]) -> Option<StrategySummary> {
         mean_accuracy,
         final_mean_accuracy: MeanStd::of(&finals),
         final_task1_accuracy: MeanStd::of(&task1),
+        final_task_aware_accuracy: (!aware.is_empty()).then(|| MeanStd::of(&aware)),
         forgetting_max: per_run(&metrics::forgetting_max),
         forgetting_first: per_run(&metrics::forgetting_first),
         backward_transfer: per_run(&metrics::backward_transfer),
@@ -194,6 +204,8 @@ mod tests {
             final_mask: true,
             joint: false,
             confusion: None,
+            class_offset: vec![],
+            task_aware: None,
             alone: vec![],
         }
     }

@@ -410,6 +410,23 @@ fn markdown(
             x.free_capacity.last().map(capacity).unwrap_or_default()
         );
     }
+    if sums.iter().any(|x| x.final_task_aware_accuracy.is_some()) {
+        let _ = writeln!(
+            s,
+            "\n## Class-incremental: told the task\n\nThe final mean accuracy above is over all the head's outputs, without the task (`model.heads: class_incremental`). Told each sample's task, i.e. the argmax over the task's own outputs:\n\n| strategy | final mean accuracy, without the task | told the task |\n|---|---|---|"
+        );
+        for x in sums {
+            if let Some(a) = &x.final_task_aware_accuracy {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} |",
+                    x.strategy,
+                    pct(&x.final_mean_accuracy),
+                    pct(a)
+                );
+            }
+        }
+    }
     let tasks = sums.first().map(|x| x.tasks).unwrap_or(0);
     let header = |s: &mut String, first: &str| {
         let _ = write!(s, "| {first} |");
@@ -630,6 +647,9 @@ fn summary_csv(sums: &[StrategySummary]) -> String {
         };
         row("final_mean_accuracy", None, &x.final_mean_accuracy);
         row("final_task1_accuracy", None, &x.final_task1_accuracy);
+        if let Some(m) = &x.final_task_aware_accuracy {
+            row("final_task_aware_accuracy", None, m);
+        }
         for (name, m) in [
             ("forgetting_max", &x.forgetting_max),
             ("forgetting_first", &x.forgetting_first),

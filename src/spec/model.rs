@@ -3,7 +3,8 @@
 //! against its `input_shape`, so a pooling layer that would shrink a map below 1×1 or a dense
 //! layer on image maps is reported with its location before any work starts.
 
-use super::raw::{Activation, ModelKind, RawLayer, RawModel};
+use super::raw::{Activation, HeadsKind, ModelKind, RawLayer, RawModel};
+use crate::nn::scenario::Scenario;
 use super::resolved::ModelSpec;
 use crate::nn::arch::{self, Arch, Normalization, Op};
 use crate::nn::torchvision::PretrainedHead;
@@ -30,6 +31,24 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
             );
             s
         }
+    };
+    let scenario = match (raw.heads, raw.class_outputs) {
+        (HeadsKind::ClassIncremental, outputs) => Scenario::ClassIncremental {
+            outputs: outputs.unwrap_or_default(),
+        },
+        (heads, Some(_)) => {
+            e(
+                "model.class_outputs",
+                "only used with `heads: class_incremental` (whether its outputs `grow` per task or exist `upfront`)".into(),
+            );
+            if heads == HeadsKind::Shared {
+                Scenario::Shared
+            } else {
+                Scenario::PerTask
+            }
+        }
+        (HeadsKind::Shared, None) => Scenario::Shared,
+        (HeadsKind::PerTask, None) => Scenario::PerTask,
     };
     let kind = match raw.kind {
         ModelKind::Mlp => "mlp",
@@ -117,6 +136,7 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
             conv_kernels: None,
             pretrained: None,
             pretrained_head: None,
+            scenario,
         };
     }
 
@@ -257,6 +277,7 @@ pub(super) fn validate_model(raw: &RawModel, e: &mut dyn FnMut(&str, String)) ->
         conv_kernels: Some(crate::nn::conv::CONV_KERNELS),
         pretrained: raw.pretrained.clone(),
         pretrained_head: raw.pretrained_head.filter(|h| *h != PretrainedHead::Task1),
+        scenario,
     }
 }
 

@@ -213,6 +213,24 @@ pub struct RawModel {
     /// Leaky ReLU's slope for negative inputs (default 0.01, as PyTorch).
     #[serde(default)]
     pub negative_slope: Option<f64>,
+    /// The continual-learning scenario: how tasks share output units (`nn::scenario`).
+    #[serde(default)]
+    pub heads: HeadsKind,
+    /// `heads: class_incremental` only: `grow` (default) or `upfront`.
+    #[serde(default)]
+    pub class_outputs: Option<crate::nn::scenario::ClassOutputs>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadsKind {
+    /// A head per task (task-incremental).
+    #[default]
+    PerTask,
+    /// One head over every task's local classes (domain-incremental).
+    Shared,
+    /// One head over all classes, evaluated without the task.
+    ClassIncremental,
 }
 
 #[derive(Debug, Deserialize)]

@@ -95,6 +95,10 @@ pub struct ModelSpec {
     /// default (`task1`, classifier.6 is task 1's head), so older keys stay as they were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pretrained_head: Option<crate::nn::torchvision::PretrainedHead>,
+    /// `model.heads` (and `class_outputs`): how tasks share output units. Absent for
+    /// `per_task`, so task-incremental keys stay as they were.
+    #[serde(default, skip_serializing_if = "crate::nn::scenario::Scenario::is_per_task")]
+    pub scenario: crate::nn::scenario::Scenario,
 }
 
 fn is_zero(v: &f64) -> bool {

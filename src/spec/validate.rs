@@ -93,6 +93,8 @@ pub(super) fn validate(
         ));
     }
 
+    scenario(&raw, &model, &tasks, &strategies, &mut e);
+
     if data == DataCheck::Required {
         pretrained_weights(&raw.model, &mut e);
         if let Some(d) = idx {
@@ -222,6 +224,50 @@ pub(super) fn validate(
             .collect(),
         resources,
     })
+}
+
+/// The scenario (`model.heads`) against the tasks and the strategies: a shared head needs
+/// tasks of one size; class-incremental evaluation has no task id for isolation to pick a
+/// mask by; LwF distils whole old heads, which a growing head does not keep; torchvision's
+/// head is task 1's, not every task's.
+fn scenario(
+    raw: &RawPipeline,
+    model: &super::ModelSpec,
+    tasks: &Tasks,
+    strategies: &[super::Strategy],
+    e: &mut dyn FnMut(&str, String),
+) {
+    use crate::nn::scenario::{ClassOutputs, Scenario};
+    let s = model.scenario;
+    let sizes: Vec<usize> = tasks.groups.iter().map(Vec::len).collect();
+    if let Err(m) = s.check(&sizes) {
+        e("model.heads", m);
+    }
+    if s == (Scenario::ClassIncremental { outputs: ClassOutputs::Upfront })
+        && raw.model.pretrained.is_some()
+        && raw.model.pretrained_head != Some(crate::nn::torchvision::PretrainedHead::Drop)
+    {
+        e(
+            "model.class_outputs",
+            "torchvision's classifier.6 becomes task 1's outputs, but `upfront` needs every task's from the start; use `class_outputs: grow` or `pretrained_head: drop`".into(),
+        );
+    }
+    for st in strategies {
+        if st.isolate && s.is_class_incremental() {
+            e(
+                &format!("strategies.{}.isolate", st.name),
+                "isolation evaluates an old task with its own mask, picked by its task id, which class-incremental evaluation does not have; drop `isolate` or use `heads: per_task` or `shared`".into(),
+            );
+        }
+        if st.lwf.is_some()
+            && s == (Scenario::ClassIncremental { outputs: ClassOutputs::Grow })
+        {
+            e(
+                &format!("strategies.{}.lwf", st.name),
+                "LwF distils the old heads' whole outputs, and a growing class-incremental head gains outputs the old model lacks; use `class_outputs: upfront`".into(),
+            );
+        }
+    }
 }
 
 /// An IDX dataset's test data: given test files, or a share of the pooled data (one of the

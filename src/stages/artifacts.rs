@@ -5,6 +5,7 @@
 use crate::exec::{Artifact, StageContext, StageError};
 use crate::nn::arch::Arch;
 use crate::nn::model::ModelParams;
+use crate::nn::scenario::Scenario;
 use crate::nn::tensor::Label;
 use crate::nn::tensorio::{self, HostTensor, TensorMapExt};
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,37 @@ pub struct SplitData {
 impl SplitData {
     pub fn dim(&self) -> usize {
         self.sample_shape.iter().product()
+    }
+
+    /// Classes per task, in task order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        self.tasks.iter().map(|t| t.classes.len()).collect()
+    }
+
+    /// The labels as `scenario`'s heads output them: class-incremental tasks' local labels
+    /// move to their offset among all tasks' classes; other scenarios keep them.
+    pub fn relabel(&mut self, scenario: Scenario) -> Result<(), StageError> {
+        let counts = self.class_counts();
+        for (t, task) in self.tasks.iter_mut().enumerate() {
+            let offset = scenario.offset(&counts, t);
+            if offset == 0 {
+                continue;
+            }
+            let offset = Label::try_from(offset).map_err(|_| {
+                StageError::invalid("a class-incremental head holds at most 65536 classes")
+            })?;
+            for s in [&mut task.train, &mut task.test]
+                .into_iter()
+                .chain(task.val.as_mut())
+            {
+                for y in &mut s.y {
+                    *y = y.checked_add(offset).ok_or_else(|| {
+                        StageError::invalid("a class-incremental head holds at most 65536 classes")
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn task(&self, t: usize) -> Result<&TaskData, StageError> {
@@ -175,6 +207,9 @@ impl SplitData {
 /// A conv model's architecture, next to its weights (absent for the MLP, whose artifacts
 /// keep their bytes).
 pub const MODEL_ARCH: &str = "arch.json";
+/// How the model's heads serve the tasks ([`Scenario`]); absent for `per_task`, so those
+/// models keep their exact files.
+pub const MODEL_SCENARIO: &str = "scenario.json";
 
 /// Store a model; a non-finite weight fails the stage instead (a NaN model is never a result).
 pub fn save_model(art: &mut Artifact, p: &ModelParams) -> Result<(), StageError> {
@@ -183,6 +218,9 @@ pub fn save_model(art: &mut Artifact, p: &ModelParams) -> Result<(), StageError>
     art.insert(MODEL_TENSORS, tensorio::encode(&tensors));
     if let Some(a) = &p.arch {
         art.insert(MODEL_ARCH, json_bytes(a));
+    }
+    if !p.scenario.is_per_task() {
+        art.insert(MODEL_SCENARIO, json_bytes(&p.scenario));
     }
     Ok(())
 }
@@ -222,7 +260,12 @@ pub fn read_model(out: &std::path::Path, name: &str) -> Result<ModelParams, Stag
     } else {
         None
     };
-    ModelParams::from_tensors_arch(m, arch).map_err(|e| bad(MODEL_TENSORS, e))
+    let mut model = ModelParams::from_tensors_arch(m, arch).map_err(|e| bad(MODEL_TENSORS, e))?;
+    if out.join(MODEL_SCENARIO).exists() {
+        model.scenario =
+            serde_json::from_slice(&read(MODEL_SCENARIO)?).map_err(|e| bad(MODEL_SCENARIO, e))?;
+    }
+    Ok(model)
 }
 
 pub const SI_TENSORS: &str = "si.safetensors";

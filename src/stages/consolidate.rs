@@ -173,7 +173,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         task,
         split.dim(),
         p.seed,
-        p.task_index,
+        super::TaskHead::of(&host, p.task_index),
     )?;
     // Trunk tensors only, in device order; the path's last layer is the head.
     let trunk = host.trunk.len();

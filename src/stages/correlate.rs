@@ -129,7 +129,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let n_trunk = host.trunk.len();
     let mut shapes: Vec<(usize, usize)> =
         host.trunk.iter().map(|l| (l.out_dim, l.in_dim)).collect();
-    let h = &host.heads[p.task_index];
+    let h = &host.heads[host.scenario.head(p.task_index)];
     shapes.push((h.out_dim, h.in_dim));
 
     // Weight importances per method and path layer.
@@ -153,7 +153,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     task,
                     split.dim(),
                     p.seed,
-                    p.task_index,
+                    super::TaskHead::of(&host, p.task_index),
                 )?
                 .ok_or_else(|| {
                     StageError::invalid(format!(

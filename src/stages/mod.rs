@@ -74,13 +74,16 @@ pub fn registry() -> Registry {
 /// Evaluation batch size for small models; large because there is no tape.
 const EVAL_BATCH: usize = 1000;
 
-/// The class `head` predicts for each of `samples`, optionally with hidden units masked out.
+/// The class `head` predicts for each of `samples`, optionally with hidden units masked out:
+/// the argmax over all its outputs, or over the outputs `within` only (then still numbered
+/// among all of them), as a task-aware evaluation of a class-incremental head does.
 pub fn predictions<D: Device<f32>>(
     model: &DeviceModel<D>,
     samples: &Samples,
     dim: usize,
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
+    within: Option<&std::ops::Range<usize>>,
 ) -> Vec<usize> {
     let classes = model.shapes[model.n_trunk + head].0;
     let mut out = Vec::with_capacity(samples.len());
@@ -89,9 +92,31 @@ pub fn predictions<D: Device<f32>>(
         let end = (start + batch).min(samples.len());
         let x = model.input(&samples.x[start * dim..end * dim]);
         let logits = model.logits(&x, head, unit_masks).as_vec();
-        out.extend(argmax_rows(&logits, classes));
+        out.extend(argmax_within(&logits, classes, within));
     }
     out
+}
+
+/// Per row of `classes` scores, the index of the largest (the first of equals), over the whole
+/// row or over the columns `within` (numbered among all columns).
+pub fn argmax_within(
+    rows: &[f32],
+    classes: usize,
+    within: Option<&std::ops::Range<usize>>,
+) -> Vec<usize> {
+    match within {
+        None => argmax_rows(rows, classes),
+        Some(r) => {
+            let sub: Vec<f32> = rows
+                .chunks_exact(classes.max(1))
+                .flat_map(|row| row[r.clone()].iter().copied())
+                .collect();
+            argmax_rows(&sub, r.len())
+                .into_iter()
+                .map(|i| r.start + i)
+                .collect()
+        }
+    }
 }
 
 /// The share of `predicted` that equals `labels` (0 for no sample).
@@ -116,7 +141,7 @@ pub fn accuracy<D: Device<f32>>(
     unit_masks: Option<&[Vector<D>]>,
 ) -> f64 {
     share_correct(
-        &predictions(model, samples, dim, head, unit_masks),
+        &predictions(model, samples, dim, head, unit_masks, None),
         &samples.y,
     )
 }
@@ -132,23 +157,67 @@ pub fn flags_to_masks<D: Device<f32>>(dev: &D, keep: &[Vec<bool>]) -> Vec<Vector
 }
 
 /// The split and the trained model a per-task analysis stage reads (slots `split` and
-/// `model`), checked to hold task `t` and a head for it. Task `t`'s samples come centre-cropped
-/// to the model's input where the split stores larger images (reference sets use the centre
-/// crop, paper A.5); see [`views::centered`].
+/// `model`), checked to hold task `t` and its outputs, with labels as the model's scenario
+/// outputs them ([`scenario_labels`]). Task `t`'s samples come centre-cropped to the model's
+/// input where the split stores larger images (reference sets use the centre crop, paper A.5);
+/// see [`views::centered`].
 pub(crate) fn split_and_model(
     ctx: &crate::exec::StageContext,
     t: usize,
 ) -> Result<(artifacts::SplitData, crate::nn::model::ModelParams), StageError> {
-    let split = artifacts::SplitData::load(ctx, "split")?;
+    let mut split = artifacts::SplitData::load(ctx, "split")?;
     check_task(t, split.tasks.len())?;
     let host = artifacts::load_model(ctx, "model")?;
-    if host.heads.len() <= t {
-        return Err(StageError::invalid(format!(
-            "model has no head for task index {t}"
-        )));
-    }
+    scenario_labels(&mut split, &host, t)?;
     let split = views::centered(split, t, &host)?;
     Ok((split, host))
+}
+
+/// Checks that `host` has the outputs of tasks `0..=t` under its scenario, and relabels
+/// `split` into its heads' output space (see [`artifacts::SplitData::relabel`]). After this,
+/// task `t`'s samples go through head `host.scenario.head(t)` and their labels are that
+/// head's outputs.
+pub(crate) fn scenario_labels(
+    split: &mut artifacts::SplitData,
+    host: &crate::nn::model::ModelParams,
+    t: usize,
+) -> Result<(), StageError> {
+    let s = host.scenario;
+    let counts = split.class_counts();
+    let head = s.head(t);
+    let needed = s.offset(&counts, t) + counts.get(t).copied().unwrap_or(0);
+    match host.heads.get(head) {
+        Some(h) if h.out_dim >= needed => {}
+        Some(h) => {
+            return Err(StageError::invalid(format!(
+                "head {head} has {} outputs; task index {t} needs {needed} ({s:?})",
+                h.out_dim
+            )))
+        }
+        None => {
+            return Err(StageError::invalid(format!(
+                "model has no head for task index {t} ({s:?})"
+            )))
+        }
+    }
+    split.relabel(s)
+}
+
+/// A task and the head its samples go through, which the model's scenario decides (see
+/// `nn::scenario`); seeded streams stay per task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskHead {
+    pub task: usize,
+    pub head: usize,
+}
+
+impl TaskHead {
+    pub fn of(host: &crate::nn::model::ModelParams, task: usize) -> Self {
+        TaskHead {
+            task,
+            head: host.scenario.head(task),
+        }
+    }
 }
 
 /// A stage-parameter helper: the task index must exist in the split.

@@ -12,7 +12,7 @@
 
 use super::artifacts::{self, json_bytes, SplitData};
 use super::views::{accuracy_with, center_samples, Geometry};
-use super::{accuracy, check_task, flags_to_masks, on_device};
+use super::{accuracy, check_task, flags_to_masks, on_device, scenario_labels};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::model::DeviceModel;
 use crate::nn::tensor::Vector;
@@ -181,10 +181,12 @@ pub fn non_monotone(curve: &[CurvePoint]) -> bool {
 
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
-    let split = SplitData::load(ctx, "split")?;
+    let mut split = SplitData::load(ctx, "split")?;
     check_task(p.task_index, split.tasks.len())?;
-    let task = split.task(p.task_index)?;
     let host = artifacts::load_model(ctx, "model")?;
+    scenario_labels(&mut split, &host, p.task_index)?;
+    let task = split.task(p.task_index)?;
+    let head = host.scenario.head(p.task_index);
     let sizes = host.hidden_sizes();
     let scores = artifacts::load_unit_f32(ctx, "score", sizes.len())?;
     let frozen = match ctx.input_opt("mask") {
@@ -227,10 +229,10 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     &model,
                     test,
                     geometry.input_len(),
-                    p.task_index,
+                    head,
                     masks,
                 )),
-                None => accuracy_with(&model, selected, &geometry, p.crops, p.task_index, masks),
+                None => accuracy_with(&model, selected, &geometry, p.crops, head, masks),
             }
         })?;
     let accepted_accuracy = curve

@@ -8,7 +8,7 @@
 //! by max |score| or sum |score|).
 
 use super::artifacts::{self, json_bytes, TaskData};
-use super::{on_device, rng_for, split_and_model};
+use super::{on_device, rng_for, split_and_model, TaskHead};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::model::DeviceModel;
 use crate::nn::model::ModelParams;
@@ -184,9 +184,10 @@ pub fn weight_importance<D: Device<f32>>(
     task: &TaskData,
     dim: usize,
     seed: u64,
-    head: usize,
+    at: TaskHead,
 ) -> Result<Option<(importance::WeightImportance, usize)>, StageError> {
-    let reference = |size, from| reference_samples(task, dim, size, from, seed, head);
+    let TaskHead { task: task_index, head } = at;
+    let reference = |size, from| reference_samples(task, dim, size, from, seed, task_index);
     let model = || DeviceModel::from_host(dev, host);
     let (imp, n) = match *spec {
         ScoreSpec::Fisher {
@@ -246,16 +247,16 @@ pub fn ewc_importance<D: Device<f32>>(
     task: &TaskData,
     dim: usize,
     seed: u64,
-    head: usize,
+    at: TaskHead,
 ) -> Result<(importance::WeightImportance, usize), StageError> {
-    if let Some(w) = weight_importance(ctx, dev, spec, host, task, dim, seed, head)? {
+    if let Some(w) = weight_importance(ctx, dev, spec, host, task, dim, seed, at)? {
         return Ok(w);
     }
-    let u = unit_scores(ctx, dev, spec, host, task, dim, seed, head, None)?;
+    let u = unit_scores(ctx, dev, spec, host, task, dim, seed, at, None)?;
     let h = host
         .heads
-        .get(head)
-        .ok_or_else(|| StageError::invalid(format!("model has no head {head}")))?;
+        .get(at.head)
+        .ok_or_else(|| StageError::invalid(format!("model has no head {}", at.head)))?;
     let mut shapes = Vec::new();
     let mut layers = Vec::new();
     for (l, s) in host.trunk.iter().zip(u.finished()) {
@@ -365,11 +366,13 @@ pub fn unit_scores<D: Device<f32>>(
     task: &TaskData,
     dim: usize,
     seed: u64,
-    head: usize,
+    at: TaskHead,
     visualizations: Option<&crate::xai::saliency::Visualizations>,
 ) -> Result<UnitScores, StageError> {
-    let reference =
-        |size: usize, from: ReferenceSplit| reference_samples(task, dim, size, from, seed, head);
+    let TaskHead { task: task_index, head } = at;
+    let reference = |size: usize, from: ReferenceSplit| {
+        reference_samples(task, dim, size, from, seed, task_index)
+    };
     let mut maps = None;
     let (sums, abs, normalize, n_ref, explained, method) = match *spec {
         ScoreSpec::Magnitude { normalize } => (
@@ -381,7 +384,7 @@ pub fn unit_scores<D: Device<f32>>(
             "magnitude-l2-incoming",
         ),
         ScoreSpec::Random {} => {
-            let mut rng = rng_for(seed, head, "random_scores");
+            let mut rng = rng_for(seed, task_index, "random_scores");
             let s = host
                 .hidden_sizes()
                 .iter()
@@ -409,7 +412,7 @@ pub fn unit_scores<D: Device<f32>>(
             normalize,
             ..
         } => {
-            let (imp, n) = weight_importance(ctx, dev, spec, host, task, dim, seed, head)?
+            let (imp, n) = weight_importance(ctx, dev, spec, host, task, dim, seed, at)?
                 .expect("a weight-level method");
             let name = match spec {
                 ScoreSpec::Fisher { .. } => "fisher",
@@ -520,7 +523,7 @@ pub fn unit_scores<D: Device<f32>>(
                     // One more tick per conv layer: its visualisation.
                     ctx.progress
                         .phase("saliency", y.len().div_ceil(batch) as u64 + 2 * layers);
-                    let mut rng = super::visualize::visualize_rng(seed, head);
+                    let mut rng = super::visualize::visualize_rng(seed, task_index);
                     crate::xai::saliency::saliency_scores(
                         &model, &x, &y, head, &options, batch, &mut rng, tick,
                     )
@@ -572,7 +575,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         task,
         split.dim(),
         p.seed,
-        p.task_index,
+        TaskHead::of(&host, p.task_index),
         vis.as_ref(),
     )?;
     let scores = u.finished();

@@ -1,11 +1,22 @@
-//! `train`: train the model on one task, with its own new head.
+//! `train`: train the model on one task, through the outputs its scenario gives it
+//! (`model.heads`, see `nn::scenario`): a new head of its own (task-incremental, the default),
+//! the one shared head, or the new task's outputs added to the one class-incremental head
+//! (labels then move to the task's offset among all classes).
 //!
 //! Task 1 starts from a seeded initialisation; later tasks start from the previous task's model
 //! (never from a pruned copy: pruning is only ever evaluated on a masked view, so "restoring the
 //! pruned connections" is exact by construction). With a `mask` input, the incoming weights and
 //! bias of every frozen unit get learning rate × `lr_frozen`; the optimizer masks the *update*
-//! (see `nn::optim`), so Adam's moments and L2 cannot move them. Only the current task's head
-//! and the trunk receive updates: other heads are left bit-identical.
+//! (see `nn::optim`), so Adam's moments and L2 cannot move them. Under per-task heads, only the
+//! current task's head and the trunk receive updates: other heads are left bit-identical.
+//!
+//! **Freezing under a shared or class-incremental head.** Freezing a unit fixes exactly what it
+//! fixes under per-task heads: the unit's incoming weights and bias, hence its activation on any
+//! input whose own inputs are frozen too. The head is not a unit: its weights, including the
+//! ones leaving frozen units, keep training on every task, because the head is what the new
+//! task's classes are read from. So a shared head can forget an old task even when every unit
+//! that task relies on is frozen (the ablation in `docs/reproduction.md` measures how much), and
+//! a class-incremental head's old outputs move as the new classes push them down.
 //!
 //! A training also records synaptic intelligence's path integral per trained parameter
 //! (`si.safetensors`) where a stage reads it (`score.method: si`, EWC with SI importance, a
@@ -205,24 +216,41 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             geometry.stored, geometry.input
         )));
     }
-    // Pretrained weights bring task 1's head along.
-    let pretrained_heads = if ctx.input_opt("model").is_none() {
-        host.heads.len()
-    } else {
-        0
-    };
-    if host.heads.len() != first_new_head + pretrained_heads {
+    // The scenario is the model's: a later task continues its predecessor's.
+    let scenario = p.model.scenario;
+    if ctx.input_opt("model").is_some() && host.scenario != scenario {
         return Err(StageError::invalid(format!(
-            "model has {} heads; training task index {} needs exactly {first_new_head} earlier heads",
-            host.heads.len(),
+            "the input model was trained under {:?}, this training is {scenario:?}",
+            host.scenario
+        )));
+    }
+    host.scenario = scenario;
+    let counts = split.class_counts();
+    scenario.check(&counts).map_err(StageError::invalid)?;
+    // Pretrained weights bring task 1's outputs along.
+    let pretrained = ctx.input_opt("model").is_none() && !host.heads.is_empty();
+    let before = match first_new_head {
+        0 => vec![],
+        t => scenario.head_widths(&counts, t - 1),
+    };
+    let widths = |m: &ModelParams| m.heads.iter().map(|h| h.out_dim).collect::<Vec<_>>();
+    if !pretrained && widths(&host) != before {
+        return Err(StageError::invalid(format!(
+            "the model's heads have {:?} outputs; training task index {} needs {before:?} before it",
+            widths(&host),
             p.task_index
         )));
     }
-    for t in first_new_head + pretrained_heads..=p.task_index {
-        host.push_head(
-            split.task(t)?.classes.len(),
-            &mut rng_for(p.seed, t, "head"),
-        );
+    for t in first_new_head + usize::from(pretrained)..=p.task_index {
+        scenario.add_outputs(&mut host, &counts, t, &mut rng_for(p.seed, t, "head"));
+    }
+    if widths(&host) != scenario.head_widths(&counts, p.task_index) {
+        return Err(StageError::invalid(format!(
+            "the model's heads have {:?} outputs where task index {} needs {:?} (pretrained weights bring task 1's head)",
+            widths(&host),
+            p.task_index,
+            scenario.head_widths(&counts, p.task_index)
+        )));
     }
 
     // Per-element learning-rate multipliers for frozen units' incoming weights and biases.
@@ -329,8 +357,8 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         }
         _ => None,
     };
-    // The heads a batch can train: the current task's, every task's when joint or replaying.
-    let heads: Vec<usize> = if er.is_some() {
+    // The tasks a batch can hold: the current one, every one so far when joint or replaying.
+    let trained: Vec<usize> = if er.is_some() {
         (0..=p.task_index).collect()
     } else {
         tasks.clone()
@@ -447,11 +475,13 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             );
             let mut grads: Vec<(usize, crate::nn::tensor::Vector<D>)> = Vec::new();
             let mut batch_loss = 0f64;
-            for &head in &heads {
-                let data = &split.task(head)?.train;
+            for &task in &trained {
+                let data = &split.task(task)?.train;
+                let head = scenario.head(task);
+                let offset = scenario.offset(&counts, task) as crate::nn::tensor::Label;
                 let idx: Vec<usize> = chunk
                     .iter()
-                    .filter(|(t, _)| *t == head)
+                    .filter(|(t, _)| *t == task)
                     .map(|&(_, i)| i)
                     .collect();
                 if idx.is_empty() {
@@ -465,7 +495,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                         Some(aug) => xb.extend(train_view(stored, &geometry, aug, &mut view_rng)?),
                         None => xb.extend_from_slice(stored),
                     }
-                    yb.push(data.y[i]);
+                    yb.push(data.y[i] + offset);
                 }
                 let x = model.input(&xb);
                 model.dropout_seed =
@@ -473,14 +503,14 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 let (loss, g, pass_logits) = model.loss_grads_and_logits(&x, &yb, head);
                 let w = idx.len() as f32 / chunk.len() as f32;
                 batch_loss += loss as f64 * w as f64;
-                grads = if heads.len() == 1 {
+                grads = if trained.len() == 1 {
                     g
                 } else {
                     accumulate(grads, g, w)
                 };
-                if let (Some((lambda, temp, old)), true) = (&teacher, head == p.task_index) {
-                    for h in 0..p.task_index {
-                        let classes = split.task(h)?.classes.len();
+                if let (Some((lambda, temp, old)), true) = (&teacher, task == p.task_index) {
+                    for h in scenario.heads_of(p.task_index) {
+                        let classes = old.shapes[old.n_trunk + h].0;
                         let probs = soft_targets(&old.logits(&x, h, None).as_vec(), classes, *temp);
                         let objective = crate::nn::model::Objective::SoftTargets {
                             probs: &probs,
@@ -499,7 +529,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 } else {
                     pass_logits
                 };
-                let classes = split.task(head)?.classes.len();
+                let classes = model.shapes[model.n_trunk + head].0;
                 correct += crate::nn::tensor::argmax_rows(&logits, classes)
                     .iter()
                     .zip(&yb)
@@ -635,7 +665,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             REPLAY_JSON,
             json_bytes(&Replay {
                 task_index: p.task_index,
-                head: p.task_index,
+                head: scenario.head(p.task_index),
                 negative_slope: host.negative_slope,
                 optimizer: t.optimizer.clone(),
                 weight_decay: t.weight_decay,

@@ -10,11 +10,11 @@
 //! comes after them, which is the same as cropping normalised floats.
 
 use super::artifacts::{Samples, SplitData};
-use super::{predictions, share_correct};
+use super::{argmax_within, predictions, share_correct};
 use crate::data::transforms::{self, Chw, TransformError};
 use crate::exec::StageError;
 use crate::nn::model::{DeviceModel, ModelParams};
-use crate::nn::tensor::{argmax_rows, Vector};
+use crate::nn::tensor::Vector;
 use crate::spec::protocol::{AugmentSpec, CropSpec, TestCrops};
 use dfdx::prelude::*;
 use rand::Rng;
@@ -186,8 +186,9 @@ pub fn ten_crop_probs<D: Device<f32>>(
 }
 
 /// The class `head` predicts for each of the stored `samples` under `crops`: the centre
-/// window's prediction, or the argmax of the ten crops' mean softmax. With sizes that agree
-/// and centre crops this is [`predictions`] itself.
+/// window's prediction, or the argmax of the ten crops' mean softmax; over all outputs or
+/// those `within` (see [`predictions`]). With sizes that agree and centre crops this is
+/// [`predictions`] itself.
 pub fn predictions_with<D: Device<f32>>(
     model: &DeviceModel<D>,
     samples: &Samples,
@@ -195,17 +196,24 @@ pub fn predictions_with<D: Device<f32>>(
     crops: TestCrops,
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
+    within: Option<&std::ops::Range<usize>>,
 ) -> Result<Vec<usize>, StageError> {
     match crops {
-        TestCrops::Center if g.is_identity() => {
-            Ok(predictions(model, samples, g.input_len(), head, unit_masks))
-        }
+        TestCrops::Center if g.is_identity() => Ok(predictions(
+            model,
+            samples,
+            g.input_len(),
+            head,
+            unit_masks,
+            within,
+        )),
         TestCrops::Center => Ok(predictions(
             model,
             &center_samples(samples, g)?,
             g.input_len(),
             head,
             unit_masks,
+            within,
         )),
         TestCrops::Ten => {
             let classes = model.shapes[model.n_trunk + head].0;
@@ -216,7 +224,7 @@ pub fn predictions_with<D: Device<f32>>(
                 let end = (start + batch).min(samples.len());
                 let probs =
                     ten_crop_probs(model, &samples.x[start * n..end * n], g, head, unit_masks)?;
-                out.extend(argmax_rows(&probs, classes));
+                out.extend(argmax_within(&probs, classes, within));
             }
             Ok(out)
         }
@@ -232,7 +240,7 @@ pub fn accuracy_with<D: Device<f32>>(
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
 ) -> Result<f64, StageError> {
-    let p = predictions_with(model, samples, g, crops, head, unit_masks)?;
+    let p = predictions_with(model, samples, g, crops, head, unit_masks, None)?;
     Ok(share_correct(&p, &samples.y))
 }
 

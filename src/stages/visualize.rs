@@ -57,7 +57,8 @@ pub fn visualize_rng(seed: u64, task_index: usize) -> rand_chacha::ChaCha8Rng {
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
     let host = artifacts::load_model(ctx, "model")?;
-    if host.heads.len() <= p.task_index {
+    let head = host.scenario.head(p.task_index);
+    if host.heads.len() <= head {
         return Err(StageError::invalid(format!(
             "model has no head for task index {}",
             p.task_index
@@ -69,7 +70,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     });
     ctx.progress.phase("visualize", convs as u64);
     let mut rng = visualize_rng(p.seed, p.task_index);
-    let vis = saliency::visualize_filters(&model, p.task_index, &p.visualize, &mut rng, || {
+    let vis = saliency::visualize_filters(&model, head, &p.visualize, &mut rng, || {
         ctx.progress.inc(1);
         ctx.check_cancel()
     })?

@@ -92,6 +92,8 @@ pub fn chw(shape: &[usize]) -> Result<[usize; 3], ExplainError> {
 pub struct Selected {
     /// 0-based task of the explaining head.
     pub head: usize,
+    /// The model's head that task's samples go through (the task's own under `per_task`).
+    pub model_head: usize,
     pub indices: Vec<usize>,
     /// The images' stored bytes, one after the other.
     pub x: Vec<u8>,
@@ -113,7 +115,8 @@ pub fn select(
     if indices.is_empty() {
         return Err(ExplainError::NoImages);
     }
-    if head >= host.heads.len() {
+    let model_head = host.scenario.head(head);
+    if model_head >= host.heads.len() {
         return Err(ExplainError::UnknownHead {
             head: head + 1,
             n: host.heads.len(),
@@ -126,6 +129,9 @@ pub fn select(
     let shape = chw(&split.sample_shape)?;
     let dim = split.dim();
     let test = &task.test;
+    // The explained logit is the label's output in the model's head (its offset there under
+    // a class-incremental scenario).
+    let offset = host.scenario.offset(&split.class_counts(), head) as Label;
     let mut x = Vec::with_capacity(indices.len() * dim);
     let mut y = Vec::with_capacity(indices.len());
     for &i in indices {
@@ -143,8 +149,10 @@ pub fn select(
         .iter()
         .map(|&l| task.classes.get(l as usize).copied().unwrap_or(l))
         .collect();
+    let y = y.into_iter().map(|l| l + offset).collect();
     Ok(Selected {
         head,
+        model_head,
         indices: indices.to_vec(),
         x,
         y,
@@ -163,7 +171,7 @@ pub fn explain<D: Device<f32>>(
 ) -> Vec<Explained> {
     let dim = sel.shape.iter().product::<usize>();
     let model = DeviceModel::from_host(dev, host);
-    let r = lrp(&model, &model.input(&sel.x), &sel.y, sel.head, rules);
+    let r = lrp(&model, &model.input(&sel.x), &sel.y, sel.model_head, rules);
     sel.indices
         .iter()
         .enumerate()

@@ -220,6 +220,7 @@ mod tests {
             heads: vec![dense(1, 3, vec![1.5, -0.5, 0.25])],
             negative_slope: 0.0,
             arch: None,
+            scenario: Default::default(),
         };
         let dev = Cpu::default();
         let m = DeviceModel::from_host(&dev, &p);

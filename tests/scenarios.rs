@@ -1,0 +1,176 @@
+//! Continual-learning scenarios (`model.heads`): one shared head, and a class-incremental head
+//! that grows per task or holds every class from the start, with masks and freezing on top.
+
+mod common;
+
+use common::{unit_flags, Fixture, PIPELINE};
+
+/// The fixture pipeline with `heads` (YAML lines under `model:`) added.
+fn under(heads: &str) -> Fixture {
+    let text = PIPELINE.replace(
+        "  hidden: [16, 12]\n",
+        &format!("  hidden: [16, 12]\n{heads}"),
+    );
+    assert_ne!(text, PIPELINE);
+    Fixture::with_pipeline(&text)
+}
+
+/// Head 0's logits of `model` on fixed inputs.
+fn head0_logits(model: &cfpipe::nn::model::ModelParams) -> Vec<f32> {
+    use dfdx::prelude::*;
+    let dev = Cpu::default();
+    let m = cfpipe::nn::model::DeviceModel::from_host(&dev, model);
+    let pixels: Vec<u8> = (0..16 * 64).map(|i| ((i * 37) % 251) as u8).collect();
+    m.logits(&m.input(&pixels), 0, None).as_vec()
+}
+
+#[test]
+fn a_shared_head_trained_on_task_2_changes_task_1s_outputs_but_not_its_frozen_units() {
+    let f = under("  heads: shared\n");
+    let ran = f.run(&[]).ran();
+    assert!(ran.contains("rnf/seed0/task2/train") && ran.contains("naive/seed0/task2/train"));
+    let task1 = f.model_of("naive/seed0/task1/train");
+    let naive = f.model_of("naive/seed0/task2/train");
+    let rnf = f.model_of("rnf/seed0/task2/train");
+    for m in [&task1, &naive, &rnf] {
+        assert_eq!(m.heads.len(), 1, "one head for both tasks");
+        assert_eq!(m.scenario, cfpipe::nn::scenario::Scenario::Shared);
+    }
+    // Task 2 trains the head task 1 is read from: task 1's outputs move, with or without
+    // frozen units.
+    assert_ne!(naive.heads[0], task1.heads[0]);
+    assert_ne!(head0_logits(&naive), head0_logits(&task1));
+    assert_ne!(rnf.heads[0], task1.heads[0]);
+    // Every frozen unit keeps its incoming weights and bias bit for bit.
+    let e = f.entries();
+    let mut frozen = 0;
+    for l in 0..2 {
+        let flags = unit_flags(&e("rnf/seed0/task1/mask"), l);
+        let (a, b) = (&task1.trunk[l], &rnf.trunk[l]);
+        for (j, _) in flags.iter().enumerate().filter(|(_, &on)| on) {
+            frozen += 1;
+            let row = j * a.in_dim..(j + 1) * a.in_dim;
+            assert_eq!(a.weight[row.clone()], b.weight[row], "layer {l} unit {j}");
+            assert_eq!(a.bias[j].to_bits(), b.bias[j].to_bits());
+        }
+    }
+    assert!(frozen > 0, "the prune search froze some units");
+    // The evaluation reads both tasks through the one head.
+    let eval = f.json_of("naive/seed0/task2/evaluate", "eval.json");
+    assert_eq!(eval["accuracy"].as_array().unwrap().len(), 2);
+    assert!(eval.get("task_aware_accuracy").is_none());
+}
+
+#[test]
+fn per_task_heads_leave_task_1s_head_alone_where_a_shared_head_moves_it() {
+    // The contrast to the test above, on the same data and seeds.
+    let f = Fixture::new();
+    f.run(&[]);
+    let task1 = f.model_of("naive/seed0/task1/train");
+    let naive = f.model_of("naive/seed0/task2/train");
+    assert_eq!(naive.heads.len(), 2);
+    // The head is left as it was (the trunk under it still moves).
+    assert_eq!(naive.heads[0], task1.heads[0]);
+}
+
+#[test]
+fn a_class_incremental_head_grows_by_each_tasks_classes_and_is_evaluated_without_the_task() {
+    let f = under("  heads: class_incremental\n");
+    f.run(&[]);
+    let task1 = f.model_of("naive/seed0/task1/train");
+    let task2 = f.model_of("naive/seed0/task2/train");
+    assert_eq!(task1.heads.iter().map(|h| h.out_dim).collect::<Vec<_>>(), [2]);
+    assert_eq!(task2.heads.iter().map(|h| h.out_dim).collect::<Vec<_>>(), [4]);
+    let eval = f.json_of("naive/seed0/task2/evaluate", "eval.json");
+    assert_eq!(eval["class_offset"], serde_json::json!([0, 2]));
+    let acc = |k: &str| -> Vec<f64> {
+        eval[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (all, aware) = (acc("accuracy"), acc("task_aware_accuracy"));
+    // Told the task, a prediction can only get better.
+    for (a, w) in all.iter().zip(&aware) {
+        assert!(w >= a, "{all:?} {aware:?}");
+    }
+    // Task 1's samples: each row of its confusion matrix spans all four outputs, and its
+    // accuracy is its diagonal over the total.
+    let m: Vec<Vec<u64>> = serde_json::from_value(eval["confusion"][0].clone()).unwrap();
+    assert!(m.iter().all(|row| row.len() == 4));
+    let total: u64 = m.iter().flatten().sum();
+    assert_eq!(all[0], (m[0][0] + m[1][1]) as f64 / total as f64);
+    // Naive class-incremental training forgets task 1 outright: task 2's classes win its
+    // samples (the catastrophic forgetting the scenario exists to show).
+    let taken: u64 = m.iter().map(|row| row[2] + row[3]).sum();
+    assert!(taken * 2 > total, "{m:?}");
+}
+
+#[test]
+fn upfront_outputs_exist_from_task_1_and_key_apart_from_growing_ones() {
+    let grow = under("  heads: class_incremental\n");
+    let upfront = under("  heads: class_incremental\n  class_outputs: upfront\n");
+    upfront.run(&[]);
+    let task1 = upfront.model_of("naive/seed0/task1/train");
+    assert_eq!(task1.heads[0].out_dim, 4);
+    let key = |f: &Fixture, id: &str| {
+        let (_, dag) =
+            cfpipe::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
+        let n = dag.find(id).unwrap();
+        dag.node(n).params.clone()
+    };
+    let (g, u) = (
+        key(&grow, "naive/seed0/task1/train"),
+        key(&upfront, "naive/seed0/task1/train"),
+    );
+    assert_ne!(g, u);
+    assert_eq!(g["model"]["scenario"]["outputs"], "grow", "the choice is keyed: {g}");
+    // Task-incremental trainings keep the parameters (and keys) they always had.
+    let plain = key(&Fixture::new(), "naive/seed0/task1/train");
+    assert!(plain["model"].get("scenario").is_none(), "{plain}");
+}
+
+/// `f`'s pipeline, with `set`, must be rejected before any work (exit 2) naming `expect`.
+fn rejected(f: &Fixture, set: &[&str], expect: &str) {
+    let pipeline = f.pipeline();
+    let mut args = vec!["dag", pipeline.to_str().unwrap()];
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    let o = f.cli(&args);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{set:?}: {err}");
+    assert!(err.contains(expect), "{set:?}: {err}");
+    assert!(err.contains("pipeline.yaml:"), "{set:?}: {err}");
+}
+
+#[test]
+fn scenario_mistakes_are_located_before_any_work() {
+    let class_il = under("  heads: class_incremental
+");
+    rejected(
+        &class_il,
+        &["strategies.rnf.isolate=true"],
+        "strategies.rnf.isolate: isolation evaluates an old task with its own mask",
+    );
+    rejected(
+        &class_il,
+        &["strategies.naive.lwf={lambda: 1.0}"],
+        "strategies.naive.lwf: LwF distils the old heads' whole outputs",
+    );
+    let shared = under("  heads: shared
+");
+    rejected(
+        &shared,
+        &["model.class_outputs=upfront"],
+        "model.class_outputs: only used with `heads: class_incremental`",
+    );
+    rejected(
+        &shared,
+        &["tasks=[[0, 1], [2, 3, 0]]"],
+        "model.heads: a shared head needs the same number of classes in every task",
+    );
+    rejected(&shared, &["model.heads=one"], "model.heads");
+}
