@@ -317,6 +317,9 @@ pub struct DeviceModel<D: Device<f32>> {
     pub dropout_seed: Option<u64>,
     /// Carried from the host model and back, unused by the passes (which take a head index).
     pub scenario: Scenario,
+    /// Unit masks of training passes (`unit_masks` of [`Self::logits`]): silenced units
+    /// contribute nothing and get no gradient (PackNet's retraining). `None` for all.
+    pub train_masks: Option<Vec<Vector<D>>>,
 }
 
 /// Activation memory one batched pass may take ([`DeviceModel::batch_within`]). A fixed number,
@@ -342,6 +345,7 @@ impl<D: Device<f32>> DeviceModel<D> {
             arch: p.arch.clone(),
             dropout_seed: None,
             scenario: p.scenario,
+            train_masks: None,
         }
     }
 
@@ -512,6 +516,7 @@ impl<D: Device<f32>> DeviceModel<D> {
             // Logits come out `[batch, classes]` and contiguous, so no transposition is needed.
             let hooks = Hooks {
                 dropout_seed: self.dropout_seed,
+                unit_masks: self.train_masks.as_deref(),
                 ..Hooks::default()
             };
             let logits = self.forward_seq::<OwnedTape<f32, D>>(x, head, hooks);
@@ -550,7 +555,13 @@ impl<D: Device<f32>> DeviceModel<D> {
         let traced: Vec<Vector<D, OwnedTape<f32, D>>> =
             path.iter().map(|&i| self.params[i].leaky_trace()).collect();
         let shapes = self.layer_shapes(head);
-        let logits_t = forward_t(traced, &shapes, x, None, self.negative_slope);
+        let logits_t = forward_t(
+            traced,
+            &shapes,
+            x,
+            self.train_masks.as_deref(),
+            self.negative_slope,
+        );
         if let Some(out) = logits_out {
             // `[classes, batch]` to row-major `[batch, classes]`.
             let (classes, n) = *logits_t.shape();

@@ -456,7 +456,7 @@ pub enum Schedule {
 
 /// The keys of [`RawStrategy`], for the hint that one of them, dedented, was read as a
 /// strategy name (`tests/spec_errors.rs` checks the list against the struct).
-pub const STRATEGY_KEYS: [&str; 11] = [
+pub const STRATEGY_KEYS: [&str; 14] = [
     "freeze",
     "schedule",
     "score",
@@ -468,6 +468,9 @@ pub const STRATEGY_KEYS: [&str; 11] = [
     "final_mask",
     "ewc",
     "correlate",
+    "replay",
+    "lwf",
+    "retrain",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -511,6 +514,18 @@ pub struct RawStrategy {
     /// Learning without Forgetting: distil the old heads' outputs while training a new task.
     #[serde(default)]
     pub lwf: Option<RawLwf>,
+    /// PackNet's retraining: after each task's mask, train the task again on its kept units
+    /// only (the pruned ones silenced), before they freeze.
+    #[serde(default)]
+    pub retrain: Option<RawRetrain>,
+}
+
+/// `strategies.NAME.retrain`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetrain {
+    /// Epochs of the retraining (PackNet: a few; the task's own training has `training.epochs`).
+    pub epochs: i64,
 }
 
 /// `strategies.NAME.lwf`.

@@ -287,6 +287,15 @@ pub struct LwfSpec {
     pub temperature: f64,
 }
 
+/// PackNet's retraining (Mallya & Lazebnik 2018): once a task's mask has chosen the units it
+/// keeps, the task trains again for `epochs` with every other free unit silenced (its
+/// activation 0, its weights still), so that the kept units learn to do without the pruned
+/// ones before they freeze. Earlier tasks' frozen units stay frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetrainSpec {
+    pub epochs: usize,
+}
+
 /// How the replay buffer chooses its samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -360,6 +369,8 @@ pub struct Strategy {
     pub replay: Option<ReplaySpec>,
     /// Learning without Forgetting while training tasks 2.. (`None`: none).
     pub lwf: Option<LwfSpec>,
+    /// PackNet's retraining after each task's mask (`None`: none).
+    pub retrain: Option<RetrainSpec>,
     /// A sweep variant's point: (axis name, value) of every axis that names it, as in
     /// `rnf@threshold=0.05`; empty outside a sweep. In no key (the values are in the stages'
     /// parameters already).

@@ -798,6 +798,29 @@ pub(super) fn strategy(
             temperature,
         }
     });
+    let retrain = s.retrain.as_ref().map(|r| {
+        if !(1..=100_000).contains(&r.epochs) {
+            e(
+                &format!("{base}.retrain.epochs"),
+                format!("expected an integer in 1..=100000, found {}", r.epochs),
+            );
+        }
+        if !matches!(s.freeze, FreezeKind::TopShare | FreezeKind::UntilThreshold) {
+            e(
+                &format!("{base}.retrain"),
+                "retraining trains a task on the units its mask keeps; it needs `freeze: top_share` or `until_threshold`".into(),
+            );
+        }
+        if s.schedule == Schedule::Joint {
+            e(
+                &format!("{base}.retrain"),
+                "joint training has no per-task masks to retrain on; drop `retrain` or `schedule: joint`".into(),
+            );
+        }
+        RetrainSpec {
+            epochs: r.epochs.clamp(1, 100_000) as usize,
+        }
+    });
     Strategy {
         name: name.to_string(),
         freeze,
@@ -808,6 +831,7 @@ pub(super) fn strategy(
         correlate,
         replay,
         lwf,
+        retrain,
         point: Vec::new(),
     }
 }

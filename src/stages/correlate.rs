@@ -5,8 +5,10 @@
 //! importance per weight of the task's path at the trained parameters. With
 //! `accumulate: true` (Kutalev: importances "calculated and accumulated" after each task), a
 //! trunk layer's importances are summed over this and every earlier task, carried in
-//! `importances.safetensors` from the previous `correlate`; the head layer is always the
-//! current task's own head. `squared` adds a method's element-wise square as one more method
+//! `importances.safetensors` from the previous `correlate`; under per-task heads the head layer
+//! is the current task's own head, and under a shared or class-incremental head (`model.heads`)
+//! the head's importances accumulate too (a grown head's earlier outputs are its first rows, so
+//! the sum covers those and its new rows start from this task's). `squared` adds a method's element-wise square as one more method
 //! (`mas^2`), for Kutalev's FIS ~ MAS² observation. Then, per layer and for every pair of
 //! methods, Pearson's r and Spearman's ρ (ties get their average rank) over the layer's weights
 //! (biases are left out, as in the paper).
@@ -165,16 +167,19 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         };
         imps.insert(name.clone(), layers);
     }
+    // The layers every task shares: the trunk, and the head unless each task has its own.
+    let shared_layers = n_trunk + usize::from(!host.scenario.is_per_task());
     if p.correlate.accumulate && ctx.input_opt("previous").is_some() {
         let mut prev = tensorio::decode(&ctx.read_input("previous", IMPORTANCES_TENSORS)?)
             .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
         for (name, layers) in imps.iter_mut() {
-            for (l, w) in layers.iter_mut().take(n_trunk).enumerate() {
+            for (l, w) in layers.iter_mut().take(shared_layers).enumerate() {
                 let key = format!("{name}/layer{l}");
                 let (_, v) = prev
                     .take_f32(&key)
                     .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
-                if v.len() != w.len() {
+                let grown = l == n_trunk && host.scenario.is_class_incremental();
+                if v.len() != w.len() && !(grown && v.len() < w.len()) {
                     return Err(StageError::invalid(format!(
                         "{IMPORTANCES_TENSORS}: {key} has {} values, the model {}",
                         v.len(),
@@ -189,7 +194,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     }
     let mut stored = BTreeMap::new();
     for (name, layers) in &imps {
-        for (l, w) in layers.iter().take(n_trunk).enumerate() {
+        for (l, w) in layers.iter().take(shared_layers).enumerate() {
             stored.insert(
                 format!("{name}/layer{l}"),
                 HostTensor::f32(vec![w.len()], w.iter().map(|&v| v as f32).collect()),

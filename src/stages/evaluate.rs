@@ -7,7 +7,9 @@
 //! mask arrives in slot `isolate{j}`); every other unit's activation is zeroed, which removes
 //! exactly the connections that were pruned at task `j` or trained later. With frozen units at
 //! `lr_frozen: 0`, nothing the old task still uses can change, so its accuracy stays at the
-//! value the prune search accepted. The current task is always evaluated whole.
+//! value the prune search accepted. The current task is evaluated whole, except after PackNet's
+//! retraining (`retrain`), which trained it on its own mask: then that mask (slot
+//! `isolate{t}`) isolates it too.
 //!
 //! `crops` is the test protocol (`evaluation.crops`): each sample's centre window of the
 //! model's input size, or the mean softmax of its ten crops (see `views`).
@@ -109,7 +111,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let model = DeviceModel::from_host(dev, &host);
     let isolation: Vec<Vec<Vector<D>>> = if p.isolate {
         let hidden = host.hidden_sizes();
-        (0..p.tasks_seen.saturating_sub(1))
+        // Every old task has its mask; the current one only after PackNet's retraining,
+        // which trained it on its mask.
+        let current = p.tasks_seen.saturating_sub(1);
+        (0..p.tasks_seen)
+            .filter(|&j| j < current || ctx.input_opt(&isolate_slot(j)).is_some())
             .map(|j| {
                 let flags = artifacts::load_unit_flags(ctx, &isolate_slot(j), hidden.len())?;
                 artifacts::check_unit_counts("isolation mask", &flags, &hidden)?;

@@ -377,6 +377,9 @@ fn lr_frozen(f: &FreezeSpec) -> f64 {
     }
 }
 
+/// The stage-id suffix of PackNet's retraining of a task (`strategies.NAME.retrain`).
+pub const RETRAIN: &str = "retrain";
+
 /// Stage-id suffixes of the trainings of one task alone (`evaluation.forward_transfer`).
 pub const ALONE_TRAIN: &str = "alone_train";
 pub const ALONE_EVALUATE: &str = "alone_evaluate";
@@ -447,6 +450,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
             lr_frozen: None,
             joint: false,
             alone: false,
+            retrain: false,
             replay: None,
             lwf: None,
             ewc_lambda: None,
@@ -560,26 +564,33 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     out.push(decl(id("consolidate"), &consolidate::Consolidate, &cp, cin));
                     prev_penalty = Some(id("consolidate"));
                 }
-                let mut eval_in: Vec<(String, String)> = [split_in(), trained.clone()]
-                    .map(|(slot, i)| (slot.to_string(), i))
-                    .into();
-                // Only set when some old task is isolated, so every other evaluation keeps its
-                // key and is shared with the non-isolated strategy.
-                let isolate = s.isolate && t > 0;
-                if isolate {
-                    eval_in.extend((0..t).map(|j| {
+                // The evaluation of tasks 0..=t on `model`, with tasks 0..isolated each on its
+                // own mask (`isolate` is only set when some task is, so every other evaluation
+                // keeps its key and is shared with the non-isolated strategy).
+                let evaluation = |model: String, isolated: usize| {
+                    let mut eval_in: Vec<(String, String)> =
+                        vec![("split".into(), SPLIT_ID.into()), ("model".into(), model)];
+                    eval_in.extend((0..isolated).map(|j| {
                         (
                             evaluate::isolate_slot(j),
                             stage_id(&s.name, seed, j, "mask"),
                         )
                     }));
+                    decl(
+                        id("evaluate"),
+                        &evaluate::Evaluate,
+                        &eval_params(t + 1, isolated > 0),
+                        eval_in,
+                    )
+                };
+                let masked = !(t + 1 == p.task_count() && !s.final_mask)
+                    && !matches!(s.freeze, FreezeSpec::None);
+                // PackNet's retraining comes before the task's evaluation, which then reads
+                // the retrained model with the task on its own mask too.
+                let retrained = s.retrain.filter(|_| masked);
+                if retrained.is_none() {
+                    out.push(evaluation(id("train"), if s.isolate { t } else { 0 }));
                 }
-                out.push(decl(
-                    id("evaluate"),
-                    &evaluate::Evaluate,
-                    &eval_params(t + 1, isolate),
-                    eval_in,
-                ));
                 let mut mask_in = Vec::new();
                 if t + 1 == p.task_count() && !s.final_mask {
                     continue;
@@ -630,8 +641,28 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                     policy,
                 };
                 out.push(decl(id("mask"), &mask::Mask, &mp, mask_in));
-                prev_mask = Some(id("mask"));
                 prev_model = Some(id("train"));
+                if let Some(r) = retrained {
+                    let mut training = train_params(t, seed).training;
+                    training.epochs = r.epochs;
+                    let rp = train::Params {
+                        retrain: true,
+                        lr_frozen: prev_mask.as_ref().map(|_| lr_frozen(&s.freeze)),
+                        training,
+                        ..train_params(t, seed)
+                    };
+                    let mut rin = vec![split_in(), trained.clone(), ("keep", id("mask"))];
+                    if let Some(m) = &prev_mask {
+                        rin.push(("mask", m.clone()));
+                    }
+                    out.push(decl(id(RETRAIN), &train::Train, &rp, rin));
+                    out.push(evaluation(
+                        id(RETRAIN),
+                        if s.isolate { t + 1 } else { 0 },
+                    ));
+                    prev_model = Some(id(RETRAIN));
+                }
+                prev_mask = Some(id("mask"));
             }
         }
     }

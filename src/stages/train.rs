@@ -80,6 +80,11 @@ pub struct Params {
     /// the sequence, untrained): the reference of forward transfer. Left out when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub alone: bool,
+    /// PackNet's retraining of task `task_index` on the units its mask keeps (input slot
+    /// `keep`; the others are silenced and still), from that task's trained model. Left out
+    /// when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retrain: bool,
     /// Experience replay of tasks `0..task_index`; left out when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<crate::spec::ReplaySpec>,
@@ -174,7 +179,14 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     check_task(p.task_index, split.tasks.len())?;
     let dim = split.dim();
 
-    let first_new_head = if p.joint || p.alone { 0 } else { p.task_index };
+    // A retraining continues its own task's model, whose outputs exist already.
+    let first_new_head = if p.joint || p.alone {
+        0
+    } else if p.retrain {
+        p.task_index + 1
+    } else {
+        p.task_index
+    };
     let mut host = match (ctx.input_opt("model"), &p.model.arch) {
         (Some(_), _) => artifacts::load_model(ctx, "model")?,
         (None, None) => {
@@ -233,6 +245,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         0 => vec![],
         t => scenario.head_widths(&counts, t - 1),
     };
+    if p.retrain && ctx.input_opt("model").is_none() {
+        return Err(StageError::invalid(
+            "a retraining needs its task's trained model (input slot `model`)",
+        ));
+    }
     let widths = |m: &ModelParams| m.heads.iter().map(|h| h.out_dim).collect::<Vec<_>>();
     if !pretrained && widths(&host) != before {
         return Err(StageError::invalid(format!(
@@ -259,20 +276,49 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         Some(_) => Some(artifacts::load_unit_flags(ctx, "mask", hidden.len())?),
         None => None,
     };
+    // A retraining's kept units: the others are silenced, and do not move either.
+    let keep = match (p.retrain, ctx.input_opt("keep")) {
+        (true, Some(_)) => {
+            let k = artifacts::load_unit_flags(ctx, "keep", hidden.len())?;
+            artifacts::check_unit_counts("kept units", &k, &hidden)?;
+            Some(k)
+        }
+        (false, None) => None,
+        _ => {
+            return Err(StageError::invalid(
+                "a retraining needs the units its task keeps (input slot `keep`), and only a retraining reads them",
+            ))
+        }
+    };
     let lr_frozen = p.lr_frozen.unwrap_or(0.0) as f32;
     let mut scales: Vec<Option<Vec<f32>>> = Vec::new();
     for (l, layer) in host.layers().enumerate() {
         let flags = frozen.as_ref().and_then(|f| f.get(l));
-        match flags {
-            Some(f) if l < hidden.len() && f.iter().any(|&b| b) => {
-                if f.len() != layer.out_dim {
+        let kept = keep.as_ref().and_then(|k| k.get(l));
+        let none = Vec::new();
+        match (flags, kept) {
+            (f, k)
+                if l < hidden.len()
+                    && (f.is_some_and(|f| f.iter().any(|&b| b))
+                        || k.is_some_and(|k| k.iter().any(|&b| !b))) =>
+            {
+                let f = f.unwrap_or(&none);
+                if !f.is_empty() && f.len() != layer.out_dim {
                     return Err(StageError::invalid(format!(
                         "mask layer {l} has {} units, model {}",
                         f.len(),
                         layer.out_dim
                     )));
                 }
-                let row = |j: usize| if f[j] { lr_frozen } else { 1.0 };
+                let row = |j: usize| {
+                    if f.get(j).copied().unwrap_or(false) {
+                        lr_frozen
+                    } else if k.is_some_and(|k| !k[j]) {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                };
                 scales.push(Some(
                     (0..layer.out_dim * layer.in_dim)
                         .map(|k| row(k / layer.in_dim))
@@ -312,6 +358,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         },
     };
     let mut model = DeviceModel::from_host(dev, &host);
+    model.train_masks = keep.as_ref().map(|k| super::flags_to_masks(dev, k));
     let mut opt = MaskedOptimizer::new(dev, cfg, &model.params, scales);
     let n_trunk_tensors = 2 * host.trunk.len();
     let ewc = match (ctx.input_opt("penalty"), p.ewc_lambda) {
@@ -394,7 +441,11 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let mut rng = rng_for(
         p.seed,
         p.task_index,
-        if p.joint { "shuffle_joint" } else { "shuffle" },
+        match (p.joint, p.retrain) {
+            (true, _) => "shuffle_joint",
+            (_, true) => "shuffle_retrain",
+            _ => "shuffle",
+        },
     );
     // Synaptic intelligence (Zenke et al. 2017): ω = −Σ g·Δθ over the steps, with g the task
     // loss's gradient (without any EWC term) and Δθ the update actually applied.
@@ -525,7 +576,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 // Training accuracy is the model's, without dropout, before the step: the
                 // pass's own logits unless it dropped units.
                 let logits = if model.has_dropout() {
-                    model.logits(&x, head, None).as_vec()
+                    model
+                        .logits(&x, head, model.train_masks.as_deref())
+                        .as_vec()
                 } else {
                     pass_logits
                 };
