@@ -174,3 +174,64 @@ fn scenario_mistakes_are_located_before_any_work() {
     );
     rejected(&shared, &["model.heads=one"], "model.heads");
 }
+
+/// The L2 distance between head 0's weights of two models.
+fn head0_drift(a: &cfpipe::nn::model::ModelParams, b: &cfpipe::nn::model::ModelParams) -> f64 {
+    a.heads[0]
+        .weight
+        .iter()
+        .zip(&b.heads[0].weight)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[test]
+fn ewc_under_a_shared_head_penalises_the_head_and_a_grown_head_only_its_old_outputs() {
+    let ewc = "  ewc0:
+    freeze: none
+    ewc:
+      lambda: 0.0
+      importance: {method: mas, reference_size: 20, reference_split: train}
+  ewc_strong:
+    freeze: none
+    ewc:
+      lambda: 1000.0
+      importance: {method: mas, reference_size: 20, reference_split: train}
+";
+    for heads in ["  heads: shared\n", "  heads: class_incremental\n"] {
+        let f = Fixture::with_pipeline(&format!(
+            "{}{ewc}",
+            PIPELINE.replace("  hidden: [16, 12]\n", &format!("  hidden: [16, 12]\n{heads}"))
+        ));
+        f.run(&[]);
+        // The penalty covers the trunk's two layers and the head: six tensors.
+        let pen = cfpipe::nn::tensorio::decode(&f.output(
+            "ewc_strong/seed0/task1/consolidate",
+            "penalty.safetensors",
+        ))
+        .unwrap();
+        assert!(pen.contains_key("a.5") && !pen.contains_key("a.6"), "{heads}");
+        let task1 = f.model_of("naive/seed0/task1/train");
+        let drift = |s: &str| head0_drift(&task1, &f.model_of(&format!("{s}/seed0/task2/train")));
+        // λ = 0 trains naive's bits; a strong pull holds the (old part of the) head.
+        assert_eq!(drift("ewc0"), drift("naive"), "{heads}");
+        let old = |s: &str| {
+            let m = f.model_of(&format!("{s}/seed0/task2/train"));
+            m.heads[0].weight[..task1.heads[0].weight.len()].to_vec()
+        };
+        let held = |s: &str| {
+            old(s)
+                .iter()
+                .zip(&task1.heads[0].weight)
+                .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+                .sum::<f64>()
+        };
+        assert!(
+            held("ewc_strong") * 4.0 < held("naive"),
+            "{heads}: {} vs {}",
+            held("ewc_strong"),
+            held("naive")
+        );
+    }
+}

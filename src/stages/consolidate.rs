@@ -15,7 +15,10 @@
 //! - `online` (Schwarz et al.): one quadratic around the latest parameters with decayed
 //!   importance, `A = γ·A_prev + Ω_t`, `B = A θ_t`, `C = Σ A θ_t²`.
 //!
-//! Heads are not penalised: an old head never trains again, and the new head is new.
+//! Per-task heads are not penalised: an old head never trains again, and the new head is new.
+//! A shared or class-incremental head (`model.heads`) trains on every task, so it is
+//! penalised like the trunk; a grown class-incremental head's new outputs start without a
+//! penalty (their rows are appended, so the earlier rows keep their terms).
 
 use super::artifacts::json_bytes;
 use super::{on_device, score, split_and_model};
@@ -73,13 +76,24 @@ impl Penalty {
         art.insert(PENALTY_TENSORS, tensorio::encode(&m));
     }
 
-    /// Load and check against the trunk's parameter sizes.
-    pub fn load(ctx: &StageContext, slot: &str, sizes: &[usize]) -> Result<Self, StageError> {
+    /// Load and check against the penalised parameters' sizes. With `grown`, the last two
+    /// tensors (a class-incremental head's weight and bias) may be shorter, from before the
+    /// head grew; the new rows get no penalty (zeros).
+    pub fn load(
+        ctx: &StageContext,
+        slot: &str,
+        sizes: &[usize],
+        grown: bool,
+    ) -> Result<Self, StageError> {
+        let last = sizes.len().saturating_sub(2);
         let bad = |e: String| StageError::invalid(format!("{PENALTY_TENSORS}: {e}"));
         let mut m = tensorio::decode(&ctx.read_input(slot, PENALTY_TENSORS)?)
             .map_err(|e| bad(e.to_string()))?;
-        let mut take = |name: String, n: usize| -> Result<Vec<f32>, StageError> {
-            let (_, v) = m.take_f32(&name).map_err(|e| bad(e.to_string()))?;
+        let mut take = |name: String, n: usize, pad: bool| -> Result<Vec<f32>, StageError> {
+            let (_, mut v) = m.take_f32(&name).map_err(|e| bad(e.to_string()))?;
+            if pad && v.len() < n {
+                v.resize(n, 0.0);
+            }
             if v.len() != n {
                 return Err(bad(format!("{name} has {} values, expected {n}", v.len())));
             }
@@ -88,10 +102,11 @@ impl Penalty {
         let mut a = Vec::new();
         let mut b = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
-            a.push(take(format!("a.{i}"), n)?);
-            b.push(take(format!("b.{i}"), n)?);
+            let pad = grown && i >= last;
+            a.push(take(format!("a.{i}"), n, pad)?);
+            b.push(take(format!("b.{i}"), n, pad)?);
         }
-        let c = take("c".into(), 1)?[0] as f64;
+        let c = take("c".into(), 1, false)?[0] as f64;
         Ok(Penalty { a, b, c })
     }
 
@@ -105,6 +120,20 @@ impl Penalty {
         }
         v
     }
+}
+
+/// How many device tensors (`[w0, b0, …]`, trunk then heads) the penalty covers: the trunk's,
+/// and the head's where every task trains it (see the module docs).
+pub fn penalised_tensors(host: &crate::nn::model::ModelParams) -> usize {
+    2 * (host.trunk.len() + usize::from(!host.scenario.is_per_task()))
+}
+
+/// Whether the penalised head gains outputs per task, so an earlier penalty covers fewer.
+pub fn grows(host: &crate::nn::model::ModelParams) -> bool {
+    host.scenario
+        == (crate::nn::scenario::Scenario::ClassIncremental {
+            outputs: crate::nn::scenario::ClassOutputs::Grow,
+        })
 }
 
 /// Add task importance `omega` at parameters `theta` to `prev` (see the module docs).
@@ -175,21 +204,21 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         p.seed,
         super::TaskHead::of(&host, p.task_index),
     )?;
-    // Trunk tensors only, in device order; the path's last layer is the head.
-    let trunk = host.trunk.len();
-    let omega_t: Vec<Vec<f32>> = omega.layers[..trunk]
+    // The penalised tensors in device order; the path's last layer is the head.
+    let layers = penalised_tensors(&host) / 2;
+    let omega_t: Vec<Vec<f32>> = omega.layers[..layers]
         .iter()
         .flat_map(|(w, b)| [w, b])
         .map(|v| v.iter().map(|&x| x as f32).collect())
         .collect();
     let theta: Vec<Vec<f32>> = host
-        .trunk
-        .iter()
+        .layers()
+        .take(layers)
         .flat_map(|l| [l.weight.clone(), l.bias.clone()])
         .collect();
     let sizes: Vec<usize> = theta.iter().map(Vec::len).collect();
     let prev = match ctx.input_opt("penalty") {
-        Some(_) => Some(Penalty::load(ctx, "penalty", &sizes)?),
+        Some(_) => Some(Penalty::load(ctx, "penalty", &sizes, grows(&host))?),
         None => None,
     };
     let penalty = accumulate(prev.as_ref(), &omega_t, &theta, p.mode, p.decay);

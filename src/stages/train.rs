@@ -360,14 +360,15 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     let mut model = DeviceModel::from_host(dev, &host);
     model.train_masks = keep.as_ref().map(|k| super::flags_to_masks(dev, k));
     let mut opt = MaskedOptimizer::new(dev, cfg, &model.params, scales);
-    let n_trunk_tensors = 2 * host.trunk.len();
+    // The tensors EWC pulls: the trunk's, and a head every task trains.
+    let n_penalised = super::consolidate::penalised_tensors(&host);
     let ewc = match (ctx.input_opt("penalty"), p.ewc_lambda) {
         (Some(_), Some(lambda)) => {
-            let sizes: Vec<usize> = model.params[..n_trunk_tensors]
+            let sizes: Vec<usize> = model.params[..n_penalised]
                 .iter()
                 .map(|t| t.shape().0)
                 .collect();
-            let pen = Penalty::load(ctx, "penalty", &sizes)?;
+            let pen = Penalty::load(ctx, "penalty", &sizes, super::consolidate::grows(&host))?;
             let a: Vec<Vector<D>> = pen
                 .a
                 .iter()
@@ -599,7 +600,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 // With EWC, the usual cause is the penalty's pull: name it, with its size.
                 return Err(StageError::failed(match &ewc {
                     Some((lambda, pen, _, _)) => {
-                        let theta: Vec<Vec<f32>> = model.params[..n_trunk_tensors]
+                        let theta: Vec<Vec<f32>> = model.params[..n_penalised]
                             .iter()
                             .map(|t| t.as_vec())
                             .collect();
@@ -627,7 +628,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 grads = grads
                     .into_iter()
                     .map(|(i, g)| {
-                        if i < n_trunk_tensors {
+                        if i < n_penalised {
                             let pull = a[i].clone() * model.params[i].clone() - b[i].clone();
                             (i, g + pull * (2.0 * *lambda as f32))
                         } else {
@@ -639,7 +640,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 // here, before it turns the parameters (and then the loss) into NaN.
                 let pull_sum: f32 = grads[..]
                     .iter()
-                    .filter(|(i, _)| *i < n_trunk_tensors)
+                    .filter(|(i, _)| *i < n_penalised)
                     .map(|(_, g)| g.clone().sum::<(), _>().as_vec()[0])
                     .sum();
                 if !pull_sum.is_finite() {
@@ -669,7 +670,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             mean_loss: loss_sum / seen.max(1) as f64,
             train_accuracy: correct as f64 / seen.max(1) as f64,
             ewc_penalty: ewc.as_ref().map(|(lambda, pen, _, _)| {
-                let theta: Vec<Vec<f32>> = model.params[..n_trunk_tensors]
+                let theta: Vec<Vec<f32>> = model.params[..n_penalised]
                     .iter()
                     .map(|t| t.as_vec())
                     .collect();
