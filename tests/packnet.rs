@@ -39,7 +39,10 @@ fn packnet_retrains_only_the_kept_units_and_isolation_keeps_each_task_exactly() 
     let f = Fixture::with_pipeline(&format!("{PIPELINE}{PACKNET}"));
     let ran = f.run(&[]).ran();
     for t in 1..=2 {
-        assert!(ran.contains(&format!("packnet/seed0/task{t}/retrain")), "{ran:?}");
+        assert!(
+            ran.contains(&format!("packnet/seed0/task{t}/retrain")),
+            "{ran:?}"
+        );
     }
     let e = f.entries();
     let model = |id: &str| f.model_of(&format!("packnet/seed0/{id}"));
@@ -52,7 +55,10 @@ fn packnet_retrains_only_the_kept_units_and_isolation_keeps_each_task_exactly() 
             0,
             "layer {l}"
         );
-        assert!(same_units(&trained, &retrained, l, |j| kept[j]).1 > 0, "layer {l}");
+        assert!(
+            same_units(&trained, &retrained, l, |j| kept[j]).1 > 0,
+            "layer {l}"
+        );
         // Task 2 trains from the retrained model and moves none of task 1's units, nor does
         // its own retraining.
         for later in ["task2/train", "task2/retrain"] {

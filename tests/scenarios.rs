@@ -79,8 +79,14 @@ fn a_class_incremental_head_grows_by_each_tasks_classes_and_is_evaluated_without
     f.run(&[]);
     let task1 = f.model_of("naive/seed0/task1/train");
     let task2 = f.model_of("naive/seed0/task2/train");
-    assert_eq!(task1.heads.iter().map(|h| h.out_dim).collect::<Vec<_>>(), [2]);
-    assert_eq!(task2.heads.iter().map(|h| h.out_dim).collect::<Vec<_>>(), [4]);
+    assert_eq!(
+        task1.heads.iter().map(|h| h.out_dim).collect::<Vec<_>>(),
+        [2]
+    );
+    assert_eq!(
+        task2.heads.iter().map(|h| h.out_dim).collect::<Vec<_>>(),
+        [4]
+    );
     let eval = f.json_of("naive/seed0/task2/evaluate", "eval.json");
     assert_eq!(eval["class_offset"], serde_json::json!([0, 2]));
     let acc = |k: &str| -> Vec<f64> {
@@ -116,8 +122,7 @@ fn upfront_outputs_exist_from_task_1_and_key_apart_from_growing_ones() {
     let task1 = upfront.model_of("naive/seed0/task1/train");
     assert_eq!(task1.heads[0].out_dim, 4);
     let key = |f: &Fixture, id: &str| {
-        let (_, dag) =
-            cfpipe::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
+        let (_, dag) = cfpipe::load(&f.pipeline(), &[], cfpipe::spec::DataCheck::Required).unwrap();
         let n = dag.find(id).unwrap();
         dag.node(n).params.clone()
     };
@@ -126,7 +131,10 @@ fn upfront_outputs_exist_from_task_1_and_key_apart_from_growing_ones() {
         key(&upfront, "naive/seed0/task1/train"),
     );
     assert_ne!(g, u);
-    assert_eq!(g["model"]["scenario"]["outputs"], "grow", "the choice is keyed: {g}");
+    assert_eq!(
+        g["model"]["scenario"]["outputs"], "grow",
+        "the choice is keyed: {g}"
+    );
     // Task-incremental trainings keep the parameters (and keys) they always had.
     let plain = key(&Fixture::new(), "naive/seed0/task1/train");
     assert!(plain["model"].get("scenario").is_none(), "{plain}");
@@ -148,8 +156,10 @@ fn rejected(f: &Fixture, set: &[&str], expect: &str) {
 
 #[test]
 fn scenario_mistakes_are_located_before_any_work() {
-    let class_il = under("  heads: class_incremental
-");
+    let class_il = under(
+        "  heads: class_incremental
+",
+    );
     rejected(
         &class_il,
         &["strategies.rnf.isolate=true"],
@@ -160,8 +170,10 @@ fn scenario_mistakes_are_located_before_any_work() {
         &["strategies.naive.lwf={lambda: 1.0}"],
         "strategies.naive.lwf: LwF distils the old heads' whole outputs",
     );
-    let shared = under("  heads: shared
-");
+    let shared = under(
+        "  heads: shared
+",
+    );
     rejected(
         &shared,
         &["model.class_outputs=upfront"],
@@ -202,16 +214,21 @@ fn ewc_under_a_shared_head_penalises_the_head_and_a_grown_head_only_its_old_outp
     for heads in ["  heads: shared\n", "  heads: class_incremental\n"] {
         let f = Fixture::with_pipeline(&format!(
             "{}{ewc}",
-            PIPELINE.replace("  hidden: [16, 12]\n", &format!("  hidden: [16, 12]\n{heads}"))
+            PIPELINE.replace(
+                "  hidden: [16, 12]\n",
+                &format!("  hidden: [16, 12]\n{heads}")
+            )
         ));
         f.run(&[]);
         // The penalty covers the trunk's two layers and the head: six tensors.
-        let pen = cfpipe::nn::tensorio::decode(&f.output(
-            "ewc_strong/seed0/task1/consolidate",
-            "penalty.safetensors",
-        ))
+        let pen = cfpipe::nn::tensorio::decode(
+            &f.output("ewc_strong/seed0/task1/consolidate", "penalty.safetensors"),
+        )
         .unwrap();
-        assert!(pen.contains_key("a.5") && !pen.contains_key("a.6"), "{heads}");
+        assert!(
+            pen.contains_key("a.5") && !pen.contains_key("a.6"),
+            "{heads}"
+        );
         let task1 = f.model_of("naive/seed0/task1/train");
         let drift = |s: &str| head0_drift(&task1, &f.model_of(&format!("{s}/seed0/task2/train")));
         // λ = 0 trains naive's bits; a strong pull holds the (old part of the) head.

@@ -14,8 +14,8 @@
 //! operand, so the input needs no gradient of its own.
 
 use super::arch::{Arch, Op};
-use super::scenario::Scenario;
 use super::dense::{dense, Activation, Side};
+use super::scenario::Scenario;
 use super::seq::{forward_hooked, Act, Hooks, Layer};
 use super::tensor::{images_to_tensor, one_hot_t, Label, Matrix, Tensor4, Vector};
 use super::tensorio::{HostTensor, TensorIoError, TensorMapExt};

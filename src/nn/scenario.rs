@@ -107,7 +107,13 @@ impl Scenario {
 
     /// Adds the output units that task `t` brings (see the module doc), drawing them from
     /// `rng`; nothing where the task's outputs exist already.
-    pub fn add_outputs(&self, m: &mut ModelParams, classes: &[usize], t: usize, rng: &mut impl Rng) {
+    pub fn add_outputs(
+        &self,
+        m: &mut ModelParams,
+        classes: &[usize],
+        t: usize,
+        rng: &mut impl Rng,
+    ) {
         let fresh = match self {
             Scenario::PerTask => Some(classes[t]),
             Scenario::Shared if t == 0 => Some(classes[0]),
@@ -169,7 +175,10 @@ mod tests {
         assert_eq!(upfront.head_widths(&classes, 0), vec![7]);
         assert_eq!(grow.offset(&classes, 2), 5);
         assert_eq!(Scenario::Shared.offset(&classes, 2), 0);
-        assert_eq!((Scenario::Shared.head(2), Scenario::PerTask.head(2)), (0, 2));
+        assert_eq!(
+            (Scenario::Shared.head(2), Scenario::PerTask.head(2)),
+            (0, 2)
+        );
     }
 
     #[test]

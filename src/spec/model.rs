@@ -4,9 +4,9 @@
 //! layer on image maps is reported with its location before any work starts.
 
 use super::raw::{Activation, HeadsKind, ModelKind, RawLayer, RawModel};
-use crate::nn::scenario::Scenario;
 use super::resolved::ModelSpec;
 use crate::nn::arch::{self, Arch, Normalization, Op};
+use crate::nn::scenario::Scenario;
 use crate::nn::torchvision::PretrainedHead;
 
 /// Check the model section; report problems through `e(key_path, message)`.

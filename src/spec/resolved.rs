@@ -97,7 +97,10 @@ pub struct ModelSpec {
     pub pretrained_head: Option<crate::nn::torchvision::PretrainedHead>,
     /// `model.heads` (and `class_outputs`): how tasks share output units. Absent for
     /// `per_task`, so task-incremental keys stay as they were.
-    #[serde(default, skip_serializing_if = "crate::nn::scenario::Scenario::is_per_task")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::nn::scenario::Scenario::is_per_task"
+    )]
     pub scenario: crate::nn::scenario::Scenario,
 }
 

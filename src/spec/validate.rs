@@ -243,8 +243,9 @@ fn scenario(
     if let Err(m) = s.check(&sizes) {
         e("model.heads", m);
     }
-    if s == (Scenario::ClassIncremental { outputs: ClassOutputs::Upfront })
-        && raw.model.pretrained.is_some()
+    if s == (Scenario::ClassIncremental {
+        outputs: ClassOutputs::Upfront,
+    }) && raw.model.pretrained.is_some()
         && raw.model.pretrained_head != Some(crate::nn::torchvision::PretrainedHead::Drop)
     {
         e(
@@ -260,7 +261,9 @@ fn scenario(
             );
         }
         if st.lwf.is_some()
-            && s == (Scenario::ClassIncremental { outputs: ClassOutputs::Grow })
+            && s == (Scenario::ClassIncremental {
+                outputs: ClassOutputs::Grow,
+            })
         {
             e(
                 &format!("strategies.{}.lwf", st.name),

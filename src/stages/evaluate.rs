@@ -209,7 +209,9 @@ pub fn confusion(
 ) -> Vec<Vec<u64>> {
     let mut m = vec![vec![0u64; outputs]; own.len()];
     for (&y, &p) in labels.iter().zip(predicted) {
-        let row = (y as usize).checked_sub(own.start).and_then(|r| m.get_mut(r));
+        let row = (y as usize)
+            .checked_sub(own.start)
+            .and_then(|r| m.get_mut(r));
         if let Some(c) = row.and_then(|row| row.get_mut(p)) {
             *c += 1;
         }

@@ -583,7 +583,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         eval_in,
                     )
                 };
-                let masked = !(t + 1 == p.task_count() && !s.final_mask)
+                let masked = (t + 1 != p.task_count() || s.final_mask)
                     && !matches!(s.freeze, FreezeSpec::None);
                 // PackNet's retraining comes before the task's evaluation, which then reads
                 // the retrained model with the task on its own mask too.
@@ -656,10 +656,7 @@ pub fn compile(p: &Pipeline) -> Vec<StageDecl> {
                         rin.push(("mask", m.clone()));
                     }
                     out.push(decl(id(RETRAIN), &train::Train, &rp, rin));
-                    out.push(evaluation(
-                        id(RETRAIN),
-                        if s.isolate { t + 1 } else { 0 },
-                    ));
+                    out.push(evaluation(id(RETRAIN), if s.isolate { t + 1 } else { 0 }));
                     prev_model = Some(id(RETRAIN));
                 }
                 prev_mask = Some(id("mask"));

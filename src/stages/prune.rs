@@ -225,13 +225,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             let masks = masks_for(k);
             let masks = if k == 0 { None } else { Some(masks.as_slice()) };
             match &centred {
-                Some(test) => Ok(accuracy(
-                    &model,
-                    test,
-                    geometry.input_len(),
-                    head,
-                    masks,
-                )),
+                Some(test) => Ok(accuracy(&model, test, geometry.input_len(), head, masks)),
                 None => accuracy_with(&model, selected, &geometry, p.crops, head, masks),
             }
         })?;

@@ -186,7 +186,10 @@ pub fn weight_importance<D: Device<f32>>(
     seed: u64,
     at: TaskHead,
 ) -> Result<Option<(importance::WeightImportance, usize)>, StageError> {
-    let TaskHead { task: task_index, head } = at;
+    let TaskHead {
+        task: task_index,
+        head,
+    } = at;
     let reference = |size, from| reference_samples(task, dim, size, from, seed, task_index);
     let model = || DeviceModel::from_host(dev, host);
     let (imp, n) = match *spec {
@@ -369,7 +372,10 @@ pub fn unit_scores<D: Device<f32>>(
     at: TaskHead,
     visualizations: Option<&crate::xai::saliency::Visualizations>,
 ) -> Result<UnitScores, StageError> {
-    let TaskHead { task: task_index, head } = at;
+    let TaskHead {
+        task: task_index,
+        head,
+    } = at;
     let reference = |size: usize, from: ReferenceSplit| {
         reference_samples(task, dim, size, from, seed, task_index)
     };
