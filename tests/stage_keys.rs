@@ -24,6 +24,22 @@ fn pipelines() -> Vec<(&'static str, Vec<&'static str>)> {
             ],
         ),
         (
+            "pipelines/mnist_split_shared.yaml",
+            vec![
+                "training.epochs=1",
+                "seeds=[0]",
+                "tasks=[[0, 1], [2, 3], [4, 5]]",
+            ],
+        ),
+        (
+            "pipelines/mnist_split_class_il.yaml",
+            vec![
+                "training.epochs=1",
+                "seeds=[0]",
+                "tasks=[[0, 1], [2, 3], [4, 5]]",
+            ],
+        ),
+        (
             "pipelines/cnn_mnist_split.yaml",
             vec![
                 "seeds=[0]",

@@ -106,7 +106,7 @@ pub fn markdown(results: &[RunResult], labels: &[Vec<u16>]) -> String {
         return String::new();
     }
     let mut s = String::from(
-        "\n## Per-class accuracy after the last task\n\nEach class's share of its test samples the final model classified right (its own head; `confusion.csv` has the full matrices).\n\n| strategy |",
+        "\n## Per-class accuracy after the last task\n\nEach class's share of its test samples the final model classified right (through its task's head; under `class_incremental` among all the head's outputs, without the task; `confusion.csv` has the full matrices).\n\n| strategy |",
     );
     for &(t, k) in &classes {
         let _ = write!(s, " T{} class {} |", t + 1, label(labels, t, k));
