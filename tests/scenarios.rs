@@ -252,3 +252,23 @@ fn ewc_under_a_shared_head_penalises_the_head_and_a_grown_head_only_its_old_outp
         );
     }
 }
+
+#[test]
+fn lwf_distils_the_shared_head_and_at_lambda_zero_trains_naives_bits() {
+    let f = Fixture::with_pipeline(&format!(
+        "{}  lwf0:\n    freeze: none\n    lwf: {{lambda: 0.0}}\n  lwf:\n    freeze: none\n    lwf: {{lambda: 1.0, temperature: 2.0}}\n",
+        PIPELINE.replace("  hidden: [16, 12]\n", "  hidden: [16, 12]\n  heads: shared\n")
+    ));
+    f.run(&[]);
+    let model = |s: &str| f.output(&format!("{s}/seed0/task2/train"), "model.safetensors");
+    assert_eq!(model("lwf0"), model("naive"));
+    assert_ne!(model("lwf"), model("naive"));
+    // Distilling task 1's outputs of the shared head holds them closer than naive does.
+    let task1 = f.model_of("naive/seed0/task1/train");
+    let moved = |s: &str| {
+        let a = head0_logits(&task1);
+        let b = head0_logits(&f.model_of(&format!("{s}/seed0/task2/train")));
+        a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum::<f32>()
+    };
+    assert!(moved("lwf") < moved("naive"), "{} vs {}", moved("lwf"), moved("naive"));
+}
