@@ -386,6 +386,13 @@ impl Cache {
         self.lookup_as(key, true)
     }
 
+    /// The entry of `key` if the verified-entry memo serves it (every file stamped as when it
+    /// last verified in full), and `None` otherwise, without reading anything else: the check
+    /// a cached rerun can afford inline, before a full [`Self::lookup`].
+    pub fn recall(&self, key: &StageKey) -> Option<Entry> {
+        self.remembered(&self.entry_dir(key), key, &key.to_hex())
+    }
+
     /// Find and fully verify an entry, hashing every file whatever the memo says (`cache
     /// verify`).
     pub fn lookup_full(&self, key: &StageKey) -> Lookup {

@@ -382,23 +382,40 @@ impl<'a> Executor<'a> {
             }
             drop(done_tx);
 
-            let dispatch = |n: NodeIndex, entries: &HashMap<NodeIndex, Entry>| {
-                let inputs = dag
+            // Memo hits are served here, on this thread, into `ready`; everything else goes
+            // to the workers.
+            let mut ready: std::collections::VecDeque<Done> = Default::default();
+            let dispatch = |n: NodeIndex,
+                            entries: &HashMap<NodeIndex, Entry>,
+                            ready: &mut std::collections::VecDeque<Done>| {
+                let inputs: BTreeMap<String, Entry> = dag
                     .node(n)
                     .inputs
                     .iter()
                     .map(|(slot, from)| (slot.clone(), entries[from].clone()))
                     .collect();
-                let _ = work_tx.send((n, inputs));
+                match self.recall(dag, n, &inputs) {
+                    Some((key, entry)) => {
+                        bars.stage(&dag.node(n).id).finish();
+                        ready.push_back((n, Some(key), Ok((entry, Outcome::Cached))));
+                    }
+                    None => {
+                        let _ = work_tx.send((n, inputs));
+                    }
+                }
             };
             for &n in dag.topo_order() {
                 if remaining[&n] == 0 {
-                    dispatch(n, &entries);
+                    dispatch(n, &entries, &mut ready);
                 }
             }
             let mut finished = 0;
             while finished < total {
-                let Ok((n, key, res)) = done_rx.recv() else {
+                let next = match ready.pop_front() {
+                    Some(done) => Ok(done),
+                    None => done_rx.recv(),
+                };
+                let Ok((n, key, res)) = next else {
                     break;
                 };
                 let node = dag.node(n);
@@ -451,7 +468,7 @@ impl<'a> Executor<'a> {
                         }
                         let cn = dag.node(c);
                         match cn.inputs.values().find_map(|f| failed_root.get(f).cloned()) {
-                            None => dispatch(c, &entries),
+                            None => dispatch(c, &entries, &mut ready),
                             Some(root) => {
                                 finished += 1;
                                 bars.stage_done();
@@ -520,6 +537,47 @@ impl<'a> Executor<'a> {
         progress: &dyn Progress,
         key_out: &mut Option<StageKey>,
     ) -> Result<(Entry, Outcome), ExecError> {
+        let (req, files) = self.request(dag, n, inputs)?;
+        *key_out = Some(req.key);
+        let res = match &self.opts.slurm {
+            Some(s) => self.run_as_job(s, &req),
+            None => self.run_one(&req, inputs, progress),
+        };
+        if res.is_ok() {
+            self.record(dag, n, &req, &files);
+        }
+        res
+    }
+
+    /// A cached rerun's shortcut: stage `n` served by the verified-entry memo on the calling
+    /// thread, with what [`Self::process`] records for it; `None` wherever anything more is
+    /// needed (no memo hit, a Slurm executor, data files not yet hashed this run), and then
+    /// nothing was done. Each hit saves the handoff to a worker thread and back, which is most
+    /// of a memo hit's cost.
+    fn recall(
+        &self,
+        dag: &Dag,
+        n: NodeIndex,
+        inputs: &BTreeMap<String, Entry>,
+    ) -> Option<(StageKey, Entry)> {
+        if self.opts.slurm.is_some() || !dag.node(n).files.is_empty() {
+            return None;
+        }
+        let (req, files) = self.request(dag, n, inputs).ok()?;
+        self.cache.mark_used(&req.key);
+        let entry = self.cache.recall(&req.key)?;
+        self.record(dag, n, &req, &files);
+        Some((req.key, entry))
+    }
+
+    /// Stage `n`'s request: its key from its kind, version, parameters, inputs' content and
+    /// files' content, and what a worker or a job needs to compute it.
+    fn request(
+        &self,
+        dag: &Dag,
+        n: NodeIndex,
+        inputs: &BTreeMap<String, Entry>,
+    ) -> Result<(StageRequest, BTreeMap<String, ContentHash>), ExecError> {
         let node = dag.node(n);
         let files = hash_files(&self.hasher, &node.id, &node.files)?;
         let req = StageRequest {
@@ -547,34 +605,39 @@ impl<'a> Executor<'a> {
                 .map(|(r, p)| (r.clone(), (p.clone(), files[r])))
                 .collect(),
         };
-        *key_out = Some(req.key);
-        let res = match &self.opts.slurm {
-            Some(s) => self.run_as_job(s, &req),
-            None => self.run_one(&req, inputs, progress),
-        };
-        if res.is_ok() {
-            // A cached rerun finds every record current in the scope's index, and builds none.
-            for id in node
-                .all_ids()
-                .filter(|id| !self.cache.stage_record_is(dag.scope(), id, &req.key))
-            {
-                let _ = self.cache.put_stage_record(
-                    dag.scope(),
-                    &StageRecord {
-                        id: id.to_string(),
-                        key: req.key,
-                        params: req.params.clone(),
-                        inputs: req
-                            .inputs
-                            .iter()
-                            .map(|(s, (_, h))| (s.clone(), *h))
-                            .collect(),
-                        files: files.clone(),
-                    },
-                );
-            }
+        Ok((req, files))
+    }
+
+    /// Records, under every id of stage `n`, what produced its entry (for `status` and the
+    /// rerun reasons). A cached rerun finds every record current in the scope's index, and
+    /// builds none.
+    fn record(
+        &self,
+        dag: &Dag,
+        n: NodeIndex,
+        req: &StageRequest,
+        files: &BTreeMap<String, ContentHash>,
+    ) {
+        for id in dag
+            .node(n)
+            .all_ids()
+            .filter(|id| !self.cache.stage_record_is(dag.scope(), id, &req.key))
+        {
+            let _ = self.cache.put_stage_record(
+                dag.scope(),
+                &StageRecord {
+                    id: id.to_string(),
+                    key: req.key,
+                    params: req.params.clone(),
+                    inputs: req
+                        .inputs
+                        .iter()
+                        .map(|(s, (_, h))| (s.clone(), *h))
+                        .collect(),
+                    files: files.clone(),
+                },
+            );
         }
-        res
     }
 
     /// Serve one stage from the cache or compute and publish it. Holds the key's lease while
