@@ -112,6 +112,15 @@ fn a_class_incremental_head_grows_by_each_tasks_classes_and_is_evaluated_without
     // samples (the catastrophic forgetting the scenario exists to show).
     let taken: u64 = m.iter().map(|row| row[2] + row[3]).sum();
     assert!(taken * 2 > total, "{m:?}");
+    // `compare` and `report` put the task-aware accuracy beside the one without the task.
+    let pipeline = f.pipeline();
+    let o = f.cli(&["compare", pipeline.to_str().unwrap()]);
+    assert!(common::stdout(&o).contains("told task %"), "{}", common::stderr(&o));
+    let out = f.path().join("report");
+    let o = f.cli(&["report", pipeline.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Class-incremental: told the task"), "{md}");
 }
 
 #[test]

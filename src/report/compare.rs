@@ -135,6 +135,9 @@ pub struct Row {
     pub final_accuracy: MeanStd,
     /// Task 1's accuracy after the last task.
     pub task1_accuracy: MeanStd,
+    /// Class-incremental only: the final mean accuracy when each task is told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_aware_accuracy: Option<MeanStd>,
     /// Average over old tasks of the largest drop from an earlier accuracy (`None` for joint
     /// training).
     pub forgetting: Option<MeanStd>,
@@ -300,6 +303,7 @@ pub fn rows(inputs: &[Input], baseline: Option<&str>) -> Result<Vec<Row>, String
                 seeds: s.seeds.clone(),
                 final_accuracy: s.final_mean_accuracy,
                 task1_accuracy: s.final_task1_accuracy,
+                task_aware_accuracy: s.final_task_aware_accuracy,
                 forgetting: s.forgetting_max,
                 bwt: s.backward_transfer,
                 free_capacity: last,
@@ -364,6 +368,8 @@ fn columns(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
         .any(|r| r.pipeline != rows.first().map_or("", |f| f.pipeline.as_str()));
     let params = param_keys(rows);
     let baseline = rows.iter().any(|r| r.vs_baseline.is_some());
+    // Class-incremental rows: the accuracy told the task, beside the final one without it.
+    let aware = rows.iter().any(|r| r.task_aware_accuracy.is_some());
     let mut head: Vec<String> = Vec::new();
     if several {
         head.push("pipeline".into());
@@ -374,6 +380,14 @@ fn columns(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
         [
             "seeds",
             "final acc %",
+        ]
+        .map(String::from),
+    );
+    if aware {
+        head.push("told task %".into());
+    }
+    head.extend(
+        [
             "task-1 acc %",
             "forgetting %",
             "BWT %",
@@ -398,6 +412,9 @@ fn columns(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
             }
             c.push(r.seeds.len().to_string());
             c.push(pct(Some(&r.final_accuracy)));
+            if aware {
+                c.push(pct(r.task_aware_accuracy.as_ref()));
+            }
             c.push(pct(Some(&r.task1_accuracy)));
             c.push(pct(r.forgetting.as_ref()));
             c.push(pct(r.bwt.as_ref()));
