@@ -115,9 +115,18 @@ fn a_class_incremental_head_grows_by_each_tasks_classes_and_is_evaluated_without
     // `compare` and `report` put the task-aware accuracy beside the one without the task.
     let pipeline = f.pipeline();
     let o = f.cli(&["compare", pipeline.to_str().unwrap()]);
-    assert!(common::stdout(&o).contains("told task %"), "{}", common::stderr(&o));
+    assert!(
+        common::stdout(&o).contains("told task %"),
+        "{}",
+        common::stderr(&o)
+    );
     let out = f.path().join("report");
-    let o = f.cli(&["report", pipeline.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = f.cli(&[
+        "report",
+        pipeline.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Class-incremental: told the task"), "{md}");
@@ -279,5 +288,10 @@ fn lwf_distils_the_shared_head_and_at_lambda_zero_trains_naives_bits() {
         let b = head0_logits(&f.model_of(&format!("{s}/seed0/task2/train")));
         a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum::<f32>()
     };
-    assert!(moved("lwf") < moved("naive"), "{} vs {}", moved("lwf"), moved("naive"));
+    assert!(
+        moved("lwf") < moved("naive"),
+        "{} vs {}",
+        moved("lwf"),
+        moved("naive")
+    );
 }

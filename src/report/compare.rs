@@ -376,13 +376,7 @@ fn columns(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     }
     head.push("strategy".into());
     head.extend(params.iter().cloned());
-    head.extend(
-        [
-            "seeds",
-            "final acc %",
-        ]
-        .map(String::from),
-    );
+    head.extend(["seeds", "final acc %"].map(String::from));
     if aware {
         head.push("told task %".into());
     }

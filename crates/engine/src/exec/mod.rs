@@ -385,25 +385,26 @@ impl<'a> Executor<'a> {
             // Memo hits are served here, on this thread, into `ready`; everything else goes
             // to the workers.
             let mut ready: std::collections::VecDeque<Done> = Default::default();
-            let dispatch = |n: NodeIndex,
-                            entries: &HashMap<NodeIndex, Entry>,
-                            ready: &mut std::collections::VecDeque<Done>| {
-                let inputs: BTreeMap<String, Entry> = dag
-                    .node(n)
-                    .inputs
-                    .iter()
-                    .map(|(slot, from)| (slot.clone(), entries[from].clone()))
-                    .collect();
-                match self.recall(dag, n, &inputs) {
-                    Some((key, entry)) => {
-                        bars.stage(&dag.node(n).id).finish();
-                        ready.push_back((n, Some(key), Ok((entry, Outcome::Cached))));
+            let dispatch =
+                |n: NodeIndex,
+                 entries: &HashMap<NodeIndex, Entry>,
+                 ready: &mut std::collections::VecDeque<Done>| {
+                    let inputs: BTreeMap<String, Entry> = dag
+                        .node(n)
+                        .inputs
+                        .iter()
+                        .map(|(slot, from)| (slot.clone(), entries[from].clone()))
+                        .collect();
+                    match self.recall(dag, n, &inputs) {
+                        Some((key, entry)) => {
+                            bars.stage(&dag.node(n).id).finish();
+                            ready.push_back((n, Some(key), Ok((entry, Outcome::Cached))));
+                        }
+                        None => {
+                            let _ = work_tx.send((n, inputs));
+                        }
                     }
-                    None => {
-                        let _ = work_tx.send((n, inputs));
-                    }
-                }
-            };
+                };
             for &n in dag.topo_order() {
                 if remaining[&n] == 0 {
                     dispatch(n, &entries, &mut ready);
