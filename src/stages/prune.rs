@@ -8,7 +8,9 @@
 //! before the first step whose accuracy is more than `threshold` (absolute) below the unpruned
 //! accuracy; the last accepted step defines the pruned set. Every evaluated point is recorded.
 //! Accuracy follows the test protocol (`crops`: the centre window or the ten-crop mean softmax,
-//! see `views`), so the threshold compares the numbers `evaluate` reports.
+//! see `views`), so the threshold compares the numbers `evaluate` reports: through the head the
+//! model's scenario gives the task, and under a class-incremental head over all its outputs,
+//! without the task id.
 
 use super::artifacts::{self, json_bytes, SplitData};
 use super::views::{accuracy_with, center_samples, Geometry};
