@@ -90,7 +90,15 @@ fn retraining_needs_a_mask_to_retrain_on() {
         "strategies.x.retrain: retraining trains a task on the units its mask keeps",
     );
     assert_rejected(
-        "  x:\n    freeze: top_share\n    share: 0.5\n    score: {method: magnitude}\n    retrain: {epochs: 0}\n",
+        "  x:\n    freeze: top_share\n    share: 0.5\n    score: {method: magnitude}\n    retrain: {epochs: 0}\n    isolate: true\n",
         "strategies.x.retrain.epochs: expected an integer in 1..=100000, found 0",
+    );
+    let packnet = "  x:\n    freeze: top_share\n    share: 0.5\n    score: {method: magnitude}\n    retrain: {epochs: 1}\n";
+    assert_rejected(packnet, "strategies.x.retrain: a retrained task is evaluated on the units it kept; add `isolate: true`");
+    assert_rejected(
+        &format!(
+            "{packnet}    isolate: true\n    ewc: {{lambda: 1.0, importance: {{method: si}}}}\n"
+        ),
+        "strategies.x.ewc: `ewc` reads each task's model before its retraining",
     );
 }

@@ -130,6 +130,32 @@ fn a_class_incremental_head_grows_by_each_tasks_classes_and_is_evaluated_without
     assert!(o.status.success(), "{}", common::stderr(&o));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Class-incremental: told the task"), "{md}");
+    // `explain` reads a task through its outputs: task 2's exist in task 2's model, not in
+    // task 1's (an error, not a wrong logit).
+    let x = f.path().join("x");
+    let explain = |stage: &str| {
+        f.cli(&[
+            "explain",
+            pipeline.to_str().unwrap(),
+            "--stage",
+            stage,
+            "--head",
+            "2",
+            "--images",
+            "0",
+            "--out",
+            x.to_str().unwrap(),
+        ])
+    };
+    let o = explain("naive/seed0/task2/train");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = explain("naive/seed0/task1/train");
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("task 2 has no outputs in this model yet"),
+        "{}",
+        common::stderr(&o)
+    );
 }
 
 #[test]

@@ -817,6 +817,23 @@ pub(super) fn strategy(
                 "joint training has no per-task masks to retrain on; drop `retrain` or `schedule: joint`".into(),
             );
         }
+        // A retrained task learned without its silenced units, so only its own mask
+        // evaluates what was trained; and EWC's anchors and the correlations would be taken
+        // at the model before retraining, not the one the next task starts from.
+        if !s.isolate {
+            e(
+                &format!("{base}.retrain"),
+                "a retrained task is evaluated on the units it kept; add `isolate: true`".into(),
+            );
+        }
+        for (key, present) in [("ewc", s.ewc.is_some()), ("correlate", s.correlate.is_some())] {
+            if present {
+                e(
+                    &format!("{base}.{key}"),
+                    format!("`{key}` reads each task's model before its retraining, not the one the next task starts from; it is not combined with `retrain`"),
+                );
+            }
+        }
         RetrainSpec {
             epochs: r.epochs.clamp(1, 100_000) as usize,
         }

@@ -155,7 +155,8 @@ struct Replay {
     /// without a mask.
     frozen: Vec<Vec<bool>>,
     /// Whether anything but the task loss shaped the steps (EWC, several tasks at once,
-    /// dropout): then a plain replay cannot reproduce them.
+    /// dropout, silenced units) or the labels are not the split's (class-incremental
+    /// offsets): then a plain replay cannot reproduce them.
     plain: bool,
     /// Every step's samples, as indices into the task's training set, in batch order.
     steps: Vec<Vec<u32>>,
@@ -239,6 +240,15 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     host.scenario = scenario;
     let counts = split.class_counts();
     scenario.check(&counts).map_err(StageError::invalid)?;
+    // Each task's first output in its head, as a label (checked once: labels are 16-bit).
+    let offsets: Vec<crate::nn::tensor::Label> = (0..counts.len())
+        .map(|t| crate::nn::tensor::Label::try_from(scenario.offset(&counts, t) + counts[t]))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| StageError::invalid("a class-incremental head holds at most 65535 classes"))?
+        .into_iter()
+        .zip(&counts)
+        .map(|(end, &k)| end - k as crate::nn::tensor::Label)
+        .collect();
     // Pretrained weights bring task 1's outputs along.
     let pretrained = ctx.input_opt("model").is_none() && !host.heads.is_empty();
     let before = match first_new_head {
@@ -530,7 +540,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
             for &task in &trained {
                 let data = &split.task(task)?.train;
                 let head = scenario.head(task);
-                let offset = scenario.offset(&counts, task) as crate::nn::tensor::Label;
+                let offset = offsets[task];
                 let idx: Vec<usize> = chunk
                     .iter()
                     .filter(|(t, _)| *t == task)
@@ -727,6 +737,8 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 frozen: frozen.clone().unwrap_or_default(),
                 plain: ewc.is_none()
                     && !p.joint
+                    && !p.retrain
+                    && !scenario.is_class_incremental()
                     && er.is_none()
                     && teacher.is_none()
                     && !model.has_dropout(),

@@ -27,6 +27,8 @@ pub enum ExplainError {
     UnknownHead { head: usize, n: usize },
     #[error("head {head} does not exist: the split has tasks 1..={n}")]
     UnknownTask { head: usize, n: usize },
+    #[error("task {task} has no outputs in this model yet: it was trained on tasks up to an earlier one")]
+    NotTrained { task: usize },
     #[error(
         "image index {index} is out of range: task {task}'s test split has {n} images (indices 0..={last})",
         last = .n.saturating_sub(1)
@@ -130,8 +132,14 @@ pub fn select(
     let dim = split.dim();
     let test = &task.test;
     // The explained logit is the label's output in the model's head (its offset there under
-    // a class-incremental scenario).
-    let offset = host.scenario.offset(&split.class_counts(), head) as Label;
+    // a class-incremental scenario), which must exist: a grown head has a task's outputs only
+    // from that task on. (A shared head answers for any task with its classes.)
+    let offset = host.scenario.offset(&split.class_counts(), head);
+    let trained = host.heads[model_head].out_dim >= offset + task.classes.len();
+    let offset = match Label::try_from(offset) {
+        Ok(o) if trained => o,
+        _ => return Err(ExplainError::NotTrained { task: head + 1 }),
+    };
     let mut x = Vec::with_capacity(indices.len() * dim);
     let mut y = Vec::with_capacity(indices.len());
     for &i in indices {
@@ -149,7 +157,11 @@ pub fn select(
         .iter()
         .map(|&l| task.classes.get(l as usize).copied().unwrap_or(l))
         .collect();
-    let y = y.into_iter().map(|l| l + offset).collect();
+    let y = y
+        .into_iter()
+        .map(|l| l.checked_add(offset))
+        .collect::<Option<Vec<_>>>()
+        .ok_or(ExplainError::NotTrained { task: head + 1 })?;
     Ok(Selected {
         head,
         model_head,
