@@ -88,7 +88,7 @@ impl Stage for Evaluate {
 
 fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, StageError> {
     let p: Params = ctx.params()?;
-    let split = SplitData::load(ctx, "split")?;
+    let mut split = SplitData::load(ctx, "split")?;
     let host = artifacts::load_model(ctx, "model")?;
     let scenario = host.scenario;
     if p.tasks_seen > split.tasks.len() {
@@ -99,7 +99,6 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         )));
     }
     // Every seen task's outputs must exist (and the labels move into the head's outputs).
-    let mut split = split;
     if p.tasks_seen > 0 {
         super::scenario_labels(&mut split, &host, p.tasks_seen - 1)?;
     }

@@ -240,14 +240,15 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     host.scenario = scenario;
     let counts = split.class_counts();
     scenario.check(&counts).map_err(StageError::invalid)?;
-    // Each task's first output in its head, as a label (checked once: labels are 16-bit).
+    // Each task's first output in its head, as a label: no head has more outputs than all
+    // tasks' classes, so checking their total once covers every label (they are 16-bit).
+    if crate::nn::tensor::Label::try_from(counts.iter().sum::<usize>()).is_err() {
+        return Err(StageError::invalid(
+            "a class-incremental head holds at most 65535 classes",
+        ));
+    }
     let offsets: Vec<crate::nn::tensor::Label> = (0..counts.len())
-        .map(|t| crate::nn::tensor::Label::try_from(scenario.offset(&counts, t) + counts[t]))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| StageError::invalid("a class-incremental head holds at most 65535 classes"))?
-        .into_iter()
-        .zip(&counts)
-        .map(|(end, &k)| end - k as crate::nn::tensor::Label)
+        .map(|t| scenario.offset(&counts, t) as crate::nn::tensor::Label)
         .collect();
     // Pretrained weights bring task 1's outputs along.
     let pretrained = ctx.input_opt("model").is_none() && !host.heads.is_empty();

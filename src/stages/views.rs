@@ -199,22 +199,23 @@ pub fn predictions_with<D: Device<f32>>(
     within: Option<&std::ops::Range<usize>>,
 ) -> Result<Vec<usize>, StageError> {
     match crops {
-        TestCrops::Center if g.is_identity() => Ok(predictions(
-            model,
-            samples,
-            g.input_len(),
-            head,
-            unit_masks,
-            within,
-        )),
-        TestCrops::Center => Ok(predictions(
-            model,
-            &center_samples(samples, g)?,
-            g.input_len(),
-            head,
-            unit_masks,
-            within,
-        )),
+        TestCrops::Center => {
+            let centred;
+            let samples = if g.is_identity() {
+                samples
+            } else {
+                centred = center_samples(samples, g)?;
+                &centred
+            };
+            Ok(predictions(
+                model,
+                samples,
+                g.input_len(),
+                head,
+                unit_masks,
+                within,
+            ))
+        }
         TestCrops::Ten => {
             let classes = model.shapes[model.n_trunk + head].0;
             let mut out = Vec::with_capacity(samples.len());

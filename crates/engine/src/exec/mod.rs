@@ -206,6 +206,24 @@ pub struct StageRequest {
     pub files: BTreeMap<String, (PathBuf, ContentHash)>,
 }
 
+impl StageRequest {
+    /// Input slot → content hash, as entries and stage records keep them.
+    pub fn input_hashes(&self) -> BTreeMap<String, ContentHash> {
+        self.inputs
+            .iter()
+            .map(|(s, (_, h))| (s.clone(), *h))
+            .collect()
+    }
+
+    /// File role → content hash, as entries and stage records keep them.
+    pub fn file_hashes(&self) -> BTreeMap<String, ContentHash> {
+        self.files
+            .iter()
+            .map(|(r, (_, h))| (r.clone(), *h))
+            .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("no stage implementation registered for kind `{0}`")]
@@ -351,7 +369,13 @@ impl<'a> Executor<'a> {
             Option<StageKey>,
             Result<(Entry, Outcome), ExecError>,
         );
-        let (work_tx, work_rx) = mpsc::channel::<(NodeIndex, BTreeMap<String, Entry>)>();
+        // A stage, its inputs, and its request where the scheduling thread made it already.
+        type Work = (
+            NodeIndex,
+            BTreeMap<String, Entry>,
+            Option<Box<StageRequest>>,
+        );
+        let (work_tx, work_rx) = mpsc::channel::<Work>();
         let work_rx = Mutex::new(work_rx);
         let (done_tx, done_rx) = mpsc::channel::<Done>();
 
@@ -369,11 +393,13 @@ impl<'a> Executor<'a> {
                 let bars = &bars;
                 scope.spawn(move || loop {
                     let msg = work_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((n, inputs)) = msg else { break };
+                    let Ok((n, inputs, prepared)) = msg else {
+                        break;
+                    };
                     let node = dag.node(n);
                     let sink = bars.stage(&node.id);
                     let mut key = None;
-                    let res = self.process(dag, n, &inputs, &sink, &mut key);
+                    let res = self.process(dag, n, &inputs, &sink, &mut key, prepared);
                     sink.finish();
                     if done_tx.send((n, key, res)).is_err() {
                         break;
@@ -396,12 +422,12 @@ impl<'a> Executor<'a> {
                         .map(|(slot, from)| (slot.clone(), entries[from].clone()))
                         .collect();
                     match self.recall(dag, n, &inputs) {
-                        Some((key, entry)) => {
+                        Ok((key, entry)) => {
                             bars.stage(&dag.node(n).id).finish();
                             ready.push_back((n, Some(key), Ok((entry, Outcome::Cached))));
                         }
-                        None => {
-                            let _ = work_tx.send((n, inputs));
+                        Err(prepared) => {
+                            let _ = work_tx.send((n, inputs, prepared));
                         }
                     }
                 };
@@ -527,7 +553,7 @@ impl<'a> Executor<'a> {
         n: NodeIndex,
         inputs: &BTreeMap<String, Entry>,
     ) -> Result<(Entry, Outcome), ExecError> {
-        self.process(dag, n, inputs, &NoProgress, &mut None)
+        self.process(dag, n, inputs, &NoProgress, &mut None, None)
     }
 
     fn process(
@@ -537,38 +563,47 @@ impl<'a> Executor<'a> {
         inputs: &BTreeMap<String, Entry>,
         progress: &dyn Progress,
         key_out: &mut Option<StageKey>,
+        prepared: Option<Box<StageRequest>>,
     ) -> Result<(Entry, Outcome), ExecError> {
-        let (req, files) = self.request(dag, n, inputs)?;
+        let req = match prepared {
+            Some(req) => *req,
+            None => self.request(dag, n, inputs)?,
+        };
         *key_out = Some(req.key);
         let res = match &self.opts.slurm {
             Some(s) => self.run_as_job(s, &req),
             None => self.run_one(&req, inputs, progress),
         };
         if res.is_ok() {
-            self.record(dag, n, &req, &files);
+            self.record(dag, n, &req);
         }
         res
     }
 
     /// A cached rerun's shortcut: stage `n` served by the verified-entry memo on the calling
-    /// thread, with what [`Self::process`] records for it; `None` wherever anything more is
-    /// needed (no memo hit, a Slurm executor, data files not yet hashed this run), and then
-    /// nothing was done. Each hit saves the handoff to a worker thread and back, which is most
-    /// of a memo hit's cost.
+    /// thread, with what [`Self::process`] records for it. Each hit saves the handoff to a
+    /// worker thread and back, which is most of a memo hit's cost. Otherwise nothing is served:
+    /// the request when it was made (no memo hit), for the worker to go on with, or none (a
+    /// Slurm executor, data files not yet hashed this run, a request that failed and that the
+    /// worker makes again to report).
     fn recall(
         &self,
         dag: &Dag,
         n: NodeIndex,
         inputs: &BTreeMap<String, Entry>,
-    ) -> Option<(StageKey, Entry)> {
+    ) -> Result<(StageKey, Entry), Option<Box<StageRequest>>> {
         if self.opts.slurm.is_some() || !dag.node(n).files.is_empty() {
-            return None;
+            return Err(None);
         }
-        let (req, files) = self.request(dag, n, inputs).ok()?;
+        let req = self.request(dag, n, inputs).map_err(|_| None)?;
         self.cache.mark_used(&req.key);
-        let entry = self.cache.recall(&req.key)?;
-        self.record(dag, n, &req, &files);
-        Some((req.key, entry))
+        match self.cache.recall(&req.key) {
+            Some(entry) => {
+                self.record(dag, n, &req);
+                Ok((req.key, entry))
+            }
+            None => Err(Some(Box::new(req))),
+        }
     }
 
     /// Stage `n`'s request: its key from its kind, version, parameters, inputs' content and
@@ -578,7 +613,7 @@ impl<'a> Executor<'a> {
         dag: &Dag,
         n: NodeIndex,
         inputs: &BTreeMap<String, Entry>,
-    ) -> Result<(StageRequest, BTreeMap<String, ContentHash>), ExecError> {
+    ) -> Result<StageRequest, ExecError> {
         let node = dag.node(n);
         let files = hash_files(&self.hasher, &node.id, &node.files)?;
         let req = StageRequest {
@@ -606,19 +641,13 @@ impl<'a> Executor<'a> {
                 .map(|(r, p)| (r.clone(), (p.clone(), files[r])))
                 .collect(),
         };
-        Ok((req, files))
+        Ok(req)
     }
 
     /// Records, under every id of stage `n`, what produced its entry (for `status` and the
     /// rerun reasons). A cached rerun finds every record current in the scope's index, and
     /// builds none.
-    fn record(
-        &self,
-        dag: &Dag,
-        n: NodeIndex,
-        req: &StageRequest,
-        files: &BTreeMap<String, ContentHash>,
-    ) {
+    fn record(&self, dag: &Dag, n: NodeIndex, req: &StageRequest) {
         for id in dag
             .node(n)
             .all_ids()
@@ -630,12 +659,8 @@ impl<'a> Executor<'a> {
                     id: id.to_string(),
                     key: req.key,
                     params: req.params.clone(),
-                    inputs: req
-                        .inputs
-                        .iter()
-                        .map(|(s, (_, h))| (s.clone(), *h))
-                        .collect(),
-                    files: files.clone(),
+                    inputs: req.input_hashes(),
+                    files: req.file_hashes(),
                 },
             );
         }
@@ -770,16 +795,8 @@ impl<'a> Executor<'a> {
                 kind: req.kind.clone(),
                 version: req.version,
                 params: req.params.clone(),
-                inputs: req
-                    .inputs
-                    .iter()
-                    .map(|(s, (_, h))| (s.clone(), *h))
-                    .collect(),
-                files: req
-                    .files
-                    .iter()
-                    .map(|(r, (_, h))| (r.clone(), *h))
-                    .collect(),
+                inputs: req.input_hashes(),
+                files: req.file_hashes(),
                 outputs: artifact.files,
                 aux: [("log.txt".to_string(), ctx.take_log().into_bytes())].into(),
                 run: RunInfo {
