@@ -46,14 +46,13 @@ fn main() {
             if !isa.runs_here() {
                 continue;
             }
-            let mut packed = (Vec::new(), Vec::new());
             for _ in 0..3 {
-                blocked::sgemm(a, b, &mut c, false, &mut packed, isa);
+                blocked::sgemm(a, b, &mut c, false, isa);
             }
             let mut times: Vec<f64> = (0..reps)
                 .map(|_| {
                     let t = Instant::now();
-                    blocked::sgemm(a, b, &mut c, false, &mut packed, isa);
+                    blocked::sgemm(a, b, &mut c, false, isa);
                     t.elapsed().as_secs_f64()
                 })
                 .collect();

@@ -49,7 +49,6 @@ where
 
     // z = W·x + b, in the output's layout: the bias first, the product accumulated onto it.
     let mut zs = vec![0.0f32; out * batch];
-    let mut packed = (Vec::new(), Vec::new());
     let wm = Mat::new(&ws, out, inp);
     let xc = columns(&xs, input, inp, batch);
     match output {
@@ -57,13 +56,13 @@ where
             for (row, &bv) in zs.chunks_exact_mut(batch.max(1)).zip(&bs) {
                 row.fill(bv);
             }
-            gemm(wm, xc, &mut zs, true, &mut packed);
+            gemm(wm, xc, &mut zs, true);
         }
         Side::Rows => {
             for row in zs.chunks_exact_mut(out.max(1)) {
                 row.copy_from_slice(&bs);
             }
-            gemm(xc.t(), wm.t(), &mut zs, true, &mut packed);
+            gemm(xc.t(), wm.t(), &mut zs, true);
         }
     }
     match act {
@@ -112,7 +111,6 @@ where
                 }
             }),
         }
-        let mut packed = (Vec::new(), Vec::new());
         let gc = columns(&gz, output, out, batch);
         {
             let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
@@ -137,16 +135,14 @@ where
             gc,
             columns(&xs, input, inp, batch).t(),
             gw,
-            true,
-            &mut packed,
-        );
+            true);
         if need_x {
             // ∂x in the input's layout: Wᵀ·∂z as columns, or ∂z·W as rows.
             let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);
             let wm = Mat::new(&ws, out, inp);
             match input {
-                Side::Columns => gemm(wm.t(), gc, gx, true, &mut packed),
-                Side::Rows => gemm(gc.t(), wm, gx, true, &mut packed),
+                Side::Columns => gemm(wm.t(), gc, gx, true),
+                Side::Rows => gemm(gc.t(), wm, gx, true),
             }
         }
         // The masked ∂z goes back under the output's id (the buffer was only borrowed):

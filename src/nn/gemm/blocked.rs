@@ -1,15 +1,16 @@
-//! Packed-panel sgemm (BLIS-style) over 8×32 tiles of `c`: both operands are repacked, block
+//! Packed-panel sgemm (BLIS-style) over 12×32 tiles of `c`: both operands are repacked, block
 //! of KC inner steps by block, into panels that the micro-kernel streams through
-//! contiguously, and the tiles run in parallel, each through every block in order. Every element of `c` is, for each block,
-//! `acc = 0; acc = fma(a, b, acc)` over the block's steps in order, then `c = acc` (first
-//! block, no accumulation) or `c = acc + c`: the partition into blocks and tiles depends
-//! on the shapes only, never on the thread count or the CPU, and each micro-kernel keeps
-//! that order exactly, so all of them give the same bits.
+//! contiguously, and a few tasks, one per thread, each run their tiles through every block
+//! in order. Every element of `c` is, for each block, `acc = 0; acc = fma(a, b, acc)` over
+//! the block's steps in order, then `c = acc` (first block, no accumulation) or
+//! `c = acc + c`: the blocks depend on the shapes only, never on the thread count or the
+//! CPU (how the tiles are shared out does not touch a sum's order), and each micro-kernel
+//! keeps that order exactly, so all of them give the same bits.
 
 use super::Mat;
 use rayon::prelude::*;
 
-const MR: usize = 8;
+const MR: usize = 12;
 const NR: usize = 32;
 /// Inner steps per block: a 32-column panel of `b` (KC·NR floats, 32 KiB) stays in L1
 /// while the row panels of `a` pass over it.
@@ -17,8 +18,10 @@ const KC: usize = 256;
 /// Products of fewer multiply-adds than this run on the calling thread (a 64×64×64 product
 /// takes about 10 µs on one core, less than a round trip through the pool).
 const SERIAL_BELOW: usize = 1 << 18;
-/// Groups of panels each block of an operand is packed in, as parallel tasks.
-const PACK_GROUPS: usize = 4;
+/// Rows of `a` packed at a time: an MC×KC block (384 KiB) stays in L2.
+const MC: usize = 32 * MR;
+/// Columns of `b` packed at a time: a KC×NC block (2 MiB) stays in L2 or L3.
+const NC: usize = 64 * NR;
 
 /// Which micro-kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,16 +66,19 @@ impl Isa {
     }
 }
 
-/// `c = a · b` (or `+=`), `c` row-major, packing into the `packed` buffers, with the
-/// micro-kernel of `isa`. Panics if this CPU cannot run it.
-pub fn sgemm(
-    a: Mat,
-    b: Mat,
-    c: &mut [f32],
-    accumulate: bool,
-    (pa, pb): &mut (Vec<f32>, Vec<f32>),
-    isa: Isa,
-) {
+/// `c = a · b` (or `+=`), `c` row-major, with the micro-kernel of `isa`. Panics if this CPU
+/// cannot run it.
+///
+/// The product is cut into a few tasks, one per thread: runs of row panels times groups of
+/// column panels, cut along the operand whose repacking costs less (each task packs the
+/// parts of both operands it reads, so a cut repacks the other operand once more). Inside a
+/// task, BLIS's loop order: for each NC-wide column block and each block of KC inner steps,
+/// pack the block of `b` (kept in L2) and, MC rows at a time, the block of `a`, then run the
+/// tiles column panel by column panel, so that a `b` panel (KC·NR floats) stays in L1 while
+/// the `a` panels stream past it. Every element still takes the blocks of KC steps in order,
+/// and none of these cuts depends on anything but the shapes and the pool's size, which
+/// does not change a sum's order: the bits are the same for any thread count.
+pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa) {
     assert!(isa.runs_here(), "sgemm: this CPU cannot run {isa:?}");
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && c.len() == m * n, "sgemm: shapes");
@@ -83,80 +89,113 @@ pub fn sgemm(
         return;
     }
     let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    // Every block of both operands is packed first, then each tile task runs through all the
-    // blocks: two parallel regions per product instead of three per block. Waking the pool
-    // costs tens of µs from a thread outside it (a stage's), as much as a small product.
-    // Stale contents are harmless: packing overwrites every lane that is stored.
-    pa.resize(pa.len().max(mp * MR * k), 0.0);
-    pb.resize(pb.len().max(np * NR * k), 0.0);
-    let blocks: Vec<(usize, usize)> = (0..k).step_by(KC).map(|p0| (p0, KC.min(k - p0))).collect();
-    // Small products run on the calling thread: the same tiles in the same order, so the same
-    // bits, without the pool's round trip.
-    let parallel = m * n * k >= SERIAL_BELOW;
-    {
-        // (destination, operand, panel width, first panel, first inner step, steps): each
-        // block of each operand in a few groups of panels, so that a product with one block
-        // still packs on every thread.
-        type Job<'a, 'b> = (&'a mut [f32], Mat<'b>, usize, usize, usize, usize);
-        let mut jobs: Vec<Job> = Vec::new();
-        let (mut ra, mut rb) = (&mut pa[..mp * MR * k], &mut pb[..np * NR * k]);
-        for &(p0, kc) in &blocks {
-            for (rest, s, w, panels) in [(&mut ra, a, MR, mp), (&mut rb, b.t(), NR, np)] {
-                let (mut dst, tail) = std::mem::take(rest).split_at_mut(panels * w * kc);
-                *rest = tail;
-                let group = panels.div_ceil(PACK_GROUPS).max(1);
-                let mut q0 = 0;
-                while q0 < panels {
-                    let count = group.min(panels - q0);
-                    let (head, more) = std::mem::take(&mut dst).split_at_mut(count * w * kc);
-                    dst = more;
-                    jobs.push((head, s, w, q0, p0, kc));
-                    q0 += count;
-                }
-            }
-        }
-        let run = |(dst, s, w, q0, p0, kc): Job| pack(dst, s, w, q0, p0, kc);
-        if parallel {
-            jobs.into_par_iter().for_each(run);
-        } else {
-            jobs.into_iter().for_each(run);
-        }
-    }
-    let out = SharedOut(c.as_mut_ptr());
-    let (pa, pb) = (&pa[..], &pb[..]);
-    let tile = |t: usize| {
-        let (i, j) = (t % mp, t / mp);
-        let rows = MR.min(m - i * MR);
-        let cols = NR.min(n - j * NR);
-        let c = out.at(i * MR * n + j * NR);
-        for &(p0, kc) in &blocks {
-            let a = &pa[mp * MR * p0 + i * MR * kc..][..MR * kc];
-            let b = &pb[np * NR * p0 + j * NR * kc..][..NR * kc];
-            let overwrite = !accumulate && p0 == 0;
-            // SAFETY: this CPU runs `isa` (asserted above). The panels hold kc·MR and
-            // kc·NR floats. Tile (i, j) is the `rows`×`cols` block of `c` at row i·MR,
-            // column j·NR, inside `c`; each task writes its own tile only, and `c`
-            // outlives the loop.
-            unsafe {
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => {
-                        kernel_avx512(kc, a.as_ptr(), b.as_ptr(), c, n, rows, cols, overwrite)
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => {
-                        kernel_avx2(kc, a.as_ptr(), b.as_ptr(), c, n, rows, cols, overwrite)
-                    }
-                    _ => kernel_scalar(kc, a, b, c, n, rows, cols, overwrite),
-                }
-            }
-        }
-    };
-    // Consecutive tasks share a panel of `b`, which stays in cache.
-    if parallel {
-        (0..mp * np).into_par_iter().with_min_len(mp).for_each(tile);
+    // Small products run on the calling thread, without the pool's round trip (tens of µs
+    // from a thread outside it, as much as a small product takes).
+    let threads = if m * n * k >= SERIAL_BELOW {
+        rayon::current_num_threads().max(1)
     } else {
-        (0..mp * np).for_each(tile);
+        1
+    };
+    // Runs × groups = the thread count, cut to repack as little as possible: `runs` groups
+    // of rows each pack all of the task's columns of `b`, and the other way round.
+    let (runs, groups) = (1..=threads)
+        .filter(|r| threads % r == 0 && *r <= mp && threads / r <= np)
+        .map(|r| (r, threads / r))
+        .min_by_key(|&(r, g)| (g - 1) * m * k + (r - 1) * k * n)
+        .unwrap_or((1, 1));
+    let (run_len, group_len) = (mp.div_ceil(runs), np.div_ceil(groups));
+    let out = SharedOut(c.as_mut_ptr());
+    let task = |t: usize| {
+        let (rows, cols) = (t % runs * run_len, t / runs * group_len);
+        let (rows, cols) = (rows..(rows + run_len).min(mp), cols..(cols + group_len).min(np));
+        PACKED.with(|cell| {
+            // Taken, not borrowed: a task never waits on the pool, but if one ever did,
+            // another task on this thread would pack into fresh buffers, not these.
+            let mut bufs = cell.take();
+            run_task(a, b, out, n, rows, cols, accumulate, isa, &mut bufs);
+            cell.set(bufs);
+        });
+    };
+    if threads > 1 {
+        (0..runs * groups).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
+}
+
+thread_local! {
+    /// Each thread's packing buffers, kept between products.
+    pub(crate) static PACKED: std::cell::Cell<(Vec<f32>, Vec<f32>)> = Default::default();
+}
+
+/// One task of [`sgemm`]: the tiles of row panels `rows` × column panels `cols`.
+#[allow(clippy::too_many_arguments)]
+fn run_task(
+    a: Mat,
+    b: Mat,
+    out: SharedOut,
+    n: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    accumulate: bool,
+    isa: Isa,
+    (pa, pb): &mut (Vec<f32>, Vec<f32>),
+) {
+    let (m, k) = (a.rows, a.cols);
+    for c0 in cols.clone().step_by(NC / NR) {
+        let c1 = (c0 + NC / NR).min(cols.end);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let overwrite = !accumulate && p0 == 0;
+            // Stale contents are harmless: packing writes every lane that is stored.
+            pb.resize(pb.len().max((c1 - c0) * NR * kc), 0.0);
+            pack(&mut pb[..(c1 - c0) * NR * kc], b.t(), NR, c0, p0, kc);
+            for r0 in rows.clone().step_by(MC / MR) {
+                let r1 = (r0 + MC / MR).min(rows.end);
+                pa.resize(pa.len().max((r1 - r0) * MR * kc), 0.0);
+                pack(&mut pa[..(r1 - r0) * MR * kc], a, MR, r0, p0, kc);
+                for j in c0..c1 {
+                    let b = &pb[(j - c0) * NR * kc..][..NR * kc];
+                    let width = NR.min(n - j * NR);
+                    for i in r0..r1 {
+                        let a = &pa[(i - r0) * MR * kc..][..MR * kc];
+                        let height = MR.min(m - i * MR);
+                        let c = out.at(i * MR * n + j * NR);
+                        // SAFETY: this CPU runs `isa` (asserted by `sgemm`). The panels hold
+                        // kc·MR and kc·NR floats. Tile (i, j) is the `height`×`width` block
+                        // of `c` at row i·MR, column j·NR, inside `c`; each task writes its
+                        // own tiles only, and `c` outlives the tasks.
+                        unsafe {
+                            match isa {
+                                #[cfg(target_arch = "x86_64")]
+                                Isa::Avx512 => kernel_avx512(
+                                    kc,
+                                    a.as_ptr(),
+                                    b.as_ptr(),
+                                    c,
+                                    n,
+                                    height,
+                                    width,
+                                    overwrite,
+                                ),
+                                #[cfg(target_arch = "x86_64")]
+                                Isa::Avx2 => kernel_avx2(
+                                    kc,
+                                    a.as_ptr(),
+                                    b.as_ptr(),
+                                    c,
+                                    n,
+                                    height,
+                                    width,
+                                    overwrite,
+                                ),
+                                _ => kernel_scalar(kc, a, b, c, n, height, width, overwrite),
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -331,3 +370,4 @@ unsafe fn kernel_avx512(
         _mm512_mask_storeu_ps(q, m1, v1);
     }
 }
+

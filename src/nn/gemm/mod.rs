@@ -58,17 +58,16 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `c = a · b`, or `c += a · b` with `accumulate`; `c` is row-major; `packed` holds the
-/// packing buffers between calls. Always the blocked kernel of [`blocked`], whose rounding
+/// `c = a · b`, or `c += a · b` with `accumulate`; `c` is row-major. Always the blocked kernel of [`blocked`], whose rounding
 /// is the same on every CPU: its AVX-512, AVX2 and scalar micro-kernels do the same fused
 /// multiply-adds in the same order, so a teammate's machine, or a cluster node with other
 /// instructions, computes the same bits. (dfdx's gemm blocks by the cache sizes cpuid
 /// reports and picks its micro-kernel by the CPU, so its rounding follows the machine; gemm
 /// 0.19 does the same. Their speed against this kernel is in docs/performance.md.)
-pub fn gemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, packed: &mut (Vec<f32>, Vec<f32>)) {
+pub fn gemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     assert_eq!(c.len(), a.rows * b.cols, "gemm: output size");
-    blocked::sgemm(a, b, c, accumulate, packed, blocked::Isa::detect());
+    blocked::sgemm(a, b, c, accumulate, blocked::Isa::detect());
 }
 
 /// dfdx's matmul, for comparisons in tests and benches.
@@ -134,7 +133,7 @@ mod tests {
                     .collect();
                 let mut runs: Vec<(&str, Vec<f32>)> = Vec::new();
                 let mut c = c0.clone();
-                gemm(a, b, &mut c, acc, &mut Default::default());
+                gemm(a, b, &mut c, acc);
                 runs.push(("dispatched", c));
                 let mut c = c0.clone();
                 dfdx_gemm(&cpu, a, b, &mut c, acc);
@@ -147,8 +146,8 @@ mod tests {
                     }
                     let mut c = c0.clone();
                     // Stale packing buffers must not leak into the result.
-                    let mut packed = (vec![f32::NAN; 100_000], vec![f32::NAN; 100_000]);
-                    blocked::sgemm(a, b, &mut c, acc, &mut packed, isa);
+                    blocked::PACKED.set((vec![f32::NAN; 100_000], vec![f32::NAN; 100_000]));
+                    blocked::sgemm(a, b, &mut c, acc, isa);
                     bits.push((isa, c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
                     runs.push(("blocked", c));
                 }

@@ -58,11 +58,11 @@ where
                     for (row, &b) in out.chunks_exact_mut(p).zip(&bs) {
                         row.fill(b);
                     }
-                    gemm(w, cols, out, true, &mut sc.packed);
+                    gemm(w, cols, out, true);
                     continue;
                 }
                 sc.y.resize(o * m, 0.0);
-                gemm(w, cols, &mut sc.y, false, &mut sc.packed);
+                gemm(w, cols, &mut sc.y, false);
                 // y is [O, samples·P]; the output wants [samples, O, P], plus the bias.
                 for (j, dst) in out.chunks_exact_mut(o * p).enumerate() {
                     for (oc, row) in dst.chunks_exact_mut(p).enumerate() {
@@ -141,7 +141,7 @@ where
                         Mat::new(&sc.y, o, m)
                     };
                     let cols = Mat::new(&sc.cols, k, m).t();
-                    gemm(g2, cols, &mut gw, true, &mut sc.packed);
+                    gemm(g2, cols, &mut gw, true);
                     let Some(gx) = gx.as_deref_mut() else {
                         continue;
                     };
@@ -153,11 +153,11 @@ where
                         let wr = Mat::new(&wrot, g.c, kt);
                         let cols = Mat::new(&sc.cols, kt, mt);
                         if s.len() == 1 {
-                            gemm(wr, cols, gx, true, &mut sc.packed);
+                            gemm(wr, cols, gx, true);
                         } else {
                             // [C, samples·H·W] → gx's [samples, C, H·W].
                             sc.dcols.resize(g.c * mt, 0.0);
-                            gemm(wr, cols, &mut sc.dcols, false, &mut sc.packed);
+                            gemm(wr, cols, &mut sc.dcols, false);
                             let hw = g.h * g.w;
                             for (j, gx) in gx.chunks_exact_mut(chw).enumerate() {
                                 for (ci, gx) in gx.chunks_exact_mut(hw).enumerate() {
@@ -168,7 +168,7 @@ where
                     } else {
                         sc.dcols.resize(k * m, 0.0);
                         let wt = Mat::new(&ws, o, k).t();
-                        gemm(wt, g2, &mut sc.dcols, false, &mut sc.packed);
+                        gemm(wt, g2, &mut sc.dcols, false);
                         col2im(&sc.dcols, &g, s.len(), gx);
                     }
                 }
@@ -192,7 +192,6 @@ struct Scratch {
     /// The output `[O, samples·P]`, or its gradient in the backward pass.
     y: Vec<f32>,
     dcols: Vec<f32>,
-    packed: (Vec<f32>, Vec<f32>),
 }
 
 /// Columns `[C·kh·kw, samples·Ho·Wo]` of the `ns` samples in `xs`, written over `cols`
