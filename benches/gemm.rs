@@ -17,6 +17,8 @@ const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
     ("mlp bwd dW2=g·hT", 400, 128, 400, false, true),
     ("mlp bwd dx2=W2T·g", 400, 400, 128, true, false),
     ("vgg 64ch 32x32 fwd", 64, 576, 32 * 1024, false, false),
+    ("vgg 64ch 1 sample fwd", 64, 576, 1024, false, false),
+    ("vgg 64ch 1 sample dW", 64, 1024, 576, false, true),
     ("vgg 512ch 4x4 fwd", 512, 4608, 32 * 16, false, false),
     ("vgg 512ch 4x4 dW", 512, 512, 4608, false, true),
 ];

@@ -13,6 +13,8 @@ SHAPES = [
     ("mlp bwd dW2=g·hT", 400, 128, 400, False, True),
     ("mlp bwd dx2=W2T·g", 400, 400, 128, True, False),
     ("vgg 64ch 32x32 fwd", 64, 576, 32 * 1024, False, False),
+    ("vgg 64ch 1 sample fwd", 64, 576, 1024, False, False),
+    ("vgg 64ch 1 sample dW", 64, 1024, 576, False, True),
     ("vgg 512ch 4x4 fwd", 512, 4608, 32 * 16, False, False),
     ("vgg 512ch 4x4 dW", 512, 512, 4608, False, True),
 ]

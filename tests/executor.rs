@@ -172,3 +172,75 @@ fn every_stage_of_a_run_computes_with_the_one_handle_the_binary_opened() {
         );
     }
 }
+
+/// Writes a fresh number on every run (a stage whose bits are not a function of its key,
+/// as a GPU kernel's can be), so a recomputed input reaches its dependents with new content.
+struct Fresh;
+static FRESH_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+impl Stage for Fresh {
+    fn kind(&self) -> &'static str {
+        "fresh"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn run(&self, _: &StageContext) -> Result<Artifact, StageError> {
+        let n = FRESH_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Artifact::new().with("out", format!("run {n}").into_bytes()))
+    }
+}
+
+/// A cached rerun checks the entries the verified-entry memo remembers before scheduling,
+/// with each stage's key derived from what the memo says its inputs hold. A dependent is
+/// served from there only while that is still so: when its input's file is damaged and the
+/// input computes other bytes, the dependent runs again, and when the input's file is only
+/// touched (same bytes), the dependent stays cached.
+#[test]
+fn a_stage_served_from_the_memo_before_scheduling_reruns_when_its_input_changed_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let dag = Dag::build(vec![
+        StageDecl {
+            id: "root".into(),
+            kind: "fresh".into(),
+            version: 1,
+            params: json!({}),
+            inputs: Default::default(),
+            files: Default::default(),
+        },
+        decl("child", "c", false, &["root"]),
+        decl("grandchild", "g", false, &["child"]),
+    ])
+    .unwrap();
+    let run = || {
+        let mut reg = Registry::new();
+        reg.register(Arc::new(Concat));
+        reg.register(Arc::new(Fresh));
+        Executor::new(&cache, &reg, ExecOptions::default()).run(&dag)
+    };
+    let first = run();
+    assert_eq!(first.ran().len(), 3);
+    // The second run verifies every entry in full and remembers it; the third is served by
+    // the memo alone.
+    assert!(run().ran().is_empty());
+    assert!(run().ran().is_empty());
+    let root = first.events.iter().find(|e| e.id == "root").unwrap();
+    let out = cache.entry_dir(&root.key.unwrap()).join("out/out");
+
+    // Touched, same bytes: the root's stamp no longer matches, it is hashed again and found
+    // whole, and nothing reruns.
+    let bytes = std::fs::read(&out).unwrap();
+    std::fs::write(&out, &bytes).unwrap();
+    assert!(run().ran().is_empty());
+
+    // Damaged: the root recomputes other bytes, and both stages after it rerun, although
+    // the memo still remembers their entries under the keys of the root's old content.
+    std::fs::write(&out, b"damaged").unwrap();
+    let r = run();
+    let ran = r.ran();
+    assert_eq!(
+        ran.iter().map(|s| s.as_str()).collect::<std::collections::BTreeSet<_>>(),
+        ["child", "grandchild", "root"].into()
+    );
+    assert!(run().ran().is_empty());
+}

@@ -386,6 +386,13 @@ impl Cache {
         self.lookup_as(key, true)
     }
 
+    /// The content hash the verified-entry memo remembers for `key`'s entry, without looking
+    /// at the disk: what the entry held when it last verified, which [`Cache::recall`] then
+    /// confirms or not.
+    pub fn remembered_content_hash(&self, key: &StageKey) -> Option<ContentHash> {
+        self.verified().recall(&key.to_hex()).map(|r| r.content_hash)
+    }
+
     /// The entry of `key` if the verified-entry memo serves it (every file stamped as when it
     /// last verified in full), and `None` otherwise, without reading anything else: the check
     /// a cached rerun can afford inline, before a full [`Self::lookup`].

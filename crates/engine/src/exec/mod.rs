@@ -224,6 +224,18 @@ impl StageRequest {
     }
 }
 
+/// A stage's inputs' and files' content hashes, by slot and by role.
+type Hashes = (BTreeMap<String, ContentHash>, BTreeMap<String, ContentHash>);
+
+/// A stage the verified-entry memo serves ([`Executor::memo_hits`]): its key, its entry, and
+/// the content hashes of its inputs and files the key was derived from.
+struct MemoHit {
+    key: StageKey,
+    entry: Entry,
+    inputs: BTreeMap<String, ContentHash>,
+    files: BTreeMap<String, ContentHash>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("no stage implementation registered for kind `{0}`")]
@@ -411,7 +423,8 @@ impl<'a> Executor<'a> {
             // Memo hits are served here, on this thread, into `ready`; everything else goes
             // to the workers.
             let mut ready: std::collections::VecDeque<Done> = Default::default();
-            let dispatch =
+            let mut hits = self.memo_hits(dag);
+            let mut dispatch =
                 |n: NodeIndex,
                  entries: &HashMap<NodeIndex, Entry>,
                  ready: &mut std::collections::VecDeque<Done>| {
@@ -421,6 +434,17 @@ impl<'a> Executor<'a> {
                         .iter()
                         .map(|(slot, from)| (slot.clone(), entries[from].clone()))
                         .collect();
+                    if let Some(hit) = hits.remove(&n).filter(|h| {
+                        h.inputs.len() == inputs.len()
+                            && inputs
+                                .iter()
+                                .all(|(slot, e)| h.inputs.get(slot) == Some(&e.content_hash()))
+                    }) {
+                        self.record(dag, n, &hit.key, || (hit.inputs.clone(), hit.files.clone()));
+                        bars.stage(&dag.node(n).id).finish();
+                        ready.push_back((n, Some(hit.key), Ok((hit.entry, Outcome::Cached))));
+                        return;
+                    }
                     match self.recall(dag, n, &inputs) {
                         Ok((key, entry)) => {
                             bars.stage(&dag.node(n).id).finish();
@@ -575,7 +599,7 @@ impl<'a> Executor<'a> {
             None => self.run_one(&req, inputs, progress),
         };
         if res.is_ok() {
-            self.record(dag, n, &req);
+            self.record(dag, n, &req.key, || (req.input_hashes(), req.file_hashes()));
         }
         res
     }
@@ -599,7 +623,7 @@ impl<'a> Executor<'a> {
         self.cache.mark_used(&req.key);
         match self.cache.recall(&req.key) {
             Some(entry) => {
-                self.record(dag, n, &req);
+                self.record(dag, n, &req.key, || (req.input_hashes(), req.file_hashes()));
                 Ok((req.key, entry))
             }
             None => Err(Some(Box::new(req))),
@@ -645,25 +669,93 @@ impl<'a> Executor<'a> {
     }
 
     /// Records, under every id of stage `n`, what produced its entry (for `status` and the
-    /// rerun reasons). A cached rerun finds every record current in the scope's index, and
-    /// builds none.
-    fn record(&self, dag: &Dag, n: NodeIndex, req: &StageRequest) {
+    /// rerun reasons): `hashes` gives its inputs' and files' content hashes. A cached rerun
+    /// finds every record current in the scope's index, and builds none.
+    fn record(&self, dag: &Dag, n: NodeIndex, key: &StageKey, hashes: impl Fn() -> Hashes) {
         for id in dag
             .node(n)
             .all_ids()
-            .filter(|id| !self.cache.stage_record_is(dag.scope(), id, &req.key))
+            .filter(|id| !self.cache.stage_record_is(dag.scope(), id, key))
         {
+            let (inputs, files) = hashes();
             let _ = self.cache.put_stage_record(
                 dag.scope(),
                 &StageRecord {
                     id: id.to_string(),
-                    key: req.key,
-                    params: req.params.clone(),
-                    inputs: req.input_hashes(),
-                    files: req.file_hashes(),
+                    key: *key,
+                    params: dag.node(n).params.clone(),
+                    inputs,
+                    files,
                 },
             );
         }
+    }
+
+    /// The stages of `dag` that the verified-entry memo serves as the cache stands, found
+    /// before scheduling so that their file checks run in parallel (a cached rerun of
+    /// thousands of stages is mostly these `stat`s, one stage after another otherwise).
+    /// Data files are hashed first (through the file memo, in parallel); then, in dependency
+    /// order and without touching the disk, each stage's key is derived from its inputs'
+    /// content hashes as the memo remembers them; then every such key is marked used and
+    /// its entry's files are checked against the memo's stamp, in parallel, exactly as
+    /// [`Cache::recall`] does for one. A stage is served from here only if its inputs' content
+    /// hashes, when the scheduler reaches it, are those its key was derived from; anything
+    /// else (a stamp that no longer matches, an input that ran) takes the usual path.
+    fn memo_hits(&self, dag: &Dag) -> HashMap<NodeIndex, MemoHit> {
+        use rayon::prelude::*;
+        if self.opts.slurm.is_some() {
+            return HashMap::new();
+        }
+        let files: HashMap<NodeIndex, BTreeMap<String, ContentHash>> = dag
+            .topo_order()
+            .par_iter()
+            .filter(|&&n| !dag.node(n).files.is_empty())
+            .filter_map(|&n| {
+                let node = dag.node(n);
+                let hashes = hash_files(&self.hasher, &node.id, &node.files).ok()?;
+                Some((n, hashes))
+            })
+            .collect();
+        let mut content: HashMap<NodeIndex, ContentHash> = HashMap::new();
+        let mut candidates = Vec::new();
+        for &n in dag.topo_order() {
+            let node = dag.node(n);
+            let files = match (node.files.is_empty(), files.get(&n)) {
+                (true, _) => BTreeMap::new(),
+                (false, Some(f)) => f.clone(),
+                (false, None) => continue,
+            };
+            let inputs: Option<BTreeMap<String, ContentHash>> = node
+                .inputs
+                .iter()
+                .map(|(slot, from)| content.get(from).map(|h| (slot.clone(), *h)))
+                .collect();
+            let Some(inputs) = inputs else { continue };
+            let key = stage_key(&node.kind, node.version, &node.params, &inputs, &files);
+            let Some(hash) = self.cache.remembered_content_hash(&key) else {
+                continue;
+            };
+            content.insert(n, hash);
+            candidates.push((n, key, inputs, files));
+        }
+        candidates
+            .into_par_iter()
+            .filter_map(|(n, key, inputs, files)| {
+                // Marked before the check, as `recall` is, so a concurrent gc either sees the
+                // use or the entry is gone and the check fails.
+                self.cache.mark_used(&key);
+                let entry = self.cache.recall(&key)?;
+                Some((
+                    n,
+                    MemoHit {
+                        key,
+                        entry,
+                        inputs,
+                        files,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Serve one stage from the cache or compute and publish it. Holds the key's lease while
