@@ -322,13 +322,12 @@ unsafe fn kernel_avx2(
     }
 }
 
-/// `c[..rows][..cols] (+)= a_panel · b_panel` over `kc` steps, accumulators in the 16
-/// registers of an 8×32 tile; masked loads and stores clip the edge tiles.
+/// `c[..rows][..cols] (+)= a_panel · b_panel` over `kc` steps: [`kernel_rows`] with as many
+/// rows of accumulators as the tile has (an edge tile of 4 rows does the work of 4, not 12).
 ///
 /// # Safety
 /// AVX-512F must be available; otherwise as for [`kernel_avx2`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_avx512(
     kc: usize,
@@ -340,8 +339,37 @@ unsafe fn kernel_avx512(
     cols: usize,
     overwrite: bool,
 ) {
+    macro_rules! by_rows {
+        ($($r:literal)*) => {
+            match rows {
+                $($r => kernel_rows::<$r>(kc, a, b, c, ldc, cols, overwrite),)*
+                _ => unreachable!("a tile has 1 to {MR} rows"),
+            }
+        };
+    }
+    const _: () = assert!(MR == 12, "kernel_avx512 lists every row count up to MR");
+    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// `c[..R][..cols] (+)= a_panel · b_panel` over `kc` steps, two accumulators of 16 lanes per
+/// row (24 of the 32 registers for a full tile); masked loads and stores clip the columns.
+/// Each row's sums are the same whatever `R` is: rows never meet.
+///
+/// # Safety
+/// AVX-512F must be available; otherwise as for [`kernel_avx2`], with `R` ≤ MR rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_rows<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    overwrite: bool,
+) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..kc {
         let b0 = _mm512_loadu_ps(b.add(kk * NR));
         let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
@@ -359,7 +387,7 @@ unsafe fn kernel_avx512(
         }
     };
     let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
-    for (r, acc) in acc.iter().enumerate().take(rows) {
+    for (r, acc) in acc.iter().enumerate() {
         let (p, q) = (c.add(r * ldc), c.add(r * ldc).wrapping_add(16));
         let (mut v0, mut v1) = (acc[0], acc[1]);
         if !overwrite {
