@@ -115,6 +115,36 @@ fn a_sweep_over_one_strategy_leaves_the_others_as_they_were() {
     );
 }
 
+/// A strategy that `extends:` the swept one was resolved from the file before the sweep, as
+/// the README says of `--set`: it keeps the file's value, its name, and one set of stages
+/// (a strategy no axis names is compiled once, at the first point, and then reused).
+#[test]
+fn a_strategy_extending_the_swept_one_keeps_the_files_value_and_runs_once() {
+    let f = Fixture::with_pipeline(&format!(
+        "{PIPELINE}  rnf_isolated:\n    extends: rnf\n    isolate: true\n"
+    ));
+    let (p, dag) = sweep_of(&f, &[THRESHOLDS]);
+    assert_eq!(
+        names(&p),
+        [
+            "naive",
+            "rnf@threshold=0.2",
+            "rnf@threshold=0.4",
+            "rnf_isolated"
+        ]
+    );
+    let prunes: Vec<_> = dag
+        .topo_order()
+        .iter()
+        .map(|&n| dag.node(n))
+        .filter(|n| n.kind == "prune" && n.all_ids().any(|id| id.starts_with("rnf_isolated/")))
+        .collect();
+    // One prune per task, at the file's threshold.
+    assert_eq!(prunes.len(), 2);
+    assert!(prunes.iter().all(|n| n.params["threshold"] == 0.3));
+    assert!(ids(&dag).iter().all(|id| !id.contains("@threshold=0.2,")));
+}
+
 #[test]
 fn a_sweep_block_in_the_file_is_the_same_grid_as_the_flags() {
     let f = Fixture::with_pipeline(&format!(

@@ -235,6 +235,13 @@ fn expand(
             .any(|k| a.key == *k || a.key.starts_with(&format!("{k}.")))
     });
     let point_data = if touches_data { data } else { DataCheck::Skip };
+    let mut first_settings: Option<Vec<String>> = None;
+    // Per strategy, in the pipeline's order (which every point keeps): whether an axis names it.
+    let swept: Vec<bool> = base
+        .strategies
+        .iter()
+        .map(|s| !affects[&s.name].is_empty())
+        .collect();
     for point in crate::spec::sweep::grid(axes) {
         let mut ov = set.to_vec();
         ov.extend(point.iter().enumerate().map(|(a, &i)| axes[a].point(i)));
@@ -274,6 +281,25 @@ fn expand(
         for (i, s) in p.strategies.iter().enumerate() {
             if !variants[i].iter().any(|v| v.name == s.name) {
                 variants[i].push(s.clone());
+            }
+        }
+        // A strategy no axis names, resolved to the same settings as at the first point,
+        // compiles to the same declarations (compile reads a strategy's settings and the
+        // pipeline's, and an axis outside `strategies.` names every strategy): it is compiled
+        // once, and its later copies, which the merge below would drop as duplicates, are
+        // not made (most of a large sweep's cached rerun was compiling them). The settings
+        // are compared as well, so that anything an axis reaches without naming the strategy
+        // is compiled as before.
+        let settings: Vec<String> = p.strategies.iter().map(|s| format!("{s:?}")).collect();
+        match &first_settings {
+            None => first_settings = Some(settings),
+            Some(first) => {
+                let mut i = 0;
+                p.strategies.retain(|_| {
+                    let same = !swept[i] && settings[i] == first[i];
+                    i += 1;
+                    !same
+                });
             }
         }
         // A stage outside every strategy (the split) that differs between points gets the
