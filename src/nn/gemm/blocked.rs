@@ -221,18 +221,36 @@ fn pack(dst: &mut [f32], s: Mat, w: usize, q0: usize, p0: usize, kc: usize) {
         let q = q0 + q;
         let live = w.min(s.rows - q * w);
         if cs == 1 {
-            // A transpose: eight rows at a time, so each step writes eight
-            // consecutive floats.
+            // A transpose: rows in blocks of eight, then four, through AVX shuffles where
+            // the CPU has them, eight inner steps at a time; what is left one by one.
             let row = |r: usize| &s.data[(q * w + r) * rs + p0..][..kc];
             let mut r0 = 0;
-            while r0 + 8 <= live {
-                let rows: [&[f32]; 8] = std::array::from_fn(|t| row(r0 + t));
-                for (kk, dst) in panel.chunks_exact_mut(w).enumerate() {
-                    for (d, r) in dst[r0..r0 + 8].iter_mut().zip(&rows) {
-                        *d = r[kk];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx") {
+                let k8 = kc - kc % 8;
+                while r0 + 4 <= live {
+                    let n = if r0 + 8 <= live { 8 } else { 4 };
+                    let rows: [*const f32; 8] =
+                        std::array::from_fn(|t| row(r0 + t.min(n - 1)).as_ptr());
+                    for kk in (0..k8).step_by(8) {
+                        // SAFETY: AVX is available; each of the rows holds kc ≥ kk + 8
+                        // floats, and the panel's steps kk..kk + 8 hold w ≥ r0 + n lanes.
+                        unsafe {
+                            let at = panel.as_mut_ptr().add(kk * w + r0);
+                            if n == 8 {
+                                transpose8(rows.map(|p| p.add(kk)), at, w);
+                            } else {
+                                transpose4(rows.map(|p| p.add(kk)), at, w);
+                            }
+                        }
                     }
+                    for r in r0..r0 + n {
+                        for (kk, &v) in row(r).iter().enumerate().skip(k8) {
+                            panel[kk * w + r] = v;
+                        }
+                    }
+                    r0 += n;
                 }
-                r0 += 8;
             }
             for r in r0..live {
                 for (kk, &v) in row(r).iter().enumerate() {
@@ -246,6 +264,74 @@ fn pack(dst: &mut [f32], s: Mat, w: usize, q0: usize, p0: usize, kc: usize) {
             }
         }
     });
+}
+
+/// `dst[k·stride + r] = rows[r][k]` for 8 rows and 8 steps: the 8×8 transpose of AVX's
+/// unpack, shuffle and lane-permute steps.
+///
+/// # Safety
+/// AVX must be available; each row pointer must be readable for 8 floats and `dst` writable
+/// at `k·stride + r` for k, r < 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8(rows: [*const f32; 8], dst: *mut f32, stride: usize) {
+    use std::arch::x86_64::*;
+    let r = rows.map(|p| _mm256_loadu_ps(p));
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    // Steps k and k + 4 of rows 0–3 (low lanes) and of rows 4–7 (high lanes).
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    for k in 0..4 {
+        let lo = _mm256_permute2f128_ps::<0x20>(u[k], u[k + 4]);
+        let hi = _mm256_permute2f128_ps::<0x31>(u[k], u[k + 4]);
+        _mm256_storeu_ps(dst.add(k * stride), lo);
+        _mm256_storeu_ps(dst.add((k + 4) * stride), hi);
+    }
+}
+
+/// [`transpose8`] for the first 4 rows: `dst[k·stride + r] = rows[r][k]`, r < 4, k < 8.
+///
+/// # Safety
+/// As for [`transpose8`], with `dst` writable at `k·stride + r` for r < 4 only.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose4(rows: [*const f32; 8], dst: *mut f32, stride: usize) {
+    use std::arch::x86_64::*;
+    let r = [0, 1, 2, 3].map(|i| _mm256_loadu_ps(rows[i]));
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+    ];
+    // Steps k (low lane) and k + 4 (high lane) of the 4 rows.
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+    ];
+    for (k, u) in u.iter().enumerate() {
+        _mm_storeu_ps(dst.add(k * stride), _mm256_castps256_ps128(*u));
+        _mm_storeu_ps(dst.add((k + 4) * stride), _mm256_extractf128_ps::<1>(*u));
+    }
 }
 
 /// The order every micro-kernel keeps, one element at a time.
