@@ -221,17 +221,22 @@ fn a_stage_served_from_the_memo_before_scheduling_reruns_when_its_input_changed_
     let first = run();
     assert_eq!(first.ran().len(), 3);
     // The second run verifies every entry in full and remembers it; the third is served by
-    // the memo alone.
+    // the memo alone, every stage from the check before scheduling.
     assert!(run().ran().is_empty());
-    assert!(run().ran().is_empty());
+    let third = run();
+    assert!(third.ran().is_empty());
+    assert_eq!(third.prechecked, 3);
     let root = first.events.iter().find(|e| e.id == "root").unwrap();
     let out = cache.entry_dir(&root.key.unwrap()).join("out/out");
 
     // Touched, same bytes: the root's stamp no longer matches, it is hashed again and found
-    // whole, and nothing reruns.
+    // whole, and nothing reruns; the stages after it, reached after that, are checked again
+    // when they are served.
     let bytes = std::fs::read(&out).unwrap();
     std::fs::write(&out, &bytes).unwrap();
-    assert!(run().ran().is_empty());
+    let touched = run();
+    assert!(touched.ran().is_empty());
+    assert_eq!(touched.prechecked, 0);
 
     // Damaged: the root recomputes other bytes, and both stages after it rerun, although
     // the memo still remembers their entries under the keys of the root's old content.

@@ -719,16 +719,11 @@ fn run_cmd(
     cluster: &ClusterArgs,
     c: &CacheLoc,
 ) -> Result<(), CliError> {
-    let t0 = std::time::Instant::now();
-    let ph = |w: &str| if std::env::var_os("CFPIPE_PHASES").is_some() { eprintln!("PHASE {w} {:.1} ms", t0.elapsed().as_secs_f64() * 1e3) };
     let (device, resources) = open_device(&device)?;
-    ph("device");
     crate::spec::idx_data::remember_checks_in(c.dir().join("index").join("datachecks.json"));
     let (pipe, dag) = p.load(DataCheck::Required)?;
-    ph("load");
     let cache = open_cache(c)?;
     let remote = open_remote(&remote.remote, std::slice::from_ref(&p.pipeline))?;
-    ph("cache");
     let roots = RootRecorder::new(&cache, RootOwner::new(&pipe.name, &p.pipeline, &p.set));
     let interrupt = crate::signals::Interrupt::install();
     // Bars when someone watches a terminal; plain lines for logs, pipes and batch jobs.
@@ -782,12 +777,10 @@ fn run_cmd(
     let report = Executor::new(&cache, &registry, opts)
         .with_remote(remote.as_ref())
         .run(&dag);
-    ph("exec");
     // For the report's estimate beside the actual time; a run never fails for want of it.
     if let Err(e) = plan::record_estimates(&cache, &dag, &report) {
         eprintln!("warning: the plan estimates of this run were not recorded: {e}");
     }
-    ph("estimates");
     for e in &report.events {
         match &e.outcome {
             Outcome::Failed { error } => eprintln!("FAILED {}: {error}", e.id),

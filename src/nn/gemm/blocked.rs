@@ -96,12 +96,15 @@ pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa) {
     } else {
         1
     };
-    // Runs × groups = the thread count, cut to repack as little as possible: `runs` groups
-    // of rows each pack all of the task's columns of `b`, and the other way round.
-    let (runs, groups) = (1..=threads)
-        .filter(|r| threads % r == 0 && *r <= mp && threads / r <= np)
-        .map(|r| (r, threads / r))
-        .min_by_key(|&(r, g)| (g - 1) * m * k + (r - 1) * k * n)
+    // Runs × groups: as many tasks as threads, at most (fewer where the tiles run out), cut
+    // to repack as little as possible: each of `runs` runs of rows packs all of its task's
+    // columns of `b`, and each of `groups` groups of columns all of its rows of `a`.
+    let (runs, groups) = (1..=threads.min(mp))
+        .map(|r| (r, (threads / r).min(np)))
+        .max_by_key(|&(r, g)| {
+            let repacked = (g - 1) * m * k + (r - 1) * k * n;
+            (r * g, std::cmp::Reverse(repacked))
+        })
         .unwrap_or((1, 1));
     let (run_len, group_len) = (mp.div_ceil(runs), np.div_ceil(groups));
     let out = SharedOut(c.as_mut_ptr());
@@ -116,7 +119,7 @@ pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa) {
             cell.set(bufs);
         });
     };
-    if threads > 1 {
+    if runs * groups > 1 {
         (0..runs * groups).into_par_iter().for_each(task);
     } else {
         task(0);
@@ -361,7 +364,7 @@ unsafe fn kernel_scalar(
     }
 }
 
-/// [`kernel_scalar`]'s order on AVX2 with FMA: the 8×32 tile as four 4×16 blocks, eight
+/// [`kernel_scalar`]'s order on AVX2 with FMA: the 12×32 tile as six 4×16 blocks, eight
 /// accumulators each, so they stay in the 16 registers.
 ///
 /// # Safety

@@ -92,8 +92,8 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Every host matrix product the CPU paths take (the micro-kernel this CPU selects)
-    /// against a naive loop: edge tiles, transposed operands,
-    /// several KC blocks, accumulation.
+    /// against a naive loop: edge tiles, transposed operands, several KC, MC and NC blocks,
+    /// accumulation, products split over the pool.
     #[test]
     fn host_gemm_matches_a_naive_product() {
         let cpu = Cpu::default();
@@ -107,6 +107,8 @@ mod tests {
             (9, 300, 33),
             (64, 577, 70),
             (17, 3, 100),
+            // More rows than an MC block and more columns than an NC block.
+            (390, 20, 2050),
         ] {
             for (ta, tb, acc) in (0..8).map(|b| (b & 1 == 1, b & 2 == 2, b & 4 == 4)) {
                 let (ad, bd, c0) = (uniform(m * k), uniform(k * n), uniform(m * n));
@@ -145,8 +147,14 @@ mod tests {
                         continue;
                     }
                     let mut c = c0.clone();
-                    // Stale packing buffers must not leak into the result.
-                    blocked::PACKED.set((vec![f32::NAN; 100_000], vec![f32::NAN; 100_000]));
+                    // Stale packing buffers must not leak into the result: every thread's
+                    // are poisoned, the pool's too (its tasks pack into their own).
+                    let poison = || {
+                        let nan = vec![f32::NAN; 200_000];
+                        blocked::PACKED.set((nan.clone(), nan));
+                    };
+                    poison();
+                    rayon::broadcast(|_| poison());
                     blocked::sgemm(a, b, &mut c, acc, isa);
                     bits.push((isa, c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
                     runs.push(("blocked", c));

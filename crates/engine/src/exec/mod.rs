@@ -23,7 +23,7 @@ use petgraph::graph::NodeIndex;
 pub use resources::Resources;
 use serde::{Deserialize, Serialize};
 pub use stage::{Artifact, NoProgress, Progress, Registry, Stage, StageContext, StageError};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
@@ -69,6 +69,9 @@ pub struct RunReport {
     pub wall_s: f64,
     pub interrupted: bool,
     pub entries: HashMap<NodeIndex, Entry>,
+    /// Stages served by the verified-entry memo's check before scheduling (see
+    /// [`Executor::memo_hits`]); the other cached stages were checked when reached.
+    pub prechecked: usize,
 }
 
 impl RunReport {
@@ -424,6 +427,7 @@ impl<'a> Executor<'a> {
             // to the workers.
             let mut ready: std::collections::VecDeque<Done> = Default::default();
             let mut hits = self.memo_hits(dag);
+            let mut prechecked: HashSet<NodeIndex> = HashSet::new();
             let mut dispatch =
                 |n: NodeIndex,
                  entries: &HashMap<NodeIndex, Entry>,
@@ -434,12 +438,28 @@ impl<'a> Executor<'a> {
                         .iter()
                         .map(|(slot, from)| (slot.clone(), entries[from].clone()))
                         .collect();
-                    if let Some(hit) = hits.remove(&n).filter(|h| {
+                    let hit = hits.remove(&n).filter(|h| {
                         h.inputs.len() == inputs.len()
                             && inputs
                                 .iter()
                                 .all(|(slot, e)| h.inputs.get(slot) == Some(&e.content_hash()))
-                    }) {
+                    });
+                    // Checked before scheduling, and reached at once: every input was served
+                    // the same way, so nothing ran meanwhile. After an input computed (for
+                    // hours, maybe) the check is made again, as `recall` makes it, so that
+                    // the entry is marked used and found whole when it is served.
+                    let fresh = dag.node(n).inputs.values().all(|i| prechecked.contains(i));
+                    let hit = hit.and_then(|mut h| {
+                        if !fresh {
+                            self.cache.mark_used(&h.key);
+                            h.entry = self.cache.recall(&h.key)?;
+                        }
+                        Some(h)
+                    });
+                    if let Some(hit) = hit {
+                        if fresh {
+                            prechecked.insert(n);
+                        }
                         self.record(dag, n, &hit.key, || (hit.inputs.clone(), hit.files.clone()));
                         bars.stage(&dag.node(n).id).finish();
                         ready.push_back((n, Some(hit.key), Ok((hit.entry, Outcome::Cached))));
@@ -542,6 +562,7 @@ impl<'a> Executor<'a> {
                 }
             }
             drop(work_tx);
+            report.prechecked = prechecked.len();
             if let Some(s) = &self.opts.slurm {
                 s.stop();
             }
