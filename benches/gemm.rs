@@ -27,7 +27,10 @@ fn main() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let torch = std::env::var("CFPIPE_TORCH_PYTHON").ok().and_then(|py| {
         let out = std::process::Command::new(py)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/torch_gemm_bench.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/torch_gemm_bench.py"
+            ))
             .output()
             .ok()?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -38,8 +41,16 @@ fn main() {
     for &(name, m, k, n, ta, tb) in SHAPES.iter().filter(|s| s.0.contains(&*only)) {
         let ad: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let bd: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let a = if ta { Mat::new(&ad, k, m).t() } else { Mat::new(&ad, m, k) };
-        let b = if tb { Mat::new(&bd, n, k).t() } else { Mat::new(&bd, k, n) };
+        let a = if ta {
+            Mat::new(&ad, k, m).t()
+        } else {
+            Mat::new(&ad, m, k)
+        };
+        let b = if tb {
+            Mat::new(&bd, n, k).t()
+        } else {
+            Mat::new(&bd, k, n)
+        };
         let mut c = vec![0.0f32; m * n];
         let flop = 2.0 * (m * k * n) as f64;
         let reps = ((2e10 / flop) as usize).clamp(5, 2000);

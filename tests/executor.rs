@@ -244,7 +244,9 @@ fn a_stage_served_from_the_memo_before_scheduling_reruns_when_its_input_changed_
     let r = run();
     let ran = r.ran();
     assert_eq!(
-        ran.iter().map(|s| s.as_str()).collect::<std::collections::BTreeSet<_>>(),
+        ran.iter()
+            .map(|s| s.as_str())
+            .collect::<std::collections::BTreeSet<_>>(),
         ["child", "grandchild", "root"].into()
     );
     assert!(run().ran().is_empty());

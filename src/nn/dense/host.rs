@@ -131,11 +131,7 @@ where
         }
         // ∂W [out, in] += ∂z [out, batch] · xᵀ [batch, in].
         let gw = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
-        gemm(
-            gc,
-            columns(&xs, input, inp, batch).t(),
-            gw,
-            true);
+        gemm(gc, columns(&xs, input, inp, batch).t(), gw, true);
         if need_x {
             // ∂x in the input's layout: Wᵀ·∂z as columns, or ∂z·W as rows.
             let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);

@@ -81,7 +81,7 @@ fn the_fast_path_equals_the_composed_path_in_values_and_gradients() {
         Activation::LeakyRelu(0.1),
     ];
     let sides = [Side::Rows, Side::Columns];
-    // Odd sizes: edge tiles of the 8×32 micro-kernel, an inner dimension over one 256 block.
+    // Odd sizes: edge tiles of the 12×32 micro-kernel, an inner dimension over one 256 block.
     for (k, dims) in [(1, 1, 1), (7, 13, 5), (33, 300, 9), (10, 784, 128)]
         .into_iter()
         .enumerate()

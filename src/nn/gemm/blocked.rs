@@ -110,7 +110,10 @@ pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa) {
     let out = SharedOut(c.as_mut_ptr());
     let task = |t: usize| {
         let (rows, cols) = (t % runs * run_len, t / runs * group_len);
-        let (rows, cols) = (rows..(rows + run_len).min(mp), cols..(cols + group_len).min(np));
+        let (rows, cols) = (
+            rows..(rows + run_len).min(mp),
+            cols..(cols + group_len).min(np),
+        );
         PACKED.with(|cell| {
             // Taken, not borrowed: a task never waits on the pool, but if one ever did,
             // another task on this thread would pack into fresh buffers, not these.
@@ -487,4 +490,3 @@ unsafe fn kernel_rows<const R: usize>(
         _mm512_mask_storeu_ps(q, m1, v1);
     }
 }
-
