@@ -3,7 +3,8 @@
 //! and the im2col products of two VGG-16 (32×32, batch 32) layers, each in GFLOP/s, median of
 //! many calls after warm-up, with every micro-kernel this CPU runs (they give the same bits,
 //! at different speeds). With `CFPIPE_TORCH_PYTHON` set, PyTorch's `torch.mm` on the same
-//! shapes and layouts (`scripts/torch_gemm_bench.py`, 2 threads) is printed beside it.
+//! shapes and layouts (`scripts/torch_gemm_bench.py`, which gets them from here as JSON,
+//! 2 threads) is printed beside it.
 
 use cfpipe::nn::gemm::{blocked, Mat};
 use rand::{Rng, SeedableRng};
@@ -26,11 +27,14 @@ const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
 fn main() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let torch = std::env::var("CFPIPE_TORCH_PYTHON").ok().and_then(|py| {
+        // The same shapes, handed over as JSON so that one list serves both.
+        let shapes = serde_json::to_string(SHAPES).expect("plain data");
         let out = std::process::Command::new(py)
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/scripts/torch_gemm_bench.py"
             ))
+            .arg(shapes)
             .output()
             .ok()?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -41,16 +45,7 @@ fn main() {
     for &(name, m, k, n, ta, tb) in SHAPES.iter().filter(|s| s.0.contains(&*only)) {
         let ad: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let bd: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let a = if ta {
-            Mat::new(&ad, k, m).t()
-        } else {
-            Mat::new(&ad, m, k)
-        };
-        let b = if tb {
-            Mat::new(&bd, n, k).t()
-        } else {
-            Mat::new(&bd, k, n)
-        };
+        let (a, b) = (Mat::laid_out(&ad, m, k, ta), Mat::laid_out(&bd, k, n, tb));
         let mut c = vec![0.0f32; m * n];
         let flop = 2.0 * (m * k * n) as f64;
         let reps = ((2e10 / flop) as usize).clamp(5, 2000);

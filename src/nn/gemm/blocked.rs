@@ -172,9 +172,16 @@ fn run_task(
                         // of `c` at row i·MR, column j·NR, inside `c`; each task writes its
                         // own tiles only, and `c` outlives the tasks.
                         unsafe {
-                            match isa {
-                                #[cfg(target_arch = "x86_64")]
-                                Isa::Avx512 => kernel_avx512(
+                            #[cfg(target_arch = "x86_64")]
+                            let simd = match isa {
+                                Isa::Avx512 => Some(kernel_avx512 as Kernel),
+                                Isa::Avx2 => Some(kernel_avx2 as Kernel),
+                                Isa::Scalar => None,
+                            };
+                            #[cfg(not(target_arch = "x86_64"))]
+                            let simd: Option<Kernel> = None;
+                            match simd {
+                                Some(kernel) => kernel(
                                     kc,
                                     a.as_ptr(),
                                     b.as_ptr(),
@@ -184,18 +191,7 @@ fn run_task(
                                     width,
                                     overwrite,
                                 ),
-                                #[cfg(target_arch = "x86_64")]
-                                Isa::Avx2 => kernel_avx2(
-                                    kc,
-                                    a.as_ptr(),
-                                    b.as_ptr(),
-                                    c,
-                                    n,
-                                    height,
-                                    width,
-                                    overwrite,
-                                ),
-                                _ => kernel_scalar(kc, a, b, c, n, height, width, overwrite),
+                                None => kernel_scalar(kc, a, b, c, n, height, width, overwrite),
                             }
                         }
                     }
@@ -204,6 +200,9 @@ fn run_task(
         }
     }
 }
+
+/// A SIMD micro-kernel: `(kc, a panel, b panel, c, ldc, rows, cols, overwrite)`.
+type Kernel = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, usize, usize, bool);
 
 /// The output pointer shared by the tile tasks, which write disjoint tiles.
 #[derive(Clone, Copy)]
@@ -282,33 +281,13 @@ fn pack(dst: &mut [f32], s: Mat, w: usize, q0: usize, p0: usize, kc: usize) {
 #[target_feature(enable = "avx")]
 unsafe fn transpose8(rows: [*const f32; 8], dst: *mut f32, stride: usize) {
     use std::arch::x86_64::*;
-    let r = rows.map(|p| _mm256_loadu_ps(p));
-    let t = [
-        _mm256_unpacklo_ps(r[0], r[1]),
-        _mm256_unpackhi_ps(r[0], r[1]),
-        _mm256_unpacklo_ps(r[2], r[3]),
-        _mm256_unpackhi_ps(r[2], r[3]),
-        _mm256_unpacklo_ps(r[4], r[5]),
-        _mm256_unpackhi_ps(r[4], r[5]),
-        _mm256_unpacklo_ps(r[6], r[7]),
-        _mm256_unpackhi_ps(r[6], r[7]),
-    ];
-    // Steps k and k + 4 of rows 0–3 (low lanes) and of rows 4–7 (high lanes).
-    let u = [
-        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-    ];
+    let lo = interleave4([0, 1, 2, 3].map(|i| _mm256_loadu_ps(rows[i])));
+    let hi = interleave4([4, 5, 6, 7].map(|i| _mm256_loadu_ps(rows[i])));
     for k in 0..4 {
-        let lo = _mm256_permute2f128_ps::<0x20>(u[k], u[k + 4]);
-        let hi = _mm256_permute2f128_ps::<0x31>(u[k], u[k + 4]);
-        _mm256_storeu_ps(dst.add(k * stride), lo);
-        _mm256_storeu_ps(dst.add((k + 4) * stride), hi);
+        let first = _mm256_permute2f128_ps::<0x20>(lo[k], hi[k]);
+        let second = _mm256_permute2f128_ps::<0x31>(lo[k], hi[k]);
+        _mm256_storeu_ps(dst.add(k * stride), first);
+        _mm256_storeu_ps(dst.add((k + 4) * stride), second);
     }
 }
 
@@ -320,24 +299,34 @@ unsafe fn transpose8(rows: [*const f32; 8], dst: *mut f32, stride: usize) {
 #[target_feature(enable = "avx")]
 unsafe fn transpose4(rows: [*const f32; 8], dst: *mut f32, stride: usize) {
     use std::arch::x86_64::*;
-    let r = [0, 1, 2, 3].map(|i| _mm256_loadu_ps(rows[i]));
+    let u = interleave4([0, 1, 2, 3].map(|i| _mm256_loadu_ps(rows[i])));
+    for (k, u) in u.iter().enumerate() {
+        _mm_storeu_ps(dst.add(k * stride), _mm256_castps256_ps128(*u));
+        _mm_storeu_ps(dst.add((k + 4) * stride), _mm256_extractf128_ps::<1>(*u));
+    }
+}
+
+/// Four rows of 8 steps, regrouped by step: result `k` holds step k of the 4 rows in its low
+/// 128 bits and step k + 4 in its high 128 bits.
+///
+/// # Safety
+/// AVX must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn interleave4(r: [std::arch::x86_64::__m256; 4]) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
     let t = [
         _mm256_unpacklo_ps(r[0], r[1]),
         _mm256_unpackhi_ps(r[0], r[1]),
         _mm256_unpacklo_ps(r[2], r[3]),
         _mm256_unpackhi_ps(r[2], r[3]),
     ];
-    // Steps k (low lane) and k + 4 (high lane) of the 4 rows.
-    let u = [
+    [
         _mm256_shuffle_ps::<0x44>(t[0], t[2]),
         _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
         _mm256_shuffle_ps::<0x44>(t[1], t[3]),
         _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-    ];
-    for (k, u) in u.iter().enumerate() {
-        _mm_storeu_ps(dst.add(k * stride), _mm256_castps256_ps128(*u));
-        _mm_storeu_ps(dst.add((k + 4) * stride), _mm256_extractf128_ps::<1>(*u));
-    }
+    ]
 }
 
 /// The order every micro-kernel keeps, one element at a time.

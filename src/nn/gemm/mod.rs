@@ -25,6 +25,16 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// A `[rows, cols]` matrix stored row-major, or, with `transposed`, stored as its
+    /// row-major transpose `[cols, rows]`.
+    pub fn laid_out(data: &'a [f32], rows: usize, cols: usize, transposed: bool) -> Self {
+        if transposed {
+            Mat::new(data, cols, rows).t()
+        } else {
+            Mat::new(data, rows, cols)
+        }
+    }
+
     pub fn t(self) -> Self {
         Mat {
             rows: self.cols,
@@ -112,16 +122,7 @@ mod tests {
         ] {
             for (ta, tb, acc) in (0..8).map(|b| (b & 1 == 1, b & 2 == 2, b & 4 == 4)) {
                 let (ad, bd, c0) = (uniform(m * k), uniform(k * n), uniform(m * n));
-                let a = if ta {
-                    Mat::new(&ad, k, m).t()
-                } else {
-                    Mat::new(&ad, m, k)
-                };
-                let b = if tb {
-                    Mat::new(&bd, n, k).t()
-                } else {
-                    Mat::new(&bd, k, n)
-                };
+                let (a, b) = (Mat::laid_out(&ad, m, k, ta), Mat::laid_out(&bd, k, n, tb));
                 let at = |i: usize, l: usize| if ta { ad[l * m + i] } else { ad[i * k + l] };
                 let bt = |l: usize, j: usize| if tb { bd[j * k + l] } else { bd[l * n + j] };
                 let want: Vec<f64> = (0..m * n)
