@@ -2,7 +2,8 @@
 //! harness (`cargo bench --bench gemm`): the MLP step's five products (784-400-400, batch 128)
 //! and the im2col products of two VGG-16 (32×32, batch 32) layers, each in GFLOP/s, median of
 //! many calls after warm-up, with every micro-kernel this CPU runs (they give the same bits,
-//! at different speeds). With `CFPIPE_TORCH_PYTHON` set, PyTorch's `torch.mm` on the same
+//! at different speeds), and gemm 0.19 (`x86-v4`) on the same operands. With
+//! `CFPIPE_TORCH_PYTHON` set, PyTorch's `torch.mm` on the same
 //! shapes and layouts (`scripts/torch_gemm_bench.py`, which gets them from here as JSON,
 //! 2 threads) is printed beside it.
 
@@ -50,24 +51,59 @@ fn main() {
         let flop = 2.0 * (m * k * n) as f64;
         let reps = ((2e10 / flop) as usize).clamp(5, 2000);
         let mut line = format!("{name:<20} {m}×{k}×{n}:");
-        for isa in [blocked::Isa::Avx512, blocked::Isa::Avx2] {
-            if !isa.runs_here() {
-                continue;
-            }
+        let mut time = |label: &str, f: &dyn Fn(&mut [f32])| {
             for _ in 0..3 {
-                blocked::sgemm(a, b, &mut c, false, isa);
+                f(&mut c);
             }
             let mut times: Vec<f64> = (0..reps)
                 .map(|_| {
                     let t = Instant::now();
-                    blocked::sgemm(a, b, &mut c, false, isa);
+                    f(&mut c);
                     t.elapsed().as_secs_f64()
                 })
                 .collect();
             times.sort_by(f64::total_cmp);
             let t = times[reps / 2];
-            line += &format!(" {isa:?} {:.3} ms {:.0} GFLOP/s;", t * 1e3, flop / t / 1e9);
+            line += &format!(" {label} {:.3} ms {:.0} GFLOP/s;", t * 1e3, flop / t / 1e9);
+        };
+        for isa in [blocked::Isa::Avx512, blocked::Isa::Avx2] {
+            if isa.runs_here() {
+                time(&format!("{isa:?}"), &|c| {
+                    blocked::sgemm(a, b, c, false, isa)
+                });
+            }
         }
+        // gemm 0.19, which picks its kernel and blocking by the CPU (so its bits follow the
+        // machine): the library the issue proposed, for comparison.
+        let threads = rayon::current_num_threads();
+        time("gemm-0.19", &|c| {
+            let ((ars, acs), (brs, bcs)) = (a.strides(), b.strides());
+            // SAFETY: the pointers and strides describe `a` (m×k), `b` (k×n) and the
+            // row-major m×n `c`, all valid for the call; `c` is not read (beta-free overwrite).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.data.as_ptr(),
+                    acs as isize,
+                    ars as isize,
+                    b.data.as_ptr(),
+                    bcs as isize,
+                    brs as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                )
+            }
+        });
         if let Some(ms) = torch.as_ref().and_then(|v| v[name].as_f64()) {
             line += &format!(" PyTorch {ms:.3} ms {:.0} GFLOP/s", flop / (ms / 1e3) / 1e9);
         }
