@@ -4,19 +4,14 @@ mod common;
 use cfpipe::cache::Cache;
 use cfpipe::exec::resolve::resolve;
 use cfpipe::spec::DataCheck;
-use common::{Fixture, PIPELINE};
+use common::{Fixture, EWC_ZERO_AND_STRONG, PIPELINE};
 
-const EWC: &str = r#"  ewc_zero:
-    freeze: none
-    ewc:
-      lambda: 0.0
-      importance: {method: mas, reference_size: 20, reference_split: train}
-  ewc_strong:
-    freeze: none
-    ewc:
-      lambda: 1000.0
-      importance: {method: mas, reference_size: 20, reference_split: train}
-  ewc_si:
+/// The shared λ = 0 and λ = 1000 strategies, then the other importances and modes.
+fn ewc() -> String {
+    format!("{EWC_ZERO_AND_STRONG}{EWC_OTHERS}")
+}
+
+const EWC_OTHERS: &str = r#"  ewc_si:
     freeze: none
     ewc:
       lambda: 10.0
@@ -44,7 +39,7 @@ fn file_of(f: &Fixture, id: &str, file: &str) -> Vec<u8> {
 
 #[test]
 fn ewc_with_zero_lambda_trains_bit_identically_to_naive_and_a_strong_one_holds_the_trunk() {
-    let f = Fixture::with_pipeline(&format!("{PIPELINE}{EWC}"));
+    let f = Fixture::with_pipeline(&format!("{PIPELINE}{}", ewc()));
     let report = f.run(&[]);
     let ran = report.ran_all_ids();
     // Task 1 is shared; task 2 of each EWC strategy is its own stage (it has a penalty input).
@@ -94,7 +89,7 @@ fn ewc_with_zero_lambda_trains_bit_identically_to_naive_and_a_strong_one_holds_t
 fn a_strong_penalty_moves_the_trunk_less() {
     // Σ A (θ − θ₁)² of the task-2 trunk, with A from task 1's MAS importance, computed here
     // from the cached tensors: smaller with EWC than without.
-    let f = Fixture::with_pipeline(&format!("{PIPELINE}{EWC}"));
+    let f = Fixture::with_pipeline(&format!("{PIPELINE}{}", ewc()));
     f.run(&[]);
     let tensors =
         |id: &str, file: &str| cfpipe::nn::tensorio::decode(&file_of(&f, id, file)).unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{unit_flags, Fixture, PIPELINE};
+use common::{unit_flags, Fixture, EWC_ZERO_AND_STRONG, PIPELINE};
 
 /// The fixture pipeline with `heads` (YAML lines under `model:`) added.
 fn under(heads: &str) -> Fixture {
@@ -184,33 +184,17 @@ fn upfront_outputs_exist_from_task_1_and_key_apart_from_growing_ones() {
     assert!(plain["model"].get("scenario").is_none(), "{plain}");
 }
 
-/// `f`'s pipeline, with `set`, must be rejected before any work (exit 2) naming `expect`.
-fn rejected(f: &Fixture, set: &[&str], expect: &str) {
-    let pipeline = f.pipeline();
-    let mut args = vec!["dag", pipeline.to_str().unwrap()];
-    for s in set {
-        args.extend(["--set", s]);
-    }
-    let o = f.cli(&args);
-    let err = common::stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{set:?}: {err}");
-    assert!(err.contains(expect), "{set:?}: {err}");
-    assert!(err.contains("pipeline.yaml:"), "{set:?}: {err}");
-}
-
 #[test]
 fn scenario_mistakes_are_located_before_any_work() {
     let class_il = under(
         "  heads: class_incremental
 ",
     );
-    rejected(
-        &class_il,
+    class_il.assert_rejected(
         &["strategies.rnf.isolate=true"],
         "strategies.rnf.isolate: isolation evaluates an old task with its own mask",
     );
-    rejected(
-        &class_il,
+    class_il.assert_rejected(
         &["strategies.naive.lwf={lambda: 1.0}"],
         "strategies.naive.lwf: LwF distils the old heads' whole outputs",
     );
@@ -218,17 +202,15 @@ fn scenario_mistakes_are_located_before_any_work() {
         "  heads: shared
 ",
     );
-    rejected(
-        &shared,
+    shared.assert_rejected(
         &["model.class_outputs=upfront"],
         "model.class_outputs: only used with `heads: class_incremental`",
     );
-    rejected(
-        &shared,
+    shared.assert_rejected(
         &["tasks=[[0, 1], [2, 3, 0]]"],
         "model.heads: a shared head needs the same number of classes in every task",
     );
-    rejected(&shared, &["model.heads=one"], "model.heads");
+    shared.assert_rejected(&["model.heads=one"], "model.heads");
 }
 
 /// The L2 distance between head 0's weights of two models.
@@ -244,17 +226,7 @@ fn head0_drift(a: &cfpipe::nn::model::ModelParams, b: &cfpipe::nn::model::ModelP
 
 #[test]
 fn ewc_under_a_shared_head_penalises_the_head_and_a_grown_head_only_its_old_outputs() {
-    let ewc = "  ewc0:
-    freeze: none
-    ewc:
-      lambda: 0.0
-      importance: {method: mas, reference_size: 20, reference_split: train}
-  ewc_strong:
-    freeze: none
-    ewc:
-      lambda: 1000.0
-      importance: {method: mas, reference_size: 20, reference_split: train}
-";
+    let ewc = EWC_ZERO_AND_STRONG;
     for heads in ["  heads: shared\n", "  heads: class_incremental\n"] {
         let f = Fixture::with_pipeline(&format!(
             "{}{ewc}",
@@ -276,7 +248,7 @@ fn ewc_under_a_shared_head_penalises_the_head_and_a_grown_head_only_its_old_outp
         let task1 = f.model_of("naive/seed0/task1/train");
         let drift = |s: &str| head0_drift(&task1, &f.model_of(&format!("{s}/seed0/task2/train")));
         // λ = 0 trains naive's bits; a strong pull holds the (old part of the) head.
-        assert_eq!(drift("ewc0"), drift("naive"), "{heads}");
+        assert_eq!(drift("ewc_zero"), drift("naive"), "{heads}");
         let old = |s: &str| {
             let m = f.model_of(&format!("{s}/seed0/task2/train"));
             m.heads[0].weight[..task1.heads[0].weight.len()].to_vec()

@@ -77,6 +77,20 @@ strategies:
     lr_frozen: 0.0
 "#;
 
+/// Two EWC strategies under `strategies:` (MAS importance on 20 training samples): `ewc_zero`
+/// with λ = 0, which must train as naive does, and `ewc_strong` with λ = 1000.
+pub const EWC_ZERO_AND_STRONG: &str = r#"  ewc_zero:
+    freeze: none
+    ewc:
+      lambda: 0.0
+      importance: {method: mas, reference_size: 20, reference_split: train}
+  ewc_strong:
+    freeze: none
+    ewc:
+      lambda: 1000.0
+      importance: {method: mas, reference_size: 20, reference_split: train}
+"#;
+
 impl Fixture {
     pub fn new() -> Fixture {
         Self::with_pipeline(PIPELINE)
@@ -183,6 +197,25 @@ impl Fixture {
         child
     }
 
+    /// The fixture's pipeline, with the `--set` overrides `set`, must be rejected before any
+    /// work (exit 2), with `expect` in the message and a location in the pipeline file.
+    pub fn assert_rejected(&self, set: &[&str], expect: &str) {
+        let pipeline = self.pipeline();
+        let mut args = vec!["dag", pipeline.to_str().unwrap()];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        let o = self.cli(&args);
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{set:?}, expecting `{expect}`: {err}"
+        );
+        assert!(err.contains(expect), "{set:?}, expecting `{expect}`: {err}");
+        assert!(err.contains("pipeline.yaml:"), "{set:?}: {err}");
+    }
+
     /// Run the real binary with `args`, cache in the fixture.
     pub fn cli(&self, args: &[&str]) -> Output {
         cfpipe()
@@ -197,12 +230,7 @@ impl Fixture {
 /// The fixture pipeline plus `strategy` (YAML under `strategies:`) must be rejected before any
 /// work (exit 2), with `expect` in the message and a file location.
 pub fn assert_rejected(strategy: &str, expect: &str) {
-    let f = Fixture::with_pipeline(&format!("{PIPELINE}{strategy}"));
-    let o = f.cli(&["dag", f.pipeline().to_str().unwrap()]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{strategy}: {err}");
-    assert!(err.contains(expect), "{strategy}: {err}");
-    assert!(err.contains("pipeline.yaml:"), "{strategy}: {err}");
+    Fixture::with_pipeline(&format!("{PIPELINE}{strategy}")).assert_rejected(&[], expect);
 }
 
 pub fn stdout(o: &Output) -> String {
