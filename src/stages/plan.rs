@@ -235,13 +235,9 @@ fn expand(
             .any(|k| a.key == *k || a.key.starts_with(&format!("{k}.")))
     });
     let point_data = if touches_data { data } else { DataCheck::Skip };
-    let mut first_settings: Option<Vec<String>> = None;
-    // Per strategy, in the pipeline's order (which every point keeps): whether an axis names it.
-    let swept: Vec<bool> = base
-        .strategies
-        .iter()
-        .map(|s| !affects[&s.name].is_empty())
-        .collect();
+    // Per strategy, in the pipeline's order (which every point keeps): its settings at the
+    // first point, where no axis names it.
+    let mut first_settings: Option<Vec<Option<String>>> = None;
     for point in crate::spec::sweep::grid(axes) {
         let mut ov = set.to_vec();
         ov.extend(point.iter().enumerate().map(|(a, &i)| axes[a].point(i)));
@@ -290,13 +286,18 @@ fn expand(
         // not made (most of a large sweep's cached rerun was compiling them). The settings
         // are compared as well, so that anything an axis reaches without naming the strategy
         // is compiled as before.
-        let settings: Vec<String> = p.strategies.iter().map(|s| format!("{s:?}")).collect();
+        // (A strategy an axis names has a non-empty `point`.)
+        let settings: Vec<Option<String>> = p
+            .strategies
+            .iter()
+            .map(|s| s.point.is_empty().then(|| format!("{s:?}")))
+            .collect();
         match &first_settings {
             None => first_settings = Some(settings),
             Some(first) => {
                 let mut i = 0;
                 p.strategies.retain(|_| {
-                    let same = !swept[i] && settings[i] == first[i];
+                    let same = settings[i].is_some() && settings[i] == first[i];
                     i += 1;
                     !same
                 });

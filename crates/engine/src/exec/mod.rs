@@ -438,28 +438,20 @@ impl<'a> Executor<'a> {
                         .iter()
                         .map(|(slot, from)| (slot.clone(), entries[from].clone()))
                         .collect();
+                    // Served from the check before scheduling only when reached at once: every
+                    // input was served the same way (so nothing ran meanwhile) and holds what
+                    // the key was derived from. After an input computed (for hours, maybe) the
+                    // stage takes `recall`, which marks the entry used and checks it again.
+                    let fresh = dag.node(n).inputs.values().all(|i| prechecked.contains(i));
                     let hit = hits.remove(&n).filter(|h| {
-                        h.inputs.len() == inputs.len()
+                        fresh
+                            && h.inputs.len() == inputs.len()
                             && inputs
                                 .iter()
                                 .all(|(slot, e)| h.inputs.get(slot) == Some(&e.content_hash()))
                     });
-                    // Checked before scheduling, and reached at once: every input was served
-                    // the same way, so nothing ran meanwhile. After an input computed (for
-                    // hours, maybe) the check is made again, as `recall` makes it, so that
-                    // the entry is marked used and found whole when it is served.
-                    let fresh = dag.node(n).inputs.values().all(|i| prechecked.contains(i));
-                    let hit = hit.and_then(|mut h| {
-                        if !fresh {
-                            self.cache.mark_used(&h.key);
-                            h.entry = self.cache.recall(&h.key)?;
-                        }
-                        Some(h)
-                    });
                     if let Some(hit) = hit {
-                        if fresh {
-                            prechecked.insert(n);
-                        }
+                        prechecked.insert(n);
                         self.record(dag, n, &hit.key, || (hit.inputs.clone(), hit.files.clone()));
                         bars.stage(&dag.node(n).id).finish();
                         ready.push_back((n, Some(hit.key), Ok((hit.entry, Outcome::Cached))));
