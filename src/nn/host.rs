@@ -1,7 +1,8 @@
 //! Host buffers of dfdx's `Cpu` tensors, for the CPU fast paths (`conv`, `dense`, `optim`).
-//! dfdx 0.13 keeps a tensor's storage private, so a fast path copies a tensor's contents out
-//! ([`host_copy`]), computes on plain slices, and writes gradients straight into the
-//! gradient buffers dfdx allocated ([`host_vec`]). Every entry point is generic over the
+//! A fast path reads its operands and updates parameters in place ([`host_slice`], through
+//! the patch of dfdx in `vendor/dfdx`, whose published 0.13 keeps a tensor's storage private),
+//! computes on plain slices, and writes gradients straight into the gradient buffers dfdx
+//! allocated ([`host_vec`]). Every entry point is generic over the
 //! device so the dispatching code compiles for CUDA too; only [`uses_cpu_fast_path`] devices
 //! reach the downcasts.
 
@@ -23,61 +24,28 @@ pub(crate) fn host_vec<D: Storage<f32>>(v: &mut D::Vec) -> &mut Vec<f32> {
     cpu_vec
 }
 
-/// Logical contents of a contiguous tensor (`copy_into` copies physical memory), in a buffer
-/// that a training step reuses: a step copies the same shapes (inputs, weights) every time,
-/// and a fresh buffer is zeroed before it is overwritten, a tenth of an MLP step's time
-/// (perf, issue 19). The buffer goes back to its thread's pool when dropped.
-pub(crate) fn host_copy<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> HostBuf {
-    let n = t.shape().num_elements();
-    let reused = FREED.with(|f| {
-        let mut f = f.borrow_mut();
-        let i = f.iter().position(|v| v.len() == n)?;
-        Some(f.swap_remove(i))
-    });
-    // A reused buffer has exactly `n` initialised elements, all overwritten here.
-    let mut v = reused.unwrap_or_else(|| vec![0.0; n]);
-    t.copy_into(&mut v);
-    HostBuf(v)
+/// A contiguous CPU tensor's elements, in place (dfdx patched: `vendor/dfdx/PATCH.md`).
+/// Before, every fast path copied its operands out of dfdx and the optimizer copied each
+/// parameter and gradient out and back: 12% of an MLP step (perf, issue 19). Panics for a
+/// permuted or broadcast layout; callers make their operands `contiguous()` first, which
+/// costs nothing for a tensor already laid out so.
+pub(crate) fn host_slice<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> &[f32] {
+    let any: &dyn Any = t;
+    any.downcast_ref::<Tensor<S, f32, Cpu>>()
+        .expect("the CPU fast path runs on the Cpu device only")
+        .as_contiguous_slice()
+        .expect("host_slice: the tensor is not laid out contiguously")
 }
 
-thread_local! {
-    /// Host copies freed on this thread, kept for the next copy of the same length; at most
-    /// [`POOL_BYTES`] of them, so a large model's activations are not held on to.
-    static FREED: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-const POOL_BYTES: usize = 64 << 20;
-
-/// A host copy of a tensor ([`host_copy`]), returned to its thread's pool when dropped.
-pub(crate) struct HostBuf(Vec<f32>);
-
-impl std::ops::Deref for HostBuf {
-    type Target = Vec<f32>;
-    fn deref(&self) -> &Vec<f32> {
-        &self.0
-    }
-}
-
-impl<'a> IntoIterator for &'a HostBuf {
-    type Item = &'a f32;
-    type IntoIter = std::slice::Iter<'a, f32>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
-    }
-}
-
-impl Drop for HostBuf {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        // During thread teardown the pool may be gone; the buffer is then simply freed.
-        let _ = FREED.try_with(|f| {
-            let mut f = f.borrow_mut();
-            let held: usize = f.iter().map(|v| v.len() * 4).sum();
-            if held + v.len() * 4 <= POOL_BYTES {
-                f.push(v);
-            }
-        });
-    }
+/// [`host_slice`] for writing. Storage shared with a clone of the tensor (a copy kept for
+/// later, such as SI's parameters before a step) is copied first, so the clone keeps its
+/// values.
+pub(crate) fn host_slice_mut<S: Shape, D: Device<f32>>(t: &mut Tensor<S, f32, D>) -> &mut [f32] {
+    let any: &mut dyn Any = t;
+    any.downcast_mut::<Tensor<S, f32, Cpu>>()
+        .expect("the CPU fast path runs on the Cpu device only")
+        .as_contiguous_mut_slice()
+        .expect("host_slice_mut: the tensor is not laid out contiguously")
 }
 
 /// The gradient of `t` out of `grads`: on the CPU the buffer itself, moved (the gradients are
@@ -125,24 +93,29 @@ pub fn keep_freed_memory() {
 }
 
 #[cfg(test)]
-mod pool_tests {
+mod tests {
     use super::*;
 
     #[test]
-    fn a_reused_host_buffer_holds_exactly_the_new_tensors_contents() {
+    fn a_written_slice_leaves_a_clone_of_the_tensor_as_it_was() {
         let dev = Cpu::default();
-        let a: Tensor<(usize,), f32, Cpu> = dev.tensor_from_vec(vec![1.0, 2.0, 3.0], (3,));
-        let b: Tensor<(usize,), f32, Cpu> = dev.tensor_from_vec(vec![7.0, 8.0, 9.0], (3,));
-        let first = host_copy(&a);
-        let ptr = first.as_ptr();
-        assert_eq!(&first[..], &[1.0, 2.0, 3.0]);
-        drop(first);
-        // The freed buffer of the same length is taken again and fully overwritten.
-        let second = host_copy(&b);
-        assert_eq!(second.as_ptr(), ptr, "the buffer is reused");
-        assert_eq!(&second[..], &[7.0, 8.0, 9.0]);
-        // Another length gets its own buffer.
-        let c: Tensor<(usize,), f32, Cpu> = dev.tensor_from_vec(vec![4.0, 5.0], (2,));
-        assert_eq!(&host_copy(&c)[..], &[4.0, 5.0]);
+        let mut a: Tensor<(usize,), f32, Cpu> = dev.tensor_from_vec(vec![1.0, 2.0, 3.0], (3,));
+        let kept = a.clone();
+        host_slice_mut(&mut a)[1] = 7.0;
+        assert_eq!(host_slice(&a), &[1.0, 7.0, 3.0]);
+        assert_eq!(
+            kept.as_vec(),
+            vec![1.0, 2.0, 3.0],
+            "the clone's storage was copied first"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not laid out contiguously")]
+    fn a_permuted_tensor_has_no_slice() {
+        let dev = Cpu::default();
+        let a: Tensor<(usize, usize), f32, Cpu> =
+            dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], (2, 3));
+        host_slice(&a.permute::<_, Axes2<1, 0>>());
     }
 }

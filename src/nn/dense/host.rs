@@ -11,7 +11,7 @@
 
 use super::{Activation, Side};
 use crate::nn::gemm::{gemm, Mat};
-use crate::nn::host::{host_copy, host_vec};
+use crate::nn::host::{host_slice, host_vec};
 use crate::nn::tensor::{Matrix, Vector};
 use dfdx::prelude::*;
 
@@ -43,24 +43,22 @@ where
     let (b, tb) = bias.contiguous().split_tape();
     let (out, inp) = *w.shape();
     let dev = x.device().clone();
-    let xs = host_copy(&x);
-    let ws = host_copy(&w);
-    let bs = host_copy(&b);
+    let (xs, ws, bs) = (host_slice(&x), host_slice(&w), host_slice(&b));
 
     // z = W·x + b, in the output's layout: the bias first, the product accumulated onto it.
     let mut zs = vec![0.0f32; out * batch];
-    let wm = Mat::new(&ws, out, inp);
-    let xc = columns(&xs, input, inp, batch);
+    let wm = Mat::new(ws, out, inp);
+    let xc = columns(xs, input, inp, batch);
     match output {
         Side::Columns => {
-            for (row, &bv) in zs.chunks_exact_mut(batch.max(1)).zip(&bs) {
+            for (row, &bv) in zs.chunks_exact_mut(batch.max(1)).zip(bs) {
                 row.fill(bv);
             }
             gemm(wm, xc, &mut zs, true);
         }
         Side::Rows => {
             for row in zs.chunks_exact_mut(out.max(1)) {
-                row.copy_from_slice(&bs);
+                row.copy_from_slice(bs);
             }
             gemm(xc.t(), wm.t(), &mut zs, true);
         }
@@ -79,12 +77,6 @@ where
     // is untraced in training, and its [batch, 784] gradient would be thrown away.
     let need_x = TX::OWNS_TAPE;
     let keep = T::OWNS_TAPE || need_x;
-    // The backward pass needs the output's signs; an untraced pass (evaluation) keeps nothing.
-    let signs: Vec<f32> = if keep && act != Activation::Identity {
-        zs.clone()
-    } else {
-        Vec::new()
-    };
     let shape = match output {
         Side::Columns => (out, batch),
         Side::Rows => (batch, out),
@@ -95,17 +87,21 @@ where
         return result.put_tape(tape);
     }
     let (x_id, w_id, b_id, out_id) = (x.ghost(), w.ghost(), b.ghost(), result.ghost());
+    // The backward pass reads the output's signs, the input and the weight: the tensors
+    // themselves, shared (nothing writes a tensor in place while another holds it).
+    let output_t = result.clone();
     tape.add_backward_op(move |grads| {
+        let (xs, ws, signs) = (host_slice(&x), host_slice(&w), host_slice(&output_t));
         // Moved out (and back, masked) so the other gradients can be borrowed meanwhile.
         let mut gz = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
         match act {
             Activation::Identity => {}
-            Activation::Relu => gz.iter_mut().zip(&signs).for_each(|(g, &a)| {
+            Activation::Relu => gz.iter_mut().zip(signs).for_each(|(g, &a)| {
                 if a <= 0.0 {
                     *g = 0.0
                 }
             }),
-            Activation::LeakyRelu(s) => gz.iter_mut().zip(&signs).for_each(|(g, &a)| {
+            Activation::LeakyRelu(s) => gz.iter_mut().zip(signs).for_each(|(g, &a)| {
                 if a <= 0.0 {
                     *g *= s
                 }
@@ -131,11 +127,11 @@ where
         }
         // ∂W [out, in] += ∂z [out, batch] · xᵀ [batch, in].
         let gw = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
-        gemm(gc, columns(&xs, input, inp, batch).t(), gw, true);
+        gemm(gc, columns(xs, input, inp, batch).t(), gw, true);
         if need_x {
             // ∂x in the input's layout: Wᵀ·∂z as columns, or ∂z·W as rows.
             let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);
-            let wm = Mat::new(&ws, out, inp);
+            let wm = Mat::new(ws, out, inp);
             match input {
                 Side::Columns => gemm(wm.t(), gc, gx, true),
                 Side::Rows => gemm(gc.t(), wm, gx, true),

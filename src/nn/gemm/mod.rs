@@ -86,8 +86,8 @@ pub(crate) fn dfdx_gemm(dev: &dfdx::prelude::Cpu, a: Mat, b: Mat, c: &mut [f32],
     use dfdx::prelude::*;
     let prod = a.to_tensor(dev).matmul(b.to_tensor(dev));
     if accumulate {
-        let prod = crate::nn::host::host_copy(&prod);
-        c.iter_mut().zip(&prod).for_each(|(d, s)| *d += s);
+        let prod = crate::nn::host::host_slice(&prod);
+        c.iter_mut().zip(prod).for_each(|(d, s)| *d += s);
     } else {
         prod.copy_into(c);
     }

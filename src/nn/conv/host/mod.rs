@@ -5,7 +5,7 @@
 use super::geom::*;
 use super::*;
 use crate::nn::gemm::{gemm, Mat};
-use crate::nn::host::{host_copy, host_vec};
+use crate::nn::host::{host_slice, host_vec};
 
 /// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
 /// convolution rather than by col2im. That product has only `C` rows, so each element of its
@@ -35,9 +35,7 @@ where
     let dev = x.device().clone();
     let (o, p, k, chw) = (g.o, g.p(), g.k(), g.c * g.h * g.w);
     let (chunk, span) = g.split();
-    let xs = host_copy(&x);
-    let bs = host_copy(&b);
-    let ws = host_copy(&w);
+    let (xs, bs, ws) = (host_slice(&x), host_slice(&b), host_slice(&w));
 
     // Each thread takes a span of samples, chunk by chunk, with its own buffers; the ops
     // inside are parallel too, which rayon folds into the same thread when all are busy.
@@ -50,12 +48,12 @@ where
                 let ns = xs.len() / chw;
                 let m = ns * p;
                 im2col(xs, &g, ns, &mut sc.cols);
-                let w = Mat::new(&ws, o, k);
+                let w = Mat::new(ws, o, k);
                 let cols = Mat::new(&sc.cols, k, m);
                 if ns == 1 {
                     // One sample's y is its output plane stack already: start from the
                     // bias and add the product in place.
-                    for (row, &b) in out.chunks_exact_mut(p).zip(&bs) {
+                    for (row, &b) in out.chunks_exact_mut(p).zip(bs) {
                         row.fill(b);
                     }
                     gemm(w, cols, out, true);
@@ -78,6 +76,8 @@ where
     let (x_id, w_id, b_id, out_id) = (x.ghost(), w.ghost(), b.ghost(), out.ghost());
     let need_x = TX::OWNS_TAPE;
     tape.add_backward_op(move |grads| {
+        // The input and weight tensors themselves, shared with the forward pass's callers.
+        let (xs, ws) = (host_slice(&x), host_slice(&w));
         // Moved out (and back) so the other gradients can be borrowed meanwhile.
         let gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
         let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
@@ -167,7 +167,7 @@ where
                         }
                     } else {
                         sc.dcols.resize(k * m, 0.0);
-                        let wt = Mat::new(&ws, o, k).t();
+                        let wt = Mat::new(ws, o, k).t();
                         gemm(wt, g2, &mut sc.dcols, false);
                         col2im(&sc.dcols, &g, s.len(), gx);
                     }
@@ -280,7 +280,7 @@ pub(super) fn pool<D: Device<f32>, T: Tape<f32, D>>(
     let (x, mut tape) = x.contiguous().split_tape();
     let dev = x.device().clone();
     let (hw, p) = (g.h * g.w, g.p());
-    let xs = host_copy(&x);
+    let xs = host_slice(&x);
     let mut out = vec![0.0; g.n * g.c * p];
     // Flat in-plane index of each output's maximum, for the backward pass.
     let mut arg = vec![0u32; if kind == PoolKind::Max { out.len() } else { 0 }];
