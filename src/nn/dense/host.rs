@@ -23,6 +23,23 @@ fn columns(data: &[f32], side: Side, features: usize, batch: usize) -> Mat<'_> {
     }
 }
 
+/// Adds to `out[r]` the sum of row `r` of `rows` (rows of `len`), each summed in element order
+/// from -0.0 as `Iterator::sum` does, eight rows at a time so that their chains of dependent
+/// additions overlap (one row's sum waits on each addition; the bias gradient of a 400-unit
+/// layer was 1% of an MLP step).
+fn add_row_sums(rows: &[f32], len: usize, out: &mut [f32]) {
+    const ROWS: usize = 8;
+    for (out, block) in out.chunks_mut(ROWS).zip(rows.chunks(ROWS * len.max(1))) {
+        let mut acc = [-0.0f32; ROWS];
+        for k in 0..len {
+            for (r, a) in acc.iter_mut().enumerate().take(out.len()) {
+                *a += block[r * len + k];
+            }
+        }
+        out.iter_mut().zip(acc).for_each(|(o, a)| *o += a);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dense<D, T, TX>(
     x: Matrix<D, TX>,
@@ -96,26 +113,21 @@ where
         let mut gz = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
         match act {
             Activation::Identity => {}
-            Activation::Relu => gz.iter_mut().zip(signs).for_each(|(g, &a)| {
-                if a <= 0.0 {
-                    *g = 0.0
-                }
-            }),
-            Activation::LeakyRelu(s) => gz.iter_mut().zip(signs).for_each(|(g, &a)| {
-                if a <= 0.0 {
-                    *g *= s
-                }
-            }),
+            // Selects, not conditional stores, so the masks vectorise.
+            Activation::Relu => gz
+                .iter_mut()
+                .zip(signs)
+                .for_each(|(g, &a)| *g = if a <= 0.0 { 0.0 } else { *g }),
+            Activation::LeakyRelu(s) => gz
+                .iter_mut()
+                .zip(signs)
+                .for_each(|(g, &a)| *g = if a <= 0.0 { *g * s } else { *g }),
         }
         let gc = columns(&gz, output, out, batch);
         {
             let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
             match output {
-                Side::Columns => {
-                    for (g, row) in gb.iter_mut().zip(gz.chunks_exact(batch.max(1))) {
-                        *g += row.iter().sum::<f32>();
-                    }
-                }
+                Side::Columns => add_row_sums(&gz, batch, gb),
                 Side::Rows => {
                     let mut sums = vec![0.0f32; out];
                     for row in gz.chunks_exact(out.max(1)) {
@@ -144,4 +156,23 @@ where
         Ok(())
     });
     result.put_tape(tape)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn row_sums_eight_at_a_time_give_each_rows_own_sum_bit_for_bit() {
+        // 13 rows (a block of eight and a partial one) of 37 values spanning magnitudes, so
+        // that any other order of additions rounds differently.
+        let (rows, len) = (13, 37);
+        let m: Vec<f32> = (0..rows * len)
+            .map(|i| ((i * 7919) % 1000) as f32 * 10f32.powi((i % 7) as i32 - 3) - 1.5)
+            .collect();
+        let mut out = vec![0.25f32; rows];
+        super::add_row_sums(&m, len, &mut out);
+        for (r, got) in out.iter().enumerate() {
+            let want = 0.25 + m[r * len..][..len].iter().sum::<f32>();
+            assert_eq!(got.to_bits(), want.to_bits(), "row {r}");
+        }
+    }
 }

@@ -41,44 +41,52 @@ impl Slot {
     }
 }
 
-/// Step `t` (from 1) of `param` with gradient `grad`.
+/// Step `t` (from 1) of every parameter `grads` names (each once), with its gradient: one
+/// pass over the pool for all of them, in spans of at most [`CHUNK`] elements (one parallel
+/// region a step, not one per large parameter: each costs the pool a wake-up).
 pub(super) fn step<D: Device<f32>>(
     cfg: OptimizerConfig,
     t: i32,
-    slot: &mut Slot,
-    param: &mut Vector<D>,
-    grad: &Vector<D>,
+    slots: &mut [Slot],
+    params: &mut [Vector<D>],
+    grads: &[(usize, Vector<D>)],
 ) {
     let rule = Rule::new(cfg, t);
-    let Slot { m, v, scale } = slot;
-    let (g, scale) = (host_slice(grad), scale.as_deref());
-    let p = host_slice_mut(param);
-    assert_eq!(
-        p.len(),
-        g.len(),
-        "a gradient of another length than its parameter"
-    );
-    type Chunk<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]));
-    let chunk = |(c, ((p, m), v)): Chunk| {
-        let at = c * CHUNK..c * CHUNK + p.len();
-        let span = Span {
-            p,
-            m,
-            v,
-            g: &g[at.clone()],
-            scale: scale.map(|s| &s[at]),
-        };
-        span.update(&rule);
-    };
-    if p.len() <= CHUNK {
-        // One chunk: on this thread, without a round trip through the pool.
-        chunk((0, ((p, &mut m[..]), &mut v[..])));
+    let mut grad_of: Vec<Option<&Vector<D>>> = vec![None; params.len()];
+    for (i, g) in grads {
+        assert!(
+            grad_of[*i].replace(g).is_none(),
+            "parameter {i} has two gradients in one step"
+        );
+    }
+    let mut spans = Vec::new();
+    for ((param, slot), grad) in params.iter_mut().zip(slots).zip(grad_of) {
+        let Some(grad) = grad else { continue };
+        let (p, g) = (host_slice_mut(param), host_slice(grad));
+        assert_eq!(
+            p.len(),
+            g.len(),
+            "a gradient of another length than its parameter"
+        );
+        let Slot { m, v, scale } = slot;
+        let pieces = p.chunks_mut(CHUNK).zip(m.chunks_mut(CHUNK));
+        for (c, ((p, m), v)) in pieces.zip(v.chunks_mut(CHUNK)).enumerate() {
+            let at = c * CHUNK..c * CHUNK + p.len();
+            spans.push(Span {
+                p,
+                m,
+                v,
+                g: &g[at.clone()],
+                scale: scale.as_deref().map(|s| &s[at]),
+            });
+        }
+    }
+    let elements: usize = spans.iter().map(|s| s.p.len()).sum();
+    if elements <= CHUNK {
+        // Little work: on this thread, without a round trip through the pool.
+        spans.into_iter().for_each(|s| s.update(&rule));
     } else {
-        p.par_chunks_mut(CHUNK)
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(chunk);
+        spans.into_par_iter().for_each(|s| s.update(&rule));
     }
 }
 

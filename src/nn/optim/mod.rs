@@ -120,9 +120,7 @@ impl<D: Device<f32>> MaskedOptimizer<D> {
         self.t += 1;
         let slots = match &mut self.state {
             State::Host(slots) => {
-                for (i, g) in grads {
-                    host::step(self.cfg, self.t, &mut slots[i], &mut params[i], &g);
-                }
+                host::step(self.cfg, self.t, slots, params, &grads);
                 return;
             }
             State::Composed(slots) => slots,
@@ -336,6 +334,66 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn one_fused_step_over_several_parameters_updates_those_with_gradients_only() {
+        // Three parameters, one past a parallel chunk, gradients for the first and last: the
+        // fused step (one pass over all of them) gives the composed update's bits for those
+        // two and leaves the middle one, another task's head, exactly as it was.
+        let dev = Cpu::default();
+        let cfg = OptimizerConfig::Adam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
+        let sizes = [40_000, 7, 401];
+        let run = |fused: bool| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+            let mut params: Vec<Vector<Cpu>> = sizes
+                .iter()
+                .map(|&n| {
+                    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    dev.tensor_from_vec(v, (n,))
+                })
+                .collect();
+            let scales = vec![None, None, Some(vec![0.5; sizes[2]])];
+            let mut opt = if fused {
+                MaskedOptimizer::fused(cfg, &params, scales)
+            } else {
+                MaskedOptimizer::composed(&dev, cfg, &params, scales)
+            };
+            for _ in 0..3 {
+                let grads = [2, 0]
+                    .map(|i| {
+                        let g: Vec<f32> = (0..sizes[i]).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                        (i, dev.tensor_from_vec(g, (sizes[i],)))
+                    })
+                    .to_vec();
+                opt.step(&mut params, grads);
+            }
+            params
+                .iter()
+                .map(|p| p.as_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        let (fused, composed) = (run(true), run(false));
+        assert!(
+            fused == composed,
+            "the fused step differs from the composed one"
+        );
+        let untouched: Vec<u32> = {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+            (0..sizes[0]).for_each(|_| {
+                rng.gen_range(-1.0f32..1.0);
+            });
+            (0..sizes[1])
+                .map(|_| rng.gen_range(-1.0f32..1.0).to_bits())
+                .collect()
+        };
+        assert_eq!(fused[1], untouched, "a parameter without a gradient moved");
     }
 
     #[test]
