@@ -182,14 +182,16 @@ pub fn evaluate_task<D: Device<f32>>(
     own: std::ops::Range<usize>,
     unit_masks: Option<&[Vector<D>]>,
 ) -> Result<TaskEval, StageError> {
-    let predict = |within| predictions_with(model, test, geometry, crops, head, unit_masks, within);
-    let predicted = predict(None)?;
     let outputs = model.shapes[model.n_trunk + head].0;
-    let task_aware = if own.len() < outputs {
-        Some(super::share_correct(&predict(Some(&own))?, &test.y))
-    } else {
-        None
-    };
+    // Over all outputs and, where the head has others besides the task's, over its own: one
+    // forward pass for both.
+    let mut within = vec![0..outputs];
+    if own.len() < outputs {
+        within.push(own.clone());
+    }
+    let mut lists = predictions_with(model, test, geometry, crops, head, unit_masks, &within)?;
+    let task_aware = (lists.len() == 2).then(|| super::share_correct(&lists[1], &test.y));
+    let predicted = lists.swap_remove(0);
     Ok(TaskEval {
         accuracy: super::share_correct(&predicted, &test.y),
         task_aware,

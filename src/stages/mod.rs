@@ -74,48 +74,49 @@ pub fn registry() -> Registry {
 /// Evaluation batch size for small models; large because there is no tape.
 const EVAL_BATCH: usize = 1000;
 
-/// The class `head` predicts for each of `samples`, optionally with hidden units masked out:
-/// the argmax over all its outputs, or over the outputs `within` only (then still numbered
-/// among all of them), as a task-aware evaluation of a class-incremental head does.
+/// The class `head` predicts for each of `samples`, optionally with hidden units masked out,
+/// once per range of outputs in `within`: the argmax over those outputs only (still numbered
+/// among all of them). `0..outputs` is the plain argmax; a task's own outputs give the
+/// task-aware evaluation of a class-incremental head. One forward pass serves every range.
 pub fn predictions<D: Device<f32>>(
     model: &DeviceModel<D>,
     samples: &Samples,
     dim: usize,
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
-    within: Option<&std::ops::Range<usize>>,
-) -> Vec<usize> {
+    within: &[std::ops::Range<usize>],
+) -> Vec<Vec<usize>> {
     let classes = model.shapes[model.n_trunk + head].0;
-    let mut out = Vec::with_capacity(samples.len());
+    let mut out = vec![Vec::with_capacity(samples.len()); within.len()];
     let batch = model.batch_within(EVAL_BATCH, 1, false);
     for start in (0..samples.len()).step_by(batch) {
         let end = (start + batch).min(samples.len());
         let x = model.input(&samples.x[start * dim..end * dim]);
         let logits = model.logits(&x, head, unit_masks).as_vec();
-        out.extend(argmax_within(&logits, classes, within));
+        extend_argmax_within(&mut out, &logits, classes, within);
     }
     out
 }
 
-/// Per row of `classes` scores, the index of the largest (the first of equals), over the whole
-/// row or over the columns `within` (numbered among all columns).
-pub fn argmax_within(
+/// Per row of `classes` scores, the index of the largest (the first of equals) among the
+/// columns of each range of `within` (numbered among all columns), appended to `out`, a list
+/// per range.
+pub fn extend_argmax_within(
+    out: &mut [Vec<usize>],
     rows: &[f32],
     classes: usize,
-    within: Option<&std::ops::Range<usize>>,
-) -> Vec<usize> {
-    match within {
-        None => argmax_rows(rows, classes),
-        Some(r) => {
-            let sub: Vec<f32> = rows
-                .chunks_exact(classes.max(1))
-                .flat_map(|row| row[r.clone()].iter().copied())
-                .collect();
-            argmax_rows(&sub, r.len())
-                .into_iter()
-                .map(|i| r.start + i)
-                .collect()
+    within: &[std::ops::Range<usize>],
+) {
+    for (out, r) in out.iter_mut().zip(within) {
+        if *r == (0..classes) {
+            out.extend(argmax_rows(rows, classes));
+            continue;
         }
+        let sub: Vec<f32> = rows
+            .chunks_exact(classes.max(1))
+            .flat_map(|row| row[r.clone()].iter().copied())
+            .collect();
+        out.extend(argmax_rows(&sub, r.len()).into_iter().map(|i| r.start + i));
     }
 }
 
@@ -140,10 +141,9 @@ pub fn accuracy<D: Device<f32>>(
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
 ) -> f64 {
-    share_correct(
-        &predictions(model, samples, dim, head, unit_masks, None),
-        &samples.y,
-    )
+    let all = 0..model.shapes[model.n_trunk + head].0;
+    let p = predictions(model, samples, dim, head, unit_masks, &[all]);
+    share_correct(&p[0], &samples.y)
 }
 
 /// 0/1 activation masks on the device: 1 where `keep` is set.

@@ -10,7 +10,7 @@
 //! comes after them, which is the same as cropping normalised floats.
 
 use super::artifacts::{Samples, SplitData};
-use super::{argmax_within, predictions, share_correct};
+use super::{extend_argmax_within, predictions, share_correct};
 use crate::data::transforms::{self, Chw, TransformError};
 use crate::exec::StageError;
 use crate::nn::model::{DeviceModel, ModelParams};
@@ -186,9 +186,9 @@ pub fn ten_crop_probs<D: Device<f32>>(
 }
 
 /// The class `head` predicts for each of the stored `samples` under `crops`: the centre
-/// window's prediction, or the argmax of the ten crops' mean softmax; over all outputs or
-/// those `within` (see [`predictions`]). With sizes that agree and centre crops this is
-/// [`predictions`] itself.
+/// window's prediction, or the argmax of the ten crops' mean softmax; once per range of
+/// outputs in `within` (see [`predictions`]), from one forward pass. With sizes that agree and
+/// centre crops this is [`predictions`] itself.
 pub fn predictions_with<D: Device<f32>>(
     model: &DeviceModel<D>,
     samples: &Samples,
@@ -196,8 +196,8 @@ pub fn predictions_with<D: Device<f32>>(
     crops: TestCrops,
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
-    within: Option<&std::ops::Range<usize>>,
-) -> Result<Vec<usize>, StageError> {
+    within: &[std::ops::Range<usize>],
+) -> Result<Vec<Vec<usize>>, StageError> {
     match crops {
         TestCrops::Center => {
             let centred;
@@ -218,14 +218,14 @@ pub fn predictions_with<D: Device<f32>>(
         }
         TestCrops::Ten => {
             let classes = model.shapes[model.n_trunk + head].0;
-            let mut out = Vec::with_capacity(samples.len());
+            let mut out = vec![Vec::with_capacity(samples.len()); within.len()];
             let n = g.stored_len();
             let batch = model.batch_within(TEN_CROP_BATCH, 10, false);
             for start in (0..samples.len()).step_by(batch) {
                 let end = (start + batch).min(samples.len());
                 let probs =
                     ten_crop_probs(model, &samples.x[start * n..end * n], g, head, unit_masks)?;
-                out.extend(argmax_within(&probs, classes, within));
+                extend_argmax_within(&mut out, &probs, classes, within);
             }
             Ok(out)
         }
@@ -241,8 +241,9 @@ pub fn accuracy_with<D: Device<f32>>(
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
 ) -> Result<f64, StageError> {
-    let p = predictions_with(model, samples, g, crops, head, unit_masks, None)?;
-    Ok(share_correct(&p, &samples.y))
+    let all = 0..model.shapes[model.n_trunk + head].0;
+    let p = predictions_with(model, samples, g, crops, head, unit_masks, &[all])?;
+    Ok(share_correct(&p[0], &samples.y))
 }
 
 #[cfg(test)]
