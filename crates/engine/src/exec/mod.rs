@@ -230,8 +230,17 @@ impl StageRequest {
 /// A stage's inputs' and files' content hashes, by slot and by role.
 type Hashes = (BTreeMap<String, ContentHash>, BTreeMap<String, ContentHash>);
 
-/// A stage the verified-entry memo serves ([`Executor::memo_hits`]): its key, its entry, and
-/// the content hashes of its inputs and files the key was derived from.
+/// What [`Executor::memo_hits`] found before scheduling: the stages the verified-entry memo
+/// serves, and the content hashes of every stage's data files, hashed once for the run (a
+/// stage that is not served keys its request with them, rather than hashing, say, an image
+/// folder a second time).
+struct Precheck {
+    hits: HashMap<NodeIndex, MemoHit>,
+    files: HashMap<NodeIndex, BTreeMap<String, ContentHash>>,
+}
+
+/// A stage the verified-entry memo serves: its key, its entry, and the content hashes of its
+/// inputs and files the key was derived from.
 struct MemoHit {
     key: StageKey,
     entry: Entry,
@@ -426,7 +435,10 @@ impl<'a> Executor<'a> {
             // Memo hits are served here, on this thread, into `ready`; everything else goes
             // to the workers.
             let mut ready: std::collections::VecDeque<Done> = Default::default();
-            let mut hits = self.memo_hits(dag);
+            let Precheck {
+                mut hits,
+                mut files,
+            } = self.memo_hits(dag);
             let mut prechecked: HashSet<NodeIndex> = HashSet::new();
             let mut dispatch =
                 |n: NodeIndex,
@@ -457,7 +469,7 @@ impl<'a> Executor<'a> {
                         ready.push_back((n, Some(hit.key), Ok((hit.entry, Outcome::Cached))));
                         return;
                     }
-                    match self.recall(dag, n, &inputs) {
+                    match self.recall(dag, n, &inputs, files.remove(&n)) {
                         Ok((key, entry)) => {
                             bars.stage(&dag.node(n).id).finish();
                             ready.push_back((n, Some(key), Ok((entry, Outcome::Cached))));
@@ -604,7 +616,7 @@ impl<'a> Executor<'a> {
     ) -> Result<(Entry, Outcome), ExecError> {
         let req = match prepared {
             Some(req) => *req,
-            None => self.request(dag, n, inputs)?,
+            None => self.request(dag, n, inputs, None)?,
         };
         *key_out = Some(req.key);
         let res = match &self.opts.slurm {
@@ -619,7 +631,8 @@ impl<'a> Executor<'a> {
 
     /// A cached rerun's shortcut: stage `n` served by the verified-entry memo on the calling
     /// thread, with what [`Self::process`] records for it. Each hit saves the handoff to a
-    /// worker thread and back, which is most of a memo hit's cost. Otherwise nothing is served:
+    /// worker thread and back, which is most of a memo hit's cost. `files` are the stage's data
+    /// files' content hashes where this run hashed them already. Otherwise nothing is served:
     /// the request when it was made (no memo hit), for the worker to go on with, or none (a
     /// Slurm executor, data files not yet hashed this run, a request that failed and that the
     /// worker makes again to report).
@@ -628,11 +641,13 @@ impl<'a> Executor<'a> {
         dag: &Dag,
         n: NodeIndex,
         inputs: &BTreeMap<String, Entry>,
+        files: Option<BTreeMap<String, ContentHash>>,
     ) -> Result<(StageKey, Entry), Option<Box<StageRequest>>> {
-        if self.opts.slurm.is_some() || !dag.node(n).files.is_empty() {
+        // Hashing data files is the worker's job: it may take a while.
+        if self.opts.slurm.is_some() || (files.is_none() && !dag.node(n).files.is_empty()) {
             return Err(None);
         }
-        let req = self.request(dag, n, inputs).map_err(|_| None)?;
+        let req = self.request(dag, n, inputs, files).map_err(|_| None)?;
         self.cache.mark_used(&req.key);
         match self.cache.recall(&req.key) {
             Some(entry) => {
@@ -644,15 +659,20 @@ impl<'a> Executor<'a> {
     }
 
     /// Stage `n`'s request: its key from its kind, version, parameters, inputs' content and
-    /// files' content, and what a worker or a job needs to compute it.
+    /// files' content (`files`, hashed here when not given), and what a worker or a job needs
+    /// to compute it.
     fn request(
         &self,
         dag: &Dag,
         n: NodeIndex,
         inputs: &BTreeMap<String, Entry>,
+        files: Option<BTreeMap<String, ContentHash>>,
     ) -> Result<StageRequest, ExecError> {
         let node = dag.node(n);
-        let files = hash_files(&self.hasher, &node.id, &node.files)?;
+        let files = match files {
+            Some(f) => f,
+            None => hash_files(&self.hasher, &node.id, &node.files)?,
+        };
         let req = StageRequest {
             key: stage_key(
                 &node.kind,
@@ -714,10 +734,13 @@ impl<'a> Executor<'a> {
     /// [`Cache::recall`] does for one. A stage is served from here only if its inputs' content
     /// hashes, when the scheduler reaches it, are those its key was derived from; anything
     /// else (a stamp that no longer matches, an input that ran) takes the usual path.
-    fn memo_hits(&self, dag: &Dag) -> HashMap<NodeIndex, MemoHit> {
+    fn memo_hits(&self, dag: &Dag) -> Precheck {
         use rayon::prelude::*;
         if self.opts.slurm.is_some() {
-            return HashMap::new();
+            return Precheck {
+                hits: HashMap::new(),
+                files: HashMap::new(),
+            };
         }
         let files: HashMap<NodeIndex, BTreeMap<String, ContentHash>> = dag
             .topo_order()
@@ -751,7 +774,7 @@ impl<'a> Executor<'a> {
             content.insert(n, hash);
             candidates.push((n, key, inputs, files));
         }
-        candidates
+        let hits = candidates
             .into_par_iter()
             .filter_map(|(n, key, inputs, files)| {
                 // Marked before the check, as `recall` is, so a concurrent gc either sees the
@@ -768,7 +791,8 @@ impl<'a> Executor<'a> {
                     },
                 ))
             })
-            .collect()
+            .collect();
+        Precheck { hits, files }
     }
 
     /// Serve one stage from the cache or compute and publish it. Holds the key's lease while
