@@ -21,7 +21,7 @@ fn bad(what: &str, e: impl std::fmt::Display) -> StageError {
 }
 
 /// Samples of one task, labels already local to the task's head (0..classes).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Samples {
     pub x: Vec<u8>,
     pub y: Vec<Label>,
@@ -81,6 +81,10 @@ pub struct SplitData {
     pub tasks: Vec<TaskData>,
 }
 
+fn too_many_classes() -> StageError {
+    StageError::invalid("a class-incremental head holds at most 65536 classes")
+}
+
 impl SplitData {
     pub fn dim(&self) -> usize {
         self.sample_shape.iter().product()
@@ -94,27 +98,37 @@ impl SplitData {
     /// The labels as `scenario`'s heads output them: class-incremental tasks' local labels
     /// move to their offset among all tasks' classes; other scenarios keep them.
     pub fn relabel(&mut self, scenario: Scenario) -> Result<(), StageError> {
-        let counts = self.class_counts();
-        for (t, task) in self.tasks.iter_mut().enumerate() {
-            let offset = scenario.offset(&counts, t);
+        let offsets = self.label_offsets(scenario)?;
+        for (task, offset) in self.tasks.iter_mut().zip(offsets) {
             if offset == 0 {
                 continue;
             }
-            let offset = Label::try_from(offset).map_err(|_| {
-                StageError::invalid("a class-incremental head holds at most 65536 classes")
-            })?;
             for s in [&mut task.train, &mut task.test]
                 .into_iter()
                 .chain(task.val.as_mut())
             {
                 for y in &mut s.y {
-                    *y = y.checked_add(offset).ok_or_else(|| {
-                        StageError::invalid("a class-incremental head holds at most 65536 classes")
-                    })?;
+                    *y = y.checked_add(offset).ok_or_else(too_many_classes)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Each task's first output in its head under `scenario` ([`Scenario::offset`]), as a
+    /// label: what [`Self::relabel`] adds to the task's labels, and what training adds to a
+    /// batch's. Fails where a task's last class would lie past the 16-bit labels.
+    pub fn label_offsets(&self, scenario: Scenario) -> Result<Vec<Label>, StageError> {
+        let counts = self.class_counts();
+        (0..counts.len())
+            .map(|t| {
+                let offset = scenario.offset(&counts, t);
+                let last = (offset + counts[t]).saturating_sub(1);
+                Label::try_from(last)
+                    .and(Label::try_from(offset))
+                    .map_err(|_| too_many_classes())
+            })
+            .collect()
     }
 
     pub fn task(&self, t: usize) -> Result<&TaskData, StageError> {
@@ -419,6 +433,41 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_class_incremental_head_takes_labels_up_to_65535_and_no_further() {
+        // Task 1 holds 65,535 classes: task 2's single class is label 65535, the last 16-bit
+        // label, and training, relabelling and explaining agree that it fits; a second class
+        // would not.
+        let task = |classes: usize| TaskData {
+            classes: vec![0; classes],
+            train: Samples::default(),
+            test: Samples {
+                x: vec![0],
+                y: vec![0],
+            },
+            val: None,
+        };
+        let split = |second: usize| SplitData {
+            sample_shape: vec![1],
+            tasks: vec![task(65_535), task(second)],
+        };
+        let class_il = Scenario::ClassIncremental {
+            outputs: Default::default(),
+        };
+        assert_eq!(split(1).label_offsets(class_il).unwrap(), vec![0, 65_535]);
+        let mut relabelled = split(1);
+        relabelled.relabel(class_il).unwrap();
+        assert_eq!(relabelled.tasks[1].test.y, vec![65_535]);
+        let err = split(2).label_offsets(class_il).unwrap_err().to_string();
+        assert!(err.contains("at most 65536 classes"), "{err}");
+        assert!(split(2).relabel(class_il).is_err());
+        // Per-task heads number each task's classes from 0: no limit on the total.
+        assert_eq!(
+            split(2).label_offsets(Scenario::PerTask).unwrap(),
+            vec![0, 0]
+        );
+    }
 
     fn split_with(y: Vec<Label>) -> SplitData {
         let n = y.len();

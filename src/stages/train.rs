@@ -240,16 +240,9 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
     host.scenario = scenario;
     let counts = split.class_counts();
     scenario.check(&counts).map_err(StageError::invalid)?;
-    // Each task's first output in its head, as a label: no head has more outputs than all
-    // tasks' classes, so checking their total once covers every label (they are 16-bit).
-    if crate::nn::tensor::Label::try_from(counts.iter().sum::<usize>()).is_err() {
-        return Err(StageError::invalid(
-            "a class-incremental head holds at most 65535 classes",
-        ));
-    }
-    let offsets: Vec<crate::nn::tensor::Label> = (0..counts.len())
-        .map(|t| scenario.offset(&counts, t) as crate::nn::tensor::Label)
-        .collect();
+    // Each task's first output in its head, as a label (checked: a task's labels plus its
+    // offset stay 16-bit).
+    let offsets = split.label_offsets(scenario)?;
     // Pretrained weights bring task 1's outputs along.
     let pretrained = ctx.input_opt("model").is_none() && !host.heads.is_empty();
     let before = match first_new_head {
