@@ -55,6 +55,21 @@ impl Scenario {
         matches!(self, Scenario::ClassIncremental { .. })
     }
 
+    /// Whether the head gains outputs with each task (class-incremental, `class_outputs:
+    /// grow`): an earlier task's record of it (a penalty, importances) covers fewer outputs.
+    pub fn grows(&self) -> bool {
+        *self
+            == Scenario::ClassIncremental {
+                outputs: ClassOutputs::Grow,
+            }
+    }
+
+    /// How many of a model's layers every task trains, of a trunk of `trunk` layers and its
+    /// heads: the trunk, and the one head unless each task has its own.
+    pub fn shared_layers(&self, trunk: usize) -> usize {
+        trunk + usize::from(!self.is_per_task())
+    }
+
     /// Whether tasks with `classes[t]` classes each can share this scenario's outputs: a
     /// shared head needs the same number of classes in every task.
     pub fn check(&self, classes: &[usize]) -> Result<(), String> {

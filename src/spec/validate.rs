@@ -260,11 +260,7 @@ fn scenario(
                 "isolation evaluates an old task with its own mask, picked by its task id, which class-incremental evaluation does not have; drop `isolate` or use `heads: per_task` or `shared`".into(),
             );
         }
-        if st.lwf.is_some()
-            && s == (Scenario::ClassIncremental {
-                outputs: ClassOutputs::Grow,
-            })
-        {
+        if st.lwf.is_some() && s.grows() {
             e(
                 &format!("strategies.{}.lwf", st.name),
                 "LwF distils the old heads' whole outputs, and a growing class-incremental head gains outputs the old model lacks; use `class_outputs: upfront`".into(),

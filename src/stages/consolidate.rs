@@ -125,15 +125,7 @@ impl Penalty {
 /// How many device tensors (`[w0, b0, …]`, trunk then heads) the penalty covers: the trunk's,
 /// and the head's where every task trains it (see the module docs).
 pub fn penalised_tensors(host: &crate::nn::model::ModelParams) -> usize {
-    2 * (host.trunk.len() + usize::from(!host.scenario.is_per_task()))
-}
-
-/// Whether the penalised head gains outputs per task, so an earlier penalty covers fewer.
-pub fn grows(host: &crate::nn::model::ModelParams) -> bool {
-    host.scenario
-        == (crate::nn::scenario::Scenario::ClassIncremental {
-            outputs: crate::nn::scenario::ClassOutputs::Grow,
-        })
+    2 * host.scenario.shared_layers(host.trunk.len())
 }
 
 /// Add task importance `omega` at parameters `theta` to `prev` (see the module docs).
@@ -218,7 +210,12 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         .collect();
     let sizes: Vec<usize> = theta.iter().map(Vec::len).collect();
     let prev = match ctx.input_opt("penalty") {
-        Some(_) => Some(Penalty::load(ctx, "penalty", &sizes, grows(&host))?),
+        Some(_) => Some(Penalty::load(
+            ctx,
+            "penalty",
+            &sizes,
+            host.scenario.grows(),
+        )?),
         None => None,
     };
     let penalty = accumulate(prev.as_ref(), &omega_t, &theta, p.mode, p.decay);

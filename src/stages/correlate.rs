@@ -168,7 +168,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         imps.insert(name.clone(), layers);
     }
     // The layers every task shares: the trunk, and the head unless each task has its own.
-    let shared_layers = n_trunk + usize::from(!host.scenario.is_per_task());
+    let shared_layers = host.scenario.shared_layers(n_trunk);
     if p.correlate.accumulate && ctx.input_opt("previous").is_some() {
         let mut prev = tensorio::decode(&ctx.read_input("previous", IMPORTANCES_TENSORS)?)
             .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
@@ -178,7 +178,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 let (_, v) = prev
                     .take_f32(&key)
                     .map_err(|e| StageError::invalid(format!("{IMPORTANCES_TENSORS}: {e}")))?;
-                let grown = l == n_trunk && host.scenario.is_class_incremental();
+                let grown = l == n_trunk && host.scenario.grows();
                 if v.len() != w.len() && !(grown && v.len() < w.len()) {
                     return Err(StageError::invalid(format!(
                         "{IMPORTANCES_TENSORS}: {key} has {} values, the model {}",

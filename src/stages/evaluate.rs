@@ -185,11 +185,13 @@ pub fn evaluate_task<D: Device<f32>>(
     let outputs = model.shapes[model.n_trunk + head].0;
     // Over all outputs and, where the head has others besides the task's, over its own: one
     // forward pass for both.
-    let mut within = vec![0..outputs];
-    if own.len() < outputs {
-        within.push(own.clone());
-    }
-    let mut lists = predictions_with(model, test, geometry, crops, head, unit_masks, &within)?;
+    let all = 0..outputs;
+    let within = if own.len() < outputs {
+        &[all, own.clone()][..]
+    } else {
+        &[all][..]
+    };
+    let mut lists = predictions_with(model, test, geometry, crops, head, unit_masks, within)?;
     let task_aware = (lists.len() == 2).then(|| super::share_correct(&lists[1], &test.y));
     let predicted = lists.swap_remove(0);
     Ok(TaskEval {

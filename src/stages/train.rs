@@ -372,7 +372,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 .iter()
                 .map(|t| t.shape().0)
                 .collect();
-            let pen = Penalty::load(ctx, "penalty", &sizes, super::consolidate::grows(&host))?;
+            let pen = Penalty::load(ctx, "penalty", &sizes, host.scenario.grows())?;
             let a: Vec<Vector<D>> = pen
                 .a
                 .iter()
