@@ -390,9 +390,7 @@ impl Cache {
     /// at the disk: what the entry held when it last verified, which [`Cache::recall`] then
     /// confirms or not.
     pub fn remembered_content_hash(&self, key: &StageKey) -> Option<ContentHash> {
-        self.verified()
-            .recall(&key.to_hex())
-            .map(|r| r.content_hash)
+        self.verified().content_hash(&key.to_hex())
     }
 
     /// The entry of `key` if the verified-entry memo serves it (every file stamped as when it
