@@ -194,7 +194,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         task,
         split.dim(),
         p.seed,
-        super::TaskHead::of(&host, p.task_index),
+        p.task_index,
     )?;
     // The penalised tensors in device order; the path's last layer is the head.
     let layers = penalised_tensors(&host) / 2;

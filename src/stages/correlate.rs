@@ -155,7 +155,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                     task,
                     split.dim(),
                     p.seed,
-                    super::TaskHead::of(&host, p.task_index),
+                    p.task_index,
                 )?
                 .ok_or_else(|| {
                     StageError::invalid(format!(

@@ -203,23 +203,6 @@ pub(crate) fn scenario_labels(
     split.relabel(s)
 }
 
-/// A task and the head its samples go through, which the model's scenario decides (see
-/// `nn::scenario`); seeded streams stay per task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TaskHead {
-    pub task: usize,
-    pub head: usize,
-}
-
-impl TaskHead {
-    pub fn of(host: &crate::nn::model::ModelParams, task: usize) -> Self {
-        TaskHead {
-            task,
-            head: host.scenario.head(task),
-        }
-    }
-}
-
 /// A stage-parameter helper: the task index must exist in the split.
 pub(crate) fn check_task(t: usize, n: usize) -> Result<(), StageError> {
     if t >= n {

@@ -8,7 +8,7 @@
 //! by max |score| or sum |score|).
 
 use super::artifacts::{self, json_bytes, TaskData};
-use super::{on_device, rng_for, split_and_model, TaskHead};
+use super::{on_device, rng_for, split_and_model};
 use crate::exec::{Artifact, Stage, StageContext, StageError};
 use crate::nn::model::DeviceModel;
 use crate::nn::model::ModelParams;
@@ -184,12 +184,9 @@ pub fn weight_importance<D: Device<f32>>(
     task: &TaskData,
     dim: usize,
     seed: u64,
-    at: TaskHead,
+    task_index: usize,
 ) -> Result<Option<(importance::WeightImportance, usize)>, StageError> {
-    let TaskHead {
-        task: task_index,
-        head,
-    } = at;
+    let head = host.scenario.head(task_index);
     let reference = |size, from| reference_samples(task, dim, size, from, seed, task_index);
     let model = || DeviceModel::from_host(dev, host);
     let (imp, n) = match *spec {
@@ -250,16 +247,17 @@ pub fn ewc_importance<D: Device<f32>>(
     task: &TaskData,
     dim: usize,
     seed: u64,
-    at: TaskHead,
+    task_index: usize,
 ) -> Result<(importance::WeightImportance, usize), StageError> {
-    if let Some(w) = weight_importance(ctx, dev, spec, host, task, dim, seed, at)? {
+    if let Some(w) = weight_importance(ctx, dev, spec, host, task, dim, seed, task_index)? {
         return Ok(w);
     }
-    let u = unit_scores(ctx, dev, spec, host, task, dim, seed, at, None)?;
+    let u = unit_scores(ctx, dev, spec, host, task, dim, seed, task_index, None)?;
+    let head = host.scenario.head(task_index);
     let h = host
         .heads
-        .get(at.head)
-        .ok_or_else(|| StageError::invalid(format!("model has no head {}", at.head)))?;
+        .get(head)
+        .ok_or_else(|| StageError::invalid(format!("model has no head {head}")))?;
     let mut shapes = Vec::new();
     let mut layers = Vec::new();
     for (l, s) in host.trunk.iter().zip(u.finished()) {
@@ -369,13 +367,10 @@ pub fn unit_scores<D: Device<f32>>(
     task: &TaskData,
     dim: usize,
     seed: u64,
-    at: TaskHead,
+    task_index: usize,
     visualizations: Option<&crate::xai::saliency::Visualizations>,
 ) -> Result<UnitScores, StageError> {
-    let TaskHead {
-        task: task_index,
-        head,
-    } = at;
+    let head = host.scenario.head(task_index);
     let reference = |size: usize, from: ReferenceSplit| {
         reference_samples(task, dim, size, from, seed, task_index)
     };
@@ -418,7 +413,7 @@ pub fn unit_scores<D: Device<f32>>(
             normalize,
             ..
         } => {
-            let (imp, n) = weight_importance(ctx, dev, spec, host, task, dim, seed, at)?
+            let (imp, n) = weight_importance(ctx, dev, spec, host, task, dim, seed, task_index)?
                 .expect("a weight-level method");
             let name = match spec {
                 ScoreSpec::Fisher { .. } => "fisher",
@@ -581,7 +576,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
         task,
         split.dim(),
         p.seed,
-        TaskHead::of(&host, p.task_index),
+        p.task_index,
         vis.as_ref(),
     )?;
     let scores = u.finished();
