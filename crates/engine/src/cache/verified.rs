@@ -49,7 +49,7 @@ impl VerifiedMemo {
     /// every key from these before it checks any stamp; the file list is not needed then).
     pub(crate) fn content_hash(&self, key: &str) -> Option<ContentHash> {
         let stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-        ContentHash::from_hex(stamps.get(key)?.splitn(3, ':').nth(1)?)
+        ContentHash::from_hex(stamps.get(key)?.split(':').nth(1)?)
     }
 
     /// What is remembered of `key`'s entry, if it verified in full before.
