@@ -70,8 +70,8 @@ pub fn take_grad<S: Shape, D: Device<f32>>(
 }
 
 /// Keep freed memory in the process for reuse instead of handing it back to the kernel.
-/// A training step allocates and frees the same few buffers (gradients, activations, copies of
-/// weights) every step; glibc returns large blocks with `munmap`/`brk` and the next step takes
+/// A training step allocates and frees the same few buffers (gradients, activations, im2col
+/// columns) every step; glibc returns large blocks with `munmap`/`brk` and the next step takes
 /// a page fault on every 4 KiB of them again, a fifth of an MLP step's time (perf, issue 19).
 /// Fixed thresholds keep blocks up to 256 MiB in the heap where glibc accepts that (older
 /// glibc caps the mmap threshold at 32 MiB, which is then used); peak memory is what the
