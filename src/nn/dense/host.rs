@@ -10,7 +10,7 @@
 //! count.
 
 use super::{Activation, Side};
-use crate::nn::gemm::{gemm, Mat};
+use crate::nn::gemm::{gemm, gemm_pair, Mat};
 use crate::nn::host::{host_slice, host_vec};
 use crate::nn::tensor::{Matrix, Vector};
 use dfdx::prelude::*;
@@ -138,16 +138,22 @@ where
             }
         }
         // ∂W [out, in] += ∂z [out, batch] · xᵀ [batch, in].
-        let gw = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
-        gemm(gc, columns(xs, input, inp, batch).t(), gw, true);
+        let gw_of_x = (gc, columns(xs, input, inp, batch).t());
         if need_x {
-            // ∂x in the input's layout: Wᵀ·∂z as columns, or ∂z·W as rows.
-            let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);
+            // ∂x in the input's layout: Wᵀ·∂z as columns, or ∂z·W as rows; both products at
+            // once. ∂x is moved out (and back) so that ∂W can be borrowed meanwhile.
+            let mut gx = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&x_id)?));
+            let gw = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
             let wm = Mat::new(ws, out, inp);
-            match input {
-                Side::Columns => gemm(wm.t(), gc, gx, true),
-                Side::Rows => gemm(gc.t(), wm, gx, true),
-            }
+            let (a, b) = match input {
+                Side::Columns => (wm.t(), gc),
+                Side::Rows => (gc.t(), wm),
+            };
+            gemm_pair((gw_of_x.0, gw_of_x.1, gw, true), (a, b, &mut gx, true));
+            *host_vec::<D>(grads.get_or_alloc_mut(&x_id)?) = gx;
+        } else {
+            let gw = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
+            gemm(gw_of_x.0, gw_of_x.1, gw, true);
         }
         // The masked ∂z goes back under the output's id (the buffer was only borrowed):
         // nothing reads an intermediate's gradient after its backward op, but dfdx expects

@@ -79,6 +79,11 @@ impl Isa {
 /// and none of these cuts depends on anything but the shapes and the pool's size, which
 /// does not change a sum's order: the bits are the same for any thread count.
 pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa) {
+    sgemm_on(a, b, c, accumulate, isa, rayon::current_num_threads());
+}
+
+/// [`sgemm`] on at most `threads` threads (the bits are the same for any number).
+pub(crate) fn sgemm_on(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa, threads: usize) {
     assert!(isa.runs_here(), "sgemm: this CPU cannot run {isa:?}");
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && c.len() == m * n, "sgemm: shapes");
@@ -91,8 +96,8 @@ pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa) {
     let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
     // Small products run on the calling thread, without the pool's round trip (tens of µs
     // from a thread outside it, as much as a small product takes).
-    let threads = if m * n * k >= SERIAL_BELOW {
-        rayon::current_num_threads().max(1)
+    let threads = if is_parallel(m, k, n) {
+        threads.max(1)
     } else {
         1
     };
@@ -127,6 +132,11 @@ pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa) {
     } else {
         task(0);
     }
+}
+
+/// Whether an `m×k · k×n` product is large enough to split over the pool.
+pub(crate) fn is_parallel(m: usize, k: usize, n: usize) -> bool {
+    m * n * k >= SERIAL_BELOW
 }
 
 thread_local! {

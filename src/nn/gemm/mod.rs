@@ -75,9 +75,34 @@ impl<'a> Mat<'a> {
 /// reports and picks its micro-kernel by the CPU, so its rounding follows the machine; gemm
 /// 0.19 does the same. Their speed against this kernel is in docs/performance.md.)
 pub fn gemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
+    gemm_on(a, b, c, accumulate, rayon::current_num_threads());
+}
+
+fn gemm_on(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     assert_eq!(c.len(), a.rows * b.cols, "gemm: output size");
-    blocked::sgemm(a, b, c, accumulate, blocked::Isa::detect());
+    blocked::sgemm_on(a, b, c, accumulate, blocked::Isa::detect(), threads);
+}
+
+/// One product for [`gemm_pair`]: `(a, b, c, accumulate)`.
+pub type Product<'a, 'c> = (Mat<'a>, Mat<'a>, &'c mut [f32], bool);
+
+/// Two independent products, each as [`gemm`] computes it (the same bits). Where both are
+/// large enough to split over the pool, they run side by side instead, each on one thread:
+/// one parallel region where there were two (each wakes the pool from a stage's thread), and
+/// no operand packed twice (a product split over two threads packs its shared operand in
+/// each half). A dense layer's backward pass has such a pair, `∂W` and `∂x`.
+pub fn gemm_pair(p: Product, q: Product) {
+    let large = |(a, b, _, _): &Product| blocked::is_parallel(a.rows, a.cols, b.cols);
+    if rayon::current_num_threads() >= 2 && large(&p) && large(&q) {
+        rayon::join(
+            || gemm_on(p.0, p.1, p.2, p.3, 1),
+            || gemm_on(q.0, q.1, q.2, q.3, 1),
+        );
+    } else {
+        gemm(p.0, p.1, p.2, p.3);
+        gemm(q.0, q.1, q.2, q.3);
+    }
 }
 
 /// dfdx's matmul, for comparisons in tests and benches.
@@ -100,6 +125,28 @@ mod tests {
     use super::*;
     use dfdx::prelude::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn a_pair_of_products_gives_each_products_own_bits() {
+        // Both large enough to run side by side (each on one thread), one transposed and one
+        // accumulating, as a dense layer's ∂W and ∂x: the bits of each alone through `gemm`.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut v = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        let (m, k, n) = (100, 64, 50);
+        assert!(blocked::is_parallel(m, k, n) && blocked::is_parallel(k, m, n));
+        let (a1, b1, a2, b2) = (v(m * k), v(k * n), v(m * k), v(m * n));
+        let (c1, c2) = (v(m * n), v(k * n));
+        let p = (Mat::new(&a1, m, k), Mat::new(&b1, k, n));
+        let q = (Mat::new(&a2, m, k).t(), Mat::new(&b2, m, n));
+        let (mut alone1, mut alone2) = (c1.clone(), c2.clone());
+        gemm(p.0, p.1, &mut alone1, false);
+        gemm(q.0, q.1, &mut alone2, true);
+        let (mut pair1, mut pair2) = (c1, c2);
+        gemm_pair((p.0, p.1, &mut pair1, false), (q.0, q.1, &mut pair2, true));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&pair1) == bits(&alone1), "the first product differs");
+        assert!(bits(&pair2) == bits(&alone2), "the second product differs");
+    }
 
     /// Every host matrix product the CPU paths take (the micro-kernel this CPU selects)
     /// against a naive loop: edge tiles, transposed operands, several KC, MC and NC blocks,
