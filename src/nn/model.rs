@@ -421,6 +421,11 @@ impl<D: Device<f32>> DeviceModel<D> {
         }
     }
 
+    /// How many outputs (logits) `head` has.
+    pub fn outputs(&self, head: usize) -> usize {
+        self.shapes[self.n_trunk + head].0
+    }
+
     /// Flat parameter indices (weight, bias) of the layers a forward pass through `head` uses.
     pub fn path(&self, head: usize) -> Vec<usize> {
         let mut layers: Vec<usize> = (0..self.n_trunk).collect();
@@ -525,7 +530,7 @@ impl<D: Device<f32>> DeviceModel<D> {
             }
             let loss = match objective {
                 Objective::CrossEntropy(labels) => {
-                    let classes = self.shapes[self.n_trunk + head].0;
+                    let classes = self.outputs(head);
                     let mut t = vec![0f32; labels.len() * classes];
                     for (i, &y) in labels.iter().enumerate() {
                         t[i * classes + y as usize] = 1.0;
@@ -574,7 +579,7 @@ impl<D: Device<f32>> DeviceModel<D> {
         // backward mishandles permuted (non-contiguous) inputs, so nothing taped is permuted.
         let loss = match objective {
             Objective::CrossEntropy(labels) => {
-                let classes = self.shapes[self.n_trunk + head].0;
+                let classes = self.outputs(head);
                 let targets_t = one_hot_t(&self.dev, labels, classes);
                 (logits_t.log_softmax::<Axis<0>>() * targets_t)
                     .sum::<(), _>()

@@ -182,7 +182,7 @@ pub fn evaluate_task<D: Device<f32>>(
     own: std::ops::Range<usize>,
     unit_masks: Option<&[Vector<D>]>,
 ) -> Result<TaskEval, StageError> {
-    let outputs = model.shapes[model.n_trunk + head].0;
+    let outputs = model.outputs(head);
     // Over all outputs and, where the head has others besides the task's, over its own: one
     // forward pass for both.
     let all = 0..outputs;

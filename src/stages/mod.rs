@@ -86,7 +86,7 @@ pub fn predictions<D: Device<f32>>(
     unit_masks: Option<&[Vector<D>]>,
     within: &[std::ops::Range<usize>],
 ) -> Vec<Vec<usize>> {
-    let classes = model.shapes[model.n_trunk + head].0;
+    let classes = model.outputs(head);
     let mut out = vec![Vec::with_capacity(samples.len()); within.len()];
     let batch = model.batch_within(EVAL_BATCH, 1, false);
     for start in (0..samples.len()).step_by(batch) {
@@ -141,7 +141,7 @@ pub fn accuracy<D: Device<f32>>(
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
 ) -> f64 {
-    let all = 0..model.shapes[model.n_trunk + head].0;
+    let all = 0..model.outputs(head);
     let p = predictions(model, samples, dim, head, unit_masks, &[all]);
     share_correct(&p[0], &samples.y)
 }

@@ -566,7 +566,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 };
                 if let (Some((lambda, temp, old)), true) = (&teacher, task == p.task_index) {
                     for h in scenario.heads_of(p.task_index) {
-                        let classes = old.shapes[old.n_trunk + h].0;
+                        let classes = old.outputs(h);
                         let probs = soft_targets(&old.logits(&x, h, None).as_vec(), classes, *temp);
                         let objective = crate::nn::model::Objective::SoftTargets {
                             probs: &probs,
@@ -587,7 +587,7 @@ fn run_on<D: Device<f32>>(dev: &D, ctx: &StageContext) -> Result<Artifact, Stage
                 } else {
                     pass_logits
                 };
-                let classes = model.shapes[model.n_trunk + head].0;
+                let classes = model.outputs(head);
                 correct += crate::nn::tensor::argmax_rows(&logits, classes)
                     .iter()
                     .zip(&yb)

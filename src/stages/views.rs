@@ -167,7 +167,7 @@ pub fn ten_crop_probs<D: Device<f32>>(
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
 ) -> Result<Vec<f32>, StageError> {
-    let classes = model.shapes[model.n_trunk + head].0;
+    let classes = model.outputs(head);
     let mut views = Vec::with_capacity(pixels.len() / g.stored_len() * 10 * g.input_len());
     for px in pixels.chunks_exact(g.stored_len()) {
         for c in
@@ -217,7 +217,7 @@ pub fn predictions_with<D: Device<f32>>(
             ))
         }
         TestCrops::Ten => {
-            let classes = model.shapes[model.n_trunk + head].0;
+            let classes = model.outputs(head);
             let mut out = vec![Vec::with_capacity(samples.len()); within.len()];
             let n = g.stored_len();
             let batch = model.batch_within(TEN_CROP_BATCH, 10, false);
@@ -241,7 +241,7 @@ pub fn accuracy_with<D: Device<f32>>(
     head: usize,
     unit_masks: Option<&[Vector<D>]>,
 ) -> Result<f64, StageError> {
-    let all = 0..model.shapes[model.n_trunk + head].0;
+    let all = 0..model.outputs(head);
     let p = predictions_with(model, samples, g, crops, head, unit_masks, &[all])?;
     Ok(share_correct(&p[0], &samples.y))
 }

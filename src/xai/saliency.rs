@@ -627,7 +627,7 @@ pub fn saliency_scores_with<D: Device<f32>, E>(
             _ => {}
         }
     }
-    let classes = model.shapes[model.n_trunk + head].0;
+    let classes = model.outputs(head);
     let (layers, _) = model.layers(head);
     let n_dense_trunk = weighted.iter().filter(|w| w.conv.is_none()).count();
     let mut class_sum = vec![0f64; classes * hw];

@@ -138,7 +138,7 @@ where
             }
         }
         // ∂W [out, in] += ∂z [out, batch] · xᵀ [batch, in].
-        let gw_of_x = (gc, columns(xs, input, inp, batch).t());
+        let xt = columns(xs, input, inp, batch).t();
         if need_x {
             // ∂x in the input's layout: Wᵀ·∂z as columns, or ∂z·W as rows; both products at
             // once. ∂x is moved out (and back) so that ∂W can be borrowed meanwhile.
@@ -149,11 +149,11 @@ where
                 Side::Columns => (wm.t(), gc),
                 Side::Rows => (gc.t(), wm),
             };
-            gemm_pair((gw_of_x.0, gw_of_x.1, gw, true), (a, b, &mut gx, true));
+            gemm_pair((gc, xt, gw, true), (a, b, &mut gx, true));
             *host_vec::<D>(grads.get_or_alloc_mut(&x_id)?) = gx;
         } else {
             let gw = host_vec::<D>(grads.get_or_alloc_mut(&w_id)?);
-            gemm(gw_of_x.0, gw_of_x.1, gw, true);
+            gemm(gc, xt, gw, true);
         }
         // The masked ∂z goes back under the output's id (the buffer was only borrowed):
         // nothing reads an intermediate's gradient after its backward op, but dfdx expects

@@ -1,8 +1,8 @@
-//! The fused CPU update: one pass per parameter, in place on the parameter's own storage, the
-//! moments and the learning-rate multipliers kept on the host between steps. Each element goes through the
-//! same f32 operations, in the same order, as the composed update in the parent module
-//! (`m·β₁ + g·(1 − β₁)`, `g.powi(2)`, `m̂ / (√v̂ + ε) · lr`, …; Rust never contracts them into
-//! fused multiply-adds), so both give the same bits. A frozen element (multiplier ≤ 0) keeps
+//! The fused CPU update: one pass over all of a step's parameters, in place on their own
+//! storage, the moments and the learning-rate multipliers kept on the host between steps.
+//! Each element goes through the same f32 operations, in the same order, as the composed
+//! update in the parent module (`m·β₁ + g·(1 − β₁)`, `g.powi(2)`, `m̂ / (√v̂ + ε) · lr`, …; Rust
+//! never contracts them into fused multiply-adds), so both give the same bits. A frozen element (multiplier ≤ 0) keeps
 //! its value and both moments untouched, as `choose` does there. Elements are independent, so
 //! splitting them over threads changes nothing.
 

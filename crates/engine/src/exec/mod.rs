@@ -234,6 +234,7 @@ type Hashes = (BTreeMap<String, ContentHash>, BTreeMap<String, ContentHash>);
 /// serves, and the content hashes of every stage's data files, hashed once for the run (a
 /// stage that is not served keys its request with them, rather than hashing, say, an image
 /// folder a second time).
+#[derive(Default)]
 struct Precheck {
     hits: HashMap<NodeIndex, MemoHit>,
     files: HashMap<NodeIndex, BTreeMap<String, ContentHash>>,
@@ -737,10 +738,7 @@ impl<'a> Executor<'a> {
     fn memo_hits(&self, dag: &Dag) -> Precheck {
         use rayon::prelude::*;
         if self.opts.slurm.is_some() {
-            return Precheck {
-                hits: HashMap::new(),
-                files: HashMap::new(),
-            };
+            return Precheck::default();
         }
         let files: HashMap<NodeIndex, BTreeMap<String, ContentHash>> = dag
             .topo_order()
