@@ -18,7 +18,7 @@
 //! CIFAR's 50,000 training images (`cargo bench --bench conv -- vgg` runs only that).
 //! Finally a whole training step (forward, backward, masked Adam step) of the pipeline's own
 //! model type (`DeviceModel` with a conv `Arch`): the `small_cnn` preset on 1×28×28, batch 64,
-//! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`).
+//! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`). `-- profile` runs twenty VGG-16 steps alone, for `perf record`.
 
 use cfpipe::nn::conv::{self, composed};
 use cfpipe::nn::tensor::Tensor4;
@@ -230,6 +230,13 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    // `-- profile`: twenty VGG-16 training steps alone, for `perf record` (no PyTorch, past
+    // the first steps' page faults).
+    if only.iter().any(|o| o == "profile") {
+        let vgg = bench_model_step(&dev, &cfpipe::nn::arch::vgg16(32, 1, 3), 32, 20);
+        println!("vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms over 20 steps");
+        return;
+    }
     if only.iter().any(|o| o == "model") || only.is_empty() {
         use cfpipe::nn::arch;
         // PyTorch beside each (2 threads), interleaved, when it is importable.

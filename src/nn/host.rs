@@ -92,6 +92,24 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Adds to `out[r]` the sum of row `r` of `rows` (rows of `len`), each summed in element order
+/// from -0.0 as `Iterator::sum` does, eight rows at a time so that their chains of dependent
+/// additions overlap (one row's sum waits on each addition: the bias gradient of a 400-unit
+/// layer was 1% of an MLP step, and a convolution's, one sum per output plane, 3% of a
+/// VGG-16 step). The bias gradients of the dense and conv fast paths.
+pub(crate) fn add_row_sums(rows: &[f32], len: usize, out: &mut [f32]) {
+    const ROWS: usize = 8;
+    for (out, block) in out.chunks_mut(ROWS).zip(rows.chunks(ROWS * len.max(1))) {
+        let mut acc = [-0.0f32; ROWS];
+        for k in 0..len {
+            for (r, a) in acc.iter_mut().enumerate().take(out.len()) {
+                *a += block[r * len + k];
+            }
+        }
+        out.iter_mut().zip(acc).for_each(|(o, a)| *o += a);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +135,21 @@ mod tests {
         let a: Tensor<(usize, usize), f32, Cpu> =
             dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], (2, 3));
         host_slice(&a.permute::<_, Axes2<1, 0>>());
+    }
+
+    #[test]
+    fn row_sums_eight_at_a_time_give_each_rows_own_sum_bit_for_bit() {
+        // 13 rows (a block of eight and a partial one) of 37 values spanning magnitudes, so
+        // that any other order of additions rounds differently.
+        let (rows, len) = (13, 37);
+        let m: Vec<f32> = (0..rows * len)
+            .map(|i| ((i * 7919) % 1000) as f32 * 10f32.powi((i % 7) as i32 - 3) - 1.5)
+            .collect();
+        let mut out = vec![0.25f32; rows];
+        add_row_sums(&m, len, &mut out);
+        for (r, got) in out.iter().enumerate() {
+            let want = 0.25 + m[r * len..][..len].iter().sum::<f32>();
+            assert_eq!(got.to_bits(), want.to_bits(), "row {r}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 use super::geom::*;
 use super::*;
 use crate::nn::gemm::{gemm, Mat};
-use crate::nn::host::{host_slice, host_vec};
+use crate::nn::host::{add_row_sums, host_slice, host_vec};
 
 /// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
 /// convolution rather than by col2im. That product has only `C` rows, so each element of its
@@ -81,8 +81,9 @@ where
         // Moved out (and back) so the other gradients can be borrowed meanwhile.
         let gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
         let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
-        for (i, plane) in gout.chunks_exact(p).enumerate() {
-            gb[i % o] += plane.iter().sum::<f32>();
+        // Sample by sample, each plane's sum added to its channel's (in sample order).
+        for planes in gout.chunks_exact(o * p) {
+            add_row_sums(planes, p, gb);
         }
         let spans = g.n.div_ceil(span);
         let gx_spans: Vec<Option<&mut [f32]>> = if need_x {
