@@ -18,7 +18,7 @@
 //! CIFAR's 50,000 training images (`cargo bench --bench conv -- vgg` runs only that).
 //! Finally a whole training step (forward, backward, masked Adam step) of the pipeline's own
 //! model type (`DeviceModel` with a conv `Arch`): the `small_cnn` preset on 1×28×28, batch 64,
-//! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`). `-- profile` runs twenty VGG-16 steps alone, for `perf record`.
+//! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`). `-- profile` runs twenty VGG-16 steps alone, for `perf record` (`-- profile-small`: the small CNN).
 
 use cfpipe::nn::conv::{self, composed};
 use cfpipe::nn::tensor::Tensor4;
@@ -231,10 +231,15 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     // `-- profile`: twenty VGG-16 training steps alone, for `perf record` (no PyTorch, past
-    // the first steps' page faults).
+    // the first steps' page faults); `-- profile-small`: 500 steps of the small CNN.
     if only.iter().any(|o| o == "profile") {
         let vgg = bench_model_step(&dev, &cfpipe::nn::arch::vgg16(32, 1, 3), 32, 20);
         println!("vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms over 20 steps");
+        return;
+    }
+    if only.iter().any(|o| o == "profile-small") {
+        let small = bench_model_step(&dev, &cfpipe::nn::arch::small_cnn([1, 28, 28]), 64, 500);
+        println!("small_cnn 1x28x28 training step, batch 64: median {small:.2} ms over 500 steps");
         return;
     }
     if only.iter().any(|o| o == "model") || only.is_empty() {
@@ -267,7 +272,7 @@ fn main() {
                 "small_cnn 1x28x28 training step, batch 64: median {small:.1} ms; {}",
                 beside(small, theirs)
             );
-            let vgg = bench_model_step(&dev, &arch::vgg16(32, 1, 3), 32, 3);
+            let vgg = bench_model_step(&dev, &arch::vgg16(32, 1, 3), 32, 10);
             let args = [
                 "--device",
                 "cpu",
@@ -278,13 +283,13 @@ fn main() {
                 "--classes",
                 "10",
                 "--steps",
-                "3",
+                "10",
                 "--warmup",
                 "1",
                 "--threads",
                 "2",
             ];
-            let theirs = torch("scripts/torch_vgg_bench.py", &args, "step_ms");
+            let theirs = torch("scripts/torch_vgg_bench.py", &args, "step_ms_median");
             println!(
                 "vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms; {}; one CIFAR epoch ≈ {:.1} min",
                 beside(vgg, theirs),

@@ -945,3 +945,55 @@ fn dropout_gradient_is_the_mask<D: Device<f32>>(dev: &D, _: &[Path]) {
         assert!((g[i] - mask[i] * probe[i]).abs() < 1e-6, "d/dx[{i}]");
     }
 }
+
+#[test]
+fn relu_gives_dfdx_relus_bits_forward_and_backward() {
+    // The CPU's parallel ReLU against dfdx's own, on a map past one task's chunk and on a
+    // small one: NaN, infinities, signed zeros, subnormals and ordinary values, with output
+    // gradients that include infinities and NaN (`0 · ∞` must stay NaN, as in dfdx).
+    let dev = Cpu::default();
+    let special = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-40,
+        -1e-40,
+        2.5,
+        -2.5,
+    ];
+    let mut r = rng(11);
+    for d in [(2, 3, 4, 5), (3, 8, 41, 47)] {
+        let n = numel(d);
+        let mut x = uniform(&mut r, n);
+        let mut g = uniform(&mut r, n);
+        for i in 0..n {
+            if i % 7 == 0 {
+                x[i] = special[(i / 7) % special.len()];
+            }
+            if i % 11 == 0 {
+                g[i] = special[(i / 11) % special.len()];
+            }
+        }
+        let run = |ours: bool| {
+            let xt = t4(&dev, &x, d);
+            let y = if ours {
+                conv::relu(xt.clone())
+            } else {
+                xt.clone().relu()
+            };
+            let traced = if ours {
+                conv::relu(xt.clone().leaky_traced())
+            } else {
+                xt.clone().leaky_traced().relu()
+            };
+            let grads = (traced * t4(&dev, &g, d)).sum().backward();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            (bits(y.as_vec()), bits(grads.get(&xt).as_vec()))
+        };
+        let (ours, dfdx) = (run(true), run(false));
+        assert!(ours.0 == dfdx.0, "forward differs from dfdx's at {d:?}");
+        assert!(ours.1 == dfdx.1, "gradient differs from dfdx's at {d:?}");
+    }
+}

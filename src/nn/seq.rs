@@ -97,8 +97,8 @@ where
             *stride,
             *padding,
         )),
-        (Layer::Relu, Act::Map(x)) => Act::Map(x.relu()),
-        (Layer::Relu, Act::Flat(x)) => Act::Flat(x.relu()),
+        (Layer::Relu, Act::Map(x)) => Act::Map(conv::relu(x)),
+        (Layer::Relu, Act::Flat(x)) => Act::Flat(conv::relu(x)),
         (Layer::LeakyRelu(s), Act::Map(x)) => Act::Map(x.prelu(*s)),
         (Layer::LeakyRelu(s), Act::Flat(x)) => Act::Flat(x.prelu(*s)),
         (Layer::AdaptiveAvgPool { h, w }, Act::Map(x)) => {

@@ -273,6 +273,51 @@ fn col2im(dcols: &[f32], g: &ConvGeom, ns: usize, gx: &mut [f32]) {
         });
 }
 
+/// Elements per task of the element-wise ops; smaller tensors stay on the calling thread (a
+/// round trip through the pool costs more than they do).
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// `f` over `(dst, a, b)` element-wise, over the pool's threads in chunks of
+/// [`ELEMENTWISE_CHUNK`] when there are several.
+fn zip3(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(&mut f32, f32, f32) + Sync) {
+    let run = |(d, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        d.iter_mut()
+            .zip(a.iter().zip(b))
+            .for_each(|(d, (&a, &b))| f(d, a, b))
+    };
+    if dst.len() <= ELEMENTWISE_CHUNK {
+        run((dst, (a, b)));
+    } else {
+        dst.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(
+                a.par_chunks(ELEMENTWISE_CHUNK)
+                    .zip(b.par_chunks(ELEMENTWISE_CHUNK)),
+            )
+            .for_each(run);
+    }
+}
+
+pub(super) fn relu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor<S, f32, D, T>,
+) -> Tensor<S, f32, D, T> {
+    let (x, mut tape) = x.contiguous().split_tape();
+    let xs = host_slice(&x);
+    let mut out = vec![0.0f32; xs.len()];
+    zip3(&mut out, xs, xs, |o, x, _| *o = x.max(0.0));
+    let out: Tensor<S, f32, D> = x.device().tensor_from_vec(out, *x.shape());
+    let (x_id, out_id) = (x.ghost(), out.ghost());
+    tape.add_backward_op(move |grads| {
+        let gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
+        let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);
+        zip3(gx, host_slice(&x), &gout, |g, x, go| {
+            *g += if x > 0.0 { 1.0 } else { 0.0 } * go
+        });
+        *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
 pub(super) fn pool<D: Device<f32>, T: Tape<f32, D>>(
     x: Tensor4<D, T>,
     g: PoolGeom,
