@@ -596,11 +596,13 @@ fn fast_and_composed_convolutions_agree_on_a_wider_layer() {
 /// 32 channels × 3×3 makes receptive fields of 288, more than one block of the CPU kernel's
 /// inner dimension, and 5 samples split unevenly over threads and chunks. 64 channels take
 /// the CPU path's transposed-convolution input gradient (`TRANSPOSED_MIN_CHANNELS`), here
-/// with 3 samples (chunks of one and of several samples) and a 5×5 kernel.
+/// with 3 samples (chunks of one and of several samples) and a 5×5 kernel; 72 channels
+/// end its rotated kernel's last block of channels part way.
 #[test]
 fn a_deep_layer_matches_the_reference_on_both_paths() {
     deep_layer_matches_the_reference((5, 32, 6, 7), (10, 32, 3, 3), 1, 1, 8);
     deep_layer_matches_the_reference((3, 64, 5, 4), (6, 64, 5, 5), 1, 2, 9);
+    deep_layer_matches_the_reference((2, 72, 4, 5), (5, 72, 3, 3), 1, 1, 10);
 }
 
 fn deep_layer_matches_the_reference(xd: Dims, wd: Dims, s: usize, p: usize, seed: u64) {
