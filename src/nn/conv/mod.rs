@@ -1,4 +1,4 @@
-//! Convolution, pooling, flatten and dropout on run-time-sized NCHW tensors, with PyTorch's
+//! Convolution, pooling, flatten, ReLU and dropout on run-time-sized NCHW tensors, with PyTorch's
 //! layouts and semantics, for convolutional models (VGG-style). dfdx 0.13 ships `conv2d` and
 //! `pool2d` only on nightly Rust, so cfpipe owns these ops. The layout follows dfdx's own ops:
 //! the API here, the sizes in `geom`, the composed path in `composed`, and the CPU kernel in
