@@ -4,7 +4,8 @@
 //! reference, and a few by finite differences of the ops themselves. Both the CPU fast path
 //! (`conv::*`) and the composed path (`conv::composed::*`) are checked, and the tests listed in
 //! `device_tests!` also run on the GPU when built with `--features cuda` (`NAME::cuda`, the
-//! composed path, run by scripts/gpu_run.sh).
+//! composed path, run by scripts/gpu_run.sh). The CPU's ReLU is checked against dfdx's own,
+//! bit for bit.
 
 use cfpipe::nn::conv::{self, composed};
 use cfpipe::nn::tensor::Tensor4;

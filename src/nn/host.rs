@@ -4,7 +4,8 @@
 //! computes on plain slices, and writes gradients straight into the gradient buffers dfdx
 //! allocated ([`host_vec`]). Every entry point is generic over the
 //! device so the dispatching code compiles for CUDA too; only [`uses_cpu_fast_path`] devices
-//! reach the downcasts.
+//! reach the downcasts. The bias gradients of the dense and conv paths share one ordered sum
+//! ([`add_row_sums`]).
 
 use dfdx::prelude::*;
 use std::any::{Any, TypeId};

@@ -314,6 +314,7 @@ pub(super) fn relu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
     let (x, mut tape) = x.contiguous().split_tape();
     let xs = host_slice(&x);
     let mut out = vec![0.0f32; xs.len()];
+    // Unary: the second operand is the input again, unread.
     zip3(&mut out, xs, xs, |o, x, _| *o = x.max(0.0));
     let out: Tensor<S, f32, D> = x.device().tensor_from_vec(out, *x.shape());
     let (x_id, out_id) = (x.ghost(), out.ghost());
