@@ -397,7 +397,11 @@ fn a_job_cancelled_mid_stage_is_submitted_again_and_the_run_completes() {
         return;
     }
     let f = Fixture::new();
-    let mut d = Driver::start(&f, &["training.epochs=4000"]);
+    // Long enough that the stage is still training when it is cancelled: 4,000 epochs took
+    // the fixture's first task 0.26 s on a 2-core Zen 5 after issue 19's kernels, and there
+    // the run completed without the resubmission this test waits for (its job had ended
+    // before `scancel` came). 20,000 take about 1.5 s there.
+    let mut d = Driver::start(&f, &["training.epochs=20000"]);
     let job = d.wait_until_running("task1-train");
     // Cancel it once cfpipe has said in the job's log that the stage started, not while the
     // job is still starting: then the stage is surely cut off mid-way.
@@ -417,7 +421,7 @@ fn a_job_cancelled_mid_stage_is_submitted_again_and_the_run_completes() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(std::process::Command::new("scancel")
         .arg(&job)
         .status()
@@ -486,8 +490,9 @@ fn a_driver_killed_mid_run_is_finished_by_the_same_command_computing_each_stage_
     let f = Fixture::new();
     // Long enough that the orphaned job is still training when the second driver looks: at
     // 800 epochs the faster dense kernels (issue 19) sometimes finished it first, and the
-    // second driver then found the stage cached instead of adopting the job.
-    let set = ["training.epochs=4000"];
+    // second driver then found the stage cached instead of adopting the job; 4,000 epochs
+    // take 0.26 s on a 2-core Zen 5, 20,000 about 1.5 s.
+    let set = ["training.epochs=20000"];
     let mut d = Driver::start(&f, &set);
     d.wait_until_running("task1-train");
     d.child.kill().unwrap(); // SIGKILL: the job goes on without its driver
