@@ -139,7 +139,9 @@ fn the_same_pipeline_and_seed_give_identical_artifacts_in_fresh_caches() {
 fn sigkill_mid_stage_leaves_a_verifiable_cache_and_the_next_run_completes() {
     let f = Fixture::new();
     // Wait until the split is published and training has begun, then kill without warning.
-    let mut child = f.start_long_run(2000, &["--quiet"]);
+    // 10,000 epochs: at 2,000 the whole run took about 0.3 s on a 2-core Zen 5, too close to the
+    // 100 ms pause below for the kill to be sure to land mid-way.
+    let mut child = f.start_long_run(10000, &["--quiet"]);
     std::thread::sleep(Duration::from_millis(100));
     child.kill().unwrap(); // SIGKILL on Unix
     let status = child.wait().unwrap();
@@ -152,7 +154,7 @@ fn sigkill_mid_stage_leaves_a_verifiable_cache_and_the_next_run_completes() {
         f.pipeline().to_str().unwrap(),
         "--quiet",
         "--set",
-        "training.epochs=2000",
+        "training.epochs=10000",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("stages:"));
