@@ -170,6 +170,33 @@ fn bench_vgg16(dev: &Cpu, batch: usize, runs: usize) -> f64 {
     .wall
 }
 
+/// Each convolution of VGG-16's 32×32 form alone: forward, then backward of a sum with the
+/// input traced (as every layer but the first is in training); prints ms per layer.
+fn bench_vgg_layers(dev: &Cpu, batch: usize, runs: usize) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let (mut c, mut hw, mut total) = (3, 32, 0.0);
+    for layer in VGG16 {
+        let Some(o) = layer else {
+            hw /= 2;
+            continue;
+        };
+        let mut u = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        let x: Tensor4<Cpu> = dev.tensor_from_vec(u(batch * c * hw * hw), (batch, c, hw, hw));
+        let w: Tensor4<Cpu> = dev.tensor_from_vec(u(o * c * 9), (o, c, 3, 3));
+        let b = dev.tensor_from_vec(u(o), (o,));
+        let t = time(2, runs, || {
+            let g = conv::conv2d(x.leaky_trace(), w.leaky_trace(), b.leaky_trace(), 1, 1)
+                .sum::<(), _>()
+                .backward();
+            std::hint::black_box(g);
+        });
+        println!("conv {c:>3}->{o:>3} at {hw:>2}x{hw:<2}: {:.2} ms", t.wall);
+        total += t.wall;
+        c = o;
+    }
+    println!("all convolutions: {total:.1} ms");
+}
+
 /// One training step of the pipeline's model (`train`'s inner loop); ms per step.
 fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: usize) -> f64 {
     use cfpipe::nn::model::{DeviceModel, ModelParams};
@@ -235,6 +262,12 @@ fn main() {
     if only.iter().any(|o| o == "profile") {
         let vgg = bench_model_step(&dev, &cfpipe::nn::arch::vgg16(32, 1, 3), 32, 20);
         println!("vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms over 20 steps");
+        return;
+    }
+    // `-- layers`: each of VGG-16's convolutions (32×32 form, batch 32) alone, forward and
+    // backward with the input traced; ms per layer.
+    if only.iter().any(|o| o == "layers") {
+        bench_vgg_layers(&dev, 32, 10);
         return;
     }
     if only.iter().any(|o| o == "profile-small") {

@@ -126,6 +126,48 @@ fn conv_ref(
     (out, (n, o, ho, wo))
 }
 
+/// The gradients of `Σ probe · conv_ref(x, w, b)` with respect to `x` and `w`, by the same
+/// loops: each output's probe weight flows back along every product it summed.
+fn conv_ref_grads(
+    x: &[f64],
+    (n, c, h, w): Dims,
+    wt: &[f64],
+    (o, kh, kw): (usize, usize, usize),
+    probe: &[f64],
+    pad: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (ho, wo) = (h + 2 * pad - kh + 1, w + 2 * pad - kw + 1);
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);
+    for s in 0..n {
+        for f in 0..o {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = probe[((s * o + f) * ho + oy) * wo + ox];
+                    for ch in 0..c {
+                        for ki in 0..kh {
+                            let iy = (oy + ki) as isize - pad as isize;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            for kj in 0..kw {
+                                let ix = (ox + kj) as isize - pad as isize;
+                                if ix < 0 || ix >= w as isize {
+                                    continue;
+                                }
+                                let xi = ((s * c + ch) * h + iy as usize) * w + ix as usize;
+                                let wi = ((f * c + ch) * kh + ki) * kw + kj;
+                                dx[xi] += g * wt[wi];
+                                dw[wi] += g * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw)
+}
+
 /// Pools every plane over per-axis bins `(start, end)` with `reduce`.
 fn pool_ref(
     x: &[f64],
@@ -187,6 +229,20 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
         assert!(
             (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
             "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+/// [`assert_close`] against the root mean square of `want` rather than each element: a
+/// weight gradient sums thousands of products, and an entry near zero by cancellation
+/// carries the rounding of its large terms.
+fn assert_close_to_scale(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    let rms = (want.iter().map(|w| w * w).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= tol * (1.0 + rms),
+            "{what}[{i}]: got {g}, want {w} (rms {rms})"
         );
     }
 }
@@ -647,6 +703,85 @@ fn deep_layer_matches_the_reference(xd: Dims, wd: Dims, s: usize, p: usize, seed
             37,
         );
     }
+}
+
+/// 3×3 stride-1 layers wide enough (`C·O/(C+O)` ≥ 80) with outputs of 3×3 or more take the
+/// CPU path's Winograd transforms (F(2×2, 3×3)): odd output sizes end in partial tiles,
+/// paddings 0 to 2 move the tiles' reach past the edges, 260 filters end the products' row
+/// panels part way, and 26 samples of 16×16 make two chunks of unequal size (the weight
+/// gradient summed over both). Forward, input and weight gradients against the f64
+/// reference, on both paths.
+#[test]
+fn winograd_layers_match_the_reference() {
+    for (xd, wd, p, seed) in [
+        ((2, 160, 5, 7), (160, 160, 3, 3), 1, 11),
+        ((1, 128, 5, 6), (260, 128, 3, 3), 0, 12),
+        ((3, 160, 3, 4), (160, 160, 3, 3), 2, 13),
+        ((26, 160, 16, 16), (160, 160, 3, 3), 1, 14),
+    ] {
+        let dev = Cpu::default();
+        let mut r = rng(seed);
+        let (o, _, kh, kw) = wd;
+        let (x, wt, b) = (
+            uniform(&mut r, numel(xd)),
+            uniform(&mut r, numel(wd)),
+            uniform(&mut r, o),
+        );
+        let (want, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), 1, p);
+        let probe = uniform(&mut r, numel(od));
+        let (want_dx, want_dw) =
+            conv_ref_grads(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&probe), p);
+        for path in PATHS {
+            let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+            let out = conv_via(
+                path,
+                xt.leaky_trace(),
+                wt_t.leaky_trace(),
+                bt.leaky_trace(),
+                1,
+                p,
+            );
+            let what = format!("{path:?} {xd:?} pad {p}");
+            assert_close_to_scale(&format!("{what} forward"), &out.as_vec(), &want, 1e-5);
+            let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+            let (dx, dw) = (grads.get(&xt).as_vec(), grads.get(&wt_t).as_vec());
+            assert_close_to_scale(&format!("{what} d/dx"), &dx, &want_dx, 1e-5);
+            assert_close_to_scale(&format!("{what} d/dw"), &dw, &want_dw, 1e-5);
+        }
+    }
+}
+
+/// The Winograd path's bits follow the shapes only: a 2-core laptop and a 16-core node train
+/// the same model. Forward and both gradients of a two-chunk layer on one thread and on three.
+#[test]
+fn winograd_layers_give_the_same_bits_on_one_thread_and_on_three() {
+    let (xd, wd) = ((26, 160, 16, 16), (160, 160, 3, 3));
+    let mut r = rng(15);
+    let (x, wt, b) = (
+        uniform(&mut r, numel(xd)),
+        uniform(&mut r, numel(wd)),
+        uniform(&mut r, 160),
+    );
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let dev = Cpu::default();
+            let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+            let out = conv::conv2d(xt.leaky_trace(), wt_t.leaky_trace(), bt.leaky_trace(), 1, 1);
+            let fwd = out.as_vec();
+            let grads = out.square().sum::<(), _>().backward();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            (
+                bits(fwd),
+                bits(grads.get(&xt).as_vec()),
+                bits(grads.get(&wt_t).as_vec()),
+            )
+        })
+    };
+    assert!(run(1) == run(3), "the bits depend on the thread count");
 }
 
 #[test]

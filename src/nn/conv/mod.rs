@@ -22,8 +22,12 @@
 //!   little beyond a copy of its input between the passes. For stride 1 and at least 64 input
 //!   channels the input gradient is computed as what it is, a convolution (of the output gradient, with the kernel rotated and its channel
 //!   axes swapped), one product over `O·kh·kw` with no col2im scatter; other strides take
-//!   col2im. Sums over threads are added in a fixed order, so results are bit-identical from
-//!   run to run. The module has no `unsafe` code; the kernel's is in `nn::gemm`.
+//!   col2im. Wide 3×3 stride-1 layers (VGG's from 128→256 channels, maps of 3×3 and more)
+//!   take Winograd's F(2×2, 3×3) instead (`host::winograd`): 2.25× fewer multiplications in
+//!   sixteen products between input, kernel and output transforms; models with such a layer
+//!   are keyed [`WINOGRAD_KERNELS`]. Sums over threads are added in a fixed order, so results
+//!   are bit-identical from run to run. The module has no `unsafe` code; the kernel's is in
+//!   `nn::gemm`.
 //!
 //! Tapes: outputs carry the parameters' tape `T`, which absorbs the input's tape `TX`
 //! (`T: Merge<TX>`). Parameters are traced in training; an untraced input (`NoneTape`, the first
@@ -173,11 +177,60 @@ pub fn dropout_mask(len: usize, p: f32, seed: u64) -> Vec<f32> {
 
 /// Revision of the conv CPU kernels' rounding, in every conv model's train key (see
 /// CHANGELOG.md): absent (revision 1) until the blocked kernel became the only one and the
-/// batch split stopped depending on the thread count; 2 since.
+/// batch split stopped depending on the thread count; 2 since. A model with a layer on the
+/// Winograd path is keyed [`WINOGRAD_KERNELS`] instead ([`kernel_revision`]).
 pub const CONV_KERNELS: u32 = 2;
+
+/// The revision of a model one of whose convolutions the CPU path computes with Winograd's
+/// F(2×2, 3×3) transforms, which round otherwise than the direct product (2026-12-07).
+pub const WINOGRAD_KERNELS: u32 = 3;
+
+/// The conv kernels' revision a model is keyed under: [`WINOGRAD_KERNELS`] where one of its
+/// convolutions takes the Winograd path, else [`CONV_KERNELS`], so that the models whose
+/// rounding did not change (the small CNN, narrow VGGs) keep their keys. An architecture
+/// whose geometry does not check is keyed [`CONV_KERNELS`]; it never trains.
+pub fn kernel_revision(arch: &super::arch::Arch) -> u32 {
+    use super::arch::{Feature, Op};
+    let Ok(features) = arch.features() else {
+        return CONV_KERNELS;
+    };
+    let winograd = arch.layers.iter().enumerate().any(|(i, op)| {
+        let Op::Conv { kernel, stride, .. } = *op else {
+            return false;
+        };
+        match (features[i], features[i + 1]) {
+            (Feature::Map(c, ..), Feature::Map(o, ho, wo)) => {
+                host::winograd::applies_to(c, o, (kernel, kernel), stride, (ho, wo))
+            }
+            _ => false,
+        }
+    });
+    if winograd {
+        WINOGRAD_KERNELS
+    } else {
+        CONV_KERNELS
+    }
+}
 
 pub mod composed;
 mod geom;
 mod host;
 
 use geom::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::arch::{small_cnn, vgg16};
+
+    #[test]
+    fn only_models_with_a_winograd_layer_change_revision() {
+        // VGG-16 at 32×32: 128→256 and wider at 8×8 and 4×4 take the transforms.
+        assert_eq!(kernel_revision(&vgg16(32, 1, 3)), WINOGRAD_KERNELS);
+        // ImageNet's 224×224 form: every layer from 128→256 on.
+        assert_eq!(kernel_revision(&vgg16(224, 1, 3)), WINOGRAD_KERNELS);
+        // A quarter-width VGG (16 to 128 channels) and the small CNN keep their keys.
+        assert_eq!(kernel_revision(&vgg16(32, 4, 3)), CONV_KERNELS);
+        assert_eq!(kernel_revision(&small_cnn([1, 28, 28])), CONV_KERNELS);
+    }
+}

@@ -7,6 +7,8 @@ use super::*;
 use crate::nn::gemm::{gemm, Mat};
 use crate::nn::host::{add_row_sums, host_slice, host_vec};
 
+pub(super) mod winograd;
+
 /// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
 /// convolution rather than by col2im. That product has only `C` rows, so each element of its
 /// (im2col'd, packed) right operand is reused `C` times; with few channels packing dominates
@@ -37,10 +39,18 @@ where
     let (chunk, span) = g.split();
     let (xs, bs, ws) = (host_slice(&x), host_slice(&b), host_slice(&w));
 
+    // 3×3 stride-1 layers with many channels: Winograd's transforms (see `winograd`).
+    let wino = winograd::applies(&g);
     // Each thread takes a span of samples, chunk by chunk, with its own buffers; the ops
     // inside are parallel too, which rayon folds into the same thread when all are busy.
-    let mut out = vec![0.0; g.n * o * p];
-    out.par_chunks_mut(span * o * p)
+    let (mut out, wino_u) = if wino {
+        winograd::forward(xs, ws, bs, &g)
+    } else {
+        (vec![0.0; g.n * o * p], Vec::new())
+    };
+    let direct = if wino { 0 } else { out.len() };
+    out[..direct]
+        .par_chunks_mut(span * o * p)
         .zip(xs.par_chunks(span * chw))
         .for_each(|(out, xs)| {
             let mut sc = Scratch::default();
@@ -84,6 +94,17 @@ where
         // Sample by sample, each plane's sum added to its channel's (in sample order).
         for planes in gout.chunks_exact(o * p) {
             add_row_sums(planes, p, gb);
+        }
+        if wino {
+            let mut gw = vec![0.0; o * k];
+            let gx = match need_x {
+                true => Some(host_vec::<D>(grads.get_or_alloc_mut(&x_id)?).as_mut_slice()),
+                false => None,
+            };
+            winograd::backward(xs, &wino_u, &gout, &g, &mut gw, gx);
+            add_into(host_vec::<D>(grads.get_or_alloc_mut(&w_id)?), &gw);
+            *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;
+            return Ok(());
         }
         let spans = g.n.div_ceil(span);
         let gx_spans: Vec<Option<&mut [f32]>> = if need_x {
