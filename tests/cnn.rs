@@ -233,11 +233,7 @@ fn conv_gradients_have_the_same_bits_on_one_thread_and_on_three() {
     let n = 37;
     let labels: Vec<u16> = (0..n).map(|i| (i % 3) as u16).collect();
     let grads_on = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        common::on_threads(threads, || {
             let dev = Cpu::default();
             let m = DeviceModel::from_host(&dev, &p);
             let (loss, grads) = m.loss_and_grads(&m.input(&pixels(n)), &labels, 0);

@@ -7,6 +7,8 @@
 //! composed path, run by scripts/gpu_run.sh). The CPU's ReLU is checked against dfdx's own,
 //! bit for bit.
 
+mod common;
+
 use cfpipe::nn::conv::{self, composed};
 use cfpipe::nn::tensor::Tensor4;
 use dfdx::prelude::*;
@@ -88,23 +90,38 @@ fn numel((a, b, c, d): Dims) -> usize {
 
 // ---------------------------------------------------------------- naive f64 references
 
-fn conv_ref(
-    x: &[f64],
-    (n, c, h, w): Dims,
-    wt: &[f64],
+/// The output dims of a convolution.
+fn conv_dims(
+    (n, _, h, w): Dims,
     (o, kh, kw): (usize, usize, usize),
-    b: &[f64],
     stride: usize,
     pad: usize,
-) -> (Vec<f64>, Dims) {
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (w + 2 * pad - kw) / stride + 1;
-    let mut out = vec![0.0; n * o * ho * wo];
+) -> Dims {
+    (
+        n,
+        o,
+        (h + 2 * pad - kh) / stride + 1,
+        (w + 2 * pad - kw) / stride + 1,
+    )
+}
+
+/// Every product a convolution sums, as `(output, input, weight)` flat indices, in the order of
+/// the naive loops (output by output, then channel, kernel row, kernel column); taps that fall
+/// on padding are skipped.
+fn conv_products(
+    xd: Dims,
+    wd: (usize, usize, usize),
+    stride: usize,
+    pad: usize,
+    mut visit: impl FnMut(usize, usize, usize),
+) {
+    let ((n, c, h, w), (o, kh, kw)) = (xd, wd);
+    let (_, _, ho, wo) = conv_dims(xd, wd, stride, pad);
     for s in 0..n {
         for f in 0..o {
             for oy in 0..ho {
                 for ox in 0..wo {
-                    let mut acc = b[f];
+                    let out = ((s * o + f) * ho + oy) * wo + ox;
                     for ch in 0..c {
                         for ki in 0..kh {
                             for kj in 0..kw {
@@ -113,58 +130,49 @@ fn conv_ref(
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                     continue;
                                 }
-                                let xv = x[((s * c + ch) * h + iy as usize) * w + ix as usize];
-                                acc += xv * wt[((f * c + ch) * kh + ki) * kw + kj];
+                                let xi = ((s * c + ch) * h + iy as usize) * w + ix as usize;
+                                visit(out, xi, ((f * c + ch) * kh + ki) * kw + kj);
                             }
                         }
                     }
-                    out[((s * o + f) * ho + oy) * wo + ox] = acc;
                 }
             }
         }
     }
-    (out, (n, o, ho, wo))
 }
 
-/// The gradients of `Σ probe · conv_ref(x, w, b)` with respect to `x` and `w`, by the same
-/// loops: each output's probe weight flows back along every product it summed.
+fn conv_ref(
+    x: &[f64],
+    xd: Dims,
+    wt: &[f64],
+    wd: (usize, usize, usize),
+    b: &[f64],
+    stride: usize,
+    pad: usize,
+) -> (Vec<f64>, Dims) {
+    let od = conv_dims(xd, wd, stride, pad);
+    let plane = od.2 * od.3;
+    // Each output starts from its filter's bias.
+    let mut out: Vec<f64> = (0..numel(od)).map(|i| b[i / plane % od.1]).collect();
+    conv_products(xd, wd, stride, pad, |o, xi, wi| out[o] += x[xi] * wt[wi]);
+    (out, od)
+}
+
+/// The gradients of `Σ probe · conv_ref(x, w, b)` with respect to `x` and `w`: each output's
+/// probe weight flows back along every product it summed.
 fn conv_ref_grads(
     x: &[f64],
-    (n, c, h, w): Dims,
+    xd: Dims,
     wt: &[f64],
-    (o, kh, kw): (usize, usize, usize),
+    wd: (usize, usize, usize),
     probe: &[f64],
     pad: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let (ho, wo) = (h + 2 * pad - kh + 1, w + 2 * pad - kw + 1);
     let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);
-    for s in 0..n {
-        for f in 0..o {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let g = probe[((s * o + f) * ho + oy) * wo + ox];
-                    for ch in 0..c {
-                        for ki in 0..kh {
-                            let iy = (oy + ki) as isize - pad as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kj in 0..kw {
-                                let ix = (ox + kj) as isize - pad as isize;
-                                if ix < 0 || ix >= w as isize {
-                                    continue;
-                                }
-                                let xi = ((s * c + ch) * h + iy as usize) * w + ix as usize;
-                                let wi = ((f * c + ch) * kh + ki) * kw + kj;
-                                dx[xi] += g * wt[wi];
-                                dw[wi] += g * x[xi];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    conv_products(xd, wd, 1, pad, |o, xi, wi| {
+        dx[xi] += probe[o] * wt[wi];
+        dw[wi] += probe[o] * x[xi];
+    });
     (dx, dw)
 }
 
@@ -305,6 +313,36 @@ where
     }
 }
 
+/// A convolution's forward and gradients on `path`: `[y, ∂x, ∂w, ∂b]` of `Σ probe · y`, with
+/// `y` the convolution of `x`, `w` and `b` (every one traced), and `probe` as long as `y`.
+fn conv_and_grads<D: Device<f32>>(
+    dev: &D,
+    path: Path,
+    (x, xd): (&[f32], Dims),
+    (wt, wd): (&[f32], Dims),
+    b: &[f32],
+    (stride, pad): (usize, usize),
+    probe: &[f32],
+) -> [Vec<f32>; 4] {
+    let (xt, wt_t, bt) = (t4(dev, x, xd), t4(dev, wt, wd), t1(dev, b));
+    let out = conv_via(
+        path,
+        xt.leaky_trace(),
+        wt_t.leaky_trace(),
+        bt.leaky_trace(),
+        stride,
+        pad,
+    );
+    let (y, od) = (out.as_vec(), *out.shape());
+    let grads = (out * t4(dev, probe, od)).sum::<(), _>().backward();
+    [
+        y,
+        grads.get(&xt).as_vec(),
+        grads.get(&wt_t).as_vec(),
+        grads.get(&bt).as_vec(),
+    ]
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Pool {
     Max(usize, usize),
@@ -418,43 +456,35 @@ fn conv2d_gradients_match_finite_differences_of_the_reference<D: Device<f32>>(
         let x = uniform(&mut r, numel(xd));
         let wt = uniform(&mut r, numel(wd));
         let b = uniform(&mut r, o);
-        let (_, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
+        let od = conv_dims(xd, (o, kh, kw), s, p);
         let probe = uniform(&mut r, numel(od));
         let (x64, w64, b64, r64) = (f64s(&x), f64s(&wt), f64s(&b), f64s(&probe));
         let loss = |x: &[f64], wt: &[f64], b: &[f64]| {
             dot(&conv_ref(x, xd, wt, (o, kh, kw), b, s, p).0, &r64)
         };
         for &path in paths {
-            let (xt, wt_t, bt) = (t4(dev, &x, xd), t4(dev, &wt, wd), t1(dev, &b));
-            let out = conv_via(
-                path,
-                xt.leaky_trace(),
-                wt_t.leaky_trace(),
-                bt.leaky_trace(),
-                s,
-                p,
-            );
-            let grads = (out * t4(dev, &probe, od)).sum::<(), _>().backward();
+            let [_, dx, dw, db] =
+                conv_and_grads(dev, path, (&x, xd), (&wt, wd), &b, (s, p), &probe);
             let tag = format!("case {case} {path:?}");
             check_fd(
                 &format!("{tag} d/dx"),
                 |v| loss(v, &w64, &b64),
                 &x64,
-                &grads.get(&xt).as_vec(),
+                &dx,
                 1e-3,
             );
             check_fd(
                 &format!("{tag} d/dweight"),
                 |v| loss(&x64, v, &b64),
                 &w64,
-                &grads.get(&wt_t).as_vec(),
+                &dw,
                 1e-3,
             );
             check_fd(
                 &format!("{tag} d/dbias"),
                 |v| loss(&x64, &w64, v),
                 &b64,
-                &grads.get(&bt).as_vec(),
+                &db,
                 1e-3,
             );
         }
@@ -534,7 +564,7 @@ fn conv2d_with_an_untraced_input_and_flat_parameters<D: Device<f32>>(dev: &D, pa
     let x = uniform(&mut r, numel(xd));
     let wt = uniform(&mut r, o * c * kh * kw);
     let b = uniform(&mut r, o);
-    let (_, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
+    let od = conv_dims(xd, (o, kh, kw), s, p);
     let probe = uniform(&mut r, numel(od));
     let (x64, b64, r64) = (f64s(&x), f64s(&b), f64s(&probe));
     for &path in paths {
@@ -621,33 +651,20 @@ fn fast_and_composed_convolutions_agree_on_a_wider_layer() {
     let x = uniform(&mut r, numel(xd));
     let wt = uniform(&mut r, numel(wd));
     let b = uniform(&mut r, 6);
-    let mut results = Vec::new();
-    for path in PATHS {
-        let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
-        let out = conv_via(
-            path,
-            xt.leaky_trace(),
-            wt_t.leaky_trace(),
-            bt.leaky_trace(),
-            1,
-            1,
-        );
-        let od = *out.shape();
-        let probe = uniform(&mut rng(7), numel(od));
-        let fwd = out.as_vec();
-        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
-        results.push((
-            fwd,
-            grads.get(&xt).as_vec(),
-            grads.get(&wt_t).as_vec(),
-            grads.get(&bt).as_vec(),
-        ));
+    let probe = uniform(&mut rng(7), numel(conv_dims(xd, (6, 3, 3), 1, 1)));
+    let [a, b] =
+        PATHS.map(|path| conv_and_grads(&dev, path, (&x, xd), (&wt, wd), &b, (1, 1), &probe));
+    for (i, (what, tol)) in [
+        ("forward", 1e-5),
+        ("d/dx", 1e-4),
+        ("d/dw", 1e-4),
+        ("d/db", 1e-4),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_close(what, &a[i], &f64s(&b[i]), tol);
     }
-    let (a, b) = (&results[0], &results[1]);
-    assert_close("forward", &a.0, &f64s(&b.0), 1e-5);
-    assert_close("d/dx", &a.1, &f64s(&b.1), 1e-4);
-    assert_close("d/dw", &a.2, &f64s(&b.2), 1e-4);
-    assert_close("d/db", &a.3, &f64s(&b.3), 1e-4);
 }
 
 /// 32 channels × 3×3 makes receptive fields of 288, more than one block of the CPU kernel's
@@ -673,24 +690,15 @@ fn deep_layer_matches_the_reference(xd: Dims, wd: Dims, s: usize, p: usize, seed
     let probe = uniform(&mut r, numel(od));
     let (x64, w64, b64, r64) = (f64s(&x), f64s(&wt), f64s(&b), f64s(&probe));
     for path in PATHS {
-        let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
-        let out = conv_via(
-            path,
-            xt.leaky_trace(),
-            wt_t.leaky_trace(),
-            bt.leaky_trace(),
-            s,
-            p,
-        );
-        assert_close(&format!("{path:?} forward"), &out.as_vec(), &want, 1e-5);
-        let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+        let [y, dx, dw, _] = conv_and_grads(&dev, path, (&x, xd), (&wt, wd), &b, (s, p), &probe);
+        assert_close(&format!("{path:?} forward"), &y, &want, 1e-5);
         let loss = |x: &[f64], w: &[f64]| dot(&conv_ref(x, xd, w, (o, kh, kw), &b64, s, p).0, &r64);
         // A sample of coordinates: each costs two reference runs.
         check_fd_every(
             &format!("{path:?} d/dx"),
             |v| loss(v, &w64),
             &x64,
-            &grads.get(&xt).as_vec(),
+            &dx,
             1e-3,
             29,
         );
@@ -698,7 +706,7 @@ fn deep_layer_matches_the_reference(xd: Dims, wd: Dims, s: usize, p: usize, seed
             &format!("{path:?} d/dw"),
             |v| loss(&x64, v),
             &w64,
-            &grads.get(&wt_t).as_vec(),
+            &dw,
             1e-3,
             37,
         );
@@ -732,19 +740,10 @@ fn winograd_layers_match_the_reference() {
         let (want_dx, want_dw) =
             conv_ref_grads(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&probe), p);
         for path in PATHS {
-            let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
-            let out = conv_via(
-                path,
-                xt.leaky_trace(),
-                wt_t.leaky_trace(),
-                bt.leaky_trace(),
-                1,
-                p,
-            );
+            let [y, dx, dw, _] =
+                conv_and_grads(&dev, path, (&x, xd), (&wt, wd), &b, (1, p), &probe);
             let what = format!("{path:?} {xd:?} pad {p}");
-            assert_close_to_scale(&format!("{what} forward"), &out.as_vec(), &want, 1e-5);
-            let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
-            let (dx, dw) = (grads.get(&xt).as_vec(), grads.get(&wt_t).as_vec());
+            assert_close_to_scale(&format!("{what} forward"), &y, &want, 1e-5);
             assert_close_to_scale(&format!("{what} d/dx"), &dx, &want_dx, 1e-5);
             assert_close_to_scale(&format!("{what} d/dw"), &dw, &want_dw, 1e-5);
         }
@@ -763,11 +762,7 @@ fn winograd_layers_give_the_same_bits_on_one_thread_and_on_three() {
         uniform(&mut r, 160),
     );
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        common::on_threads(threads, || {
             let dev = Cpu::default();
             let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
             let out = conv::conv2d(xt.leaky_trace(), wt_t.leaky_trace(), bt.leaky_trace(), 1, 1);

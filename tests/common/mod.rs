@@ -233,6 +233,16 @@ pub fn assert_rejected(strategy: &str, expect: &str) {
     Fixture::with_pipeline(&format!("{PIPELINE}{strategy}")).assert_rejected(&[], expect);
 }
 
+/// `f` on a pool of its own with `threads` threads: results that must not depend on the thread
+/// count are compared across pools.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }

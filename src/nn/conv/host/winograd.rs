@@ -21,7 +21,8 @@
 //! product's operand. The transforms run channel by channel (or filter by filter) over the
 //! pool, each step one element-wise pass over all `T` tiles: a VGG layer's maps are 4×4 or
 //! 8×8, so a pass over one plane's tiles, or one tile at a time, spent more on loop overhead
-//! than on arithmetic (both were measured: the transforms cost 1.3× and 1.9× as much).
+//! than on arithmetic (measured on VGG's six layers: plane by plane took 1.5× as long,
+//! tile by tile longer still; docs/performance.md).
 
 use super::super::geom::ConvGeom;
 use super::add_into;
@@ -165,6 +166,13 @@ fn b_adjoint(v0: f32, v1: f32, v2: f32, v3: f32) -> [f32; 4] {
     [v0, v1 - v2 + v3, v1 + v2 - v0, -v3]
 }
 
+/// Runs `x`, `4 + x`, `8 + x` and `12 + x` of the 16 in `runs`: column `x` of a 4×4 block's
+/// positions.
+fn column<'a, T: ?Sized + 'a>(runs: impl Iterator<Item = &'a mut T>, x: usize) -> [&'a mut T; 4] {
+    let mut column = runs.skip(x).step_by(4);
+    std::array::from_fn(|_| column.next().expect("16 positions"))
+}
+
 /// Four consecutive runs of `len` in `buf`.
 fn four(buf: &mut [f32], len: usize) -> [&mut [f32]; 4] {
     let (a, rest) = buf.split_at_mut(len);
@@ -260,12 +268,7 @@ fn input_transform(xs: &[f32], g: &ConvGeom, ns: usize, v: &mut Vec<f32>) {
             for x in 0..4 {
                 let col = |r: usize| &d[(4 * r + x) * t_len..][..t_len];
                 let (d0, d1, d2, d3) = (col(0), col(1), col(2), col(3));
-                let mut dst = e.chunks_exact_mut(t_len).skip(x).step_by(4);
-                let (Some(e0), Some(e1), Some(e2), Some(e3)) =
-                    (dst.next(), dst.next(), dst.next(), dst.next())
-                else {
-                    unreachable!("four positions per column");
-                };
+                let [e0, e1, e2, e3] = column(e.chunks_exact_mut(t_len), x);
                 for t in 0..t_len {
                     [e0[t], e1[t], e2[t], e3[t]] = b_rows(d0[t], d1[t], d2[t], d3[t]);
                 }
@@ -392,12 +395,7 @@ fn output_adjoint(gout: &[f32], g: &ConvGeom, ns: usize, dm: &mut Vec<f32>) {
             // Then down the columns: column s's pair gives positions s, 4 + s, 8 + s, 12 + s.
             for s in 0..4 {
                 let (top, bottom) = (&q[s * t_len..][..t_len], &q[(4 + s) * t_len..][..t_len]);
-                let mut col = rows.iter_mut().skip(s).step_by(4);
-                let (Some(r0), Some(r1), Some(r2), Some(r3)) =
-                    (col.next(), col.next(), col.next(), col.next())
-                else {
-                    unreachable!("four positions per column");
-                };
+                let [r0, r1, r2, r3] = column(rows.iter_mut(), s);
                 for t in 0..t_len {
                     [r0[t], r1[t], r2[t], r3[t]] = a_adjoint(top[t], bottom[t]);
                 }
@@ -434,12 +432,7 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, gx: &mut [f32]) {
             for x in 0..4 {
                 let col = |r: usize| &e[(4 * r + x) * t_len..][..t_len];
                 let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
-                let mut dst = d.chunks_exact_mut(t_len).skip(x).step_by(4);
-                let (Some(d0), Some(d1), Some(d2), Some(d3)) =
-                    (dst.next(), dst.next(), dst.next(), dst.next())
-                else {
-                    unreachable!("four positions per column");
-                };
+                let [d0, d1, d2, d3] = column(d.chunks_exact_mut(t_len), x);
                 for t in 0..t_len {
                     [d0[t], d1[t], d2[t], d3[t]] = b_adjoint(c0[t], c1[t], c2[t], c3[t]);
                 }
