@@ -175,9 +175,9 @@ fn bench_vgg16(dev: &Cpu, batch: usize, runs: usize) -> f64 {
 
 /// Each convolution of VGG-16's 32×32 form alone: forward, then backward of a sum with the
 /// input traced (as every layer but the first is in training); prints ms per layer.
-fn bench_vgg_layers(dev: &Cpu, batch: usize, runs: usize) {
+fn bench_vgg_layers(dev: &Cpu, size: usize, batch: usize, runs: usize) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-    let (mut c, mut hw, mut total) = (3, 32, 0.0);
+    let (mut c, mut hw, mut total) = (3, size, 0.0);
     for layer in VGG16 {
         let Some(o) = layer else {
             hw /= 2;
@@ -268,9 +268,14 @@ fn main() {
         return;
     }
     // `-- layers`: each of VGG-16's convolutions (32×32 form, batch 32) alone, forward and
-    // backward with the input traced; ms per layer.
+    // backward with the input traced; ms per layer. `-- layers224`: the ImageNet form's,
+    // batch 2, 3 runs each.
     if only.iter().any(|o| o == "layers") {
-        bench_vgg_layers(&dev, 32, 10);
+        bench_vgg_layers(&dev, 32, 32, 10);
+        return;
+    }
+    if only.iter().any(|o| o == "layers224") {
+        bench_vgg_layers(&dev, 224, 2, 3);
         return;
     }
     if only.iter().any(|o| o == "profile-small") {
