@@ -39,47 +39,14 @@ where
     let (chunk, span) = g.split();
     let (xs, bs, ws) = (host_slice(&x), host_slice(&b), host_slice(&w));
 
-    // 3×3 stride-1 layers with many channels: Winograd's transforms (see `winograd`).
+    // Wide 3×3 stride-1 layers: Winograd's transforms (see `winograd`), which keep their
+    // transformed kernel for the backward pass.
     let wino = winograd::applies(&g);
-    // Each thread takes a span of samples, chunk by chunk, with its own buffers; the ops
-    // inside are parallel too, which rayon folds into the same thread when all are busy.
-    let (mut out, wino_u) = if wino {
+    let (out, wino_u) = if wino {
         winograd::forward(xs, ws, bs, &g)
     } else {
-        (vec![0.0; g.n * o * p], Vec::new())
+        (direct_forward(xs, ws, bs, &g), Vec::new())
     };
-    let direct = if wino { 0 } else { out.len() };
-    out[..direct]
-        .par_chunks_mut(span * o * p)
-        .zip(xs.par_chunks(span * chw))
-        .for_each(|(out, xs)| {
-            let mut sc = Scratch::default();
-            for (out, xs) in out.chunks_mut(chunk * o * p).zip(xs.chunks(chunk * chw)) {
-                let ns = xs.len() / chw;
-                let m = ns * p;
-                im2col(xs, &g, ns, &mut sc.cols);
-                let w = Mat::new(ws, o, k);
-                let cols = Mat::new(&sc.cols, k, m);
-                if ns == 1 {
-                    // One sample's y is its output plane stack already: start from the
-                    // bias and add the product in place.
-                    for (row, &b) in out.chunks_exact_mut(p).zip(bs) {
-                        row.fill(b);
-                    }
-                    gemm(w, cols, out, true);
-                    continue;
-                }
-                sc.y.resize(o * m, 0.0);
-                gemm(w, cols, &mut sc.y, false);
-                // y is [O, samples·P]; the output wants [samples, O, P], plus the bias.
-                for (j, dst) in out.chunks_exact_mut(o * p).enumerate() {
-                    for (oc, row) in dst.chunks_exact_mut(p).enumerate() {
-                        let src = &sc.y[oc * m + j * p..][..p];
-                        row.iter_mut().zip(src).for_each(|(d, v)| *d = v + bs[oc]);
-                    }
-                }
-            }
-        });
     let out: Tensor4<D> = dev.tensor_from_vec(out, (g.n, o, g.ho, g.wo));
 
     let mut tape = tw.merge(tb).merge(tx);
@@ -216,6 +183,46 @@ where
         Ok(())
     });
     out.put_tape(tape)
+}
+
+/// The forward pass through im2col and one product per chunk: `[N, O, Ho, Wo]`. Each thread
+/// takes a span of samples, chunk by chunk, with its own buffers; the ops inside are parallel
+/// too, which rayon folds into the same thread when all are busy.
+fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (o, p, k, chw) = (g.o, g.p(), g.k(), g.c * g.h * g.w);
+    let (chunk, span) = g.split();
+    let mut out = vec![0.0; g.n * o * p];
+    out.par_chunks_mut(span * o * p)
+        .zip(xs.par_chunks(span * chw))
+        .for_each(|(out, xs)| {
+            let mut sc = Scratch::default();
+            for (out, xs) in out.chunks_mut(chunk * o * p).zip(xs.chunks(chunk * chw)) {
+                let ns = xs.len() / chw;
+                let m = ns * p;
+                im2col(xs, g, ns, &mut sc.cols);
+                let w = Mat::new(ws, o, k);
+                let cols = Mat::new(&sc.cols, k, m);
+                if ns == 1 {
+                    // One sample's y is its output plane stack already: start from the
+                    // bias and add the product in place.
+                    for (row, &b) in out.chunks_exact_mut(p).zip(bs) {
+                        row.fill(b);
+                    }
+                    gemm(w, cols, out, true);
+                    continue;
+                }
+                sc.y.resize(o * m, 0.0);
+                gemm(w, cols, &mut sc.y, false);
+                // y is [O, samples·P]; the output wants [samples, O, P], plus the bias.
+                for (j, dst) in out.chunks_exact_mut(o * p).enumerate() {
+                    for (oc, row) in dst.chunks_exact_mut(p).enumerate() {
+                        let src = &sc.y[oc * m + j * p..][..p];
+                        row.iter_mut().zip(src).for_each(|(d, v)| *d = v + bs[oc]);
+                    }
+                }
+            }
+        });
+    out
 }
 
 /// One thread's buffers for a convolution, reused across its chunks.

@@ -82,14 +82,14 @@ fn chunk(g: &ConvGeom) -> usize {
     (CHUNK_BUDGET / (POS * g.c.max(g.o) * th * tw)).clamp(1, g.n.max(1))
 }
 
-/// A `[16, rows, len]` buffer as `rows` groups of its 16 rows of length `len` (one per
-/// position), so that one task can write everything of one channel.
+/// The runs of `len` in `buf` grouped by row, for a buffer whose runs cycle through `rows`
+/// rows: group `r` holds runs `r`, `rows + r`, … in order. For a `[16, rows, len]` buffer,
+/// a row's 16 positions (so one task writes everything of one channel); for `[ns, rows,
+/// plane]`, a channel's plane in every sample.
 fn by_row(buf: &mut [f32], rows: usize, len: usize) -> Vec<Vec<&mut [f32]>> {
-    let mut out: Vec<Vec<&mut [f32]>> = (0..rows).map(|_| Vec::with_capacity(POS)).collect();
-    for pos in buf.chunks_mut(rows * len) {
-        for (r, row) in pos.chunks_mut(len).enumerate() {
-            out[r].push(row);
-        }
+    let mut out: Vec<Vec<&mut [f32]>> = (0..rows).map(|_| Vec::new()).collect();
+    for (i, run) in buf.chunks_mut(len).enumerate() {
+        out[i % rows].push(run);
     }
     out
 }
@@ -108,22 +108,17 @@ fn kernel_transform(ws: &[f32], g: &ConvGeom) -> Vec<f32> {
             // G down the columns: column x's three taps give four rows.
             let mut cols = vec![0.0f32; 12 * g.c];
             for x in 0..3 {
-                let (k0, k1, k2) = (tap(x), tap(3 + x), tap(6 + x));
-                let [c0, c1, c2, c3] = four(&mut cols[4 * x * g.c..][..4 * g.c], g.c);
-                for i in 0..g.c {
-                    [c0[i], c1[i], c2[i], c3[i]] = g_rows(k0[i], k1[i], k2[i]);
-                }
+                let dst = runs(&mut cols[4 * x * g.c..], g.c);
+                map([tap(x), tap(3 + x), tap(6 + x)], dst, g_rows);
             }
             // Then along the rows: row r's three entries give positions 4r..4r+4.
             for r in 0..4 {
                 let col = |x: usize| &cols[(4 * x + r) * g.c..][..g.c];
-                let (k0, k1, k2) = (col(0), col(1), col(2));
-                let [u0, u1, u2, u3] = &mut rows[4 * r..4 * r + 4] else {
-                    unreachable!("four positions per row");
-                };
-                for i in 0..g.c {
-                    [u0[i], u1[i], u2[i], u3[i]] = g_rows(k0[i], k1[i], k2[i]);
-                }
+                map(
+                    [col(0), col(1), col(2)],
+                    pick(positions(&mut rows), 4 * r, 1),
+                    g_rows,
+                );
             }
         });
     u
@@ -131,54 +126,82 @@ fn kernel_transform(ws: &[f32], g: &ConvGeom) -> Vec<f32> {
 
 /// G's rows applied to three taps: `(a, (a + b + c)/2, (a − b + c)/2, c)`.
 #[inline(always)]
-fn g_rows(a: f32, b: f32, c: f32) -> [f32; 4] {
+fn g_rows([a, b, c]: [f32; 3]) -> [f32; 4] {
     [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
 }
 
 /// Gᵀ applied to four positions, G's adjoint: `(u0 + (u1 + u2)/2, (u1 − u2)/2, (u1 + u2)/2 + u3)`.
 #[inline(always)]
-fn g_adjoint(u0: f32, u1: f32, u2: f32, u3: f32) -> [f32; 3] {
+fn g_adjoint([u0, u1, u2, u3]: [f32; 4]) -> [f32; 3] {
     let (s, d) = (0.5 * (u1 + u2), 0.5 * (u1 - u2));
     [u0 + s, d, s + u3]
 }
 
 /// Aᵀ's rows applied to four values: `(m0 + m1 + m2, m1 − m2 − m3)`.
 #[inline(always)]
-fn a_rows(m0: f32, m1: f32, m2: f32, m3: f32) -> [f32; 2] {
+fn a_rows([m0, m1, m2, m3]: [f32; 4]) -> [f32; 2] {
     [m0 + m1 + m2, m1 - m2 - m3]
 }
 
 /// A applied to a pair, Aᵀ's adjoint: `(y0, y0 + y1, y0 − y1, −y1)`.
 #[inline(always)]
-fn a_adjoint(y0: f32, y1: f32) -> [f32; 4] {
+fn a_adjoint([y0, y1]: [f32; 2]) -> [f32; 4] {
     [y0, y0 + y1, y0 - y1, -y1]
 }
 
 /// Bᵀ's rows applied to four values: `(d0 − d2, d1 + d2, d2 − d1, d1 − d3)`.
 #[inline(always)]
-fn b_rows(d0: f32, d1: f32, d2: f32, d3: f32) -> [f32; 4] {
+fn b_rows([d0, d1, d2, d3]: [f32; 4]) -> [f32; 4] {
     [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
 }
 
 /// B applied to four values, Bᵀ's adjoint: `(v0, v1 − v2 + v3, v1 + v2 − v0, −v3)`.
 #[inline(always)]
-fn b_adjoint(v0: f32, v1: f32, v2: f32, v3: f32) -> [f32; 4] {
+fn b_adjoint([v0, v1, v2, v3]: [f32; 4]) -> [f32; 4] {
     [v0, v1 - v2 + v3, v1 + v2 - v0, -v3]
 }
 
-/// Runs `x`, `4 + x`, `8 + x` and `12 + x` of the 16 in `runs`: column `x` of a 4×4 block's
-/// positions.
-fn column<'a, T: ?Sized + 'a>(runs: impl Iterator<Item = &'a mut T>, x: usize) -> [&'a mut T; 4] {
-    let mut column = runs.skip(x).step_by(4);
-    std::array::from_fn(|_| column.next().expect("16 positions"))
+/// One element-wise pass of a transform's 1-D step: `dst[k][t] = f(src[0][t], …)[k]` for
+/// every `t` (runs of equal length; every transform below is made of such passes).
+#[inline(always)]
+fn map<const I: usize, const O: usize>(
+    src: [&[f32]; I],
+    dst: [&mut [f32]; O],
+    f: impl Fn([f32; I]) -> [f32; O],
+) {
+    let n = dst[0].len();
+    // Cut to one length, so that the loop runs without bounds checks and vectorises.
+    let src = src.map(|s| &s[..n]);
+    let mut dst = dst.map(|d| &mut d[..n]);
+    for t in 0..n {
+        let out = f(std::array::from_fn(|k| src[k][t]));
+        for (d, v) in dst.iter_mut().zip(out) {
+            d[t] = v;
+        }
+    }
 }
 
-/// Four consecutive runs of `len` in `buf`.
-fn four(buf: &mut [f32], len: usize) -> [&mut [f32]; 4] {
-    let (a, rest) = buf.split_at_mut(len);
-    let (b, rest) = rest.split_at_mut(len);
-    let (c, d) = rest.split_at_mut(len);
-    [a, b, c, &mut d[..len]]
+/// `N` of `runs`, every `step`-th from `first`: a row (`4r`, step 1) or a column (`x`, step
+/// 4) of a 4×4 block's 16 positions, or consecutive runs of a buffer.
+fn pick<'a, const N: usize>(
+    runs: impl Iterator<Item = &'a mut [f32]>,
+    first: usize,
+    step: usize,
+) -> [&'a mut [f32]; N] {
+    let mut runs = runs.skip(first).step_by(step);
+    std::array::from_fn(|_| runs.next().expect("enough runs"))
+}
+
+/// `N` consecutive runs of `len` at the start of `buf`.
+fn runs<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
+    pick(buf.chunks_exact_mut(len), 0, 1)
+}
+
+/// The runs of a channel's 16 positions (see [`by_row`]) as plain slices, for [`pick`].
+fn positions<'a, 'b: 'a>(
+    rows: &'a mut [&'b mut [f32]],
+) -> impl Iterator<Item = &'a mut [f32]> + use<'a, 'b> {
+    rows.iter_mut().map(|r| &mut **r)
 }
 
 /// One filter's taps `[C, 9]` as `[9, C]`.
@@ -203,24 +226,14 @@ fn kernel_adjoint(du: &[f32], g: &ConvGeom, gw: &mut [f32]) {
             // channel-wise; the taps come out tap-major.
             let mut rows = vec![0.0f32; 12 * g.c];
             for r in 0..4 {
-                let (u0, u1, u2, u3) = (at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3));
-                let (dst, _) = rows[3 * r * g.c..].split_at_mut(3 * g.c);
-                let (k0, rest) = dst.split_at_mut(g.c);
-                let (k1, k2) = rest.split_at_mut(g.c);
-                for i in 0..g.c {
-                    [k0[i], k1[i], k2[i]] = g_adjoint(u0[i], u1[i], u2[i], u3[i]);
-                }
+                let src = [at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3)];
+                map(src, runs(&mut rows[3 * r * g.c..], g.c), g_adjoint);
             }
             let mut taps = vec![0.0f32; 9 * g.c];
             for x in 0..3 {
                 let row = |r: usize| &rows[(3 * r + x) * g.c..][..g.c];
-                let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-                for i in 0..g.c {
-                    let col = g_adjoint(r0[i], r1[i], r2[i], r3[i]);
-                    for (y, v) in col.into_iter().enumerate() {
-                        taps[(3 * y + x) * g.c + i] = v;
-                    }
-                }
+                let dst = pick(taps.chunks_exact_mut(g.c), x, 3);
+                map([row(0), row(1), row(2), row(3)], dst, g_adjoint);
             }
             for (i, k) in filters.chunks_exact_mut(9).enumerate() {
                 for (t, d) in k.iter_mut().enumerate() {
@@ -267,34 +280,16 @@ fn input_transform(xs: &[f32], g: &ConvGeom, ns: usize, v: &mut Vec<f32>) {
             let mut e = vec![0.0f32; POS * t_len];
             for x in 0..4 {
                 let col = |r: usize| &d[(4 * r + x) * t_len..][..t_len];
-                let (d0, d1, d2, d3) = (col(0), col(1), col(2), col(3));
-                let [e0, e1, e2, e3] = column(e.chunks_exact_mut(t_len), x);
-                for t in 0..t_len {
-                    [e0[t], e1[t], e2[t], e3[t]] = b_rows(d0[t], d1[t], d2[t], d3[t]);
-                }
+                let dst = pick(e.chunks_exact_mut(t_len), x, 4);
+                map([col(0), col(1), col(2), col(3)], dst, b_rows);
             }
             // Then B along the rows: row r of e gives positions 4r..4r+4.
             for r in 0..4 {
                 let row = |s: usize| &e[(4 * r + s) * t_len..][..t_len];
-                let (e0, e1, e2, e3) = (row(0), row(1), row(2), row(3));
-                let [v0, v1, v2, v3] = &mut rows[4 * r..4 * r + 4] else {
-                    unreachable!("four positions per row");
-                };
-                for t in 0..t_len {
-                    [v0[t], v1[t], v2[t], v3[t]] = b_rows(e0[t], e1[t], e2[t], e3[t]);
-                }
+                let dst = pick(positions(&mut rows), 4 * r, 1);
+                map([row(0), row(1), row(2), row(3)], dst, b_rows);
             }
         });
-}
-
-/// The planes of a `[ns, rows, plane]` buffer grouped by row: group `r` holds plane `r` of
-/// every sample, in sample order.
-fn planes_by_row(buf: &mut [f32], rows: usize, plane: usize) -> Vec<Vec<&mut [f32]>> {
-    let mut out: Vec<Vec<&mut [f32]>> = (0..rows).map(|_| Vec::new()).collect();
-    for (i, p) in buf.chunks_mut(plane).enumerate() {
-        out[i % rows].push(p);
-    }
-    out
 }
 
 /// `y = Aᵀ M A + bias` of every tile: the chunk's output `[ns, O, Ho, Wo]` from
@@ -304,7 +299,7 @@ fn output_transform(m: &[f32], g: &ConvGeom, bs: &[f32], out: &mut [f32]) {
     let (th, tw) = tiles(g);
     let (p, tiles) = (g.p(), th * tw);
     let t_len = out.len() / (g.o * p) * tiles;
-    planes_by_row(out, g.o, p)
+    by_row(out, g.o, p)
         .into_par_iter()
         .enumerate()
         .for_each(|(o, planes)| {
@@ -312,21 +307,15 @@ fn output_transform(m: &[f32], g: &ConvGeom, bs: &[f32], out: &mut [f32]) {
             // Aᵀ down the columns: column s gives rows q[s] (top) and q[4 + s] (bottom).
             let mut q = vec![0.0f32; 8 * t_len];
             for s in 0..4 {
-                let (m0, m1, m2, m3) = (at(s), at(4 + s), at(8 + s), at(12 + s));
-                let (top, bottom) = q[2 * s * t_len..][..2 * t_len].split_at_mut(t_len);
-                for t in 0..t_len {
-                    [top[t], bottom[t]] = a_rows(m0[t], m1[t], m2[t], m3[t]);
-                }
+                let dst = runs(&mut q[2 * s * t_len..], t_len);
+                map([at(s), at(4 + s), at(8 + s), at(12 + s)], dst, a_rows);
             }
             // Then along the rows: y[2·dy + dx] for the tile's output (dy, dx).
             let mut y = vec![0.0f32; 4 * t_len];
             for dy in 0..2 {
                 let col = |s: usize| &q[(2 * s + dy) * t_len..][..t_len];
-                let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
-                let (left, right) = y[2 * dy * t_len..][..2 * t_len].split_at_mut(t_len);
-                for t in 0..t_len {
-                    [left[t], right[t]] = a_rows(c0[t], c1[t], c2[t], c3[t]);
-                }
+                let dst = runs(&mut y[2 * dy * t_len..], t_len);
+                map([col(0), col(1), col(2), col(3)], dst, a_rows);
             }
             let b = bs[o];
             for (j, plane) in planes.into_iter().enumerate() {
@@ -383,22 +372,17 @@ fn output_adjoint(gout: &[f32], g: &ConvGeom, ns: usize, dm: &mut Vec<f32>) {
             // A along the rows: the top pair gives q[0..4], the bottom pair q[4..8].
             let mut q = vec![0.0f32; 8 * t_len];
             for dy in 0..2 {
-                let (y0, y1) = (
-                    &dys[2 * dy * t_len..][..t_len],
-                    &dys[(2 * dy + 1) * t_len..][..t_len],
+                let pair = |i: usize| &dys[(2 * dy + i) * t_len..][..t_len];
+                map(
+                    [pair(0), pair(1)],
+                    runs(&mut q[4 * dy * t_len..], t_len),
+                    a_adjoint,
                 );
-                let [q0, q1, q2, q3] = four(&mut q[4 * dy * t_len..][..4 * t_len], t_len);
-                for t in 0..t_len {
-                    [q0[t], q1[t], q2[t], q3[t]] = a_adjoint(y0[t], y1[t]);
-                }
             }
             // Then down the columns: column s's pair gives positions s, 4 + s, 8 + s, 12 + s.
             for s in 0..4 {
                 let (top, bottom) = (&q[s * t_len..][..t_len], &q[(4 + s) * t_len..][..t_len]);
-                let [r0, r1, r2, r3] = column(rows.iter_mut(), s);
-                for t in 0..t_len {
-                    [r0[t], r1[t], r2[t], r3[t]] = a_adjoint(top[t], bottom[t]);
-                }
+                map([top, bottom], pick(positions(&mut rows), s, 4), a_adjoint);
             }
         });
 }
@@ -413,7 +397,7 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, gx: &mut [f32]) {
     let t_len = gx.len() / (g.c * hw) * tiles;
     let wp = 2 * tw + 2;
     let hp = 2 * th + 2;
-    planes_by_row(gx, g.c, hw)
+    by_row(gx, g.c, hw)
         .into_par_iter()
         .enumerate()
         .for_each(|(c, planes)| {
@@ -421,21 +405,15 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, gx: &mut [f32]) {
             // Along the rows: row r of ∂V gives e[4r..4r+4].
             let mut e = vec![0.0f32; POS * t_len];
             for r in 0..4 {
-                let (v0, v1, v2, v3) = (at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3));
-                let [e0, e1, e2, e3] = four(&mut e[4 * r * t_len..][..4 * t_len], t_len);
-                for t in 0..t_len {
-                    [e0[t], e1[t], e2[t], e3[t]] = b_adjoint(v0[t], v1[t], v2[t], v3[t]);
-                }
+                let src = [at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3)];
+                map(src, runs(&mut e[4 * r * t_len..], t_len), b_adjoint);
             }
             // Down the columns: column x of e gives d[x], d[4 + x], d[8 + x], d[12 + x].
             let mut d = vec![0.0f32; POS * t_len];
             for x in 0..4 {
                 let col = |r: usize| &e[(4 * r + x) * t_len..][..t_len];
-                let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
-                let [d0, d1, d2, d3] = column(d.chunks_exact_mut(t_len), x);
-                for t in 0..t_len {
-                    [d0[t], d1[t], d2[t], d3[t]] = b_adjoint(c0[t], c1[t], c2[t], c3[t]);
-                }
+                let dst = pick(d.chunks_exact_mut(t_len), x, 4);
+                map([col(0), col(1), col(2), col(3)], dst, b_adjoint);
             }
             let mut acc = vec![0.0f32; hp * wp];
             for (j, plane) in planes.into_iter().enumerate() {
