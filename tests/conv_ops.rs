@@ -166,10 +166,10 @@ fn conv_ref_grads(
     wt: &[f64],
     wd: (usize, usize, usize),
     probe: &[f64],
-    pad: usize,
+    (stride, pad): (usize, usize),
 ) -> (Vec<f64>, Vec<f64>) {
     let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);
-    conv_products(xd, wd, 1, pad, |o, xi, wi| {
+    conv_products(xd, wd, stride, pad, |o, xi, wi| {
         dx[xi] += probe[o] * wt[wi];
         dw[wi] += probe[o] * x[xi];
     });
@@ -721,12 +721,33 @@ fn deep_layer_matches_the_reference(xd: Dims, wd: Dims, s: usize, p: usize, seed
 /// reference, on both paths.
 #[test]
 fn winograd_layers_match_the_reference() {
-    for (xd, wd, p, seed) in [
-        ((2, 160, 5, 7), (160, 160, 3, 3), 1, 11),
-        ((1, 128, 5, 6), (260, 128, 3, 3), 0, 12),
-        ((3, 160, 3, 4), (160, 160, 3, 3), 2, 13),
-        ((26, 160, 16, 16), (160, 160, 3, 3), 1, 14),
-    ] {
+    layers_match_the_reference(&[
+        ((2, 160, 5, 7), (160, 160, 3, 3), (1, 1), 11),
+        ((1, 128, 5, 6), (260, 128, 3, 3), (1, 0), 12),
+        ((3, 160, 3, 4), (160, 160, 3, 3), (1, 2), 13),
+        ((26, 160, 16, 16), (160, 160, 3, 3), (1, 1), 14),
+    ]);
+}
+
+/// Wide layers (`C·O/(C+O)` ≥ 192) on maps so small that at most half of a kernel's taps land
+/// inside them take the CPU path's products over those taps (`host::pairs`): VGG-16's 2×2
+/// layers (here 400 channels, two blocks of the products' inner dimension, 5 samples, and 410
+/// filters, ending a row panel part way), a 1×1 map (the centre tap only), a 5×5 kernel with
+/// padding 2, and stride 2 with padding 2 on a 3×3 map.
+#[test]
+fn small_maps_match_the_reference() {
+    layers_match_the_reference(&[
+        ((5, 400, 2, 2), (410, 400, 3, 3), (1, 1), 16),
+        ((3, 400, 1, 1), (400, 400, 3, 3), (1, 1), 17),
+        ((2, 400, 2, 2), (400, 400, 5, 5), (1, 2), 18),
+        ((3, 400, 3, 3), (400, 400, 3, 3), (2, 2), 19),
+    ]);
+}
+
+/// Forward, input and weight gradients of each layer `(input, weight, (stride, padding),
+/// seed)` against the f64 reference and its analytic gradients, on both paths.
+fn layers_match_the_reference(layers: &[(Dims, Dims, (usize, usize), u64)]) {
+    for &(xd, wd, (s, p), seed) in layers {
         let dev = Cpu::default();
         let mut r = rng(seed);
         let (o, _, kh, kw) = wd;
@@ -735,14 +756,20 @@ fn winograd_layers_match_the_reference() {
             uniform(&mut r, numel(wd)),
             uniform(&mut r, o),
         );
-        let (want, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), 1, p);
+        let (want, od) = conv_ref(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&b), s, p);
         let probe = uniform(&mut r, numel(od));
-        let (want_dx, want_dw) =
-            conv_ref_grads(&f64s(&x), xd, &f64s(&wt), (o, kh, kw), &f64s(&probe), p);
+        let (want_dx, want_dw) = conv_ref_grads(
+            &f64s(&x),
+            xd,
+            &f64s(&wt),
+            (o, kh, kw),
+            &f64s(&probe),
+            (s, p),
+        );
         for path in PATHS {
             let [y, dx, dw, _] =
-                conv_and_grads(&dev, path, (&x, xd), (&wt, wd), &b, (1, p), &probe);
-            let what = format!("{path:?} {xd:?} pad {p}");
+                conv_and_grads(&dev, path, (&x, xd), (&wt, wd), &b, (s, p), &probe);
+            let what = format!("{path:?} {xd:?} stride {s} pad {p}");
             assert_close_to_scale(&format!("{what} forward"), &y, &want, 1e-5);
             assert_close_to_scale(&format!("{what} d/dx"), &dx, &want_dx, 1e-5);
             assert_close_to_scale(&format!("{what} d/dw"), &dw, &want_dw, 1e-5);
@@ -750,33 +777,43 @@ fn winograd_layers_match_the_reference() {
     }
 }
 
-/// The Winograd path's bits follow the shapes only: a 2-core laptop and a 16-core node train
-/// the same model. Forward and both gradients of a two-chunk layer on one thread and on three.
+/// The Winograd and small-map paths' bits follow the shapes only: a 2-core laptop and a
+/// 16-core node train the same model. Forward and both gradients of a two-chunk Winograd layer
+/// and of a 2×2 map on one thread and on three.
 #[test]
-fn winograd_layers_give_the_same_bits_on_one_thread_and_on_three() {
-    let (xd, wd) = ((26, 160, 16, 16), (160, 160, 3, 3));
-    let mut r = rng(15);
-    let (x, wt, b) = (
-        uniform(&mut r, numel(xd)),
-        uniform(&mut r, numel(wd)),
-        uniform(&mut r, 160),
-    );
-    let run = |threads: usize| {
-        common::on_threads(threads, || {
-            let dev = Cpu::default();
-            let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
-            let out = conv::conv2d(xt.leaky_trace(), wt_t.leaky_trace(), bt.leaky_trace(), 1, 1);
-            let fwd = out.as_vec();
-            let grads = out.square().sum::<(), _>().backward();
-            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-            (
-                bits(fwd),
-                bits(grads.get(&xt).as_vec()),
-                bits(grads.get(&wt_t).as_vec()),
-            )
-        })
-    };
-    assert!(run(1) == run(3), "the bits depend on the thread count");
+fn winograd_and_small_map_layers_give_the_same_bits_on_one_thread_and_on_three() {
+    for (xd, wd, seed) in [
+        ((26, 160, 16, 16), (160, 160, 3, 3), 15),
+        ((7, 400, 2, 2), (400, 400, 3, 3), 20),
+    ] {
+        let (o, ..) = wd;
+        let mut r = rng(seed);
+        let (x, wt, b) = (
+            uniform(&mut r, numel(xd)),
+            uniform(&mut r, numel(wd)),
+            uniform(&mut r, o),
+        );
+        let run = |threads: usize| {
+            common::on_threads(threads, || {
+                let dev = Cpu::default();
+                let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+                let out =
+                    conv::conv2d(xt.leaky_trace(), wt_t.leaky_trace(), bt.leaky_trace(), 1, 1);
+                let fwd = out.as_vec();
+                let grads = out.square().sum::<(), _>().backward();
+                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                (
+                    bits(fwd),
+                    bits(grads.get(&xt).as_vec()),
+                    bits(grads.get(&wt_t).as_vec()),
+                )
+            })
+        };
+        assert!(
+            run(1) == run(3),
+            "{xd:?}: the bits depend on the thread count"
+        );
+    }
 }
 
 #[test]

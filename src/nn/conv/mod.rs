@@ -178,38 +178,54 @@ pub fn dropout_mask(len: usize, p: f32, seed: u64) -> Vec<f32> {
 /// Revision of the conv CPU kernels' rounding, in every conv model's train key (see
 /// CHANGELOG.md): absent (revision 1) until the blocked kernel became the only one and the
 /// batch split stopped depending on the thread count; 2 since. A model with a layer on the
-/// Winograd path is keyed [`WINOGRAD_KERNELS`] instead ([`kernel_revision`]).
+/// Winograd path is keyed [`WINOGRAD_KERNELS`] instead, one with a layer on the small-map
+/// path [`SMALL_MAP_KERNELS`] ([`kernel_revision`]).
 pub const CONV_KERNELS: u32 = 2;
 
 /// The revision of a model one of whose convolutions the CPU path computes with Winograd's
 /// F(2×2, 3×3) transforms, which round otherwise than the direct product (2026-12-07).
 pub const WINOGRAD_KERNELS: u32 = 3;
 
-/// The conv kernels' revision a model is keyed under: [`WINOGRAD_KERNELS`] where one of its
-/// convolutions takes the Winograd path, else [`CONV_KERNELS`], so that the models whose
-/// rounding did not change (the small CNN, narrow VGGs) keep their keys. An architecture
-/// whose geometry does not check is keyed [`CONV_KERNELS`]; it never trains.
+/// The revision of a model one of whose convolutions the CPU path computes over the taps that
+/// land inside a small map (`host::pairs`), which sums in another order than the direct
+/// product (2026-12-07).
+pub const SMALL_MAP_KERNELS: u32 = 4;
+
+/// The conv kernels' revision a model is keyed under: the latest of its convolutions' paths'
+/// ([`CONV_KERNELS`] for the direct path, [`WINOGRAD_KERNELS`], [`SMALL_MAP_KERNELS`]), so
+/// that the models whose rounding did not change when a path was added (the small CNN, narrow
+/// VGGs) keep their keys. An architecture whose geometry does not check is keyed
+/// [`CONV_KERNELS`]; it never trains.
 pub fn kernel_revision(arch: &super::arch::Arch) -> u32 {
     use super::arch::{Feature, Op};
     let Ok(features) = arch.features() else {
         return CONV_KERNELS;
     };
-    let winograd = arch.layers.iter().enumerate().any(|(i, op)| {
-        let Op::Conv { kernel, stride, .. } = *op else {
-            return false;
+    let revision = |i: usize, op: &Op| {
+        let Op::Conv {
+            kernel,
+            stride,
+            padding,
+            ..
+        } = *op
+        else {
+            return CONV_KERNELS;
         };
-        match (features[i], features[i + 1]) {
-            (Feature::Map(c, ..), Feature::Map(o, ho, wo)) => {
-                host::winograd::applies_to(c, o, (kernel, kernel), stride, (ho, wo))
-            }
-            _ => false,
+        let (Feature::Map(c, h, w), Feature::Map(o, ..)) = (features[i], features[i + 1]) else {
+            return CONV_KERNELS;
+        };
+        let g = ConvGeom::new((1, c, h, w), (o, c, kernel, kernel), o, stride, padding);
+        match host::Method::of(&g) {
+            host::Method::Direct => CONV_KERNELS,
+            host::Method::Winograd => WINOGRAD_KERNELS,
+            host::Method::Pairs => SMALL_MAP_KERNELS,
         }
-    });
-    if winograd {
-        WINOGRAD_KERNELS
-    } else {
-        CONV_KERNELS
-    }
+    };
+    let layers = arch.layers.iter().enumerate();
+    layers
+        .map(|(i, op)| revision(i, op))
+        .max()
+        .unwrap_or(CONV_KERNELS)
 }
 
 pub mod composed;
@@ -224,10 +240,12 @@ mod tests {
     use crate::nn::arch::{small_cnn, vgg16};
 
     #[test]
-    fn only_models_with_a_winograd_layer_change_revision() {
-        // VGG-16 at 32×32: 128→256 and wider at 8×8 and 4×4 take the transforms.
-        assert_eq!(kernel_revision(&vgg16(32, 1, 3)), WINOGRAD_KERNELS);
-        // ImageNet's 224×224 form: every layer from 128→256 on.
+    fn only_models_with_a_winograd_or_small_map_layer_change_revision() {
+        // VGG-16 at 32×32: 128→256 and wider at 8×8 and 4×4 take the transforms, its three
+        // 512→512 layers at 2×2 the small-map path.
+        assert_eq!(kernel_revision(&vgg16(32, 1, 3)), SMALL_MAP_KERNELS);
+        // ImageNet's 224×224 form: every layer from 128→256 on takes the transforms; its
+        // smallest maps are 14×14.
         assert_eq!(kernel_revision(&vgg16(224, 1, 3)), WINOGRAD_KERNELS);
         // A quarter-width VGG (16 to 128 channels) and the small CNN keep their keys.
         assert_eq!(kernel_revision(&vgg16(32, 4, 3)), CONV_KERNELS);

@@ -273,12 +273,29 @@ fn pack(dst: &mut [f32], s: Mat, w: usize, q0: usize, p0: usize, kc: usize) {
                 }
             }
         } else {
-            for kk in 0..kc {
-                let src = &s.data[(p0 + kk) * cs + q * w * rs..][..live];
-                panel[kk * w..][..live].copy_from_slice(src);
+            let base = q * w * rs + p0 * cs;
+            match (w, live) {
+                (MR, MR) => copy_rows::<MR>(panel, &s.data[base..], cs, kc),
+                (NR, NR) => copy_rows::<NR>(panel, &s.data[base..], cs, kc),
+                _ => {
+                    for kk in 0..kc {
+                        let src = &s.data[base + kk * cs..][..live];
+                        panel[kk * w..][..live].copy_from_slice(src);
+                    }
+                }
             }
         }
     });
+}
+
+/// `kc` runs of `W` floats, every `stride` floats of `src`, one after another into `panel`:
+/// a fixed-size copy the compiler keeps in registers (a libc call per 48-byte run cost more
+/// than the copy).
+fn copy_rows<const W: usize>(panel: &mut [f32], src: &[f32], stride: usize, kc: usize) {
+    for (kk, dst) in panel[..kc * W].chunks_exact_mut(W).enumerate() {
+        let run: &[f32; W] = src[kk * stride..][..W].try_into().expect("W floats");
+        dst.copy_from_slice(run);
+    }
 }
 
 /// `dst[k·stride + r] = rows[r][k]` for 8 rows and 8 steps: the 8×8 transpose of AVX's

@@ -7,7 +7,53 @@ use super::*;
 use crate::nn::gemm::{gemm, Mat};
 use crate::nn::host::{add_row_sums, host_slice, host_vec};
 
+pub(super) mod pairs;
 pub(super) mod winograd;
+
+/// How the CPU path computes a convolution, chosen by its shape alone (never the batch, so a
+/// sample's output does not depend on the batch it came in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Method {
+    /// im2col and one product per chunk of samples.
+    Direct,
+    /// Winograd's F(2×2, 3×3) for wide 3×3 stride-1 layers ([`winograd`]).
+    Winograd,
+    /// Products over the taps that land inside a small map ([`pairs`]).
+    Pairs,
+}
+
+impl Method {
+    pub(super) fn of(g: &ConvGeom) -> Method {
+        if winograd::applies(g) {
+            Method::Winograd
+        } else if pairs::applies(g) {
+            Method::Pairs
+        } else {
+            Method::Direct
+        }
+    }
+}
+
+/// The runs of `len` in `buf` grouped by row, for a buffer whose runs cycle through `rows`
+/// rows: group `r` holds runs `r`, `rows + r`, … in order. For a `[16, rows, len]` buffer,
+/// a row's 16 positions (so one task writes everything of one channel); for `[ns, rows,
+/// plane]`, a channel's plane in every sample.
+fn by_row(buf: &mut [f32], rows: usize, len: usize) -> Vec<Vec<&mut [f32]>> {
+    let mut out: Vec<Vec<&mut [f32]>> = (0..rows).map(|_| Vec::new()).collect();
+    for (i, run) in buf.chunks_mut(len).enumerate() {
+        out[i % rows].push(run);
+    }
+    out
+}
+
+/// One filter's taps `[C, kk]` written tap-major: tap `t` of channel `c` to `dst[t][c]`.
+fn tap_major(filter: &[f32], dst: &mut [&mut [f32]]) {
+    for (c, taps) in filter.chunks_exact(dst.len()).enumerate() {
+        for (d, &v) in dst.iter_mut().zip(taps) {
+            d[c] = v;
+        }
+    }
+}
 
 /// Input channels from which the CPU path computes a stride-1 input gradient as a transposed
 /// convolution rather than by col2im. That product has only `C` rows, so each element of its
@@ -39,13 +85,18 @@ where
     let (chunk, span) = g.split();
     let (xs, bs, ws) = (host_slice(&x), host_slice(&b), host_slice(&w));
 
-    // Wide 3×3 stride-1 layers: Winograd's transforms (see `winograd`), which keep their
-    // transformed kernel for the backward pass.
-    let wino = winograd::applies(&g);
-    let (out, wino_u) = if wino {
-        winograd::forward(xs, ws, bs, &g)
-    } else {
-        (direct_forward(xs, ws, bs, &g), Vec::new())
+    // Wide 3×3 stride-1 layers take Winograd's transforms and small maps the pairs of taps
+    // inside them; each keeps what its backward pass reads.
+    let (out, saved) = match Method::of(&g) {
+        Method::Winograd => {
+            let (out, u) = winograd::forward(xs, ws, bs, &g);
+            (out, Saved::Winograd(u))
+        }
+        Method::Pairs => {
+            let (out, saved) = pairs::forward(xs, ws, bs, &g);
+            (out, Saved::Pairs(saved))
+        }
+        Method::Direct => (direct_forward(xs, ws, bs, &g), Saved::Direct),
     };
     let out: Tensor4<D> = dev.tensor_from_vec(out, (g.n, o, g.ho, g.wo));
 
@@ -62,14 +113,20 @@ where
         for planes in gout.chunks_exact(o * p) {
             add_row_sums(planes, p, gb);
         }
-        if wino {
-            let mut gw = vec![0.0; o * k];
+        // The transforms' and the pairs' own backward passes; the direct one follows.
+        if !matches!(saved, Saved::Direct) {
+            // Taken out (and put back) so that the input gradient can be borrowed meanwhile.
+            let mut gw = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&w_id)?));
             let gx = match need_x {
                 true => Some(host_vec::<D>(grads.get_or_alloc_mut(&x_id)?).as_mut_slice()),
                 false => None,
             };
-            winograd::backward(xs, &wino_u, &gout, &g, &mut gw, gx);
-            add_into(host_vec::<D>(grads.get_or_alloc_mut(&w_id)?), &gw);
+            match &saved {
+                Saved::Winograd(u) => winograd::backward(xs, u, &gout, &g, &mut gw, gx),
+                Saved::Pairs(saved) => pairs::backward(saved, &gout, &g, &mut gw, gx),
+                Saved::Direct => {}
+            }
+            *host_vec::<D>(grads.get_or_alloc_mut(&w_id)?) = gw;
             *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;
             return Ok(());
         }
@@ -223,6 +280,14 @@ fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> 
             }
         });
     out
+}
+
+/// What a forward pass keeps for its backward pass, by [`Method`].
+enum Saved {
+    Direct,
+    /// The transformed kernel `U`.
+    Winograd(Vec<f32>),
+    Pairs(pairs::Saved),
 }
 
 /// One thread's buffers for a convolution, reused across its chunks.

@@ -25,7 +25,7 @@
 //! tile by tile longer still; docs/performance.md).
 
 use super::super::geom::ConvGeom;
-use super::add_into;
+use super::{add_into, by_row, tap_major};
 use crate::nn::gemm::{gemm, Mat};
 use rayon::prelude::*;
 
@@ -82,18 +82,6 @@ fn chunk(g: &ConvGeom) -> usize {
     (CHUNK_BUDGET / (POS * g.c.max(g.o) * th * tw)).clamp(1, g.n.max(1))
 }
 
-/// The runs of `len` in `buf` grouped by row, for a buffer whose runs cycle through `rows`
-/// rows: group `r` holds runs `r`, `rows + r`, … in order. For a `[16, rows, len]` buffer,
-/// a row's 16 positions (so one task writes everything of one channel); for `[ns, rows,
-/// plane]`, a channel's plane in every sample.
-fn by_row(buf: &mut [f32], rows: usize, len: usize) -> Vec<Vec<&mut [f32]>> {
-    let mut out: Vec<Vec<&mut [f32]>> = (0..rows).map(|_| Vec::new()).collect();
-    for (i, run) in buf.chunks_mut(len).enumerate() {
-        out[i % rows].push(run);
-    }
-    out
-}
-
 /// `U = G g Gᵀ` of every filter: `[16, O, C]` from the weight `[O, C, 3, 3]`. Filter by
 /// filter, a channel's nine taps are first gathered tap-major (`[9, C]`), so that every step
 /// below is one element-wise pass over the channels.
@@ -103,7 +91,9 @@ fn kernel_transform(ws: &[f32], g: &ConvGeom) -> Vec<f32> {
         .into_par_iter()
         .enumerate()
         .for_each(|(o, mut rows)| {
-            let taps = tap_major(&ws[o * g.c * 9..][..g.c * 9], g.c);
+            let mut taps = vec![0.0f32; 9 * g.c];
+            let mut dst: Vec<&mut [f32]> = taps.chunks_exact_mut(g.c).collect();
+            tap_major(&ws[o * g.c * 9..][..g.c * 9], &mut dst);
             let tap = |i: usize| &taps[i * g.c..][..g.c];
             // G down the columns: column x's three taps give four rows.
             let mut cols = vec![0.0f32; 12 * g.c];
@@ -202,17 +192,6 @@ fn positions<'a, 'b: 'a>(
     rows: &'a mut [&'b mut [f32]],
 ) -> impl Iterator<Item = &'a mut [f32]> + use<'a, 'b> {
     rows.iter_mut().map(|r| &mut **r)
-}
-
-/// One filter's taps `[C, 9]` as `[9, C]`.
-fn tap_major(filter: &[f32], c: usize) -> Vec<f32> {
-    let mut t = vec![0.0f32; 9 * c];
-    for (i, taps) in filter.chunks_exact(9).enumerate() {
-        for (k, &v) in taps.iter().enumerate() {
-            t[k * c + i] = v;
-        }
-    }
-    t
 }
 
 /// `∂g += Gᵀ ∂U G` of every filter: the weight gradient `[O, C, 3, 3]` from `∂U [16, O, C]`.

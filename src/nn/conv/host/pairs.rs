@@ -1,0 +1,267 @@
+//! Convolutions of maps so small that most of im2col's columns would be padding (VGG-16's
+//! 2×2 layers in its 32×32 form: a 3×3 kernel with padding 1 on a 2×2 map reads 36 taps per
+//! sample, of which 20 fall on the border), computed over the taps that do land inside the
+//! map. Each such tap joins an output pixel `p` to an input pixel `q`; output pixel `p` is
+//! the sum over its pairs of `W_t [O, C] · X_q [C, N]`, with `W_t` the weight's tap `t` for
+//! every filter and channel and `X_q` the input pixel `q` of every channel and sample.
+//!
+//! The products are grouped by tap, so that each tap's weight is packed once per pass: tap
+//! `t` multiplies the input pixels of all its pairs side by side (`W_t · [X_q1 | X_q2 | …]`),
+//! and each output pixel then adds its pairs' blocks, in the order of [`pairs`]. The
+//! backward pass is the same per tap: `W_tᵀ · [∂Y_p1 | ∂Y_p2 | …]` gives the input
+//! gradients' blocks, and `∂W_t = [∂Y_p1 | …] · [X_q1 | …]ᵀ` sums over pairs and samples in
+//! one product. On VGG's 2×2 layers that is 16/36 of the direct path's multiplications, with
+//! no transforms: Winograd's F(2×2, 3×3) also does 16 there, but its 4×4 blocks are mostly
+//! padding and its transformed kernel is 16/9 of the weight.
+//!
+//! Every sum's order follows the shapes only (taps in order; blocks added in pair order), so
+//! results are the same bits on every run, CPU and thread count, and a sample's output does
+//! not depend on the batch it came in.
+
+use super::super::geom::ConvGeom;
+use super::{add_into, by_row, tap_major};
+use crate::nn::gemm::{gemm, Mat};
+use rayon::prelude::*;
+
+/// One tap that lands inside the map: output pixel `p`, input pixel `q` (flat in-plane
+/// indices) and the kernel's tap `t` (flat, row-major) that joins them.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    p: usize,
+    q: usize,
+    t: usize,
+}
+
+/// Every pair of the convolution `g`, output pixel by output pixel, taps in order.
+fn pairs(g: &ConvGeom) -> Vec<Pair> {
+    let mut out = Vec::new();
+    for (oy, ox) in (0..g.ho).flat_map(|y| (0..g.wo).map(move |x| (y, x))) {
+        for (ki, kj) in (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| (i, j))) {
+            if let (Some(iy), Some(ix)) = (g.src(oy, ki, g.h), g.src(ox, kj, g.w)) {
+                let (p, q, t) = (oy * g.wo + ox, iy * g.w + ix, ki * g.kw + kj);
+                out.push(Pair { p, q, t });
+            }
+        }
+    }
+    out
+}
+
+/// Input pixels a map may have for this path: each pair is a product, and each tap's weight
+/// is gathered and packed once per pass, which pays only while the taps are few per pixel.
+const MAX_PIXELS: usize = 16;
+
+/// How wide a layer must be, as `C·O/(C + O)`, for this path to pay: it trades the direct
+/// path's wasted multiplications for a gather of the weight by tap, a scatter of its gradient
+/// back, and a few products per tap, each thin (as many columns as samples). Measured on
+/// VGG-16's 2×2 layers at batch 32 (`cargo bench --bench conv -- layers`, and at a half,
+/// quarter and eighth of the width): 512→512 (256) took 5.6–5.9 ms against the direct path's
+/// 9.7–10.6; 256→256 (128) 2.8–3.3 against 3.0; 128→128 and 64→64 were slower.
+const MIN_MACS_PER_VALUE: usize = 192;
+
+/// Whether the convolution `g` takes this path: at most half of im2col's entries land inside
+/// the map (the rest would be multiplications by padding), on a map of at most
+/// [`MAX_PIXELS`], in a layer wide enough (see [`MIN_MACS_PER_VALUE`]).
+pub(super) fn applies(g: &ConvGeom) -> bool {
+    g.h * g.w <= MAX_PIXELS
+        && g.c * g.o >= MIN_MACS_PER_VALUE * (g.c + g.o)
+        && 2 * pairs(g).len() <= g.p() * g.kh * g.kw
+}
+
+/// What the forward pass keeps for the backward pass: the weight tap-major (`[kh·kw, O, C]`)
+/// and the input pixel-major (`[H·W, C, N]`).
+pub(super) struct Saved {
+    taps: Vec<f32>,
+    pixels: Vec<f32>,
+}
+
+/// The columns of each tap's product: its pairs' blocks `[X_q1 | X_q2 | …]` (`[C, pairs·N]`)
+/// from pixel-major blocks `[H·W, rows, N]` (or the output gradient's `[P, O, N]` with `by`
+/// picking `p`).
+fn side_by_side(
+    blocks: &[f32],
+    rows: usize,
+    n: usize,
+    pairs: &[Pair],
+    by: fn(&Pair) -> usize,
+) -> Vec<f32> {
+    let width = pairs.len() * n;
+    let mut out = vec![0.0; rows * width];
+    for (r, dst) in out.chunks_exact_mut(width).enumerate() {
+        for (dst, pair) in dst.chunks_exact_mut(n).zip(pairs) {
+            dst.copy_from_slice(&blocks[(by(pair) * rows + r) * n..][..n]);
+        }
+    }
+    out
+}
+
+/// `[N, rows, pixels]` (a batch of planes) as `[pixels, rows, N]`.
+fn pixel_major(planes: &[f32], rows: usize, pixels: usize) -> Vec<f32> {
+    let n = planes.len() / (rows * pixels);
+    let mut out = vec![0.0; planes.len()];
+    for (j, sample) in planes.chunks_exact(rows * pixels).enumerate() {
+        for (r, plane) in sample.chunks_exact(pixels).enumerate() {
+            for (q, &v) in plane.iter().enumerate() {
+                out[(q * rows + r) * n + j] = v;
+            }
+        }
+    }
+    out
+}
+
+/// The pairs of each tap, in order.
+fn by_tap(g: &ConvGeom) -> Vec<Vec<Pair>> {
+    let mut taps = vec![Vec::new(); g.kh * g.kw];
+    for pair in pairs(g) {
+        taps[pair.t].push(pair);
+    }
+    taps
+}
+
+/// `blocks[i]` is the `[rows, N]` result of pair `i` of each tap (columns side by side as in
+/// [`side_by_side`]); adds them onto the pixel-major `[pixels, rows, N]` sums `dst`, each
+/// pixel's blocks in [`pairs`]' order, picked by `by`.
+fn add_blocks(
+    results: &[Vec<f32>],
+    taps: &[Vec<Pair>],
+    rows: usize,
+    n: usize,
+    by: fn(&Pair) -> usize,
+    dst: &mut [f32],
+) {
+    let order = {
+        let mut order: Vec<(usize, usize, usize)> = taps
+            .iter()
+            .enumerate()
+            .flat_map(|(t, pairs)| pairs.iter().enumerate().map(move |(i, pr)| (by(pr), t, i)))
+            .collect();
+        // Pixel by pixel, and within a pixel in `pairs`' order (taps ascending).
+        order.sort_unstable();
+        order
+    };
+    dst.par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(pixel, sums)| {
+            let mine = order.iter().filter(|&&(px, ..)| px == pixel);
+            for (first, &(_, t, i)) in mine.enumerate() {
+                let width = taps[t].len() * n;
+                for (r, dst) in sums.chunks_exact_mut(n).enumerate() {
+                    let src = &results[t][r * width + i * n..][..n];
+                    if first == 0 {
+                        dst.copy_from_slice(src);
+                    } else {
+                        add_into(dst, src);
+                    }
+                }
+            }
+        });
+}
+
+/// The forward pass: `[N, O, Ho, Wo]` from `xs [N, C, H, W]`, the weight and the bias, and
+/// what the backward pass needs.
+pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<f32>, Saved) {
+    let (n, p) = (g.n, g.p());
+    let kk = g.kh * g.kw;
+    let mut taps = vec![0.0; kk * g.o * g.c];
+    by_row(&mut taps, g.o, g.c)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(o, mut rows)| tap_major(&ws[o * g.c * kk..][..g.c * kk], &mut rows));
+    let pixels = pixel_major(xs, g.c, g.h * g.w);
+    let groups = by_tap(g);
+    // Tap by tap: `W_t · [X_q1 | X_q2 | …]`.
+    let results: Vec<Vec<f32>> = groups
+        .iter()
+        .enumerate()
+        .map(|(t, pairs)| {
+            let width = pairs.len() * n;
+            let mut y = vec![0.0; g.o * width];
+            if !pairs.is_empty() {
+                let cols = side_by_side(&pixels, g.c, n, pairs, |pr| pr.q);
+                let w = Mat::new(&taps[t * g.o * g.c..][..g.o * g.c], g.o, g.c);
+                gemm(w, Mat::new(&cols, g.c, width), &mut y, false);
+            }
+            y
+        })
+        .collect();
+    let mut ys = vec![0.0; p * g.o * n];
+    add_blocks(&results, &groups, g.o, n, |pr| pr.p, &mut ys);
+    // `[P, O, N]` → `[N, O, P]`, plus the bias.
+    let mut out = vec![0.0; n * g.o * p];
+    out.par_chunks_mut(g.o * p)
+        .enumerate()
+        .for_each(|(j, sample)| {
+            for (o, plane) in sample.chunks_exact_mut(p).enumerate() {
+                for (px, v) in plane.iter_mut().enumerate() {
+                    *v = ys[(px * g.o + o) * n + j] + bs[o];
+                }
+            }
+        });
+    (out, Saved { taps, pixels })
+}
+
+/// The backward pass from the output gradient `gout` and what the forward pass saved: adds
+/// the weight gradient onto `gw` and, when given, the input gradient onto `gx`. The bias
+/// gradient is the caller's.
+pub(super) fn backward(
+    saved: &Saved,
+    gout: &[f32],
+    g: &ConvGeom,
+    gw: &mut [f32],
+    gx: Option<&mut [f32]>,
+) {
+    let (n, kk) = (g.n, g.kh * g.kw);
+    let dys = pixel_major(gout, g.o, g.p());
+    let groups = by_tap(g);
+    let mut dtaps = vec![0.0; kk * g.o * g.c];
+    let mut dxs = Vec::new();
+    for (t, pairs) in groups.iter().enumerate() {
+        if pairs.is_empty() {
+            dxs.push(Vec::new());
+            continue;
+        }
+        let width = pairs.len() * n;
+        let dy = side_by_side(&dys, g.o, n, pairs, |pr| pr.p);
+        let x = side_by_side(&saved.pixels, g.c, n, pairs, |pr| pr.q);
+        // ∂W_t = [∂Y_p1 | …] · [X_q1 | …]ᵀ: over pairs, then samples, in one sum.
+        let dw = &mut dtaps[t * g.o * g.c..][..g.o * g.c];
+        gemm(
+            Mat::new(&dy, g.o, width),
+            Mat::new(&x, g.c, width).t(),
+            dw,
+            false,
+        );
+        if gx.is_some() {
+            let w = Mat::new(&saved.taps[t * g.o * g.c..][..g.o * g.c], g.o, g.c);
+            let mut dx = vec![0.0; g.c * width];
+            gemm(w.t(), Mat::new(&dy, g.o, width), &mut dx, false);
+            dxs.push(dx);
+        } else {
+            dxs.push(Vec::new());
+        }
+    }
+    // The weight's taps back to `[O, C, kh, kw]`.
+    gw.par_chunks_mut(g.c * kk)
+        .enumerate()
+        .for_each(|(o, filters)| {
+            for (c, k) in filters.chunks_exact_mut(kk).enumerate() {
+                for (t, d) in k.iter_mut().enumerate() {
+                    *d += dtaps[(t * g.o + o) * g.c + c];
+                }
+            }
+        });
+    let Some(gx) = gx else {
+        return;
+    };
+    let hw = g.h * g.w;
+    let mut sums = vec![0.0; hw * g.c * n];
+    add_blocks(&dxs, &groups, g.c, n, |pr| pr.q, &mut sums);
+    gx.par_chunks_mut(g.c * hw)
+        .enumerate()
+        .for_each(|(j, sample)| {
+            for (c, plane) in sample.chunks_exact_mut(hw).enumerate() {
+                for (q, v) in plane.iter_mut().enumerate() {
+                    *v += sums[(q * g.c + c) * n + j];
+                }
+            }
+        });
+}
