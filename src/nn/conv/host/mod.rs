@@ -89,8 +89,8 @@ where
     // inside them; each keeps what its backward pass reads.
     let (out, saved) = match Method::of(&g) {
         Method::Winograd => {
-            let (out, u) = winograd::forward(xs, ws, bs, &g);
-            (out, Saved::Winograd(u))
+            let (out, saved) = winograd::forward(xs, ws, bs, &g);
+            (out, Saved::Winograd(saved))
         }
         Method::Pairs => {
             let (out, saved) = pairs::forward(xs, ws, bs, &g);
@@ -122,7 +122,7 @@ where
                 false => None,
             };
             match &saved {
-                Saved::Winograd(u) => winograd::backward(xs, u, &gout, &g, &mut gw, gx),
+                Saved::Winograd(saved) => winograd::backward(xs, saved, &gout, &g, &mut gw, gx),
                 Saved::Pairs(saved) => pairs::backward(saved, &gout, &g, &mut gw, gx),
                 Saved::Direct => {}
             }
@@ -285,8 +285,7 @@ fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> 
 /// What a forward pass keeps for its backward pass, by [`Method`].
 enum Saved {
     Direct,
-    /// The transformed kernel `U`.
-    Winograd(Vec<f32>),
+    Winograd(winograd::Saved),
     Pairs(pairs::Saved),
 }
 

@@ -231,6 +231,10 @@ fn input_transform(xs: &[f32], g: &ConvGeom, ns: usize, v: &mut Vec<f32>) {
     let (hw, tiles) = (g.h * g.w, th * tw);
     let t_len = ns * tiles;
     let (hp, wp) = (2 * th + 2, 2 * tw + 2);
+    // Where each tile's 16 entries sit in the zero-bordered plane, position by position.
+    let at: Vec<usize> = (0..POS)
+        .flat_map(|i| (0..tiles).map(move |t| (2 * (t / tw) + i / 4) * wp + 2 * (t % tw) + i % 4))
+        .collect();
     v.resize(POS * g.c * t_len, 0.0);
     by_row(v, g.c, t_len)
         .into_par_iter()
@@ -244,15 +248,9 @@ fn input_transform(xs: &[f32], g: &ConvGeom, ns: usize, v: &mut Vec<f32>) {
                 for (y, src) in plane.chunks_exact(g.w).enumerate() {
                     pad[(y + g.pad) * wp + g.pad..][..g.w].copy_from_slice(src);
                 }
-                for i in 0..POS {
-                    let (r, s) = (i / 4, i % 4);
+                for (i, at) in at.chunks_exact(tiles).enumerate() {
                     let dst = &mut d[i * t_len + j * tiles..][..tiles];
-                    for (ti, dst) in dst.chunks_exact_mut(tw).enumerate() {
-                        let src = pad[(2 * ti + r) * wp + s..].iter().step_by(2);
-                        for (d, v) in dst.iter_mut().zip(src) {
-                            *d = *v;
-                        }
-                    }
+                    dst.iter_mut().zip(at).for_each(|(d, &k)| *d = pad[k]);
                 }
             }
             // Bᵀ down the columns: column x of the blocks gives e[x], e[4 + x], ...
@@ -278,6 +276,7 @@ fn output_transform(m: &[f32], g: &ConvGeom, bs: &[f32], out: &mut [f32]) {
     let (th, tw) = tiles(g);
     let (p, tiles) = (g.p(), th * tw);
     let t_len = out.len() / (g.o * p) * tiles;
+    let places = output_places(g);
     by_row(out, g.o, p)
         .into_par_iter()
         .enumerate()
@@ -298,23 +297,33 @@ fn output_transform(m: &[f32], g: &ConvGeom, bs: &[f32], out: &mut [f32]) {
             }
             let b = bs[o];
             for (j, plane) in planes.into_iter().enumerate() {
-                for i in 0..4 {
+                for (i, at) in places.chunks_exact(tiles).enumerate() {
                     let ys = &y[i * t_len + j * tiles..][..tiles];
-                    let (dy, dx) = (i / 2, i % 2);
-                    for ti in 0..th {
-                        let oy = 2 * ti + dy;
-                        if oy >= g.ho {
-                            break;
-                        }
-                        let row = &mut plane[oy * g.wo..][..g.wo];
-                        let dst = row[dx..].iter_mut().step_by(2);
-                        for (d, v) in dst.zip(&ys[ti * tw..][..tw]) {
+                    for (&k, v) in at.iter().zip(ys) {
+                        if let Some(d) = plane.get_mut(k) {
                             *d = v + b;
                         }
                     }
                 }
             }
         });
+}
+
+/// Where each tile's four outputs sit in an output plane, output by output (`2·dy + dx`) and
+/// tile by tile; `usize::MAX` past the plane's edge (odd output sizes end in partial tiles).
+fn output_places(g: &ConvGeom) -> Vec<usize> {
+    let (th, tw) = tiles(g);
+    let place = |i: usize, t: usize| {
+        let (oy, ox) = (2 * (t / tw) + i / 2, 2 * (t % tw) + i % 2);
+        if oy < g.ho && ox < g.wo {
+            oy * g.wo + ox
+        } else {
+            usize::MAX
+        }
+    };
+    (0..4)
+        .flat_map(|i| (0..th * tw).map(move |t| place(i, t)))
+        .collect()
 }
 
 /// `∂M = A ∂Y Aᵀ` of every tile, written over `dm` as `[16, O, ns·tiles]`, from the chunk's
@@ -324,6 +333,7 @@ fn output_adjoint(gout: &[f32], g: &ConvGeom, ns: usize, dm: &mut Vec<f32>) {
     let (th, tw) = tiles(g);
     let (p, tiles) = (g.p(), th * tw);
     let t_len = ns * tiles;
+    let at = output_places(g);
     dm.resize(POS * g.o * t_len, 0.0);
     by_row(dm, g.o, t_len)
         .into_par_iter()
@@ -333,18 +343,10 @@ fn output_adjoint(gout: &[f32], g: &ConvGeom, ns: usize, dm: &mut Vec<f32>) {
             let mut dys = vec![0.0f32; 4 * t_len];
             for j in 0..ns {
                 let plane = &gout[(j * g.o + o) * p..][..p];
-                for i in 0..4 {
-                    let (dy, dx) = (i / 2, i % 2);
+                for (i, at) in at.chunks_exact(tiles).enumerate() {
                     let dst = &mut dys[i * t_len + j * tiles..][..tiles];
-                    for ti in 0..th {
-                        let oy = 2 * ti + dy;
-                        if oy >= g.ho {
-                            break;
-                        }
-                        let src = plane[oy * g.wo..][..g.wo][dx..].iter().step_by(2);
-                        for (d, v) in dst[ti * tw..][..tw].iter_mut().zip(src) {
-                            *d = *v;
-                        }
+                    for (d, &k) in dst.iter_mut().zip(at) {
+                        *d = plane.get(k).copied().unwrap_or(0.0);
                     }
                 }
             }
@@ -413,9 +415,18 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, gx: &mut [f32]) {
         });
 }
 
+/// What the forward pass keeps for the backward pass: the transformed kernel `U` (the weight
+/// is the same then) and, where the whole batch is one chunk, its transformed input `V`,
+/// which the backward pass would otherwise compute again (a tenth of a wide layer's time;
+/// a batch of several chunks recomputes it rather than hold all of them).
+pub(super) struct Saved {
+    u: Vec<f32>,
+    v: Option<Vec<f32>>,
+}
+
 /// The forward pass: `[N, O, Ho, Wo]` from `xs [N, C, H, W]`, the weight and the bias, and
-/// the transformed kernel `U` (kept for the backward pass: the weight is the same then).
-pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<f32>, Vec<f32>) {
+/// what the backward pass reads.
+pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<f32>, Saved) {
     let (th, tw) = tiles(g);
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let u = kernel_transform(ws, g);
@@ -434,15 +445,16 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<
         }
         output_transform(&m, g, bs, out);
     }
-    (out, u)
+    let v = (ns >= g.n).then_some(v);
+    (out, Saved { u, v })
 }
 
-/// The backward pass from the output gradient `gout`, with the forward pass's `U`: adds the
-/// weight gradient onto `gw` and, when given, the input gradient onto `gx`. The bias
+/// The backward pass from the output gradient `gout`, with what the forward pass kept: adds
+/// the weight gradient onto `gw` and, when given, the input gradient onto `gx`. The bias
 /// gradient is the caller's.
 pub(super) fn backward(
     xs: &[f32],
-    u: &[f32],
+    saved: &Saved,
     gout: &[f32],
     g: &ConvGeom,
     gw: &mut [f32],
@@ -452,11 +464,18 @@ pub(super) fn backward(
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let (oc, ns) = (g.o * g.c, chunk(g));
     let mut du = vec![0.0; POS * oc];
-    let (mut v, mut dm, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+    let u = &saved.u;
+    let (mut v_here, mut dm, mut dv) = (Vec::new(), Vec::new(), Vec::new());
     for (ci, (xs, gout)) in xs.chunks(ns * chw).zip(gout.chunks(ns * op)).enumerate() {
         let ns_here = xs.len() / chw;
         let t_len = ns_here * th * tw;
-        input_transform(xs, g, ns_here, &mut v);
+        let v = match &saved.v {
+            Some(v) => v,
+            None => {
+                input_transform(xs, g, ns_here, &mut v_here);
+                &v_here
+            }
+        };
         output_adjoint(gout, g, ns_here, &mut dm);
         for pos in 0..POS {
             let dmp = Mat::new(&dm[pos * g.o * t_len..][..g.o * t_len], g.o, t_len);
