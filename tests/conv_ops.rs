@@ -729,6 +729,20 @@ fn winograd_layers_match_the_reference() {
     ]);
 }
 
+/// Narrower 3×3 stride-1 layers (`C·O/(C+O)` from 32 to 80) on maps of 32 tiles or more take
+/// the banded Winograd path: each sample in bands of tile rows, the weight gradient summed per
+/// span of samples. 9 samples make 5 spans (the last of one sample); 27 output rows make 14
+/// tile rows in bands of 3, the last of 2; 29 columns end in partial tiles; paddings 0 to 2;
+/// 128 filters from 64 channels, and 80 from 80.
+#[test]
+fn banded_winograd_layers_match_the_reference() {
+    layers_match_the_reference(&[
+        ((9, 80, 27, 29), (80, 80, 3, 3), (1, 1), 21),
+        ((2, 64, 16, 18), (128, 64, 3, 3), (1, 0), 22),
+        ((3, 80, 12, 13), (80, 80, 3, 3), (1, 2), 23),
+    ]);
+}
+
 /// Wide layers (`C·O/(C+O)` ≥ 192) on maps so small that at most half of a kernel's taps land
 /// inside them take the CPU path's products over those taps (`host::pairs`): VGG-16's 2×2
 /// layers (here 400 channels, two blocks of the products' inner dimension, 5 samples, and 410
@@ -777,14 +791,15 @@ fn layers_match_the_reference(layers: &[(Dims, Dims, (usize, usize), u64)]) {
     }
 }
 
-/// The Winograd and small-map paths' bits follow the shapes only: a 2-core laptop and a
-/// 16-core node train the same model. Forward and both gradients of a two-chunk Winograd layer
-/// and of a 2×2 map on one thread and on three.
+/// The Winograd (whole-batch and banded) and small-map paths' bits follow the shapes only: a
+/// 2-core laptop and a 16-core node train the same model. Forward and both gradients of a
+/// two-chunk Winograd layer, a banded one and a 2×2 map on one thread and on three.
 #[test]
 fn winograd_and_small_map_layers_give_the_same_bits_on_one_thread_and_on_three() {
     for (xd, wd, seed) in [
         ((26, 160, 16, 16), (160, 160, 3, 3), 15),
         ((7, 400, 2, 2), (400, 400, 3, 3), 20),
+        ((9, 80, 27, 29), (80, 80, 3, 3), 24),
     ] {
         let (o, ..) = wd;
         let mut r = rng(seed);

@@ -24,8 +24,11 @@
 //!   axes swapped), one product over `O·kh·kw` with no col2im scatter; other strides take
 //!   col2im. Wide 3×3 stride-1 layers (VGG's from 128→256 channels, maps of 3×3 and more)
 //!   take Winograd's F(2×2, 3×3) instead (`host::winograd`): 2.25× fewer multiplications in
-//!   sixteen products between input, kernel and output transforms; models with such a layer
-//!   are keyed [`WINOGRAD_KERNELS`]. Sums over threads are added in a fixed order, so results
+//!   sixteen products between input, kernel and output transforms; narrower ones on large
+//!   maps (VGG's 64 and 128 channels) take the same transforms band by band on each core
+//!   (`host::winograd::banded`), and wide layers on maps of a few pixels (VGG's 2×2) sum over
+//!   the taps that land inside the map (`host::pairs`). A model is keyed by the latest of its
+//!   layers' paths ([`kernel_revision`]). Sums over threads are added in a fixed order, so results
 //!   are bit-identical from run to run. The module has no `unsafe` code; the kernel's is in
 //!   `nn::gemm`.
 //!
@@ -191,6 +194,11 @@ pub const WINOGRAD_KERNELS: u32 = 3;
 /// product (2026-12-07).
 pub const SMALL_MAP_KERNELS: u32 = 4;
 
+/// The revision of a model one of whose convolutions the CPU path computes with F(2×2, 3×3)
+/// band by band (`host::winograd::banded`), which rounds otherwise than the direct product
+/// (2026-12-07).
+pub const BANDED_WINOGRAD_KERNELS: u32 = 5;
+
 /// The conv kernels' revision a model is keyed under: the latest of its convolutions' paths'
 /// ([`CONV_KERNELS`] for the direct path, [`WINOGRAD_KERNELS`], [`SMALL_MAP_KERNELS`]), so
 /// that the models whose rounding did not change when a path was added (the small CNN, narrow
@@ -218,6 +226,7 @@ pub fn kernel_revision(arch: &super::arch::Arch) -> u32 {
         match host::Method::of(&g) {
             host::Method::Direct => CONV_KERNELS,
             host::Method::Winograd => WINOGRAD_KERNELS,
+            host::Method::WinogradBanded => BANDED_WINOGRAD_KERNELS,
             host::Method::Pairs => SMALL_MAP_KERNELS,
         }
     };
@@ -240,14 +249,17 @@ mod tests {
     use crate::nn::arch::{small_cnn, vgg16};
 
     #[test]
-    fn only_models_with_a_winograd_or_small_map_layer_change_revision() {
-        // VGG-16 at 32×32: 128→256 and wider at 8×8 and 4×4 take the transforms, its three
-        // 512→512 layers at 2×2 the small-map path.
-        assert_eq!(kernel_revision(&vgg16(32, 1, 3)), SMALL_MAP_KERNELS);
-        // ImageNet's 224×224 form: every layer from 128→256 on takes the transforms; its
-        // smallest maps are 14×14.
-        assert_eq!(kernel_revision(&vgg16(224, 1, 3)), WINOGRAD_KERNELS);
-        // A quarter-width VGG (16 to 128 channels) and the small CNN keep their keys.
+    fn only_models_with_a_layer_on_a_newer_path_change_revision() {
+        // VGG-16 at 32×32: 128→256 and wider at 8×8 and 4×4 take the whole-batch transforms,
+        // its three 512→512 layers at 2×2 the small-map path, and 64→64 at 32×32, 64→128 and
+        // 128→128 at 16×16 the banded transforms, the latest.
+        assert_eq!(kernel_revision(&vgg16(32, 1, 3)), BANDED_WINOGRAD_KERNELS);
+        // ImageNet's 224×224 form: its first 64→64 and its 112×112 layers are banded.
+        assert_eq!(kernel_revision(&vgg16(224, 1, 3)), BANDED_WINOGRAD_KERNELS);
+        // At half width, 64→64 at 16×16 is banded.
+        assert_eq!(kernel_revision(&vgg16(32, 2, 3)), BANDED_WINOGRAD_KERNELS);
+        // A quarter-width VGG (16 to 128 channels; its 64-channel maps are 8×8 and smaller)
+        // and the small CNN keep their keys.
         assert_eq!(kernel_revision(&vgg16(32, 4, 3)), CONV_KERNELS);
         assert_eq!(kernel_revision(&small_cnn([1, 28, 28])), CONV_KERNELS);
     }

@@ -79,13 +79,94 @@ impl Isa {
 /// and none of these cuts depends on anything but the shapes and the pool's size, which
 /// does not change a sum's order: the bits are the same for any thread count.
 pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa) {
-    sgemm_on(a, b, c, accumulate, isa, rayon::current_num_threads());
+    sgemm_on(
+        Lhs::Mat(a),
+        b,
+        c,
+        accumulate,
+        isa,
+        rayon::current_num_threads(),
+    );
+}
+
+/// The left operand of a product: a matrix, packed as the product runs, or one packed
+/// beforehand ([`PackedA`]), for a left operand that many products share.
+#[derive(Debug, Clone, Copy)]
+pub enum Lhs<'a> {
+    Mat(Mat<'a>),
+    Packed(&'a PackedA),
+}
+
+impl<'a> From<Mat<'a>> for Lhs<'a> {
+    fn from(a: Mat<'a>) -> Self {
+        Lhs::Mat(a)
+    }
+}
+
+impl<'a> From<&'a PackedA> for Lhs<'a> {
+    fn from(a: &'a PackedA) -> Self {
+        Lhs::Packed(a)
+    }
+}
+
+impl Lhs<'_> {
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Lhs::Mat(a) => (a.rows, a.cols),
+            Lhs::Packed(a) => a.shape(),
+        }
+    }
+}
+
+/// A left operand packed once into the row panels the micro-kernel reads, block of KC inner
+/// steps by block (the panels of block `p0` start at `p0·MR·⌈rows/MR⌉`), as [`sgemm`] packs
+/// its left operand as it runs: a product with it gives the same bits as with the matrix.
+#[derive(Debug, Clone)]
+pub struct PackedA {
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl PackedA {
+    pub fn new(a: Mat) -> PackedA {
+        let (m, k) = (a.rows, a.cols);
+        let panels = m.div_ceil(MR);
+        let mut data = vec![0.0; panels * MR * k];
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            pack(
+                &mut data[p0 * panels * MR..][..panels * MR * kc],
+                a,
+                MR,
+                0,
+                p0,
+                kc,
+            );
+        }
+        PackedA {
+            data,
+            rows: m,
+            cols: k,
+        }
+    }
+
+    /// Rows and columns of the matrix it holds.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Row panels `r0..r1` of the block of inner steps from `p0` (`kc` of them).
+    fn panels(&self, r0: usize, r1: usize, p0: usize, kc: usize) -> &[f32] {
+        let panels = self.rows.div_ceil(MR);
+        &self.data[p0 * panels * MR + r0 * MR * kc..][..(r1 - r0) * MR * kc]
+    }
 }
 
 /// [`sgemm`] on at most `threads` threads (the bits are the same for any number).
-pub(crate) fn sgemm_on(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa, threads: usize) {
+pub(crate) fn sgemm_on(a: Lhs, b: Mat, c: &mut [f32], accumulate: bool, isa: Isa, threads: usize) {
     assert!(isa.runs_here(), "sgemm: this CPU cannot run {isa:?}");
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let ((m, k), n) = (a.shape(), b.cols);
     assert!(b.rows == k && c.len() == m * n, "sgemm: shapes");
     if k == 0 && !accumulate {
         c.fill(0.0);
@@ -147,7 +228,7 @@ thread_local! {
 /// One task of [`sgemm`]: the tiles of row panels `rows` × column panels `cols`.
 #[allow(clippy::too_many_arguments)]
 fn run_task(
-    a: Mat,
+    a: Lhs,
     b: Mat,
     out: SharedOut,
     n: usize,
@@ -157,7 +238,7 @@ fn run_task(
     isa: Isa,
     (pa, pb): &mut (Vec<f32>, Vec<f32>),
 ) {
-    let (m, k) = (a.rows, a.cols);
+    let (m, k) = a.shape();
     for c0 in cols.clone().step_by(NC / NR) {
         let c1 = (c0 + NC / NR).min(cols.end);
         for p0 in (0..k).step_by(KC) {
@@ -168,13 +249,19 @@ fn run_task(
             pack(&mut pb[..(c1 - c0) * NR * kc], b.t(), NR, c0, p0, kc);
             for r0 in rows.clone().step_by(MC / MR) {
                 let r1 = (r0 + MC / MR).min(rows.end);
-                pa.resize(pa.len().max((r1 - r0) * MR * kc), 0.0);
-                pack(&mut pa[..(r1 - r0) * MR * kc], a, MR, r0, p0, kc);
+                let panels = match a {
+                    Lhs::Mat(a) => {
+                        pa.resize(pa.len().max((r1 - r0) * MR * kc), 0.0);
+                        pack(&mut pa[..(r1 - r0) * MR * kc], a, MR, r0, p0, kc);
+                        &pa[..(r1 - r0) * MR * kc]
+                    }
+                    Lhs::Packed(a) => a.panels(r0, r1, p0, kc),
+                };
                 for j in c0..c1 {
                     let b = &pb[(j - c0) * NR * kc..][..NR * kc];
                     let width = NR.min(n - j * NR);
                     for i in r0..r1 {
-                        let a = &pa[(i - r0) * MR * kc..][..MR * kc];
+                        let a = &panels[(i - r0) * MR * kc..][..MR * kc];
                         let height = MR.min(m - i * MR);
                         let c = out.at(i * MR * n + j * NR);
                         // SAFETY: this CPU runs `isa` (asserted by `sgemm`). The panels hold

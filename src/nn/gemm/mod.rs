@@ -4,6 +4,8 @@
 //! convolutions share it so that a model trains the same bits on every x86 CPU and thread
 //! count, which a team cache filed by content needs.
 
+pub use blocked::{Lhs, PackedA};
+
 /// A matrix in a host buffer: row-major `[rows, cols]`, or with `transposed` the transpose
 /// of a row-major `[cols, rows]` buffer (a free view, as the backward pass needs).
 #[derive(Debug, Clone, Copy)]
@@ -78,9 +80,21 @@ pub fn gemm(a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
     gemm_on(a, b, c, accumulate, rayon::current_num_threads());
 }
 
-fn gemm_on(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
-    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
-    assert_eq!(c.len(), a.rows * b.cols, "gemm: output size");
+/// [`gemm`] on the calling thread alone (the same bits), with `a` a matrix or packed
+/// beforehand ([`PackedA`]): for callers that already run one task per thread, whose data
+/// stays in that core's cache.
+pub fn gemm_here<'a>(a: impl Into<Lhs<'a>>, b: Mat, c: &mut [f32], accumulate: bool) {
+    gemm_on(a, b, c, accumulate, 1);
+}
+
+fn gemm_on<'a>(a: impl Into<Lhs<'a>>, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
+    let a = a.into();
+    let (rows, cols) = match a {
+        Lhs::Mat(a) => (a.rows, a.cols),
+        Lhs::Packed(a) => a.shape(),
+    };
+    assert_eq!(cols, b.rows, "gemm: inner dimensions differ");
+    assert_eq!(c.len(), rows * b.cols, "gemm: output size");
     blocked::sgemm_on(a, b, c, accumulate, blocked::Isa::detect(), threads);
 }
 
@@ -150,7 +164,7 @@ mod tests {
 
     /// Every host matrix product the CPU paths take (the micro-kernel this CPU selects)
     /// against a naive loop: edge tiles, transposed operands, several KC, MC and NC blocks,
-    /// accumulation, products split over the pool.
+    /// accumulation, products split over the pool, left operands packed beforehand.
     #[test]
     fn host_gemm_matches_a_naive_product() {
         let cpu = Cpu::default();
@@ -184,6 +198,16 @@ mod tests {
                 let mut runs: Vec<(&str, Vec<f32>)> = Vec::new();
                 let mut c = c0.clone();
                 gemm(a, b, &mut c, acc);
+                // A left operand packed beforehand, on one thread: the same bits.
+                let mut packed = c0.clone();
+                gemm_here(&PackedA::new(a), b, &mut packed, acc);
+                assert!(
+                    packed
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .eq(c.iter().map(|v| v.to_bits())),
+                    "packed beforehand differs at {m}×{k}×{n} ta={ta} tb={tb} acc={acc}"
+                );
                 runs.push(("dispatched", c));
                 let mut c = c0.clone();
                 dfdx_gemm(&cpu, a, b, &mut c, acc);

@@ -18,6 +18,8 @@ pub(super) enum Method {
     Direct,
     /// Winograd's F(2×2, 3×3) for wide 3×3 stride-1 layers ([`winograd`]).
     Winograd,
+    /// The same, band by band on each core, for narrower layers ([`winograd::banded`]).
+    WinogradBanded,
     /// Products over the taps that land inside a small map ([`pairs`]).
     Pairs,
 }
@@ -26,6 +28,8 @@ impl Method {
     pub(super) fn of(g: &ConvGeom) -> Method {
         if winograd::applies(g) {
             Method::Winograd
+        } else if winograd::banded::applies(g) {
+            Method::WinogradBanded
         } else if pairs::applies(g) {
             Method::Pairs
         } else {
@@ -92,6 +96,10 @@ where
             let (out, saved) = winograd::forward(xs, ws, bs, &g);
             (out, Saved::Winograd(saved))
         }
+        Method::WinogradBanded => {
+            let (out, saved) = winograd::banded::forward(xs, ws, bs, &g);
+            (out, Saved::WinogradBanded(saved))
+        }
         Method::Pairs => {
             let (out, saved) = pairs::forward(xs, ws, bs, &g);
             (out, Saved::Pairs(saved))
@@ -123,6 +131,9 @@ where
             };
             match &saved {
                 Saved::Winograd(saved) => winograd::backward(xs, saved, &gout, &g, &mut gw, gx),
+                Saved::WinogradBanded(saved) => {
+                    winograd::banded::backward(xs, saved, &gout, &g, &mut gw, gx)
+                }
                 Saved::Pairs(saved) => pairs::backward(saved, &gout, &g, &mut gw, gx),
                 Saved::Direct => {}
             }
@@ -286,6 +297,7 @@ fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> 
 enum Saved {
     Direct,
     Winograd(winograd::Saved),
+    WinogradBanded(winograd::Saved),
     Pairs(pairs::Saved),
 }
 

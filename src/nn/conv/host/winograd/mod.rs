@@ -1,6 +1,6 @@
 //! Winograd's minimal filtering F(2×2, 3×3) (Lavin and Gray, "Fast Algorithms for
 //! Convolutional Neural Networks", 2016) for the CPU path's wide 3×3, stride-1 convolutions
-//! (see [`applies_to`]: in VGG-16's 32×32 form, the six layers from 128→256 at 8×8 to
+//! (see [`applies`]: in VGG-16's 32×32 form, the six layers from 128→256 at 8×8 to
 //! 512→512 at 4×4). Each 2×2 block of outputs ("tile") reads a 4×4 block of input; in the
 //! transformed domain the convolution is an element-wise product per position of the 4×4
 //! block, summed over channels: sixteen matrix products `[O, C] · [C, tiles]`, with 16
@@ -29,6 +29,8 @@ use super::{add_into, by_row, tap_major};
 use crate::nn::gemm::{gemm, Mat};
 use rayon::prelude::*;
 
+pub(super) mod banded;
+
 /// Positions of a transformed 4×4 block.
 const POS: usize = 16;
 
@@ -49,31 +51,117 @@ const MIN_OUTPUT_SIDE: usize = 3;
 /// Floats of one transformed-domain buffer per chunk of samples: 16 MiB.
 const CHUNK_BUDGET: usize = 1 << 22;
 
-/// Whether the convolution `g` takes this path (see [`applies_to`]).
+/// Whether the convolution `g` takes the whole-batch path: a 3×3 stride-1 layer with outputs
+/// of 3×3 or more and `C·O/(C + O)` of at least [`MIN_MACS_PER_VALUE`]. The choice depends
+/// on the layer's shape alone, not on the batch, so a sample's output does not depend on its
+/// batch's size.
 pub(super) fn applies(g: &ConvGeom) -> bool {
-    applies_to(g.c, g.o, (g.kh, g.kw), g.stride, (g.ho, g.wo))
+    fits(g, MIN_MACS_PER_VALUE)
 }
 
-/// Whether a convolution of `c` to `o` channels with this kernel and stride, giving outputs of
-/// `out` rows and columns, takes this path. The choice depends on the layer's shape alone,
-/// not on the batch, so a sample's output does not depend on its batch's size.
-pub(crate) fn applies_to(
-    c: usize,
-    o: usize,
-    kernel: (usize, usize),
-    stride: usize,
-    out: (usize, usize),
-) -> bool {
-    kernel == (3, 3)
-        && stride == 1
-        && c * o >= MIN_MACS_PER_VALUE * (c + o)
-        && out.0 >= MIN_OUTPUT_SIDE
-        && out.1 >= MIN_OUTPUT_SIDE
+/// A 3×3 stride-1 layer with outputs of at least [`MIN_OUTPUT_SIDE`] on each side whose
+/// `C·O/(C + O)` is at least `min_macs`.
+fn fits(g: &ConvGeom, min_macs: usize) -> bool {
+    (g.kh, g.kw) == (3, 3)
+        && g.stride == 1
+        && g.c * g.o >= min_macs * (g.c + g.o)
+        && g.ho >= MIN_OUTPUT_SIDE
+        && g.wo >= MIN_OUTPUT_SIDE
 }
 
 /// Tile counts of one sample: rows, columns.
 fn tiles(g: &ConvGeom) -> (usize, usize) {
     (g.ho.div_ceil(2), g.wo.div_ceil(2))
+}
+
+/// The tiles a transform covers: tile rows `rows` (of [`tiles`]' rows) of every sample, each
+/// row `tw` tiles wide. The whole-batch path takes every row; the banded path ([`banded`])
+/// bands of a few rows, so that a band's transformed data stays in a core's cache.
+#[derive(Debug, Clone)]
+struct Grid {
+    rows: std::ops::Range<usize>,
+    tw: usize,
+}
+
+impl Grid {
+    fn whole(g: &ConvGeom) -> Grid {
+        let (th, tw) = tiles(g);
+        Grid { rows: 0..th, tw }
+    }
+
+    /// Tiles of one sample in the grid.
+    fn tiles(&self) -> usize {
+        self.rows.len() * self.tw
+    }
+
+    /// Rows and columns of the zero-bordered input the grid's tiles read: each tile's 4×4
+    /// block starts two rows below the previous row's.
+    fn padded(&self) -> (usize, usize) {
+        (2 * self.rows.len() + 2, 2 * self.tw + 2)
+    }
+
+    /// The row of the zero-bordered input that holds input row `y`, if the grid reads it.
+    fn padded_row(&self, g: &ConvGeom, y: usize) -> Option<usize> {
+        let row = (y + g.pad).checked_sub(2 * self.rows.start)?;
+        (row < self.padded().0).then_some(row)
+    }
+
+    /// Where each tile's four outputs sit in an output plane, output by output (`2·dy + dx`)
+    /// and tile by tile; `usize::MAX` past the plane's edge (odd output sizes end in partial
+    /// tiles).
+    fn output_places(&self, g: &ConvGeom) -> Vec<usize> {
+        let place = |i: usize, t: usize| {
+            let oy = 2 * (self.rows.start + t / self.tw) + i / 2;
+            let ox = 2 * (t % self.tw) + i % 2;
+            if oy < g.ho && ox < g.wo {
+                oy * g.wo + ox
+            } else {
+                usize::MAX
+            }
+        };
+        (0..4)
+            .flat_map(|i| (0..self.tiles()).map(move |t| place(i, t)))
+            .collect()
+    }
+}
+
+/// Where a transform's channels (or filters) run: over the pool, or one after another on the
+/// calling thread (the banded path, whose tasks already take one thread each).
+#[derive(Debug, Clone, Copy)]
+enum Threads {
+    Pool,
+    Here,
+}
+
+/// Buffers a transform reuses from channel to channel (each task's own).
+type Scratch = [Vec<f32>; 3];
+
+/// `f(scratch, i, item)` for every item, over the pool or on this thread.
+fn each<T: Send>(
+    items: Vec<T>,
+    threads: Threads,
+    f: impl Fn(&mut Scratch, usize, T) + Sync + Send,
+) {
+    match threads {
+        Threads::Pool => items
+            .into_par_iter()
+            .enumerate()
+            .for_each_init(Scratch::default, |s, (i, t)| f(s, i, t)),
+        Threads::Here => {
+            let mut s = Scratch::default();
+            for (i, t) in items.into_iter().enumerate() {
+                f(&mut s, i, t);
+            }
+        }
+    }
+}
+
+/// The first `len` floats of a reused buffer (grown with zeros when short).
+fn at_least(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 /// Samples per chunk: the largest count whose transformed input and output fit the budget.
@@ -224,37 +312,52 @@ fn kernel_adjoint(du: &[f32], g: &ConvGeom, gw: &mut [f32]) {
 
 /// `V = Bᵀ d B` of every tile of the `ns` samples in `xs` (`[ns, C, H, W]`), written over
 /// `v` as `[16, C, ns·tiles]`. Channel by channel: each plane is copied into a zero-bordered
-/// buffer (padding reads as zero), the 16 entries of every tile's 4×4 block are gathered into
-/// 16 runs over the chunk's tiles, and the transform is element-wise over those runs.
-fn input_transform(xs: &[f32], g: &ConvGeom, ns: usize, v: &mut Vec<f32>) {
-    let (th, tw) = tiles(g);
-    let (hw, tiles) = (g.h * g.w, th * tw);
+/// buffer (padding reads as zero) whose rows hold their even columns, then their odd ones,
+/// so that each of a tile row's 16 entries is one run of `tw` floats (tiles start every
+/// second column); those runs are gathered into 16 runs over the chunk's tiles, and the
+/// transform is element-wise over those runs.
+fn input_transform(
+    xs: &[f32],
+    g: &ConvGeom,
+    ns: usize,
+    grid: &Grid,
+    threads: Threads,
+    v: &mut Vec<f32>,
+) {
+    let (hw, tiles, tw) = (g.h * g.w, grid.tiles(), grid.tw);
     let t_len = ns * tiles;
-    let (hp, wp) = (2 * th + 2, 2 * tw + 2);
-    // Where each tile's 16 entries sit in the zero-bordered plane, position by position.
-    let at: Vec<usize> = (0..POS)
-        .flat_map(|i| (0..tiles).map(move |t| (2 * (t / tw) + i / 4) * wp + 2 * (t % tw) + i % 4))
-        .collect();
+    let (hp, wp) = grid.padded();
+    let half = wp / 2;
     v.resize(POS * g.c * t_len, 0.0);
-    by_row(v, g.c, t_len)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(c, mut rows)| {
-            // The border is never written, so it stays zero from plane to plane.
-            let mut pad = vec![0.0f32; hp * wp];
-            let mut d = vec![0.0f32; POS * t_len];
+    each(
+        by_row(v, g.c, t_len),
+        threads,
+        |[pad, d, e], c, mut rows| {
+            // The border is never written, so it stays zero from plane to plane (every plane
+            // of this call has the same border).
+            let pad = at_least(pad, hp * wp);
+            let d = at_least(d, POS * t_len);
             for j in 0..ns {
                 let plane = &xs[(j * g.c + c) * hw..][..hw];
                 for (y, src) in plane.chunks_exact(g.w).enumerate() {
-                    pad[(y + g.pad) * wp + g.pad..][..g.w].copy_from_slice(src);
+                    if let Some(py) = grid.padded_row(g, y) {
+                        let row = &mut pad[py * wp..][..wp];
+                        for (x, &v) in src.iter().enumerate() {
+                            let col = x + g.pad;
+                            row[col % 2 * half + col / 2] = v;
+                        }
+                    }
                 }
-                for (i, at) in at.chunks_exact(tiles).enumerate() {
+                for i in 0..POS {
+                    let (r, s) = (i / 4, i % 4);
                     let dst = &mut d[i * t_len + j * tiles..][..tiles];
-                    dst.iter_mut().zip(at).for_each(|(d, &k)| *d = pad[k]);
+                    for (ti, dst) in dst.chunks_exact_mut(tw).enumerate() {
+                        dst.copy_from_slice(&pad[(2 * ti + r) * wp + s % 2 * half + s / 2..][..tw]);
+                    }
                 }
             }
             // Bᵀ down the columns: column x of the blocks gives e[x], e[4 + x], ...
-            let mut e = vec![0.0f32; POS * t_len];
+            let e = at_least(e, POS * t_len);
             for x in 0..4 {
                 let col = |r: usize| &d[(4 * r + x) * t_len..][..t_len];
                 let dst = pick(e.chunks_exact_mut(t_len), x, 4);
@@ -266,81 +369,74 @@ fn input_transform(xs: &[f32], g: &ConvGeom, ns: usize, v: &mut Vec<f32>) {
                 let dst = pick(positions(&mut rows), 4 * r, 1);
                 map([row(0), row(1), row(2), row(3)], dst, b_rows);
             }
-        });
+        },
+    );
 }
 
 /// `y = Aᵀ M A + bias` of every tile: the chunk's output `[ns, O, Ho, Wo]` from
 /// `M [16, O, ns·tiles]`. Filter by filter, over all the chunk's tiles at once (each step one
 /// element-wise pass over `ns·tiles` values), then each tile's 2×2 outputs to their places.
-fn output_transform(m: &[f32], g: &ConvGeom, bs: &[f32], out: &mut [f32]) {
-    let (th, tw) = tiles(g);
-    let (p, tiles) = (g.p(), th * tw);
+fn output_transform(
+    m: &[f32],
+    g: &ConvGeom,
+    grid: &Grid,
+    threads: Threads,
+    bs: &[f32],
+    out: &mut [f32],
+) {
+    let (p, tiles) = (g.p(), grid.tiles());
     let t_len = out.len() / (g.o * p) * tiles;
-    let places = output_places(g);
-    by_row(out, g.o, p)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(o, planes)| {
-            let at = |pos: usize| &m[(pos * g.o + o) * t_len..][..t_len];
-            // Aᵀ down the columns: column s gives rows q[s] (top) and q[4 + s] (bottom).
-            let mut q = vec![0.0f32; 8 * t_len];
-            for s in 0..4 {
-                let dst = runs(&mut q[2 * s * t_len..], t_len);
-                map([at(s), at(4 + s), at(8 + s), at(12 + s)], dst, a_rows);
-            }
-            // Then along the rows: y[2·dy + dx] for the tile's output (dy, dx).
-            let mut y = vec![0.0f32; 4 * t_len];
-            for dy in 0..2 {
-                let col = |s: usize| &q[(2 * s + dy) * t_len..][..t_len];
-                let dst = runs(&mut y[2 * dy * t_len..], t_len);
-                map([col(0), col(1), col(2), col(3)], dst, a_rows);
-            }
-            let b = bs[o];
-            for (j, plane) in planes.into_iter().enumerate() {
-                for (i, at) in places.chunks_exact(tiles).enumerate() {
-                    let ys = &y[i * t_len + j * tiles..][..tiles];
-                    for (&k, v) in at.iter().zip(ys) {
-                        if let Some(d) = plane.get_mut(k) {
-                            *d = v + b;
-                        }
+    let places = grid.output_places(g);
+    each(by_row(out, g.o, p), threads, |[q, y, _], o, planes| {
+        let at = |pos: usize| &m[(pos * g.o + o) * t_len..][..t_len];
+        // Aᵀ down the columns: column s gives rows q[s] (top) and q[4 + s] (bottom).
+        let q = at_least(q, 8 * t_len);
+        for s in 0..4 {
+            let dst = runs(&mut q[2 * s * t_len..], t_len);
+            map([at(s), at(4 + s), at(8 + s), at(12 + s)], dst, a_rows);
+        }
+        // Then along the rows: y[2·dy + dx] for the tile's output (dy, dx).
+        let y = at_least(y, 4 * t_len);
+        for dy in 0..2 {
+            let col = |s: usize| &q[(2 * s + dy) * t_len..][..t_len];
+            let dst = runs(&mut y[2 * dy * t_len..], t_len);
+            map([col(0), col(1), col(2), col(3)], dst, a_rows);
+        }
+        let b = bs[o];
+        for (j, plane) in planes.into_iter().enumerate() {
+            for (i, at) in places.chunks_exact(tiles).enumerate() {
+                let ys = &y[i * t_len + j * tiles..][..tiles];
+                for (&k, v) in at.iter().zip(ys) {
+                    if let Some(d) = plane.get_mut(k) {
+                        *d = v + b;
                     }
                 }
             }
-        });
-}
-
-/// Where each tile's four outputs sit in an output plane, output by output (`2·dy + dx`) and
-/// tile by tile; `usize::MAX` past the plane's edge (odd output sizes end in partial tiles).
-fn output_places(g: &ConvGeom) -> Vec<usize> {
-    let (th, tw) = tiles(g);
-    let place = |i: usize, t: usize| {
-        let (oy, ox) = (2 * (t / tw) + i / 2, 2 * (t % tw) + i % 2);
-        if oy < g.ho && ox < g.wo {
-            oy * g.wo + ox
-        } else {
-            usize::MAX
         }
-    };
-    (0..4)
-        .flat_map(|i| (0..th * tw).map(move |t| place(i, t)))
-        .collect()
+    });
 }
 
 /// `∂M = A ∂Y Aᵀ` of every tile, written over `dm` as `[16, O, ns·tiles]`, from the chunk's
 /// output gradient `[ns, O, Ho, Wo]` (zero beyond the output's edge). Filter by filter: each
 /// tile's 2×2 gradients gathered into four runs over the chunk's tiles, then element-wise.
-fn output_adjoint(gout: &[f32], g: &ConvGeom, ns: usize, dm: &mut Vec<f32>) {
-    let (th, tw) = tiles(g);
-    let (p, tiles) = (g.p(), th * tw);
+fn output_adjoint(
+    gout: &[f32],
+    g: &ConvGeom,
+    ns: usize,
+    grid: &Grid,
+    threads: Threads,
+    dm: &mut Vec<f32>,
+) {
+    let (p, tiles) = (g.p(), grid.tiles());
     let t_len = ns * tiles;
-    let at = output_places(g);
+    let at = grid.output_places(g);
     dm.resize(POS * g.o * t_len, 0.0);
-    by_row(dm, g.o, t_len)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(o, mut rows)| {
-            // dy[2·dy + dx] over the tiles (zero past the edge, as the buffer starts).
-            let mut dys = vec![0.0f32; 4 * t_len];
+    each(
+        by_row(dm, g.o, t_len),
+        threads,
+        |[dys, q, _], o, mut rows| {
+            // dy[2·dy + dx] over the tiles (zero past the edge).
+            let dys = at_least(dys, 4 * t_len);
             for j in 0..ns {
                 let plane = &gout[(j * g.o + o) * p..][..p];
                 for (i, at) in at.chunks_exact(tiles).enumerate() {
@@ -351,7 +447,7 @@ fn output_adjoint(gout: &[f32], g: &ConvGeom, ns: usize, dm: &mut Vec<f32>) {
                 }
             }
             // A along the rows: the top pair gives q[0..4], the bottom pair q[4..8].
-            let mut q = vec![0.0f32; 8 * t_len];
+            let q = at_least(q, 8 * t_len);
             for dy in 0..2 {
                 let pair = |i: usize| &dys[(2 * dy + i) * t_len..][..t_len];
                 map(
@@ -365,54 +461,60 @@ fn output_adjoint(gout: &[f32], g: &ConvGeom, ns: usize, dm: &mut Vec<f32>) {
                 let (top, bottom) = (&q[s * t_len..][..t_len], &q[(4 + s) * t_len..][..t_len]);
                 map([top, bottom], pick(positions(&mut rows), s, 4), a_adjoint);
             }
-        });
+        },
+    );
 }
 
 /// `∂d += B ∂V Bᵀ` of every tile, added onto the chunk's input gradient `gx`
 /// (`[ns, C, H, W]`) from `∂V [16, C, ns·tiles]`. Channel by channel: the blocks of all the
 /// chunk's tiles element-wise, then each sample's plane sums its tiles' overlapping blocks in
 /// a padded buffer, tile by tile in order, and adds the buffer's interior.
-fn input_adjoint(dv: &[f32], g: &ConvGeom, gx: &mut [f32]) {
-    let (th, tw) = tiles(g);
-    let (hw, tiles) = (g.h * g.w, th * tw);
+fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &mut [f32]) {
+    let (hw, tiles, tw) = (g.h * g.w, grid.tiles(), grid.tw);
     let t_len = gx.len() / (g.c * hw) * tiles;
-    let wp = 2 * tw + 2;
-    let hp = 2 * th + 2;
-    by_row(gx, g.c, hw)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(c, planes)| {
-            let at = |pos: usize| &dv[(pos * g.c + c) * t_len..][..t_len];
-            // Along the rows: row r of ∂V gives e[4r..4r+4].
-            let mut e = vec![0.0f32; POS * t_len];
-            for r in 0..4 {
-                let src = [at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3)];
-                map(src, runs(&mut e[4 * r * t_len..], t_len), b_adjoint);
+    let (hp, wp) = grid.padded();
+    each(by_row(gx, g.c, hw), threads, |[e, d, acc], c, planes| {
+        let at = |pos: usize| &dv[(pos * g.c + c) * t_len..][..t_len];
+        // Along the rows: row r of ∂V gives e[4r..4r+4].
+        let e = at_least(e, POS * t_len);
+        for r in 0..4 {
+            let src = [at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3)];
+            map(src, runs(&mut e[4 * r * t_len..], t_len), b_adjoint);
+        }
+        // Down the columns: column x of e gives d[x], d[4 + x], d[8 + x], d[12 + x].
+        let d = at_least(d, POS * t_len);
+        for x in 0..4 {
+            let col = |r: usize| &e[(4 * r + x) * t_len..][..t_len];
+            let dst = pick(d.chunks_exact_mut(t_len), x, 4);
+            map([col(0), col(1), col(2), col(3)], dst, b_adjoint);
+        }
+        // The blocks summed into a zero-bordered buffer whose rows hold their even columns,
+        // then their odd ones (as the input transform's), so that one entry of a tile row's
+        // blocks is one run of `tw` floats. Every element takes its tiles' terms in tile
+        // order: within a tile row, a column's term from the tile to its left (entries 2
+        // and 3 of a block's row) comes before the one from the tile it starts (0 and 1).
+        let acc = at_least(acc, hp * wp);
+        let half = wp / 2;
+        for (j, plane) in planes.into_iter().enumerate() {
+            acc.fill(0.0);
+            for ti in 0..grid.rows.len() {
+                for (r, s) in (0..4).flat_map(|r| [2, 3, 0, 1].map(|s| (r, s))) {
+                    let src = &d[(4 * r + s) * t_len + j * tiles + ti * tw..][..tw];
+                    let dst = &mut acc[(2 * ti + r) * wp + s % 2 * half + s / 2..][..tw];
+                    add_into(dst, src);
+                }
             }
-            // Down the columns: column x of e gives d[x], d[4 + x], d[8 + x], d[12 + x].
-            let mut d = vec![0.0f32; POS * t_len];
-            for x in 0..4 {
-                let col = |r: usize| &e[(4 * r + x) * t_len..][..t_len];
-                let dst = pick(d.chunks_exact_mut(t_len), x, 4);
-                map([col(0), col(1), col(2), col(3)], dst, b_adjoint);
-            }
-            let mut acc = vec![0.0f32; hp * wp];
-            for (j, plane) in planes.into_iter().enumerate() {
-                acc.fill(0.0);
-                for ti in 0..th {
-                    for tj in 0..tw {
-                        let t = j * tiles + ti * tw + tj;
-                        let base = 2 * ti * wp + 2 * tj;
-                        for i in 0..POS {
-                            acc[base + i / 4 * wp + i % 4] += d[i * t_len + t];
-                        }
+            for (y, dst) in plane.chunks_exact_mut(g.w).enumerate() {
+                if let Some(py) = grid.padded_row(g, y) {
+                    let row = &acc[py * wp..][..wp];
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        let col = x + g.pad;
+                        *d += row[col % 2 * half + col / 2];
                     }
                 }
-                for (y, dst) in plane.chunks_exact_mut(g.w).enumerate() {
-                    add_into(dst, &acc[(y + g.pad) * wp + g.pad..][..g.w]);
-                }
             }
-        });
+        }
+    });
 }
 
 /// What the forward pass keeps for the backward pass: the transformed kernel `U` (the weight
@@ -430,20 +532,21 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<
     let (th, tw) = tiles(g);
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let u = kernel_transform(ws, g);
+    let whole = Grid::whole(g);
     let (mut v, mut m) = (Vec::new(), Vec::new());
     let mut out = vec![0.0; g.n * op];
     let ns = chunk(g);
     for (out, xs) in out.chunks_mut(ns * op).zip(xs.chunks(ns * chw)) {
         let ns = xs.len() / chw;
         let t_len = ns * th * tw;
-        input_transform(xs, g, ns, &mut v);
+        input_transform(xs, g, ns, &whole, Threads::Pool, &mut v);
         m.resize(POS * g.o * t_len, 0.0);
         for pos in 0..POS {
             let a = Mat::new(&u[pos * g.o * g.c..][..g.o * g.c], g.o, g.c);
             let b = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
             gemm(a, b, &mut m[pos * g.o * t_len..][..g.o * t_len], false);
         }
-        output_transform(&m, g, bs, out);
+        output_transform(&m, g, &whole, Threads::Pool, bs, out);
     }
     let v = (ns >= g.n).then_some(v);
     (out, Saved { u, v })
@@ -465,6 +568,7 @@ pub(super) fn backward(
     let (oc, ns) = (g.o * g.c, chunk(g));
     let mut du = vec![0.0; POS * oc];
     let u = &saved.u;
+    let whole = Grid::whole(g);
     let (mut v_here, mut dm, mut dv) = (Vec::new(), Vec::new(), Vec::new());
     for (ci, (xs, gout)) in xs.chunks(ns * chw).zip(gout.chunks(ns * op)).enumerate() {
         let ns_here = xs.len() / chw;
@@ -472,11 +576,11 @@ pub(super) fn backward(
         let v = match &saved.v {
             Some(v) => v,
             None => {
-                input_transform(xs, g, ns_here, &mut v_here);
+                input_transform(xs, g, ns_here, &whole, Threads::Pool, &mut v_here);
                 &v_here
             }
         };
-        output_adjoint(gout, g, ns_here, &mut dm);
+        output_adjoint(gout, g, ns_here, &whole, Threads::Pool, &mut dm);
         for pos in 0..POS {
             let dmp = Mat::new(&dm[pos * g.o * t_len..][..g.o * t_len], g.o, t_len);
             let vp = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
@@ -497,7 +601,13 @@ pub(super) fn backward(
                 false,
             );
         }
-        input_adjoint(&dv, g, &mut gx[ci * ns * chw..][..ns_here * chw]);
+        input_adjoint(
+            &dv,
+            g,
+            &whole,
+            Threads::Pool,
+            &mut gx[ci * ns * chw..][..ns_here * chw],
+        );
     }
     kernel_adjoint(&du, g, gw);
 }
