@@ -310,6 +310,17 @@ fn kernel_adjoint(du: &[f32], g: &ConvGeom, gw: &mut [f32]) {
         });
 }
 
+/// Where a plane row's columns go in a padded row split into its even columns, then its odd
+/// ones (`half` each): for both parities, the plane row's first column `x0` whose padded
+/// column (`x0 + pad`) has that parity, and where its run starts in the split row; the run
+/// then takes every second column from `x0`.
+fn split_columns(pad: usize, half: usize) -> [(usize, usize); 2] {
+    [0, 1].map(|parity| {
+        let x0 = (parity + pad) % 2;
+        (x0, parity * half + (x0 + pad) / 2)
+    })
+}
+
 /// `V = Bᵀ d B` of every tile of the `ns` samples in `xs` (`[ns, C, H, W]`), written over
 /// `v` as `[16, C, ns·tiles]`. Channel by channel: each plane is copied into a zero-bordered
 /// buffer (padding reads as zero) whose rows hold their even columns, then their odd ones,
@@ -342,9 +353,10 @@ fn input_transform(
                 for (y, src) in plane.chunks_exact(g.w).enumerate() {
                     if let Some(py) = grid.padded_row(g, y) {
                         let row = &mut pad[py * wp..][..wp];
-                        for (x, &v) in src.iter().enumerate() {
-                            let col = x + g.pad;
-                            row[col % 2 * half + col / 2] = v;
+                        for (x0, run) in split_columns(g.pad, half) {
+                            let dst = row[run..].iter_mut();
+                            dst.zip(src[x0..].iter().step_by(2))
+                                .for_each(|(d, v)| *d = *v);
                         }
                     }
                 }
@@ -507,9 +519,9 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &m
             for (y, dst) in plane.chunks_exact_mut(g.w).enumerate() {
                 if let Some(py) = grid.padded_row(g, y) {
                     let row = &acc[py * wp..][..wp];
-                    for (x, d) in dst.iter_mut().enumerate() {
-                        let col = x + g.pad;
-                        *d += row[col % 2 * half + col / 2];
+                    for (x0, run) in split_columns(g.pad, half) {
+                        let dst = dst[x0..].iter_mut().step_by(2);
+                        dst.zip(&row[run..]).for_each(|(d, v)| *d += v);
                     }
                 }
             }
