@@ -110,7 +110,8 @@ impl<'a> From<&'a PackedA> for Lhs<'a> {
 }
 
 impl Lhs<'_> {
-    fn shape(&self) -> (usize, usize) {
+    /// Rows and columns of the matrix.
+    pub fn shape(&self) -> (usize, usize) {
         match self {
             Lhs::Mat(a) => (a.rows, a.cols),
             Lhs::Packed(a) => a.shape(),

@@ -89,10 +89,7 @@ pub fn gemm_here<'a>(a: impl Into<Lhs<'a>>, b: Mat, c: &mut [f32], accumulate: b
 
 fn gemm_on<'a>(a: impl Into<Lhs<'a>>, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
     let a = a.into();
-    let (rows, cols) = match a {
-        Lhs::Mat(a) => (a.rows, a.cols),
-        Lhs::Packed(a) => a.shape(),
-    };
+    let (rows, cols) = a.shape();
     assert_eq!(cols, b.rows, "gemm: inner dimensions differ");
     assert_eq!(c.len(), rows * b.cols, "gemm: output size");
     blocked::sgemm_on(a, b, c, accumulate, blocked::Isa::detect(), threads);

@@ -94,17 +94,17 @@ where
     let (out, saved) = match Method::of(&g) {
         Method::Winograd => {
             let (out, saved) = winograd::forward(xs, ws, bs, &g);
-            (out, Saved::Winograd(saved))
+            (out, Some(Saved::Winograd(saved)))
         }
         Method::WinogradBanded => {
             let (out, saved) = winograd::banded::forward(xs, ws, bs, &g);
-            (out, Saved::WinogradBanded(saved))
+            (out, Some(Saved::WinogradBanded(saved)))
         }
         Method::Pairs => {
             let (out, saved) = pairs::forward(xs, ws, bs, &g);
-            (out, Saved::Pairs(saved))
+            (out, Some(Saved::Pairs(saved)))
         }
-        Method::Direct => (direct_forward(xs, ws, bs, &g), Saved::Direct),
+        Method::Direct => (direct_forward(xs, ws, bs, &g), None),
     };
     let out: Tensor4<D> = dev.tensor_from_vec(out, (g.n, o, g.ho, g.wo));
 
@@ -122,20 +122,19 @@ where
             add_row_sums(planes, p, gb);
         }
         // The transforms' and the pairs' own backward passes; the direct one follows.
-        if !matches!(saved, Saved::Direct) {
+        if let Some(saved) = &saved {
             // Taken out (and put back) so that the input gradient can be borrowed meanwhile.
             let mut gw = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&w_id)?));
             let gx = match need_x {
                 true => Some(host_vec::<D>(grads.get_or_alloc_mut(&x_id)?).as_mut_slice()),
                 false => None,
             };
-            match &saved {
+            match saved {
                 Saved::Winograd(saved) => winograd::backward(xs, saved, &gout, &g, &mut gw, gx),
                 Saved::WinogradBanded(saved) => {
                     winograd::banded::backward(xs, saved, &gout, &g, &mut gw, gx)
                 }
                 Saved::Pairs(saved) => pairs::backward(saved, &gout, &g, &mut gw, gx),
-                Saved::Direct => {}
             }
             *host_vec::<D>(grads.get_or_alloc_mut(&w_id)?) = gw;
             *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;
@@ -293,9 +292,9 @@ fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> 
     out
 }
 
-/// What a forward pass keeps for its backward pass, by [`Method`].
+/// What a forward pass other than the direct one keeps for its backward pass, by [`Method`]
+/// (the direct path keeps nothing: it rebuilds its columns).
 enum Saved {
-    Direct,
     Winograd(winograd::Saved),
     WinogradBanded(winograd::Saved),
     Pairs(pairs::Saved),
