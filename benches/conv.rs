@@ -21,7 +21,8 @@
 //! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`). `-- profile` runs
 //! twenty VGG-16 steps alone, for `perf record` (`-- profile-small`: the small CNN);
 //! `-- layers` times each of VGG-16's thirteen convolutions alone, forward and backward, which
-//! is how the Winograd path's thresholds were chosen.
+//! is how the Winograd path's thresholds were chosen (`CFPIPE_BENCH_LAYER="512->512 at  4"`
+//! times only the layers whose line contains the text).
 
 use cfpipe::nn::conv::{self, composed};
 use cfpipe::nn::tensor::Tensor4;
@@ -183,6 +184,11 @@ fn bench_vgg_layers(dev: &Cpu, size: usize, batch: usize, runs: usize) {
             hw /= 2;
             continue;
         };
+        let name = format!("conv {c:>3}->{o:>3} at {hw:>2}x{hw:<2}");
+        if !std::env::var("CFPIPE_BENCH_LAYER").map_or(true, |only| name.contains(&only)) {
+            c = o;
+            continue;
+        }
         let mut u = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
         let x: Tensor4<Cpu> = dev.tensor_from_vec(u(batch * c * hw * hw), (batch, c, hw, hw));
         let w: Tensor4<Cpu> = dev.tensor_from_vec(u(o * c * 9), (o, c, 3, 3));
@@ -193,7 +199,7 @@ fn bench_vgg_layers(dev: &Cpu, size: usize, batch: usize, runs: usize) {
                 .backward();
             std::hint::black_box(g);
         });
-        println!("conv {c:>3}->{o:>3} at {hw:>2}x{hw:<2}: {:.2} ms", t.wall);
+        println!("{name}: {:.2} ms ({:.2} ms CPU)", t.wall, t.cpu);
         total += t.wall;
         c = o;
     }

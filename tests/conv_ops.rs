@@ -716,13 +716,14 @@ fn deep_layer_matches_the_reference(xd: Dims, wd: Dims, s: usize, p: usize, seed
 /// 3×3 stride-1 layers wide enough (`C·O/(C+O)` ≥ 80) with outputs of 3×3 or more take the
 /// CPU path's Winograd transforms (F(2×2, 3×3)): odd output sizes end in partial tiles,
 /// paddings 0 to 2 move the tiles' reach past the edges, 260 filters end the products' row
-/// panels part way, and 26 samples of 16×16 make two chunks of unequal size (the weight
-/// gradient summed over both). Forward, input and weight gradients against the f64
-/// reference, on both paths.
+/// panels part way, 163 channels end the kernel transforms' blocks of eight channels part
+/// way, and 26 samples of 16×16 make two chunks of unequal size (the weight gradient summed
+/// over both). Forward, input and weight gradients against the f64 reference, on both paths.
 #[test]
 fn winograd_layers_match_the_reference() {
     layers_match_the_reference(&[
         ((2, 160, 5, 7), (160, 160, 3, 3), (1, 1), 11),
+        ((2, 163, 4, 5), (170, 163, 3, 3), (1, 1), 10),
         ((1, 128, 5, 6), (260, 128, 3, 3), (1, 0), 12),
         ((3, 160, 3, 4), (160, 160, 3, 3), (1, 2), 13),
         ((26, 160, 16, 16), (160, 160, 3, 3), (1, 1), 14),

@@ -25,8 +25,8 @@
 //! tile by tile longer still; docs/performance.md).
 
 use super::super::geom::ConvGeom;
-use super::{add_into, by_row, tap_major};
-use crate::nn::gemm::{gemm, Mat};
+use super::{add_channel_major, add_into, by_row, tap_major};
+use crate::nn::gemm::{gemm_here, Mat};
 use rayon::prelude::*;
 
 pub(super) mod banded;
@@ -178,13 +178,13 @@ fn kernel_transform(ws: &[f32], g: &ConvGeom) -> Vec<f32> {
     by_row(&mut u, g.o, g.c)
         .into_par_iter()
         .enumerate()
-        .for_each(|(o, mut rows)| {
-            let mut taps = vec![0.0f32; 9 * g.c];
+        .for_each_init(Scratch::default, |[taps, cols, _], (o, mut rows)| {
+            let taps = at_least(taps, 9 * g.c);
             let mut dst: Vec<&mut [f32]> = taps.chunks_exact_mut(g.c).collect();
             tap_major(&ws[o * g.c * 9..][..g.c * 9], &mut dst);
             let tap = |i: usize| &taps[i * g.c..][..g.c];
             // G down the columns: column x's three taps give four rows.
-            let mut cols = vec![0.0f32; 12 * g.c];
+            let cols = at_least(cols, 12 * g.c);
             for x in 0..3 {
                 let dst = runs(&mut cols[4 * x * g.c..], g.c);
                 map([tap(x), tap(3 + x), tap(6 + x)], dst, g_rows);
@@ -285,29 +285,26 @@ fn positions<'a, 'b: 'a>(
 /// `∂g += Gᵀ ∂U G` of every filter: the weight gradient `[O, C, 3, 3]` from `∂U [16, O, C]`.
 fn kernel_adjoint(du: &[f32], g: &ConvGeom, gw: &mut [f32]) {
     let oc = g.o * g.c;
-    gw.par_chunks_mut(g.c * 9)
-        .enumerate()
-        .for_each(|(o, filters)| {
+    gw.par_chunks_mut(g.c * 9).enumerate().for_each_init(
+        Scratch::default,
+        |[rows, taps, _], (o, filters)| {
             let at = |pos: usize| &du[pos * oc + o * g.c..][..g.c];
             // Gᵀ along the rows (positions 4r..4r+4 → three columns), then down the columns,
             // channel-wise; the taps come out tap-major.
-            let mut rows = vec![0.0f32; 12 * g.c];
+            let rows = at_least(rows, 12 * g.c);
             for r in 0..4 {
                 let src = [at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3)];
                 map(src, runs(&mut rows[3 * r * g.c..], g.c), g_adjoint);
             }
-            let mut taps = vec![0.0f32; 9 * g.c];
+            let taps = at_least(taps, 9 * g.c);
             for x in 0..3 {
                 let row = |r: usize| &rows[(3 * r + x) * g.c..][..g.c];
                 let dst = pick(taps.chunks_exact_mut(g.c), x, 3);
                 map([row(0), row(1), row(2), row(3)], dst, g_adjoint);
             }
-            for (i, k) in filters.chunks_exact_mut(9).enumerate() {
-                for (t, d) in k.iter_mut().enumerate() {
-                    *d += taps[t * g.c + i];
-                }
-            }
-        });
+            add_channel_major(taps, filters);
+        },
+    );
 }
 
 /// Where a plane row's columns go in a padded row split into its even columns, then its odd
@@ -319,6 +316,58 @@ fn split_columns(pad: usize, half: usize) -> [(usize, usize); 2] {
         let x0 = (parity + pad) % 2;
         (x0, parity * half + (x0 + pad) / 2)
     })
+}
+
+/// Runs of a buffer, one every `stride` floats from its start.
+struct Runs<B> {
+    buf: B,
+    stride: usize,
+}
+
+impl<B> Runs<B> {
+    fn new(buf: B, stride: usize) -> Self {
+        Runs { buf, stride }
+    }
+}
+
+/// `f(d, s)` for each element of the first `count` runs of `w` floats of `dst` and of
+/// `src`, pair by pair. A tile row's runs are a few floats (`w` is 2 on a 4×4 map, 4 on an
+/// 8×8 one), where a loop with a remainder, or a libc call per copy, costs more than the
+/// work: the common widths get a body of fixed size, a few vector instructions per run.
+#[inline(always)]
+fn zip_runs(
+    dst: Runs<&mut [f32]>,
+    src: Runs<&[f32]>,
+    count: usize,
+    w: usize,
+    f: impl Fn(&mut f32, f32),
+) {
+    match w {
+        2 => zip_fixed::<2>(dst, src, count, f),
+        4 => zip_fixed::<4>(dst, src, count, f),
+        _ => {
+            for i in 0..count {
+                let d = &mut dst.buf[i * dst.stride..][..w];
+                d.iter_mut()
+                    .zip(&src.buf[i * src.stride..][..w])
+                    .for_each(|(d, &v)| f(d, v));
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn zip_fixed<const W: usize>(
+    dst: Runs<&mut [f32]>,
+    src: Runs<&[f32]>,
+    count: usize,
+    f: impl Fn(&mut f32, f32),
+) {
+    for i in 0..count {
+        let d: &mut [f32; W] = (&mut dst.buf[i * dst.stride..][..W]).try_into().expect("W");
+        let s: &[f32; W] = src.buf[i * src.stride..][..W].try_into().expect("W");
+        d.iter_mut().zip(s).for_each(|(d, &v)| f(d, v));
+    }
 }
 
 /// `V = Bᵀ d B` of every tile of the `ns` samples in `xs` (`[ns, C, H, W]`), written over
@@ -362,10 +411,9 @@ fn input_transform(
                 }
                 for i in 0..POS {
                     let (r, s) = (i / 4, i % 4);
-                    let dst = &mut d[i * t_len + j * tiles..][..tiles];
-                    for (ti, dst) in dst.chunks_exact_mut(tw).enumerate() {
-                        dst.copy_from_slice(&pad[(2 * ti + r) * wp + s % 2 * half + s / 2..][..tw]);
-                    }
+                    let dst = Runs::new(&mut d[i * t_len + j * tiles..], tw);
+                    let src = Runs::new(&pad[r * wp + s % 2 * half + s / 2..], 2 * wp);
+                    zip_runs(dst, src, grid.rows.len(), tw, |d, v| *d = v);
                 }
             }
             // Bᵀ down the columns: column x of the blocks gives e[x], e[4 + x], ...
@@ -509,12 +557,17 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &m
         let half = wp / 2;
         for (j, plane) in planes.into_iter().enumerate() {
             acc.fill(0.0);
-            for ti in 0..grid.rows.len() {
-                for (r, s) in (0..4).flat_map(|r| [2, 3, 0, 1].map(|s| (r, s))) {
-                    let src = &d[(4 * r + s) * t_len + j * tiles + ti * tw..][..tw];
-                    let dst = &mut acc[(2 * ti + r) * wp + s % 2 * half + s / 2..][..tw];
-                    add_into(dst, src);
-                }
+            // Rows 2 and 3 of every tile row's blocks before rows 0 and 1, which overlap
+            // them (the tile row above's 2 and 3 come first), and in each row the entries
+            // from the tile to the left before the tile's own: the order above, element by
+            // element, in passes of whole tile columns.
+            for (r, s) in [2, 3, 0, 1]
+                .into_iter()
+                .flat_map(|r| [2, 3, 0, 1].map(|s| (r, s)))
+            {
+                let src = Runs::new(&d[(4 * r + s) * t_len + j * tiles..], tw);
+                let dst = Runs::new(&mut acc[r * wp + s % 2 * half + s / 2..], 2 * wp);
+                zip_runs(dst, src, grid.rows.len(), tw, |d, v| *d += v);
             }
             for (y, dst) in plane.chunks_exact_mut(g.w).enumerate() {
                 if let Some(py) = grid.padded_row(g, y) {
@@ -553,11 +606,16 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<
         let t_len = ns * th * tw;
         input_transform(xs, g, ns, &whole, Threads::Pool, &mut v);
         m.resize(POS * g.o * t_len, 0.0);
-        for pos in 0..POS {
-            let a = Mat::new(&u[pos * g.o * g.c..][..g.o * g.c], g.o, g.c);
-            let b = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
-            gemm(a, b, &mut m[pos * g.o * t_len..][..g.o * t_len], false);
-        }
+        // The sixteen products side by side, each on one thread (the same bits as one
+        // product over the pool): one wake of the pool where there were sixteen, and no
+        // operand packed once per thread.
+        m.par_chunks_mut(g.o * t_len)
+            .enumerate()
+            .for_each(|(pos, m)| {
+                let a = Mat::new(&u[pos * g.o * g.c..][..g.o * g.c], g.o, g.c);
+                let b = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
+                gemm_here(a, b, m, false);
+            });
         output_transform(&m, g, &whole, Threads::Pool, bs, out);
     }
     let v = (ns >= g.n).then_some(v);
@@ -593,26 +651,28 @@ pub(super) fn backward(
             }
         };
         output_adjoint(gout, g, ns_here, &whole, Threads::Pool, &mut dm);
-        for pos in 0..POS {
-            let dmp = Mat::new(&dm[pos * g.o * t_len..][..g.o * t_len], g.o, t_len);
-            let vp = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
-            // Chunk by chunk, in order: a fixed sum.
-            gemm(dmp, vp.t(), &mut du[pos * oc..][..oc], ci > 0);
-        }
+        dv.resize(gx.is_some() as usize * POS * g.c * t_len, 0.0);
+        let dvs: Vec<Option<&mut [f32]>> = match gx {
+            Some(_) => dv.chunks_mut(g.c * t_len).map(Some).collect(),
+            None => (0..POS).map(|_| None).collect(),
+        };
+        // Each position's two products on one thread, as in the forward pass.
+        du.par_chunks_mut(oc)
+            .zip(dvs)
+            .enumerate()
+            .for_each(|(pos, (du, dv))| {
+                let dmp = Mat::new(&dm[pos * g.o * t_len..][..g.o * t_len], g.o, t_len);
+                let vp = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
+                // Chunk by chunk, in order: a fixed sum.
+                gemm_here(dmp, vp.t(), du, ci > 0);
+                if let Some(dv) = dv {
+                    let up = Mat::new(&u[pos * oc..][..oc], g.o, g.c);
+                    gemm_here(up.t(), dmp, dv, false);
+                }
+            });
         let Some(gx) = gx.as_deref_mut() else {
             continue;
         };
-        dv.resize(POS * g.c * t_len, 0.0);
-        for pos in 0..POS {
-            let up = Mat::new(&u[pos * oc..][..oc], g.o, g.c);
-            let dmp = Mat::new(&dm[pos * g.o * t_len..][..g.o * t_len], g.o, t_len);
-            gemm(
-                up.t(),
-                dmp,
-                &mut dv[pos * g.c * t_len..][..g.c * t_len],
-                false,
-            );
-        }
         input_adjoint(
             &dv,
             g,
