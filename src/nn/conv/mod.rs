@@ -182,7 +182,8 @@ pub fn dropout_mask(len: usize, p: f32, seed: u64) -> Vec<f32> {
 /// CHANGELOG.md): absent (revision 1) until the blocked kernel became the only one and the
 /// batch split stopped depending on the thread count; 2 since. A model with a layer on the
 /// Winograd path is keyed [`WINOGRAD_KERNELS`] instead, one with a layer on the small-map
-/// path [`SMALL_MAP_KERNELS`] ([`kernel_revision`]).
+/// path [`SMALL_MAP_KERNELS`], one with a banded layer [`BANDED_WINOGRAD_KERNELS`] (the
+/// latest of its layers': [`kernel_revision`]).
 pub const CONV_KERNELS: u32 = 2;
 
 /// The revision of a model one of whose convolutions the CPU path computes with Winograd's
@@ -200,7 +201,8 @@ pub const SMALL_MAP_KERNELS: u32 = 4;
 pub const BANDED_WINOGRAD_KERNELS: u32 = 5;
 
 /// The conv kernels' revision a model is keyed under: the latest of its convolutions' paths'
-/// ([`CONV_KERNELS`] for the direct path, [`WINOGRAD_KERNELS`], [`SMALL_MAP_KERNELS`]), so
+/// ([`CONV_KERNELS`] for the direct path, [`WINOGRAD_KERNELS`], [`SMALL_MAP_KERNELS`],
+/// [`BANDED_WINOGRAD_KERNELS`]), so
 /// that the models whose rounding did not change when a path was added (the small CNN, narrow
 /// VGGs) keep their keys. An architecture whose geometry does not check is keyed
 /// [`CONV_KERNELS`]; it never trains.

@@ -52,8 +52,7 @@ fn by_row(buf: &mut [f32], rows: usize, len: usize) -> Vec<Vec<&mut [f32]>> {
 
 /// One filter's taps `[C, kk]` written tap-major: tap `t` of channel `c` to `dst[t][c]`.
 fn tap_major(filter: &[f32], dst: &mut [&mut [f32]]) {
-    let kk = dst.len();
-    let mut c = 0;
+    let mut done = 0;
     if let Ok(dst) = <&mut [&mut [f32]; 9]>::try_from(&mut *dst) {
         // 3×3 kernels, eight channels at a time: fixed-size blocks that the compiler turns
         // into shuffles and whole-vector stores (an element at a time, with its bounds
@@ -68,13 +67,9 @@ fn tap_major(filter: &[f32], dst: &mut [&mut [f32]]) {
                 *d = std::array::from_fn(|i| taps[i][t]);
             }
         }
-        c = filter.len() / 9 / CHANNEL_BLOCK * CHANNEL_BLOCK;
+        done = filter.len() / 9 / CHANNEL_BLOCK * CHANNEL_BLOCK;
     }
-    for (c, taps) in filter[c * kk..]
-        .chunks_exact(kk)
-        .enumerate()
-        .map(|(i, t)| (c + i, t))
-    {
+    for (c, taps) in filter.chunks_exact(dst.len()).enumerate().skip(done) {
         for (d, &v) in dst.iter_mut().zip(taps) {
             d[c] = v;
         }
@@ -86,7 +81,7 @@ fn tap_major(filter: &[f32], dst: &mut [&mut [f32]]) {
 fn add_channel_major(taps: &[f32], filter: &mut [f32]) {
     let ch = filter.len() / 9;
     let tap = |t: usize| &taps[t * ch..][..ch];
-    let mut c = 0;
+    let mut done = 0;
     for (b, block) in filter.chunks_exact_mut(9 * CHANNEL_BLOCK).enumerate() {
         let runs: [&[f32; CHANNEL_BLOCK]; 9] = std::array::from_fn(|t| {
             tap(t)[b * CHANNEL_BLOCK..][..CHANNEL_BLOCK]
@@ -98,9 +93,9 @@ fn add_channel_major(taps: &[f32], filter: &mut [f32]) {
                 *d += runs[t][i];
             }
         }
-        c += CHANNEL_BLOCK;
+        done += CHANNEL_BLOCK;
     }
-    for (c, k) in filter.chunks_exact_mut(9).enumerate().skip(c) {
+    for (c, k) in filter.chunks_exact_mut(9).enumerate().skip(done) {
         for (t, d) in k.iter_mut().enumerate() {
             *d += tap(t)[c];
         }

@@ -651,9 +651,11 @@ pub(super) fn backward(
             }
         };
         output_adjoint(gout, g, ns_here, &whole, Threads::Pool, &mut dm);
-        dv.resize(gx.is_some() as usize * POS * g.c * t_len, 0.0);
         let dvs: Vec<Option<&mut [f32]>> = match gx {
-            Some(_) => dv.chunks_mut(g.c * t_len).map(Some).collect(),
+            Some(_) => {
+                dv.resize(POS * g.c * t_len, 0.0);
+                dv.chunks_mut(g.c * t_len).map(Some).collect()
+            }
             None => (0..POS).map(|_| None).collect(),
         };
         // Each position's two products on one thread, as in the forward pass.
