@@ -206,8 +206,14 @@ fn bench_vgg_layers(dev: &Cpu, size: usize, batch: usize, runs: usize) {
     println!("all convolutions: {total:.1} ms");
 }
 
-/// One training step of the pipeline's model (`train`'s inner loop); ms per step.
-fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: usize) -> f64 {
+/// One training step of the pipeline's model (`train`'s inner loop): medians of the whole
+/// step and of its optimizer update alone, in ms.
+fn bench_model_step(
+    dev: &Cpu,
+    a: &cfpipe::nn::arch::Arch,
+    batch: usize,
+    runs: usize,
+) -> (f64, f64) {
     use cfpipe::nn::model::{DeviceModel, ModelParams};
     use cfpipe::nn::optim::{MaskedOptimizer, OptimizerConfig};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
@@ -225,12 +231,17 @@ fn bench_model_step(dev: &Cpu, a: &cfpipe::nn::arch::Arch, batch: usize, runs: u
     let pixels: Vec<u8> = (0..batch * a.input_len()).map(|_| rng.gen()).collect();
     let labels: Vec<u16> = (0..batch).map(|i| (i % 10) as u16).collect();
     let x = m.input(&pixels);
-    time(1, runs, || {
+    let mut update = Vec::new();
+    let step = time(1, runs, || {
         m.dropout_seed = Some(1);
         let (_, grads) = m.loss_and_grads(&x, &labels, 0);
+        let t = Instant::now();
         opt.step(&mut m.params, grads);
+        update.push(t.elapsed());
     })
-    .wall
+    .wall;
+    // `time` runs one step more than it times, the first.
+    (step, median(update.split_off(1)))
 }
 
 fn main() {
@@ -269,8 +280,11 @@ fn main() {
     // `-- profile`: twenty VGG-16 training steps alone, for `perf record` (no PyTorch, past
     // the first steps' page faults); `-- profile-small`: 500 steps of the small CNN.
     if only.iter().any(|o| o == "profile") {
-        let vgg = bench_model_step(&dev, &cfpipe::nn::arch::vgg16(32, 1, 3), 32, 20);
-        println!("vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms over 20 steps");
+        let (vgg, update) = bench_model_step(&dev, &cfpipe::nn::arch::vgg16(32, 1, 3), 32, 20);
+        println!(
+            "vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms over 20 steps, of \
+             which the Adam update {update:.1} ms"
+        );
         return;
     }
     // `-- layers`: each of VGG-16's convolutions (32×32 form, batch 32) alone, forward and
@@ -285,7 +299,7 @@ fn main() {
         return;
     }
     if only.iter().any(|o| o == "profile-small") {
-        let small = bench_model_step(&dev, &cfpipe::nn::arch::small_cnn([1, 28, 28]), 64, 500);
+        let (small, _) = bench_model_step(&dev, &cfpipe::nn::arch::small_cnn([1, 28, 28]), 64, 500);
         println!("small_cnn 1x28x28 training step, batch 64: median {small:.2} ms over 500 steps");
         return;
     }
@@ -309,7 +323,7 @@ fn main() {
             None => "PyTorch not importable (set CFPIPE_TORCH_PYTHON)".into(),
         };
         for _ in 0..2 {
-            let small = bench_model_step(&dev, &arch::small_cnn([1, 28, 28]), 64, 10);
+            let (small, _) = bench_model_step(&dev, &arch::small_cnn([1, 28, 28]), 64, 10);
             let theirs = torch(
                 "scripts/torch_step_bench.py",
                 &["--model", "small_cnn", "--threads", "2"],
@@ -319,7 +333,7 @@ fn main() {
                 "small_cnn 1x28x28 training step, batch 64: median {small:.1} ms; {}",
                 beside(small, theirs)
             );
-            let vgg = bench_model_step(&dev, &arch::vgg16(32, 1, 3), 32, 10);
+            let (vgg, update) = bench_model_step(&dev, &arch::vgg16(32, 1, 3), 32, 10);
             let args = [
                 "--device",
                 "cpu",
@@ -338,7 +352,8 @@ fn main() {
             ];
             let theirs = torch("scripts/torch_vgg_bench.py", &args, "step_ms_median");
             println!(
-                "vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms; {}; one CIFAR epoch ≈ {:.1} min",
+                "vgg16 (32x32 form) training step, batch 32: median {vgg:.0} ms (Adam update \
+                 {update:.1} ms); {}; one CIFAR epoch ≈ {:.1} min",
                 beside(vgg, theirs),
                 vgg * 50_000.0 / 32.0 / 60_000.0
             );

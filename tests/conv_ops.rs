@@ -954,6 +954,31 @@ fn max_pool_passes_the_gradient_to_the_first_maximum_on_the_cpu() {
     assert_eq!(g, vec![0.0, 1.0, 0.0, 0.0]);
 }
 
+/// 2×2 windows at stride 2 (VGG's pools, the CPU path's own loop): a NaN wins over numbers
+/// and the first NaN over later ones, a later larger value over an earlier one, and of equal
+/// zeros the first (−0 here) keeps its sign; the gradient goes to the winner.
+#[test]
+fn max_pool_propagates_nan_and_keeps_the_first_of_equals_on_the_cpu() {
+    let dev = Cpu::default();
+    let nan = f32::NAN;
+    #[rustfmt::skip]
+    let plane = [
+        1.0, nan, 5.0, 5.0, -0.0, 0.0,
+        7.0, nan, 7.0, 9.0, -0.0, -1.0,
+    ];
+    let x = t4(&dev, &plane, (1, 1, 2, 6));
+    let out = conv::max_pool2d(x.leaky_trace(), 2, 2);
+    let bits: Vec<u32> = out.as_vec().iter().map(|v| v.to_bits()).collect();
+    assert_eq!(bits, [nan, 9.0, -0.0].map(f32::to_bits));
+    let g = out.sum::<(), _>().backward().get(&x).as_vec();
+    #[rustfmt::skip]
+    let want = [
+        0.0, 1.0, 0.0, 0.0, 1.0, 0.0,
+        0.0, 0.0, 0.0, 1.0, 0.0, 0.0,
+    ];
+    assert_eq!(g, want);
+}
+
 fn flatten_keeps_pytorch_order_and_passes_gradients_through<D: Device<f32>>(dev: &D, _: &[Path]) {
     let mut r = rng(13);
     let d = (3, 2, 4, 5);

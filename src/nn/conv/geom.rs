@@ -189,6 +189,11 @@ impl Bins {
         self.start[i]..self.end[i]
     }
 
+    /// Whether bin `i` is `2i..2i + 2` for every `i` (2-wide windows at stride 2).
+    pub(super) fn pairs(&self) -> bool {
+        (0..self.len()).all(|i| self.range(i) == (2 * i..2 * i + 2))
+    }
+
     pub(super) fn widest(&self) -> usize {
         (0..self.len())
             .map(|i| self.range(i).len())

@@ -39,15 +39,33 @@ impl Method {
 }
 
 /// The runs of `len` in `buf` grouped by row, for a buffer whose runs cycle through `rows`
-/// rows: group `r` holds runs `r`, `rows + r`, … in order. For a `[16, rows, len]` buffer,
-/// a row's 16 positions (so one task writes everything of one channel); for `[ns, rows,
-/// plane]`, a channel's plane in every sample.
-fn by_row(buf: &mut [f32], rows: usize, len: usize) -> Vec<Vec<&mut [f32]>> {
-    let mut out: Vec<Vec<&mut [f32]>> = (0..rows).map(|_| Vec::new()).collect();
-    for (i, run) in buf.chunks_mut(len).enumerate() {
-        out[i % rows].push(run);
+/// rows: group `r` holds runs `r`, `rows + r`, … in order, and the groups follow each other
+/// (take them with `chunks_mut(runs / rows)`). For a `[16, rows, len]` buffer, a row's 16
+/// positions (so one task writes everything of one channel); for `[ns, rows, plane]`, a
+/// channel's plane in every sample. One allocation: a vector per group cost the banded
+/// path, which groups a band at a time, a tenth of its time in `malloc` and `free`.
+fn by_row(buf: &mut [f32], rows: usize, len: usize) -> Vec<&mut [f32]> {
+    let mut runs: Vec<Option<&mut [f32]>> = buf.chunks_mut(len).map(Some).collect();
+    let per = runs.len() / rows;
+    (0..rows)
+        .flat_map(|r| (0..per).map(move |k| k * rows + r))
+        .map(|i| runs[i].take().expect("each run once"))
+        .collect()
+}
+
+/// Asks the CPU to bring `data` into its caches (a hint: no effect on results).
+#[inline]
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: `_mm_prefetch` only hints; SSE is part of every x86-64 CPU.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+        }
     }
-    out
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// One filter's taps `[C, kk]` written tap-major: tap `t` of channel `c` to `dst[t][c]`.
@@ -76,15 +94,13 @@ fn tap_major(filter: &[f32], dst: &mut [&mut [f32]]) {
     }
 }
 
-/// `filter[c·9 + t] += taps[t][c]` for a 3×3 filter `[C, 9]` and its taps tap-major
-/// (`[9, C]`): [`tap_major`]'s adjoint, added on, blocked the same way.
-fn add_channel_major(taps: &[f32], filter: &mut [f32]) {
-    let ch = filter.len() / 9;
-    let tap = |t: usize| &taps[t * ch..][..ch];
+/// `filter[c·9 + t] += taps[t][c]` for a 3×3 filter `[C, 9]` and its nine taps of `C`
+/// channels each: [`tap_major`]'s adjoint, added on, blocked the same way.
+fn add_channel_major(taps: [&[f32]; 9], filter: &mut [f32]) {
     let mut done = 0;
     for (b, block) in filter.chunks_exact_mut(9 * CHANNEL_BLOCK).enumerate() {
         let runs: [&[f32; CHANNEL_BLOCK]; 9] = std::array::from_fn(|t| {
-            tap(t)[b * CHANNEL_BLOCK..][..CHANNEL_BLOCK]
+            taps[t][b * CHANNEL_BLOCK..][..CHANNEL_BLOCK]
                 .try_into()
                 .expect("block")
         });
@@ -97,7 +113,7 @@ fn add_channel_major(taps: &[f32], filter: &mut [f32]) {
     }
     for (c, k) in filter.chunks_exact_mut(9).enumerate().skip(done) {
         for (t, d) in k.iter_mut().enumerate() {
-            *d += tap(t)[c];
+            *d += taps[t][c];
         }
     }
 }
@@ -479,6 +495,43 @@ pub(super) fn relu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
     out.put_tape(tape)
 }
 
+/// Whether `v` replaces `best` as a window's maximum: like PyTorch, the first maximum wins and
+/// NaN propagates.
+#[inline(always)]
+fn beats(v: f32, best: f32) -> bool {
+    v > best || (v.is_nan() && !best.is_nan())
+}
+
+/// Max-pooling of one plane `x` (`w` columns) by 2×2 windows at stride 2 (VGG's pools), `ow`
+/// outputs a row: each
+/// window's four entries compared in the general loop's order (row-major), a window per
+/// lane of a loop the compiler vectorises (the general loop reads each window's start from
+/// a table, a scalar gather).
+fn max_pool_2x2(x: &[f32], w: usize, ow: usize, out: &mut [f32], arg: &mut [u32]) {
+    let rows = out.chunks_exact_mut(ow).zip(arg.chunks_exact_mut(ow));
+    for (i, (out, arg)) in rows.enumerate() {
+        let (r0, r1) = (&x[2 * i * w..][..2 * ow], &x[(2 * i + 1) * w..][..2 * ow]);
+        let windows = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+        let (base0, base1) = ((2 * i * w) as u32, ((2 * i + 1) * w) as u32);
+        for (j, ((o, a), (top, bottom))) in
+            out.iter_mut().zip(arg.iter_mut()).zip(windows).enumerate()
+        {
+            let at = 2 * j as u32;
+            let (mut best, mut k) = (top[0], base0 + at);
+            for (v, kv) in [
+                (top[1], base0 + at + 1),
+                (bottom[0], base1 + at),
+                (bottom[1], base1 + at + 1),
+            ] {
+                if beats(v, best) {
+                    (best, k) = (v, kv);
+                }
+            }
+            (*o, *a) = (best, k);
+        }
+    }
+}
+
 pub(super) fn pool<D: Device<f32>, T: Tape<f32, D>>(
     x: Tensor4<D, T>,
     g: PoolGeom,
@@ -497,6 +550,9 @@ pub(super) fn pool<D: Device<f32>, T: Tape<f32, D>>(
             .zip(arg.par_chunks_mut(p))
             .zip(xs.par_chunks(hw))
             .for_each(|((out, arg), x)| {
+                if g.bh.pairs() && g.bw.pairs() {
+                    return max_pool_2x2(x, g.w, g.bw.len(), out, arg);
+                }
                 // Output row by output row, one window offset `(dy, dx)` at a time (in the
                 // window's row-major order) across the whole row: the row's running maxima
                 // are independent of each other, so the comparisons pipeline instead of
@@ -517,9 +573,7 @@ pub(super) fn pool<D: Device<f32>, T: Tape<f32, D>>(
                             let cells = out.iter_mut().zip(arg.iter_mut());
                             for ((o, a), &s0) in cells.zip(&g.bw.start) {
                                 let v = xr[s0 + dx];
-                                // Like PyTorch: the first maximum wins, and NaN propagates.
-                                let better = v > *o || (v.is_nan() && !o.is_nan());
-                                if better {
+                                if beats(v, *o) {
                                     (*o, *a) = (v, (y * g.w + s0 + dx) as u32);
                                 }
                             }

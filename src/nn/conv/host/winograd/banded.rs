@@ -90,15 +90,17 @@ pub(in super::super) fn forward(
         .zip(xs.par_chunks(chw))
         .for_each(|(out, x)| {
             let (mut v, mut m) = (Vec::new(), Vec::new());
+            // Each transform's own buffers, kept from band to band.
+            let [mut s_in, mut s_out] = [(); 2].map(|_| Scratch::default());
             for grid in &grids {
                 let t_len = grid.tiles();
-                input_transform(x, g, 1, grid, Threads::Here, &mut v);
+                input_transform(x, g, 1, grid, Threads::Here(&mut s_in), &mut v);
                 m.resize(POS * g.o * t_len, 0.0);
                 for (pos, a) in pu.iter().enumerate() {
                     let b = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
                     gemm_here(a, b, &mut m[pos * g.o * t_len..][..g.o * t_len], false);
                 }
-                output_transform(&m, g, grid, Threads::Here, bs, out);
+                output_transform(&m, g, grid, Threads::Here(&mut s_out), bs, out);
             }
         });
     (out, Saved { u, v: None })
@@ -132,13 +134,14 @@ pub(in super::super) fn backward(
         .map(|(si, mut gx)| {
             let mut du = vec![0.0; POS * oc];
             let (mut v, mut dm, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+            let [mut s_in, mut s_dm, mut s_dx] = [(); 3].map(|_| Scratch::default());
             let samples = si * span..(si * span + span).min(g.n);
             for (k, j) in samples.clone().enumerate() {
                 let (x, dy) = (&xs[j * chw..][..chw], &gout[j * op..][..op]);
                 for (b, grid) in grids.iter().enumerate() {
                     let t_len = grid.tiles();
-                    input_transform(x, g, 1, grid, Threads::Here, &mut v);
-                    output_adjoint(dy, g, 1, grid, Threads::Here, &mut dm);
+                    input_transform(x, g, 1, grid, Threads::Here(&mut s_in), &mut v);
+                    output_adjoint(dy, g, 1, grid, Threads::Here(&mut s_dm), &mut dm);
                     let first = k == 0 && b == 0;
                     for pos in 0..POS {
                         let dmp = Mat::new(&dm[pos * g.o * t_len..][..g.o * t_len], g.o, t_len);
@@ -153,7 +156,8 @@ pub(in super::super) fn backward(
                         let dmp = Mat::new(&dm[pos * g.o * t_len..][..g.o * t_len], g.o, t_len);
                         gemm_here(a, dmp, &mut dv[pos * g.c * t_len..][..g.c * t_len], false);
                     }
-                    input_adjoint(&dv, g, grid, Threads::Here, &mut gx[k * chw..][..chw]);
+                    let gx = &mut gx[k * chw..][..chw];
+                    input_adjoint(&dv, g, grid, Threads::Here(&mut s_dx), gx);
                 }
             }
             du

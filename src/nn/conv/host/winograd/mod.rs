@@ -25,11 +25,13 @@
 //! tile by tile longer still; docs/performance.md).
 
 use super::super::geom::ConvGeom;
-use super::{add_channel_major, add_into, by_row, tap_major};
+use super::{add_channel_major, add_into, by_row, prefetch, tap_major};
+use crate::nn::gemm::blocked::Isa;
 use crate::nn::gemm::{gemm_here, Mat};
 use rayon::prelude::*;
 
 pub(super) mod banded;
+mod rows;
 
 /// Positions of a transformed 4×4 block.
 const POS: usize = 16;
@@ -126,33 +128,49 @@ impl Grid {
 }
 
 /// Where a transform's channels (or filters) run: over the pool, or one after another on the
-/// calling thread (the banded path, whose tasks already take one thread each).
-#[derive(Debug, Clone, Copy)]
-enum Threads {
+/// calling thread (the banded path, whose tasks already take one thread each) with that
+/// task's buffers for this transform, kept from band to band of one layer.
+#[derive(Debug)]
+enum Threads<'a> {
     Pool,
-    Here,
+    Here(&'a mut Scratch),
 }
 
 /// Buffers a transform reuses from channel to channel (each task's own).
 type Scratch = [Vec<f32>; 3];
 
-/// `f(scratch, i, item)` for every item, over the pool or on this thread.
-fn each<T: Send>(
-    items: Vec<T>,
+/// `f(scratch, i, group)` for every group of `runs` (`groups` of them, see [`by_row`]),
+/// over the pool or on this thread.
+fn each(
+    mut runs: Vec<&mut [f32]>,
+    groups: usize,
     threads: Threads,
-    f: impl Fn(&mut Scratch, usize, T) + Sync + Send,
+    f: impl Fn(&mut Scratch, usize, &mut [&mut [f32]]) + Sync + Send,
 ) {
+    let per = runs.len() / groups;
     match threads {
-        Threads::Pool => items
-            .into_par_iter()
+        Threads::Pool => runs
+            .par_chunks_mut(per)
             .enumerate()
-            .for_each_init(Scratch::default, |s, (i, t)| f(s, i, t)),
-        Threads::Here => {
-            let mut s = Scratch::default();
-            for (i, t) in items.into_iter().enumerate() {
-                f(&mut s, i, t);
+            .for_each_init(Scratch::default, |s, (i, group)| f(s, i, group)),
+        Threads::Here(s) => {
+            for (i, group) in runs.chunks_mut(per).enumerate() {
+                f(s, i, group);
             }
         }
+    }
+}
+
+/// The plane a transform's task reads after plane `(j, c)` (sample, channel or filter) of a
+/// chunk of `ns` samples: the channel's next sample, or the next channel's first. Its rows
+/// are fetched ([`prefetch`]) while this plane's are transformed: a band's rows of a plane
+/// are a few kilobytes, a plane's size apart, and the hardware's prefetcher lagged behind
+/// (the input transform of VGG's 64→64 layer waited on them for a tenth of the layer).
+fn next_plane(j: usize, c: usize, ns: usize, channels: usize) -> Option<(usize, usize)> {
+    if j + 1 < ns {
+        Some((j + 1, c))
+    } else {
+        (c + 1 < channels).then_some((0, c + 1))
     }
 }
 
@@ -176,9 +194,9 @@ fn chunk(g: &ConvGeom) -> usize {
 fn kernel_transform(ws: &[f32], g: &ConvGeom) -> Vec<f32> {
     let mut u = vec![0.0; POS * g.o * g.c];
     by_row(&mut u, g.o, g.c)
-        .into_par_iter()
+        .par_chunks_mut(POS)
         .enumerate()
-        .for_each_init(Scratch::default, |[taps, cols, _], (o, mut rows)| {
+        .for_each_init(Scratch::default, |[taps, cols, _], (o, rows)| {
             let taps = at_least(taps, 9 * g.c);
             let mut dst: Vec<&mut [f32]> = taps.chunks_exact_mut(g.c).collect();
             tap_major(&ws[o * g.c * 9..][..g.c * 9], &mut dst);
@@ -194,7 +212,7 @@ fn kernel_transform(ws: &[f32], g: &ConvGeom) -> Vec<f32> {
                 let col = |x: usize| &cols[(4 * x + r) * g.c..][..g.c];
                 map(
                     [col(0), col(1), col(2)],
-                    pick(positions(&mut rows), 4 * r, 1),
+                    pick(positions(rows), 4 * r, 1),
                     g_rows,
                 );
             }
@@ -302,20 +320,54 @@ fn kernel_adjoint(du: &[f32], g: &ConvGeom, gw: &mut [f32]) {
                 let dst = pick(taps.chunks_exact_mut(g.c), x, 3);
                 map([row(0), row(1), row(2), row(3)], dst, g_adjoint);
             }
-            add_channel_major(taps, filters);
+            add_channel_major(std::array::from_fn(|t| &taps[t * g.c..][..g.c]), filters);
         },
     );
 }
 
-/// Where a plane row's columns go in a padded row split into its even columns, then its odd
-/// ones (`half` each): for both parities, the plane row's first column `x0` whose padded
-/// column (`x0 + pad`) has that parity, and where its run starts in the split row; the run
-/// then takes every second column from `x0`.
-fn split_columns(pad: usize, half: usize) -> [(usize, usize); 2] {
-    [0, 1].map(|parity| {
-        let x0 = (parity + pad) % 2;
-        (x0, parity * half + (x0 + pad) / 2)
-    })
+/// Where a plane row's even columns (0, 2, …) and its odd ones start in its padded row split
+/// into the padded row's even columns, then its odd ones (`half` each): plane column `x` is
+/// padded column `x + pad`.
+fn split_runs(pad: usize, half: usize) -> [usize; 2] {
+    [0, 1].map(|x0| (x0 + pad) % 2 * half + (x0 + pad) / 2)
+}
+
+/// A plane row `src` copied into its padded row `row`, split (see [`split_runs`]): a
+/// deinterleaving the compiler turns into shuffles (a strided loop per parity copied a float
+/// at a time, a tenth of a banded layer's time).
+fn split_row(src: &[f32], row: &mut [f32], pad: usize, half: usize) {
+    let [evens, odds] = split_runs(pad, half);
+    let (ne, no) = (src.len().div_ceil(2), src.len() / 2);
+    let (e, o) = if evens < odds {
+        let (lo, hi) = row.split_at_mut(odds);
+        (&mut lo[evens..][..ne], &mut hi[..no])
+    } else {
+        let (lo, hi) = row.split_at_mut(evens);
+        (&mut hi[..ne], &mut lo[odds..][..no])
+    };
+    let pairs = src.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        e[no] = *last;
+    }
+    for ((e, o), pair) in e.iter_mut().zip(o.iter_mut()).zip(pairs) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+}
+
+/// `dst += ` a split padded row's interior, [`split_row`]'s adjoint.
+fn add_split_row(row: &[f32], dst: &mut [f32], pad: usize, half: usize) {
+    let [evens, odds] = split_runs(pad, half);
+    let (ne, no) = (dst.len().div_ceil(2), dst.len() / 2);
+    let (e, o) = (&row[evens..][..ne], &row[odds..][..no]);
+    let mut pairs = dst.chunks_exact_mut(2);
+    for ((pair, e), o) in pairs.by_ref().zip(e).zip(o) {
+        pair[0] += e;
+        pair[1] += o;
+    }
+    if let [last] = pairs.into_remainder() {
+        *last += e[no];
+    }
 }
 
 /// Runs of a buffer, one every `stride` floats from its start.
@@ -389,25 +441,43 @@ fn input_transform(
     let (hp, wp) = grid.padded();
     let half = wp / 2;
     v.resize(POS * g.c * t_len, 0.0);
+    let in_rows = rows::choose(tw);
+    // Rows of the zero-bordered planes that no input row fills: zeroed for each channel, as
+    // a task's buffer may come from another band of the layer, whose planes filled them.
+    // The border columns are never written (this buffer serves the input transforms of one
+    // layer only, see `Threads`), so they stay zero from plane to plane.
+    let (ys, py0) = rows_in(g, grid);
+    let filled = py0..py0 + ys.len();
+    let border: Vec<usize> = (0..hp).filter(|py| !filled.contains(py)).collect();
+    let [evens, odds] = split_runs(g.pad, half);
+    let held = ys.start * g.w..ys.end * g.w;
     each(
         by_row(v, g.c, t_len),
+        g.c,
         threads,
-        |[pad, d, e], c, mut rows| {
-            // The border is never written, so it stays zero from plane to plane (every plane
-            // of this call has the same border).
+        |[pad, d, e], c, rows| {
             let pad = at_least(pad, hp * wp);
+            for &py in &border {
+                pad[py * wp..][..wp].fill(0.0);
+            }
             let d = at_least(d, POS * t_len);
             for j in 0..ns {
-                let plane = &xs[(j * g.c + c) * hw..][..hw];
-                for (y, src) in plane.chunks_exact(g.w).enumerate() {
-                    if let Some(py) = grid.padded_row(g, y) {
-                        let row = &mut pad[py * wp..][..wp];
-                        for (x0, run) in split_columns(g.pad, half) {
-                            let dst = row[run..].iter_mut();
-                            dst.zip(src[x0..].iter().step_by(2))
-                                .for_each(|(d, v)| *d = *v);
-                        }
+                let rows_of = |j: usize, c: usize| &xs[(j * g.c + c) * hw..][..hw][held.clone()];
+                if let Some((j, c)) = next_plane(j, c, ns, g.c) {
+                    prefetch(rows_of(j, c));
+                }
+                let (src, dst) = (rows_of(j, c), &mut pad[py0 * wp..]);
+                if let Some(isa) = in_rows.filter(|_| g.w == 2 * tw) {
+                    rows::split(isa, tw, src, dst, wp, evens, odds);
+                } else {
+                    for (src, row) in src.chunks_exact(g.w).zip(dst.chunks_mut(wp)) {
+                        split_row(src, row, g.pad, half);
                     }
+                }
+                if let Some(isa) = in_rows {
+                    let n = grid.rows.len();
+                    rows::input(isa, tw, n, pad, rows::Split { wp, half }, rows, j * tiles);
+                    continue;
                 }
                 for i in 0..POS {
                     let (r, s) = (i / 4, i % 4);
@@ -415,6 +485,9 @@ fn input_transform(
                     let src = Runs::new(&pad[r * wp + s % 2 * half + s / 2..], 2 * wp);
                     zip_runs(dst, src, grid.rows.len(), tw, |d, v| *d = v);
                 }
+            }
+            if in_rows.is_some() {
+                return;
             }
             // Bᵀ down the columns: column x of the blocks gives e[x], e[4 + x], ...
             let e = at_least(e, POS * t_len);
@@ -426,7 +499,7 @@ fn input_transform(
             // Then B along the rows: row r of e gives positions 4r..4r+4.
             for r in 0..4 {
                 let row = |s: usize| &e[(4 * r + s) * t_len..][..t_len];
-                let dst = pick(positions(&mut rows), 4 * r, 1);
+                let dst = pick(positions(rows), 4 * r, 1);
                 map([row(0), row(1), row(2), row(3)], dst, b_rows);
             }
         },
@@ -447,8 +520,18 @@ fn output_transform(
     let (p, tiles) = (g.p(), grid.tiles());
     let t_len = out.len() / (g.o * p) * tiles;
     let places = grid.output_places(g);
-    each(by_row(out, g.o, p), threads, |[q, y, _], o, planes| {
+    let in_rows = in_rows(g, grid);
+    each(by_row(out, g.o, p), g.o, threads, |[q, y, _], o, planes| {
         let at = |pos: usize| &m[(pos * g.o + o) * t_len..][..t_len];
+        if let Some(isa) = in_rows {
+            let ms: [&[f32]; POS] = std::array::from_fn(at);
+            let (n, first) = (grid.rows.len(), 2 * grid.rows.start * g.wo);
+            for (j, plane) in planes.iter_mut().enumerate() {
+                let out = &mut plane[first..];
+                rows::output(isa, grid.tw, n, &ms, j * tiles, bs[o], out);
+            }
+            return;
+        }
         // Aᵀ down the columns: column s gives rows q[s] (top) and q[4 + s] (bottom).
         let q = at_least(q, 8 * t_len);
         for s in 0..4 {
@@ -463,7 +546,7 @@ fn output_transform(
             map([col(0), col(1), col(2), col(3)], dst, a_rows);
         }
         let b = bs[o];
-        for (j, plane) in planes.into_iter().enumerate() {
+        for (j, plane) in planes.iter_mut().enumerate() {
             for (i, at) in places.chunks_exact(tiles).enumerate() {
                 let ys = &y[i * t_len + j * tiles..][..tiles];
                 for (&k, v) in at.iter().zip(ys) {
@@ -491,10 +574,24 @@ fn output_adjoint(
     let t_len = ns * tiles;
     let at = grid.output_places(g);
     dm.resize(POS * g.o * t_len, 0.0);
+    let in_rows = in_rows(g, grid);
     each(
         by_row(dm, g.o, t_len),
+        g.o,
         threads,
-        |[dys, q, _], o, mut rows| {
+        |[dys, q, _], o, rows| {
+            if let Some(isa) = in_rows {
+                let n = grid.rows.len();
+                let held = 2 * grid.rows.start * g.wo..2 * grid.rows.end * g.wo;
+                let rows_of = |j: usize, o: usize| &gout[(j * g.o + o) * p..][..p][held.clone()];
+                for j in 0..ns {
+                    if let Some((j, o)) = next_plane(j, o, ns, g.o) {
+                        prefetch(rows_of(j, o));
+                    }
+                    rows::output_adjoint(isa, grid.tw, n, rows_of(j, o), rows, j * tiles);
+                }
+                return;
+            }
             // dy[2·dy + dx] over the tiles (zero past the edge).
             let dys = at_least(dys, 4 * t_len);
             for j in 0..ns {
@@ -519,7 +616,7 @@ fn output_adjoint(
             // Then down the columns: column s's pair gives positions s, 4 + s, 8 + s, 12 + s.
             for s in 0..4 {
                 let (top, bottom) = (&q[s * t_len..][..t_len], &q[(4 + s) * t_len..][..t_len]);
-                map([top, bottom], pick(positions(&mut rows), s, 4), a_adjoint);
+                map([top, bottom], pick(positions(rows), s, 4), a_adjoint);
             }
         },
     );
@@ -533,53 +630,96 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &m
     let (hw, tiles, tw) = (g.h * g.w, grid.tiles(), grid.tw);
     let t_len = gx.len() / (g.c * hw) * tiles;
     let (hp, wp) = grid.padded();
-    each(by_row(gx, g.c, hw), threads, |[e, d, acc], c, planes| {
-        let at = |pos: usize| &dv[(pos * g.c + c) * t_len..][..t_len];
-        // Along the rows: row r of ∂V gives e[4r..4r+4].
-        let e = at_least(e, POS * t_len);
-        for r in 0..4 {
-            let src = [at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3)];
-            map(src, runs(&mut e[4 * r * t_len..], t_len), b_adjoint);
-        }
-        // Down the columns: column x of e gives d[x], d[4 + x], d[8 + x], d[12 + x].
-        let d = at_least(d, POS * t_len);
-        for x in 0..4 {
-            let col = |r: usize| &e[(4 * r + x) * t_len..][..t_len];
-            let dst = pick(d.chunks_exact_mut(t_len), x, 4);
-            map([col(0), col(1), col(2), col(3)], dst, b_adjoint);
-        }
-        // The blocks summed into a zero-bordered buffer whose rows hold their even columns,
-        // then their odd ones (as the input transform's), so that one entry of a tile row's
-        // blocks is one run of `tw` floats. Every element takes its tiles' terms in tile
-        // order: within a tile row, a column's term from the tile to its left (entries 2
-        // and 3 of a block's row) comes before the one from the tile it starts (0 and 1).
-        let acc = at_least(acc, hp * wp);
-        let half = wp / 2;
-        for (j, plane) in planes.into_iter().enumerate() {
-            acc.fill(0.0);
-            // Rows 2 and 3 of every tile row's blocks before rows 0 and 1, which overlap
-            // them (the tile row above's 2 and 3 come first), and in each row the entries
-            // from the tile to the left before the tile's own: the order above, element by
-            // element, in passes of whole tile columns.
-            for (r, s) in [2, 3, 0, 1]
-                .into_iter()
-                .flat_map(|r| [2, 3, 0, 1].map(|s| (r, s)))
-            {
-                let src = Runs::new(&d[(4 * r + s) * t_len + j * tiles..], tw);
-                let dst = Runs::new(&mut acc[r * wp + s % 2 * half + s / 2..], 2 * wp);
-                zip_runs(dst, src, grid.rows.len(), tw, |d, v| *d += v);
-            }
-            for (y, dst) in plane.chunks_exact_mut(g.w).enumerate() {
-                if let Some(py) = grid.padded_row(g, y) {
-                    let row = &acc[py * wp..][..wp];
-                    for (x0, run) in split_columns(g.pad, half) {
-                        let dst = dst[x0..].iter_mut().step_by(2);
-                        dst.zip(&row[run..]).for_each(|(d, v)| *d += v);
-                    }
+    let in_rows = rows::choose(tw);
+    each(
+        by_row(gx, g.c, hw),
+        g.c,
+        threads,
+        |[e, d, acc], c, planes| {
+            let at = |pos: usize| &dv[(pos * g.c + c) * t_len..][..t_len];
+            let acc = at_least(acc, hp * wp);
+            let half = wp / 2;
+            if let Some(isa) = in_rows {
+                let dvs: [&[f32]; POS] = std::array::from_fn(at);
+                for (j, plane) in planes.iter_mut().enumerate() {
+                    acc.fill(0.0);
+                    let n = grid.rows.len();
+                    rows::input_adjoint(isa, tw, n, &dvs, j * tiles, acc, rows::Split { wp, half });
+                    add_interior(acc, g, grid, plane);
                 }
+                return;
             }
+            // Along the rows: row r of ∂V gives e[4r..4r+4].
+            let e = at_least(e, POS * t_len);
+            for r in 0..4 {
+                let src = [at(4 * r), at(4 * r + 1), at(4 * r + 2), at(4 * r + 3)];
+                map(src, runs(&mut e[4 * r * t_len..], t_len), b_adjoint);
+            }
+            // Down the columns: column x of e gives d[x], d[4 + x], d[8 + x], d[12 + x].
+            let d = at_least(d, POS * t_len);
+            for x in 0..4 {
+                let col = |r: usize| &e[(4 * r + x) * t_len..][..t_len];
+                let dst = pick(d.chunks_exact_mut(t_len), x, 4);
+                map([col(0), col(1), col(2), col(3)], dst, b_adjoint);
+            }
+            // The blocks summed into a zero-bordered buffer whose rows hold their even columns,
+            // then their odd ones (as the input transform's), so that one entry of a tile row's
+            // blocks is one run of `tw` floats. Every element takes its tiles' terms in tile
+            // order: within a tile row, a column's term from the tile to its left (entries 2
+            // and 3 of a block's row) comes before the one from the tile it starts (0 and 1).
+            for (j, plane) in planes.iter_mut().enumerate() {
+                acc.fill(0.0);
+                // Rows 2 and 3 of every tile row's blocks before rows 0 and 1, which overlap
+                // them (the tile row above's 2 and 3 come first), and in each row the entries
+                // from the tile to the left before the tile's own: the order above, element by
+                // element, in passes of whole tile columns.
+                for (r, s) in [2, 3, 0, 1]
+                    .into_iter()
+                    .flat_map(|r| [2, 3, 0, 1].map(|s| (r, s)))
+                {
+                    let src = Runs::new(&d[(4 * r + s) * t_len + j * tiles..], tw);
+                    let dst = Runs::new(&mut acc[r * wp + s % 2 * half + s / 2..], 2 * wp);
+                    zip_runs(dst, src, grid.rows.len(), tw, |d, v| *d += v);
+                }
+                add_interior(acc, g, grid, plane);
+            }
+        },
+    );
+}
+
+/// `plane += ` the interior of `acc`, a zero-bordered plane whose rows hold their even
+/// columns, then their odd ones (the input adjoint's sums over overlapping blocks).
+fn add_interior(acc: &[f32], g: &ConvGeom, grid: &Grid, plane: &mut [f32]) {
+    let wp = grid.padded().1;
+    let half = wp / 2;
+    if let Some(isa) = rows::choose(grid.tw).filter(|_| g.w == 2 * grid.tw) {
+        let ([evens, odds], (ys, py)) = (split_runs(g.pad, half), rows_in(g, grid));
+        let (src, dst) = (&acc[py * wp..], &mut plane[ys.start * g.w..ys.end * g.w]);
+        rows::add_split(isa, grid.tw, src, wp, evens, odds, dst);
+        return;
+    }
+    for (y, dst) in plane.chunks_exact_mut(g.w).enumerate() {
+        if let Some(py) = grid.padded_row(g, y) {
+            add_split_row(&acc[py * wp..][..wp], dst, g.pad, half);
         }
-    });
+    }
+}
+
+/// The input rows a grid's zero-bordered planes hold, and the padded row of the first.
+fn rows_in(g: &ConvGeom, grid: &Grid) -> (std::ops::Range<usize>, usize) {
+    let mut ys = (0..g.h).filter_map(|y| Some((y, grid.padded_row(g, y)?)));
+    let Some((first, py)) = ys.next() else {
+        return (0..0, 0);
+    };
+    let last = ys.next_back().map_or(first, |(y, _)| y);
+    (first..last + 1, py)
+}
+
+/// The instruction set of [`rows`]' kernels where the grid's tile rows have them and its
+/// tiles are whole (the output kernels write and read both rows and both columns of every
+/// tile); `None` where the general transforms run.
+fn in_rows(g: &ConvGeom, grid: &Grid) -> Option<Isa> {
+    rows::choose(grid.tw).filter(|_| g.wo == 2 * grid.tw && 2 * grid.rows.end <= g.ho)
 }
 
 /// What the forward pass keeps for the backward pass: the transformed kernel `U` (the weight
