@@ -441,7 +441,7 @@ fn input_transform(
     let (hp, wp) = grid.padded();
     let half = wp / 2;
     v.resize(POS * g.c * t_len, 0.0);
-    let in_rows = rows::choose(tw);
+    let in_rows = rows::choose(tw, grid.rows.len());
     // Rows of the zero-bordered planes that no input row fills: zeroed for each channel, as
     // a task's buffer may come from another band of the layer, whose planes filled them.
     // The border columns are never written (this buffer serves the input transforms of one
@@ -630,7 +630,7 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &m
     let (hw, tiles, tw) = (g.h * g.w, grid.tiles(), grid.tw);
     let t_len = gx.len() / (g.c * hw) * tiles;
     let (hp, wp) = grid.padded();
-    let in_rows = rows::choose(tw);
+    let in_rows = rows::choose(tw, grid.rows.len());
     each(
         by_row(gx, g.c, hw),
         g.c,
@@ -692,7 +692,7 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &m
 fn add_interior(acc: &[f32], g: &ConvGeom, grid: &Grid, plane: &mut [f32]) {
     let wp = grid.padded().1;
     let half = wp / 2;
-    if let Some(isa) = rows::choose(grid.tw).filter(|_| g.w == 2 * grid.tw) {
+    if let Some(isa) = rows::choose(grid.tw, grid.rows.len()).filter(|_| g.w == 2 * grid.tw) {
         let ([evens, odds], (ys, py)) = (split_runs(g.pad, half), rows_in(g, grid));
         let (src, dst) = (&acc[py * wp..], &mut plane[ys.start * g.w..ys.end * g.w]);
         rows::add_split(isa, grid.tw, src, wp, evens, odds, dst);
@@ -719,7 +719,8 @@ fn rows_in(g: &ConvGeom, grid: &Grid) -> (std::ops::Range<usize>, usize) {
 /// tiles are whole (the output kernels write and read both rows and both columns of every
 /// tile); `None` where the general transforms run.
 fn in_rows(g: &ConvGeom, grid: &Grid) -> Option<Isa> {
-    rows::choose(grid.tw).filter(|_| g.wo == 2 * grid.tw && 2 * grid.rows.end <= g.ho)
+    rows::choose(grid.tw, grid.rows.len())
+        .filter(|_| g.wo == 2 * grid.tw && 2 * grid.rows.end <= g.ho)
 }
 
 /// What the forward pass keeps for the backward pass: the transformed kernel `U` (the weight

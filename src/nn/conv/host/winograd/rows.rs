@@ -1,40 +1,45 @@
-//! The data transforms one tile row at a time, in registers, for maps whose tile rows are 8
-//! or 16 tiles wide (VGG's 16×16 and 32×32 maps, see [`fits`]). The general transforms in the parent
-//! module make each 1-D step one element-wise pass over a channel's tiles, through buffers:
-//! the input transform gathers a tile row's 16 entries into runs, then passes down the
-//! columns, then along the rows, each pass a load and a store of every value. Here a tile
-//! row's entries are `[f32; W]` values, one vector of `W` tiles, and all of a tile's steps run
-//! on them before anything is stored: each transformed value is written once and each input
-//! read once per tile row, with no loop over a run of unknown length (on a 32×32 map a tile
-//! row is one AVX-512 vector).
+//! The data transforms a few tile rows at a time, in registers, for maps whose tile rows are
+//! 4, 8 or 16 tiles wide (VGG's 8×8 to 32×32 maps, see [`fits`]). The general transforms in
+//! the parent module make each 1-D step one element-wise pass over a channel's tiles,
+//! through buffers: the input transform gathers a tile row's 16 entries into runs, then
+//! passes down the columns, then along the rows, each pass a load and a store of every
+//! value. Here the entries of `L / W` tile rows of `W` tiles are `[f32; L]` values, one
+//! vector of `L` tiles (16 on 8×8 and 32×32 maps, 8 on 16×16 ones), and all of a tile's
+//! steps run on them before anything is stored: each transformed value is written once and
+//! each input read once, with no loop over a run of unknown length.
 //!
 //! Every element goes through the same operations in the same order as in the parent
 //! module's transforms (down the columns, then along the rows, for each transform as there;
 //! the input gradient's overlapping blocks added in the same order), so both give the same
 //! bits; `tests` checks that on every vector width this CPU has. Each kernel is compiled
 //! three times, for AVX-512, AVX2 and the baseline, and the copy is chosen at run time: the
-//! width `W` is fixed, so no run falls into a scalar remainder (the reason AVX-512 copies of
+//! widths are fixed, so no run falls into a scalar remainder (the reason AVX-512 copies of
 //! the general transforms ran slower, docs/performance.md).
 
 use super::{a_adjoint, a_rows, b_adjoint, b_rows, POS};
 use crate::nn::gemm::blocked::Isa;
 
-/// Whether a grid of tile rows `tw` tiles wide has kernels here: 8 and 16 (VGG's 16×16 and
-/// 32×32 maps, the banded path's). Rows of 2 and 4 tiles (the whole-batch path's 4×4 and 8×8
-/// maps) ran 3% slower per layer, or the same, than the general transforms, whose passes
-/// there run over all of a chunk's tiles at once.
-fn fits(tw: usize) -> bool {
-    matches!(tw, 8 | 16)
+/// Whether a grid of `rows` tile rows `tw` tiles wide has kernels here: 4, 8 and 16 tiles
+/// (VGG's 8×8, 16×16 and 32×32 maps), rows of 4 tiles four rows at a time (one vector of 16
+/// tiles; one row of 4 at a time ran no faster than the general transforms, whose passes run
+/// over all of a chunk's tiles at once). Rows of 2 tiles (4×4 maps, a sample's four tiles)
+/// stay with the general transforms: one tile row at a time ran 3% slower there.
+fn fits(tw: usize, rows: usize) -> bool {
+    match tw {
+        8 | 16 => true,
+        4 => rows.is_multiple_of(4),
+        _ => false,
+    }
 }
 
-/// The instruction set these kernels run on for tile rows of `tw` tiles, or `None` where the
-/// general transforms run (see [`fits`]).
-pub(super) fn choose(tw: usize) -> Option<Isa> {
+/// The instruction set these kernels run on for a grid of `rows` tile rows of `tw` tiles,
+/// or `None` where the general transforms run (see [`fits`]).
+pub(super) fn choose(tw: usize, rows: usize) -> Option<Isa> {
     #[cfg(test)]
     if let Some(choice) = tests::CHOICE.get() {
-        return choice.filter(|_| fits(tw));
+        return choice.filter(|_| fits(tw, rows));
     }
-    fits(tw).then(Isa::detect)
+    fits(tw, rows).then(Isa::detect)
 }
 
 /// `f` applied lane by lane: `out[k][t] = f(src[0][t], …)[k]` for each of the `W` tiles.
@@ -74,48 +79,60 @@ fn load<const W: usize>(buf: &[f32], at: usize) -> [f32; W] {
 }
 
 /// A kernel over the tile rows of one plane, with a body for each width and a copy for each
-/// instruction set: `$name(isa, tw, args…)` runs `$name::<tw>`'s body compiled for `isa`.
+/// instruction set: `$name(isa, tw, args…)` runs `$name::<W, L>`'s body compiled for `isa`,
+/// with `W = tw` tiles a row and `L` lanes (`L / W` tile rows, see [`fits`]) a vector.
 macro_rules! kernel {
-    ($(#[$doc:meta])* fn $name:ident<const W: usize>($($a:ident: $t:ty),* $(,)?) $body:block) => {
+    ($(#[$doc:meta])* fn $name:ident<const W: usize, const L: usize>($($a:ident: $t:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
         pub(super) fn $name(isa: Isa, tw: usize, $($a: $t),*) {
             #[inline(always)]
-            fn body<const W: usize>($($a: $t),*) $body
+            fn body<const W: usize, const L: usize>($($a: $t),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f")]
-            unsafe fn avx512<const W: usize>($($a: $t),*) {
-                body::<W>($($a),*)
+            unsafe fn avx512<const W: usize, const L: usize>($($a: $t),*) {
+                body::<W, L>($($a),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2")]
-            unsafe fn avx2<const W: usize>($($a: $t),*) {
-                body::<W>($($a),*)
+            unsafe fn avx2<const W: usize, const L: usize>($($a: $t),*) {
+                body::<W, L>($($a),*)
             }
-            fn on<const W: usize>(isa: Isa, $($a: $t),*) {
+            fn on<const W: usize, const L: usize>(isa: Isa, $($a: $t),*) {
                 assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
                 match isa {
                     // SAFETY: the CPU has the instruction set, checked just above.
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => unsafe { avx512::<W>($($a),*) },
+                    Isa::Avx512 => unsafe { avx512::<W, L>($($a),*) },
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { avx2::<W>($($a),*) },
-                    _ => body::<W>($($a),*),
+                    Isa::Avx2 => unsafe { avx2::<W, L>($($a),*) },
+                    _ => body::<W, L>($($a),*),
                 }
             }
             match tw {
-                8 => on::<8>(isa, $($a),*),
-                16 => on::<16>(isa, $($a),*),
+                4 => on::<4, 16>(isa, $($a),*),
+                8 => on::<8, 8>(isa, $($a),*),
+                16 => on::<16, 16>(isa, $($a),*),
                 _ => unreachable!("tile rows of {tw} tiles have no kernel (see `fits`)"),
             }
         }
     };
 }
 
+/// `L` floats: `L / W` runs of `W`, `stride` floats apart in `buf` from `at`.
+#[inline(always)]
+fn gather<const W: usize, const L: usize>(buf: &[f32], at: usize, stride: usize) -> [f32; L] {
+    let mut out = [0.0; L];
+    for (g, run) in out.chunks_exact_mut(W).enumerate() {
+        run.copy_from_slice(&buf[at + g * stride..][..W]);
+    }
+    out
+}
+
 kernel! {
     /// `V = Bᵀ d B` of `rows` tile rows of one plane: `pad` is the plane zero-bordered and
     /// split (`layout`); tile row `r` goes to `v[i][at + r·W..]`, `W` floats, for each
     /// position `i`.
-    fn input<const W: usize>(
+    fn input<const W: usize, const L: usize>(
         rows: usize,
         pad: &[f32],
         layout: Split,
@@ -124,21 +141,22 @@ kernel! {
     ) {
         let Split { wp, half } = layout;
         let v: &mut [&mut [f32]; POS] = v.try_into().expect("16 positions");
-        for r in 0..rows {
+        for r in (0..rows).step_by(L / W) {
             // Entry (y, s) of the tiles' 4×4 blocks: padded row 2r + y, columns 2t + s.
             // Bᵀ down the columns, then along the rows.
-            let mut cols = [[[0.0; W]; 4]; 4];
+            let mut cols = [[[0.0; L]; 4]; 4];
             for (s, col) in cols.iter_mut().enumerate() {
-                let mut d = [[0.0; W]; 4];
+                let mut d = [[0.0; L]; 4];
                 for (y, d) in d.iter_mut().enumerate() {
-                    *d = load(pad, (2 * r + y) * wp + s % 2 * half + s / 2);
+                    let first = (2 * r + y) * wp + s % 2 * half + s / 2;
+                    *d = gather::<W, L>(pad, first, 2 * wp);
                 }
                 *col = lanes(d, b_rows);
             }
             for y in 0..4 {
                 let out = lanes([cols[0][y], cols[1][y], cols[2][y], cols[3][y]], b_rows);
                 for (s, o) in out.iter().enumerate() {
-                    v[4 * y + s][at + r * W..][..W].copy_from_slice(o);
+                    v[4 * y + s][at + r * W..][..L].copy_from_slice(o);
                 }
             }
         }
@@ -149,23 +167,31 @@ kernel! {
     /// `y = Aᵀ M A + b` of `rows` tile rows of one output plane (`2·W` columns, whole
     /// tiles): tile row `r`'s `M` is `m[i][at + r·W..]`, `W` floats, for each position `i`;
     /// its outputs go to rows `2r` and `2r + 1` of `out`.
-    fn output<const W: usize>(rows: usize, m: &[&[f32]], at: usize, bias: f32, out: &mut [f32]) {
+    fn output<const W: usize, const L: usize>(
+        rows: usize,
+        m: &[&[f32]],
+        at: usize,
+        bias: f32,
+        out: &mut [f32],
+    ) {
         let m: &[&[f32]; POS] = m.try_into().expect("16 positions");
-        for (r, out) in out.chunks_exact_mut(4 * W).take(rows).enumerate() {
+        // A group of L / W tile rows is 4·L outputs: its tile rows' two output rows each.
+        for (i, out) in out.chunks_exact_mut(4 * L).take(rows * W / L).enumerate() {
             // Aᵀ down the columns (top and bottom row of each column), then along the rows.
-            let mut cols = [[[0.0; W]; 2]; 4];
+            let mut cols = [[[0.0; L]; 2]; 4];
             for (s, col) in cols.iter_mut().enumerate() {
-                let mut mp = [[0.0; W]; 4];
+                let mut mp = [[0.0; L]; 4];
                 for (y, mp) in mp.iter_mut().enumerate() {
-                    *mp = load(m[4 * y + s], at + r * W);
+                    *mp = load(m[4 * y + s], at + i * L);
                 }
                 *col = lanes(mp, a_rows);
             }
-            for (dy, row) in out.chunks_exact_mut(2 * W).enumerate() {
-                let [y0, y1] = lanes([cols[0][dy], cols[1][dy], cols[2][dy], cols[3][dy]], a_rows);
+            let ys = [0, 1].map(|dy| lanes([cols[0][dy], cols[1][dy], cols[2][dy], cols[3][dy]], a_rows));
+            for (k, row) in out.chunks_exact_mut(2 * W).enumerate() {
+                let ([y0, y1], g) = (&ys[k % 2], k / 2);
                 for (t, pair) in row.chunks_exact_mut(2).enumerate() {
-                    pair[0] = y0[t] + bias;
-                    pair[1] = y1[t] + bias;
+                    pair[0] = y0[g * W + t] + bias;
+                    pair[1] = y1[g * W + t] + bias;
                 }
             }
         }
@@ -176,16 +202,22 @@ kernel! {
     /// `∂M = A ∂Y Aᵀ` of `rows` tile rows of one output plane's gradient `gout` (`2·W`
     /// columns, whole tiles): tile row `r` goes to `dm[i][at + r·W..]`, `W` floats, for each
     /// position `i`.
-    fn output_adjoint<const W: usize>(rows: usize, gout: &[f32], dm: &mut [&mut [f32]], at: usize) {
+    fn output_adjoint<const W: usize, const L: usize>(
+        rows: usize,
+        gout: &[f32],
+        dm: &mut [&mut [f32]],
+        at: usize,
+    ) {
         let dm: &mut [&mut [f32]; POS] = dm.try_into().expect("16 positions");
-        for (r, gout) in gout.chunks_exact(4 * W).take(rows).enumerate() {
+        // A group of L / W tile rows is 4·L gradients: its tile rows' two output rows each.
+        for (i, gout) in gout.chunks_exact(4 * L).take(rows * W / L).enumerate() {
             // The tiles' 2×2 gradients: row dy's even columns (dx = 0), then its odd ones.
-            let mut dy = [[[0.0; W]; 2]; 2];
-            for (k, pair) in dy.iter_mut().enumerate() {
-                let row = &gout[2 * k * W..][..2 * W];
+            let mut dy = [[[0.0; L]; 2]; 2];
+            for (k, row) in gout.chunks_exact(2 * W).enumerate() {
+                let (pair, g) = (&mut dy[k % 2], k / 2);
                 for (t, v) in row.chunks_exact(2).enumerate() {
-                    pair[0][t] = v[0];
-                    pair[1][t] = v[1];
+                    pair[0][g * W + t] = v[0];
+                    pair[1][g * W + t] = v[1];
                 }
             }
             // A along the rows, then down the columns.
@@ -193,7 +225,7 @@ kernel! {
             for s in 0..4 {
                 let col = lanes([q[0][s], q[1][s]], a_adjoint);
                 for (y, c) in col.iter().enumerate() {
-                    dm[4 * y + s][at + r * W..][..W].copy_from_slice(c);
+                    dm[4 * y + s][at + i * L..][..L].copy_from_slice(c);
                 }
             }
         }
@@ -204,9 +236,10 @@ kernel! {
     /// `∂d = B ∂V Bᵀ` of `rows` tile rows, added onto `acc`, a zero-bordered plane laid out
     /// as [`input`]'s `pad`: tile row `r`'s `∂V` is `dv[i][at + r·W..]`, `W` floats, for each
     /// position `i`. The overlapping blocks are added in the parent's order
-    /// ([`super::input_adjoint`]): tile rows in order, and in each block row the entries
-    /// from the tile to the left (2 and 3) before the tile's own (0 and 1).
-    fn input_adjoint<const W: usize>(
+    /// ([`super::input_adjoint`]): a block row's entries 2 and 3 before 0 and 1 (those
+    /// overlap the tile row below's 0 and 1), and in each the entries from the tile to the
+    /// left (2 and 3) before the tile's own (0 and 1); tile rows in order.
+    fn input_adjoint<const W: usize, const L: usize>(
         rows: usize,
         dv: &[&[f32]],
         at: usize,
@@ -215,24 +248,28 @@ kernel! {
     ) {
         let Split { wp, half } = layout;
         let dv: &[&[f32]; POS] = dv.try_into().expect("16 positions");
-        for r in 0..rows {
+        for r in (0..rows).step_by(L / W) {
             // B along the rows, then down the columns.
-            let mut e = [[[0.0; W]; 4]; 4];
+            let mut e = [[[0.0; L]; 4]; 4];
             for (y, e) in e.iter_mut().enumerate() {
-                let mut p = [[0.0; W]; 4];
+                let mut p = [[0.0; L]; 4];
                 for (s, p) in p.iter_mut().enumerate() {
                     *p = load(dv[4 * y + s], at + r * W);
                 }
                 *e = lanes(p, b_adjoint);
             }
-            let mut d = [[[0.0; W]; 4]; 4];
+            let mut d = [[[0.0; L]; 4]; 4];
             for (s, d) in d.iter_mut().enumerate() {
                 *d = lanes([e[0][s], e[1][s], e[2][s], e[3][s]], b_adjoint);
             }
-            for y in 0..4 {
+            for y in [2, 3, 0, 1] {
                 for s in [2, 3, 0, 1] {
-                    let dst = &mut acc[(2 * r + y) * wp + s % 2 * half + s / 2..][..W];
-                    dst.iter_mut().zip(&d[s][y]).for_each(|(a, v)| *a += v);
+                    for g in 0..L / W {
+                        let first = (2 * (r + g) + y) * wp + s % 2 * half + s / 2;
+                        let dst = &mut acc[first..][..W];
+                        let src = &d[s][y][g * W..][..W];
+                        dst.iter_mut().zip(src).for_each(|(a, v)| *a += v);
+                    }
                 }
             }
         }
@@ -243,7 +280,13 @@ kernel! {
     /// Plane rows of `2·W` floats (`src`) copied into the zero-bordered rows of `pad` (`wp`
     /// floats each), split: each row's even columns to `evens`, its odd ones to `odds` (see
     /// [`super::split_runs`]).
-    fn split<const W: usize>(src: &[f32], pad: &mut [f32], wp: usize, evens: usize, odds: usize) {
+    fn split<const W: usize, const L: usize>(
+        src: &[f32],
+        pad: &mut [f32],
+        wp: usize,
+        evens: usize,
+        odds: usize,
+    ) {
         for (src, row) in src.chunks_exact(2 * W).zip(pad.chunks_mut(wp)) {
             let (mut e, mut o) = ([0.0; W], [0.0; W]);
             for t in 0..W {
@@ -259,7 +302,13 @@ kernel! {
 kernel! {
     /// [`split`]'s adjoint: rows of `2·W` floats of `dst` plus the split rows of `acc` (`wp`
     /// floats each).
-    fn add_split<const W: usize>(acc: &[f32], wp: usize, evens: usize, odds: usize, dst: &mut [f32]) {
+    fn add_split<const W: usize, const L: usize>(
+        acc: &[f32],
+        wp: usize,
+        evens: usize,
+        odds: usize,
+        dst: &mut [f32],
+    ) {
         for (row, dst) in acc.chunks(wp).zip(dst.chunks_exact_mut(2 * W)) {
             let (e, o) = (load::<W>(row, evens), load::<W>(row, odds));
             for t in 0..W {
@@ -319,9 +368,10 @@ pub(super) mod tests {
         [v, out, dm, gx].map(|b| b.iter().map(|x| x.to_bits()).collect())
     }
 
-    /// On tile rows of 8 and 16 tiles, whole and cut into bands, with whole and partial tiles
-    /// and paddings 0 to 2, every instruction set this CPU has gives the general transforms'
-    /// bits for the input, the output and both adjoints.
+    /// On tile rows of 4, 8 and 16 tiles (of 4 tiles, four rows at a time: one group and
+    /// two), whole and cut into bands, with whole and partial tiles and paddings 0 to 2,
+    /// every instruction set this CPU has gives the general transforms' bits for the input,
+    /// the output and both adjoints.
     #[test]
     fn every_instruction_set_gives_the_general_transforms_bits() {
         let layers = [
@@ -330,13 +380,20 @@ pub(super) mod tests {
             ((2, 2, 15, 16), 2, 1),
             ((1, 2, 16, 17), 3, 0),
             ((2, 1, 14, 14), 2, 2),
+            ((2, 3, 8, 8), 2, 1),
+            ((1, 2, 16, 8), 3, 1),
         ];
         let isas = [Isa::Avx512, Isa::Avx2, Isa::Scalar];
         let mut checked = 0;
         for ((n, c, h, w), o, pad) in layers {
             let g = ConvGeom::new((n, c, h, w), (o, c, 3, 3), o, 1, pad);
             let whole = Grid::whole(&g);
-            assert!(fits(whole.tw), "{g:?} has tile rows of {}", whole.tw);
+            let rows = whole.rows.len();
+            assert!(
+                fits(whole.tw, rows),
+                "{g:?}: {rows} tile rows of {}",
+                whole.tw
+            );
             let th = whole.rows.end;
             let bands = [
                 whole.clone(),
