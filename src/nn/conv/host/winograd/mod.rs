@@ -441,7 +441,10 @@ fn input_transform(
     let (hp, wp) = grid.padded();
     let half = wp / 2;
     v.resize(POS * g.c * t_len, 0.0);
-    let in_rows = rows::choose(tw, grid.rows.len());
+    let in_rows = rows::choose(tw, grid.rows.len(), ns);
+    // Planes a call of the kernels takes, each zero-bordered in its own part of the buffer.
+    let (q, plane) = (in_rows.map_or(1, |(_, q)| q), hp * wp);
+    let bases = tile_rows(grid, q, plane);
     // Rows of the zero-bordered planes that no input row fills: zeroed for each channel, as
     // a task's buffer may come from another band of the layer, whose planes filled them.
     // The border columns are never written (this buffer serves the input transforms of one
@@ -456,32 +459,39 @@ fn input_transform(
         g.c,
         threads,
         |[pad, d, e], c, rows| {
-            let pad = at_least(pad, hp * wp);
-            for &py in &border {
-                pad[py * wp..][..wp].fill(0.0);
+            let pad = at_least(pad, q * plane);
+            for pad in pad.chunks_exact_mut(plane) {
+                for &py in &border {
+                    pad[py * wp..][..wp].fill(0.0);
+                }
             }
             let d = at_least(d, POS * t_len);
-            for j in 0..ns {
-                let rows_of = |j: usize, c: usize| &xs[(j * g.c + c) * hw..][..hw][held.clone()];
-                if let Some((j, c)) = next_plane(j, c, ns, g.c) {
-                    prefetch(rows_of(j, c));
-                }
-                let (src, dst) = (rows_of(j, c), &mut pad[py0 * wp..]);
-                if let Some(isa) = in_rows.filter(|_| g.w == 2 * tw) {
-                    rows::split(isa, tw, src, dst, wp, evens, odds);
-                } else {
-                    for (src, row) in src.chunks_exact(g.w).zip(dst.chunks_mut(wp)) {
-                        split_row(src, row, g.pad, half);
+            for j0 in (0..ns).step_by(q) {
+                for (k, pad) in pad.chunks_exact_mut(plane).enumerate() {
+                    let j = j0 + k;
+                    let rows_of =
+                        |j: usize, c: usize| &xs[(j * g.c + c) * hw..][..hw][held.clone()];
+                    if let Some((j, c)) = next_plane(j, c, ns, g.c) {
+                        prefetch(rows_of(j, c));
+                    }
+                    let (src, dst) = (rows_of(j, c), &mut pad[py0 * wp..]);
+                    match in_rows.filter(|_| g.w == 2 * tw) {
+                        Some((isa, _)) => rows::split(isa, tw, src, dst, wp, evens, odds),
+                        None => {
+                            for (src, row) in src.chunks_exact(g.w).zip(dst.chunks_mut(wp)) {
+                                split_row(src, row, g.pad, half);
+                            }
+                        }
                     }
                 }
-                if let Some(isa) = in_rows {
-                    let n = grid.rows.len();
-                    rows::input(isa, tw, n, pad, rows::Split { wp, half }, rows, j * tiles);
+                if let Some((isa, _)) = in_rows {
+                    let layout = rows::Split { wp, half };
+                    rows::input(isa, tw, &bases, pad, layout, rows, j0 * tiles);
                     continue;
                 }
                 for i in 0..POS {
                     let (r, s) = (i / 4, i % 4);
-                    let dst = Runs::new(&mut d[i * t_len + j * tiles..], tw);
+                    let dst = Runs::new(&mut d[i * t_len + j0 * tiles..], tw);
                     let src = Runs::new(&pad[r * wp + s % 2 * half + s / 2..], 2 * wp);
                     zip_runs(dst, src, grid.rows.len(), tw, |d, v| *d = v);
                 }
@@ -520,15 +530,19 @@ fn output_transform(
     let (p, tiles) = (g.p(), grid.tiles());
     let t_len = out.len() / (g.o * p) * tiles;
     let places = grid.output_places(g);
-    let in_rows = in_rows(g, grid);
+    let in_rows = in_rows(g, grid, t_len / tiles);
     each(by_row(out, g.o, p), g.o, threads, |[q, y, _], o, planes| {
         let at = |pos: usize| &m[(pos * g.o + o) * t_len..][..t_len];
-        if let Some(isa) = in_rows {
+        if let Some((isa, q)) = in_rows {
             let ms: [&[f32]; POS] = std::array::from_fn(at);
-            let (n, first) = (grid.rows.len(), 2 * grid.rows.start * g.wo);
-            for (j, plane) in planes.iter_mut().enumerate() {
-                let out = &mut plane[first..];
-                rows::output(isa, grid.tw, n, &ms, j * tiles, bs[o], out);
+            let (n, first, tw) = (grid.rows.len(), 2 * grid.rows.start * g.wo, grid.tw);
+            for (k, planes) in planes.chunks_mut(q).enumerate() {
+                // Each tile row's two output rows.
+                let mut out: Vec<&mut [f32]> = planes
+                    .iter_mut()
+                    .flat_map(|p| p[first..].chunks_exact_mut(4 * tw).take(n))
+                    .collect();
+                rows::output(isa, tw, &ms, k * q * tiles, bs[o], &mut out);
             }
             return;
         }
@@ -574,21 +588,24 @@ fn output_adjoint(
     let t_len = ns * tiles;
     let at = grid.output_places(g);
     dm.resize(POS * g.o * t_len, 0.0);
-    let in_rows = in_rows(g, grid);
+    let in_rows = in_rows(g, grid, ns);
     each(
         by_row(dm, g.o, t_len),
         g.o,
         threads,
         |[dys, q, _], o, rows| {
-            if let Some(isa) = in_rows {
-                let n = grid.rows.len();
+            if let Some((isa, q)) = in_rows {
                 let held = 2 * grid.rows.start * g.wo..2 * grid.rows.end * g.wo;
                 let rows_of = |j: usize, o: usize| &gout[(j * g.o + o) * p..][..p][held.clone()];
-                for j in 0..ns {
-                    if let Some((j, o)) = next_plane(j, o, ns, g.o) {
+                for j0 in (0..ns).step_by(q) {
+                    if let Some((j, o)) = next_plane(j0 + q - 1, o, ns, g.o) {
                         prefetch(rows_of(j, o));
                     }
-                    rows::output_adjoint(isa, grid.tw, n, rows_of(j, o), rows, j * tiles);
+                    // Each tile row's two rows of gradients.
+                    let gout: Vec<&[f32]> = (j0..j0 + q)
+                        .flat_map(|j| rows_of(j, o).chunks_exact(4 * grid.tw))
+                        .collect();
+                    rows::output_adjoint(isa, grid.tw, &gout, rows, j0 * tiles);
                 }
                 return;
             }
@@ -630,22 +647,26 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &m
     let (hw, tiles, tw) = (g.h * g.w, grid.tiles(), grid.tw);
     let t_len = gx.len() / (g.c * hw) * tiles;
     let (hp, wp) = grid.padded();
-    let in_rows = rows::choose(tw, grid.rows.len());
+    let in_rows = rows::choose(tw, grid.rows.len(), t_len / tiles);
+    let (q, plane) = (in_rows.map_or(1, |(_, q)| q), hp * wp);
+    let bases = tile_rows(grid, q, plane);
     each(
         by_row(gx, g.c, hw),
         g.c,
         threads,
         |[e, d, acc], c, planes| {
             let at = |pos: usize| &dv[(pos * g.c + c) * t_len..][..t_len];
-            let acc = at_least(acc, hp * wp);
+            let acc = at_least(acc, q * plane);
             let half = wp / 2;
-            if let Some(isa) = in_rows {
+            if let Some((isa, q)) = in_rows {
                 let dvs: [&[f32]; POS] = std::array::from_fn(at);
-                for (j, plane) in planes.iter_mut().enumerate() {
+                let layout = rows::Split { wp, half };
+                for (k, planes) in planes.chunks_mut(q).enumerate() {
                     acc.fill(0.0);
-                    let n = grid.rows.len();
-                    rows::input_adjoint(isa, tw, n, &dvs, j * tiles, acc, rows::Split { wp, half });
-                    add_interior(acc, g, grid, plane);
+                    rows::input_adjoint(isa, tw, &bases, &dvs, k * q * tiles, acc, layout);
+                    for (acc, plane) in acc.chunks_exact(plane).zip(planes) {
+                        add_interior(acc, g, grid, plane);
+                    }
                 }
                 return;
             }
@@ -692,7 +713,7 @@ fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &m
 fn add_interior(acc: &[f32], g: &ConvGeom, grid: &Grid, plane: &mut [f32]) {
     let wp = grid.padded().1;
     let half = wp / 2;
-    if let Some(isa) = rows::choose(grid.tw, grid.rows.len()).filter(|_| g.w == 2 * grid.tw) {
+    if let Some(isa) = rows::for_planes(grid.tw).filter(|_| g.w == 2 * grid.tw) {
         let ([evens, odds], (ys, py)) = (split_runs(g.pad, half), rows_in(g, grid));
         let (src, dst) = (&acc[py * wp..], &mut plane[ys.start * g.w..ys.end * g.w]);
         rows::add_split(isa, grid.tw, src, wp, evens, odds, dst);
@@ -705,6 +726,17 @@ fn add_interior(acc: &[f32], g: &ConvGeom, grid: &Grid, plane: &mut [f32]) {
     }
 }
 
+/// Where each tile row of `q` planes' grids starts in a buffer of `q` zero-bordered planes
+/// of `plane` floats each (the kernels' `bases`, see [`rows`]): plane by plane, every second
+/// padded row.
+fn tile_rows(grid: &Grid, q: usize, plane: usize) -> Vec<usize> {
+    let wp = grid.padded().1;
+    let per = grid.rows.len();
+    (0..q * per)
+        .map(|k| k / per * plane + 2 * (k % per) * wp)
+        .collect()
+}
+
 /// The input rows a grid's zero-bordered planes hold, and the padded row of the first.
 fn rows_in(g: &ConvGeom, grid: &Grid) -> (std::ops::Range<usize>, usize) {
     let mut ys = (0..g.h).filter_map(|y| Some((y, grid.padded_row(g, y)?)));
@@ -715,11 +747,11 @@ fn rows_in(g: &ConvGeom, grid: &Grid) -> (std::ops::Range<usize>, usize) {
     (first..last + 1, py)
 }
 
-/// The instruction set of [`rows`]' kernels where the grid's tile rows have them and its
-/// tiles are whole (the output kernels write and read both rows and both columns of every
-/// tile); `None` where the general transforms run.
-fn in_rows(g: &ConvGeom, grid: &Grid) -> Option<Isa> {
-    rows::choose(grid.tw, grid.rows.len())
+/// [`rows`]' choice for a grid of `ns` planes' tiles, where its tiles are whole (the output
+/// kernels write and read both rows and both columns of every tile); `None` where the
+/// general transforms run.
+fn in_rows(g: &ConvGeom, grid: &Grid, ns: usize) -> Option<(Isa, usize)> {
+    rows::choose(grid.tw, grid.rows.len(), ns)
         .filter(|_| g.wo == 2 * grid.tw && 2 * grid.rows.end <= g.ho)
 }
 

@@ -19,27 +19,47 @@
 use super::{a_adjoint, a_rows, b_adjoint, b_rows, POS};
 use crate::nn::gemm::blocked::Isa;
 
-/// Whether a grid of `rows` tile rows `tw` tiles wide has kernels here: 4, 8 and 16 tiles
-/// (VGG's 8×8, 16×16 and 32×32 maps), rows of 4 tiles four rows at a time (one vector of 16
-/// tiles; one row of 4 at a time ran no faster than the general transforms, whose passes run
-/// over all of a chunk's tiles at once). Rows of 2 tiles (4×4 maps, a sample's four tiles)
-/// stay with the general transforms: one tile row at a time ran 3% slower there.
-fn fits(tw: usize, rows: usize) -> bool {
+/// The instruction set of the kernels that take one plane's rows ([`split`], [`add_split`])
+/// for rows of `tw` tiles (`2·tw` floats), or `None`.
+pub(super) fn for_planes(tw: usize) -> Option<Isa> {
+    group(tw)?;
+    #[cfg(test)]
+    if let Some(choice) = tests::CHOICE.get() {
+        return choice;
+    }
+    Some(Isa::detect())
+}
+
+/// Tile rows of `tw` tiles that one vector holds: 16 lanes on rows of 2 and 4 tiles (VGG's
+/// 4×4 and 8×8 maps; a row at a time ran no faster than the general transforms, whose passes
+/// run over all of a chunk's tiles at once), one row of 8 or 16; `None` for other widths.
+fn group(tw: usize) -> Option<usize> {
     match tw {
-        8 | 16 => true,
-        4 => rows.is_multiple_of(4),
-        _ => false,
+        2 => Some(8),
+        4 => Some(4),
+        8 | 16 => Some(1),
+        _ => None,
     }
 }
 
-/// The instruction set these kernels run on for a grid of `rows` tile rows of `tw` tiles,
-/// or `None` where the general transforms run (see [`fits`]).
-pub(super) fn choose(tw: usize, rows: usize) -> Option<Isa> {
+/// Where these kernels run a transform over a grid of `rows` tile rows of `tw` tiles in each
+/// of `ns` planes: the instruction set, and how many planes each call takes (so that a call's
+/// tile rows fill whole vectors: one plane, or on 4×4 maps four planes of two rows); `None`
+/// where the general transforms run.
+pub(super) fn choose(tw: usize, rows: usize, ns: usize) -> Option<(Isa, usize)> {
+    let group = group(tw)?;
+    let planes = if rows.is_multiple_of(group) {
+        1
+    } else if group.is_multiple_of(rows) && ns.is_multiple_of(group / rows) {
+        group / rows
+    } else {
+        return None;
+    };
     #[cfg(test)]
     if let Some(choice) = tests::CHOICE.get() {
-        return choice.filter(|_| fits(tw, rows));
+        return choice.map(|isa| (isa, planes));
     }
-    fits(tw, rows).then(Isa::detect)
+    Some((Isa::detect(), planes))
 }
 
 /// `f` applied lane by lane: `out[k][t] = f(src[0][t], …)[k]` for each of the `W` tiles.
@@ -80,7 +100,7 @@ fn load<const W: usize>(buf: &[f32], at: usize) -> [f32; W] {
 
 /// A kernel over the tile rows of one plane, with a body for each width and a copy for each
 /// instruction set: `$name(isa, tw, args…)` runs `$name::<W, L>`'s body compiled for `isa`,
-/// with `W = tw` tiles a row and `L` lanes (`L / W` tile rows, see [`fits`]) a vector.
+/// with `W = tw` tiles a row and `L` lanes (`L / W` tile rows, see [`group`]) a vector.
 macro_rules! kernel {
     ($(#[$doc:meta])* fn $name:ident<const W: usize, const L: usize>($($a:ident: $t:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
@@ -109,31 +129,32 @@ macro_rules! kernel {
                 }
             }
             match tw {
+                2 => on::<2, 16>(isa, $($a),*),
                 4 => on::<4, 16>(isa, $($a),*),
                 8 => on::<8, 8>(isa, $($a),*),
                 16 => on::<16, 16>(isa, $($a),*),
-                _ => unreachable!("tile rows of {tw} tiles have no kernel (see `fits`)"),
+                _ => unreachable!("tile rows of {tw} tiles have no kernel (see `group`)"),
             }
         }
     };
 }
 
-/// `L` floats: `L / W` runs of `W`, `stride` floats apart in `buf` from `at`.
+/// `L` floats: `L / W` runs of `W`, from `buf[bases[g] + at..]` for run `g`.
 #[inline(always)]
-fn gather<const W: usize, const L: usize>(buf: &[f32], at: usize, stride: usize) -> [f32; L] {
+fn gather<const W: usize, const L: usize>(buf: &[f32], bases: &[usize], at: usize) -> [f32; L] {
     let mut out = [0.0; L];
-    for (g, run) in out.chunks_exact_mut(W).enumerate() {
-        run.copy_from_slice(&buf[at + g * stride..][..W]);
+    for (run, &base) in out.chunks_exact_mut(W).zip(bases) {
+        run.copy_from_slice(&buf[base + at..][..W]);
     }
     out
 }
 
 kernel! {
-    /// `V = Bᵀ d B` of `rows` tile rows of one plane: `pad` is the plane zero-bordered and
-    /// split (`layout`); tile row `r` goes to `v[i][at + r·W..]`, `W` floats, for each
-    /// position `i`.
+    /// `V = Bᵀ d B` of tile rows of zero-bordered, split planes in `pad` (`layout`): tile
+    /// row `k`'s first padded row starts at `pad[bases[k]..]`, and its tiles go to
+    /// `v[i][at + k·W..]`, `W` floats, for each position `i`.
     fn input<const W: usize, const L: usize>(
-        rows: usize,
+        bases: &[usize],
         pad: &[f32],
         layout: Split,
         v: &mut [&mut [f32]],
@@ -141,15 +162,15 @@ kernel! {
     ) {
         let Split { wp, half } = layout;
         let v: &mut [&mut [f32]; POS] = v.try_into().expect("16 positions");
-        for r in (0..rows).step_by(L / W) {
+        for (i, bases) in bases.chunks_exact(L / W).enumerate() {
+            let r = i * L / W;
             // Entry (y, s) of the tiles' 4×4 blocks: padded row 2r + y, columns 2t + s.
             // Bᵀ down the columns, then along the rows.
             let mut cols = [[[0.0; L]; 4]; 4];
             for (s, col) in cols.iter_mut().enumerate() {
                 let mut d = [[0.0; L]; 4];
                 for (y, d) in d.iter_mut().enumerate() {
-                    let first = (2 * r + y) * wp + s % 2 * half + s / 2;
-                    *d = gather::<W, L>(pad, first, 2 * wp);
+                    *d = gather::<W, L>(pad, bases, y * wp + s % 2 * half + s / 2);
                 }
                 *col = lanes(d, b_rows);
             }
@@ -164,19 +185,17 @@ kernel! {
 }
 
 kernel! {
-    /// `y = Aᵀ M A + b` of `rows` tile rows of one output plane (`2·W` columns, whole
-    /// tiles): tile row `r`'s `M` is `m[i][at + r·W..]`, `W` floats, for each position `i`;
-    /// its outputs go to rows `2r` and `2r + 1` of `out`.
+    /// `y = Aᵀ M A + b` of tile rows of output planes (`2·W` columns, whole tiles): tile row
+    /// `k`'s `M` is `m[i][at + k·W..]`, `W` floats, for each position `i`, and its outputs
+    /// go to `out[k]`, its two output rows.
     fn output<const W: usize, const L: usize>(
-        rows: usize,
         m: &[&[f32]],
         at: usize,
         bias: f32,
-        out: &mut [f32],
+        out: &mut [&mut [f32]],
     ) {
         let m: &[&[f32]; POS] = m.try_into().expect("16 positions");
-        // A group of L / W tile rows is 4·L outputs: its tile rows' two output rows each.
-        for (i, out) in out.chunks_exact_mut(4 * L).take(rows * W / L).enumerate() {
+        for (i, out) in out.chunks_exact_mut(L / W).enumerate() {
             // Aᵀ down the columns (top and bottom row of each column), then along the rows.
             let mut cols = [[[0.0; L]; 2]; 4];
             for (s, col) in cols.iter_mut().enumerate() {
@@ -187,11 +206,12 @@ kernel! {
                 *col = lanes(mp, a_rows);
             }
             let ys = [0, 1].map(|dy| lanes([cols[0][dy], cols[1][dy], cols[2][dy], cols[3][dy]], a_rows));
-            for (k, row) in out.chunks_exact_mut(2 * W).enumerate() {
-                let ([y0, y1], g) = (&ys[k % 2], k / 2);
-                for (t, pair) in row.chunks_exact_mut(2).enumerate() {
-                    pair[0] = y0[g * W + t] + bias;
-                    pair[1] = y1[g * W + t] + bias;
+            for (g, out) in out.iter_mut().enumerate() {
+                for ([y0, y1], row) in ys.iter().zip(out.chunks_exact_mut(2 * W)) {
+                    for (t, pair) in row.chunks_exact_mut(2).enumerate() {
+                        pair[0] = y0[g * W + t] + bias;
+                        pair[1] = y1[g * W + t] + bias;
+                    }
                 }
             }
         }
@@ -199,25 +219,24 @@ kernel! {
 }
 
 kernel! {
-    /// `∂M = A ∂Y Aᵀ` of `rows` tile rows of one output plane's gradient `gout` (`2·W`
-    /// columns, whole tiles): tile row `r` goes to `dm[i][at + r·W..]`, `W` floats, for each
-    /// position `i`.
+    /// `∂M = A ∂Y Aᵀ` of tile rows of output planes' gradients (`2·W` columns, whole
+    /// tiles): tile row `k`'s two rows are `gout[k]`, and its transform goes to
+    /// `dm[i][at + k·W..]`, `W` floats, for each position `i`.
     fn output_adjoint<const W: usize, const L: usize>(
-        rows: usize,
-        gout: &[f32],
+        gout: &[&[f32]],
         dm: &mut [&mut [f32]],
         at: usize,
     ) {
         let dm: &mut [&mut [f32]; POS] = dm.try_into().expect("16 positions");
-        // A group of L / W tile rows is 4·L gradients: its tile rows' two output rows each.
-        for (i, gout) in gout.chunks_exact(4 * L).take(rows * W / L).enumerate() {
+        for (i, gout) in gout.chunks_exact(L / W).enumerate() {
             // The tiles' 2×2 gradients: row dy's even columns (dx = 0), then its odd ones.
             let mut dy = [[[0.0; L]; 2]; 2];
-            for (k, row) in gout.chunks_exact(2 * W).enumerate() {
-                let (pair, g) = (&mut dy[k % 2], k / 2);
-                for (t, v) in row.chunks_exact(2).enumerate() {
-                    pair[0][g * W + t] = v[0];
-                    pair[1][g * W + t] = v[1];
+            for (g, gout) in gout.iter().enumerate() {
+                for (pair, row) in dy.iter_mut().zip(gout.chunks_exact(2 * W)) {
+                    for (t, v) in row.chunks_exact(2).enumerate() {
+                        pair[0][g * W + t] = v[0];
+                        pair[1][g * W + t] = v[1];
+                    }
                 }
             }
             // A along the rows, then down the columns.
@@ -233,14 +252,15 @@ kernel! {
 }
 
 kernel! {
-    /// `∂d = B ∂V Bᵀ` of `rows` tile rows, added onto `acc`, a zero-bordered plane laid out
-    /// as [`input`]'s `pad`: tile row `r`'s `∂V` is `dv[i][at + r·W..]`, `W` floats, for each
-    /// position `i`. The overlapping blocks are added in the parent's order
-    /// ([`super::input_adjoint`]): a block row's entries 2 and 3 before 0 and 1 (those
-    /// overlap the tile row below's 0 and 1), and in each the entries from the tile to the
-    /// left (2 and 3) before the tile's own (0 and 1); tile rows in order.
+    /// `∂d = B ∂V Bᵀ` of tile rows, added onto `acc`, zero-bordered planes laid out as
+    /// [`input`]'s `pad`: tile row `k`'s first padded row starts at `acc[bases[k]..]`, and
+    /// its `∂V` is `dv[i][at + k·W..]`, `W` floats, for each position `i`. The overlapping
+    /// blocks are added in the parent's order ([`super::input_adjoint`]): a block row's
+    /// entries 2 and 3 before 0 and 1 (those overlap the tile row below's 0 and 1), and in
+    /// each the entries from the tile to the left (2 and 3) before the tile's own (0 and 1);
+    /// tile rows in order.
     fn input_adjoint<const W: usize, const L: usize>(
-        rows: usize,
+        bases: &[usize],
         dv: &[&[f32]],
         at: usize,
         acc: &mut [f32],
@@ -248,7 +268,8 @@ kernel! {
     ) {
         let Split { wp, half } = layout;
         let dv: &[&[f32]; POS] = dv.try_into().expect("16 positions");
-        for r in (0..rows).step_by(L / W) {
+        for (i, bases) in bases.chunks_exact(L / W).enumerate() {
+            let r = i * L / W;
             // B along the rows, then down the columns.
             let mut e = [[[0.0; L]; 4]; 4];
             for (y, e) in e.iter_mut().enumerate() {
@@ -264,9 +285,8 @@ kernel! {
             }
             for y in [2, 3, 0, 1] {
                 for s in [2, 3, 0, 1] {
-                    for g in 0..L / W {
-                        let first = (2 * (r + g) + y) * wp + s % 2 * half + s / 2;
-                        let dst = &mut acc[first..][..W];
+                    for (g, &base) in bases.iter().enumerate() {
+                        let dst = &mut acc[base + y * wp + s % 2 * half + s / 2..][..W];
                         let src = &d[s][y][g * W..][..W];
                         dst.iter_mut().zip(src).for_each(|(a, v)| *a += v);
                     }
@@ -382,6 +402,8 @@ pub(super) mod tests {
             ((2, 1, 14, 14), 2, 2),
             ((2, 3, 8, 8), 2, 1),
             ((1, 2, 16, 8), 3, 1),
+            ((4, 3, 4, 4), 2, 1),
+            ((8, 2, 4, 4), 3, 1),
         ];
         let isas = [Isa::Avx512, Isa::Avx2, Isa::Scalar];
         let mut checked = 0;
@@ -389,24 +411,17 @@ pub(super) mod tests {
             let g = ConvGeom::new((n, c, h, w), (o, c, 3, 3), o, 1, pad);
             let whole = Grid::whole(&g);
             let rows = whole.rows.len();
-            assert!(
-                fits(whole.tw, rows),
-                "{g:?}: {rows} tile rows of {}",
-                whole.tw
-            );
+            CHOICE.set(None);
+            let fits = choose(whole.tw, rows, n).is_some();
+            assert!(fits, "{g:?}: {rows} tile rows of {}", whole.tw);
+            // Bands of two tile rows: from the second row, and the last two.
             let th = whole.rows.end;
-            let bands = [
-                whole.clone(),
-                Grid {
-                    rows: 1..3,
-                    ..whole.clone()
-                },
-                Grid {
-                    rows: th - 2..th,
-                    ..whole
-                },
-            ];
-            for grid in bands {
+            let bands = [1..3, th - 2..th].map(|rows| Grid {
+                rows,
+                ..whole.clone()
+            });
+            let grids = std::iter::once(whole).chain(bands.into_iter().filter(|_| th >= 4));
+            for grid in grids {
                 CHOICE.set(Some(None));
                 let general = transforms(&g, &grid);
                 for isa in isas.into_iter().filter(|i| i.runs_here()) {
