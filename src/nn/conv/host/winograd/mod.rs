@@ -536,13 +536,13 @@ fn output_transform(
         if let Some((isa, q)) = in_rows {
             let ms: [&[f32]; POS] = std::array::from_fn(at);
             let (n, first, tw) = (grid.rows.len(), 2 * grid.rows.start * g.wo, grid.tw);
-            for (k, planes) in planes.chunks_mut(q).enumerate() {
-                // Each tile row's two output rows.
-                let mut out: Vec<&mut [f32]> = planes
-                    .iter_mut()
-                    .flat_map(|p| p[first..].chunks_exact_mut(4 * tw).take(n))
-                    .collect();
-                rows::output(isa, tw, &ms, k * q * tiles, bs[o], &mut out);
+            // Each tile row's two output rows, in every plane.
+            let mut out: Vec<&mut [f32]> = planes
+                .iter_mut()
+                .flat_map(|p| p[first..].chunks_exact_mut(4 * tw).take(n))
+                .collect();
+            for (k, out) in out.chunks_mut(q * n).enumerate() {
+                rows::output(isa, tw, &ms, k * q * tiles, bs[o], out);
             }
             return;
         }
@@ -597,15 +597,16 @@ fn output_adjoint(
             if let Some((isa, q)) = in_rows {
                 let held = 2 * grid.rows.start * g.wo..2 * grid.rows.end * g.wo;
                 let rows_of = |j: usize, o: usize| &gout[(j * g.o + o) * p..][..p][held.clone()];
-                for j0 in (0..ns).step_by(q) {
-                    if let Some((j, o)) = next_plane(j0 + q - 1, o, ns, g.o) {
+                // Each tile row's two rows of gradients, in every plane.
+                let gouts: Vec<&[f32]> = (0..ns)
+                    .flat_map(|j| rows_of(j, o).chunks_exact(4 * grid.tw))
+                    .collect();
+                let per = gouts.len() / ns * q;
+                for (k, gout) in gouts.chunks(per).enumerate() {
+                    if let Some((j, o)) = next_plane(k * q + q - 1, o, ns, g.o) {
                         prefetch(rows_of(j, o));
                     }
-                    // Each tile row's two rows of gradients.
-                    let gout: Vec<&[f32]> = (j0..j0 + q)
-                        .flat_map(|j| rows_of(j, o).chunks_exact(4 * grid.tw))
-                        .collect();
-                    rows::output_adjoint(isa, grid.tw, &gout, rows, j0 * tiles);
+                    rows::output_adjoint(isa, grid.tw, gout, rows, k * q * tiles);
                 }
                 return;
             }
