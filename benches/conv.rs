@@ -18,8 +18,9 @@
 //! CIFAR's 50,000 training images (`cargo bench --bench conv -- vgg` runs only that).
 //! Finally a whole training step (forward, backward, masked Adam step) of the pipeline's own
 //! model type (`DeviceModel` with a conv `Arch`): the `small_cnn` preset on 1×28×28, batch 64,
-//! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`). `-- profile` runs
-//! twenty VGG-16 steps alone, for `perf record` (`-- profile-small`: the small CNN);
+//! and VGG-16's 32×32 form, batch 32 (`cargo bench --bench conv -- model`), with the Adam
+//! update's own median beside VGG's step. `-- profile` runs twenty VGG-16 steps alone, for
+//! `perf record` (`-- profile-small`: the small CNN);
 //! `-- layers` times each of VGG-16's thirteen convolutions alone, forward and backward, which
 //! is how the Winograd path's thresholds were chosen (`CFPIPE_BENCH_LAYER="512->512 at  4"`
 //! times only the layers whose line contains the text).
