@@ -427,7 +427,8 @@ fn zip_fixed<const W: usize>(
 /// buffer (padding reads as zero) whose rows hold their even columns, then their odd ones,
 /// so that each of a tile row's 16 entries is one run of `tw` floats (tiles start every
 /// second column); those runs are gathered into 16 runs over the chunk's tiles, and the
-/// transform is element-wise over those runs.
+/// transform is element-wise over those runs. Where [`rows`] has kernels for the grid, they
+/// transform the buffer's tile rows a few at a time in registers instead (the same bits).
 fn input_transform(
     xs: &[f32],
     g: &ConvGeom,
@@ -442,9 +443,7 @@ fn input_transform(
     let half = wp / 2;
     v.resize(POS * g.c * t_len, 0.0);
     let in_rows = rows::choose(tw, grid.rows.len(), ns);
-    // Planes a call of the kernels takes, each zero-bordered in its own part of the buffer.
-    let (q, plane) = (in_rows.map_or(1, |(_, q)| q), hp * wp);
-    let bases = tile_rows(grid, q, plane);
+    let (q, plane, bases) = tile_rows(grid, in_rows);
     // Rows of the zero-bordered planes that no input row fills: zeroed for each channel, as
     // a task's buffer may come from another band of the layer, whose planes filled them.
     // The border columns are never written (this buffer serves the input transforms of one
@@ -453,6 +452,7 @@ fn input_transform(
     let filled = py0..py0 + ys.len();
     let border: Vec<usize> = (0..hp).filter(|py| !filled.contains(py)).collect();
     let [evens, odds] = split_runs(g.pad, half);
+    let split = rows::for_planes(tw).filter(|_| g.w == 2 * tw);
     let held = ys.start * g.w..ys.end * g.w;
     each(
         by_row(v, g.c, t_len),
@@ -466,17 +466,16 @@ fn input_transform(
                 }
             }
             let d = at_least(d, POS * t_len);
+            let rows_of = |j: usize, c: usize| &xs[(j * g.c + c) * hw..][..hw][held.clone()];
             for j0 in (0..ns).step_by(q) {
                 for (k, pad) in pad.chunks_exact_mut(plane).enumerate() {
                     let j = j0 + k;
-                    let rows_of =
-                        |j: usize, c: usize| &xs[(j * g.c + c) * hw..][..hw][held.clone()];
                     if let Some((j, c)) = next_plane(j, c, ns, g.c) {
                         prefetch(rows_of(j, c));
                     }
                     let (src, dst) = (rows_of(j, c), &mut pad[py0 * wp..]);
-                    match in_rows.filter(|_| g.w == 2 * tw) {
-                        Some((isa, _)) => rows::split(isa, tw, src, dst, wp, evens, odds),
+                    match split {
+                        Some(isa) => rows::split(isa, tw, src, dst, wp, evens, odds),
                         None => {
                             for (src, row) in src.chunks_exact(g.w).zip(dst.chunks_mut(wp)) {
                                 split_row(src, row, g.pad, half);
@@ -518,7 +517,8 @@ fn input_transform(
 
 /// `y = Aᵀ M A + bias` of every tile: the chunk's output `[ns, O, Ho, Wo]` from
 /// `M [16, O, ns·tiles]`. Filter by filter, over all the chunk's tiles at once (each step one
-/// element-wise pass over `ns·tiles` values), then each tile's 2×2 outputs to their places.
+/// element-wise pass over `ns·tiles` values), then each tile's 2×2 outputs to their places;
+/// or, where [`rows`] has kernels for the grid, a few tile rows at a time in registers.
 fn output_transform(
     m: &[f32],
     g: &ConvGeom,
@@ -575,7 +575,8 @@ fn output_transform(
 
 /// `∂M = A ∂Y Aᵀ` of every tile, written over `dm` as `[16, O, ns·tiles]`, from the chunk's
 /// output gradient `[ns, O, Ho, Wo]` (zero beyond the output's edge). Filter by filter: each
-/// tile's 2×2 gradients gathered into four runs over the chunk's tiles, then element-wise.
+/// tile's 2×2 gradients gathered into four runs over the chunk's tiles, then element-wise;
+/// or, where [`rows`] has kernels for the grid, a few tile rows at a time in registers.
 fn output_adjoint(
     gout: &[f32],
     g: &ConvGeom,
@@ -643,14 +644,15 @@ fn output_adjoint(
 /// `∂d += B ∂V Bᵀ` of every tile, added onto the chunk's input gradient `gx`
 /// (`[ns, C, H, W]`) from `∂V [16, C, ns·tiles]`. Channel by channel: the blocks of all the
 /// chunk's tiles element-wise, then each sample's plane sums its tiles' overlapping blocks in
-/// a padded buffer, tile by tile in order, and adds the buffer's interior.
+/// a padded buffer, tile by tile in order, and adds the buffer's interior. Where [`rows`] has
+/// kernels for the grid, they compute and sum the blocks a few tile rows at a time in
+/// registers, in the same order.
 fn input_adjoint(dv: &[f32], g: &ConvGeom, grid: &Grid, threads: Threads, gx: &mut [f32]) {
     let (hw, tiles, tw) = (g.h * g.w, grid.tiles(), grid.tw);
     let t_len = gx.len() / (g.c * hw) * tiles;
-    let (hp, wp) = grid.padded();
+    let wp = grid.padded().1;
     let in_rows = rows::choose(tw, grid.rows.len(), t_len / tiles);
-    let (q, plane) = (in_rows.map_or(1, |(_, q)| q), hp * wp);
-    let bases = tile_rows(grid, q, plane);
+    let (q, plane, bases) = tile_rows(grid, in_rows);
     each(
         by_row(gx, g.c, hw),
         g.c,
@@ -727,15 +729,17 @@ fn add_interior(acc: &[f32], g: &ConvGeom, grid: &Grid, plane: &mut [f32]) {
     }
 }
 
-/// Where each tile row of `q` planes' grids starts in a buffer of `q` zero-bordered planes
-/// of `plane` floats each (the kernels' `bases`, see [`rows`]): plane by plane, every second
-/// padded row.
-fn tile_rows(grid: &Grid, q: usize, plane: usize) -> Vec<usize> {
-    let wp = grid.padded().1;
-    let per = grid.rows.len();
-    (0..q * per)
+/// The zero-bordered planes a call of [`rows`]' kernels takes (`choice`'s count, or one for
+/// the general transforms), each in its own part of the buffer: their count, the floats of
+/// one, and where each of their tile rows starts (the kernels' `bases`: plane by plane,
+/// every second padded row).
+fn tile_rows(grid: &Grid, choice: Option<(Isa, usize)>) -> (usize, usize, Vec<usize>) {
+    let (hp, wp) = grid.padded();
+    let (q, per, plane) = (choice.map_or(1, |(_, q)| q), grid.rows.len(), hp * wp);
+    let bases = (0..q * per)
         .map(|k| k / per * plane + 2 * (k % per) * wp)
-        .collect()
+        .collect();
+    (q, plane, bases)
 }
 
 /// The input rows a grid's zero-bordered planes hold, and the padded row of the first.

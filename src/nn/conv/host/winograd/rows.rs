@@ -1,12 +1,13 @@
 //! The data transforms a few tile rows at a time, in registers, for maps whose tile rows are
-//! 4, 8 or 16 tiles wide (VGG's 8×8 to 32×32 maps, see [`fits`]). The general transforms in
+//! 2, 4, 8 or 16 tiles wide (VGG's 4×4 to 32×32 maps, see [`group`]). The general transforms in
 //! the parent module make each 1-D step one element-wise pass over a channel's tiles,
 //! through buffers: the input transform gathers a tile row's 16 entries into runs, then
 //! passes down the columns, then along the rows, each pass a load and a store of every
 //! value. Here the entries of `L / W` tile rows of `W` tiles are `[f32; L]` values, one
-//! vector of `L` tiles (16 on 8×8 and 32×32 maps, 8 on 16×16 ones), and all of a tile's
-//! steps run on them before anything is stored: each transformed value is written once and
-//! each input read once, with no loop over a run of unknown length.
+//! vector of `L` tiles (16 on 8×8 and 32×32 maps, 8 on 16×16 ones, and on 4×4 maps the
+//! tiles of four samples), and all of a tile's steps run on them before anything is stored:
+//! each transformed value is written once and each input read once, with no loop over a run
+//! of unknown length.
 //!
 //! Every element goes through the same operations in the same order as in the parent
 //! module's transforms (down the columns, then along the rows, for each transform as there;
