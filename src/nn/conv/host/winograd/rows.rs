@@ -389,10 +389,10 @@ pub(super) mod tests {
         [v, out, dm, gx].map(|b| b.iter().map(|x| x.to_bits()).collect())
     }
 
-    /// On tile rows of 4, 8 and 16 tiles (of 4 tiles, four rows at a time: one group and
-    /// two), whole and cut into bands, with whole and partial tiles and paddings 0 to 2,
-    /// every instruction set this CPU has gives the general transforms' bits for the input,
-    /// the output and both adjoints.
+    /// On tile rows of 2, 4, 8 and 16 tiles (of 4 tiles, four rows at a time: one group and
+    /// two; of 2, four samples' rows at a time: one call and two), whole and cut into bands,
+    /// with whole and partial tiles and paddings 0 to 2, every instruction set this CPU has
+    /// gives the general transforms' bits for the input, the output and both adjoints.
     #[test]
     fn every_instruction_set_gives_the_general_transforms_bits() {
         let layers = [
@@ -405,6 +405,8 @@ pub(super) mod tests {
             ((1, 2, 16, 8), 3, 1),
             ((4, 3, 4, 4), 2, 1),
             ((8, 2, 4, 4), 3, 1),
+            ((4, 2, 6, 6), 2, 0),
+            ((4, 1, 2, 2), 2, 2),
         ];
         let isas = [Isa::Avx512, Isa::Avx2, Isa::Scalar];
         let mut checked = 0;
