@@ -503,10 +503,9 @@ fn beats(v: f32, best: f32) -> bool {
 }
 
 /// Max-pooling of one plane `x` (`w` columns) by 2×2 windows at stride 2 (VGG's pools), `ow`
-/// outputs a row: each
-/// window's four entries compared in the general loop's order (row-major), a window per
-/// lane of a loop the compiler vectorises (the general loop reads each window's start from
-/// a table, a scalar gather).
+/// outputs a row: each window's four entries compared in the general loop's order
+/// (row-major), a window per lane of a loop the compiler vectorises (the general loop reads
+/// each window's start from a table, a scalar gather).
 fn max_pool_2x2(x: &[f32], w: usize, ow: usize, out: &mut [f32], arg: &mut [u32]) {
     let rows = out.chunks_exact_mut(ow).zip(arg.chunks_exact_mut(ow));
     for (i, (out, arg)) in rows.enumerate() {
@@ -544,13 +543,14 @@ pub(super) fn pool<D: Device<f32>, T: Tape<f32, D>>(
     let mut out = vec![0.0; g.n * g.c * p];
     // Flat in-plane index of each output's maximum, for the backward pass.
     let mut arg = vec![0u32; if kind == PoolKind::Max { out.len() } else { 0 }];
+    let pairs = g.bh.pairs() && g.bw.pairs();
     match kind {
         PoolKind::Max => out
             .par_chunks_mut(p)
             .zip(arg.par_chunks_mut(p))
             .zip(xs.par_chunks(hw))
             .for_each(|((out, arg), x)| {
-                if g.bh.pairs() && g.bw.pairs() {
+                if pairs {
                     return max_pool_2x2(x, g.w, g.bw.len(), out, arg);
                 }
                 // Output row by output row, one window offset `(dy, dx)` at a time (in the

@@ -529,8 +529,12 @@ fn output_transform(
 ) {
     let (p, tiles) = (g.p(), grid.tiles());
     let t_len = out.len() / (g.o * p) * tiles;
-    let places = grid.output_places(g);
     let in_rows = in_rows(g, grid, t_len / tiles);
+    // Only the general transform places outputs one by one.
+    let places = match in_rows {
+        Some(_) => Vec::new(),
+        None => grid.output_places(g),
+    };
     each(by_row(out, g.o, p), g.o, threads, |[q, y, _], o, planes| {
         let at = |pos: usize| &m[(pos * g.o + o) * t_len..][..t_len];
         if let Some((isa, q)) = in_rows {
@@ -587,9 +591,13 @@ fn output_adjoint(
 ) {
     let (p, tiles) = (g.p(), grid.tiles());
     let t_len = ns * tiles;
-    let at = grid.output_places(g);
     dm.resize(POS * g.o * t_len, 0.0);
     let in_rows = in_rows(g, grid, ns);
+    // Only the general transform gathers gradients one by one.
+    let at = match in_rows {
+        Some(_) => Vec::new(),
+        None => grid.output_places(g),
+    };
     each(
         by_row(dm, g.o, t_len),
         g.o,

@@ -120,6 +120,8 @@ macro_rules! kernel {
             }
             fn on<const W: usize, const L: usize>(isa: Isa, $($a: $t),*) {
                 assert!(isa.runs_here(), "{isa:?} does not run on this CPU");
+                // The widths below and `group`, which callers plan with, must agree.
+                debug_assert_eq!(group(W), Some(L / W), "tile rows a vector of {W} tiles");
                 match isa {
                     // SAFETY: the CPU has the instruction set, checked just above.
                     #[cfg(target_arch = "x86_64")]
@@ -164,7 +166,6 @@ kernel! {
         let Split { wp, half } = layout;
         let v: &mut [&mut [f32]; POS] = v.try_into().expect("16 positions");
         for (i, bases) in bases.chunks_exact(L / W).enumerate() {
-            let r = i * L / W;
             // Entry (y, s) of the tiles' 4×4 blocks: padded row 2r + y, columns 2t + s.
             // Bᵀ down the columns, then along the rows.
             let mut cols = [[[0.0; L]; 4]; 4];
@@ -178,7 +179,7 @@ kernel! {
             for y in 0..4 {
                 let out = lanes([cols[0][y], cols[1][y], cols[2][y], cols[3][y]], b_rows);
                 for (s, o) in out.iter().enumerate() {
-                    v[4 * y + s][at + r * W..][..L].copy_from_slice(o);
+                    v[4 * y + s][at + i * L..][..L].copy_from_slice(o);
                 }
             }
         }
@@ -270,13 +271,12 @@ kernel! {
         let Split { wp, half } = layout;
         let dv: &[&[f32]; POS] = dv.try_into().expect("16 positions");
         for (i, bases) in bases.chunks_exact(L / W).enumerate() {
-            let r = i * L / W;
             // B along the rows, then down the columns.
             let mut e = [[[0.0; L]; 4]; 4];
             for (y, e) in e.iter_mut().enumerate() {
                 let mut p = [[0.0; L]; 4];
                 for (s, p) in p.iter_mut().enumerate() {
-                    *p = load(dv[4 * y + s], at + r * W);
+                    *p = load(dv[4 * y + s], at + i * L);
                 }
                 *e = lanes(p, b_adjoint);
             }
