@@ -5,10 +5,14 @@
 //! allocated ([`host_vec`]). Every entry point is generic over the
 //! device so the dispatching code compiles for CUDA too; only [`uses_cpu_fast_path`] devices
 //! reach the downcasts. The bias gradients of the dense and conv paths share one ordered sum
-//! ([`add_row_sums`]).
+//! ([`add_row_sums`]), and their large scratch buffers start as zeros written over the pool
+//! ([`zeros`]).
 
 use dfdx::prelude::*;
+use rayon::prelude::*;
 use std::any::{Any, TypeId};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Whether the ops of `nn` take their host fast path on device `D` (dfdx's `Cpu`).
 pub fn uses_cpu_fast_path<D: 'static>() -> bool {
@@ -93,6 +97,112 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Floats from which [`zeros`] writes over the pool (1 MiB): below, one thread's `memset` is
+/// over before the pool would be awake.
+const POOL_ZEROS: usize = 1 << 18;
+
+/// Floats each of [`zeros`]' tasks writes.
+const ZEROS_PER_TASK: usize = 1 << 16;
+
+/// `len` zeros, written over the pool when there are many. The fast paths allocate their
+/// large buffers afresh in every pass (a wide layer's transformed kernel and data, its
+/// products, its gradients: up to 16 MiB each), from memory the allocator keeps
+/// ([`keep_freed_memory`]) and so has to zero itself: on the calling thread, while the pool
+/// waited, that was a tenth of a VGG-16 step's wall time on two threads (perf, issue 19).
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    if len < POOL_ZEROS {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(ZEROS_PER_TASK)
+        // SAFETY: `c` is valid for writes of its length; all-zero bits are 0.0. As `memset`,
+        // which `fill` did not become, its stores need not read the lines they fill first.
+        .for_each(|c| unsafe { std::ptr::write_bytes(c.as_mut_ptr(), 0, c.len()) });
+    // SAFETY: the capacity is at least `len`, and its first `len` floats were written above.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `v` grown to `len` floats with zeros ([`zeros`]' pool when it starts empty, as the fast
+/// paths' scratch vectors do in each pass).
+pub(crate) fn grow_zeroed(v: &mut Vec<f32>, len: usize) {
+    if v.is_empty() {
+        *v = zeros(len);
+    } else {
+        v.resize(len, 0.0);
+    }
+}
+
+/// A buffer of `len` floats that parallel tasks write piece by piece, each piece zeroed by
+/// the task that writes it just before it does ([`Piece::zeroed`]): in that task's cache,
+/// where [`zeros`] first makes a pass over the whole buffer through memory (a wide layer's
+/// transformed kernel, its products and their gradients, 16 MiB each: those passes were 7%
+/// of a VGG-16 step's samples on two threads, perf, issue 19). [`Fresh::into_vec`] checks
+/// that every piece was zeroed, so no float is ever read unwritten.
+pub(crate) struct Fresh {
+    buf: Vec<f32>,
+    len: usize,
+    zeroed: AtomicUsize,
+}
+
+/// One piece of a [`Fresh`] buffer, not yet written.
+pub(crate) struct Piece<'a> {
+    run: &'a mut [MaybeUninit<f32>],
+    zeroed: &'a AtomicUsize,
+}
+
+impl Fresh {
+    pub(crate) fn new(len: usize) -> Fresh {
+        Fresh {
+            buf: Vec::with_capacity(len),
+            len,
+            zeroed: AtomicUsize::new(0),
+        }
+    }
+
+    /// The buffer's pieces of `run` floats in order (the last one shorter where `run` does
+    /// not divide the length).
+    pub(crate) fn pieces(&mut self, run: usize) -> Vec<Piece<'_>> {
+        let zeroed = &self.zeroed;
+        self.buf.spare_capacity_mut()[..self.len]
+            .chunks_mut(run.max(1))
+            .map(|run| Piece { run, zeroed })
+            .collect()
+    }
+
+    /// The buffer, once every piece is written.
+    ///
+    /// # Panics
+    ///
+    /// Where some piece was not zeroed: a caller's bug, caught before any float is read.
+    pub(crate) fn into_vec(mut self) -> Vec<f32> {
+        let zeroed = self.zeroed.into_inner();
+        assert_eq!(zeroed, self.len, "pieces of a fresh buffer left unwritten");
+        // SAFETY: the pieces partition the first `len` floats (`pieces`), each is zeroed at
+        // most once (`Piece::zeroed` takes it by value), and their lengths add up to `len`,
+        // so every float was written.
+        unsafe { self.buf.set_len(self.len) };
+        self.buf
+    }
+}
+
+impl<'a> Piece<'a> {
+    /// The piece, zeroed, for its task to write.
+    pub(crate) fn zeroed(self) -> &'a mut [f32] {
+        let len = self.run.len();
+        let ptr = self.run.as_mut_ptr().cast::<f32>();
+        // SAFETY: `ptr` is valid for writes of `len` floats (the piece), and all-zero bits
+        // are 0.0; once written, they are initialised floats, borrowed for the piece's life.
+        let run = unsafe {
+            std::ptr::write_bytes(ptr, 0, len);
+            std::slice::from_raw_parts_mut(ptr, len)
+        };
+        self.zeroed.fetch_add(len, Ordering::Relaxed);
+        run
+    }
+}
+
 /// Adds to `out[r]` the sum of row `r` of `rows` (rows of `len`), each summed in element order
 /// from -0.0 as `Iterator::sum` does, eight rows at a time so that their chains of dependent
 /// additions overlap (one row's sum waits on each addition: the bias gradient of a 400-unit
@@ -136,6 +246,54 @@ mod tests {
         let a: Tensor<(usize, usize), f32, Cpu> =
             dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], (2, 3));
         host_slice(&a.permute::<_, Axes2<1, 0>>());
+    }
+
+    #[test]
+    fn zeros_over_the_pool_are_zeros_even_in_memory_the_allocator_reuses() {
+        // Lengths below, at and past the pool's threshold, the last task's piece partial.
+        for len in [
+            5,
+            POOL_ZEROS - 1,
+            POOL_ZEROS,
+            POOL_ZEROS + ZEROS_PER_TASK / 3 + 1,
+        ] {
+            // Memory full of ones, freed: the allocator keeps it and likely hands it back.
+            drop(vec![1.0f32; len + ZEROS_PER_TASK]);
+            let z = zeros(len);
+            assert_eq!(z.len(), len);
+            assert!(z.iter().all(|x| x.to_bits() == 0), "{len} floats");
+            let mut v = Vec::new();
+            grow_zeroed(&mut v, len);
+            grow_zeroed(&mut v, len + 3);
+            assert!(v.len() == len + 3 && v.iter().all(|x| x.to_bits() == 0));
+        }
+    }
+
+    #[test]
+    fn a_fresh_buffer_holds_what_its_pieces_tasks_wrote() {
+        // Ten floats in pieces of four: 4, 4 and a shorter 2, written over the pool.
+        let mut buf = Fresh::new(10);
+        let pieces = buf.pieces(4);
+        assert_eq!(pieces.iter().map(|p| p.run.len()).collect::<Vec<_>>(), [4, 4, 2]);
+        pieces.into_par_iter().enumerate().for_each(|(i, p)| {
+            let run = p.zeroed();
+            assert!(run.iter().all(|x| x.to_bits() == 0), "zeroed before use");
+            run[0] = i as f32 + 1.0;
+        });
+        assert_eq!(
+            buf.into_vec(),
+            [1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 0.0]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "pieces of a fresh buffer left unwritten")]
+    fn a_fresh_buffer_with_a_piece_left_unwritten_is_refused() {
+        let mut buf = Fresh::new(10);
+        for p in buf.pieces(4).into_iter().take(2) {
+            p.zeroed();
+        }
+        buf.into_vec();
     }
 
     #[test]

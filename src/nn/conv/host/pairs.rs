@@ -19,8 +19,9 @@
 //! not depend on the batch it came in.
 
 use super::super::geom::ConvGeom;
-use super::{add_channel_major, add_into, by_row, tap_major};
+use super::{add_channel_major, add_into, fresh_by_row, tap_major};
 use crate::nn::gemm::{gemm, Mat};
+use crate::nn::host::zeros;
 use rayon::prelude::*;
 
 /// One tap that lands inside the map: output pixel `p`, input pixel `q` (flat in-plane
@@ -85,7 +86,7 @@ fn side_by_side(
     by: fn(&Pair) -> usize,
 ) -> Vec<f32> {
     let width = pairs.len() * n;
-    let mut out = vec![0.0; rows * width];
+    let mut out = zeros(rows * width);
     for (r, dst) in out.chunks_exact_mut(width).enumerate() {
         for (dst, pair) in dst.chunks_exact_mut(n).zip(pairs) {
             dst.copy_from_slice(&blocks[(by(pair) * rows + r) * n..][..n]);
@@ -97,7 +98,7 @@ fn side_by_side(
 /// `[N, rows, pixels]` (a batch of planes) as `[pixels, rows, N]`.
 fn pixel_major(planes: &[f32], rows: usize, pixels: usize) -> Vec<f32> {
     let n = planes.len() / (rows * pixels);
-    let mut out = vec![0.0; planes.len()];
+    let mut out = zeros(planes.len());
     for (j, sample) in planes.chunks_exact(rows * pixels).enumerate() {
         for (r, plane) in sample.chunks_exact(pixels).enumerate() {
             for (q, &v) in plane.iter().enumerate() {
@@ -161,11 +162,13 @@ fn add_blocks(
 pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<f32>, Saved) {
     let (n, p) = (g.n, g.p());
     let kk = g.kh * g.kw;
-    let mut taps = vec![0.0; kk * g.o * g.c];
-    by_row(&mut taps, g.o, g.c)
-        .par_chunks_mut(kk)
-        .enumerate()
-        .for_each(|(o, rows)| tap_major(&ws[o * g.c * kk..][..g.c * kk], rows));
+    let taps = fresh_by_row(
+        kk * g.o,
+        g.o,
+        g.c,
+        || (),
+        |_, o, rows| tap_major(&ws[o * g.c * kk..][..g.c * kk], rows),
+    );
     let pixels = pixel_major(xs, g.c, g.h * g.w);
     let groups = by_tap(g);
     // Tap by tap: `W_t · [X_q1 | X_q2 | …]`.
@@ -183,10 +186,10 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<
             y
         })
         .collect();
-    let mut ys = vec![0.0; p * g.o * n];
+    let mut ys = zeros(p * g.o * n);
     add_blocks(&results, &groups, g.o, n, |pr| pr.p, &mut ys);
     // `[P, O, N]` → `[N, O, P]`, plus the bias.
-    let mut out = vec![0.0; n * g.o * p];
+    let mut out = zeros(n * g.o * p);
     out.par_chunks_mut(g.o * p)
         .enumerate()
         .for_each(|(j, sample)| {
@@ -212,7 +215,7 @@ pub(super) fn backward(
     let (n, kk) = (g.n, g.kh * g.kw);
     let dys = pixel_major(gout, g.o, g.p());
     let groups = by_tap(g);
-    let mut dtaps = vec![0.0; kk * g.o * g.c];
+    let mut dtaps = zeros(kk * g.o * g.c);
     let mut dxs = Vec::new();
     for (t, pairs) in groups.iter().enumerate() {
         if pairs.is_empty() {
@@ -258,7 +261,7 @@ pub(super) fn backward(
         return;
     };
     let hw = g.h * g.w;
-    let mut sums = vec![0.0; hw * g.c * n];
+    let mut sums = zeros(hw * g.c * n);
     add_blocks(&dxs, &groups, g.c, n, |pr| pr.q, &mut sums);
     gx.par_chunks_mut(g.c * hw)
         .enumerate()

@@ -85,7 +85,7 @@ pub(in super::super) fn forward(
     let u = kernel_transform(ws, g);
     let pu = packed(&u, g, false);
     let grids = bands(g);
-    let mut out = vec![0.0; g.n * op];
+    let mut out = zeros(g.n * op);
     out.par_chunks_mut(op)
         .zip(xs.par_chunks(chw))
         .for_each(|(out, x)| {

@@ -25,9 +25,10 @@
 //! tile by tile longer still; docs/performance.md).
 
 use super::super::geom::ConvGeom;
-use super::{add_channel_major, add_into, by_row, prefetch, tap_major};
+use super::{add_channel_major, add_into, by_row, fresh_by_row, prefetch, tap_major};
 use crate::nn::gemm::blocked::Isa;
 use crate::nn::gemm::{gemm_here, Mat};
+use crate::nn::host::{grow_zeroed, zeros, Fresh, Piece};
 use rayon::prelude::*;
 
 pub(super) mod banded;
@@ -192,11 +193,12 @@ fn chunk(g: &ConvGeom) -> usize {
 /// filter, a channel's nine taps are first gathered tap-major (`[9, C]`), so that every step
 /// below is one element-wise pass over the channels.
 fn kernel_transform(ws: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let mut u = vec![0.0; POS * g.o * g.c];
-    by_row(&mut u, g.o, g.c)
-        .par_chunks_mut(POS)
-        .enumerate()
-        .for_each_init(Scratch::default, |[taps, cols, _], (o, rows)| {
+    fresh_by_row(
+        POS * g.o,
+        g.o,
+        g.c,
+        Scratch::default,
+        |[taps, cols, _], o, rows| {
             let taps = at_least(taps, 9 * g.c);
             let mut dst: Vec<&mut [f32]> = taps.chunks_exact_mut(g.c).collect();
             tap_major(&ws[o * g.c * 9..][..g.c * 9], &mut dst);
@@ -216,8 +218,8 @@ fn kernel_transform(ws: &[f32], g: &ConvGeom) -> Vec<f32> {
                     g_rows,
                 );
             }
-        });
-    u
+        },
+    )
 }
 
 /// G's rows applied to three taps: `(a, (a + b + c)/2, (a − b + c)/2, c)`.
@@ -441,7 +443,7 @@ fn input_transform(
     let t_len = ns * tiles;
     let (hp, wp) = grid.padded();
     let half = wp / 2;
-    v.resize(POS * g.c * t_len, 0.0);
+    grow_zeroed(v, POS * g.c * t_len);
     let in_rows = rows::choose(tw, grid.rows.len(), ns);
     let (q, plane, bases) = tile_rows(grid, in_rows);
     // Rows of the zero-bordered planes that no input row fills: zeroed for each channel, as
@@ -591,7 +593,7 @@ fn output_adjoint(
 ) {
     let (p, tiles) = (g.p(), grid.tiles());
     let t_len = ns * tiles;
-    dm.resize(POS * g.o * t_len, 0.0);
+    grow_zeroed(dm, POS * g.o * t_len);
     let in_rows = in_rows(g, grid, ns);
     // Only the general transform gathers gradients one by one.
     let at = match in_rows {
@@ -768,6 +770,23 @@ fn in_rows(g: &ConvGeom, grid: &Grid, ns: usize) -> Option<(Isa, usize)> {
         .filter(|_| g.wo == 2 * grid.tw && 2 * grid.rows.end <= g.ho)
 }
 
+/// Where a product goes: a fresh piece, which it writes, or an earlier chunk's sum, which it
+/// adds to.
+enum Dst<'a> {
+    Fresh(Piece<'a>),
+    Add(&'a mut [f32]),
+}
+
+impl<'a> Dst<'a> {
+    /// The floats, and whether the product adds to them.
+    fn open(self) -> (&'a mut [f32], bool) {
+        match self {
+            Dst::Fresh(piece) => (piece.zeroed(), false),
+            Dst::Add(sum) => (sum, true),
+        }
+    }
+}
+
 /// What the forward pass keeps for the backward pass: the transformed kernel `U` (the weight
 /// is the same then) and, where the whole batch is one chunk, its transformed input `V`,
 /// which the backward pass would otherwise compute again (a tenth of a wide layer's time;
@@ -784,25 +803,26 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let u = kernel_transform(ws, g);
     let whole = Grid::whole(g);
-    let (mut v, mut m) = (Vec::new(), Vec::new());
-    let mut out = vec![0.0; g.n * op];
+    let mut v = Vec::new();
+    let mut out = zeros(g.n * op);
     let ns = chunk(g);
     for (out, xs) in out.chunks_mut(ns * op).zip(xs.chunks(ns * chw)) {
         let ns = xs.len() / chw;
         let t_len = ns * th * tw;
         input_transform(xs, g, ns, &whole, Threads::Pool, &mut v);
-        m.resize(POS * g.o * t_len, 0.0);
+        let mut m = Fresh::new(POS * g.o * t_len);
         // The sixteen products side by side, each on one thread (the same bits as one
         // product over the pool): one wake of the pool where there were sixteen, and no
         // operand packed once per thread.
-        m.par_chunks_mut(g.o * t_len)
+        m.pieces(g.o * t_len)
+            .into_par_iter()
             .enumerate()
             .for_each(|(pos, m)| {
                 let a = Mat::new(&u[pos * g.o * g.c..][..g.o * g.c], g.o, g.c);
                 let b = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
-                gemm_here(a, b, m, false);
+                gemm_here(a, b, m.zeroed(), false);
             });
-        output_transform(&m, g, &whole, Threads::Pool, bs, out);
+        output_transform(&m.into_vec(), g, &whole, Threads::Pool, bs, out);
     }
     let v = (ns >= g.n).then_some(v);
     (out, Saved { u, v })
@@ -822,10 +842,10 @@ pub(super) fn backward(
     let (th, tw) = tiles(g);
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let (oc, ns) = (g.o * g.c, chunk(g));
-    let mut du = vec![0.0; POS * oc];
+    let mut du = Vec::new();
     let u = &saved.u;
     let whole = Grid::whole(g);
-    let (mut v_here, mut dm, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut v_here, mut dm) = (Vec::new(), Vec::new());
     for (ci, (xs, gout)) in xs.chunks(ns * chw).zip(gout.chunks(ns * op)).enumerate() {
         let ns_here = xs.len() / chw;
         let t_len = ns_here * th * tw;
@@ -837,32 +857,40 @@ pub(super) fn backward(
             }
         };
         output_adjoint(gout, g, ns_here, &whole, Threads::Pool, &mut dm);
-        let dvs: Vec<Option<&mut [f32]>> = match gx {
-            Some(_) => {
-                dv.resize(POS * g.c * t_len, 0.0);
-                dv.chunks_mut(g.c * t_len).map(Some).collect()
-            }
+        // The first chunk's products start the weight gradient; later chunks' add to it.
+        let mut du_first = (ci == 0).then(|| Fresh::new(POS * oc));
+        let dus: Vec<Dst> = match &mut du_first {
+            Some(du) => du.pieces(oc).into_iter().map(Dst::Fresh).collect(),
+            None => du.chunks_mut(oc).map(Dst::Add).collect(),
+        };
+        let mut dv = gx.is_some().then(|| Fresh::new(POS * g.c * t_len));
+        let dvs: Vec<Option<Piece>> = match &mut dv {
+            Some(dv) => dv.pieces(g.c * t_len).into_iter().map(Some).collect(),
             None => (0..POS).map(|_| None).collect(),
         };
         // Each position's two products on one thread, as in the forward pass.
-        du.par_chunks_mut(oc)
+        dus.into_par_iter()
             .zip(dvs)
             .enumerate()
             .for_each(|(pos, (du, dv))| {
                 let dmp = Mat::new(&dm[pos * g.o * t_len..][..g.o * t_len], g.o, t_len);
                 let vp = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
                 // Chunk by chunk, in order: a fixed sum.
-                gemm_here(dmp, vp.t(), du, ci > 0);
+                let (du, add) = du.open();
+                gemm_here(dmp, vp.t(), du, add);
                 if let Some(dv) = dv {
                     let up = Mat::new(&u[pos * oc..][..oc], g.o, g.c);
-                    gemm_here(up.t(), dmp, dv, false);
+                    gemm_here(up.t(), dmp, dv.zeroed(), false);
                 }
             });
-        let Some(gx) = gx.as_deref_mut() else {
+        if let Some(first) = du_first {
+            du = first.into_vec();
+        }
+        let (Some(gx), Some(dv)) = (gx.as_deref_mut(), dv) else {
             continue;
         };
         input_adjoint(
-            &dv,
+            &dv.into_vec(),
             g,
             &whole,
             Threads::Pool,
