@@ -274,7 +274,10 @@ mod tests {
         // Ten floats in pieces of four: 4, 4 and a shorter 2, written over the pool.
         let mut buf = Fresh::new(10);
         let pieces = buf.pieces(4);
-        assert_eq!(pieces.iter().map(|p| p.run.len()).collect::<Vec<_>>(), [4, 4, 2]);
+        assert_eq!(
+            pieces.iter().map(|p| p.run.len()).collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
         pieces.into_par_iter().enumerate().for_each(|(i, p)| {
             let run = p.zeroed();
             assert!(run.iter().all(|x| x.to_bits() == 0), "zeroed before use");
