@@ -1208,3 +1208,55 @@ fn relu_gives_dfdx_relus_bits_forward_and_backward() {
         assert!(ours.1 == dfdx.1, "gradient differs from dfdx's at {d:?}");
     }
 }
+
+#[test]
+fn a_convolution_and_its_relu_in_one_op_give_the_bits_of_the_two_apart() {
+    // Each of the CPU path's methods (whole-batch and banded Winograd, the products over
+    // taps on a 2×2 map, the direct path), biases that push about half the outputs below
+    // zero, and output gradients with signed zeros, infinities and NaN where ReLU passes
+    // them and where it blocks them (`0 · ∞` is NaN either way): outputs and the gradients
+    // of the input, the weight and the bias, bit for bit.
+    let dev = Cpu::default();
+    let special = [f32::NAN, f32::INFINITY, -0.0, 0.0, f32::NEG_INFINITY];
+    for (xd, wd, seed) in [
+        ((3, 160, 6, 6), (160, 160, 3, 3), 41),
+        ((2, 64, 16, 18), (128, 64, 3, 3), 42),
+        ((3, 400, 2, 2), (410, 400, 3, 3), 43),
+        ((2, 3, 9, 7), (8, 3, 3, 3), 44),
+    ] {
+        let mut r = rng(seed);
+        let (x, wt) = (uniform(&mut r, numel(xd)), uniform(&mut r, numel(wd)));
+        let b: Vec<f32> = uniform(&mut r, wd.0).iter().map(|v| v - 0.5).collect();
+        let od = (xd.0, wd.0, xd.2, xd.3);
+        let mut probe = uniform(&mut r, numel(od));
+        for (i, p) in probe.iter_mut().enumerate().filter(|(i, _)| i % 13 == 0) {
+            *p = special[(i / 13) % special.len()];
+        }
+        let run = |fused: bool| {
+            let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
+            let (xl, wl, bl) = (xt.leaky_trace(), wt_t.leaky_trace(), bt.leaky_trace());
+            let out = match fused {
+                true => conv::conv2d_relu(xl, wl, bl, 1, 1),
+                false => conv::relu(conv::conv2d(xl, wl, bl, 1, 1)),
+            };
+            let y = out.as_vec();
+            let grads = (out * t4(&dev, &probe, od)).sum::<(), _>().backward();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            [
+                y,
+                grads.get(&xt).as_vec(),
+                grads.get(&wt_t).as_vec(),
+                grads.get(&bt).as_vec(),
+            ]
+            .map(bits)
+        };
+        let (fused, apart) = (run(true), run(false));
+        assert!(
+            fused[0].iter().filter(|&&y| y == 0).count() > fused[0].len() / 5,
+            "ReLU blocks a good part of the outputs at {xd:?}"
+        );
+        for (k, what) in ["output", "d/dx", "d/dw", "d/db"].iter().enumerate() {
+            assert!(fused[k] == apart[k], "{what} differs at {xd:?}");
+        }
+    }
+}

@@ -166,11 +166,13 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
 }
 
+/// The convolution, then ReLU where `relu` says (see [`super::conv2d_relu`]).
 pub(super) fn conv2d<D, T, TX>(
     x: Tensor4<D, TX>,
     weight: Tensor4<D, T>,
     bias: Vector<D, T>,
     g: ConvGeom,
+    relu: bool,
 ) -> Tensor4<D, T>
 where
     D: Device<f32>,
@@ -202,7 +204,15 @@ where
         }
         Method::Direct => (direct_forward(xs, ws, bs, &g), None),
     };
+    let mut out = out;
+    if relu {
+        // In place, as `relu` computes each element.
+        map_in_place(&mut out, |v| *v = v.max(0.0));
+    }
     let out: Tensor4<D> = dev.tensor_from_vec(out, (g.n, o, g.ho, g.wo));
+    // What the backward pass masks the gradient by: the output itself (positive exactly
+    // where the convolution's was), shared, not copied.
+    let kept = relu.then(|| out.clone());
 
     let mut tape = tw.merge(tb).merge(tx);
     let (x_id, w_id, b_id, out_id) = (x.ghost(), w.ghost(), b.ghost(), out.ghost());
@@ -211,7 +221,15 @@ where
         // The input and weight tensors themselves, shared with the forward pass's callers.
         let (xs, ws) = (host_slice(&x), host_slice(&w));
         // Moved out (and back) so the other gradients can be borrowed meanwhile.
-        let gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
+        let mut gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
+        if let Some(kept) = &kept {
+            // ReLU's backward pass in place, with the same operations as `relu`'s into its
+            // zeroed input gradient: `0 + [y > 0]·∂y` (so −0 and NaN come out alike).
+            let ys = host_slice(kept);
+            zip3(&mut gout, ys, ys, |g, y, _| {
+                *g = 0.0 + if y > 0.0 { 1.0 } else { 0.0 } * *g
+            });
+        }
         let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
         // Sample by sample, each plane's sum added to its channel's (in sample order), blocks
         // of channels over the pool (on the calling thread, a VGG-16 step's bias gradients
@@ -496,6 +514,16 @@ fn col2im(dcols: &[f32], g: &ConvGeom, ns: usize, gx: &mut [f32]) {
 /// Elements per task of the element-wise ops; smaller tensors stay on the calling thread (a
 /// round trip through the pool costs more than they do).
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// `f` over `dst`'s elements in place, chunked as [`zip3`] is.
+fn map_in_place(dst: &mut [f32], f: impl Fn(&mut f32) + Sync) {
+    if dst.len() <= ELEMENTWISE_CHUNK {
+        dst.iter_mut().for_each(f);
+    } else {
+        dst.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .for_each(|d| d.iter_mut().for_each(&f));
+    }
+}
 
 /// `f` over `(dst, a, b)` element-wise, over the pool's threads in chunks of
 /// [`ELEMENTWISE_CHUNK`] when there are several.
