@@ -1260,3 +1260,42 @@ fn a_convolution_and_its_relu_in_one_op_give_the_bits_of_the_two_apart() {
         }
     }
 }
+
+#[test]
+fn a_weight_two_convolutions_share_gets_the_sum_of_their_gradients() {
+    // The first backward pass to reach the weight writes its gradient whole, the second adds
+    // to it: the Winograd, banded and small-map paths, against each use's gradient alone.
+    let dev = Cpu::default();
+    for (xd, wd, seed) in [
+        ((2, 160, 6, 6), (160, 160, 3, 3), 51),
+        ((2, 64, 16, 18), (128, 64, 3, 3), 52),
+        ((2, 400, 2, 2), (410, 400, 3, 3), 53),
+    ] {
+        let mut r = rng(seed);
+        let (x1, x2) = (uniform(&mut r, numel(xd)), uniform(&mut r, numel(xd)));
+        let (wt, b) = (uniform(&mut r, numel(wd)), uniform(&mut r, wd.0));
+        let od = (xd.0, wd.0, xd.2, xd.3);
+        let (p1, p2) = (uniform(&mut r, numel(od)), uniform(&mut r, numel(od)));
+        // d/dw of Σ p1·conv(x1, w) (+ Σ p2·conv(x2, w) where both are used).
+        let grad = |uses: &[(&[f32], &[f32])]| {
+            let (w, bt) = (t4(&dev, &wt, wd), t1(&dev, &b));
+            // Each use traced on its own tape, merged in the sum: one gradient for `w`'s id.
+            let loss = uses
+                .iter()
+                .map(|(x, p)| {
+                    let y =
+                        conv::conv2d(t4(&dev, x, xd), w.leaky_trace(), bt.clone().retaped(), 1, 1);
+                    (y * t4(&dev, p, od)).sum::<(), _>()
+                })
+                .reduce(|a, b| a + b)
+                .expect("a use");
+            let grads = loss.backward();
+            grads.get(&w).as_vec()
+        };
+        let (one, two) = (grad(&[(&x1, &p1)]), grad(&[(&x2, &p2)]));
+        let both = grad(&[(&x1, &p1), (&x2, &p2)]);
+        let sum: Vec<f32> = one.iter().zip(&two).map(|(a, b)| a + b).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&both) == bits(&sum), "shared weight at {xd:?}");
+    }
+}

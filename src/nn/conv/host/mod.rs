@@ -71,6 +71,32 @@ fn fresh_by_row<S>(
     buf.into_vec()
 }
 
+/// `f(state, o, filter)` for each filter's `len` floats of the weight gradient `gw`, over the
+/// pool, `f` adding its filter's gradient. Where `gw` is empty (the weight had none yet: see
+/// [`conv2d`]), a fresh gradient of `filters` filters whose tasks zero each filter first, in
+/// cache, where dfdx zeroed the whole of it through memory.
+fn add_by_filter<S>(
+    gw: &mut Vec<f32>,
+    filters: usize,
+    len: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) {
+    if !gw.is_empty() {
+        gw.par_chunks_mut(len)
+            .enumerate()
+            .for_each_init(init, |s, (o, filter)| f(s, o, filter));
+        return;
+    }
+    let mut fresh = Fresh::new(filters * len);
+    fresh
+        .pieces(len)
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(init, |s, (o, filter)| f(s, o, filter.zeroed()));
+    *gw = fresh.into_vec();
+}
+
 /// `runs` grouped by row as [`by_row`] groups a buffer's.
 fn grouped<T>(runs: impl IntoIterator<Item = T>, rows: usize) -> Vec<T> {
     let mut runs: Vec<Option<T>> = runs.into_iter().map(Some).collect();
@@ -247,8 +273,10 @@ where
         }
         // The transforms' and the pairs' own backward passes; the direct one follows.
         if let Some(saved) = &saved {
-            // Taken out (and put back) so that the input gradient can be borrowed meanwhile.
-            let mut gw = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&w_id)?));
+            // Taken out (and put back) so that the input gradient can be borrowed meanwhile;
+            // empty where the weight has no gradient yet, for the backward pass to write.
+            let gw = grads.get_or_insert_empty_mut(&w_id)?;
+            let mut gw = std::mem::take(host_vec::<D>(gw));
             let gx = match need_x {
                 true => Some(host_vec::<D>(grads.get_or_alloc_mut(&x_id)?).as_mut_slice()),
                 false => None,

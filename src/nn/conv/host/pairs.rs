@@ -19,7 +19,7 @@
 //! not depend on the batch it came in.
 
 use super::super::geom::ConvGeom;
-use super::{add_channel_major, add_into, fresh_by_row, tap_major};
+use super::{add_by_filter, add_channel_major, add_into, fresh_by_row, tap_major};
 use crate::nn::gemm::{gemm, Mat};
 use crate::nn::host::zeros;
 use rayon::prelude::*;
@@ -209,7 +209,7 @@ pub(super) fn backward(
     saved: &Saved,
     gout: &[f32],
     g: &ConvGeom,
-    gw: &mut [f32],
+    gw: &mut Vec<f32>,
     gx: Option<&mut [f32]>,
 ) {
     let (n, kk) = (g.n, g.kh * g.kw);
@@ -245,9 +245,12 @@ pub(super) fn backward(
     // The weight's taps back to `[O, C, kh, kw]`: 3×3 kernels in blocks of channels (an
     // element at a time, at a stride of the whole weight, took a fifth of a 2×2 layer).
     let tap = |t: usize, o: usize| &dtaps[(t * g.o + o) * g.c..][..g.c];
-    gw.par_chunks_mut(g.c * kk)
-        .enumerate()
-        .for_each(|(o, filters)| {
+    add_by_filter(
+        gw,
+        g.o,
+        g.c * kk,
+        || (),
+        |_, o, filters| {
             if kk == 9 {
                 return add_channel_major(std::array::from_fn(|t| tap(t, o)), filters);
             }
@@ -256,7 +259,8 @@ pub(super) fn backward(
                     *d += tap(t, o)[c];
                 }
             }
-        });
+        },
+    );
     let Some(gx) = gx else {
         return;
     };

@@ -52,6 +52,18 @@ impl<E, D: Storage<E>> Gradients<E, D> {
         Ok(self.get_mut(t))
     }
 
+    /// cfpipe's patch (PATCH.md): the gradient for `t` if it has one, else a new, empty one
+    /// (length 0) for a caller that writes it whole, instead of a zeroed one it would add to.
+    pub fn get_or_insert_empty_mut<S: Shape>(
+        &mut self,
+        t: &impl Tensorlike<S, E, D>,
+    ) -> Result<&mut D::Vec, D::Err> {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.gradient_by_id.entry(t.id()) {
+            e.insert(t.dev().try_alloc_len(0)?);
+        }
+        Ok(self.get_mut(t))
+    }
+
     /// Inserts a gradient for `t`
     pub fn try_alloc_for<S: Shape>(&mut self, t: &impl Tensorlike<S, E, D>) -> Result<(), D::Err> {
         if let std::collections::btree_map::Entry::Vacant(e) = self.gradient_by_id.entry(t.id()) {

@@ -113,7 +113,7 @@ pub(in super::super) fn backward(
     saved: &Saved,
     gout: &[f32],
     g: &ConvGeom,
-    gw: &mut [f32],
+    gw: &mut Vec<f32>,
     gx: Option<&mut [f32]>,
 ) {
     let (chw, op, oc) = (g.c * g.h * g.w, g.o * g.p(), g.o * g.c);

@@ -25,7 +25,9 @@
 //! tile by tile longer still; docs/performance.md).
 
 use super::super::geom::ConvGeom;
-use super::{add_channel_major, add_into, by_row, fresh_by_row, prefetch, tap_major};
+use super::{
+    add_by_filter, add_channel_major, add_into, by_row, fresh_by_row, prefetch, tap_major,
+};
 use crate::nn::gemm::blocked::Isa;
 use crate::nn::gemm::{gemm_here, Mat};
 use crate::nn::host::{grow_zeroed, zeros, Fresh, Piece};
@@ -303,11 +305,14 @@ fn positions<'a, 'b: 'a>(
 }
 
 /// `∂g += Gᵀ ∂U G` of every filter: the weight gradient `[O, C, 3, 3]` from `∂U [16, O, C]`.
-fn kernel_adjoint(du: &[f32], g: &ConvGeom, gw: &mut [f32]) {
+fn kernel_adjoint(du: &[f32], g: &ConvGeom, gw: &mut Vec<f32>) {
     let oc = g.o * g.c;
-    gw.par_chunks_mut(g.c * 9).enumerate().for_each_init(
+    add_by_filter(
+        gw,
+        g.o,
+        g.c * 9,
         Scratch::default,
-        |[rows, taps, _], (o, filters)| {
+        |[rows, taps, _], o, filters| {
             let at = |pos: usize| &du[pos * oc + o * g.c..][..g.c];
             // Gᵀ along the rows (positions 4r..4r+4 → three columns), then down the columns,
             // channel-wise; the taps come out tap-major.
@@ -836,7 +841,7 @@ pub(super) fn backward(
     saved: &Saved,
     gout: &[f32],
     g: &ConvGeom,
-    gw: &mut [f32],
+    gw: &mut Vec<f32>,
     mut gx: Option<&mut [f32]>,
 ) {
     let (th, tw) = tiles(g);
