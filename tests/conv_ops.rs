@@ -1236,7 +1236,7 @@ fn a_convolution_and_its_relu_in_one_op_give_the_bits_of_the_two_apart() {
             let (xt, wt_t, bt) = (t4(&dev, &x, xd), t4(&dev, &wt, wd), t1(&dev, &b));
             let (xl, wl, bl) = (xt.leaky_trace(), wt_t.leaky_trace(), bt.leaky_trace());
             let out = match fused {
-                true => conv::conv2d_relu(xl, wl, bl, 1, 1),
+                true => conv::conv2d_fused(xl, wl, bl, 1, 1, true),
                 false => conv::relu(conv::conv2d(xl, wl, bl, 1, 1)),
             };
             let y = out.as_vec();

@@ -144,6 +144,9 @@ pub(crate) struct Fresh {
     buf: Vec<f32>,
     len: usize,
     zeroed: AtomicUsize,
+    /// Whether the pieces were handed out: once only, or a float zeroed twice could stand in
+    /// for one never written in the count `into_vec` checks.
+    cut: bool,
 }
 
 /// One piece of a [`Fresh`] buffer, not yet written.
@@ -158,12 +161,19 @@ impl Fresh {
             buf: Vec::with_capacity(len),
             len,
             zeroed: AtomicUsize::new(0),
+            cut: false,
         }
     }
 
     /// The buffer's pieces of `run` floats in order (the last one shorter where `run` does
     /// not divide the length).
+    ///
+    /// # Panics
+    ///
+    /// When called a second time.
     pub(crate) fn pieces(&mut self, run: usize) -> Vec<Piece<'_>> {
+        assert!(!self.cut, "a fresh buffer's pieces are handed out once");
+        self.cut = true;
         let zeroed = &self.zeroed;
         self.buf.spare_capacity_mut()[..self.len]
             .chunks_mut(run.max(1))
@@ -179,9 +189,9 @@ impl Fresh {
     pub(crate) fn into_vec(mut self) -> Vec<f32> {
         let zeroed = self.zeroed.into_inner();
         assert_eq!(zeroed, self.len, "pieces of a fresh buffer left unwritten");
-        // SAFETY: the pieces partition the first `len` floats (`pieces`), each is zeroed at
-        // most once (`Piece::zeroed` takes it by value), and their lengths add up to `len`,
-        // so every float was written.
+        // SAFETY: the pieces, handed out once, partition the first `len` floats (`pieces`),
+        // each is zeroed at most once (`Piece::zeroed` takes it by value), and the zeroed
+        // lengths add up to `len`, so every float was written.
         unsafe { self.buf.set_len(self.len) };
         self.buf
     }
@@ -287,6 +297,19 @@ mod tests {
             buf.into_vec(),
             [1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 0.0]
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "handed out once")]
+    fn a_fresh_buffer_cut_twice_is_refused() {
+        // Half of the pieces zeroed twice would add up to the length.
+        let mut buf = Fresh::new(8);
+        for _ in 0..2 {
+            for p in buf.pieces(4).into_iter().take(1) {
+                p.zeroed();
+            }
+        }
+        buf.into_vec();
     }
 
     #[test]

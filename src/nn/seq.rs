@@ -209,7 +209,7 @@ where
     let mut relu_done = false;
     for (l, layer) in layers.iter().enumerate() {
         // A convolution followed by ReLU, with no hook on the convolution's own output, runs
-        // both at once (`conv2d_relu`: the same values and gradients, less memory traffic).
+        // both at once (`conv2d_fused`: the same values and gradients, less memory traffic).
         let fuse =
             matches!(layers.get(l + 1), Some(Layer::Relu)) && act_at.get(weighted) != Some(&l);
         let mut a = if std::mem::take(&mut relu_done) {
@@ -228,10 +228,7 @@ where
                 ) => {
                     let (w, b) = (weight.retaped::<T>(), bias.retaped::<T>());
                     relu_done = fuse;
-                    Act::Map(match fuse {
-                        true => conv::conv2d_relu(x, w, b, *stride, *padding),
-                        false => conv::conv2d(x, w, b, *stride, *padding),
-                    })
+                    Act::Map(conv::conv2d_fused(x, w, b, *stride, *padding, fuse))
                 }
                 (Some(x), _) => step(layer, Act::Map(x.retaped::<T>())),
                 (
@@ -246,7 +243,7 @@ where
                     Act::Map(x) => {
                         relu_done = true;
                         let (w, b) = (weight.retaped::<T>(), bias.retaped::<T>());
-                        Act::Map(conv::conv2d_relu(x, w, b, *stride, *padding))
+                        Act::Map(conv::conv2d_fused(x, w, b, *stride, *padding, true))
                     }
                     a => step(layer, a),
                 },

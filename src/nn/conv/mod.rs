@@ -66,24 +66,20 @@ where
     T: Tape<f32, D> + Merge<TX>,
     TX: Tape<f32, D>,
 {
-    let g = ConvGeom::new(*x.shape(), *weight.shape(), bias.shape().0, stride, padding);
-    if uses_cpu_fast_path::<D>() {
-        host::conv2d(x, weight, bias, g, false)
-    } else {
-        composed::conv2d_geom(x, weight, bias, g)
-    }
+    conv2d_fused(x, weight, bias, stride, padding, false)
 }
 
-/// [`conv2d`] then [`relu`], the same values and gradients bit for bit. On the CPU path in one
-/// operation: ReLU in place on the convolution's output, and its backward pass in place on
-/// the output gradient, where apart they wrote a second activation and its zeroed gradient
-/// (a pass of zeros, a copy and a read-modify-write through memory per layer).
-pub fn conv2d_relu<D, T, TX>(
+/// [`conv2d`], then [`relu`] where `relu` says: the same values and gradients bit for bit. On
+/// the CPU path in one operation, ReLU in place on the convolution's output and its backward
+/// pass in place on the output gradient, where apart they wrote a second activation and its
+/// zeroed gradient (a pass of zeros, a copy and a read-modify-write through memory per layer).
+pub fn conv2d_fused<D, T, TX>(
     x: Tensor4<D, TX>,
     weight: Tensor4<D, T>,
     bias: Vector<D, T>,
     stride: usize,
     padding: usize,
+    relu: bool,
 ) -> Tensor4<D, T>
 where
     D: Device<f32>,
@@ -92,9 +88,12 @@ where
 {
     let g = ConvGeom::new(*x.shape(), *weight.shape(), bias.shape().0, stride, padding);
     if uses_cpu_fast_path::<D>() {
-        host::conv2d(x, weight, bias, g, true)
-    } else {
-        composed::conv2d_geom(x, weight, bias, g).relu()
+        return host::conv2d(x, weight, bias, g, relu);
+    }
+    let y = composed::conv2d_geom(x, weight, bias, g);
+    match relu {
+        true => y.relu(),
+        false => y,
     }
 }
 

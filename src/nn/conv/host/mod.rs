@@ -192,7 +192,7 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
 }
 
-/// The convolution, then ReLU where `relu` says (see [`super::conv2d_relu`]).
+/// The convolution, then ReLU where `relu` says (see [`super::conv2d_fused`]).
 pub(super) fn conv2d<D, T, TX>(
     x: Tensor4<D, TX>,
     weight: Tensor4<D, T>,
@@ -215,7 +215,7 @@ where
 
     // Wide 3×3 stride-1 layers take Winograd's transforms and small maps the pairs of taps
     // inside them; each keeps what its backward pass reads.
-    let (out, saved) = match Method::of(&g) {
+    let (mut out, saved) = match Method::of(&g) {
         Method::Winograd => {
             let (out, saved) = winograd::forward(xs, ws, bs, &g);
             (out, Some(Saved::Winograd(saved)))
@@ -230,7 +230,6 @@ where
         }
         Method::Direct => (direct_forward(xs, ws, bs, &g), None),
     };
-    let mut out = out;
     if relu {
         // In place, as `relu` computes each element.
         map_in_place(&mut out, |v| *v = v.max(0.0));
@@ -259,8 +258,7 @@ where
         let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
         // Sample by sample, each plane's sum added to its channel's (in sample order), blocks
         // of channels over the pool (on the calling thread, a VGG-16 step's bias gradients
-        // were 2 ms of the pool's waiting).
-        // Small layers stay on this thread, short of the pool's wake-up.
+        // were 2 ms of the pool's waiting); small layers on this thread, short of a wake-up.
         let sums = |(i, gb): (usize, &mut [f32])| {
             for planes in gout.chunks_exact(o * p) {
                 add_row_sums(&planes[i * BIAS_BLOCK * p..][..gb.len() * p], p, gb);

@@ -862,7 +862,7 @@ pub(super) fn backward(
             }
         };
         output_adjoint(gout, g, ns_here, &whole, Threads::Pool, &mut dm);
-        // The first chunk's products start the weight gradient; later chunks' add to it.
+        // The first chunk's products start ∂U; later chunks' add to it.
         let mut du_first = (ci == 0).then(|| Fresh::new(POS * oc));
         let dus: Vec<Dst> = match &mut du_first {
             Some(du) => du.pieces(oc).into_iter().map(Dst::Fresh).collect(),
