@@ -82,19 +82,14 @@ fn add_by_filter<S>(
     init: impl Fn() -> S + Sync + Send,
     f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
 ) {
-    if !gw.is_empty() {
-        gw.par_chunks_mut(len)
-            .enumerate()
-            .for_each_init(init, |s, (o, filter)| f(s, o, filter));
+    if gw.is_empty() {
+        // One run a filter, each its own row.
+        *gw = fresh_by_row(filters, filters, len, init, |s, o, runs| f(s, o, runs[0]));
         return;
     }
-    let mut fresh = Fresh::new(filters * len);
-    fresh
-        .pieces(len)
-        .into_par_iter()
+    gw.par_chunks_mut(len)
         .enumerate()
-        .for_each_init(init, |s, (o, filter)| f(s, o, filter.zeroed()));
-    *gw = fresh.into_vec();
+        .for_each_init(init, |s, (o, filter)| f(s, o, filter));
 }
 
 /// `runs` grouped by row as [`by_row`] groups a buffer's.

@@ -23,8 +23,9 @@ fn fill_over_pool<T: Copy + Send + Sync>(data: &mut [T], elem: T) {
     let bytes = unsafe {
         std::slice::from_raw_parts(&elem as *const T as *const u8, std::mem::size_of::<T>())
     };
+    let zero = bytes.iter().all(|&b| b == 0);
     let fill = |c: &mut [T]| {
-        if bytes.iter().all(|&b| b == 0) {
+        if zero {
             // SAFETY: `c` is valid for writes of its length, and all-zero bits are `elem`. As
             // `memset`, which `fill` does not become for a value known only at run time.
             unsafe { std::ptr::write_bytes(c.as_mut_ptr(), 0, c.len()) }
