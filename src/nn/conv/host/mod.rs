@@ -92,14 +92,29 @@ fn add_by_filter<S>(
         .for_each_init(init, |s, (o, filter)| f(s, o, filter));
 }
 
-/// `runs` grouped by row as [`by_row`] groups a buffer's.
+/// `runs` grouped by row as [`by_row`] groups a buffer's. The runs come in blocks of
+/// `rows` (a sample's planes, or a position's rows), and row `r` takes the `r`-th of each
+/// block: a few streams read in turn (blocks are few, 16 or a batch), where picking each run
+/// by its index from a table of thousands missed the cache on every pick (a VGG-16 step's
+/// calls took a millisecond on the thread that waits for the pool).
 fn grouped<T>(runs: impl IntoIterator<Item = T>, rows: usize) -> Vec<T> {
-    let mut runs: Vec<Option<T>> = runs.into_iter().map(Some).collect();
-    let per = runs.len() / rows;
-    (0..rows)
-        .flat_map(|r| (0..per).map(move |k| k * rows + r))
-        .map(|i| runs[i].take().expect("each run once"))
-        .collect()
+    let mut runs: Vec<T> = runs.into_iter().collect();
+    let total = runs.len();
+    let per = total / rows.max(1);
+    let mut blocks: Vec<std::vec::IntoIter<T>> = (0..per)
+        .rev()
+        .map(|k| runs.split_off(k * rows).into_iter())
+        .collect();
+    blocks.reverse();
+    let mut out = Vec::with_capacity(total);
+    for _ in 0..rows {
+        out.extend(
+            blocks
+                .iter_mut()
+                .map(|b| b.next().expect("a run of each block")),
+        );
+    }
+    out
 }
 
 /// Asks the CPU to bring `data` into its caches (a hint: no effect on results).
@@ -342,15 +357,18 @@ where
                     let g2 = if s.len() == 1 {
                         Mat::new(gs, o, m)
                     } else {
-                        {
-                            sc.y.clear();
-                            for oc in 0..o {
-                                for n in 0..s.len() {
-                                    sc.y.extend_from_slice(&gs[(n * o + oc) * p..][..p]);
+                        // Filter by filter over the pool (a span's loop runs on the
+                        // calling thread where the layer is one span).
+                        grow_zeroed(&mut sc.y, o * m);
+                        sc.y[..o * m]
+                            .par_chunks_exact_mut(m)
+                            .enumerate()
+                            .for_each(|(oc, row)| {
+                                for (n, dst) in row.chunks_exact_mut(p).enumerate() {
+                                    dst.copy_from_slice(&gs[(n * o + oc) * p..][..p]);
                                 }
-                            }
-                        };
-                        Mat::new(&sc.y, o, m)
+                            });
+                        Mat::new(&sc.y[..o * m], o, m)
                     };
                     let cols = Mat::new(&sc.cols, k, m).t();
                     gemm(g2, cols, &mut gw, true);
@@ -426,12 +444,17 @@ fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> 
                 sc.y.resize(o * m, 0.0);
                 gemm(w, cols, &mut sc.y, false);
                 // y is [O, samples·P]; the output wants [samples, O, P], plus the bias.
-                for (j, dst) in out.chunks_exact_mut(o * p).enumerate() {
-                    for (oc, row) in dst.chunks_exact_mut(p).enumerate() {
-                        let src = &sc.y[oc * m + j * p..][..p];
-                        row.iter_mut().zip(src).for_each(|(d, v)| *d = v + bs[oc]);
-                    }
-                }
+                // Sample by sample over the pool: a layer of one span runs this loop on the
+                // thread that called it, which alone took 0.8 ms of VGG-16's first layer.
+                let y = &sc.y;
+                out.par_chunks_exact_mut(o * p)
+                    .enumerate()
+                    .for_each(|(j, dst)| {
+                        for (oc, row) in dst.chunks_exact_mut(p).enumerate() {
+                            let src = &y[oc * m + j * p..][..p];
+                            row.iter_mut().zip(src).for_each(|(d, v)| *d = v + bs[oc]);
+                        }
+                    });
             }
         });
     out
@@ -713,4 +736,21 @@ pub(super) fn pool<D: Device<f32>, T: Tape<f32, D>>(
         Ok(())
     });
     out.put_tape(tape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_grouped_by_row_take_the_row_of_every_block_in_block_order() {
+        // Four blocks (samples) of three rows (channels): row by row, block by block.
+        let runs: Vec<usize> = (0..12).collect();
+        assert_eq!(grouped(runs, 3), [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]);
+        // A buffer's runs, as `by_row` cuts it: each group is one row's runs.
+        let mut buf: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let rows: Vec<Vec<f32>> = by_row(&mut buf, 2, 2).iter().map(|r| r.to_vec()).collect();
+        let want = [[0., 1.], [4., 5.], [8., 9.], [2., 3.], [6., 7.], [10., 11.]];
+        assert_eq!(rows, want.map(|r| r.to_vec()));
+    }
 }
