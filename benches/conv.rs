@@ -207,14 +207,28 @@ fn bench_vgg_layers(dev: &Cpu, size: usize, batch: usize, runs: usize) {
     println!("all convolutions: {total:.1} ms");
 }
 
-/// One training step of the pipeline's model (`train`'s inner loop): medians of the whole
-/// step and of its optimizer update alone, in ms.
+/// One training step of the pipeline's model (`train`'s inner loop, on a pool worker as the
+/// stage runs it: `on_pool`): medians of the whole step and of its optimizer update alone,
+/// in ms.
 fn bench_model_step(
     dev: &Cpu,
     a: &cfpipe::nn::arch::Arch,
     batch: usize,
     runs: usize,
 ) -> (f64, f64) {
+    let (step, update, _) = bench_model_steps(dev, a, batch, runs, |_| true);
+    (step, update)
+}
+
+/// [`bench_model_step`], with `on_worker(i)` saying whether step `i` runs on a pool worker or
+/// from the calling thread; also the medians of the steps of each kind (NaN where none).
+fn bench_model_steps(
+    dev: &Cpu,
+    a: &cfpipe::nn::arch::Arch,
+    batch: usize,
+    runs: usize,
+    on_worker: impl Fn(usize) -> bool,
+) -> (f64, f64, [f64; 2]) {
     use cfpipe::nn::model::{DeviceModel, ModelParams};
     use cfpipe::nn::optim::{MaskedOptimizer, OptimizerConfig};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
@@ -232,17 +246,31 @@ fn bench_model_step(
     let pixels: Vec<u8> = (0..batch * a.input_len()).map(|_| rng.gen()).collect();
     let labels: Vec<u16> = (0..batch).map(|i| (i % 10) as u16).collect();
     let x = m.input(&pixels);
-    let mut update = Vec::new();
+    let (mut update, mut i, mut kinds) = (Vec::new(), 0, [Vec::new(), Vec::new()]);
     let step = time(1, runs, || {
-        m.dropout_seed = Some(1);
-        let (_, grads) = m.loss_and_grads(&x, &labels, 0);
-        let t = Instant::now();
-        opt.step(&mut m.params, grads);
-        update.push(t.elapsed());
+        let mut step = || {
+            m.dropout_seed = Some(1);
+            let (_, grads) = m.loss_and_grads(&x, &labels, 0);
+            let t = Instant::now();
+            opt.step(&mut m.params, grads);
+            update.push(t.elapsed());
+        };
+        let (t, worker) = (Instant::now(), on_worker(i));
+        if worker {
+            cfpipe::nn::host::on_pool(step);
+        } else {
+            step();
+        }
+        // The first step is the warm-up, which `time` does not count either.
+        if i > 0 {
+            kinds[usize::from(!worker)].push(t.elapsed());
+        }
+        i += 1;
     })
     .wall;
+    let [w, c] = kinds.map(|k| if k.is_empty() { f64::NAN } else { median(k) });
     // `time` runs one step more than it times, the first.
-    (step, median(update.split_off(1)))
+    (step, median(update.split_off(1)), [w, c])
 }
 
 fn main() {
@@ -297,6 +325,18 @@ fn main() {
     }
     if only.iter().any(|o| o == "layers224") {
         bench_vgg_layers(&dev, 224, 2, 3);
+        return;
+    }
+    // `-- pool`: forty VGG-16 steps, every other one from the calling thread instead of a
+    // pool worker (`on_pool`), in one process so that the machine's drift touches both.
+    if only.iter().any(|o| o == "pool") {
+        let vgg = cfpipe::nn::arch::vgg16(32, 1, 3);
+        let (_, _, [w, c]) = bench_model_steps(&dev, &vgg, 32, 40, |i| i % 2 == 1);
+        println!(
+            "vgg16 (32x32 form) training step, batch 32, alternating: median {w:.1} ms on a \
+             pool worker, {c:.1} ms from the calling thread, ratio {:.3}",
+            w / c
+        );
         return;
     }
     if only.iter().any(|o| o == "profile-small") {

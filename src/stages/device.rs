@@ -120,7 +120,10 @@ macro_rules! on_device {
             .resource::<$crate::stages::Backend>()
             .unwrap_or(&$crate::stages::Backend::Cpu)
         {
-            $crate::stages::Backend::Cpu => $body(&dfdx::tensor::Cpu::seed_from_u64(0), $ctx),
+            // On one of the pool's workers: see `on_pool`.
+            $crate::stages::Backend::Cpu => {
+                $crate::nn::host::on_pool(|| $body(&dfdx::tensor::Cpu::seed_from_u64(0), $ctx))
+            }
             #[cfg(feature = "cuda")]
             $crate::stages::Backend::Cuda { ordinal } => {
                 let dev = $crate::stages::device::open_cuda(*ordinal)

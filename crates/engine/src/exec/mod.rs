@@ -406,7 +406,9 @@ impl<'a> Executor<'a> {
 
         // Stages run on plain scoped threads, not rayon tasks: stage internals (dfdx's gemm)
         // use rayon, and a rayon worker waiting in a `join` may steal a queued *stage* and run
-        // it to completion inside another stage's matmul, serialising unrelated work.
+        // it to completion inside another stage's matmul, serialising unrelated work. (A
+        // stage may still move its own compute onto a worker, if no other stage has: the
+        // stages' side decides, as cfpipe's CPU stages do.)
         std::thread::scope(|scope| {
             if let Some(s) = &self.opts.slurm {
                 scope.spawn(|| s.poll_until_stopped());
