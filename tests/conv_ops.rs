@@ -1221,6 +1221,10 @@ fn a_convolution_and_its_relu_in_one_op_give_the_bits_of_the_two_apart() {
     for (xd, wd, seed) in [
         ((3, 160, 6, 6), (160, 160, 3, 3), 41),
         ((2, 64, 16, 18), (128, 64, 3, 3), 42),
+        // Maps whose tile rows the register kernels transform (VGG's 8×8 and 16×16 widths),
+        // where the output is written row by row.
+        ((2, 160, 8, 8), (160, 160, 3, 3), 45),
+        ((2, 64, 16, 16), (64, 64, 3, 3), 46),
         ((3, 400, 2, 2), (410, 400, 3, 3), 43),
         ((2, 3, 9, 7), (8, 3, 3, 3), 44),
     ] {

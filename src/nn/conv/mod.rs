@@ -70,9 +70,10 @@ where
 }
 
 /// [`conv2d`], then [`relu`] where `relu` says: the same values and gradients bit for bit. On
-/// the CPU path in one operation, ReLU in place on the convolution's output and its backward
-/// pass in place on the output gradient, where apart they wrote a second activation and its
-/// zeroed gradient (a pass of zeros, a copy and a read-modify-write through memory per layer).
+/// the CPU path in one operation: each method applies ReLU where it writes its outputs (in
+/// cache), and the backward pass masks the output gradient in place in the same pass that
+/// sums the bias gradient, where apart they wrote a second activation and its zeroed
+/// gradient (a pass of zeros, a copy and a read-modify-write through memory per layer).
 pub fn conv2d_fused<D, T, TX>(
     x: Tensor4<D, TX>,
     weight: Tensor4<D, T>,

@@ -182,6 +182,20 @@ fn add_channel_major(taps: [&[f32]; 9], filter: &mut [f32]) {
     }
 }
 
+/// The planes of each block of [`BIAS_BLOCK`] channels (the last block maybe fewer) in a
+/// batch's `[N, O, P]` buffer: block by block, one run of the block's planes per sample, in
+/// sample order.
+fn channel_blocks(buf: &mut [f32], o: usize, p: usize) -> Vec<Vec<&mut [f32]>> {
+    let mut blocks: Vec<Vec<&mut [f32]>> =
+        (0..o.div_ceil(BIAS_BLOCK)).map(|_| Vec::new()).collect();
+    for sample in buf.chunks_exact_mut(o * p) {
+        for (block, planes) in blocks.iter_mut().zip(sample.chunks_mut(BIAS_BLOCK * p)) {
+            block.push(planes);
+        }
+    }
+    blocks
+}
+
 /// Channels whose bias gradients one task sums.
 const BIAS_BLOCK: usize = 16;
 
@@ -225,25 +239,21 @@ where
 
     // Wide 3×3 stride-1 layers take Winograd's transforms and small maps the pairs of taps
     // inside them; each keeps what its backward pass reads.
-    let (mut out, saved) = match Method::of(&g) {
+    let (out, saved) = match Method::of(&g) {
         Method::Winograd => {
-            let (out, saved) = winograd::forward(xs, ws, bs, &g);
+            let (out, saved) = winograd::forward(xs, ws, bs, &g, relu);
             (out, Some(Saved::Winograd(saved)))
         }
         Method::WinogradBanded => {
-            let (out, saved) = winograd::banded::forward(xs, ws, bs, &g);
+            let (out, saved) = winograd::banded::forward(xs, ws, bs, &g, relu);
             (out, Some(Saved::WinogradBanded(saved)))
         }
         Method::Pairs => {
-            let (out, saved) = pairs::forward(xs, ws, bs, &g);
+            let (out, saved) = pairs::forward(xs, ws, bs, &g, relu);
             (out, Some(Saved::Pairs(saved)))
         }
-        Method::Direct => (direct_forward(xs, ws, bs, &g), None),
+        Method::Direct => (direct_forward(xs, ws, bs, &g, relu), None),
     };
-    if relu {
-        // In place, as `relu` computes each element.
-        map_in_place(&mut out, |v| *v = v.max(0.0));
-    }
     let out: Tensor4<D> = dev.tensor_from_vec(out, (g.n, o, g.ho, g.wo));
     // What the backward pass masks the gradient by: the output itself (positive exactly
     // where the convolution's was), shared, not copied.
@@ -257,27 +267,35 @@ where
         let (xs, ws) = (host_slice(&x), host_slice(&w));
         // Moved out (and back) so the other gradients can be borrowed meanwhile.
         let mut gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
-        if let Some(kept) = &kept {
-            // ReLU's backward pass in place, with the same operations as `relu`'s into its
-            // zeroed input gradient: `0 + [y > 0]·∂y` (so −0 and NaN come out alike).
-            let ys = host_slice(kept);
-            zip3(&mut gout, ys, ys, |g, y, _| {
-                *g = 0.0 + if y > 0.0 { 1.0 } else { 0.0 } * *g
-            });
-        }
+        let ys = kept.as_ref().map(|kept| host_slice(kept));
         let gb = host_vec::<D>(grads.get_or_alloc_mut(&b_id)?);
-        // Sample by sample, each plane's sum added to its channel's (in sample order), blocks
-        // of channels over the pool (on the calling thread, a VGG-16 step's bias gradients
-        // were 2 ms of the pool's waiting); small layers on this thread, short of a wake-up.
-        let sums = |(i, gb): (usize, &mut [f32])| {
-            for planes in gout.chunks_exact(o * p) {
-                add_row_sums(&planes[i * BIAS_BLOCK * p..][..gb.len() * p], p, gb);
+        // Blocks of channels over the pool (on the calling thread, a VGG-16 step's bias
+        // gradients were 2 ms of the pool's waiting; small layers stay on this thread, short
+        // of a wake-up). Each block's planes, sample by sample: first ReLU's backward pass in
+        // place where the op is fused, with the same operations as `relu`'s into its zeroed
+        // input gradient, `0 + [y > 0]·∂y` (so −0 and NaN come out alike); then each plane's
+        // sum added to its channel's, in sample order. One pass over the output gradient,
+        // while each plane is in cache, where the mask and the sums took one each.
+        let sums = |(i, (gb, planes)): (usize, (&mut [f32], Vec<&mut [f32]>))| {
+            for (j, planes) in planes.into_iter().enumerate() {
+                if let Some(ys) = ys {
+                    let ys = &ys[j * o * p + i * BIAS_BLOCK * p..][..planes.len()];
+                    planes.iter_mut().zip(ys).for_each(|(g, &y)| {
+                        *g = 0.0 + if y > 0.0 { 1.0 } else { 0.0 } * *g;
+                    });
+                }
+                add_row_sums(planes, p, gb);
             }
         };
-        if gout.len() < POOL_BIAS_SUMS {
-            gb.chunks_mut(BIAS_BLOCK).enumerate().for_each(sums);
+        let blocks = channel_blocks(&mut gout, o, p);
+        let work = gb.chunks_mut(BIAS_BLOCK).zip(blocks);
+        if o * p * g.n < POOL_BIAS_SUMS {
+            work.enumerate().for_each(sums);
         } else {
-            gb.par_chunks_mut(BIAS_BLOCK).enumerate().for_each(sums);
+            work.collect::<Vec<_>>()
+                .into_par_iter()
+                .enumerate()
+                .for_each(sums);
         }
         // The transforms' and the pairs' own backward passes; the direct one follows.
         if let Some(saved) = &saved {
@@ -418,7 +436,7 @@ where
 /// The forward pass through im2col and one product per chunk: `[N, O, Ho, Wo]`. Each thread
 /// takes a span of samples, chunk by chunk, with its own buffers; the ops inside are parallel
 /// too, which rayon folds into the same thread when all are busy.
-fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> {
+fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom, relu: bool) -> Vec<f32> {
     let (o, p, k, chw) = (g.o, g.p(), g.k(), g.c * g.h * g.w);
     let (chunk, span) = g.split();
     let mut out = zeros(g.n * o * p);
@@ -439,6 +457,9 @@ fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> 
                         row.fill(b);
                     }
                     gemm(w, cols, out, true);
+                    if relu {
+                        relu_in_place(out);
+                    }
                     continue;
                 }
                 sc.y.resize(o * m, 0.0);
@@ -452,7 +473,9 @@ fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> Vec<f32> 
                     .for_each(|(j, dst)| {
                         for (oc, row) in dst.chunks_exact_mut(p).enumerate() {
                             let src = &y[oc * m + j * p..][..p];
-                            row.iter_mut().zip(src).for_each(|(d, v)| *d = v + bs[oc]);
+                            row.iter_mut()
+                                .zip(src)
+                                .for_each(|(d, v)| *d = activated(v + bs[oc], relu));
                         }
                     });
             }
@@ -560,13 +583,21 @@ fn col2im(dcols: &[f32], g: &ConvGeom, ns: usize, gx: &mut [f32]) {
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// `f` over `dst`'s elements in place, chunked as [`zip3`] is.
-fn map_in_place(dst: &mut [f32], f: impl Fn(&mut f32) + Sync) {
-    if dst.len() <= ELEMENTWISE_CHUNK {
-        dst.iter_mut().for_each(f);
+/// A fused convolution's output value: `v`, then ReLU where `relu` says, as `relu`
+/// computes it (`max(v, 0)`). Each method applies it where it writes its output, while the
+/// values are in cache, instead of a pass over the whole output after.
+#[inline(always)]
+fn activated(v: f32, relu: bool) -> f32 {
+    if relu {
+        v.max(0.0)
     } else {
-        dst.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .for_each(|d| d.iter_mut().for_each(&f));
+        v
     }
+}
+
+/// [`activated`] with ReLU over outputs written already (in cache).
+fn relu_in_place(dst: &mut [f32]) {
+    dst.iter_mut().for_each(|v| *v = activated(*v, true));
 }
 
 /// `f` over `(dst, a, b)` element-wise, over the pool's threads in chunks of

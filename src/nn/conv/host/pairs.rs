@@ -19,7 +19,7 @@
 //! not depend on the batch it came in.
 
 use super::super::geom::ConvGeom;
-use super::{add_by_filter, add_channel_major, add_into, fresh_by_row, tap_major};
+use super::{activated, add_by_filter, add_channel_major, add_into, fresh_by_row, tap_major};
 use crate::nn::gemm::{gemm, Mat};
 use crate::nn::host::zeros;
 use rayon::prelude::*;
@@ -165,7 +165,13 @@ fn add_blocks(
 
 /// The forward pass: `[N, O, Ho, Wo]` from `xs [N, C, H, W]`, the weight and the bias, and
 /// what the backward pass needs.
-pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<f32>, Saved) {
+pub(super) fn forward(
+    xs: &[f32],
+    ws: &[f32],
+    bs: &[f32],
+    g: &ConvGeom,
+    relu: bool,
+) -> (Vec<f32>, Saved) {
     let (n, p) = (g.n, g.p());
     let kk = g.kh * g.kw;
     let taps = fresh_by_row(
@@ -201,7 +207,7 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<
         .for_each(|(j, sample)| {
             for (o, plane) in sample.chunks_exact_mut(p).enumerate() {
                 for (px, v) in plane.iter_mut().enumerate() {
-                    *v = ys[(px * g.o + o) * n + j] + bs[o];
+                    *v = activated(ys[(px * g.o + o) * n + j] + bs[o], relu);
                 }
             }
         });

@@ -84,6 +84,7 @@ pub(in super::super) fn forward(
     ws: &[f32],
     bs: &[f32],
     g: &ConvGeom,
+    relu: bool,
 ) -> (Vec<f32>, Saved) {
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let u = kernel_transform(ws, g);
@@ -104,7 +105,7 @@ pub(in super::super) fn forward(
                     let b = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
                     gemm_here(a, b, &mut m[pos * g.o * t_len..][..g.o * t_len], false);
                 }
-                output_transform(&m, g, grid, Threads::Here(&mut s_out), bs, out);
+                output_transform(&m, g, grid, Threads::Here(&mut s_out), bs, relu, out);
             }
         });
     (out, Saved { u, v: None })

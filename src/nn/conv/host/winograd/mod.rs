@@ -26,7 +26,8 @@
 
 use super::super::geom::ConvGeom;
 use super::{
-    add_by_filter, add_channel_major, add_into, by_row, fresh_by_row, prefetch, tap_major,
+    activated, add_by_filter, add_channel_major, add_into, by_row, fresh_by_row, prefetch,
+    relu_in_place, tap_major,
 };
 use crate::nn::gemm::blocked::Isa;
 use crate::nn::gemm::{gemm_here, Mat};
@@ -522,8 +523,8 @@ fn input_transform(
     );
 }
 
-/// `y = Aᵀ M A + bias` of every tile: the chunk's output `[ns, O, Ho, Wo]` from
-/// `M [16, O, ns·tiles]`. Filter by filter, over all the chunk's tiles at once (each step one
+/// `y = Aᵀ M A + bias` of every tile (then ReLU where `relu` says): the chunk's output
+/// `[ns, O, Ho, Wo]` from `M [16, O, ns·tiles]`. Filter by filter, over all the chunk's tiles at once (each step one
 /// element-wise pass over `ns·tiles` values), then each tile's 2×2 outputs to their places;
 /// or, where [`rows`] has kernels for the grid, a few tile rows at a time in registers.
 fn output_transform(
@@ -532,6 +533,7 @@ fn output_transform(
     grid: &Grid,
     threads: Threads,
     bs: &[f32],
+    relu: bool,
     out: &mut [f32],
 ) {
     let (p, tiles) = (g.p(), grid.tiles());
@@ -554,6 +556,9 @@ fn output_transform(
                 .collect();
             for (k, out) in out.chunks_mut(q * n).enumerate() {
                 rows::output(isa, tw, &ms, k * q * tiles, bs[o], out);
+                if relu {
+                    out.iter_mut().for_each(|row| relu_in_place(row));
+                }
             }
             return;
         }
@@ -576,7 +581,7 @@ fn output_transform(
                 let ys = &y[i * t_len + j * tiles..][..tiles];
                 for (&k, v) in at.iter().zip(ys) {
                     if let Some(d) = plane.get_mut(k) {
-                        *d = v + b;
+                        *d = activated(v + b, relu);
                     }
                 }
             }
@@ -801,9 +806,15 @@ pub(super) struct Saved {
     v: Option<Vec<f32>>,
 }
 
-/// The forward pass: `[N, O, Ho, Wo]` from `xs [N, C, H, W]`, the weight and the bias, and
-/// what the backward pass reads.
-pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<f32>, Saved) {
+/// The forward pass: `[N, O, Ho, Wo]` from `xs [N, C, H, W]`, the weight and the bias (then
+/// ReLU where `relu` says), and what the backward pass reads.
+pub(super) fn forward(
+    xs: &[f32],
+    ws: &[f32],
+    bs: &[f32],
+    g: &ConvGeom,
+    relu: bool,
+) -> (Vec<f32>, Saved) {
     let (th, tw) = tiles(g);
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let u = kernel_transform(ws, g);
@@ -827,7 +838,7 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom) -> (Vec<
                 let b = Mat::new(&v[pos * g.c * t_len..][..g.c * t_len], g.c, t_len);
                 gemm_here(a, b, m.zeroed(), false);
             });
-        output_transform(&m.into_vec(), g, &whole, Threads::Pool, bs, out);
+        output_transform(&m.into_vec(), g, &whole, Threads::Pool, bs, relu, out);
     }
     let v = (ns >= g.n).then_some(v);
     (out, Saved { u, v })

@@ -381,7 +381,7 @@ pub(super) mod tests {
         let mut v = Vec::new();
         input_transform(&xs, g, ns, grid, Threads::Here(&mut s), &mut v);
         let mut out = floats(g.n * g.o * g.p(), 6);
-        output_transform(&m, g, grid, Threads::Here(&mut s), &bs, &mut out);
+        output_transform(&m, g, grid, Threads::Here(&mut s), &bs, false, &mut out);
         let mut dm = Vec::new();
         output_adjoint(&gout, g, ns, grid, Threads::Here(&mut s), &mut dm);
         let mut gx = floats(xs.len(), 7);
