@@ -236,23 +236,30 @@ where
     let (o, p, k, chw) = (g.o, g.p(), g.k(), g.c * g.h * g.w);
     let (chunk, span) = g.split();
     let (xs, bs, ws) = (host_slice(&x), host_slice(&b), host_slice(&w));
+    let layer = Layer {
+        xs,
+        ws,
+        bs,
+        g: &g,
+        relu,
+    };
 
     // Wide 3×3 stride-1 layers take Winograd's transforms and small maps the pairs of taps
     // inside them; each keeps what its backward pass reads.
     let (out, saved) = match Method::of(&g) {
         Method::Winograd => {
-            let (out, saved) = winograd::forward(xs, ws, bs, &g, relu);
+            let (out, saved) = winograd::forward(layer);
             (out, Some(Saved::Winograd(saved)))
         }
         Method::WinogradBanded => {
-            let (out, saved) = winograd::banded::forward(xs, ws, bs, &g, relu);
+            let (out, saved) = winograd::banded::forward(layer);
             (out, Some(Saved::WinogradBanded(saved)))
         }
         Method::Pairs => {
-            let (out, saved) = pairs::forward(xs, ws, bs, &g, relu);
+            let (out, saved) = pairs::forward(layer);
             (out, Some(Saved::Pairs(saved)))
         }
-        Method::Direct => (direct_forward(xs, ws, bs, &g, relu), None),
+        Method::Direct => (direct_forward(layer), None),
     };
     let out: Tensor4<D> = dev.tensor_from_vec(out, (g.n, o, g.ho, g.wo));
     // What the backward pass masks the gradient by: the output itself (positive exactly
@@ -436,7 +443,8 @@ where
 /// The forward pass through im2col and one product per chunk: `[N, O, Ho, Wo]`. Each thread
 /// takes a span of samples, chunk by chunk, with its own buffers; the ops inside are parallel
 /// too, which rayon folds into the same thread when all are busy.
-fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom, relu: bool) -> Vec<f32> {
+fn direct_forward(layer: Layer) -> Vec<f32> {
+    let (xs, ws, bs, g, relu) = layer.parts();
     let (o, p, k, chw) = (g.o, g.p(), g.k(), g.c * g.h * g.w);
     let (chunk, span) = g.split();
     let mut out = zeros(g.n * o * p);
@@ -481,6 +489,25 @@ fn direct_forward(xs: &[f32], ws: &[f32], bs: &[f32], g: &ConvGeom, relu: bool) 
             }
         });
     out
+}
+
+/// What every method's forward pass reads: the input `[N, C, H, W]`, the weight and the bias
+/// of a convolution of shape `g`, and whether ReLU follows it (each method applies it where it
+/// writes its outputs: [`activated`]).
+#[derive(Clone, Copy)]
+struct Layer<'a> {
+    xs: &'a [f32],
+    ws: &'a [f32],
+    bs: &'a [f32],
+    g: &'a ConvGeom,
+    relu: bool,
+}
+
+impl<'a> Layer<'a> {
+    /// Input, weight, bias, shape, ReLU.
+    fn parts(self) -> (&'a [f32], &'a [f32], &'a [f32], &'a ConvGeom, bool) {
+        (self.xs, self.ws, self.bs, self.g, self.relu)
+    }
 }
 
 /// What a forward pass other than the direct one keeps for its backward pass, by [`Method`]

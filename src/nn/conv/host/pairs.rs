@@ -19,7 +19,9 @@
 //! not depend on the batch it came in.
 
 use super::super::geom::ConvGeom;
-use super::{activated, add_by_filter, add_channel_major, add_into, fresh_by_row, tap_major};
+use super::{
+    activated, add_by_filter, add_channel_major, add_into, fresh_by_row, tap_major, Layer,
+};
 use crate::nn::gemm::{gemm, Mat};
 use crate::nn::host::zeros;
 use rayon::prelude::*;
@@ -165,13 +167,8 @@ fn add_blocks(
 
 /// The forward pass: `[N, O, Ho, Wo]` from `xs [N, C, H, W]`, the weight and the bias, and
 /// what the backward pass needs.
-pub(super) fn forward(
-    xs: &[f32],
-    ws: &[f32],
-    bs: &[f32],
-    g: &ConvGeom,
-    relu: bool,
-) -> (Vec<f32>, Saved) {
+pub(super) fn forward(layer: Layer) -> (Vec<f32>, Saved) {
+    let (xs, ws, bs, g, relu) = layer.parts();
     let (n, p) = (g.n, g.p());
     let kk = g.kh * g.kw;
     let taps = fresh_by_row(

@@ -79,13 +79,8 @@ fn packed(u: &[f32], g: &ConvGeom, transposed: bool) -> Vec<PackedA> {
 }
 
 /// The forward pass, as [`super::forward`]: sample by sample over the pool, band by band.
-pub(in super::super) fn forward(
-    xs: &[f32],
-    ws: &[f32],
-    bs: &[f32],
-    g: &ConvGeom,
-    relu: bool,
-) -> (Vec<f32>, Saved) {
+pub(in super::super) fn forward(layer: Layer) -> (Vec<f32>, Saved) {
+    let (xs, ws, bs, g, relu) = layer.parts();
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let u = kernel_transform(ws, g);
     let pu = packed(&u, g, false);

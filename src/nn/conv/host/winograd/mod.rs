@@ -27,7 +27,7 @@
 use super::super::geom::ConvGeom;
 use super::{
     activated, add_by_filter, add_channel_major, add_into, by_row, fresh_by_row, prefetch,
-    relu_in_place, tap_major,
+    relu_in_place, tap_major, Layer,
 };
 use crate::nn::gemm::blocked::Isa;
 use crate::nn::gemm::{gemm_here, Mat};
@@ -808,13 +808,8 @@ pub(super) struct Saved {
 
 /// The forward pass: `[N, O, Ho, Wo]` from `xs [N, C, H, W]`, the weight and the bias (then
 /// ReLU where `relu` says), and what the backward pass reads.
-pub(super) fn forward(
-    xs: &[f32],
-    ws: &[f32],
-    bs: &[f32],
-    g: &ConvGeom,
-    relu: bool,
-) -> (Vec<f32>, Saved) {
+pub(super) fn forward(layer: Layer) -> (Vec<f32>, Saved) {
+    let (xs, ws, bs, g, relu) = layer.parts();
     let (th, tw) = tiles(g);
     let (chw, op) = (g.c * g.h * g.w, g.o * g.p());
     let u = kernel_transform(ws, g);
