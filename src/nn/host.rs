@@ -97,8 +97,9 @@ pub fn keep_freed_memory() {
         // One arena, the main one, for every thread: a stage that runs on a pool worker
         // ([`on_pool`]) allocates from that worker's arena otherwise, whose heaps glibc
         // sizes and hands back by its own rules (the thresholds above are the main arena's
-        // behaviour): a VGG-16 step took 6K more page faults, and one process in six ran its
-        // steps 7% slower. Small blocks still come from each thread's cache without a lock.
+        // behaviour): a VGG-16 step on a worker took 6K more page faults, and two processes
+        // of twelve ran those steps 5–9% slower than from the calling thread (none of 16 with
+        // one arena). Small blocks still come from each thread's cache without a lock.
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
@@ -109,7 +110,8 @@ pub fn keep_freed_memory() {
 /// the region ends, and on a VM a vCPU that went idle takes tens of microseconds to wake (a
 /// region of two 50 µs tasks took 148 µs here after an idle millisecond, 89 µs from a
 /// worker): on a worker, the caller works on its own share while the other worker wakes.
-/// A VGG-16 step ran 4–10 ms faster this way (issue 19, docs/performance.md).
+/// Steps of VGG-16 alternating in one process took 0.96–0.97 of the time this way, whole
+/// processes of the small CNN's steps 0.83 (issue 19, docs/performance.md).
 ///
 /// One caller at a time: a worker that waits inside a region runs whatever job it finds
 /// meanwhile, and a second such caller's `f` would then run to its end inside the first's
