@@ -279,17 +279,17 @@ where
         // Blocks of channels over the pool (on the calling thread, a VGG-16 step's bias
         // gradients were 2 ms of the pool's waiting; small layers stay on this thread, short
         // of a wake-up). Each block's planes, sample by sample: first ReLU's backward pass in
-        // place where the op is fused, with the same operations as `relu`'s into its zeroed
-        // input gradient, `0 + [y > 0]·∂y` (so −0 and NaN come out alike); then each plane's
-        // sum added to its channel's, in sample order. One pass over the output gradient,
-        // while each plane is in cache, where the mask and the sums took one each.
+        // place where the op is fused ([`relu_grad`] from 0); then each plane's sum added to
+        // its channel's, in sample order. One pass over the output gradient, while each plane
+        // is in cache, where the mask and the sums took one each.
         let sums = |(i, (gb, planes)): (usize, (&mut [f32], Vec<&mut [f32]>))| {
             for (j, planes) in planes.into_iter().enumerate() {
                 if let Some(ys) = ys {
                     let ys = &ys[j * o * p + i * BIAS_BLOCK * p..][..planes.len()];
-                    planes.iter_mut().zip(ys).for_each(|(g, &y)| {
-                        *g = 0.0 + if y > 0.0 { 1.0 } else { 0.0 } * *g;
-                    });
+                    planes
+                        .iter_mut()
+                        .zip(ys)
+                        .for_each(|(g, &y)| *g = relu_grad(0.0, y, *g));
                 }
                 add_row_sums(planes, p, gb);
             }
@@ -609,7 +609,6 @@ fn col2im(dcols: &[f32], g: &ConvGeom, ns: usize, gx: &mut [f32]) {
 /// round trip through the pool costs more than they do).
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
-/// `f` over `dst`'s elements in place, chunked as [`zip3`] is.
 /// A fused convolution's output value: `v`, then ReLU where `relu` says, as `relu`
 /// computes it (`max(v, 0)`). Each method applies it where it writes its output, while the
 /// values are in cache, instead of a pass over the whole output after.
@@ -625,6 +624,14 @@ fn activated(v: f32, relu: bool) -> f32 {
 /// [`activated`] with ReLU over outputs written already (in cache).
 fn relu_in_place(dst: &mut [f32]) {
     dst.iter_mut().for_each(|v| *v = activated(*v, true));
+}
+
+/// ReLU's backward pass for one element: `acc + [y > 0]·∂y`, with `y` its input or its output
+/// (positive at the same places). `relu` adds onto its zeroed input gradient, the fused op
+/// starts from 0 in place: the same operations, so −0 and NaN come out alike.
+#[inline(always)]
+fn relu_grad(acc: f32, y: f32, dy: f32) -> f32 {
+    acc + if y > 0.0 { 1.0 } else { 0.0 } * dy
 }
 
 /// `f` over `(dst, a, b)` element-wise, over the pool's threads in chunks of
@@ -654,14 +661,14 @@ pub(super) fn relu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
     let xs = host_slice(&x);
     let mut out = zeros(xs.len());
     // Unary: the second operand is the input again, unread.
-    zip3(&mut out, xs, xs, |o, x, _| *o = x.max(0.0));
+    zip3(&mut out, xs, xs, |o, x, _| *o = activated(x, true));
     let out: Tensor<S, f32, D> = x.device().tensor_from_vec(out, *x.shape());
     let (x_id, out_id) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let gout = std::mem::take(host_vec::<D>(grads.get_or_alloc_mut(&out_id)?));
         let gx = host_vec::<D>(grads.get_or_alloc_mut(&x_id)?);
         zip3(gx, host_slice(&x), &gout, |g, x, go| {
-            *g += if x > 0.0 { 1.0 } else { 0.0 } * go
+            *g = relu_grad(*g, x, go)
         });
         *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;
         Ok(())

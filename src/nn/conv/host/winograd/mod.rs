@@ -524,9 +524,10 @@ fn input_transform(
 }
 
 /// `y = Aᵀ M A + bias` of every tile (then ReLU where `relu` says): the chunk's output
-/// `[ns, O, Ho, Wo]` from `M [16, O, ns·tiles]`. Filter by filter, over all the chunk's tiles at once (each step one
-/// element-wise pass over `ns·tiles` values), then each tile's 2×2 outputs to their places;
-/// or, where [`rows`] has kernels for the grid, a few tile rows at a time in registers.
+/// `[ns, O, Ho, Wo]` from `M [16, O, ns·tiles]`. Filter by filter, over all the chunk's tiles
+/// at once (each step one element-wise pass over `ns·tiles` values), then each tile's 2×2
+/// outputs to their places; or, where [`rows`] has kernels for the grid, a few tile rows at a
+/// time in registers.
 fn output_transform(
     m: &[f32],
     g: &ConvGeom,
