@@ -9,6 +9,7 @@
 
 use super::Mat;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 const MR: usize = 12;
 const NR: usize = 32;
@@ -150,6 +151,71 @@ impl PackedA {
             rows: m,
             cols: k,
         }
+    }
+
+    /// `count` matrices of `rows × cols` that lie interleaved in `data`, element `(r, c)` of
+    /// matrix `i` at `data[r·rs + c·cs + i]`, packed in one pass over the pool: the same
+    /// panels as [`PackedA::new`] of each. For a 3×3 weight `[O, C, 3, 3]`'s nine taps (each
+    /// `[O, C]` at `rs = 9C`, `cs = 9`, or transposed): panel by panel, a filter's taps read
+    /// side by side, each panel's part of the weight read into cache once for all the taps.
+    ///
+    /// # Panics
+    ///
+    /// Where some element lies past the end of `data`.
+    pub fn interleaved(
+        data: &[f32],
+        count: usize,
+        (rows, cols): (usize, usize),
+        (rs, cs): (usize, usize),
+    ) -> Vec<PackedA> {
+        let panels = rows.div_ceil(MR);
+        let len = panels * MR * cols;
+        let mut bufs: Vec<Vec<f32>> = (0..count).map(|_| Vec::with_capacity(len)).collect();
+        if len > 0 && count > 0 {
+            let last = (rows - 1) * rs + (cols - 1) * cs + count - 1;
+            assert!(
+                last < data.len(),
+                "PackedA::interleaved: matrices past the data"
+            );
+        }
+        // Every matrix's panels in the order of the data (block of KC steps, then panel),
+        // regrouped so that each task holds one panel of every matrix. Written once, lanes
+        // past the last row included (as zeros), with no pass of zeros before.
+        let mut cut: Vec<_> = bufs
+            .iter_mut()
+            .map(|b| {
+                b.spare_capacity_mut()[..len]
+                    .chunks_mut(panels * MR * KC)
+                    .flat_map(|block| block.chunks_mut(block.len() / panels))
+            })
+            .collect();
+        let tasks: Vec<Vec<&mut [MaybeUninit<f32>]>> = (0..panels * cols.div_ceil(KC))
+            .map(|_| cut.iter_mut().filter_map(Iterator::next).collect())
+            .collect();
+        tasks.into_par_iter().enumerate().for_each(|(i, mut mats)| {
+            let (p0, q) = (i / panels * KC, i % panels);
+            let live = MR.min(rows - q * MR);
+            // Matrix by matrix: nine panels written in turn would share their cache sets
+            // (the matrices are allocated alike, a multiple of 4 KiB apart), and the panel's
+            // part of `data` stays in cache from one matrix to the next.
+            for (m, panel) in mats.iter_mut().enumerate() {
+                let src = &data[q * MR * rs + p0 * cs + m..];
+                for (kk, steps) in panel.chunks_exact_mut(MR).enumerate() {
+                    for (r, d) in steps.iter_mut().enumerate() {
+                        d.write(if r < live { src[r * rs + kk * cs] } else { 0.0 });
+                    }
+                }
+            }
+        });
+        bufs.into_iter()
+            .map(|mut data| {
+                // SAFETY: the tasks' panels partition the first `len` floats (the blocks of
+                // KC steps, each cut into `panels` panels of MR·kc), and each task wrote
+                // every float of its panels.
+                unsafe { data.set_len(len) };
+                PackedA { data, rows, cols }
+            })
+            .collect()
     }
 
     /// Rows and columns of the matrix it holds.

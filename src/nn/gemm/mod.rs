@@ -159,6 +159,37 @@ mod tests {
         assert!(bits(&pair2) == bits(&alone2), "the second product differs");
     }
 
+    #[test]
+    fn matrices_packed_together_multiply_as_each_alone() {
+        // Three matrices interleaved in one buffer, as a weight's taps: element (r, c) of
+        // matrix t at (r·cols + c)·3 + t. Rows past a panel and columns past a KC block, as
+        // they lie and transposed; each gathered one times a matrix gives the bits of the
+        // matrix itself packed as the product runs.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let mut v = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        let (rows, cols, n, count) = (13, 300, 40, 3);
+        let both = v(rows * cols * count);
+        let b = v(cols * n);
+        let bt = v(rows * n);
+        let alone =
+            |t: usize| -> Vec<f32> { (0..rows * cols).map(|rc| both[rc * count + t]).collect() };
+        let gathered = PackedA::interleaved(&both, count, (rows, cols), (cols * count, count));
+        let transposed = PackedA::interleaved(&both, count, (cols, rows), (count, cols * count));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for t in 0..count {
+            let a = alone(t);
+            let a = Mat::new(&a, rows, cols);
+            let (mut want, mut got) = (vec![0.0; rows * n], vec![0.0; rows * n]);
+            gemm_here(a, Mat::new(&b, cols, n), &mut want, false);
+            gemm_here(&gathered[t], Mat::new(&b, cols, n), &mut got, false);
+            assert!(bits(&got) == bits(&want), "matrix {t} differs");
+            let (mut want, mut got) = (vec![0.0; cols * n], vec![0.0; cols * n]);
+            gemm_here(a.t(), Mat::new(&bt, rows, n), &mut want, false);
+            gemm_here(&transposed[t], Mat::new(&bt, rows, n), &mut got, false);
+            assert!(bits(&got) == bits(&want), "matrix {t} transposed differs");
+        }
+    }
+
     /// Every host matrix product the CPU paths take (the micro-kernel this CPU selects)
     /// against a naive loop: edge tiles, transposed operands, several KC, MC and NC blocks,
     /// accumulation, products split over the pool, left operands packed beforehand.

@@ -319,7 +319,7 @@ where
                 Saved::WinogradBanded(saved) => {
                     winograd::banded::backward(xs, saved, &gout, &g, &mut gw, gx)
                 }
-                Saved::Pairs(saved) => pairs::backward(saved, &gout, &g, &mut gw, gx),
+                Saved::Pairs(saved) => pairs::backward(saved, ws, &gout, &g, &mut gw, gx),
             }
             *host_vec::<D>(grads.get_or_alloc_mut(&w_id)?) = gw;
             *host_vec::<D>(grads.get_or_alloc_mut(&out_id)?) = gout;

@@ -19,10 +19,8 @@
 //! not depend on the batch it came in.
 
 use super::super::geom::ConvGeom;
-use super::{
-    activated, add_by_filter, add_channel_major, add_into, fresh_by_row, tap_major, Layer,
-};
-use crate::nn::gemm::{gemm, Mat};
+use super::{activated, add_by_filter, add_channel_major, add_into, Layer};
+use crate::nn::gemm::{gemm_here, Mat, PackedA};
 use crate::nn::host::zeros;
 use rayon::prelude::*;
 
@@ -70,11 +68,22 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
         && 2 * pairs(g).len() <= g.p() * g.kh * g.kw
 }
 
-/// What the forward pass keeps for the backward pass: the weight tap-major (`[kh·kw, O, C]`)
-/// and the input pixel-major (`[H·W, C, N]`).
+/// What the forward pass keeps for the backward pass: the input pixel-major (`[H·W, C, N]`).
 pub(super) struct Saved {
-    taps: Vec<f32>,
     pixels: Vec<f32>,
+}
+
+/// Each tap's weight `W_t [O, C]` of the weight `ws [O, C, kh, kw]` packed for the products
+/// (with `transposed`, `W_tᵀ [C, O]`): all taps in one pass over the weight, each filter's
+/// taps read side by side, where copying the weight out tap by tap and packing each tap
+/// again took two passes, a fifth of a 2×2 layer's samples (perf, issue 19).
+fn packed_taps(ws: &[f32], g: &ConvGeom, transposed: bool) -> Vec<PackedA> {
+    let kk = g.kh * g.kw;
+    let (filter, channel) = (g.c * kk, kk);
+    match transposed {
+        false => PackedA::interleaved(ws, kk, (g.o, g.c), (filter, channel)),
+        true => PackedA::interleaved(ws, kk, (g.c, g.o), (channel, filter)),
+    }
 }
 
 /// The columns of each tap's product: its pairs' blocks `[X_q1 | X_q2 | …]` (`[C, pairs·N]`)
@@ -170,27 +179,21 @@ fn add_blocks(
 pub(super) fn forward(layer: Layer) -> (Vec<f32>, Saved) {
     let (xs, ws, bs, g, relu) = layer.parts();
     let (n, p) = (g.n, g.p());
-    let kk = g.kh * g.kw;
-    let taps = fresh_by_row(
-        kk * g.o,
-        g.o,
-        g.c,
-        || (),
-        |_, o, rows| tap_major(&ws[o * g.c * kk..][..g.c * kk], rows),
-    );
+    let taps = packed_taps(ws, g, false);
     let pixels = pixel_major(xs, g.c, g.h * g.w);
     let groups = by_tap(g);
-    // Tap by tap: `W_t · [X_q1 | X_q2 | …]`.
+    // Tap by tap, the taps side by side, each product on one thread (the same bits as over
+    // the pool): `W_t · [X_q1 | X_q2 | …]`. One wake of the pool where there were one per
+    // tap, and each packed weight read by one core.
     let results: Vec<Vec<f32>> = groups
-        .iter()
-        .enumerate()
-        .map(|(t, pairs)| {
+        .par_iter()
+        .zip(&taps)
+        .map(|(pairs, w)| {
             let width = pairs.len() * n;
             let mut y = vec![0.0; g.o * width];
             if !pairs.is_empty() {
                 let cols = side_by_side(&pixels, g.c, n, pairs, |pr| pr.q);
-                let w = Mat::new(&taps[t * g.o * g.c..][..g.o * g.c], g.o, g.c);
-                gemm(w, Mat::new(&cols, g.c, width), &mut y, false);
+                gemm_here(w, Mat::new(&cols, g.c, width), &mut y, false);
             }
             y
         })
@@ -208,14 +211,15 @@ pub(super) fn forward(layer: Layer) -> (Vec<f32>, Saved) {
                 }
             }
         });
-    (out, Saved { taps, pixels })
+    (out, Saved { pixels })
 }
 
-/// The backward pass from the output gradient `gout` and what the forward pass saved: adds
-/// the weight gradient onto `gw` and, when given, the input gradient onto `gx`. The bias
-/// gradient is the caller's.
+/// The backward pass from the output gradient `gout`, the weight `ws` and what the forward
+/// pass saved: adds the weight gradient onto `gw` and, when given, the input gradient onto
+/// `gx`. The bias gradient is the caller's.
 pub(super) fn backward(
     saved: &Saved,
+    ws: &[f32],
     gout: &[f32],
     g: &ConvGeom,
     gw: &mut Vec<f32>,
@@ -224,36 +228,42 @@ pub(super) fn backward(
     let (n, kk) = (g.n, g.kh * g.kw);
     let dys = pixel_major(gout, g.o, g.p());
     let groups = by_tap(g);
-    let mut dtaps = zeros(kk * g.o * g.c);
-    let mut dxs = Vec::new();
-    for (t, pairs) in groups.iter().enumerate() {
-        if pairs.is_empty() {
-            dxs.push(Vec::new());
-            continue;
-        }
-        let width = pairs.len() * n;
-        let dy = side_by_side(&dys, g.o, n, pairs, |pr| pr.p);
-        let x = side_by_side(&saved.pixels, g.c, n, pairs, |pr| pr.q);
-        // ∂W_t = [∂Y_p1 | …] · [X_q1 | …]ᵀ: over pairs, then samples, in one sum.
-        let dw = &mut dtaps[t * g.o * g.c..][..g.o * g.c];
-        gemm(
-            Mat::new(&dy, g.o, width),
-            Mat::new(&x, g.c, width).t(),
-            dw,
-            false,
-        );
-        if gx.is_some() {
-            let w = Mat::new(&saved.taps[t * g.o * g.c..][..g.o * g.c], g.o, g.c);
-            let mut dx = vec![0.0; g.c * width];
-            gemm(w.t(), Mat::new(&dy, g.o, width), &mut dx, false);
-            dxs.push(dx);
-        } else {
-            dxs.push(Vec::new());
-        }
-    }
+    let taps = match gx {
+        Some(_) => packed_taps(ws, g, true),
+        None => Vec::new(),
+    };
+    // Tap by tap, side by side as in the forward pass: `∂W_t` and, for the input gradient,
+    // `W_tᵀ · [∂Y_p1 | …]`.
+    let (dtaps, dxs): (Vec<Vec<f32>>, Vec<Vec<f32>>) = groups
+        .par_iter()
+        .enumerate()
+        .map(|(t, pairs)| {
+            // ∂W_t is zero for a tap without pairs (on maps of one row or column).
+            let mut dw = vec![0.0; g.o * g.c];
+            if pairs.is_empty() {
+                return (dw, Vec::new());
+            }
+            let width = pairs.len() * n;
+            let dy = side_by_side(&dys, g.o, n, pairs, |pr| pr.p);
+            let x = side_by_side(&saved.pixels, g.c, n, pairs, |pr| pr.q);
+            // ∂W_t = [∂Y_p1 | …] · [X_q1 | …]ᵀ: over pairs, then samples, in one sum.
+            gemm_here(
+                Mat::new(&dy, g.o, width),
+                Mat::new(&x, g.c, width).t(),
+                &mut dw,
+                false,
+            );
+            let mut dx = Vec::new();
+            if let Some(w) = taps.get(t) {
+                dx = vec![0.0; g.c * width];
+                gemm_here(w, Mat::new(&dy, g.o, width), &mut dx, false);
+            }
+            (dw, dx)
+        })
+        .unzip();
     // The weight's taps back to `[O, C, kh, kw]`: 3×3 kernels in blocks of channels (an
     // element at a time, at a stride of the whole weight, took a fifth of a 2×2 layer).
-    let tap = |t: usize, o: usize| &dtaps[(t * g.o + o) * g.c..][..g.c];
+    let tap = |t: usize, o: usize| &dtaps[t][o * g.c..][..g.c];
     add_by_filter(
         gw,
         g.o,
