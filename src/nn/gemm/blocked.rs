@@ -171,13 +171,15 @@ impl PackedA {
         let panels = rows.div_ceil(MR);
         let len = panels * MR * cols;
         let mut bufs: Vec<Vec<f32>> = (0..count).map(|_| Vec::with_capacity(len)).collect();
-        if len > 0 && count > 0 {
-            let last = (rows - 1) * rs + (cols - 1) * cs + count - 1;
-            assert!(
-                last < data.len(),
-                "PackedA::interleaved: matrices past the data"
-            );
+        if len == 0 || count == 0 {
+            let empty = |data| PackedA { data, rows, cols };
+            return bufs.into_iter().map(empty).collect();
         }
+        let last = (rows - 1) * rs + (cols - 1) * cs + count - 1;
+        assert!(
+            last < data.len(),
+            "PackedA::interleaved: matrices past the data"
+        );
         // Every matrix's panels in the order of the data (block of KC steps, then panel),
         // regrouped so that each task holds one panel of every matrix. Written once, lanes
         // past the last row included (as zeros), with no pass of zeros before.

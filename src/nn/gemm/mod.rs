@@ -188,6 +188,19 @@ mod tests {
             gemm_here(&transposed[t], Mat::new(&bt, rows, n), &mut got, false);
             assert!(bits(&got) == bits(&want), "matrix {t} transposed differs");
         }
+        // No rows, or no columns: empty matrices, and products with them.
+        for shape in [(0, 5), (5, 0)] {
+            let none = PackedA::interleaved(&[], 2, shape, (shape.1, 1));
+            assert!(none.len() == 2 && none.iter().all(|a| a.shape() == shape));
+            let mut c = vec![1.0; shape.0 * 3];
+            gemm_here(
+                &none[1],
+                Mat::new(&vec![0.5; shape.1 * 3], shape.1, 3),
+                &mut c,
+                false,
+            );
+            assert!(c.iter().all(|&x| x == 0.0));
+        }
     }
 
     /// Every host matrix product the CPU paths take (the micro-kernel this CPU selects)
