@@ -273,6 +273,30 @@ fn bench_model_steps(
     (step, median(update.split_off(1)), [w, c])
 }
 
+/// The CPU, as far as Linux says: model name, family and model, L1d size. Two VMs that both
+/// call themselves "AMD EPYC" were Zen 5 and Zen 4 (48 and 32 KiB of L1d), whose AVX-512
+/// runs at full and half width: ratios beside PyTorch differ between them (issue 19), so
+/// every figure carries the machine it came from.
+fn cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let l1d = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index0/size")
+        .map_or_else(|_| "?".into(), |s| s.trim().to_string());
+    format!(
+        "{}, family {} model {}, L1d {l1d}",
+        field("model name"),
+        field("cpu family"),
+        field("model")
+    )
+}
+
 fn main() {
     // As the binary does (its allocator settings are part of its speed).
     if std::env::var_os("CFPIPE_BENCH_GLIBC_DEFAULTS").is_none() {
@@ -293,13 +317,14 @@ fn main() {
     let avx512 = false;
     println!(
         "conv 3x3 {C}->{O} pad 1 on {N}x{C}x{HW}x{HW}, then max-pool 2x2 ({} rayon threads, \
-         fast-path products on {})",
+         fast-path products on {}; {})",
         rayon::current_num_threads(),
         if avx512 {
             "the AVX-512 kernel"
         } else {
             "the AVX2 micro-kernel"
-        }
+        },
+        cpu()
     );
     // `cargo bench --bench conv -- fast` (or `composed`) runs one path only.
     let only: Vec<String> = std::env::args()
