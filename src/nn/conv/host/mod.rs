@@ -530,8 +530,9 @@ struct Scratch {
 
 /// Columns `[C·kh·kw, samples·Ho·Wo]` of the `ns` samples in `xs`, written over `cols`
 /// (reused across chunks). Every float is written, padding as zeros, with no pass of zeros
-/// before: the buffer is as large as the layer's input nine times over, and zeroing it first
-/// was most of the small CNN's `memset` (12.7% of its step on the Zen 4 VM, perf, issue 19).
+/// before: the buffer is as large as the layer's input nine times over (on the Zen 4 VM the
+/// small CNN's step spent 3.8% of its samples zeroing buffers grown this way, this one among
+/// them; without it, whole processes took 0.988× the time: perf and farm-bench, issue 19).
 fn im2col(xs: &[f32], g: &ConvGeom, ns: usize, cols: &mut Vec<f32>) {
     let (p, hw) = (g.p(), g.h * g.w);
     let m = ns * p;
