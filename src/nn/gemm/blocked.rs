@@ -203,9 +203,11 @@ impl PackedA {
             for (m, panel) in mats.iter_mut().enumerate() {
                 let src = &data[q * MR * rs + p0 * cs + m..];
                 for (kk, steps) in panel.chunks_exact_mut(MR).enumerate() {
-                    for (r, d) in steps.iter_mut().enumerate() {
-                        d.write(if r < live { src[r * rs + kk * cs] } else { 0.0 });
+                    let (rows, past) = steps.split_at_mut(live);
+                    for (r, d) in rows.iter_mut().enumerate() {
+                        d.write(src[r * rs + kk * cs]);
                     }
+                    past.iter_mut().for_each(|d| _ = d.write(0.0));
                 }
             }
         });
