@@ -190,6 +190,37 @@ impl Stage for Fresh {
     }
 }
 
+/// Two stages declared differently (their inputs are different stages) can still derive one
+/// key, when their inputs hold the same bytes: the second is served by the first's entry, and
+/// on a cached rerun both are served from the one check of that entry before scheduling.
+#[test]
+fn stages_that_reach_one_key_through_different_inputs_share_one_entry_and_one_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let dag = Dag::build(vec![
+        decl("whole", "ab", false, &[]),
+        decl("head", "a", false, &[]),
+        decl("head_then_tail", "b", false, &["head"]),
+        decl("after_whole", "!", false, &["whole"]),
+        decl("after_parts", "!", false, &["head_then_tail"]),
+    ])
+    .unwrap();
+    assert_eq!(dag.len(), 5, "declared differently, so not merged");
+    let first = run(&dag, &cache, 1);
+    let key = |r: &cfpipe::exec::RunReport, id: &str| {
+        r.events.iter().find(|e| e.id == id).unwrap().key.unwrap()
+    };
+    assert_eq!(key(&first, "after_whole"), key(&first, "after_parts"));
+    assert_eq!(first.ran().len(), 4);
+    assert_eq!(first.cached().len(), 1);
+    // The second run checks every entry in full and remembers it; the third is served by
+    // the memo alone.
+    assert!(run(&dag, &cache, 1).ran().is_empty());
+    let third = run(&dag, &cache, 1);
+    assert_eq!(third.cached().len(), 5);
+    assert_eq!(third.prechecked, 5);
+}
+
 /// A cached rerun checks the entries the verified-entry memo remembers before scheduling,
 /// with each stage's key derived from what the memo says its inputs hold. A dependent is
 /// served from there only while that is still so: when its input's file is damaged and the

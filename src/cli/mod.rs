@@ -722,6 +722,9 @@ fn run_cmd(
     let (device, resources) = open_device(&device)?;
     crate::spec::idx_data::remember_checks_in(c.dir().join("index").join("datachecks.json"));
     let (pipe, dag) = p.load(DataCheck::Required)?;
+    // The graph and the report live until the process ends, which frees them at once:
+    // dropping them node by node took ~8% of a cached rerun of a few thousand stages.
+    let dag = std::mem::ManuallyDrop::new(dag);
     let cache = open_cache(c)?;
     let remote = open_remote(&remote.remote, std::slice::from_ref(&p.pipeline))?;
     let roots = RootRecorder::new(&cache, RootOwner::new(&pipe.name, &p.pipeline, &p.set));
@@ -774,9 +777,11 @@ fn run_cmd(
         retries: cluster.retries,
     };
     let registry = stages::registry();
-    let report = Executor::new(&cache, &registry, opts)
-        .with_remote(remote.as_ref())
-        .run(&dag);
+    let report = std::mem::ManuallyDrop::new(
+        Executor::new(&cache, &registry, opts)
+            .with_remote(remote.as_ref())
+            .run(&dag),
+    );
     // For the report's estimate beside the actual time; a run never fails for want of it.
     if let Err(e) = plan::record_estimates(&cache, &dag, &report) {
         eprintln!("warning: the plan estimates of this run were not recorded: {e}");

@@ -330,6 +330,10 @@ impl Cache {
     /// scope's index knows): then [`Cache::put_stage_record`] has nothing to do.
     pub fn stage_record_is(&self, scope: &str, stage_id: &str, key: &StageKey) -> bool {
         let mut all = self.stage_keys();
+        // Asked for every stage of a run: the scope is copied only the first time.
+        if let Some(index) = all.get(scope) {
+            return index.holds(stage_id, key);
+        }
         let index = all.entry(scope.to_string()).or_insert_with(|| {
             let h = blake3::hash(format!("keys\0{scope}").as_bytes()).to_hex();
             let path = self
@@ -390,7 +394,7 @@ impl Cache {
     /// at the disk: what the entry held when it last verified, which [`Cache::recall`] then
     /// confirms or not.
     pub fn remembered_content_hash(&self, key: &StageKey) -> Option<ContentHash> {
-        self.verified().content_hash(&key.to_hex())
+        self.verified().content_hash(key)
     }
 
     /// The entry of `key` if the verified-entry memo serves it (every file stamped as when it
@@ -935,23 +939,35 @@ impl Cache {
 
     /// Remove what provably belongs to nobody: temp entries, trash and temp files of dead
     /// processes of this host, and leases that are dead or expired (see [`lease::clean_dir`]).
-    /// Every run calls this when it ends, so SIGKILLs leave nothing behind for long; other
-    /// hosts' leftovers wait for gc's grace period. Returns how many were removed.
+    /// Every run does this (the temp files while it schedules, the leases when it ends), so
+    /// SIGKILLs leave nothing behind for long; other hosts' leftovers wait for gc's grace
+    /// period. Returns how many were removed.
     pub fn clean_dead_leftovers(&self) -> usize {
+        self.clean_dead_temps() + self.clean_dead_leases()
+    }
+
+    /// The part of [`Self::clean_dead_leftovers`] that removes only what dead processes left
+    /// (temp entries, trash, temp files), and so may run while this process takes leases.
+    pub fn clean_dead_temps(&self) -> usize {
         if self.read_only {
             return 0;
         }
         let mut removed = 0;
-        let names = |dir: PathBuf| {
+        // Only names that start with `dot` can be leftovers where `dot` is true: the others
+        // (thousands of stage records in `index/stages`) are passed over before a name or a
+        // path is made of them.
+        let names = |dir: PathBuf, dot: bool| {
+            use std::os::unix::ffi::OsStrExt;
             fs::read_dir(&dir)
                 .into_iter()
                 .flatten()
                 .flatten()
+                .filter(move |e| !dot || e.file_name().as_bytes().first() == Some(&b'.'))
                 .map(|e| (e.file_name().to_string_lossy().to_string(), e.path()))
         };
         // Entries being written and entries being deleted: `<key>.<unique>`.
         for sub in ["tmp", "trash"] {
-            for (name, path) in names(self.root.join(sub)) {
+            for (name, path) in names(self.root.join(sub), false) {
                 let maker = name.split_once('.').map(|(_, m)| m).unwrap_or("");
                 if lease::dead_here(maker) && fs::remove_dir_all(&path).is_ok() {
                     removed += 1;
@@ -960,20 +976,28 @@ impl Cache {
         }
         // Temp files of `atomic_write`: `.<name>.<unique>`.
         for sub in ["", "index", "index/stages", roots::ROOTS_DIR, "requests"] {
-            for (name, path) in names(self.root.join(sub)) {
-                let dead =
-                    name.starts_with('.') && lease::temp_maker(&name).is_some_and(lease::dead_here);
+            for (name, path) in names(self.root.join(sub), true) {
+                let dead = lease::temp_maker(&name).is_some_and(lease::dead_here);
                 if dead && fs::remove_file(&path).is_ok() {
                     removed += 1;
                 }
             }
         }
         removed
-            + lease::clean_dir(
-                &self.root.join(lease::LEASE_DIR),
-                self.lease_timeout,
-                self.perms,
-            )
+    }
+
+    /// The part of [`Self::clean_dead_leftovers`] that cleans the lease directory. It also
+    /// removes the lease breakers this process made, which must stay while it may still take
+    /// leases: a run calls it when it ends.
+    pub fn clean_dead_leases(&self) -> usize {
+        if self.read_only {
+            return 0;
+        }
+        lease::clean_dir(
+            &self.root.join(lease::LEASE_DIR),
+            self.lease_timeout,
+            self.perms,
+        )
     }
 
     /// Old stamps of entries that no longer exist, and lease breakers and temp files of
@@ -1190,6 +1214,26 @@ mod tests {
         fs::remove_file(&memo).unwrap();
         let c = Cache::open(d.path()).unwrap();
         assert!(matches!(c.lookup(&key), Lookup::Corrupt { .. }));
+    }
+
+    /// A cached rerun derives keys from the content hashes the memo remembers, read from
+    /// an index of them made when first asked for; an entry published again under the same
+    /// key (after damage) and checked is remembered with its new hash there too.
+    #[test]
+    fn the_remembered_content_hash_follows_an_entry_published_again() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let key = k(b"again");
+        c.publish(new_entry(b"again", b"first")).unwrap();
+        assert!(matches!(c.lookup(&key), Lookup::Hit(_)));
+        let first = c
+            .remembered_content_hash(&key)
+            .expect("remembered once checked in full");
+        c.evict(&key).unwrap();
+        let e = c.publish(new_entry(b"again", b"second")).unwrap();
+        assert!(matches!(c.lookup(&key), Lookup::Hit(_)));
+        assert_ne!(e.content_hash(), first);
+        assert_eq!(c.remembered_content_hash(&key), Some(e.content_hash()));
     }
 
     #[test]

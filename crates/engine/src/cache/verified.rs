@@ -16,7 +16,7 @@
 //! are not understood, so those entries are hashed once more and remembered anew.
 
 use super::GroupPerms;
-use crate::digest::ContentHash;
+use crate::digest::{ContentHash, StageKey};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +25,16 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub(crate) struct VerifiedMemo {
     path: PathBuf,
-    stamps: Mutex<BTreeMap<String, String>>,
+    stamps: Mutex<Stamps>,
     dirty: AtomicBool,
+}
+
+/// The memo as stored (key hex → value), and the content hash of each key parsed out of it
+/// when first asked for: a cached rerun asks for every stage's before it checks any stamp.
+#[derive(Debug, Default)]
+struct Stamps {
+    stored: BTreeMap<String, String>,
+    hashes: Option<std::collections::HashMap<StageKey, ContentHash>>,
 }
 
 fn read(path: &Path) -> BTreeMap<String, String> {
@@ -39,7 +47,10 @@ fn read(path: &Path) -> BTreeMap<String, String> {
 impl VerifiedMemo {
     pub(crate) fn load(path: PathBuf) -> VerifiedMemo {
         VerifiedMemo {
-            stamps: Mutex::new(read(&path)),
+            stamps: Mutex::new(Stamps {
+                stored: read(&path),
+                hashes: None,
+            }),
             path,
             dirty: AtomicBool::new(false),
         }
@@ -47,15 +58,27 @@ impl VerifiedMemo {
 
     /// The content hash remembered for `key`, read alone (a cached rerun's pre-check derives
     /// every key from these before it checks any stamp; the file list is not needed then).
-    pub(crate) fn content_hash(&self, key: &str) -> Option<ContentHash> {
-        let stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-        ContentHash::from_hex(stamps.get(key)?.split(':').nth(1)?)
+    pub(crate) fn content_hash(&self, key: &StageKey) -> Option<ContentHash> {
+        let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+        let Stamps { stored, hashes } = &mut *stamps;
+        hashes
+            .get_or_insert_with(|| {
+                stored
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let hash = ContentHash::from_hex(v.split(':').nth(1)?)?;
+                        Some((StageKey::from_hex(k)?, hash))
+                    })
+                    .collect()
+            })
+            .get(key)
+            .copied()
     }
 
     /// What is remembered of `key`'s entry, if it verified in full before.
     pub(crate) fn recall(&self, key: &str) -> Option<Recalled> {
         let stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-        let mut parts = stamps.get(key)?.splitn(3, ':');
+        let mut parts = stamps.stored.get(key)?.splitn(3, ':');
         let (stamp, hash, files) = (parts.next()?, parts.next()?, parts.next()?);
         Some(Recalled {
             stamp: stamp.to_string(),
@@ -69,8 +92,11 @@ impl VerifiedMemo {
     pub(crate) fn record(&self, key: &str, stamp: &str, hash: &ContentHash, files: &[&str]) {
         let stamp = value(stamp, hash, files);
         let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-        if stamps.get(key) != Some(&stamp) {
-            stamps.insert(key.to_string(), stamp);
+        if stamps.stored.get(key) != Some(&stamp) {
+            stamps.stored.insert(key.to_string(), stamp);
+            if let (Some(hashes), Some(k)) = (&mut stamps.hashes, StageKey::from_hex(key)) {
+                hashes.insert(k, *hash);
+            }
             self.dirty.store(true, Ordering::SeqCst);
         }
     }
@@ -85,6 +111,7 @@ impl VerifiedMemo {
             .stamps
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .stored
             .clone();
         let mut all = read(&self.path);
         all.extend(ours);

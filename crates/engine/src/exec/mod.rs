@@ -75,6 +75,9 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    fn count_where(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.events.iter().filter(|e| f(&e.outcome)).count()
+    }
     fn ids_where(&self, f: impl Fn(&Outcome) -> bool) -> BTreeSet<String> {
         self.events
             .iter()
@@ -135,12 +138,13 @@ impl RunReport {
     /// The last line `run` prints, in exactly this form (`, N pulled` only when a remote
     /// served stages).
     pub fn summary_line(&self) -> String {
-        let pulled = self.pulled().len();
+        // Counted, not collected: a cached rerun of thousands of stages prints this line.
+        let pulled = self.count_where(|o| matches!(o, Outcome::Pulled { .. }));
         format!(
             "{} stages: {} ran, {} cached{} ({:.2} s)",
             self.events.len(),
-            self.ran().len(),
-            self.cached().len(),
+            self.count_where(|o| matches!(o, Outcome::Ran { .. })),
+            self.count_where(|o| matches!(o, Outcome::Cached)),
             if pulled > 0 {
                 format!(", {pulled} pulled")
             } else {
@@ -442,28 +446,28 @@ impl<'a> Executor<'a> {
                 mut hits,
                 mut files,
             } = self.memo_hits(dag);
+            // What killed processes left behind is cleaned by the next run. Their temp files
+            // on a thread of its own, beside the scheduling below: it scans directories that
+            // hold a file per stage, which would otherwise add to a cached rerun. Leases at
+            // the end (see `clean_dead_leases`).
+            scope.spawn(|| self.cache.clean_dead_temps());
             let mut prechecked: HashSet<NodeIndex> = HashSet::new();
             let mut dispatch =
                 |n: NodeIndex,
                  entries: &HashMap<NodeIndex, Entry>,
                  ready: &mut std::collections::VecDeque<Done>| {
-                    let inputs: BTreeMap<String, Entry> = dag
-                        .node(n)
-                        .inputs
-                        .iter()
-                        .map(|(slot, from)| (slot.clone(), entries[from].clone()))
-                        .collect();
+                    let node_inputs = &dag.node(n).inputs;
                     // Served from the check before scheduling only when reached at once: every
                     // input was served the same way (so nothing ran meanwhile) and holds what
                     // the key was derived from. After an input computed (for hours, maybe) the
                     // stage takes `recall`, which marks the entry used and checks it again.
-                    let fresh = dag.node(n).inputs.values().all(|i| prechecked.contains(i));
+                    let fresh = node_inputs.values().all(|i| prechecked.contains(i));
                     let hit = hits.remove(&n).filter(|h| {
                         fresh
-                            && h.inputs.len() == inputs.len()
-                            && inputs
-                                .iter()
-                                .all(|(slot, e)| h.inputs.get(slot) == Some(&e.content_hash()))
+                            && h.inputs.len() == node_inputs.len()
+                            && node_inputs.iter().all(|(slot, from)| {
+                                h.inputs.get(slot) == Some(&entries[from].content_hash())
+                            })
                     });
                     if let Some(hit) = hit {
                         prechecked.insert(n);
@@ -472,6 +476,10 @@ impl<'a> Executor<'a> {
                         ready.push_back((n, Some(hit.key), Ok((hit.entry, Outcome::Cached))));
                         return;
                     }
+                    let inputs: BTreeMap<String, Entry> = node_inputs
+                        .iter()
+                        .map(|(slot, from)| (slot.clone(), entries[from].clone()))
+                        .collect();
                     match self.recall(dag, n, &inputs, files.remove(&n)) {
                         Ok((key, entry)) => {
                             bars.stage(&dag.node(n).id).finish();
@@ -589,8 +597,7 @@ impl<'a> Executor<'a> {
                 eprintln!("warning: could not register this pipeline's gc root: {e}");
             }
         }
-        // What killed processes left behind (temp entries, leases) is cleaned by the next run.
-        self.cache.clean_dead_leftovers();
+        self.cache.clean_dead_leases();
         report.entries = entries;
         report.wall_s = t0.elapsed().as_secs_f64();
         report
@@ -774,13 +781,25 @@ impl<'a> Executor<'a> {
             content.insert(n, hash);
             candidates.push((n, key, inputs, files));
         }
-        let hits = candidates
+        // Stages that differ in their declarations may still derive one key (a prune whose
+        // mask came out the same at two thresholds, and everything after it): each entry is
+        // checked once.
+        let mut keys: Vec<StageKey> = candidates.iter().map(|c| c.1).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let entries: HashMap<StageKey, Entry> = keys
             .into_par_iter()
-            .filter_map(|(n, key, inputs, files)| {
+            .filter_map(|key| {
                 // Marked before the check, as `recall` is, so a concurrent gc either sees the
                 // use or the entry is gone and the check fails.
                 self.cache.mark_used(&key);
-                let entry = self.cache.recall(&key)?;
+                Some((key, self.cache.recall(&key)?))
+            })
+            .collect();
+        let hits = candidates
+            .into_iter()
+            .filter_map(|(n, key, inputs, files)| {
+                let entry = entries.get(&key)?.clone();
                 Some((
                     n,
                     MemoHit {

@@ -100,25 +100,33 @@ pub struct Dag {
 }
 
 impl Dag {
-    pub fn build(decls: Vec<StageDecl>) -> Result<Dag, GraphError> {
-        // 1. Graph over declarations, to find missing inputs and cycles by id.
-        let mut g: DiGraph<usize, ()> = DiGraph::new();
-        let mut idx: HashMap<&str, NodeIndex> = HashMap::new();
-        for (i, d) in decls.iter().enumerate() {
-            if idx.insert(d.id.as_str(), g.add_node(i)).is_some() {
-                return Err(GraphError::DuplicateId(d.id.clone()));
+    pub fn build(mut decls: Vec<StageDecl>) -> Result<Dag, GraphError> {
+        // 1. Graph over declarations, to find missing inputs and cycles by id. Each input is
+        //    resolved to its producer's index here, once, in the order of its slots.
+        let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(decls.len(), decls.len());
+        let mut sources: Vec<Vec<usize>> = Vec::with_capacity(decls.len());
+        {
+            let mut idx: HashMap<&str, usize> = HashMap::with_capacity(decls.len());
+            for (i, d) in decls.iter().enumerate() {
+                g.add_node(i);
+                if idx.insert(d.id.as_str(), i).is_some() {
+                    return Err(GraphError::DuplicateId(d.id.clone()));
+                }
             }
-        }
-        for d in &decls {
-            for (slot, src) in &d.inputs {
-                let Some(&from) = idx.get(src.as_str()) else {
-                    return Err(GraphError::MissingInput {
-                        stage: d.id.clone(),
-                        slot: slot.clone(),
-                        missing: src.clone(),
-                    });
-                };
-                g.add_edge(from, idx[d.id.as_str()], ());
+            for (i, d) in decls.iter().enumerate() {
+                let mut from = Vec::with_capacity(d.inputs.len());
+                for (slot, src) in &d.inputs {
+                    let Some(&j) = idx.get(src.as_str()) else {
+                        return Err(GraphError::MissingInput {
+                            stage: d.id.clone(),
+                            slot: slot.clone(),
+                            missing: src.clone(),
+                        });
+                    };
+                    g.add_edge(NodeIndex::new(j), NodeIndex::new(i), ());
+                    from.push(j);
+                }
+                sources.push(from);
             }
         }
         petgraph::algo::toposort(&g, None).map_err(|c| {
@@ -131,48 +139,58 @@ impl Dag {
         })?;
         let topo = stable_topo(&g);
 
-        // 2. Merge structurally identical declarations, in dependency order.
-        let mut out: DiGraph<StageNode, String> = DiGraph::new();
-        let mut by_struct: HashMap<[u8; 32], NodeIndex> = HashMap::new();
-        let mut struct_of: HashMap<&str, [u8; 32]> = HashMap::new();
-        let mut by_id = HashMap::new();
+        // 2. Merge structurally identical declarations, in dependency order. A declaration
+        //    that becomes a node gives it its fields (moved, not copied: a large sweep
+        //    declares thousands).
+        let mut out: DiGraph<StageNode, String> = DiGraph::with_capacity(decls.len(), decls.len());
+        let mut by_struct: HashMap<[u8; 32], NodeIndex> = HashMap::with_capacity(decls.len());
+        let mut struct_of: Vec<[u8; 32]> = vec![[0; 32]; decls.len()];
+        let mut node_of: Vec<NodeIndex> = vec![NodeIndex::end(); decls.len()];
+        let mut by_id = HashMap::with_capacity(decls.len());
         for n in topo {
-            let d = &decls[g[n]];
+            let i = g[n];
+            let d = &mut decls[i];
             let inputs: BTreeMap<&str, [u8; 32]> = d
                 .inputs
-                .iter()
-                .map(|(s, src)| (s.as_str(), struct_of[src.as_str()]))
+                .keys()
+                .zip(&sources[i])
+                .map(|(s, &j)| (s.as_str(), struct_of[j]))
                 .collect();
             let h = structure(d, &inputs);
-            struct_of.insert(d.id.as_str(), h);
+            drop(inputs);
+            struct_of[i] = h;
+            let id = std::mem::take(&mut d.id);
             let node = match by_struct.get(&h) {
                 Some(&existing) => {
-                    out[existing].aliases.push(d.id.clone());
+                    out[existing].aliases.push(id.clone());
                     existing
                 }
                 None => {
-                    let inputs: BTreeMap<String, NodeIndex> = d
-                        .inputs
-                        .iter()
-                        .map(|(s, src)| (s.clone(), by_id[src]))
+                    let inputs: BTreeMap<String, NodeIndex> = std::mem::take(&mut d.inputs)
+                        .into_keys()
+                        .zip(&sources[i])
+                        .map(|(s, &j)| (s, node_of[j]))
                         .collect();
+                    let edges: Vec<(NodeIndex, String)> =
+                        inputs.iter().map(|(s, &f)| (f, s.clone())).collect();
                     let ni = out.add_node(StageNode {
-                        id: d.id.clone(),
+                        id: id.clone(),
                         aliases: vec![],
-                        kind: d.kind.clone(),
+                        kind: std::mem::take(&mut d.kind),
                         version: d.version,
-                        params: d.params.clone(),
-                        inputs: inputs.clone(),
-                        files: d.files.clone(),
+                        params: d.params.take(),
+                        inputs,
+                        files: std::mem::take(&mut d.files),
                     });
-                    for (slot, from) in inputs {
+                    for (from, slot) in edges {
                         out.add_edge(from, ni, slot);
                     }
                     by_struct.insert(h, ni);
                     ni
                 }
             };
-            by_id.insert(d.id.clone(), node);
+            node_of[i] = node;
+            by_id.insert(id, node);
         }
         let order = stable_topo(&out);
         Ok(Dag {
