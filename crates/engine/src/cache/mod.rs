@@ -375,7 +375,13 @@ impl Cache {
 
     pub fn entry_dir(&self, key: &StageKey) -> PathBuf {
         let hex = key.to_hex();
-        self.root.join("entries").join(&hex[..2]).join(hex)
+        // Built in place: asked for every stage of a cached rerun.
+        let mut dir = PathBuf::with_capacity(self.root.as_os_str().len() + 80);
+        dir.push(&self.root);
+        dir.push("entries");
+        dir.push(&hex[..2]);
+        dir.push(hex);
+        dir
     }
 
     /// Whether an entry directory exists, without verifying it.
@@ -517,10 +523,17 @@ impl Cache {
     /// The entry of `key` (in `dir`, `hex`) served from the verified-entry memo: the files it
     /// stamped are still exactly as they were when the entry verified in full.
     fn remembered(&self, dir: &Path, key: &StageKey, hex: &str) -> Option<Entry> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
         let r = self.verified().recall(hex)?;
         let mut stats = Vec::with_capacity(r.files.len());
+        // One buffer for every file's path (a cached rerun stats thousands of them).
+        let mut path = dir.as_os_str().to_os_string().into_vec();
+        let dir_len = path.len();
         for rel in r.files {
-            let m = fs::metadata(dir.join(&rel)).ok()?;
+            path.truncate(dir_len);
+            path.push(b'/');
+            path.extend_from_slice(rel.as_bytes());
+            let m = fs::metadata(Path::new(std::ffi::OsStr::from_bytes(&path))).ok()?;
             stats.push((rel, m));
         }
         (verified::stamp(&stats)? == r.stamp).then(|| Entry {
@@ -703,7 +716,11 @@ impl Cache {
     }
 
     fn used_path(&self, key: &StageKey) -> PathBuf {
-        self.root.join(USED_DIR).join(key.to_hex())
+        let mut p = PathBuf::with_capacity(self.root.as_os_str().len() + 72);
+        p.push(&self.root);
+        p.push(USED_DIR);
+        p.push(key.to_hex());
+        p
     }
 
     /// Record that an entry is in use (call *before* reading it): gc spares entries used within
