@@ -103,7 +103,7 @@ impl<K: DigestKind> fmt::Debug for Digest<K> {
 }
 impl<K: DigestKind> Serialize for Digest<K> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        s.serialize_str(blake3::Hash::from_bytes(self.bytes).to_hex().as_str())
     }
 }
 impl<'de, K: DigestKind> Deserialize<'de> for Digest<K> {
@@ -135,9 +135,9 @@ pub const KEY_SCHEME: u32 = 1;
 pub struct KeyMaterial<'a> {
     /// File role → content hash of the file (paths are deliberately not part of the key, so a
     /// teammate with the data elsewhere shares entries).
-    pub files: std::collections::BTreeMap<String, ContentHash>,
+    pub files: &'a std::collections::BTreeMap<String, ContentHash>,
     /// Input slot name → content hash of the artifact feeding it.
-    pub inputs: std::collections::BTreeMap<String, ContentHash>,
+    pub inputs: &'a std::collections::BTreeMap<String, ContentHash>,
     pub kind: &'a str,
     pub params: &'a serde_json::Value,
     pub scheme: u32,
@@ -146,7 +146,10 @@ pub struct KeyMaterial<'a> {
 
 impl KeyMaterial<'_> {
     pub fn key(&self) -> StageKey {
-        StageKey::of(&serde_json::to_vec(self).expect("key material is plain data"))
+        // Hashed as it is written (the same bytes as `to_vec`, without the buffer).
+        let mut h = blake3::Hasher::new();
+        serde_json::to_writer(&mut h, self).expect("key material is plain data");
+        StageKey::from_bytes(*h.finalize().as_bytes())
     }
 }
 
@@ -160,8 +163,8 @@ mod tests {
         // The key as it was first derived: through a Value, whose map sorts the fields.
         let params = json!({"lr": 0.001, "hidden": [400, 400], "z": {"b": 1, "a": null}});
         let m = KeyMaterial {
-            files: [("images".to_string(), ContentHash::of(b"i"))].into(),
-            inputs: [
+            files: &[("images".to_string(), ContentHash::of(b"i"))].into(),
+            inputs: &[
                 ("model".to_string(), ContentHash::of(b"m")),
                 ("data".to_string(), ContentHash::of(b"d")),
             ]
@@ -191,8 +194,8 @@ mod tests {
             kind: "prune",
             version: 1,
             params: &params,
-            inputs: [("model".to_string(), ContentHash::of(b"m"))].into(),
-            files: Default::default(),
+            inputs: &[("model".to_string(), ContentHash::of(b"m"))].into(),
+            files: &Default::default(),
         };
         let k = base.key();
         let mut v = base.clone();
@@ -206,7 +209,8 @@ mod tests {
         v.params = &p2;
         assert_ne!(k, v.key());
         let mut v = base.clone();
-        v.inputs.insert("model".into(), ContentHash::of(b"n"));
+        let other_input = [("model".to_string(), ContentHash::of(b"n"))].into();
+        v.inputs = &other_input;
         assert_ne!(k, v.key());
         assert_eq!(k, base.clone().key());
     }

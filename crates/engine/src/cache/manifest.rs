@@ -79,8 +79,8 @@ impl Manifest {
             kind: &self.kind,
             version: self.version,
             params: &self.params,
-            inputs: self.inputs.clone(),
-            files: self.files.clone(),
+            inputs: &self.inputs,
+            files: &self.files,
         }
         .key()
     }

@@ -730,8 +730,8 @@ mod tests {
             kind: "k",
             version: 1,
             params: &params,
-            inputs: Default::default(),
-            files: Default::default(),
+            inputs: &Default::default(),
+            files: &Default::default(),
         }
         .key();
         NewEntry {

@@ -320,8 +320,8 @@ pub fn stage_key(
         kind,
         version,
         params,
-        inputs: inputs.clone(),
-        files: files.clone(),
+        inputs,
+        files,
     }
     .key()
 }
