@@ -19,7 +19,8 @@
 //!   run on [`crate::nn::gemm`]'s packed kernel (AVX-512, AVX2 or scalar micro-kernels that
 //!   round alike, so any x86 CPU gives the same bits), and each thread takes a span of the batch with its own buffers. Columns are built
 //!   per chunk of samples and rebuilt in the backward pass rather than kept, so a layer holds
-//!   little beyond a copy of its input between the passes. For stride 1 and at least 64 input
+//!   little beyond a copy of its input between the passes (where the whole batch's columns are
+//!   one chunk, at most 16 MiB, the backward pass reads the forward pass's). For stride 1 and at least 64 input
 //!   channels the input gradient is computed as what it is, a convolution (of the output gradient, with the kernel rotated and its channel
 //!   axes swapped), one product over `O·kh·kw` with no col2im scatter; other strides take
 //!   col2im. Wide 3×3 stride-1 layers (VGG's from 128→256 channels, maps of 3×3 and more)

@@ -246,7 +246,9 @@ where
     };
 
     // Wide 3×3 stride-1 layers take Winograd's transforms and small maps the pairs of taps
-    // inside them; each keeps what its backward pass reads.
+    // inside them; each keeps what its backward pass reads. The direct path keeps its columns
+    // where the whole batch is one chunk (see `direct_forward`).
+    let mut kept_cols: Option<Vec<f32>> = None;
     let (out, saved) = match Method::of(&g) {
         Method::Winograd => {
             let (out, saved) = winograd::forward(layer);
@@ -260,7 +262,7 @@ where
             let (out, saved) = pairs::forward(layer);
             (out, Some(Saved::Pairs(saved)))
         }
-        Method::Direct => (direct_forward(layer), None),
+        Method::Direct => (direct_forward(layer, &mut kept_cols), None),
     };
     let out: Tensor4<D> = dev.tensor_from_vec(out, (g.n, o, g.ho, g.wo));
     // What the backward pass masks the gradient by: the output itself (positive exactly
@@ -376,7 +378,15 @@ where
                 for s0 in samples.clone().step_by(chunk) {
                     let s = s0..(s0 + chunk).min(samples.end);
                     let m = s.len() * p;
-                    im2col(&xs[s.start * chw..s.end * chw], &g, s.len(), &mut sc.cols);
+                    // The forward pass's columns where it kept them (the whole batch in one
+                    // chunk, as here), else built again.
+                    let xcols = match &kept_cols {
+                        Some(cols) => cols.as_slice(),
+                        None => {
+                            im2col(&xs[s.start * chw..s.end * chw], &g, s.len(), &mut sc.cols);
+                            sc.cols.as_slice()
+                        }
+                    };
                     // The output gradient laid out like y: [O, samples·P] (one sample's
                     // is a slice of gout as it is).
                     let gs = &gout[s.start * o * p..s.end * o * p];
@@ -396,7 +406,7 @@ where
                             });
                         Mat::new(&sc.y[..o * m], o, m)
                     };
-                    let cols = Mat::new(&sc.cols, k, m).t();
+                    let cols = Mat::new(xcols, k, m).t();
                     gemm(g2, cols, &mut gw, true);
                     let Some(gx) = gx.as_deref_mut() else {
                         continue;
@@ -444,11 +454,17 @@ where
 /// The forward pass through im2col and one product per chunk: `[N, O, Ho, Wo]`. Each thread
 /// takes a span of samples, chunk by chunk, with its own buffers; the ops inside are parallel
 /// too, which rayon folds into the same thread when all are busy.
-fn direct_forward(layer: Layer) -> Vec<f32> {
+///
+/// Where the whole batch is one chunk (its columns fit `geom::WHOLE_BATCH_BUDGET`: the small
+/// CNN's layers, VGG's first), the columns are handed to `keep` for the backward pass, which
+/// would otherwise build them again (half of the small CNN's im2col time).
+fn direct_forward(layer: Layer, keep: &mut Option<Vec<f32>>) -> Vec<f32> {
     let (xs, ws, bs, g, relu) = layer.parts();
     let (o, p, k, chw) = (g.o, g.p(), g.k(), g.c * g.h * g.w);
     let (chunk, span) = g.split();
     let mut out = zeros(g.n * o * p);
+    let whole = chunk >= g.n;
+    let kept = std::sync::Mutex::new(None);
     out.par_chunks_mut(span * o * p)
         .zip(xs.par_chunks(span * chw))
         .for_each(|(out, xs)| {
@@ -488,7 +504,11 @@ fn direct_forward(layer: Layer) -> Vec<f32> {
                         }
                     });
             }
+            if whole {
+                *kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(sc.cols);
+            }
         });
+    *keep = kept.into_inner().unwrap_or_else(|e| e.into_inner());
     out
 }
 
@@ -512,7 +532,7 @@ impl<'a> Layer<'a> {
 }
 
 /// What a forward pass other than the direct one keeps for its backward pass, by [`Method`]
-/// (the direct path keeps nothing: it rebuilds its columns).
+/// (the direct path keeps its columns where they are one chunk, else rebuilds them).
 enum Saved {
     Winograd(winograd::Saved),
     WinogradBanded(winograd::Saved),
