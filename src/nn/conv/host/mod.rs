@@ -381,7 +381,10 @@ where
                     // The forward pass's columns where it kept them (the whole batch in one
                     // chunk, as here), else built again.
                     let xcols = match &kept_cols {
-                        Some(cols) => cols.as_slice(),
+                        Some(cols) => {
+                            debug_assert_eq!(cols.len(), k * m, "kept for the whole batch");
+                            cols.as_slice()
+                        }
                         None => {
                             im2col(&xs[s.start * chw..s.end * chw], &g, s.len(), &mut sc.cols);
                             sc.cols.as_slice()
@@ -559,7 +562,6 @@ fn im2col(xs: &[f32], g: &ConvGeom, ns: usize, cols: &mut Vec<f32>) {
     let len = g.k() * m;
     cols.clear();
     cols.reserve(len);
-    let zero = |dst: &mut [MaybeUninit<f32>]| dst.iter_mut().for_each(|d| _ = d.write(0.0));
     cols.spare_capacity_mut()[..len]
         .par_chunks_mut(m.max(1))
         .enumerate()
@@ -597,8 +599,14 @@ fn im2col(xs: &[f32], g: &ConvGeom, ns: usize, cols: &mut Vec<f32>) {
         });
     // SAFETY: the rows of `m` floats partition the first `len`, and each row's task wrote
     // `wo` floats for each of its `ns · ho` output rows, `ns · p = m` in all (a panic on the
-    // way leaves the length at zero).
+    // way leaves the length at zero); `same_width_rows` writes each sample's `p` too: the
+    // rows outside the map, then the block inside it (the copy and each row's edges).
     unsafe { cols.set_len(len) };
+}
+
+/// Writes zeros over `dst` (im2col's padding, into memory it has not zeroed before).
+fn zero(dst: &mut [MaybeUninit<f32>]) {
+    dst.iter_mut().for_each(|d| _ = d.write(0.0));
 }
 
 /// One row of [`im2col`] (channel `c`, kernel tap `(ki, kj)`) where the output is as wide as
@@ -615,7 +623,6 @@ fn same_width_rows(
     dst: &mut [MaybeUninit<f32>],
 ) {
     let (w, hw, p) = (g.w, g.h * g.w, g.p());
-    let zero = |dst: &mut [MaybeUninit<f32>]| dst.iter_mut().for_each(|d| _ = d.write(0.0));
     // Output rows whose input row is inside the map: one run `oy0..oy1`.
     let inside = |oy: usize| g.src(oy, ki, g.h).is_some();
     let oy0 = (0..g.ho).find(|&oy| inside(oy)).unwrap_or(g.ho);
